@@ -1,0 +1,144 @@
+"""Configuration options, registered on a ConfigOpts the caller owns.
+
+Nothing here touches the global ``oslo_config.cfg.CONF``: the agent, the CLI
+and the tests each build their own ConfigOpts and pass it down, so two agents
+can live in one test process. ``list_opts`` feeds oslo-config-generator,
+which writes ``etc/hwflow.conf.sample``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from oslo_config import cfg
+
+database_opts = [
+    cfg.StrOpt(
+        "url",
+        default="sqlite:////var/lib/hwflow/nb.sqlite",
+        help="Where the northbound database lives: sqlite:///PATH for the "
+        "embedded database (one file shared by every process on the host), "
+        "or etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=0.01,
+        min=0.001,
+        help="Seconds between checks for new changes when watching the "
+        "embedded database.",
+    ),
+]
+
+agent_opts = [
+    cfg.StrOpt(
+        "chassis_name",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name this host registers under in the chassis table; ports "
+        "bound to this name are programmed here.",
+    ),
+    cfg.StrOpt(
+        "tunnel_ip",
+        default="127.0.0.1",
+        help="Underlay address other chassis use to reach this host.",
+    ),
+    cfg.StrOpt(
+        "integration_bridge",
+        default="br-int",
+        help="Open vSwitch bridge that holds the representors and VM ports.",
+    ),
+    cfg.StrOpt(
+        "ovsdb_connection",
+        default="unix:/var/run/openvswitch/db.sock",
+        help="OVSDB endpoint of the local Open vSwitch.",
+    ),
+    cfg.StrOpt(
+        "openflow_endpoint",
+        default="",
+        help="OpenFlow endpoint of the integration bridge. Empty means the "
+        "bridge's management socket, <ovs_rundir>/<bridge>.mgmt.",
+    ),
+    cfg.StrOpt(
+        "ovs_rundir",
+        default="/var/run/openvswitch",
+        help="Open vSwitch run directory (where <bridge>.mgmt lives).",
+    ),
+    cfg.FloatOpt(
+        "report_interval",
+        default=10.0,
+        min=0.5,
+        help="Seconds between chassis heartbeats written to the database.",
+    ),
+    cfg.FloatOpt(
+        "resync_interval",
+        default=60.0,
+        min=1.0,
+        help="Seconds between full reconciles of both datapaths against the "
+        "desired state, even when nothing changed (repairs drift).",
+    ),
+]
+
+nic_opts = [
+    cfg.ListOpt(
+        "drivers",
+        default=["sim", "generic"],
+        help="NIC drivers (stevedore names in hwflow.nic_drivers) asked, in "
+        "order, whether they handle a network device; the first that does "
+        "describes it.",
+    ),
+    cfg.ListOpt(
+        "sim_sockets",
+        default=[],
+        help="Control sockets of simulated NICs (hwflow-simnic) on this host.",
+    ),
+]
+
+offload_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=True,
+        help="Program hardware rules at all. When false every flow stays in "
+        "Open vSwitch.",
+    ),
+    cfg.ListOpt(
+        "ethertypes",
+        default=["ipv4", "ipv6"],
+        item_type=cfg.types.String(choices=["ipv4", "ipv6", "arp"]),
+        help="Traffic classes that may be offloaded. ARP stays in software by "
+        "default so that the control plane keeps seeing address resolution.",
+    ),
+]
+
+apps_opts = [
+    cfg.ListOpt(
+        "enabled",
+        default=["l2"],
+        help="Network applications (stevedore names in hwflow.apps) that "
+        "compile the logical network into the pipeline.",
+    ),
+]
+
+GROUPS = {
+    "database": database_opts,
+    "agent": agent_opts,
+    "nic": nic_opts,
+    "offload": offload_opts,
+    "apps": apps_opts,
+}
+
+
+def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    for group, opts in GROUPS.items():
+        conf.register_opts(opts, group=group)
+    return conf
+
+
+def new_conf(args: list[str] | None = None, project: str = "hwflow") -> cfg.ConfigOpts:
+    """A fresh ConfigOpts with every hwflow option, parsed from ``args``."""
+    conf = register_opts(cfg.ConfigOpts())
+    conf(args=args or [], project=project, default_config_files=[])
+    return conf
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return [(group, list(opts)) for group, opts in GROUPS.items()]

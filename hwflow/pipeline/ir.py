@@ -1,0 +1,196 @@
+"""The pipeline IR: tables of prioritised flows with masked matches.
+
+The IR is what the apps emit and what every backend consumes. It knows
+nothing of OpenFlow or tc: ports are logical port keys (the ``unique_key``
+the database gives each port), values are plain integers (a MAC is a 48-bit
+int, an IPv4 address a 32-bit int), and every flow names the logical object
+it came from (``owner``) so a change to one object touches only its flows.
+
+Semantics (shared by the reference interpreter, OVS and the partitioner):
+a packet enters table 0; in each table the highest-priority flow whose match
+covers the packet runs its actions in order; a table with no match drops.
+``Output`` actions accumulate; ``GotoTable`` continues in a later table; the
+packet is dropped if the walk ends with no output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Union
+
+# Field name -> width in bits. Names follow the `hwflow trace` packet spec.
+FIELD_BITS: dict[str, int] = {
+    "in_port": 32,
+    "metadata": 64,  # the logical network key while a packet is classified
+    "eth_src": 48,
+    "eth_dst": 48,
+    "eth_type": 16,
+    "vlan_vid": 12,
+    "ipv4_src": 32,
+    "ipv4_dst": 32,
+    "ipv6_src": 128,
+    "ipv6_dst": 128,
+    "ip_proto": 8,
+    "ip_ttl": 8,
+    "tcp_src": 16,
+    "tcp_dst": 16,
+    "udp_src": 16,
+    "udp_dst": 16,
+    "icmp_type": 8,
+    "icmp_code": 8,
+    "arp_op": 16,
+    "arp_spa": 32,
+    "arp_tpa": 32,
+}
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
+MULTICAST_BIT = 1 << 40  # the I/G bit of a MAC held as a 48-bit int
+
+
+def full_mask(field: str) -> int:
+    return (1 << FIELD_BITS[field]) - 1
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class FieldMatch:
+    """``packet[field] & mask == value``; ``value`` is always pre-masked."""
+
+    field: str
+    value: int
+    mask: int
+
+    def __post_init__(self) -> None:
+        if self.field not in FIELD_BITS:
+            raise ValueError(f"unknown IR field {self.field!r}")
+        limit = full_mask(self.field)
+        if not 0 <= self.mask <= limit or not 0 <= self.value <= limit:
+            raise ValueError(f"{self.field}: value/mask out of range")
+        if self.value & ~self.mask:
+            raise ValueError(f"{self.field}: value {self.value:#x} has bits outside mask {self.mask:#x}")
+
+    @property
+    def exact(self) -> bool:
+        return self.mask == full_mask(self.field)
+
+    def covers(self, value: int) -> bool:
+        return value & self.mask == self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A conjunction of field matches, at most one per field, kept sorted."""
+
+    fields: tuple[FieldMatch, ...] = ()
+
+    @classmethod
+    def of(cls, **exact: int | tuple[int, int]) -> Match:
+        """Build from keywords: ``field=value`` (exact) or ``field=(value, mask)``."""
+        items = []
+        for name, spec in exact.items():
+            value, mask = spec if isinstance(spec, tuple) else (spec, full_mask(name))
+            items.append(FieldMatch(name, value & mask, mask))
+        return cls(tuple(sorted(items)))
+
+    def __post_init__(self) -> None:
+        names = [f.field for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a field is matched twice in {names}")
+        if list(self.fields) != sorted(self.fields):
+            object.__setattr__(self, "fields", tuple(sorted(self.fields)))
+
+    def get(self, field: str) -> FieldMatch | None:
+        for fm in self.fields:
+            if fm.field == field:
+                return fm
+        return None
+
+    def as_dict(self) -> dict[str, FieldMatch]:
+        return {fm.field: fm for fm in self.fields}
+
+    def covers(self, packet: Mapping[str, int]) -> bool:
+        """True if a concrete packet (field -> value) satisfies every term.
+
+        A field missing from the packet cannot satisfy a term whose mask is
+        non-zero (an ICMP packet has no tcp_dst).
+        """
+        for fm in self.fields:
+            value = packet.get(fm.field)
+            if value is None:
+                if fm.mask:
+                    return False
+                continue
+            if not fm.covers(value):
+                return False
+        return True
+
+
+# --- actions ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """Send a copy of the packet, as it is now, to a logical port."""
+
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GotoTable:
+    table: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.field not in FIELD_BITS:
+            raise ValueError(f"unknown IR field {self.field!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """Explicit drop: stop here, discard outputs not yet sent (none are)."""
+
+
+Action = Union[Output, GotoTable, SetField, Drop]
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow:
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...]
+    owner: str  # e.g. "port:<id>" or "network:<id>"
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """What identifies a flow in a datapath (OpenFlow's strict key)."""
+        return (self.table, self.priority, self.match)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """A compiled pipeline: a set of flows plus the names of its tables."""
+
+    flows: tuple[Flow, ...]
+    table_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str]) -> Pipeline:
+        ordered = sorted(flows, key=lambda f: (f.table, -f.priority, f.match.fields))
+        seen: dict[tuple[int, int, Match], Flow] = {}
+        for flow in ordered:
+            if flow.key in seen and seen[flow.key] != flow:
+                raise ValueError(f"two flows share table/priority/match: {flow} vs {seen[flow.key]}")
+            seen[flow.key] = flow
+        return cls(tuple(seen.values()), dict(table_names))
+
+    def table(self, table: int) -> list[Flow]:
+        """Flows of one table, highest priority first."""
+        return [f for f in self.flows if f.table == table]

@@ -1,0 +1,51 @@
+"""hwflow: a hardware-offload-aware local SDN controller for SmartNIC hosts."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hwflow",
+    version="0.1.0",
+    description="Hardware-offload-aware local SDN controller for SmartNIC hosts",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    # The vendor NIC drivers live in drivers/ but import as hwflow_drivers,
+    # so they never collide with another project's top-level "drivers".
+    packages=find_packages(include=["hwflow", "hwflow.*"]) + ["hwflow_drivers"],
+    package_dir={"hwflow_drivers": "drivers"},
+    include_package_data=True,
+    package_data={"hwflow": ["data/*", "data/**/*"]},
+    install_requires=[
+        "os-ken>=2.0",
+        "pyroute2>=0.7",
+        "pyudev>=0.24",
+        "ovsdbapp>=2.0",
+        "stevedore>=5.0",
+        "oslo.config>=9.0",
+        "cffi>=1.15",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "hwflow = hwflow.cli.main:main",
+            "hwflow-agent = hwflow.agent.daemon:main",
+            "hwflow-simnic = hwflow.sim.server:main",
+        ],
+        "hwflow.nb_db_drivers": [
+            "sqlite = hwflow.db.sqlite:SqliteDriver",
+        ],
+        "hwflow.nic_drivers": [
+            "sim = hwflow_drivers.sim:SimDriver",
+            "generic = hwflow_drivers.generic:GenericDriver",
+        ],
+        "hwflow.apps": [
+            "l2 = hwflow.apps.l2:L2App",
+        ],
+        "oslo.config.opts": [
+            "hwflow = hwflow.conf:list_opts",
+        ],
+    },
+)
