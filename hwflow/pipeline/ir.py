@@ -154,7 +154,7 @@ class SetField:
 
 @dataclasses.dataclass(frozen=True)
 class Drop:
-    """Explicit drop: stop here, discard outputs not yet sent (none are)."""
+    """Stop the walk here. Outputs already made stand, as in OpenFlow."""
 
 
 Action = Union[Output, GotoTable, SetField, Drop]
