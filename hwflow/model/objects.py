@@ -69,7 +69,9 @@ class NbObject:
     unique_key: int = 0
 
     def label(self) -> str:
-        return f"{self.kind} {self.id or self.name or '(new)'}"
+        """How messages name the object: kind and id, plus the name people know it by."""
+        named = f" ({self.name})" if self.name and self.name != self.id else ""
+        return f"{self.kind} {self.id or '(new)'}{named}"
 
     def fail(self, field: str, rule: str) -> ValidationError:
         value = getattr(self, field, None)
@@ -191,9 +193,8 @@ class Port(NbObject):
             raise self.fail("device_owner", f"must be at most {MAX_NAME_LEN} characters")
 
     def unique_values(self) -> list[tuple[str, str]]:
-        return [("mac", f"{self.network_id}/{self.mac}")] + [
-            ("ip", f"{self.network_id}/{ip}") for ip in self.ips
-        ]
+        where = f" on network {self.network_id}"
+        return [("mac", self.mac + where)] + [("ip", ip + where) for ip in self.ips]
 
 
 def _canonical_ip(obj: NbObject, field: str, text: str, unicast: bool = False) -> str:

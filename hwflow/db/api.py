@@ -1,0 +1,356 @@
+"""The northbound API: typed, validated model objects on top of a raw driver.
+
+Every write is one driver transaction that compares what it relies on, so
+concurrent writers (the CLI, several agents) cannot leave the database
+inconsistent: a create compares the ids it references and the per-kind
+counter it takes its ``unique_key`` from; a delete compares every object it
+removes and the counters of the kinds that could point at it, so a child
+created meanwhile makes it retry instead of leaving an orphan. Values that
+must be unique (a network's VNI, a port's MAC and IPs on its network) are
+claimed as index records in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Literal, Self
+
+from oslo_config import cfg
+from stevedore import driver as stevedore_driver
+
+from hwflow.db.base import Compare, Delete, Driver, Op, Put, Record
+from hwflow.model.errors import (
+    Ambiguous,
+    BrokenReference,
+    Conflict,
+    DatabaseUnavailable,
+    NotFound,
+    ValidationError,
+)
+from hwflow.model.objects import KINDS, MAX_UNIQUE_KEY, Chassis, NbObject, from_dict, kind_class
+
+LOG = logging.getLogger(__name__)
+
+DRIVER_NAMESPACE = "hwflow.nb_db_drivers"
+COUNTER_TABLE = "_counter"  # kind -> the last unique_key handed out
+UNIQUE_TABLE = "_unique"  # "kind/constraint/value" -> id of the object holding it
+MAX_ATTEMPTS = 50  # transactions retried after losing a race on a counter or a reference
+
+Kind = str | type[NbObject]
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One object written or deleted; for a delete ``obj`` is its last stored value."""
+
+    revision: int
+    kind: str
+    op: Literal["put", "delete"]
+    obj: NbObject
+
+
+def encode(obj: NbObject) -> bytes:
+    data = obj.to_dict()
+    del data["revision"]  # the record's mod_revision is the truth
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
+    """A stored record back as an object; a malformed one is a ValidationError naming it."""
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise ValidationError(f"{table} {key}: stored record is not JSON ({exc})") from None
+    obj = from_dict(table, data)
+    if obj.id != key:
+        raise ValidationError(f"{table} {key}: stored record carries another id, {obj.id!r}")
+    obj.revision = revision
+    return obj
+
+
+def _unique_keys(obj: NbObject) -> dict[str, str]:
+    """Index key -> what to tell a user who collides with it."""
+    return {f"{obj.kind}/{name}/{value}": f"{name} {value}" for name, value in obj.unique_values()}
+
+
+def _referrers(kind: str) -> list[tuple[type[NbObject], str]]:
+    """(kind class, field) pairs whose field points at objects of ``kind``."""
+    return [(cls, field) for cls in KINDS.values() for field, target in cls.references.items() if target == kind]
+
+
+class NbApi:
+    """Typed access to the NB database; the caller owns the driver and closes it through here."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    @classmethod
+    def from_url(cls, url: str, conf: cfg.ConfigOpts | None = None) -> NbApi:
+        """Load the driver named by the URL scheme (sqlite:///PATH, etcd://HOST:PORT)."""
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        installed = sorted({ep.name for ep in entry_points(group=DRIVER_NAMESPACE)})
+        if scheme not in installed:
+            raise DatabaseUnavailable(
+                f"no database driver for {url!r}: the URL must start with one of "
+                f"{', '.join(s + '://' for s in installed) or '(none installed)'} "
+                f"(installed drivers: {', '.join(installed)}; e.g. sqlite:///PATH)"
+            )
+        try:
+            manager = stevedore_driver.DriverManager(DRIVER_NAMESPACE, scheme, invoke_on_load=False)
+        except RuntimeError as exc:
+            raise DatabaseUnavailable(f"cannot load the {scheme} database driver: {exc}") from None
+        return cls(manager.driver.from_url(url, conf))
+
+    def close(self) -> None:
+        self.driver.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Reads
+
+    def _decode_many(self, records: Iterable[Record]) -> list[NbObject]:
+        """Decode what can be; a bad record is logged and skipped so one cannot stop an agent."""
+        objs = []
+        for rec in records:
+            if rec.table not in KINDS:
+                continue
+            try:
+                objs.append(decode(rec.table, rec.key, rec.value, rec.mod_revision))
+            except ValidationError as exc:
+                LOG.warning("skipping a bad record: %s", exc)
+        return objs
+
+    def get(self, kind: Kind, id: str) -> NbObject:
+        cls = kind_class(kind)
+        rec = self.driver.get(cls.kind, id)
+        if rec is None:
+            raise NotFound(f"no {cls.kind} with id {id!r}")
+        return decode(rec.table, rec.key, rec.value, rec.mod_revision)
+
+    def list(self, kind: Kind) -> list[NbObject]:
+        _, records = self.driver.list(kind_class(kind).kind)
+        return self._decode_many(records)
+
+    def find(self, kind: Kind, id_or_name: str) -> NbObject:
+        """By id, else by name; several objects with that name is an Ambiguous error."""
+        cls = kind_class(kind)
+        try:
+            return self.get(cls, id_or_name)
+        except NotFound:
+            pass
+        matches = [obj for obj in self.list(cls) if obj.name == id_or_name]
+        if not matches:
+            raise NotFound(f"no {cls.kind} with id or name {id_or_name!r}")
+        if len(matches) > 1:
+            raise Ambiguous(
+                f"{len(matches)} {cls.kind} objects are named {id_or_name!r} "
+                f"({', '.join(o.id for o in matches)}); use the id"
+            )
+        return matches[0]
+
+    def snapshot(self) -> tuple[int, list[NbObject]]:
+        """Every object at one revision; watch from revision + 1 to follow on without a gap."""
+        revision, records = self.driver.snapshot(sorted(KINDS))
+        return revision, self._decode_many(records)
+
+    def watch(self, from_revision: int, timeout: float) -> list[Change]:
+        """Changes at or after ``from_revision``, or [] after ``timeout`` seconds.
+
+        Resume from the last change's revision + 1. Raises Compacted when the
+        history is gone: take a new snapshot.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.driver.watch(from_revision, max(0.0, deadline - time.monotonic()))
+            changes = []
+            for ev in events:
+                if ev.table not in KINDS:
+                    continue
+                if ev.value is None:
+                    LOG.warning("skipping a %s of %s %s without a value", ev.op, ev.table, ev.key)
+                    continue
+                try:
+                    obj = decode(ev.table, ev.key, ev.value, ev.revision)
+                except ValidationError as exc:
+                    LOG.warning("skipping a bad change at revision %d: %s", ev.revision, exc)
+                    continue
+                changes.append(Change(ev.revision, ev.table, ev.op, obj))
+            if changes or not events or time.monotonic() >= deadline:
+                return changes
+            from_revision = events[-1].revision + 1
+
+    # Writes
+
+    def _reference_compares(self, obj: NbObject) -> list[Compare]:
+        compares = []
+        for field, target in obj.references.items():
+            value = getattr(obj, field)
+            rec = self.driver.get(target, value)
+            if rec is None:
+                raise BrokenReference(
+                    f"{obj.label()}: {field} {value!r} names no existing {target}; create the {target} first"
+                )
+            compares.append(Compare(target, value, rec.mod_revision))
+        return compares
+
+    def _raise_if_taken(self, exc: Conflict, obj: NbObject, unique: dict[str, str]) -> None:
+        """Turn a lost claim on a unique value into a clear error; return if worth a retry."""
+        if exc.table != UNIQUE_TABLE or exc.key not in unique:
+            return
+        holder = self.driver.get(UNIQUE_TABLE, exc.key)
+        if holder is not None:
+            raise ValidationError(
+                f"{obj.label()}: {unique[exc.key]} is already used by {obj.kind} "
+                f"{holder.value.decode(errors='replace')}; choose another"
+            )
+
+    def create(self, obj: NbObject) -> NbObject:
+        """Store a new object; returns a copy with its id, unique_key and revision set."""
+        new = dataclasses.replace(obj, id=obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
+        new.validate()
+        unique = _unique_keys(new)
+        for _ in range(MAX_ATTEMPTS):
+            counter = self.driver.get(COUNTER_TABLE, new.kind)
+            new.unique_key = (int(counter.value) if counter else 0) + 1
+            if new.unique_key > MAX_UNIQUE_KEY:
+                raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
+            compares = [
+                Compare(new.kind, new.id, 0),
+                Compare(COUNTER_TABLE, new.kind, counter.mod_revision if counter else 0),
+                *self._reference_compares(new),
+                *(Compare(UNIQUE_TABLE, key, 0) for key in unique),
+            ]
+            ops: list[Op] = [
+                Put(COUNTER_TABLE, new.kind, str(new.unique_key).encode()),
+                Put(new.kind, new.id, encode(new)),
+                *(Put(UNIQUE_TABLE, key, new.id.encode()) for key in unique),
+            ]
+            try:
+                new.revision = self.driver.txn(compares, ops)
+                return new
+            except Conflict as exc:
+                if (exc.table, exc.key) == (new.kind, new.id):
+                    raise Conflict(
+                        new.kind, new.id, 0, exc.actual, f"a {new.kind} with this id already exists"
+                    ) from None
+                self._raise_if_taken(exc, new, unique)
+        raise DatabaseUnavailable(f"{new.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+
+    def update(self, obj: NbObject, if_revision: int | None = None) -> NbObject:
+        """Replace a stored object if it is still at ``if_revision`` (default: ``obj.revision``).
+
+        An object never read (revision 0) and no ``if_revision`` overwrites
+        whatever is stored. The unique_key is kept; references cannot change.
+        """
+        expected = if_revision if if_revision is not None else (obj.revision or None)
+        new = dataclasses.replace(obj, revision=0)
+        new.validate()
+        unique = _unique_keys(new)
+        for _ in range(MAX_ATTEMPTS):
+            stored = self.get(new.kind, new.id)
+            new.unique_key = stored.unique_key
+            for field in new.references:
+                if getattr(new, field) != getattr(stored, field):
+                    raise ValidationError(
+                        f"{new.label()}: {field} cannot change (it is {getattr(stored, field)!r}); "
+                        f"delete the {new.kind} and create it again"
+                    )
+            old_unique = _unique_keys(stored)
+            compares = [
+                Compare(new.kind, new.id, stored.revision if expected is None else expected),
+                *self._reference_compares(new),
+                *(Compare(UNIQUE_TABLE, key, 0) for key in unique if key not in old_unique),
+            ]
+            ops: list[Op] = [
+                Put(new.kind, new.id, encode(new)),
+                *(Put(UNIQUE_TABLE, key, new.id.encode()) for key in unique if key not in old_unique),
+                *(Delete(UNIQUE_TABLE, key) for key in old_unique if key not in unique),
+            ]
+            try:
+                new.revision = self.driver.txn(compares, ops)
+                return new
+            except Conflict as exc:
+                if (exc.table, exc.key) == (new.kind, new.id) and expected is not None:
+                    raise
+                self._raise_if_taken(exc, new, unique)
+        raise DatabaseUnavailable(f"{new.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+
+    def put_chassis(self, chassis: Chassis) -> Chassis:
+        """Register or refresh a chassis whatever is stored: its agent is the only writer."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                self.get(Chassis, chassis.id or chassis.name)
+            except NotFound:
+                try:
+                    return self.create(chassis)
+                except Conflict:
+                    continue
+            return self.update(dataclasses.replace(chassis, revision=0))
+        raise DatabaseUnavailable(f"{chassis.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+
+    def delete(self, kind: Kind, id: str, if_revision: int | None = None, cascade: bool = False) -> list[NbObject]:
+        """Remove an object, and with ``cascade`` everything that points at it, in one transaction.
+
+        Returns what was removed, the named object first.
+        """
+        cls = kind_class(kind)
+        for _ in range(MAX_ATTEMPTS):
+            _, records = self.driver.snapshot(sorted({*KINDS, COUNTER_TABLE}))
+            counters = {r.key: r.mod_revision for r in records if r.table == COUNTER_TABLE}
+            objs = {(o.kind, o.id): o for o in self._decode_many(records)}
+            target = objs.get((cls.kind, id))
+            if target is None:
+                raise NotFound(f"no {cls.kind} with id {id!r}")
+            if if_revision is not None and target.revision != if_revision:
+                raise Conflict(cls.kind, id, if_revision, target.revision)
+            dependents = self._dependents(target, objs.values())
+            if dependents and not cascade:
+                names = ", ".join(f"{d.kind} {d.id}" for d in dependents[:5])
+                more = f" and {len(dependents) - 5} more" if len(dependents) > 5 else ""
+                raise BrokenReference(
+                    f"{target.label()} is still used by {names}{more}; delete those first, "
+                    "or delete with cascade (--cascade)"
+                )
+            removed = [target, *dependents]
+            compares = [Compare(o.kind, o.id, o.revision) for o in removed]
+            compares += [Compare(COUNTER_TABLE, k, counters.get(k, 0)) for k in self._referrer_kinds(removed)]
+            ops: list[Op] = [Delete(o.kind, o.id) for o in removed]
+            ops += [Delete(UNIQUE_TABLE, key) for o in removed for key in _unique_keys(o)]
+            try:
+                self.driver.txn(compares, ops)
+                return removed
+            except Conflict as exc:
+                if (exc.table, exc.key) == (cls.kind, id) and if_revision is not None:
+                    raise
+        raise DatabaseUnavailable(f"{cls.kind} {id}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+
+    @staticmethod
+    def _referrer_kinds(removed: Iterable[NbObject]) -> set[str]:
+        """Kinds whose new objects could point at a removed one (their counter moves on create)."""
+        return {cls.kind for obj in removed for cls, _ in _referrers(obj.kind)}
+
+    @staticmethod
+    def _dependents(target: NbObject, objs: Iterable[NbObject]) -> list[NbObject]:
+        """Everything that points at ``target``, directly or through another dependent."""
+        objs = list(objs)
+        found: list[NbObject] = []
+        pending = [target]
+        while pending:
+            parent = pending.pop()
+            children = [
+                o for cls, field in _referrers(parent.kind) for o in objs
+                if o.kind == cls.kind and getattr(o, field) == parent.id and o not in found
+            ]
+            found += children
+            pending += children
+        return found
