@@ -99,7 +99,11 @@ MS_PER_TICK = 1000 // USER_HZ
 
 
 class FlowerDecodeError(ValueError):
-    """A filter message hwflow cannot represent without losing meaning."""
+    """A filter message that is malformed or that hwflow cannot represent."""
+
+
+class FlowerUnsupported(FlowerDecodeError):
+    """Well-formed, but uses a key, mask or action hwflow does not model (a device would say EOPNOTSUPP)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,7 +391,7 @@ def _decode_action(payload: bytes) -> tuple[FlowerAction, RuleStats | None]:
     options = nl.attr_map(attrs.get(TCA_ACT_OPTIONS, b""))
     parms_attr, tm_attr = (TCA_MIRRED_PARMS, TCA_MIRRED_TM) if kind == "mirred" else (TCA_GACT_PARMS, TCA_GACT_TM)
     if kind not in ("mirred", "gact") or parms_attr not in options:
-        raise FlowerDecodeError(f"tc action {kind or '<no kind>'!r} is not modelled by hwflow (or has no parms)")
+        raise FlowerUnsupported(f"tc action {kind or '<no kind>'!r} is not modelled by hwflow (or has no parms)")
     action: FlowerAction
     try:
         if kind == "mirred":
@@ -402,7 +406,7 @@ def _decode_action(payload: bytes) -> tuple[FlowerAction, RuleStats | None]:
             elif verdict in (TC_ACT_SHOT, TC_ACT_OK):
                 action = Gact("drop" if verdict == TC_ACT_SHOT else "pass")
             else:
-                raise FlowerDecodeError(f"gact: verdict {verdict:#x} is not modelled by hwflow")
+                raise FlowerUnsupported(f"gact: verdict {verdict:#x} is not modelled by hwflow")
     except struct.error as exc:
         raise FlowerDecodeError(f"tc action {kind}: truncated parms ({exc})") from exc
     if TCA_ACT_STATS not in attrs:
@@ -430,7 +434,7 @@ def _decode_options(payload: bytes) -> tuple[dict[str, int], tuple[FlowerAction,
             if spec.mask_field:
                 values[spec.mask_field] = mask
             elif mask != (1 << spec.width) - 1:
-                raise FlowerDecodeError(f"flower key {spec.field} has mask {mask:#x}; hwflow models it exact only")
+                raise FlowerUnsupported(f"flower key {spec.field} has mask {mask:#x}; hwflow models it exact only")
         elif attr == TCA_FLOWER_ACT:
             for _, act in sorted(nl.parse_attrs(data), key=lambda item: item[0]):
                 action, act_stats = _decode_action(act)
@@ -439,7 +443,7 @@ def _decode_options(payload: bytes) -> tuple[dict[str, int], tuple[FlowerAction,
         elif attr == TCA_FLOWER_FLAGS:
             flags = nl.get_u32(data) & REQUEST_FLAGS
         elif attr not in (TCA_FLOWER_KEY_ETH_TYPE, TCA_FLOWER_IN_HW_COUNT):
-            raise FlowerDecodeError(f"flower attribute {attr} (see pkt_cls.h) is not modelled by hwflow")
+            raise FlowerUnsupported(f"flower attribute {attr} (see pkt_cls.h) is not modelled by hwflow")
     return values, tuple(actions), flags, stats
 
 
