@@ -13,6 +13,7 @@ import logging
 import sys
 
 from hwflow import conf as hwconf
+from hwflow.model.errors import HwflowError
 
 COMMAND_MODULES = (
     "hwflow.cli.nb",
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = load_conf(args)
         return int(args.func(args, conf) or 0)
-    except CliError as exc:
+    except (CliError, HwflowError) as exc:
         print(f"hwflow {args.command}: {exc}", file=sys.stderr)
         return 1
 
