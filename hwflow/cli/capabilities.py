@@ -124,12 +124,12 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
         names = ", ".join(r.name for r in everything) or "none"
         raise CliError(f"no network device named {args.device!r}; present: {names}")
     if args.format == "json":
-        output.dump_json({"devices": [r.to_dict() for r in reports], "sources_missing": missing})
+        output.dump_json({"devices": [r.to_dict() for r in reports], "sources_missing": missing}, sys.stdout)
         return 0
     if args.device is not None:
         _print_device(reports[0], sys.stdout)
     else:
-        output.table([_row(r) for r in reports], COLUMNS)
+        output.table([_row(r) for r in reports], COLUMNS, sys.stdout)
     if missing:
         print("\nsources missing:\n  " + "\n  ".join(missing))
     return 0

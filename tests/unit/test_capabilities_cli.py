@@ -1,0 +1,129 @@
+"""``hwflow capabilities``: its parser contract, table, JSON shape and errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hwflow.cli import capabilities, main
+from hwflow.offload.capabilities import Capabilities
+
+HOST = Path(__file__).parent / "fixtures" / "sysfs" / "smartnic-host"
+DEVICE_KEYS = {"name", "driver", "offload", "reason", "capabilities", "nic_driver", "pci_id", "switch_id",
+               "port_role", "eswitch_mode", "tc_endpoint", "ifindex"}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The same contract main.build_parser uses, without the other commands' modules."""
+    top = argparse.ArgumentParser(prog="hwflow")
+    capabilities.add_parser(top.add_subparsers(dest="command", required=True))
+    return top
+
+
+def run(*argv: str) -> int:
+    args = parser().parse_args(["capabilities", *argv])
+    return args.func(args, main.load_conf(args))
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    socket = tmp_path / "hwt-cap-sim.sock"
+    Path(f"{socket}.json").write_text(json.dumps({
+        "name": "simnic0", "switch_id": "5151", "pid": os.getpid(), "socket": str(socket),
+        "profile": {"name": "p", "description": "d",
+                    "capabilities": {"match_fields": {"eth_dst": "exact"}, "actions": ["redirect"],
+                                     "max_rules": 8}},
+        "ports": [{"vf": 0, "representor": "simnic0r0", "representor_ifindex": 11, "vf_netdev": "simnic0v0"}],
+    }))
+    path = tmp_path / "hwflow.conf"
+    path.write_text(f"[nic]\ndrivers = sim,generic\nsim_sockets = {socket}\n")
+    return path
+
+
+def json_output(capsys, *argv: str) -> dict:
+    assert run("--format", "json", *argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_shape(capsys, config):
+    out = json_output(capsys, "--sysfs-root", str(HOST), "--config-file", str(config))
+    assert set(out) == {"devices", "sources_missing"}
+    assert {d["name"] for d in out["devices"]} == {p.name for p in (HOST / "class" / "net").iterdir()}
+    for dev in out["devices"]:
+        assert set(dev) == DEVICE_KEYS
+        assert isinstance(dev["offload"], bool)
+        assert (dev["reason"] is None) == dev["offload"]
+        Capabilities.from_dict(dev["capabilities"])
+    devs = {d["name"]: d for d in out["devices"]}
+    assert devs["simnic0r0"]["nic_driver"] == "sim" and devs["simnic0r0"]["offload"] is True
+    assert devs["simnic0r0"]["capabilities"]["match_fields"] == {"eth_dst": "exact"}
+    assert devs["simnic0r1"]["nic_driver"] == "generic"  # not listed in the status file
+    assert devs["enp3s0f0npf0vf0"]["tc_endpoint"] == "netlink"
+    assert devs["veth0"]["reason"] == "veth: virtual device with no embedded switch"
+    assert out["sources_missing"] == [f"devlink: 0000:00:03.0 not recorded in {HOST}/hwflow-recorded.json"]
+
+
+def test_driver_problems_are_listed_with_missing_sources(capsys, tmp_path):
+    path = tmp_path / "hwflow.conf"
+    path.write_text(f"[nic]\nsim_sockets = {tmp_path}/absent.sock\n")
+    out = json_output(capsys, "--sysfs-root", str(HOST), "--config-file", str(path))
+    assert any(f"no status file {tmp_path}/absent.sock.json" in m for m in out["sources_missing"])
+
+
+def test_table_lists_every_device(capsys):
+    assert run("--sysfs-root", str(HOST)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "DRIVER", "NIC_DRIVER", "PCI_ID", "SWITCH_ID", "ROLE", "ESWITCH",
+                                "OFFLOAD", "REASON"]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line and not line.startswith(" ")}
+    assert rows["enp3s0f0npf0vf1"][:8] == ["enp3s0f0npf0vf1", "mlx5_core", "generic", "15b3:101d",
+                                           "b8f0c20003a43a1c", "vf_representor", "switchdev", "yes"]
+    assert rows["enp3s0f1np1"][6:9] == ["legacy", "no", "mlx5_core"]
+    assert "sources missing:" in lines
+
+
+def test_one_device_in_full(capsys):
+    assert run("--sysfs-root", str(HOST), "--device", "enp3s0f0np0") == 0
+    out = capsys.readouterr().out
+    assert "enp3s0f0npf0vf0" not in out
+    for field in ("eth_src", "eth_dst", "eth_type"):
+        assert any(line.split() == [field, "exact"] for line in out.splitlines())
+    assert any(line.split() == ["actions", "drop,redirect"] for line in out.splitlines())
+    assert any(line.split() == ["port_role", "uplink"] for line in out.splitlines())
+
+
+def test_one_device_as_json(capsys):
+    out = json_output(capsys, "--sysfs-root", str(HOST), "--device", "lo")
+    assert [d["name"] for d in out["devices"]] == ["lo"]
+
+
+def test_unknown_device_is_an_error_listing_the_present_ones():
+    with pytest.raises(main.CliError, match=r"no network device named 'eth9'; present: br0, enp3s0f0np0"):
+        run("--sysfs-root", str(HOST), "--device", "eth9")
+
+
+def test_unknown_nic_driver_in_config(tmp_path):
+    path = tmp_path / "hwflow.conf"
+    path.write_text("[nic]\ndrivers = sim,bogus\n")
+    with pytest.raises(main.CliError, match=r"unknown NIC driver\(s\) bogus; installed .*generic, sim"):
+        run("--sysfs-root", str(HOST), "--config-file", str(path))
+
+
+def test_bad_sysfs_root(tmp_path):
+    with pytest.raises(main.CliError, match=f"sysfs root {tmp_path} has no class/net"):
+        run("--sysfs-root", str(tmp_path))
+
+
+def test_help_documents_every_json_key(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["capabilities", "--help"])
+    text = capsys.readouterr().out
+    for key in DEVICE_KEYS | {"devices", "sources_missing"}:
+        assert f"{key} " in text or f'"{key}"' in text, key
+    for option in ("--device", "--sysfs-root", "--format", "--config-file"):
+        assert option in text
+    assert "--database" not in text
