@@ -315,7 +315,7 @@ class NbApi:
                 raise Conflict(cls.kind, id, if_revision, target.revision)
             dependents = self._dependents(target, objs.values())
             if dependents and not cascade:
-                names = ", ".join(f"{d.kind} {d.id}" for d in dependents[:5])
+                names = ", ".join(d.label() for d in dependents[:5])
                 more = f" and {len(dependents) - 5} more" if len(dependents) > 5 else ""
                 raise BrokenReference(
                     f"{target.label()} is still used by {names}{more}; delete those first, "
