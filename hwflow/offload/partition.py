@@ -182,9 +182,14 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload]) ->
 
 def plan_port(
     pipeline: ir.Pipeline, port: PortOffload, ports: Mapping[int, PortOffload],
-    ethertypes: Sequence[int], budget: int,
+    ethertypes: Sequence[int], budget: int, refused: Mapping[tuple[int, ir.Match], str] | None = None,
 ) -> Plan:
-    """The decision list of one port's hardware rules, at most ``budget`` of them."""
+    """The decision list of one port's hardware rules, at most ``budget`` of them.
+
+    ``refused`` holds rules the NIC already turned down (by port and match),
+    with its reason; they stay in software, and so does whatever they shadow.
+    """
+    refused = refused or {}
     plan = Plan()
     order = 0
     for eth_type in ethertypes:
@@ -193,6 +198,8 @@ def plan_port(
         for leaf in leaves:
             match = leaf.as_match()
             reason = _why_not(leaf, port, ports)
+            if reason is None and (port.port, match) in refused:
+                reason = f"the NIC refused it: {refused[port.port, match]}"
             if reason is None and any(_overlaps(match, sw.match) for sw in plan.software if sw.in_port == port.port):
                 reason = "overlaps an earlier software-only path"
             if reason is None and len(plan.rules) >= budget:
@@ -210,6 +217,7 @@ def plan_port(
 
 def partition(
     pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
+    refused: Mapping[tuple[int, ir.Match], str] | None = None,
 ) -> Plan:
     """Hardware rules for every offload-capable local port.
 
@@ -222,7 +230,7 @@ def partition(
     for key in sorted(ports):
         port = ports[key]
         budget = port.capabilities.max_rules - used.get(port.switch_id, 0)
-        sub = plan_port(pipeline, port, ports, ethertypes, max(budget, 0))
+        sub = plan_port(pipeline, port, ports, ethertypes, max(budget, 0), refused)
         used[port.switch_id] = used.get(port.switch_id, 0) + len(sub.rules)
         plan.rules.extend(sub.rules)
         plan.software.extend(sub.software)

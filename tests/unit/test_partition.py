@@ -148,3 +148,18 @@ def test_no_redirect_across_switches():
     pipeline = _l2_pipeline()
     plan = partition(pipeline, _offload(FULL_CAPS, ("sw0", "sw1", "sw0", "sw0")), (ir.ETH_TYPE_IPV4,))
     assert {(r.in_port, r.output) for r in plan.rules} == {(1, 3), (3, 1)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(pipelines(), st.lists(packets, min_size=1, max_size=10), st.data())
+def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
+    offload = _offload(FULL_CAPS)
+    first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,))
+    if not first.rules:
+        return
+    victim = data.draw(st.sampled_from(first.rules))
+    plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"})
+    assert (victim.in_port, victim.match) not in {(r.in_port, r.match) for r in plan.rules}
+    assert any(s.reason == "the NIC refused it: ENOSPC" for s in plan.software)
+    for pkt in pkts:
+        assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports

@@ -1,0 +1,204 @@
+"""Keep the NIC's tc-flower rules equal to the partitioner's hardware rules.
+
+Desired state in, minimal change out: the rules installed on each
+representor are dumped, compared by what they match (chain, priority,
+protocol, keys), and only the difference is sent. A restart therefore
+re-adds nothing and resets no counter. Applying is split in two halves so
+the agent can order them around the OVS update (make-before-break): stale
+rules leave the NIC before OVS changes, new rules arrive after OVS has the
+flows that back them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from hwflow.backends.tc import flower
+from hwflow.backends.tc.transport import SimSocketTransport, KernelTransport, TcClient, TcError
+from hwflow.offload.partition import HwRule
+from hwflow.pipeline import ir
+
+LOG = logging.getLogger(__name__)
+
+PRIO_BASE = 1
+PROTOCOL_SLOT = {ir.ETH_TYPE_IPV4: 0, ir.ETH_TYPE_IPV6: 1, ir.ETH_TYPE_ARP: 2}
+SLOTS = 4  # prio = base + level * SLOTS + slot: tc wants one protocol per priority
+
+TC_FLAGS = {"skip_sw": flower.TCA_CLS_FLAGS_SKIP_SW, "skip_hw": flower.TCA_CLS_FLAGS_SKIP_HW, "none": 0}
+
+# IR field -> (FlowerKeys field, FlowerKeys mask field or None for exact-only keys)
+_KEYS = {
+    "eth_dst": ("eth_dst", "eth_dst_mask"),
+    "eth_src": ("eth_src", "eth_src_mask"),
+    "vlan_vid": ("vlan_id", None),
+    "ip_proto": ("ip_proto", None),
+    "ipv4_src": ("ipv4_src", "ipv4_src_mask"),
+    "ipv4_dst": ("ipv4_dst", "ipv4_dst_mask"),
+    "ipv6_src": ("ipv6_src", "ipv6_src_mask"),
+    "ipv6_dst": ("ipv6_dst", "ipv6_dst_mask"),
+    "tcp_src": ("tcp_src", None),
+    "tcp_dst": ("tcp_dst", None),
+    "udp_src": ("udp_src", None),
+    "udp_dst": ("udp_dst", None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Representor:
+    """Where a logical port's hardware rules go."""
+
+    ifindex: int
+    endpoint: str  # "netlink" or "unix:<path>"
+
+
+def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int) -> tuple[str, flower.FlowerRule]:
+    """(endpoint, rule without a handle) for one hardware rule."""
+    src, dst = reps[rule.in_port], reps[rule.output]
+    eth_type = rule.match.get("eth_type")
+    if eth_type is None or not eth_type.exact:
+        raise ValueError(f"hardware rule {rule} must match one exact eth_type")
+    keys: dict[str, int] = {}
+    for term in rule.match.fields:
+        if term.field == "eth_type":
+            continue
+        if term.field not in _KEYS:
+            raise ValueError(f"hardware rule {rule}: field {term.field} has no tc-flower key")
+        name, mask_name = _KEYS[term.field]
+        if mask_name is None and not term.exact:
+            raise ValueError(f"hardware rule {rule}: flower matches {term.field} exactly only")
+        keys[name] = term.value
+        if mask_name is not None:
+            keys[mask_name] = term.mask
+    prio = PRIO_BASE + rule.level * SLOTS + PROTOCOL_SLOT.get(eth_type.value, SLOTS - 1)
+    return src.endpoint, flower.FlowerRule(
+        ifindex=src.ifindex, prio=prio, handle=0, protocol=eth_type.value,
+        keys=flower.FlowerKeys(**keys), actions=(flower.Mirred(dst.ifindex),), flags=flags,
+    )
+
+
+def identity(rule: flower.FlowerRule) -> tuple:
+    """What a rule matches: two rules with the same identity are one rule."""
+    return (rule.ifindex, rule.chain, rule.prio, rule.protocol, rule.keys)
+
+
+@dataclasses.dataclass
+class TcDiff:
+    add: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
+    replace: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
+    delete: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.replace or self.delete)
+
+
+def diff(desired: Iterable[flower.FlowerRule], installed: Iterable[flower.FlowerRule], endpoint: str) -> TcDiff:
+    """Changes that turn ``installed`` (dumped, with handles) into ``desired`` (handle 0)."""
+    have = {identity(r): r for r in installed}
+    used: dict[int, set[int]] = {}
+    for r in have.values():
+        used.setdefault(r.ifindex, set()).add(r.handle)
+    out = TcDiff()
+    wanted = set()
+    for rule in desired:
+        key = identity(rule)
+        wanted.add(key)
+        old = have.get(key)
+        if old is None:
+            handle = _free_handle(used.setdefault(rule.ifindex, set()))
+            out.add.append((endpoint, dataclasses.replace(rule, handle=handle)))
+        elif old.actions != rule.actions:
+            out.replace.append((endpoint, dataclasses.replace(rule, handle=old.handle)))
+    out.delete = [(endpoint, r) for k, r in have.items() if k not in wanted]
+    return out
+
+
+def _free_handle(used: set[int]) -> int:
+    handle = 1
+    while handle in used:
+        handle += 1
+    used.add(handle)
+    return handle
+
+
+def open_client(endpoint: str) -> TcClient:
+    if endpoint == "netlink":
+        return TcClient(KernelTransport())
+    if endpoint.startswith("unix:"):
+        return TcClient(SimSocketTransport(endpoint[len("unix:"):]))
+    raise ValueError(f"unknown tc endpoint {endpoint!r}: use 'netlink' or 'unix:<path>'")
+
+
+class TcBackend:
+    """Talks to every NIC control endpoint on the host, one client each."""
+
+    def __init__(self, connect: Callable[[str], TcClient] = open_client) -> None:
+        self._connect = connect
+        self._clients: dict[str, TcClient] = {}
+        self._refused: dict[tuple, str] = {}  # identity -> last error, logged once
+
+    def client(self, endpoint: str) -> TcClient:
+        if endpoint not in self._clients:
+            self._clients[endpoint] = self._connect(endpoint)
+        return self._clients[endpoint]
+
+    def installed(self, endpoint: str, ifindex: int) -> list[tuple[flower.FlowerRule, flower.RuleStats | None]]:
+        return [(r, s) for r, s in self.client(endpoint).dump(ifindex) if r.chain == 0]
+
+    def plan(self, desired: Iterable[tuple[str, flower.FlowerRule]], managed: Iterable[Representor]) -> TcDiff:
+        """The changes for every managed representor (one dump each)."""
+        by_dev: dict[tuple[str, int], list[flower.FlowerRule]] = {(r.endpoint, r.ifindex): [] for r in managed}
+        for endpoint, rule in desired:
+            by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
+        total = TcDiff()
+        for (endpoint, ifindex), rules in sorted(by_dev.items()):
+            installed = [r for r, _ in self.installed(endpoint, ifindex)]
+            part = diff(rules, installed, endpoint)
+            total.add += part.add
+            total.replace += part.replace
+            total.delete += part.delete
+        return total
+
+    def remove(self, changes: TcDiff) -> int:
+        """First half: take stale rules off the NIC (always safe: OVS has everything)."""
+        return self._apply(changes.delete, "delete")
+
+    def install(self, changes: TcDiff) -> int:
+        """Second half: new and changed rules, once OVS holds the flows behind them."""
+        return self._apply(changes.add, "add") + self._apply(changes.replace, "replace")
+
+    def _apply(self, items: list[tuple[str, flower.FlowerRule]], op: str) -> int:
+        done = 0
+        for endpoint in sorted({e for e, _ in items}):
+            rules = [r for e, r in items if e == endpoint]
+            client = self.client(endpoint)
+            if op == "delete":
+                results = client.delete(rules)
+            else:
+                results = client.add(rules, replace=(op == "replace"))
+            done += self._report(rules, results, op, endpoint)
+        return done
+
+    def _report(self, rules: list[flower.FlowerRule], results: list[TcError | None], op: str, endpoint: str) -> int:
+        done = 0
+        for rule, err in zip(rules, results):
+            key = identity(rule)
+            if err is None:
+                done += 1
+                self._refused.pop(key, None)
+                continue
+            text = str(err)
+            if self._refused.get(key) != text:
+                LOG.warning("NIC at %s refused to %s %s: %s; that traffic stays in Open vSwitch",
+                            endpoint, op, rule.describe(), text)
+            self._refused[key] = text
+        return done
+
+    def refused(self) -> dict[tuple, str]:
+        return dict(self._refused)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
