@@ -147,7 +147,7 @@ class OpenFlowConnection:
         sock.settimeout(self.timeout)
         try:
             sock.connect(self._address)
-            hello = parser.OFPHello(self.datapath, elements=[parser.OFPHelloElemVersionBitmap([ofp.OFP_VERSION])])
+            hello = parser.OFPHello(self.datapath)  # a 1.3 header offers "up to 1.3"; os-ken sends no bitmap
             hello.serialize()
             sock.sendall(hello.buf)
             peer = _read_message(sock)

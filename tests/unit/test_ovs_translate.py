@@ -1,0 +1,227 @@
+"""IR -> OpenFlow 1.3 translation: wire round trips, canonical keys, refusals."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from os_ken.ofproto import ofproto_parser
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from hwflow.backends.ovs import translate
+from hwflow.backends.ovs.openflow import hello_versions
+from hwflow.pipeline import ir
+
+PORTS = {10: 1, 11: 2, 12: 7, 13: 65000}
+
+
+def bits(field: str) -> st.SearchStrategy[int]:
+    return st.integers(0, ir.full_mask(field))
+
+
+@st.composite
+def masked(draw: st.DrawFn, field: str) -> ir.FieldMatch:
+    mask = draw(st.one_of(st.just(ir.full_mask(field)), bits(field)))
+    return ir.FieldMatch(field, draw(bits(field)) & mask, mask)
+
+
+def exact(field: str, value: int) -> ir.FieldMatch:
+    return ir.FieldMatch(field, value, ir.full_mask(field))
+
+
+@st.composite
+def l3_terms(draw: st.DrawFn) -> list[ir.FieldMatch]:
+    """A protocol stack whose OpenFlow prerequisites are all present."""
+    kind = draw(st.sampled_from(["none", "eth", "ipv4", "ipv6", "arp"]))
+    if kind == "none":
+        return []
+    if kind == "eth":
+        return [exact("eth_type", draw(st.sampled_from([0x88CC, 0x8100 + 1])))]
+    if kind == "arp":
+        terms = [exact("eth_type", ir.ETH_TYPE_ARP)]
+        if draw(st.booleans()):
+            terms.append(exact("arp_op", draw(st.integers(1, 2))))
+        terms += [draw(masked(f)) for f in ("arp_spa", "arp_tpa") if draw(st.booleans())]
+        return terms
+    v4 = kind == "ipv4"
+    terms = [exact("eth_type", ir.ETH_TYPE_IPV4 if v4 else ir.ETH_TYPE_IPV6)]
+    addrs = ("ipv4_src", "ipv4_dst") if v4 else ("ipv6_src", "ipv6_dst")
+    terms += [draw(masked(f)) for f in addrs if draw(st.booleans())]
+    proto = draw(st.sampled_from([None, 6, 17, 1 if v4 else 58]))
+    if proto is None:
+        return terms
+    terms.append(exact("ip_proto", proto))
+    l4 = {6: ("tcp_src", "tcp_dst"), 17: ("udp_src", "udp_dst")}.get(proto)
+    if l4:
+        terms += [draw(masked(f)) for f in l4 if draw(st.booleans())]
+    else:
+        terms += [exact(f, draw(bits(f))) for f in ("icmp_type", "icmp_code") if draw(st.booleans())]
+    return terms
+
+
+@st.composite
+def ir_matches(draw: st.DrawFn) -> ir.Match:
+    terms = draw(l3_terms())
+    if draw(st.booleans()):
+        terms.append(exact("in_port", draw(st.sampled_from(sorted(PORTS)))))
+    terms += [draw(masked(f)) for f in ("metadata", "eth_src", "eth_dst", "vlan_vid") if draw(st.booleans())]
+    return ir.Match(tuple(terms))
+
+
+@st.composite
+def ir_flows(draw: st.DrawFn) -> ir.Flow:
+    table = draw(st.integers(0, 250))
+    match = draw(ir_matches())
+    settable = ["metadata", "eth_src", "eth_dst", "ip_ttl"]
+    eth_type = match.get("eth_type")
+    if eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV4:
+        settable += ["ipv4_src", "ipv4_dst"]
+    actions: list[ir.Action] = draw(st.lists(st.one_of(
+        st.builds(ir.Output, st.sampled_from(sorted(PORTS))),
+        st.sampled_from(settable).flatmap(lambda f: st.builds(ir.SetField, st.just(f), bits(f))),
+    ), max_size=4))
+    tail = draw(st.sampled_from(["none", "goto", "drop"]))
+    if tail == "goto":
+        actions.append(ir.GotoTable(draw(st.integers(table + 1, 253))))
+    elif tail == "drop":
+        actions.append(ir.Drop())
+    return ir.Flow(table, draw(st.integers(0, 0xFFFF)), match, tuple(actions),
+                   draw(st.text(min_size=1, max_size=20)))
+
+
+def wire_round_trip(mod: parser.OFPFlowMod) -> parser.OFPFlowMod:
+    mod.serialize()
+    version, msg_type, length, xid = ofproto_parser.header(mod.buf)
+    return ofproto_parser.msg(translate.DATAPATH, version, msg_type, length, xid, bytes(mod.buf))
+
+
+def ir_key(flow: ir.Flow) -> tuple:
+    """What must decide canonical-key equality: the IR key without match-everything terms."""
+    return (flow.table, flow.priority, tuple(f for f in flow.match.fields if f.mask))
+
+
+@settings(max_examples=400, deadline=None)
+@given(ir_flows())
+def test_flow_survives_the_wire_with_identical_canonical_keys(flow: ir.Flow) -> None:
+    mod = translate.to_flow_mod(flow, PORTS)
+    back = wire_round_trip(mod)
+    assert back.cookie == mod.cookie == translate.owner_cookie(flow.owner)
+    assert translate.flow_key(back.table_id, back.priority, back.match) == translate.flow_key(
+        mod.table_id, mod.priority, mod.match)
+    assert translate.instructions_key(back.instructions) == translate.instructions_key(mod.instructions)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ir_flows(), ir_flows())
+def test_canonical_keys_equal_exactly_when_ir_keys_equal(a: ir.Flow, b: ir.Flow) -> None:
+    ka, kb = (translate.to_flow_mod(f, PORTS) for f in (a, b))
+    same = translate.flow_key(ka.table_id, ka.priority, ka.match) == translate.flow_key(
+        kb.table_id, kb.priority, kb.match)
+    assert same == (ir_key(a) == ir_key(b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ir_flows())
+def test_same_flow_with_its_match_respelled_has_the_same_key(flow: ir.Flow) -> None:
+    """Explicit full masks (another spelling OVS or os-ken may use) must not change the key."""
+    mod = translate.to_flow_mod(flow, PORTS)
+    respelled = parser.OFPMatch(**{k: v if isinstance(v, tuple) else (v, _full(k)) for k, v in mod.match.items()})
+    assert translate.match_key(respelled) == translate.match_key(mod.match)
+
+
+def _full(oxm: str):
+    width = {"vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
+             "icmpv6_code": 8}.get(oxm) or ir.FIELD_BITS[oxm]
+    return translate.to_user(oxm, (1 << width) - 1)
+
+
+def test_translation_of_a_classifier_flow() -> None:
+    flow = ir.Flow(0, 100, ir.Match.of(in_port=11, vlan_vid=5),
+                   (ir.SetField("metadata", 7), ir.Output(12), ir.GotoTable(3)), "port:a")
+    mod = translate.to_flow_mod(flow, PORTS)
+    assert mod.match["in_port"] == 2
+    assert mod.match["vlan_vid"] == 5 | ofp.OFPVID_PRESENT
+    assert translate.instructions_key(mod.instructions) == (
+        ("apply", (("output", 7),)), ("write_metadata", 7, translate.ALL_ONES_64), ("goto", 3))
+
+
+def test_drop_has_no_instructions_and_stops_the_list() -> None:
+    flow = ir.Flow(2, 1, ir.Match(), (ir.Drop(), ir.Output(10)), "net:x")
+    assert translate.to_flow_mod(flow, PORTS).instructions == []
+
+
+@pytest.mark.parametrize("match, missing", [
+    (ir.Match.of(ipv4_dst=1), "eth_type=0x0800"),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ipv4_dst=1), "eth_type=0x0800"),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, tcp_dst=80), "ip_proto=6"),
+    (ir.Match.of(ip_proto=6, tcp_dst=80), "eth_type=0x0800 or 0x86dd"),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ip_proto=1, icmp_type=8), "eth_type=0x0800"),
+    (ir.Match.of(arp_tpa=5), "eth_type=0x0806"),
+])
+def test_missing_prerequisite_names_the_flow_and_the_term(match: ir.Match, missing: str) -> None:
+    flow = ir.Flow(4, 9, match, (), "router:r1")
+    with pytest.raises(translate.TranslationError) as err:
+        translate.to_flow_mod(flow, PORTS)
+    assert "owner='router:r1'" in str(err.value) and missing in str(err.value)
+
+
+def test_set_field_needs_its_prerequisite_too() -> None:
+    flow = ir.Flow(0, 1, ir.Match(), (ir.SetField("ipv4_dst", 1),), "fip:1")
+    with pytest.raises(translate.TranslationError, match="set_field on ipv4_dst needs"):
+        translate.to_flow_mod(flow, PORTS)
+
+
+@pytest.mark.parametrize("flow", [
+    ir.Flow(0, 1, ir.Match.of(in_port=99), (), "port:p"),
+    ir.Flow(0, 1, ir.Match(), (ir.Output(10), ir.Output(99)), "port:p"),
+])
+def test_unbound_port_is_reported_with_its_key(flow: ir.Flow) -> None:
+    with pytest.raises(translate.UnboundPort) as err:
+        translate.to_flow_mod(flow, PORTS)
+    assert err.value.port_key == 99 and err.value.flow is flow
+
+
+@pytest.mark.parametrize("flow, reason", [
+    (ir.Flow(3, 1, ir.Match(), (ir.GotoTable(3),), "x"), "only jumps forward"),
+    (ir.Flow(3, 1, ir.Match(), (ir.GotoTable(4), ir.Output(10)), "x"), "after GotoTable"),
+    (ir.Flow(0, 1, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ip_ttl=1), (), "x"), "cannot match ip_ttl"),
+    (ir.Flow(0, 1, ir.Match.of(in_port=(10, 0xF)), (), "x"), "in_port can only be matched exactly"),
+    (ir.Flow(255, 1, ir.Match(), (), "x"), "table 255"),
+    (ir.Flow(0, 70000, ir.Match(), (), "x"), "priority 70000"),
+])
+def test_untranslatable_flows_are_refused_clearly(flow: ir.Flow, reason: str) -> None:
+    with pytest.raises(translate.TranslationError, match=reason):
+        translate.to_flow_mod(flow, PORTS)
+
+
+def test_cookie_is_marked_stable_and_owner_specific() -> None:
+    cookie = translate.owner_cookie("port:a")
+    assert cookie >> 48 == translate.HWFLOW_MARK and translate.is_hwflow_cookie(cookie)
+    assert cookie == 0x4857E6905E0C0F56  # must not change between releases: restarts reconcile by it
+    assert translate.owner_cookie("port:b") != cookie
+    assert not translate.is_hwflow_cookie(0x1234)
+
+
+def encode_hello(version: int, bitmap_versions: set[int], padding_elements: int) -> bytes:
+    """A HELLO as OpenFlow 1.3.1 section 7.5.1 lays it out (os-ken does not serialize elements)."""
+    elements = b"".join(struct.pack("!HH4x", 0xFFFF, 8) for _ in range(padding_elements))
+    words = max(1, (max(bitmap_versions) + 32) // 32)
+    bitmap = sum(1 << v for v in bitmap_versions).to_bytes(4 * words, "little")
+    body = b"".join(bitmap[i:i + 4][::-1] for i in range(0, len(bitmap), 4))
+    elem = struct.pack("!HH", ofp.OFPHET_VERSIONBITMAP, 4 + len(body)) + body
+    elem += b"\0" * (-len(elem) % 8)
+    payload = elements + elem
+    return struct.pack("!BBHI", version, ofp.OFPT_HELLO, 8 + len(payload), 1) + payload
+
+
+@given(st.integers(1, 6), st.sets(st.integers(1, 70), min_size=1), st.integers(0, 2))
+def test_hello_version_bitmap_is_read_back(version: int, versions: set[int], padding: int) -> None:
+    assert hello_versions(encode_hello(version, versions, padding)) == versions
+
+
+def test_hello_without_bitmap_offers_every_version_up_to_its_own() -> None:
+    assert hello_versions(bytes([1, 0, 0, 8, 0, 0, 0, 1])) == {1}
+    assert hello_versions(bytes([4, 0, 0, 8, 0, 0, 0, 1])) == {1, 2, 3, 4}
