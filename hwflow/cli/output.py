@@ -20,8 +20,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO = sys.stdout) -> None:
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None) -> None:
     """Aligned columns with an upper-case header; empty tables say so."""
+    out = out or sys.stdout
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
@@ -31,7 +32,8 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO
         print("(none)", file=out)
 
 
-def dump_json(obj: Any, out: TextIO = sys.stdout) -> None:
+def dump_json(obj: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(obj, out, indent=2, sort_keys=True, default=str)
     out.write("\n")
 
