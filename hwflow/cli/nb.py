@@ -65,7 +65,8 @@ def _open(conf: cfg.ConfigOpts) -> NbApi:
 def _row(obj: NbObject) -> dict[str, Any]:
     row = obj.to_dict()
     if isinstance(obj, Chassis):
-        row["heartbeat"] = f"{max(0.0, time.time() - obj.heartbeat_at):.0f}s ago" if obj.heartbeat_at else "never"
+        age = max(0.0, time.time() - obj.heartbeat_at)
+        row["heartbeat"] = f"{age:.0f}s ago" if obj.heartbeat_at else "never"
     return row
 
 

@@ -81,7 +81,9 @@ def _unique_keys(obj: NbObject) -> dict[str, str]:
 
 def _referrers(kind: str) -> list[tuple[type[NbObject], str]]:
     """(kind class, field) pairs whose field points at objects of ``kind``."""
-    return [(cls, field) for cls in KINDS.values() for field, target in cls.references.items() if target == kind]
+    return [
+        (cls, field) for cls in KINDS.values() for field, target in cls.references.items() if target == kind
+    ]
 
 
 class NbApi:
@@ -298,7 +300,9 @@ class NbApi:
             return self.update(dataclasses.replace(chassis, revision=0))
         raise DatabaseUnavailable(f"{chassis.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
 
-    def delete(self, kind: Kind, id: str, if_revision: int | None = None, cascade: bool = False) -> list[NbObject]:
+    def delete(
+        self, kind: Kind, id: str, if_revision: int | None = None, cascade: bool = False
+    ) -> list[NbObject]:
         """Remove an object, and with ``cascade`` everything that points at it, in one transaction.
 
         Returns what was removed, the named object first.
