@@ -29,7 +29,8 @@ class Profile:
     capabilities: Capabilities
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "capabilities": self.capabilities.to_dict()}
+        return {"name": self.name, "description": self.description,
+                "capabilities": self.capabilities.to_dict()}
 
 
 def profile_dirs() -> list[Path]:
@@ -48,7 +49,8 @@ def resolve(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.json")})
-    raise ProfileError(f"NIC profile {name_or_path!r} not found: give a path to a JSON file or one of {known}")
+    raise ProfileError(f"NIC profile {name_or_path!r} not found: give a path to a JSON file "
+                       f"or one of {known}")
 
 
 def parse_profile(data: Mapping[str, Any], source: str) -> Profile:

@@ -110,7 +110,8 @@ def test_bad_keys_are_refused_by_name(kwargs: dict, words: str) -> None:
     (fl.ETH_P_ALL, fl.FlowerKeys(ip_proto=6), "ip_proto needs protocol"),
     (fl.ETH_P_IP, fl.FlowerKeys(vlan_id=3), "vlan_id needs protocol 0x8100"),
 ])
-def test_keys_that_cannot_match_the_protocol_are_refused(protocol: int, keys: fl.FlowerKeys, words: str) -> None:
+def test_keys_that_cannot_match_the_protocol_are_refused(protocol: int, keys: fl.FlowerKeys,
+                                                         words: str) -> None:
     with pytest.raises(ValueError, match=words):
         fl.FlowerRule(1, 1, 1, protocol, keys, (fl.Gact("drop"),))
 
@@ -130,7 +131,8 @@ def test_unmodelled_attributes_are_not_silently_dropped() -> None:
     # Append TCA_FLOWER_KEY_VLAN_PRIO (24) inside TCA_OPTIONS: a key hwflow does not model.
     attrs = nl.parse_attrs(msg.payload[fl.TCMSG.size:])
     options = dict(attrs)[fl.TCA_OPTIONS] + nl.nla(24, b"\1")
-    payload = msg.payload[:fl.TCMSG.size] + nl.nla_str(fl.TCA_KIND, "flower") + nl.nla(fl.TCA_OPTIONS, options)
+    payload = (msg.payload[:fl.TCMSG.size] + nl.nla_str(fl.TCA_KIND, "flower")
+               + nl.nla(fl.TCA_OPTIONS, options))
     with pytest.raises(fl.FlowerDecodeError, match="attribute 24"):
         fl.decode_filter(nl.encode_message(fl.RTM_NEWTFILTER, 0, 1, payload))
 
@@ -138,8 +140,9 @@ def test_unmodelled_attributes_are_not_silently_dropped() -> None:
 # --- iproute2's bytes ----------------------------------------------------------
 
 TC_CASES = [
-    (("prio 10 handle 1 protocol ip flower dst_mac 02:00:00:00:00:01 src_mac 02:00:00:00:00:00/ff:ff:ff:00:00:00"
-     " ip_proto tcp src_ip 10.0.0.0/8 dst_ip 192.168.1.1 dst_port 80 action mirred egress redirect dev lo"),
+    (("prio 10 handle 1 protocol ip flower dst_mac 02:00:00:00:00:01"
+     " src_mac 02:00:00:00:00:00/ff:ff:ff:00:00:00 ip_proto tcp src_ip 10.0.0.0/8 dst_ip 192.168.1.1"
+     " dst_port 80 action mirred egress redirect dev lo"),
      fl.FlowerRule(1, 10, 1, fl.ETH_P_IP, fl.FlowerKeys(
          eth_dst=0x020000000001, eth_src=0x020000000000, eth_src_mask=0xFFFFFF000000, ip_proto=6,
          ipv4_src=0x0A000000, ipv4_src_mask=0xFF000000, ipv4_dst=0xC0A80101, tcp_dst=80), (fl.Mirred(1),))),
@@ -161,8 +164,8 @@ def tc_sent_newfilter(args: str) -> bytes:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         trace = subprocess.run(
-            ["ip", "netns", "exec", ns, "strace", "-f", "-e", "trace=sendmsg", "-e", "write=all", "-o", "/dev/stdout",
-             "tc", "filter", "add", "dev", "lo", "ingress", *args.split()],
+            ["ip", "netns", "exec", ns, "strace", "-f", "-e", "trace=sendmsg", "-e", "write=all",
+             "-o", "/dev/stdout", "tc", "filter", "add", "dev", "lo", "ingress", *args.split()],
             check=False, capture_output=True, text=True, timeout=30).stdout
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=True)

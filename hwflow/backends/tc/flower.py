@@ -138,15 +138,21 @@ class KeySpec:
 
 
 KEY_SPECS: tuple[KeySpec, ...] = (
-    KeySpec("eth_dst", TCA_FLOWER_KEY_ETH_DST, "eth_dst_mask", TCA_FLOWER_KEY_ETH_DST_MASK, 6, "eth_dst"),
-    KeySpec("eth_src", TCA_FLOWER_KEY_ETH_SRC, "eth_src_mask", TCA_FLOWER_KEY_ETH_SRC_MASK, 6, "eth_src"),
+    KeySpec("eth_dst", TCA_FLOWER_KEY_ETH_DST, "eth_dst_mask", TCA_FLOWER_KEY_ETH_DST_MASK, 6,
+            "eth_dst"),
+    KeySpec("eth_src", TCA_FLOWER_KEY_ETH_SRC, "eth_src_mask", TCA_FLOWER_KEY_ETH_SRC_MASK, 6,
+            "eth_src"),
     # The kernel reads VLAN_ID with nla_get_u16: host order, despite the header's "be16".
     KeySpec("vlan_id", TCA_FLOWER_KEY_VLAN_ID, None, None, 2, "vlan_vid", sys.byteorder, 12),
     KeySpec("ip_proto", TCA_FLOWER_KEY_IP_PROTO, None, None, 1, "ip_proto"),
-    KeySpec("ipv4_src", TCA_FLOWER_KEY_IPV4_SRC, "ipv4_src_mask", TCA_FLOWER_KEY_IPV4_SRC_MASK, 4, "ipv4_src"),
-    KeySpec("ipv4_dst", TCA_FLOWER_KEY_IPV4_DST, "ipv4_dst_mask", TCA_FLOWER_KEY_IPV4_DST_MASK, 4, "ipv4_dst"),
-    KeySpec("ipv6_src", TCA_FLOWER_KEY_IPV6_SRC, "ipv6_src_mask", TCA_FLOWER_KEY_IPV6_SRC_MASK, 16, "ipv6_src"),
-    KeySpec("ipv6_dst", TCA_FLOWER_KEY_IPV6_DST, "ipv6_dst_mask", TCA_FLOWER_KEY_IPV6_DST_MASK, 16, "ipv6_dst"),
+    KeySpec("ipv4_src", TCA_FLOWER_KEY_IPV4_SRC, "ipv4_src_mask", TCA_FLOWER_KEY_IPV4_SRC_MASK, 4,
+            "ipv4_src"),
+    KeySpec("ipv4_dst", TCA_FLOWER_KEY_IPV4_DST, "ipv4_dst_mask", TCA_FLOWER_KEY_IPV4_DST_MASK, 4,
+            "ipv4_dst"),
+    KeySpec("ipv6_src", TCA_FLOWER_KEY_IPV6_SRC, "ipv6_src_mask", TCA_FLOWER_KEY_IPV6_SRC_MASK, 16,
+            "ipv6_src"),
+    KeySpec("ipv6_dst", TCA_FLOWER_KEY_IPV6_DST, "ipv6_dst_mask", TCA_FLOWER_KEY_IPV6_DST_MASK, 16,
+            "ipv6_dst"),
     KeySpec("tcp_src", TCA_FLOWER_KEY_TCP_SRC, None, TCA_FLOWER_KEY_TCP_SRC_MASK, 2, "tcp_src"),
     KeySpec("tcp_dst", TCA_FLOWER_KEY_TCP_DST, None, TCA_FLOWER_KEY_TCP_DST_MASK, 2, "tcp_dst"),
     KeySpec("udp_src", TCA_FLOWER_KEY_UDP_SRC, None, TCA_FLOWER_KEY_UDP_SRC_MASK, 2, "udp_src"),
@@ -198,10 +204,11 @@ class FlowerKeys:
                     object.__setattr__(self, spec.mask_field, limit)
                     continue
                 if not 0 <= mask <= limit:
-                    raise ValueError(f"flower key {spec.mask_field}={mask:#x} is out of range (0..{limit:#x})")
+                    raise ValueError(f"flower key {spec.mask_field}={mask:#x} is out of range "
+                                     f"(0..{limit:#x})")
                 if value & ~mask:
-                    raise ValueError(f"flower key {spec.field}={value:#x} has bits outside its mask {mask:#x}; "
-                                     "mask the value first")
+                    raise ValueError(f"flower key {spec.field}={value:#x} has bits outside its mask "
+                                     f"{mask:#x}; mask the value first")
 
     def items(self) -> list[tuple[KeySpec, int, int]]:
         """(spec, value, mask) for every matched key, in wire order."""
@@ -237,7 +244,8 @@ class Gact:
         if self.verdict not in GACT_VERDICTS:
             raise ValueError(f"gact: unknown verdict {self.verdict!r}; use one of {GACT_VERDICTS}")
         if self.verdict != "goto_chain" and self.chain:
-            raise ValueError(f"gact: chain {self.chain} given with verdict {self.verdict!r}; only goto_chain takes one")
+            raise ValueError(f"gact: chain {self.chain} given with verdict {self.verdict!r}; "
+                             "only goto_chain takes one")
         if not 0 <= self.chain <= TC_ACT_EXT_VAL_MASK:
             raise ValueError(f"gact: chain {self.chain} out of range (0..{TC_ACT_EXT_VAL_MASK})")
 
@@ -278,12 +286,14 @@ class FlowerRule:
                 raise ValueError(f"{where}: key {spec.field} needs protocol {_NEEDS_PROTOCOL[family]:#06x}, "
                                  f"not {self.protocol:#06x}")
             if spec.field == "ip_proto" and self.protocol not in ip_protocols:
-                raise ValueError(f"{where}: ip_proto needs protocol 0x0800 or 0x86dd, not {self.protocol:#06x}")
+                raise ValueError(f"{where}: ip_proto needs protocol 0x0800 or 0x86dd, "
+                                 f"not {self.protocol:#06x}")
             if family in _NEEDS_IP_PROTO and self.keys.ip_proto != _NEEDS_IP_PROTO[family]:
                 raise ValueError(f"{where}: key {spec.field} needs ip_proto {_NEEDS_IP_PROTO[family]}")
 
     def describe(self) -> str:
-        return f"flower rule chain {self.chain} prio {self.prio} handle {self.handle} on ifindex {self.ifindex}"
+        return (f"flower rule chain {self.chain} prio {self.prio} handle {self.handle} "
+                f"on ifindex {self.ifindex}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,12 +399,15 @@ def _decode_action(payload: bytes) -> tuple[FlowerAction, RuleStats | None]:
     attrs = nl.attr_map(payload)
     kind = nl.get_str(attrs.get(TCA_ACT_KIND, b""))
     options = nl.attr_map(attrs.get(TCA_ACT_OPTIONS, b""))
-    parms_attr, tm_attr = (TCA_MIRRED_PARMS, TCA_MIRRED_TM) if kind == "mirred" else (TCA_GACT_PARMS, TCA_GACT_TM)
-    if kind not in ("mirred", "gact") or parms_attr not in options:
-        raise FlowerUnsupported(f"tc action {kind or '<no kind>'!r} is not modelled by hwflow (or has no parms)")
+    mirred = kind == "mirred"
+    parms_attr, tm_attr = (TCA_MIRRED_PARMS, TCA_MIRRED_TM) if mirred else (TCA_GACT_PARMS, TCA_GACT_TM)
+    if kind not in ("mirred", "gact"):
+        raise FlowerUnsupported(f"tc action {kind or '<no kind>'!r} is not modelled by hwflow")
+    if parms_attr not in options:
+        raise FlowerDecodeError(f"tc action {kind} has no parms")
     action: FlowerAction
     try:
-        if kind == "mirred":
+        if mirred:
             *_, eaction, ifindex = TC_MIRRED.unpack_from(options[parms_attr])
             if eaction not in (TCA_EGRESS_REDIR, TCA_EGRESS_MIRROR, TCA_INGRESS_REDIR, TCA_INGRESS_MIRROR):
                 raise FlowerDecodeError(f"mirred: unknown eaction {eaction}")
@@ -434,7 +447,8 @@ def _decode_options(payload: bytes) -> tuple[dict[str, int], tuple[FlowerAction,
             if spec.mask_field:
                 values[spec.mask_field] = mask
             elif mask != (1 << spec.width) - 1:
-                raise FlowerUnsupported(f"flower key {spec.field} has mask {mask:#x}; hwflow models it exact only")
+                raise FlowerUnsupported(f"flower key {spec.field} has mask {mask:#x}; "
+                                        "hwflow models it exact only")
         elif attr == TCA_FLOWER_ACT:
             for _, act in sorted(nl.parse_attrs(data), key=lambda item: item[0]):
                 action, act_stats = _decode_action(act)

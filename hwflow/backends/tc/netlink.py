@@ -77,7 +77,8 @@ def split_messages(data: bytes) -> list[Message]:
     while offset + NLMSGHDR.size <= len(data):
         length, msg_type, flags, seq, pid = NLMSGHDR.unpack_from(data, offset)
         if length < NLMSGHDR.size or offset + length > len(data):
-            raise NetlinkDecodeError(f"netlink message at offset {offset} claims {length} bytes of {len(data)}")
+            raise NetlinkDecodeError(f"netlink message at offset {offset} claims {length} bytes "
+                                     f"of {len(data)}")
         out.append(Message(msg_type, flags, seq, pid, data[offset + NLMSGHDR.size:offset + length]))
         offset += align4(length)
     if offset < len(data) and data[offset:].strip(b"\0"):

@@ -1,0 +1,189 @@
+"""Sending tc-flower messages and matching the answers, to the kernel or the simulated NIC.
+
+Only the transport differs between a real NIC (rtnetlink in the current
+network namespace) and the simulated one (its AF_UNIX control socket): the
+messages and the client are the same.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import select
+import socket
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
+
+RECV_BUFFER = 1 << 20
+MAX_SEND_BYTES = 60 * 1024  # under the AF_UNIX datagram limit and netlink's default rcvbuf
+
+
+class TcError(Exception):
+    """The device (or kernel) refused a request; ``message`` is its extack text."""
+
+    def __init__(self, err: int, message: str | None, rule: fl.FlowerRule | None,
+                 ifindex: int | None = None) -> None:
+        self.errno = err
+        self.message = message
+        self.rule = rule
+        self.ifindex = rule.ifindex if rule is not None else ifindex
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        what = self.rule.describe() if self.rule is not None else f"tc request on ifindex {self.ifindex}"
+        detail = f": {self.message}" if self.message else ""
+        code = errno.errorcode.get(self.errno, "?")
+        return f"{what}: refused with {code} ({os.strerror(self.errno)}){detail}"
+
+
+class Transport(Protocol):
+    def send(self, data: bytes) -> None: ...
+
+    def recv(self, timeout: float) -> bytes:
+        """One datagram (one or more whole netlink messages); TimeoutError if none comes in time."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _recv(sock: socket.socket, timeout: float, what: str) -> bytes:
+    ready, _, _ = select.select([sock], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"{what}: no answer within {timeout:g}s")
+    data = sock.recv(RECV_BUFFER)
+    if not data:
+        raise ConnectionError(f"{what}: the peer closed the connection")
+    return data
+
+
+class SimSocketTransport:
+    """The simulated NIC's control socket (SOCK_SEQPACKET: datagram boundaries are kept)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise ConnectionError(f"simulated NIC control socket {path}: {exc.strerror or exc}; "
+                                  "is hwflow-simnic running with this --socket?") from exc
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def recv(self, timeout: float) -> bytes:
+        return _recv(self._sock, timeout, f"simulated NIC {self.path}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class KernelTransport:
+    """rtnetlink in the caller's network namespace, with extended acks so errors carry text."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_ROUTE)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            self._sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_EXT_ACK, 1)
+            self._sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
+            self._sock.bind((0, 0))
+        except OSError:
+            self._sock.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendto(data, (0, 0))
+
+    def recv(self, timeout: float) -> bytes:
+        return _recv(self._sock, timeout, "kernel rtnetlink")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class TcClient:
+    """Batched tc-flower requests: many messages per send, answers matched by sequence number."""
+
+    def __init__(self, transport: Transport, timeout: float = 5.0, batch: int = 256) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._batch = batch
+        self._seqs = itertools.count(1)
+
+    def _next_seq(self) -> int:
+        return next(self._seqs) & 0xFFFFFFFF
+
+    def add(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
+        return self._transact(list(rules), fl.encode_newfilter)
+
+    def delete(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
+        return self._transact(list(rules), fl.encode_delfilter)
+
+    def _transact(self, rules: list[fl.FlowerRule],
+                  encode: Callable[[fl.FlowerRule, int], bytes]) -> list[TcError | None]:
+        results: list[TcError | None] = []
+        start = 0
+        while start < len(rules):
+            pending: dict[int, int] = {}  # seq -> index into rules
+            chunk = b""
+            while start < len(rules) and len(pending) < self._batch:
+                seq = self._next_seq()
+                msg = encode(rules[start], seq)
+                if chunk and len(chunk) + len(msg) > MAX_SEND_BYTES:
+                    break
+                chunk += msg
+                pending[seq] = start
+                start += 1
+            self._transport.send(chunk)
+            results.extend(self._collect_acks(pending, rules))
+        return results
+
+    def _collect_acks(self, pending: dict[int, int], rules: list[fl.FlowerRule]) -> list[TcError | None]:
+        answers: dict[int, TcError | None] = {}
+        while len(answers) < len(pending):
+            try:
+                data = self._transport.recv(self._timeout)
+            except TimeoutError as exc:
+                for index in pending.values():
+                    answers.setdefault(index, TcError(errno.ETIMEDOUT, str(exc), rules[index]))
+                break
+            for msg in nl.split_messages(data):
+                if msg.type != nl.NLMSG_ERROR or msg.seq not in pending:
+                    continue
+                index = pending[msg.seq]
+                error, text = nl.decode_error(msg)
+                answers[index] = TcError(-error, text, rules[index]) if error else None
+        return [answers[i] for i in sorted(answers)]
+
+    def dump(self, ifindex: int, parent: int = fl.INGRESS) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
+        """Every flower rule on a device; filters of other kinds and per-prio headers are skipped."""
+        seq = self._next_seq()
+        self._transport.send(fl.encode_dump(ifindex, seq, parent))
+        out = []
+        while True:
+            for msg in nl.split_messages(self._transport.recv(self._timeout)):
+                if msg.seq != seq:
+                    continue
+                if msg.type == nl.NLMSG_DONE:
+                    return out
+                if msg.type == nl.NLMSG_ERROR:
+                    error, text = nl.decode_error(msg)
+                    if error:
+                        raise TcError(-error, text, None, ifindex)
+                elif msg.type == fl.RTM_NEWTFILTER and _is_flower_rule(msg):
+                    out.append(fl.decode_filter_message(msg))
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _is_flower_rule(msg: nl.Message) -> bool:
+    """The kernel also dumps one options-less entry per (chain, prio): not a rule."""
+    attrs = nl.attr_map(msg.payload[fl.TCMSG.size:])
+    return nl.get_str(attrs.get(fl.TCA_KIND, b"")) == "flower" and fl.TCA_OPTIONS in attrs

@@ -1,0 +1,326 @@
+"""The simulated NIC's embedded switch: a tc-flower rule table, no I/O.
+
+It answers the same netlink messages the kernel would (so hwflow's tc backend
+cannot tell it from a real device except by transport), refuses what its
+profile cannot do with the errno a real driver returns, and classifies frames
+with tc semantics: chain 0 first, lowest prio number first, goto chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
+from hwflow.sim.profile import Profile
+
+LOG = logging.getLogger(__name__)
+AUTO_PRIO = 0xC000  # the kernel's first automatically chosen prio (tcf_auto_prio)
+
+
+class Refusal(Exception):
+    """A request the device refuses; becomes an NLMSG_ERROR with extack text."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.message = message
+
+
+@dataclasses.dataclass
+class _Entry:
+    rule: fl.FlowerRule
+    installed: float
+    lastused: float
+    packets: int = 0
+    bytes: int = 0
+
+
+Key = tuple[int, int, int]  # chain, prio, handle
+
+
+# --- frame parsing -------------------------------------------------------------
+
+_ETH = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BxxxxxHxBxx4s4s")  # ver/ihl, flags/frag, proto, src, dst
+_IPV6 = struct.Struct("!xxxxxxBx16s16s")  # next header, src, dst
+_PORTS = struct.Struct("!HH")
+_L4 = {fl.IPPROTO_TCP: "tcp", fl.IPPROTO_UDP: "udp"}
+
+
+def parse_frame(frame: bytes) -> dict[str, int] | None:
+    """The flower-visible fields of an Ethernet frame; None for a runt."""
+    if len(frame) < _ETH.size:
+        return None
+    dst, src, eth_type = _ETH.unpack_from(frame)
+    pkt = {"eth_dst": int.from_bytes(dst, "big"), "eth_src": int.from_bytes(src, "big"), "eth_type": eth_type}
+    offset = _ETH.size
+    l3_type = eth_type
+    if eth_type == fl.ETH_P_8021Q and len(frame) >= offset + 4:
+        tci, l3_type = struct.unpack_from("!HH", frame, offset)
+        pkt["vlan_id"] = tci & 0xFFF
+        offset += 4
+    l4_offset = None
+    if l3_type == fl.ETH_P_IP and len(frame) >= offset + _IPV4.size:
+        ver_ihl, frag, proto, s, d = _IPV4.unpack_from(frame, offset)
+        pkt.update(ip_proto=proto, ipv4_src=int.from_bytes(s, "big"), ipv4_dst=int.from_bytes(d, "big"))
+        if not frag & 0x1FFF:  # only the first fragment carries ports
+            l4_offset = offset + (ver_ihl & 0xF) * 4
+    elif l3_type == fl.ETH_P_IPV6 and len(frame) >= offset + _IPV6.size:
+        proto, s, d = _IPV6.unpack_from(frame, offset)
+        pkt.update(ip_proto=proto, ipv6_src=int.from_bytes(s, "big"), ipv6_dst=int.from_bytes(d, "big"))
+        l4_offset = offset + _IPV6.size
+    l4 = _L4.get(pkt.get("ip_proto", -1))
+    if l4 and l4_offset is not None and len(frame) >= l4_offset + _PORTS.size:
+        pkt[f"{l4}_src"], pkt[f"{l4}_dst"] = _PORTS.unpack_from(frame, l4_offset)
+    return pkt
+
+
+def rule_matches(rule: fl.FlowerRule, pkt: dict[str, int]) -> bool:
+    if rule.protocol != fl.ETH_P_ALL and pkt["eth_type"] != rule.protocol:
+        return False
+    for spec, value, mask in rule.keys.items():
+        have = pkt.get(spec.field)
+        if have is None or have & mask != value:
+            return False
+    return True
+
+
+def _is_dump(msg: nl.Message) -> bool:
+    """NLM_F_DUMP shares its bits with NLM_F_EXCL|REPLACE: it only means dump on a GET."""
+    return msg.type == fl.RTM_GETTFILTER and msg.flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
+
+
+# --- the switch ----------------------------------------------------------------
+
+
+def _action_name(action: fl.FlowerAction) -> str:
+    """The capability an action needs, in hwflow.offload.capabilities' vocabulary."""
+    if isinstance(action, fl.Mirred):
+        if action.egress and action.redirect:
+            return "redirect"
+        direction = "egress" if action.egress else "ingress"
+        return f"mirred {direction} {'redirect' if action.redirect else 'mirror'}"
+    return action.verdict
+
+
+class Eswitch:
+    def __init__(self, name: str, profile: Profile, ifindexes: Iterable[int],
+                 clock: Callable[[], float] = time.monotonic, log: logging.Logger = LOG) -> None:
+        self.name = name
+        self.profile = profile
+        self._tables: dict[int, dict[Key, _Entry]] = {i: {} for i in ifindexes}
+        self._sorted: dict[tuple[int, int], list[_Entry]] = {}
+        self._clock = clock
+        self._log = log
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(t) for t in self._tables.values())
+
+    def rules(self, ifindex: int) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
+        now = self._clock()
+        table = self._tables.get(ifindex, {})
+        return [(table[k].rule, self._stats(table[k], now)) for k in sorted(table)]
+
+    # --- data path -----------------------------------------------------------
+
+    def classify(self, ifindex: int, frame: bytes) -> list[fl.FlowerAction] | None:
+        """Actions to apply to a frame entering the switch from a VF (None: miss, go to the representor).
+
+        After a goto chain, a miss (or actions ending without a verdict) yields a
+        final ``Gact('pass')``: the rest is software's job.
+        """
+        pkt = parse_frame(frame)
+        if pkt is None or ifindex not in self._tables:
+            return None
+        chain = 0
+        applied: list[fl.FlowerAction] = []
+        while True:
+            entry = next((e for e in self._chain(ifindex, chain) if rule_matches(e.rule, pkt)), None)
+            if entry is None:
+                return applied + [fl.Gact("pass")] if chain else None
+            entry.packets += 1
+            entry.bytes += len(frame)
+            entry.lastused = self._clock()
+            goto = None
+            for action in entry.rule.actions:
+                if isinstance(action, fl.Gact) and action.verdict == "goto_chain":
+                    goto = action.chain
+                    break
+                applied.append(action)
+                if isinstance(action, fl.Gact) or action.redirect:
+                    return applied
+            if goto is None:
+                return applied + [fl.Gact("pass")]
+            chain = goto
+
+    def _chain(self, ifindex: int, chain: int) -> list[_Entry]:
+        key = (ifindex, chain)
+        if key not in self._sorted:
+            table = self._tables[ifindex]
+            self._sorted[key] = [table[k] for k in sorted(table) if k[0] == chain]
+        return self._sorted[key]
+
+    # --- control path --------------------------------------------------------
+
+    def handle_request(self, data: bytes) -> list[bytes]:
+        """Replies (one netlink message each) to the messages in one datagram."""
+        try:
+            messages = nl.split_messages(data)
+        except nl.NetlinkDecodeError as exc:
+            self._log.warning("simnic %s: dropped a malformed datagram: %s", self.name, exc)
+            return []
+        replies: list[bytes] = []
+        for msg in messages:
+            try:
+                out = self._dispatch(msg)
+            except Refusal as exc:
+                replies.append(nl.encode_error(msg, -exc.errno, exc.message))
+                continue
+            replies.extend(out)
+            if msg.flags & nl.NLM_F_ACK and not _is_dump(msg):
+                replies.append(nl.encode_error(msg, 0))
+        return replies
+
+    def _dispatch(self, msg: nl.Message) -> list[bytes]:
+        if msg.type == fl.RTM_NEWTFILTER:
+            return self._new(msg)
+        if msg.type == fl.RTM_DELTFILTER:
+            return self._delete(msg)
+        if msg.type == fl.RTM_GETTFILTER:
+            return self._get(msg)
+        raise Refusal(errno.EOPNOTSUPP, f"simnic {self.name}: netlink message type {msg.type} "
+                      "is not supported")
+
+    def _table(self, header: fl.TcHeader) -> dict[Key, _Entry]:
+        table = self._tables.get(header.ifindex)
+        if table is None:
+            raise Refusal(errno.ENODEV, f"simnic {self.name}: no representor with ifindex {header.ifindex}")
+        if header.parent != fl.INGRESS:
+            raise Refusal(errno.EOPNOTSUPP, f"simnic {self.name}: parent {header.parent:#x} is not supported "
+                          f"by profile {self.profile.name}; only ingress ({fl.INGRESS:#x})")
+        return table
+
+    def _unsupported(self, what: str) -> Refusal:
+        return Refusal(errno.EOPNOTSUPP,
+                       f"simnic {self.name}: {what} is not supported by profile {self.profile.name}")
+
+    def _decode(self, msg: nl.Message) -> fl.FlowerRule:
+        try:
+            rule, _ = fl.decode_filter_message(msg)
+        except fl.FlowerUnsupported as exc:
+            raise self._unsupported(str(exc)) from exc
+        except ValueError as exc:
+            raise Refusal(errno.EINVAL, f"simnic {self.name}: bad filter message: {exc}") from exc
+        return rule
+
+    def _check_profile(self, rule: fl.FlowerRule) -> None:
+        caps = self.profile.capabilities
+        if rule.flags & fl.TCA_CLS_FLAGS_SKIP_HW:
+            raise self._unsupported("a skip_hw rule (it belongs to the kernel datapath)")
+        if rule.protocol != fl.ETH_P_ALL and not caps.can_match("eth_type", 0xFFFF, 16):
+            raise self._unsupported("match on eth_type")
+        for spec, _, mask in rule.keys.items():
+            if not caps.can_match(spec.ir_field, mask, spec.width):
+                raise self._unsupported(f"match on {spec.ir_field} with mask {mask:#x}")
+        if len(rule.actions) > caps.max_actions_per_rule:
+            raise self._unsupported(f"{len(rule.actions)} actions in one rule "
+                                    f"(max {caps.max_actions_per_rule})")
+        for action in rule.actions:
+            if _action_name(action) not in caps.actions:
+                raise self._unsupported(f"action {_action_name(action)}")
+            if isinstance(action, fl.Mirred) and action.ifindex not in self._tables:
+                raise self._unsupported(f"redirect to ifindex {action.ifindex} (not a port of this switch)")
+            if isinstance(action, fl.Gact) and action.verdict == "goto_chain" and action.chain <= rule.chain:
+                raise self._unsupported(f"goto from chain {rule.chain} to chain {action.chain} "
+                                        "(not a later chain)")
+
+    def _new(self, msg: nl.Message) -> list[bytes]:
+        rule = self._decode(msg)
+        table = self._table(fl.decode_tcmsg(msg.payload))
+        if rule.prio == 0:
+            if not msg.flags & nl.NLM_F_CREATE:
+                raise Refusal(errno.ENOENT, f"simnic {self.name}: prio 0 needs NLM_F_CREATE")
+            prios = [k[1] for k in table if k[0] == rule.chain]
+            rule = dataclasses.replace(rule, prio=min(prios) - 1 if prios else AUTO_PRIO)
+        group = {k: e for k, e in table.items() if k[:2] == (rule.chain, rule.prio)}
+        if any(e.rule.protocol != rule.protocol for e in group.values()):
+            raise Refusal(errno.EINVAL, f"simnic {self.name}: prio {rule.prio} in chain {rule.chain} already "
+                          "holds rules of another protocol")
+        if rule.handle == 0:
+            used = {k[2] for k in group}
+            rule = dataclasses.replace(rule, handle=next(h for h in range(1, len(used) + 2) if h not in used))
+        key = (rule.chain, rule.prio, rule.handle)
+        if key in table and msg.flags & nl.NLM_F_EXCL:
+            raise Refusal(errno.EEXIST, f"simnic {self.name}: {rule.describe()} already exists")
+        if key not in table and not msg.flags & nl.NLM_F_CREATE:
+            raise Refusal(errno.ENOENT, f"simnic {self.name}: {rule.describe()} does not exist "
+                          "(and no NLM_F_CREATE)")
+        if any(e.rule.keys == rule.keys for k, e in group.items() if k != key):
+            raise Refusal(errno.EEXIST, f"simnic {self.name}: prio {rule.prio} already has a rule "
+                          "with these keys")
+        try:
+            self._check_profile(rule)
+        except Refusal as exc:
+            self._log.info("simnic %s: refused %s: %s", self.name, rule.describe(), exc.message)
+            raise
+        if key not in table and self.rule_count >= self.profile.capabilities.max_rules:
+            self._log.info("simnic %s: refused %s: table full", self.name, rule.describe())
+            raise Refusal(errno.ENOSPC, f"simnic {self.name}: rule table full "
+                          f"({self.profile.capabilities.max_rules} rules, profile {self.profile.name})")
+        now = self._clock()
+        table[key] = _Entry(rule, now, now)
+        self._sorted.clear()
+        self._log.info("simnic %s: %s %s", self.name, "replaced" if key in group else "added",
+                       rule.describe())
+        if msg.flags & nl.NLM_F_ECHO:
+            return [fl.encode_filter(rule, fl.RTM_NEWTFILTER, msg.flags, msg.seq,
+                                     status_flags=fl.TCA_CLS_FLAGS_IN_HW)]
+        return []
+
+    def _delete(self, msg: nl.Message) -> list[bytes]:
+        header = fl.decode_tcmsg(msg.payload)
+        table = self._table(header)
+        attrs = nl.attr_map(msg.payload[fl.TCMSG.size:])
+        chain = nl.get_u32(attrs[fl.TCA_CHAIN]) if fl.TCA_CHAIN in attrs else 0
+        if header.prio == 0:  # the kernel flushes the whole chain
+            doomed = [k for k in table if k[0] == chain]
+        elif header.handle == 0:  # ... or the whole prio
+            doomed = [k for k in table if k[:2] == (chain, header.prio)]
+        else:
+            doomed = [k for k in [(chain, header.prio, header.handle)] if k in table]
+        if not doomed and header.prio:
+            raise Refusal(errno.ENOENT, f"simnic {self.name}: no rule chain {chain} prio {header.prio} "
+                          f"handle {header.handle} on ifindex {header.ifindex}")
+        for key in doomed:
+            self._log.info("simnic %s: deleted %s", self.name, table.pop(key).rule.describe())
+        self._sorted.clear()
+        return []
+
+    def _get(self, msg: nl.Message) -> list[bytes]:
+        header = fl.decode_tcmsg(msg.payload)
+        table = self._table(header)
+        attrs = nl.attr_map(msg.payload[fl.TCMSG.size:])
+        chain = nl.get_u32(attrs[fl.TCA_CHAIN]) if fl.TCA_CHAIN in attrs else None
+        now = self._clock()
+        if _is_dump(msg):
+            out = [fl.encode_filter(table[k].rule, fl.RTM_NEWTFILTER, nl.NLM_F_MULTI, msg.seq,
+                                    self._stats(table[k], now), fl.TCA_CLS_FLAGS_IN_HW)
+                   for k in sorted(table) if chain is None or k[0] == chain]
+            return out + [nl.encode_done(msg.seq, msg.pid)]
+        entry = table.get((chain or 0, header.prio, header.handle))
+        if entry is None:
+            raise Refusal(errno.ENOENT, f"simnic {self.name}: no rule prio {header.prio} "
+                          f"handle {header.handle} on ifindex {header.ifindex}")
+        return [fl.encode_filter(entry.rule, fl.RTM_NEWTFILTER, 0, msg.seq, self._stats(entry, now),
+                                 fl.TCA_CLS_FLAGS_IN_HW)]
+
+    @staticmethod
+    def _stats(entry: _Entry, now: float) -> fl.RuleStats:
+        return fl.RuleStats(entry.packets, entry.bytes, int((now - entry.lastused) * 1000))

@@ -1,0 +1,169 @@
+"""``hwflow-simnic``: a simulated switchdev SmartNIC in one process.
+
+Run it inside the simulated host's network namespace. It creates the
+representor/VF TAP pairs, serves tc-flower netlink on an AF_UNIX
+SOCK_SEQPACKET socket, forwards frames through its eswitch, and writes
+``<socket>.json`` (atomically) once the devices exist: harnesses wait for
+that file, and hwflow's sim driver reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hwflow.sim import dataplane
+from hwflow.sim.eswitch import Eswitch
+from hwflow.sim.profile import Profile, ProfileError, load_profile
+
+LOG = logging.getLogger(__name__)
+MAX_DATAGRAM = 64 * 1024
+RECV_BUFFER = 1 << 20
+
+
+def pack_datagrams(messages: list[bytes], limit: int = MAX_DATAGRAM) -> list[bytes]:
+    """Whole netlink messages grouped into datagrams of at most ``limit`` bytes (a reply may span several)."""
+    out: list[bytes] = []
+    current = b""
+    for msg in messages:
+        if current and len(current) + len(msg) > limit:
+            out.append(current)
+            current = b""
+        current += msg
+    if current:
+        out.append(current)
+    return out
+
+
+Callback = Callable[[], None]
+
+
+class ControlServer:
+    """Serves the eswitch's netlink on a SOCK_SEQPACKET socket, one request datagram at a time."""
+
+    def __init__(self, path: str, eswitch: Eswitch, selector: selectors.BaseSelector) -> None:
+        self.path = path
+        self._eswitch = eswitch
+        self._selector = selector
+        if os.path.exists(path):
+            os.unlink(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._listener.bind(path)
+        self._listener.listen(16)
+        self._listener.setblocking(False)
+        selector.register(self._listener, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        conn, _ = self._listener.accept()
+        conn.setblocking(True)
+        self._selector.register(conn, selectors.EVENT_READ, lambda: self._serve(conn))
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            request = conn.recv(RECV_BUFFER)
+            if request:
+                for datagram in pack_datagrams(self._eswitch.handle_request(request)):
+                    conn.sendall(datagram)
+                return
+        except OSError as exc:
+            LOG.warning("simnic %s: control connection failed: %s", self._eswitch.name, exc)
+        self._selector.unregister(conn)
+        conn.close()
+
+    def close(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            if isinstance(key.fileobj, socket.socket):
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def run(selector: selectors.BaseSelector, stopped: Callable[[], bool], tick: float = 0.2) -> None:
+    """Dispatch ready fds until ``stopped()``; the tick bounds how late a signal is noticed."""
+    while not stopped():
+        for key, _ in selector.select(tick):
+            key.data()
+
+
+def switch_id(name: str) -> str:
+    """Stable across restarts so that ports keep their identity (like a NIC's serial)."""
+    return hashlib.sha256(f"hwflow-simnic:{name}".encode()).hexdigest()[:16]
+
+
+def write_status(path: Path, status: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def status_of(name: str, profile: Profile, sock: str, ports: list[dataplane.Port]) -> dict:
+    return {"name": name, "profile": profile.to_dict(), "switch_id": switch_id(name), "pid": os.getpid(),
+            "socket": sock, "ports": [p.status() for p in ports]}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hwflow-simnic", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True,
+                        help="device name prefix; representors are NAMErI, VFs NAMEvI")
+    parser.add_argument("--num-vfs", type=int, required=True, help="number of VF / representor pairs")
+    parser.add_argument("--socket", required=True, help="path of the tc control socket (status in PATH.json)")
+    parser.add_argument("--profile", default="sim-basic", help="profile name in etc/nic-profiles, or a path")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    longest = f"{args.name}r{max(args.num_vfs - 1, 0)}"
+    if args.num_vfs < 1 or len(longest) >= dataplane.IFNAMSIZ:
+        parser.error(f"--name {args.name!r} with --num-vfs {args.num_vfs}: need at least one VF and device "
+                     f"names of at most {dataplane.IFNAMSIZ - 1} characters ({longest!r} is too long)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        print(f"hwflow-simnic: {exc}", file=sys.stderr)
+        return 2
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        LOG.info("simnic %s: signal %d, exiting", args.name, signum)
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    status_path = Path(args.socket + ".json")
+    ports = dataplane.create_ports(args.name, args.num_vfs)
+    selector = selectors.DefaultSelector()
+    eswitch = Eswitch(args.name, profile, [p.representor_ifindex for p in ports])
+    plane = dataplane.DataPlane(eswitch, ports)
+    for port in ports:
+        selector.register(port.vf_fd, selectors.EVENT_READ, lambda p=port: plane.from_vf(p))
+        selector.register(port.rep_fd, selectors.EVENT_READ, lambda p=port: plane.from_representor(p))
+    control = ControlServer(args.socket, eswitch, selector)
+    try:
+        write_status(status_path, status_of(args.name, profile, args.socket, ports))
+        LOG.info("simnic %s: %d VFs, profile %s, control socket %s", args.name, len(ports), profile.name,
+                 args.socket)
+        run(selector, lambda: stop["requested"])
+    finally:
+        control.close()
+        status_path.unlink(missing_ok=True)
+        dataplane.close_ports(ports)
+        LOG.info("simnic %s: stopped (%s)", args.name, plane.counters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The simulated eswitch: tc semantics, refusals a real driver would give, counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
+from hwflow.offload.capabilities import Capabilities
+from hwflow.sim.eswitch import Eswitch, parse_frame
+from hwflow.sim.profile import ProfileError, load_profile, parse_profile
+
+REP0, REP1, REP2 = 101, 102, 103
+MAC0, MAC1 = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def switch(profile: str = "sim-basic", clock: Clock | None = None) -> Eswitch:
+    return Eswitch("sim0", load_profile(profile), [REP0, REP1, REP2], clock=clock or Clock())
+
+
+def ipv4_rule(prio: int = 10, handle: int = 1, dst: int = 0x0A000002, out: int = REP1) -> fl.FlowerRule:
+    return fl.FlowerRule(REP0, prio, handle, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=dst), (fl.Mirred(out),))
+
+
+def request(sw: Eswitch, data: bytes) -> list[nl.Message]:
+    return [m for raw in sw.handle_request(data) for m in nl.split_messages(raw)]
+
+
+def error_of(replies: list[nl.Message]) -> tuple[int, str | None]:
+    errors = [nl.decode_error(m) for m in replies if m.type == nl.NLMSG_ERROR]
+    assert len(errors) == 1, replies
+    return errors[0]
+
+
+def add(sw: Eswitch, rule: fl.FlowerRule, seq: int = 1, **kw) -> tuple[int, str | None]:
+    return error_of(request(sw, fl.encode_newfilter(rule, seq, **kw)))
+
+
+def dump(sw: Eswitch, ifindex: int = REP0) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
+    replies = request(sw, fl.encode_dump(ifindex, 7))
+    assert replies[-1].type == nl.NLMSG_DONE and replies[-1].seq == 7
+    return [fl.decode_filter_message(m) for m in replies[:-1]]
+
+
+def frame(dst: str = "10.0.0.2", sport: int = 1234, dport: int = 80) -> bytes:
+    return bytes(Ether(src=MAC0, dst=MAC1) / IP(src="10.0.0.1", dst=dst) / TCP(sport=sport, dport=dport))
+
+
+def test_add_acks_and_dump_returns_the_rule_with_stats() -> None:
+    sw = switch()
+    rule = ipv4_rule()
+    assert add(sw, rule) == (0, None)
+    ((got, stats),) = dump(sw)
+    assert got == rule
+    assert stats == fl.RuleStats(0, 0, 0)
+    assert dump(sw, REP1) == []
+
+
+def test_echo_returns_the_rule_with_the_handle_the_switch_chose() -> None:
+    sw = switch()
+    flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL | nl.NLM_F_ECHO
+    add(sw, ipv4_rule(handle=1))
+    replies = request(sw, fl.encode_newfilter(ipv4_rule(handle=0, dst=0x0A000003), 5, flags=flags))
+    echo, ack = replies
+    assert (echo.type, echo.seq) == (fl.RTM_NEWTFILTER, 5)
+    assert fl.decode_filter_message(echo)[0] == ipv4_rule(handle=2, dst=0x0A000003)
+    assert nl.decode_error(ack) == (0, None)
+
+
+def test_duplicate_with_excl_is_eexist_and_without_it_replaces() -> None:
+    sw = switch()
+    add(sw, ipv4_rule())
+    err, text = add(sw, ipv4_rule(out=REP2))
+    assert err == -errno.EEXIST and "already exists" in text
+    assert add(sw, ipv4_rule(out=REP2), flags=nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE) == (0, None)
+    assert [r.actions for r, _ in dump(sw)] == [(fl.Mirred(REP2),)]
+    err, _ = add(sw, ipv4_rule(handle=9))  # same keys, same prio: flower refuses the twin
+    assert err == -errno.EEXIST
+
+
+def test_delete_and_missing_rules() -> None:
+    sw = switch()
+    add(sw, ipv4_rule())
+    err, text = error_of(request(sw, fl.encode_delfilter(ipv4_rule(handle=5), 2)))
+    assert err == -errno.ENOENT and "handle 5" in text
+    assert error_of(request(sw, fl.encode_delfilter(ipv4_rule(), 3))) == (0, None)
+    assert dump(sw) == []
+
+
+def test_unknown_device_is_enodev() -> None:
+    err, text = add(switch(), dataclasses.replace(ipv4_rule(), ifindex=999))
+    assert err == -errno.ENODEV and "999" in text
+    assert error_of(request(switch(), fl.encode_dump(999, 1)))[0] == -errno.ENODEV
+
+
+@pytest.mark.parametrize(("rule", "what"), [
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000002, ipv4_dst_mask=0xFF00FFFF),
+                   (fl.Mirred(REP1),)), "match on ipv4_dst with mask 0xff00ffff"),
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("pass"),)), "action pass"),
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Mirred(REP1, redirect=False),)),
+     "action mirred egress mirror"),
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Mirred(1),)), "redirect to ifindex 1"),
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Mirred(REP1), fl.Gact("drop"))),
+     "2 actions in one rule"),
+    (fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("drop"),),
+                   flags=fl.TCA_CLS_FLAGS_SKIP_HW),
+     "a skip_hw rule"),
+])
+def test_what_the_profile_lacks_is_eopnotsupp_with_a_message(rule: fl.FlowerRule, what: str) -> None:
+    sw = switch()
+    err, text = add(sw, rule)
+    assert err == -errno.EOPNOTSUPP
+    assert text.startswith(f"simnic sim0: {what}") and text.endswith("is not supported by profile sim-basic")
+    assert dump(sw) == []
+
+
+def test_a_key_hwflow_does_not_model_is_eopnotsupp() -> None:
+    msg = nl.split_messages(fl.encode_newfilter(ipv4_rule(), 1))[0]
+    attrs = dict(nl.parse_attrs(msg.payload[fl.TCMSG.size:]))
+    options = attrs[fl.TCA_OPTIONS] + nl.nla(24, b"\3")  # TCA_FLOWER_KEY_VLAN_PRIO
+    payload = (msg.payload[:fl.TCMSG.size] + nl.nla_str(fl.TCA_KIND, "flower")
+               + nl.nla(fl.TCA_OPTIONS, options))
+    err, text = error_of(request(switch(), nl.encode_message(fl.RTM_NEWTFILTER, msg.flags, 1, payload)))
+    assert err == -errno.EOPNOTSUPP and "attribute 24" in text
+
+
+def test_full_table_is_enospc_and_keeps_what_it_has() -> None:
+    sw = switch("sim-tiny")
+    rules = [ipv4_rule(handle=i + 1, dst=0x0A000100 + i) for i in range(9)]
+    results = [add(sw, r, seq=i + 1) for i, r in enumerate(rules)]
+    assert results[:8] == [(0, None)] * 8
+    assert results[8][0] == -errno.ENOSPC and "full" in results[8][1]
+    assert [r for r, _ in dump(sw)] == rules[:8]
+    replace = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE
+    assert add(sw, rules[0], flags=replace) == (0, None)  # a replace needs no room
+
+
+def test_a_batch_gets_one_answer_per_message_in_order() -> None:
+    sw = switch()
+    batch = fl.encode_newfilter(ipv4_rule(), 1) + fl.encode_newfilter(ipv4_rule(), 2) + \
+        fl.encode_newfilter(ipv4_rule(handle=2, dst=3), 3)
+    answers = [(m.seq, nl.decode_error(m)[0]) for m in request(sw, batch)]
+    assert answers == [(1, 0), (2, -errno.EEXIST), (3, 0)]
+
+
+def test_lowest_prio_wins_and_counters_move() -> None:
+    clock = Clock()
+    sw = switch(clock=clock)
+    add(sw, ipv4_rule(prio=20, handle=1, out=REP2))
+    http = fl.FlowerKeys(ip_proto=6, tcp_dst=80)
+    add(sw, fl.FlowerRule(REP0, 10, 1, fl.ETH_P_IP, http, (fl.Mirred(REP1),)))
+    assert sw.classify(REP0, frame()) == [fl.Mirred(REP1)]
+    assert sw.classify(REP0, frame(dport=81)) == [fl.Mirred(REP2)]
+    assert sw.classify(REP0, frame(dst="10.0.0.9", dport=22)) is None
+    assert sw.classify(REP1, frame()) is None  # rules belong to one representor
+    clock.now += 2.5
+    stats = {r.prio: s for r, s in dump(sw)}
+    assert stats[10] == fl.RuleStats(1, len(frame()), 2500)
+    assert stats[20].packets == 1
+
+
+def test_goto_chain_then_miss_goes_to_software() -> None:
+    caps = Capabilities(match_fields={"eth_type": "exact", "ip_proto": "exact", "ipv4_dst": "prefix",
+                                      "tcp_dst": "exact"},
+                        actions=frozenset({"redirect", "drop", "goto_chain"}), max_rules=10)
+    sw = Eswitch("sim0", dataclasses.replace(load_profile("sim-basic"), capabilities=caps), [REP0, REP1],
+                 clock=Clock())
+    add(sw, fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("goto_chain", 3),)))
+    add(sw, fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ip_proto=6, tcp_dst=22), (fl.Gact("drop"),),
+                          chain=3), seq=2)
+    assert sw.classify(REP0, frame(dport=22)) == [fl.Gact("drop")]
+    assert sw.classify(REP0, frame(dport=80)) == [fl.Gact("pass")]
+    err, text = add(sw, fl.FlowerRule(REP0, 2, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("goto_chain", 3),),
+                                      chain=3), seq=3)
+    assert err == -errno.EOPNOTSUPP and "not a later chain" in text
+
+
+def test_prio_is_per_protocol_as_in_the_kernel() -> None:
+    sw = switch()
+    add(sw, ipv4_rule(prio=5))
+    ipv6 = fl.FlowerRule(REP0, 5, 2, fl.ETH_P_IPV6, fl.FlowerKeys(ipv6_dst=1), (fl.Mirred(REP1),))
+    assert add(sw, ipv6)[0] == -errno.EINVAL
+
+
+def test_profiles_resolve_by_name_and_refuse_nonsense(tmp_path) -> None:
+    assert load_profile("sim-tiny").capabilities.max_rules == 8
+    path = tmp_path / "mine.json"
+    path.write_text('{"capabilities": {"match_fields": {"eth_dst": "fuzzy"}}}')
+    with pytest.raises(ProfileError, match="fuzzy"):
+        load_profile(str(path))
+    with pytest.raises(ProfileError, match="sim-basic"):
+        load_profile("no-such-profile")
+    assert parse_profile({"capabilities": {}}, "/x/empty.json").name == "empty"
+
+
+# --- frame parsing against scapy's -----------------------------------------------
+
+addrs4 = st.integers(0, 2**32 - 1).map(lambda a: str(ipaddress.IPv4Address(a)))
+addrs6 = st.integers(0, 2**128 - 1).map(lambda a: str(ipaddress.IPv6Address(a)))
+ports = st.integers(0, 0xFFFF)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    eth = Ether(src=draw(st.integers(0, 2**48 - 1)).to_bytes(6, "big").hex(":"),
+                dst=draw(st.integers(0, 2**48 - 1)).to_bytes(6, "big").hex(":"))
+    if draw(st.booleans()):
+        eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)))
+    l3 = draw(st.sampled_from(["ip", "ip6", "none"]))
+    if l3 == "none":
+        return bytes(eth / b"payload")
+    ip = IP(src=draw(addrs4), dst=draw(addrs4)) if l3 == "ip" else IPv6(src=draw(addrs6), dst=draw(addrs6))
+    l4 = draw(st.sampled_from([TCP, UDP]))
+    return bytes(eth / ip / l4(sport=draw(ports), dport=draw(ports)))
+
+
+@settings(max_examples=200)
+@given(frames())
+def test_parse_frame_agrees_with_scapy(raw: bytes) -> None:
+    ref = Ether(raw)
+    pkt = parse_frame(raw)
+    assert pkt["eth_dst"] == int(ref.dst.replace(":", ""), 16)
+    assert pkt.get("vlan_id") == (ref[Dot1Q].vlan if Dot1Q in ref else None)
+    if IP in ref:
+        assert pkt["ipv4_src"] == int(ipaddress.IPv4Address(ref[IP].src))
+        assert pkt["ip_proto"] == ref[IP].proto
+    if IPv6 in ref:
+        assert pkt["ipv6_dst"] == int(ipaddress.IPv6Address(ref[IPv6].dst))
+    for layer, name in ((TCP, "tcp"), (UDP, "udp")):
+        if layer in ref:
+            assert (pkt[f"{name}_src"], pkt[f"{name}_dst"]) == (ref[layer].sport, ref[layer].dport)
+    assert parse_frame(raw[:13]) is None
