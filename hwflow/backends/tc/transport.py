@@ -36,7 +36,7 @@ class TcError(Exception):
     def __str__(self) -> str:
         what = self.rule.describe() if self.rule is not None else f"tc request on ifindex {self.ifindex}"
         detail = f": {self.message}" if self.message else ""
-        code = errno.errorcode.get(self.errno, "?")
+        code = "EOPNOTSUPP" if self.errno == errno.EOPNOTSUPP else errno.errorcode.get(self.errno, "?")
         return f"{what}: refused with {code} ({os.strerror(self.errno)}){detail}"
 
 

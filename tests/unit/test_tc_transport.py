@@ -1,0 +1,171 @@
+"""TcClient over the simulated NIC's control socket (served in-process), and over real rtnetlink."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.transport import SimSocketTransport, TcClient, TcError
+from hwflow.sim import server
+from hwflow.sim.eswitch import Eswitch
+from hwflow.sim.profile import load_profile
+
+REP0, REP1 = 11, 12
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="hwt-sim-")  # short: AF_UNIX paths are limited to 108 bytes
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def serve(path: str, profile: str) -> tuple[Eswitch, threading.Event, threading.Thread]:
+    eswitch = Eswitch("sim0", load_profile(profile), [REP0, REP1])
+    selector = selectors.DefaultSelector()
+    control = server.ControlServer(path, eswitch, selector)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            server.run(selector, stop.is_set, tick=0.05)
+        finally:
+            control.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return eswitch, stop, thread
+
+
+@pytest.fixture
+def client(sock_dir: str, request: pytest.FixtureRequest) -> Iterator[TcClient]:
+    path = os.path.join(sock_dir, "ctl")
+    marker = request.node.get_closest_marker("profile")
+    _, stop, thread = serve(path, marker.args[0] if marker else "sim-basic")
+    tc = TcClient(SimSocketTransport(path), timeout=5.0, batch=100)
+    try:
+        yield tc
+    finally:
+        tc.close()
+        stop.set()
+        thread.join(5)
+
+
+def rule(i: int, ifindex: int = REP0, out: int = REP1, **keys: int) -> fl.FlowerRule:
+    return fl.FlowerRule(ifindex, 1 + i // 1000, 1 + i % 1000, fl.ETH_P_IP,
+                         fl.FlowerKeys(ipv4_dst=0x0A000000 + i, **keys), (fl.Mirred(out),))
+
+
+def test_many_rules_in_batches_then_a_dump_that_spans_datagrams(client: TcClient) -> None:
+    rules = [rule(i) for i in range(700)]  # 7 sends of 100; the dump is ~150 KiB
+    assert client.add(rules) == [None] * 700
+    dumped = client.dump(REP0)
+    assert [r for r, _ in dumped] == sorted(rules, key=lambda r: (r.chain, r.prio, r.handle))
+    assert all(s == fl.RuleStats(0, 0, s.lastused_ms) for _, s in dumped)
+    assert client.dump(REP1) == []
+
+
+def test_answers_are_per_rule_and_in_order(client: TcClient) -> None:
+    bad_mask = fl.FlowerKeys(ipv4_dst=0x0A000003 & 0xFF00FFFF, ipv4_dst_mask=0xFF00FFFF)
+    batch = [rule(1), rule(1), fl.FlowerRule(REP0, 9, 1, fl.ETH_P_IP, bad_mask, (fl.Mirred(REP1),)),
+             rule(2, ifindex=99), rule(4)]
+    results = client.add(batch)
+    assert results[0] is None and results[4] is None
+    assert [r.errno for r in results[1:4]] == [errno.EEXIST, errno.EOPNOTSUPP, errno.ENODEV]
+    refused = results[2]
+    assert refused.rule == batch[2]
+    assert refused.message == ("simnic sim0: match on ipv4_dst with mask 0xff00ffff is not supported "
+                               "by profile sim-basic")
+    assert str(refused).startswith(f"flower rule chain 0 prio 9 handle 1 on ifindex {REP0}: refused with "
+                                   "EOPNOTSUPP")
+    assert [r for r, _ in client.dump(REP0)] == [rule(1), rule(4)]
+
+
+def test_delete_reports_missing_rules(client: TcClient) -> None:
+    client.add([rule(1), rule(2)])
+    results = client.delete([rule(1), rule(5)])
+    assert results[0] is None
+    assert results[1].errno == errno.ENOENT and "handle 6" in results[1].message
+    assert [r for r, _ in client.dump(REP0)] == [rule(2)]
+
+
+@pytest.mark.profile("sim-tiny")
+def test_capacity_refusal_keeps_the_first_rules(client: TcClient) -> None:
+    results = client.add([rule(i) for i in range(9)])
+    assert results[:8] == [None] * 8
+    assert results[8].errno == errno.ENOSPC
+    assert len(client.dump(REP0)) == 8
+
+
+def test_dump_of_an_unknown_device_raises(client: TcClient) -> None:
+    with pytest.raises(TcError, match="ifindex 77: refused with ENODEV") as info:
+        client.dump(77)
+    assert info.value.rule is None and info.value.ifindex == 77
+
+
+def test_a_silent_peer_times_out_per_rule(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "mute")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(1)  # never accepts: the connection sits in the backlog
+    tc = TcClient(SimSocketTransport(path), timeout=0.2)
+    try:
+        results = tc.add([rule(1), rule(2)])
+    finally:
+        tc.close()
+        listener.close()
+    assert [r.errno for r in results] == [errno.ETIMEDOUT] * 2
+
+
+def test_missing_socket_says_what_to_do(sock_dir: str) -> None:
+    with pytest.raises(ConnectionError, match="is hwflow-simnic running"):
+        SimSocketTransport(os.path.join(sock_dir, "nothing"))
+
+
+KERNEL_PROBE = """
+import json
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.transport import KernelTransport, TcClient
+tc = TcClient(KernelTransport())
+rule = fl.FlowerRule(1, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=1), (fl.Gact("drop"),))
+(err,) = tc.add([rule])
+print(json.dumps({"errno": err.errno, "message": err.message, "dump": len(tc.dump(1))}))
+"""
+
+
+@pytest.mark.functional
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private network namespace")
+def test_kernel_transport_carries_the_kernels_refusal_text() -> None:
+    """This kernel has no flower; its refusal (with extack text) still proves framing and ack matching."""
+    ns = f"hwt-sim-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def probe() -> dict:
+            out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", KERNEL_PROBE],
+                                 check=True, capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "PYTHONPATH": os.getcwd()})
+            return json.loads(out.stdout)
+
+        no_qdisc = probe()
+        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "ingress"], check=True)
+        no_flower = probe()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    assert no_qdisc["errno"] == errno.EINVAL and "Qdisc" in no_qdisc["message"]
+    assert no_flower["errno"] == errno.ENOENT and "classifier not found" in no_flower["message"]
+    assert no_flower["dump"] == 0
