@@ -128,7 +128,8 @@ def test_canonical_keys_equal_exactly_when_ir_keys_equal(a: ir.Flow, b: ir.Flow)
 def test_same_flow_with_its_match_respelled_has_the_same_key(flow: ir.Flow) -> None:
     """Explicit full masks (another spelling OVS or os-ken may use) must not change the key."""
     mod = translate.to_flow_mod(flow, PORTS)
-    respelled = parser.OFPMatch(**{k: v if isinstance(v, tuple) else (v, _full(k)) for k, v in mod.match.items()})
+    respelled = parser.OFPMatch(**{k: v if isinstance(v, tuple) else (v, _full(k))
+                                   for k, v in mod.match.items()})
     assert translate.match_key(respelled) == translate.match_key(mod.match)
 
 

@@ -74,7 +74,9 @@ class OvsBackend:
             key = translate.flow_key(mod.table_id, mod.priority, mod.match)
             entry = _Desired(mod, translate.instructions_key(mod.instructions), flow)
             other = desired.get(key)
-            if other is not None and (other.instructions, other.mod.cookie) != (entry.instructions, mod.cookie):
+            conflicting = other is not None and (other.instructions, other.mod.cookie) != (
+                entry.instructions, mod.cookie)
+            if conflicting:
                 raise ValueError(f"two flows want the same OpenFlow table/priority/match with different "
                                  f"actions: {flow} vs {other.source}; fix the app that emits them")
             desired[key] = entry

@@ -160,7 +160,8 @@ class OpenFlowConnection:
             sock.close()
             raise OpenFlowVersionError(
                 f"{self.endpoint} does not speak OpenFlow 1.3 (it offers versions {sorted(offered)}); "
-                "set the bridge's protocols to include OpenFlow13 (ovs-vsctl set bridge BR protocols=OpenFlow13)")
+                "set the bridge's protocols to include OpenFlow13 "
+                "(ovs-vsctl set bridge BR protocols=OpenFlow13)")
         sock.settimeout(None)
         self._sock = sock
         self._reader = threading.Thread(target=self._read_loop, args=(sock,), daemon=True,
@@ -239,7 +240,8 @@ class OpenFlowConnection:
             return  # async message or a reply nobody waits for any more
         msg = ofproto_parser.msg(self.datapath, version, msg_type, length, xid, raw)
         if msg is None:
-            waiter.fail(OpenFlowError(f"could not parse OpenFlow message type {msg_type} from {self.endpoint}"))
+            waiter.fail(OpenFlowError(f"could not parse OpenFlow message type {msg_type} "
+                                      f"from {self.endpoint}"))
             return
         waiter.deliver(msg)
 

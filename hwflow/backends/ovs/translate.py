@@ -161,7 +161,8 @@ def _match_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) ->
     if term.field == "ip_ttl":
         raise TranslationError(flow, "OpenFlow 1.3 cannot match ip_ttl")
     if term.field in _NOT_MASKABLE and not term.exact:
-        raise TranslationError(flow, f"{term.field} can only be matched exactly in OpenFlow (mask {term.mask:#x})")
+        raise TranslationError(flow, f"{term.field} can only be matched exactly in OpenFlow "
+                                     f"(mask {term.mask:#x})")
     oxm = oxm_name(term.field, flow.match)
     _check_prerequisites(flow, oxm, "a match on")
     value, mask = term.value, term.mask
