@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import json
 import os
 import secrets
@@ -152,9 +153,10 @@ def rx_packets(ns: str, dev: str) -> int:
 
 
 def redirect(nic: SimNic, src_vf: int, dst_vf: int) -> fl.FlowerRule:
-    dst_ip = int.from_bytes(bytes(int(x) for x in ADDRS[dst_vf].split(".")), "big")
+    dst_ip = int(ipaddress.IPv4Address(ADDRS[dst_vf]))
+    out = fl.Mirred(nic.port(dst_vf)["representor_ifindex"])
     return fl.FlowerRule(nic.port(src_vf)["representor_ifindex"], 10, 1, fl.ETH_P_IP,
-                         fl.FlowerKeys(ipv4_dst=dst_ip), (fl.Mirred(nic.port(dst_vf)["representor_ifindex"]),))
+                         fl.FlowerKeys(ipv4_dst=dst_ip), (out,))
 
 
 def test_status_file_describes_the_devices(start_simnic) -> None:
@@ -232,7 +234,8 @@ def test_refusals_keep_what_fits(start_simnic, workdir: Path) -> None:
     finally:
         tc.close()
     assert err.errno == errno.EOPNOTSUPP
-    assert err.message == f"simnic {nic.name}: match on tcp_dst with mask 0xffff is not supported by profile no-l4"
+    assert err.message == (f"simnic {nic.name}: match on tcp_dst with mask 0xffff is not supported "
+                           "by profile no-l4")
 
 
 def test_sigterm_removes_the_socket_status_and_devices(start_simnic) -> None:
