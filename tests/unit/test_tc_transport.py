@@ -96,6 +96,13 @@ def test_answers_are_per_rule_and_in_order(client: TcClient) -> None:
     assert [r for r, _ in client.dump(REP0)] == [rule(1), rule(4)]
 
 
+def test_replace_changes_a_rule_in_place_and_keeps_count(client: TcClient) -> None:
+    client.add([rule(1)])
+    assert client.add([rule(1, out=REP0)])[0].errno == errno.EEXIST
+    assert client.replace([rule(1, out=REP0), rule(2)]) == [None, None]
+    assert [r for r, _ in client.dump(REP0)] == [rule(1, out=REP0), rule(2)]
+
+
 def test_delete_reports_missing_rules(client: TcClient) -> None:
     client.add([rule(1), rule(2)])
     results = client.delete([rule(1), rule(5)])

@@ -122,6 +122,11 @@ class TcClient:
     def add(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
         return self._transact(list(rules), fl.encode_newfilter)
 
+    def replace(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
+        """Change rules in place (same chain/prio/handle): no window in which the rule is missing."""
+        flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
+        return self._transact(list(rules), lambda rule, seq: fl.encode_newfilter(rule, seq, flags=flags))
+
     def delete(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
         return self._transact(list(rules), fl.encode_delfilter)
 
