@@ -1,0 +1,1 @@
+"""tc-flower: netlink encoding (flower, netlink), transports and the client (transport)."""
