@@ -12,10 +12,10 @@ import abc
 import dataclasses
 from typing import Any
 
-from hwflow_drivers.discovery import NetDevice
 from oslo_config import cfg
 
 from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
+from hwflow_drivers.discovery import NetDevice
 
 TC_NETLINK = "netlink"
 

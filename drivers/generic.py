@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 
+from hwflow.offload.capabilities import ACTION_DROP, ACTION_REDIRECT, MASK_EXACT, Capabilities
 from hwflow_drivers.base import TC_NETLINK, DeviceReport, NicDriver, not_offloadable
 from hwflow_drivers.discovery import NetDevice
-
-from hwflow.offload.capabilities import ACTION_DROP, ACTION_REDIRECT, MASK_EXACT, Capabilities
 
 GENERIC_SWITCHDEV = Capabilities(
     match_fields={"eth_src": MASK_EXACT, "eth_dst": MASK_EXACT, "eth_type": MASK_EXACT},

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable
-from hwflow_drivers.discovery import NetDevice
 from oslo_config import cfg
 
 from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
+from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable
+from hwflow_drivers.discovery import NetDevice
 
 ROLE = "vf_representor"
 

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from hwflow_drivers.base import DeviceReport
-from hwflow_drivers.discovery import SYS, discover
 from oslo_config import cfg
 
 from hwflow.cli import output
 from hwflow.cli.main import CliError, common_options
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
+from hwflow_drivers.base import DeviceReport
+from hwflow_drivers.discovery import SYS, discover
 
 COLUMNS = ("name", "driver", "nic_driver", "pci_id", "switch_id", "role", "eswitch", "offload", "reason")
 

@@ -107,6 +107,16 @@ offload_opts = [
         help="Traffic classes that may be offloaded. ARP stays in software by "
         "default so that the control plane keeps seeing address resolution.",
     ),
+    cfg.StrOpt(
+        "tc_policy",
+        default="skip_sw",
+        choices=[
+            ("skip_sw", "hardware only: a rule the NIC cannot hold is refused"),
+            ("skip_hw", "the kernel's software tc path only (testing without a NIC)"),
+            ("none", "the kernel decides"),
+        ],
+        help="Flags put on every tc-flower rule.",
+    ),
 ]
 
 apps_opts = [

@@ -22,7 +22,9 @@ MASK_KINDS = (MASK_EXACT, MASK_PREFIX, MASK_ANY)
 # HW actions hwflow knows how to ask for.
 ACTION_REDIRECT = "redirect"  # mirred egress redirect to another port
 ACTION_DROP = "drop"  # gact drop
-HW_ACTIONS = (ACTION_REDIRECT, ACTION_DROP)
+ACTION_PASS = "pass"  # gact pass: hand the packet to the representor (software)
+ACTION_GOTO_CHAIN = "goto_chain"  # gact goto chain N
+HW_ACTIONS = (ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO_CHAIN)
 
 
 @dataclasses.dataclass(frozen=True)

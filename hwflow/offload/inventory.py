@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import stevedore
+from oslo_config import cfg
+
 from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable
 from hwflow_drivers.discovery import NetDevice
-from oslo_config import cfg
 
 NAMESPACE = "hwflow.nic_drivers"
 

@@ -21,7 +21,8 @@ either cannot match it or was taken by earlier leaves.
 
 A leaf becomes a hardware rule (same order, so earlier wins) when the NIC can
 express it (fields, masks, one redirect to a port of the same embedded
-switch, no header rewrite) and no *earlier* leaf kept in software overlaps
+switch, no header rewrite), it is unicast (flooding follows every port
+change of a network, so it stays in software), and no *earlier* leaf kept in software overlaps
 it: otherwise the rule would steal packets the software path must see.
 """
 
@@ -160,7 +161,15 @@ def _overlaps(a: ir.Match, b: ir.Match) -> bool:
     return True
 
 
-def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload]) -> str | None:
+def _unicast_only(leaf: Leaf) -> bool:
+    """True when the leaf's region pins the destination MAC's group bit to 0."""
+    for field, value, mask in leaf.region:
+        if field == "eth_dst":
+            return bool(mask & ir.MULTICAST_BIT) and not value & ir.MULTICAST_BIT
+    return False
+
+
+def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:
     """Why this leaf cannot be a hardware rule on ``port`` (None: it can)."""
     if not leaf.outputs:
         return "drop: kept in software until drops are ordered make-before-break"
@@ -168,6 +177,8 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload]) ->
         return f"{len(leaf.outputs)} outputs: replication stays in software"
     if leaf.rewrites:
         return "rewrites headers: the NIC profile has no header rewrite"
+    if unicast_only and not _unicast_only(leaf):
+        return "broadcast/multicast: its port set changes with every port of the network, so it stays in software"
     target = ports.get(leaf.outputs[0])
     if target is None or target.switch_id != port.switch_id:
         return "output port is not behind the same embedded switch"
@@ -183,6 +194,7 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload]) ->
 def plan_port(
     pipeline: ir.Pipeline, port: PortOffload, ports: Mapping[int, PortOffload],
     ethertypes: Sequence[int], budget: int, refused: Mapping[tuple[int, ir.Match], str] | None = None,
+    unicast_only: bool = True,
 ) -> Plan:
     """The decision list of one port's hardware rules, at most ``budget`` of them.
 
@@ -197,7 +209,7 @@ def plan_port(
         placed: list[HwRule] = []
         for leaf in leaves:
             match = leaf.as_match()
-            reason = _why_not(leaf, port, ports)
+            reason = _why_not(leaf, port, ports, unicast_only)
             if reason is None and (port.port, match) in refused:
                 reason = f"the NIC refused it: {refused[port.port, match]}"
             if reason is None and any(_overlaps(match, sw.match) for sw in plan.software if sw.in_port == port.port):
@@ -217,7 +229,7 @@ def plan_port(
 
 def partition(
     pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
-    refused: Mapping[tuple[int, ir.Match], str] | None = None,
+    refused: Mapping[tuple[int, ir.Match], str] | None = None, unicast_only: bool = True,
 ) -> Plan:
     """Hardware rules for every offload-capable local port.
 
@@ -230,7 +242,7 @@ def partition(
     for key in sorted(ports):
         port = ports[key]
         budget = port.capabilities.max_rules - used.get(port.switch_id, 0)
-        sub = plan_port(pipeline, port, ports, ethertypes, max(budget, 0), refused)
+        sub = plan_port(pipeline, port, ports, ethertypes, max(budget, 0), refused, unicast_only)
         used[port.switch_id] = used.get(port.switch_id, 0) + len(sub.rules)
         plan.rules.extend(sub.rules)
         plan.software.extend(sub.software)

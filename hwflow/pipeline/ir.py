@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Union
 
 # Field name -> width in bits. Names follow the `hwflow trace` packet spec.
 FIELD_BITS: dict[str, int] = {
@@ -157,7 +156,7 @@ class Drop:
     """Stop the walk here. Outputs already made stand, as in OpenFlow."""
 
 
-Action = Union[Output, GotoTable, SetField, Drop]
+Action = Output | GotoTable | SetField | Drop
 
 
 @dataclasses.dataclass(frozen=True)

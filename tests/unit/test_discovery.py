@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwflow import conf as hwconf
+from hwflow.offload.capabilities import HW_ACTIONS, MASK_KINDS, Capabilities
+from hwflow.offload.inventory import UnknownDriverError, installed_drivers, inventory, load_drivers
 from hwflow_drivers.discovery import (
     NO_DEVLINK,
     SYS,
@@ -21,12 +27,6 @@ from hwflow_drivers.discovery import (
 )
 from hwflow_drivers.generic import GENERIC_SWITCHDEV, GenericDriver, port_role
 from hwflow_drivers.sim import SimDriver
-from hypothesis import given
-from hypothesis import strategies as st
-
-from hwflow import conf as hwconf
-from hwflow.offload.capabilities import HW_ACTIONS, MASK_KINDS, Capabilities
-from hwflow.offload.inventory import UnknownDriverError, installed_drivers, inventory, load_drivers
 
 HOST = Path(__file__).parent / "fixtures" / "sysfs" / "smartnic-host"
 SIM_CAPS = {"match_fields": {"eth_dst": "exact", "ipv4_dst": "prefix"}, "actions": ["drop", "redirect"],

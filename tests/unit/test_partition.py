@@ -93,10 +93,10 @@ def _offload(caps: Capabilities, switches=("sw0", "sw0", "sw0", "sw1")) -> dict[
 
 
 @settings(max_examples=400, deadline=None)
-@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 12))
-def test_split_never_changes_a_verdict(pipeline, pkts, capacity):
+@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 12), st.booleans())
+def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only):
     caps = Capabilities(FULL_CAPS.match_fields, FULL_CAPS.actions, max_rules=capacity)
-    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6))
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only)
     for pkt in pkts:
         assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports, (plan.rules, pkt)
 
@@ -117,7 +117,8 @@ def _l2_pipeline() -> ir.Pipeline:
     macs = {1: MACS[0], 2: MACS[1], 3: MACS[2]}
     flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(10)), f"port:{p}")
              for p in macs]
-    flows += [ir.Flow(10, 100, ir.Match.of(metadata=7, eth_dst=m), (ir.Output(p),), f"port:{p}") for p, m in macs.items()]
+    flows += [ir.Flow(10, 100, ir.Match.of(metadata=7, eth_dst=m), (ir.Output(p),), f"port:{p}")
+              for p, m in macs.items()]
     flows.append(ir.Flow(10, 50, ir.Match.of(metadata=7, eth_dst=(ir.MULTICAST_BIT, ir.MULTICAST_BIT)),
                          tuple(ir.Output(p) for p in macs), "network:n"))
     return ir.Pipeline.build(flows, {})
@@ -132,7 +133,7 @@ def test_l2_unicast_goes_to_hardware_and_the_rest_stays_in_software():
     assert all(r.match.get("eth_type").value == ir.ETH_TYPE_IPV4 for r in plan.rules)
     assert all(r.level == 0 for r in plan.rules)  # exact MACs never overlap: one priority suffices
     reasons = {s.reason.split(":")[0] for s in plan.software if s.in_port == 1}
-    assert any("outputs" in r for r in reasons)  # broadcast
+    assert any("outputs" in r for r in reasons)  # broadcast to two other ports
     assert any(r.startswith("drop") for r in reasons)  # unknown unicast
 
 
@@ -154,12 +155,24 @@ def test_no_redirect_across_switches():
 @given(pipelines(), st.lists(packets, min_size=1, max_size=10), st.data())
 def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
     offload = _offload(FULL_CAPS)
-    first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,))
+    first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
     if not first.rules:
         return
     victim = data.draw(st.sampled_from(first.rules))
-    plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"})
+    plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"},
+                     unicast_only=False)
     assert (victim.in_port, victim.match) not in {(r.in_port, r.match) for r in plan.rules}
     assert any(s.reason == "the NIC refused it: ENOSPC" for s in plan.software)
     for pkt in pkts:
         assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports
+
+
+def test_two_port_flood_is_one_output_but_stays_in_software():
+    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(10)), "p")
+             for p in (1, 2)]
+    flows.append(ir.Flow(10, 50, ir.Match.of(metadata=7, eth_dst=(ir.MULTICAST_BIT, ir.MULTICAST_BIT)),
+                         (ir.Output(1), ir.Output(2)), "network:n"))
+    pipeline = ir.Pipeline.build(flows, {})
+    assert partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,)).rules == []
+    offloaded = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False).rules
+    assert {(r.in_port, r.output) for r in offloaded} == {(1, 2), (2, 1)}

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from hwflow.backends.tc import flower
-from hwflow.backends.tc.transport import SimSocketTransport, KernelTransport, TcClient, TcError
+from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, TcError
 from hwflow.offload.partition import HwRule
 from hwflow.pipeline import ir
 
@@ -173,10 +173,7 @@ class TcBackend:
         for endpoint in sorted({e for e, _ in items}):
             rules = [r for e, r in items if e == endpoint]
             client = self.client(endpoint)
-            if op == "delete":
-                results = client.delete(rules)
-            else:
-                results = client.add(rules, replace=(op == "replace"))
+            results = getattr(client, op)(rules)
             done += self._report(rules, results, op, endpoint)
         return done
 

@@ -1,0 +1,279 @@
+"""hwflow-agent: keep this host's two datapaths equal to the northbound database.
+
+One loop, desired state only: whenever the database, the bridge's ports or
+a timer says something may have changed, the agent recomputes the whole
+desired pipeline from its cache, splits it, and lets each backend diff that
+against what is installed. Restarting is therefore the same as reconciling,
+and nothing is flushed. Order inside one pass (make-before-break, invariant
+4): stale NIC rules come out first (OVS still has everything), then OVS is
+synced, then new NIC rules go in on top of flows that already back them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import stevedore
+from oslo_config import cfg
+
+from hwflow import conf as hwconf
+from hwflow.agent.cache import NbCache
+from hwflow.apps.base import App
+from hwflow.backends.ovs.backend import OvsBackend
+from hwflow.backends.ovs.openflow import OpenFlowConnection
+from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
+from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, identity, to_flower
+from hwflow.db.api import NbApi
+from hwflow.model.errors import HwflowError
+from hwflow.model.objects import Chassis, Network, Port
+from hwflow.offload import inventory
+from hwflow.offload.partition import HwRule, Plan, PortOffload, partition
+from hwflow.pipeline import ir, tables
+from hwflow.pipeline.topology import Topology
+from hwflow_drivers.base import DeviceReport
+from hwflow_drivers.discovery import discover
+
+LOG = logging.getLogger("hwflow.agent")
+
+ETHERTYPES = {"ipv4": ir.ETH_TYPE_IPV4, "ipv6": ir.ETH_TYPE_IPV6, "arp": ir.ETH_TYPE_ARP}
+
+
+def load_apps(names: Sequence[str]) -> list[App]:
+    manager = stevedore.NamedExtensionManager("hwflow.apps", list(names), name_order=True,
+                                              invoke_on_load=True, on_missing_entrypoints_callback=_missing_apps)
+    return [ext.obj for ext in manager]
+
+
+def _missing_apps(names: Sequence[str]) -> None:
+    installed = sorted(stevedore.ExtensionManager("hwflow.apps").names())
+    raise SystemExit(f"hwflow-agent: [apps] enabled names unknown app(s) {', '.join(sorted(names))}; "
+                     f"installed: {', '.join(installed)}")
+
+
+def compile_pipeline(apps: Sequence[App], topo: Topology) -> ir.Pipeline:
+    return ir.Pipeline.build((f for app in apps for f in app.flows(topo)), tables.NAMES)
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What one reconcile pass changed (for logs and tests)."""
+
+    local_ports: int = 0
+    flows: int = 0
+    ovs_changes: int = 0
+    hw_rules: int = 0
+    hw_removed: int = 0
+    hw_installed: int = 0
+    software_only: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        nb: NbApi,
+        ovsdb: OvsdbClient,
+        ovs: OvsBackend,
+        tc: TcBackend,
+        devices: Callable[[], list[DeviceReport]],
+        apps: Sequence[App],
+    ) -> None:
+        self.conf = conf
+        self.nb = nb
+        self.ovsdb = ovsdb
+        self.ovs = ovs
+        self.tc = tc
+        self._devices = devices
+        self.apps = list(apps)
+        self.chassis = conf.agent.chassis_name
+        self._wake = threading.Event()
+        self.cache = NbCache(nb, self._wake.set)
+        self._reports: dict[str, DeviceReport] = {}
+        self._iface_names: frozenset[str] = frozenset()
+        self._refused: dict[tuple[int, ir.Match], str] = {}
+        self.last_pass = PassResult()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.ovsdb.ensure_bridge()
+        self.ovsdb.on_change(lambda *_: self._wake.set())
+        self._reports = self._discover()
+        self.register(up=True)
+        self.cache.resync()
+        self.cache.start()
+
+    def run(self, stop: threading.Event) -> None:
+        """Reconcile on every wake-up, on a timer, and heartbeat until ``stop``."""
+        next_beat = time.monotonic() + self.conf.agent.report_interval
+        next_resync = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if self._wake.is_set() or now >= next_resync:
+                self._wake.clear()
+                self.reconcile_safely()
+                next_resync = now + self.conf.agent.resync_interval
+            if now >= next_beat:
+                self.register(up=True)
+                next_beat = now + self.conf.agent.report_interval
+            self._wake.wait(timeout=min(1.0, self.conf.agent.report_interval))
+
+    def shutdown(self) -> None:
+        """Stop following the database; the datapaths keep what they have."""
+        self.cache.stop()
+        try:
+            self.register(up=False)
+        except HwflowError as exc:
+            LOG.warning("could not mark chassis %s down: %s", self.chassis, exc)
+        self.tc.close()
+        self.ovs.of.close()
+        self.ovsdb.close()
+
+    def register(self, up: bool) -> None:
+        """Write this host's chassis record, with the capabilities it offloads with."""
+        devices = [
+            {"name": r.name, "switch_id": r.switch_id, "capabilities": r.capabilities.to_dict()}
+            for r in self._reports.values() if r.offload
+        ]
+        try:
+            self.nb.put_chassis(Chassis(
+                id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
+                hostname=socket.gethostname(), capabilities={"offload_devices": devices},
+                up=up, heartbeat_at=time.time(),
+            ))
+        except HwflowError as exc:
+            LOG.error("cannot write chassis %s: %s", self.chassis, exc)
+
+    # --- one reconcile pass ----------------------------------------------------
+
+    def reconcile_safely(self) -> None:
+        try:
+            self.reconcile()
+        except Exception:  # the daemon keeps serving what it has; the next pass retries
+            LOG.exception("reconcile failed; the datapaths keep their current state, retrying on the next pass")
+
+    def reconcile(self) -> PassResult:
+        ifaces = self.ovsdb.interfaces()
+        names = frozenset(i.name for i in ifaces.values())
+        if names != self._iface_names:  # representors come and go with the NIC: look again
+            self._reports = self._discover()
+            self._iface_names = names
+        networks: dict = self.cache.objects(Network.kind)
+        ports: dict = self.cache.objects(Port.kind)
+        local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
+        topo = Topology(self.chassis, networks, ports, local)
+        pipeline = compile_pipeline(self.apps, topo)
+        ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
+        plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
+
+        flags = TC_FLAGS[self.conf.offload.tc_policy]
+        wanted = [(rule, *to_flower(rule, reps, flags)) for rule in plan.rules]
+        changes = self.tc.plan(((ep, fr) for _, ep, fr in wanted), reps.values())
+        result = PassResult(len(local), len(pipeline.flows), hw_rules=len(plan.rules),
+                            software_only=len(plan.software))
+        result.hw_removed = self.tc.remove(changes)
+        ovs = self.ovs.sync(pipeline.flows, ofports)
+        result.ovs_changes = ovs.sent
+        result.hw_installed = self.tc.install(changes)
+        if self._note_refusals(wanted):
+            self._wake.set()  # re-plan now so nothing a refused rule shadows stays in hardware
+        if changes or ovs.sent:
+            LOG.info("reconciled: %d local ports, %d flows (%d OVS changes), %d hardware rules "
+                     "(%d removed, %d installed), %d paths software-only", result.local_ports, result.flows,
+                     result.ovs_changes, result.hw_rules, result.hw_removed, result.hw_installed,
+                     result.software_only)
+        self.last_pass = result
+        return result
+
+    def _plan(self, pipeline: ir.Pipeline, local: Mapping[int, Iface]) -> tuple[Plan, dict[int, Representor]]:
+        offload: dict[int, PortOffload] = {}
+        reps: dict[int, Representor] = {}
+        for key, iface in local.items():
+            report = self._reports.get(iface.name)
+            if report is None or not report.offload or not report.tc_endpoint:
+                continue
+            offload[key] = PortOffload(key, report.switch_id or "", report.capabilities)
+            reps[key] = Representor(report.ifindex, report.tc_endpoint)
+        if not self.conf.offload.enabled:
+            return Plan(), reps
+        types = [ETHERTYPES[name] for name in self.conf.offload.ethertypes]
+        return partition(pipeline, offload, types, self._refused), reps
+
+    def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:
+        refused = self.tc.refused()
+        fresh = {}
+        for rule, _, flower_rule in wanted:
+            reason = refused.get(identity(flower_rule))
+            if reason is not None:
+                fresh[rule.in_port, rule.match] = reason
+        grew = not fresh.keys() <= self._refused.keys()
+        self._refused.update(fresh)
+        return grew
+
+    def _discover(self) -> dict[str, DeviceReport]:
+        try:
+            return {r.name: r for r in self._devices()}
+        except Exception:
+            LOG.exception("NIC discovery failed; offloading nothing until it works")
+            return {}
+
+
+# --- the daemon ---------------------------------------------------------------
+
+
+def build_agent(conf: cfg.ConfigOpts) -> Agent:
+    nb = NbApi.from_url(conf.database.url, conf)
+    agent_conf = conf.agent
+    ovsdb = OvsdbClient(agent_conf.ovsdb_connection, agent_conf.integration_bridge)
+    endpoint = agent_conf.openflow_endpoint or f"unix:{agent_conf.ovs_rundir}/{agent_conf.integration_bridge}.mgmt"
+    ovs = OvsBackend(ovsdb, OpenFlowConnection(endpoint))
+    drivers = inventory.load_drivers(conf)
+    return Agent(conf, nb, ovsdb, ovs, TcBackend(), lambda: inventory.inventory(drivers, discover()),
+                 load_apps(conf.apps.enabled))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hwflow-agent",
+        description="The hwflow per-host agent: follows the northbound database and programs this "
+        "host's NIC (tc-flower) and Open vSwitch so that both carry the logical network.",
+        epilog="Options come from oslo.config files: see etc/hwflow.conf.sample.",
+    )
+    parser.add_argument("--config-file", action="append", default=[], metavar="PATH",
+                        help="oslo.config file to read (may be repeated)")
+    parser.add_argument("--debug", action="store_true", help="log debug messages")
+    parser.add_argument("--log-file", metavar="PATH", help="log here instead of stderr")
+    args = parser.parse_args(argv)
+    conf = hwconf.new_conf([a for path in args.config_file for a in ("--config-file", path)])
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, filename=args.log_file,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        agent = build_agent(conf)
+        agent.start()
+    except (HwflowError, OSError, RuntimeError) as exc:
+        LOG.error("cannot start: %s", exc)
+        return 1
+    LOG.info("hwflow-agent up as chassis %s", agent.chassis)
+    try:
+        agent.run(stop)
+    finally:
+        agent.shutdown()
+        LOG.info("hwflow-agent stopped; the datapaths keep their state")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

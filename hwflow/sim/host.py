@@ -1,0 +1,276 @@
+"""A simulated SmartNIC host: everything a real one has, in network namespaces.
+
+One host namespace holds Open vSwitch (userspace datapath), the simulated
+NIC's representors and its control socket, and the agent, each a real
+process. VMs are namespaces of their own holding a VF. ``plug`` does what
+Nova and os-vif do on a real host: hand the VF to the VM and put the
+representor on the integration bridge with ``external_ids:iface-id``.
+
+The demo, the functional tests and anyone exploring use this one harness.
+Everything it starts is recorded in ``<workdir>/host.json`` so that
+``teardown_from_state`` can clean up a host left running by ``--keep``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hwflow.backends.ovs.daemons import OvsDaemons
+from hwflow.backends.ovs.ovsdb import OvsdbClient
+from hwflow.model.objects import Port
+
+LOG = logging.getLogger(__name__)
+
+BRIDGE = "br-int"
+STATE_FILE = "host.json"
+
+
+class HostError(RuntimeError):
+    """The simulated host could not be set up; the message says which step."""
+
+
+def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise HostError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def in_ns(ns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+
+
+@dataclasses.dataclass
+class Vm:
+    name: str  # its network namespace
+    port_id: str
+    vf: int
+    representor: str
+
+
+class SimHost:
+    """Start with ``start()`` (or ``with``), stop with ``stop()``; both are idempotent."""
+
+    def __init__(self, name: str, workdir: Path, database: str, num_vfs: int = 4,
+                 profile: str = "sim-basic", agent_debug: bool = False) -> None:
+        if len(name) > 8:
+            raise HostError(f"host name {name!r} is too long: at most 8 characters (it prefixes device names)")
+        self.name = name
+        self.workdir = Path(workdir).resolve()
+        self.database = database
+        self.num_vfs = num_vfs
+        self.profile = profile
+        self.agent_debug = agent_debug
+        self.ns = f"hwf-{name}"
+        self.nic = f"{name}n"
+        self.nic_socket = str(self.workdir / "simnic.sock")
+        self.ovs = OvsDaemons(self.workdir / "ovs", netns=self.ns)
+        self.vms: dict[str, Vm] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._nic_status: dict = {}
+        self._ovsdb: OvsdbClient | None = None
+
+    # --- paths the user may want -----------------------------------------------
+
+    @property
+    def agent_config(self) -> Path:
+        return self.workdir / "agent.conf"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.workdir / "agent.log"
+
+    @property
+    def nic_ports(self) -> list[dict]:
+        return list(self._nic_status.get("ports", []))
+
+    @property
+    def ovsdb(self) -> OvsdbClient:
+        if self._ovsdb is None:
+            self._ovsdb = OvsdbClient(self.ovs.db_sock, BRIDGE)
+        return self._ovsdb
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> SimHost:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            run("ip", "netns", "add", self.ns)
+            in_ns(self.ns, "ip", "link", "set", "lo", "up")
+            self._save()
+            self.ovs.start()
+            self.ovsdb.ensure_bridge()
+            self._start_nic()
+            self._write_agent_config()
+            self.start_agent()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> SimHost:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, role: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{role}.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self._procs[role] = proc
+        self._save()
+        return proc
+
+    def _start_nic(self) -> None:
+        status = Path(self.nic_socket + ".json")
+        status.unlink(missing_ok=True)
+        proc = self._spawn("simnic", [sys.executable, "-m", "hwflow.sim.server", "--name", self.nic,
+                                      "--num-vfs", str(self.num_vfs), "--socket", self.nic_socket,
+                                      "--profile", self.profile])
+        deadline = time.monotonic() + 20
+        while not status.exists():
+            if proc.poll() is not None:
+                raise HostError(f"the simulated NIC exited ({proc.returncode}); see {self.workdir}/simnic.out")
+            if time.monotonic() > deadline:
+                raise HostError(f"the simulated NIC did not come up in 20s; see {self.workdir}/simnic.out")
+            time.sleep(0.05)
+        self._nic_status = json.loads(status.read_text())
+
+    def _write_agent_config(self) -> None:
+        self.agent_config.write_text(
+            "[database]\n"
+            f"url = {self.database}\n\n"
+            "[agent]\n"
+            f"chassis_name = {self.name}\n"
+            f"ovsdb_connection = {self.ovs.db_sock}\n"
+            f"ovs_rundir = {self.ovs.rundir}\n"
+            f"integration_bridge = {BRIDGE}\n"
+            "report_interval = 5\n\n"
+            "[nic]\n"
+            f"sim_sockets = {self.nic_socket}\n"
+        )
+
+    def start_agent(self) -> None:
+        argv = [sys.executable, "-m", "hwflow.agent.daemon", "--config-file", str(self.agent_config),
+                "--log-file", str(self.agent_log)]
+        self._spawn("agent", argv + (["--debug"] if self.agent_debug else []))
+
+    def stop_agent(self, timeout: float = 15) -> None:
+        _stop_process(self._procs.pop("agent", None), timeout)
+        self._save()
+
+    @property
+    def agent_pid(self) -> int | None:
+        proc = self._procs.get("agent")
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def stop(self) -> None:
+        """Tear everything down, each step on its own so one failure does not leak the rest."""
+        for role in ("agent", "simnic"):
+            _stop_process(self._procs.pop(role, None), 15)
+        if self._ovsdb is not None:
+            self._ovsdb.close()
+            self._ovsdb = None
+        self.ovs.stop()
+        for vm in list(self.vms.values()):
+            run("ip", "netns", "delete", vm.name, check=False)
+        self.vms.clear()
+        run("ip", "netns", "delete", self.ns, check=False)
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        state = {"ns": self.ns, "vms": [vm.name for vm in self.vms.values()], "ovs_rundir": str(self.ovs.rundir),
+                 "pids": {role: p.pid for role, p in self._procs.items()}}
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    # --- VMs -----------------------------------------------------------------------------
+
+    def plug(self, port: Port, vm: str, prefixlen: int = 24) -> Vm:
+        """Give the next free VF to a new VM namespace and put its representor on the bridge."""
+        used = {v.vf for v in self.vms.values()}
+        free = [p for p in self.nic_ports if p["vf"] not in used]
+        if not free:
+            raise HostError(f"simulated NIC {self.nic} has no free VF left ({self.num_vfs} in all)")
+        vf = free[0]
+        run("ip", "netns", "add", vm)
+        self.vms[vm] = Vm(vm, port.id, vf["vf"], vf["representor"])
+        self._save()
+        in_ns(self.ns, "ip", "link", "set", vf["vf_netdev"], "netns", vm)
+        for argv in (
+            ("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"),
+            ("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"),
+            ("ip", "link", "set", vf["vf_netdev"], "name", "eth0"),
+            ("ip", "link", "set", "eth0", "address", port.mac),
+            ("ip", "link", "set", "lo", "up"),
+            ("ip", "link", "set", "eth0", "up"),
+        ):
+            in_ns(vm, *argv)
+        for address in port.ips:
+            if ":" not in address:
+                in_ns(vm, "ip", "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
+        self.ovsdb.add_port(vf["representor"], iface_id=port.id)
+        self.ovsdb.wait_for_ofport(vf["representor"], timeout=15)
+        return self.vms[vm]
+
+    def unplug(self, vm: str) -> None:
+        """Take the representor off the bridge and give the VF back to the host."""
+        info = self.vms.pop(vm)
+        self.ovsdb.del_port(info.representor)
+        vf_name = f"{self.nic}v{info.vf}"
+        in_ns(vm, "ip", "link", "set", "eth0", "down", check=False)
+        in_ns(vm, "ip", "link", "set", "eth0", "name", vf_name, check=False)
+        in_ns(vm, "ip", "link", "set", vf_name, "netns", self.ns, check=False)
+        run("ip", "netns", "delete", vm, check=False)
+        self._save()
+
+    def ping(self, vm: str, address: str, count: int = 5, interval: float = 0.2) -> float:
+        """Loss in percent of a real ping from ``vm`` to ``address``."""
+        proc = in_ns(vm, "ping", "-c", str(count), "-i", str(interval), "-W", "1", address, check=False,
+                     timeout=count * (interval + 1) + 10)
+        for line in proc.stdout.splitlines():
+            if "packet loss" in line:
+                return float(line.split("%")[0].split()[-1])
+        raise HostError(f"ping from {vm} to {address} gave no summary: {proc.stdout} {proc.stderr}")
+
+
+def _stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        LOG.warning("pid %d did not stop in %.0fs; killing it", proc.pid, timeout)
+        proc.kill()
+        proc.wait(5)
+
+
+def teardown_from_state(workdir: Path) -> bool:
+    """Clean up a host left running (``hwflow demo --keep``) from its state file."""
+    path = Path(workdir) / STATE_FILE
+    if not path.exists():
+        return False
+    state = json.loads(path.read_text())
+    for pid in state.get("pids", {}).values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    ovs = OvsDaemons(Path(state["ovs_rundir"]), netns=state["ns"])
+    ovs._started = True  # the pidfiles say what to stop
+    ovs.stop()
+    for ns in state.get("vms", []) + [state["ns"]]:
+        run("ip", "netns", "delete", ns, check=False)
+    path.unlink(missing_ok=True)
+    return True
