@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from oslo_config import cfg
 
 from hwflow.cli import output
-from hwflow.cli.main import CliError, common_options
+from hwflow.cli.common import CliError, common_options
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
 from hwflow_drivers.base import DeviceReport
 from hwflow_drivers.discovery import SYS, discover

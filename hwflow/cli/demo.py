@@ -19,7 +19,7 @@ from typing import Any
 
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
-from hwflow.cli.main import CliError, common_options
+from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
 from hwflow.model.objects import Network, Port

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from hwflow import conf as hwconf
+from hwflow.cli.common import CliError, load_conf
 from hwflow.model.errors import HwflowError
 
 COMMAND_MODULES = (
@@ -20,39 +20,6 @@ COMMAND_MODULES = (
     "hwflow.cli.capabilities",
     "hwflow.cli.demo",
 )
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-def common_options(parser: argparse.ArgumentParser, database: bool = True, fmt: bool = True) -> None:
-    """Options that every reporting / database-touching command takes."""
-    parser.add_argument(
-        "--config-file", action="append", default=[], metavar="PATH",
-        help="oslo.config file to read (may be repeated)",
-    )
-    if database:
-        parser.add_argument(
-            "--database", metavar="URL",
-            help="northbound database: sqlite:///PATH or etcd://HOST:PORT[,...] "
-            "(default: [database] url of the config)",
-        )
-    if fmt:
-        parser.add_argument(
-            "--format", choices=("table", "json"), default="table",
-            help="output format (default: table)",
-        )
-
-
-def load_conf(args: argparse.Namespace):
-    argv: list[str] = []
-    for path in getattr(args, "config_file", []) or []:
-        argv += ["--config-file", path]
-    conf = hwconf.new_conf(argv)
-    if getattr(args, "database", None):
-        conf.set_override("url", args.database, group="database")
-    return conf
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from typing import Any
 from oslo_config import cfg
 
 from hwflow.cli import output
-from hwflow.cli.main import common_options
+from hwflow.cli.common import common_options
 from hwflow.db.api import NbApi
 from hwflow.model.objects import Chassis, NbObject, Network, Port
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from hwflow.cli import nb
-from hwflow.cli.main import load_conf
+from hwflow.cli.common import load_conf
 from hwflow.db import NbApi
 from hwflow.model import Chassis, HwflowError, Network, Port
 
