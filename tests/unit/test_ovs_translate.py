@@ -1,8 +1,13 @@
-"""IR -> OpenFlow 1.3 translation: wire round trips, canonical keys, refusals."""
+"""IR -> OpenFlow 1.3 translation (wire round trips, canonical keys, refusals) and the OpenFlow session."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +17,12 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from hwflow.backends.ovs import translate
-from hwflow.backends.ovs.openflow import hello_versions
+from hwflow.backends.ovs.openflow import (
+    OpenFlowConnection,
+    OpenFlowConnectionError,
+    OpenFlowError,
+    hello_versions,
+)
 from hwflow.pipeline import ir
 
 PORTS = {10: 1, 11: 2, 12: 7, 13: 65000}
@@ -226,3 +236,118 @@ def test_hello_version_bitmap_is_read_back(version: int, versions: set[int], pad
 def test_hello_without_bitmap_offers_every_version_up_to_its_own() -> None:
     assert hello_versions(bytes([1, 0, 0, 8, 0, 0, 0, 1])) == {1}
     assert hello_versions(bytes([4, 0, 0, 8, 0, 0, 0, 1])) == {1, 2, 3, 4}
+
+
+# --- the OpenFlow connection against a scripted switch ------------------------------------------
+# The behaviour real OVS rarely shows on demand: echo requests, multi-part replies,
+# errors inside a batch, a dropped session.
+
+
+def of_message(msg_type: int, xid: int, body: bytes = b"") -> bytes:
+    return struct.pack("!BBHI", ofp.OFP_VERSION, msg_type, 8 + len(body), xid) + body
+
+
+def port_stats_part(xid: int, ports: list[tuple[int, int, int]], more: bool) -> bytes:
+    body = struct.pack(ofp.OFP_MULTIPART_REPLY_PACK_STR, ofp.OFPMP_PORT_STATS,
+                       ofp.OFPMPF_REPLY_MORE if more else 0)
+    for port_no, rx, tx in ports:
+        body += struct.pack(ofp.OFP_PORT_STATS_PACK_STR, port_no, rx, tx, *([0] * 10), 0, 0)
+    return of_message(ofp.OFPT_MULTIPART_REPLY, xid, body)
+
+
+def read_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("client hung up")
+        data += chunk
+    return data
+
+
+def read_of_message(conn: socket.socket) -> tuple[int, int, bytes]:
+    _, msg_type, length, xid = struct.unpack("!BBHI", read_exact(conn, 8))
+    return msg_type, xid, read_exact(conn, length - 8)
+
+
+@pytest.fixture
+def switch(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = tmp_path / "sw.mgmt"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(2)
+    server.settimeout(5)
+    try:
+        yield server, f"unix:{path}"
+    finally:
+        server.close()
+
+
+def accept_session(server: socket.socket) -> socket.socket:
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    conn.sendall(of_message(ofp.OFPT_HELLO, 1))
+    assert read_of_message(conn)[0] == ofp.OFPT_HELLO
+    return conn
+
+
+def serve(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_connection_answers_echo_joins_parts_maps_errors_and_reconnects(
+        switch: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture) -> None:
+    server, endpoint = switch
+    caplog.set_level(logging.INFO, logger="hwflow.backends.ovs.openflow")
+    seen: dict[str, object] = {}
+
+    def first_session() -> None:
+        conn = accept_session(server)
+        conn.sendall(of_message(ofp.OFPT_ECHO_REQUEST, 77, b"ping"))
+        # The echo reply and the client's port stats request may come in either order.
+        received = {msg[0]: msg for msg in (read_of_message(conn), read_of_message(conn))}
+        seen["echo"] = received.get(ofp.OFPT_ECHO_REPLY)
+        xid = received[ofp.OFPT_MULTIPART_REQUEST][1]
+        conn.sendall(port_stats_part(xid, [(1, 10, 20)], more=True)
+                     + port_stats_part(xid, [(2, 30, 40)], more=False))
+        mod_type, mod_xid, _ = read_of_message(conn)
+        _, barrier_xid, _ = read_of_message(conn)
+        seen["mod_type"] = mod_type
+        conn.sendall(of_message(ofp.OFPT_ERROR, mod_xid, struct.pack("!HH", ofp.OFPET_BAD_ACTION, 4))
+                     + of_message(ofp.OFPT_BARRIER_REPLY, barrier_xid))
+        conn.close()
+
+    thread = serve(first_session)
+    of = OpenFlowConnection(endpoint, timeout=5)
+    try:
+        of.connect()
+        assert of.port_stats() == {1: (10, 20), 2: (30, 40)}
+        flow = ir.Flow(0, 1, ir.Match(), (ir.Output(10),), "port:p")
+        rejected = of.send([translate.to_flow_mod(flow, PORTS)])
+        assert [(r.type, r.code, r.msg.cookie) for r in rejected] == [
+            (ofp.OFPET_BAD_ACTION, 4, translate.owner_cookie("port:p"))]
+        thread.join(5)
+        assert seen["echo"] == (ofp.OFPT_ECHO_REPLY, 77, b"ping")
+        assert seen["mod_type"] == ofp.OFPT_FLOW_MOD
+
+        def second_session() -> None:
+            conn = accept_session(server)
+            _, xid, _ = read_of_message(conn)
+            conn.sendall(port_stats_part(xid, [(3, 1, 2)], more=False))
+            assert conn.recv(1) == b""  # until the client closes
+
+        thread = serve(second_session)
+        assert of.port_stats() == {3: (1, 2)}
+        assert "lost" in caplog.text and "re-established" in caplog.text
+    finally:
+        of.close()
+        thread.join(5)
+
+
+def test_unreachable_endpoint_and_bad_endpoint_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(OpenFlowConnectionError, match="is ovs-vswitchd running"):
+        OpenFlowConnection(f"unix:{tmp_path}/missing.mgmt", timeout=1).connect()
+    with pytest.raises(OpenFlowError, match="use unix:PATH or tcp:HOST:PORT"):
+        OpenFlowConnection("ssl:1.2.3.4")

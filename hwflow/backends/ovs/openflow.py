@@ -113,6 +113,9 @@ class _Waiter:
             self.done.set()
 
     def fail(self, failure: OpenFlowError) -> None:
+        """No effect once complete: a switch may answer and hang up right after."""
+        if self.done.is_set():
+            return
         self.failure = failure
         self.done.set()
 
