@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from hwflow.backends.ovs.backend import OvsBackend
 from hwflow.backends.ovs.daemons import OvsDaemons
@@ -315,3 +317,21 @@ def test_version_mismatch_is_explained_and_reconnect_recovers(host: Host) -> Non
                 raise
             time.sleep(0.1)
     assert host.backend.sync(pipeline(host.vms), host.ports()).sent == 0
+
+
+def test_thousands_of_flows_sync_in_one_batch_and_dump_in_many_parts(host: Host) -> None:
+    """3000 flows dump as ~300 kB, which OVS splits into several multipart replies."""
+    bulk = [ir.Flow(30, 10, ir.Match.of(metadata=i, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=0x0A000000 + i),
+                    (ir.Drop(),), f"fip:{i}") for i in range(3000)]
+    flows = [*pipeline(host.vms), *bulk]
+
+    result = host.backend.sync(flows, host.ports())
+
+    assert (result.added, result.errors) == (3005, ())
+    assert len(host.backend.flow_stats()) == 3005
+    assert "flow_count=3000" in host.ofctl("dump-aggregate", host.daemons.mgmt(BRIDGE), "table=30")
+    parts = host.of.request(parser.OFPFlowStatsRequest(host.of.datapath, 0, 30, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                                       0, 0, parser.OFPMatch()))
+    assert len(parts) > 1 and sum(len(part.body) for part in parts) == 3000
+    assert host.backend.sync(flows, host.ports()).sent == 0
+    assert host.backend.sync(flows[:-1000], host.ports()).deleted == 1000
