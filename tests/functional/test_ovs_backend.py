@@ -335,3 +335,18 @@ def test_thousands_of_flows_sync_in_one_batch_and_dump_in_many_parts(host: Host)
     assert len(parts) > 1 and sum(len(part.body) for part in parts) == 3000
     assert host.backend.sync(flows, host.ports()).sent == 0
     assert host.backend.sync(flows[:-1000], host.ports()).deleted == 1000
+
+
+def test_new_owner_rewrites_the_cookie_without_touching_counters(host: Host) -> None:
+    vm1, vm2 = host.vms
+    host.backend.sync(pipeline(host.vms), host.ports())
+    assert ping_loss(vm1, vm2) == 0
+    before = n_packets(host)
+    moved = [dataclasses.replace(f, owner="network:renamed") if f.priority == 50 else f
+             for f in pipeline(host.vms)]
+
+    result = host.backend.sync(moved, host.ports())
+
+    assert (result.added, result.modified, result.deleted) == (0, 1, 0)
+    assert f"cookie={owner_cookie('network:renamed'):#x}" in host.dump()
+    assert all(n_packets(host)[k] >= before[k] for k in before)

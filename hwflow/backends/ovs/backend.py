@@ -87,7 +87,10 @@ class OvsBackend:
         return {translate.flow_key(s.table_id, s.priority, s.match): s for s in stats}
 
     def sync(self, flows: Iterable[ir.Flow], ports: Mapping[int, int]) -> SyncResult:
-        """Flows naming an unbound port are left out (and reported), as if the port did not exist yet."""
+        """Flows naming an unbound port are left out (and reported), as if the port did not exist yet.
+
+        Raises TranslationError for a flow OpenFlow cannot express: that is an app bug, not a state.
+        """
         desired, unbound = self._desired(flows, ports)
         installed = self._installed()
         batch: list[parser.OFPFlowMod] = []
@@ -99,7 +102,7 @@ class OvsBackend:
                 added += 1
             elif (translate.instructions_key(have.instructions), have.cookie) != (want.instructions,
                                                                                   want.mod.cookie):
-                batch.append(_modify_strict(want.mod))
+                batch.append(_update(have, want.mod))
                 modified += 1
         stale = [stats for key, stats in installed.items() if key not in desired]
         batch += [_delete_strict(stats) for stats in stale]
@@ -125,12 +128,18 @@ class OvsBackend:
 
 
 def _modify_strict(mod: parser.OFPFlowMod) -> parser.OFPFlowMod:
-    """The cookie mask limits the modify to a flow of ours; the new cookie is written too (OF1.1+)."""
+    """The cookie mask limits the modify to a flow carrying our marker."""
     return parser.OFPFlowMod(
         mod.datapath, cookie=mod.cookie, cookie_mask=translate.COOKIE_MARK_MASK, table_id=mod.table_id,
         command=ofp.OFPFC_MODIFY_STRICT, priority=mod.priority, buffer_id=ofp.OFP_NO_BUFFER,
         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=mod.match, instructions=mod.instructions,
     )
+
+
+def _update(have: parser.OFPFlowStats, want: parser.OFPFlowMod) -> parser.OFPFlowMod:
+    """OVS never rewrites a cookie on MODIFY under OpenFlow 1.2+ (ofp-flow.c), so a new owner needs an
+    ADD over the same strict key, which OVS applies as a replace that carries the counters over."""
+    return want if have.cookie != want.cookie else _modify_strict(want)
 
 
 def _delete_strict(stats: parser.OFPFlowStats) -> parser.OFPFlowMod:
