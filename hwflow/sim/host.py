@@ -267,9 +267,7 @@ def teardown_from_state(workdir: Path) -> bool:
         except ProcessLookupError:
             pass
     time.sleep(1)
-    ovs = OvsDaemons(Path(state["ovs_rundir"]), netns=state["ns"])
-    ovs._started = True  # the pidfiles say what to stop
-    ovs.stop()
+    OvsDaemons(Path(state["ovs_rundir"]), netns=state["ns"]).adopt().stop()
     for ns in state.get("vms", []) + [state["ns"]]:
         run("ip", "netns", "delete", ns, check=False)
     path.unlink(missing_ok=True)

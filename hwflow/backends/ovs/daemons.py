@@ -124,6 +124,11 @@ class OvsDaemons:
         LOG.info("OVS daemons running in %s%s", d, f" (netns {self.netns})" if self.netns else "")
         return self
 
+    def adopt(self) -> Self:
+        """Take charge of daemons an earlier process started in this rundir, so stop() ends them."""
+        self._started = True
+        return self
+
     def stop(self) -> None:
         """Stop only the processes named in our own pidfiles; a no-op the second time."""
         if not self._started:
