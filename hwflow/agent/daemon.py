@@ -99,6 +99,7 @@ class Agent:
         self._reports: dict[str, DeviceReport] = {}
         self._iface_names: frozenset[str] = frozenset()
         self._refused: dict[tuple[int, ir.Match], str] = {}
+        self._managed: set[Representor] = set()
         self.last_pass = PassResult()
 
     # --- lifecycle -----------------------------------------------------------
@@ -176,7 +177,8 @@ class Agent:
 
         flags = TC_FLAGS[self.conf.offload.tc_policy]
         wanted = [(rule, *to_flower(rule, reps, flags)) for rule in plan.rules]
-        changes = self.tc.plan(((ep, fr) for _, ep, fr in wanted), reps.values())
+        managed = self._managed_representors(ifaces)
+        changes = self.tc.plan(((ep, fr) for _, ep, fr in wanted), managed)
         result = PassResult(len(local), len(pipeline.flows), hw_rules=len(plan.rules),
                             software_only=len(plan.software))
         result.hw_removed = self.tc.remove(changes)
@@ -192,6 +194,23 @@ class Agent:
                      result.software_only)
         self.last_pass = result
         return result
+
+    def _managed_representors(self, ifaces: Mapping[str, Iface]) -> set[Representor]:
+        """Representors whose tc rules this agent owns, and so dumps and cleans.
+
+        Every offload-capable interface plugged into the bridge with an
+        iface-id, whether or not its port still exists (a deleted port's own
+        rules must go too), plus those managed in an earlier pass (an unplugged
+        VF's rules must go as well). A VF nobody plugged is left alone.
+        """
+        current = set()
+        for iface in ifaces.values():
+            report = self._reports.get(iface.name)
+            if report is not None and report.offload and report.tc_endpoint:
+                current.add(Representor(report.ifindex, report.tc_endpoint))
+        managed = current | self._managed
+        self._managed = current
+        return managed
 
     def _plan(self, pipeline: ir.Pipeline, local: Mapping[int, Iface]) -> tuple[Plan, dict[int, Representor]]:
         offload: dict[int, PortOffload] = {}

@@ -56,7 +56,8 @@ lost nothing and the NIC forwarded packets, 1 otherwise.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="run a self-contained single-host demo (root)",
-        description=__doc__.splitlines()[0].strip("`"), epilog=EPILOG,
+        description="Run a self-contained single-host demo: one simulated SmartNIC host, two VMs, real pings.",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common_options(parser)

@@ -318,9 +318,6 @@ def test_deleting_a_port_with_the_cli_removes_its_flows_and_the_rules_towards_it
     assert host.agent_pid is not None, "the agent died"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the agent only dumps representors of ports that are still local "
-                   "(daemon.py reconcile passes reps of local ports to TcBackend.plan), so a deleted port's own "
-                   "rules stay on its representor and the NIC keeps forwarding its traffic to vm1")
 def test_deleting_a_port_with_the_cli_removes_the_rules_on_its_representor(deleted: Deleted) -> None:
     deadline = time.monotonic() + 5
     while deleted.rules_on() and time.monotonic() < deadline:

@@ -187,8 +187,7 @@ class TcBackend:
                 continue
             text = str(err)
             if self._refused.get(key) != text:
-                LOG.warning("NIC at %s refused to %s %s: %s; that traffic stays in Open vSwitch",
-                            endpoint, op, rule.describe(), text)
+                LOG.warning("NIC at %s refused to %s: %s; that traffic stays in Open vSwitch", endpoint, op, text)
             self._refused[key] = text
         return done
 
