@@ -1,5 +1,7 @@
 """hwflow: a hardware-offload-aware local SDN controller for SmartNIC hosts."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -13,8 +15,11 @@ setup(
     # so they never collide with another project's top-level "drivers".
     packages=find_packages(include=["hwflow", "hwflow.*"]) + ["hwflow_drivers"],
     package_dir={"hwflow_drivers": "drivers"},
-    include_package_data=True,
-    package_data={"hwflow": ["data/*", "data/**/*"]},
+    # Installed copies of etc/ for non-editable installs (hwflow.sim.profile looks here too).
+    data_files=[
+        ("share/hwflow/nic-profiles", sorted(glob("etc/nic-profiles/*.json"))),
+        ("share/hwflow", ["etc/hwflow.conf.sample", "etc/hwflow-agent.service"]),
+    ],
     install_requires=[
         "os-ken>=2.0",
         "pyroute2>=0.7",
