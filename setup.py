@@ -33,6 +33,8 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],
     },
+    # Each native/build_*.py is a cffi builder (``ffibuilder``) compiled at install time.
+    cffi_modules=sorted(f"{path}:ffibuilder" for path in glob("native/build_*.py")),
     entry_points={
         "console_scripts": [
             "hwflow = hwflow.cli.main:main",
