@@ -18,7 +18,7 @@ setup(
     # Installed copies of etc/ for non-editable installs (hwflow.sim.profile looks here too).
     data_files=[
         ("share/hwflow/nic-profiles", sorted(glob("etc/nic-profiles/*.json"))),
-        ("share/hwflow", ["etc/hwflow.conf.sample", "etc/hwflow-agent.service"]),
+        ("share/hwflow", ["etc/hwflow.conf.sample", "etc/hwflow-agent.service", "etc/datapath_layout.yaml"]),
     ],
     install_requires=[
         "os-ken>=2.0",
@@ -49,6 +49,7 @@ setup(
             "generic = hwflow_drivers.generic:GenericDriver",
         ],
         "hwflow.apps": [
+            "classifier = hwflow.apps.classifier:ClassifierApp",
             "l2 = hwflow.apps.l2:L2App",
         ],
         "oslo.config.opts": [

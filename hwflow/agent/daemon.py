@@ -19,14 +19,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-import stevedore
 from oslo_config import cfg
 
 from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
-from hwflow.apps.base import App
+from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.ovs.backend import OvsBackend
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
@@ -36,7 +35,7 @@ from hwflow.model.errors import HwflowError
 from hwflow.model.objects import Chassis, Network, Port
 from hwflow.offload import inventory
 from hwflow.offload.partition import HwRule, Plan, PortOffload, partition
-from hwflow.pipeline import ir, tables
+from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
 from hwflow_drivers.base import DeviceReport
 from hwflow_drivers.discovery import discover
@@ -44,22 +43,6 @@ from hwflow_drivers.discovery import discover
 LOG = logging.getLogger("hwflow.agent")
 
 ETHERTYPES = {"ipv4": ir.ETH_TYPE_IPV4, "ipv6": ir.ETH_TYPE_IPV6, "arp": ir.ETH_TYPE_ARP}
-
-
-def load_apps(names: Sequence[str]) -> list[App]:
-    manager = stevedore.NamedExtensionManager("hwflow.apps", list(names), name_order=True,
-                                              invoke_on_load=True, on_missing_entrypoints_callback=_missing_apps)
-    return [ext.obj for ext in manager]
-
-
-def _missing_apps(names: Sequence[str]) -> None:
-    installed = sorted(stevedore.ExtensionManager("hwflow.apps").names())
-    raise SystemExit(f"hwflow-agent: [apps] enabled names unknown app(s) {', '.join(sorted(names))}; "
-                     f"installed: {', '.join(installed)}")
-
-
-def compile_pipeline(apps: Sequence[App], topo: Topology) -> ir.Pipeline:
-    return ir.Pipeline.build((f for app in apps for f in app.flows(topo)), tables.NAMES)
 
 
 @dataclasses.dataclass
@@ -84,7 +67,7 @@ class Agent:
         ovs: OvsBackend,
         tc: TcBackend,
         devices: Callable[[], list[DeviceReport]],
-        apps: Sequence[App],
+        compiler: Compiler,
     ) -> None:
         self.conf = conf
         self.nb = nb
@@ -92,7 +75,7 @@ class Agent:
         self.ovs = ovs
         self.tc = tc
         self._devices = devices
-        self.apps = list(apps)
+        self.compiler = compiler
         self.chassis = conf.agent.chassis_name
         self._wake = threading.Event()
         self.cache = NbCache(nb, self._wake.set)
@@ -171,7 +154,7 @@ class Agent:
         ports: dict = self.cache.objects(Port.kind)
         local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
         topo = Topology(self.chassis, networks, ports, local)
-        pipeline = compile_pipeline(self.apps, topo)
+        pipeline = self.compiler.compile(topo)
         ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
 
@@ -256,7 +239,7 @@ def build_agent(conf: cfg.ConfigOpts) -> Agent:
     ovs = OvsBackend(ovsdb, OpenFlowConnection(endpoint))
     drivers = inventory.load_drivers(conf)
     return Agent(conf, nb, ovsdb, ovs, TcBackend(), lambda: inventory.inventory(drivers, discover()),
-                 load_apps(conf.apps.enabled))
+                 Compiler.from_file(layout_path(conf.apps.layout)))
 
 
 def main(argv: list[str] | None = None) -> int:

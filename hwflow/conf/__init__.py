@@ -120,11 +120,13 @@ offload_opts = [
 ]
 
 apps_opts = [
-    cfg.ListOpt(
-        "enabled",
-        default=["l2"],
-        help="Network applications (stevedore names in hwflow.apps) that "
-        "compile the logical network into the pipeline.",
+    cfg.StrOpt(
+        "layout",
+        default="",
+        sample_default="<shipped etc/datapath_layout.yaml>",
+        help="Datapath layout file: which network applications (stevedore "
+        "names in hwflow.apps) make up the pipeline and how their exit points "
+        "are wired to entry points. Empty means the layout shipped with hwflow.",
     ),
 ]
 

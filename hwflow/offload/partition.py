@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from hwflow.offload.capabilities import ACTION_REDIRECT, Capabilities
 from hwflow.pipeline import interpreter, ir
 
-INTERNAL_FIELDS = frozenset({"in_port", "metadata"})
+INTERNAL_FIELDS = ir.INTERNAL_FIELDS | {"in_port"}
 
 Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
 
@@ -205,7 +205,8 @@ def plan_port(
     plan = Plan()
     order = 0
     for eth_type in ethertypes:
-        leaves = walk(pipeline, {"in_port": port.port, "metadata": 0}, {"eth_type": (eth_type, 0xFFFF)})
+        known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
+        leaves = walk(pipeline, known, {"eth_type": (eth_type, 0xFFFF)})
         placed: list[HwRule] = []
         for leaf in leaves:
             match = leaf.as_match()

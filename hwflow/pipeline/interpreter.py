@@ -15,8 +15,6 @@ from hwflow.pipeline import ir
 
 MAX_STEPS = 64  # a goto chain longer than this is a pipeline bug, not traffic
 
-# Pipeline-internal fields start at zero for every packet.
-INTERNAL_FIELDS = ("metadata",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +50,7 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int]) -> Verdict:
     if "in_port" not in packet:
         raise ValueError("the packet needs an in_port")
     state = dict(packet)
-    for name in INTERNAL_FIELDS:
+    for name in ir.INTERNAL_FIELDS:
         state.setdefault(name, 0)
     outputs: list[tuple[int, Mapping[str, int]]] = []
     steps: list[Step] = []
@@ -83,4 +81,4 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int]) -> Verdict:
 
 def _visible(state: Mapping[str, int]) -> dict[str, int]:
     """The packet as it leaves: internal fields are not on the wire."""
-    return {k: v for k, v in state.items() if k not in INTERNAL_FIELDS and k != "in_port"}
+    return {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k != "in_port"}

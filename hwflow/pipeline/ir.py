@@ -41,7 +41,11 @@ FIELD_BITS: dict[str, int] = {
     "arp_op": 16,
     "arp_spa": 32,
     "arp_tpa": 32,
+    **{f"reg{i}": 32 for i in range(8)},  # scratch registers, allocated to apps by the layout
 }
+
+# Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
+INTERNAL_FIELDS = frozenset({"metadata", *(f"reg{i}" for i in range(8))})
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806

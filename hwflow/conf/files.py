@@ -1,0 +1,27 @@
+"""Finding the files hwflow ships in etc/ (layout, NIC profiles, samples).
+
+A source checkout (or an editable install) has them in the repository's
+etc/; an installed package has them under <prefix>/share/hwflow (setup.py's
+data_files). Looking in both keeps one code path for developers and users.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hwflow
+
+
+def shipped_dirs() -> list[Path]:
+    return [Path(hwflow.__file__).resolve().parents[1] / "etc", Path(sys.prefix) / "share" / "hwflow"]
+
+
+def shipped(relpath: str) -> Path:
+    """The first shipped copy of ``relpath`` (e.g. "datapath_layout.yaml")."""
+    for base in shipped_dirs():
+        candidate = base / relpath
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{relpath} is not in {' or '.join(str(d) for d in shipped_dirs())}: "
+                            "is hwflow installed completely?")
