@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "hwflow.cli.capabilities",
     "hwflow.cli.demo",
     "hwflow.cli.bench",
+    "hwflow.cli.pipeline",
+    "hwflow.cli.trace",
 )
 
 
