@@ -77,6 +77,8 @@ class Agent:
         self._devices = devices
         self.compiler = compiler
         self.chassis = conf.agent.chassis_name
+        self.topo = Topology(self.chassis)
+        self.compiler.compile(self.topo)
         self._wake = threading.Event()
         self.cache = NbCache(nb, self._wake.set)
         self._reports: dict[str, DeviceReport] = {}
@@ -153,8 +155,10 @@ class Agent:
         networks: dict = self.cache.objects(Network.kind)
         ports: dict = self.cache.objects(Port.kind)
         local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
-        topo = Topology(self.chassis, networks, ports, local)
-        pipeline = self.compiler.compile(topo)
+        changes = self.topo.update(networks, ports, local)
+        if changes:
+            self.compiler.update(self.topo, changes)
+        pipeline = self.compiler.pipeline()
         ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
 

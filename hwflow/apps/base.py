@@ -1,24 +1,53 @@
-"""What every network application is: a pure function from topology to IR.
+"""What every network application is: topology in, IR flows out, per owner.
 
 An app declares its tables, entry and exit points and registers in ``spec``
 (by local name); the datapath layout (hwflow.pipeline.layout) gives it
-numbers, and ``flows`` receives them as an :class:`AppLayout`. Apps know
-nothing of OVS, tc or NICs, nor of which app comes before or after them.
+numbers, handed to it as an :class:`AppLayout`. Apps know nothing of OVS,
+tc or NICs, nor of which app comes before or after them.
+
+Flows are produced per *owner* (a logical object, e.g. ``port:<id>``), and
+an app says which of its owners a change may touch. That is all the
+incremental compiler needs: on a change it recomputes just those owners'
+flows, the way OVN's incremental engine recomputes only dirty nodes.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import Change, Topology
 
 
 class App(abc.ABC):
     spec: AppSpec
 
     @abc.abstractmethod
-    def flows(self, topo: Topology, layout: AppLayout) -> Iterable[ir.Flow]:
-        """All flows this app wants for the given topology."""
+    def owners(self, topo: Topology) -> Iterable[str]:
+        """Every owner this app has flows for in ``topo``."""
+
+    @abc.abstractmethod
+    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterable[ir.Flow]:
+        """The flows of one owner now (none when the owner is gone)."""
+
+    @abc.abstractmethod
+    def affected(self, change: Change, topo: Topology) -> Iterable[str]:
+        """Owners whose flows ``change`` may alter (``topo`` is already updated)."""
+
+    def flows(self, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        for owner in self.owners(topo):
+            yield from self.owner_flows(owner, topo, layout)
+
+
+def port_owner(port_id: str) -> str:
+    return f"port:{port_id}"
+
+
+def network_owner(network_id: str) -> str:
+    return f"network:{network_id}"
+
+
+def owner_id(owner: str) -> str:
+    return owner.split(":", 1)[1]

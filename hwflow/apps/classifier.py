@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import App
+from hwflow.apps.base import App, owner_id, port_owner
+from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology
 
 PRIO_PORT = 100
 
@@ -21,13 +22,29 @@ PRIO_PORT = 100
 class ClassifierApp(App):
     spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out",))
 
-    def flows(self, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        table = layout.table("ports")
-        for port in topo.local_ports():
-            network = topo.networks.get(port.network_id)
-            match = ir.Match.of(in_port=port.unique_key)
-            if network is None:  # the port arrived before its network: keep it isolated
-                yield ir.Flow(table, PRIO_PORT, match, (ir.Drop(),), f"port:{port.id}")
-                continue
-            actions = (ir.SetField("metadata", network.unique_key), layout.goto("out"))
-            yield ir.Flow(table, PRIO_PORT, match, actions, f"port:{port.id}")
+    def owners(self, topo: Topology) -> Iterator[str]:
+        return (port_owner(p.id) for p in topo.local_ports())
+
+    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        port_id = owner_id(owner)
+        if not topo.is_local(port_id):
+            return
+        port = topo.ports[port_id]
+        network = topo.networks.get(port.network_id)
+        match = ir.Match.of(in_port=port.unique_key)
+        if network is None:  # the port arrived before its network: keep it isolated
+            yield ir.Flow(layout.table("ports"), PRIO_PORT, match, (ir.Drop(),), owner)
+            return
+        actions = (ir.SetField("metadata", network.unique_key), layout.goto("out"))
+        yield ir.Flow(layout.table("ports"), PRIO_PORT, match, actions, owner)
+
+    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+        if change.kind == KIND_NETWORK:
+            yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
+        else:  # a port, or its being local, changed
+            yield port_owner(change.id)
+
+
+def network_of(change: Change) -> set[str]:
+    """Networks a port change touches: the one it left and the one it is on."""
+    return {obj.network_id for obj in (change.old, change.new) if isinstance(obj, Port)}
