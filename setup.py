@@ -29,6 +29,7 @@ setup(
         "oslo.config>=9.0",
         "cffi>=1.15",
         "PyYAML>=6.0",
+        "etcd3gw>=2.4",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],
@@ -43,6 +44,7 @@ setup(
         ],
         "hwflow.nb_db_drivers": [
             "sqlite = hwflow.db.sqlite:SqliteDriver",
+            "etcd = hwflow.db.etcd:EtcdDriver",
         ],
         "hwflow.nic_drivers": [
             "sim = hwflow_drivers.sim:SimDriver",

@@ -1,142 +1,23 @@
-"""The SQLite driver and the NB API on top of it, including across processes."""
+"""What is particular to the SQLite driver (its file, its bounded event log) and to driver loading.
+
+Behaviour every driver shares is in tests/functional/test_db_conformance.py,
+which runs against SQLite everywhere and against real etcd where it can.
+"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import threading
-import time
-
 import pytest
 
-from hwflow.db import Compare, Delete, NbApi, Put
+from hwflow.db import NbApi
+from hwflow.db.etcd import parse_url
+from hwflow.db.etcd_server import free_port
 from hwflow.db.sqlite import SqliteDriver
-from hwflow.model import (
-    Ambiguous,
-    BrokenReference,
-    Chassis,
-    Compacted,
-    Conflict,
-    DatabaseUnavailable,
-    Network,
-    NotFound,
-    Port,
-    ValidationError,
-)
+from hwflow.model import Compacted, DatabaseUnavailable, Network
 
 
 @pytest.fixture
 def path(tmp_path):
     return str(tmp_path / "hwt-db" / "nb.sqlite")
-
-
-@pytest.fixture
-def drv(path):
-    with SqliteDriver(path) as driver:
-        yield driver
-
-
-@pytest.fixture
-def api(path):
-    with NbApi.from_url(f"sqlite:///{path}") as nb:
-        yield nb
-
-
-def mac(i: int) -> str:
-    return f"fa:16:3e:00:{i // 256:02x}:{i % 256:02x}"
-
-
-# The raw driver
-
-
-def test_put_get_and_revisions(drv):
-    assert drv.current_revision() == 0
-    assert drv.put("t", "k", b"v1") == 1
-    assert drv.put("t", "k", b"v2") == 2
-    rec = drv.get("t", "k")
-    assert (rec.value, rec.create_revision, rec.mod_revision) == (b"v2", 1, 2)
-    assert drv.get("t", "other") is None
-    assert drv.current_revision() == 2
-
-
-def test_compare_and_swap(drv):
-    drv.put("t", "k", b"v1", expected_mod_revision=0)
-    with pytest.raises(Conflict, match="conflict on t k: expected no stored object, found revision 1"):
-        drv.put("t", "k", b"v2", expected_mod_revision=0)
-    drv.put("t", "k", b"v2", expected_mod_revision=1)
-    with pytest.raises(Conflict) as info:
-        drv.put("t", "k", b"v3", expected_mod_revision=1)
-    assert (info.value.expected, info.value.actual) == (1, 2)
-    assert drv.get("t", "k").value == b"v2"
-    with pytest.raises(Conflict):
-        drv.delete("t", "k", expected_mod_revision=1)
-    assert drv.delete("t", "k", expected_mod_revision=2) == 3
-    with pytest.raises(NotFound, match="t k does not exist"):
-        drv.delete("t", "k")
-
-
-def test_a_failed_transaction_changes_nothing(drv):
-    drv.put("t", "a", b"1")
-    with pytest.raises(Conflict) as info:
-        drv.txn([Compare("t", "a", 1), Compare("t", "b", 5)], [Put("t", "a", b"2"), Put("t", "c", b"3")])
-    assert (info.value.table, info.value.key) == ("t", "b")
-    assert drv.current_revision() == 1
-    assert drv.get("t", "a").value == b"1" and drv.get("t", "c") is None
-    assert [e.revision for e in drv.watch(1, 0)] == [1]
-
-
-def test_a_transaction_is_one_revision(drv):
-    drv.put("t", "gone", b"old")
-    rev = drv.txn([], [Put("t", "a", b"1"), Put("u", "b", b"2"), Delete("t", "gone"), Delete("t", "never")])
-    assert rev == 2
-    events = drv.watch(2, 0)
-    assert [(e.revision, e.table, e.key, e.op, e.value) for e in events] == [
-        (2, "t", "a", "put", b"1"), (2, "u", "b", "put", b"2"), (2, "t", "gone", "delete", b"old"),
-    ]
-    with pytest.raises(ValueError):
-        drv.txn([], [Put("t", "a", b"1"), Delete("t", "a")])
-
-
-def test_list_and_snapshot(drv):
-    drv.put("a", "2", b"x")
-    drv.put("a", "1", b"y")
-    drv.put("b", "1", b"z")
-    rev, records = drv.list("a")
-    assert rev == 3 and [r.key for r in records] == ["1", "2"]
-    rev, records = drv.snapshot(["a", "b"])
-    assert rev == 3 and [(r.table, r.key) for r in records] == [("a", "1"), ("a", "2"), ("b", "1")]
-
-
-def test_watch_waits_without_spinning(drv):
-    drv.put("t", "k", b"v")
-    cpu, start = time.process_time(), time.monotonic()
-    assert drv.watch(2, 0.3) == []
-    assert time.monotonic() - start >= 0.3
-    assert time.process_time() - cpu < 0.15
-
-
-def test_watch_wakes_up_on_a_write(drv):
-    timer = threading.Timer(0.1, drv.put, ("t", "k", b"v"))
-    timer.start()
-    start = time.monotonic()
-    events = drv.watch(1, 5)
-    assert [(e.revision, e.key) for e in events] == [(1, "k")]
-    assert time.monotonic() - start < 2
-    timer.join()
-
-
-def test_compacted_history_raises(drv):
-    for i in range(5):
-        drv.put("t", "k", str(i).encode())
-    drv.compact(3)
-    with pytest.raises(Compacted) as info:
-        drv.watch(3, 0)
-    assert info.value.compact_revision == 3
-    assert [e.value for e in drv.watch(4, 0)] == [b"3", b"4"]
-    assert drv.get("t", "k").value == b"4"
-    with pytest.raises(ValueError):
-        drv.compact(99)
 
 
 def test_the_event_log_is_bounded(path):
@@ -149,48 +30,6 @@ def test_the_event_log_is_bounded(path):
         events = drv.watch(info.value.compact_revision + 1, 0)
         assert [e.revision for e in events] == list(range(info.value.compact_revision + 1, 101))
         assert len(drv.list("t")[1]) == 3
-
-
-WRITER = """
-import sys
-from hwflow.db.sqlite import SqliteDriver
-path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with SqliteDriver(path, busy_timeout=60) as drv:
-    for i in range(count):
-        drv.put("t", f"{name}{i % 7}", f"{name}:{i}".encode())
-"""
-
-
-def test_watch_sees_every_revision_once_in_order_while_other_processes_write(drv, path):
-    count = 150
-    writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, path, name, str(count)]) for name in ("a", "b")
-    ]
-    seen, rev, deadline = [], 1, time.monotonic() + 60
-    while len(seen) < 2 * count and time.monotonic() < deadline:
-        events = drv.watch(rev, 1)
-        seen += events
-        rev = events[-1].revision + 1 if events else rev
-    assert [w.wait(30) for w in writers] == [0, 0]
-    assert [e.revision for e in seen] == list(range(1, 2 * count + 1))
-    for name in ("a", "b"):
-        values = [e.value.decode() for e in seen if e.key.startswith(name)]
-        assert values == [f"{name}:{i}" for i in range(count)]
-
-
-def test_threads_share_one_driver(drv):
-    def write(t: int) -> None:
-        for i in range(20):
-            drv.put("t", f"{t}-{i}", b"v")
-
-    threads = [threading.Thread(target=write, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rev, records = drv.list("t")
-    assert rev == 120 and len(records) == 120
-    assert sorted(r.mod_revision for r in records) == list(range(1, 121))
 
 
 def test_unopenable_paths_name_the_path(tmp_path):
@@ -207,13 +46,6 @@ def test_unopenable_paths_name_the_path(tmp_path):
     assert garbage.read_bytes() == b"not a database at all" * 100
 
 
-def test_closed_driver_refuses_calls(path):
-    drv = SqliteDriver(path)
-    drv.close()
-    with pytest.raises(DatabaseUnavailable, match="closed"):
-        drv.get("t", "k")
-
-
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
 def test_bad_sqlite_urls(url):
     with pytest.raises(DatabaseUnavailable, match="sqlite:///PATH"):
@@ -227,189 +59,40 @@ def test_data_survives_reopening(path):
         assert nb.get("network", net.id) == net
 
 
-# The NB API
-
-
 def test_unknown_scheme_lists_installed_drivers():
     with pytest.raises(DatabaseUnavailable, match=r"'mysql://x'.*installed drivers: .*sqlite"):
         NbApi.from_url("mysql://x")
 
 
-def test_create_assigns_id_unique_key_and_revision(api):
-    given = Network(name="blue", vni=10)
-    net = api.create(given)
-    assert given.id == "" and given.revision == 0  # the caller's object is left alone
-    assert len(net.id) == 36 and net.unique_key == 1 and net.revision == 1
-    assert api.get("network", net.id) == net
-    assert api.create(Network(name="red", vni=11)).unique_key == 2
 
 
-def test_create_validates_and_stores_nothing_on_error(api):
-    with pytest.raises(ValidationError, match="vni"):
-        api.create(Network(name="bad", vni=0))
-    assert api.list("network") == [] and api.driver.current_revision() == 0
+def test_etcd_is_an_installed_driver():
+    with pytest.raises(DatabaseUnavailable, match=r"installed drivers: etcd, sqlite"):
+        NbApi.from_url("mysql://x")
 
 
-def test_duplicate_id_is_a_conflict(api):
-    api.create(Network(id="n1", vni=1))
-    with pytest.raises(Conflict, match="conflict on network n1: expected no stored object, found revision 1"):
-        api.create(Network(id="n1", vni=2))
+@pytest.mark.parametrize(("url", "endpoints", "prefix"), [
+    ("etcd://127.0.0.1:2379", [("127.0.0.1", 2379)], "hwflow"),
+    ("etcd://a:1,b:2,c:3/site-1", [("a", 1), ("b", 2), ("c", 3)], "site-1"),
+    ("etcd://[::1]:2379/x/y/", [("::1", 2379)], "x/y"),
+])
+def test_etcd_urls(url, endpoints, prefix):
+    assert parse_url(url) == (endpoints, prefix)
 
 
-def test_port_needs_an_existing_network(api):
-    with pytest.raises(BrokenReference, match="network_id 'nope' names no existing network"):
-        api.create(Port(network_id="nope", mac=mac(1)))
-    assert api.list("port") == []
+@pytest.mark.parametrize("url", ["etcd://", "etcd://host", "etcd://host:0", "etcd://a:1,:2", "etcd://h:port"])
+def test_bad_etcd_urls_say_what_to_write(url):
+    with pytest.raises(DatabaseUnavailable, match=r"bad etcd database URL .*etcd://HOST:PORT"):
+        parse_url(url)
 
 
-def test_unique_values_are_enforced_and_released(api):
-    net = api.create(Network(name="n", vni=5))
-    with pytest.raises(ValidationError, match=f"vni 5 is already used by network {net.id}"):
-        api.create(Network(name="m", vni=5))
-    p1 = api.create(Port(network_id=net.id, mac=mac(1), ips=["10.0.0.1"]))
-    with pytest.raises(ValidationError, match=f"mac {mac(1)} on network {net.id} is already used"):
-        api.create(Port(network_id=net.id, mac=mac(1).upper()))
-    with pytest.raises(ValidationError, match="ip 10.0.0.1 on network"):
-        api.create(Port(network_id=net.id, mac=mac(2), ips=["10.0.0.1"]))
-    api.update(Port(**{**p1.to_dict(), "ips": ["10.0.0.9"]}))
-    api.create(Port(network_id=net.id, mac=mac(2), ips=["10.0.0.1"]))
-    api.delete("network", net.id, cascade=True)
-    api.create(Network(name="again", vni=5))
+def test_unreachable_etcd_names_every_endpoint_and_the_remedy(unused_port):
+    with NbApi.from_url(f"etcd://127.0.0.1:{unused_port},localhost:{unused_port}") as nb:
+        with pytest.raises(DatabaseUnavailable, match=rf"cannot reach etcd at 127.0.0.1:{unused_port},"
+                           rf"localhost:{unused_port} .*check that etcd is running"):
+            nb.list("network")
 
 
-def test_update_is_compare_and_swap(api):
-    net = api.create(Network(name="n", vni=5))
-    newer = api.update(Network(**{**net.to_dict(), "mtu": 9000}))
-    assert newer.revision > net.revision and newer.unique_key == net.unique_key
-    with pytest.raises(Conflict, match=f"expected revision {net.revision}, found revision {newer.revision}"):
-        api.update(Network(**{**net.to_dict(), "mtu": 1400}))
-    with pytest.raises(Conflict):
-        api.update(newer, if_revision=net.revision)
-    assert api.get("network", net.id).mtu == 9000
-    blind = api.update(Network(id=net.id, vni=5, mtu=1280))  # never read: overwrites
-    assert blind.mtu == 1280 and blind.unique_key == net.unique_key
-    with pytest.raises(NotFound):
-        api.update(Network(id="missing", vni=6))
-
-
-def test_a_port_cannot_move_to_another_network(api):
-    a = api.create(Network(name="a", vni=1))
-    b = api.create(Network(name="b", vni=2))
-    p = api.create(Port(network_id=a.id, mac=mac(1)))
-    with pytest.raises(ValidationError, match="network_id cannot change"):
-        api.update(Port(**{**p.to_dict(), "network_id": b.id}))
-
-
-def test_delete_refuses_to_orphan_ports_unless_cascade(api):
-    net = api.create(Network(name="n", vni=5))
-    ports = [api.create(Port(name=f"p{i}", network_id=net.id, mac=mac(i))) for i in range(3)]
-    with pytest.raises(BrokenReference, match=r"still used by port .*--cascade"):
-        api.delete("network", net.id)
-    assert len(api.list("port")) == 3 and api.get("network", net.id) == net
-    rev = api.driver.current_revision()
-    removed = api.delete("network", net.id, cascade=True)
-    assert removed[0] == net and sorted(p.id for p in removed[1:]) == sorted(p.id for p in ports)
-    assert api.list("network") == [] and api.list("port") == []
-    changes = api.watch(rev + 1, 0)
-    assert {(c.revision, c.kind, c.op) for c in changes} == {
-        (rev + 1, "network", "delete"), (rev + 1, "port", "delete"),
-    }
-    assert {c.obj.name for c in changes} == {"n", "p0", "p1", "p2"}  # deletes carry the last value
-
-
-def test_delete_with_stale_revision_is_a_conflict(api):
-    net = api.create(Network(name="n", vni=5))
-    api.update(net)
-    with pytest.raises(Conflict, match="conflict on network"):
-        api.delete("network", net.id, if_revision=net.revision)
-    assert api.get("network", net.id)
-    with pytest.raises(NotFound, match="no port with id 'x'"):
-        api.delete("port", "x")
-
-
-def test_find_by_id_or_name(api):
-    a = api.create(Network(name="same", vni=1))
-    b = api.create(Network(name="same", vni=2))
-    c = api.create(Network(name="c", vni=3))
-    assert api.find("network", "c") == c and api.find("network", a.id) == a
-    ambiguous = rf"2 network objects are named 'same' \(({a.id}|{b.id}), .*use the id"
-    with pytest.raises(Ambiguous, match=ambiguous):
-        api.find("network", "same")
-    with pytest.raises(NotFound, match="no network with id or name 'zzz'"):
-        api.find("network", "zzz")
-
-
-def test_snapshot_then_watch_has_no_gap(api):
-    net = api.create(Network(name="n", vni=5))
-    rev, objs = api.snapshot()
-    assert objs == [net]
-    port = api.create(Port(network_id=net.id, mac=mac(1)))
-    changes = api.watch(rev + 1, 0)
-    assert [(c.kind, c.op, c.obj) for c in changes] == [("port", "put", port)]
-    assert changes[0].revision == port.revision
-
-
-def test_bad_records_are_skipped_not_raised(api, caplog):
-    net = api.create(Network(name="n", vni=5))
-    api.driver.put("network", "foreign", json.dumps({"id": "foreign", "vni": 1, "colour": "red"}).encode())
-    api.driver.put("port", "junk", b"\x00not json")
-    later = api.create(Network(name="later", vni=6))
-    assert [c.obj for c in api.watch(net.revision + 1, 0)] == [later]
-    assert {o.id for o in api.list("network")} == {net.id, later.id}
-    assert "colour" in caplog.text and "not JSON" in caplog.text
-    with pytest.raises(ValidationError, match="network foreign"):
-        api.get("network", "foreign")
-
-
-def test_watch_raises_compacted(api):
-    api.create(Network(name="n", vni=5))
-    api.driver.compact(1)
-    with pytest.raises(Compacted):
-        api.watch(1, 0)
-
-
-def test_put_chassis_registers_then_refreshes(api):
-    first = api.put_chassis(Chassis(name="host1", tunnel_ip="192.0.2.1", up=True, heartbeat_at=1.0))
-    again = api.put_chassis(Chassis(name="host1", tunnel_ip="192.0.2.1", up=True, heartbeat_at=2.0))
-    assert again.unique_key == first.unique_key and again.revision > first.revision
-    assert api.get("chassis", "host1").heartbeat_at == 2.0
-
-
-CREATOR = """
-import sys
-from hwflow.db import NbApi
-from hwflow.model import Network
-base = int(sys.argv[2])
-with NbApi.from_url("sqlite:///" + sys.argv[1]) as api:
-    for i in range(25):
-        api.create(Network(name=f"n{base + i}", vni=base + i))
-"""
-
-
-def test_unique_keys_stay_unique_across_processes(api, path):
-    creators = [
-        subprocess.Popen([sys.executable, "-c", CREATOR, path, str(base)]) for base in (1, 1001, 2001)
-    ]
-    assert [c.wait(60) for c in creators] == [0, 0, 0]
-    keys = sorted(n.unique_key for n in api.list("network"))
-    assert keys == list(range(1, 76))
-
-
-def add_ports(api: NbApi, net_id: str, count: int) -> None:
-    """Create ports until the network disappears under us."""
-    for i in range(count):
-        try:
-            api.create(Port(network_id=net_id, mac=mac(i)))
-        except BrokenReference:
-            return
-
-
-def test_concurrent_port_create_and_network_delete_never_orphan(api):
-    for round_ in range(5):
-        net = api.create(Network(name="n", vni=100 + round_))
-        thread = threading.Thread(target=add_ports, args=(api, net.id, 30))
-        thread.start()
-        time.sleep(0.005 * round_)
-        api.delete("network", net.id, cascade=True)
-        thread.join()
-        assert {p.network_id for p in api.list("port")} <= {n.id for n in api.list("network")}
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

@@ -1,0 +1,139 @@
+"""Private etcd servers on loopback, for tests and benchmarks that need a real etcd.
+
+Each member gets its own data directory and free ports on 127.0.0.1; the
+context manager stops exactly the processes it started (by PID) and removes
+their directories, even when the body fails. ``stop``/``start`` of one
+member let fault tests take the database away and bring it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Self
+
+import requests
+
+ETCD_BINARY = "/usr/bin/etcd"
+START_TIMEOUT = 60.0  # the machine is shared and busy: a cold member can take a while
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    log_path: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 forming one cluster (1 = a single server)."""
+
+    def __init__(self, size: int = 1, binary: str = ETCD_BINARY) -> None:
+        if not os.path.exists(binary):
+            raise FileNotFoundError(f"{binary} not found: apt-get install etcd-server")
+        self.binary = binary
+        self.root = tempfile.mkdtemp(prefix="hwflow-etcd-")
+        self.members = [
+            Member(f"m{i}", free_port(), free_port(), os.path.join(self.root, f"m{i}.etcd"),
+                   os.path.join(self.root, f"m{i}.log"))
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The driver URL naming every member."""
+        return "etcd://" + ",".join(m.endpoint for m in self.members)
+
+    def _command(self, member: Member) -> list[str]:
+        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        return [
+            self.binary, "--name", member.name, "--data-dir", member.data_dir,
+            "--listen-client-urls", f"http://{member.endpoint}",
+            "--advertise-client-urls", f"http://{member.endpoint}",
+            "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", os.path.basename(self.root),
+            # Loopback on a busy machine: relaxed heartbeats avoid needless elections.
+            "--heartbeat-interval", "100", "--election-timeout", "2000",
+        ]
+
+    def start(self, member: Member | None = None) -> None:
+        """Start every member (or one), then wait until the cluster answers writes."""
+        for m in [member] if member else self.members:
+            if m.process is None or m.process.poll() is not None:
+                log = open(m.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+                m.process = subprocess.Popen(self._command(m), stdout=log, stderr=subprocess.STDOUT,
+                                             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
+                log.close()
+        self.wait_ready(member)
+
+    def wait_ready(self, member: Member | None = None) -> None:
+        """Wait until the member(s) report healthy (a leader elected, writes possible)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        for m in [member] if member else [m for m in self.members if m.process is not None]:
+            while True:
+                if m.process is not None and m.process.poll() is not None:
+                    raise RuntimeError(f"etcd member {m.name} exited: {self._tail(m)}")
+                try:
+                    if requests.get(f"http://{m.endpoint}/health", timeout=2).json().get("health") == "true":
+                        break
+                except (requests.RequestException, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd member {m.name} not ready in {START_TIMEOUT}s: {self._tail(m)}")
+                time.sleep(0.1)
+
+    def stop(self, member: Member | None = None) -> None:
+        """Stop every member (or one) by its PID; its data stays for a restart."""
+        for m in [member] if member else self.members:
+            if m.process is not None and m.process.poll() is None:
+                m.process.terminate()
+                try:
+                    m.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    m.process.kill()
+                    m.process.wait(timeout=20)
+            m.process = None
+
+    def _tail(self, member: Member) -> str:
+        try:
+            with open(member.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()[-1500:]
+        except OSError:
+            return "(no log)"
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
