@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
+from hwflow.sim import admission
 from hwflow.sim.profile import Profile
 
 LOG = logging.getLogger(__name__)
@@ -97,16 +98,6 @@ def _is_dump(msg: nl.Message) -> bool:
 
 
 # --- the switch ----------------------------------------------------------------
-
-
-def _action_name(action: fl.FlowerAction) -> str:
-    """The capability an action needs, in hwflow.offload.capabilities' vocabulary."""
-    if isinstance(action, fl.Mirred):
-        if action.egress and action.redirect:
-            return "redirect"
-        direction = "egress" if action.egress else "ingress"
-        return f"mirred {direction} {'redirect' if action.redirect else 'mirror'}"
-    return action.verdict
 
 
 class Eswitch:
@@ -221,25 +212,10 @@ class Eswitch:
         return rule
 
     def _check_profile(self, rule: fl.FlowerRule) -> None:
-        caps = self.profile.capabilities
-        if rule.flags & fl.TCA_CLS_FLAGS_SKIP_HW:
-            raise self._unsupported("a skip_hw rule (it belongs to the kernel datapath)")
-        if rule.protocol != fl.ETH_P_ALL and not caps.can_match("eth_type", 0xFFFF, 16):
-            raise self._unsupported("match on eth_type")
-        for spec, _, mask in rule.keys.items():
-            if not caps.can_match(spec.ir_field, mask, spec.width):
-                raise self._unsupported(f"match on {spec.ir_field} with mask {mask:#x}")
-        if len(rule.actions) > caps.max_actions_per_rule:
-            raise self._unsupported(f"{len(rule.actions)} actions in one rule "
-                                    f"(max {caps.max_actions_per_rule})")
-        for action in rule.actions:
-            if _action_name(action) not in caps.actions:
-                raise self._unsupported(f"action {_action_name(action)}")
-            if isinstance(action, fl.Mirred) and action.ifindex not in self._tables:
-                raise self._unsupported(f"redirect to ifindex {action.ifindex} (not a port of this switch)")
-            if isinstance(action, fl.Gact) and action.verdict == "goto_chain" and action.chain <= rule.chain:
-                raise self._unsupported(f"goto from chain {rule.chain} to chain {action.chain} "
-                                        "(not a later chain)")
+        try:
+            admission.check(rule, self.profile.capabilities, self._tables)
+        except admission.NotAdmitted as exc:
+            raise self._unsupported(exc.what) from exc
 
     def _new(self, msg: nl.Message) -> list[bytes]:
         rule = self._decode(msg)

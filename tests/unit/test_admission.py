@@ -1,0 +1,166 @@
+"""The simulated NIC's admission check: it refuses exactly what the profile does not claim."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
+from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, QUIRK_TUNNEL_UDP_DST_PORT, Capabilities
+from hwflow.sim import admission
+from hwflow.sim.eswitch import Eswitch
+from hwflow.sim.profile import Profile
+
+PORTS = (101, 102, 103)
+BASE = Capabilities({"eth_type": MASK_EXACT, "ip_proto": MASK_EXACT, "ipv4_dst": MASK_PREFIX, "eth_dst": MASK_ANY},
+                    frozenset({"redirect", "drop"}), 64)
+
+
+def rule(keys: fl.FlowerKeys | None = None, actions=(fl.Mirred(102),), chain: int = 0, protocol: int = fl.ETH_P_IP,
+         flags: int = 0) -> fl.FlowerRule:
+    return fl.FlowerRule(101, 10, 1, protocol, keys or fl.FlowerKeys(ipv4_dst=0x0A000002), tuple(actions),
+                         chain=chain, flags=flags)
+
+
+def refusal(r: fl.FlowerRule, caps: Capabilities = BASE) -> str:
+    with pytest.raises(admission.NotAdmitted) as err:
+        admission.check(r, caps, PORTS)
+    assert err.value.errno == errno.EOPNOTSUPP
+    return err.value.what
+
+
+def test_a_rule_within_the_profile_is_admitted():
+    admission.check(rule(), BASE, PORTS)
+    admission.check(rule(fl.FlowerKeys(eth_dst=0x010000000000, eth_dst_mask=0x010000000000), protocol=fl.ETH_P_ALL),
+                    BASE, PORTS)
+
+
+@pytest.mark.parametrize("r, what", [
+    (rule(flags=fl.TCA_CLS_FLAGS_SKIP_HW), "a skip_hw rule"),
+    (rule(fl.FlowerKeys(ipv4_src=1)), "match on ipv4_src with mask 0xffffffff"),
+    (rule(fl.FlowerKeys(ipv4_dst=0x0A000001, ipv4_dst_mask=0xFF0000FF)), "match on ipv4_dst with mask 0xff0000ff"),
+    (rule(fl.FlowerKeys(ip_proto=6, tcp_dst=80)), "match on tcp_dst"),
+    (rule(actions=(fl.Gact("pass"),)), "action pass"),
+    (rule(actions=(fl.Mirred(102, redirect=False),)), "action mirred egress mirror"),
+    (rule(actions=(fl.Mirred(102, egress=False),)), "action mirred ingress redirect"),
+    (rule(actions=(fl.Mirred(999),)), "redirect to ifindex 999 (not a port of this switch)"),
+    (rule(actions=(fl.Mirred(102), fl.Gact("drop"))), "2 actions in one rule (max 1)"),
+    (rule(actions=(fl.Gact("goto_chain", 1),)), "action goto_chain"),
+])
+def test_what_the_profile_lacks_is_named(r, what):
+    assert what in refusal(r)
+
+
+def test_eth_type_needs_a_match_field():
+    assert refusal(rule(fl.FlowerKeys()), dataclasses.replace(BASE, match_fields={})) == "match on eth_type"
+
+
+CHAINS = dataclasses.replace(BASE, actions=frozenset({"redirect", "goto_chain"}), max_chains=4,
+                             max_actions_per_rule=2)
+
+
+def test_chains_are_bounded_and_gotos_go_forward():
+    admission.check(rule(actions=(fl.Gact("goto_chain", 3),)), CHAINS, PORTS)
+    admission.check(rule(chain=3), CHAINS, PORTS)
+    assert "goto chain 4 (the profile has chains 0..3)" in refusal(rule(actions=(fl.Gact("goto_chain", 4),)), CHAINS)
+    assert "a rule in chain 4" in refusal(rule(chain=4), CHAINS)
+    assert "goto from chain 2 to chain 2" in refusal(rule(chain=2, actions=(fl.Gact("goto_chain", 2),)), CHAINS)
+    unlimited = dataclasses.replace(CHAINS, max_chains=None)
+    admission.check(rule(chain=70000, actions=(fl.Gact("goto_chain", 70001),)), unlimited, PORTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teleport:
+    """An action some future flower encoder might produce."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FutureSpec:
+    """A key spec without an IR field, as a newly added flower key might be."""
+
+    field: str = "enc_key_id"
+    width: int = 32
+
+
+class FutureKeys:
+    def items(self):
+        return [(FutureSpec(), 5, 0xFFFFFFFF)]
+
+
+def test_unknown_actions_and_keys_are_refused_by_name():
+    fake = rule()
+    object.__setattr__(fake, "actions", (Teleport(),))  # past FlowerRule's own type check, as a new class would be
+    assert "Teleport (an action hwflow/sim/admission.py does not know)" in refusal(fake)
+    keyed = rule()
+    object.__setattr__(keyed, "keys", FutureKeys())
+    assert refusal(keyed) == "match on flower key enc_key_id (no IR field known for it)"
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelSpec:
+    field: str
+    ir_field: str
+    width: int
+
+
+class TunnelKeys:
+    def __init__(self, *specs: tuple[str, int]) -> None:
+        self.specs = specs
+
+    def items(self):
+        return [(TunnelSpec(name, name, 16 if name == "enc_dst_port" else 32), 1, mask) for name, mask in self.specs]
+
+
+def test_tunnel_port_quirk():
+    caps = dataclasses.replace(BASE, match_fields={**BASE.match_fields, "enc_key_id": MASK_EXACT,
+                                                   "enc_dst_port": MASK_ANY},
+                               quirks=(admission_quirk(),))
+    r = rule()
+    object.__setattr__(r, "keys", TunnelKeys(("enc_key_id", 0xFFFFFFFF)))
+    assert "quirk tunnel_match_needs_udp_dst_port" in refusal(r, caps)
+    object.__setattr__(r, "keys", TunnelKeys(("enc_key_id", 0xFFFFFFFF), ("enc_dst_port", 0xFF00)))
+    assert "exact enc_dst_port" in refusal(r, caps)
+    object.__setattr__(r, "keys", TunnelKeys(("enc_key_id", 0xFFFFFFFF), ("enc_dst_port", 0xFFFF)))
+    admission.check(r, caps, PORTS)
+    object.__setattr__(r, "keys", TunnelKeys(("enc_key_id", 0xFFFFFFFF)))
+    admission.check(r, dataclasses.replace(caps, quirks=()), PORTS)  # without the quirk, no such constraint
+
+
+def admission_quirk():
+    from hwflow.offload.capabilities import quirk
+
+    return quirk(QUIRK_TUNNEL_UDP_DST_PORT, "test")
+
+
+@given(st.integers(min_value=0, max_value=32), st.sampled_from([MASK_EXACT, MASK_PREFIX, MASK_ANY]))
+def test_admission_agrees_with_can_match(length, kind):
+    mask = ((1 << length) - 1) << (32 - length)
+    caps = dataclasses.replace(BASE, match_fields={"eth_type": MASK_EXACT, "ipv4_dst": kind})
+    r = rule(fl.FlowerKeys(ipv4_dst=0x0A000000 & mask, ipv4_dst_mask=mask))
+    try:
+        admission.check(r, caps, PORTS)
+        admitted = True
+    except admission.NotAdmitted:
+        admitted = False
+    assert admitted == caps.can_match("ipv4_dst", mask, 32)
+
+
+def test_the_eswitch_answers_eopnotsupp_with_the_profile_name_and_enospc_when_full():
+    caps = dataclasses.replace(BASE, max_rules=2)
+    sw = Eswitch("hwt-nic-sw", Profile("p64", "test", caps), PORTS)
+    def add(handle: int) -> nl.Message:
+        r = dataclasses.replace(rule(fl.FlowerKeys(ipv4_dst=handle)), handle=handle)
+        return nl.split_messages(sw.handle_request(fl.encode_newfilter(r, handle))[0])[0]
+
+    assert [nl.decode_error(add(h))[0] for h in (1, 2)] == [0, 0]
+    full = add(3)
+    assert nl.decode_error(full)[0] == -errno.ENOSPC
+    bad = dataclasses.replace(rule(fl.FlowerKeys(ipv4_src=1)), prio=20)
+    code, text = nl.decode_error(nl.split_messages(sw.handle_request(fl.encode_newfilter(bad, 4))[0])[0])
+    assert code == -errno.EOPNOTSUPP
+    assert text == "simnic hwt-nic-sw: match on ipv4_src with mask 0xffffffff is not supported by profile p64"
