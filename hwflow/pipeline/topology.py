@@ -1,7 +1,9 @@
 """The view of the logical network that apps compile from, with its indexes.
 
-The agent owns one Topology and updates it from its cache; ``update`` says
-what changed, which is what the incremental compiler recompiles. Apps only
+The agent owns one Topology and updates it from its cache: ``apply`` and
+``set_local`` for single changes (cheap), ``update`` to make it equal to a
+whole snapshot (walks everything). Both return what changed, which is what
+the incremental compiler recompiles. Apps only
 read it. Objects are compared by identity first (the cache hands back the
 same instance while a record is unchanged), so an update that changes one
 port costs little more than walking the dictionaries.
@@ -69,6 +71,32 @@ class Topology:
                                   port if pid in local else None))
         self.local_port_ids = local
         return changes
+
+    def apply(self, kind: str, obj_id: str, obj: Network | Port | None) -> list[Change]:
+        """One object written (or deleted, ``obj`` None): the cheap path for a watched change."""
+        table: dict = self.networks if kind == KIND_NETWORK else self.ports
+        before = table.get(obj_id)
+        if before is obj or before == obj:
+            return []
+        if obj is None:
+            del table[obj_id]
+        else:
+            table[obj_id] = obj
+        change = Change(kind, obj_id, before, obj)
+        if kind == KIND_PORT:
+            self._reindex(change)
+        return [change]
+
+    def set_local(self, port_id: str, local: bool) -> list[Change]:
+        """A port's interface appeared on (or left) this chassis' bridge."""
+        if (port_id in self.local_port_ids) == local:
+            return []
+        port = self.ports.get(port_id)
+        if local:
+            self.local_port_ids.add(port_id)
+            return [Change(KIND_LOCAL, port_id, None, port)]
+        self.local_port_ids.discard(port_id)
+        return [Change(KIND_LOCAL, port_id, port, None)]
 
     def _reindex(self, change: Change) -> None:
         if isinstance(change.old, Port):

@@ -53,3 +53,38 @@ def test_one_port_added_touches_only_its_owners():
     assert delta.owners == 3
     assert sorted(f.owner for f in delta.added) == ["network:n0", "port:px", "port:px"]
     assert [f.owner for f in delta.removed] == ["network:n0"]
+
+
+ops = st.one_of(
+    st.tuples(st.just("net"), st.sampled_from(NETS + NETS_RENUMBERED + [None]), st.integers(0, 2)),
+    st.tuples(st.just("port"), st.integers(0, 5), st.sampled_from(["n0", "n1", "n2", None])),
+    st.tuples(st.just("local"), st.integers(0, 5), st.booleans()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ops, max_size=25))
+def test_single_object_changes_equal_a_full_compile(operations):
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology("h")
+    compiler.compile(topo)
+    for op, a, b in operations:
+        if op == "net":
+            net_id = f"n{b}"
+            obj = None if a is None else Network(id=net_id, name=net_id, vni=a.vni, unique_key=a.unique_key)
+            if obj is None and net_id not in topo.networks:
+                continue
+            changes = topo.apply("network", net_id, obj)
+        elif op == "port":
+            pid = f"p{a}"
+            obj = None if b is None else Port(id=pid, name=pid, network_id=b, mac=f"fa:16:3e:00:00:{a:02x}",
+                                               unique_key=100 + a)
+            if obj is None and pid not in topo.ports:
+                continue
+            changes = topo.apply("port", pid, obj)
+        else:
+            changes = topo.set_local(f"p{a}", b)
+        compiler.update(topo, changes)
+        full = Compiler.from_file(layout_path("")).compile(
+            Topology("h", dict(topo.networks), dict(topo.ports), set(topo.local_port_ids)))
+        assert set(compiler.pipeline().flows) == set(full.flows)
