@@ -134,11 +134,11 @@ def test_what_the_profile_lacks_is_eopnotsupp_with_a_message(rule: fl.FlowerRule
 def test_a_key_hwflow_does_not_model_is_eopnotsupp() -> None:
     msg = nl.split_messages(fl.encode_newfilter(ipv4_rule(), 1))[0]
     attrs = dict(nl.parse_attrs(msg.payload[fl.TCMSG.size:]))
-    options = attrs[fl.TCA_OPTIONS] + nl.nla(24, b"\3")  # TCA_FLOWER_KEY_VLAN_PRIO
+    options = attrs[fl.TCA_OPTIONS] + nl.nla(67, b"\3")  # TCA_FLOWER_KEY_MPLS_TTL
     payload = (msg.payload[:fl.TCMSG.size] + nl.nla_str(fl.TCA_KIND, "flower")
                + nl.nla(fl.TCA_OPTIONS, options))
     err, text = error_of(request(switch(), nl.encode_message(fl.RTM_NEWTFILTER, msg.flags, 1, payload)))
-    assert err == -errno.EOPNOTSUPP and "attribute 24" in text
+    assert err == -errno.EOPNOTSUPP and "attribute 67" in text
 
 
 def test_full_table_is_enospc_and_keeps_what_it_has() -> None:
