@@ -105,6 +105,9 @@ class Agent:
             now = time.monotonic()
             if self._wake.is_set() or now >= next_resync:
                 self._wake.clear()
+                if now >= next_resync:  # a full pass also retries what a NIC refused before
+                    self._refused.clear()
+                    self.tc.forget_refusals()
                 self.reconcile_safely()
                 next_resync = now + self.conf.agent.resync_interval
             if now >= next_beat:

@@ -18,6 +18,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +94,30 @@ def run(selector: selectors.BaseSelector, stopped: Callable[[], bool], tick: flo
     while not stopped():
         for key, _ in selector.select(tick):
             key.data()
+
+
+def serve_in_background(path: str, eswitch: Eswitch, tick: float = 0.05) -> Callable[[], None]:
+    """Serve ``eswitch``'s control socket from a thread (tests, benchmarks); returns the stop function."""
+    selector = selectors.DefaultSelector()
+    control = ControlServer(path, eswitch, selector)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            run(selector, stop.is_set, tick=tick)
+        finally:
+            control.close()
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()
+
+    thread = threading.Thread(target=loop, name=f"simnic-{eswitch.name}", daemon=True)
+    thread.start()
+
+    def stop_serving() -> None:
+        stop.set()
+        thread.join(5)
+
+    return stop_serving
 
 
 def switch_id(name: str) -> str:

@@ -131,12 +131,19 @@ def open_client(endpoint: str) -> TcClient:
 
 
 class TcBackend:
-    """Talks to every NIC control endpoint on the host, one client each."""
+    """Talks to every NIC control endpoint on the host, one client each.
+
+    A NIC whose control channel fails (socket gone, peer restarted, no
+    answer) is left as it is for this pass: its client is dropped so the next
+    pass reconnects, the failure is logged once, and OVS keeps carrying the
+    traffic. Only an answer from the NIC (an errno) counts as a refusal.
+    """
 
     def __init__(self, connect: Callable[[str], TcClient] = open_client) -> None:
         self._connect = connect
         self._clients: dict[str, TcClient] = {}
         self._refused: dict[tuple, str] = {}  # identity -> last error, logged once
+        self._unreachable: dict[str, str] = {}  # endpoint -> last failure, logged once
 
     def client(self, endpoint: str) -> TcClient:
         if endpoint not in self._clients:
@@ -147,13 +154,17 @@ class TcBackend:
         return [(r, s) for r, s in self.client(endpoint).dump(ifindex) if r.chain == 0]
 
     def plan(self, desired: Iterable[tuple[str, flower.FlowerRule]], managed: Iterable[Representor]) -> TcDiff:
-        """The changes for every managed representor (one dump each)."""
+        """The changes for every managed representor (one dump each) whose NIC answers."""
         by_dev: dict[tuple[str, int], list[flower.FlowerRule]] = {(r.endpoint, r.ifindex): [] for r in managed}
         for endpoint, rule in desired:
             by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
         total = TcDiff()
         for (endpoint, ifindex), rules in sorted(by_dev.items()):
-            installed = [r for r, _ in self.installed(endpoint, ifindex)]
+            try:
+                installed = [r for r, _ in self.installed(endpoint, ifindex)]
+            except (OSError, TcError) as exc:
+                self._lost(endpoint, f"cannot read the rules of ifindex {ifindex}: {exc}")
+                continue
             part = diff(rules, installed, endpoint)
             total.add += part.add
             total.replace += part.replace
@@ -172,10 +183,24 @@ class TcBackend:
         done = 0
         for endpoint in sorted({e for e, _ in items}):
             rules = [r for e, r in items if e == endpoint]
-            client = self.client(endpoint)
-            results = getattr(client, op)(rules)
+            try:
+                results = getattr(self.client(endpoint), op)(rules)
+            except OSError as exc:
+                self._lost(endpoint, f"cannot {op} {len(rules)} rule(s): {exc}")
+                continue
+            if self._unreachable.pop(endpoint, None) is not None:
+                LOG.warning("NIC at %s answers again", endpoint)
             done += self._report(rules, results, op, endpoint)
         return done
+
+    def _lost(self, endpoint: str, text: str) -> None:
+        client = self._clients.pop(endpoint, None)
+        if client is not None:
+            client.close()
+        if self._unreachable.get(endpoint) != text:
+            LOG.error("NIC at %s: %s; its rules stay as they are and OVS carries the traffic; retrying on the "
+                      "next pass", endpoint, text)
+        self._unreachable[endpoint] = text
 
     def _report(self, rules: list[flower.FlowerRule], results: list[TcError | None], op: str, endpoint: str) -> int:
         done = 0
@@ -193,6 +218,13 @@ class TcBackend:
 
     def refused(self) -> dict[tuple, str]:
         return dict(self._refused)
+
+    def forget_refusals(self) -> None:
+        """Let refused rules be tried again (room may have freed up, firmware changed)."""
+        self._refused.clear()
+
+    def unreachable(self) -> dict[str, str]:
+        return dict(self._unreachable)
 
     def close(self) -> None:
         for client in self._clients.values():
