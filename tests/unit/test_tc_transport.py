@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -13,11 +14,12 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient, TcError
 from hwflow.sim import server
 from hwflow.sim.eswitch import Eswitch
@@ -144,9 +146,93 @@ def test_missing_socket_says_what_to_do(sock_dir: str) -> None:
         SimSocketTransport(os.path.join(sock_dir, "nothing"))
 
 
+def test_echo_from_the_simulated_nic_is_checked_and_matches(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "ctl")
+    eswitch, stop, thread = serve(path, "sim-basic")
+    tc = TcClient(SimSocketTransport(path), timeout=5.0, echo=True)
+    try:
+        auto = dataclasses.replace(rule(7), prio=0, handle=0)  # the device chooses prio and handle
+        assert tc.add([auto, rule(1)]) == [None, None]
+        assert tc.replace([rule(1, out=REP0)]) == [None]
+        assert tc.delete([rule(1)]) == [None]
+        assert [(r.prio, r.handle) for r, _ in tc.dump(REP0)] == [(0xC000, 1)]  # tc's first automatic prio
+    finally:
+        tc.close()
+        stop.set()
+        thread.join(5)
+    assert eswitch.rule_count == 1
+
+
+class ScriptedDevice:
+    """A transport standing in for a device that acknowledges everything and answers ``echo(request)`` first."""
+
+    def __init__(self, echo: Callable[[nl.Message], bytes] | None) -> None:
+        self.echo = echo
+        self.replies: list[bytes] = []
+        self.sent_flags: list[int] = []
+
+    def send(self, data: bytes) -> None:
+        for msg in nl.split_messages(data):
+            self.sent_flags.append(msg.flags)
+            if self.echo is not None and msg.type == fl.RTM_NEWTFILTER:
+                self.replies.append(self.echo(msg))
+            self.replies.append(nl.encode_error(msg, 0))
+
+    def recv(self, timeout: float) -> bytes:
+        if not self.replies:
+            raise TimeoutError("scripted device: nothing more to say")
+        data, self.replies = b"".join(self.replies), []
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def echoing(tamper: Callable[[fl.FlowerRule], fl.FlowerRule]) -> Callable[[nl.Message], bytes]:
+    """An echo of the request's rule as ``tamper`` changes it, flagged in hardware as a device's is."""
+    def echo(msg: nl.Message) -> bytes:
+        stored = tamper(fl.decode_filter_message(msg)[0])
+        return fl.encode_filter(stored, fl.RTM_NEWTFILTER, msg.flags, msg.seq, status_flags=fl.TCA_CLS_FLAGS_IN_HW)
+    return echo
+
+
+def test_an_echo_that_differs_from_the_request_is_a_refusal_naming_the_difference() -> None:
+    widened = fl.FlowerKeys(ipv4_dst=0x0A000000, ipv4_dst_mask=0xFF000000)
+    device = ScriptedDevice(echoing(lambda r: dataclasses.replace(r, keys=widened) if r.handle == 3 else r))
+    tc = TcClient(device, echo=True, devices={REP0: "sim0r0"})
+    results = tc.add([rule(1), rule(2)])
+    assert all(flags & nl.NLM_F_ECHO for flags in device.sent_flags)
+    assert results[0] is None
+    assert results[1].errno == errno.EINVAL
+    assert results[1].message == ("the device's echo differs: keys.ipv4_dst: sent 0xa000002, device has 0xa000000; "
+                                  "keys.ipv4_dst_mask: sent 0xffffffff, device has 0xff000000")
+    assert str(results[1]).startswith(f"flower rule chain 0 prio 1 handle 3 on ifindex {REP0} (device sim0r0): "
+                                      "refused with EINVAL")
+
+
+def test_an_ack_without_the_echo_is_a_refusal_and_without_echo_nothing_is_checked() -> None:
+    (missing,) = TcClient(ScriptedDevice(None), echo=True).add([rule(1)])
+    assert missing.errno == errno.EINVAL and "without the NLM_F_ECHO copy" in missing.message
+    device = ScriptedDevice(None)
+    assert TcClient(device).add([rule(1)]) == [None]
+    assert not device.sent_flags[0] & nl.NLM_F_ECHO
+
+
+def test_an_echo_hwflow_cannot_read_is_a_refusal() -> None:
+    def ipv6_echo(msg: nl.Message) -> bytes:
+        """The request's bytes with the protocol turned to IPv6: an ipv4_dst match can then never hold."""
+        info = (1 << 16) | socket.htons(fl.ETH_P_IPV6)
+        payload = msg.payload[:16] + info.to_bytes(4, sys.byteorder) + msg.payload[20:]
+        return nl.encode_message(msg.type, msg.flags, msg.seq, payload)
+
+    (err,) = TcClient(ScriptedDevice(ipv6_echo), echo=True).add([rule(1)])
+    assert err.errno == errno.EINVAL and "cannot be read back" in err.message and "ipv4_dst needs" in err.message
+
+
 KERNEL_PROBE = """
 import json
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import netlink as nl
 from hwflow.backends.tc.transport import KernelTransport, TcClient
 tc = TcClient(KernelTransport())
 rule = fl.FlowerRule(1, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=1), (fl.Gact("drop"),))

@@ -7,12 +7,13 @@ messages and the client are the same.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
 import select
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from hwflow.backends.tc import flower as fl
@@ -23,18 +24,21 @@ MAX_SEND_BYTES = 60 * 1024  # under the AF_UNIX datagram limit and netlink's def
 
 
 class TcError(Exception):
-    """The device (or kernel) refused a request; ``message`` is its extack text."""
+    """The device (or kernel) refused a request; ``message`` is its extack text, ``device`` its name if known."""
 
     def __init__(self, err: int, message: str | None, rule: fl.FlowerRule | None,
-                 ifindex: int | None = None) -> None:
+                 ifindex: int | None = None, device: str | None = None) -> None:
         self.errno = err
         self.message = message
         self.rule = rule
         self.ifindex = rule.ifindex if rule is not None else ifindex
+        self.device = device
         super().__init__(str(self))
 
     def __str__(self) -> str:
         what = self.rule.describe() if self.rule is not None else f"tc request on ifindex {self.ifindex}"
+        if self.device:
+            what += f" (device {self.device})"
         detail = f": {self.message}" if self.message else ""
         code = "EOPNOTSUPP" if self.errno == errno.EOPNOTSUPP else errno.errorcode.get(self.errno, "?")
         return f"{what}: refused with {code} ({os.strerror(self.errno)}){detail}"
@@ -107,25 +111,64 @@ class KernelTransport:
         self._sock.close()
 
 
-class TcClient:
-    """Batched tc-flower requests: many messages per send, answers matched by sequence number."""
+def echo_mismatch(sent: fl.FlowerRule, echoed: fl.FlowerRule) -> str | None:
+    """How the device's echo of a new rule differs from what was sent; None when it is the same rule.
 
-    def __init__(self, transport: Transport, timeout: float = 5.0, batch: int = 256) -> None:
+    A prio or handle of 0 asks the device to choose one, so the echo's is taken.
+    """
+    if not sent.prio or not sent.handle:
+        sent = dataclasses.replace(sent, prio=sent.prio or echoed.prio, handle=sent.handle or echoed.handle)
+    diffs = _differences(sent, echoed, "")
+    return f"the device's echo differs: {'; '.join(diffs)}" if diffs else None
+
+
+def _differences(ours: object, theirs: object, path: str) -> list[str]:
+    """Field paths (keys.ipv4_dst, ...) where two values differ, descending into dataclasses of one type."""
+    if ours == theirs:
+        return []
+    if dataclasses.is_dataclass(ours) and type(ours) is type(theirs):
+        return [d for f in dataclasses.fields(ours)
+                for d in _differences(getattr(ours, f.name), getattr(theirs, f.name), f"{path}{f.name}.")]
+    show = (lambda v: hex(v)) if isinstance(ours, int) and isinstance(theirs, int) else repr
+    return [f"{path.rstrip('.')}: sent {show(ours)}, device has {show(theirs)}"]
+
+
+class TcClient:
+    """Batched tc-flower requests: many messages per send, answers matched by sequence number.
+
+    With ``echo``, new and replaced rules are sent with NLM_F_ECHO and the
+    device's copy is compared with what was sent: a device that stored
+    something else (a key it ignored, a mask it widened) has not done what was
+    asked, so the answer is a refusal (EINVAL), as Open vSwitch treats it.
+    ``devices`` maps ifindexes to names for error messages.
+    """
+
+    def __init__(self, transport: Transport, timeout: float = 5.0, batch: int = 256, echo: bool = False,
+                 devices: Mapping[int, str] | None = None) -> None:
         self._transport = transport
         self._timeout = timeout
         self._batch = batch
+        self._echo = echo
+        self._devices = dict(devices or {})
         self._seqs = itertools.count(1)
 
     def _next_seq(self) -> int:
         return next(self._seqs) & 0xFFFFFFFF
 
     def add(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
-        return self._transact(list(rules), fl.encode_newfilter)
+        flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL | self._echo_flag()
+        return self._transact(list(rules), lambda rule, seq: fl.encode_newfilter(rule, seq, flags=flags))
 
     def replace(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
         """Change rules in place (same chain/prio/handle): no window in which the rule is missing."""
-        flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
+        flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_REPLACE | self._echo_flag()
         return self._transact(list(rules), lambda rule, seq: fl.encode_newfilter(rule, seq, flags=flags))
+
+    def _echo_flag(self) -> int:
+        return nl.NLM_F_ECHO if self._echo else 0
+
+    def _error(self, err: int, text: str | None, rule: fl.FlowerRule) -> TcError:
+        return TcError(err, text, rule, device=self._devices.get(rule.ifindex))
 
     def delete(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
         return self._transact(list(rules), fl.encode_delfilter)
@@ -146,25 +189,49 @@ class TcClient:
                 pending[seq] = start
                 start += 1
             self._transport.send(chunk)
-            results.extend(self._collect_acks(pending, rules))
+            results.extend(self._collect_acks(pending, rules, expect_echo=encode is not fl.encode_delfilter))
         return results
 
-    def _collect_acks(self, pending: dict[int, int], rules: list[fl.FlowerRule]) -> list[TcError | None]:
+    def _collect_acks(self, pending: dict[int, int], rules: list[fl.FlowerRule],
+                      expect_echo: bool) -> list[TcError | None]:
         answers: dict[int, TcError | None] = {}
+        echoes: dict[int, str | None] = {}  # index -> mismatch (None: the echo is the rule sent)
         while len(answers) < len(pending):
             try:
                 data = self._transport.recv(self._timeout)
             except TimeoutError as exc:
                 for index in pending.values():
-                    answers.setdefault(index, TcError(errno.ETIMEDOUT, str(exc), rules[index]))
+                    answers.setdefault(index, self._error(errno.ETIMEDOUT, str(exc), rules[index]))
                 break
             for msg in nl.split_messages(data):
-                if msg.type != nl.NLMSG_ERROR or msg.seq not in pending:
+                if msg.seq not in pending:
                     continue
                 index = pending[msg.seq]
-                error, text = nl.decode_error(msg)
-                answers[index] = TcError(-error, text, rules[index]) if error else None
+                if msg.type == fl.RTM_NEWTFILTER and self._echo and expect_echo:
+                    echoes[index] = self._check_echo(rules[index], msg)
+                elif msg.type == nl.NLMSG_ERROR:
+                    error, text = nl.decode_error(msg)
+                    answers[index] = self._error(-error, text, rules[index]) if error else self._echo_refusal(
+                        rules[index], echoes, index, expect_echo)
         return [answers[i] for i in sorted(answers)]
+
+    @staticmethod
+    def _check_echo(rule: fl.FlowerRule, msg: nl.Message) -> str | None:
+        try:
+            echoed, _ = fl.decode_filter_message(msg)
+        except ValueError as exc:
+            return f"the device's echo cannot be read back: {exc}"
+        return echo_mismatch(rule, echoed)
+
+    def _echo_refusal(self, rule: fl.FlowerRule, echoes: dict[int, str | None], index: int,
+                      expect_echo: bool) -> TcError | None:
+        """An acknowledged request is still refused when its echo was missing or differs from the rule sent."""
+        if not self._echo or not expect_echo:
+            return None
+        if index not in echoes:
+            return self._error(errno.EINVAL, "acknowledged without the NLM_F_ECHO copy of the rule", rule)
+        mismatch = echoes[index]
+        return self._error(errno.EINVAL, mismatch, rule) if mismatch else None
 
     def dump(self, ifindex: int, parent: int = fl.INGRESS) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
         """Every flower rule on a device; filters of other kinds and per-prio headers are skipped."""
@@ -180,7 +247,7 @@ class TcClient:
                 if msg.type == nl.NLMSG_ERROR:
                     error, text = nl.decode_error(msg)
                     if error:
-                        raise TcError(-error, text, None, ifindex)
+                        raise TcError(-error, text, None, ifindex, self._devices.get(ifindex))
                 elif msg.type == fl.RTM_NEWTFILTER and _is_flower_rule(msg):
                     out.append(fl.decode_filter_message(msg))
 
