@@ -88,7 +88,13 @@ def run(args: argparse.Namespace, conf: Any) -> int:
         if shutil.which(tool) is None:
             raise CliError(f"{tool} is not installed: apt-get install iproute2 openvswitch-switch iputils-ping")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hwflow-demo-"))
-    database = args.database or f"sqlite:///{workdir}/nb.sqlite"
+    if (workdir / "host.json").exists():
+        raise CliError(f"a demo host is still running from {workdir}: hwflow demo --clean {workdir}")
+    database = args.database
+    if database is None:  # the demo's own database starts empty every run
+        for stale in workdir.glob("nb.sqlite*"):
+            stale.unlink()
+        database = f"sqlite:///{workdir}/nb.sqlite"
     host = SimHost(HOST, workdir, database, profile=args.profile)
     say(args, f"[1/4] starting OVS, the simulated NIC and hwflow-agent (workdir {workdir})")
     host.start()
@@ -170,6 +176,9 @@ def _print(args: argparse.Namespace, report: dict[str, Any], host: SimHost) -> N
         d = report["workdir"]
         print(f"\nleft running in {d}. Look around:\n"
               f"  ip netns exec hwf-{HOST}-vm1 ping 10.0.0.2\n"
+              f"  ip netns exec hwf-{HOST} hwflow capabilities --config-file {host.agent_config}\n"
+              f"  hwflow trace --chassis {HOST} --port vm1 --packet ipv4_dst=10.0.0.2 --database "
+              f"{args.database or f'sqlite:///{d}/nb.sqlite'}\n"
               f"  ovs-ofctl -O OpenFlow13 dump-flows {host.ovs.mgmt(BRIDGE)}\n"
               f"  hwflow nb port list --database {args.database or f'sqlite:///{d}/nb.sqlite'}\n"
               f"  less {host.agent_log}\n"
