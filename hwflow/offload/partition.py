@@ -52,7 +52,7 @@ class PortOffload:
 class Leaf:
     region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask)
     outputs: tuple[int, ...]
-    rewrites: bool  # a header field was set on the way
+    blocker: str | None  # why the walk stopped early (header rewrite, conntrack, punt...): software only
     owner: str | None  # owner of the last flow on the path (None: table miss)
 
     def as_match(self) -> ir.Match:
@@ -110,43 +110,66 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region) -> Iterator[Leaf]:
     """All leaves of the pipeline for packets in ``region``, in decision-list order."""
-    yield from _walk_table(pipeline, 0, dict(region), dict(known), (), False, 0)
+    yield from _walk_table(pipeline, 0, dict(region), dict(known), (), 0)
 
 
-def _walk_table(pipeline, table, region, known, outputs, rewrites, depth) -> Iterator[Leaf]:
+def _walk_table(pipeline, table, region, known, outputs, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
     for flow in pipeline.table(table):
         covers_all, refined = _refine(flow.match, region, known)
         if covers_all is None:
             continue
-        yield from _run(pipeline, flow, refined, known, outputs, rewrites, depth)
+        yield from _run(pipeline, flow, refined, known, outputs, depth)
         if covers_all:
             return
-    yield _leaf(region, outputs, rewrites, None)
+    yield _leaf(region, outputs, None, None)
 
 
-def _run(pipeline, flow, region, known, outputs, rewrites, depth) -> Iterator[Leaf]:
+def _run(pipeline, flow, region, known, outputs, depth) -> Iterator[Leaf]:
+    """Follow one flow's actions; an action the walk cannot see through ends it in a software leaf.
+
+    Ending there is what keeps the proof simple: the leaf's region is all the
+    packets that reach this point, so nothing after it can be mistaken.
+    """
     known = dict(known)
     for action in flow.actions:
         if isinstance(action, ir.Output):
             if action.port != known.get("in_port"):
                 outputs = outputs + (action.port,)
-        elif isinstance(action, ir.SetField):
-            if action.field in INTERNAL_FIELDS:
-                known[action.field] = action.value
-            else:
-                rewrites = True
         elif isinstance(action, ir.GotoTable):
-            yield from _walk_table(pipeline, action.table, region, known, outputs, rewrites, depth + 1)
+            yield from _walk_table(pipeline, action.table, region, known, outputs, depth + 1)
             return
         elif isinstance(action, ir.Drop):
             break
-    yield _leaf(region, outputs, rewrites, flow.owner)
+        else:
+            blocker = _see_through(action, known)
+            if blocker is not None:
+                yield _leaf(region, outputs, blocker, flow.owner)
+                return
+    yield _leaf(region, outputs, None, flow.owner)
 
 
-def _leaf(region, outputs, rewrites, owner) -> Leaf:
-    return Leaf(tuple(sorted((f, v, m) for f, (v, m) in region.items())), outputs, rewrites, owner)
+def _see_through(action: ir.Action, known: dict[str, int]) -> str | None:
+    """Apply ``action`` to the known pipeline state, or say why the walk must stop here."""
+    if isinstance(action, ir.SetField) and action.field in INTERNAL_FIELDS:
+        known[action.field] = action.value
+        return None
+    if isinstance(action, ir.Move) and action.dst in INTERNAL_FIELDS and action.src in known:
+        known[action.dst] = known[action.src] & ir.full_mask(action.dst)
+        return None
+    if isinstance(action, ir.SetField | ir.Move):
+        target = action.field if isinstance(action, ir.SetField) else action.dst
+        return f"sets {target} from the packet or rewrites a header: not offloaded yet"
+    if isinstance(action, ir.Punt):
+        return f"punted to the agent ({action.reason})"
+    if isinstance(action, ir.Conntrack):
+        return "conntrack: not offloaded yet"
+    return f"{type(action).__name__}: not offloaded yet"
+
+
+def _leaf(region, outputs, blocker, owner) -> Leaf:
+    return Leaf(tuple(sorted((f, v, m) for f, (v, m) in region.items())), outputs, blocker, owner)
 
 
 # --- choosing what goes to hardware ----------------------------------------------
@@ -171,12 +194,12 @@ def _unicast_only(leaf: Leaf) -> bool:
 
 def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:
     """Why this leaf cannot be a hardware rule on ``port`` (None: it can)."""
+    if leaf.blocker is not None:
+        return leaf.blocker
     if not leaf.outputs:
         return "drop: kept in software until drops are ordered make-before-break"
     if len(leaf.outputs) > 1:
         return f"{len(leaf.outputs)} outputs: replication stays in software"
-    if leaf.rewrites:
-        return "rewrites headers: the NIC profile has no header rewrite"
     if unicast_only and not _unicast_only(leaf):
         return "broadcast/multicast: its port set changes with every port of the network, so it stays in software"
     target = ports.get(leaf.outputs[0])

@@ -16,6 +16,7 @@ packet is dropped if the walk ends with no output.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 
 # Field name -> width in bits. Names follow the `hwflow trace` packet spec.
@@ -41,11 +42,25 @@ FIELD_BITS: dict[str, int] = {
     "arp_op": 16,
     "arp_spa": 32,
     "arp_tpa": 32,
+    "tun_id": 64,  # VNI of a packet that came in (or goes out) through a tunnel
+    "tun_src": 32,
+    "tun_dst": 32,
+    "ct_state": 8,  # CT_* bits below, set by a Conntrack action
+    "ct_zone": 16,
+    "ct_mark": 32,
     **{f"reg{i}": 32 for i in range(8)},  # scratch registers, allocated to apps by the layout
 }
 
+# ct_state bits, numbered as OVS numbers them (so translation is the identity).
+CT_NEW = 0x01
+CT_EST = 0x02
+CT_REL = 0x04
+CT_RPL = 0x08
+CT_INV = 0x10
+CT_TRK = 0x20
+
 # Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
-INTERNAL_FIELDS = frozenset({"metadata", *(f"reg{i}" for i in range(8))})
+INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", *(f"reg{i}" for i in range(8))})
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -160,7 +175,68 @@ class Drop:
     """Stop the walk here. Outputs already made stand, as in OpenFlow."""
 
 
-Action = Output | GotoTable | SetField | Drop
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """Copy one field into another (registers, metadata, headers) of the same width or narrower."""
+
+    src: str
+    dst: str
+
+    def __post_init__(self) -> None:
+        for name in (self.src, self.dst):
+            if name not in FIELD_BITS:
+                raise ValueError(f"unknown IR field {name!r}")
+        if FIELD_BITS[self.src] > FIELD_BITS[self.dst]:
+            raise ValueError(f"move {self.src} -> {self.dst}: {FIELD_BITS[self.src]} bits do not fit in "
+                             f"{FIELD_BITS[self.dst]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PushVlan:
+    vid: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.vid < 4096:
+            raise ValueError(f"push_vlan: VLAN id {self.vid} is outside 0..4095")
+
+
+@dataclasses.dataclass(frozen=True)
+class PopVlan:
+    """Remove the outer VLAN tag; a packet without one is left as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecTtl:
+    """Decrement the IP TTL; a packet whose TTL would reach 0 is dropped (OVS sends it to the controller)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Punt:
+    """Hand the packet to the agent (DHCP, ARP for unknown addresses...): the walk stops here."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Conntrack:
+    """Send the packet through connection tracking in ``zone``.
+
+    ``commit`` records the connection; with ``table`` the packet then goes on
+    in that table with ``ct_state``/``ct_zone``/``ct_mark`` set (OVS's
+    ``ct(table=N)`` recirculation); without it the walk continues with the
+    next action and the packet's ct fields are unchanged.
+    """
+
+    zone: int
+    commit: bool = False
+    table: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zone < 1 << 16:
+            raise ValueError(f"conntrack zone {self.zone} is outside 0..65535")
+
+
+Action = Output | GotoTable | SetField | Drop | Move | PushVlan | PopVlan | DecTtl | Punt | Conntrack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,4 +272,11 @@ class Pipeline:
 
     def table(self, table: int) -> list[Flow]:
         """Flows of one table, highest priority first."""
-        return [f for f in self.flows if f.table == table]
+        return self._by_table.get(table, [])
+
+    @functools.cached_property
+    def _by_table(self) -> dict[int, list[Flow]]:
+        index: dict[int, list[Flow]] = {}
+        for flow in self.flows:  # already in (table, -priority) order
+            index.setdefault(flow.table, []).append(flow)
+        return index

@@ -48,20 +48,33 @@ def flows(draw, table: int, last_table: int):
         terms["in_port"] = draw(st.sampled_from(PORTS))
     if table > 0 and draw(st.booleans()):
         terms["metadata"] = draw(st.sampled_from((0, 7, 9)))
+    if table > 0 and draw(st.integers(0, 3)) == 0:
+        terms["reg0"] = draw(st.sampled_from((0, 1, 2, 6, 9)))
+    if table > 0 and draw(st.integers(0, 3)) == 0:
+        terms["ct_state"] = (draw(st.sampled_from((ir.CT_NEW, ir.CT_EST, ir.CT_TRK))),
+                             draw(st.sampled_from((ir.CT_NEW, ir.CT_EST, ir.CT_TRK, 0xFF))))
     for field, pool in (("eth_dst", MACS), ("eth_type", ETH_TYPES), ("ipv4_dst", IPS), ("ip_proto", PROTOS)):
         if draw(st.integers(0, 2)) == 0:
             terms[field] = _term(draw, field, pool) if field != "eth_type" else draw(st.sampled_from(pool))
     actions: list = []
     for _ in range(draw(st.integers(0, 2))):
-        choice = draw(st.sampled_from(("out", "out", "meta", "rewrite")))
+        choice = draw(st.sampled_from(("out", "out", "meta", "rewrite", "move", "other")))
         if choice == "out":
             actions.append(ir.Output(draw(st.sampled_from(PORTS))))
         elif choice == "meta":
             actions.append(ir.SetField("metadata", draw(st.sampled_from((7, 9)))))
-        else:
+        elif choice == "rewrite":
             actions.append(ir.SetField("eth_src", MACS[0]))
+        elif choice == "move":
+            actions.append(ir.Move(draw(st.sampled_from(("in_port", "ip_proto", "reg1"))), "reg0"))
+        else:
+            actions.append(draw(st.sampled_from((ir.PushVlan(5), ir.PopVlan(), ir.DecTtl(), ir.Punt("test")))))
     if table < last_table and draw(st.booleans()):
-        actions.append(ir.GotoTable(draw(st.integers(table + 1, last_table))))
+        if draw(st.booleans()):
+            actions.append(ir.GotoTable(draw(st.integers(table + 1, last_table))))
+        else:
+            actions.append(ir.Conntrack(zone=3, commit=draw(st.booleans()),
+                                        table=draw(st.integers(table + 1, last_table))))
     elif draw(st.integers(0, 4)) == 0:
         actions.append(ir.Drop())
     prio = draw(st.integers(0, 5))
@@ -85,6 +98,7 @@ packets = st.fixed_dictionaries({
     "eth_type": st.sampled_from(ETH_TYPES),
     "ipv4_dst": st.sampled_from(IPS),
     "ip_proto": st.sampled_from(PROTOS),
+    "ip_ttl": st.sampled_from((1, 2, 64)),
 })
 
 
@@ -99,6 +113,8 @@ def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only):
     plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only)
     for pkt in pkts:
         assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports, (plan.rules, pkt)
+        if any(r.match.covers(pkt) for r in plan.rules_of(pkt["in_port"])):
+            assert interpreter.run(pipeline, pkt).punt is None  # a punted packet never goes to hardware
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,3 +192,56 @@ def test_two_port_flood_is_one_output_but_stays_in_software():
     assert partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,)).rules == []
     offloaded = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False).rules
     assert {(r.in_port, r.output) for r in offloaded} == {(1, 2), (2, 1)}
+
+
+def _check_all_packets(pipeline: ir.Pipeline, plan) -> None:
+    for in_port in PORTS:
+        for eth_dst in MACS:
+            for proto in PROTOS:
+                pkt = {"in_port": in_port, "eth_dst": eth_dst, "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4,
+                       "ipv4_dst": IPS[0], "ip_proto": proto, "ip_ttl": 64}
+                assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports, pkt
+
+
+def test_conntrack_recirculation_keeps_the_path_in_software():
+    flows = [ir.Flow(0, 10, ir.Match.of(eth_dst=MACS[0]), (ir.Output(2), ir.Conntrack(zone=1, table=1)), "a"),
+             ir.Flow(1, 10, ir.Match.of(), (ir.Output(3),), "b")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert plan.rules == []
+    assert any(s.reason.startswith("conntrack") for s in plan.software)
+    _check_all_packets(pipeline, plan)
+
+
+def test_a_register_loaded_from_the_packet_is_not_guessed():
+    flows = [ir.Flow(0, 10, ir.Match.of(), (ir.Move("ip_proto", "reg0"), ir.GotoTable(1)), "a"),
+             ir.Flow(1, 10, ir.Match.of(reg0=0), (ir.Output(2),), "b"),
+             ir.Flow(1, 5, ir.Match.of(), (ir.Output(3),), "c")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert plan.rules == []
+    _check_all_packets(pipeline, plan)
+
+
+def test_a_register_loaded_from_pipeline_state_is_followed():
+    flows = [ir.Flow(0, 10, ir.Match.of(), (ir.Move("in_port", "reg0"), ir.GotoTable(1)), "a"),
+             ir.Flow(1, 10, ir.Match.of(reg0=1), (ir.Output(2),), "b"),
+             ir.Flow(1, 5, ir.Match.of(), (ir.Output(3),), "c")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    # 3 -> 3 is output to the ingress port (a no-op: drop); port 4 sits behind another switch
+    assert {(r.in_port, r.output) for r in plan.rules} == {(1, 2), (2, 3)}
+    _check_all_packets(pipeline, plan)
+
+
+def test_punted_and_ttl_paths_stay_in_software():
+    flows = [ir.Flow(0, 10, ir.Match.of(ip_proto=17), (ir.Punt("dhcp"),), "dhcp"),
+             ir.Flow(0, 5, ir.Match.of(), (ir.DecTtl(), ir.Output(2)), "route")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert plan.rules == []
+    reasons = {s.reason for s in plan.software if s.in_port == 1}
+    assert "punted to the agent (dhcp)" in reasons and "DecTtl: not offloaded yet" in reasons
+    assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 17}).kind == "punt"
+    assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 6, "ip_ttl": 1}).kind == "drop"
+    assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 6, "ip_ttl": 9}).outputs[0][1]["ip_ttl"] == 8
