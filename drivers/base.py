@@ -15,6 +15,7 @@ from typing import Any
 from oslo_config import cfg
 
 from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
+from hwflow_drivers import switchdev
 from hwflow_drivers.discovery import NetDevice
 
 TC_NETLINK = "netlink"
@@ -34,6 +35,8 @@ class DeviceReport:
     reason: str | None  # why not, when offload is false
     capabilities: Capabilities = NO_OFFLOAD
     tc_endpoint: str | None = None  # "netlink", or "unix:<path>" for a simulated NIC
+    firmware: str | None = None
+    capability_source: str | None = None  # where the capabilities come from (family facts, probe, profile)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,8 @@ class DeviceReport:
             "reason": self.reason,
             "capabilities": self.capabilities.to_dict(),
             "tc_endpoint": self.tc_endpoint,
+            "firmware": self.firmware,
+            "capability_source": self.capability_source,
         }
 
 
@@ -65,6 +70,29 @@ def not_offloadable(dev: NetDevice, nic_driver: str | None, reason: str, port_ro
         eswitch_mode=dev.eswitch_mode,
         offload=False,
         reason=reason,
+        firmware=dev.firmware,
+    )
+
+
+def offload_report(dev: NetDevice, nic_driver: str, role: str, capabilities: Capabilities, source: str,
+                   tc_endpoint: str = TC_NETLINK) -> DeviceReport:
+    """A report for a switchdev port hwflow may program, with what it can do and where that is known from."""
+    return DeviceReport(
+        name=dev.name,
+        ifindex=dev.ifindex,
+        kernel_driver=dev.kernel_driver,
+        nic_driver=nic_driver,
+        pci_id=dev.pci_id,
+        switch_id=dev.phys_switch_id,
+        port_role=role,
+        # Representors and a switch id exist only in switchdev mode: evidence, not a guess.
+        eswitch_mode=dev.eswitch_mode or "switchdev",
+        offload=True,
+        reason=None,
+        capabilities=capabilities,
+        tc_endpoint=tc_endpoint,
+        firmware=dev.firmware,
+        capability_source=source,
     )
 
 
@@ -83,3 +111,38 @@ class NicDriver(abc.ABC):
     def problems(self) -> list[str]:
         """Sources this driver could not read (shown next to discovery's missing sources)."""
         return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One device family: the PCI ids (of the PF, which owns the representors) and what it can offload.
+
+    ``profile`` names the NIC profile in etc/nic-profiles that makes the
+    simulated NIC behave like this family; a unit test keeps the two equal.
+    """
+
+    name: str
+    profile: str
+    pci_ids: frozenset[str]
+    capabilities: Capabilities
+
+
+class FamilyDriver(NicDriver):
+    """A vendor driver: claims its kernel driver's devices and describes them by family facts."""
+
+    kernel_drivers: frozenset[str]
+    families: tuple[Family, ...]
+    fallback: Family  # for a device id of this vendor no family lists
+
+    def family(self, pci_id: str | None) -> Family:
+        return next((f for f in self.families if pci_id in f.pci_ids), self.fallback)
+
+    def describe(self, dev: NetDevice) -> DeviceReport | None:
+        if dev.kernel_driver not in self.kernel_drivers:
+            return None
+        verdict = switchdev.judge(dev)
+        if verdict.reason is not None:
+            return not_offloadable(dev, self.name, verdict.reason, verdict.role)
+        family = self.family(dev.pci_id)
+        source = f"{self.name}: {family.name} facts (device {dev.pci_id or 'unknown'})"
+        return offload_report(dev, self.name, verdict.role, family.capabilities, source)

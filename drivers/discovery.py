@@ -9,10 +9,14 @@ guess.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import errno
+import fcntl
 import json
 import os
+import socket
+import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +27,11 @@ RECORDED_FILE = "hwflow-recorded.json"
 """In a recorded tree, the answers of the non-sysfs sources (rtnetlink, ethtool, devlink)."""
 
 ARPHRD_LOOPBACK = 772
+# /usr/include/linux/sockios.h and linux/ethtool.h: the `ethtool -i` ioctl.
+SIOCETHTOOL = 0x8946
+ETHTOOL_GDRVINFO = 0x00000003
+_DRVINFO = struct.Struct("=I32s32s32s32s32s12sIIIII")  # cmd, driver, version, fw_version, bus_info, ...
+_IFREQ = struct.Struct("16sP16x")  # ifr_name, ifr_data, padded to sizeof(struct ifreq)
 NO_DEVLINK = "devlink: the kernel has no devlink genetlink family"
 _ESWITCH_MODES = {0: "legacy", 1: "switchdev"}
 
@@ -40,6 +49,7 @@ class NetDevice:
     kind: str  # "loopback", "veth", "tun", "pci", "virtio", ...
     eswitch_mode: str | None = None  # from devlink only; None when unknown
     sources_missing: tuple[str, ...] = ()
+    firmware: str | None = None  # ethtool -i firmware-version of PCI devices; None when unknown or none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +81,8 @@ class LinkFacts(Protocol):
     def hw_tc_offload(self, name: str) -> tuple[bool | None, str | None]: ...
 
     def eswitch_mode(self, pci_address: str) -> tuple[str | None, str | None]: ...
+
+    def firmware(self, name: str) -> tuple[str | None, str | None]: ...
 
 
 def _pci_id(vendor: str | None, device: str | None) -> str | None:
@@ -180,8 +192,9 @@ class RecordedLinkFacts:
     """Recorded rtnetlink/ethtool/devlink answers that go with a recorded sysfs tree.
 
     The file holds ``{"link_kinds": {DEV: KIND}, "hw_tc_offload": {DEV: bool},
-    "eswitch_modes": {PCI_ADDRESS: "legacy"|"switchdev"}}``; what it does not
-    hold is reported missing, as a live source would be.
+    "eswitch_modes": {PCI_ADDRESS: "legacy"|"switchdev"}, "firmware": {DEV: VERSION}}``
+    (an empty VERSION: the device reports none); what it does not hold is
+    reported missing, as a live source would be.
     """
 
     def __init__(self, data: Mapping[str, Any], origin: str) -> None:
@@ -207,6 +220,25 @@ class RecordedLinkFacts:
     def eswitch_mode(self, pci_address: str) -> tuple[str | None, str | None]:
         value = self.data.get("eswitch_modes", {}).get(pci_address)
         return (value, None) if value is not None else (None, f"devlink: {pci_address} not recorded in {self.origin}")
+
+    def firmware(self, name: str) -> tuple[str | None, str | None]:
+        value = self.data.get("firmware", {}).get(name)
+        if value is None:
+            return None, f"ethtool -i: firmware of {name} not recorded in {self.origin}"
+        return value or None, None
+
+
+def drvinfo_firmware(name: str) -> tuple[str | None, str | None]:
+    """The firmware version ``ethtool -i`` shows (ETHTOOL_GDRVINFO; pyroute2's Ethtool has no drvinfo)."""
+    buf = array.array("B", _DRVINFO.pack(ETHTOOL_GDRVINFO, *(b"",) * 6, 0, 0, 0, 0, 0))
+    ifreq = _IFREQ.pack(name.encode(), buf.buffer_info()[0])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    except OSError as exc:
+        return None, f"ethtool -i: firmware of {name}: {exc.strerror or exc}"
+    version = _DRVINFO.unpack(buf.tobytes())[3].split(b"\0", 1)[0].decode("ascii", "replace")
+    return version or None, None
 
 
 class KernelLinkFacts:
@@ -266,6 +298,9 @@ class KernelLinkFacts:
         mode = next(iter(reply)).get_attr("DEVLINK_ATTR_ESWITCH_MODE")
         return _ESWITCH_MODES.get(mode), None
 
+    def firmware(self, name: str) -> tuple[str | None, str | None]:
+        return drvinfo_firmware(name)
+
 
 def _kind(rec: SysfsRecord, link_kind: str | None) -> str:
     if rec.link_type == ARPHRD_LOOPBACK:
@@ -278,6 +313,7 @@ def device_from(rec: SysfsRecord, links: LinkFacts) -> NetDevice:
     link_kind = links.link_kind(rec.name)
     tc_offload, tc_missing = links.hw_tc_offload(rec.name)
     mode, mode_missing = links.eswitch_mode(rec.pci_address) if rec.pci_address else (None, None)
+    firmware, firmware_missing = links.firmware(rec.name) if rec.pci_address else (None, None)
     return NetDevice(
         name=rec.name,
         ifindex=rec.ifindex,
@@ -289,7 +325,8 @@ def device_from(rec: SysfsRecord, links: LinkFacts) -> NetDevice:
         hw_tc_offload=tc_offload,
         kind=_kind(rec, link_kind),
         eswitch_mode=mode,
-        sources_missing=tuple(m for m in (tc_missing, mode_missing) if m),
+        sources_missing=tuple(m for m in (tc_missing, mode_missing, firmware_missing) if m),
+        firmware=firmware,
     )
 
 

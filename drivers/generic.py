@@ -1,18 +1,32 @@
-"""The fallback driver: any kernel netdev, judged by switchdev facts alone.
+"""The generic tc driver: any switchdev NIC, judged by switchdev facts and learned by active probing.
 
 It claims every device, so it goes last in ``[nic] drivers``. A device is
 offloadable only when sysfs shows a switchdev port identity
 (``phys_switch_id`` + a representor ``phys_port_name``) *and* ethtool shows
 ``hw-tc-offload`` on; anything else gets a reason an operator can act on.
-Vendor drivers placed before it refine the capabilities per device family.
+Knowing no device family, it claims only what every tc-flower switchdev
+driver takes until ``hwflow capabilities --probe`` has asked the device
+itself; from then on it claims exactly what the probes confirmed.
 """
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
 
-from hwflow.offload.capabilities import ACTION_DROP, ACTION_REDIRECT, MASK_EXACT, Capabilities
-from hwflow_drivers.base import TC_NETLINK, DeviceReport, NicDriver, not_offloadable
+from oslo_config import cfg
+
+from hwflow.offload.capabilities import (
+    ACTION_DROP,
+    ACTION_GOTO_CHAIN,
+    ACTION_PASS,
+    ACTION_REDIRECT,
+    MASK_ANY,
+    MASK_EXACT,
+    Capabilities,
+)
+from hwflow.offload.probe import ProbeCache, age_text
+from hwflow_drivers import switchdev
+from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable, offload_report
 from hwflow_drivers.discovery import NetDevice
 
 GENERIC_SWITCHDEV = Capabilities(
@@ -22,83 +36,51 @@ GENERIC_SWITCHDEV = Capabilities(
 )
 """What every tc-flower switchdev device accepts; deliberately small, as nothing was probed."""
 
-_PORT_ROLES = (
-    (re.compile(r"(c\d+)?pf\d+vf\d+"), "vf_representor"),
-    (re.compile(r"(c\d+)?pf\d+sf\d+"), "sf_representor"),
-    (re.compile(r"(c\d+)?pf\d+|p\d+pf\d+"), "pf_representor"),
-    (re.compile(r"p\d+(s\d+)?"), "uplink"),
+PROBE_CANDIDATES = Capabilities(
+    match_fields={f: MASK_ANY for f in ("eth_src", "eth_dst", "eth_type", "vlan_vid", "ip_proto", "ipv4_src",
+                                        "ipv4_dst", "ipv6_src", "ipv6_dst", "tcp_src", "tcp_dst", "udp_src",
+                                        "udp_dst")},
+    actions=frozenset({ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO_CHAIN}),
+    max_rules=GENERIC_SWITCHDEV.max_rules,
+    max_actions_per_rule=4,
 )
+"""Everything the generic driver asks the device about when probing (each kept only if confirmed)."""
 
-
-def port_role(phys_port_name: str | None) -> str | None:
-    """The switchdev role a ``phys_port_name`` names, or None when it names none."""
-    if not phys_port_name:
-        return None
-    return next((role for pattern, role in _PORT_ROLES if pattern.fullmatch(phys_port_name)), None)
-
-
-def _missing(dev: NetDevice, source: str) -> str:
-    return "; ".join(m for m in dev.sources_missing if m.startswith(source)) or f"{source}: no answer"
-
-
-def _why_no_switch(dev: NetDevice) -> str:
-    """Why a device without a switchdev port identity cannot take tc rules in hardware."""
-    driver = dev.kernel_driver or dev.kind
-    if dev.kind == "loopback":
-        return "loopback: the host's own loopback device, no embedded switch"
-    if dev.kernel_driver == "virtio_net":
-        return "virtio_net: paravirtual NIC, no tc offload"
-    if dev.kind == "tun":
-        return "tun: tap device not owned by a simulated NIC"
-    if dev.bus_info is None:
-        return f"{driver}: virtual device with no embedded switch"
-    fix = f"devlink dev eswitch set pci/{dev.bus_info} mode switchdev"
-    if dev.eswitch_mode == "legacy":
-        return f"{driver} in legacy mode: switch the eswitch to switchdev ({fix})"
-    if dev.eswitch_mode is None:
-        return (
-            f"{driver}: no phys_switch_id, so its eswitch is in legacy mode or it has none; "
-            f"devlink could not confirm ({_missing(dev, 'devlink')}); if it has one: {fix}"
-        )
-    return f"{driver}: eswitch is {dev.eswitch_mode} but {dev.name} shows no switchdev port identity"
-
-
-def _why_not_on(dev: NetDevice) -> str:
-    if dev.hw_tc_offload is False:
-        return f"hw-tc-offload is off: ethtool -K {dev.name} hw-tc-offload on"
-    return f"hw-tc-offload could not be read ({_missing(dev, 'ethtool')})"
-
+PROBE_CACHE_OPT = cfg.StrOpt(
+    "probe_cache",
+    default="/var/lib/hwflow/probes",
+    help="Directory of cached active-probe results (hwflow capabilities --probe writes them; the "
+    "generic tc driver reads them).",
+)
 
 class GenericDriver(NicDriver):
     name = "generic"
 
+    def __init__(self, cache: ProbeCache | None = None) -> None:
+        self.cache = cache
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts) -> GenericDriver:
+        conf.register_opt(PROBE_CACHE_OPT, group="nic")
+        return cls(ProbeCache(Path(conf.nic.probe_cache)))
+
+    def capabilities(self, dev: NetDevice) -> tuple[Capabilities, str]:
+        """What to claim for ``dev``, and where that comes from."""
+        baseline = (GENERIC_SWITCHDEV, "generic baseline: not probed (hwflow capabilities --probe)")
+        if self.cache is None:
+            return baseline
+        try:
+            report = self.cache.load(dev.name)
+        except ValueError as exc:
+            return GENERIC_SWITCHDEV, f"generic baseline: {exc}"
+        if report is None:
+            return baseline
+        return report.learned(PROBE_CANDIDATES), f"probed {age_text(report.age())} ago ({report.placement})"
+
     def describe(self, dev: NetDevice) -> DeviceReport:
-        role = port_role(dev.phys_port_name) if dev.phys_switch_id else None
-        if role is None:
-            if dev.phys_switch_id:
-                reason = (
-                    f"phys_port_name {dev.phys_port_name!r} of {dev.name} is not a switchdev port name "
-                    "hwflow knows (pfXvfY, pfXsfY, pfX, pY)"
-                )
-            else:
-                reason = _why_no_switch(dev)
-            return not_offloadable(dev, self.name, reason, "pf" if dev.kind == "pci" else "netdev")
-        if dev.eswitch_mode == "legacy":
-            return not_offloadable(dev, self.name, _why_no_switch(dev), role)
-        if dev.hw_tc_offload is not True:
-            return not_offloadable(dev, self.name, _why_not_on(dev), role)
-        return DeviceReport(
-            name=dev.name,
-            ifindex=dev.ifindex,
-            kernel_driver=dev.kernel_driver,
-            nic_driver=self.name,
-            pci_id=dev.pci_id,
-            switch_id=dev.phys_switch_id,
-            port_role=role,
-            # Representors and a switch id exist only in switchdev mode: evidence, not a guess.
-            eswitch_mode=dev.eswitch_mode or "switchdev",
-            offload=True,
-            reason=None,
-            capabilities=GENERIC_SWITCHDEV,
-            tc_endpoint=TC_NETLINK,
-        )
+        verdict = switchdev.judge(dev)
+        if verdict.reason is not None:
+            return not_offloadable(dev, self.name, verdict.reason, verdict.role)
+        capabilities, source = self.capabilities(dev)
+        return offload_report(dev, self.name, verdict.role, capabilities, source)
+

@@ -32,6 +32,7 @@ class SimNic:
     socket: str
     switch_id: str | None
     capabilities: Capabilities  # NO_OFFLOAD when there is a problem
+    profile: str
     representors: frozenset[str]
     problem: str | None
 
@@ -68,7 +69,9 @@ def _judge(socket: str, status: Mapping[str, Any]) -> SimNic:
             capabilities = Capabilities.from_dict(status["profile"]["capabilities"])
         except (KeyError, TypeError, ValueError) as exc:
             problem = f"simulated NIC {name}: bad profile in {status_path(socket)}: {exc}"
-    return SimNic(name, str(status.get("socket") or socket), status.get("switch_id"), capabilities,
+    profile = status.get("profile")
+    profile_name = str(profile.get("name")) if isinstance(profile, dict) else "?"
+    return SimNic(name, str(status.get("socket") or socket), status.get("switch_id"), capabilities, profile_name,
                   representors, problem)
 
 
@@ -127,4 +130,5 @@ class SimDriver(NicDriver):
             reason=None,
             capabilities=nic.capabilities,
             tc_endpoint=f"unix:{nic.socket}",
+            capability_source=f"simulated NIC {nic.name}: profile {nic.profile}",
         )

@@ -22,14 +22,18 @@ class ProfileError(ValueError):
     """A profile that cannot be found or read."""
 
 
+PROFILE_KEYS = ("name", "description", "sources", "capabilities")
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     capabilities: Capabilities
+    sources: tuple[str, ...] = ()  # public documents the profile's facts come from
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
+        return {"name": self.name, "description": self.description, "sources": list(self.sources),
                 "capabilities": self.capabilities.to_dict()}
 
 
@@ -48,19 +52,31 @@ def resolve(name_or_path: str) -> Path:
         candidate = directory / f"{name_or_path}.json"
         if candidate.is_file():
             return candidate
-    known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.json")})
     raise ProfileError(f"NIC profile {name_or_path!r} not found: give a path to a JSON file "
-                       f"or one of {known}")
+                       f"or one of {profile_names()}")
 
 
 def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
+    """A profile document ({name, description, sources, capabilities}); anything else is named as an error."""
     if not isinstance(data, Mapping) or not isinstance(data.get("capabilities"), Mapping):
         raise ProfileError(f"NIC profile {source}: expected an object with a 'capabilities' object")
+    unknown = sorted(set(data) - set(PROFILE_KEYS))
+    if unknown:
+        raise ProfileError(f"NIC profile {source}: unknown key(s) {unknown}; known: {list(PROFILE_KEYS)}")
+    sources = data.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise ProfileError(f"NIC profile {source}: sources must be a list of strings")
     try:
         capabilities = Capabilities.from_dict(data["capabilities"])
     except (TypeError, ValueError) as exc:
         raise ProfileError(f"NIC profile {source}: {exc}") from exc
-    return Profile(str(data.get("name") or Path(source).stem), str(data.get("description", "")), capabilities)
+    return Profile(str(data.get("name") or Path(source).stem), str(data.get("description", "")), capabilities,
+                   tuple(sources))
+
+
+def profile_names() -> list[str]:
+    """Every profile name the directories hold."""
+    return sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.json")})
 
 
 def load_profile(name_or_path: str) -> Profile:

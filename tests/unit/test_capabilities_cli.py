@@ -11,10 +11,13 @@ import pytest
 
 from hwflow.cli import capabilities, main
 from hwflow.offload.capabilities import Capabilities
+from hwflow.sim.eswitch import Eswitch
+from hwflow.sim.profile import load_profile
+from hwflow.sim.server import serve_in_background
 
 HOST = Path(__file__).parent / "fixtures" / "sysfs" / "smartnic-host"
 DEVICE_KEYS = {"name", "driver", "offload", "reason", "capabilities", "nic_driver", "pci_id", "switch_id",
-               "port_role", "eswitch_mode", "tc_endpoint", "ifindex"}
+               "port_role", "eswitch_mode", "tc_endpoint", "ifindex", "firmware", "capability_source"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,10 +54,11 @@ def json_output(capsys, *argv: str) -> dict:
 
 def test_json_shape(capsys, config):
     out = json_output(capsys, "--sysfs-root", str(HOST), "--config-file", str(config))
-    assert set(out) == {"devices", "sources_missing"}
+    assert set(out) == {"devices", "eswitches", "sources_missing"}
     assert {d["name"] for d in out["devices"]} == {p.name for p in (HOST / "class" / "net").iterdir()}
     for dev in out["devices"]:
-        assert set(dev) == DEVICE_KEYS
+        assert set(dev) == DEVICE_KEYS | {"probe"}
+        assert dev["probe"] is None
         assert isinstance(dev["offload"], bool)
         assert (dev["reason"] is None) == dev["offload"]
         Capabilities.from_dict(dev["capabilities"])
@@ -78,11 +82,12 @@ def test_table_lists_every_device(capsys):
     assert run("--sysfs-root", str(HOST)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "DRIVER", "NIC_DRIVER", "PCI_ID", "SWITCH_ID", "ROLE", "ESWITCH",
-                                "OFFLOAD", "REASON"]
+                                "REPRESENTORS", "OFFLOAD", "REASON"]
     rows = {line.split()[0]: line.split() for line in lines[1:] if line and not line.startswith(" ")}
-    assert rows["enp3s0f0npf0vf1"][:8] == ["enp3s0f0npf0vf1", "mlx5_core", "generic", "15b3:101d",
-                                           "b8f0c20003a43a1c", "vf_representor", "switchdev", "yes"]
-    assert rows["enp3s0f1np1"][6:9] == ["legacy", "no", "mlx5_core"]
+    assert rows["enp3s0f0npf0vf1"][:9] == ["enp3s0f0npf0vf1", "mlx5_core", "generic", "15b3:101d",
+                                           "b8f0c20003a43a1c", "vf_representor", "switchdev", "-", "yes"]
+    assert rows["enp3s0f0np0"][7:11] == ["1", "pf", "2", "vf"]  # the uplink counts its eswitch's representors
+    assert rows["enp3s0f1np1"][6:10] == ["legacy", "-", "no", "mlx5_core"]
     assert "sources missing:" in lines
 
 
@@ -122,8 +127,85 @@ def test_help_documents_every_json_key(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["capabilities", "--help"])
     text = capsys.readouterr().out
-    for key in DEVICE_KEYS | {"devices", "sources_missing"}:
+    for key in DEVICE_KEYS | {"devices", "sources_missing", "eswitches", "probe", "taken_at", "age_seconds"}:
         assert f"{key} " in text or f'"{key}"' in text, key
-    for option in ("--device", "--sysfs-root", "--format", "--config-file"):
+    for key in Capabilities.from_dict({}).to_dict():
+        assert f'"{key}"' in text, key
+    for option in ("--device", "--sysfs-root", "--format", "--config-file", "--probe", "--probe-cache"):
         assert option in text
     assert "--database" not in text
+
+
+def test_eswitches_group_uplink_pf_and_vf_representors(capsys):
+    out = json_output(capsys, "--sysfs-root", str(HOST))
+    groups = {g["switch_id"]: g for g in out["eswitches"]}
+    assert groups["b8f0c20003a43a1c"] == {
+        "switch_id": "b8f0c20003a43a1c", "eswitch_mode": "switchdev", "uplinks": ["enp3s0f0np0"],
+        "pf_representors": ["pf0hpf"], "vf_representors": ["enp3s0f0npf0vf0", "enp3s0f0npf0vf1"],
+        "sf_representors": []}
+    assert groups["40a6b70300a1b2c3"]["vf_representors"] == ["ens5f0npf0vf0"]
+    assert set(groups) == {"b8f0c20003a43a1c", "40a6b70300a1b2c3"}  # legacy and virtual devices have none
+
+
+@pytest.fixture
+def served_sim(tmp_path):
+    """The sim's eswitch behind a real control socket, owning the recorded tree's simnic0r0/r1 (ifindex 11, 12)."""
+    profile = load_profile("ice-e810")
+    socket = tmp_path / "hwt-nic-sim.sock"
+    stop = serve_in_background(str(socket), Eswitch("simnic0", profile, [11, 12]))
+    Path(f"{socket}.json").write_text(json.dumps({
+        "name": "simnic0", "switch_id": "5151", "pid": os.getpid(), "socket": str(socket),
+        "profile": profile.to_dict(),
+        "ports": [{"vf": i, "representor": f"simnic0r{i}", "representor_ifindex": 11 + i, "vf_netdev": f"v{i}"}
+                  for i in range(2)],
+    }))
+    config = tmp_path / "hwflow.conf"
+    config.write_text(f"[nic]\ndrivers = sim,generic\nsim_sockets = {socket}\nprobe_cache = {tmp_path}/probes\n")
+    try:
+        yield config
+    finally:
+        stop()
+
+
+def test_probe_confirms_the_profile_and_is_shown_with_its_age(capsys, served_sim, tmp_path):
+    base = ("--sysfs-root", str(HOST), "--config-file", str(served_sim), "--device", "simnic0r0")
+    assert run(*base) == 0
+    assert "not probed: hwflow capabilities --probe --device simnic0r0" in capsys.readouterr().out
+    assert run(*base, "--probe") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("probed simnic0r0: ")
+    assert "chain 0 prio 65535 with a group-address eth_src guard" in text  # E810: chain 0 only
+    claims = {line.split()[0] + " " + line.split()[1]: line.split()[2] for line in text.splitlines()
+              if line.startswith(("match ", "action "))}
+    assert claims["action redirect"] == "confirmed" and claims["action tunnel_encap"] == "not_probed"
+    out = json_output(capsys, *base)
+    probe = out["devices"][0]["probe"]
+    assert probe["device"] == "simnic0r0" and 0 <= probe["age_seconds"] < 60
+    statuses = {r["claim"]: r["status"] for r in probe["results"]}
+    assert statuses["chains"] == "refused" and statuses["match ipv4_dst prefix"] == "confirmed"
+    assert statuses["match ipv4_dst any"] == "refused"
+    assert "action tunnel_encap" in probe["not_probed"]
+    assert (tmp_path / "probes" / "simnic0r0.json").is_file()
+
+
+def test_probe_of_a_device_that_cannot_offload_is_an_error():
+    with pytest.raises(main.CliError, match="veth0 cannot be probed: veth: virtual device with no embedded switch"):
+        run("--sysfs-root", str(HOST), "--device", "veth0", "--probe")
+
+
+def test_probe_of_an_unreachable_sim_names_the_device(tmp_path):
+    socket = tmp_path / "hwt-nic-gone.sock"
+    Path(f"{socket}.json").write_text(json.dumps({
+        "name": "simnic0", "switch_id": "5151", "pid": os.getpid(), "socket": str(socket),
+        "profile": load_profile("sim-basic").to_dict(),
+        "ports": [{"vf": 0, "representor": "simnic0r0", "representor_ifindex": 11, "vf_netdev": "v0"}],
+    }))
+    config = tmp_path / "hwflow.conf"
+    config.write_text(f"[nic]\nsim_sockets = {socket}\n")
+    with pytest.raises(main.CliError, match=f"cannot probe simnic0r0: simulated NIC control socket {socket}"):
+        run("--sysfs-root", str(HOST), "--config-file", str(config), "--probe", "--probe-cache", str(tmp_path))
+
+
+def test_a_recorded_tree_never_probes_the_host_kernel():
+    with pytest.raises(main.CliError, match="enp3s0f0npf0vf0 cannot be probed: its facts come from a recorded sysfs"):
+        run("--sysfs-root", str(HOST), "--device", "enp3s0f0npf0vf0", "--probe")

@@ -22,6 +22,8 @@ from hwflow.offload.capabilities import (
     Capabilities,
 )
 from hwflow.offload.inventory import UnknownDriverError, installed_drivers, inventory, load_drivers
+from hwflow.sim.profile import load_profile, profile_names
+from hwflow_drivers import ice, mlx5
 from hwflow_drivers.discovery import (
     NO_DEVLINK,
     SYS,
@@ -32,8 +34,9 @@ from hwflow_drivers.discovery import (
     discover,
     discover_from,
 )
-from hwflow_drivers.generic import GENERIC_SWITCHDEV, GenericDriver, port_role
+from hwflow_drivers.generic import GENERIC_SWITCHDEV, GenericDriver
 from hwflow_drivers.sim import SimDriver
+from hwflow_drivers.switchdev import port_role
 
 HOST = Path(__file__).parent / "fixtures" / "sysfs" / "smartnic-host"
 SIM_CAPS = {"match_fields": {"eth_dst": "exact", "ipv4_dst": "prefix"}, "actions": ["drop", "redirect"],
@@ -103,7 +106,9 @@ def test_unrecorded_sources_are_missing_not_guessed():
     uplink = devs["enp3s0f0np0"]
     assert uplink.hw_tc_offload is None and uplink.eswitch_mode is None
     assert uplink.sources_missing == ("ethtool: enp3s0f0np0 not recorded in nowhere",
-                                      "devlink: 0000:03:00.0 not recorded in nowhere")
+                                      "devlink: 0000:03:00.0 not recorded in nowhere",
+                                      "ethtool -i: firmware of enp3s0f0np0 not recorded in nowhere")
+    assert uplink.firmware is None
     assert "devlink" not in " ".join(devs["veth0"].sources_missing)  # no PCI device, nothing to ask
     report = GenericDriver().describe(uplink)
     assert not report.offload
@@ -219,6 +224,7 @@ def test_sim_driver_claims_its_representors(devices, tmp_path):
     assert report.tc_endpoint == f"unix:{socket}"
     assert report.kernel_driver == "tun"
     assert report.capabilities == Capabilities.from_dict(SIM_CAPS)
+    assert report.capability_source == "simulated NIC simnic0: profile small"
     assert sim.describe(devices["veth0"]) is None
     assert sim.problems() == []
 
@@ -303,3 +309,65 @@ def test_first_claiming_driver_wins_and_every_device_gets_a_report(tmp_path, dev
     sim_only = by_name(inventory([SimDriver([socket])], devs))
     assert sim_only["veth0"].nic_driver is None
     assert sim_only["veth0"].reason == "no NIC driver in [nic] drivers (sim) handles veth0"
+
+
+# --- vendor drivers: family facts, checked against the NIC profiles that simulate them ----------------
+
+
+@pytest.mark.parametrize("family", [*mlx5.FAMILIES, *ice.FAMILIES], ids=lambda f: f.name)
+def test_every_family_claims_exactly_what_its_profile_simulates(family):
+    profile = load_profile(family.profile)
+    assert profile.capabilities == family.capabilities
+    assert profile.sources, f"profile {family.profile} cites no source"
+
+
+def test_the_required_profiles_exist():
+    names = set(profile_names())
+    assert {f.profile for f in (*mlx5.FAMILIES, *ice.FAMILIES)} <= names
+    plain = load_profile("sim-no-tunnel-no-ct").capabilities
+    assert not plain.tunnel_encap and not plain.tunnel_decap and plain.conntrack is None
+    assert load_profile("sim-64").capabilities.max_rules == 64
+    for name in names:  # every shipped profile parses, and the model round-trips it
+        caps = load_profile(name).capabilities
+        assert Capabilities.from_dict(caps.to_dict()) == caps
+
+
+def test_mlx5_describes_connectx6dx_representors_by_family(devices):
+    driver = mlx5.Mlx5Driver()
+    report = driver.describe(devices["enp3s0f0npf0vf1"])
+    assert (report.offload, report.nic_driver, report.port_role) == (True, "mlx5", "vf_representor")
+    assert report.capabilities == load_profile("mlx5-connectx6dx").capabilities
+    assert report.capability_source == "mlx5: ConnectX-6 Dx facts (device 15b3:101d)"
+    assert report.firmware == "22.39.1002"
+    assert report.capabilities.can_conntrack({"trk", "est"}, zone=3, nat=True)
+    assert not report.capabilities.can_conntrack({"new"})
+    legacy = driver.describe(devices["enp3s0f1np1"])
+    assert not legacy.offload and "legacy mode" in legacy.reason and legacy.nic_driver == "mlx5"
+    assert driver.describe(devices["ens5f0"]) is None and driver.describe(devices["veth0"]) is None
+
+
+def test_mlx5_unknown_device_id_gets_the_common_facts(devices):
+    dev = NetDevice(**{**devices["enp3s0f0npf0vf0"].__dict__, "pci_id": "15b3:ffff"})
+    report = mlx5.Mlx5Driver().describe(dev)
+    assert report.capabilities == mlx5.FALLBACK.capabilities
+    assert "unlisted family" in report.capability_source
+
+
+def test_ice_describes_e810_uplink_and_representor(devices):
+    driver = ice.IceDriver()
+    rep = driver.describe(devices["ens5f0npf0vf0"])
+    assert (rep.offload, rep.nic_driver, rep.port_role) == (True, "ice", "vf_representor")
+    assert rep.capabilities == load_profile("ice-e810").capabilities
+    assert rep.capabilities.max_chains == 1 and not rep.capabilities.counters
+    assert rep.firmware == "4.40 0x8001c967 1.3534.0"
+    uplink = driver.describe(devices["ens5f0"])
+    assert not uplink.offload and uplink.reason == "hw-tc-offload is off: ethtool -K ens5f0 hw-tc-offload on"
+    assert driver.describe(devices["enp3s0f0np0"]) is None
+
+
+def test_vendor_drivers_before_generic_in_an_inventory(devices):
+    reports = by_name(inventory([mlx5.Mlx5Driver(), ice.IceDriver(), GenericDriver()], list(devices.values())))
+    assert {n: r.nic_driver for n, r in reports.items() if r.offload} == {
+        "enp3s0f0np0": "mlx5", "pf0hpf": "mlx5", "enp3s0f0npf0vf0": "mlx5", "enp3s0f0npf0vf1": "mlx5",
+        "ens5f0npf0vf0": "ice"}
+    assert reports["veth0"].nic_driver == "generic"

@@ -1,0 +1,302 @@
+"""Active probing: ask the device itself, rule by rule, what it takes in hardware.
+
+OVS probes the kernel's datapath features at start; this probes the NIC. Each
+claim (a match field with a mask kind, an action, chains, several actions in
+one rule, counters) becomes one tc-flower rule installed with ``skip_sw`` and
+removed at once. Probe rules never see traffic: they live on a chain nothing
+jumps to (:data:`PROBE_CHAIN`); a device with chain 0 only gets them at the
+last priority of chain 0, each also matching a source MAC with the group bit
+set (:data:`GUARD_SRC`), which no conforming frame carries (IEEE 802-2014,
+8.2: a source address is always an individual address).
+
+What hwflow's flower encoder cannot express yet (tunnels, rewrite, VLAN,
+conntrack) and what would disturb traffic (capacity: filling the table) is
+reported as not probed, never as confirmed. Reports are cached as JSON with
+the time they were taken, so their age can be shown and judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.transport import TcClient, TcError
+from hwflow.offload.capabilities import (
+    ACTION_DROP,
+    ACTION_GOTO_CHAIN,
+    ACTION_PASS,
+    ACTION_REDIRECT,
+    MASK_ANY,
+    MASK_EXACT,
+    MASK_PREFIX,
+    Capabilities,
+)
+
+PROBE_CHAIN = 0x0FFFFFF0
+"""The chain probe rules live on: high (yet a valid goto target, at most 2**28 - 1), apart from hwflow's chains."""
+PROBE_PRIO = 0xFFFF  # the last priority: on chain 0, evaluated after every real rule
+GUARD_SRC = 0x036877666C77  # group bit set: no frame has it as source
+CONFIRMED, REFUSED, ERROR, NOT_PROBED = "confirmed", "refused", "error", "not_probed"
+STATUSES = (CONFIRMED, REFUSED, ERROR, NOT_PROBED)
+
+# Which ethertype / ip_proto a rule needs for a key of this IR field family to be well formed.
+_PROTOCOL = {"ipv4": fl.ETH_P_IP, "ipv6": fl.ETH_P_IPV6, "vlan": fl.ETH_P_8021Q, "ip": fl.ETH_P_IP,
+             "tcp": fl.ETH_P_IP, "udp": fl.ETH_P_IP}
+_IP_PROTO = {"tcp": fl.IPPROTO_TCP, "udp": fl.IPPROTO_UDP}
+_UNEXPRESSIBLE = ("vlan_push", "vlan_pop", "tunnel_encap", "tunnel_decap", "rewrite", "ttl_dec", "ct")
+
+
+class ProbeError(RuntimeError):
+    """Probing could not run at all (no transport, no safe place for probe rules)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    claim: str  # "match ipv4_dst prefix", "action drop", "chains", "actions per rule 4", "counters", ...
+    status: str  # confirmed | refused | error | not_probed
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "status": self.status, "detail": self.detail}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeReport:
+    device: str
+    taken_at: float  # Unix time
+    placement: str  # where the probe rules went
+    results: tuple[ProbeResult, ...]
+
+    def status(self, claim: str) -> str:
+        return next((r.status for r in self.results if r.claim == claim), NOT_PROBED)
+
+    def age(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.taken_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "taken_at": self.taken_at, "placement": self.placement,
+                "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
+        try:
+            results = tuple(ProbeResult(str(r["claim"]), str(r["status"]), r.get("detail")) for r in data["results"])
+            report = cls(str(data["device"]), float(data["taken_at"]), str(data["placement"]), results)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"probe report: missing or bad field ({exc!r})") from exc
+        bad = sorted({r.status for r in results} - set(STATUSES))
+        if bad:
+            raise ValueError(f"probe report: unknown status(es) {bad}; known: {STATUSES}")
+        return report
+
+    def _some_chains(self) -> int:
+        """2 when chain 1 was taken but the probe chain was not (the real count is unknown), else 1."""
+        return 2 if self.status("chains") == CONFIRMED else 1
+
+    def learned(self, candidates: Capabilities) -> Capabilities:
+        """What the probes confirmed of ``candidates``; nothing unconfirmed is kept."""
+        fields = {}
+        for field in candidates.match_fields:
+            kinds = [k for k in (MASK_ANY, MASK_PREFIX, MASK_EXACT) if self.status(f"match {field} {k}") == CONFIRMED]
+            if kinds:
+                fields[field] = kinds[0]
+        if self.status("match eth_type exact") == CONFIRMED:
+            fields["eth_type"] = MASK_EXACT
+        actions = frozenset(a for a in candidates.actions if self.status(f"action {a}") == CONFIRMED)
+        if self.status("chains") != CONFIRMED:
+            actions -= {ACTION_GOTO_CHAIN}
+        per_rule = max([1] + [int(r.claim.rsplit(" ", 1)[1]) for r in self.results
+                              if r.claim.startswith("actions per rule ") and r.status == CONFIRMED])
+        return Capabilities(
+            match_fields=fields,
+            actions=actions,
+            max_rules=candidates.max_rules,  # never probed: see the module docstring
+            max_actions_per_rule=per_rule,
+            max_chains=None if self.status(f"chain {PROBE_CHAIN}") == CONFIRMED else self._some_chains(),
+            counters=self.status("counters") == CONFIRMED,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Place:
+    chain: int
+    guard: bool  # add the GUARD_SRC match (chain 0 only)
+
+    def describe(self) -> str:
+        where = f"chain {self.chain} prio {PROBE_PRIO}"
+        return where + (" with a group-address eth_src guard" if self.guard else " (a chain nothing jumps to)")
+
+
+class Prober:
+    """Runs the probes of one device through a TcClient (kernel netlink or a simulated NIC's socket)."""
+
+    def __init__(self, client: TcClient, ifindex: int, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._ifindex = ifindex
+        self._clock = clock
+
+    def run(self, device: str, candidates: Capabilities) -> ProbeReport:
+        """Probe every claim of ``candidates`` that can be probed without touching traffic."""
+        place = self._placement()
+        results = [self._try(f"match {f} {k}", place, keys, protocol)
+                   for f, k, keys, protocol in _match_probes(candidates)]
+        results.append(self._try("match eth_type exact", place, {}, fl.ETH_P_IP))
+        results += [ProbeResult(f"match {spec.ir_field} masked", NOT_PROBED,
+                                f"hwflow's tc-flower encoder matches {spec.field} exactly only")
+                    for spec in fl.KEY_SPECS if spec.ir_field in candidates.match_fields and not spec.mask_field]
+        results += [self._action_probe(a, place) for a in sorted(candidates.actions)]
+        results += self._chains(place)
+        if candidates.max_actions_per_rule > 1:
+            n = candidates.max_actions_per_rule
+            results.append(self._try(f"actions per rule {n}", place, {}, fl.ETH_P_ALL, (self._terminal(),) * n))
+        results.append(self._counters(place))
+        results.append(ProbeResult("capacity", NOT_PROBED, "filling the table would leave real rules no room"))
+        return ProbeReport(device, self._clock(), place.describe(), tuple(results))
+
+    def _terminal(self) -> fl.FlowerAction:
+        return fl.Gact("drop")
+
+    def _rule(self, place: _Place, keys: dict[str, int], protocol: int,
+              actions: tuple[fl.FlowerAction, ...] | None = None, chain: int | None = None) -> fl.FlowerRule:
+        if place.guard:
+            keys = {"eth_src": GUARD_SRC, **keys}
+        return fl.FlowerRule(self._ifindex, PROBE_PRIO, 1, protocol, fl.FlowerKeys(**keys),
+                             actions or (self._terminal(),), chain=place.chain if chain is None else chain,
+                             flags=fl.TCA_CLS_FLAGS_SKIP_SW)
+
+    def _install(self, rule: fl.FlowerRule) -> TcError | None:
+        """Add and at once remove one probe rule; the device's answer to the add."""
+        (error,) = self._client.add([rule])
+        if error is None:
+            self._client.delete([rule])
+        return error
+
+    def _placement(self) -> _Place:
+        for place in (_Place(PROBE_CHAIN, guard=False), _Place(0, guard=True)):
+            self._client.delete([dataclasses.replace(self._rule(place, {}, fl.ETH_P_ALL), handle=0)])  # leftovers
+            if self._install(self._rule(place, {}, fl.ETH_P_ALL)) is None:
+                return place
+        raise ProbeError("no place for probe rules that cannot touch traffic: the device refuses chain "
+                         f"{PROBE_CHAIN} and a drop rule matching eth_src on chain 0")
+
+    def _try(self, claim: str, place: _Place, keys: dict[str, int], protocol: int,
+             actions: tuple[fl.FlowerAction, ...] | None = None, chain: int | None = None) -> ProbeResult:
+        try:
+            rule = self._rule(place, keys, protocol, actions, chain)
+        except ValueError as exc:
+            return ProbeResult(claim, NOT_PROBED, f"hwflow cannot build the probe rule: {exc}")
+        error = self._install(rule)
+        if error is None:
+            return ProbeResult(claim, CONFIRMED)
+        status = REFUSED if error.errno in (errno.EOPNOTSUPP, errno.EINVAL) else ERROR
+        return ProbeResult(claim, status, error.message or os.strerror(error.errno))
+
+    def _action_probe(self, action: str, place: _Place) -> ProbeResult:
+        claim = f"action {action}"
+        if action == ACTION_DROP:
+            return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Gact("drop"),))
+        if action == ACTION_PASS:
+            return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Gact("pass"),))
+        if action == ACTION_REDIRECT:  # to the device itself: the rule never matches, so nothing loops
+            return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Mirred(self._ifindex),))
+        if action == ACTION_GOTO_CHAIN:  # the target need not exist: tc creates a chain on first use
+            return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Gact("goto_chain", place.chain + 1),))
+        return ProbeResult(claim, NOT_PROBED, f"hwflow's tc-flower encoder cannot express {action} yet")
+
+    def _chains(self, place: _Place) -> list[ProbeResult]:
+        """Chains beyond 0 at all ("chains"), and as far as the probe chain ("chain N")."""
+        far = f"chain {PROBE_CHAIN}"
+        if place.chain:
+            return [ProbeResult("chains", CONFIRMED), ProbeResult(far, CONFIRMED)]
+        refused = ProbeResult(far, REFUSED, "refused: the probe rules went to chain 0")
+        chain1 = self._try("chains", place, {}, fl.ETH_P_ALL, chain=1)  # guarded like every chain-0 probe
+        return [chain1, refused]
+
+    def _counters(self, place: _Place) -> ProbeResult:
+        rule = self._rule(place, {}, fl.ETH_P_ALL)
+        (error,) = self._client.add([rule])
+        if error is not None:
+            return ProbeResult("counters", ERROR, str(error))
+        try:
+            dumped = [stats for got, stats in self._client.dump(self._ifindex)
+                      if (got.chain, got.prio) == (rule.chain, PROBE_PRIO)]
+        finally:
+            self._client.delete([rule])
+        if dumped and dumped[0] is not None:
+            return ProbeResult("counters", CONFIRMED, "the dump carries hit counters")
+        return ProbeResult("counters", REFUSED, "the dump carries no hit counters")
+
+
+def _match_probes(candidates: Capabilities) -> Iterator[tuple[str, str, dict[str, int], int]]:
+    """(field, mask kind, flower keys, protocol) for every match claim hwflow can encode."""
+    specs = {s.ir_field: s for s in fl.KEY_SPECS}
+    for field in sorted(candidates.match_fields):
+        spec = specs.get(field)
+        if spec is None:
+            continue
+        family = spec.field.split("_")[0]
+        protocol = _PROTOCOL.get(family, fl.ETH_P_ALL)
+        base = {"ip_proto": _IP_PROTO[family]} if family in _IP_PROTO else {}
+        # eth_src keeps the guard's group bit under every mask, so it never matches a real frame.
+        value = GUARD_SRC if spec.field == "eth_src" else 1
+        yield field, MASK_EXACT, {**base, spec.field: value}, protocol
+        if spec.mask_field:
+            width = spec.width
+            prefix = ((1 << width) - 1) ^ ((1 << (width // 2)) - 1)  # the upper half
+            alternating = int("01" * (width // 2), 2)  # not a prefix; has the group bit of a MAC
+            for kind, mask in ((MASK_PREFIX, prefix), (MASK_ANY, alternating)):
+                yield field, kind, {**base, spec.field: value & mask, spec.mask_field: mask}, protocol
+
+
+def not_probed_claims(candidates: Capabilities) -> list[str]:
+    """Claims of ``candidates`` no probe covers (so a report can say so, not imply them)."""
+    specs = {s.ir_field for s in fl.KEY_SPECS}
+    out = [f"match {f}" for f in sorted(candidates.match_fields) if f not in specs and f != "eth_type"]
+    return out + [f"action {a}" for a in sorted(candidates.actions) if a in _UNEXPRESSIBLE]
+
+
+class ProbeCache:
+    """Probe reports on disk, one JSON file per device, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, device: str) -> Path:
+        return self.directory / f"{device}.json"
+
+    def save(self, report: ProbeReport) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(report.device)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def load(self, device: str) -> ProbeReport | None:
+        """The cached report, None when there is none; a corrupt file is an error naming it."""
+        path = self.path(device)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"probe cache {path}: {exc}; remove it and probe again") from exc
+        try:
+            return ProbeReport.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"probe cache {path}: {exc}; remove it and probe again") from exc
+
+
+def age_text(seconds: float) -> str:
+    """'42s', '5m', '3h', '2d': how old a probe result is, for people."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
