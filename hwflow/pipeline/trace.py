@@ -150,4 +150,15 @@ def format_action(action: ir.Action, port_names: Mapping[int, str], pipeline: ir
         return f"goto:{pipeline.table_names.get(action.table, action.table)}"
     if isinstance(action, ir.SetField):
         return f"set:{action.field}={format_value(action.field, action.value)}"
-    return "drop"
+    if isinstance(action, ir.Move):
+        return f"move:{action.src}->{action.dst}"
+    if isinstance(action, ir.PushVlan):
+        return f"push_vlan:{action.vid}"
+    if isinstance(action, ir.Punt):
+        return f"punt:{action.reason}"
+    if isinstance(action, ir.Conntrack):
+        parts = [f"zone={action.zone}"] + (["commit"] if action.commit else [])
+        if action.table is not None:
+            parts.append(f"table={pipeline.table_names.get(action.table, action.table)}")
+        return f"ct({','.join(parts)})"
+    return {ir.PopVlan: "pop_vlan", ir.DecTtl: "dec_ttl", ir.Drop: "drop"}[type(action)]

@@ -87,3 +87,14 @@ def test_port_of_another_chassis_is_refused(db, capsys):
 def test_a_bad_packet_spec_exits_non_zero(db, capsys):
     status, err = trace(db, capsys, "--port", "vm1", "--packet", "ipv4_dst=10.0.0.9")
     assert status == 1 and "no port on the network has 10.0.0.9" in err
+
+
+def test_every_action_has_a_trace_form():
+    from hwflow.pipeline.trace import format_action
+
+    pipeline = ir.Pipeline.build([], {4: "acl.egress"})
+    forms = [format_action(a, {1: "vm1"}, pipeline) for a in (
+        ir.Output(1), ir.GotoTable(4), ir.SetField("metadata", 3), ir.Move("reg0", "reg1"), ir.PushVlan(7),
+        ir.PopVlan(), ir.DecTtl(), ir.Punt("dhcp"), ir.Conntrack(zone=2, commit=True, table=4), ir.Drop())]
+    assert forms == ["output:vm1", "goto:acl.egress", "set:metadata=3", "move:reg0->reg1", "push_vlan:7",
+                     "pop_vlan", "dec_ttl", "punt:dhcp", "ct(zone=2,commit,table=acl.egress)", "drop"]
