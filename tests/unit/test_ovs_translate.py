@@ -16,7 +16,7 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from hwflow.backends.ovs import translate
+from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.openflow import (
     OpenFlowConnection,
     OpenFlowConnectionError,
@@ -147,6 +147,50 @@ def _full(oxm: str):
     width = {"vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
              "icmpv6_code": 8}.get(oxm) or ir.FIELD_BITS[oxm]
     return translate.to_user(oxm, (1 << width) - 1)
+
+
+COMPILER = translate.FlowCompiler(native.Catalog())
+
+
+@settings(max_examples=400, deadline=None)
+@given(ir_flows(), st.integers(1, 0xFFFFFFFF))
+def test_compiled_program_encodes_to_the_os_ken_flow_mod_bytes_and_keys(flow: ir.Flow, xid: int) -> None:
+    """The fast path (IR -> program words -> encoder) is the os-ken path (IR -> OFPFlowMod), byte for byte."""
+    mod = translate.to_flow_mod(flow, PORTS)
+    mod.xid = xid
+    mod.serialize()
+    compiled = COMPILER.compile(flow, PORTS)
+    words = COMPILER.flow_mod(flow.table, flow.priority, compiled.cookie, 0, ofp.OFPFC_ADD, compiled.body)
+    encoders = [native.OskenEncoder(COMPILER.catalog)]
+    if native.NATIVE_AVAILABLE:
+        encoders.append(native.NativeEncoder(COMPILER.catalog))
+    for encoder in encoders:
+        (chunk,) = encoder.encode(words, xid)
+        assert chunk.data == bytes(mod.buf)
+    assert compiled.key == translate.flow_key(mod.table_id, mod.priority, mod.match)
+    assert compiled.instructions == translate.instructions_key(mod.instructions)
+    assert compiled.cookie == mod.cookie
+
+
+@settings(max_examples=200, deadline=None)
+@given(ir_flows())
+def test_a_match_rebuilt_from_its_key_encodes_like_the_original(flow: ir.Flow) -> None:
+    compiled = COMPILER.compile(flow, PORTS)
+    assert COMPILER.key_body(compiled.key) == list(compiled.body[:len(COMPILER.key_body(compiled.key))])
+
+
+@pytest.mark.parametrize("flow", [
+    ir.Flow(0, 1, ir.Match.of(in_port=99), (), "port:p"),
+    ir.Flow(3, 1, ir.Match(), (ir.GotoTable(3),), "x"),
+    ir.Flow(0, 70000, ir.Match(), (), "x"),
+    ir.Flow(0, 1, ir.Match.of(ipv4_dst=1), (), "x"),
+])
+def test_compiler_refuses_exactly_what_translation_refuses(flow: ir.Flow) -> None:
+    with pytest.raises(translate.TranslationError) as slow:
+        translate.to_flow_mod(flow, PORTS)
+    with pytest.raises(type(slow.value)) as fast:
+        COMPILER.compile(flow, PORTS)
+    assert str(fast.value) == str(slow.value)
 
 
 def test_translation_of_a_classifier_flow() -> None:

@@ -5,23 +5,28 @@ the hwflow cookie marker, diffs it by canonical key and sends only the
 difference (ADD / MODIFY_STRICT / DELETE_STRICT) in one batch with a barrier.
 Unchanged flows are never re-sent, so their packet counters survive; flows
 without the marker (someone else's) are never touched.
+
+The batch is built without os-ken objects: IR flows compile to program words
+(translate.FlowCompiler) that the native encoder turns into flow_mods written
+in large chunks (native.py, openflow.OpenFlowConnection.send_program).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from hwflow.backends.ovs import translate
+from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection, Rejected
 from hwflow.backends.ovs.ovsdb import OvsdbClient
 from hwflow.pipeline import ir
 
 LOG = logging.getLogger(__name__)
+PART_FLOWS = 8192  # flow_mods per part handed to the writer thread: about 1 MiB, one encoder chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,40 +52,14 @@ class FlowRecord:
     n_bytes: int
 
 
-@dataclasses.dataclass(frozen=True)
-class _Desired:
-    mod: parser.OFPFlowMod
-    instructions: translate.InstructionsKey
-    source: ir.Flow
-
-
 class OvsBackend:
     """The software datapath: one bridge, reached through OVSDB and OpenFlow."""
 
-    def __init__(self, ovsdb: OvsdbClient, of: OpenFlowConnection) -> None:
+    def __init__(self, ovsdb: OvsdbClient, of: OpenFlowConnection, catalog: native.Catalog | None = None) -> None:
         self.ovsdb = ovsdb
         self.of = of
-
-    def _desired(self, flows: Iterable[ir.Flow], ports: Mapping[int, int],
-                 ) -> tuple[dict[translate.FlowKey, _Desired], list[translate.UnboundPort]]:
-        desired: dict[translate.FlowKey, _Desired] = {}
-        unbound: list[translate.UnboundPort] = []
-        for flow in flows:
-            try:
-                mod = translate.to_flow_mod(flow, ports)
-            except translate.UnboundPort as exc:
-                unbound.append(exc)
-                continue
-            key = translate.flow_key(mod.table_id, mod.priority, mod.match)
-            entry = _Desired(mod, translate.instructions_key(mod.instructions), flow)
-            other = desired.get(key)
-            conflicting = other is not None and (other.instructions, other.mod.cookie) != (
-                entry.instructions, mod.cookie)
-            if conflicting:
-                raise ValueError(f"two flows want the same OpenFlow table/priority/match with different "
-                                 f"actions: {flow} vs {other.source}; fix the app that emits them")
-            desired[key] = entry
-        return desired, unbound
+        self.compiler = translate.FlowCompiler(catalog or native.Catalog())
+        self.encoder = native.best_encoder(self.compiler.catalog)
 
     def _installed(self) -> dict[translate.FlowKey, parser.OFPFlowStats]:
         stats = self.of.dump_flows(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
@@ -89,24 +68,53 @@ class OvsBackend:
     def sync(self, flows: Iterable[ir.Flow], ports: Mapping[int, int]) -> SyncResult:
         """Flows naming an unbound port are left out (and reported), as if the port did not exist yet.
 
-        Raises TranslationError for a flow OpenFlow cannot express: that is an app bug, not a state.
+        Raises TranslationError for a flow OpenFlow cannot express: that is an app bug, not a state. The
+        difference streams out in parts of PART_FLOWS while later flows are still being compiled, so when
+        it raises, the additions and modifications of the flows before the bad one may already be applied
+        (never a deletion: those go last); the next sync reconciles.
         """
-        desired, unbound = self._desired(flows, ports)
         installed = self._installed()
-        batch: list[parser.OFPFlowMod] = []
-        added = modified = 0
-        for key, want in desired.items():
-            have = installed.get(key)
-            if have is None:
-                batch.append(want.mod)
-                added += 1
-            elif (translate.instructions_key(have.instructions), have.cookie) != (want.instructions,
-                                                                                  want.mod.cookie):
-                batch.append(_update(have, want.mod))
-                modified += 1
-        stale = [stats for key, stats in installed.items() if key not in desired]
-        batch += [_delete_strict(stats) for stats in stale]
-        errors = self.of.send(batch) if batch else []
+        desired: dict[translate.FlowKey, translate.Compiled] = {}
+        unbound: list[translate.UnboundPort] = []
+        compile_flow, flow_mod = self.compiler.compile, self.compiler.flow_mod
+        words: list[int] = []
+        added = modified = pending = 0
+        with self.of.writer(self.encoder) as writer:
+            for flow in flows:
+                try:
+                    want = compile_flow(flow, ports)
+                except translate.UnboundPort as exc:
+                    unbound.append(exc)
+                    continue
+                key = want.key
+                other = desired.get(key)
+                if other is not None:
+                    if (other.instructions, other.cookie) != (want.instructions, want.cookie):
+                        raise ValueError(f"two flows want the same OpenFlow table/priority/match with different "
+                                         f"actions: {flow} vs {other.source}; fix the app that emits them")
+                    continue
+                desired[key] = want
+                have = installed.get(key)
+                if have is None:
+                    words += flow_mod(key[0], key[1], want.cookie, 0, ofp.OFPFC_ADD, want.body)
+                    added += 1
+                elif (translate.instructions_key(have.instructions), have.cookie) != (want.instructions,
+                                                                                      want.cookie):
+                    words += _update(flow_mod, have, want)
+                    modified += 1
+                else:
+                    continue
+                pending += 1
+                if pending == PART_FLOWS:
+                    writer.add(words, pending)
+                    words, pending = [], 0
+            stale = [(key, stats) for key, stats in installed.items() if key not in desired]
+            for key, stats in stale:
+                # Exact cookie: deletes this one installed flow and nothing that merely shares its key.
+                words += flow_mod(stats.table_id, stats.priority, stats.cookie, translate.ALL_ONES_64,
+                                  ofp.OFPFC_DELETE_STRICT, self.compiler.key_body(key))
+            writer.add(words, pending + len(stale))
+            errors = writer.finish()
         for error in errors:
             LOG.error("OVS refused %s", error)
         result = SyncResult(added, modified, len(stale), tuple(unbound), tuple(errors))
@@ -127,25 +135,11 @@ class OvsBackend:
         return self.of.port_stats()
 
 
-def _modify_strict(mod: parser.OFPFlowMod) -> parser.OFPFlowMod:
-    """The cookie mask limits the modify to a flow carrying our marker."""
-    return parser.OFPFlowMod(
-        mod.datapath, cookie=mod.cookie, cookie_mask=translate.COOKIE_MARK_MASK, table_id=mod.table_id,
-        command=ofp.OFPFC_MODIFY_STRICT, priority=mod.priority, buffer_id=ofp.OFP_NO_BUFFER,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=mod.match, instructions=mod.instructions,
-    )
-
-
-def _update(have: parser.OFPFlowStats, want: parser.OFPFlowMod) -> parser.OFPFlowMod:
+def _update(flow_mod: Callable[..., list[int]], have: parser.OFPFlowStats, want: translate.Compiled) -> list[int]:
     """OVS never rewrites a cookie on MODIFY under OpenFlow 1.2+ (ofp-flow.c), so a new owner needs an
-    ADD over the same strict key, which OVS applies as a replace that carries the counters over."""
-    return want if have.cookie != want.cookie else _modify_strict(want)
-
-
-def _delete_strict(stats: parser.OFPFlowStats) -> parser.OFPFlowMod:
-    """Exact cookie: deletes this one installed flow and nothing that merely shares its key."""
-    return parser.OFPFlowMod(
-        translate.DATAPATH, cookie=stats.cookie, cookie_mask=translate.ALL_ONES_64, table_id=stats.table_id,
-        command=ofp.OFPFC_DELETE_STRICT, priority=stats.priority, buffer_id=ofp.OFP_NO_BUFFER,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=stats.match,
-    )
+    ADD over the same strict key, which OVS applies as a replace that carries the counters over. A
+    MODIFY_STRICT's cookie mask limits it to a flow carrying our marker."""
+    table, priority, _ = want.key
+    if have.cookie != want.cookie:
+        return flow_mod(table, priority, want.cookie, 0, ofp.OFPFC_ADD, want.body)
+    return flow_mod(table, priority, want.cookie, translate.COOKIE_MARK_MASK, ofp.OFPFC_MODIFY_STRICT, want.body)

@@ -3,33 +3,38 @@
 We dial the bridge's management socket (vswitchd always listens there)
 instead of running os-ken's controller framework: one socket, one reader
 thread, replies routed by xid. os-ken is used only for message classes.
-Batches go out in one write followed by a barrier, which is what makes flow
-programming fast (see notes/platform-facts.md) and tells us exactly which
-message of the batch OVS refused.
+Batches go out in large writes followed by a barrier, which is what makes
+flow programming fast (see notes/platform-facts.md) and tells us exactly
+which message of the batch OVS refused. :meth:`OpenFlowConnection.send_program`
+takes flow_mods as a compact program (hwflow.backends.ovs.native) and writes
+the natively encoded chunks; :meth:`~OpenFlowConnection.send` takes os-ken
+messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
+import queue
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from types import TracebackType
 from typing import Any
 
 from os_ken.ofproto import ofproto_common, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from hwflow.backends.ovs.translate import Of13Datapath
+from hwflow.backends.ovs.native import Chunk, Encoder, Of13Datapath
 
 LOG = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
 HELLO_ELEM = struct.Struct("!HH")  # type, length
 RECV_SIZE = 1 << 16
+MAX_XID = 0xFFFFFFFF
 
 
 class OpenFlowError(RuntimeError):
@@ -134,7 +139,9 @@ class OpenFlowConnection:
         self._send_lock = threading.Lock()
         self._waiters_lock = threading.Lock()
         self._waiters: dict[int, _Waiter] = {}
-        self._xids = itertools.count(1)
+        self._ranges: dict[range, _Waiter] = {}  # a program's flow_mods: errors carry any xid of the range
+        self._xid_lock = threading.Lock()
+        self._xid = 1
         self._closed = False
         self._ever_connected = False
 
@@ -192,7 +199,8 @@ class OpenFlowConnection:
                                 self.endpoint, reason)
         sock.close()
         with self._waiters_lock:
-            waiters, self._waiters = set(self._waiters.values()), {}
+            waiters = set(self._waiters.values()) | set(self._ranges.values())
+            self._waiters, self._ranges = {}, {}
         for waiter in waiters:
             waiter.fail(OpenFlowConnectionError(f"OpenFlow connection to {self.endpoint} lost: {reason}"))
 
@@ -238,7 +246,7 @@ class OpenFlowConnection:
             self._write(sock, bytes(reply.buf))
             return
         with self._waiters_lock:
-            waiter = self._waiters.get(xid)
+            waiter = self._waiters.get(xid) or next((w for r, w in self._ranges.items() if xid in r), None)
         if waiter is None:
             return  # async message or a reply nobody waits for any more
         msg = ofproto_parser.msg(self.datapath, version, msg_type, length, xid, raw)
@@ -254,8 +262,17 @@ class OpenFlowConnection:
         with self._send_lock:
             sock.sendall(data)
 
+    def _reserve_xids(self, count: int) -> int:
+        """``count`` consecutive xids that do not wrap, so a program's xids are one range."""
+        with self._xid_lock:
+            if self._xid + count > MAX_XID:
+                self._xid = 1
+            first = self._xid
+            self._xid += count
+            return first
+
     def _next_xid(self) -> int:
-        return next(self._xids) % 0xFFFFFFFF + 1
+        return self._reserve_xids(1)
 
     def _exchange(self, msgs: Sequence[Any], final: Any) -> tuple[_Waiter, dict[int, Any]]:
         """Write ``msgs`` then ``final`` in one go; wait until ``final``'s reply ends."""
@@ -295,6 +312,46 @@ class OpenFlowConnection:
         return [Rejected(by_xid[r.xid], r.type, r.code, bytes(r.data or b""))
                 for r in waiter.replies if isinstance(r, parser.OFPErrorMsg)]
 
+    def send_each(self, msgs: Iterable[Any]) -> list[Rejected]:
+        """One write per message as each is built, as os-ken's ``Datapath.send_msg`` does, then a barrier.
+
+        The measured baseline of ``hwflow bench openflow``; the agent uses :meth:`send_program`.
+        """
+        sock = self._ensure_connected()
+        sent: dict[int, Any] = {}
+        waiter = _Waiter(-1)
+        try:
+            for msg in msgs:
+                msg.xid = self._next_xid()
+                msg.serialize()
+                sent[msg.xid] = msg
+                with self._waiters_lock:
+                    self._waiters[msg.xid] = waiter
+                self._write(sock, bytes(msg.buf))
+            errors = self.send([])
+        except OSError as exc:
+            self._lost(sock, str(exc))
+            raise OpenFlowConnectionError(f"OpenFlow connection to {self.endpoint} lost: {exc}") from exc
+        finally:
+            with self._waiters_lock:
+                for xid in sent:
+                    self._waiters.pop(xid, None)
+        return errors + [Rejected(sent[r.xid], r.type, r.code, bytes(r.data or b""))
+                         for r in waiter.replies if isinstance(r, parser.OFPErrorMsg)]
+
+    def writer(self, encoder: Encoder) -> ProgramWriter:
+        """A :class:`ProgramWriter` on this connection (use it as a context manager)."""
+        return ProgramWriter(self, encoder)
+
+    def send_program(self, words: Sequence[int], messages: int, encoder: Encoder) -> list[Rejected]:
+        """Encode a program of ``messages`` flow_mods, write it in large chunks, then a barrier.
+
+        Returns the refused flow_mods, each parsed back from the bytes sent.
+        """
+        with self.writer(encoder) as writer:
+            writer.add(words, messages)
+            return writer.finish()
+
     def request(self, msg: Any) -> list[Any]:
         """One request, every part of its reply. Read-only, so retried once on a fresh connection."""
         try:
@@ -315,10 +372,129 @@ class OpenFlowConnection:
                                          cookie, cookie_mask, parser.OFPMatch())
         return [stats for reply in self.request(req) for stats in reply.body]
 
+    def flow_count(self, cookie: int = 0, cookie_mask: int = 0, table: int = ofp.OFPTT_ALL) -> int:
+        """How many flows the switch holds (under a cookie mask), counted by the switch: no dump."""
+        req = parser.OFPAggregateStatsRequest(self.datapath, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie,
+                                              cookie_mask, parser.OFPMatch())
+        return sum(reply.body.flow_count for reply in self.request(req))
+
     def port_stats(self) -> dict[int, tuple[int, int]]:
         """ofport -> (rx_packets, tx_packets), as the switch counts them."""
         req = parser.OFPPortStatsRequest(self.datapath, 0, ofp.OFPP_ANY)
         return {s.port_no: (s.rx_packets, s.tx_packets) for reply in self.request(req) for s in reply.body}
+
+
+class ProgramWriter:
+    """Flow_mod programs encoded and written by a helper thread while the caller builds the next part.
+
+    ``add`` queues a part (program words and how many flow_mods they hold) and returns at once;
+    ``finish`` sends one barrier after the last part and returns the refused flow_mods, each parsed back
+    from the bytes sent (errors are rare; parsing every message would cost what the encoder saves).
+    The helper thread mostly runs without the GIL (cffi releases it around the native encoder; a
+    blocking ``sendall`` while OVS reads), so building flows in Python overlaps with OVS ingesting them.
+    Leaving the ``with`` block without ``finish`` stops after the parts already queued.
+    """
+
+    def __init__(self, conn: OpenFlowConnection, encoder: Encoder) -> None:
+        self._conn = conn
+        self._encoder = encoder
+        self._sock = conn._ensure_connected()
+        self._waiter = _Waiter(-1)  # the barrier's xid is known at finish()
+        self._parts: queue.SimpleQueue[tuple[Sequence[int], int, int] | None] = queue.SimpleQueue()
+        self._ranges: list[range] = []
+        self._chunks: list[Chunk] = []
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"hwflow-of-writer-{conn.endpoint}")
+        self._thread.start()
+        self._finished = False
+
+    def add(self, words: Sequence[int], messages: int) -> None:
+        if messages == 0:
+            return
+        first = self._conn._reserve_xids(messages)
+        batch = range(first, first + messages)
+        self._ranges.append(batch)
+        with self._conn._waiters_lock:
+            self._conn._ranges[batch] = self._waiter
+        self._parts.put((words, first, messages))
+
+    def _run(self) -> None:
+        while (part := self._parts.get()) is not None:
+            if self._failure is not None:
+                continue  # drain: nothing more goes out after a failure
+            words, first, messages = part
+            try:
+                chunks = list(self._encoder.encode(words, first))
+                if sum(c.messages for c in chunks) != messages:
+                    raise ValueError(f"a program part holds {sum(c.messages for c in chunks)} messages, "
+                                     f"not {messages}")
+                for chunk in chunks:
+                    self._conn._write(self._sock, chunk.data)
+                self._chunks += chunks
+            except OSError as exc:
+                self._conn._lost(self._sock, str(exc))
+                self._failure = OpenFlowConnectionError(f"OpenFlow connection to {self._conn.endpoint} lost: "
+                                                        f"{exc}")
+            except Exception as exc:  # an encoding error: reported by finish() in the caller's thread
+                self._failure = exc
+
+    def _stop(self) -> None:
+        self._parts.put(None)
+        self._thread.join(self._conn.timeout)
+        if self._thread.is_alive():
+            raise OpenFlowTimeout(f"{self._conn.endpoint} did not take the flow_mods within {self._conn.timeout}s")
+
+    def finish(self) -> list[Rejected]:
+        self._finished = True
+        self._stop()
+        if self._failure is not None:
+            raise self._failure
+        barrier = parser.OFPBarrierRequest(self._conn.datapath)
+        barrier.xid = self._conn._next_xid()
+        barrier.serialize()
+        self._waiter.final_xid = barrier.xid
+        with self._conn._waiters_lock:
+            self._conn._waiters[barrier.xid] = self._waiter
+        if self._conn._sock is not self._sock:
+            self._waiter.fail(OpenFlowConnectionError(f"OpenFlow connection to {self._conn.endpoint} lost"))
+        try:
+            self._conn._write(self._sock, bytes(barrier.buf))
+        except OSError as exc:
+            self._conn._lost(self._sock, str(exc))
+        if not self._waiter.done.wait(self._conn.timeout):
+            raise OpenFlowTimeout(f"{self._conn.endpoint} did not answer the barrier after "
+                                  f"{sum(len(r) for r in self._ranges)} flow_mods within {self._conn.timeout}s")
+        if self._waiter.failure is not None:
+            raise self._waiter.failure
+        return [Rejected(_message_at(self._chunks, r.xid), r.type, r.code, bytes(r.data or b""))
+                for r in self._waiter.replies if isinstance(r, parser.OFPErrorMsg)]
+
+    def __enter__(self) -> ProgramWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if not self._finished:
+                self._stop()
+        finally:
+            with self._conn._waiters_lock:
+                for batch in self._ranges:
+                    self._conn._ranges.pop(batch, None)
+                self._conn._waiters.pop(self._waiter.final_xid, None)
+
+
+def _message_at(chunks: Sequence[Chunk], xid: int) -> Any:
+    """The message with ``xid``, parsed back from the chunk that carried it."""
+    for chunk in chunks:
+        if chunk.first_xid <= xid < chunk.first_xid + chunk.messages:
+            offset = 0
+            for _ in range(xid - chunk.first_xid):
+                offset += HEADER.unpack_from(chunk.data, offset)[2]
+            version, msg_type, length, msg_xid = HEADER.unpack_from(chunk.data, offset)
+            return ofproto_parser.msg(Of13Datapath(), version, msg_type, length, msg_xid,
+                                      chunk.data[offset:offset + length])
+    raise OpenFlowError(f"the switch named xid {xid}, which the batch did not send")
 
 
 def _read_message(sock: socket.socket) -> bytes:

@@ -12,14 +12,17 @@ logical object can be found with a cookie mask.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from hwflow.backends.ovs import native
+from hwflow.backends.ovs.native import DATAPATH
 from hwflow.pipeline import ir
 
 HWFLOW_MARK = 0x4857  # "HW"
@@ -71,17 +74,6 @@ _PREREQUISITES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
 }
 # An instruction type's rank: OpenFlow runs instructions in this order whatever the listing order.
 _INSTRUCTION_ORDER = {ofp.OFPIT_APPLY_ACTIONS: 0, ofp.OFPIT_WRITE_METADATA: 1, ofp.OFPIT_GOTO_TABLE: 2}
-
-
-class Of13Datapath:
-    """What os-ken message classes need from a datapath to serialize and parse: the protocol modules."""
-
-    ofproto = ofp
-    ofproto_parser = parser
-    id = None
-
-
-DATAPATH = Of13Datapath()
 
 
 class TranslationError(ValueError):
@@ -155,7 +147,8 @@ def _check_prerequisites(flow: ir.Flow, oxm: str, what: str) -> None:
         _check_prerequisites(flow, name, "the prerequisite")
 
 
-def _match_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) -> tuple[str, Any] | None:
+def _oxm_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) -> tuple[str, int, int] | None:
+    """(OXM field, value, mask) as integers, the mask full for an exact match; None for a match-all term."""
     if term.mask == 0:
         return None  # matches everything: OpenFlow has no term for it
     if term.field == "ip_ttl":
@@ -169,33 +162,62 @@ def _match_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) ->
     if term.field == "in_port":
         if value not in ports:
             raise UnboundPort(value, flow)
-        return oxm, ports[value]
+        return oxm, ports[value], _full_mask(oxm)
     if term.field == "vlan_vid":
         value, mask = value | ofp.OFPVID_PRESENT, mask | ofp.OFPVID_PRESENT
-    if mask == (1 << _OXM_BITS[oxm]) - 1:
-        return oxm, to_user(oxm, value)
-    return oxm, (to_user(oxm, value), to_user(oxm, mask))
+    return oxm, value, mask
+
+
+def _full_mask(oxm: str) -> int:
+    return (1 << _OXM_BITS[oxm]) - 1
+
+
+def oxm_terms(flow: ir.Flow, ports: Mapping[int, int]) -> list[tuple[str, int, int]]:
+    """The flow's match as OXM terms; raises UnboundPort / TranslationError like :func:`to_flow_mod`."""
+    return [t for t in (_oxm_term(flow, term, ports) for term in flow.match.fields) if t is not None]
 
 
 def to_match(flow: ir.Flow, ports: Mapping[int, int]) -> parser.OFPMatch:
-    terms = (_match_term(flow, term, ports) for term in flow.match.fields)
-    return parser.OFPMatch(**dict(t for t in terms if t is not None))
+    return parser.OFPMatch(**{oxm: to_user(oxm, value) if mask == _full_mask(oxm) else (
+        to_user(oxm, value), to_user(oxm, mask)) for oxm, value, mask in oxm_terms(flow, ports)})
 
 
-def _set_field(flow: ir.Flow, action: ir.SetField) -> parser.OFPAction:
+@dataclasses.dataclass(frozen=True)
+class ActionPlan:
+    """An IR action list in OpenFlow terms: apply-actions, then write-metadata, then goto.
+
+    ``actions`` holds ("output", ofport), ("set_field", oxm, value) and ("set_nw_ttl", ttl), which is
+    also their canonical key (see :func:`instructions_key`).
+    """
+
+    actions: tuple[tuple[Any, ...], ...]
+    metadata: int | None
+    goto: int | None
+
+    @property
+    def key(self) -> InstructionsKey:
+        parts: list[tuple[Any, ...]] = [("apply", self.actions)] if self.actions else []
+        if self.metadata is not None:
+            parts.append(("write_metadata", self.metadata, ALL_ONES_64))
+        if self.goto is not None:
+            parts.append(("goto", self.goto))
+        return tuple(parts)
+
+
+def _set_field(flow: ir.Flow, action: ir.SetField) -> tuple[Any, ...]:
     if action.field == "ip_ttl":
-        return parser.OFPActionSetNwTtl(action.value)
+        return ("set_nw_ttl", action.value)
     if action.field == "in_port":
         raise TranslationError(flow, "in_port cannot be rewritten")
     oxm = oxm_name(action.field, flow.match)
     _check_prerequisites(flow, oxm, "set_field on")
     value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
-    return parser.OFPActionSetField(**{oxm: to_user(oxm, value)})
+    return ("set_field", oxm, value)
 
 
-def to_instructions(flow: ir.Flow, ports: Mapping[int, int]) -> list[parser.OFPInstruction]:
-    """Apply-actions, then write-metadata, then goto: the order OpenFlow runs them and OVS dumps them."""
-    actions: list[parser.OFPAction] = []
+def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
+    """The order OpenFlow runs instructions and OVS dumps them; Drop ends the list."""
+    actions: list[tuple[Any, ...]] = []
     metadata: int | None = None
     goto: int | None = None
     for action in flow.actions:
@@ -206,36 +228,248 @@ def to_instructions(flow: ir.Flow, ports: Mapping[int, int]) -> list[parser.OFPI
         if isinstance(action, ir.Output):
             if action.port not in ports:
                 raise UnboundPort(action.port, flow)
-            actions.append(parser.OFPActionOutput(ports[action.port], 0))
+            actions.append(("output", ports[action.port]))
         elif isinstance(action, ir.GotoTable):
             if action.table <= flow.table:
                 raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
             goto = action.table
+        elif not isinstance(action, ir.SetField):
+            raise TranslationError(flow, f"{type(action).__name__} has no OpenFlow translation yet")
         elif action.field == "metadata":
             metadata = action.value
         else:
             actions.append(_set_field(flow, action))
+    return ActionPlan(tuple(actions), metadata, goto)
+
+
+def _osken_action(action: tuple[Any, ...]) -> parser.OFPAction:
+    if action[0] == "output":
+        return parser.OFPActionOutput(action[1], 0)
+    if action[0] == "set_nw_ttl":
+        return parser.OFPActionSetNwTtl(action[1])
+    return parser.OFPActionSetField(**{action[1]: to_user(action[1], action[2])})
+
+
+def to_instructions(flow: ir.Flow, ports: Mapping[int, int]) -> list[parser.OFPInstruction]:
+    plan = plan_actions(flow, ports)
     instructions: list[parser.OFPInstruction] = []
-    if actions:
-        instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
-    if metadata is not None:
-        instructions.append(parser.OFPInstructionWriteMetadata(metadata, ALL_ONES_64))
-    if goto is not None:
-        instructions.append(parser.OFPInstructionGotoTable(goto))
+    if plan.actions:
+        instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
+                                                         [_osken_action(a) for a in plan.actions]))
+    if plan.metadata is not None:
+        instructions.append(parser.OFPInstructionWriteMetadata(plan.metadata, ALL_ONES_64))
+    if plan.goto is not None:
+        instructions.append(parser.OFPInstructionGotoTable(plan.goto))
     return instructions
 
 
-def to_flow_mod(flow: ir.Flow, ports: Mapping[int, int], command: int = ofp.OFPFC_ADD) -> parser.OFPFlowMod:
-    """Raises UnboundPort if a port is missing from ``ports``, TranslationError if OpenFlow cannot say it."""
+def _check_table_and_priority(flow: ir.Flow) -> None:
     if not 0 <= flow.table < ofp.OFPTT_MAX:
         raise TranslationError(flow, f"table {flow.table} is outside OpenFlow's 0..{ofp.OFPTT_MAX - 1}")
     if not 0 <= flow.priority <= 0xFFFF:
         raise TranslationError(flow, f"priority {flow.priority} is outside OpenFlow's 0..65535")
+
+
+def to_flow_mod(flow: ir.Flow, ports: Mapping[int, int], command: int = ofp.OFPFC_ADD) -> parser.OFPFlowMod:
+    """Raises UnboundPort if a port is missing from ``ports``, TranslationError if OpenFlow cannot say it."""
+    _check_table_and_priority(flow)
     return parser.OFPFlowMod(
         DATAPATH, cookie=owner_cookie(flow.owner), table_id=flow.table, command=command,
         priority=flow.priority, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY, match=to_match(flow, ports), instructions=to_instructions(flow, ports),
     )
+
+
+# --- IR -> program words for the batch encoder --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Compiled:
+    """One IR flow ready for the batch encoder, with the keys the backend diffs it by."""
+
+    key: FlowKey
+    instructions: InstructionsKey
+    cookie: int
+    body: list[int]  # program words of the match and instructions (no flow_mod header, no final CLOSE)
+    source: ir.Flow
+
+
+# Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
+_SHAPE_VALUES = frozenset({"eth_type", "ip_proto"})
+_PLAIN, _IN_PORT, _VLAN = 0, 1, 2
+Shape = tuple[tuple[str, int, int], ...]
+
+
+class _Step(NamedTuple):
+    """One OXM term of a match shape: where its value comes from and how it is written (a tuple: the
+    per-flow loop unpacks it)."""
+
+    index: int  # position in ir.Match.fields
+    transform: int  # _PLAIN, _IN_PORT (logical port -> ofport) or _VLAN (| OFPVID_PRESENT)
+    oxm: str
+    template: int
+    wide: bool  # value over 64 bits: two words
+    mask: int  # OXM mask (full for exact)
+    mask_words: tuple[int, ...]  # () for an exact term
+
+
+class FlowCompiler:
+    """IR flows -> the compact program the native encoder turns into flow_mods, without os-ken objects.
+
+    Produces the bytes :func:`to_flow_mod` would serialize and the keys :func:`flow_key` and
+    :func:`instructions_key` would compute (tests/unit/test_ovs_translate.py checks both), at a fraction
+    of the cost: what depends only on a match's *shape* (its fields, masks, eth_type and ip_proto) --
+    validation, OXM names, templates, term order -- is worked out once per shape and cached.
+    """
+
+    def __init__(self, catalog: native.Catalog) -> None:
+        self.catalog = catalog
+        index = catalog.index
+        self._fields = catalog.fields
+        self._ids = {name: index[name] for name in ("flow_mod", "match", "apply_actions", "output", "set_nw_ttl",
+                                                      "write_metadata", "goto_table")}
+        self._cookies: dict[str, int] = {}
+        self._shapes: dict[Shape, tuple[tuple[_Step, ...], tuple[int, ...]]] = {}
+        self._set_fields: dict[tuple[Shape, str], tuple[str, int, bool]] = {}
+
+    def cookie(self, owner: str) -> int:
+        cookie = self._cookies.get(owner)
+        if cookie is None:
+            cookie = self._cookies[owner] = owner_cookie(owner)
+        return cookie
+
+    def _step(self, index: int, oxm: str, transform: int, mask: int) -> _Step:
+        field = self.catalog.field(oxm)
+        wide = field.width > 8
+        exact = mask == _full_mask(oxm)
+        name = f"oxm:{oxm}" if exact else f"oxm:{oxm}/masked"
+        mask_words = () if exact else (mask >> 64, mask & native.CLOSE) if wide else (mask,)
+        return _Step(index, transform, oxm, self.catalog.index[name], wide, mask, mask_words)
+
+    def _recipe(self, flow: ir.Flow, shape: Shape) -> tuple[tuple[_Step, ...], tuple[int, ...]]:
+        """Validates the shape as :func:`oxm_terms` does; returns its steps in os-ken order and the key order."""
+        steps = []
+        for i, term in enumerate(flow.match.fields):
+            if term.mask == 0:
+                continue
+            if term.field == "in_port":
+                _oxm_term(flow, term, {term.value: 0})  # validation only: the ofport is looked up per flow
+                steps.append(self._step(i, "in_port", _IN_PORT, _full_mask("in_port")))
+                continue
+            oxm, _, mask = _oxm_term(flow, term, {})
+            steps.append(self._step(i, oxm, _VLAN if term.field == "vlan_vid" else _PLAIN, mask))
+        steps.sort(key=lambda step: self._fields[step.oxm].rank)
+        key_order = tuple(sorted(range(len(steps)), key=lambda i: steps[i].oxm))
+        recipe = self._shapes[shape] = (tuple(steps), key_order)
+        return recipe
+
+    def _match(self, flow: ir.Flow, ports: Mapping[int, int]) -> tuple[Shape, list[int], MatchKey]:
+        fields = flow.match.fields
+        shape = tuple([(f.field, f.mask, f.value if f.field in _SHAPE_VALUES else 0) for f in fields])
+        recipe = self._shapes.get(shape) or self._recipe(flow, shape)
+        steps, key_order = recipe
+        words = [self._ids["match"]]
+        terms = []
+        for index, transform, oxm, template, wide, mask, mask_words in steps:
+            value = fields[index].value
+            if transform == _IN_PORT:
+                ofport = ports.get(value)
+                if ofport is None:
+                    raise UnboundPort(value, flow)
+                value = ofport
+            elif transform == _VLAN:
+                value |= ofp.OFPVID_PRESENT
+            terms.append((oxm, value, mask))
+            if wide:
+                words += (template, value >> 64, value & native.CLOSE, *mask_words)
+            else:
+                words += (template, value, *mask_words)
+        words.append(native.CLOSE)
+        key = tuple([terms[i] for i in key_order])
+        return shape, words, key
+
+    def _set_field(self, flow: ir.Flow, shape: Shape, action: ir.SetField) -> tuple[str, int, bool]:
+        """(oxm or "set_nw_ttl", template, wide) for a SetField in a match of this shape, validated once."""
+        cached = self._set_fields.get((shape, action.field))
+        if cached is None:
+            kind = _set_field(flow, action)
+            if kind[0] == "set_nw_ttl":
+                cached = ("set_nw_ttl", self._ids["set_nw_ttl"], False)
+            else:
+                field = self.catalog.field(kind[1])
+                cached = (kind[1], self.catalog.index[f"set_field:{kind[1]}"], field.width > 8)
+            self._set_fields[(shape, action.field)] = cached
+        return cached
+
+    def _instructions(self, flow: ir.Flow, shape: Shape, ports: Mapping[int, int]
+                      ) -> tuple[list[int], InstructionsKey]:
+        """Same rules and errors as :func:`plan_actions`, straight to words and key."""
+        ids = self._ids
+        words: list[int] = []
+        keys: list[tuple[Any, ...]] = []
+        metadata: int | None = None
+        goto: int | None = None
+        for action in flow.actions:
+            kind = action.__class__
+            if kind is ir.Drop:
+                break
+            if goto is not None:
+                raise TranslationError(flow, "actions after GotoTable have no OpenFlow equivalent")
+            if kind is ir.Output:
+                ofport = ports.get(action.port)
+                if ofport is None:
+                    raise UnboundPort(action.port, flow)
+                words += (ids["output"], ofport, 0)
+                keys.append(("output", ofport))
+            elif kind is ir.GotoTable:
+                if action.table <= flow.table:
+                    raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
+                goto = action.table
+            elif kind is not ir.SetField:
+                raise TranslationError(flow, f"{kind.__name__} has no OpenFlow translation yet")
+            elif action.field == "metadata":
+                metadata = action.value
+            else:
+                oxm, template, wide = self._set_field(flow, shape, action)
+                value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
+                words += (template, value >> 64, value & native.CLOSE) if wide else (template, value)
+                keys.append(("set_nw_ttl", value) if oxm == "set_nw_ttl" else ("set_field", oxm, value))
+        key = ActionPlan(tuple(keys), metadata, goto).key
+        if words:
+            words = [ids["apply_actions"], *words, native.CLOSE]
+        if metadata is not None:
+            words += (ids["write_metadata"], metadata, ALL_ONES_64)
+        if goto is not None:
+            words += (ids["goto_table"], goto)
+        return words, key
+
+    def compile(self, flow: ir.Flow, ports: Mapping[int, int]) -> Compiled:
+        """Raises UnboundPort / TranslationError as :func:`to_flow_mod` does."""
+        if not 0 <= flow.table < ofp.OFPTT_MAX or not 0 <= flow.priority <= 0xFFFF:
+            _check_table_and_priority(flow)
+        shape, words, match_key = self._match(flow, ports)
+        instructions, instructions_key = self._instructions(flow, shape, ports)
+        words += instructions
+        return Compiled((flow.table, flow.priority, match_key), instructions_key, self.cookie(flow.owner), words,
+                        flow)
+
+    def flow_mod(self, table: int, priority: int, cookie: int, cookie_mask: int, command: int,
+                 body: Sequence[int]) -> list[int]:
+        """A whole flow_mod's program words."""
+        return [self._ids["flow_mod"], cookie, cookie_mask, table, command, 0, 0, priority, ofp.OFP_NO_BUFFER,
+                ofp.OFPP_ANY, ofp.OFPG_ANY, 0, *body, native.CLOSE]
+
+    def key_body(self, key: FlowKey) -> list[int]:
+        """Program words of a bare match rebuilt from a canonical key (for deleting an installed flow)."""
+        steps = [(self._step(0, oxm, _PLAIN, mask), value) for oxm, value, mask in key[2]]
+        words = [self._ids["match"]]
+        for step, value in sorted(steps, key=lambda s: self._fields[s[0].oxm].rank):
+            if step.wide:
+                words += (step.template, value >> 64, value & native.CLOSE, *step.mask_words)
+            else:
+                words += (step.template, value, *step.mask_words)
+        words.append(native.CLOSE)
+        return words
 
 
 # --- canonical forms ------------------------------------------------------------------
