@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -209,3 +215,61 @@ def test_probe_of_an_unreachable_sim_names_the_device(tmp_path):
 def test_a_recorded_tree_never_probes_the_host_kernel():
     with pytest.raises(main.CliError, match="enp3s0f0npf0vf0 cannot be probed: its facts come from a recorded sysfs"):
         run("--sysfs-root", str(HOST), "--device", "enp3s0f0npf0vf0", "--probe")
+
+
+OOT_PACKAGE = Path(__file__).parent / "fixtures" / "oot_driver"
+
+
+def hwflow_capabilities(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hwflow.cli.main", "capabilities", *argv], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """A PEP 427 wheel of the fixture package, from its pyproject.toml.
+
+    Built by hand because the test machines have no network and no ``wheel``
+    package, which setuptools' PEP 517 backend needs; pip installs the result.
+    """
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    dist = f"{project['name'].replace('-', '_')}-{project['version']}"
+    entry_points = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items())
+                           for group, points in project["entry-points"].items())
+    files = {str(p.relative_to(source)): p.read_bytes() for p in sorted(source.rglob("*.py"))}
+    files[f"{dist}.dist-info/METADATA"] = (f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                           f"Version: {project['version']}\n").encode()
+    files[f"{dist}.dist-info/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: hwflow-test\nRoot-Is-Purelib: true\n"
+                                        b"Tag: py3-none-any\n")
+    files[f"{dist}.dist-info/entry_points.txt"] = entry_points.encode()
+    record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for name, data in files.items())
+    files[f"{dist}.dist-info/RECORD"] = (record + f"{dist}.dist-info/RECORD,,\n").encode()
+    wheel = out / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel
+
+
+def test_an_out_of_tree_driver_package_is_picked_up_by_its_entry_point_alone(tmp_path):
+    """A separately packaged driver, installed into its own directory, works without touching hwflow."""
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                          "--target", str(site), str(build_wheel(OOT_PACKAGE, tmp_path))],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert pip.returncode == 0, pip.stderr
+    config = tmp_path / "hwflow.conf"
+    config.write_text("[nic]\ndrivers = acme,generic\n")
+    argv = ("--sysfs-root", str(HOST), "--config-file", str(config), "--format", "json")
+
+    without = hwflow_capabilities({**os.environ}, *argv)
+    assert without.returncode == 1
+    assert "unknown NIC driver(s) acme; installed (hwflow.nic_drivers)" in without.stderr
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = hwflow_capabilities(env, *argv)
+    assert done.returncode == 0, done.stderr
+    devices = {d["name"]: d for d in json.loads(done.stdout)["devices"]}
+    assert devices["eth0"]["nic_driver"] == "acme"
+    assert devices["eth0"]["reason"] == "acme: eth0 is an Acme virtio port; Acme NICs offload nothing"
+    assert devices["veth0"]["nic_driver"] == "generic"  # the next driver still gets what acme declines
