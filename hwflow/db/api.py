@@ -33,7 +33,7 @@ from hwflow.model.errors import (
     NotFound,
     ValidationError,
 )
-from hwflow.model.objects import KINDS, MAX_UNIQUE_KEY, Chassis, NbObject, from_dict, kind_class
+from hwflow.model.objects import KINDS, MAX_UNIQUE_KEY, Chassis, NbObject, Related, Subnet, from_dict, kind_class
 
 LOG = logging.getLogger(__name__)
 
@@ -76,14 +76,25 @@ def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
 
 def _unique_keys(obj: NbObject) -> dict[str, str]:
     """Index key -> what to tell a user who collides with it."""
-    return {f"{obj.kind}/{name}/{value}": f"{name} {value}" for name, value in obj.unique_values()}
+    scope = obj.unique_scope or obj.kind
+    return {f"{scope}/{name}/{value}": f"{name} {value}" for name, value in obj.unique_values()}
 
 
-def _referrers(kind: str) -> list[tuple[type[NbObject], str]]:
-    """(kind class, field) pairs whose field points at objects of ``kind``."""
-    return [
-        (cls, field) for cls in KINDS.values() for field, target in cls.references.items() if target == kind
-    ]
+def _holder(obj: NbObject) -> bytes:
+    """What a unique index record holds: who took the value, for the message of whoever collides."""
+    return f"{obj.kind} {obj.id}".encode()
+
+
+def _referrer_kinds(kind: str) -> set[str]:
+    """Kinds whose objects can depend on objects of ``kind`` (a port on a subnet through its IPs, too)."""
+    kinds = {cls.kind for cls in KINDS.values() if kind in cls.references.values()}
+    if kind == Subnet.kind:
+        kinds |= {cls.kind for cls in KINDS.values() if cls.subnets_of}
+    return kinds
+
+
+def _changed(new: NbObject, old: NbObject, fields: Iterable[str]) -> list[str]:
+    return [f for f in fields if getattr(new, f) != getattr(old, f)]
 
 
 class NbApi:
@@ -193,17 +204,29 @@ class NbApi:
 
     # Writes
 
-    def _reference_compares(self, obj: NbObject) -> list[Compare]:
-        compares = []
-        for field, target in obj.references.items():
-            value = getattr(obj, field)
-            rec = self.driver.get(target, value)
+    def _relations(self, obj: NbObject) -> tuple[list[Compare], Related]:
+        """Read what ``obj`` points at (and the subnets it needs), failing on a missing reference.
+
+        The compares make the write fail if any of it changes before it lands.
+        """
+        compares, related = [], Related()
+        for field, kind, ident in obj.refs():
+            rec = self.driver.get(kind, ident)
             if rec is None:
                 raise BrokenReference(
-                    f"{obj.label()}: {field} {value!r} names no existing {target}; create the {target} first"
+                    f"{obj.label()}: {field} {ident!r} names no existing {kind}; create the {kind} first"
                 )
-            compares.append(Compare(target, value, rec.mod_revision))
-        return compares
+            if (kind, ident) not in related.objects:
+                related.objects[kind, ident] = decode(rec.table, rec.key, rec.value, rec.mod_revision)
+                compares.append(Compare(kind, ident, rec.mod_revision))
+        network = getattr(obj, obj.subnets_of) if obj.subnets_of else ""
+        if network:
+            related.subnets = [s for s in self.list(Subnet) if isinstance(s, Subnet) and s.network_id == network]
+            counter = self.driver.get(COUNTER_TABLE, Subnet.kind)
+            if obj.kind != Subnet.kind:  # a subnet's own create compares this counter already
+                compares.append(Compare(COUNTER_TABLE, Subnet.kind, counter.mod_revision if counter else 0))
+        obj.check_relations(related)
+        return compares, related
 
     def _raise_if_taken(self, exc: Conflict, obj: NbObject, unique: dict[str, str]) -> None:
         """Turn a lost claim on a unique value into a clear error; return if worth a retry."""
@@ -212,7 +235,7 @@ class NbApi:
         holder = self.driver.get(UNIQUE_TABLE, exc.key)
         if holder is not None:
             raise ValidationError(
-                f"{obj.label()}: {unique[exc.key]} is already used by {obj.kind} "
+                f"{obj.label()}: {unique[exc.key]} is already used by "
                 f"{holder.value.decode(errors='replace')}; choose another"
             )
 
@@ -220,22 +243,23 @@ class NbApi:
         """Store a new object; returns a copy with its id, unique_key and revision set."""
         new = dataclasses.replace(obj, id=obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
         new.validate()
-        unique = _unique_keys(new)
         for _ in range(MAX_ATTEMPTS):
             counter = self.driver.get(COUNTER_TABLE, new.kind)
             new.unique_key = (int(counter.value) if counter else 0) + 1
             if new.unique_key > MAX_UNIQUE_KEY:
                 raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
+            relation_compares, _ = self._relations(new)
+            unique = _unique_keys(new)
             compares = [
                 Compare(new.kind, new.id, 0),
                 Compare(COUNTER_TABLE, new.kind, counter.mod_revision if counter else 0),
-                *self._reference_compares(new),
+                *relation_compares,
                 *(Compare(UNIQUE_TABLE, key, 0) for key in unique),
             ]
             ops: list[Op] = [
                 Put(COUNTER_TABLE, new.kind, str(new.unique_key).encode()),
                 Put(new.kind, new.id, encode(new)),
-                *(Put(UNIQUE_TABLE, key, new.id.encode()) for key in unique),
+                *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique),
             ]
             try:
                 new.revision = self.driver.txn(compares, ops)
@@ -252,32 +276,39 @@ class NbApi:
         """Replace a stored object if it is still at ``if_revision`` (default: ``obj.revision``).
 
         An object never read (revision 0) and no ``if_revision`` overwrites
-        whatever is stored. The unique_key is kept; references cannot change.
+        whatever is stored. The unique_key is kept; immutable fields cannot
+        change. An update that could add a dependency (a new reference, a
+        port's new IP) also moves its kind's counter, so a delete racing
+        with it retries and sees the dependency instead of leaving it dangling.
         """
         expected = if_revision if if_revision is not None else (obj.revision or None)
         new = dataclasses.replace(obj, revision=0)
         new.validate()
-        unique = _unique_keys(new)
         for _ in range(MAX_ATTEMPTS):
             stored = self.get(new.kind, new.id)
             new.unique_key = stored.unique_key
-            for field in new.references:
-                if getattr(new, field) != getattr(stored, field):
-                    raise ValidationError(
-                        f"{new.label()}: {field} cannot change (it is {getattr(stored, field)!r}); "
-                        f"delete the {new.kind} and create it again"
-                    )
-            old_unique = _unique_keys(stored)
+            for field in _changed(new, stored, new.immutable):
+                raise ValidationError(
+                    f"{new.label()}: {field} cannot change (it is {getattr(stored, field)!r}); "
+                    f"delete the {new.kind} and create it again"
+                )
+            relation_compares, _ = self._relations(new)
+            unique, old_unique = _unique_keys(new), _unique_keys(stored)
             compares = [
                 Compare(new.kind, new.id, stored.revision if expected is None else expected),
-                *self._reference_compares(new),
+                *relation_compares,
                 *(Compare(UNIQUE_TABLE, key, 0) for key in unique if key not in old_unique),
             ]
             ops: list[Op] = [
                 Put(new.kind, new.id, encode(new)),
-                *(Put(UNIQUE_TABLE, key, new.id.encode()) for key in unique if key not in old_unique),
+                *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique if key not in old_unique),
                 *(Delete(UNIQUE_TABLE, key) for key in old_unique if key not in unique),
             ]
+            if _changed(new, stored, [*new.references, *new.related_fields]):
+                counter = self.driver.get(COUNTER_TABLE, new.kind)
+                if counter is not None:
+                    compares.append(Compare(COUNTER_TABLE, new.kind, counter.mod_revision))
+                    ops.append(Put(COUNTER_TABLE, new.kind, counter.value))
             try:
                 new.revision = self.driver.txn(compares, ops)
                 return new
@@ -303,9 +334,12 @@ class NbApi:
     def delete(
         self, kind: Kind, id: str, if_revision: int | None = None, cascade: bool = False
     ) -> list[NbObject]:
-        """Remove an object, and with ``cascade`` everything that points at it, in one transaction.
+        """Remove an object, and with ``cascade`` everything it owns, in one transaction.
 
-        Returns what was removed, the named object first.
+        Returns what was removed, the named object first. Objects that merely
+        use a removed one (a port in a security group, a floating IP on a
+        port) always block the delete: cascading into them would delete far
+        more than asked.
         """
         cls = kind_class(kind)
         for _ in range(MAX_ATTEMPTS):
@@ -317,17 +351,22 @@ class NbApi:
                 raise NotFound(f"no {cls.kind} with id {id!r}")
             if if_revision is not None and target.revision != if_revision:
                 raise Conflict(cls.kind, id, if_revision, target.revision)
-            dependents = self._dependents(target, objs.values())
-            if dependents and not cascade:
-                names = ", ".join(d.label() for d in dependents[:5])
-                more = f" and {len(dependents) - 5} more" if len(dependents) > 5 else ""
+            owned = self._owned(target, objs.values())
+            if owned and not cascade:
                 raise BrokenReference(
-                    f"{target.label()} is still used by {names}{more}; delete those first, "
+                    f"{target.label()} is still used by {_some(owned)}; delete those first, "
                     "or delete with cascade (--cascade)"
                 )
-            removed = [target, *dependents]
+            removed = [target, *owned]
+            users = [o for o in objs.values() if o not in removed and any(o.uses(r) for r in removed)]
+            if users:
+                raise BrokenReference(
+                    f"{target.label()} is still used by {_some(users)}; remove those references first "
+                    f"(--cascade only deletes what the {target.kind} owns)"
+                )
             compares = [Compare(o.kind, o.id, o.revision) for o in removed]
-            compares += [Compare(COUNTER_TABLE, k, counters.get(k, 0)) for k in self._referrer_kinds(removed)]
+            compares += [Compare(COUNTER_TABLE, k, counters.get(k, 0))
+                         for k in {k for o in removed for k in _referrer_kinds(o.kind)}]
             ops: list[Op] = [Delete(o.kind, o.id) for o in removed]
             ops += [Delete(UNIQUE_TABLE, key) for o in removed for key in _unique_keys(o)]
             try:
@@ -339,22 +378,19 @@ class NbApi:
         raise DatabaseUnavailable(f"{cls.kind} {id}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
 
     @staticmethod
-    def _referrer_kinds(removed: Iterable[NbObject]) -> set[str]:
-        """Kinds whose new objects could point at a removed one (their counter moves on create)."""
-        return {cls.kind for obj in removed for cls, _ in _referrers(obj.kind)}
-
-    @staticmethod
-    def _dependents(target: NbObject, objs: Iterable[NbObject]) -> list[NbObject]:
-        """Everything that points at ``target``, directly or through another dependent."""
+    def _owned(target: NbObject, objs: Iterable[NbObject]) -> list[NbObject]:
+        """Everything ``target`` owns, directly or through another owned object."""
         objs = list(objs)
         found: list[NbObject] = []
         pending = [target]
         while pending:
             parent = pending.pop()
-            children = [
-                o for cls, field in _referrers(parent.kind) for o in objs
-                if o.kind == cls.kind and getattr(o, field) == parent.id and o not in found
-            ]
+            children = [o for o in objs if o.owned_by(parent) and o not in found and o is not target]
             found += children
             pending += children
         return found
+
+
+def _some(objs: list[NbObject]) -> str:
+    names = ", ".join(o.label() for o in objs[:5])
+    return names + (f" and {len(objs) - 5} more" if len(objs) > 5 else "")

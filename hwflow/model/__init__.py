@@ -10,7 +10,22 @@ from hwflow.model.errors import (
     NotFound,
     ValidationError,
 )
-from hwflow.model.objects import KINDS, Chassis, NbObject, Network, Port, from_dict, kind_class
+from hwflow.model.objects import (
+    KINDS,
+    Chassis,
+    FloatingIP,
+    NbObject,
+    Network,
+    Port,
+    Related,
+    Router,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+    from_dict,
+    kind_class,
+)
 
 __all__ = [
     "KINDS",
@@ -20,11 +35,18 @@ __all__ = [
     "Compacted",
     "Conflict",
     "DatabaseUnavailable",
+    "FloatingIP",
     "HwflowError",
     "NbObject",
     "Network",
     "NotFound",
     "Port",
+    "Related",
+    "Router",
+    "RouterPort",
+    "SecurityGroup",
+    "SecurityGroupRule",
+    "Subnet",
     "ValidationError",
     "from_dict",
     "kind_class",

@@ -9,7 +9,20 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from hwflow.model import KINDS, Chassis, Network, Port, ValidationError, from_dict, kind_class
+from hwflow.model import (
+    KINDS,
+    Chassis,
+    FloatingIP,
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    SecurityGroupRule,
+    Subnet,
+    ValidationError,
+    from_dict,
+    kind_class,
+)
 from hwflow.model.objects import MAX_VNI
 
 octet = st.integers(0, 255)
@@ -189,7 +202,192 @@ def test_from_dict_fills_missing_fields_with_defaults_and_validates():
 
 
 def test_kind_names_map_to_classes():
-    assert {name: kind_class(name) for name in ("chassis", "network", "port")} == dict(KINDS)
+    assert {name: kind_class(name) for name in KINDS} == dict(KINDS)
+    assert set(KINDS) == {"chassis", "network", "subnet", "port", "router", "router_port", "security_group",
+                          "security_group_rule", "floating_ip"}
     assert kind_class(Port) is Port
-    with pytest.raises(ValidationError, match="unknown kind 'router'; known kinds: chassis, network, port"):
-        kind_class("router")
+    with pytest.raises(ValidationError, match="unknown kind 'switch'; known kinds: chassis, floating_ip, network"):
+        kind_class("switch")
+
+
+# Network types
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"network_type": "vlan", "physical_network": "physnet1", "vlan_id": 0}, "vlan_id"),
+    ({"network_type": "vlan", "physical_network": "physnet1", "vlan_id": 4095}, "vlan_id"),
+    ({"network_type": "vlan", "physical_network": "", "vlan_id": 10}, "physical_network"),
+    ({"network_type": "vlan", "physical_network": "phys net", "vlan_id": 10}, "physical_network"),
+    ({"network_type": "vlan", "physical_network": "physnet1", "vlan_id": 10, "vni": 5}, "vni"),
+    ({"network_type": "flat", "physical_network": "physnet1", "vlan_id": 3}, "vlan_id"),
+    ({"network_type": "geneve", "vni": 0}, "vni"),
+    ({"network_type": "vxlan", "vni": 5, "physical_network": "physnet1"}, "physical_network"),
+    ({"network_type": "gre", "vni": 5}, "network_type"),
+])
+def test_network_type_rules(fields, field):
+    rejected(Network(id="n1", **fields), field)
+
+
+def test_provider_networks_are_unique_per_physical_network():
+    vlan = Network(id="n1", network_type="vlan", physical_network="physnet1", vlan_id=10)
+    flat = Network(id="n2", network_type="flat", physical_network="physnet1")
+    geneve = Network(id="n3", network_type="geneve", vni=7)
+    for net in (vlan, flat, geneve):
+        net.validate()
+    assert vlan.unique_values() == [("vlan", "10 on physical network physnet1")]
+    assert flat.unique_values() == [("flat network", "on physical network physnet1")]
+    assert geneve.unique_values() == [("vni", "7")]
+
+
+# Subnets
+
+
+prefixes = st.one_of(
+    st.builds(ipaddress.IPv4Network, st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 30)), st.just(False)),
+    st.builds(ipaddress.IPv6Network, st.tuples(st.integers(0, 2**128 - 1), st.integers(16, 126)), st.just(False)),
+)
+
+
+def subnet(**fields) -> Subnet:
+    return Subnet(**{"id": "s1", "network_id": "n1", "cidr": "10.0.0.0/24", **fields})
+
+
+@given(prefixes)
+def test_any_prefix_is_a_subnet_and_its_hosts_can_be_the_gateway(prefix):
+    gateway = prefix.network_address + 1
+    s = subnet(cidr=str(prefix).upper(), gateway_ip=str(gateway))
+    s.validate()
+    assert s.cidr == str(prefix) and s.gateway_ip == str(gateway)
+
+
+@given(prefixes, st.integers(1, 2**32))
+def test_host_bits_and_outside_gateways_are_rejected(prefix, offset):
+    host = prefix.network_address + offset % prefix.num_addresses
+    assume(host != prefix.network_address)
+    assert "host bits" in rejected(subnet(cidr=f"{host}/{prefix.prefixlen}"), "cidr")
+    outside = prefix.broadcast_address + 1 if int(prefix.broadcast_address) < 2**prefix.max_prefixlen - 1 else None
+    assume(outside is not None)
+    assert "must lie in" in rejected(subnet(cidr=str(prefix), gateway_ip=str(outside)), "gateway_ip")
+
+
+def test_subnet_rules():
+    rejected(subnet(cidr="10.0.0.0/33"), "cidr")
+    rejected(subnet(cidr="10.0.0.0/31"), "cidr")
+    rejected(subnet(gateway_ip="10.0.0.255"), "gateway_ip")  # broadcast
+    rejected(subnet(gateway_ip="10.0.0.0"), "gateway_ip")
+    rejected(subnet(dns_nameservers=["8.8.8.x"]), "dns_nameservers")
+    rejected(subnet(host_routes=[{"destination": "0.0.0.0/0"}]), "host_routes")
+    rejected(subnet(host_routes=[{"destination": "192.168.0.0/16", "nexthop": "10.1.0.1"}]), "host_routes")
+    rejected(subnet(host_routes=[{"destination": "2001:db8::/32", "nexthop": "10.0.0.1"}]), "host_routes")
+    rejected(subnet(host_routes=[{"destination": "10.9.0.1/16", "nexthop": "10.0.0.1"}]), "host_routes")
+    rejected(subnet(allocation_pools=[{"start": "10.0.0.9", "end": "10.0.0.2"}]), "allocation_pools")
+    rejected(subnet(allocation_pools=[{"start": "10.0.0.2", "end": "10.0.1.2"}]), "allocation_pools")
+    rejected(subnet(gateway_ip="10.0.0.5", allocation_pools=[{"start": "10.0.0.2", "end": "10.0.0.9"}]),
+             "allocation_pools")
+    overlapping = [{"start": "10.0.0.2", "end": "10.0.0.9"}, {"start": "10.0.0.9", "end": "10.0.0.20"}]
+    assert "overlap" in rejected(subnet(allocation_pools=overlapping), "allocation_pools")
+    rejected(subnet(host_routes=[{"destination": 5, "nexthop": "10.0.0.1"}]), "host_routes")
+    ok = subnet(gateway_ip="10.0.0.1", dns_nameservers=["2001:DB8::53"],
+                host_routes=[{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}],
+                allocation_pools=[{"start": "10.0.0.100", "end": "10.0.0.200"},
+                                  {"start": "10.0.0.2", "end": "10.0.0.9"}])
+    ok.validate()
+    assert ok.dns_nameservers == ["2001:db8::53"]
+    assert [p["start"] for p in ok.allocation_pools] == ["10.0.0.2", "10.0.0.100"]
+
+
+# Ports: security
+
+
+def test_port_security_rules():
+    port(security_groups=["sg1"], allowed_address_pairs=[{"ip_address": "10.0.0.0/24"}]).validate()
+    p = port(allowed_address_pairs=[{"ip_address": "10.0.0.7", "mac_address": "FA:16:3E:00:00:09"}])
+    p.validate()
+    assert p.allowed_address_pairs == [{"ip_address": "10.0.0.7", "mac_address": "fa:16:3e:00:00:09"}]
+    assert port(allowed_address_pairs=[{"ip_address": "10.0.0.7"}]).validate() is None
+    rejected(port(port_security=False, security_groups=["sg1"]), "security_groups")
+    rejected(port(port_security=False, allowed_address_pairs=[{"ip_address": "10.0.0.7"}]), "allowed_address_pairs")
+    rejected(port(allowed_address_pairs=[{"mac_address": "fa:16:3e:00:00:09"}]), "allowed_address_pairs")
+    rejected(port(allowed_address_pairs=[{"ip_address": "10.0.0.7/24"}]), "allowed_address_pairs")
+    rejected(port(security_groups=["sg1", "sg1"]), "security_groups")
+    rejected(port(security_groups=["a/b"]), "security_groups")
+
+
+# Security group rules
+
+
+def rule(**fields) -> SecurityGroupRule:
+    return SecurityGroupRule(**{"id": "r1", "security_group_id": "sg1", **fields})
+
+
+@given(st.integers(1, 65535), st.integers(1, 65535), st.sampled_from(["tcp", "udp", "sctp", "TCP", "6", "17"]))
+def test_port_ranges(a, b, protocol):
+    r = rule(protocol=protocol, port_min=a, port_max=b)
+    if a <= b:
+        r.validate()
+        assert r.protocol in ("tcp", "udp", "sctp")
+    else:
+        rejected(r, "port_max")
+
+
+def test_security_group_rule_rules():
+    assert rule(protocol="58", ethertype="IPv6").validate() is None
+    rejected(rule(direction="in"), "direction")
+    rejected(rule(ethertype="ipv4"), "ethertype")
+    rejected(rule(protocol="256"), "protocol")
+    rejected(rule(protocol="ospf"), "protocol")
+    rejected(rule(protocol="icmp", ethertype="IPv6"), "protocol")
+    rejected(rule(protocol="icmpv6"), "protocol")
+    rejected(rule(protocol="icmp", port_min=1, port_max=2), "port_min")
+    rejected(rule(protocol="tcp", icmp_type=8), "icmp_type")
+    rejected(rule(protocol="icmp", icmp_type=256), "icmp_type")
+    rejected(rule(protocol="icmp", icmp_type=8, icmp_code=-2), "icmp_code")
+    rejected(rule(remote_ip_prefix="10.0.0.0/8", remote_group_id="sg2"), "remote_group_id")
+    rejected(rule(remote_ip_prefix="2001:db8::/32"), "remote_ip_prefix")
+    rejected(rule(remote_ip_prefix="10.0.0.1/8"), "remote_ip_prefix")
+    ok = rule(protocol="1", icmp_type=8, remote_ip_prefix="10.0.0.0/8")
+    ok.validate()
+    assert ok.protocol == "icmp"
+
+
+# Routers and floating IPs
+
+
+def test_router_and_floating_ip_rules():
+    Router(id="r1", gateway_network_id="ext", gateway_ip="203.0.113.1",
+           routes=[{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}]).validate()
+    rejected(Router(id="r1", gateway_ip="203.0.113.1"), "gateway_ip")
+    rejected(Router(id="r1", routes=[{"destination": "192.168.0.0/16", "nexthop": "2001:db8::1"}]), "routes")
+    rejected(Router(id="r1", routes=[{"destination": "192.168.0.0/16"}]), "routes")
+    RouterPort(id="rp", router_id="r1", network_id="n1", subnet_id="s1", mac="fa:16:3e:00:00:01",
+               ip="10.0.0.1").validate()
+    rejected(RouterPort(id="rp", router_id="r1", network_id="n1", subnet_id="", mac="fa:16:3e:00:00:01",
+                        ip="10.0.0.1"), "subnet_id")
+    FloatingIP(id="f", floating_network_id="ext", floating_ip_address="203.0.113.5").validate()
+    rejected(FloatingIP(id="f", floating_network_id="ext", floating_ip_address="2001:db8::5"), "floating_ip_address")
+    rejected(FloatingIP(id="f", floating_network_id="ext", floating_ip_address="203.0.113.5",
+                        fixed_ip_address="10.0.0.5"), "fixed_ip_address")
+
+
+def test_chassis_tunnel_types_and_external_ip():
+    c = Chassis(name="h", tunnel_ip="192.0.2.1", tunnel_types=["vxlan", "geneve", "vxlan"], external_ip="203.0.113.9")
+    c.validate()
+    assert c.tunnel_types == ["geneve", "vxlan"]
+    rejected(Chassis(name="h", tunnel_ip="192.0.2.1", tunnel_types=["gre"]), "tunnel_types")
+    rejected(Chassis(name="h", tunnel_ip="192.0.2.1", tunnel_types=[]), "tunnel_types")
+    rejected(Chassis(name="h", tunnel_ip="192.0.2.1", external_ip="224.0.0.1"), "external_ip")
+
+
+every_kind = st.sampled_from(sorted(KINDS))
+
+
+@given(every_kind, st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text(max_size=8),
+                                                               st.lists(st.integers(), max_size=2)), max_size=4))
+def test_from_dict_never_fails_other_than_by_validation_error(kind, data):
+    """A foreign record of any shape is a ValidationError naming the kind, never another exception."""
+    try:
+        obj = from_dict(kind, {"id": "x1", **data})
+    except ValidationError as exc:
+        assert str(exc).startswith(kind)
+    else:
+        assert obj.kind == kind
