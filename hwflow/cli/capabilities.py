@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from oslo_config import cfg
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, Transport
 from hwflow.cli import output
 from hwflow.cli.common import CliError, common_options
-from hwflow.offload.capabilities import SCHEMA
+from hwflow.offload.capabilities import SCHEMA, Capabilities
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
 from hwflow.offload.probe import ProbeCache, ProbeError, Prober, ProbeReport, age_text, not_probed_claims
 from hwflow_drivers import switchdev
@@ -214,13 +215,25 @@ def probable(report: DeviceReport, live: bool) -> str | None:
     return None
 
 
+def probe_candidates(claimed: Capabilities) -> Capabilities:
+    """What to probe: the driver's claims and everything the generic driver asks about, so that a
+    report shows both claims the device refuses and abilities no driver claimed."""
+    return dataclasses.replace(
+        claimed,
+        match_fields={**PROBE_CANDIDATES.match_fields, **claimed.match_fields},
+        actions=claimed.actions | PROBE_CANDIDATES.actions,
+        max_actions_per_rule=max(claimed.max_actions_per_rule, PROBE_CANDIDATES.max_actions_per_rule),
+        max_chains=None,
+    )
+
+
 def probe_devices(reports: Sequence[DeviceReport], cache: ProbeCache, live: bool) -> list[ProbeReport]:
     """Probe every device of ``reports`` that can be (see :func:`probable`) and cache each report."""
     done = []
     for report in reports:
         if probable(report, live) is not None:
             continue
-        candidates = PROBE_CANDIDATES if report.nic_driver == "generic" else report.capabilities
+        candidates = probe_candidates(report.capabilities)
         try:
             client = TcClient(_transport(report))
         except (ConnectionError, OSError) as exc:
