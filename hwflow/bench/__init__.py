@@ -23,6 +23,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "compile": "compile",
     "openflow": "openflow",
+    "tc-encode": "tc_encode",
 }
 
 Progress = Callable[[str], None]
