@@ -106,6 +106,8 @@ class Eswitch:
         self.name = name
         self.profile = profile
         self._tables: dict[int, dict[Key, _Entry]] = {i: {} for i in ifindexes}
+        # (ifindex, chain, prio) -> that prio's entries: adding a rule looks at its prio only, not the whole table.
+        self._groups: dict[tuple[int, int, int], dict[Key, _Entry]] = {}
         self._sorted: dict[tuple[int, int], list[_Entry]] = {}
         self._clock = clock
         self._log = log
@@ -225,7 +227,7 @@ class Eswitch:
                 raise Refusal(errno.ENOENT, f"simnic {self.name}: prio 0 needs NLM_F_CREATE")
             prios = [k[1] for k in table if k[0] == rule.chain]
             rule = dataclasses.replace(rule, prio=min(prios) - 1 if prios else AUTO_PRIO)
-        group = {k: e for k, e in table.items() if k[:2] == (rule.chain, rule.prio)}
+        group = self._groups.get((rule.ifindex, rule.chain, rule.prio), {})
         if any(e.rule.protocol != rule.protocol for e in group.values()):
             raise Refusal(errno.EINVAL, f"simnic {self.name}: prio {rule.prio} in chain {rule.chain} already "
                           "holds rules of another protocol")
@@ -251,10 +253,10 @@ class Eswitch:
             raise Refusal(errno.ENOSPC, f"simnic {self.name}: rule table full "
                           f"({self.profile.capabilities.max_rules} rules, profile {self.profile.name})")
         now = self._clock()
-        table[key] = _Entry(rule, now, now)
+        replaced = key in table
+        table[key] = self._groups.setdefault((rule.ifindex, rule.chain, rule.prio), {})[key] = _Entry(rule, now, now)
         self._sorted.clear()
-        self._log.info("simnic %s: %s %s", self.name, "replaced" if key in group else "added",
-                       rule.describe())
+        self._log.info("simnic %s: %s %s", self.name, "replaced" if replaced else "added", rule.describe())
         if msg.flags & nl.NLM_F_ECHO:
             return [fl.encode_filter(rule, fl.RTM_NEWTFILTER, msg.flags, msg.seq,
                                      status_flags=fl.TCA_CLS_FLAGS_IN_HW)]
@@ -276,6 +278,10 @@ class Eswitch:
                           f"handle {header.handle} on ifindex {header.ifindex}")
         for key in doomed:
             self._log.info("simnic %s: deleted %s", self.name, table.pop(key).rule.describe())
+            group_key = (header.ifindex, *key[:2])
+            self._groups[group_key].pop(key)
+            if not self._groups[group_key]:
+                del self._groups[group_key]
         self._sorted.clear()
         return []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import errno
 import json
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import native
 from hwflow.backends.tc import netlink as nl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient, TcError
 from hwflow.sim import server
@@ -144,6 +146,30 @@ def test_a_silent_peer_times_out_per_rule(sock_dir: str) -> None:
 def test_missing_socket_says_what_to_do(sock_dir: str) -> None:
     with pytest.raises(ConnectionError, match="is hwflow-simnic running"):
         SimSocketTransport(os.path.join(sock_dir, "nothing"))
+
+
+@pytest.mark.parametrize("use_native", [True, False] if native.NATIVE_AVAILABLE else [False])
+def test_a_batch_goes_out_natively_encoded_with_one_answer_per_rule(client: TcClient, use_native: bool) -> None:
+    batch = native.FlowerBatch(rule(0), ["prio", "handle", "ipv4_dst"], native=use_native)
+    count = 700
+    values = array.array("Q")
+    for i in range(count):
+        values.extend([1 + i // 100, 1 + i % 100, 0x0A000000 + i])
+    values[3 * 650 + 1] = values[3 * 649 + 1]  # rule 650 reuses rule 649's prio and handle
+    results = client.send_batch(batch, values, count)
+    assert results[:650] == [None] * 650 and results[651:] == [None] * 49
+    assert results[650].errno == errno.EEXIST
+    assert results[650].rule == batch.rules(values[3 * 650:3 * 651], 1)[0]
+    dumped = [r for r, _ in client.dump(REP0)]
+    expected = batch.rules(values, count)
+    del expected[650]
+    assert dumped == sorted(expected, key=lambda r: (r.chain, r.prio, r.handle))
+
+
+def test_a_batch_is_refused_by_a_client_that_checks_echoes() -> None:
+    batch = native.FlowerBatch(rule(0), ["handle"], native=False)
+    with pytest.raises(ValueError, match="send_batch does not check NLM_F_ECHO"):
+        TcClient(ScriptedDevice(None), echo=True).send_batch(batch, array.array("Q", [1]), 1)
 
 
 def test_echo_from_the_simulated_nic_is_checked_and_matches(sock_dir: str) -> None:

@@ -7,9 +7,9 @@ messages and the client are the same.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import errno
-import itertools
 import os
 import select
 import socket
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc import native
 from hwflow.backends.tc import netlink as nl
 
 RECV_BUFFER = 1 << 20
@@ -150,10 +151,16 @@ class TcClient:
         self._batch = batch
         self._echo = echo
         self._devices = dict(devices or {})
-        self._seqs = itertools.count(1)
+        self._seq = 0  # the last sequence number used
 
     def _next_seq(self) -> int:
-        return next(self._seqs) & 0xFFFFFFFF
+        return self._reserve_seqs(1)
+
+    def _reserve_seqs(self, count: int) -> int:
+        """The first of ``count`` consecutive sequence numbers (they wrap at 32 bits, as the C encoder's do)."""
+        first = (self._seq + 1) & 0xFFFFFFFF
+        self._seq = (self._seq + count) & 0xFFFFFFFF
+        return first
 
     def add(self, rules: Iterable[fl.FlowerRule]) -> list[TcError | None]:
         flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL | self._echo_flag()
@@ -189,11 +196,39 @@ class TcClient:
                 pending[seq] = start
                 start += 1
             self._transport.send(chunk)
-            results.extend(self._collect_acks(pending, rules, expect_echo=encode is not fl.encode_delfilter))
+            results.extend(self._collect_acks(pending, rules.__getitem__,
+                                              expect_echo=encode is not fl.encode_delfilter))
         return results
 
-    def _collect_acks(self, pending: dict[int, int], rules: list[fl.FlowerRule],
+    def send_batch(self, batch: native.FlowerBatch, values: array.array, count: int) -> list[TcError | None]:
+        """Send a batch of one shape (see hwflow.backends.tc.native), natively encoded: one answer per rule.
+
+        For bulk installs, where encoding rule objects one by one would bound
+        the rate. Echo checking needs the rule objects: use add() for it.
+        """
+        if self._echo:
+            raise ValueError("send_batch does not check NLM_F_ECHO copies; use add()/replace() on a client "
+                             "with echo, or a client without echo for batches")
+        width = len(batch.shape.columns)
+        per_send = max(1, min(self._batch, MAX_SEND_BYTES // batch.message_size))
+        buffer = bytearray(per_send * batch.message_size)
+        results: list[TcError | None] = []
+        for start in range(0, count, per_send):
+            n = min(per_send, count - start)
+            first = self._reserve_seqs(n)
+            written = batch.encode_into(buffer, values[start * width:(start + n) * width], n, first)
+            self._transport.send(bytes(buffer[:written]))
+            pending = {(first + i) & 0xFFFFFFFF: start + i for i in range(n)}
+
+            def rule_of(index: int) -> fl.FlowerRule:
+                return batch.rules(values[index * width:(index + 1) * width], 1)[0]
+
+            results.extend(self._collect_acks(pending, rule_of, expect_echo=False))
+        return results
+
+    def _collect_acks(self, pending: dict[int, int], rule_of: Callable[[int], fl.FlowerRule],
                       expect_echo: bool) -> list[TcError | None]:
+        """Answers for the requests in ``pending`` (seq -> index), in index order; rule_of(index) names a rule."""
         answers: dict[int, TcError | None] = {}
         echoes: dict[int, str | None] = {}  # index -> mismatch (None: the echo is the rule sent)
         while len(answers) < len(pending):
@@ -201,18 +236,18 @@ class TcClient:
                 data = self._transport.recv(self._timeout)
             except TimeoutError as exc:
                 for index in pending.values():
-                    answers.setdefault(index, self._error(errno.ETIMEDOUT, str(exc), rules[index]))
+                    answers.setdefault(index, self._error(errno.ETIMEDOUT, str(exc), rule_of(index)))
                 break
             for msg in nl.split_messages(data):
                 if msg.seq not in pending:
                     continue
                 index = pending[msg.seq]
                 if msg.type == fl.RTM_NEWTFILTER and self._echo and expect_echo:
-                    echoes[index] = self._check_echo(rules[index], msg)
+                    echoes[index] = self._check_echo(rule_of(index), msg)
                 elif msg.type == nl.NLMSG_ERROR:
                     error, text = nl.decode_error(msg)
-                    answers[index] = self._error(-error, text, rules[index]) if error else self._echo_refusal(
-                        rules[index], echoes, index, expect_echo)
+                    answers[index] = self._error(-error, text, rule_of(index)) if error else self._echo_refusal(
+                        rule_of, echoes, index, expect_echo)
         return [answers[i] for i in sorted(answers)]
 
     @staticmethod
@@ -223,15 +258,15 @@ class TcClient:
             return f"the device's echo cannot be read back: {exc}"
         return echo_mismatch(rule, echoed)
 
-    def _echo_refusal(self, rule: fl.FlowerRule, echoes: dict[int, str | None], index: int,
+    def _echo_refusal(self, rule_of: Callable[[int], fl.FlowerRule], echoes: dict[int, str | None], index: int,
                       expect_echo: bool) -> TcError | None:
         """An acknowledged request is still refused when its echo was missing or differs from the rule sent."""
         if not self._echo or not expect_echo:
             return None
         if index not in echoes:
-            return self._error(errno.EINVAL, "acknowledged without the NLM_F_ECHO copy of the rule", rule)
+            return self._error(errno.EINVAL, "acknowledged without the NLM_F_ECHO copy of the rule", rule_of(index))
         mismatch = echoes[index]
-        return self._error(errno.EINVAL, mismatch, rule) if mismatch else None
+        return self._error(errno.EINVAL, mismatch, rule_of(index)) if mismatch else None
 
     def dump(self, ifindex: int, parent: int = fl.INGRESS) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
         """Every flower rule on a device; filters of other kinds and per-prio headers are skipped."""
