@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "compile": "compile",
     "openflow": "openflow",
     "tc-encode": "tc_encode",
+    "tc-install": "tc_install",
 }
 
 Progress = Callable[[str], None]

@@ -106,8 +106,10 @@ class Eswitch:
         self.name = name
         self.profile = profile
         self._tables: dict[int, dict[Key, _Entry]] = {i: {} for i in ifindexes}
-        # (ifindex, chain, prio) -> that prio's entries: adding a rule looks at its prio only, not the whole table.
+        # (ifindex, chain, prio) -> that prio's entries, and their keys -> their (chain, prio, handle): adding a
+        # rule looks at its own prio only, and finds a rule with the same keys without comparing every rule.
         self._groups: dict[tuple[int, int, int], dict[Key, _Entry]] = {}
+        self._group_keys: dict[tuple[int, int, int], dict[fl.FlowerKeys, Key]] = {}
         self._sorted: dict[tuple[int, int], list[_Entry]] = {}
         self._clock = clock
         self._log = log
@@ -228,7 +230,7 @@ class Eswitch:
             prios = [k[1] for k in table if k[0] == rule.chain]
             rule = dataclasses.replace(rule, prio=min(prios) - 1 if prios else AUTO_PRIO)
         group = self._groups.get((rule.ifindex, rule.chain, rule.prio), {})
-        if any(e.rule.protocol != rule.protocol for e in group.values()):
+        if group and next(iter(group.values())).rule.protocol != rule.protocol:  # one protocol per prio
             raise Refusal(errno.EINVAL, f"simnic {self.name}: prio {rule.prio} in chain {rule.chain} already "
                           "holds rules of another protocol")
         if rule.handle == 0:
@@ -240,7 +242,8 @@ class Eswitch:
         if key not in table and not msg.flags & nl.NLM_F_CREATE:
             raise Refusal(errno.ENOENT, f"simnic {self.name}: {rule.describe()} does not exist "
                           "(and no NLM_F_CREATE)")
-        if any(e.rule.keys == rule.keys for k, e in group.items() if k != key):
+        group_key = (rule.ifindex, rule.chain, rule.prio)
+        if self._group_keys.get(group_key, {}).get(rule.keys, key) != key:
             raise Refusal(errno.EEXIST, f"simnic {self.name}: prio {rule.prio} already has a rule "
                           "with these keys")
         try:
@@ -254,7 +257,11 @@ class Eswitch:
                           f"({self.profile.capabilities.max_rules} rules, profile {self.profile.name})")
         now = self._clock()
         replaced = key in table
-        table[key] = self._groups.setdefault((rule.ifindex, rule.chain, rule.prio), {})[key] = _Entry(rule, now, now)
+        group_keys = self._group_keys.setdefault(group_key, {})
+        if replaced:
+            del group_keys[table[key].rule.keys]
+        table[key] = self._groups.setdefault(group_key, {})[key] = _Entry(rule, now, now)
+        group_keys[rule.keys] = key
         self._sorted.clear()
         self._log.info("simnic %s: %s %s", self.name, "replaced" if replaced else "added", rule.describe())
         if msg.flags & nl.NLM_F_ECHO:
@@ -279,9 +286,9 @@ class Eswitch:
         for key in doomed:
             self._log.info("simnic %s: deleted %s", self.name, table.pop(key).rule.describe())
             group_key = (header.ifindex, *key[:2])
-            self._groups[group_key].pop(key)
+            del self._group_keys[group_key][self._groups[group_key].pop(key).rule.keys]
             if not self._groups[group_key]:
-                del self._groups[group_key]
+                del self._groups[group_key], self._group_keys[group_key]
         self._sorted.clear()
         return []
 

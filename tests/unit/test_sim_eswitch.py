@@ -95,6 +95,22 @@ def test_duplicate_with_excl_is_eexist_and_without_it_replaces() -> None:
     assert err == -errno.EEXIST
 
 
+def test_keys_freed_by_a_replace_or_a_delete_can_be_used_again_in_the_prio() -> None:
+    sw = switch()
+    replace = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE
+    add(sw, ipv4_rule(handle=1, dst=1))
+    assert add(sw, ipv4_rule(handle=1, dst=2), flags=replace) == (0, None)  # handle 1 now matches dst 2
+    assert add(sw, ipv4_rule(handle=2, dst=1)) == (0, None)  # so dst 1 is free again
+    assert add(sw, ipv4_rule(handle=3, dst=2))[0] == -errno.EEXIST
+    assert error_of(request(sw, fl.encode_delfilter(ipv4_rule(handle=1), 2))) == (0, None)
+    assert add(sw, ipv4_rule(handle=3, dst=2)) == (0, None)
+    flush_prio = dataclasses.replace(ipv4_rule(), handle=0)
+    assert error_of(request(sw, fl.encode_delfilter(flush_prio, 3))) == (0, None)
+    assert dump(sw) == []
+    assert add(sw, ipv4_rule(handle=7, dst=1)) == (0, None)
+    assert [r.handle for r, _ in dump(sw)] == [7]
+
+
 def test_delete_and_missing_rules() -> None:
     sw = switch()
     add(sw, ipv4_rule())
