@@ -17,7 +17,7 @@ import socket
 import struct
 
 from hwflow.backends.tc import flower as fl
-from hwflow.sim.eswitch import Eswitch
+from hwflow.sim.eswitch import Eswitch, rewrite
 
 LOG = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Counters:
     to_representor: int = 0
     to_vf: int = 0
     write_errors: int = 0
+    unsupported: int = 0  # frames a rule sent to software because it has an action the sim cannot perform
 
 
 class DataPlane:
@@ -108,8 +109,8 @@ class DataPlane:
         self._vf_by_rep_ifindex = {p.representor_ifindex: p for p in ports}
 
     def from_vf(self, port: Port) -> None:
-        """A frame the VM sent: eswitch rules first, the representor on a miss."""
-        frame = _read(port.vf_fd)
+        """A frame the VM sent: eswitch rules first (rewrites applied in order), the representor on a miss."""
+        original = frame = _read(port.vf_fd)
         if frame is None:
             return
         actions = self.eswitch.classify(port.representor_ifindex, frame)
@@ -123,11 +124,20 @@ class DataPlane:
                 if target is not None:  # egress out of representor j reaches VF j; ingress reaches the host
                     self._write(target.vf_fd if action.egress else target.rep_fd, frame)
                     self.counters.hw_forwarded += 1
-            elif action.verdict == "drop":
-                self.counters.hw_dropped += 1
+            elif isinstance(action, fl.Gact):
+                if action.verdict == "drop":
+                    self.counters.hw_dropped += 1
+                else:
+                    self._write(port.rep_fd, frame)
+                    self.counters.to_representor += 1
             else:
-                self._write(port.rep_fd, frame)
-                self.counters.to_representor += 1
+                rewritten = rewrite(action, frame)
+                if rewritten is None:  # tunnel_key, ct: software gets the frame as it came
+                    self._write(port.rep_fd, original)
+                    self.counters.to_representor += 1
+                    self.counters.unsupported += 1
+                    return
+                frame = rewritten
 
     def from_representor(self, port: Port) -> None:
         frame = _read(port.rep_fd)

@@ -92,6 +92,118 @@ def rule_matches(rule: fl.FlowerRule, pkt: dict[str, int]) -> bool:
     return True
 
 
+# --- header rewrites -------------------------------------------------------------
+#
+# What the simulated NIC's data plane does to a frame for vlan, pedit and csum
+# actions, as the kernel's act_vlan, act_pedit and act_csum do. Tunnel and
+# conntrack actions it cannot perform: :func:`rewrite` returns None for them
+# and the data plane hands the frame to software (profiles refuse them anyway).
+
+_CHECKSUM_AT = {fl.IPPROTO_TCP: 16, fl.IPPROTO_UDP: 6}  # checksum offset in the L4 header
+
+
+def _layers(frame: bytes) -> tuple[int, int, int | None]:
+    """(L3 offset, ethertype after the VLAN tags, L4 offset or None) of an Ethernet frame."""
+    offset, l3_type = _ETH.size, struct.unpack_from("!H", frame, 12)[0]
+    while l3_type in fl.VLAN_PROTOCOLS and len(frame) >= offset + 4:
+        l3_type = struct.unpack_from("!H", frame, offset + 2)[0]
+        offset += 4
+    if l3_type == fl.ETH_P_IP and len(frame) >= offset + _IPV4.size:
+        return offset, l3_type, offset + (frame[offset] & 0xF) * 4
+    if l3_type == fl.ETH_P_IPV6 and len(frame) >= offset + _IPV6.size:
+        return offset, l3_type, offset + _IPV6.size
+    return offset, l3_type, None
+
+
+def apply_vlan(action: fl.Vlan, frame: bytes) -> bytes:
+    """Pop the outer tag (if any), push one, or set the outer tag's id and priority (keeping its DEI bit)."""
+    tagged = len(frame) >= 18 and struct.unpack_from("!H", frame, 12)[0] in fl.VLAN_PROTOCOLS
+    if action.action == "pop":
+        return frame[:12] + frame[16:] if tagged else frame
+    tci = action.prio << 13 | action.vid
+    if action.action == "push":
+        return frame[:12] + struct.pack("!HH", action.protocol, tci) + frame[12:]
+    if not tagged:
+        return frame
+    dei = struct.unpack_from("!H", frame, 14)[0] & 0x1000
+    return frame[:14] + struct.pack("!H", tci | dei) + frame[16:]
+
+
+def apply_pedit(action: fl.Pedit, frame: bytes) -> bytes:
+    """Each key's word: keep the mask's bits, then set (XOR) or add its value, as act_pedit does.
+
+    act_pedit adds on the word read as a host-order (little-endian here) u32,
+    so an "add" carries from lower to higher packet bytes; emulated exactly.
+    A word past the end of the frame, or in a header the frame lacks, is left alone.
+    """
+    out = bytearray(frame)
+    l3, _, l4 = _layers(frame)
+    bases = {"eth": 0, "network": l3, "ip4": l3, "ip6": l3, "tcp": l4, "udp": l4}
+    for key in action.keys:
+        base = bases[key.htype]
+        if base is None or base + key.offset + 4 > len(out):
+            continue
+        at = base + key.offset
+        word = int.from_bytes(out[at:at + 4], "little")
+        mask = int.from_bytes(key.mask.to_bytes(4, "big"), "little")
+        value = int.from_bytes(key.value.to_bytes(4, "big"), "little")
+        if key.cmd == "add":
+            value = (word + value) & ~mask & 0xFFFFFFFF
+        out[at:at + 4] = ((word & mask) ^ value).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def apply_csum(action: fl.Csum, frame: bytes) -> bytes:
+    """Recompute the IPv4 header, TCP, UDP and ICMP checksums the action's flags name (IGMP, UDP-Lite, SCTP: no)."""
+    l3, l3_type, l4 = _layers(frame)
+    if l4 is None:
+        return frame
+    out = bytearray(frame)
+    if l3_type == fl.ETH_P_IP:
+        proto, total = out[l3 + 9], struct.unpack_from("!H", out, l3 + 2)[0]
+        if action.flags & fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR:
+            out[l3 + 10:l3 + 12] = b"\0\0"
+            out[l3 + 10:l3 + 12] = _checksum(bytes(out[l3:l4])).to_bytes(2, "big")
+        length = min(total - (l4 - l3), len(out) - l4)
+        pseudo = bytes(out[l3 + 12:l3 + 20]) + struct.pack("!BBH", 0, proto, length)
+    else:
+        proto, length = out[l3 + 6], min(struct.unpack_from("!H", out, l3 + 4)[0], len(out) - l4)
+        pseudo = bytes(out[l3 + 8:l3 + 40]) + struct.pack("!IxxxB", length, proto)
+    flag = {fl.IPPROTO_TCP: fl.TCA_CSUM_UPDATE_FLAG_TCP, fl.IPPROTO_UDP: fl.TCA_CSUM_UPDATE_FLAG_UDP,
+            fl.IPPROTO_ICMP: fl.TCA_CSUM_UPDATE_FLAG_ICMP}.get(proto, 0)
+    if not action.flags & flag or length < 8 or (proto == fl.IPPROTO_ICMP and l3_type != fl.ETH_P_IP):
+        return bytes(out)
+    at = l4 + _CHECKSUM_AT.get(proto, 2)
+    out[at:at + 2] = b"\0\0"
+    covered = bytes(out[l4:l4 + length])
+    checksum = _checksum(covered if proto == fl.IPPROTO_ICMP else pseudo + covered)
+    if proto == fl.IPPROTO_UDP and checksum == 0:
+        checksum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    out[at:at + 2] = checksum.to_bytes(2, "big")
+    return bytes(out)
+
+
+def rewrite(action: fl.FlowerAction, frame: bytes) -> bytes | None:
+    """The frame after a header-changing action; None for an action the simulated NIC cannot perform."""
+    if isinstance(action, fl.Vlan):
+        return apply_vlan(action, frame)
+    if isinstance(action, fl.Pedit):
+        return apply_pedit(action, frame)
+    if isinstance(action, fl.Csum):
+        return apply_csum(action, frame)
+    return None
+
+
 def _is_dump(msg: nl.Message) -> bool:
     """NLM_F_DUMP shares its bits with NLM_F_EXCL|REPLACE: it only means dump on a GET."""
     return msg.type == fl.RTM_GETTFILTER and msg.flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP

@@ -9,14 +9,14 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
 from hwflow.offload.capabilities import Capabilities
-from hwflow.sim.eswitch import Eswitch, parse_frame
+from hwflow.sim.eswitch import Eswitch, apply_csum, apply_pedit, apply_vlan, parse_frame, rewrite
 from hwflow.sim.profile import ProfileError, load_profile, parse_profile
 
 REP0, REP1, REP2 = 101, 102, 103
@@ -263,3 +263,68 @@ def test_parse_frame_agrees_with_scapy(raw: bytes) -> None:
         if layer in ref:
             assert (pkt[f"{name}_src"], pkt[f"{name}_dst"]) == (ref[layer].sport, ref[layer].dport)
     assert parse_frame(raw[:13]) is None
+
+
+# --- header rewrites against scapy's -----------------------------------------------
+
+
+def rebuilt(raw: bytes) -> bytes:
+    """The frame with every checksum recomputed by scapy."""
+    pkt = Ether(raw)
+    for layer in (IP, TCP, UDP, ICMP):
+        if layer in pkt:
+            del pkt[layer].chksum
+    return bytes(pkt)
+
+
+@settings(max_examples=100)
+@given(frames(), st.integers(0, 4095), st.integers(0, 7))
+def test_vlan_push_then_pop_gives_the_frame_back(raw: bytes, vid: int, prio: int) -> None:
+    pushed = apply_vlan(fl.Vlan("push", vid, prio, fl.ETH_P_8021AD), raw)
+    outer = Ether(pushed)
+    assert (outer.type, outer.payload.vlan, outer.payload.prio) == (fl.ETH_P_8021AD, vid, prio)
+    assert apply_vlan(fl.Vlan("pop"), pushed) == raw
+
+
+def test_vlan_modify_keeps_dei_and_leaves_untagged_frames_alone() -> None:
+    raw = bytes(Ether() / Dot1Q(vlan=5, prio=1, id=1) / IP() / UDP())
+    tag = Ether(apply_vlan(fl.Vlan("modify", 9, 6), raw))[Dot1Q]
+    assert (tag.vlan, tag.prio, tag.id) == (9, 6, 1)
+    plain = bytes(Ether() / IP())
+    assert apply_vlan(fl.Vlan("modify", 9, 6), plain) == plain
+    assert apply_vlan(fl.Vlan("pop"), plain) == plain
+
+
+@settings(max_examples=100)
+@given(frames(), st.integers(0, 2**48 - 1), st.integers(0, 2**32 - 1), st.integers(0, 255))
+def test_pedit_rewrites_and_csum_agree_with_scapy(raw: bytes, mac: int, addr: int, ttl: int) -> None:
+    keys = fl.pedit_set("eth", 0, mac.to_bytes(6, "big"))
+    if IP in Ether(raw):
+        keys += fl.pedit_set("ip4", 12, addr.to_bytes(4, "big")) + fl.pedit_set("ip4", 8, bytes([ttl]))
+    flags = (fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR | fl.TCA_CSUM_UPDATE_FLAG_TCP | fl.TCA_CSUM_UPDATE_FLAG_UDP)
+    out = rewrite(fl.Csum(flags), rewrite(fl.Pedit(keys), raw) or b"")
+    pkt = Ether(out)
+    assert pkt.dst == mac.to_bytes(6, "big").hex(":")
+    if IP in pkt:
+        assert (pkt[IP].src, pkt[IP].ttl) == (str(ipaddress.IPv4Address(addr)), ttl)
+    assert out == rebuilt(out)  # every checksum is what scapy computes (IPv6 included)
+
+
+def test_pedit_add_decrements_ttl_like_the_kernel_without_touching_the_protocol() -> None:
+    dec_ttl = fl.Pedit((fl.PeditKey("ip4", 8, 0x00FFFFFF, 0xFF000000, "add"),))  # "munge ip ttl add 255"
+    for ttl, expected in ((64, 63), (1, 0), (0, 255)):
+        out = Ether(apply_pedit(dec_ttl, bytes(Ether() / IP(ttl=ttl, proto=17) / UDP())))
+        assert (out[IP].ttl, out[IP].proto) == (expected, 17)
+
+
+def test_pedit_past_the_frame_or_in_a_missing_header_changes_nothing() -> None:
+    arp = bytes(Ether(type=0x0806) / (b"\0" * 28))
+    assert apply_pedit(fl.Pedit(fl.pedit_set("tcp", 0, b"\1\2")), arp) == arp
+    assert apply_pedit(fl.Pedit(fl.pedit_set("eth", 400, b"\1")), arp) == arp
+
+
+def test_icmp_checksum_and_actions_the_sim_cannot_perform() -> None:
+    raw = bytes(Ether() / IP() / ICMP(id=7, chksum=0))
+    fixed = apply_csum(fl.Csum(fl.TCA_CSUM_UPDATE_FLAG_ICMP), raw)
+    assert fixed == rebuilt(raw)
+    assert rewrite(fl.Ct(zone=1), raw) is None and rewrite(fl.TunnelKey(unset=True), raw) is None
