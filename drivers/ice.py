@@ -27,6 +27,10 @@ MATCH_FIELDS = {
     "ip_proto": MASK_EXACT,
     "ipv4_src": MASK_PREFIX, "ipv4_dst": MASK_PREFIX, "ipv6_src": MASK_PREFIX, "ipv6_dst": MASK_PREFIX,
     "tcp_src": MASK_EXACT, "tcp_dst": MASK_EXACT, "udp_src": MASK_EXACT, "udp_dst": MASK_EXACT,
+    # Tunnel (enc_*) keys, commit 9e300987d4a8: "outer MACs, outer IPs, outer destination port and VNI";
+    # claimed whole only.
+    "tun_id": MASK_EXACT, "tun_dst_port": MASK_EXACT,
+    "tun_ipv4_src": MASK_EXACT, "tun_ipv4_dst": MASK_EXACT, "tun_ipv6_src": MASK_EXACT, "tun_ipv6_dst": MASK_EXACT,
 }
 
 # Actions: the same commit: "Two types of actions are supported at the moment: FLOW_ACTION_DROP

@@ -40,6 +40,10 @@ MATCH_FIELDS = {
     "ip_proto": MASK_EXACT, "ip_ttl": MASK_EXACT,
     "ipv4_src": MASK_ANY, "ipv4_dst": MASK_ANY, "ipv6_src": MASK_ANY, "ipv6_dst": MASK_ANY,
     "tcp_src": MASK_ANY, "tcp_dst": MASK_ANY, "udp_src": MASK_ANY, "udp_dst": MASK_ANY,
+    # Tunnel (enc_*) keys: en/tc_tun.c mlx5e_tc_tun_parse() copies outer addresses with their
+    # masks; the VNI / key id and the UDP port are taken whole (see the quirk below).
+    "tun_id": MASK_EXACT, "tun_dst_port": MASK_EXACT,
+    "tun_ipv4_src": MASK_ANY, "tun_ipv4_dst": MASK_ANY, "tun_ipv6_src": MASK_ANY, "tun_ipv6_dst": MASK_ANY,
 }
 
 # Actions: the FDB action parsers of en/tc/act/ (act.c tc_acts_fdb[]): drop.c, accept.c (pass),
@@ -52,8 +56,9 @@ BASE_ACTIONS = frozenset({ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO
 
 # Rewritable fields: the fields[] table of en_tc.c (OFFLOAD(...) rows: dmac, smac, ip4 ttl/saddr/
 # daddr, ip6 hop_limit/saddr/daddr, tcp and udp ports). Source: {KERNEL}/en_tc.c
+# The VLAN id too: en/tc/act/vlan_mangle.c offloads "vlan modify".
 REWRITE_FIELDS = frozenset({"eth_src", "eth_dst", "ip_ttl", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst",
-                            "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
+                            "tcp_src", "tcp_dst", "udp_src", "udp_dst", "vlan_vid"})
 
 # Conntrack: en/tc_ct.c (commit 4c3844d9e97e "net/mlx5e: CT: Introduce connection tracking")
 # offloads ct with zones and NAT; mlx5_tc_ct_match_add() refuses matching ct_state +new, +rel
@@ -82,8 +87,10 @@ MAX_ACTIONS = 32
 
 
 def _capabilities(tunnels: frozenset[str], conntrack: Conntrack | None) -> Capabilities:
+    # ct_mark is matched through a register (en/tc_ct.c mlx5_tc_ct_match_add(): MARK_TO_REG), with its mask.
+    ct_fields = {"ct_mark": MASK_ANY} if conntrack else {}
     return Capabilities(
-        match_fields=MATCH_FIELDS,
+        match_fields={**MATCH_FIELDS, **ct_fields},
         actions=BASE_ACTIONS | ({ACTION_CT} if conntrack else frozenset()),
         max_rules=MAX_RULES,
         max_actions_per_rule=MAX_ACTIONS,

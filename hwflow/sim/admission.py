@@ -15,14 +15,35 @@ from collections.abc import Collection
 
 from hwflow.backends.tc import flower as fl
 from hwflow.offload.capabilities import (
+    ACTION_CT,
     ACTION_GOTO_CHAIN,
     ACTION_REDIRECT,
+    ACTION_REWRITE,
+    ACTION_TTL_DEC,
+    ACTION_TUNNEL_DECAP,
+    ACTION_TUNNEL_ENCAP,
+    ACTION_VLAN_POP,
+    ACTION_VLAN_PUSH,
     QUIRK_TUNNEL_UDP_DST_PORT,
     Capabilities,
 )
 
 TUNNEL_KEY_PREFIX = "enc_"  # tc-flower(8): enc_key_id, enc_dst_ip, enc_dst_port, ...
 TUNNEL_UDP_DST_PORT = "enc_dst_port"
+# IANA: VXLAN 4789 (RFC 7348), Geneve 6081 (RFC 8926): how a tunnel_key set names its tunnel type.
+TUNNEL_PORTS = {4789: "vxlan", 6081: "geneve"}
+# ct_state flags (pkt_cls.h TCA_FLOWER_KEY_CT_FLAGS_*) in the capability model's names.
+CT_FLAGS = {fl.TCA_FLOWER_KEY_CT_FLAGS_NEW: "new", fl.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED: "est",
+            fl.TCA_FLOWER_KEY_CT_FLAGS_RELATED: "rel", fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED: "trk",
+            fl.TCA_FLOWER_KEY_CT_FLAGS_INVALID: "inv", fl.TCA_FLOWER_KEY_CT_FLAGS_REPLY: "rpl"}
+# Which IR field each byte of a pedit-able header is (offsets from linux/if_ether.h, ip.h, ipv6.h, tcp.h, udp.h).
+PEDIT_FIELDS = {
+    "eth": [(0, 6, "eth_dst"), (6, 12, "eth_src")],
+    "ip4": [(8, 9, "ip_ttl"), (12, 16, "ipv4_src"), (16, 20, "ipv4_dst")],
+    "ip6": [(7, 8, "ip_ttl"), (8, 24, "ipv6_src"), (24, 40, "ipv6_dst")],
+    "tcp": [(0, 2, "tcp_src"), (2, 4, "tcp_dst")],
+    "udp": [(0, 2, "udp_src"), (2, 4, "udp_dst")],
+}
 
 
 class NotAdmitted(Exception):
@@ -43,18 +64,82 @@ def action_name(action: object) -> str:
         return f"mirred {direction} {'redirect' if action.redirect else 'mirror'}"
     if isinstance(action, fl.Gact):
         return action.verdict
+    if isinstance(action, fl.Vlan):
+        return {"push": ACTION_VLAN_PUSH, "pop": ACTION_VLAN_POP}.get(action.action, ACTION_REWRITE)
+    if isinstance(action, fl.TunnelKey):
+        return ACTION_TUNNEL_DECAP if action.unset else ACTION_TUNNEL_ENCAP
+    if isinstance(action, fl.Pedit):
+        return ACTION_TTL_DEC if all(k.cmd == "add" for k in action.keys) else ACTION_REWRITE
+    if isinstance(action, fl.Ct):
+        return ACTION_CT
+    if isinstance(action, fl.Csum):
+        return "csum"
     return f"{type(action).__name__} (an action hwflow/sim/admission.py does not know)"
+
+
+def pedit_fields(action: fl.Pedit) -> set[str]:
+    """The IR fields a pedit writes; NotAdmitted naming the bytes of any other."""
+    out = set()
+    for key in action.keys:
+        for i in range(4):
+            if key.mask >> (8 * (3 - i)) & 0xFF == 0xFF:
+                continue  # byte kept
+            offset = key.offset + i
+            field = next((f for lo, hi, f in PEDIT_FIELDS.get(key.htype, []) if lo <= offset < hi), None)
+            if field is None:
+                raise NotAdmitted(f"pedit of {key.htype} header byte {offset} (no field hwflow models there)")
+            out.add(field)
+    return out
+
+
+def _check_action_details(action: object, caps: Capabilities) -> None:
+    """The part of an action the capability model qualifies: tunnel type, rewritten field, ct zone/NAT."""
+    if isinstance(action, fl.TunnelKey) and not action.unset:
+        kind = "geneve" if action.geneve_opts else TUNNEL_PORTS.get(action.dst_port or 4789)
+        if kind is None or not caps.can_encap(kind):
+            raise NotAdmitted(f"tunnel_key set to {kind or f'UDP port {action.dst_port}'} (encap types: "
+                              f"{', '.join(sorted(caps.tunnel_encap)) or 'none'})")
+    if isinstance(action, fl.Pedit):
+        fields = pedit_fields(action)
+        if all(k.cmd == "add" for k in action.keys):
+            if fields != {"ip_ttl"} or any(k.value & ~k.mask != k.value or _added_byte(k) != 0xFF
+                                           for k in action.keys):
+                raise NotAdmitted(f"pedit add on {', '.join(sorted(fields))} (only a TTL decrement is modelled)")
+            return
+        missing = sorted(f for f in fields if not caps.can_rewrite(f))
+        if missing or any(k.cmd == "add" for k in action.keys):
+            raise NotAdmitted(f"rewrite of {', '.join(missing) or 'a mix of set and add'}")
+    if isinstance(action, fl.Vlan) and action.action == "modify" and not caps.can_rewrite("vlan_vid"):
+        raise NotAdmitted("rewrite of vlan_vid (vlan modify)")
+    if isinstance(action, fl.Ct) and not caps.can_conntrack(zone=action.zone, nat=bool(action.nat)):
+        raise NotAdmitted(f"ct zone {action.zone}{' nat ' + action.nat if action.nat else ''}")
+
+
+def _added_byte(key: fl.PeditKey) -> int:
+    """The byte a TTL-decrementing pedit add adds (0xff: minus one), at the one byte the mask leaves open."""
+    for i in range(4):
+        shift = 8 * (3 - i)
+        if key.mask >> shift & 0xFF != 0xFF:
+            return key.value >> shift & 0xFF
+    return 0
 
 
 def check_keys(rule: fl.FlowerRule, caps: Capabilities) -> None:
     """Every matched key must be a field the profile matches, with a mask kind it takes."""
     if rule.protocol != fl.ETH_P_ALL and not caps.can_match("eth_type", 0xFFFF, 16):
         raise NotAdmitted("match on eth_type")
-    for spec, _, mask in rule.keys.items():
+    for spec, value, mask in rule.keys.items():
         field = getattr(spec, "ir_field", None)
         if field is None:
             raise NotAdmitted(f"match on flower key {spec.field} (no IR field known for it)")
-        if not caps.can_match(field, mask, spec.width):
+        if field == "ct_state":
+            states = {name for bit, name in CT_FLAGS.items() if value & mask & bit}
+            if not caps.can_conntrack(states):
+                raise NotAdmitted(f"match on ct_state +{' +'.join(sorted(states)) or ' (none)'}")
+        elif field == "ct_zone":
+            if not caps.can_conntrack(zone=value):
+                raise NotAdmitted(f"match on ct_zone {value}")
+        elif not caps.can_match(field, mask, spec.width):
             raise NotAdmitted(f"match on {field} with mask {mask:#x}")
     if caps.has_quirk(QUIRK_TUNNEL_UDP_DST_PORT):
         _check_tunnel_port_quirk(rule)
@@ -69,6 +154,11 @@ def _check_tunnel_port_quirk(rule: fl.FlowerRule) -> None:
                               f"(quirk {QUIRK_TUNNEL_UDP_DST_PORT})")
 
 
+def _csum_after_rewrite(action: object, caps: Capabilities) -> bool:
+    """csum is how tc asks to fix checksums after a pedit: part of rewrite / ttl_dec, not an ability of its own."""
+    return isinstance(action, fl.Csum) and bool({ACTION_REWRITE, ACTION_TTL_DEC} & caps.actions)
+
+
 def check_actions(rule: fl.FlowerRule, caps: Capabilities, ports: Collection[int]) -> None:
     """Action count, kinds, redirect targets inside this switch, and forward gotos within the chain range."""
     if caps.max_chains is not None and rule.chain >= caps.max_chains:
@@ -77,8 +167,9 @@ def check_actions(rule: fl.FlowerRule, caps: Capabilities, ports: Collection[int
         raise NotAdmitted(f"{len(rule.actions)} actions in one rule (max {caps.max_actions_per_rule})")
     for action in rule.actions:
         name = action_name(action)
-        if name not in caps.actions:
+        if name not in caps.actions and not _csum_after_rewrite(action, caps):
             raise NotAdmitted(f"action {name}")
+        _check_action_details(action, caps)
         if isinstance(action, fl.Mirred) and action.ifindex not in ports:
             raise NotAdmitted(f"redirect to ifindex {action.ifindex} (not a port of this switch)")
         if name == ACTION_GOTO_CHAIN and isinstance(action, fl.Gact):

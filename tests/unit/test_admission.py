@@ -14,7 +14,7 @@ from hwflow.backends.tc import netlink as nl
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, QUIRK_TUNNEL_UDP_DST_PORT, Capabilities
 from hwflow.sim import admission
 from hwflow.sim.eswitch import Eswitch
-from hwflow.sim.profile import Profile
+from hwflow.sim.profile import Profile, load_profile
 
 PORTS = (101, 102, 103)
 BASE = Capabilities({"eth_type": MASK_EXACT, "ip_proto": MASK_EXACT, "ipv4_dst": MASK_PREFIX, "eth_dst": MASK_ANY},
@@ -164,3 +164,70 @@ def test_the_eswitch_answers_eopnotsupp_with_the_profile_name_and_enospc_when_fu
     code, text = nl.decode_error(nl.split_messages(sw.handle_request(fl.encode_newfilter(bad, 4))[0])[0])
     assert code == -errno.EOPNOTSUPP
     assert text == "simnic hwt-nic-sw: match on ipv4_src with mask 0xffffffff is not supported by profile p64"
+
+
+# --- the actions and keys beyond redirect/drop, against the family profiles that claim them -----------
+
+MLX5 = load_profile("mlx5-connectx6dx").capabilities
+E810 = load_profile("ice-e810").capabilities
+PLAIN = load_profile("sim-no-tunnel-no-ct").capabilities
+TTL_DEC = fl.Pedit(fl.pedit_set("ip4", 8, b"\xff", "add"))
+SET_DMAC = fl.Pedit(fl.pedit_set("eth", 0, bytes.fromhex("020000000009")))
+VXLAN = fl.TunnelKey(ipv4_src=0x0A000001, ipv4_dst=0x0A000002, key_id=5, dst_port=4789)
+CSUM = fl.Csum(fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR)
+
+
+def verdict(actions, caps, keys=None, protocol=fl.ETH_P_IP) -> str:
+    try:
+        admission.check(rule(keys, actions, protocol=protocol), caps, PORTS)
+    except admission.NotAdmitted as exc:
+        return exc.what
+    return "ok"
+
+
+@pytest.mark.parametrize("actions, mlx5, e810, plain", [
+    ((fl.Vlan("push", vid=7), fl.Mirred(102)), "ok", "action vlan_push", "ok"),
+    ((fl.Vlan("pop"), fl.Mirred(102)), "ok", "action vlan_pop", "ok"),
+    ((fl.Vlan("modify", vid=9), fl.Mirred(102)), "ok", "action rewrite", "rewrite of vlan_vid (vlan modify)"),
+    ((VXLAN, fl.Mirred(102)), "ok", "ok", "action tunnel_encap"),
+    ((dataclasses.replace(VXLAN, dst_port=7777), fl.Mirred(102)), "tunnel_key set to UDP port 7777", None, None),
+    ((fl.TunnelKey(unset=True), fl.Mirred(102)), "ok", "ok", "action tunnel_decap"),
+    ((SET_DMAC, fl.Mirred(102)), "ok", "action rewrite", "ok"),
+    ((TTL_DEC, CSUM, fl.Mirred(102)), "ok", "3 actions in one rule (max 2)", "ok"),
+    ((TTL_DEC, fl.Mirred(102)), "ok", "action ttl_dec", "ok"),
+    ((fl.Pedit(fl.pedit_set("ip4", 12, bytes(4))), CSUM, fl.Mirred(102)), "ok", "3 actions in one rule",
+     "rewrite of ipv4_src"),
+    ((fl.Pedit(fl.pedit_set("ip4", 1, b"\x10")), fl.Mirred(102)), "pedit of ip4 header byte 1", None, None),
+    ((CSUM, fl.Mirred(102)), "ok", "action csum", "ok"),
+    ((fl.Ct(zone=3, commit=True), fl.Gact("goto_chain", 1)), "ok", "action ct", "action ct"),
+    ((fl.Ct(zone=0, nat="src", nat_ipv4_min=1, nat_ipv4_max=1), fl.Gact("goto_chain", 1)), "ok", None, None),
+])
+def test_families_admit_what_their_drivers_claim(actions, mlx5, e810, plain):
+    for caps, expected in ((MLX5, mlx5), (E810, e810), (PLAIN, plain)):
+        if expected is not None:
+            assert expected in verdict(actions, caps), (caps is MLX5, caps is E810)
+
+
+def test_conntrack_details_follow_the_profile():
+    no_nat = dataclasses.replace(MLX5, conntrack=dataclasses.replace(MLX5.conntrack, nat=False, zones=False))
+    assert verdict((fl.Ct(zone=3), fl.Gact("goto_chain", 1)), no_nat) == "ct zone 3"
+    assert verdict((fl.Ct(nat="dst", nat_ipv4_min=1, nat_ipv4_max=1), fl.Gact("goto_chain", 1)), no_nat) \
+        == "ct zone 0 nat dst"
+    est = fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED | fl.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED
+    new = fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED | fl.TCA_FLOWER_KEY_CT_FLAGS_NEW
+    ct_keys = fl.FlowerKeys(ct_state=est, ct_state_mask=est)
+    assert verdict((fl.Mirred(102),), MLX5, ct_keys) == "ok"
+    assert verdict((fl.Mirred(102),), MLX5, fl.FlowerKeys(ct_state=new, ct_state_mask=new)) == \
+        "match on ct_state +new +trk"  # mlx5_tc_ct_match_add() refuses +new
+    assert verdict((fl.Mirred(102),), E810, ct_keys).startswith("match on ct_state")
+    assert verdict((fl.Mirred(102),), no_nat, fl.FlowerKeys(ct_zone=4)) == "match on ct_zone 4"
+
+
+def test_tunnel_match_keys_and_the_mlx5_port_quirk():
+    decap = (fl.TunnelKey(unset=True), fl.Mirred(102))
+    without_port = fl.FlowerKeys(enc_key_id=5)
+    with_port = fl.FlowerKeys(enc_key_id=5, enc_dst_port=4789)
+    assert "quirk tunnel_match_needs_udp_dst_port" in verdict(decap, MLX5, without_port, fl.ETH_P_ALL)
+    assert verdict(decap, MLX5, with_port, fl.ETH_P_ALL) == "ok"
+    assert verdict(decap, E810, without_port, fl.ETH_P_ALL) == "ok"  # ice has no such quirk
+    assert verdict(decap, PLAIN, with_port, fl.ETH_P_ALL).startswith("match on tun_id")
