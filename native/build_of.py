@@ -45,10 +45,14 @@ ffibuilder.set_source(MODULE, '#include "openflow.c"', include_dirs=[str(HERE)],
 
 
 def build_in_place() -> Path:
-    """Compile in a scratch directory and copy only the shared object next to native.py."""
+    """Compile in a scratch directory and copy only the shared object next to native.py, replacing any
+    earlier build (pip names its build *.abi3.so, this one *.cpython-*.so: only one may be left)."""
+    package = HERE.parent.joinpath(*MODULE.split(".")[:-1])
     with tempfile.TemporaryDirectory(prefix="hwflow-build-of-") as tmp:
         built = Path(ffibuilder.compile(tmpdir=tmp, verbose=False))
-        target = HERE.parent.joinpath(*MODULE.split(".")[:-1], built.name)
+        for old in package.glob(MODULE.rsplit(".", 1)[1] + ".*.so"):
+            old.unlink()
+        target = package / built.name
         shutil.copy2(built, target)
     return target
 

@@ -13,11 +13,15 @@ in a private network namespace, then, on one bridge:
 
 Each is timed until the switch's own flow count (aggregate stats, no dump)
 shows exactly ``flows`` hwflow flows, or the bench fails. ``encode_flows_per_s``
-is the native encoder alone.
+is the native encoder alone; ``ovs_cpu_us_per_flow`` is the CPU time
+ovs-vswitchd spent per flow during the native run and ``ovs_cpu_share`` the
+cores it got meanwhile (1.0: one core all the time): their ratio is the
+switch's ingest limit on this machine.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -83,6 +87,13 @@ def _clear(of: OpenFlowConnection) -> None:
         raise RuntimeError("could not empty the bench bridge")
 
 
+def _cpu_seconds(daemons: OvsDaemons) -> float:
+    """ovs-vswitchd's CPU time so far, all threads (what OVS spent ingesting is the bench's main limit)."""
+    pid = int((daemons.rundir / "vswitchd.pid").read_text().strip())
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _verified(of: OpenFlowConnection, want: int, path: str) -> int:
     count = of.flow_count(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
     if count != want:
@@ -111,7 +122,8 @@ def _program(backend: OvsBackend, flows: list[ir.Flow]) -> tuple[list[int], floa
     return words, len(flows) / (time.perf_counter() - start)
 
 
-def _native(backend: OvsBackend, flows: list[ir.Flow], progress: Progress) -> dict[str, float]:
+def _native(backend: OvsBackend, daemons: OvsDaemons, flows: list[ir.Flow], progress: Progress
+            ) -> dict[str, float]:
     words, compile_rate = _program(backend, flows)
     _, encode_s = _timed(lambda: list(backend.encoder.encode(words, 1)))
     progress(f"native: {len(flows)} flows from their compact description (encode, write, barrier)")
@@ -122,9 +134,12 @@ def _native(backend: OvsBackend, flows: list[ir.Flow], progress: Progress) -> di
             raise RuntimeError(f"native: OVS refused {errors[0]}")
         return _verified(backend.of, len(flows), "native")
 
+    cpu = _cpu_seconds(daemons)
     verified, seconds = _timed(program)
+    cpu = _cpu_seconds(daemons) - cpu
     return {"native_flows_per_s": len(flows) / seconds, "flows_verified": verified,
-            "compile_flows_per_s": compile_rate, "encode_flows_per_s": len(flows) / encode_s}
+            "compile_flows_per_s": compile_rate, "encode_flows_per_s": len(flows) / encode_s,
+            "ovs_cpu_us_per_flow": cpu / len(flows) * 1e6, "ovs_cpu_share": cpu / seconds}
 
 
 def _osken(of: OpenFlowConnection, flows: list[ir.Flow], progress: Progress) -> dict[str, float]:
@@ -164,7 +179,7 @@ def run(params: dict[str, Any], progress: Progress) -> dict[str, float]:
         _clear(of)
         results.update(_sync(backend, flows, progress))
         _clear(of)
-        results.update(_native(backend, flows, progress))
+        results.update(_native(backend, daemons, flows, progress))
         results["speedup"] = results["native_flows_per_s"] / results["osken_flows_per_s"]
         results["sync_speedup"] = results["sync_flows_per_s"] / results["osken_flows_per_s"]
         return results

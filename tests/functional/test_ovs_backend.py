@@ -160,11 +160,21 @@ def pipeline(vms: list[Vm], with_ports: list[Vm] | None = None) -> list[ir.Flow]
     return flows
 
 
-def ping_loss(src: Vm, dst: Vm, count: int = 3) -> int:
+def ping_loss(src: Vm, dst: Vm, count: int = 3) -> float:
     out = in_ns(src.ns, "ping", "-c", str(count), "-i", "0.2", "-W", "1", dst.ip, check=False).stdout
-    found = re.search(r"(\d+)% packet loss", out)
+    found = re.search(r"([\d.]+)% packet loss", out)
     assert found, f"unexpected ping output: {out!r}"
-    return int(found.group(1))
+    return float(found.group(1))
+
+
+def path_gone(src: Vm, dst: Vm, timeout: float = 10) -> bool:
+    """True once pings stop getting through. The barrier says OVS changed its flow table; the datapath's
+    cached flows follow when the revalidator threads next run, which a busy machine can delay."""
+    deadline = time.monotonic() + timeout
+    while ping_loss(src, dst, count=1) != 100:
+        if time.monotonic() > deadline:
+            return False
+    return ping_loss(src, dst) == 100
 
 
 def n_packets(host: Host) -> dict[tuple, int]:
@@ -217,7 +227,7 @@ def test_removing_one_ports_flows_deletes_exactly_those(host: Host) -> None:
     dump = host.dump()
     mac2 = ":".join(f"{b:02x}" for b in vm2.mac.to_bytes(6, "big"))
     assert mac2 not in dump and f"in_port={host.ports()[vm2.key]}" not in dump
-    assert ping_loss(vm1, vm2) == 100
+    assert path_gone(vm1, vm2)
 
 
 def test_changed_actions_are_modified_in_place(host: Host) -> None:
@@ -230,7 +240,7 @@ def test_changed_actions_are_modified_in_place(host: Host) -> None:
     result = host.backend.sync(misdirected, host.ports())
 
     assert (result.added, result.modified, result.deleted, result.errors) == (0, 1, 0, ())
-    assert ping_loss(vm1, vm2) == 100
+    assert path_gone(vm1, vm2)
     assert host.backend.sync(misdirected, host.ports()).sent == 0
 
 

@@ -395,3 +395,41 @@ def test_unreachable_endpoint_and_bad_endpoint_are_explained(tmp_path: Path) -> 
         OpenFlowConnection(f"unix:{tmp_path}/missing.mgmt", timeout=1).connect()
     with pytest.raises(OpenFlowError, match="use unix:PATH or tcp:HOST:PORT"):
         OpenFlowConnection("ssl:1.2.3.4")
+
+
+def test_program_writer_sends_the_parts_before_a_bad_one_and_nothing_after(
+        switch: tuple[socket.socket, str]) -> None:
+    """The error surfaces in the caller's thread from finish(); no barrier follows a failed batch."""
+    server, endpoint = switch
+    received: list[tuple[int, int]] = []
+
+    def session() -> None:
+        conn = accept_session(server)
+        try:
+            while True:
+                msg_type, xid, _ = read_of_message(conn)
+                received.append((msg_type, xid))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+
+    thread = serve(session)
+    good = COMPILER.compile(ir.Flow(0, 1, ir.Match(), (ir.Output(10),), "port:p"), PORTS)
+    words = COMPILER.flow_mod(0, 1, good.cookie, 0, ofp.OFPFC_ADD, good.body)
+    of = OpenFlowConnection(endpoint, timeout=5)
+    encoder = native.best_encoder(COMPILER.catalog)
+    try:
+        with pytest.raises(native.EncodeError, match="not a template index"):
+            with of.writer(encoder) as writer:
+                writer.add(words * 3, 3)
+                writer.add([10**9], 1)
+                writer.add(words, 1)
+                writer.finish()
+        of.close()
+        thread.join(5)
+        assert [t for t, _ in received] == [ofp.OFPT_FLOW_MOD] * 3
+        assert len({xid for _, xid in received}) == 3
+    finally:
+        of.close()
+        thread.join(5)

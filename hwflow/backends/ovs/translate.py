@@ -434,14 +434,17 @@ class FlowCompiler:
                 value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
                 words += (template, value >> 64, value & native.CLOSE) if wide else (template, value)
                 keys.append(("set_nw_ttl", value) if oxm == "set_nw_ttl" else ("set_field", oxm, value))
-        key = ActionPlan(tuple(keys), metadata, goto).key
+        key: list[tuple[Any, ...]] = []
         if words:
             words = [ids["apply_actions"], *words, native.CLOSE]
+            key.append(("apply", tuple(keys)))
         if metadata is not None:
             words += (ids["write_metadata"], metadata, ALL_ONES_64)
+            key.append(("write_metadata", metadata, ALL_ONES_64))
         if goto is not None:
             words += (ids["goto_table"], goto)
-        return words, key
+            key.append(("goto", goto))
+        return words, tuple(key)
 
     def compile(self, flow: ir.Flow, ports: Mapping[int, int]) -> Compiled:
         """Raises UnboundPort / TranslationError as :func:`to_flow_mod` does."""
