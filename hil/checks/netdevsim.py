@@ -5,13 +5,15 @@ netdevs (``phys_switch_id``, ``phys_port_name`` pfXvfY), so hwflow's
 discovery and ``hwflow capabilities`` can be checked against the kernel
 rather than a recorded tree. It cannot offload flower (6.1 offloads only
 cls_bpf): the check asks the kernel (a ``skip_sw`` rule through hwflow's own
-client must be refused) and then requires hwflow's report to say the same.
+client must be refused) and then requires ``hwflow capabilities --probe`` to
+say the same, with the kernel's reason.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from hwflow.backends.tc.transport import KernelTransport, TcClient
 DEV_ID = 10
 VFS = 2
 BUS = Path("/sys/bus/netdevsim")
+KERNEL_REASON = "only offload of BPF classifiers supported"  # netdevsim's extack for flower (6.1)
 
 
 def create() -> list[str]:
@@ -59,9 +62,9 @@ def representors() -> dict[str, str]:
     return out
 
 
-def capabilities() -> dict[str, dict[str, Any]]:
-    """``hwflow capabilities --format json``, by device name."""
-    out = host.sh("python3", "-m", "hwflow.cli.main", "capabilities", "--format", "json")
+def capabilities(*extra: str) -> dict[str, dict[str, Any]]:
+    """``hwflow capabilities --format json [EXTRA]``, by device name."""
+    out = host.sh("python3", "-m", "hwflow.cli.main", "capabilities", "--format", "json", *extra, timeout=300)
     return {d["name"]: d for d in json.loads(out)["devices"]}
 
 
@@ -104,20 +107,24 @@ def discovery() -> None:
 
 
 def truthful_offload() -> None:
-    """hwflow must not claim flower offload for netdevsim, and must say why."""
+    """Asked to probe, hwflow must not claim flower offload for netdevsim, and must carry the kernel's reason."""
     reps = create()
     refusal = flower_refusal(reps[0])
-    dev = capabilities()[reps[0]]
-    if dev["offload"]:
-        raise CheckFailed(f"hwflow capabilities says {reps[0]} can offload (capabilities "
-                          f"{dev['capabilities']}), but the kernel refused flower in hardware: {refusal}")
-    if "flower" not in (dev["reason"] or ""):
-        raise CheckFailed(f"{reps[0]}: offload is false, but the reason {dev['reason']!r} does not say that "
-                          f"netdevsim cannot offload flower (the kernel: {refusal})")
+    with tempfile.TemporaryDirectory(prefix="hil-probes-") as cache:
+        dev = capabilities("--probe", "--probe-cache", cache, "--device", reps[0])[reps[0]]
+    claimed = dev["capabilities"]["actions"] if dev["offload"] else []
+    if claimed:
+        raise CheckFailed(f"after probing, hwflow capabilities says {reps[0]} can offload {claimed}, but the "
+                          f"kernel refused flower in hardware: {refusal}")
+    told = json.dumps([dev.get("reason"), dev.get("probe")])
+    if KERNEL_REASON not in told:
+        raise CheckFailed(f"{reps[0]}: no offload claimed, but neither the reason nor the probe results carry "
+                          f"the kernel's explanation {KERNEL_REASON!r}: reason {dev.get('reason')!r}, "
+                          f"probe {dev.get('probe')}")
 
 
 def checks() -> list[Check]:
     return [
         Check("netdevsim switchdev: VF representors discovered with role and switch id", discovery),
-        Check("netdevsim switchdev: no flower offload claimed, and the reason given", truthful_offload),
+        Check("netdevsim switchdev: probed, no flower offload claimed, the kernel's reason given", truthful_offload),
     ]

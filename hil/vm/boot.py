@@ -77,9 +77,9 @@ def verdict(guest_log: str, qemu_rc: int | None, timeout: float) -> list[suite.R
     results = []
     for line in guest_log.splitlines():
         status, _, rest = line.partition(" ")
-        if status in ("PASS", "FAIL"):
-            name, _, detail = rest.partition(": ") if status == "FAIL" else (rest, "", "")
-            results.append(suite.Result(name, status == "PASS", detail))
+        if status in ("PASS", "FAIL", "XFAIL"):
+            name, _, detail = rest.partition(": ") if status != "PASS" else (rest, "", "")
+            results.append(suite.Result(name, status == "PASS", detail, expected_failure=status == "XFAIL"))
     problems = []
     try:
         suite.parse_summary(guest_log)
@@ -91,7 +91,7 @@ def verdict(guest_log: str, qemu_rc: int | None, timeout: float) -> list[suite.R
         status = guest_status(qemu_rc)
         if status is None:
             problems.append(f"qemu exited {qemu_rc} without the guest's status (panic, or a crash before /init)")
-        elif results and (status == 0) != all(r.passed for r in results):
+        elif results and (status == 0) != suite.ok(results):
             problems.append(f"the guest's exit status {status} contradicts its check lines")
     if not results and not problems:
         problems.append("the guest ran no checks")
@@ -101,8 +101,8 @@ def verdict(guest_log: str, qemu_rc: int | None, timeout: float) -> list[suite.R
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hil/vm/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="flower,packets,netdevsim,selftest",
-                        help="comma-separated check groups (flower, packets, netdevsim, selftest)")
+    parser.add_argument("--only", default="flower,packets,actions,netdevsim,selftest",
+                        help="comma-separated check groups (flower, packets, actions, netdevsim, selftest)")
     parser.add_argument("--break", dest="breakage", metavar="NAME",
                         default=os.environ.get("HWFLOW_HIL_BREAK") or None,
                         help="run with a deliberately broken encoder (eth-swap, vlan-byteorder): must fail")
@@ -138,8 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             console = (work / "console.log").read_text(encoding="utf-8", errors="replace")
             print("hil/vm/run: the VM's console ends with:\n" + "\n".join(console.splitlines()[-30:]))
         print(f"hil/vm/run: VM ran {seconds:.0f}s; total {time.monotonic() - started:.0f}s; run directory {work}")
+        known = [r for r in results if r.expected_failure]
+        if known:
+            print(f"hil/vm/run: {len(known)} known failure(s), each waiting on a change outside hil/ "
+                  "(hil/checks/known.py)")
         print(suite.summary(results))
-        return 0 if all(r.passed for r in results) else 1
+        return 0 if suite.ok(results) else 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

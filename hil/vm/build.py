@@ -43,7 +43,7 @@ SUITE = "bookworm"
 ROOT_PACKAGES = ("python3", "iproute2", "kmod", "iputils-ping", "ethtool", "libudev1", "procps")
 # Modules the suite loads; their dependency closure is copied too.
 MODULES = ("cls_flower", "act_mirred", "act_gact", "act_vlan", "act_pedit", "act_csum", "act_tunnel_key",
-           "act_ct", "sch_ingress", "openvswitch", "veth", "vxlan", "virtio_pci", "9pnet_virtio", "9p")
+           "act_ct", "sch_ingress", "openvswitch", "veth", "vxlan", "8021q", "virtio_pci", "9pnet_virtio", "9p")
 WHEEL_IGNORE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*cache", ".hypothesis",
                 "tests", "hil")
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",

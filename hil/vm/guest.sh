@@ -7,7 +7,7 @@ set -u
 export PYTHONPATH=/mnt/host/site:/mnt/host
 echo "guest: kernel $(uname -r), $(nproc) CPUs, python $(python3 -c 'import sys; print(sys.version.split()[0])')"
 for module in cls_flower act_mirred act_gact act_vlan act_pedit act_csum act_tunnel_key act_ct sch_ingress \
-              openvswitch veth vxlan; do
+              openvswitch veth vxlan 8021q; do
     modprobe "$module" || echo "guest: modprobe $module failed"
 done
 cd /tmp || exit 125
