@@ -261,7 +261,7 @@ class Eswitch:
                     goto = action.chain
                     break
                 applied.append(action)
-                if isinstance(action, fl.Gact) or action.redirect:
+                if isinstance(action, fl.Gact) or isinstance(action, fl.Mirred) and action.redirect:
                     return applied
             if goto is None:
                 return applied + [fl.Gact("pass")]

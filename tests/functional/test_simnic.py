@@ -189,6 +189,28 @@ def test_rules_forward_pings_between_vms_in_hardware(start_simnic, vm_namespaces
     assert "added flower rule" in nic.output()
 
 
+def test_header_rewrites_happen_in_the_nic(start_simnic, vm_namespaces: list[str]) -> None:
+    """VM0 sends to a MAC nobody has: only the NIC's pedit of eth dst (between a VLAN push and pop) delivers it."""
+    nic = start_simnic("sim-no-tunnel-no-ct")
+    plug_vms(nic, vm_namespaces)
+    ip(vm_namespaces[0], "neigh", "replace", ADDRS[1], "lladdr", "02:77:00:00:00:99", "dev", "eth0",
+       "nud", "permanent")
+    rep0, rep1 = (nic.port(i)["representor_ifindex"] for i in range(2))
+    mac1 = bytes.fromhex(MACS[1].replace(":", ""))
+    fix = fl.FlowerRule(rep0, 10, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=int(ipaddress.IPv4Address(ADDRS[1]))), (
+        fl.Vlan("push", 100, 3), fl.Pedit(fl.pedit_set("eth", 0, mac1)), fl.Vlan("pop"), fl.Mirred(rep1)))
+    tc = TcClient(SimSocketTransport(nic.socket), timeout=5.0, echo=True)  # the device's echoes are checked too
+    try:
+        assert tc.add([fix, redirect(nic, 1, 0)]) == [None, None], nic.output()
+        done = ping(vm_namespaces[0], ADDRS[1])
+        assert " 0% packet loss" in done.stdout, done.stdout + nic.output()
+        ((dumped, stats),) = tc.dump(rep0)
+    finally:
+        tc.close()
+    assert dumped == fix and stats.packets >= 5
+    assert [rx_packets(nic.ns, nic.port(i)["representor"]) for i in range(2)] == [0, 0]
+
+
 def test_misses_go_up_the_representors_and_a_bridge_forwards_them(start_simnic,
                                                                    vm_namespaces: list[str]) -> None:
     nic = start_simnic()

@@ -328,3 +328,12 @@ def test_icmp_checksum_and_actions_the_sim_cannot_perform() -> None:
     fixed = apply_csum(fl.Csum(fl.TCA_CSUM_UPDATE_FLAG_ICMP), raw)
     assert fixed == rebuilt(raw)
     assert rewrite(fl.Ct(zone=1), raw) is None and rewrite(fl.TunnelKey(unset=True), raw) is None
+
+
+def test_classify_runs_through_rewrites_to_the_verdict() -> None:
+    sw = Eswitch("sim0", load_profile("sim-no-tunnel-no-ct"), [REP0, REP1, REP2], clock=Clock())
+    actions = (fl.Vlan("push", 7), fl.Pedit(fl.pedit_set("eth", 0, bytes(6))), fl.Vlan("pop"), fl.Mirred(REP1))
+    rule = fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000002), actions)
+    assert add(sw, rule) == (0, None)
+    assert sw.classify(REP0, frame()) == list(actions)
+    assert dump(sw)[0][0] == rule
