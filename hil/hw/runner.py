@@ -58,16 +58,33 @@ def packets(dev: str) -> int:
     return int(read(stats / "rx_packets")) + int(read(stats / "tx_packets"))
 
 
+def switch_ports(pf: str) -> list[str]:
+    """Netdevs of the PF's embedded switch (same phys_switch_id), the PF's own representors included."""
+    try:
+        switch_id = read(SYS_NET / pf / "phys_switch_id")
+    except OSError:
+        return []
+    out = []
+    for net in SYS_NET.iterdir():
+        try:
+            if read(net / "phys_switch_id") == switch_id and net.name != pf:
+                out.append(net.name)
+        except OSError:
+            continue
+    return out
+
+
 def why_busy(pf: str, window: float = 3.0) -> list[str]:
-    """Reasons to believe the PF is in use; empty when it looks idle."""
+    """Reasons to believe the PF (or its eswitch) is in use; empty when it looks idle."""
     reasons = []
     addrs = json.loads(host.sh("ip", "-j", "addr", "show", "dev", pf))
     scoped = [a["local"] for link in addrs for a in link.get("addr_info", []) if a.get("scope") == "global"]
     if scoped:
         reasons.append(f"{pf} has addresses {scoped}")
-    if (SYS_NET / pf / "master").exists():
-        reasons.append(f"{pf} is enslaved to {(SYS_NET / pf / 'master').resolve().name}")
-    if pf in host.sh("ip", "route", "show", "default"):
+    for dev in [pf, *switch_ports(pf)]:
+        if (SYS_NET / dev / "master").exists():
+            reasons.append(f"{dev} is enslaved to {(SYS_NET / dev / 'master').resolve().name}")
+    if f"dev {pf} " in host.sh("ip", "route", "show", "default") + " ":
         reasons.append(f"the default route goes through {pf}")
     before = packets(pf)
     time.sleep(window)
@@ -83,36 +100,38 @@ def eswitch_mode(pci: str) -> str:
 
 
 def set_nic(state: NicState, numvfs: int, mode: str) -> None:
-    """VFs first (some drivers refuse to change the count in switchdev mode), then the eswitch mode."""
+    """No VFs, then the eswitch mode, then the VFs: ice allows a mode change only without VFs, and
+    mlx5 creates a representor per VF when VFs appear in switchdev mode."""
     path = SYS_NET / state.pf / "device" / "sriov_numvfs"
-    if int(read(path)) != numvfs:
-        if eswitch_mode(state.pci) != "legacy":
-            host.sh("devlink", "dev", "eswitch", "set", f"pci/{state.pci}", "mode", "legacy")
-        path.write_text("0", encoding="utf-8")
-        path.write_text(str(numvfs), encoding="utf-8")
+    if int(read(path)) == numvfs and eswitch_mode(state.pci) == mode:
+        return
+    path.write_text("0", encoding="utf-8")
     if eswitch_mode(state.pci) != mode:
         host.sh("devlink", "dev", "eswitch", "set", f"pci/{state.pci}", "mode", mode)
+    if numvfs:
+        path.write_text(str(numvfs), encoding="utf-8")
 
 
-def representors(pf: str, vfs: int) -> tuple[list[str], list[str]]:
-    """(VF netdevs, VF representors), both in VF order, found through sysfs."""
-    switch_id = read(SYS_NET / pf / "phys_switch_id")
-    reps: dict[int, str] = {}
-    for net in SYS_NET.iterdir():
-        try:
-            same = read(net / "phys_switch_id") == switch_id
-            match = REP_NAME.fullmatch(read(net / "phys_port_name"))
-        except OSError:
-            continue
-        if same and match:
-            reps[int(match.group(1))] = net.name
-    vf_devs = []
-    for i in range(vfs):
-        nets = sorted((SYS_NET / pf / "device" / f"virtfn{i}" / "net").iterdir())
-        vf_devs.append(nets[0].name)
-    if sorted(reps) != list(range(vfs)):
-        raise suite.CheckFailed(f"found representors for VFs {sorted(reps)}, expected 0..{vfs - 1}")
-    return vf_devs, [reps[i] for i in range(vfs)]
+def representors(pf: str, vfs: int, wait: float = 30.0) -> tuple[list[str], list[str]]:
+    """(VF netdevs, VF representors), both in VF order; VF drivers may take a while to create netdevs."""
+    deadline = time.monotonic() + wait
+    while True:
+        reps: dict[int, str] = {}
+        for name in switch_ports(pf):
+            try:
+                match = REP_NAME.fullmatch(read(SYS_NET / name / "phys_port_name"))
+            except OSError:
+                continue
+            if match:
+                reps[int(match.group(1))] = name
+        vf_nets = [SYS_NET / pf / "device" / f"virtfn{i}" / "net" for i in range(vfs)]
+        vf_devs = [sorted(p.iterdir())[0].name for p in vf_nets if p.is_dir() and any(p.iterdir())]
+        if sorted(reps) == list(range(vfs)) and len(vf_devs) == vfs:
+            return vf_devs, [reps[i] for i in range(vfs)]
+        if time.monotonic() > deadline:
+            raise suite.CheckFailed(f"after {wait:g}s: representors for VFs {sorted(reps)} and VF netdevs "
+                                    f"{vf_devs}; expected {vfs} of each (is the VF driver loaded?)")
+        time.sleep(0.5)
 
 
 def offload_samples(bench: flower.Bench, report: dict[str, Any]) -> None:
@@ -167,6 +186,57 @@ def capabilities_of(reps: Sequence[str], report: dict[str, Any]) -> tuple[str, C
     return first["switch_id"], Capabilities.from_dict(first["capabilities"])
 
 
+class Stage:
+    """The NIC set up for the checks (switchdev, VFs, representors); each check needs the one before it."""
+
+    def __init__(self, state: NicState, vfs: int, report: dict[str, Any]) -> None:
+        self.state, self.vfs, self.report = state, vfs, report
+        self.bench: flower.Bench | None = None
+        self.endpoints: tuple[forwarding.Endpoint, forwarding.Endpoint] | None = None
+        self.datapath: forwarding.Datapath | None = None
+
+    def setup(self) -> None:
+        set_nic(self.state, self.vfs, "switchdev")
+        vf_devs, reps = representors(self.state.pf, self.vfs)
+        for dev in [self.state.pf, *reps]:
+            host.sh("ethtool", "-K", dev, "hw-tc-offload", "on")
+            host.sh("ip", "link", "set", dev, "up")
+        self.report["vfs"], self.report["representors"] = vf_devs, reps
+        self.bench = flower.Bench.on(reps[0], reps[1])
+        self.endpoints = (forwarding.Endpoint(1, "hilhwa", reps[0], "10.78.0.1", vf_devs[0]),
+                          forwarding.Endpoint(2, "hilhwb", reps[1], "10.78.0.2", vf_devs[1]))
+
+    def ready(self) -> flower.Bench:
+        if self.bench is None:
+            raise suite.CheckFailed("not run: the switchdev setup failed")
+        return self.bench
+
+    def discovered(self) -> None:
+        self.ready()
+        switch_id, caps = capabilities_of(self.report["representors"], self.report)
+        self.datapath = forwarding.Datapath(fl.TCA_CLS_FLAGS_SKIP_SW, switch_id, caps)
+
+    def packets(self) -> None:
+        self.ready()
+        if self.datapath is None or self.endpoints is None:
+            raise suite.CheckFailed("not run: hwflow did not report the representors as offloadable")
+        forwarding.run_scenario(forwarding.l2_scenario(*self.endpoints), self.datapath)
+
+    def checks(self, rules: int) -> list[suite.Check]:
+        return [
+            suite.Check(f"switchdev mode with {self.vfs} VFs and their representors", self.setup),
+            suite.Check("hwflow capabilities reports the representors as offloadable", self.discovered),
+            suite.Check("flower rules offloaded (skip_sw) read back as sent",
+                        lambda: offload_samples(self.ready(), self.report)),
+            suite.Check(f"insertion rate ({rules} rules)", lambda: insertion_rate(self.ready(), rules, self.report)),
+            suite.Check("packets between two VFs forwarded by NIC rules, hardware counters match", self.packets),
+        ]
+
+    def close(self) -> None:
+        if self.bench is not None:
+            self.bench.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hil/hw/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pf", required=True, help="the physical function's netdev (e.g. enp3s0f0np0)")
@@ -186,37 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pci = (SYS_NET / args.pf / "device").resolve().name
     state = NicState(args.pf, pci, int(read(SYS_NET / args.pf / "device" / "sriov_numvfs")), eswitch_mode(pci))
     report: dict[str, Any] = {"pf": args.pf, "pci": pci, "before": dataclasses.asdict(state), "busy": busy}
+    stage = Stage(state, args.vfs, report)
     try:
-        set_nic(state, args.vfs, "switchdev")
-        vf_devs, reps = representors(args.pf, args.vfs)
-        for dev in [args.pf, *reps]:
-            host.sh("ethtool", "-K", dev, "hw-tc-offload", "on")
-            host.sh("ip", "link", "set", dev, "up")
-        report["vfs"], report["representors"] = vf_devs, reps
-        bench = flower.Bench.on(reps[0], reps[1])
-        endpoints = (forwarding.Endpoint(1, "hilhwa", reps[0], "10.78.0.1", vf_devs[0]),
-                     forwarding.Endpoint(2, "hilhwb", reps[1], "10.78.0.2", vf_devs[1]))
-        datapath: list[forwarding.Datapath] = []
-
-        def discovered() -> None:
-            switch_id, caps = capabilities_of(reps, report)
-            datapath.append(forwarding.Datapath(fl.TCA_CLS_FLAGS_SKIP_SW, switch_id, caps))
-
-        def packets_in_hw() -> None:
-            if not datapath:
-                raise suite.CheckFailed("skipped: hwflow did not report the representors as offloadable")
-            forwarding.run_scenario(forwarding.l2_scenario(*endpoints), datapath[0])
-
-        checks = [
-            suite.Check("hwflow capabilities reports the representors as offloadable", discovered),
-            suite.Check("flower rules offloaded (skip_sw) read back as sent", lambda: offload_samples(bench, report)),
-            suite.Check(f"insertion rate ({args.rules} rules)", lambda: insertion_rate(bench, args.rules, report)),
-            suite.Check("packets between two VFs forwarded by NIC rules, hardware counters match",
-                        packets_in_hw),
-        ]
-        results = suite.run_checks(checks, sys.stdout)
-        bench.close()
+        results = suite.run_checks(stage.checks(args.rules), sys.stdout)
     finally:
+        stage.close()
         set_nic(state, state.numvfs, state.mode)
     report["results"] = [dataclasses.asdict(r) for r in results]
     args.report.write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,3 +169,23 @@ def test_xfail_lines_from_the_guest_keep_the_run_green():
     results = boot.verdict(log, 1, 60)
     assert suite.ok(results) and suite.summary(results) == "1 passed, 0 failed"
     assert results[1].expected_failure
+
+
+def test_hw_runner_without_a_nic_says_it_is_skipped():
+    proc = subprocess.run(["bash", str(REPO / "hil/hw/run")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "skipped: no --pf given" in proc.stdout
+
+
+def test_hw_runner_refuses_a_device_that_is_not_an_sriov_pf():
+    runner = importlib.import_module("hil.hw.runner")
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--pf", "lo", "--vfs", "2"])
+    assert exc.value.code == 2
+
+
+def test_hw_runner_needs_two_vfs(capsys):
+    runner = importlib.import_module("hil.hw.runner")
+    with pytest.raises(SystemExit):
+        runner.main(["--pf", "lo", "--vfs", "1"])
+    assert "at least 2" in capsys.readouterr().err
