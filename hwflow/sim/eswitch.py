@@ -48,37 +48,63 @@ Key = tuple[int, int, int]  # chain, prio, handle
 # --- frame parsing -------------------------------------------------------------
 
 _ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BxxxxxHxBxx4s4s")  # ver/ihl, flags/frag, proto, src, dst
-_IPV6 = struct.Struct("!xxxxxxBx16s16s")  # next header, src, dst
+_IPV4 = struct.Struct("!BBxxxxHBBxx4s4s")  # ver/ihl, tos, flags/frag, ttl, proto, src, dst
+_IPV6 = struct.Struct("!IxxBB16s16s")  # version/class/label, next header, hop limit, src, dst
+_ARP = struct.Struct("!xxxxxxH6s4s6s4s")  # (Ethernet/IPv4) op, sha, spa, tha, tpa
 _PORTS = struct.Struct("!HH")
-_L4 = {fl.IPPROTO_TCP: "tcp", fl.IPPROTO_UDP: "udp"}
+_L4 = {fl.IPPROTO_TCP: "tcp", fl.IPPROTO_UDP: "udp", fl.IPPROTO_SCTP: "sctp"}
+_ICMP = {(fl.ETH_P_IP, fl.IPPROTO_ICMP): "icmpv4", (fl.ETH_P_IPV6, fl.IPPROTO_ICMPV6): "icmpv6"}
+
+
+def _parse_tags(frame: bytes, pkt: dict[str, int]) -> tuple[int, int]:
+    """VLAN and QinQ tags into pkt (vlan_* outer, cvlan_* inner); (L3 offset, ethertype after the tags)."""
+    offset, l3_type = _ETH.size, pkt["eth_type"]
+    for prefix in ("vlan", "cvlan"):
+        if l3_type not in fl.VLAN_PROTOCOLS or len(frame) < offset + 4:
+            break
+        tci, l3_type = struct.unpack_from("!HH", frame, offset)
+        pkt.update({f"{prefix}_id": tci & 0xFFF, f"{prefix}_prio": tci >> 13, f"{prefix}_eth_type": l3_type})
+        offset += 4
+    return offset, l3_type
+
+
+def _parse_l3(frame: bytes, offset: int, l3_type: int, pkt: dict[str, int]) -> int | None:
+    """IPv4/IPv6/ARP fields into pkt; the L4 offset when the frame carries a first (or only) fragment."""
+    if l3_type == fl.ETH_P_IP and len(frame) >= offset + _IPV4.size:
+        ver_ihl, tos, frag, ttl, proto, s, d = _IPV4.unpack_from(frame, offset)
+        pkt.update(ip_proto=proto, ip_tos=tos, ip_ttl=ttl, ipv4_src=int.from_bytes(s, "big"),
+                   ipv4_dst=int.from_bytes(d, "big"))
+        return offset + (ver_ihl & 0xF) * 4 if not frag & 0x1FFF else None  # only the first fragment has ports
+    if l3_type == fl.ETH_P_IPV6 and len(frame) >= offset + _IPV6.size:
+        head, proto, hops, s, d = _IPV6.unpack_from(frame, offset)
+        pkt.update(ip_proto=proto, ip_tos=head >> 20 & 0xFF, ip_ttl=hops, ipv6_src=int.from_bytes(s, "big"),
+                   ipv6_dst=int.from_bytes(d, "big"))
+        return offset + _IPV6.size
+    if l3_type in (fl.ETH_P_ARP, fl.ETH_P_RARP) and len(frame) >= offset + _ARP.size:
+        op, sha, spa, tha, tpa = _ARP.unpack_from(frame, offset)
+        pkt.update(arp_op=op & 0xFF, arp_sha=int.from_bytes(sha, "big"), arp_sip=int.from_bytes(spa, "big"),
+                   arp_tha=int.from_bytes(tha, "big"), arp_tip=int.from_bytes(tpa, "big"))  # flower keeps op's low byte
+    return None
 
 
 def parse_frame(frame: bytes) -> dict[str, int] | None:
-    """The flower-visible fields of an Ethernet frame; None for a runt."""
+    """The flower-visible fields of an Ethernet frame (tunnel and conntrack keys: never); None for a runt."""
     if len(frame) < _ETH.size:
         return None
     dst, src, eth_type = _ETH.unpack_from(frame)
     pkt = {"eth_dst": int.from_bytes(dst, "big"), "eth_src": int.from_bytes(src, "big"), "eth_type": eth_type}
-    offset = _ETH.size
-    l3_type = eth_type
-    if eth_type == fl.ETH_P_8021Q and len(frame) >= offset + 4:
-        tci, l3_type = struct.unpack_from("!HH", frame, offset)
-        pkt["vlan_id"] = tci & 0xFFF
-        offset += 4
-    l4_offset = None
-    if l3_type == fl.ETH_P_IP and len(frame) >= offset + _IPV4.size:
-        ver_ihl, frag, proto, s, d = _IPV4.unpack_from(frame, offset)
-        pkt.update(ip_proto=proto, ipv4_src=int.from_bytes(s, "big"), ipv4_dst=int.from_bytes(d, "big"))
-        if not frag & 0x1FFF:  # only the first fragment carries ports
-            l4_offset = offset + (ver_ihl & 0xF) * 4
-    elif l3_type == fl.ETH_P_IPV6 and len(frame) >= offset + _IPV6.size:
-        proto, s, d = _IPV6.unpack_from(frame, offset)
-        pkt.update(ip_proto=proto, ipv6_src=int.from_bytes(s, "big"), ipv6_dst=int.from_bytes(d, "big"))
-        l4_offset = offset + _IPV6.size
-    l4 = _L4.get(pkt.get("ip_proto", -1))
-    if l4 and l4_offset is not None and len(frame) >= l4_offset + _PORTS.size:
+    offset, l3_type = _parse_tags(frame, pkt)
+    l4_offset = _parse_l3(frame, offset, l3_type, pkt)
+    proto = pkt.get("ip_proto", -1)
+    if l4_offset is None or len(frame) < l4_offset + _PORTS.size:
+        return pkt
+    l4, icmp = _L4.get(proto), _ICMP.get((l3_type, proto))
+    if l4:
         pkt[f"{l4}_src"], pkt[f"{l4}_dst"] = _PORTS.unpack_from(frame, l4_offset)
+    if icmp:
+        pkt[f"{icmp}_type"], pkt[f"{icmp}_code"] = frame[l4_offset], frame[l4_offset + 1]
+    if proto == fl.IPPROTO_TCP and len(frame) >= l4_offset + 14:
+        pkt["tcp_flags"] = struct.unpack_from("!H", frame, l4_offset + 12)[0] & 0x0FFF
     return pkt
 
 

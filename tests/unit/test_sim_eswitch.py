@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.inet6 import ICMPv6Unknown, IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
@@ -237,31 +237,62 @@ ports = st.integers(0, 0xFFFF)
 def frames(draw: st.DrawFn) -> bytes:
     eth = Ether(src=draw(st.integers(0, 2**48 - 1)).to_bytes(6, "big").hex(":"),
                 dst=draw(st.integers(0, 2**48 - 1)).to_bytes(6, "big").hex(":"))
-    if draw(st.booleans()):
-        eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)))
-    l3 = draw(st.sampled_from(["ip", "ip6", "none"]))
+    tags = draw(st.integers(0, 2))
+    if tags:
+        eth.type = draw(st.sampled_from(fl.VLAN_PROTOCOLS))
+    for i in range(tags):
+        eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)), prio=draw(st.integers(0, 7)),
+                          type=fl.ETH_P_8021Q if i + 1 < tags else None)
+    l3 = draw(st.sampled_from(["ip", "ip6", "arp", "none"]))
     if l3 == "none":
         return bytes(eth / b"payload")
-    ip = IP(src=draw(addrs4), dst=draw(addrs4)) if l3 == "ip" else IPv6(src=draw(addrs6), dst=draw(addrs6))
-    l4 = draw(st.sampled_from([TCP, UDP]))
-    return bytes(eth / ip / l4(sport=draw(ports), dport=draw(ports)))
+    if l3 == "arp":
+        return bytes(eth / ARP(op=draw(st.integers(1, 0xFFFF)), psrc=draw(addrs4), pdst=draw(addrs4),
+                               hwsrc=draw(st.integers(0, 2**48 - 1)).to_bytes(6, "big").hex(":")))
+    tos, ttl = draw(st.integers(0, 255)), draw(st.integers(0, 255))
+    ip = (IP(src=draw(addrs4), dst=draw(addrs4), tos=tos, ttl=ttl) if l3 == "ip"
+          else IPv6(src=draw(addrs6), dst=draw(addrs6), tc=tos, hlim=ttl))
+    l4 = draw(st.sampled_from(["tcp", "udp", "icmp"]))
+    if l4 == "icmp":
+        icmp = ICMP if l3 == "ip" else ICMPv6Unknown
+        return bytes(eth / ip / icmp(type=draw(st.integers(0, 255)), code=draw(st.integers(0, 255))))
+    sport, dport = draw(ports), draw(ports)
+    if l4 == "udp":
+        return bytes(eth / ip / UDP(sport=sport, dport=dport))
+    return bytes(eth / ip / TCP(sport=sport, dport=dport, flags=draw(st.integers(0, 0x1FF))))
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(frames())
 def test_parse_frame_agrees_with_scapy(raw: bytes) -> None:
     ref = Ether(raw)
     pkt = parse_frame(raw)
     assert pkt["eth_dst"] == int(ref.dst.replace(":", ""), 16)
-    assert pkt.get("vlan_id") == (ref[Dot1Q].vlan if Dot1Q in ref else None)
+    tags, layer = [], ref.payload
+    while isinstance(layer, Dot1Q):  # scapy dissects 802.1ad as Dot1AD, a Dot1Q subclass
+        tags, layer = tags + [layer], layer.payload
+    for prefix, tag in zip(("vlan", "cvlan"), tags):
+        assert (pkt[f"{prefix}_id"], pkt[f"{prefix}_prio"], pkt[f"{prefix}_eth_type"]) == (tag.vlan, tag.prio,
+                                                                                            tag.type)
+    assert ("vlan_id" in pkt, "cvlan_id" in pkt) == (len(tags) >= 1, len(tags) == 2)
     if IP in ref:
         assert pkt["ipv4_src"] == int(ipaddress.IPv4Address(ref[IP].src))
-        assert pkt["ip_proto"] == ref[IP].proto
+        assert (pkt["ip_proto"], pkt["ip_tos"], pkt["ip_ttl"]) == (ref[IP].proto, ref[IP].tos, ref[IP].ttl)
     if IPv6 in ref:
         assert pkt["ipv6_dst"] == int(ipaddress.IPv6Address(ref[IPv6].dst))
+        assert (pkt["ip_tos"], pkt["ip_ttl"]) == (ref[IPv6].tc, ref[IPv6].hlim)
     for layer, name in ((TCP, "tcp"), (UDP, "udp")):
         if layer in ref:
             assert (pkt[f"{name}_src"], pkt[f"{name}_dst"]) == (ref[layer].sport, ref[layer].dport)
+    if TCP in ref:
+        assert pkt["tcp_flags"] == int(ref[TCP].flags)
+    if ICMP in ref:
+        assert (pkt["icmpv4_type"], pkt["icmpv4_code"]) == (ref[ICMP].type, ref[ICMP].code)
+    if IPv6 in ref and ref[IPv6].nh == fl.IPPROTO_ICMPV6:
+        assert (pkt["icmpv6_type"], pkt["icmpv6_code"]) == tuple(raw[-len(ref[IPv6].payload):][:2])
+    if ARP in ref:
+        assert (pkt["arp_op"], pkt["arp_sip"], pkt["arp_sha"]) == (
+            ref[ARP].op & 0xFF, int(ipaddress.IPv4Address(ref[ARP].psrc)), int(ref[ARP].hwsrc.replace(":", ""), 16))
     assert parse_frame(raw[:13]) is None
 
 
