@@ -207,6 +207,24 @@ def plug(host: SimHost, ports: dict[str, Port]) -> None:
         host.plug(port, vm_ns(host, vm))
 
 
+# What the shipped pipeline gives n VMs on one network (each with one IPv4 address):
+# per direction, port security admits four unicast paths the NIC can carry (IPv4 from the
+# port's address, DHCP discovery from 0.0.0.0, IPv6 from its link-local address, IPv6 DAD
+# from ::); per port, OVS holds classify + 6 port-security flows (IPv4, ARP, IPv6 link-local,
+# DHCP, DAD, drop) + unicast; per network one flood flow.
+RULES_PER_DIRECTION = 4
+FLOWS_PER_PORT = 8
+
+
+def programmed(vms: int) -> dict[str, int]:
+    return {"rules": vms * (vms - 1) * RULES_PER_DIRECTION, "flows": vms * FLOWS_PER_PORT + 1}
+
+
+def carries_ping(rule: fl.FlowerRule) -> bool:
+    """The IPv4 rule for traffic from a port's own address (not the DHCP-discovery one)."""
+    return rule.protocol == fl.ETH_P_IP and rule.keys.ipv4_src not in (None, 0)
+
+
 def wait_programmed(host: SimHost, rules: int, flows: int, timeout: float = 20) -> None:
     wait_for(f"{rules} NIC rules and {flows} OVS flows",
              lambda: len(nic_rules(host)) == rules and len(ovs_flows(host)) == flows, timeout, host)
@@ -218,12 +236,12 @@ def ping(host: SimHost, src: str, dst_ip: str, count: int = PINGS) -> float:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHost]:
-    """One host with vm1 and vm2 on one network, fully programmed (2 VMs x IPv4/IPv6 rules, 5 flows)."""
+    """One host with vm1 and vm2 on one network, fully programmed."""
     lab = Lab(tmp_path_factory.mktemp)
     try:
         host = lab.host()
         plug(host, create_network(host))
-        wait_programmed(host, rules=4, flows=5)
+        wait_programmed(host, **programmed(2))
         yield host
     finally:
         lab.stop()
@@ -268,6 +286,26 @@ def test_arp_goes_through_ovs_and_never_to_the_nic(pair: SimHost) -> None:
     assert rules and {rule.protocol for rule, _ in rules} <= IP_PROTOCOLS, [r for r, _ in rules]
 
 
+def test_port_security_drops_a_spoofed_source_before_either_datapath_forwards_it(pair: SimHost) -> None:
+    vm1, vm1_port = vm_ns(pair, "vm1"), pair.ovsdb.ofport(representor(pair, "vm1"))
+
+    def dropped() -> int:  # vm1's port-security drop flow: priority 1, matching only its in_port, no actions
+        return sum(f.packets for f in ovs_flows(pair) if f.key[1] == 1 and f.in_port == vm1_port and not f.outputs)
+
+    assert ping(pair, "vm1", VMS[1][2], count=2) == 0  # vm1 knows vm2's MAC: the spoofed pings need no ARP
+    hw_before, drops_before = hw_packets(pair, "vm1", "vm2"), dropped()
+    subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "add", "10.0.0.99/24", "dev", "eth0"], check=True)
+    try:
+        spoofed = subprocess.run(["ip", "netns", "exec", vm1, "ping", "-c", "5", "-i", "0.1", "-W", "1",
+                                  "-I", "10.0.0.99", VMS[1][2]], capture_output=True, text=True, check=False)
+        assert "100% packet loss" in spoofed.stdout, spoofed.stdout
+    finally:
+        subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "del", "10.0.0.99/24", "dev", "eth0"], check=False)
+    assert dropped() - drops_before >= 5, "the spoofed pings were not dropped by port security in OVS"
+    assert hw_packets(pair, "vm1", "vm2") == hw_before, "the NIC forwarded a spoofed packet"
+    assert ping(pair, "vm1", VMS[1][2]) == 0
+
+
 @dataclasses.dataclass
 class Deleted:
     """A host on which vm1 and vm2 talked, then vm2's port was deleted with ``hwflow nb port delete``."""
@@ -293,10 +331,10 @@ def deleted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deleted]:
     try:
         host = lab.host()
         plug(host, create_network(host))
-        wait_programmed(host, rules=4, flows=5)
+        wait_programmed(host, **programmed(2))
         state = Deleted(host, ifindex(host, "vm2"), host.ovsdb.ofport(representor(host, "vm2")))
         assert ping(host, "vm1", VMS[1][2], count=3) == 0  # both VMs now know each other's MAC
-        assert len(state.rules_on()) == 2 and len(state.rules_towards()) == 2 and state.flows()
+        assert len(state.rules_on()) == len(state.rules_towards()) == RULES_PER_DIRECTION and state.flows()
 
         done = subprocess.run([HWFLOW, "nb", "port", "delete", "vm2", "--database", host.database],
                               capture_output=True, text=True, timeout=60, check=False)
@@ -356,7 +394,7 @@ def start_agent(host: SimHost) -> None:
 def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> None:
     host = lab.host(agent_debug=True)  # debug logs every pass ("OVS sync: ...")
     plug(host, create_network(host))
-    wait_programmed(host, rules=4, flows=5)
+    wait_programmed(host, **programmed(2))
     in_ns(vm_ns(host, "vm1"), "ip", "neigh", "flush", "dev", "eth0")
     assert ping(host, "vm1", VMS[1][2]) == 0
     wait_for("OVS counters", lambda: flood_flow(ovs_flows(host)).packets > 0)
@@ -381,9 +419,9 @@ def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> N
     host.stop_agent()
     vm, mac, address = VMS[2]
     host.plug(create_port(host, vm, mac, address), vm_ns(host, vm))
-    assert len(nic_rules(host)) == 4
+    assert len(nic_rules(host)) == programmed(2)["rules"]
     start_agent(host)
-    wait_programmed(host, rules=12, flows=7)  # 3 ports x 2 peers x IPv4/IPv6; 3 in_port + 3 unicast + flood
+    wait_programmed(host, **programmed(3))
     rep3 = ifindex(host, vm)
     assert any(rule.ifindex == rep3 for rule, _ in nic_rules(host))
     assert ping(host, "vm1", address) == 0
@@ -409,11 +447,14 @@ def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
     log = agent_log(host)
     assert "refused to add" in log and errno.errorcode[errno.ENOSPC] in log
 
-    in_software = "vm2" if accepted.ifindex == ifindex(host, "vm1") else "vm1"  # the refused direction
-    rx_before = ovs_rx(host, representor(host, in_software))
+    in_hardware = {vm for vm in ("vm1", "vm2") if carries_ping(accepted) and accepted.ifindex == ifindex(host, vm)}
+    in_software = {"vm1", "vm2"} - in_hardware  # the directions whose ping rule the NIC refused
+    rx_before = {vm: ovs_rx(host, representor(host, vm)) for vm in in_software}
     assert ping(host, "vm1", VMS[1][2]) == 0
-    assert ovs_rx(host, representor(host, in_software)) - rx_before >= PINGS
-    assert nic_rules(host, ours)[0][1].packets >= PINGS
+    for vm in in_software:
+        assert ovs_rx(host, representor(host, vm)) - rx_before[vm] >= PINGS, f"{vm}'s pings did not go via OVS"
+    if in_hardware:
+        assert nic_rules(host, ours)[0][1].packets >= PINGS
     assert [rule for rule, _ in nic_rules(host, {FOREIGN_VF})] == foreign
     assert len(nic_rules(host)) == 8
 

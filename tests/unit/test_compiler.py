@@ -49,9 +49,11 @@ def test_one_port_added_touches_only_its_owners():
     compiler.compile(topo)
     new = Port(id="px", name="", network_id="n0", mac="fa:16:3e:00:02:00", unique_key=999)
     delta = compiler.update(topo, topo.update(topo.networks, {**ports, "px": new}, set(ports) | {"px"}))
-    # the port's classifier and unicast flows, plus its network's flood flow (replaced)
-    assert delta.owners == 3
-    assert sorted(f.owner for f in delta.added) == ["network:n0", "port:px", "port:px"]
+    # the port's classifier, port security and unicast owners, plus its network's flood flow (replaced)
+    assert delta.owners == 4
+    assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
+    # classify, unicast, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
+    assert sum(f.owner == "port:px" for f in delta.added) == 6
     assert [f.owner for f in delta.removed] == ["network:n0"]
 
 

@@ -63,14 +63,21 @@ def test_unicast_to_a_local_port(db, capsys):
     assert report["verdict"] == "output"
     assert [o["port"] for o in report["outputs"]] == ["vm2"]
     assert report["outputs"][0]["packet"]["eth_dst"] == "fa:16:3e:00:00:02"
-    assert [s["table_name"] for s in report["steps"]] == ["classifier.ports", "l2.lookup"]
-    assert report["steps"][1]["owner"].startswith("port:")
+    assert [s["table_name"] for s in report["steps"]] == ["classifier.ports", "port_security.filter", "l2.lookup"]
+    assert report["steps"][2]["owner"].startswith("port:")
 
 
 def test_broadcast_floods_to_the_other_local_ports_only(db, capsys):
     _, report = trace(db, capsys, "--port", "vm1", "--packet", "eth_type=arp,arp_tpa=10.0.0.2")
     assert [o["port"] for o in report["outputs"]] == ["vm2"]
-    assert report["steps"][1]["owner"].startswith("network:")
+    assert report["steps"][2]["owner"].startswith("network:")
+
+
+def test_a_spoofed_source_is_dropped_by_port_security(db, capsys):
+    _, report = trace(db, capsys, "--port", "vm1", "--packet", "ipv4_src=10.0.0.99,ipv4_dst=10.0.0.2")
+    assert report["verdict"] == "drop"
+    assert report["steps"][-1]["table_name"] == "port_security.filter"
+    assert report["steps"][-1]["flow"]["actions"] == ["drop"]
 
 
 def test_unknown_unicast_is_dropped_by_a_table_miss(db, capsys):
