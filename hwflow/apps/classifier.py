@@ -14,7 +14,7 @@ from hwflow.apps.base import App, owner_id, port_owner
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_PORT = 100
 
@@ -41,7 +41,7 @@ class ClassifierApp(App):
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         if change.kind == KIND_NETWORK:
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
-        else:  # a port, or its being local, changed
+        elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
 
 

@@ -18,7 +18,7 @@ from hwflow.apps.base import App, network_owner, port_owner
 from hwflow.apps.classifier import network_of
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_UNICAST = 100
 PRIO_FLOOD = 50
@@ -61,6 +61,6 @@ class L2App(App):
         if change.kind == KIND_NETWORK:
             yield network_owner(change.id)
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
-            return
-        yield port_owner(change.id)
-        yield from (network_owner(n) for n in network_of(change))
+        elif change.kind in (KIND_PORT, KIND_LOCAL):
+            yield port_owner(change.id)
+            yield from (network_owner(n) for n in network_of(change))

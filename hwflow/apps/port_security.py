@@ -21,7 +21,7 @@ from hwflow.apps.base import App, owner_id, port_owner
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
 
 PRIO_ALLOW = 100
 PRIO_DROP = 1
@@ -90,5 +90,5 @@ class PortSecurityApp(App):
                           ip_proto=IPPROTO_ICMPV6)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        if change.kind != "network":
+        if change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)

@@ -3,49 +3,78 @@
 The agent owns one Topology and updates it from its cache: ``apply`` and
 ``set_local`` for single changes (cheap), ``update`` to make it equal to a
 whole snapshot (walks everything). Both return what changed, which is what
-the incremental compiler recompiles. Apps only
-read it. Objects are compared by identity first (the cache hands back the
+the incremental compiler recompiles. Apps only read it.
+
+Objects are kept per kind (``network``, ``port``, ``subnet``, ``router``,
+``router_port``...) and compared by identity first (the cache hands back the
 same instance while a record is unchanged), so an update that changes one
-port costs little more than walking the dictionaries.
+port costs little more than walking the dictionaries. The few lookups apps
+make by a field (the ports of a network, the router ports of a router) are
+indexed here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from hwflow.model.objects import Network, Port
+from hwflow.model.objects import NbObject, Network, Port
 
 KIND_NETWORK = "network"
 KIND_PORT = "port"
 KIND_LOCAL = "local"  # a port became local to, or left, this chassis
+
+# (kind, field) pairs apps look objects up by.
+INDEXED = (("port", "network_id"), ("subnet", "network_id"), ("router_port", "router_id"),
+           ("router_port", "network_id"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
     kind: str
     id: str
-    old: object | None  # the object before (None: it is new; for "local", the Port)
-    new: object | None  # the object after (None: it is gone)
+    old: Any  # the object before (None: it is new; for "local", the Port)
+    new: Any  # the object after (None: it is gone)
 
 
 class Topology:
     def __init__(self, chassis: str, networks: Mapping[str, Network] | None = None,
-                 ports: Mapping[str, Port] | None = None, local_port_ids: Iterable[str] = ()) -> None:
+                 ports: Mapping[str, Port] | None = None, local_port_ids: Iterable[str] = (),
+                 others: Mapping[str, Mapping[str, NbObject]] | None = None) -> None:
         self.chassis = chassis
-        self.networks: dict[str, Network] = {}
-        self.ports: dict[str, Port] = {}
+        self.objects: dict[str, dict[str, Any]] = {}
         self.local_port_ids: set[str] = set()
-        self._ports_by_net: dict[str, set[str]] = {}
-        self.update(networks or {}, ports or {}, local_port_ids)
+        self._index: dict[tuple[str, str], dict[Any, set[str]]] = {key: {} for key in INDEXED}
+        self.update({KIND_NETWORK: networks or {}, KIND_PORT: ports or {}, **(others or {})}, local_port_ids)
 
     # --- reading ---------------------------------------------------------------
+
+    @property
+    def networks(self) -> dict[str, Network]:
+        return self.objects.setdefault(KIND_NETWORK, {})
+
+    @property
+    def ports(self) -> dict[str, Port]:
+        return self.objects.setdefault(KIND_PORT, {})
+
+    def of(self, kind: str) -> dict[str, Any]:
+        return self.objects.setdefault(kind, {})
+
+    def get(self, kind: str, obj_id: str) -> Any:
+        return self.objects.get(kind, {}).get(obj_id)
+
+    def by(self, kind: str, field: str, value: object) -> list[Any]:
+        """Objects of ``kind`` whose ``field`` is ``value`` (an indexed pair), in unique_key order."""
+        ids = self._index[kind, field].get(value, ())
+        table = self.objects.get(kind, {})
+        return sorted((table[i] for i in ids), key=lambda o: (o.unique_key, o.id))
 
     def local_ports(self) -> list[Port]:
         return sorted((self.ports[i] for i in self.local_port_ids if i in self.ports), key=lambda p: p.unique_key)
 
     def ports_of(self, network_id: str) -> list[Port]:
-        return sorted((self.ports[i] for i in self._ports_by_net.get(network_id, ())), key=lambda p: p.unique_key)
+        return self.by(KIND_PORT, "network_id", network_id)
 
     def local_ports_of(self, network_id: str) -> list[Port]:
         return [p for p in self.ports_of(network_id) if p.id in self.local_port_ids]
@@ -55,15 +84,19 @@ class Topology:
 
     # --- writing (the agent only) --------------------------------------------------
 
-    def update(self, networks: Mapping[str, Network], ports: Mapping[str, Port],
-               local_port_ids: Iterable[str]) -> list[Change]:
-        """Make the view equal to the arguments; return what changed."""
-        changes = _diff(KIND_NETWORK, self.networks, networks) + _diff(KIND_PORT, self.ports, ports)
-        for change in changes:
-            if change.kind == KIND_PORT:
+    def update(self, objects: Mapping[str, Mapping[str, Any]], local_port_ids: Iterable[str]) -> list[Change]:
+        """Make the view equal to ``objects`` (kind -> id -> object) and the local ports; return what changed.
+
+        A kind missing from ``objects`` is left as it is.
+        """
+        changes: list[Change] = []
+        for kind, new in objects.items():
+            old = self.objects.get(kind, {})
+            diff = _diff(kind, old, new)
+            for change in diff:
                 self._reindex(change)
-        self.networks = dict(networks)
-        self.ports = dict(ports)
+            changes += diff
+            self.objects[kind] = dict(new)
         local = set(local_port_ids)
         for pid in sorted(local ^ self.local_port_ids):
             port = self.ports.get(pid)
@@ -72,9 +105,9 @@ class Topology:
         self.local_port_ids = local
         return changes
 
-    def apply(self, kind: str, obj_id: str, obj: Network | Port | None) -> list[Change]:
+    def apply(self, kind: str, obj_id: str, obj: Any) -> list[Change]:
         """One object written (or deleted, ``obj`` None): the cheap path for a watched change."""
-        table: dict = self.networks if kind == KIND_NETWORK else self.ports
+        table = self.objects.setdefault(kind, {})
         before = table.get(obj_id)
         if before is obj or before == obj:
             return []
@@ -83,8 +116,7 @@ class Topology:
         else:
             table[obj_id] = obj
         change = Change(kind, obj_id, before, obj)
-        if kind == KIND_PORT:
-            self._reindex(change)
+        self._reindex(change)
         return [change]
 
     def set_local(self, port_id: str, local: bool) -> list[Change]:
@@ -99,10 +131,14 @@ class Topology:
         return [Change(KIND_LOCAL, port_id, port, None)]
 
     def _reindex(self, change: Change) -> None:
-        if isinstance(change.old, Port):
-            self._ports_by_net.get(change.old.network_id, set()).discard(change.id)
-        if isinstance(change.new, Port):
-            self._ports_by_net.setdefault(change.new.network_id, set()).add(change.id)
+        for kind, field in INDEXED:
+            if kind != change.kind:
+                continue
+            index = self._index[kind, field]
+            if change.old is not None:
+                index.get(getattr(change.old, field), set()).discard(change.id)
+            if change.new is not None:
+                index.setdefault(getattr(change.new, field), set()).add(change.id)
 
 
 def _diff(kind: str, old: Mapping[str, object], new: Mapping[str, object]) -> list[Change]:

@@ -33,7 +33,7 @@ def test_incremental_equals_full(sequence):
     topo = Topology("h")
     flows = set(compiler.compile(topo).flows)
     for nets, ports, local in sequence:
-        changes = topo.update(nets, ports, local)
+        changes = topo.update({"network": nets, "port": ports}, local)
         delta = compiler.update(topo, changes)
         flows = (flows - set(delta.removed)) | set(delta.added)
         full = Compiler.from_file(layout_path("")).compile(Topology("h", nets, ports, local))
@@ -48,7 +48,7 @@ def test_one_port_added_touches_only_its_owners():
     topo = Topology("h", {n.id: n for n in NETS}, ports, set(ports))
     compiler.compile(topo)
     new = Port(id="px", name="", network_id="n0", mac="fa:16:3e:00:02:00", unique_key=999)
-    delta = compiler.update(topo, topo.update(topo.networks, {**ports, "px": new}, set(ports) | {"px"}))
+    delta = compiler.update(topo, topo.update({"port": {**ports, "px": new}}, set(ports) | {"px"}))
     # the port's classifier, port security and unicast owners, plus its network's flood flow (replaced)
     assert delta.owners == 4
     assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
