@@ -1,53 +1,140 @@
-"""The agent's copy of the northbound database, kept current by a watch.
+"""The agent's selective copy of the northbound database, kept current by a watch.
 
-Full sync first (a snapshot at revision R), then a watch from R + 1, so no
-change falls between the two. When the database has compacted past the
-revision the cache stands at, the cache takes a new snapshot instead of
-missing changes. While the database is unreachable the cache keeps what it
-has (the datapaths keep serving it) and retries with backoff.
+It holds only what this chassis's local ports need (hwflow.agent.topology):
+the agent says which port ids are plugged into its bridge
+(``set_local_ports``) and the cache grows or shrinks its set to match, with
+targeted reads (by id, and through the reference index), never by listing
+whole tables on a change.
+
+Full sync first (a snapshot at revision R, from which the set is taken),
+then a watch from R + 1, so no change falls between the two. A watched
+change is taken in when it touches something held or points at an object
+whose referrers are held; anything else is dropped on arrival. When the
+database has compacted past the revision the cache stands at, it takes a
+new snapshot instead of missing changes. While the database is unreachable
+the cache keeps what it has (the datapaths keep serving it), says so in
+the log and retries with backoff; it then resumes from where it stood, so
+every change made meanwhile arrives. A bad record is skipped by the NB API
+(logged), never raised here.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from hwflow.db.api import NbApi
-from hwflow.model.errors import Compacted, HwflowError
+from hwflow.agent import topology
+from hwflow.db.api import Change, NbApi
+from hwflow.model.errors import Compacted, HwflowError, NotFound, ValidationError
 from hwflow.model.objects import NbObject
 
 LOG = logging.getLogger(__name__)
 
+FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 
 
+class _DatabaseSource:
+    """Targeted reads for topology.walk: one object by id, or one referrer list through the index."""
+
+    def __init__(self, nb: NbApi) -> None:
+        self.nb = nb
+
+    def get(self, kind: str, ident: str) -> NbObject | None:
+        try:
+            return self.nb.get(kind, ident)
+        except NotFound:
+            return None
+        except ValidationError as exc:
+            LOG.warning("skipping a bad record: %s", exc)
+            return None
+
+    def referrers(self, kind: str, ident: str, of_kind: str) -> list[NbObject]:
+        return self.nb.referrers(kind, ident, of_kind)
+
+
+def _shape(obj: NbObject) -> tuple[object, ...]:
+    """What decides which other objects an object pulls in: its references and where it is bound."""
+    return (tuple(obj.refs()), getattr(obj, "chassis", None))
+
+
 class NbCache:
-    def __init__(self, nb: NbApi, on_change: Callable[[], None], watch_timeout: float = 1.0) -> None:
+    """Selective, watched view of the NB database for the agent of ``chassis``.
+
+    ``on_change`` is called (from the watch thread) whenever what is held changed.
+    """
+
+    def __init__(self, nb: NbApi, on_change: Callable[[], None], chassis: str, watch_timeout: float = 1.0,
+                 max_backoff: float = MAX_BACKOFF) -> None:
         self._nb = nb
+        self._source = _DatabaseSource(nb)
         self._on_change = on_change
+        self._chassis = chassis
         self._watch_timeout = watch_timeout
-        self._lock = threading.Lock()
-        self._objects: dict[str, dict[str, NbObject]] = {}
+        self._max_backoff = max_backoff
+        self._lock = threading.RLock()
+        self._held: dict[topology.Key, NbObject] = {}
+        self._expanded: set[topology.Expansion] = set()
+        self._local_ids: frozenset[str] = frozenset()
+        self._stale = False  # the set must be walked again (a walk failed on an unreachable database)
         self.revision = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def resync(self) -> None:
-        """Replace the whole cache with a consistent snapshot."""
-        revision, objs = self._nb.snapshot()
-        fresh: dict[str, dict[str, NbObject]] = {}
-        for obj in objs:
-            fresh.setdefault(obj.kind, {})[obj.id] = obj
-        with self._lock:
-            self._objects = fresh
-            self.revision = revision
-        LOG.info("full sync at revision %d: %s", revision,
-                 ", ".join(f"{len(v)} {k}" for k, v in sorted(fresh.items())) or "empty database")
+    # --- what the agent reads ------------------------------------------------------
 
     def objects(self, kind: str) -> dict[str, NbObject]:
         with self._lock:
-            return dict(self._objects.get(kind, {}))
+            return {ident: obj for (k, ident), obj in self._held.items() if k == kind}
+
+    def held(self) -> list[NbObject]:
+        """Every object held, for tests and diagnostics."""
+        with self._lock:
+            return list(self._held.values())
+
+    def set_local_ports(self, port_ids: Iterable[str]) -> bool:
+        """Tell the cache which port ids are plugged in here; True when what it holds changed.
+
+        The new set is fetched now; if the database cannot be reached the
+        cache keeps what it holds, logs why, and the watch thread fetches it
+        once the database is back (then ``on_change`` fires).
+        """
+        ids = frozenset(port_ids)
+        with self._lock:
+            if ids == self._local_ids and not self._stale:
+                return False
+            self._local_ids = ids
+            try:
+                return self._walk()
+            except HwflowError as exc:
+                self._stale = True
+                LOG.error("northbound database unreachable while fetching the topology of local ports (%s); "
+                          "keeping the installed datapath, retrying in the background", exc)
+                return False
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def resync(self) -> None:
+        """Replace what is held with the selection from one consistent snapshot."""
+        revision, objs = self._nb.snapshot()
+        with self._lock:
+            selection = topology.walk(self._local_ids, self._chassis, topology.SnapshotSource(objs))
+            self._held, self._expanded = selection.objects, selection.expanded
+            self.revision = revision
+            self._stale = False
+        LOG.info("full sync at revision %d: holding %d of %d objects for %d local port id(s)", revision,
+                 len(selection.objects), len(objs), len(self._local_ids))
+
+    def _walk(self) -> bool:
+        """Recompute the selection from what is held plus targeted reads; True if it changed."""
+        source = topology.HeldSource(self._held, self._expanded, self._source)
+        selection = topology.walk(self._local_ids, self._chassis, source)
+        changed = selection.objects.keys() != self._held.keys() or any(
+            selection.objects[k] is not self._held[k] for k in selection.objects)
+        self._held, self._expanded = selection.objects, selection.expanded
+        self._stale = False
+        return changed
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name="nb-watch", daemon=True)
@@ -62,38 +149,73 @@ class NbCache:
         backoff = 0.0
         while not self._stop.is_set():
             try:
-                if self._step():
-                    self._on_change()
+                changed = self._catch_up_walk() | self._step()
                 if backoff:
                     LOG.warning("northbound database reachable again; caught up to revision %d", self.revision)
                 backoff = 0.0
+                if changed:
+                    self._on_change()
             except Compacted:
                 LOG.warning("the database compacted past revision %d: doing a full resync", self.revision + 1)
                 self._retry(self.resync)
                 self._on_change()
             except HwflowError as exc:
-                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                backoff = min(self._max_backoff, backoff * 2 or FIRST_BACKOFF)
                 LOG.error("northbound database unreachable (%s); keeping the installed datapath, "
                           "retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
+
+    def _catch_up_walk(self) -> bool:
+        with self._lock:
+            return self._walk() if self._stale else False
 
     def _step(self) -> bool:
         changes = self._nb.watch(self.revision + 1, self._watch_timeout)
         if not changes:
             return False
         with self._lock:
+            changed, rewalk = False, False
             for change in changes:
-                table = self._objects.setdefault(change.kind, {})
-                if change.op == "delete":
-                    table.pop(change.obj.id, None)
-                else:
-                    table[change.obj.id] = change.obj
-                self.revision = max(self.revision, change.revision)
+                took, reshaped = self._apply(change)
+                changed |= took
+                rewalk |= reshaped
+            self.revision = max(self.revision, changes[-1].revision)
+            if rewalk:
+                try:
+                    changed |= self._walk()
+                except HwflowError:
+                    self._stale = True  # what was applied stays; the walk is retried first thing
+                    raise
         LOG.debug("applied %d change(s), now at revision %d", len(changes), self.revision)
-        return True
+        return changed
+
+    def _apply(self, change: Change) -> tuple[bool, bool]:
+        """Take one change in if it concerns what is held; (held set changed, selection must be walked)."""
+        key = (change.kind, change.obj.id)
+        current = self._held.get(key)
+        if change.op == "delete":
+            if current is None:
+                return False, False
+            del self._held[key]
+            return True, True
+        if current is not None:
+            if change.revision < current.revision:  # already read newer by a targeted fetch
+                return False, False
+            self._held[key] = change.obj
+            return True, _shape(current) != _shape(change.obj)
+        if self._wanted(change.obj):
+            self._held[key] = change.obj
+            return True, True
+        return False, False
+
+    def _wanted(self, obj: NbObject) -> bool:
+        """A new object matters if it is a local port or points at an object whose referrers are held."""
+        if obj.kind == "port" and obj.id in self._local_ids:
+            return True
+        return any((kind, ident, obj.kind) in self._expanded for _, kind, ident in obj.refs())
 
     def _retry(self, func: Callable[[], None]) -> None:
-        backoff = 0.5
+        backoff = FIRST_BACKOFF
         while not self._stop.is_set():
             try:
                 func()
@@ -101,4 +223,4 @@ class NbCache:
             except HwflowError as exc:
                 LOG.error("resync failed (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                backoff = min(self._max_backoff, backoff * 2)

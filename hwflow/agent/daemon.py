@@ -80,7 +80,7 @@ class Agent:
         self.topo = Topology(self.chassis)
         self.compiler.compile(self.topo)
         self._wake = threading.Event()
-        self.cache = NbCache(nb, self._wake.set)
+        self.cache = NbCache(nb, self._wake.set, self.chassis)
         self._reports: dict[str, DeviceReport] = {}
         self._iface_names: frozenset[str] = frozenset()
         self._refused: dict[tuple[int, ir.Match], str] = {}
@@ -155,6 +155,7 @@ class Agent:
         if names != self._iface_names:  # representors come and go with the NIC: look again
             self._reports = self._discover()
             self._iface_names = names
+        self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
         networks: dict = self.cache.objects(Network.kind)
         ports: dict = self.cache.objects(Port.kind)
         local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))

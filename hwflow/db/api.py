@@ -39,7 +39,8 @@ LOG = logging.getLogger(__name__)
 
 DRIVER_NAMESPACE = "hwflow.nb_db_drivers"
 COUNTER_TABLE = "_counter"  # kind -> the last unique_key handed out
-UNIQUE_TABLE = "_unique"  # "kind/constraint/value" -> id of the object holding it
+UNIQUE_TABLE = "_unique"  # "scope/constraint/value" -> "kind id" of the object holding it
+REF_TABLE = "_ref"  # "kind/id/referrer kind/referrer id" -> b"": who points at an object, read by prefix
 MAX_ATTEMPTS = 50  # transactions retried after losing a race on a counter or a reference
 
 Kind = str | type[NbObject]
@@ -78,6 +79,11 @@ def _unique_keys(obj: NbObject) -> dict[str, str]:
     """Index key -> what to tell a user who collides with it."""
     scope = obj.unique_scope or obj.kind
     return {f"{scope}/{name}/{value}": f"{name} {value}" for name, value in obj.unique_values()}
+
+
+def _ref_keys(obj: NbObject) -> set[str]:
+    """Index keys under which ``obj`` is listed as pointing at each object it references."""
+    return {f"{kind}/{ident}/{obj.kind}/{obj.id}" for _, kind, ident in obj.refs()}
 
 
 def _holder(obj: NbObject) -> bytes:
@@ -171,6 +177,23 @@ class NbApi:
             )
         return matches[0]
 
+    def referrers(self, kind: Kind, id: str, of_kind: Kind | None = None) -> list[NbObject]:
+        """The objects (of ``of_kind``, or any) that point at one object, read through the reference index.
+
+        One prefix read of the index and one get per referrer: no table is scanned.
+        """
+        target = kind_class(kind).kind
+        prefix = f"{target}/{id}/" + (f"{kind_class(of_kind).kind}/" if of_kind is not None else "")
+        _, records = self.driver.list(REF_TABLE, prefix)
+        found = []
+        for rec in records:
+            ref_kind, _, ref_id = rec.key[len(target) + len(id) + 2:].partition("/")
+            try:
+                found.append(self.get(ref_kind, ref_id))
+            except (NotFound, ValidationError) as exc:  # deleted meanwhile, or a bad record: logged, skipped
+                LOG.warning("skipping a referrer of %s %s: %s", target, id, exc)
+        return found
+
     def snapshot(self) -> tuple[int, list[NbObject]]:
         """Every object at one revision; watch from revision + 1 to follow on without a gap."""
         revision, records = self.driver.snapshot(sorted(KINDS))
@@ -260,6 +283,7 @@ class NbApi:
                 Put(COUNTER_TABLE, new.kind, str(new.unique_key).encode()),
                 Put(new.kind, new.id, encode(new)),
                 *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique),
+                *(Put(REF_TABLE, key, b"") for key in _ref_keys(new)),
             ]
             try:
                 new.revision = self.driver.txn(compares, ops)
@@ -303,6 +327,8 @@ class NbApi:
                 Put(new.kind, new.id, encode(new)),
                 *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique if key not in old_unique),
                 *(Delete(UNIQUE_TABLE, key) for key in old_unique if key not in unique),
+                *(Put(REF_TABLE, key, b"") for key in _ref_keys(new) - _ref_keys(stored)),
+                *(Delete(REF_TABLE, key) for key in _ref_keys(stored) - _ref_keys(new)),
             ]
             if _changed(new, stored, [*new.references, *new.related_fields]):
                 counter = self.driver.get(COUNTER_TABLE, new.kind)
@@ -369,6 +395,7 @@ class NbApi:
                          for k in {k for o in removed for k in _referrer_kinds(o.kind)}]
             ops: list[Op] = [Delete(o.kind, o.id) for o in removed]
             ops += [Delete(UNIQUE_TABLE, key) for o in removed for key in _unique_keys(o)]
+            ops += [Delete(REF_TABLE, key) for o in removed for key in _ref_keys(o)]
             try:
                 self.driver.txn(compares, ops)
                 return removed

@@ -88,8 +88,9 @@ class Driver(abc.ABC):
     def get(self, table: str, key: str) -> Record | None: ...
 
     @abc.abstractmethod
-    def list(self, table: str) -> tuple[int, list[Record]]:
-        """The revision the read was taken at, and the table's records sorted by key."""
+    def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:
+        """The revision the read was taken at, and the table's records (whose key starts with
+        ``prefix``) sorted by key; a prefix is how an index table is read one entry's worth at a time."""
 
     @abc.abstractmethod
     def snapshot(self, tables: Sequence[str]) -> tuple[int, list[Record]]:

@@ -221,15 +221,18 @@ class EtcdDriver(Driver):
         kvs = reply.get("kvs", [])
         return self._record(kvs[0]) if kvs else None
 
-    def list(self, table: str) -> tuple[int, list[Record]]:
-        return self.snapshot([table])
+    def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:
+        return self._ranges([(table, prefix)])
 
     def snapshot(self, tables: Sequence[str]) -> tuple[int, list[Record]]:
-        """Every table read at the revision of the first page, so all of it is one point in time."""
+        return self._ranges([(table, "") for table in sorted(tables)])
+
+    def _ranges(self, ranges: Sequence[tuple[str, str]]) -> tuple[int, list[Record]]:
+        """Key ranges read at the revision of the first page, so all of it is one point in time."""
         revision = 0
         records: list[Record] = []
-        for table in sorted(tables):
-            start, end = self._key(table, ""), _range_end(self._key(table, ""))
+        for table, prefix in ranges:
+            start, end = self._key(table, prefix), _range_end(self._key(table, prefix))
             while True:
                 request: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end), "limit": RANGE_PAGE}
                 if revision:
@@ -296,7 +299,7 @@ class EtcdDriver(Driver):
         table, key = self._split(_unb64(kv["key"]))
         if ev.get("type") == "DELETE":
             prev = ev.get("prev_kv")
-            return Event(int(kv["mod_revision"]), table, key, "delete", _unb64(prev["value"]) if prev else None)
+            return Event(int(kv["mod_revision"]), table, key, "delete", _unb64(prev.get("value", "")) if prev else None)
         return Event(int(kv["mod_revision"]), table, key, "put", _unb64(kv.get("value", "")))
 
     def _open_stream(self, from_revision: int) -> _WatchStream:

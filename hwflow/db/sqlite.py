@@ -226,8 +226,17 @@ class SqliteDriver(Driver):
             ).fetchone()
         return Record(*row) if row else None
 
-    def list(self, table: str) -> tuple[int, list[Record]]:
-        return self.snapshot([table])
+    def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:
+        if not prefix:
+            return self.snapshot([table])
+        with self._read() as conn:
+            revision = self._meta(conn, "revision")
+            rows = conn.execute(
+                "SELECT tbl, key, value, create_rev, mod_rev FROM objects"
+                " WHERE tbl = ? AND substr(key, 1, ?) = ? ORDER BY key",
+                (table, len(prefix), prefix),
+            ).fetchall()
+        return revision, [Record(*row) for row in rows]
 
     def snapshot(self, tables: Sequence[str]) -> tuple[int, list[Record]]:
         marks = ",".join("?" * len(tables))

@@ -171,6 +171,7 @@ ETHERTYPES = ("IPv4", "IPv6")
 # Protocol numbers people write, and the names they are stored as.
 PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "58": "icmpv6", "132": "sctp"}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+_MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -306,6 +307,8 @@ class Subnet(NbObject):
             raise self.fail("cidr", "must be an IPv4 or IPv6 prefix like 10.0.0.0/24 or 2001:db8::/64") from None
         if net.network_address != ipaddress.ip_interface(self.cidr).ip:
             raise self.fail("cidr", f"has host bits set; the prefix is {net}")
+        if net.overlaps(_MULTICAST[net.version]):
+            raise self.fail("cidr", f"must not overlap the multicast range {_MULTICAST[net.version]}")
         if net.prefixlen > net.max_prefixlen - 2 and net.version == 4:
             raise self.fail("cidr", "must leave room for hosts (at most /30 for IPv4)")
         self.cidr = str(net)
@@ -677,7 +680,7 @@ def _in_subnets(obj: NbObject, field: str, addresses: list[str], subnets: list[S
     for text in addresses:
         address = ipaddress.ip_address(text)
         if not any(address in s.network for s in subnets):
-            cidrs = ", ".join(s.cidr for s in subnets)
+            cidrs = ", ".join(sorted(s.cidr for s in subnets))
             raise obj.fail(field, f"has {text}, which lies in none of the network's subnets ({cidrs})")
 
 

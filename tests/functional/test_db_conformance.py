@@ -32,6 +32,7 @@ from hwflow.model import (
     Network,
     NotFound,
     Port,
+    SecurityGroup,
     ValidationError,
 )
 
@@ -419,3 +420,28 @@ def test_concurrent_port_create_and_network_delete_never_orphan(api):
         api.delete("network", net.id, cascade=True)
         thread.join()
         assert {p.network_id for p in api.list("port")} <= {n.id for n in api.list("network")}
+
+
+def test_list_by_key_prefix(drv):
+    for key in ("a/1", "a/2", "ab/1", "b/1"):
+        drv.put("idx", key, b"")
+    drv.put("other", "a/9", b"")
+    assert [r.key for r in drv.list("idx", "a/")[1]] == ["a/1", "a/2"]
+    assert [r.key for r in drv.list("idx", "a")[1]] == ["a/1", "a/2", "ab/1"]
+    assert drv.list("idx", "c")[1] == []
+
+
+def test_referrers_come_from_the_index_and_follow_updates(api):
+    net = api.create(Network(name="n", vni=1))
+    web, db = api.create(SecurityGroup(name="web")), api.create(SecurityGroup(name="db"))
+    p1 = api.create(Port(network_id=net.id, mac=mac(1), security_groups=[web.id]))
+    p2 = api.create(Port(network_id=net.id, mac=mac(2), security_groups=[web.id, db.id]))
+    assert sorted(o.id for o in api.referrers("network", net.id)) == sorted([p1.id, p2.id])
+    assert sorted(o.id for o in api.referrers("security_group", web.id)) == sorted([p1.id, p2.id])
+    api.update(Port(**{**p2.to_dict(), "security_groups": [db.id]}))
+    assert [o.id for o in api.referrers("security_group", web.id)] == [p1.id]
+    assert [o.id for o in api.referrers("security_group", db.id)] == [p2.id]
+    api.delete("port", p1.id)
+    assert api.referrers("security_group", web.id) == []
+    assert [o.id for o in api.referrers("network", net.id)] == [p2.id]
+    assert api.referrers("network", net.id, of_kind="subnet") == []

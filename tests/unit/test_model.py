@@ -252,8 +252,14 @@ def subnet(**fields) -> Subnet:
     return Subnet(**{"id": "s1", "network_id": "n1", "cidr": "10.0.0.0/24", **fields})
 
 
+MULTICAST = (ipaddress.ip_network("224.0.0.0/4"), ipaddress.ip_network("ff00::/8"))
+
+
 @given(prefixes)
-def test_any_prefix_is_a_subnet_and_its_hosts_can_be_the_gateway(prefix):
+def test_any_unicast_prefix_is_a_subnet_and_its_hosts_can_be_the_gateway(prefix):
+    if any(prefix.version == m.version and prefix.overlaps(m) for m in MULTICAST):
+        assert "multicast" in rejected(subnet(cidr=str(prefix)), "cidr")
+        return
     gateway = prefix.network_address + 1
     s = subnet(cidr=str(prefix).upper(), gateway_ip=str(gateway))
     s.validate()
@@ -264,6 +270,7 @@ def test_any_prefix_is_a_subnet_and_its_hosts_can_be_the_gateway(prefix):
 def test_host_bits_and_outside_gateways_are_rejected(prefix, offset):
     host = prefix.network_address + offset % prefix.num_addresses
     assume(host != prefix.network_address)
+    assume(not any(prefix.version == m.version and prefix.overlaps(m) for m in MULTICAST))
     assert "host bits" in rejected(subnet(cidr=f"{host}/{prefix.prefixlen}"), "cidr")
     outside = prefix.broadcast_address + 1 if int(prefix.broadcast_address) < 2**prefix.max_prefixlen - 1 else None
     assume(outside is not None)

@@ -179,6 +179,42 @@ def test_a_match_rebuilt_from_its_key_encodes_like_the_original(flow: ir.Flow) -
     assert COMPILER.key_body(compiled.key) == list(compiled.body[:len(COMPILER.key_body(compiled.key))])
 
 
+def flow_stats_reply(mods: list[parser.OFPFlowMod], counters: list[tuple[int, int]]) -> bytes:
+    """A flow stats reply as OVS sends it: each entry's match and instructions as the flow_mod had them."""
+    body = b""
+    for mod, (packets, octets) in zip(mods, counters):
+        mod.serialize()
+        rest = bytes(mod.buf[48:])  # after ofp_header + the flow_mod's fixed part: match, instructions
+        body += struct.pack("!HBxIIHHHH4xQQQ", 48 + len(rest), mod.table_id, 1, 2, mod.priority, 0, 0, 0,
+                            mod.cookie, packets, octets) + rest
+    header = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), 7,
+                         ofp.OFPMP_FLOW, 0)
+    return header + body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ir_flows(), min_size=1, max_size=5), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_flow_stats_decode_to_the_keys_os_ken_parsing_gives(flows: list[ir.Flow], packets: int, octets: int
+                                                            ) -> None:
+    mods = [translate.to_flow_mod(f, PORTS) for f in flows]
+    raw = flow_stats_reply(mods, [(packets, octets)] * len(mods))
+    parsed = ofproto_parser.msg(translate.DATAPATH, ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, len(raw), 7, raw)
+    decoded = COMPILER.decode_flow_stats([raw])
+    assert [(d.key, d.instructions, d.cookie, d.n_packets, d.n_bytes) for d in decoded] == [
+        (translate.flow_key(s.table_id, s.priority, s.match), translate.instructions_key(s.instructions), s.cookie,
+         s.packet_count, s.byte_count) for s in parsed.body]
+
+
+def test_foreign_actions_and_fields_in_a_dump_decode_as_unknown_not_as_ours() -> None:
+    mod = parser.OFPFlowMod(translate.DATAPATH, 1, 0, 3, ofp.OFPFC_ADD, 0, 0, 5, ofp.OFP_NO_BUFFER, ofp.OFPP_ANY,
+                            ofp.OFPG_ANY, 0, parser.OFPMatch(reg3=(4, 0xF)), [parser.OFPInstructionActions(
+                                ofp.OFPIT_APPLY_ACTIONS, [parser.NXActionCTClear(), parser.OFPActionOutput(2)])])
+    (flow,) = COMPILER.decode_flow_stats([flow_stats_reply([mod], [(0, 0)])])
+    assert flow.key == (3, 5, (("reg3", 4, 0xF),))
+    (apply,) = flow.instructions
+    assert apply[1][0][:2] == ("unknown", ofp.OFPAT_EXPERIMENTER) and apply[1][1] == ("output", 2)
+
+
 @pytest.mark.parametrize("flow", [
     ir.Flow(0, 1, ir.Match.of(in_port=99), (), "port:p"),
     ir.Flow(3, 1, ir.Match(), (ir.GotoTable(3),), "x"),

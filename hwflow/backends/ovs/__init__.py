@@ -2,5 +2,7 @@
 
 daemons: private ovsdb-server/ovs-vswitchd for tests and the demo; ovsdb: the
 bridge and its bound ports; openflow: hwflow's own OpenFlow session; translate:
-IR -> flow_mods and canonical keys; backend: the desired-state sync.
+IR -> flow_mods (os-ken objects, the reference) or program words for the
+batch encoder, and canonical keys; native: the batch encoder (C through cffi,
+os-ken as fallback); backend: the desired-state sync.
 """

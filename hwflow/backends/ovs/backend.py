@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
-from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection, Rejected
@@ -61,9 +60,9 @@ class OvsBackend:
         self.compiler = translate.FlowCompiler(catalog or native.Catalog())
         self.encoder = native.best_encoder(self.compiler.catalog)
 
-    def _installed(self) -> dict[translate.FlowKey, parser.OFPFlowStats]:
-        stats = self.of.dump_flows(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
-        return {translate.flow_key(s.table_id, s.priority, s.match): s for s in stats}
+    def _installed(self) -> dict[translate.FlowKey, translate.InstalledFlow]:
+        replies = self.of.dump_flows_raw(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
+        return {flow.key: flow for flow in self.compiler.decode_flow_stats(replies)}
 
     def sync(self, flows: Iterable[ir.Flow], ports: Mapping[int, int]) -> SyncResult:
         """Flows naming an unbound port are left out (and reported), as if the port did not exist yet.
@@ -98,8 +97,7 @@ class OvsBackend:
                 if have is None:
                     words += flow_mod(key[0], key[1], want.cookie, 0, ofp.OFPFC_ADD, want.body)
                     added += 1
-                elif (translate.instructions_key(have.instructions), have.cookie) != (want.instructions,
-                                                                                      want.cookie):
+                elif (have.instructions, have.cookie) != (want.instructions, want.cookie):
                     words += _update(flow_mod, have, want)
                     modified += 1
                 else:
@@ -108,11 +106,11 @@ class OvsBackend:
                 if pending == PART_FLOWS:
                     writer.add(words, pending)
                     words, pending = [], 0
-            stale = [(key, stats) for key, stats in installed.items() if key not in desired]
-            for key, stats in stale:
+            stale = [(key, have) for key, have in installed.items() if key not in desired]
+            for key, have in stale:
                 # Exact cookie: deletes this one installed flow and nothing that merely shares its key.
-                words += flow_mod(stats.table_id, stats.priority, stats.cookie, translate.ALL_ONES_64,
-                                  ofp.OFPFC_DELETE_STRICT, self.compiler.key_body(key))
+                words += flow_mod(key[0], key[1], have.cookie, translate.ALL_ONES_64, ofp.OFPFC_DELETE_STRICT,
+                                  self.compiler.key_body(key))
             writer.add(words, pending + len(stale))
             errors = writer.finish()
         for error in errors:
@@ -128,14 +126,15 @@ class OvsBackend:
                 if iface_id in port_keys}
 
     def flow_stats(self) -> list[FlowRecord]:
-        return [FlowRecord(key, s.cookie, s.table_id, s.priority, s.packet_count, s.byte_count)
-                for key, s in self._installed().items()]
+        return [FlowRecord(key, f.cookie, key[0], key[1], f.n_packets, f.n_bytes)
+                for key, f in self._installed().items()]
 
     def port_stats(self) -> dict[int, tuple[int, int]]:
         return self.of.port_stats()
 
 
-def _update(flow_mod: Callable[..., list[int]], have: parser.OFPFlowStats, want: translate.Compiled) -> list[int]:
+def _update(flow_mod: Callable[..., list[int]], have: translate.InstalledFlow, want: translate.Compiled
+            ) -> list[int]:
     """OVS never rewrites a cookie on MODIFY under OpenFlow 1.2+ (ofp-flow.c), so a new owner needs an
     ADD over the same strict key, which OVS applies as a replace that carries the counters over. A
     MODIFY_STRICT's cookie mask limits it to a flow carrying our marker."""

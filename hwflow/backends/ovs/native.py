@@ -36,7 +36,7 @@ try:
 except ImportError:  # no C compiler at install time: the os-ken reference encoder does the work
     _openflow_native = None
     LOG.warning("native OpenFlow encoder not built (no C compiler at install?): flow programming uses os-ken, "
-                "about 20x slower; build it with: python native/build_of.py")
+                "tens of times slower; build it with: python native/build_of.py")
 
 NATIVE_AVAILABLE = _openflow_native is not None
 

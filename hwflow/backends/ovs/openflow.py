@@ -33,6 +33,7 @@ LOG = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
 HELLO_ELEM = struct.Struct("!HH")  # type, length
+MULTIPART = struct.Struct("!HH4x")  # type, flags (after the header)
 RECV_SIZE = 1 << 16
 MAX_XID = 0xFFFFFFFF
 
@@ -103,11 +104,17 @@ def parse_endpoint(endpoint: str) -> tuple[int, Any]:
 class _Waiter:
     """Collects the replies to one request (or one batch) until its final message arrives."""
 
-    def __init__(self, final_xid: int) -> None:
+    def __init__(self, final_xid: int, raw: bool = False) -> None:
         self.final_xid = final_xid
+        self.raw = raw  # keep multipart replies as bytes: parsing big dumps with os-ken is the slow part
         self.replies: list[Any] = []
         self.done = threading.Event()
         self.failure: OpenFlowError | None = None
+
+    def deliver_raw(self, raw: bytes, xid: int) -> None:
+        self.replies.append(raw)
+        if xid == self.final_xid and not MULTIPART.unpack_from(raw, HEADER.size)[1] & ofp.OFPMPF_REPLY_MORE:
+            self.done.set()
 
     def deliver(self, msg: Any) -> None:
         self.replies.append(msg)
@@ -249,6 +256,9 @@ class OpenFlowConnection:
             waiter = self._waiters.get(xid) or next((w for r, w in self._ranges.items() if xid in r), None)
         if waiter is None:
             return  # async message or a reply nobody waits for any more
+        if waiter.raw and msg_type == ofp.OFPT_MULTIPART_REPLY:
+            waiter.deliver_raw(raw, xid)
+            return
         msg = ofproto_parser.msg(self.datapath, version, msg_type, length, xid, raw)
         if msg is None:
             waiter.fail(OpenFlowError(f"could not parse OpenFlow message type {msg_type} "
@@ -274,7 +284,7 @@ class OpenFlowConnection:
     def _next_xid(self) -> int:
         return self._reserve_xids(1)
 
-    def _exchange(self, msgs: Sequence[Any], final: Any) -> tuple[_Waiter, dict[int, Any]]:
+    def _exchange(self, msgs: Sequence[Any], final: Any, raw: bool = False) -> tuple[_Waiter, dict[int, Any]]:
         """Write ``msgs`` then ``final`` in one go; wait until ``final``'s reply ends."""
         sock = self._ensure_connected()
         by_xid: dict[int, Any] = {}
@@ -284,7 +294,7 @@ class OpenFlowConnection:
             msg.serialize()
             by_xid[msg.xid] = msg
             chunks.append(msg.buf)
-        waiter = _Waiter(final.xid)
+        waiter = _Waiter(final.xid, raw)
         with self._waiters_lock:
             for xid in by_xid:
                 self._waiters[xid] = waiter
@@ -352,14 +362,15 @@ class OpenFlowConnection:
             writer.add(words, messages)
             return writer.finish()
 
-    def request(self, msg: Any) -> list[Any]:
-        """One request, every part of its reply. Read-only, so retried once on a fresh connection."""
+    def request(self, msg: Any, raw: bool = False) -> list[Any]:
+        """One request, every part of its reply (multipart parts as bytes if ``raw``). Read-only, so
+        retried once on a fresh connection."""
         try:
-            waiter, _ = self._exchange((), msg)
+            waiter, _ = self._exchange((), msg, raw)
         except OpenFlowConnectionError:
             if self._closed:
                 raise
-            waiter, _ = self._exchange((), msg)
+            waiter, _ = self._exchange((), msg, raw)
         errors = [r for r in waiter.replies if isinstance(r, parser.OFPErrorMsg)]
         if errors:
             raise OpenFlowError(f"{self.endpoint} refused {type(msg).__name__}: "
@@ -371,6 +382,13 @@ class OpenFlowConnection:
         req = parser.OFPFlowStatsRequest(self.datapath, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                          cookie, cookie_mask, parser.OFPMatch())
         return [stats for reply in self.request(req) for stats in reply.body]
+
+    def dump_flows_raw(self, cookie: int = 0, cookie_mask: int = 0, table: int = ofp.OFPTT_ALL) -> list[bytes]:
+        """The flow stats replies as sent (translate.FlowCompiler.decode_flow_stats reads them without
+        building os-ken objects)."""
+        req = parser.OFPFlowStatsRequest(self.datapath, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                         cookie, cookie_mask, parser.OFPMatch())
+        return self.request(req, raw=True)
 
     def flow_count(self, cookie: int = 0, cookie_mask: int = 0, table: int = ofp.OFPTT_ALL) -> int:
         """How many flows the switch holds (under a cookie mask), counted by the switch: no dump."""

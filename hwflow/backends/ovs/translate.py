@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -194,15 +195,6 @@ class ActionPlan:
     metadata: int | None
     goto: int | None
 
-    @property
-    def key(self) -> InstructionsKey:
-        parts: list[tuple[Any, ...]] = [("apply", self.actions)] if self.actions else []
-        if self.metadata is not None:
-            parts.append(("write_metadata", self.metadata, ALL_ONES_64))
-        if self.goto is not None:
-            parts.append(("goto", self.goto))
-        return tuple(parts)
-
 
 def _set_field(flow: ir.Flow, action: ir.SetField) -> tuple[Any, ...]:
     if action.field == "ip_ttl":
@@ -294,6 +286,25 @@ class Compiled:
     source: ir.Flow
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstalledFlow:
+    """A flow as the switch dumped it, in the canonical terms the backend diffs by."""
+
+    key: FlowKey
+    instructions: InstructionsKey
+    cookie: int
+    n_packets: int
+    n_bytes: int
+
+
+_MULTIPART_REPLY = struct.Struct("!BBHIHH4x")  # header, type, flags
+_FLOW_STATS = struct.Struct("!HBxIIHHHH4xQQQ")  # length, table, durations, priority, timeouts, flags, cookie, counts
+_OFP_MATCH = struct.Struct("!HH")  # type, length (without padding)
+_TLV = struct.Struct("!HH")  # instruction or action: type, length
+_OXM_HEADER = struct.Struct("!I")
+_EXPERIMENTER_CLASS = 0xFFFF
+
+
 # Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
 _SHAPE_VALUES = frozenset({"eth_type", "ip_proto"})
 _PLAIN, _IN_PORT, _VLAN = 0, 1, 2
@@ -330,6 +341,8 @@ class FlowCompiler:
                                                       "write_metadata", "goto_table")}
         self._cookies: dict[str, int] = {}
         self._shapes: dict[Shape, tuple[tuple[_Step, ...], tuple[int, ...]]] = {}
+        # exact OXM header (and experimenter id) -> field name, for reading dumps
+        self._headers = {(f.header_word, f.header[4:]): name for name, f in catalog.fields.items()}
         self._set_fields: dict[tuple[Shape, str], tuple[str, int, bool]] = {}
 
     def cookie(self, owner: str) -> int:
@@ -473,6 +486,95 @@ class FlowCompiler:
                 words += (step.template, value, *step.mask_words)
         words.append(native.CLOSE)
         return words
+
+
+    # --- reading dumps -----------------------------------------------------------------------------
+
+    def _oxm(self, data: bytes, offset: int) -> tuple[str, int, int | None, int]:
+        """(field, value, mask or None, size) of the OXM TLV at ``offset``."""
+        (header,) = _OXM_HEADER.unpack_from(data, offset)
+        exp = data[offset + 4:offset + 8] if header >> 16 == _EXPERIMENTER_CLASS else b""
+        length = (header & 0xFF) - len(exp)
+        masked = bool(header & 0x100)
+        width = length // 2 if masked else length
+        exact = (header & ~0x1FF) | (len(exp) + width)
+        name = self._headers.get((exact, exp)) or f"oxm_{exact:#010x}{exp.hex()}"
+        start = offset + 4 + len(exp)
+        value = int.from_bytes(data[start:start + width], "big")
+        mask = int.from_bytes(data[start + width:start + length], "big") if masked else None
+        return name, value, mask, 4 + (header & 0xFF)
+
+    def _match_key(self, data: bytes, offset: int, end: int) -> MatchKey:
+        """As :func:`match_key` computes it from an os-ken OFPMatch."""
+        terms = []
+        while offset < end:
+            name, value, mask, size = self._oxm(data, offset)
+            if mask is None:
+                mask = (1 << _OXM_BITS.get(name, 8 * (size - 4))) - 1
+            if mask:
+                terms.append((name, value & mask, mask))
+            offset += size
+        return tuple(sorted(terms))
+
+    def _actions_key(self, data: bytes, offset: int, end: int) -> tuple[tuple[Any, ...], ...]:
+        """As :func:`_action_key` computes it from os-ken actions."""
+        keys: list[tuple[Any, ...]] = []
+        while offset < end:
+            kind, length = _TLV.unpack_from(data, offset)
+            if length < 8:
+                raise ValueError(f"corrupt action (type {kind}, length {length}) in a flow stats reply")
+            if kind == ofp.OFPAT_OUTPUT:
+                keys.append(("output", _OXM_HEADER.unpack_from(data, offset + 4)[0]))
+            elif kind == ofp.OFPAT_SET_FIELD:
+                name, value, _, _ = self._oxm(data, offset + 4)
+                keys.append(("set_field", name, value))
+            elif kind == ofp.OFPAT_SET_NW_TTL:
+                keys.append(("set_nw_ttl", data[offset + 4]))
+            else:
+                keys.append(("unknown", kind, bytes(data[offset:offset + length])))
+            offset += length
+        return tuple(keys)
+
+    def _instructions_key(self, data: bytes, offset: int, end: int) -> InstructionsKey:
+        """As :func:`instructions_key` computes it from os-ken instructions."""
+        keyed = []
+        while offset < end:
+            kind, length = _TLV.unpack_from(data, offset)
+            if length < 8:
+                raise ValueError(f"corrupt instruction (type {kind}, length {length}) in a flow stats reply")
+            if kind == ofp.OFPIT_APPLY_ACTIONS:
+                key: tuple[Any, ...] = ("apply", self._actions_key(data, offset + 8, offset + length))
+            elif kind == ofp.OFPIT_WRITE_METADATA:
+                key = ("write_metadata", *struct.unpack_from("!QQ", data, offset + 8))
+            elif kind == ofp.OFPIT_GOTO_TABLE:
+                key = ("goto", data[offset + 4])
+            else:
+                key = ("unknown", kind, bytes(data[offset:offset + length]))
+            keyed.append((_INSTRUCTION_ORDER.get(kind, 99), key))
+            offset += length
+        return tuple(k for _, k in sorted(keyed) if k != ("apply", ()))
+
+    def decode_flow_stats(self, replies: Iterable[bytes]) -> list[InstalledFlow]:
+        """Flow stats multipart replies -> installed flows with the keys :func:`flow_key` and
+        :func:`instructions_key` would give, without building os-ken objects (the slow part of a big
+        dump); tests/unit/test_ovs_translate.py checks both agree."""
+        flows = []
+        for data in replies:
+            _, _, length, _, kind, _ = _MULTIPART_REPLY.unpack_from(data)
+            if kind != ofp.OFPMP_FLOW:
+                raise ValueError(f"expected a flow stats reply, got multipart type {kind}")
+            offset = _MULTIPART_REPLY.size
+            while offset < length:
+                (size, table, _, _, priority, _, _, _, cookie, packets, octets) = _FLOW_STATS.unpack_from(
+                    data, offset)
+                match_at = offset + _FLOW_STATS.size
+                _, match_len = _OFP_MATCH.unpack_from(data, match_at)
+                instructions_at = match_at + (match_len + 7) // 8 * 8
+                flows.append(InstalledFlow(
+                    (table, priority, self._match_key(data, match_at + _OFP_MATCH.size, match_at + match_len)),
+                    self._instructions_key(data, instructions_at, offset + size), cookie, packets, octets))
+                offset += size
+        return flows
 
 
 # --- canonical forms ------------------------------------------------------------------
