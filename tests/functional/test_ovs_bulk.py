@@ -143,7 +143,7 @@ def test_openflow_bench_runs_and_verifies_its_counts() -> None:
     results = bench.run({"flows": 3000, "osken_flows": 1000, "netns_prefix": PREFIX}, lambda _text: None)
     assert results["flows_verified"] == 3000
     assert {"native_flows_per_s", "osken_flows_per_s", "speedup", "sync_flows_per_s", "compile_flows_per_s",
-            "encode_flows_per_s"} <= results.keys()
+            "encode_flows_per_s", "resync_flows_per_s"} <= results.keys()
     assert all(value > 0 for value in results.values())
     leftover = {n for n in set(run("ip", "netns", "list").stdout.split()) - before if n.startswith(PREFIX)}
     assert not leftover, f"the bench left namespaces behind: {leftover}"

@@ -308,6 +308,7 @@ _EXPERIMENTER_CLASS = 0xFFFF
 # Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
 _SHAPE_VALUES = frozenset({"eth_type", "ip_proto"})
 _PLAIN, _IN_PORT, _VLAN = 0, 1, 2
+COOKIE_CACHE = 1 << 18
 Shape = tuple[tuple[str, int, int], ...]
 
 
@@ -346,8 +347,12 @@ class FlowCompiler:
         self._set_fields: dict[tuple[Shape, str], tuple[str, int, bool]] = {}
 
     def cookie(self, owner: str) -> int:
+        """Cached: most owners have several flows. Emptied when it reaches COOKIE_CACHE, so owners long
+        deleted do not pile up in a long-running agent."""
         cookie = self._cookies.get(owner)
         if cookie is None:
+            if len(self._cookies) >= COOKIE_CACHE:
+                self._cookies.clear()
             cookie = self._cookies[owner] = owner_cookie(owner)
         return cookie
 
