@@ -53,6 +53,7 @@ setup(
         "hwflow.apps": [
             "classifier = hwflow.apps.classifier:ClassifierApp",
             "l2 = hwflow.apps.l2:L2App",
+            "l3 = hwflow.apps.l3:L3App",
             "port_security = hwflow.apps.port_security:PortSecurityApp",
         ],
         "oslo.config.opts": [

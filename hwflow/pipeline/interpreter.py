@@ -113,6 +113,8 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
             if isinstance(action, ir.Output):
                 if action.port != state["in_port"]:
                     outputs.append((action.port, _visible(state)))
+            elif isinstance(action, ir.OutputInPort):
+                outputs.append((state["in_port"], _visible(state)))
             elif isinstance(action, ir.GotoTable):
                 if action.table <= current:
                     raise RuntimeError(f"goto from table {current} to {action.table} goes backwards")

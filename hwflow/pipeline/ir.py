@@ -42,6 +42,8 @@ FIELD_BITS: dict[str, int] = {
     "arp_op": 16,
     "arp_spa": 32,
     "arp_tpa": 32,
+    "arp_sha": 48,
+    "arp_tha": 48,
     "tun_id": 64,  # VNI of a packet that came in (or goes out) through a tunnel
     "tun_src": 32,
     "tun_dst": 32,
@@ -156,6 +158,11 @@ class Output:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputInPort:
+    """Send the packet back out of the port it came in on (answers such as ARP replies)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class GotoTable:
     table: int
 
@@ -236,7 +243,7 @@ class Conntrack:
             raise ValueError(f"conntrack zone {self.zone} is outside 0..65535")
 
 
-Action = Output | GotoTable | SetField | Drop | Move | PushVlan | PopVlan | DecTtl | Punt | Conntrack
+Action = Output | OutputInPort | GotoTable | SetField | Drop | Move | PushVlan | PopVlan | DecTtl | Punt | Conntrack
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from hwflow.model.objects import Port
 from hwflow.pipeline import interpreter, ir
 
-MAC_FIELDS = {"eth_src", "eth_dst"}
+MAC_FIELDS = {"eth_src", "eth_dst", "arp_sha", "arp_tha"}
 IPV4_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
 IPV6_FIELDS = {"ipv6_src", "ipv6_dst"}
 ETH_TYPES = {"ipv4": ir.ETH_TYPE_IPV4, "arp": ir.ETH_TYPE_ARP, "ipv6": ir.ETH_TYPE_IPV6}
@@ -161,4 +161,5 @@ def format_action(action: ir.Action, port_names: Mapping[int, str], pipeline: ir
         if action.table is not None:
             parts.append(f"table={pipeline.table_names.get(action.table, action.table)}")
         return f"ct({','.join(parts)})"
-    return {ir.PopVlan: "pop_vlan", ir.DecTtl: "dec_ttl", ir.Drop: "drop"}[type(action)]
+    return {ir.PopVlan: "pop_vlan", ir.DecTtl: "dec_ttl", ir.Drop: "drop", ir.OutputInPort: "output:in_port"}[
+        type(action)]
