@@ -32,7 +32,7 @@ from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, identity, to_flower
 from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError
-from hwflow.model.objects import Chassis, Network, Port
+from hwflow.model.objects import Chassis, Port
 from hwflow.offload import inventory
 from hwflow.offload.partition import HwRule, Plan, PortOffload, partition
 from hwflow.pipeline import ir
@@ -41,6 +41,10 @@ from hwflow_drivers.base import DeviceReport
 from hwflow_drivers.discovery import discover
 
 LOG = logging.getLogger("hwflow.agent")
+
+# What the apps compile from; the agent's cache holds these (and chassis).
+TOPOLOGY_KINDS = ("network", "subnet", "port", "router", "router_port", "security_group", "security_group_rule",
+                  "floating_ip")
 
 ETHERTYPES = {"ipv4": ir.ETH_TYPE_IPV4, "ipv6": ir.ETH_TYPE_IPV6, "arp": ir.ETH_TYPE_ARP}
 
@@ -156,10 +160,10 @@ class Agent:
             self._reports = self._discover()
             self._iface_names = names
         self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
-        networks: dict = self.cache.objects(Network.kind)
-        ports: dict = self.cache.objects(Port.kind)
+        objects = {kind: self.cache.objects(kind) for kind in TOPOLOGY_KINDS}
+        ports = objects[Port.kind]
         local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
-        changes = self.topo.update(networks, ports, local)
+        changes = self.topo.update(objects, local)
         if changes:
             self.compiler.update(self.topo, changes)
         pipeline = self.compiler.pipeline()
