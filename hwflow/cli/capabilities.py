@@ -14,7 +14,7 @@ from oslo_config import cfg
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, Transport
 from hwflow.cli import output
 from hwflow.cli.common import CliError, common_options
-from hwflow.offload.capabilities import SCHEMA, Capabilities
+from hwflow.offload.capabilities import SCHEMA, Capabilities, Conntrack
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
 from hwflow.offload.probe import ProbeCache, ProbeError, Prober, ProbeReport, age_text, not_probed_claims
 from hwflow_drivers import switchdev
@@ -218,12 +218,20 @@ def probable(report: DeviceReport, live: bool) -> str | None:
 def probe_candidates(claimed: Capabilities) -> Capabilities:
     """What to probe: the driver's claims and everything the generic driver asks about, so that a
     report shows both claims the device refuses and abilities no driver claimed."""
+    wide = PROBE_CANDIDATES
+    conntrack = wide.conntrack
+    if claimed.conntrack is not None and conntrack is not None:
+        conntrack = Conntrack(claimed.conntrack.states | conntrack.states, True, True)
     return dataclasses.replace(
         claimed,
-        match_fields={**PROBE_CANDIDATES.match_fields, **claimed.match_fields},
-        actions=claimed.actions | PROBE_CANDIDATES.actions,
-        max_actions_per_rule=max(claimed.max_actions_per_rule, PROBE_CANDIDATES.max_actions_per_rule),
+        match_fields={**wide.match_fields, **claimed.match_fields},
+        actions=claimed.actions | wide.actions,
+        max_actions_per_rule=max(claimed.max_actions_per_rule, wide.max_actions_per_rule),
         max_chains=None,
+        tunnel_encap=claimed.tunnel_encap | wide.tunnel_encap,
+        tunnel_decap=claimed.tunnel_decap | wide.tunnel_decap,
+        rewrite_fields=claimed.rewrite_fields | wide.rewrite_fields,
+        conntrack=conntrack,
     )
 
 

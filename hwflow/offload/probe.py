@@ -29,14 +29,22 @@ from typing import Any
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import TcClient, TcError
 from hwflow.offload.capabilities import (
+    ACTION_CT,
     ACTION_DROP,
     ACTION_GOTO_CHAIN,
     ACTION_PASS,
     ACTION_REDIRECT,
+    ACTION_REWRITE,
+    ACTION_TTL_DEC,
+    ACTION_TUNNEL_DECAP,
+    ACTION_TUNNEL_ENCAP,
+    ACTION_VLAN_POP,
+    ACTION_VLAN_PUSH,
     MASK_ANY,
     MASK_EXACT,
     MASK_PREFIX,
     Capabilities,
+    Conntrack,
 )
 
 PROBE_CHAIN = 0x0FFFFFF0
@@ -46,11 +54,26 @@ GUARD_SRC = 0x036877666C77  # group bit set: no frame has it as source
 CONFIRMED, REFUSED, ERROR, NOT_PROBED = "confirmed", "refused", "error", "not_probed"
 STATUSES = (CONFIRMED, REFUSED, ERROR, NOT_PROBED)
 
-# Which ethertype / ip_proto a rule needs for a key of this IR field family to be well formed.
-_PROTOCOL = {"ipv4": fl.ETH_P_IP, "ipv6": fl.ETH_P_IPV6, "vlan": fl.ETH_P_8021Q, "ip": fl.ETH_P_IP,
-             "tcp": fl.ETH_P_IP, "udp": fl.ETH_P_IP}
-_IP_PROTO = {"tcp": fl.IPPROTO_TCP, "udp": fl.IPPROTO_UDP}
-_UNEXPRESSIBLE = ("vlan_push", "vlan_pop", "tunnel_encap", "tunnel_decap", "rewrite", "ttl_dec", "ct")
+# IANA: VXLAN 4789 (RFC 7348), Geneve 6081 (RFC 8926). GRE has no port: with tc, a tunnel's type is
+# that of the device a rule redirects to, which a probe rule (redirecting to its own port) has not.
+TUNNEL_PORTS = {"vxlan": 4789, "geneve": 6081}
+TEST_NET = (0xC0000201, 0xC0000202)  # 192.0.2.1, 192.0.2.2 (RFC 5737, documentation only)
+# Which IR field each byte of a pedit-able header is (offsets from linux/if_ether.h, ip.h, ipv6.h, tcp.h, udp.h).
+PEDIT_FIELDS = {
+    "eth": [(0, 6, "eth_dst"), (6, 12, "eth_src")],
+    "ip4": [(8, 9, "ip_ttl"), (12, 16, "ipv4_src"), (16, 20, "ipv4_dst")],
+    "ip6": [(7, 8, "ip_ttl"), (8, 24, "ipv6_src"), (24, 40, "ipv6_dst")],
+    "tcp": [(0, 2, "tcp_src"), (2, 4, "tcp_dst")],
+    "udp": [(0, 2, "udp_src"), (2, 4, "udp_dst")],
+}
+_PEDIT_PROTOCOL = {"eth": (fl.ETH_P_ALL, {}), "ip4": (fl.ETH_P_IP, {}), "ip6": (fl.ETH_P_IPV6, {}),
+                   "tcp": (fl.ETH_P_IP, {"ip_proto": fl.IPPROTO_TCP}),
+                   "udp": (fl.ETH_P_IP, {"ip_proto": fl.IPPROTO_UDP})}
+QUALIFIED = frozenset({ACTION_TUNNEL_ENCAP, ACTION_TUNNEL_DECAP, ACTION_REWRITE})
+"""Actions probed once per qualifier (tunnel type, rewritten field) rather than as such."""
+CT_FLAGS = {"new": fl.TCA_FLOWER_KEY_CT_FLAGS_NEW, "est": fl.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED,
+            "rel": fl.TCA_FLOWER_KEY_CT_FLAGS_RELATED, "trk": fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED,
+            "inv": fl.TCA_FLOWER_KEY_CT_FLAGS_INVALID, "rpl": fl.TCA_FLOWER_KEY_CT_FLAGS_REPLY}
 
 
 class ProbeError(RuntimeError):
@@ -109,9 +132,22 @@ class ProbeReport:
                 fields[field] = kinds[0]
         if self.status("match eth_type exact") == CONFIRMED:
             fields["eth_type"] = MASK_EXACT
-        actions = frozenset(a for a in candidates.actions if self.status(f"action {a}") == CONFIRMED)
+        actions = {a for a in candidates.actions if self.status(f"action {a}") == CONFIRMED}
         if self.status("chains") != CONFIRMED:
             actions -= {ACTION_GOTO_CHAIN}
+        encap = frozenset(t for t in candidates.tunnel_encap if self.status(f"tunnel_encap {t}") == CONFIRMED)
+        decap = frozenset(t for t in candidates.tunnel_decap if self.status(f"tunnel_decap {t}") == CONFIRMED)
+        rewrite = frozenset(f for f in candidates.rewrite_fields if self.status(f"rewrite {f}") == CONFIRMED)
+        conntrack = None
+        if candidates.conntrack is not None and ACTION_CT in actions:
+            states = frozenset(s for s in candidates.conntrack.states
+                               if self.status(f"match ct_state +{s}") == CONFIRMED)
+            conntrack = Conntrack(states, self.status("ct zones") == CONFIRMED, self.status("ct nat") == CONFIRMED)
+        actions.discard(ACTION_CT)
+        for action, qualifier in ((ACTION_TUNNEL_ENCAP, encap), (ACTION_TUNNEL_DECAP, decap),
+                                  (ACTION_REWRITE, rewrite), (ACTION_CT, conntrack)):
+            if qualifier:
+                actions.add(action)
         per_rule = max([1] + [int(r.claim.rsplit(" ", 1)[1]) for r in self.results
                               if r.claim.startswith("actions per rule ") and r.status == CONFIRMED])
         return Capabilities(
@@ -121,6 +157,10 @@ class ProbeReport:
             max_actions_per_rule=per_rule,
             max_chains=None if self.status(f"chain {PROBE_CHAIN}") == CONFIRMED else self._some_chains(),
             counters=self.status("counters") == CONFIRMED,
+            tunnel_encap=encap,
+            tunnel_decap=decap,
+            rewrite_fields=rewrite,
+            conntrack=conntrack,
         )
 
 
@@ -151,7 +191,8 @@ class Prober:
         results += [ProbeResult(f"match {spec.ir_field} masked", NOT_PROBED,
                                 f"hwflow's tc-flower encoder matches {spec.field} exactly only")
                     for spec in fl.KEY_SPECS if spec.ir_field in candidates.match_fields and not spec.mask_field]
-        results += [self._action_probe(a, place) for a in sorted(candidates.actions)]
+        results += [self._action_probe(a, place) for a in sorted(candidates.actions - QUALIFIED)]
+        results += self._qualified_probes(candidates, place)
         results += self._chains(place)
         if candidates.max_actions_per_rule > 1:
             n = candidates.max_actions_per_rule
@@ -165,7 +206,7 @@ class Prober:
 
     def _rule(self, place: _Place, keys: dict[str, int], protocol: int,
               actions: tuple[fl.FlowerAction, ...] | None = None, chain: int | None = None) -> fl.FlowerRule:
-        if place.guard:
+        if place.guard and "eth_src" not in keys:
             keys = {"eth_src": GUARD_SRC, **keys}
         return fl.FlowerRule(self._ifindex, PROBE_PRIO, 1, protocol, fl.FlowerKeys(**keys),
                              actions or (self._terminal(),), chain=place.chain if chain is None else chain,
@@ -208,7 +249,68 @@ class Prober:
             return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Mirred(self._ifindex),))
         if action == ACTION_GOTO_CHAIN:  # the target need not exist: tc creates a chain on first use
             return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Gact("goto_chain", place.chain + 1),))
-        return ProbeResult(claim, NOT_PROBED, f"hwflow's tc-flower encoder cannot express {action} yet")
+        if action == ACTION_VLAN_PUSH:
+            return self._try(claim, place, {}, fl.ETH_P_ALL, (fl.Vlan("push", vid=1), self._to_self()))
+        if action == ACTION_VLAN_POP:
+            return self._try(claim, place, {}, fl.ETH_P_8021Q, (fl.Vlan("pop"), self._to_self()))
+        if action == ACTION_TTL_DEC:
+            return self._try(claim, place, {}, fl.ETH_P_IP, (fl.Pedit(fl.pedit_set("ip4", 8, b"\xff", "add")),
+                                                                 fl.Csum(fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR),
+                                                                 self._to_self()))
+        if action == ACTION_CT:
+            return self._try(claim, place, {}, fl.ETH_P_IP, (fl.Ct(), fl.Gact("goto_chain", place.chain + 1)))
+        return ProbeResult(claim, NOT_PROBED, f"hwflow has no probe for {action}")
+
+    def _to_self(self) -> fl.FlowerAction:
+        """Redirect to the probed port itself: a probe rule never matches, so nothing can loop."""
+        return fl.Mirred(self._ifindex)
+
+    def _qualified_probes(self, candidates: Capabilities, place: _Place) -> list[ProbeResult]:
+        """Tunnel types, rewritten fields, conntrack zones / NAT / states: one probe each."""
+        out = []
+        for kind in sorted(candidates.tunnel_encap):
+            out.append(self._encap(kind, place))
+        for kind in sorted(candidates.tunnel_decap):
+            out.append(self._decap(kind, place))
+        for field in sorted(candidates.rewrite_fields):
+            out.append(self._rewrite(field, place))
+        if candidates.conntrack is not None:
+            goto = fl.Gact("goto_chain", place.chain + 1)
+            out.append(self._try("ct zones", place, {}, fl.ETH_P_IP, (fl.Ct(zone=1), goto)))
+            out.append(self._try("ct nat", place, {}, fl.ETH_P_IP,
+                                 (fl.Ct(nat="src", nat_ipv4_min=TEST_NET[0], nat_ipv4_max=TEST_NET[0]), goto)))
+            for state in sorted(candidates.conntrack.states):
+                flags = CT_FLAGS["trk"] | CT_FLAGS[state]
+                out.append(self._try(f"match ct_state +{state}", place, {"ct_state": flags, "ct_state_mask": flags},
+                                     fl.ETH_P_IP, (self._to_self(),)))
+        return out
+
+    def _encap(self, kind: str, place: _Place) -> ProbeResult:
+        claim = f"tunnel_encap {kind}"
+        if kind not in TUNNEL_PORTS:
+            return ProbeResult(claim, NOT_PROBED, f"a {kind} tunnel is told only by the device a rule redirects to")
+        tunnel = fl.TunnelKey(ipv4_src=TEST_NET[0], ipv4_dst=TEST_NET[1], key_id=1, dst_port=TUNNEL_PORTS[kind])
+        return self._try(claim, place, {}, fl.ETH_P_ALL, (tunnel, self._to_self()))
+
+    def _decap(self, kind: str, place: _Place) -> ProbeResult:
+        claim = f"tunnel_decap {kind}"
+        if kind not in TUNNEL_PORTS:
+            return ProbeResult(claim, NOT_PROBED, f"a {kind} tunnel is told only by the device the rule is on")
+        keys = {"enc_key_id": 1, "enc_dst_port": TUNNEL_PORTS[kind]}
+        return self._try(claim, place, keys, fl.ETH_P_ALL, (fl.TunnelKey(unset=True), self._to_self()))
+
+    def _rewrite(self, field: str, place: _Place) -> ProbeResult:
+        claim = f"rewrite {field}"
+        if field == "vlan_vid":
+            return self._try(claim, place, {}, fl.ETH_P_8021Q, (fl.Vlan("modify", vid=1), self._to_self()))
+        where = next(((h, lo, hi) for h, rows in PEDIT_FIELDS.items() for lo, hi, f in rows if f == field), None)
+        if where is None:
+            return ProbeResult(claim, NOT_PROBED, f"hwflow knows no pedit header offset for {field}")
+        htype, lo, hi = where
+        protocol, keys = _PEDIT_PROTOCOL[htype]
+        # A MAC written with the group bit set stays a group address, as in every other probe.
+        data = (GUARD_SRC.to_bytes(6, "big") if htype == "eth" else bytes(range(1, 1 + hi - lo)))[:hi - lo]
+        return self._try(claim, place, keys, protocol, (fl.Pedit(fl.pedit_set(htype, lo, data)), self._to_self()))
 
     def _chains(self, place: _Place) -> list[ProbeResult]:
         """Chains beyond 0 at all ("chains"), and as far as the probe chain ("chain N")."""
@@ -241,9 +343,10 @@ def _match_probes(candidates: Capabilities) -> Iterator[tuple[str, str, dict[str
         spec = specs.get(field)
         if spec is None:
             continue
-        family = spec.field.split("_")[0]
-        protocol = _PROTOCOL.get(family, fl.ETH_P_ALL)
-        base = {"ip_proto": _IP_PROTO[family]} if family in _IP_PROTO else {}
+        protocol = spec.needs[0] if spec.needs else fl.ETH_P_ALL
+        base: dict[str, int] = {"ip_proto": spec.ip_proto[0]} if spec.ip_proto else {}
+        if spec.field.startswith("enc_") and spec.field != "enc_dst_port":
+            base["enc_dst_port"] = TUNNEL_PORTS["vxlan"]  # a tunnel match without its port is a quirk's refusal
         # eth_src keeps the guard's group bit under every mask, so it never matches a real frame.
         value = GUARD_SRC if spec.field == "eth_src" else 1
         yield field, MASK_EXACT, {**base, spec.field: value}, protocol
@@ -259,7 +362,10 @@ def not_probed_claims(candidates: Capabilities) -> list[str]:
     """Claims of ``candidates`` no probe covers (so a report can say so, not imply them)."""
     specs = {s.ir_field for s in fl.KEY_SPECS}
     out = [f"match {f}" for f in sorted(candidates.match_fields) if f not in specs and f != "eth_type"]
-    return out + [f"action {a}" for a in sorted(candidates.actions) if a in _UNEXPRESSIBLE]
+    out += [f"tunnel_{way} {t}" for way in ("encap", "decap")
+            for t in sorted(getattr(candidates, f"tunnel_{way}")) if t not in TUNNEL_PORTS]
+    rewritable = {f for rows in PEDIT_FIELDS.values() for _, _, f in rows} | {"vlan_vid"}
+    return out + [f"rewrite {f}" for f in sorted(candidates.rewrite_fields - rewritable)]
 
 
 class ProbeCache:

@@ -27,23 +27,15 @@ from hwflow.offload.capabilities import (
     QUIRK_TUNNEL_UDP_DST_PORT,
     Capabilities,
 )
+from hwflow.offload.probe import PEDIT_FIELDS, TUNNEL_PORTS
 
 TUNNEL_KEY_PREFIX = "enc_"  # tc-flower(8): enc_key_id, enc_dst_ip, enc_dst_port, ...
 TUNNEL_UDP_DST_PORT = "enc_dst_port"
-# IANA: VXLAN 4789 (RFC 7348), Geneve 6081 (RFC 8926): how a tunnel_key set names its tunnel type.
-TUNNEL_PORTS = {4789: "vxlan", 6081: "geneve"}
+TUNNEL_BY_PORT = {port: kind for kind, port in TUNNEL_PORTS.items()}  # how a tunnel_key set names its type
 # ct_state flags (pkt_cls.h TCA_FLOWER_KEY_CT_FLAGS_*) in the capability model's names.
 CT_FLAGS = {fl.TCA_FLOWER_KEY_CT_FLAGS_NEW: "new", fl.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED: "est",
             fl.TCA_FLOWER_KEY_CT_FLAGS_RELATED: "rel", fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED: "trk",
             fl.TCA_FLOWER_KEY_CT_FLAGS_INVALID: "inv", fl.TCA_FLOWER_KEY_CT_FLAGS_REPLY: "rpl"}
-# Which IR field each byte of a pedit-able header is (offsets from linux/if_ether.h, ip.h, ipv6.h, tcp.h, udp.h).
-PEDIT_FIELDS = {
-    "eth": [(0, 6, "eth_dst"), (6, 12, "eth_src")],
-    "ip4": [(8, 9, "ip_ttl"), (12, 16, "ipv4_src"), (16, 20, "ipv4_dst")],
-    "ip6": [(7, 8, "ip_ttl"), (8, 24, "ipv6_src"), (24, 40, "ipv6_dst")],
-    "tcp": [(0, 2, "tcp_src"), (2, 4, "tcp_dst")],
-    "udp": [(0, 2, "udp_src"), (2, 4, "udp_dst")],
-}
 
 
 class NotAdmitted(Exception):
@@ -95,7 +87,7 @@ def pedit_fields(action: fl.Pedit) -> set[str]:
 def _check_action_details(action: object, caps: Capabilities) -> None:
     """The part of an action the capability model qualifies: tunnel type, rewritten field, ct zone/NAT."""
     if isinstance(action, fl.TunnelKey) and not action.unset:
-        kind = "geneve" if action.geneve_opts else TUNNEL_PORTS.get(action.dst_port or 4789)
+        kind = "geneve" if action.geneve_opts else TUNNEL_BY_PORT.get(action.dst_port or TUNNEL_PORTS["vxlan"])
         if kind is None or not caps.can_encap(kind):
             raise NotAdmitted(f"tunnel_key set to {kind or f'UDP port {action.dst_port}'} (encap types: "
                               f"{', '.join(sorted(caps.tunnel_encap)) or 'none'})")
@@ -143,6 +135,20 @@ def check_keys(rule: fl.FlowerRule, caps: Capabilities) -> None:
             raise NotAdmitted(f"match on {field} with mask {mask:#x}")
     if caps.has_quirk(QUIRK_TUNNEL_UDP_DST_PORT):
         _check_tunnel_port_quirk(rule)
+    _check_tunnel_type(rule, caps)
+
+
+def _check_tunnel_type(rule: fl.FlowerRule, caps: Capabilities) -> None:
+    """A rule matching tunnel (enc_*) keys receives decapsulated traffic: its tunnel type must be decap-able."""
+    keys = {spec.field: value for spec, value, _ in rule.keys.items()}
+    if not any(k.startswith(TUNNEL_KEY_PREFIX) for k in keys):
+        return
+    port = keys.get(TUNNEL_UDP_DST_PORT)
+    kind = TUNNEL_BY_PORT.get(port) if port is not None else None
+    if port is not None and kind is None:
+        raise NotAdmitted(f"a tunnel match on UDP port {port} (no tunnel type hwflow knows uses it)")
+    if (kind is not None and not caps.can_decap(kind)) or not caps.tunnel_decap:
+        raise NotAdmitted(f"a {kind or 'tunnel'} match (decap types: {', '.join(sorted(caps.tunnel_decap)) or 'none'})")
 
 
 def _check_tunnel_port_quirk(rule: fl.FlowerRule) -> None:

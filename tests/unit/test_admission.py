@@ -113,12 +113,14 @@ class TunnelKeys:
         self.specs = specs
 
     def items(self):
-        return [(TunnelSpec(name, name, 16 if name == "enc_dst_port" else 32), 1, mask) for name, mask in self.specs]
+        return [(TunnelSpec(name, name, 16 if name == "enc_dst_port" else 32), 4789 if name == "enc_dst_port" else 1,
+                 mask) for name, mask in self.specs]
 
 
 def test_tunnel_port_quirk():
     caps = dataclasses.replace(BASE, match_fields={**BASE.match_fields, "enc_key_id": MASK_EXACT,
                                                    "enc_dst_port": MASK_ANY},
+                               actions=BASE.actions | {"tunnel_decap"}, tunnel_decap=frozenset({"vxlan"}),
                                quirks=(admission_quirk(),))
     r = rule()
     object.__setattr__(r, "keys", TunnelKeys(("enc_key_id", 0xFFFFFFFF)))
@@ -231,3 +233,8 @@ def test_tunnel_match_keys_and_the_mlx5_port_quirk():
     assert verdict(decap, MLX5, with_port, fl.ETH_P_ALL) == "ok"
     assert verdict(decap, E810, without_port, fl.ETH_P_ALL) == "ok"  # ice has no such quirk
     assert verdict(decap, PLAIN, with_port, fl.ETH_P_ALL).startswith("match on tun_id")
+    geneve = fl.FlowerKeys(enc_key_id=5, enc_dst_port=6081)
+    cx5 = load_profile("mlx5-connectx5").capabilities
+    assert verdict(decap, cx5, geneve, fl.ETH_P_ALL) == "a geneve match (decap types: gre, vxlan)"
+    odd = fl.FlowerKeys(enc_key_id=5, enc_dst_port=9999)
+    assert verdict(decap, MLX5, odd, fl.ETH_P_ALL).startswith("a tunnel match on UDP port 9999")

@@ -182,15 +182,16 @@ def test_probe_confirms_the_profile_and_is_shown_with_its_age(capsys, served_sim
     assert text.startswith("probed simnic0r0: ")
     assert "chain 0 prio 65535 with a group-address eth_src guard" in text  # E810: chain 0 only
     claims = {line.split()[0] + " " + line.split()[1]: line.split()[2] for line in text.splitlines()
-              if line.startswith(("match ", "action "))}
-    assert claims["action redirect"] == "confirmed" and claims["action tunnel_encap"] == "not_probed"
+              if line.startswith(("match ", "action ", "tunnel_"))}
+    assert claims["action redirect"] == "confirmed" and claims["tunnel_encap vxlan"] == "confirmed"
+    assert claims["tunnel_encap gre"] == "not_probed" and claims["action ct"] == "refused"  # E810: no ct
     out = json_output(capsys, *base)
     probe = out["devices"][0]["probe"]
     assert probe["device"] == "simnic0r0" and 0 <= probe["age_seconds"] < 60
     statuses = {r["claim"]: r["status"] for r in probe["results"]}
     assert statuses["chains"] == "refused" and statuses["match ipv4_dst prefix"] == "confirmed"
     assert statuses["match ipv4_dst any"] == "refused"
-    assert "action tunnel_encap" in probe["not_probed"]
+    assert "tunnel_encap gre" in probe["not_probed"]
     assert (tmp_path / "probes" / "simnic0r0.json").is_file()
 
 

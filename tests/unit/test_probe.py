@@ -84,6 +84,10 @@ def test_probing_learns_what_each_profile_allows_and_leaves_nothing(name):
         if field not in maskable and claimed is not None:
             assert report.status(f"match {field} masked") == NOT_PROBED
     assert learned.actions == caps.actions & PROBE_CANDIDATES.actions
+    assert learned.tunnel_encap == caps.tunnel_encap & {"vxlan", "geneve"}
+    assert learned.tunnel_decap == caps.tunnel_decap & {"vxlan", "geneve"}
+    assert learned.rewrite_fields == caps.rewrite_fields
+    assert learned.conntrack == caps.conntrack
     assert learned.max_chains == {None: None, 1: 1}.get(caps.max_chains, 2)
     assert learned.max_actions_per_rule == (4 if caps.max_actions_per_rule >= 4 else 1)
     assert report.status("capacity") == NOT_PROBED
@@ -126,12 +130,11 @@ def test_claims_no_probe_can_cover_are_named():
     caps = load_profile("mlx5-connectx6dx").capabilities
     encodable = {s.ir_field for s in fl.KEY_SPECS} | {"eth_type"}
     unencodable = {f"match {f}" for f in caps.match_fields if f not in encodable}
-    assert set(not_probed_claims(caps)) == {"action ct", "action tunnel_encap", "action tunnel_decap",
-                                            "action rewrite", "action ttl_dec", "action vlan_push",
-                                            "action vlan_pop"} | unencodable
+    assert set(not_probed_claims(caps)) == {"tunnel_encap gre", "tunnel_decap gre"} | unencodable
     report = prober(caps)[0].run("rep", caps)
-    assert report.status("action ct") == NOT_PROBED
+    assert report.status("tunnel_encap gre") == NOT_PROBED and report.status("tunnel_encap geneve") == CONFIRMED
     assert report.status("action redirect") == CONFIRMED and report.status("counters") == CONFIRMED
+    assert report.status("match ct_state +est") == CONFIRMED and report.status("ct nat") == CONFIRMED
 
 
 def test_cache_round_trip_age_and_corruption(tmp_path):
