@@ -318,9 +318,9 @@ def test_vlan_push_then_pop_gives_the_frame_back(raw: bytes, vid: int, prio: int
 
 
 def test_vlan_modify_keeps_dei_and_leaves_untagged_frames_alone() -> None:
-    raw = bytes(Ether() / Dot1Q(vlan=5, prio=1, id=1) / IP() / UDP())
+    raw = bytes(Ether() / Dot1Q(vlan=5, prio=1, dei=1) / IP() / UDP())
     tag = Ether(apply_vlan(fl.Vlan("modify", 9, 6), raw))[Dot1Q]
-    assert (tag.vlan, tag.prio, tag.id) == (9, 6, 1)
+    assert (tag.vlan, tag.prio, tag.dei) == (9, 6, 1)
     plain = bytes(Ether() / IP())
     assert apply_vlan(fl.Vlan("modify", 9, 6), plain) == plain
     assert apply_vlan(fl.Vlan("pop"), plain) == plain
