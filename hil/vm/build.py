@@ -23,6 +23,7 @@ directory is complete is reused.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import os
@@ -307,16 +308,23 @@ def build_wheel(python: Path, dest: Path) -> Path:
 
 
 def build(python: Path, work: Path) -> dict[str, str]:
-    """Everything the run needs; returns paths and the ABI."""
+    """Everything the run needs; returns paths and the ABI.
+
+    Runs that share the cache (several engineers on one machine) take turns
+    on it: a stage being built is never seen half-done or rebuilt twice.
+    """
     abi = kernel_abi()
     wheel = build_wheel(python, work / "wheel")
-    kernel = build_kernel(abi)
-    netdevsim = build_netdevsim(abi)
-    rootfs = build_rootfs(python_requirements(wheel), python.parent / "pip")
-    overlay = build_overlay(abi, kernel, netdevsim)
-    initrd = work / "initrd.cpio.zst"
-    with open(initrd, "wb") as out:
-        for part in (rootfs / "rootfs.cpio.zst", overlay / "overlay.cpio.zst"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kernel = build_kernel(abi)
+        netdevsim = build_netdevsim(abi)
+        rootfs = build_rootfs(python_requirements(wheel), python.parent / "pip")
+        overlay = build_overlay(abi, kernel, netdevsim)
+        initrd = work / "initrd.cpio.zst"
+        with open(initrd, "wb") as out:
+            for part in (rootfs / "rootfs.cpio.zst", overlay / "overlay.cpio.zst"):
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
     return {"abi": abi, "vmlinuz": str(kernel / "vmlinuz"), "initrd": str(initrd), "wheel": str(wheel)}
