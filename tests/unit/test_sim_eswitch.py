@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
 from hwflow.offload.capabilities import Capabilities
+from hwflow.sim.dataplane import DataPlane, Port, close_ports
 from hwflow.sim.eswitch import Eswitch, apply_csum, apply_pedit, apply_vlan, parse_frame, rewrite
 from hwflow.sim.profile import ProfileError, load_profile, parse_profile
 
@@ -368,3 +370,53 @@ def test_classify_runs_through_rewrites_to_the_verdict() -> None:
     assert add(sw, rule) == (0, None)
     assert sw.classify(REP0, frame()) == list(actions)
     assert dump(sw)[0][0] == rule
+
+
+def test_tunnel_and_ct_rules_are_stored_and_dumped_back_where_the_profile_allows_them() -> None:
+    sw = Eswitch("sim0", load_profile("mlx5-connectx7"), [REP0, REP1, REP2], clock=Clock())
+    keys = fl.FlowerKeys(enc_key_id=5, enc_ipv4_dst=0x0A000001, enc_dst_port=6081,
+                         ct_state=fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED, ct_state_mask=fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED)
+    decap = fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, keys, (
+        fl.TunnelKey(unset=True), fl.Ct(zone=3, commit=True), fl.Vlan("push", 5), fl.Gact("goto_chain", 2)))
+    encap = fl.FlowerRule(REP0, 2, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=1), (
+        fl.TunnelKey(ipv4_dst=0x0A000002, key_id=7, dst_port=4789), fl.Mirred(REP1)))
+    assert [add(sw, r) for r in (decap, encap)] == [(0, None)] * 2
+    assert [r for r, _ in dump(sw)] == [decap, encap]
+
+
+def socket_ports(count: int) -> tuple[list[Port], list[socket.socket]]:
+    """Ports whose VF and representor are socketpair ends (frames keep their boundaries); the test's ends too."""
+    ports, ours = [], []
+    for i in range(count):
+        vf, vf_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rep, rep_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (vf, rep, vf_peer, rep_peer):
+            end.setblocking(False)
+        ports.append(Port(i, f"r{i}", REP0 + i, rep.detach(), f"v{i}", vf.detach()))
+        ours += [vf_peer, rep_peer]
+    return ports, ours
+
+
+def test_the_data_plane_rewrites_in_hardware_and_hands_ct_to_software() -> None:
+    sw = Eswitch("sim0", load_profile("mlx5-connectx7"), [REP0, REP1], clock=Clock())
+    new_mac = bytes.fromhex("020000000009")
+    rewrite_rule = fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000002), (
+        fl.Pedit(fl.pedit_set("eth", 0, new_mac)), fl.Mirred(REP1)))
+    ct_rule = fl.FlowerRule(REP0, 1, 2, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000003), (
+        fl.Ct(zone=1), fl.Gact("goto_chain", 1)))
+    assert [add(sw, r) for r in (rewrite_rule, ct_rule)] == [(0, None)] * 2
+    ports, ours = socket_ports(2)
+    vf0, rep0, vf1, _ = ours
+    plane = DataPlane(sw, ports)
+    try:
+        vf0.send(frame("10.0.0.2"))
+        plane.from_vf(ports[0])
+        assert Ether(vf1.recv(2048)).dst == new_mac.hex(":")
+        vf0.send(frame("10.0.0.3"))
+        plane.from_vf(ports[0])
+        assert rep0.recv(2048) == frame("10.0.0.3")
+        assert (plane.counters.hw_forwarded, plane.counters.unsupported, plane.counters.to_representor) == (1, 1, 1)
+    finally:
+        close_ports(ports)
+        for end in ours:
+            end.close()
