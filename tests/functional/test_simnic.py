@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from hwflow import bench
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.sim.profile import load_profile
@@ -266,3 +267,10 @@ def test_sigterm_removes_the_socket_status_and_devices(start_simnic) -> None:
     assert nic.proc.wait(10) == 0
     assert not os.path.exists(nic.socket) and not os.path.exists(nic.socket + ".json")
     assert run("ip", "-n", nic.ns, "link", "show", nic.port(0)["representor"], check=False).returncode != 0
+
+
+def test_the_tc_install_bench_starts_its_own_nic_and_verifies_the_rules() -> None:
+    module = bench.load("tc-install")
+    results = module.run(bench.parse_params(module.DEFAULTS, ["rules=600"]), lambda text: None)
+    assert (results["rules_verified"], results["refused"]) == (600, 0)
+    assert results["python_rules_per_s"] > 0 and results["native_rules_per_s"] > 0

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_tc_flower import rules
 
+from hwflow import bench
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import native
 from hwflow.backends.tc import netlink as nl
@@ -157,3 +158,12 @@ def test_values_must_be_rows_of_64_bit_words() -> None:
         batch.encode(array.array("I", [1, 2]), 2)
     with pytest.raises(native.BatchError, match="too small"):
         batch.encode_into(bytearray(10), array.array("Q", [1]), 1)
+
+
+@needs_native
+def test_the_tc_encode_bench_checks_its_own_bytes() -> None:
+    module = bench.load("tc-encode")
+    params = bench.parse_params(module.DEFAULTS, ["rules=3000", "python_rules=500", "chunk=1000"])
+    results = module.run(params, lambda text: None)
+    assert results["identical"] == 1 and results["message_bytes"] == 180
+    assert set(results) >= {"native_rules_per_s", "python_rules_per_s", "speedup"}
