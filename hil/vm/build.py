@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("HWFLOW_VM_CACHE", "/var/cache/hwflow-vm"))
 SUITE = "bookworm"
+PRUNE_DAYS = 7.0  # an unused stage older than this is removed
 ROOT_PACKAGES = ("python3", "iproute2", "kmod", "iputils-ping", "ethtool", "libudev1", "procps")
 # Modules the suite loads; their dependency closure is copied too.
 MODULES = ("cls_flower", "act_mirred", "act_gact", "act_vlan", "act_pedit", "act_csum", "act_tunnel_key",
@@ -307,6 +308,17 @@ def build_wheel(python: Path, dest: Path) -> Path:
     return next(dest.glob("hwflow-*.whl"))
 
 
+def prune(used: set[Path], max_age_days: float = PRUNE_DAYS) -> None:
+    """Drop stages this build does not use and nobody has used for a while (other checkouts keep theirs)."""
+    cutoff = time.time() - max_age_days * 86400
+    for path in CACHE.iterdir():
+        if path.is_dir() and path not in used and path.stat().st_mtime < cutoff:
+            log(f"removing stale stage {path.name}")
+            shutil.rmtree(path, ignore_errors=True)
+    for path in used:
+        path.touch()
+
+
 def build(python: Path, work: Path) -> dict[str, str]:
     """Everything the run needs; returns paths and the ABI.
 
@@ -322,6 +334,7 @@ def build(python: Path, work: Path) -> dict[str, str]:
         netdevsim = build_netdevsim(abi)
         rootfs = build_rootfs(python_requirements(wheel), python.parent / "pip")
         overlay = build_overlay(abi, kernel, netdevsim)
+        prune({kernel, netdevsim, rootfs, overlay})
         initrd = work / "initrd.cpio.zst"
         with open(initrd, "wb") as out:
             for part in (rootfs / "rootfs.cpio.zst", overlay / "overlay.cpio.zst"):

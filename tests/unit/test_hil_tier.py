@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,16 @@ def test_hw_runner_needs_two_vfs(capsys):
     with pytest.raises(SystemExit):
         runner.main(["--pf", "lo", "--vfs", "1"])
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_prune_keeps_used_and_recent_stages(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "CACHE", tmp_path)
+    used, recent, stale = (tmp_path / n for n in ("kernel-a", "rootfs-new", "rootfs-old"))
+    for path in (used, recent, stale):
+        path.mkdir()
+    old = 0.0  # 1970: older than any cutoff
+    os.utime(used, (old, old))
+    os.utime(stale, (old, old))
+    build.prune({used})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel-a", "rootfs-new"]
+    assert used.stat().st_mtime > old  # touched: in use
