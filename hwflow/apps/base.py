@@ -16,9 +16,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 
+from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
 
 
 class App(abc.ABC):
@@ -39,6 +40,30 @@ class App(abc.ABC):
     def flows(self, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         for owner in self.owners(topo):
             yield from self.owner_flows(owner, topo, layout)
+
+
+class LocalPortApp(App):
+    """An app whose flows are all per local port (owner ``port:<id>``).
+
+    Subclasses write ``port_flows``; a change to the port, or to its being
+    local, recomputes just that port.
+    """
+
+    def owners(self, topo: Topology) -> Iterator[str]:
+        return (port_owner(p.id) for p in topo.local_ports())
+
+    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        port_id = owner_id(owner)
+        if topo.is_local(port_id):
+            yield from self.port_flows(topo.ports[port_id], topo, layout, owner)
+
+    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+        if change.kind in (KIND_PORT, KIND_LOCAL):
+            yield port_owner(change.id)
+
+    @abc.abstractmethod
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterable[ir.Flow]:
+        """The flows of one local port."""
 
 
 def port_owner(port_id: str) -> str:

@@ -10,26 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, owner_id, port_owner
+from hwflow.apps.base import LocalPortApp, port_owner
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
+from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology
 
 PRIO_PORT = 100
 
 
-class ClassifierApp(App):
+class ClassifierApp(LocalPortApp):
     spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out",))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
-        return (port_owner(p.id) for p in topo.local_ports())
-
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        port_id = owner_id(owner)
-        if not topo.is_local(port_id):
-            return
-        port = topo.ports[port_id]
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
         network = topo.networks.get(port.network_id)
         match = ir.Match.of(in_port=port.unique_key)
         if network is None:  # the port arrived before its network: keep it isolated
@@ -39,10 +32,9 @@ class ClassifierApp(App):
         yield ir.Flow(layout.table("ports"), PRIO_PORT, match, actions, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        if change.kind == KIND_NETWORK:
+        if change.kind == KIND_NETWORK:  # its key is what packets are tagged with
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
-        elif change.kind in (KIND_PORT, KIND_LOCAL):
-            yield port_owner(change.id)
+        yield from super().affected(change, topo)
 
 
 def network_of(change: Change) -> set[str]:

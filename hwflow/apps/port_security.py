@@ -17,11 +17,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, owner_id, port_owner
+from hwflow.apps.base import LocalPortApp
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
+from hwflow.pipeline.topology import Topology
 
 PRIO_ALLOW = 100
 PRIO_DROP = 1
@@ -55,17 +55,10 @@ def _prefix(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> t
     return int(net.network_address), mask
 
 
-class PortSecurityApp(App):
+class PortSecurityApp(LocalPortApp):
     spec = AppSpec(name="port_security", tables=("filter",), entries={"in": "filter"}, exits=("out",))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
-        return (port_owner(p.id) for p in topo.local_ports())
-
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        port_id = owner_id(owner)
-        if not topo.is_local(port_id):
-            return
-        port = topo.ports[port_id]
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
         table, onward = layout.table("filter"), (layout.goto("out"),)
         if not port.port_security:
             yield ir.Flow(table, PRIO_ALLOW, ir.Match.of(in_port=port.unique_key), onward, owner)
@@ -88,7 +81,3 @@ class PortSecurityApp(App):
                           ip_proto=IPPROTO_UDP, udp_src=68, udp_dst=67)
         yield ir.Match.of(in_port=key, eth_src=own_mac, eth_type=ir.ETH_TYPE_IPV6, ipv6_src=0,
                           ip_proto=IPPROTO_ICMPV6)
-
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        if change.kind in (KIND_PORT, KIND_LOCAL):
-            yield port_owner(change.id)
