@@ -72,6 +72,10 @@ class OvsBackend:
         it raises, the additions and modifications of the flows before the bad one may already be applied
         (never a deletion: those go last); the next sync reconciles.
         """
+        with translate.gc_paused():
+            return self._sync(flows, ports)
+
+    def _sync(self, flows: Iterable[ir.Flow], ports: Mapping[int, int]) -> SyncResult:
         installed = self._installed()
         desired: dict[translate.FlowKey, translate.Compiled] = {}
         unbound: list[translate.UnboundPort] = []
