@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +24,13 @@ from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
 from hwflow.model.objects import Network, Port
-from hwflow.sim.host import BRIDGE, SimHost, teardown_from_state
+from hwflow.sim.host import BRIDGE, HostError, SimHost, teardown_from_state
 
-HOST = "demo"
 VMS = (("vm1", "fa:16:3e:00:00:01", "10.0.0.1"), ("vm2", "fa:16:3e:00:00:02", "10.0.0.2"))
 
 EPILOG = """\
 what it does:
-  1. starts Open vSwitch (userspace datapath) in network namespace hwf-demo,
+  1. starts Open vSwitch (userspace datapath) in network namespace hwf-demo (--name),
      a simulated SmartNIC with 4 VFs, and hwflow-agent on an embedded database;
   2. creates network demo-net (VNI 1001) and ports vm1/vm2 with `hwflow nb`'s API;
   3. gives each VM namespace (hwf-demo-vm1, hwf-demo-vm2) a VF, and plugs the
@@ -66,6 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: a new temporary directory)")
     parser.add_argument("--count", type=int, default=10, help="pings to send (default: 10)")
     parser.add_argument("--profile", default="sim-basic", help="simulated NIC profile (default: sim-basic)")
+    parser.add_argument("--name", default="demo", help="host (chassis) name, at most 8 characters; its namespaces "
+                        "are hwf-NAME and hwf-NAME-vm1/-vm2 (default: demo)")
     parser.add_argument("--clean", metavar="DIR", help="tear down a host left by --keep in DIR, then exit")
     parser.set_defaults(func=run)
 
@@ -95,9 +97,18 @@ def run(args: argparse.Namespace, conf: Any) -> int:
         for stale in workdir.glob("nb.sqlite*"):
             stale.unlink()
         database = f"sqlite:///{workdir}/nb.sqlite"
-    host = SimHost(HOST, workdir, database, profile=args.profile)
+    try:
+        host = SimHost(args.name, workdir, database, profile=args.profile)
+    except HostError as exc:
+        raise CliError(str(exc)) from None
+    if subprocess.run(["ip", "netns", "pids", host.ns], capture_output=True, check=False).returncode == 0:
+        raise CliError(f"network namespace {host.ns} exists: a demo named {args.name} is running (stop it with "
+                       f"hwflow demo --clean ITS_WORKDIR, or ip netns delete {host.ns}), or use --name")
     say(args, f"[1/4] starting OVS, the simulated NIC and hwflow-agent (workdir {workdir})")
-    host.start()
+    try:
+        host.start()
+    except HostError as exc:
+        raise CliError(f"could not start the demo host: {exc}") from None
     try:
         report = _scenario(args, host, database)
     except BaseException:
@@ -116,14 +127,14 @@ def _scenario(args: argparse.Namespace, host: SimHost, database: str) -> dict[st
     say(args, "[2/4] creating network demo-net and ports vm1, vm2 in the northbound database")
     with NbApi.from_url(database) as nb:
         net = nb.create(Network(name="demo-net", vni=1001))
-        ports = [nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=HOST))
+        ports = [nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name))
                  for vm, mac, ip in VMS]
     say(args, "[3/4] plugging VFs into VM namespaces and representors into br-int")
     for (vm, _, _), port in zip(VMS, ports):
-        host.plug(port, f"hwf-{HOST}-{vm}")
+        host.plug(port, f"{host.ns}-{vm}")
     _wait_for_agent(host, expected_rules=2)
     say(args, f"[4/4] pinging {VMS[1][2]} from vm1 ({args.count} packets)")
-    loss = host.ping(f"hwf-{HOST}-vm1", VMS[1][2], count=args.count)
+    loss = host.ping(f"{host.ns}-vm1", VMS[1][2], count=args.count)
     return {"ping_loss_percent": loss, "pings": args.count, **_counters(host)}
 
 
@@ -175,9 +186,9 @@ def _print(args: argparse.Namespace, report: dict[str, Any], host: SimHost) -> N
     if args.keep:
         d = report["workdir"]
         print(f"\nleft running in {d}. Look around:\n"
-              f"  ip netns exec hwf-{HOST}-vm1 ping 10.0.0.2\n"
-              f"  ip netns exec hwf-{HOST} hwflow capabilities --config-file {host.agent_config}\n"
-              f"  hwflow trace --chassis {HOST} --port vm1 --packet ipv4_dst=10.0.0.2 --database "
+              f"  ip netns exec {host.ns}-vm1 ping 10.0.0.2\n"
+              f"  ip netns exec {host.ns} hwflow capabilities --config-file {host.agent_config}\n"
+              f"  hwflow trace --chassis {host.name} --port vm1 --packet ipv4_dst=10.0.0.2 --database "
               f"{args.database or f'sqlite:///{d}/nb.sqlite'}\n"
               f"  ovs-ofctl -O OpenFlow13 dump-flows {host.ovs.mgmt(BRIDGE)}\n"
               f"  hwflow nb port list --database {args.database or f'sqlite:///{d}/nb.sqlite'}\n"

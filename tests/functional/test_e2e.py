@@ -460,7 +460,8 @@ def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
 
 
 def test_demo_command_reports_traffic_in_both_datapaths(tmp_path: Path) -> None:
-    done = subprocess.run([HWFLOW, "demo", "--format", "json",
+    name = f"d{secrets.token_hex(3)}"  # its own namespaces, whatever else runs on the machine
+    done = subprocess.run([HWFLOW, "demo", "--format", "json", "--name", name,
                            "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
     report = json.loads(done.stdout)
