@@ -40,7 +40,10 @@ LOG = logging.getLogger(__name__)
 DRIVER_NAMESPACE = "hwflow.nb_db_drivers"
 COUNTER_TABLE = "_counter"  # kind -> the last unique_key handed out
 UNIQUE_TABLE = "_unique"  # "scope/constraint/value" -> "kind id" of the object holding it
-REF_TABLE = "_ref"  # "kind/id/referrer kind/referrer id" -> b"": who points at an object, read by prefix
+# "kind/id/referrer kind/referrer id" -> the referrer's record: who points at an object, read by prefix.
+# Holding a copy of the referrer (written in the same transaction) makes "the ports of this network"
+# one range read instead of one read per port: what an agent does whenever its set of ports grows.
+REF_TABLE = "_ref"
 MAX_ATTEMPTS = 50  # transactions retried after losing a race on a counter or a reference
 
 Kind = str | type[NbObject]
@@ -178,10 +181,7 @@ class NbApi:
         return matches[0]
 
     def referrers(self, kind: Kind, id: str, of_kind: Kind | None = None) -> list[NbObject]:
-        """The objects (of ``of_kind``, or any) that point at one object, read through the reference index.
-
-        One prefix read of the index and one get per referrer: no table is scanned.
-        """
+        """The objects (of ``of_kind``, or any) that point at one object: one prefix read of the index."""
         target = kind_class(kind).kind
         prefix = f"{target}/{id}/" + (f"{kind_class(of_kind).kind}/" if of_kind is not None else "")
         _, records = self.driver.list(REF_TABLE, prefix)
@@ -189,9 +189,9 @@ class NbApi:
         for rec in records:
             ref_kind, _, ref_id = rec.key[len(target) + len(id) + 2:].partition("/")
             try:
-                found.append(self.get(ref_kind, ref_id))
-            except (NotFound, ValidationError) as exc:  # deleted meanwhile, or a bad record: logged, skipped
-                LOG.warning("skipping a referrer of %s %s: %s", target, id, exc)
+                found.append(decode(ref_kind, ref_id, rec.value, rec.mod_revision))
+            except ValidationError as exc:
+                LOG.warning("skipping a bad referrer of %s %s: %s", target, id, exc)
         return found
 
     def snapshot(self) -> tuple[int, list[NbObject]]:
@@ -244,7 +244,7 @@ class NbApi:
                 compares.append(Compare(kind, ident, rec.mod_revision))
         network = getattr(obj, obj.subnets_of) if obj.subnets_of else ""
         if network:
-            related.subnets = [s for s in self.list(Subnet) if isinstance(s, Subnet) and s.network_id == network]
+            related.subnets = [s for s in self.referrers("network", network, Subnet) if isinstance(s, Subnet)]
             counter = self.driver.get(COUNTER_TABLE, Subnet.kind)
             if obj.kind != Subnet.kind:  # a subnet's own create compares this counter already
                 compares.append(Compare(COUNTER_TABLE, Subnet.kind, counter.mod_revision if counter else 0))
@@ -283,7 +283,7 @@ class NbApi:
                 Put(COUNTER_TABLE, new.kind, str(new.unique_key).encode()),
                 Put(new.kind, new.id, encode(new)),
                 *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique),
-                *(Put(REF_TABLE, key, b"") for key in _ref_keys(new)),
+                *(Put(REF_TABLE, key, encode(new)) for key in _ref_keys(new)),
             ]
             try:
                 new.revision = self.driver.txn(compares, ops)
@@ -327,7 +327,7 @@ class NbApi:
                 Put(new.kind, new.id, encode(new)),
                 *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique if key not in old_unique),
                 *(Delete(UNIQUE_TABLE, key) for key in old_unique if key not in unique),
-                *(Put(REF_TABLE, key, b"") for key in _ref_keys(new) - _ref_keys(stored)),
+                *(Put(REF_TABLE, key, encode(new)) for key in _ref_keys(new)),
                 *(Delete(REF_TABLE, key) for key in _ref_keys(stored) - _ref_keys(new)),
             ]
             if _changed(new, stored, [*new.references, *new.related_fields]):
