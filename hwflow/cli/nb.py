@@ -1,37 +1,52 @@
-"""``hwflow nb``: read and write the logical network in the northbound database."""
+"""``hwflow nb``: read and write the logical network in the northbound database.
+
+Every kind of the model gets the same five actions (create, update, delete,
+list, show); their options are derived from the model's fields, so a field
+added to the model is on the command line without code here. Reference
+fields take the target's id or name (``--network blue`` for ``network_id``),
+list fields repeat (``--ip A --ip B``), and list-of-mapping fields take
+``key=value,key=value`` (``--host-route destination=0.0.0.0/0,nexthop=10.0.0.1``).
+``hwflow nb apply FILE.yaml`` creates or updates a whole topology.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import yaml
 from oslo_config import cfg
 
 from hwflow.cli import output
-from hwflow.cli.common import common_options
+from hwflow.cli.common import CliError, common_options
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Chassis, NbObject, Network, Port
+from hwflow.model.errors import NotFound, ValidationError
+from hwflow.model.objects import KINDS, Chassis, NbObject, Port, kind_class
 
 Formatter = argparse.RawDescriptionHelpFormatter
 
 DESCRIPTION = """\
-Create, list, show and delete the objects of the logical network in the
-northbound (NB) database that every hwflow-agent follows. Writes are checked
+Create, update, list, show and delete the objects of the logical network in
+the northbound (NB) database that every hwflow-agent follows: network,
+subnet, port, router, router_port, security_group, security_group_rule,
+floating_ip, and (read-only but for delete) chassis. Writes are checked
 before they are stored: a bad field, a reference to a missing object, or a
-value another object already holds (a network's VNI, a port's MAC or IP on
-its network) is refused with a message naming the object and the field, and
-nothing stored is changed.
+value another object already holds (a VNI, a MAC or IP on a network) is
+refused with a message naming the object and the field, and nothing stored
+is changed.
 
 Objects are named by id or by name; a name shared by several objects must be
 replaced by the id. Every object carries a REVISION, the database revision
 of its last change: pass it to --if-revision to act only if nobody changed
-the object since you looked at it.
+the object since you looked at it (a conflict exits with status 1 and says
+"conflict").
 
 The database is [database] url of the configuration, or --database:
 sqlite:///PATH (one file shared by every process of the host) or
-etcd://HOST:PORT."""
+etcd://HOST:PORT[,HOST:PORT...]."""
 
 EPILOG = """\
 Exit status: 0 on success; 1 when the request is refused (invalid field,
@@ -41,21 +56,110 @@ command-line syntax error.
 
 Examples:
   hwflow nb network create blue --vni 1001
+  hwflow nb network create public --network-type flat --physical-network ext --external
+  hwflow nb subnet create blue-v4 --network blue --cidr 10.0.0.0/24 --gateway-ip 10.0.0.1
   hwflow nb port create vm1 --network blue --mac fa:16:3e:00:00:01 --ip 10.0.0.11
-  hwflow nb port list --format json
+  hwflow nb port update vm1 --security-group web --if-revision 42
   hwflow nb network delete blue --cascade
-  hwflow nb chassis list --database sqlite:////var/lib/hwflow/nb.sqlite"""
+  hwflow nb apply topology.yaml"""
 
+# The columns "list" shows per kind (every field is in --format json and in "show").
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "network": ("id", "name", "vni", "mtu", "unique_key", "revision"),
-    "port": ("id", "name", "network_id", "mac", "ips", "chassis", "unique_key", "revision"),
-    "chassis": ("name", "tunnel_ip", "hostname", "up", "heartbeat", "revision"),
+    "chassis": ("name", "tunnel_ip", "tunnel_types", "hostname", "up", "heartbeat", "revision"),
+    "network": ("id", "name", "network_type", "vni", "physical_network", "vlan_id", "mtu", "external", "revision"),
+    "subnet": ("id", "name", "network_id", "cidr", "gateway_ip", "enable_dhcp", "revision"),
+    "port": ("id", "name", "network_id", "mac", "ips", "chassis", "security_groups", "unique_key", "revision"),
+    "router": ("id", "name", "gateway_network_id", "gateway_ip", "enable_snat", "revision"),
+    "router_port": ("id", "name", "router_id", "subnet_id", "mac", "ip", "revision"),
+    "security_group": ("id", "name", "description", "revision"),
+    "security_group_rule": ("id", "security_group_id", "direction", "ethertype", "protocol", "port_min", "port_max",
+                            "remote_ip_prefix", "remote_group_id", "revision"),
+    "floating_ip": ("id", "floating_ip_address", "floating_network_id", "port_id", "fixed_ip_address", "revision"),
 }
+
+# Fields set by the database, never from the command line.
+_MANAGED = ("id", "name", "project_id", "revision", "unique_key")
+# The order "apply" writes kinds in, so that whatever an object names exists before it.
+APPLY_ORDER = ("network", "security_group", "security_group_rule", "subnet", "router", "router_port", "port",
+               "floating_ip")
 
 JSON_NOTE = """\
 JSON output (--format json): the object as stored, {FIELD: VALUE, ...};
 "list" prints a list of them and "delete" the list of objects removed
 (the named one first, then what --cascade removed with it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one model field appears on the command line."""
+
+    field: str
+    flag: str  # e.g. "--network" for network_id, "--ip" for ips
+    type: str  # the field's annotation
+    target: str  # kind a reference names, "" if none
+
+    @property
+    def dest(self) -> str:
+        return f"f_{self.field}"
+
+
+def options(cls: type[NbObject]) -> list[Option]:
+    """The command-line options of a kind, derived from its fields."""
+    found = []
+    for f in dataclasses.fields(cls):
+        if f.name in _MANAGED:
+            continue
+        name, target = f.name, cls.references.get(f.name, "")
+        if target and name.endswith("_id"):
+            name = name[:-3]
+        elif str(f.type).startswith("list[") and name.endswith("s"):
+            name = name[:-1]
+        found.append(Option(f.name, "--" + name.replace("_", "-"), str(f.type), target))
+    return found
+
+
+def _parse_mapping(text: str) -> dict[str, Any]:
+    pairs = [item.partition("=") for item in text.split(",") if item]
+    if not pairs or any(not sep or not key for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} must be KEY=VALUE[,KEY=VALUE...]")
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _add_option(parser: argparse.ArgumentParser, opt: Option, kind: str) -> None:
+    help_text = f"{opt.field} of the {kind}"
+    if opt.target:
+        help_text += f" (the {opt.target}'s id or name)"
+    kwargs: dict[str, Any] = {"dest": opt.dest, "default": argparse.SUPPRESS}
+    if opt.type == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif opt.type == "int":
+        kwargs.update(type=int, metavar="N")
+    elif opt.type == "float":
+        kwargs.update(type=float, metavar="X")
+    elif opt.type == "list[str]":
+        kwargs.update(action="append", metavar="VALUE")
+        help_text += "; repeat for several"
+    elif opt.type == "list[dict[str, Any]]":
+        kwargs.update(action="append", type=_parse_mapping, metavar="KEY=VALUE,...")
+        help_text += "; repeat for several"
+    elif opt.type == "dict[str, Any]":
+        return  # free-form data (a chassis's capabilities) is written by agents, not typed in
+    else:
+        kwargs["metavar"] = "VALUE"
+    parser.add_argument(opt.flag, help=help_text, **kwargs)
+
+
+def _resolve(api: NbApi, opt: Option, value: Any) -> Any:
+    """Reference values given by name become ids."""
+    if not opt.target or not value:
+        return value
+    if isinstance(value, list):
+        return [api.find(opt.target, v).id for v in value]
+    return api.find(opt.target, value).id
+
+
+def _given(api: NbApi, cls: type[NbObject], args: argparse.Namespace) -> dict[str, Any]:
+    return {opt.field: _resolve(api, opt, getattr(args, opt.dest)) for opt in options(cls) if hasattr(args, opt.dest)}
 
 
 def _open(conf: cfg.ConfigOpts) -> NbApi:
@@ -70,10 +174,6 @@ def _row(obj: NbObject) -> dict[str, Any]:
     return row
 
 
-def _print_objects(args: argparse.Namespace, objs: list[NbObject]) -> None:
-    output.emit(args.format, [o.to_dict() for o in objs], [_row(o) for o in objs], COLUMNS[args.kind])
-
-
 def _print_object(args: argparse.Namespace, obj: NbObject) -> None:
     if args.format == "json":
         output.dump_json(obj.to_dict())
@@ -81,19 +181,50 @@ def _print_object(args: argparse.Namespace, obj: NbObject) -> None:
         output.table([{"field": k, "value": v} for k, v in obj.to_dict().items()], ("field", "value"))
 
 
+# --- actions ---------------------------------------------------------------------
+
+
 def _list(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     with _open(conf) as api:
         objs = api.list(args.kind)
         if getattr(args, "network", None):
-            network = api.find(Network, args.network)
+            network = api.find("network", args.network)
             objs = [o for o in objs if isinstance(o, Port) and o.network_id == network.id]
-    _print_objects(args, objs)
+        if getattr(args, "project", None):
+            objs = [o for o in objs if o.project_id == args.project]
+    output.emit(args.format, [o.to_dict() for o in objs], [_row(o) for o in objs], COLUMNS[args.kind])
     return 0
 
 
 def _show(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     with _open(conf) as api:
         obj = api.find(args.kind, args.object)
+    _print_object(args, obj)
+    return 0
+
+
+def _create(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
+    cls = kind_class(args.kind)
+    with _open(conf) as api:
+        obj = api.create(cls(id=args.id or "", name=args.name, project_id=args.project, **_given(api, cls, args)))
+    _print_object(args, obj)
+    return 0
+
+
+def _update(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
+    """Read, change the fields given, write back: compare-and-swap on what was read (or on --if-revision)."""
+    cls = kind_class(args.kind)
+    with _open(conf) as api:
+        stored = api.find(cls, args.object)
+        fields = stored.to_dict()
+        for name in args.clear or []:
+            if name not in fields or name in _MANAGED:
+                raise CliError(f"--clear {name}: a {cls.kind} has no such field to clear")
+            fields[name] = type(fields[name])()
+        fields.update(_given(api, cls, args))
+        if args.new_name is not None:
+            fields["name"] = args.new_name
+        obj = api.update(cls(**fields), if_revision=args.if_revision)
     _print_object(args, obj)
     return 0
 
@@ -110,24 +241,89 @@ def _delete(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     return 0
 
 
-def _create_network(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
+# --- apply -------------------------------------------------------------------------
+
+
+def _load_topology(path: str) -> dict[str, list[dict[str, Any]]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, Mapping):
+        raise CliError(f"{path}: the top level must map kinds to lists of objects, like 'network: [...]'")
+    topology: dict[str, list[dict[str, Any]]] = {}
+    for key, items in data.items():
+        kind = str(key)[:-1] if str(key) not in KINDS and str(key).endswith("s") else str(key)
+        if kind not in APPLY_ORDER:
+            raise CliError(f"{path}: unknown kind {key!r}; use one of {', '.join(APPLY_ORDER)}")
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+            raise CliError(f"{path}: {key} must be a list of objects (each a mapping of field: value)")
+        topology.setdefault(kind, []).extend(dict(i) for i in items)
+    return topology
+
+
+def _match(api: NbApi, kind: str, item: Mapping[str, Any]) -> NbObject | None:
+    """The stored object an entry describes: by id if it has one, else by name."""
+    try:
+        if item.get("id"):
+            return api.get(kind, str(item["id"]))
+        if item.get("name"):
+            return api.find(kind, str(item["name"]))
+    except NotFound:
+        return None
+    return None
+
+
+def _apply_one(api: NbApi, kind: str, item: dict[str, Any]) -> dict[str, Any]:
+    cls = kind_class(kind)
+    for field, target in cls.references.items():
+        value = item.get(field)
+        if isinstance(value, list):
+            item[field] = [api.find(target, str(v)).id for v in value]
+        elif value:
+            item[field] = api.find(target, str(value)).id
+    stored = _match(api, kind, item)
+    if stored is None:
+        obj = api.create(cls(**{**item, "revision": 0}))
+        return {"action": "created", "kind": kind, "id": obj.id, "name": obj.name, "fields": sorted(item)}
+    wanted = cls(**{**stored.to_dict(), **item, "id": stored.id})
+    wanted.validate()
+    changed = sorted(f for f in item if f not in ("id", "revision") and getattr(wanted, f) != getattr(stored, f))
+    if changed:
+        api.update(wanted, if_revision=stored.revision)
+    return {"action": "updated" if changed else "unchanged", "kind": kind, "id": stored.id, "name": stored.name,
+            "fields": changed}
+
+
+def _apply(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
+    """Create or update every object of the file, in dependency order; report what changed."""
+    topology = _load_topology(args.file)
+    report: list[dict[str, Any]] = []
     with _open(conf) as api:
-        obj = api.create(Network(id=args.id or "", name=args.name, project_id=args.project,
-                                 vni=args.vni, mtu=args.mtu))
-    _print_object(args, obj)
+        for kind in APPLY_ORDER:
+            for item in topology.get(kind, []):
+                try:
+                    report.append(_apply_one(api, kind, item))
+                except TypeError as exc:  # a field the kind does not have
+                    raise ValidationError(f"{args.file}: {kind} {item.get('name') or item.get('id') or ''}: {exc}; "
+                                          f"a {kind} has {', '.join(f.name for f in dataclasses.fields(KINDS[kind]))}"
+                                          ) from None
+    if args.format == "json":
+        output.dump_json(report)
+        return 0
+    for entry in report:
+        if entry["action"] != "unchanged":
+            fields = f": {', '.join(entry['fields'])}" if entry["action"] == "updated" else ""
+            print(f"{entry['action']} {entry['kind']} {entry['id']} ({entry['name']}){fields}")
+    counts = {a: sum(e["action"] == a for e in report) for a in ("created", "updated", "unchanged")}
+    print(", ".join(f"{n} {a}" for a, n in counts.items()))
     return 0
 
 
-def _create_port(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
-    with _open(conf) as api:
-        network = api.find(Network, args.network)
-        obj = api.create(Port(
-            id=args.id or "", name=args.name, project_id=args.project, network_id=network.id,
-            mac=args.mac, ips=args.ip or [], chassis=args.chassis, device_owner=args.device_owner,
-            port_security=args.port_security,
-        ))
-    _print_object(args, obj)
-    return 0
+# --- the parsers -----------------------------------------------------------------------
 
 
 def _leaf(actions: Any, name: str, help: str, description: str, examples: str,
@@ -145,97 +341,74 @@ def _object_arg(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("object", metavar="ID|NAME", help=f"the {kind}'s id, or its name if unique")
 
 
-def _create_common(parser: argparse.ArgumentParser, kind: str) -> None:
-    parser.add_argument("name", metavar="NAME", help=f"name of the new {kind} (need not be unique)")
-    parser.add_argument("--id", metavar="ID", help="id to store it under (default: a new UUID)")
-    parser.add_argument("--project", default="default", metavar="PROJECT",
-                        help="project (tenant) it belongs to (default: default)")
+def _if_revision(parser: argparse.ArgumentParser, kind: str, verb: str) -> None:
+    parser.add_argument("--if-revision", type=int, metavar="N",
+                        help=f"{verb} only if the {kind} is still at revision N (see REVISION); "
+                        "otherwise fail with a conflict")
 
 
-def _read_actions(actions: Any, kind: str) -> None:
-    _leaf(actions, "list", f"list every {kind}", f"List every {kind} in the NB database.",
-          f"  hwflow nb {kind} list\n  hwflow nb {kind} list --format json", _list)
+def _kind_parser(kinds: Any, cls: type[NbObject]) -> None:
+    kind = cls.kind
+    doc = (cls.__doc__ or kind).strip()
+    parser = kinds.add_parser(kind, help=doc.splitlines()[0], description=doc, formatter_class=Formatter)
+    parser.set_defaults(kind=kind)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    writable = cls is not Chassis  # agents register and refresh their own chassis
+
+    if writable:
+        create = _leaf(actions, "create", f"create a {kind}", f"Create a {kind}.",
+                       f"  hwflow nb {kind} create NAME [--FIELD VALUE ...]", _create)
+        create.add_argument("name", metavar="NAME", help=f"name of the new {kind} (need not be unique)")
+        create.add_argument("--id", metavar="ID", help="id to store it under (default: a new UUID)")
+        create.add_argument("--project", default="default", metavar="PROJECT",
+                            help="project (tenant) it belongs to (default: default)")
+        update = _leaf(actions, "update", f"change fields of a {kind}",
+                       f"Change the given fields of a {kind}, leaving the others as stored. The write only lands "
+                       "if nobody changed the object since it was read (or since --if-revision).",
+                       f"  hwflow nb {kind} update NAME --FIELD VALUE\n"
+                       f"  hwflow nb {kind} update ID --clear FIELD --if-revision 42", _update)
+        _object_arg(update, kind)
+        update.add_argument("--name", dest="new_name", metavar="NAME", help="rename it")
+        update.add_argument("--clear", action="append", metavar="FIELD",
+                            help="reset FIELD (a model field name) to empty; repeat for several")
+        _if_revision(update, kind, "update")
+        for opt in options(cls):
+            _add_option(create, opt, kind)
+            _add_option(update, opt, kind)
+
+    listing = _leaf(actions, "list", f"list every {kind}", f"List every {kind} in the NB database.",
+                    f"  hwflow nb {kind} list\n  hwflow nb {kind} list --format json", _list)
+    listing.add_argument("--project", metavar="PROJECT", help="only those of this project")
+    if cls is Port:
+        listing.add_argument("--network", metavar="NET", help="only the ports of this network (id or name)")
     _object_arg(_leaf(actions, "show", f"show one {kind}", f"Show every field of one {kind}.",
                       f"  hwflow nb {kind} show NAME\n  hwflow nb {kind} show ID --format json", _show), kind)
+    delete = _leaf(actions, "delete", f"delete a {kind}",
+                   f"Delete a {kind}. Refused (nothing deleted) while other objects use it; --cascade also "
+                   f"deletes what the {kind} owns (a network's ports and subnets, a router's ports, a group's rules).",
+                   f"  hwflow nb {kind} delete NAME\n  hwflow nb {kind} delete ID --if-revision 42", _delete)
+    _object_arg(delete, kind)
+    _if_revision(delete, kind, "delete")
+    delete.add_argument("--cascade", action="store_true", help=f"also delete what the {kind} owns, in the same "
+                        "transaction")
 
 
-def _delete_action(actions: Any, kind: str, cascade_help: str | None) -> None:
+def _apply_parser(kinds: Any) -> None:
     parser = _leaf(
-        actions, "delete", f"delete a {kind}",
-        f"Delete a {kind}. Refused (nothing deleted) when other objects still point at it,"
-        " unless --cascade is given.",
-        f"  hwflow nb {kind} delete NAME\n  hwflow nb {kind} delete ID --if-revision 42", _delete,
+        kinds, "apply", "create or update a whole topology from a YAML file",
+        "Create or update every object a YAML file describes, kinds in dependency order, and report what\n"
+        "changed. The file maps kinds (network, subnet, port, ...; plurals too) to lists of objects with\n"
+        "the model's field names; reference fields may name the target by id or name, including objects\n"
+        "created earlier in the same file. An entry matches a stored object by id, else by name; matched\n"
+        "objects are updated (compare-and-swap) where fields differ. Stops at the first refused object.",
+        "  hwflow nb apply topology.yaml\n\n"
+        "topology.yaml:\n"
+        "  networks:\n    - {name: blue, vni: 1001}\n"
+        "  subnets:\n    - {name: blue-v4, network_id: blue, cidr: 10.0.0.0/24, gateway_ip: 10.0.0.1}\n"
+        "  ports:\n    - {name: vm1, network_id: blue, mac: 'fa:16:3e:00:00:01', ips: [10.0.0.11]}",
+        _apply,
     )
-    _object_arg(parser, kind)
-    parser.add_argument("--if-revision", type=int, metavar="N",
-                        help=f"delete only if the {kind} is still at revision N (see REVISION); "
-                        "otherwise fail with a conflict")
-    if cascade_help:
-        parser.add_argument("--cascade", action="store_true", help=cascade_help)
-    else:
-        parser.set_defaults(cascade=False)
-
-
-def _network_parser(kinds: Any) -> None:
-    parser = kinds.add_parser("network", help="logical L2 networks",
-                              description="Logical L2 networks; the VNI is the network's tunnel key.",
-                              formatter_class=Formatter)
-    parser.set_defaults(kind="network")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = _leaf(
-        actions, "create", "create a network",
-        "Create a network. Its VNI must be unique among networks.",
-        "  hwflow nb network create blue --vni 1001\n  hwflow nb network create jumbo --vni 7 --mtu 9000",
-        _create_network,
-    )
-    _create_common(create, "network")
-    create.add_argument("--vni", type=int, required=True, metavar="N",
-                        help="VXLAN/Geneve network identifier, 1..16777215, unique among networks")
-    create.add_argument("--mtu", type=int, default=1500, metavar="M", help="MTU, 68..9000 (default: 1500)")
-    _read_actions(actions, "network")
-    _delete_action(actions, "network", "also delete every port on the network, in the same transaction")
-
-
-def _port_parser(kinds: Any) -> None:
-    parser = kinds.add_parser("port", help="logical ports", formatter_class=Formatter,
-                              description="Logical ports; a port bound to a chassis is programmed there.")
-    parser.set_defaults(kind="port")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = _leaf(
-        actions, "create", "create a port",
-        "Create a port on a network. Its MAC and IPs must be unique on that network.",
-        "  hwflow nb port create vm1 --network blue --mac fa:16:3e:00:00:01\n"
-        "  hwflow nb port create vm2 --network blue --mac fa:16:3e:00:00:02 --ip 10.0.0.12 \\\n"
-        "      --ip 2001:db8::12 --chassis compute-1",
-        _create_port,
-    )
-    _create_common(create, "port")
-    create.add_argument("--network", required=True, metavar="NET", help="the network's id or name")
-    create.add_argument("--mac", required=True, metavar="MAC",
-                        help="unicast MAC address, e.g. fa:16:3e:00:00:01 (stored lower-case)")
-    create.add_argument("--ip", action="append", metavar="IP",
-                        help="IPv4 or IPv6 address of the port (repeat for several)")
-    create.add_argument("--chassis", default="", metavar="NAME",
-                        help="chassis the port is bound to (default: unbound)")
-    create.add_argument("--device-owner", default="", metavar="OWNER",
-                        help="what uses the port, e.g. compute:nova (informational)")
-    create.add_argument("--no-port-security", dest="port_security", action="store_false",
-                        help="let the port send from any MAC/IP (default: only its own)")
-    _read_actions(actions, "port")
-    list_parser = actions.choices["list"]
-    list_parser.add_argument("--network", metavar="NET", help="only the ports of this network (id or name)")
-    _delete_action(actions, "port", None)
-
-
-def _chassis_parser(kinds: Any) -> None:
-    parser = kinds.add_parser(
-        "chassis", help="hosts running hwflow-agent (read-only)", formatter_class=Formatter,
-        description="Hosts running hwflow-agent. Agents register and refresh their own chassis;"
-        " HEARTBEAT is the time since the last refresh.",
-    )
-    parser.set_defaults(kind="chassis")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _read_actions(actions, "chassis")
+    parser.add_argument("file", metavar="FILE.yaml", help="the topology to apply")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -244,8 +417,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter,
     )
     kinds = parser.add_subparsers(dest="kind_command", metavar="KIND", required=True)
-    _network_parser(kinds)
-    _port_parser(kinds)
-    _chassis_parser(kinds)
+    for cls in KINDS.values():
+        _kind_parser(kinds, cls)
+    _apply_parser(kinds)
     return parser
-

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from hwflow.cli import nb
-from hwflow.cli.common import load_conf
+from hwflow.cli.common import CliError, load_conf
 from hwflow.db import NbApi
 from hwflow.model import Chassis, HwflowError, Network, Port
 
@@ -31,7 +31,7 @@ def cli(url, capsys):
         args = parser.parse_args(["nb", *argv, "--database", url])
         try:
             status = args.func(args, load_conf(args))
-        except HwflowError as exc:
+        except (HwflowError, CliError) as exc:
             print(f"hwflow {args.command}: {exc}", file=sys.stderr)
             status = 1
         out, err = capsys.readouterr()
@@ -184,3 +184,96 @@ def test_real_command_reports_a_conflict_with_status_1(url):
     )
     listed = hwflow("port", "list", "--format", "json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1
+
+
+def test_every_kind_through_the_cli(cli, url):
+    assert cli("network", "create", "public", "--network-type", "flat", "--physical-network", "ext",
+               "--external")[0] == 0
+    assert cli("subnet", "create", "public-v4", "--network", "public", "--cidr", "203.0.113.0/24")[0] == 0
+    assert cli("network", "create", "blue", "--vni", "5", "--project", "t1")[0] == 0
+    status, _, err = cli("subnet", "create", "blue-v4", "--network", "blue", "--cidr", "10.0.0.0/24",
+                         "--gateway-ip", "10.0.0.1", "--dns-nameserver", "10.0.0.2",
+                         "--host-route", "destination=192.168.0.0/16,nexthop=10.0.0.254",
+                         "--allocation-pool", "start=10.0.0.10,end=10.0.0.99")
+    assert status == 0, err
+    assert cli("security_group", "create", "web", "--description", "web servers")[0] == 0
+    assert cli("security_group_rule", "create", "http", "--security-group", "web", "--protocol", "tcp",
+               "--port-min", "80", "--port-max", "80", "--remote-ip-prefix", "0.0.0.0/0")[0] == 0
+    assert cli("router", "create", "r1", "--gateway-network", "public", "--gateway-ip", "203.0.113.2",
+               "--route", "destination=172.16.0.0/12,nexthop=10.0.0.254")[0] == 0
+    assert cli("router_port", "create", "r1-blue", "--router", "r1", "--network", "blue", "--subnet", "blue-v4",
+               "--mac", "fa:16:3e:00:00:fe", "--ip", "10.0.0.1")[0] == 0
+    assert cli("port", "create", "vm1", "--network", "blue", "--mac", "fa:16:3e:00:00:01", "--ip", "10.0.0.11",
+               "--security-group", "web", "--allowed-address-pair", "ip_address=10.0.0.128/25")[0] == 0
+    status, out, err = cli("floating_ip", "create", "f1", "--floating-network", "public",
+                           "--floating-ip-address", "203.0.113.9", "--port", "vm1", "--format", "json")
+    assert status == 0, err and json.loads(out)["fixed_ip_address"] == "10.0.0.11"
+    [port] = stored(url, "port")
+    [group] = stored(url, "security_group")
+    assert port.security_groups == [group.id]
+    assert port.allowed_address_pairs == [{"ip_address": "10.0.0.128/25", "mac_address": "fa:16:3e:00:00:01"}]
+    _, out, _ = cli("subnet", "list", "--format", "json")
+    assert {s["name"] for s in json.loads(out)} == {"public-v4", "blue-v4"}
+    _, out, _ = cli("network", "list", "--project", "t1", "--format", "json")
+    assert [n["name"] for n in json.loads(out)] == ["blue"]
+    status, out, _ = cli("router", "list")
+    assert status == 0 and "203.0.113.2" in out
+
+
+def test_update_is_compare_and_swap_and_can_clear(cli, url):
+    cli("network", "create", "blue", "--vni", "5")
+    cli("security_group", "create", "web")
+    cli("port", "create", "vm1", "--network", "blue", "--mac", "fa:16:3e:00:00:01", "--security-group", "web")
+    [port] = stored(url, "port")
+    status, _, err = cli("port", "update", "vm1", "--no-port-security", "--if-revision", str(port.revision))
+    assert status == 1 and "security_groups" in err and "port_security is off" in err
+    status, out, err = cli("port", "update", "vm1", "--no-port-security", "--clear", "security_groups",
+                           "--name", "vm-one", "--format", "json", "--if-revision", str(port.revision))
+    assert status == 0, err
+    updated = json.loads(out)
+    assert (updated["name"], updated["port_security"], updated["security_groups"]) == ("vm-one", False, [])
+    status, _, err = cli("port", "update", "vm-one", "--device-owner", "x", "--if-revision", str(port.revision))
+    assert status == 1 and err.startswith("hwflow nb: conflict on port ")
+    status, _, err = cli("port", "update", "vm-one", "--clear", "colour")
+    assert status == 1 and "no such field" in err
+
+
+def test_apply_creates_then_updates_and_reports(cli, url, tmp_path):
+    topology = tmp_path / "topology.yaml"
+    topology.write_text("""
+networks:
+  - {name: blue, vni: 1001, project_id: t1}
+subnets:
+  - {name: blue-v4, network_id: blue, cidr: 10.0.0.0/24, gateway_ip: 10.0.0.1}
+security_groups:
+  - {name: web}
+security_group_rule:
+  - {name: ssh, security_group_id: web, protocol: tcp, port_min: 22, port_max: 22}
+ports:
+  - {name: vm1, network_id: blue, mac: 'fa:16:3e:00:00:01', ips: [10.0.0.11], security_groups: [web]}
+""")
+    status, out, err = cli("apply", str(topology))
+    assert status == 0, err
+    assert out.splitlines()[-1] == "5 created, 0 updated, 0 unchanged"
+    status, out, _ = cli("apply", str(topology))
+    assert out.splitlines() == ["0 created, 0 updated, 5 unchanged"]
+    topology.write_text(topology.read_text().replace("vni: 1001", "vni: 1002").replace("10.0.0.11", "10.0.0.12"))
+    status, out, _ = cli("apply", str(topology), "--format", "json")
+    changes = {(e["kind"], e["action"], tuple(e["fields"])) for e in json.loads(out)}
+    assert ("network", "updated", ("vni",)) in changes and ("port", "updated", ("ips",)) in changes
+    [port] = stored(url, "port")
+    assert port.ips == ["10.0.0.12"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("networks: {name: x}", "must be a list of objects"),
+    ("switches: []", "unknown kind 'switches'"),
+    ("networks:\n  - {name: x, vni: 1, colour: red}", "colour"),
+    ("ports:\n  - {name: p, network_id: nowhere, mac: 'fa:16:3e:00:00:01'}", "no network with id or name 'nowhere'"),
+    ("networks: [", "not valid YAML"),
+])
+def test_apply_refuses_bad_files_clearly(cli, url, tmp_path, text, message):
+    topology = tmp_path / "bad.yaml"
+    topology.write_text(text)
+    status, _, err = cli("apply", str(topology))
+    assert status == 1 and message in err and err.count("\n") == 1
