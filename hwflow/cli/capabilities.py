@@ -191,10 +191,11 @@ def _print_device(report: DeviceReport, probe: ProbeReport | None, out: TextIO) 
     if quirks:
         print(file=out)
         output.table(quirks, ("name", "description", "source"), out)
-    print(file=out)
     if probe is None:
-        print(f"not probed: hwflow capabilities --probe --device {report.name}", file=out)
+        if report.offload:
+            print(f"\nnot probed: hwflow capabilities --probe --device {report.name}", file=out)
         return
+    print(file=out)
     print(f"probed {age_text(probe.age())} ago, {probe.placement}:", file=out)
     output.table([r.to_dict() for r in probe.results], ("claim", "status", "detail"), out)
 
@@ -287,6 +288,8 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
         everything, missing = collect(conf, args.sysfs_root)  # drivers that learn from probes see them now
         reports = [r for r in everything if args.device in (None, r.name)]
         if args.format == "table":
+            if not probed:
+                print("probed nothing: no device here can offload (see REASON)")
             for probe in probed:
                 counts = {s: sum(r.status == s for r in probe.results) for s in ("confirmed", "refused", "error")}
                 print(f"probed {probe.device}: " + ", ".join(f"{n} {s}" for s, n in counts.items())

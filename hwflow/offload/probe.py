@@ -51,6 +51,8 @@ PROBE_CHAIN = 0x0FFFFFF0
 """The chain probe rules live on: high (yet a valid goto target, at most 2**28 - 1), apart from hwflow's chains."""
 PROBE_PRIO = 0xFFFF  # the last priority: on chain 0, evaluated after every real rule
 GUARD_SRC = 0x036877666C77  # group bit set: no frame has it as source
+TERMINAL = fl.Gact("drop")
+"""The action of a probe rule that tests something else: every tc-flower switchdev driver takes a drop."""
 CONFIRMED, REFUSED, ERROR, NOT_PROBED = "confirmed", "refused", "error", "not_probed"
 STATUSES = (CONFIRMED, REFUSED, ERROR, NOT_PROBED)
 
@@ -196,20 +198,17 @@ class Prober:
         results += self._chains(place)
         if candidates.max_actions_per_rule > 1:
             n = candidates.max_actions_per_rule
-            results.append(self._try(f"actions per rule {n}", place, {}, fl.ETH_P_ALL, (self._terminal(),) * n))
+            results.append(self._try(f"actions per rule {n}", place, {}, fl.ETH_P_ALL, (TERMINAL,) * n))
         results.append(self._counters(place))
         results.append(ProbeResult("capacity", NOT_PROBED, "filling the table would leave real rules no room"))
         return ProbeReport(device, self._clock(), place.describe(), tuple(results))
-
-    def _terminal(self) -> fl.FlowerAction:
-        return fl.Gact("drop")
 
     def _rule(self, place: _Place, keys: dict[str, int], protocol: int,
               actions: tuple[fl.FlowerAction, ...] | None = None, chain: int | None = None) -> fl.FlowerRule:
         if place.guard and "eth_src" not in keys:
             keys = {"eth_src": GUARD_SRC, **keys}
         return fl.FlowerRule(self._ifindex, PROBE_PRIO, 1, protocol, fl.FlowerKeys(**keys),
-                             actions or (self._terminal(),), chain=place.chain if chain is None else chain,
+                             actions or (TERMINAL,), chain=place.chain if chain is None else chain,
                              flags=fl.TCA_CLS_FLAGS_SKIP_SW)
 
     def _install(self, rule: fl.FlowerRule) -> TcError | None:

@@ -181,8 +181,8 @@ def test_probe_confirms_the_profile_and_is_shown_with_its_age(capsys, served_sim
     text = capsys.readouterr().out
     assert text.startswith("probed simnic0r0: ")
     assert "chain 0 prio 65535 with a group-address eth_src guard" in text  # E810: chain 0 only
-    claims = {line.split()[0] + " " + line.split()[1]: line.split()[2] for line in text.splitlines()
-              if line.startswith(("match ", "action ", "tunnel_"))}
+    probe_table = text.split(" ago, ", 1)[1].splitlines()[2:]  # after "probed Ns ago, PLACEMENT:" and its header
+    claims = {" ".join(line.split()[:2]): line.split()[2] for line in probe_table if len(line.split()) > 2}
     assert claims["action redirect"] == "confirmed" and claims["tunnel_encap vxlan"] == "confirmed"
     assert claims["tunnel_encap gre"] == "not_probed" and claims["action ct"] == "refused"  # E810: no ct
     out = json_output(capsys, *base)

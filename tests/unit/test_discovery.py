@@ -33,6 +33,7 @@ from hwflow_drivers.discovery import (
     UdevSysfs,
     discover,
     discover_from,
+    drvinfo_firmware,
 )
 from hwflow_drivers.generic import GENERIC_SWITCHDEV, GenericDriver
 from hwflow_drivers.sim import SimDriver
@@ -371,3 +372,9 @@ def test_vendor_drivers_before_generic_in_an_inventory(devices):
         "enp3s0f0np0": "mlx5", "pf0hpf": "mlx5", "enp3s0f0npf0vf0": "mlx5", "enp3s0f0npf0vf1": "mlx5",
         "ens5f0npf0vf0": "ice"}
     assert reports["veth0"].nic_driver == "generic"
+
+
+def test_firmware_comes_from_the_ethtool_drvinfo_ioctl_or_says_why_not():
+    assert drvinfo_firmware("hwt-nic-absent0") == (None, "ethtool -i: firmware of hwt-nic-absent0: No such device")
+    version, missing = drvinfo_firmware("lo")  # the loopback driver answers no GDRVINFO
+    assert version is None and missing == "ethtool -i: firmware of lo: Operation not supported"
