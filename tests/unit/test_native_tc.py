@@ -24,7 +24,7 @@ def candidate_columns(rule: fl.FlowerRule) -> list[str]:
     """Every field of ``rule`` that can vary within a batch of its shape."""
     out = list(native.HEADER_COLUMNS)
     for spec in fl.KEY_SPECS:
-        if getattr(rule.keys, spec.field) is not None and spec.width <= 64 and spec.field not in STRUCTURAL:
+        if getattr(rule.keys, spec.field) is not None and spec.field not in STRUCTURAL:
             out += [spec.field] + ([spec.mask_field] if spec.mask_field else [])
     for i, action in enumerate(rule.actions):
         for name in native.ACTION_COLUMNS.get(type(action), {}):
@@ -47,22 +47,23 @@ def batches(draw: st.DrawFn) -> tuple[native.Shape, array.array, int, int]:
     shape = native.Shape(prototype, columns, op)
     count = draw(st.integers(1, 4))
     values = array.array("Q")
-    index = {c: i for i, c in enumerate(columns)}
     for _ in range(count):
         row = [draw(st.integers(s.min, s.max)) for s in shape.slots]
         for i, slot in enumerate(shape.slots):  # a varying mask keeps the prototype's value ...
             row[i] |= slot.covers
         for i, slot in enumerate(shape.slots):  # ... and varying values lie inside their masks
-            row[i] &= row[index[slot.mask_column]] if slot.mask_column else slot.mask_const
+            row[i] &= row[slot.mask_index] if slot.mask_column else slot.mask_const
         values.extend(row)
     return shape, values, count, draw(st.integers(0, 0xFFFFFFFF))
 
 
 def reference(shape: native.Shape, values: array.array, count: int, first_seq: int) -> bytes:
-    width = len(shape.columns)
+    width = shape.row_width
     out = []
     for i in range(count):
-        row = dict(zip(shape.columns, values[i * width:(i + 1) * width]))
+        row: dict[str, int] = {}
+        for slot, word in zip(shape.slots, values[i * width:(i + 1) * width]):
+            row[slot.column] = row.get(slot.column, 0) << 64 | word if slot.half == "lo" else word
         rule = native.with_columns(shape.prototype, row)
         assert all(native.get_column(rule, c) == v for c, v in row.items())
         out.append(shape.encode_rule(rule, (first_seq + i) & 0xFFFFFFFF))
@@ -146,10 +147,18 @@ def test_columns_that_cannot_vary_are_refused_by_name(columns: list[str], words:
         native.FlowerBatch(PROTO, columns, native=False)
 
 
-def test_wide_keys_cannot_be_columns() -> None:
-    v6 = fl.FlowerRule(5, 1, 1, fl.ETH_P_IPV6, fl.FlowerKeys(ipv6_dst=1), (fl.Gact("drop"),))
-    with pytest.raises(native.BatchError, match="128-bit keys cannot be columns"):
-        native.FlowerBatch(v6, ["ipv6_dst"], native=False)
+@pytest.mark.parametrize("use_native", encoders())
+def test_ipv6_columns_take_two_words_high_then_low(use_native: bool) -> None:
+    v6 = fl.FlowerRule(5, 1, 1, fl.ETH_P_IPV6, fl.FlowerKeys(ipv6_dst=1 << 64, ipv6_dst_mask=((1 << 64) - 1) << 64),
+                       (fl.Gact("drop"),))
+    batch = native.FlowerBatch(v6, ["handle", "ipv6_dst"], native=use_native)
+    assert batch.shape.row_width == 3
+    rules = batch.rules(array.array("Q", [2, 0x20010DB8 << 32, 0]), 1)
+    assert rules[0].keys.ipv6_dst == 0x20010DB8 << 96 and rules[0].handle == 2
+    assert fl.decode_filter(batch.encode(array.array("Q", [2, 0x20010DB8 << 32, 0]), 1))[0] == rules[0]
+    with pytest.raises(native.BatchError, match=r"rule 0 of the batch: ipv6_dst \(low 64 bits\)=0x1 has bits outside "
+                                                "the prototype's mask"):
+        batch.encode(array.array("Q", [2, 0, 1]), 1)
 
 
 def test_values_must_be_rows_of_64_bit_words() -> None:

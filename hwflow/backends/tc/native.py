@@ -19,9 +19,10 @@ objects and encoded by the reference encoder, with a one-line warning at
 import; tests/unit/test_native_tc.py proves both byte-identical.
 
 Column names: ``ifindex``, ``handle``, ``prio``; any integer key of
-:class:`FlowerKeys` up to 64 bits wide (``ipv4_dst``, ``ipv4_dst_mask``,
+:class:`FlowerKeys` (``ipv4_dst``, ``ipv4_dst_mask``, ``ipv6_src``,
 ``tcp_dst``, ...); and ``actions[N].FIELD`` for the integer fields of
-:data:`ACTION_COLUMNS` (``actions[0].ifindex`` of a mirred, say).
+:data:`ACTION_COLUMNS` (``actions[0].ifindex`` of a mirred, say). A row has
+one 64-bit word per column, two (high, low) for 128-bit ones.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ except ImportError:  # no C compiler at install time: the Python reference encod
                 "much slower; build it with: python native/build_tc.py")
 
 NATIVE_AVAILABLE = _tcflower_native is not None
-MAX_COLUMN_BITS = 64
+WORD_BITS = 64  # a column wider than this (IPv6 addresses) takes two words of a row, high then low
+WORD = (1 << WORD_BITS) - 1
 SEQ_OFFSET = 8  # nlmsghdr: len, type, flags, then seq
 
 Layout = tuple[int, int, str]  # value bits, bytes on the wire, byte order
@@ -55,10 +57,12 @@ HEADER_COLUMNS: dict[str, Layout] = {"ifindex": (31, 4, HOST), "handle": (32, 4,
 ACTION_COLUMNS: dict[type, dict[str, Layout]] = {
     fl.Mirred: {"ifindex": (31, 4, HOST)},
     fl.Vlan: {"vid": (12, 2, HOST), "prio": (3, 1, BIG)},
-    fl.TunnelKey: {"ipv4_src": (32, 4, BIG), "ipv4_dst": (32, 4, BIG), "key_id": (32, 4, BIG),
-                   "dst_port": (16, 2, BIG), "tos": (8, 1, BIG), "ttl": (8, 1, BIG)},
+    fl.TunnelKey: {"ipv4_src": (32, 4, BIG), "ipv4_dst": (32, 4, BIG), "ipv6_src": (128, 16, BIG),
+                   "ipv6_dst": (128, 16, BIG), "key_id": (32, 4, BIG), "dst_port": (16, 2, BIG), "tos": (8, 1, BIG),
+                   "ttl": (8, 1, BIG)},
     fl.Ct: {"zone": (16, 2, HOST), "mark": (32, 4, HOST), "mark_mask": (32, 4, HOST), "nat_ipv4_min": (32, 4, BIG),
-            "nat_ipv4_max": (32, 4, BIG), "nat_port_min": (16, 2, BIG), "nat_port_max": (16, 2, BIG)},
+            "nat_ipv4_max": (32, 4, BIG), "nat_ipv6_min": (128, 16, BIG), "nat_ipv6_max": (128, 16, BIG),
+            "nat_port_min": (16, 2, BIG), "nat_port_max": (16, 2, BIG)},
     fl.Csum: {"flags": (7, 4, HOST)},
 }
 _ACTION_COLUMN = re.compile(r"actions\[(\d+)\]\.(\w+)$")
@@ -75,7 +79,11 @@ class BatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    """Where one column's value goes in every message, and what values it takes."""
+    """Where one word of a row goes in every message, and what values it takes.
+
+    A column of up to 64 bits is one slot; a wider one (big-endian, full
+    range: IPv6 addresses) is two, its high and then its low 8 bytes.
+    """
 
     column: str
     offset: int
@@ -86,6 +94,22 @@ class Slot:
     mask_column: str | None  # the column holding this value's mask, if the mask varies too
     mask_const: int  # otherwise the prototype's mask (all ones for exact keys)
     covers: int = 0  # for a mask column whose value is the prototype's: bits the mask must keep
+    half: str = ""  # "hi" / "lo" for the words of a column wider than 64 bits
+    mask_index: int = -1  # the row word holding this word's mask (mask_column's word of the same half)
+
+    def name(self) -> str:
+        return f"{self.column} ({'high' if self.half == 'hi' else 'low'} 64 bits)" if self.half else self.column
+
+
+def _words(slot: Slot) -> list[Slot]:
+    """One slot per 64-bit word of the row; a 128-bit column splits into its high and low halves."""
+    if slot.size <= 8:
+        return [slot]
+    if not slot.big_endian or slot.size != 16 or slot.min or slot.max != (1 << 128) - 1:
+        raise BatchError(f"column {slot.column}: only full-range big-endian 128-bit keys can span two words")
+    return [dataclasses.replace(slot, offset=slot.offset + at, size=8, min=0, max=WORD,
+                                mask_const=slot.mask_const >> shift & WORD, covers=slot.covers >> shift & WORD,
+                                half=half) for at, shift, half in ((0, WORD_BITS, "hi"), (8, 0, "lo"))]
 
 
 # --- columns: reading and writing a field of a rule by name ------------------------------------------------------
@@ -97,9 +121,6 @@ def column_layout(rule: fl.FlowerRule, column: str) -> Layout:
         return HEADER_COLUMNS[column]
     spec = _SPECS.get(column) or _MASK_SPECS.get(column)
     if spec is not None:
-        if spec.width > MAX_COLUMN_BITS:
-            raise BatchError(f"column {column}: {spec.width}-bit keys cannot be columns (at most "
-                             f"{MAX_COLUMN_BITS} bits); put it in the prototype")
         return spec.width, spec.size, spec.byteorder
     match = _ACTION_COLUMN.match(column)
     if match:
@@ -156,13 +177,13 @@ def _mask_pairs(rule: fl.FlowerRule) -> dict[str, str]:
 def _patterns(bits: int) -> tuple[int, int]:
     """Two values that differ in every bit of the field (so every byte of its slot changes)."""
     ones = (1 << bits) - 1
-    a = int("01" * 32, 2) & ones
+    a = int("01" * 64, 2) & ones
     return a, ones ^ a
 
 
 def _distinct_bytes(bits: int) -> int:
     """0x..030201 cut to ``bits``: a value whose bytes all differ, so a misplaced window cannot match."""
-    return int.from_bytes(bytes(range(1, 9)), "little") & ((1 << bits) - 1)
+    return int.from_bytes(bytes(range(1, 17)), "little") & ((1 << bits) - 1)
 
 
 class Shape:
@@ -179,7 +200,11 @@ class Shape:
         self.template = self.encode_rule(prototype, 0)
         masks = _mask_pairs(prototype)
         values_of = {m: v for v, m in masks.items()}
-        self.slots = tuple(self._find_slot(c, masks.get(c), values_of.get(c)) for c in self.columns)
+        words = [w for c in self.columns for w in _words(self._find_slot(c, masks.get(c), values_of.get(c)))]
+        where = {(w.column, w.half): i for i, w in enumerate(words)}
+        self.slots = tuple(dataclasses.replace(w, mask_index=where[(w.mask_column, w.half)]) if w.mask_column else w
+                           for w in words)
+        self.row_width = len(self.slots)
         taken: set[int] = set(range(SEQ_OFFSET, SEQ_OFFSET + 4))
         for slot in self.slots:
             place = set(range(slot.offset, slot.offset + slot.size))
@@ -228,7 +253,7 @@ class Shape:
         offset, big = places[0], order == "big"
         zero = self._encode_with(column, 0, mask, value_of)
         low = 0 if zero is not None and len(zero) == len(self.template) else 1
-        mask_const = (1 << MAX_COLUMN_BITS) - 1
+        mask_const = (1 << bits) - 1
         if mask is not None and mask not in self.columns:
             mask_const = get_column(self.prototype, mask) or 0
         covers = get_column(self.prototype, value_of) or 0 if value_of and value_of not in self.columns else 0
@@ -258,16 +283,20 @@ class FlowerBatch:
         return len(self.shape.template)
 
     def encode(self, values: array.array, count: int, first_seq: int = 1) -> bytes:
-        """``count`` messages; ``values`` is ``array('Q')`` of count rows of len(columns) words, row after row."""
+        """``count`` messages; ``values`` is ``array('Q')`` of count rows of ``shape.row_width`` words.
+
+        A row holds the columns in order, one word each, two (high, low) for a column wider than 64 bits.
+        """
         out = bytearray(count * self.message_size)
         self.encode_into(out, values, count, first_seq)
         return bytes(out)
 
     def encode_into(self, out: bytearray, values: array.array, count: int, first_seq: int = 1) -> int:
         """Like :meth:`encode` into a caller's buffer (reused across chunks of a large batch); bytes written."""
-        if values.typecode != "Q" or len(values) != count * len(self.shape.columns):
-            raise BatchError(f"values must be array('Q') of {count} x {len(self.shape.columns)} words "
-                             f"(columns {list(self.shape.columns)}), got {values.typecode!r} of {len(values)}")
+        width = self.shape.row_width
+        if values.typecode != "Q" or len(values) != count * width:
+            raise BatchError(f"values must be array('Q') of {count} x {width} words (columns "
+                             f"{[w.name() for w in self.shape.slots]}), got {values.typecode!r} of {len(values)}")
         if not 0 <= first_seq <= 0xFFFFFFFF:
             raise BatchError(f"first_seq {first_seq} does not fit 32 bits")
         if len(out) < count * self.message_size:
@@ -277,9 +306,16 @@ class FlowerBatch:
 
     def rules(self, values: array.array, count: int) -> list[fl.FlowerRule]:
         """The rules a batch describes, as objects (slow; for the reference path and for tests)."""
-        width = len(self.shape.columns)
-        return [with_columns(self.shape.prototype, dict(zip(self.shape.columns, values[i * width:(i + 1) * width])))
+        width = self.shape.row_width
+        return [with_columns(self.shape.prototype, self.row_values(values[i * width:(i + 1) * width]))
                 for i in range(count)]
+
+    def row_values(self, row: Sequence[int]) -> dict[str, int]:
+        """column -> value of one row (the two words of a wide column joined)."""
+        out: dict[str, int] = {}
+        for slot, word in zip(self.shape.slots, row):
+            out[slot.column] = out.get(slot.column, 0) << WORD_BITS | word
+        return out
 
     def _encode_py(self, out: bytearray, values: array.array, count: int, first_seq: int) -> None:
         self._check_py(values, count)
@@ -289,12 +325,11 @@ class FlowerBatch:
 
     def _check_py(self, values: array.array, count: int) -> None:
         """The C encoder's checks, rule by rule, with its errors (so both paths refuse the same batches)."""
-        width = len(self.shape.columns)
-        index = {c: i for i, c in enumerate(self.shape.columns)}
+        width = self.shape.row_width
         for rule in range(count):
             row = values[rule * width:(rule + 1) * width]
             for i, slot in enumerate(self.shape.slots):
-                mask = row[index[slot.mask_column]] if slot.mask_column else slot.mask_const
+                mask = row[slot.mask_index] if slot.mask_column else slot.mask_const
                 if not slot.min <= row[i] <= slot.max:
                     raise self._value_error("range", rule, i, values)
                 if row[i] & ~mask:
@@ -305,12 +340,11 @@ class FlowerBatch:
     def _prepare_c(self) -> None:
         ffi = _tcflower_native.ffi
         slots = ffi.new("struct hwtc_slot[]", max(1, len(self.shape.slots)))
-        index = {c: i for i, c in enumerate(self.shape.columns)}
         for i, slot in enumerate(self.shape.slots):
             slots[i].offset = slot.offset
             slots[i].size = slot.size
             slots[i].big_endian = slot.big_endian
-            slots[i].mask_slot = index[slot.mask_column] if slot.mask_column else -1
+            slots[i].mask_slot = slot.mask_index
             slots[i].min, slots[i].max, slots[i].mask_const = slot.min, slot.max, slot.mask_const
             slots[i].covers = slot.covers
         self._c_slots = slots
@@ -331,13 +365,13 @@ class FlowerBatch:
 
     def _value_error(self, kind: str, rule: int, slot_index: int, values: array.array) -> BatchError:
         slot = self.shape.slots[slot_index]
-        value = values[rule * len(self.shape.columns) + slot_index]
+        value = values[rule * self.shape.row_width + slot_index]
         if kind == "range":
-            return BatchError(f"rule {rule} of the batch: {slot.column}={value:#x} is out of range "
+            return BatchError(f"rule {rule} of the batch: {slot.name()}={value:#x} is out of range "
                               f"({slot.min:#x}..{slot.max:#x})")
         if kind == "covers":
-            return BatchError(f"rule {rule} of the batch: {slot.column}={value:#x} drops bits of the prototype's "
+            return BatchError(f"rule {rule} of the batch: {slot.name()}={value:#x} drops bits of the prototype's "
                               f"value {slot.covers:#x}; widen the mask or make the value a column too")
         mask_name = slot.mask_column or "the prototype's mask"
-        return BatchError(f"rule {rule} of the batch: {slot.column}={value:#x} has bits outside {mask_name}; "
+        return BatchError(f"rule {rule} of the batch: {slot.name()}={value:#x} has bits outside {mask_name}; "
                           "mask the value first")

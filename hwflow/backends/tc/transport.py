@@ -209,7 +209,7 @@ class TcClient:
         if self._echo:
             raise ValueError("send_batch does not check NLM_F_ECHO copies; use add()/replace() on a client "
                              "with echo, or a client without echo for batches")
-        width = len(batch.shape.columns)
+        width = batch.shape.row_width
         per_send = max(1, min(self._batch, MAX_SEND_BYTES // batch.message_size))
         buffer = bytearray(per_send * batch.message_size)
         results: list[TcError | None] = []
