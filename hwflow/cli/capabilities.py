@@ -182,6 +182,8 @@ def _print_device(report: DeviceReport, probe: ProbeReport | None, out: TextIO) 
     ct = caps.pop("conntrack")
     quirks = caps.pop("quirks")
     data.update(caps)
+    if report.offload and data["max_chains"] is None:
+        data["max_chains"] = "no device limit"
     data["conntrack"] = "none" if ct is None else (
         f"states {','.join(ct['states']) or '-'}; zones {'yes' if ct['zones'] else 'no'}; "
         f"nat {'yes' if ct['nat'] else 'no'}")
