@@ -17,13 +17,18 @@ from collections.abc import Callable
 
 from hil.checks import host
 from hil.suite import Check, CheckFailed
+from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, to_flower
+from hwflow.model.objects import Network, Port
 from hwflow.offload.capabilities import Capabilities
 from hwflow.offload.partition import PortOffload, partition
 from hwflow.pipeline import ir
+from hwflow.pipeline.topology import Topology
+from hwflow.sim.profile import load_profile
 from hwflow_drivers.generic import GENERIC_SWITCHDEV
 
 NET_KEY = 7
+STAND_IN_PROFILE = "mlx5-connectx6dx"  # etc/nic-profiles: what a real NIC would be asked to take
 PINGS = 5
 
 
@@ -67,10 +72,12 @@ class Endpoint:
     def mac(self) -> int:
         return host.mac_of("eth0", self.netns)
 
+    def mac_text(self) -> str:
+        return ":".join(f"{self.mac():012x}"[i:i + 2] for i in range(0, 12, 2))
+
     def knows(self, other: Endpoint) -> None:
         """A permanent neighbour entry: ARP is broadcast, which stays in software (there is none here)."""
-        mac = ":".join(f"{other.mac():012x}"[i:i + 2] for i in range(0, 12, 2))
-        host.sh("ip", "-n", self.netns, "neigh", "replace", other.address, "lladdr", mac, "dev", "eth0",
+        host.sh("ip", "-n", self.netns, "neigh", "replace", other.address, "lladdr", other.mac_text(), "dev", "eth0",
                 "nud", "permanent")
 
     def ping(self, other: Endpoint, count: int) -> bool:
@@ -90,25 +97,45 @@ def l2_pipeline(endpoints: list[Endpoint]) -> ir.Pipeline:
     return ir.Pipeline.build(flows, {0: "classify", 1: "l2"})
 
 
+def compiled_pipeline(endpoints: list[Endpoint]) -> ir.Pipeline:
+    """What hwflow's own apps (the shipped layout: L2, port security, ...) compile for one network."""
+    net = Network(id="hilnet", name="hilnet", vni=NET_KEY, unique_key=NET_KEY)
+    ports = {f"p{e.port}": Port(id=f"p{e.port}", name=f"p{e.port}", network_id=net.id, mac=e.mac_text(),
+                                ips=[e.address], unique_key=e.port) for e in endpoints}
+    topology = Topology("hil", {net.id: net}, ports, set(ports))
+    return Compiler.from_file(layout_path("")).compile(topology)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
+    """A pipeline over two endpoints, and what the partitioner must make of it.
+
+    ``stand_in`` are the capabilities the partitioner assumes when the
+    kernel's software flower stands in for a NIC (the VM); on a real NIC its
+    own reported capabilities are used instead. ``counts`` are the packet
+    counters expected on each side's rules, in ascending order.
+    """
+
     name: str
     endpoints: tuple[Endpoint, ...]
     pipeline: Callable[[list[Endpoint]], ir.Pipeline]
+    stand_in: Capabilities
     ethertypes: tuple[int, ...]
     expected_rules: int
+    counts: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Datapath:
-    """Where the rules go: the kernel's software flower (VM) or the NIC (skip_sw), and what it can do."""
+    """Where the rules go: the kernel's software flower (VM) or the NIC (skip_sw), and what it can do
+    (None: the scenario's stand-in)."""
 
     flags: int
     switch_id: str
-    capabilities: Capabilities
+    capabilities: Capabilities | None
 
 
-SOFTWARE_FLOWER = Datapath(TC_FLAGS["skip_hw"], "hil-vm", GENERIC_SWITCHDEV)
+SOFTWARE_FLOWER = Datapath(TC_FLAGS["skip_hw"], "hil-vm", None)
 
 
 def run_scenario(scenario: Scenario, datapath: Datapath = SOFTWARE_FLOWER) -> None:
@@ -119,7 +146,8 @@ def run_scenario(scenario: Scenario, datapath: Datapath = SOFTWARE_FLOWER) -> No
     a.knows(b)
     b.knows(a)
     reps = {e.port: Representor(host.ifindex(e.rep), "netlink") for e in scenario.endpoints}
-    ports = {e.port: PortOffload(e.port, datapath.switch_id, datapath.capabilities) for e in scenario.endpoints}
+    caps = datapath.capabilities or scenario.stand_in
+    ports = {e.port: PortOffload(e.port, datapath.switch_id, caps) for e in scenario.endpoints}
     plan = partition(scenario.pipeline(list(scenario.endpoints)), ports, scenario.ethertypes)
     if len(plan.rules) != scenario.expected_rules:
         raise CheckFailed(f"the partitioner chose {len(plan.rules)} hardware rules, expected "
@@ -135,10 +163,11 @@ def run_scenario(scenario: Scenario, datapath: Datapath = SOFTWARE_FLOWER) -> No
             raise CheckFailed(f"installed {installed} of {len(desired)} rules; refused: {backend.refused()}")
         if not a.ping(b, PINGS):
             raise CheckFailed(f"ping {a.netns} -> {b.netns} lost packets with the rules installed")
-        counts = {e.rep: [s.packets if s else None for _, s in backend.installed("netlink", reps[e.port].ifindex)]
+        counts = {e.rep: sorted(s.packets if s else -1 for _, s in backend.installed("netlink", reps[e.port].ifindex))
                   for e in scenario.endpoints}
-        if counts != {a.rep: [PINGS], b.rep: [PINGS]}:
-            raise CheckFailed(f"rule counters {counts}; sent {PINGS} echo requests and got {PINGS} replies")
+        if counts != {a.rep: list(scenario.counts), b.rep: list(scenario.counts)}:
+            raise CheckFailed(f"rule counters {counts}, expected {list(scenario.counts)} on each side for "
+                              f"{PINGS} echo requests and {PINGS} replies")
         again = backend.plan(desired, reps.values())
         if again:
             raise CheckFailed(f"a second sync against the kernel's dump is not empty: {again}")
@@ -152,10 +181,20 @@ def run_scenario(scenario: Scenario, datapath: Datapath = SOFTWARE_FLOWER) -> No
 
 
 def l2_scenario(a: Endpoint, b: Endpoint) -> Scenario:
-    return Scenario("L2 unicast redirect (IPv4)", (a, b), l2_pipeline, (ir.ETH_TYPE_IPV4,), expected_rules=2)
+    return Scenario("L2 unicast redirect (IPv4)", (a, b), l2_pipeline, GENERIC_SWITCHDEV, (ir.ETH_TYPE_IPV4,),
+                    expected_rules=2, counts=(PINGS,))
 
 
-SCENARIOS = (l2_scenario(Endpoint(1, "hila", "hilra", "10.77.0.1"), Endpoint(2, "hilb", "hilrb", "10.77.0.2")),)
+def compiled_scenario(a: Endpoint, b: Endpoint) -> Scenario:
+    """The shipped apps' pipeline, split for a ConnectX-6 Dx: per side, the port-security-checked unicast
+    rule (eth_src, ipv4_src, eth_dst) carries the pings; the DHCP-discover rule carries nothing."""
+    return Scenario("compiled by hwflow's apps (L2 + port security), split for ConnectX-6 Dx", (a, b),
+                    compiled_pipeline, load_profile(STAND_IN_PROFILE).capabilities, (ir.ETH_TYPE_IPV4,),
+                    expected_rules=4, counts=(0, PINGS))
+
+
+SCENARIOS = tuple(make(Endpoint(1, "hila", "hilra", "10.77.0.1"), Endpoint(2, "hilb", "hilrb", "10.77.0.2"))
+                  for make in (l2_scenario, compiled_scenario))
 
 
 def checks() -> list[Check]:
