@@ -147,3 +147,16 @@ def test_openflow_bench_runs_and_verifies_its_counts() -> None:
     assert all(value > 0 for value in results.values())
     leftover = {n for n in set(run("ip", "netns", "list").stdout.split()) - before if n.startswith(PREFIX)}
     assert not leftover, f"the bench left namespaces behind: {leftover}"
+
+
+def test_without_the_native_encoder_the_os_ken_fallback_programs_the_same_flows(switch: Switch) -> None:
+    """Where no compiler was present at install, the backend encodes with os-ken: same flows, same counts."""
+    switch.backend.encoder = native.OskenEncoder(switch.backend.compiler.catalog)
+    flows = bench.workload(2000)
+
+    result = switch.backend.sync(flows, PORTS)
+
+    assert (result.added, result.errors) == (2000, ())
+    assert switch.hwflow_flows() == 2000
+    assert switch.backend.sync(flows[:1500], PORTS).deleted == 500
+    assert switch.hwflow_flows() == 1500
