@@ -238,3 +238,51 @@ def test_tunnel_match_keys_and_the_mlx5_port_quirk():
     assert verdict(decap, cx5, geneve, fl.ETH_P_ALL) == "a geneve match (decap types: gre, vxlan)"
     odd = fl.FlowerKeys(enc_key_id=5, enc_dst_port=9999)
     assert verdict(decap, MLX5, odd, fl.ETH_P_ALL).startswith("a tunnel match on UDP port 9999")
+
+
+# --- over the whole space of simple rules and profiles: admitted exactly when every part is claimed -----
+
+SIMPLE_KEYS = {  # flower key -> (IR field, width, protocol it needs, extra keys it needs)
+    "eth_dst": ("eth_dst", 48, fl.ETH_P_ALL, {}),
+    "ipv4_dst": ("ipv4_dst", 32, fl.ETH_P_IP, {}),
+    "ipv6_src": ("ipv6_src", 128, fl.ETH_P_IPV6, {}),
+}
+
+
+@st.composite
+def simple_rules(draw):
+    name = draw(st.sampled_from(sorted(SIMPLE_KEYS)))
+    field, width, protocol, extra = SIMPLE_KEYS[name]
+    mask = draw(st.one_of(st.just((1 << width) - 1), st.integers(min_value=0, max_value=width).map(
+        lambda n: ((1 << n) - 1) << (width - n)), st.integers(min_value=0, max_value=(1 << width) - 1)))
+    keys = fl.FlowerKeys(**{name: draw(st.integers(0, (1 << width) - 1)) & mask, f"{name}_mask": mask, **extra})
+    actions = draw(st.lists(st.sampled_from([fl.Mirred(102), fl.Gact("drop"), fl.Gact("pass")]), min_size=1,
+                            max_size=3))
+    return fl.FlowerRule(101, 10, 1, protocol, keys, tuple(actions)), field, mask, width
+
+
+simple_caps = st.builds(
+    lambda fields, actions, per_rule: Capabilities(fields, frozenset(actions), 64, per_rule),
+    st.dictionaries(st.sampled_from(["eth_type", "eth_dst", "ipv4_dst", "ipv6_src"]),
+                    st.sampled_from([MASK_EXACT, MASK_PREFIX, MASK_ANY])),
+    st.sets(st.sampled_from(["redirect", "drop", "pass"])),
+    st.integers(min_value=1, max_value=3),
+)
+
+
+@given(simple_rules(), simple_caps)
+def test_admitted_exactly_when_every_key_and_action_is_claimed(drawn, caps):
+    r, field, mask, width = drawn
+    expected = (
+        (r.protocol == fl.ETH_P_ALL or caps.can_match("eth_type", 0xFFFF, 16))
+        and caps.can_match(field, mask, width)
+        and len(r.actions) <= caps.max_actions_per_rule
+        and all(admission.action_name(a) in caps.actions for a in r.actions)
+    )
+    try:
+        admission.check(r, caps, PORTS)
+        admitted = True
+    except admission.NotAdmitted as exc:
+        admitted = False
+        assert exc.errno == errno.EOPNOTSUPP and exc.what
+    assert admitted == expected
