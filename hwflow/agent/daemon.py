@@ -142,6 +142,8 @@ class Agent:
                 hostname=socket.gethostname(), capabilities={"offload_devices": devices},
                 up=up, heartbeat_at=time.time(),
             ))
+            if up:  # liveness (an etcd lease): lapses after three missed reports, marking the chassis down
+                self.nb.heartbeat(self.chassis, 3 * self.conf.agent.report_interval)
         except HwflowError as exc:
             LOG.error("cannot write chassis %s: %s", self.chassis, exc)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 import yaml
@@ -65,7 +65,7 @@ Examples:
 
 # The columns "list" shows per kind (every field is in --format json and in "show").
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "chassis": ("name", "tunnel_ip", "tunnel_types", "hostname", "up", "heartbeat", "revision"),
+    "chassis": ("name", "alive", "tunnel_ip", "tunnel_types", "hostname", "heartbeat", "revision"),
     "network": ("id", "name", "network_type", "vni", "physical_network", "vlan_id", "mtu", "external", "revision"),
     "subnet": ("id", "name", "network_id", "cidr", "gateway_ip", "enable_dhcp", "revision"),
     "port": ("id", "name", "network_id", "mac", "ips", "chassis", "security_groups", "unique_key", "revision"),
@@ -84,7 +84,8 @@ APPLY_ORDER = ("network", "security_group", "security_group_rule", "subnet", "ro
                "floating_ip")
 
 JSON_NOTE = """\
-JSON output (--format json): the object as stored, {FIELD: VALUE, ...};
+JSON output (--format json): the object as stored, {FIELD: VALUE, ...}
+(a chassis also has "alive": whether its agent's liveness lease holds);
 "list" prints a list of them and "delete" the list of objects removed
 (the named one first, then what --cascade removed with it)."""
 
@@ -166,19 +167,28 @@ def _open(conf: cfg.ConfigOpts) -> NbApi:
     return NbApi.from_url(conf.database.url, conf)
 
 
-def _row(obj: NbObject) -> dict[str, Any]:
-    row = obj.to_dict()
+def _stored(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
+    """The object as stored; a chassis also says whether its agent's liveness lease holds."""
+    data = obj.to_dict()
+    if isinstance(obj, Chassis):
+        data["alive"] = obj.id in alive
+    return data
+
+
+def _row(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
+    row = _stored(obj, alive)
     if isinstance(obj, Chassis):
         age = max(0.0, time.time() - obj.heartbeat_at)
         row["heartbeat"] = f"{age:.0f}s ago" if obj.heartbeat_at else "never"
     return row
 
 
-def _print_object(args: argparse.Namespace, obj: NbObject) -> None:
+def _print_object(args: argparse.Namespace, obj: NbObject, alive: Set[str] = frozenset()) -> None:
+    data = _stored(obj, alive)
     if args.format == "json":
-        output.dump_json(obj.to_dict())
+        output.dump_json(data)
     else:
-        output.table([{"field": k, "value": v} for k, v in obj.to_dict().items()], ("field", "value"))
+        output.table([{"field": k, "value": v} for k, v in data.items()], ("field", "value"))
 
 
 # --- actions ---------------------------------------------------------------------
@@ -192,14 +202,16 @@ def _list(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
             objs = [o for o in objs if isinstance(o, Port) and o.network_id == network.id]
         if getattr(args, "project", None):
             objs = [o for o in objs if o.project_id == args.project]
-    output.emit(args.format, [o.to_dict() for o in objs], [_row(o) for o in objs], COLUMNS[args.kind])
+        alive = api.alive_chassis() if args.kind == Chassis.kind else set()
+    output.emit(args.format, [_stored(o, alive) for o in objs], [_row(o, alive) for o in objs], COLUMNS[args.kind])
     return 0
 
 
 def _show(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     with _open(conf) as api:
         obj = api.find(args.kind, args.object)
-    _print_object(args, obj)
+        alive = api.alive_chassis() if args.kind == Chassis.kind else set()
+    _print_object(args, obj, alive)
     return 0
 
 

@@ -44,6 +44,7 @@ UNIQUE_TABLE = "_unique"  # "scope/constraint/value" -> "kind id" of the object 
 # Holding a copy of the referrer (written in the same transaction) makes "the ports of this network"
 # one range read instead of one read per port: what an agent does whenever its set of ports grows.
 REF_TABLE = "_ref"
+ALIVE_TABLE = "_alive"  # chassis id -> liveness mark its agent keeps alive
 MAX_ATTEMPTS = 50  # transactions retried after losing a race on a counter or a reference
 
 Kind = str | type[NbObject]
@@ -356,6 +357,14 @@ class NbApi:
                     continue
             return self.update(dataclasses.replace(chassis, revision=0))
         raise DatabaseUnavailable(f"{chassis.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+
+    def heartbeat(self, chassis: str, ttl: float) -> None:
+        """Say the agent of ``chassis`` is alive for the next ``ttl`` seconds (an etcd lease)."""
+        self.driver.keep_alive(ALIVE_TABLE, chassis, ttl)
+
+    def alive_chassis(self) -> set[str]:
+        """The chassis whose agent's heartbeat has not lapsed: a dead agent drops out within its ttl."""
+        return self.driver.alive(ALIVE_TABLE)
 
     def delete(
         self, kind: Kind, id: str, if_revision: int | None = None, cascade: bool = False

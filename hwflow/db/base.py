@@ -112,6 +112,18 @@ class Driver(abc.ABC):
     def current_revision(self) -> int: ...
 
     @abc.abstractmethod
+    def keep_alive(self, table: str, key: str, ttl: float) -> None:
+        """Create or refresh a liveness mark that lapses ``ttl`` seconds after the last call.
+
+        On etcd it is a key under a lease, so a dead writer's mark goes
+        away by itself; nothing else may write ``table``.
+        """
+
+    @abc.abstractmethod
+    def alive(self, table: str) -> set[str]:
+        """The keys of ``table`` whose liveness mark has not lapsed."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     def put(self, table: str, key: str, value: bytes, expected_mod_revision: int | None = None) -> int:

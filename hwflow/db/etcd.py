@@ -130,6 +130,7 @@ class EtcdDriver(Driver):
         self._current = 0  # index of the member last reached
         self._lock = threading.Lock()
         self._stream: _WatchStream | None = None
+        self._leases: dict[tuple[str, str], int] = {}  # liveness mark -> the lease keeping it
         self._closed = False
 
     @classmethod
@@ -335,6 +336,20 @@ class EtcdDriver(Driver):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+    def keep_alive(self, table: str, key: str, ttl: float) -> None:
+        """Refresh the mark's lease; grant a new one (and put the mark under it) if it lapsed."""
+        lease = self._leases.get((table, key))
+        if lease is not None:
+            reply = self._post("/lease/keepalive", {"ID": lease})
+            if int(reply.get("result", {}).get("TTL", 0)) > 0:
+                return
+        lease = int(self._post("/lease/grant", {"TTL": max(1, round(ttl)), "ID": 0})["ID"])
+        self._post("/kv/put", {"key": _b64(self._key(table, key)), "value": "", "lease": lease})
+        self._leases[table, key] = lease
+
+    def alive(self, table: str) -> set[str]:
+        return {r.key for r in self.list(table)[1]}
 
     def close(self) -> None:
         with self._lock:

@@ -34,6 +34,8 @@ _SCHEMA = (
     ("CREATE TABLE IF NOT EXISTS events (rev INTEGER NOT NULL, idx INTEGER NOT NULL, tbl TEXT NOT NULL,"
     " key TEXT NOT NULL, op TEXT NOT NULL, value BLOB, PRIMARY KEY (rev, idx)) WITHOUT ROWID"),
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ("CREATE TABLE IF NOT EXISTS liveness (tbl TEXT NOT NULL, key TEXT NOT NULL, expires REAL NOT NULL,"
+    " PRIMARY KEY (tbl, key)) WITHOUT ROWID"),
     ("INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compact_revision', 0),"
     f" ('schema', {SCHEMA_VERSION})"),
 )
@@ -273,6 +275,17 @@ class SqliteDriver(Driver):
     def current_revision(self) -> int:
         with self._errors():
             return self._meta(self._conn(), "revision")
+
+    def keep_alive(self, table: str, key: str, ttl: float) -> None:
+        """A mark with its expiry time (wall clock: every process of the host shares it)."""
+        with self._errors():
+            self._conn().execute("INSERT OR REPLACE INTO liveness VALUES (?, ?, ?)", (table, key, time.time() + ttl))
+
+    def alive(self, table: str) -> set[str]:
+        with self._errors():
+            rows = self._conn().execute("SELECT key FROM liveness WHERE tbl = ? AND expires > ?",
+                                        (table, time.time())).fetchall()
+        return {row[0] for row in rows}
 
     def close(self) -> None:
         self._closed = True

@@ -446,3 +446,18 @@ def test_referrers_come_from_the_index_and_follow_updates(api):
     assert api.referrers("security_group", web.id) == []
     assert [o.id for o in api.referrers("network", net.id)] == [p2.id]
     assert api.referrers("network", net.id, of_kind="subnet") == []
+
+
+def test_chassis_liveness_lapses_without_heartbeats(api):
+    api.heartbeat("host1", ttl=1)
+    api.heartbeat("host2", ttl=60)
+    assert api.alive_chassis() == {"host1", "host2"}
+    api.heartbeat("host1", ttl=1)  # a refresh keeps it
+    assert "host1" in api.alive_chassis()
+    deadline = time.monotonic() + 15  # etcd may round a lease up to its minimum TTL
+    while "host1" in api.alive_chassis():
+        assert time.monotonic() < deadline, "host1 still alive without heartbeats"
+        time.sleep(0.2)
+    assert api.alive_chassis() == {"host2"}
+    api.heartbeat("host1", ttl=60)  # an agent that comes back is alive again
+    assert api.alive_chassis() == {"host1", "host2"}

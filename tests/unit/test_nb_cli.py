@@ -147,7 +147,11 @@ def test_chassis_list_and_show(cli, url):
     status, out, _ = cli("chassis", "list")
     assert status == 0 and "compute-1" in out and "192.0.2.1" in out and "never" in out
     _, out, _ = cli("chassis", "show", "compute-1", "--format", "json")
-    assert json.loads(out)["tunnel_ip"] == "192.0.2.1"
+    assert json.loads(out)["tunnel_ip"] == "192.0.2.1" and json.loads(out)["alive"] is False
+    with NbApi.from_url(url) as api:
+        api.heartbeat("compute-1", ttl=60)
+    _, out, _ = cli("chassis", "list", "--format", "json")
+    assert [c["alive"] for c in json.loads(out)] == [True]
 
 
 def test_unusable_database_is_reported(tmp_path, capsys):
