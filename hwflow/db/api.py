@@ -378,30 +378,28 @@ class NbApi:
         """
         cls = kind_class(kind)
         for _ in range(MAX_ATTEMPTS):
-            _, records = self.driver.snapshot(sorted({*KINDS, COUNTER_TABLE}))
-            counters = {r.key: r.mod_revision for r in records if r.table == COUNTER_TABLE}
-            objs = {(o.kind, o.id): o for o in self._decode_many(records)}
-            target = objs.get((cls.kind, id))
-            if target is None:
-                raise NotFound(f"no {cls.kind} with id {id!r}")
+            # Counters first: a referrer created or re-pointed after this moves one, and the write retries.
+            counters = {k: rec.mod_revision if (rec := self.driver.get(COUNTER_TABLE, k)) else 0 for k in KINDS}
+            target = self.get(cls, id)
             if if_revision is not None and target.revision != if_revision:
                 raise Conflict(cls.kind, id, if_revision, target.revision)
-            owned = self._owned(target, objs.values())
+            owned = self._owned(target)
             if owned and not cascade:
                 raise BrokenReference(
                     f"{target.label()} is still used by {_some(owned)}; delete those first, "
                     "or delete with cascade (--cascade)"
                 )
             removed = [target, *owned]
-            users = [o for o in objs.values() if o not in removed and any(o.uses(r) for r in removed)]
+            users = list({(o.kind, o.id): o for r in removed for o in self._related(r)
+                          if o not in removed and o.uses(r)}.values())
             if users:
                 raise BrokenReference(
                     f"{target.label()} is still used by {_some(users)}; remove those references first "
                     f"(--cascade only deletes what the {target.kind} owns)"
                 )
             compares = [Compare(o.kind, o.id, o.revision) for o in removed]
-            compares += [Compare(COUNTER_TABLE, k, counters.get(k, 0))
-                         for k in {k for o in removed for k in _referrer_kinds(o.kind)}]
+            compares += [Compare(COUNTER_TABLE, k, counters[k])
+                         for k in sorted({k for o in removed for k in _referrer_kinds(o.kind)})]
             ops: list[Op] = [Delete(o.kind, o.id) for o in removed]
             ops += [Delete(UNIQUE_TABLE, key) for o in removed for key in _unique_keys(o)]
             ops += [Delete(REF_TABLE, key) for o in removed for key in _ref_keys(o)]
@@ -413,18 +411,24 @@ class NbApi:
                     raise
         raise DatabaseUnavailable(f"{cls.kind} {id}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
 
-    @staticmethod
-    def _owned(target: NbObject, objs: Iterable[NbObject]) -> list[NbObject]:
-        """Everything ``target`` owns, directly or through another owned object."""
-        objs = list(objs)
-        found: list[NbObject] = []
+    def _related(self, obj: NbObject) -> list[NbObject]:
+        """Objects that may depend on ``obj``: its referrers, and for a subnet the ports of its network."""
+        found = self.referrers(obj.kind, obj.id)
+        if isinstance(obj, Subnet):
+            found += self.referrers("network", obj.network_id, "port")
+        return found
+
+    def _owned(self, target: NbObject) -> list[NbObject]:
+        """Everything ``target`` owns, directly or through another owned object (read through the index)."""
+        found: dict[tuple[str, str], NbObject] = {}
         pending = [target]
         while pending:
             parent = pending.pop()
-            children = [o for o in objs if o.owned_by(parent) and o not in found and o is not target]
-            found += children
-            pending += children
-        return found
+            for child in self._related(parent):
+                if child.owned_by(parent) and (child.kind, child.id) not in found and child != target:
+                    found[child.kind, child.id] = child
+                    pending.append(child)
+        return list(found.values())
 
 
 def _some(objs: list[NbObject]) -> str:
