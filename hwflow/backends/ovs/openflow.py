@@ -448,7 +448,7 @@ class ProgramWriter:
                                      f"not {messages}")
                 for chunk in chunks:
                     self._conn._write(self._sock, chunk.data)
-                self._chunks += chunks
+                    self._chunks.append(chunk)  # also the progress _stop watches
             except OSError as exc:
                 self._conn._lost(self._sock, str(exc))
                 self._failure = OpenFlowConnectionError(f"OpenFlow connection to {self._conn.endpoint} lost: "
@@ -457,10 +457,16 @@ class ProgramWriter:
                 self._failure = exc
 
     def _stop(self) -> None:
+        """Waits while the helper makes progress: a big batch into a slow switch may take a while, but a
+        switch that takes nothing for ``timeout`` seconds is stuck."""
         self._parts.put(None)
-        self._thread.join(self._conn.timeout)
-        if self._thread.is_alive():
-            raise OpenFlowTimeout(f"{self._conn.endpoint} did not take the flow_mods within {self._conn.timeout}s")
+        while True:
+            written = len(self._chunks)
+            self._thread.join(self._conn.timeout)
+            if not self._thread.is_alive():
+                return
+            if len(self._chunks) == written:
+                raise OpenFlowTimeout(f"{self._conn.endpoint} took no flow_mods for {self._conn.timeout}s")
 
     def finish(self) -> list[Rejected]:
         self._finished = True
