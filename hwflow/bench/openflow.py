@@ -24,6 +24,7 @@ switch's ingest limit on this machine.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -38,10 +39,11 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.backend import OvsBackend
-from hwflow.backends.ovs.daemons import OvsDaemons
+from hwflow.backends.ovs.daemons import OvsDaemonError, OvsDaemons
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import OvsdbClient
 from hwflow.bench import Progress
+from hwflow.model.errors import HwflowError
 from hwflow.pipeline import ir
 
 DEFAULTS: dict[str, Any] = {
@@ -52,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
 BRIDGE = "br-bench"
 PORTS = {1: 1, 2: 2, 3: 3, 4: 4}  # logical port -> ofport; OVS accepts output to ports not (yet) present
 TIMEOUT = 120.0
+
+
+class BenchError(HwflowError):
+    """The bench could not set up its switch, or a path did not leave the flows it should."""
 
 
 def workload(count: int) -> list[ir.Flow]:
@@ -86,7 +92,7 @@ def _clear(of: OpenFlowConnection) -> None:
     delete_all = parser.OFPFlowMod(of.datapath, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
                                    out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
     if of.send([delete_all]) or of.flow_count():
-        raise RuntimeError("could not empty the bench bridge")
+        raise BenchError("could not empty the bench bridge")
 
 
 def _cpu_seconds(daemons: OvsDaemons) -> float:
@@ -99,7 +105,7 @@ def _cpu_seconds(daemons: OvsDaemons) -> float:
 def _verified(of: OpenFlowConnection, want: int, path: str) -> int:
     count = of.flow_count(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
     if count != want:
-        raise RuntimeError(f"{path}: OVS holds {count} hwflow flows after the batch, expected {want}; "
+        raise BenchError(f"{path}: OVS holds {count} hwflow flows after the batch, expected {want}; "
                            "see vswitchd.log in the bench's run directory")
     return count
 
@@ -109,11 +115,11 @@ def _sync(backend: OvsBackend, flows: list[ir.Flow], progress: Progress) -> dict
     result, seconds = _timed(lambda: (backend.sync(flows, PORTS), _verified(backend.of, len(flows), "sync")))
     sync = result[0]
     if sync.errors or sync.added != len(flows):
-        raise RuntimeError(f"sync: {sync.added} added, errors {[str(e) for e in sync.errors[:3]]}")
+        raise BenchError(f"sync: {sync.added} added, errors {[str(e) for e in sync.errors[:3]]}")
     progress(f"resync: the same {len(flows)} flows again (dump, decode, compile, diff: nothing to send)")
     again, resync_s = _timed(lambda: backend.sync(flows, PORTS))
     if again.sent or again.errors:
-        raise RuntimeError(f"resync sent {again.sent} flow_mods, errors {[str(e) for e in again.errors[:3]]}")
+        raise BenchError(f"resync sent {again.sent} flow_mods, errors {[str(e) for e in again.errors[:3]]}")
     return {"sync_flows_per_s": len(flows) / seconds, "resync_flows_per_s": len(flows) / resync_s}
 
 
@@ -138,7 +144,7 @@ def _native(backend: OvsBackend, daemons: OvsDaemons, flows: list[ir.Flow], prog
     def program() -> int:
         errors = backend.of.send_program(words, len(flows), backend.encoder)
         if errors:
-            raise RuntimeError(f"native: OVS refused {errors[0]}")
+            raise BenchError(f"native: OVS refused {errors[0]}")
         return _verified(backend.of, len(flows), "native")
 
     cpu = _cpu_seconds(daemons)
@@ -155,7 +161,7 @@ def _osken(of: OpenFlowConnection, flows: list[ir.Flow], progress: Progress) -> 
     def program() -> int:
         errors = of.send_each(translate.to_flow_mod(f, PORTS) for f in flows)
         if errors:
-            raise RuntimeError(f"os-ken: OVS refused {errors[0]}")
+            raise BenchError(f"os-ken: OVS refused {errors[0]}")
         return _verified(of, len(flows), "os-ken")
 
     _, seconds = _timed(program)
@@ -163,6 +169,8 @@ def _osken(of: OpenFlowConnection, flows: list[ir.Flow], progress: Progress) -> 
 
 
 def run(params: dict[str, Any], progress: Progress) -> dict[str, float]:
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,40}", params["netns_prefix"]):
+        raise BenchError(f"netns_prefix {params['netns_prefix']!r}: use 1-40 letters, digits and '-'")
     flows = workload(params["flows"])
     baseline = flows if params["osken_flows"] == params["flows"] else workload(params["osken_flows"])
     ns = f"{params['netns_prefix']}-{secrets.token_hex(3)}"
@@ -170,9 +178,15 @@ def run(params: dict[str, Any], progress: Progress) -> dict[str, float]:
     daemons = OvsDaemons(rundir, netns=ns)
     closers: list[Callable[[], None]] = []
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
+        made = subprocess.run(["ip", "netns", "add", ns], check=False, capture_output=True, text=True, timeout=30)
+        if made.returncode:
+            raise BenchError(f"cannot create network namespace {ns}: {made.stderr.strip()}; the openflow bench "
+                             "needs root and iproute2")
         progress(f"starting OVS (userspace datapath) in netns {ns}, run directory {rundir}")
-        daemons.start()
+        try:
+            daemons.start()
+        except OvsDaemonError as exc:
+            raise BenchError(str(exc)) from None
         ovsdb = OvsdbClient(daemons.db_sock, BRIDGE)
         closers.append(ovsdb.close)
         ovsdb.ensure_bridge()

@@ -160,3 +160,8 @@ def test_without_the_native_encoder_the_os_ken_fallback_programs_the_same_flows(
     assert switch.hwflow_flows() == 2000
     assert switch.backend.sync(flows[:1500], PORTS).deleted == 500
     assert switch.hwflow_flows() == 1500
+
+
+def test_bad_bench_parameters_are_one_clear_error() -> None:
+    with pytest.raises(bench.BenchError, match="netns_prefix 'hwt-of/x': use 1-40 letters, digits and '-'"):
+        bench.run({"flows": 10, "osken_flows": 10, "netns_prefix": f"{PREFIX}/x"}, lambda _text: None)
