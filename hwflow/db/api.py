@@ -383,14 +383,14 @@ class NbApi:
             target = self.get(cls, id)
             if if_revision is not None and target.revision != if_revision:
                 raise Conflict(cls.kind, id, if_revision, target.revision)
-            owned = self._owned(target)
+            owned, related = self._owned(target)
             if owned and not cascade:
                 raise BrokenReference(
                     f"{target.label()} is still used by {_some(owned)}; delete those first, "
                     "or delete with cascade (--cascade)"
                 )
             removed = [target, *owned]
-            users = list({(o.kind, o.id): o for r in removed for o in self._related(r)
+            users = list({(o.kind, o.id): o for r in removed for o in related[r.kind, r.id]
                           if o not in removed and o.uses(r)}.values())
             if users:
                 raise BrokenReference(
@@ -418,17 +418,24 @@ class NbApi:
             found += self.referrers("network", obj.network_id, "port")
         return found
 
-    def _owned(self, target: NbObject) -> list[NbObject]:
-        """Everything ``target`` owns, directly or through another owned object (read through the index)."""
+    def _owned(self, target: NbObject) -> tuple[list[NbObject], dict[tuple[str, str], list[NbObject]]]:
+        """Everything ``target`` owns, directly or through another owned object, read through the index.
+
+        Also returns what was read as related to each of them, so the check for
+        objects that merely use them sees the same reads (a child created
+        between two reads is then owned, never mistaken for a user).
+        """
         found: dict[tuple[str, str], NbObject] = {}
+        related: dict[tuple[str, str], list[NbObject]] = {}
         pending = [target]
         while pending:
             parent = pending.pop()
-            for child in self._related(parent):
+            related[parent.kind, parent.id] = self._related(parent)
+            for child in related[parent.kind, parent.id]:
                 if child.owned_by(parent) and (child.kind, child.id) not in found and child != target:
                     found[child.kind, child.id] = child
                     pending.append(child)
-        return list(found.values())
+        return list(found.values()), related
 
 
 def _some(objs: list[NbObject]) -> str:
