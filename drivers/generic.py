@@ -90,6 +90,9 @@ class GenericDriver(NicDriver):
             return GENERIC_SWITCHDEV, f"generic baseline: {exc}"
         if report is None:
             return baseline
+        if report.switch_id is not None and report.switch_id != dev.phys_switch_id:
+            return GENERIC_SWITCHDEV, (f"generic baseline: the cached probe of {dev.name} is of eswitch "
+                                       f"{report.switch_id}, not {dev.phys_switch_id}: probe again")
         return report.learned(PROBE_CANDIDATES), f"probed {age_text(report.age())} ago ({report.placement})"
 
     def describe(self, dev: NetDevice) -> DeviceReport:

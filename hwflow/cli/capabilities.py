@@ -66,7 +66,7 @@ JSON output (--format json):
     capabilities       CAPABILITIES (below); all empty when offload is false
     capability_source  where the capabilities come from (family facts, probe and its age, profile) or null
     tc_endpoint        "netlink" for the kernel, "unix:PATH" for a simulated NIC, or null
-    probe              null, or the cached probe: {{"device", "taken_at" (Unix time), "age_seconds",
+    probe              null, or the cached probe: {{"device", "switch_id", "taken_at" (Unix time), "age_seconds",
                        "placement", "results": [{{"claim", "status": confirmed|refused|error|not_probed,
                        "detail"}}], "not_probed": [CLAIM, ...]}}
   ESWITCH keys: switch_id, eswitch_mode, uplinks, pf_representors, vf_representors, sf_representors
@@ -250,7 +250,7 @@ def probe_devices(reports: Sequence[DeviceReport], cache: ProbeCache, live: bool
         except (ConnectionError, OSError) as exc:
             raise CliError(f"cannot probe {report.name}: {exc}") from exc
         try:
-            probe = Prober(client, report.ifindex).run(report.name, candidates)
+            probe = Prober(client, report.ifindex).run(report.name, candidates, report.switch_id)
         except (ProbeError, TimeoutError, ConnectionError, OSError) as exc:
             raise CliError(f"cannot probe {report.name}: {exc}") from exc
         finally:

@@ -98,6 +98,7 @@ class ProbeReport:
     taken_at: float  # Unix time
     placement: str  # where the probe rules went
     results: tuple[ProbeResult, ...]
+    switch_id: str | None = None  # the eswitch probed: a cache entry of another NIC under the same name is stale
 
     def status(self, claim: str) -> str:
         return next((r.status for r in self.results if r.claim == claim), NOT_PROBED)
@@ -106,14 +107,16 @@ class ProbeReport:
         return max(0.0, (time.time() if now is None else now) - self.taken_at)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "taken_at": self.taken_at, "placement": self.placement,
-                "results": [r.to_dict() for r in self.results]}
+        return {"device": self.device, "switch_id": self.switch_id, "taken_at": self.taken_at,
+                "placement": self.placement, "results": [r.to_dict() for r in self.results]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
         try:
             results = tuple(ProbeResult(str(r["claim"]), str(r["status"]), r.get("detail")) for r in data["results"])
-            report = cls(str(data["device"]), float(data["taken_at"]), str(data["placement"]), results)
+            switch_id = data.get("switch_id")
+            report = cls(str(data["device"]), float(data["taken_at"]), str(data["placement"]), results,
+                         None if switch_id is None else str(switch_id))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"probe report: missing or bad field ({exc!r})") from exc
         bad = sorted({r.status for r in results} - set(STATUSES))
@@ -184,7 +187,7 @@ class Prober:
         self._ifindex = ifindex
         self._clock = clock
 
-    def run(self, device: str, candidates: Capabilities) -> ProbeReport:
+    def run(self, device: str, candidates: Capabilities, switch_id: str | None = None) -> ProbeReport:
         """Probe every claim of ``candidates`` that can be probed without touching traffic."""
         place = self._placement()
         results = [self._try(f"match {f} {k}", place, keys, protocol)
@@ -201,7 +204,7 @@ class Prober:
             results.append(self._try(f"actions per rule {n}", place, {}, fl.ETH_P_ALL, (TERMINAL,) * n))
         results.append(self._counters(place))
         results.append(ProbeResult("capacity", NOT_PROBED, "filling the table would leave real rules no room"))
-        return ProbeReport(device, self._clock(), place.describe(), tuple(results))
+        return ProbeReport(device, self._clock(), place.describe(), tuple(results), switch_id)
 
     def _rule(self, place: _Place, keys: dict[str, int], protocol: int,
               actions: tuple[fl.FlowerAction, ...] | None = None, chain: int | None = None) -> fl.FlowerRule:

@@ -166,11 +166,15 @@ def test_generic_driver_learns_from_the_cache(tmp_path):
     assert before.capabilities == GENERIC_SWITCHDEV and "not probed" in before.capability_source
     report = prober(load_profile("sim-basic").capabilities, clock=lambda: 0.0)[0].run("hwt-nic-rep",
                                                                                    PROBE_CANDIDATES)
-    cache.save(dataclasses.replace(report, taken_at=report.taken_at))
+    cache.save(dataclasses.replace(report, switch_id="abcd"))
     after = driver.describe(rep_device())
     assert after.capabilities == report.learned(PROBE_CANDIDATES)
     assert after.capabilities.can_match("ipv4_dst", 0xFFFFFF00, 32)
     assert after.capability_source.startswith("probed ") and "ago" in after.capability_source
+    cache.save(dataclasses.replace(report, switch_id="another"))
+    moved = driver.describe(rep_device())
+    assert moved.capabilities == GENERIC_SWITCHDEV
+    assert "is of eswitch another, not abcd: probe again" in moved.capability_source
     cache.path("hwt-nic-rep").write_text("garbage")
     broken = driver.describe(rep_device())
     assert broken.capabilities == GENERIC_SWITCHDEV and "remove it and probe again" in broken.capability_source
