@@ -34,8 +34,10 @@ setup() {
         echo "creating the virtualenv .venv" >&2
         python3 -m venv .venv
     fi
+    # Reinstall when the package's build inputs changed (setup.py, the native builders and C sources).
     if ! .venv/bin/python -c "import hwflow, pytest, hypothesis" 2>/dev/null \
-            || [ setup.py -nt .venv/.hwflow-installed ]; then
+            || [ ! -e .venv/.hwflow-installed ] \
+            || [ -n "$(find setup.py pyproject.toml native -newer .venv/.hwflow-installed 2>/dev/null)" ]; then
         echo "installing hwflow and its Python dependencies into .venv" >&2
         .venv/bin/pip install -q --upgrade pip
         .venv/bin/pip install -q -e '.[test]'
