@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hwflow.agent.cache import NbCache
 from hwflow.db import NbApi
 from hwflow.model import (
     Chassis,
     FloatingIP,
+    HwflowError,
     Network,
     Port,
     Router,
@@ -199,3 +202,81 @@ def test_a_bad_record_is_skipped(api, agent, caplog):
     agent.wait_for(lambda: "pa7" in agent.ids())
     assert "pa2" in agent.ids()  # the last good value stays
     assert "skipping a bad change" in caplog.text and "not a mac" in caplog.text
+
+
+# The incremental selection (watch + targeted reads) always equals a fresh full sync.
+
+Op = tuple[str, int, int]
+ops = st.lists(st.tuples(st.sampled_from(["port", "unport", "attach", "detach", "group", "rule", "unrule", "local"]),
+                         st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=12)
+
+
+def _mutate(api: NbApi, op: Op, n: int) -> list[str] | None:
+    """Apply one random operation; returns new local ids for "local", else None. Refusals are fine."""
+    action, a, b = op
+    net, group = f"n{a}", f"g{b}"
+    try:
+        if action == "port":
+            api.create(Port(id=f"p{n}", network_id=net, mac=f"fa:16:3e:00:03:{n:02x}", ips=[f"10.{a}.0.{n + 10}"],
+                            chassis=f"host{b}", security_groups=[group] if b % 2 else []))
+        elif action == "unport":
+            ports = [p for p in api.list("port") if p.network_id == net]
+            if ports:
+                api.delete("port", ports[b % len(ports)].id)
+        elif action == "attach":
+            api.create(RouterPort(id=f"r{b}-{net}", router_id=f"r{b}", network_id=net, subnet_id=f"{net}-sub",
+                                  mac=f"fa:16:3e:00:04:{a * 4 + b:02x}", ip=f"10.{a}.0.{200 + b}"))
+        elif action == "detach":
+            api.delete("router_port", f"r{b}-{net}")
+        elif action == "group":
+            ports = [p for p in api.list("port") if p.network_id == net]
+            if ports:
+                api.update(Port(**{**ports[0].to_dict(), "security_groups": [group]}))
+        elif action == "rule":
+            api.create(SecurityGroupRule(id=f"rule{n}", security_group_id=group, remote_group_id=f"g{a}"))
+        elif action == "unrule":
+            rules = [r for r in api.list("security_group_rule") if r.security_group_id == group]
+            if rules:
+                api.delete("security_group_rule", rules[0].id)
+        elif action == "local":
+            return sorted({f"p{a}", f"p{b}"})  # ids of ports that may or may not exist (yet)
+    except HwflowError:
+        pass
+    return None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_the_followed_selection_equals_a_fresh_full_sync(tmp_path_factory, operations):
+    path = tmp_path_factory.mktemp("prop") / "nb.sqlite"
+    with NbApi.from_url(f"sqlite:///{path}") as api:
+        for i in range(4):
+            api.create(Network(id=f"n{i}", vni=i + 1))
+            api.create(Subnet(id=f"n{i}-sub", network_id=f"n{i}", cidr=f"10.{i}.0.0/24"))
+            api.create(SecurityGroup(id=f"g{i}"))
+            api.create(Router(id=f"r{i}"))
+            api.put_chassis(Chassis(name=f"host{i}", tunnel_ip=f"192.0.2.{i + 1}"))
+        api.create(Port(id="p0", network_id="n0", mac="fa:16:3e:00:05:01", ips=["10.0.0.5"], chassis="host1"))
+        follower = NbCache(api, lambda: None, "host1", watch_timeout=0.05)
+        follower.resync()
+        follower.set_local_ports(["p0"])
+        local = ["p0"]
+        follower.start()
+        try:
+            for n, op in enumerate(operations, 1):
+                new_local = _mutate(api, op, n)
+                if new_local is not None:
+                    local = new_local
+                    follower.set_local_ports(local)
+            target = api.driver.current_revision()
+            deadline = time.monotonic() + 20
+            while follower.revision < target:
+                assert time.monotonic() < deadline, "the follower did not catch up"
+                time.sleep(0.01)
+        finally:
+            follower.stop()
+        fresh = NbCache(api, lambda: None, "host1")
+        fresh.set_local_ports(local)
+        fresh.resync()
+        assert {(o.kind, o.id, o.revision) for o in follower.held()} == {
+            (o.kind, o.id, o.revision) for o in fresh.held()}
