@@ -49,6 +49,9 @@ setup(
         "hwflow.nic_drivers": [
             "sim = hwflow_drivers.sim:SimDriver",
             "generic = hwflow_drivers.generic:GenericDriver",
+            "tc = hwflow_drivers.generic:GenericDriver",
+            "mlx5 = hwflow_drivers.mlx5:Mlx5Driver",
+            "ice = hwflow_drivers.ice:IceDriver",
         ],
         "hwflow.apps": [
             "classifier = hwflow.apps.classifier:ClassifierApp",

@@ -61,13 +61,6 @@ PROBE_CANDIDATES = Capabilities(
 )
 """Everything the generic driver asks the device about when probing (each kept only if confirmed)."""
 
-PROBE_CACHE_OPT = cfg.StrOpt(
-    "probe_cache",
-    default="/var/lib/hwflow/probes",
-    help="Directory of cached active-probe results (hwflow capabilities --probe writes them; the "
-    "generic tc driver reads them).",
-)
-
 class GenericDriver(NicDriver):
     name = "generic"
 
@@ -76,7 +69,6 @@ class GenericDriver(NicDriver):
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> GenericDriver:
-        conf.register_opt(PROBE_CACHE_OPT, group="nic")
         return cls(ProbeCache(Path(conf.nic.probe_cache)))
 
     def capabilities(self, dev: NetDevice) -> tuple[Capabilities, str]:

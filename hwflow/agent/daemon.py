@@ -133,7 +133,8 @@ class Agent:
     def register(self, up: bool) -> None:
         """Write this host's chassis record, with the capabilities it offloads with."""
         devices = [
-            {"name": r.name, "switch_id": r.switch_id, "capabilities": r.capabilities.to_dict()}
+            {"name": r.name, "switch_id": r.switch_id, "nic_driver": r.nic_driver, "firmware": r.firmware,
+             "capability_source": r.capability_source, "capabilities": r.capabilities.to_dict()}
             for r in self._reports.values() if r.offload
         ]
         try:

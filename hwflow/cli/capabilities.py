@@ -20,7 +20,7 @@ from hwflow.offload.probe import ProbeCache, ProbeError, Prober, ProbeReport, ag
 from hwflow_drivers import switchdev
 from hwflow_drivers.base import TC_NETLINK, DeviceReport
 from hwflow_drivers.discovery import SYS, discover
-from hwflow_drivers.generic import PROBE_CACHE_OPT, PROBE_CANDIDATES
+from hwflow_drivers.generic import PROBE_CANDIDATES
 
 COLUMNS = ("name", "driver", "nic_driver", "pci_id", "switch_id", "role", "eswitch", "representors", "offload",
            "reason")
@@ -261,7 +261,6 @@ def probe_devices(reports: Sequence[DeviceReport], cache: ProbeCache, live: bool
 
 
 def _cache(args: argparse.Namespace, conf: cfg.ConfigOpts) -> ProbeCache:
-    conf.register_opt(PROBE_CACHE_OPT, group="nic")
     if args.probe_cache is not None:
         conf.set_override("probe_cache", str(args.probe_cache), group="nic")
     return ProbeCache(Path(conf.nic.probe_cache))

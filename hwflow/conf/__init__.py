@@ -81,10 +81,16 @@ agent_opts = [
 nic_opts = [
     cfg.ListOpt(
         "drivers",
-        default=["sim", "generic"],
+        default=["sim", "mlx5", "ice", "generic"],
         help="NIC drivers (stevedore names in hwflow.nic_drivers) asked, in "
         "order, whether they handle a network device; the first that does "
         "describes it.",
+    ),
+    cfg.StrOpt(
+        "probe_cache",
+        default="/var/lib/hwflow/probes",
+        help="Directory of cached active-probe results (hwflow capabilities --probe writes them; the "
+        "generic tc driver reads them).",
     ),
     cfg.ListOpt(
         "sim_sockets",

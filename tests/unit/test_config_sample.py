@@ -30,7 +30,7 @@ def test_sample_config_is_current(tmp_path: Path) -> None:
 def test_sample_config_parses_to_the_defaults(tmp_path: Path) -> None:
     conf = hwconf.new_conf(["--config-file", str(ROOT / "etc" / "hwflow.conf.sample")])
     assert conf.database.url == "sqlite:////var/lib/hwflow/nb.sqlite"
-    assert conf.nic.drivers == ["sim", "generic"]
+    assert conf.nic.drivers == ["sim", "mlx5", "ice", "generic"]
     assert conf.offload.ethertypes == ["ipv4", "ipv6"]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from hwflow.backends.tc import flower
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, TcError
 from hwflow.offload.partition import HwRule
+from hwflow.offload.probe import PROBE_PRIO
 from hwflow.pipeline import ir
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int) -> tupl
         if mask_name is not None:
             keys[mask_name] = term.mask
     prio = PRIO_BASE + rule.level * SLOTS + PROTOCOL_SLOT.get(eth_type.value, SLOTS - 1)
+    if prio >= PROBE_PRIO:
+        raise ValueError(f"hardware rule {rule}: level {rule.level} does not fit below the probes' prio {PROBE_PRIO}")
     return src.endpoint, flower.FlowerRule(
         ifindex=src.ifindex, prio=prio, handle=0, protocol=eth_type.value,
         keys=flower.FlowerKeys(**keys), actions=(flower.Mirred(dst.ifindex),), flags=flags,
@@ -151,7 +154,8 @@ class TcBackend:
         return self._clients[endpoint]
 
     def installed(self, endpoint: str, ifindex: int) -> list[tuple[flower.FlowerRule, flower.RuleStats | None]]:
-        return [(r, s) for r, s in self.client(endpoint).dump(ifindex) if r.chain == 0]
+        """hwflow's rules on a device: chain 0, less the capability probes' last priority."""
+        return [(r, s) for r, s in self.client(endpoint).dump(ifindex) if r.chain == 0 and r.prio != PROBE_PRIO]
 
     def plan(self, desired: Iterable[tuple[str, flower.FlowerRule]], managed: Iterable[Representor]) -> TcDiff:
         """The changes for every managed representor (one dump each) whose NIC answers."""
