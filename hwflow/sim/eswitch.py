@@ -438,15 +438,21 @@ class Eswitch:
         now = self._clock()
         if _is_dump(msg):
             out = [fl.encode_filter(table[k].rule, fl.RTM_NEWTFILTER, nl.NLM_F_MULTI, msg.seq,
-                                    self._stats(table[k], now), fl.TCA_CLS_FLAGS_IN_HW)
+                                    self._stats(table[k], now) if self._counters else None, fl.TCA_CLS_FLAGS_IN_HW)
                    for k in sorted(table) if chain is None or k[0] == chain]
             return out + [nl.encode_done(msg.seq, msg.pid)]
         entry = table.get((chain or 0, header.prio, header.handle))
         if entry is None:
             raise Refusal(errno.ENOENT, f"simnic {self.name}: no rule prio {header.prio} "
                           f"handle {header.handle} on ifindex {header.ifindex}")
-        return [fl.encode_filter(entry.rule, fl.RTM_NEWTFILTER, 0, msg.seq, self._stats(entry, now),
+        return [fl.encode_filter(entry.rule, fl.RTM_NEWTFILTER, 0, msg.seq,
+                                 self._stats(entry, now) if self._counters else None,
                                  fl.TCA_CLS_FLAGS_IN_HW)]
+
+    @property
+    def _counters(self) -> bool:
+        """A device without hardware counters (E810) reports no per-rule stats, as its driver does."""
+        return self.profile.capabilities.counters
 
     @staticmethod
     def _stats(entry: _Entry, now: float) -> fl.RuleStats:

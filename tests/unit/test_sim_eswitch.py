@@ -75,6 +75,15 @@ def test_add_acks_and_dump_returns_the_rule_with_stats() -> None:
     assert dump(sw, REP1) == []
 
 
+def test_a_device_without_counters_reports_no_stats() -> None:
+    sw = switch("ice-e810")
+    assert not sw.profile.capabilities.counters
+    rule = fl.FlowerRule(REP0, 10, 1, fl.ETH_P_IP, fl.FlowerKeys(eth_dst=0x02_00_00_00_00_02), (fl.Mirred(REP1),))
+    assert add(sw, rule) == (0, None)
+    sw.classify(REP0, bytes.fromhex("020000000002") + bytes(6) + b"\x08\x00" + bytes(40))
+    assert [stats for _, stats in dump(sw)] == [None]
+
+
 def test_echo_returns_the_rule_with_the_handle_the_switch_chose() -> None:
     sw = switch()
     flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL | nl.NLM_F_ECHO
