@@ -2,15 +2,19 @@
 
 Each member gets its own data directory and free ports on 127.0.0.1; the
 context manager stops exactly the processes it started (by PID) and removes
-their directories, even when the body fails. ``stop``/``start`` of one
+their directories, even when the body fails, and a member dies with the
+thread that started it if that is killed (start members from a thread that
+lives as long as they should: the main thread in tests and benchmarks). ``stop``/``start`` of one
 member let fault tests take the database away and bring it back.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +25,15 @@ import requests
 
 ETCD_BINARY = "/usr/bin/etcd"
 START_TIMEOUT = 60.0  # the machine is shared and busy: a cold member can take a while
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be terminated when the process that started us dies, even by SIGKILL.
+
+    A test run killed by a timeout then leaves no etcd behind on the shared machine.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -82,7 +95,8 @@ class EtcdCluster:
             if m.process is None or m.process.poll() is not None:
                 log = open(m.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
                 m.process = subprocess.Popen(self._command(m), stdout=log, stderr=subprocess.STDOUT,
-                                             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
+                                             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""},
+                                             preexec_fn=_die_with_parent)
                 log.close()
         self.wait_ready(member)
 
