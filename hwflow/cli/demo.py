@@ -23,7 +23,7 @@ from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Network, Port
+from hwflow.model.objects import Network, Port, Subnet
 from hwflow.sim.host import BRIDGE, HostError, SimHost, teardown_from_state
 
 VMS = (("vm1", "fa:16:3e:00:00:01", "10.0.0.1"), ("vm2", "fa:16:3e:00:00:02", "10.0.0.2"))
@@ -124,9 +124,10 @@ def run(args: argparse.Namespace, conf: Any) -> int:
 
 
 def _scenario(args: argparse.Namespace, host: SimHost, database: str) -> dict[str, Any]:
-    say(args, "[2/4] creating network demo-net and ports vm1, vm2 in the northbound database")
+    say(args, "[2/4] creating network demo-net (10.0.0.0/24) and ports vm1, vm2 in the northbound database")
     with NbApi.from_url(database) as nb:
         net = nb.create(Network(name="demo-net", vni=1001))
+        nb.create(Subnet(name="demo-subnet", network_id=net.id, cidr="10.0.0.0/24", gateway_ip="10.0.0.254"))
         ports = [nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name))
                  for vm, mac, ip in VMS]
     say(args, "[3/4] plugging VFs into VM namespaces and representors into br-int")
