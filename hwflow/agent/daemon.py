@@ -93,13 +93,30 @@ class Agent:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, stop: threading.Event) -> bool:
+        """Connect everything and take the first full sync; False if stopped before that worked.
+
+        Until the database answers, nothing is reconciled: the datapaths keep
+        what they hold (a pass from an empty cache would remove it all).
+        """
         self.ovsdb.ensure_bridge()
         self.ovsdb.on_change(lambda *_: self._wake.set())
         self._reports = self._discover()
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self.cache.resync()
+                break
+            except HwflowError as exc:
+                LOG.error("northbound database unreachable at start (%s); leaving the datapaths as they are, "
+                          "retrying in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+        else:
+            return False
         self.register(up=True)
-        self.cache.resync()
         self.cache.start()
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile on every wake-up, on a timer, and heartbeat until ``stop``."""
@@ -279,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         agent = build_agent(conf)
-        agent.start()
+        if not agent.start(stop):
+            return 0
     except (HwflowError, OSError, RuntimeError) as exc:
         LOG.error("cannot start: %s", exc)
         return 1
