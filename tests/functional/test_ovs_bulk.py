@@ -165,3 +165,21 @@ def test_without_the_native_encoder_the_os_ken_fallback_programs_the_same_flows(
 def test_bad_bench_parameters_are_one_clear_error() -> None:
     with pytest.raises(bench.BenchError, match="netns_prefix 'hwt-of/x': use 1-40 letters, digits and '-'"):
         bench.run({"flows": 10, "osken_flows": 10, "netns_prefix": f"{PREFIX}/x"}, lambda _text: None)
+
+
+def test_router_actions_sync_and_resync_to_nothing(switch: Switch) -> None:
+    """Move, DecTtl and OutputInPort as OVS takes them, and their dumped form diffs equal to the desired."""
+    ipv4 = ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, reg1=7)
+    flows = [
+        ir.Flow(20, 10, ipv4, (ir.Move("reg1", "metadata"), ir.Move("eth_src", "eth_dst"), ir.DecTtl(),
+                               ir.Output(2)), "router:r1"),
+        ir.Flow(20, 5, ir.Match.of(eth_type=ir.ETH_TYPE_ARP), (ir.Move("reg2", "reg3"), ir.OutputInPort()),
+                "router:r1"),
+    ]
+
+    result = switch.backend.sync(flows, PORTS)
+
+    assert (result.added, result.errors) == (2, ())
+    dump = switch.ofctl("dump-flows")
+    assert "move:NXM_NX_REG1[]->OXM_OF_METADATA[0..31]" in dump and "dec_ttl" in dump and "IN_PORT" in dump
+    assert switch.backend.sync(flows, PORTS).sent == 0

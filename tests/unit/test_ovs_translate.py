@@ -82,17 +82,28 @@ def ir_matches(draw: st.DrawFn) -> ir.Match:
     return ir.Match(tuple(terms))
 
 
+MOVABLE = ["metadata", "eth_src", "eth_dst", *(f"reg{i}" for i in range(8))]
+moves = st.tuples(st.sampled_from(MOVABLE), st.sampled_from(MOVABLE)).filter(
+    lambda pair: ir.FIELD_BITS[pair[0]] <= ir.FIELD_BITS[pair[1]]).map(lambda pair: ir.Move(*pair))
+
+
 @st.composite
 def ir_flows(draw: st.DrawFn) -> ir.Flow:
     table = draw(st.integers(0, 250))
     match = draw(ir_matches())
-    settable = ["metadata", "eth_src", "eth_dst", "ip_ttl"]
+    settable = ["metadata", "eth_src", "eth_dst"]
     eth_type = match.get("eth_type")
+    ip = eth_type is not None and eth_type.value in (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)
+    if ip:
+        settable.append("ip_ttl")
     if eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV4:
         settable += ["ipv4_src", "ipv4_dst"]
     actions: list[ir.Action] = draw(st.lists(st.one_of(
         st.builds(ir.Output, st.sampled_from(sorted(PORTS))),
         st.sampled_from(settable).flatmap(lambda f: st.builds(ir.SetField, st.just(f), bits(f))),
+        st.just(ir.OutputInPort()),
+        st.just(ir.DecTtl() if ip else ir.OutputInPort()),
+        moves,
     ), max_size=4))
     tail = draw(st.sampled_from(["none", "goto", "drop"]))
     if tail == "goto":
@@ -238,6 +249,27 @@ def test_translation_of_a_classifier_flow() -> None:
     assert mod.match["vlan_vid"] == 5 | ofp.OFPVID_PRESENT
     assert translate.instructions_key(mod.instructions) == (
         ("apply", (("output", 7),)), ("write_metadata", 7, translate.ALL_ONES_64), ("goto", 3))
+
+
+def test_a_move_into_a_wider_field_clears_it_first_as_the_ir_copies_the_whole_value() -> None:
+    flow = ir.Flow(0, 1, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4), (
+        ir.Move("reg1", "metadata"), ir.Move("eth_src", "eth_dst"), ir.DecTtl(), ir.OutputInPort()), "router:r")
+    assert translate.instructions_key(translate.to_flow_mod(flow, PORTS).instructions) == (("apply", (
+        ("set_field", "metadata", 0), ("reg_move", "reg1", "metadata", 32, 0, 0),
+        ("reg_move", "eth_src", "eth_dst", 48, 0, 0), ("dec_nw_ttl",), ("output", ofp.OFPP_IN_PORT))),)
+
+
+@pytest.mark.parametrize("action, reason", [
+    (ir.Move("vlan_vid", "reg0"), "a move of vlan_vid has no OpenFlow translation"),
+    (ir.DecTtl(), "dec_ttl on nw_ttl needs an exact match on eth_type=0x0800 or 0x86dd"),
+    (ir.SetField("ip_ttl", 9), "set_field on nw_ttl needs an exact match on eth_type"),
+    (ir.Move("ipv4_src", "reg0"), "a move from ipv4_src needs an exact match on eth_type=0x0800"),
+])
+def test_actions_openflow_cannot_express_here_are_refused(action: ir.Action, reason: str) -> None:
+    flow = ir.Flow(0, 1, ir.Match(), (action,), "x")
+    for translation in (COMPILER.compile, translate.to_flow_mod):
+        with pytest.raises(translate.TranslationError, match=reason):
+            translation(flow, PORTS)
 
 
 def test_drop_has_no_instructions_and_stops_the_list() -> None:
@@ -485,3 +517,16 @@ def test_gc_pause_restores_the_collector_even_on_error() -> None:
         assert not gc.isenabled()  # it was off before: left off
     finally:
         gc.enable()
+
+
+def test_a_move_dumped_with_nxm_names_keys_like_the_oxm_move_we_sent() -> None:
+    """OVS dumps move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[] for the eth_src -> eth_dst move we sent."""
+    def move(src: str, dst: str) -> parser.OFPFlowMod:
+        return parser.OFPFlowMod(translate.DATAPATH, 1, 0, 3, ofp.OFPFC_ADD, 0, 0, 5, ofp.OFP_NO_BUFFER,
+                                 ofp.OFPP_ANY, ofp.OFPG_ANY, 0, parser.OFPMatch(), [parser.OFPInstructionActions(
+                                     ofp.OFPIT_APPLY_ACTIONS, [parser.NXActionRegMove(src, dst, 48, 0, 0)])])
+
+    sent, dumped = (COMPILER.decode_flow_stats([flow_stats_reply([m], [(0, 0)])])[0]
+                    for m in (move("eth_src", "eth_dst"), move("eth_src_nxm", "eth_dst_nxm")))
+    assert sent.instructions == dumped.instructions == (("apply", (("reg_move", "eth_src", "eth_dst", 48, 0, 0),)),)
+    assert translate.instructions_key(move("eth_src_nxm", "eth_dst_nxm").instructions) == sent.instructions

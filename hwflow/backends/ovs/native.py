@@ -100,7 +100,8 @@ class Field:
         return struct.unpack_from("!I", self.header)[0]
 
 
-def _field(name: str) -> Field:
+def field_from_os_ken(name: str) -> Field:
+    """A field's wire spelling as os-ken's own field table gives it."""
     num = ofp.oxm_from_user_header(name)
     kind = ofp._oxm_field_desc(num).type
     header = bytearray()
@@ -291,7 +292,7 @@ class Catalog:
     """Every template, by index (what programs carry) and by name (what compilers look up)."""
 
     def __init__(self, field_names: Sequence[str] = FIELD_NAMES) -> None:
-        self.fields: dict[str, Field] = {name: _field(name) for name in field_names}
+        self.fields: dict[str, Field] = {name: field_from_os_ken(name) for name in field_names}
         templates = _message_templates() + _instruction_templates() + _action_templates(list(self.fields.values()))
         for field in self.fields.values():
             templates += _oxm_templates(field) + _field_action_templates(field)

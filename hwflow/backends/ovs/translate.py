@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -42,7 +43,7 @@ InstructionsKey = tuple[tuple[Any, ...], ...]
 _SAME_NAME = frozenset({
     "in_port", "metadata", "eth_src", "eth_dst", "eth_type", "vlan_vid", "ipv4_src", "ipv4_dst",
     "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "arp_op",
-    "arp_spa", "arp_tpa",
+    "arp_spa", "arp_tpa", "arp_sha", "arp_tha", *(f"reg{i}" for i in range(8)),
 })
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
 _IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
@@ -74,7 +75,20 @@ _PREREQUISITES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "arp_op": (_ARP,),
     "arp_spa": (_ARP,),
     "arp_tpa": (_ARP,),
+    "arp_sha": (_ARP,),
+    "arp_tha": (_ARP,),
+    # Not a match field: what OVS wants matched before it lets an action touch the IP TTL.
+    "nw_ttl": (("eth_type", _IP_ETH_TYPES),),
 }
+# OXM fields OVS may dump under their older NXM name (os-ken: "<name>_nxm"), e.g. in a reg_move.
+_NXM_ALIASES = frozenset({
+    "in_port", "eth_dst", "eth_src", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
+    "udp_src", "udp_dst", "icmpv4_type", "icmpv4_code", "arp_op", "arp_spa", "arp_tpa", "tunnel_id", "arp_sha",
+    "arp_tha", "ipv6_src", "ipv6_dst", "icmpv6_type", "icmpv6_code",
+})
+# IR fields a Move cannot name: OpenFlow spells them with flag bits (vlan_vid), as another width
+# (in_port), or cannot read them at all in 1.3 (ip_ttl).
+_NOT_MOVABLE = frozenset({"in_port", "vlan_vid", "ip_ttl"})
 # An instruction type's rank: OpenFlow runs instructions in this order whatever the listing order.
 _INSTRUCTION_ORDER = {ofp.OFPIT_APPLY_ACTIONS: 0, ofp.OFPIT_WRITE_METADATA: 1, ofp.OFPIT_GOTO_TABLE: 2}
 
@@ -200,6 +214,7 @@ class ActionPlan:
 
 def _set_field(flow: ir.Flow, action: ir.SetField) -> tuple[Any, ...]:
     if action.field == "ip_ttl":
+        _check_prerequisites(flow, "nw_ttl", "set_field on")
         return ("set_nw_ttl", action.value)
     if action.field == "in_port":
         raise TranslationError(flow, "in_port cannot be rewritten")
@@ -207,6 +222,25 @@ def _set_field(flow: ir.Flow, action: ir.SetField) -> tuple[Any, ...]:
     _check_prerequisites(flow, oxm, "set_field on")
     value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
     return ("set_field", oxm, value)
+
+
+def _other_action(flow: ir.Flow, action: ir.OutputInPort | ir.DecTtl | ir.Move) -> list[tuple[Any, ...]]:
+    """OutputInPort, DecTtl and Move as action keys (which are also what the compiler encodes)."""
+    if isinstance(action, ir.OutputInPort):
+        return [("output", ofp.OFPP_IN_PORT)]
+    if isinstance(action, ir.DecTtl):
+        _check_prerequisites(flow, "nw_ttl", "dec_ttl on")
+        return [("dec_nw_ttl",)]
+    for name in (action.src, action.dst):
+        if name in _NOT_MOVABLE:
+            raise TranslationError(flow, f"a move of {name} has no OpenFlow translation")
+    src, dst = oxm_name(action.src, flow.match), oxm_name(action.dst, flow.match)
+    _check_prerequisites(flow, src, "a move from")
+    _check_prerequisites(flow, dst, "a move to")
+    bits = ir.FIELD_BITS[action.src]
+    move = ("reg_move", src, dst, bits, 0, 0)
+    # The IR copies the whole value; NXAST_REG_MOVE only the source's bits: clear the rest first.
+    return [move] if bits == ir.FIELD_BITS[action.dst] else [("set_field", dst, 0), move]
 
 
 def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
@@ -227,6 +261,8 @@ def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
             if action.table <= flow.table:
                 raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
             goto = action.table
+        elif isinstance(action, ir.OutputInPort | ir.DecTtl | ir.Move):
+            actions += _other_action(flow, action)
         elif not isinstance(action, ir.SetField):
             raise TranslationError(flow, f"{type(action).__name__} has no OpenFlow translation yet")
         elif action.field == "metadata":
@@ -239,6 +275,11 @@ def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
 def _osken_action(action: tuple[Any, ...]) -> parser.OFPAction:
     if action[0] == "output":
         return parser.OFPActionOutput(action[1], 0)
+    if action[0] == "dec_nw_ttl":
+        return parser.OFPActionDecNwTtl()
+    if action[0] == "reg_move":
+        _, src, dst, bits, src_ofs, dst_ofs = action
+        return parser.NXActionRegMove(src, dst, bits, src_ofs, dst_ofs)
     if action[0] == "set_nw_ttl":
         return parser.OFPActionSetNwTtl(action[1])
     return parser.OFPActionSetField(**{action[1]: to_user(action[1], action[2])})
@@ -322,6 +363,8 @@ _OFP_MATCH = struct.Struct("!HH")  # type, length (without padding)
 _TLV = struct.Struct("!HH")  # instruction or action: type, length
 _OXM_HEADER = struct.Struct("!I")
 _EXPERIMENTER_CLASS = 0xFFFF
+_NX_SUBTYPE = struct.Struct("!IH")  # experimenter action: vendor, subtype
+_NX_REG_MOVE = struct.Struct("!HHHII")  # n_bits, src_ofs, dst_ofs, src header, dst header
 
 
 # Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
@@ -358,11 +401,13 @@ class FlowCompiler:
         index = catalog.index
         self._fields = catalog.fields
         self._ids = {name: index[name] for name in ("flow_mod", "match", "apply_actions", "output", "set_nw_ttl",
-                                                      "write_metadata", "goto_table")}
+                                                      "write_metadata", "goto_table", "dec_nw_ttl", "reg_move")}
         self._cookies: dict[str, int] = {}
         self._shapes: dict[Shape, tuple[tuple[_Step, ...], tuple[int, ...]]] = {}
         # exact OXM header (and experimenter id) -> field name, for reading dumps
         self._headers = {(f.header_word, f.header[4:]): name for name, f in catalog.fields.items()}
+        self._headers.update({(native.field_from_os_ken(f"{name}_nxm").header_word, b""): name
+                              for name in _NXM_ALIASES if name in catalog.fields})
         self._set_fields: dict[tuple[Shape, str], tuple[str, int, bool]] = {}
 
     def cookie(self, owner: str) -> int:
@@ -462,6 +507,10 @@ class FlowCompiler:
                 if action.table <= flow.table:
                     raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
                 goto = action.table
+            elif kind is ir.OutputInPort or kind is ir.DecTtl or kind is ir.Move:
+                for key in _other_action(flow, action):
+                    words += self._action_words(key)
+                    keys.append(key)
             elif kind is not ir.SetField:
                 raise TranslationError(flow, f"{kind.__name__} has no OpenFlow translation yet")
             elif action.field == "metadata":
@@ -482,6 +531,22 @@ class FlowCompiler:
             words += (ids["goto_table"], goto)
             key.append(("goto", goto))
         return words, tuple(key)
+
+    def _action_words(self, key: tuple[Any, ...]) -> tuple[int, ...]:
+        """Program words of an action given as its canonical key (the less common actions)."""
+        ids = self._ids
+        if key[0] == "output":
+            return (ids["output"], key[1], 0)
+        if key[0] == "dec_nw_ttl":
+            return (ids["dec_nw_ttl"],)
+        if key[0] == "reg_move":
+            _, src, dst, bits, src_ofs, dst_ofs = key
+            return (ids["reg_move"], bits, src_ofs, dst_ofs, self._fields[src].header_word,
+                    self._fields[dst].header_word)
+        _, oxm, value = key
+        width = self._fields[oxm].width
+        template = self.catalog.index[f"set_field:{oxm}"]
+        return (template, value >> 64, value & native.CLOSE) if width > 8 else (template, value)
 
     def compile(self, flow: ir.Flow, ports: Mapping[int, int]) -> Compiled:
         """Raises UnboundPort / TranslationError as :func:`to_flow_mod` does."""
@@ -554,6 +619,13 @@ class FlowCompiler:
                 keys.append(("set_field", name, value))
             elif kind == ofp.OFPAT_SET_NW_TTL:
                 keys.append(("set_nw_ttl", data[offset + 4]))
+            elif kind == ofp.OFPAT_DEC_NW_TTL:
+                keys.append(("dec_nw_ttl",))
+            elif kind == ofp.OFPAT_EXPERIMENTER and _NX_SUBTYPE.unpack_from(data, offset + 4) == (
+                    native.NX_VENDOR, nicira_ext.NXAST_REG_MOVE):
+                bits, src_ofs, dst_ofs, src, dst = _NX_REG_MOVE.unpack_from(data, offset + 10)
+                names = [self._headers.get((h, b""), f"oxm_{h:#010x}") for h in (src, dst)]
+                keys.append(("reg_move", *names, bits, src_ofs, dst_ofs))
             else:
                 keys.append(("unknown", kind, bytes(data[offset:offset + length])))
             offset += length
@@ -621,9 +693,20 @@ def flow_key(table_id: int, priority: int, match: parser.OFPMatch) -> FlowKey:
     return (table_id, priority, match_key(match))
 
 
+def _canonical_field(name: str) -> str:
+    """The OXM name of a field os-ken parsed under its NXM alias."""
+    base = name.removesuffix("_nxm")
+    return base if base in _NXM_ALIASES else name
+
+
 def _action_key(action: parser.OFPAction) -> tuple[Any, ...]:
     if isinstance(action, parser.OFPActionOutput):
         return ("output", action.port)
+    if isinstance(action, parser.OFPActionDecNwTtl):
+        return ("dec_nw_ttl",)
+    if isinstance(action, parser.NXActionRegMove):
+        return ("reg_move", _canonical_field(action.src_field), _canonical_field(action.dst_field), action.n_bits,
+                action.src_ofs, action.dst_ofs)
     if isinstance(action, parser.OFPActionSetField):
         return ("set_field", action.key, from_user(action.key, action.value))
     if isinstance(action, parser.OFPActionSetNwTtl):
