@@ -2,7 +2,7 @@
 
 A source checkout (or an editable install) has them in the repository's
 etc/; an installed package has them under <prefix>/share/hwflow (setup.py's
-data_files). Looking in both keeps one code path for developers and users.
+data_files), or beside the package for ``pip install --target DIR``. Looking in both keeps one code path for developers and users.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import hwflow
 
 
 def shipped_dirs() -> list[Path]:
-    return [Path(hwflow.__file__).resolve().parents[1] / "etc", Path(sys.prefix) / "share" / "hwflow"]
+    """The repository's etc/, the data files beside the package (pip --target), then the prefix's."""
+    beside = Path(hwflow.__file__).resolve().parents[1]
+    return [beside / "etc", beside / "share" / "hwflow", Path(sys.prefix) / "share" / "hwflow"]
 
 
 def shipped(relpath: str) -> Path:
