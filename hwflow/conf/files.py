@@ -2,7 +2,8 @@
 
 A source checkout (or an editable install) has them in the repository's
 etc/; an installed package has them under <prefix>/share/hwflow (setup.py's
-data_files), or beside the package for ``pip install --target DIR``. Looking in both keeps one code path for developers and users.
+data_files), or beside the package for ``pip install --target DIR``.
+Looking in all of them keeps one code path for developers and users.
 """
 
 from __future__ import annotations
