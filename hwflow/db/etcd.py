@@ -266,6 +266,7 @@ class EtcdDriver(Driver):
         if from_revision < 1:
             raise ValueError(f"watch needs a revision of at least 1, not {from_revision}")
         deadline = time.monotonic() + timeout
+        retried = False
         with self._lock:
             stream = self._open_stream(from_revision)
             while True:
@@ -275,7 +276,11 @@ class EtcdDriver(Driver):
                     return []
                 if isinstance(item, Exception):
                     self._drop_stream()
-                    raise item
+                    if retried:
+                        raise item
+                    retried = True  # a stream reset while it was being replaced: open it once more
+                    stream = self._open_stream(from_revision)
+                    continue
                 result = item.get("result", item)
                 if "error" in item:
                     self._drop_stream()
