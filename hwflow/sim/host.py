@@ -195,7 +195,7 @@ class SimHost:
 
     # --- VMs -----------------------------------------------------------------------------
 
-    def plug(self, port: Port, vm: str, prefixlen: int = 24) -> Vm:
+    def plug(self, port: Port, vm: str, prefixlen: int = 24, gateway: str | None = None) -> Vm:
         """Give the next free VF to a new VM namespace and put its representor on the bridge."""
         used = {v.vf for v in self.vms.values()}
         free = [p for p in self.nic_ports if p["vf"] not in used]
@@ -218,6 +218,8 @@ class SimHost:
         for address in port.ips:
             if ":" not in address:
                 in_ns(vm, "ip", "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
+        if gateway:
+            in_ns(vm, "ip", "route", "add", "default", "via", gateway)
         self.ovsdb.add_port(vf["representor"], iface_id=port.id)
         self.ovsdb.wait_for_ofport(vf["representor"], timeout=15)
         return self.vms[vm]

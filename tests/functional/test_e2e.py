@@ -28,7 +28,7 @@ from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Network, Port
+from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import BRIDGE, SimHost, in_ns
 
 pytestmark = pytest.mark.functional
@@ -211,13 +211,14 @@ def plug(host: SimHost, ports: dict[str, Port]) -> None:
 # per direction, port security admits four unicast paths the NIC can carry (IPv4 from the
 # port's address, DHCP discovery from 0.0.0.0, IPv6 from its link-local address, IPv6 DAD
 # from ::); per port, OVS holds classify + 6 port-security flows (IPv4, ARP, IPv6 link-local,
-# DHCP, DAD, drop) + unicast; per network one flood flow.
+# DHCP, DAD, drop) + unicast; per network one flood flow; and the router app's 4 table misses.
 RULES_PER_DIRECTION = 4
 FLOWS_PER_PORT = 8
+L3_MISSES = 4
 
 
 def programmed(vms: int) -> dict[str, int]:
-    return {"rules": vms * (vms - 1) * RULES_PER_DIRECTION, "flows": vms * FLOWS_PER_PORT + 1}
+    return {"rules": vms * (vms - 1) * RULES_PER_DIRECTION, "flows": vms * FLOWS_PER_PORT + 1 + L3_MISSES}
 
 
 def carries_ping(rule: fl.FlowerRule) -> bool:
@@ -457,6 +458,34 @@ def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
         assert nic_rules(host, ours)[0][1].packets >= PINGS
     assert [rule for rule, _ in nic_rules(host, {FOREIGN_VF})] == foreign
     assert len(nic_rules(host)) == 8
+
+
+def test_routed_ping_between_two_subnets_through_the_distributed_router(lab: Lab) -> None:
+    host = lab.host()
+    with NbApi.from_url(host.database) as nb:
+        legs = []
+        for i, (cidr, gw) in enumerate((("10.1.0.0/24", "10.1.0.1"), ("10.2.0.0/24", "10.2.0.1"))):
+            net = nb.create(Network(name=f"net{i}", vni=2000 + i))
+            subnet = nb.create(Subnet(name=f"sub{i}", network_id=net.id, cidr=cidr, gateway_ip=gw))
+            legs.append((net, subnet, gw))
+        router = nb.create(Router(name="r1"))
+        for i, (net, subnet, gw) in enumerate(legs):
+            nb.create(RouterPort(name=f"r1-{i}", router_id=router.id, network_id=net.id, subnet_id=subnet.id,
+                                 mac=f"fa:16:3e:ee:00:0{i}", ip=gw))
+        vms = {name: nb.create(Port(name=name, network_id=net.id, mac=mac, ips=[address], chassis=host.name))
+               for name, mac, address, (net, _, _) in (("vm1", "fa:16:3e:00:01:01", "10.1.0.5", legs[0]),
+                                                       ("vm2", "fa:16:3e:00:02:01", "10.2.0.5", legs[1]))}
+    for (name, port), (_, _, gw) in zip(vms.items(), legs):
+        host.plug(port, vm_ns(host, name), gateway=gw)
+    wait_for("routes and next hops in OVS", lambda: sum(1 for f in ovs_flows(host) if f.key[1] >= 100) > 20,
+             host=host)
+    out = subprocess.run(["ip", "netns", "exec", vm_ns(host, "vm1"), "ping", "-c", "5", "-i", "0.1", "-W", "2",
+                          "10.2.0.5"], capture_output=True, text=True, check=False)
+    assert " 0% packet loss" in out.stdout, out.stdout + agent_log(host)[-3000:]
+    assert "ttl=63" in out.stdout  # one router hop: the TTL was decremented on the way
+    neigh = subprocess.run(["ip", "netns", "exec", vm_ns(host, "vm1"), "ip", "neigh", "show", "10.1.0.1"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "fa:16:3e:ee:00:00" in neigh  # the gateway's ARP was answered with the router port's MAC
 
 
 def test_demo_command_reports_traffic_in_both_datapaths(tmp_path: Path) -> None:

@@ -49,8 +49,9 @@ def test_one_port_added_touches_only_its_owners():
     compiler.compile(topo)
     new = Port(id="px", name="", network_id="n0", mac="fa:16:3e:00:02:00", unique_key=999)
     delta = compiler.update(topo, topo.update({"port": {**ports, "px": new}}, set(ports) | {"px"}))
-    # the port's classifier, port security and unicast owners, plus its network's flood flow (replaced)
-    assert delta.owners == 4
+    # the port's classifier, port security and unicast owners, its network's flood flow (replaced), and l3
+    # looking at the port as a possible next hop (no router here, so no flow)
+    assert delta.owners == 5
     assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
     # classify, unicast, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
     assert sum(f.owner == "port:px" for f in delta.added) == 6
