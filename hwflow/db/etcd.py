@@ -325,11 +325,17 @@ class EtcdDriver(Driver):
         }}
 
         def open_on(client: etcd3gw.Etcd3Client) -> requests.Response:
-            try:
-                response = client.session.post(client.get_url("/watch"), json=request, stream=True,
-                                               timeout=(self.timeout, None))
-            except requests.RequestException as exc:
-                raise etcd_errors.ConnectionFailedError(str(exc)) from None
+            # "Connection: close": a stream is torn down by shutting its socket, which must never go back to
+            # the session's pool for a later request to trip over. One retry covers a pooled connection that
+            # the server closed meanwhile (POST is not retried by urllib3).
+            for attempt in (1, 2):
+                try:
+                    response = client.session.post(client.get_url("/watch"), json=request, stream=True,
+                                                   timeout=(self.timeout, None), headers={"Connection": "close"})
+                    break
+                except requests.RequestException as exc:
+                    if attempt == 2:
+                        raise etcd_errors.ConnectionFailedError(str(exc) or type(exc).__name__) from None
             if response.status_code != 200:
                 raise etcd_errors.ConnectionFailedError(f"HTTP {response.status_code}: {response.text[:200]}")
             return response
