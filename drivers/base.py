@@ -57,43 +57,25 @@ class DeviceReport:
         }
 
 
+def _identity(dev: NetDevice, nic_driver: str | None) -> dict[str, Any]:
+    """The facts every report carries about the device itself."""
+    return {"name": dev.name, "ifindex": dev.ifindex, "kernel_driver": dev.kernel_driver, "nic_driver": nic_driver,
+            "pci_id": dev.pci_id, "switch_id": dev.phys_switch_id, "firmware": dev.firmware}
+
+
 def not_offloadable(dev: NetDevice, nic_driver: str | None, reason: str, port_role: str = "netdev") -> DeviceReport:
     """A report for a device hwflow keeps entirely in software."""
-    return DeviceReport(
-        name=dev.name,
-        ifindex=dev.ifindex,
-        kernel_driver=dev.kernel_driver,
-        nic_driver=nic_driver,
-        pci_id=dev.pci_id,
-        switch_id=dev.phys_switch_id,
-        port_role=port_role,
-        eswitch_mode=dev.eswitch_mode,
-        offload=False,
-        reason=reason,
-        firmware=dev.firmware,
-    )
+    return DeviceReport(**_identity(dev, nic_driver), port_role=port_role, eswitch_mode=dev.eswitch_mode,
+                        offload=False, reason=reason)
 
 
 def offload_report(dev: NetDevice, nic_driver: str, role: str, capabilities: Capabilities, source: str,
                    tc_endpoint: str = TC_NETLINK) -> DeviceReport:
     """A report for a switchdev port hwflow may program, with what it can do and where that is known from."""
-    return DeviceReport(
-        name=dev.name,
-        ifindex=dev.ifindex,
-        kernel_driver=dev.kernel_driver,
-        nic_driver=nic_driver,
-        pci_id=dev.pci_id,
-        switch_id=dev.phys_switch_id,
-        port_role=role,
-        # Representors and a switch id exist only in switchdev mode: evidence, not a guess.
-        eswitch_mode=dev.eswitch_mode or "switchdev",
-        offload=True,
-        reason=None,
-        capabilities=capabilities,
-        tc_endpoint=tc_endpoint,
-        firmware=dev.firmware,
-        capability_source=source,
-    )
+    # Representors and a switch id exist only in switchdev mode: evidence, not a guess.
+    return DeviceReport(**_identity(dev, nic_driver), port_role=role, eswitch_mode=dev.eswitch_mode or "switchdev",
+                        offload=True, reason=None, capabilities=capabilities, tc_endpoint=tc_endpoint,
+                        capability_source=source)
 
 
 class NicDriver(abc.ABC):
