@@ -33,7 +33,7 @@ from hwflow.offload.capabilities import (
     Capabilities,
     Conntrack,
 )
-from hwflow.offload.probe import PEDIT_FIELDS, TUNNEL_PORTS, ProbeCache, age_text
+from hwflow.offload.probe import FLOWER, PEDIT_FIELDS, REFUSED, TUNNEL_PORTS, ProbeCache, age_text
 from hwflow_drivers import switchdev
 from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable, offload_report
 from hwflow_drivers.discovery import NetDevice
@@ -71,6 +71,17 @@ class GenericDriver(NicDriver):
     def from_conf(cls, conf: cfg.ConfigOpts) -> GenericDriver:
         return cls(ProbeCache(Path(conf.nic.probe_cache)))
 
+    def _refusal(self, dev: NetDevice) -> str | None:
+        """Why not, when this device's own probe found it refuses hardware flower altogether."""
+        try:
+            report = self.cache.load(dev.name) if self.cache is not None else None
+        except ValueError:
+            return None
+        if report is None or report.status(FLOWER) != REFUSED:
+            return None
+        detail = next(r.detail for r in report.results if r.claim == FLOWER)
+        return f"the device refuses tc-flower in hardware (probed {age_text(report.age())} ago): {detail}"
+
     def capabilities(self, dev: NetDevice) -> tuple[Capabilities, str]:
         """What to claim for ``dev``, and where that comes from."""
         baseline = (GENERIC_SWITCHDEV, "generic baseline: not probed (hwflow capabilities --probe)")
@@ -91,6 +102,9 @@ class GenericDriver(NicDriver):
         verdict = switchdev.judge(dev)
         if verdict.reason is not None:
             return not_offloadable(dev, self.name, verdict.reason, verdict.role)
+        refusal = self._refusal(dev)
+        if refusal is not None:
+            return not_offloadable(dev, self.name, refusal, verdict.role)
         capabilities, source = self.capabilities(dev)
         return offload_report(dev, self.name, verdict.role, capabilities, source)
 

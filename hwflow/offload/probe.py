@@ -54,6 +54,7 @@ GUARD_SRC = 0x036877666C77  # group bit set: no frame has it as source
 TERMINAL = fl.Gact("drop")
 """The action of a probe rule that tests something else: every tc-flower switchdev driver takes a drop."""
 CONFIRMED, REFUSED, ERROR, NOT_PROBED = "confirmed", "refused", "error", "not_probed"
+FLOWER = "flower"  # the claim a device that refuses every hardware flower rule is reported under
 STATUSES = (CONFIRMED, REFUSED, ERROR, NOT_PROBED)
 
 # IANA: VXLAN 4789 (RFC 7348), Geneve 6081 (RFC 8926). GRE has no port: with tc, a tunnel's type is
@@ -188,8 +189,15 @@ class Prober:
         self._clock = clock
 
     def run(self, device: str, candidates: Capabilities, switch_id: str | None = None) -> ProbeReport:
-        """Probe every claim of ``candidates`` that can be probed without touching traffic."""
+        """Probe every claim of ``candidates`` that can be probed without touching traffic.
+
+        A device that refuses hardware flower outright (EOPNOTSUPP wherever a
+        probe rule could go) gets a report saying exactly that, with its reason.
+        """
         place = self._placement()
+        if isinstance(place, TcError):
+            return ProbeReport(device, self._clock(), "none: the device refuses tc-flower in hardware",
+                               (ProbeResult(FLOWER, REFUSED, place.message or str(place)),), switch_id)
         results = [self._try(f"match {f} {k}", place, keys, protocol)
                    for f, k, keys, protocol in _match_probes(candidates)]
         results.append(self._try("match eth_type exact", place, {}, fl.ETH_P_IP))
@@ -221,11 +229,17 @@ class Prober:
             self._client.delete([rule])
         return error
 
-    def _placement(self) -> _Place:
+    def _placement(self) -> _Place | TcError:
+        """Where probe rules can go, or the device's refusal when it takes hardware flower nowhere."""
+        errors = []
         for place in (_Place(PROBE_CHAIN, guard=False), _Place(0, guard=True)):
             self._client.delete([dataclasses.replace(self._rule(place, {}, fl.ETH_P_ALL), handle=0)])  # leftovers
-            if self._install(self._rule(place, {}, fl.ETH_P_ALL)) is None:
+            error = self._install(self._rule(place, {}, fl.ETH_P_ALL))
+            if error is None:
                 return place
+            errors.append(error)
+        if all(e.errno == errno.EOPNOTSUPP for e in errors) and len({e.message for e in errors}) == 1:
+            return errors[-1]  # two unlike rules refused for one reason: the reason is flower itself
         raise ProbeError("no place for probe rules that cannot touch traffic: the device refuses chain "
                          f"{PROBE_CHAIN} and a drop rule matching eth_src on chain 0")
 

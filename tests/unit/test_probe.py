@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from hwflow.backends.tc.transport import TcClient
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities
 from hwflow.offload.probe import (
     CONFIRMED,
+    FLOWER,
     GUARD_SRC,
     NOT_PROBED,
     PROBE_CHAIN,
@@ -178,3 +180,29 @@ def test_generic_driver_learns_from_the_cache(tmp_path):
     cache.path("hwt-nic-rep").write_text("garbage")
     broken = driver.describe(rep_device())
     assert broken.capabilities == GENERIC_SWITCHDEV and "remove it and probe again" in broken.capability_source
+
+
+class FlowerRefusingTransport(EswitchTransport):
+    """A device that refuses every hardware flower rule for one reason, as netdevsim does (the VM tier checks the
+    real one): "netdevsim: only offload of BPF classifiers supported"."""
+
+    REASON = "only offload of BPF classifiers supported"
+
+    def send(self, data: bytes) -> None:
+        from hwflow.backends.tc import netlink as nl
+
+        self.sent.append(data)
+        for msg in nl.split_messages(data):
+            refusal = errno.EOPNOTSUPP if msg.type == fl.RTM_NEWTFILTER else errno.ENOENT
+            self.replies.append(nl.encode_error(msg, -refusal, self.REASON))
+
+
+def test_a_device_that_refuses_flower_itself_is_reported_so_with_its_reason(tmp_path):
+    transport = FlowerRefusingTransport(Eswitch("hwt-nic-nsim", load_profile("sim-basic"), [REP, OTHER]))
+    report = Prober(TcClient(transport), REP, lambda: 1000.0).run(rep_device().name, PROBE_CANDIDATES)
+    assert report.status(FLOWER) == REFUSED and "none" in report.placement
+    assert FlowerRefusingTransport.REASON in report.results[0].detail
+    cache = ProbeCache(tmp_path)
+    cache.save(report)
+    described = GenericDriver(cache).describe(rep_device())
+    assert not described.offload and FlowerRefusingTransport.REASON in described.reason
