@@ -66,6 +66,11 @@ class LocalPortApp(App):
         """The flows of one local port."""
 
 
+def network_of(change: Change) -> set[str]:
+    """Networks a port change touches: the one it left and the one it is on."""
+    return {obj.network_id for obj in (change.old, change.new) if isinstance(obj, Port)}
+
+
 def port_owner(port_id: str) -> str:
     return f"port:{port_id}"
 

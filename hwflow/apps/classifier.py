@@ -35,8 +35,3 @@ class ClassifierApp(LocalPortApp):
         if change.kind == KIND_NETWORK:  # its key is what packets are tagged with
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
         yield from super().affected(change, topo)
-
-
-def network_of(change: Change) -> set[str]:
-    """Networks a port change touches: the one it left and the one it is on."""
-    return {obj.network_id for obj in (change.old, change.new) if isinstance(obj, Port)}

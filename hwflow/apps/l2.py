@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, network_owner, port_owner
-from hwflow.apps.classifier import network_of
+from hwflow.apps.base import App, network_of, network_owner, port_owner
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import native
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.bench import Progress
+from hwflow.sim.host import stop_process
 from hwflow.sim.profile import load_profile
 
 DEFAULTS = {"rules": 20_000, "vfs": 2, "timeout_s": 60.0}
@@ -76,13 +76,7 @@ def simnic(workdir: Path, rules: int, vfs: int) -> Iterator[dict]:
             time.sleep(0.05)
         yield json.loads(status.read_text(encoding="utf-8"))
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 

@@ -166,7 +166,7 @@ class SimHost:
         self._spawn("agent", argv + (["--debug"] if self.agent_debug else []))
 
     def stop_agent(self, timeout: float = 15) -> None:
-        _stop_process(self._procs.pop("agent", None), timeout)
+        stop_process(self._procs.pop("agent", None), timeout)
         self._save()
 
     @property
@@ -177,7 +177,7 @@ class SimHost:
     def stop(self) -> None:
         """Tear everything down, each step on its own so one failure does not leak the rest."""
         for role in ("agent", "simnic"):
-            _stop_process(self._procs.pop(role, None), 15)
+            stop_process(self._procs.pop(role, None), 15)
         if self._ovsdb is not None:
             self._ovsdb.close()
             self._ovsdb = None
@@ -245,7 +245,8 @@ class SimHost:
         raise HostError(f"ping from {vm} to {address} gave no summary: {proc.stdout} {proc.stderr}")
 
 
-def _stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM a child we started, then SIGKILL if it does not go in ``timeout`` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

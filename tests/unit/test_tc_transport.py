@@ -7,13 +7,11 @@ import dataclasses
 import errno
 import json
 import os
-import selectors
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -39,35 +37,22 @@ def sock_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def serve(path: str, profile: str) -> tuple[Eswitch, threading.Event, threading.Thread]:
+def serve(path: str, profile: str) -> tuple[Eswitch, Callable[[], None]]:
     eswitch = Eswitch("sim0", load_profile(profile), [REP0, REP1])
-    selector = selectors.DefaultSelector()
-    control = server.ControlServer(path, eswitch, selector)
-    stop = threading.Event()
-
-    def loop() -> None:
-        try:
-            server.run(selector, stop.is_set, tick=0.05)
-        finally:
-            control.close()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return eswitch, stop, thread
+    return eswitch, server.serve_in_background(path, eswitch)
 
 
 @pytest.fixture
 def client(sock_dir: str, request: pytest.FixtureRequest) -> Iterator[TcClient]:
     path = os.path.join(sock_dir, "ctl")
     marker = request.node.get_closest_marker("profile")
-    _, stop, thread = serve(path, marker.args[0] if marker else "sim-basic")
+    _, stop = serve(path, marker.args[0] if marker else "sim-basic")
     tc = TcClient(SimSocketTransport(path), timeout=5.0, batch=100)
     try:
         yield tc
     finally:
         tc.close()
-        stop.set()
-        thread.join(5)
+        stop()
 
 
 def rule(i: int, ifindex: int = REP0, out: int = REP1, **keys: int) -> fl.FlowerRule:
@@ -174,7 +159,7 @@ def test_a_batch_is_refused_by_a_client_that_checks_echoes() -> None:
 
 def test_echo_from_the_simulated_nic_is_checked_and_matches(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "ctl")
-    eswitch, stop, thread = serve(path, "sim-basic")
+    eswitch, stop = serve(path, "sim-basic")
     tc = TcClient(SimSocketTransport(path), timeout=5.0, echo=True)
     try:
         auto = dataclasses.replace(rule(7), prio=0, handle=0)  # the device chooses prio and handle
@@ -184,8 +169,7 @@ def test_echo_from_the_simulated_nic_is_checked_and_matches(sock_dir: str) -> No
         assert [(r.prio, r.handle) for r, _ in tc.dump(REP0)] == [(0xC000, 1)]  # tc's first automatic prio
     finally:
         tc.close()
-        stop.set()
-        thread.join(5)
+        stop()
     assert eswitch.rule_count == 1
 
 
