@@ -57,6 +57,7 @@ setup(
             "classifier = hwflow.apps.classifier:ClassifierApp",
             "l2 = hwflow.apps.l2:L2App",
             "l3 = hwflow.apps.l3:L3App",
+            "output = hwflow.apps.output:OutputApp",
             "port_security = hwflow.apps.port_security:PortSecurityApp",
         ],
         "oslo.config.opts": [

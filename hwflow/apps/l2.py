@@ -1,13 +1,16 @@
-"""L2 switching between the local ports of each logical network.
+"""L2 switching: which logical port a frame on a network is for.
 
-Packets arrive with their network key in ``metadata`` (see the classifier).
-Known unicast MACs go to their port; broadcast and multicast go to every
-local port of the network (OVS, like the interpreter, never sends a packet
-back out of the port it came in on). Unknown unicast is dropped. Tunnels to
-ports on other chassis come with the multi-host work.
+Packets arrive with their network key in ``metadata`` (see the classifier)
+and leave through ``out`` with the chosen logical port in ``outport``: the
+destination port for a known unicast MAC, the network's flood group
+(:func:`hwflow.pipeline.ir.flood_group`) for broadcast and multicast.
+Unknown unicast is dropped (a controller knows every MAC on its networks).
+Where a port is (this host, another chassis, a provider uplink) is the
+egress stages' business, not L2's: see :mod:`hwflow.apps.output`.
 
-Owners: ``port:<id>`` for a port's unicast flow, ``network:<id>`` for the
-network's flood flow (whose port list changes as local ports come and go).
+Owners: ``port:<id>`` for a port's unicast flow (every port of a network
+that has a local port: remote ones are reached the same way), and
+``network:<id>`` for the network's flood flow.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ def mac_to_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+def local_networks(topo: Topology) -> set[str]:
+    return {port.network_id for port in topo.local_ports()}
+
+
 class L2App(App):
-    spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"})
+    spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"}, exits=("out",))
 
     def owners(self, topo: Topology) -> Iterator[str]:
-        networks = set()
-        for port in topo.local_ports():
-            yield port_owner(port.id)
-            networks.add(port.network_id)
-        yield from (network_owner(n) for n in sorted(networks))
+        networks = local_networks(topo)
+        for network_id in sorted(networks):
+            yield from (port_owner(p.id) for p in topo.ports_of(network_id))
+            yield network_owner(network_id)
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         kind, oid = owner.split(":", 1)
@@ -44,22 +50,26 @@ class L2App(App):
         if kind == "port":
             port = topo.ports.get(oid)
             network = port and topo.networks.get(port.network_id)
-            if port is None or network is None or not topo.is_local(oid):
+            if port is None or network is None or not topo.local_ports_of(port.network_id):
                 return
             yield ir.Flow(table, PRIO_UNICAST, ir.Match.of(metadata=network.unique_key, eth_dst=mac_to_int(port.mac)),
-                          (ir.Output(port.unique_key),), owner)
+                          (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
             return
         network = topo.networks.get(oid)
-        ports = topo.local_ports_of(oid)
-        if network is None or not ports:
+        if network is None or not topo.local_ports_of(oid):
             return
         match = ir.Match((*FLOOD, ir.FieldMatch("metadata", network.unique_key, ir.full_mask("metadata"))))
-        yield ir.Flow(table, PRIO_FLOOD, match, tuple(ir.Output(p.unique_key) for p in ports), owner)
+        yield ir.Flow(table, PRIO_FLOOD, match,
+                      (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out")), owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         if change.kind == KIND_NETWORK:
             yield network_owner(change.id)
-            yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
+            yield from (port_owner(p.id) for p in topo.ports_of(change.id))
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
-            yield from (network_owner(n) for n in network_of(change))
+            for network_id in network_of(change):
+                yield network_owner(network_id)
+                if len(topo.local_ports_of(network_id)) <= 1:
+                    # the first local port of a network brings in all its ports' flows; the last takes them away
+                    yield from (port_owner(p.id) for p in topo.ports_of(network_id))

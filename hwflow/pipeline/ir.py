@@ -50,6 +50,7 @@ FIELD_BITS: dict[str, int] = {
     "ct_state": 8,  # CT_* bits below, set by a Conntrack action
     "ct_zone": 16,
     "ct_mark": 32,
+    "outport": 32,  # the logical port (or flood group) L2 chose; read by the egress stages
     **{f"reg{i}": 32 for i in range(8)},  # scratch registers, allocated to apps by the layout
 }
 
@@ -62,7 +63,14 @@ CT_INV = 0x10
 CT_TRK = 0x20
 
 # Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
-INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", *(f"reg{i}" for i in range(8))})
+INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", "outport", *(f"reg{i}" for i in range(8))})
+
+# ``outport`` values with this bit set name a flood group: the rest is the network's key.
+FLOOD_GROUP = 1 << 31
+
+
+def flood_group(network_key: int) -> int:
+    return FLOOD_GROUP | network_key
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -225,6 +233,25 @@ class Punt:
 
 
 @dataclasses.dataclass(frozen=True)
+class Nat:
+    """Address translation inside a :class:`Conntrack` action.
+
+    ``kind`` "snat"/"dnat" with ``ipv4`` set up a translation when the
+    connection is committed; ``kind`` None applies whatever translation the
+    connection already has (OVS's bare ``nat``: replies are un-NATed).
+    """
+
+    kind: str | None = None
+    ipv4: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "snat", "dnat"):
+            raise ValueError(f"nat kind {self.kind!r} is not snat, dnat or None")
+        if (self.kind is None) != (self.ipv4 is None):
+            raise ValueError("nat: snat/dnat need an address, and a bare nat takes none")
+
+
+@dataclasses.dataclass(frozen=True)
 class Conntrack:
     """Send the packet through connection tracking in ``zone``.
 
@@ -237,6 +264,7 @@ class Conntrack:
     zone: int
     commit: bool = False
     table: int | None = None
+    nat: Nat | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.zone < 1 << 16:

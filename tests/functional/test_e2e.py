@@ -143,7 +143,8 @@ def unicast_flow(flows: list[Flow], mac: str) -> Flow:
 
 
 def flood_flow(flows: list[Flow]) -> Flow:
-    (flow,) = [f for f in flows if f.eth_dst is not None and f.eth_dst[0] & (1 << 40) and len(f.outputs) > 1]
+    """The delivery of the network's flood group: the one flow that outputs to several ports."""
+    (flow,) = [f for f in flows if len(f.outputs) > 1]
     return flow
 
 
@@ -211,14 +212,17 @@ def plug(host: SimHost, ports: dict[str, Port]) -> None:
 # per direction, port security admits four unicast paths the NIC can carry (IPv4 from the
 # port's address, DHCP discovery from 0.0.0.0, IPv6 from its link-local address, IPv6 DAD
 # from ::); per port, OVS holds classify + 6 port-security flows (IPv4, ARP, IPv6 link-local,
-# DHCP, DAD, drop) + unicast; per network one flood flow; and the router app's 4 table misses.
+# DHCP, DAD, drop) + unicast lookup + delivery; per network a flood lookup and its delivery;
+# and the router app's 4 table misses.
 RULES_PER_DIRECTION = 4
-FLOWS_PER_PORT = 8
+FLOWS_PER_PORT = 9
+FLOWS_PER_NETWORK = 2
 L3_MISSES = 4
 
 
 def programmed(vms: int) -> dict[str, int]:
-    return {"rules": vms * (vms - 1) * RULES_PER_DIRECTION, "flows": vms * FLOWS_PER_PORT + 1 + L3_MISSES}
+    return {"rules": vms * (vms - 1) * RULES_PER_DIRECTION,
+            "flows": vms * FLOWS_PER_PORT + FLOWS_PER_NETWORK + L3_MISSES}
 
 
 def carries_ping(rule: fl.FlowerRule) -> bool:

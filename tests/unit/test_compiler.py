@@ -51,10 +51,10 @@ def test_one_port_added_touches_only_its_owners():
     delta = compiler.update(topo, topo.update({"port": {**ports, "px": new}}, set(ports) | {"px"}))
     # the port's classifier, port security and unicast owners, its network's flood flow (replaced), and l3
     # looking at the port as a possible next hop (no router here, so no flow)
-    assert delta.owners == 5
+    assert delta.owners == 7
     assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
-    # classify, unicast, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
-    assert sum(f.owner == "port:px" for f in delta.added) == 6
+    # classify, unicast, delivery, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
+    assert sum(f.owner == "port:px" for f in delta.added) == 7
     assert [f.owner for f in delta.removed] == ["network:n0"]
 
 

@@ -12,7 +12,8 @@ from hwflow.pipeline.layout import Wiring
 from hwflow.pipeline.topology import Topology
 
 WIRING = Wiring.parse({"start": "classifier.in", "wires": {"classifier.out": "port_security.in",
-                                                           "port_security.out": "l3.in", "l3.out": "l2.in"}})
+                                                           "port_security.out": "l3.in", "l3.out": "l2.in",
+                                                           "l2.out": "output.in"}})
 RA, RB = "fa:16:3e:aa:00:01", "fa:16:3e:bb:00:01"
 
 
@@ -26,7 +27,7 @@ def ip(text: str) -> int:
 
 
 def compiler() -> Compiler:
-    return Compiler(load_apps(["classifier", "port_security", "l3", "l2"]), WIRING)
+    return Compiler(load_apps(["classifier", "port_security", "l3", "l2", "output"]), WIRING)
 
 
 def topology(routes=()) -> Topology:
@@ -60,7 +61,7 @@ def test_routed_packet_leaves_on_the_other_subnet_rewritten():
     assert port == 12
     assert (pkt["eth_src"], pkt["eth_dst"], pkt["ip_ttl"]) == (mac(RB), mac("fa:16:3e:00:00:02"), 63)
     names = [pipeline.table_names[s.table] for s in out.steps]
-    assert names[-1] == "l2.lookup" and "l3.route" in names
+    assert names[-2:] == ["l2.lookup", "output.deliver"] and "l3.route" in names
 
 
 def test_a_ttl_of_one_dies_at_the_router_and_unrouted_is_dropped():

@@ -107,7 +107,9 @@ def test_unicast_ips_are_accepted_in_canonical_form(addresses):
     assert p.ips == [str(a) for a in addresses]
 
 
-@given(st.ip_addresses().filter(lambda a: a.is_multicast or a.is_unspecified))
+# Drawn from the multicast ranges directly: filtering random addresses for them fails hypothesis's health check.
+@given(st.one_of(st.ip_addresses(network="224.0.0.0/4"), st.ip_addresses(network="ff00::/8"),
+                 st.sampled_from([ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")])))
 def test_multicast_and_unspecified_ips_are_rejected(address):
     assert "unicast" in rejected(port(ips=[str(address)]), "ips")
 

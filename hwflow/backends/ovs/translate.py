@@ -45,11 +45,14 @@ _SAME_NAME = frozenset({
     "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "arp_op",
     "arp_spa", "arp_tpa", "arp_sha", "arp_tha", *(f"reg{i}" for i in range(8)),
 })
+# IR fields OpenFlow spells otherwise. outport sits where OVN keeps its logical outport: far from
+# the registers the layout hands out.
+_RENAMED = {"outport": "reg15"}
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
 _IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
 _IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "ipv6_nd_target"})
 # OXM widths, for telling an exact match from a masked one.
-_OXM_BITS = {**ir.FIELD_BITS, "vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
+_OXM_BITS = {**ir.FIELD_BITS, "reg15": 32, "vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
              "icmpv6_code": 8}
 # OVS refuses a mask on these (MFM_NONE).
 _NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "icmp_type", "icmp_code", "arp_op"})
@@ -127,6 +130,8 @@ def oxm_name(field: str, match: ir.Match) -> str:
     """ICMP fields are icmpv4_* or icmpv6_* depending on the matched ip_proto."""
     if field in _SAME_NAME:
         return field
+    if field in _RENAMED:
+        return _RENAMED[field]
     if field in ("icmp_type", "icmp_code"):
         proto = match.get("ip_proto")
         family = "icmpv6" if proto is not None and proto.value == 58 else "icmpv4"
