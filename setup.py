@@ -55,10 +55,13 @@ setup(
         ],
         "hwflow.apps": [
             "classifier = hwflow.apps.classifier:ClassifierApp",
+            "dhcp = hwflow.apps.dhcp:DhcpApp",
             "l2 = hwflow.apps.l2:L2App",
             "l3 = hwflow.apps.l3:L3App",
             "output = hwflow.apps.output:OutputApp",
             "port_security = hwflow.apps.port_security:PortSecurityApp",
+            "sg_egress = hwflow.apps.security_groups:SgEgressApp",
+            "sg_ingress = hwflow.apps.security_groups:SgIngressApp",
         ],
         "oslo.config.opts": [
             "hwflow = hwflow.conf:list_opts",

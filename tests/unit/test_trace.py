@@ -63,9 +63,9 @@ def test_unicast_to_a_local_port(db, capsys):
     assert report["verdict"] == "output"
     assert [o["port"] for o in report["outputs"]] == ["vm2"]
     assert report["outputs"][0]["packet"]["eth_dst"] == "fa:16:3e:00:00:02"
-    assert [s["table_name"] for s in report["steps"]] == ["classifier.ports", "port_security.filter", "l3.arp",
-                                                          "l3.router_mac", "l2.lookup",
-                                                          "output.deliver"]
+    assert [s["table_name"] for s in report["steps"]] == ["classifier.ports", "port_security.filter", "dhcp.dhcp",
+                                                          "sg_egress.egress", "l3.arp", "l3.router_mac", "l2.lookup",
+                                                          "sg_ingress.ingress", "output.deliver"]
     assert report["steps"][-1]["owner"].startswith("port:")
 
 
