@@ -72,6 +72,13 @@ FLOOD_GROUP = 1 << 31
 def flood_group(network_key: int) -> int:
     return FLOOD_GROUP | network_key
 
+
+# Logical port keys of the host's own tunnel endpoints, one flow-based port per tunnel type, above any
+# key the database gives a port. Encapsulation is ``SetField tun_id`` (the VNI) + ``SetField tun_dst``
+# (the remote chassis) + ``Output`` to one of these; a decapsulated packet enters with ``in_port`` one of
+# these and ``tun_id``/``tun_src`` set. Each backend maps them to its device (OVS port, vxlan netdev).
+TUNNEL_PORTS = {"vxlan": 0x7FFF_FF01, "geneve": 0x7FFF_FF02}
+
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV6 = 0x86DD
