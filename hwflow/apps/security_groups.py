@@ -1,52 +1,329 @@
 """Security groups: stateful filtering of what leaves (egress) and reaches (ingress) a local port.
 
+Neutron's semantics. A local port without security groups is not filtered.
+A port with groups may send (egress) only what some egress rule of its
+groups allows and receive (ingress) only what some ingress rule allows;
+the replies of an allowed connection pass both ways. Only IP is filtered:
+ARP passes, as do IPv6 neighbour discovery and MLD (router advertisements
+only towards the port, never from it) and DHCP replies towards the port
+(DHCP requests are punted by the dhcp stage before ``sg_egress``).
+
 Two apps, because the two checks sit at two places of the pipeline: egress
 right after a packet is classified and port-secured (before routing), and
 ingress once L2 has chosen the destination port in ``outport`` (before
-delivery). A port without security groups is not filtered.
+delivery). Flood groups (``outport`` with :data:`ir.FLOOD_GROUP`) pass
+ingress unfiltered: broadcast and multicast are not filtered here.
 
-Owners: ``sg_egress:defaults`` / ``sg_ingress:defaults`` (the pass-through).
+Each stage has two tables. ``entry`` sends a filtered port's IP packets
+through conntrack in the port's zone, recirculating into ``state``, where
+``+inv`` is dropped, ``+est``/``+rel`` go on, ``+new`` matching one of the
+port's rules is committed and goes on, and the rest is dropped.
+
+Conntrack zone: one per local port, the port's ``unique_key``. A packet
+between two local ports is tracked twice, at the sender's egress and at the
+receiver's ingress; with one shared zone the sender's commit would make the
+receiver see ``+est`` and skip its ingress rules. Per-port zones keep the two
+checks apart (and overlapping tenant addresses apart). A zone is 16 bits:
+a port whose key does not fit (or is 0, the default zone) cannot be tracked
+and all its IP traffic is dropped (failing closed), with an error naming it.
+
+Removing a rule stops new connections at once; connections it had admitted
+stay established (no conntrack flush).
+
+Owners: ``<app>:defaults`` (what does not depend on a port) and
+``port:<id>`` (a filtered local port's conntrack entry and rules). A
+rule's peers (``remote_group_id``) are the addresses of every port in that
+group, so a port joining, leaving or renumbering recomputes every local
+port with a rule naming one of its groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import abc
+import ipaddress
+import logging
+from collections.abc import Iterable, Iterator
 
-from hwflow.apps.base import App
+from hwflow.apps.base import App, owner_id, port_owner
+from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroupRule
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
 
+LOG = logging.getLogger(__name__)
+
+KIND_RULE = SecurityGroupRule.kind
+
+PRIO_INVALID = 300
+PRIO_PASS = 200  # entry: traffic no rule filters; state: established connections
+PRIO_RELATED = 190
+PRIO_TRACK = 100  # entry: a filtered port's IP; state: a rule admitting a new connection
 PRIO_MISS = 0
+
+MAX_ZONE = (1 << 16) - 1
+IP_TYPES = {"IPv4": ir.ETH_TYPE_IPV4, "IPv6": ir.ETH_TYPE_IPV6}
+PROTOCOL_NUMBERS = {name: int(number) for number, name in PROTOCOL_NAMES.items()}
+PORT_FIELDS = {6: "tcp_dst", 17: "udp_dst"}  # destination-port fields the IR has (none for sctp)
+IPPROTO_UDP, IPPROTO_ICMPV6 = 17, 58
+ICMPV6_MLD = (130, 131, 132, 143)
+ICMPV6_RS, ICMPV6_RA, ICMPV6_NS, ICMPV6_NA = 133, 134, 135, 136
+
+Terms = tuple[ir.FieldMatch, ...]
+
+
+def ct_match(*bits: int) -> ir.FieldMatch:
+    """ct_state with every bit of ``bits`` set (tracked packets only)."""
+    value = ir.CT_TRK
+    for bit in bits:
+        value |= bit
+    return ir.FieldMatch("ct_state", value, value)
+
+
+def port_masks(low: int, high: int) -> list[tuple[int, int]]:
+    """The fewest (value, mask) pairs of 16-bit ports covering exactly low..high."""
+    out = []
+    while low <= high:
+        size = low & -low if low else 1 << 16
+        while low + size - 1 > high:
+            size >>= 1
+        out.append((low, 0xFFFF & ~(size - 1)))
+        low += size
+    return out
+
+
+def zone_of(port: Port) -> int | None:
+    """The port's conntrack zone, or None (logged) when its key is no 16-bit zone."""
+    if 1 <= port.unique_key <= MAX_ZONE:
+        return port.unique_key
+    LOG.error("port %s: unique_key %d is no conntrack zone (1..%d), so its security groups cannot be enforced and "
+              "its IP traffic is dropped; recreate the port to get a smaller key", port.id, port.unique_key, MAX_ZONE)
+    return None
+
+
+class GroupIndex:
+    """Which ports are in which group and which rules belong to (or name) a group.
+
+    :class:`hwflow.pipeline.topology.Topology` indexes only single-valued
+    fields, and a port's ``security_groups`` is a list, so each stage keeps
+    this index itself: built from a topology on a full compile, then moved
+    along by the changes the compiler hands to ``affected``. Every update
+    removes what the old object contributed and adds what the new one does,
+    so replaying a change the index already reflects leaves it as it is.
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.members: dict[str, set[str]] = {}  # group -> port ids
+        self.rules: dict[str, set[str]] = {}  # group -> its rule ids
+        self.naming: dict[str, set[str]] = {}  # group -> ids of the rules with it as remote_group_id
+        self._peers: dict[str, dict[str, Terms]] = {}  # group -> cached peer terms by field
+        for port in topo.ports.values():
+            self._port(port, add=True)
+        for rule in topo.of(KIND_RULE).values():
+            self._rule(rule, add=True)
+
+    def apply(self, change: Change) -> None:
+        if change.kind == KIND_PORT:
+            for obj, add in ((change.old, False), (change.new, True)):
+                if obj is not None:
+                    self._port(obj, add)
+        elif change.kind == KIND_RULE:
+            for obj, add in ((change.old, False), (change.new, True)):
+                if obj is not None:
+                    self._rule(obj, add)
+
+    def _port(self, port: Port, add: bool) -> None:
+        for group in port.security_groups:
+            _toggle(self.members, group, port.id, add)
+            self._peers.pop(group, None)
+
+    def _rule(self, rule: SecurityGroupRule, add: bool) -> None:
+        _toggle(self.rules, rule.security_group_id, rule.id, add)
+        if rule.remote_group_id:
+            _toggle(self.naming, rule.remote_group_id, rule.id, add)
+
+    def local_members(self, groups: Iterable[str]) -> set[str]:
+        return {pid for group in groups for pid in self.members.get(group, ()) if self.topo.is_local(pid)}
+
+    def port_rules(self, port: Port, direction: str) -> list[SecurityGroupRule]:
+        """The rules of ``direction`` of all the port's groups, deterministic order."""
+        table = self.topo.of(KIND_RULE)
+        found = {rid: table[rid] for group in port.security_groups for rid in self.rules.get(group, ())
+                 if rid in table and table[rid].direction == direction}
+        return [found[rid] for rid in sorted(found)]
+
+    def peers(self, group: str, field: str) -> Terms:
+        """Exact matches on ``field`` (an address field) for every address of the group's ports of its family."""
+        cache = self._peers.setdefault(group, {})
+        if field not in cache:
+            version = 4 if field.startswith("ipv4") else 6
+            addresses = sorted({int(a) for pid in self.members.get(group, ()) if (p := self.topo.ports.get(pid))
+                                for ip in p.ips if (a := ipaddress.ip_address(ip)).version == version})
+            cache[field] = tuple(ir.FieldMatch(field, a, ir.full_mask(field)) for a in addresses)
+        return cache[field]
+
+
+def _toggle(index: dict[str, set[str]], key: str, value: str, add: bool) -> None:
+    if add:
+        index.setdefault(key, set()).add(value)
+    elif key in index:
+        index[key].discard(value)
+        if not index[key]:
+            del index[key]
+
+
+def rule_terms(rule: SecurityGroupRule, remote_field: str, index: GroupIndex) -> Iterator[Terms]:
+    """Field matches (besides the port and ct_state) of each flow that together admit what ``rule`` allows."""
+    eth_type = IP_TYPES[rule.ethertype]
+    family = "ipv4" if rule.ethertype == "IPv4" else "ipv6"
+    base = [ir.FieldMatch("eth_type", eth_type, 0xFFFF)]
+    proto = PROTOCOL_NUMBERS.get(rule.protocol) if rule.protocol else None
+    if rule.protocol and proto is None:
+        proto = int(rule.protocol)
+    if proto is not None:
+        base.append(ir.FieldMatch("ip_proto", proto, 0xFF))
+    for field, value in (("icmp_type", rule.icmp_type), ("icmp_code", rule.icmp_code)):
+        if value >= 0:
+            base.append(ir.FieldMatch(field, value, 0xFF))
+    variants: list[list[ir.FieldMatch]] = [base]
+    if (rule.port_min, rule.port_max) != (0, 0):
+        field = PORT_FIELDS.get(proto or 0)
+        if field is None:
+            LOG.warning("security group rule %s: no IR field for %s port ranges; the rule admits nothing",
+                        rule.id, rule.protocol)
+            return
+        variants = [[*base, ir.FieldMatch(field, v, m)] for v, m in port_masks(rule.port_min, rule.port_max)]
+    peers: Terms = ()
+    address_field = f"{family}_{remote_field}"
+    if rule.remote_group_id:
+        peers = index.peers(rule.remote_group_id, address_field)
+        if not peers:
+            return
+    elif rule.remote_ip_prefix:
+        net = ipaddress.ip_network(rule.remote_ip_prefix)
+        if net.prefixlen:
+            width = ir.FIELD_BITS[address_field]
+            mask = ((1 << net.prefixlen) - 1) << (width - net.prefixlen)
+            peers = (ir.FieldMatch(address_field, int(net.network_address), mask),)
+    for variant in variants:
+        if peers:
+            for peer in peers:
+                yield tuple(sorted((*variant, peer)))
+        else:
+            yield tuple(sorted(variant))
 
 
 class _SecurityGroupStage(App):
-    table: str
+    """One direction of the filter; subclasses say which field names the port and which way the rules look."""
+
+    direction: str
+    port_field: str  # how a packet names the filtered port: in_port (egress) or outport (ingress)
+    remote_field: str  # the peer's address: dst (egress) or src (ingress)
+
+    def __init__(self) -> None:
+        self._index: GroupIndex | None = None
 
     @property
     def defaults(self) -> str:
         return f"{self.spec.name}:defaults"
 
+    def index(self, topo: Topology, rebuild: bool = False) -> GroupIndex:
+        if rebuild or self._index is None or self._index.topo is not topo:
+            self._index = GroupIndex(topo)
+        return self._index
+
     def owners(self, topo: Topology) -> Iterator[str]:
+        self.index(topo, rebuild=True)
         yield self.defaults
+        yield from (port_owner(p.id) for p in topo.local_ports() if p.security_groups)
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         if owner == self.defaults:
-            yield ir.Flow(layout.table(self.table), PRIO_MISS, ir.Match.of(), (layout.goto("out"),), owner)
+            yield from self._defaults(layout)
+            return
+        port_id = owner_id(owner)
+        if topo.is_local(port_id) and topo.ports[port_id].security_groups:
+            yield from self._port(topo.ports[port_id], self.index(topo), layout, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        return iter(())
+        fresh = self._index is None or self._index.topo is not topo
+        index = self.index(topo)
+        if not fresh:
+            index.apply(change)
+        objs = [o for o in (change.old, change.new) if o is not None]
+        if change.kind in (KIND_PORT, KIND_LOCAL):
+            yield port_owner(change.id)
+            if change.kind == KIND_PORT:
+                groups = {g for port in objs for g in port.security_groups}
+                yield from self._naming(index, groups)
+        elif change.kind == KIND_RULE:
+            yield from (port_owner(pid) for pid in sorted(index.local_members({r.security_group_id for r in objs})))
+
+    @staticmethod
+    def _naming(index: GroupIndex, groups: set[str]) -> Iterator[str]:
+        """Local ports with a rule whose peers are the members of one of ``groups``."""
+        rules = index.topo.of(KIND_RULE)
+        owning = {rules[rid].security_group_id for g in groups for rid in index.naming.get(g, ()) if rid in rules}
+        yield from (port_owner(pid) for pid in sorted(index.local_members(owning)))
+
+    def _port(self, port: Port, index: GroupIndex, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+        entry, state = layout.table("entry"), layout.table("state")
+        key = ir.FieldMatch(self.port_field, port.unique_key, ir.full_mask(self.port_field))
+        zone = zone_of(port)
+        for eth_type in IP_TYPES.values():
+            match = ir.Match((ir.FieldMatch("eth_type", eth_type, 0xFFFF), key))
+            action = ir.Drop() if zone is None else ir.Conntrack(zone, table=state)
+            yield ir.Flow(entry, PRIO_TRACK, match, (action,), owner)
+        if zone is None:
+            return
+        admit = (ir.Conntrack(zone, commit=True), layout.goto("out"))
+        new = ct_match(ir.CT_NEW)
+        seen: set[Terms] = set()
+        for rule in index.port_rules(port, self.direction):
+            for terms in rule_terms(rule, self.remote_field, index):
+                if terms not in seen:
+                    seen.add(terms)
+                    yield ir.Flow(state, PRIO_TRACK, ir.Match((*terms, key, new)), admit, owner)
+
+    def _defaults(self, layout: AppLayout) -> Iterator[ir.Flow]:
+        entry, state, onward = layout.table("entry"), layout.table("state"), (layout.goto("out"),)
+        yield ir.Flow(entry, PRIO_MISS, ir.Match.of(), onward, self.defaults)
+        for match in self.unfiltered():
+            yield ir.Flow(entry, PRIO_PASS, match, onward, self.defaults)
+        yield ir.Flow(state, PRIO_INVALID, ir.Match((ct_match(ir.CT_INV),)), (ir.Drop(),), self.defaults)
+        yield ir.Flow(state, PRIO_PASS, ir.Match((ct_match(ir.CT_EST),)), onward, self.defaults)
+        yield ir.Flow(state, PRIO_RELATED, ir.Match((ct_match(ir.CT_REL),)), onward, self.defaults)
+        yield ir.Flow(state, PRIO_MISS, ir.Match.of(), (ir.Drop(),), self.defaults)
+
+    @abc.abstractmethod
+    def unfiltered(self) -> Iterator[ir.Match]:
+        """IP traffic of this direction that no security group filters."""
+
+
+def _icmpv6(types: Iterable[int]) -> Iterator[ir.Match]:
+    for icmp_type in types:
+        yield ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ip_proto=IPPROTO_ICMPV6, icmp_type=icmp_type)
 
 
 class SgEgressApp(_SecurityGroupStage):
     """What a local port may send."""
 
-    table = "egress"
-    spec = AppSpec(name="sg_egress", tables=("egress",), entries={"in": "egress"}, exits=("out",))
+    spec = AppSpec(name="sg_egress", tables=("entry", "state"), entries={"in": "entry"}, exits=("out",))
+    direction, port_field, remote_field = "egress", "in_port", "dst"
+
+    def unfiltered(self) -> Iterator[ir.Match]:
+        """Neighbour discovery and MLD; a port may not advertise itself as a router."""
+        yield from _icmpv6((*ICMPV6_MLD, ICMPV6_RS, ICMPV6_NS, ICMPV6_NA))
 
 
 class SgIngressApp(_SecurityGroupStage):
     """What a local port may receive."""
 
-    table = "ingress"
-    spec = AppSpec(name="sg_ingress", tables=("ingress",), entries={"in": "ingress"}, exits=("out",))
+    spec = AppSpec(name="sg_ingress", tables=("entry", "state"), entries={"in": "entry"}, exits=("out",))
+    direction, port_field, remote_field = "ingress", "outport", "src"
+
+    def unfiltered(self) -> Iterator[ir.Match]:
+        """Neighbour discovery, MLD, router advertisements, and DHCP(v6) replies."""
+        yield from _icmpv6((*ICMPV6_MLD, ICMPV6_RS, ICMPV6_RA, ICMPV6_NS, ICMPV6_NA))
+        yield ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ip_proto=IPPROTO_UDP, udp_src=67, udp_dst=68)
+        yield ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ip_proto=IPPROTO_UDP, udp_src=547, udp_dst=546)

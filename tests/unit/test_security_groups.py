@@ -1,0 +1,208 @@
+"""Security groups, checked with the reference interpreter and its connection tracker."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwflow.apps.compiler import Compiler, layout_path
+from hwflow.apps.port_security import link_local
+from hwflow.apps.security_groups import port_masks
+from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule
+from hwflow.pipeline import interpreter, ir
+from hwflow.pipeline.topology import Topology
+
+NET = Network(id="n", name="n", vni=5, unique_key=1)
+ADDR = {"server": "10.0.0.1", "client": "10.0.0.2", "other": "10.0.0.9", "open": "10.0.0.4"}
+KEYS = {"server": 11, "client": 12, "other": 13, "open": 14}
+GROUPS = {g: SecurityGroup(id=g, name=g) for g in ("ssh", "clients", "plain")}
+
+
+def mac_of(name: str) -> str:
+    return f"fa:16:3e:00:00:{KEYS[name]:02x}"
+
+
+def mac(text: str) -> int:
+    return int(text.replace(":", ""), 16)
+
+
+def ip(text: str) -> int:
+    return int(ipaddress.ip_address(text))
+
+
+def rule(rid: str, group: str, direction: str, **fields) -> SecurityGroupRule:
+    return SecurityGroupRule(id=rid, name=rid, security_group_id=group, direction=direction, **fields)
+
+
+EGRESS_ALL = [rule(f"{g}-out", g, "egress") for g in GROUPS]
+SSH_IN = rule("ssh-in", "ssh", "ingress", protocol="tcp", port_min=22, port_max=22)
+
+
+def port(name: str, groups=(), key: int | None = None) -> Port:
+    return Port(id=name, name=name, network_id="n", mac=mac_of(name), ips=[ADDR[name]],
+                unique_key=key or KEYS[name], security_groups=list(groups))
+
+
+def topology(rules=(), **groups) -> Topology:
+    """server in ssh, client and other in plain unless ``groups`` says otherwise; open has none."""
+    membership = {"server": ["ssh"], "client": ["plain"], "other": ["plain"], "open": [], **groups}
+    ports = {name: port(name, g) for name, g in membership.items()}
+    every_rule = {r.id: r for r in (*EGRESS_ALL, SSH_IN, *rules)}
+    return Topology("h", {"n": NET}, ports, set(ports),
+                    others={"security_group": GROUPS, "security_group_rule": every_rule})
+
+
+class Wire:
+    """Packets between the test's ports through one pipeline, with conntrack kept across packets."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.compiler = Compiler.from_file(layout_path(""))
+        self.pipeline = self.compiler.compile(topo)
+        self.ct = interpreter.ConnTracker()
+
+    def change(self, kind: str, obj_id: str, obj) -> None:
+        self.compiler.update(self.topo, self.topo.apply(kind, obj_id, obj))
+        self.pipeline = self.compiler.pipeline()
+
+    def tcp(self, src: str, dst: str, sport: int, dport: int) -> bool:
+        return self.send(src, dst, ip_proto=6, tcp_src=sport, tcp_dst=dport)
+
+    def send(self, src: str, dst: str, **fields: int) -> bool:
+        """Did a packet from ``src`` reach ``dst`` (and only it)?"""
+        pkt = {"in_port": KEYS[src], "eth_src": mac(mac_of(src)), "eth_dst": mac(mac_of(dst)),
+               "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": ip(ADDR[src]), "ipv4_dst": ip(ADDR[dst]), "ip_ttl": 64,
+               **fields}
+        return interpreter.run(self.pipeline, pkt, self.ct).ports == (KEYS[dst],)
+
+
+def test_only_ssh_gets_in_and_its_replies_get_out():
+    wire = Wire(topology())
+    assert wire.tcp("client", "server", 40000, 22)
+    assert wire.tcp("server", "client", 22, 40000)  # the reply
+    assert wire.tcp("client", "server", 40000, 22)
+    assert not wire.tcp("client", "server", 40001, 80)
+    assert not wire.send("client", "server", ip_proto=1, icmp_type=8, icmp_code=0)
+
+
+def test_the_server_side_cannot_open_a_connection_to_a_client_without_ingress_rules():
+    wire = Wire(topology())
+    assert not wire.tcp("server", "client", 22, 40000)  # unsolicited: no connection to reply to
+    assert wire.tcp("client", "server", 40000, 22)
+    assert not wire.tcp("server", "client", 5555, 40000)  # new, from another port of the server
+    assert not wire.tcp("server", "client", 22, 40001)  # not the connection's ports
+
+
+def test_arp_neighbour_discovery_and_unfiltered_ports_pass():
+    wire = Wire(topology())
+    arp = {"eth_type": ir.ETH_TYPE_ARP, "arp_op": 1, "arp_spa": ip(ADDR["client"]), "arp_tpa": ip(ADDR["server"])}
+    assert wire.send("client", "server", **arp)
+    v6 = {"eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": int(link_local(mac_of("client")).network_address),
+          "ipv6_dst": int(link_local(mac_of("server")).network_address), "ip_proto": 58}
+    assert wire.send("client", "server", **v6, icmp_type=135, icmp_code=0)  # neighbour solicitation
+    assert not wire.send("client", "server", **v6, icmp_type=128, icmp_code=0)  # echo: no IPv6 ingress rule
+    assert not wire.send("server", "client", **v6, icmp_type=134, icmp_code=0)  # no router advertisements from a VM
+    assert wire.tcp("open", "client", 1, 2) is False  # the client filters what it receives...
+    assert wire.tcp("client", "open", 3, 4)  # ...the open port nothing
+    assert wire.tcp("open", "server", 5, 22)
+
+
+def test_remote_group_admits_exactly_the_groups_members_and_follows_membership():
+    from_clients = rule("from-clients", "plain", "ingress", protocol="tcp", port_min=80, port_max=89,
+                        remote_group_id="clients")
+    wire = Wire(topology([from_clients], client=["clients"]))
+    assert wire.tcp("client", "other", 40000, 85)  # client is in "clients"
+    assert not wire.tcp("server", "other", 40000, 85)
+    assert not wire.tcp("client", "other", 40000, 90)
+    wire.change("port", "server", port("server", ["ssh", "clients"]))
+    assert wire.tcp("server", "other", 40001, 85)
+    wire.change("port", "client", port("client", []))
+    assert not wire.tcp("client", "other", 40002, 85)
+
+
+def test_remote_cidr_is_a_masked_source_ingress_and_destination_egress():
+    cidr_in = rule("cidr-in", "ssh", "ingress", remote_ip_prefix="10.0.0.0/30")
+    wire = Wire(topology([cidr_in], client=["plain"]))
+    assert wire.tcp("client", "server", 40000, 8080)  # 10.0.0.2 is in 10.0.0.0/30
+    assert not wire.tcp("other", "server", 40000, 8080)  # 10.0.0.9 is not
+    egress = rule("cidr-out", "clients", "egress", remote_ip_prefix="10.0.0.8/29")
+    wire = Wire(topology([egress], client=["clients"], other=[]))
+    wire.change("security_group_rule", "clients-out", None)  # leaves only cidr-out for the client
+    assert wire.tcp("client", "other", 40000, 9)  # to 10.0.0.9
+    assert not wire.tcp("client", "open", 40000, 9)  # to 10.0.0.4
+
+
+def test_rules_added_and_removed_take_effect_incrementally():
+    wire = Wire(topology())
+    wire.change("security_group_rule", "ssh-in", None)
+    assert not wire.tcp("client", "server", 40000, 22)
+    icmp = rule("ping", "ssh", "ingress", protocol="icmp", icmp_type=8)
+    wire.change("security_group_rule", "ping", icmp)
+    assert not wire.send("client", "server", ip_proto=1, icmp_type=13, icmp_code=0)
+    assert wire.send("client", "server", ip_proto=1, icmp_type=8, icmp_code=0)
+    assert wire.send("server", "client", ip_proto=1, icmp_type=0, icmp_code=0)  # the echo reply
+
+
+def test_a_port_whose_key_is_no_conntrack_zone_is_cut_off_with_an_error(caplog):
+    topo = topology()
+    big = port("server", ["ssh"], key=70_000)
+    topo.apply("port", "server", big)
+    pipeline = Compiler.from_file(layout_path("")).compile(topo)
+    pkt = {"in_port": 70_000, "eth_src": mac(mac_of("server")), "eth_dst": mac(mac_of("open")),
+           "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": ip(ADDR["server"]), "ipv4_dst": ip(ADDR["open"]), "ip_proto": 6}
+    with caplog.at_level(logging.ERROR):
+        Compiler.from_file(layout_path("")).compile(topo)
+    assert interpreter.run(pipeline, pkt).kind == "drop"
+    assert "port server: unique_key 70000 is no conntrack zone" in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 65535), st.integers(0, 300), st.integers(0, 65535))
+def test_port_masks_cover_exactly_the_range(low, span, probe):
+    high = min(low + span, 65535)
+    masks = port_masks(low, high)
+    assert sum(probe & m == v for v, m in masks) == (low <= probe <= high)
+    assert all(v & ~m == 0 for v, m in masks)
+
+
+# --- incremental == full ------------------------------------------------------------------------------------
+
+SG_PORTS = ("server", "client", "other")
+RULES = [
+    SSH_IN,
+    rule("web", "plain", "ingress", protocol="tcp", port_min=80, port_max=81),
+    rule("peer", "plain", "ingress", remote_group_id="clients"),
+    rule("peer6", "clients", "ingress", ethertype="IPv6", protocol="icmpv6", remote_group_id="plain"),
+    rule("cidr", "clients", "egress", remote_ip_prefix="10.0.0.0/29"),
+    *EGRESS_ALL,
+]
+
+ops = st.one_of(
+    st.tuples(st.just("port"), st.sampled_from(SG_PORTS),
+              st.one_of(st.none(), st.lists(st.sampled_from(sorted(GROUPS)), unique=True, max_size=2))),
+    st.tuples(st.just("local"), st.sampled_from(SG_PORTS), st.booleans()),
+    st.tuples(st.just("rule"), st.sampled_from(range(len(RULES))), st.booleans()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ops, max_size=20))
+def test_incremental_equals_full_compile(operations):
+    topo = Topology("h", {"n": NET}, others={"security_group": GROUPS})
+    compiler = Compiler.from_file(layout_path(""))
+    compiler.compile(topo)
+    for op, a, b in operations:
+        if op == "port":
+            changes = topo.apply("port", a, None if b is None else port(a, b))
+        elif op == "local":
+            changes = topo.set_local(a, b)
+        else:
+            changes = topo.apply("security_group_rule", RULES[a].id, RULES[a] if b else None)
+        compiler.update(topo, changes)
+        full = Compiler.from_file(layout_path("")).compile(
+            Topology("h", dict(topo.networks), dict(topo.ports), set(topo.local_port_ids),
+                     others={k: dict(topo.of(k)) for k in ("security_group", "security_group_rule")}))
+        assert set(compiler.pipeline().flows) == set(full.flows)
