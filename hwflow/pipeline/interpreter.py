@@ -8,7 +8,8 @@ re-enters the pipeline at table N with the connection's state set.
 
 Connection tracking is modelled by :class:`ConnTracker`, which a caller
 keeps across packets (stateful security groups need the reply direction
-to find the connection the request committed).
+to find the connection the request committed; NAT needs the translation
+the first packet set up), with OVS's NAT semantics.
 """
 
 from __future__ import annotations
@@ -46,14 +47,36 @@ class Verdict:
         return tuple(port for port, _ in self.outputs)
 
 
+# ct_state bits OVS adds when a ct action's NAT rewrote the packet (OVS_CS_F_SRC_NAT / OVS_CS_F_DST_NAT).
+CT_SNAT = 0x40
+CT_DNAT = 0x80
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """A committed connection: its original-direction tuple and the translation set up when it was committed."""
+
+    original: Key
+    nat: ir.Nat | None = None
+
+
 class ConnTracker:
-    """Connections by zone and 5-tuple; the reply direction is the reversed tuple."""
+    """Connections by zone, found from either direction, with OVS's NAT.
+
+    As in OVS (and the kernel's nf_nat under it): a connection's translation
+    is fixed when it is committed; a packet passing a ct with ``nat`` (bare,
+    or with arguments, which are then ignored) gets the connection's
+    translation in its direction (the reply direction is un-NATed); a packet
+    of no connection is translated by ``nat(src|dst=...)`` only (a bare
+    ``nat`` leaves it alone), and the translation sticks if it is committed.
+    """
 
     def __init__(self) -> None:
-        self._committed: dict[tuple[int, Key], int] = {}  # (zone, forward key) -> ct_mark
+        self._conns: dict[tuple[int, Key], Connection] = {}  # (zone, original tuple)
+        self._replies: dict[tuple[int, Key], Key] = {}  # (zone, reply tuple) -> original tuple
 
     @staticmethod
-    def _keys(packet: Mapping[str, int]) -> tuple[Key, Key] | None:
+    def _key(packet: Mapping[str, int]) -> Key | None:
         proto = packet.get("ip_proto")
         if proto is None:
             return None
@@ -62,24 +85,65 @@ class ConnTracker:
         if proto in (6, 17):
             sport = packet.get("tcp_src", packet.get("udp_src", 0))
             dport = packet.get("tcp_dst", packet.get("udp_dst", 0))
-            return (proto, src, dst, sport, dport), (proto, dst, src, dport, sport)
-        return (proto, src, dst), (proto, dst, src)
+            return (proto, src, dst, sport, dport)
+        return (proto, src, dst)
+
+    @staticmethod
+    def _reverse(key: Key) -> Key:
+        if len(key) == 5:
+            return (key[0], key[2], key[1], key[4], key[3])
+        return (key[0], key[2], key[1])
+
+    @staticmethod
+    def _translated(key: Key, nat: ir.Nat | None) -> Key:
+        """The original tuple as it leaves the translation (what the reply is addressed back to)."""
+        if nat is None:
+            return key
+        if nat.kind == "snat":
+            return (key[0], nat.ipv4, *key[2:])
+        return (key[0], key[1], nat.ipv4, *key[3:])
+
+    def find(self, zone: int, packet: Mapping[str, int]) -> tuple[Connection, bool] | None:
+        """The connection a packet belongs to in ``zone`` and whether it travels in the reply direction."""
+        key = self._key(packet)
+        if key is None:
+            return None
+        if (zone, key) in self._conns:
+            return self._conns[zone, key], False
+        original = self._replies.get((zone, key))
+        return (self._conns[zone, original], True) if original is not None else None
 
     def state(self, zone: int, packet: Mapping[str, int]) -> int:
-        keys = self._keys(packet)
-        if keys is None:
+        if self._key(packet) is None:
             return ir.CT_TRK | ir.CT_INV
-        forward, reverse = keys
-        if (zone, forward) in self._committed:
-            return ir.CT_TRK | ir.CT_EST
-        if (zone, reverse) in self._committed:
-            return ir.CT_TRK | ir.CT_EST | ir.CT_RPL
-        return ir.CT_TRK | ir.CT_NEW
+        found = self.find(zone, packet)
+        if found is None:
+            return ir.CT_TRK | ir.CT_NEW
+        return ir.CT_TRK | ir.CT_EST | (ir.CT_RPL if found[1] else 0)
 
-    def commit(self, zone: int, packet: Mapping[str, int]) -> None:
-        keys = self._keys(packet)
-        if keys is not None and (zone, keys[1]) not in self._committed:
-            self._committed.setdefault((zone, keys[0]), 0)
+    def commit(self, zone: int, packet: Mapping[str, int], nat: ir.Nat | None = None) -> None:
+        """Record the packet's connection (as it was before any translation); an existing one keeps its NAT."""
+        key = self._key(packet)
+        if key is None or self.find(zone, packet) is not None:
+            return
+        setup = nat if nat is not None and nat.kind is not None else None
+        reply = self._reverse(self._translated(key, setup))
+        if (zone, reply) in self._replies or (zone, reply) in self._conns:
+            raise RuntimeError(f"zone {zone}: translating {key} clashes with a connection's reply {reply}; OVS would "
+                               "pick another source port of its own, which a reference cannot predict")
+        self._conns[zone, key] = Connection(key, setup)
+        self._replies[zone, reply] = key
+
+    def translate(self, zone: int, packet: dict[str, int], nat: ir.Nat) -> int:
+        """Rewrite the packet's addresses as a ct with ``nat`` would; return the CT_SNAT/CT_DNAT bits it earned."""
+        conn, reply = self.find(zone, packet) or (None, False)
+        rule = conn.nat if conn is not None else nat if nat.kind is not None else None
+        if rule is None or rule.ipv4 is None or "ipv4_src" not in packet:
+            return 0
+        source_side = (rule.kind == "snat") != reply  # a reply undoes SNAT on its destination, DNAT on its source
+        value = conn.original[1 if rule.kind == "snat" else 2] if conn is not None and reply else rule.ipv4
+        packet["ipv4_src" if source_side else "ipv4_dst"] = value
+        return CT_SNAT if source_side else CT_DNAT
 
 
 def lookup(pipeline: ir.Pipeline, table: int, packet: Mapping[str, int]) -> ir.Flow | None:
@@ -146,12 +210,20 @@ def _mutate(state: dict[str, int], action: ir.Action, tracker: ConnTracker) -> b
                 return False
             state["ip_ttl"] -= 1
     elif isinstance(action, ir.Conntrack):
-        if action.table is not None:  # the state as the packet found it, as OVS reports it after ct(commit)
-            state["ct_state"] = tracker.state(action.zone, state)
-            state["ct_zone"] = action.zone
-        if action.commit:
-            tracker.commit(action.zone, state)
+        _conntrack(state, action, tracker)
     return True
+
+
+def _conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTracker) -> None:
+    """Look up (the state is as the packet found it, as OVS reports it after ct(commit)), commit, translate."""
+    ct_state = tracker.state(action.zone, state)
+    before = dict(state)
+    nat_bits = tracker.translate(action.zone, state, action.nat) if action.nat is not None else 0
+    if action.commit:
+        tracker.commit(action.zone, before, action.nat)
+    if action.table is not None:
+        state["ct_state"] = ct_state | nat_bits
+        state["ct_zone"] = action.zone
 
 
 def _visible(state: Mapping[str, int]) -> dict[str, int]:
