@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from os_ken.lib import type_desc
 from os_ken.ofproto import nicira_ext, ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -47,6 +48,7 @@ MAX_DEPTH = 8
 MAX_MESSAGE = 0xFFFF
 CHUNK_BYTES = 1 << 20
 NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
+_IPV4 = type_desc.IPv4Addr
 
 # The OXM fields templates exist for, by os-ken name (its width and header come from os-ken).
 FIELD_NAMES: tuple[str, ...] = (
@@ -281,6 +283,12 @@ def _action_templates(fields: Sequence[Field]) -> list[Template]:
         Template("ct", _nx(nicira_ext.NXAST_CT, bytes(14)), CONTAINER,
                  (Slot(10, 2), Slot(12, 4), Slot(16, 2), Slot(18, 1), Slot(22, 2)),
                  lambda a, c: _ct(a, c, headers)),
+        # Only inside "ct". flags; then the one IPv4 address the range holds (OVS's nat(src=A) / nat(dst=A)).
+        Template("nat", _nx(nicira_ext.NXAST_NAT, bytes(6)), PLAIN, (Slot(12, 2),),
+                 lambda a, _c: parser.NXActionNAT(a[0])),
+        Template("nat:ipv4", _nx(nicira_ext.NXAST_NAT, struct.pack("!4xHI", nicira_ext.NX_NAT_RANGE_IPV4_MIN, 0)),
+                 PLAIN, (Slot(12, 2), Slot(16, 4)),
+                 lambda a, _c: parser.NXActionNAT(a[0], range_ipv4_min=_IPV4.to_user(a[1].to_bytes(4, "big")))),
         Template("ct_clear", _nx(nicira_ext.NXAST_CT_CLEAR, bytes(6)), PLAIN, (),
                  lambda _a, _c: parser.NXActionCTClear()),
         Template("resubmit_table", _nx(nicira_ext.NXAST_RESUBMIT_TABLE, bytes(6)), PLAIN, (Slot(10, 2), Slot(12, 1)),
@@ -358,8 +366,8 @@ class ProgramBuilder:
                 return [cat.id(f"{name}:{field.name}"), *_value_words(args[1], field.width)]
             return [cat.id(f"reg_load2:{field.name}/masked"), *_value_words(args[1], field.width),
                     *_value_words(mask, field.width)]
-        if name == "output":
-            return [cat.id("output"), args[0], args[1] if len(args) > 1 else ofp.OFPCML_NO_BUFFER]
+        if name == "output":  # max_len only means something for the controller port
+            return [cat.id("output"), args[0], args[1] if len(args) > 1 else 0]
         if name == "reg_move":
             src, dst, n_bits, src_ofs, dst_ofs = args
             return [cat.id("reg_move"), n_bits, src_ofs, dst_ofs, self._short_header(src), self._short_header(dst)]
@@ -370,7 +378,19 @@ class ProgramBuilder:
             for inner in nested:
                 words += self.action_words(inner)
             return [*words, CLOSE]
+        if name == "nat":
+            return self._nat_words(*args)
         return [cat.id(name), *args]
+
+    def _nat_words(self, flags: int, ipv4_min: int | None = None, *other_ranges: int | None) -> list[int]:
+        """("nat", flags[, ipv4_min, ipv4_max, ipv6_min, ipv6_max, proto_min, proto_max]), None where absent:
+        the translation key's form. Templates exist for no range and for one IPv4 address."""
+        if any(r is not None for r in other_ranges):
+            raise EncodeError("nat: only a single IPv4 address (or none) has a template; add one to "
+                              "_action_templates in hwflow/backends/ovs/native.py")
+        if ipv4_min is None:
+            return [self.catalog.id("nat"), flags]
+        return [self.catalog.id("nat:ipv4"), flags, ipv4_min]
 
     def _short_header(self, name: str) -> int:
         field = self.catalog.field(name)

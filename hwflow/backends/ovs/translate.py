@@ -8,6 +8,33 @@ backend can diff installed against desired without re-sending anything.
 Cookies: the upper 16 bits are the hwflow marker, so hwflow dumps and deletes
 only its own flows; the lower 48 bits hash the IR owner, so the flows of one
 logical object can be found with a cookie mask.
+
+How the IR's less obvious parts are said in OpenFlow 1.3 + Nicira extensions:
+
+- ``Punt`` is ``output:CONTROLLER`` with max_len OFPCML_NO_BUFFER and ends the
+  action list, as the IR's walk ends there. The packet-in then carries the
+  whole packet, and in its match the in_port, metadata, registers (the IR's
+  ``outport`` is reg15), tunnel and ct fields the packet had: a responder
+  (DHCP...) dispatches on the packet's content and reads the rest from the
+  match, so the reason string does not travel. A ``SetField("metadata")``
+  before the punt is written in place so the packet-in sees it.
+- ``Conntrack`` is NXAST_CT: zone immediate, flag commit, recirc_table =
+  ``table`` (none: the list goes on, as the IR's does), and ``nat`` nested as
+  NXAST_NAT: nat(src=A), nat(dst=A), or a bare nat. OVS wants an IP match for
+  ct, an IPv4 one for an IPv4 nat, and commit for snat/dnat: each is checked
+  here. Actions after a ``Conntrack(table=N)`` are refused: OVS would run them
+  on the untracked packet while the IR's walk goes on only in table N.
+- ``ct_state``: the IR keeps 8 bits, OVS's NXM_NX_CT_STATE is 32 wide, but OVS
+  defines only the low 8 (new est rel rpl inv trk snat dnat, the CT_* numbers)
+  and never sets the others. The value goes over unchanged and the mask is
+  the IR's mask in 32 bits, so an exact IR match is ``ct_state=V/0xff`` in
+  OVS, which means the same thing; its dump keys the same way.
+- ``PushVlan(vid)`` is push_vlan 0x8100 + set_field vlan_vid (OFPVID_PRESENT
+  set); ``PopVlan`` is pop_vlan. OVS refuses pop_vlan or a vlan_vid rewrite
+  unless a tag is known present (a vlan_vid match or an earlier push), and
+  so does the translation: the IR cannot match "any tag".
+- ``tun_id`` is OXM tunnel_id, ``tun_src``/``tun_dst`` NXM_NX_TUN_IPV4_SRC/DST,
+  matched and set alike.
 """
 
 from __future__ import annotations
@@ -21,6 +48,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from os_ken.lib.packet import ether_types
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -43,19 +71,19 @@ InstructionsKey = tuple[tuple[Any, ...], ...]
 _SAME_NAME = frozenset({
     "in_port", "metadata", "eth_src", "eth_dst", "eth_type", "vlan_vid", "ipv4_src", "ipv4_dst",
     "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "arp_op",
-    "arp_spa", "arp_tpa", "arp_sha", "arp_tha", *(f"reg{i}" for i in range(8)),
+    "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "ct_state", "ct_zone", "ct_mark", *(f"reg{i}" for i in range(8)),
 })
 # IR fields OpenFlow spells otherwise. outport sits where OVN keeps its logical outport: far from
 # the registers the layout hands out.
-_RENAMED = {"outport": "reg15"}
+_RENAMED = {"outport": "reg15", "tun_id": "tunnel_id", "tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst"}
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
-_IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
+_IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_src", "tun_ipv4_dst"})
 _IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "ipv6_nd_target"})
 # OXM widths, for telling an exact match from a masked one.
 _OXM_BITS = {**ir.FIELD_BITS, "reg15": 32, "vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
-             "icmpv6_code": 8}
+             "icmpv6_code": 8, "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32}
 # OVS refuses a mask on these (MFM_NONE).
-_NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "icmp_type", "icmp_code", "arp_op"})
+_NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "icmp_type", "icmp_code", "arp_op", "ct_zone"})
 _IP_ETH_TYPES = (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)
 _V4 = ("eth_type", (ir.ETH_TYPE_IPV4,))
 _V6 = ("eth_type", (ir.ETH_TYPE_IPV6,))
@@ -80,8 +108,11 @@ _PREREQUISITES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "arp_tpa": (_ARP,),
     "arp_sha": (_ARP,),
     "arp_tha": (_ARP,),
-    # Not a match field: what OVS wants matched before it lets an action touch the IP TTL.
+    # Not match fields: what OVS wants matched before it lets an action touch the IP TTL, send the
+    # packet through conntrack, or translate it to an IPv4 address.
     "nw_ttl": (("eth_type", _IP_ETH_TYPES),),
+    "ct": (("eth_type", _IP_ETH_TYPES),),
+    "nat to an IPv4 address": (_V4,),
 }
 # OXM fields OVS may dump under their older NXM name (os-ken: "<name>_nxm"), e.g. in a reg_move.
 _NXM_ALIASES = frozenset({
@@ -92,6 +123,13 @@ _NXM_ALIASES = frozenset({
 # IR fields a Move cannot name: OpenFlow spells them with flag bits (vlan_vid), as another width
 # (in_port), or cannot read them at all in 1.3 (ip_ttl).
 _NOT_MOVABLE = frozenset({"in_port", "vlan_vid", "ip_ttl"})
+# IR fields only the switch writes: the ingress port, and what conntrack reports.
+_NOT_WRITABLE = frozenset({"in_port", "ct_state", "ct_zone", "ct_mark"})
+NAT_F_SRC, NAT_F_DST = 1, 2  # NXAST_NAT flags (OVS's NX_NAT_F_*; os-ken does not name them)
+# NXAST_NAT's optional range values, in wire order: (range_present bit, bytes).
+_NAT_RANGES = ((nicira_ext.NX_NAT_RANGE_IPV4_MIN, 4), (nicira_ext.NX_NAT_RANGE_IPV4_MAX, 4),
+               (nicira_ext.NX_NAT_RANGE_IPV6_MIN, 16), (nicira_ext.NX_NAT_RANGE_IPV6_MAX, 16),
+               (nicira_ext.NX_NAT_RANGE_PROTO_MIN, 2), (nicira_ext.NX_NAT_RANGE_PROTO_MAX, 2))
 # An instruction type's rank: OpenFlow runs instructions in this order whatever the listing order.
 _INSTRUCTION_ORDER = {ofp.OFPIT_APPLY_ACTIONS: 0, ofp.OFPIT_WRITE_METADATA: 1, ofp.OFPIT_GOTO_TABLE: 2}
 
@@ -208,8 +246,11 @@ def to_match(flow: ir.Flow, ports: Mapping[int, int]) -> parser.OFPMatch:
 class ActionPlan:
     """An IR action list in OpenFlow terms: apply-actions, then write-metadata, then goto.
 
-    ``actions`` holds ("output", ofport), ("set_field", oxm, value) and ("set_nw_ttl", ttl), which is
-    also their canonical key (see :func:`instructions_key`).
+    ``actions`` holds the actions' canonical keys (see :func:`instructions_key`), which are also what
+    the compiler encodes: ("output", ofport), ("output", OFPP_CONTROLLER, max_len), ("set_field", oxm,
+    value), ("set_nw_ttl", ttl), ("dec_nw_ttl",), ("reg_move", ...), ("push_vlan", ethertype),
+    ("pop_vlan",), ("ct", flags, zone_src, zone, recirc_table, alg, nested keys) and ("nat", flags,
+    *ranges).
     """
 
     actions: tuple[tuple[Any, ...], ...]
@@ -217,28 +258,41 @@ class ActionPlan:
     goto: int | None
 
 
+@dataclasses.dataclass(slots=True)
+class _Walk:
+    """What OVS's checks of an action depend on, as the list is read: is a VLAN tag known present?"""
+
+    vlan: bool
+
+    @classmethod
+    def start(cls, flow: ir.Flow) -> _Walk:
+        term = flow.match.get("vlan_vid")
+        return cls(term is not None and term.mask != 0)  # a vlan_vid term matches OFPVID_PRESENT too
+
+
+def _output_key(port: int, max_len: int) -> tuple[Any, ...]:
+    """max_len means something only for the controller port; OVS dumps what it was sent."""
+    return ("output", port, max_len) if port == ofp.OFPP_CONTROLLER else ("output", port)
+
+
 def _set_field(flow: ir.Flow, action: ir.SetField) -> tuple[Any, ...]:
+    """A SetField other than metadata and vlan_vid (which depend on the actions around them)."""
     if action.field == "ip_ttl":
         _check_prerequisites(flow, "nw_ttl", "set_field on")
         return ("set_nw_ttl", action.value)
-    if action.field == "in_port":
-        raise TranslationError(flow, "in_port cannot be rewritten")
+    if action.field in _NOT_WRITABLE:
+        raise TranslationError(flow, f"{action.field} cannot be rewritten (only the switch sets it)")
     oxm = oxm_name(action.field, flow.match)
     _check_prerequisites(flow, oxm, "set_field on")
-    value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
-    return ("set_field", oxm, value)
+    return ("set_field", oxm, action.value)
 
 
-def _other_action(flow: ir.Flow, action: ir.OutputInPort | ir.DecTtl | ir.Move) -> list[tuple[Any, ...]]:
-    """OutputInPort, DecTtl and Move as action keys (which are also what the compiler encodes)."""
-    if isinstance(action, ir.OutputInPort):
-        return [("output", ofp.OFPP_IN_PORT)]
-    if isinstance(action, ir.DecTtl):
-        _check_prerequisites(flow, "nw_ttl", "dec_ttl on")
-        return [("dec_nw_ttl",)]
+def _move(flow: ir.Flow, action: ir.Move) -> list[tuple[Any, ...]]:
     for name in (action.src, action.dst):
         if name in _NOT_MOVABLE:
             raise TranslationError(flow, f"a move of {name} has no OpenFlow translation")
+    if action.dst in _NOT_WRITABLE:
+        raise TranslationError(flow, f"a move into {action.dst}: only the switch sets it")
     src, dst = oxm_name(action.src, flow.match), oxm_name(action.dst, flow.match)
     _check_prerequisites(flow, src, "a move from")
     _check_prerequisites(flow, dst, "a move to")
@@ -248,16 +302,95 @@ def _other_action(flow: ir.Flow, action: ir.OutputInPort | ir.DecTtl | ir.Move) 
     return [move] if bits == ir.FIELD_BITS[action.dst] else [("set_field", dst, 0), move]
 
 
+def _nat(flow: ir.Flow, nat: ir.Nat) -> tuple[Any, ...]:
+    if nat.kind is None:
+        return ("nat", 0, *(None,) * len(_NAT_RANGES))
+    _check_prerequisites(flow, "nat to an IPv4 address", "a Conntrack with")
+    flags = NAT_F_SRC if nat.kind == "snat" else NAT_F_DST
+    return ("nat", flags, nat.ipv4, *(None,) * (len(_NAT_RANGES) - 1))
+
+
+def _conntrack(flow: ir.Flow, action: ir.Conntrack) -> tuple[Any, ...]:
+    _check_prerequisites(flow, "ct", "the action")
+    if action.nat is not None and action.nat.kind is not None and not action.commit:
+        raise TranslationError(flow, f"Conntrack with {action.nat.kind} needs commit=True: OVS sets a translation "
+                                     "up only when it commits the connection")
+    state = flow.match.get("ct_state")
+    if action.commit and state is not None and state.value & ir.CT_INV:
+        raise TranslationError(flow, "Conntrack commit of a packet matched as ct_state +inv: OVS refuses it")
+    if action.table is None:
+        recirc = nicira_ext.NX_CT_RECIRC_NONE
+    elif 0 <= action.table < ofp.OFPTT_MAX:
+        recirc = action.table
+    else:
+        raise TranslationError(flow, f"Conntrack table {action.table} is outside OpenFlow's 0..{ofp.OFPTT_MAX - 1}")
+    nested = () if action.nat is None else (_nat(flow, action.nat),)
+    return ("ct", nicira_ext.NX_CT_F_COMMIT if action.commit else 0, None, action.zone, recirc, 0, nested)
+
+
+def _needs_vlan(flow: ir.Flow, walk: _Walk, what: str) -> None:
+    if not walk.vlan:
+        raise TranslationError(flow, f"{what} needs a VLAN tag: match a vlan_vid or PushVlan first (OVS refuses "
+                                     "it otherwise)")
+
+
+def _other_action(flow: ir.Flow, action: ir.Action, walk: _Walk) -> list[tuple[Any, ...]]:
+    """Every action but Output, GotoTable, Drop and SetField of metadata or an ordinary field, as action keys."""
+    if isinstance(action, ir.OutputInPort):
+        return [("output", ofp.OFPP_IN_PORT)]
+    if isinstance(action, ir.Punt):
+        return [_output_key(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+    if isinstance(action, ir.DecTtl):
+        _check_prerequisites(flow, "nw_ttl", "dec_ttl on")
+        return [("dec_nw_ttl",)]
+    if isinstance(action, ir.Move):
+        return _move(flow, action)
+    if isinstance(action, ir.Conntrack):
+        return [_conntrack(flow, action)]
+    if isinstance(action, ir.PushVlan):
+        walk.vlan = True
+        return [("push_vlan", ether_types.ETH_TYPE_8021Q), ("set_field", "vlan_vid", action.vid | ofp.OFPVID_PRESENT)]
+    if isinstance(action, ir.PopVlan):
+        _needs_vlan(flow, walk, "PopVlan")
+        walk.vlan = False  # the IR knows one tag: what a second one holds is never matched
+        return [("pop_vlan",)]
+    if isinstance(action, ir.SetField) and action.field == "vlan_vid":
+        _needs_vlan(flow, walk, "a SetField of vlan_vid")
+        return [("set_field", "vlan_vid", action.value | ofp.OFPVID_PRESENT)]
+    raise TranslationError(flow, f"{type(action).__name__} has no OpenFlow translation")
+
+
+def _reads_metadata(action: ir.Action) -> bool:
+    """Actions that see the metadata as it is at that point, not as write-metadata leaves it afterwards."""
+    if isinstance(action, ir.Move):
+        return "metadata" in (action.src, action.dst)
+    return isinstance(action, ir.Punt) or isinstance(action, ir.Conntrack) and action.table is not None
+
+
+def _ends_walk(flow: ir.Flow, action: ir.Action) -> str | None:
+    """The action after which nothing but Drop may follow: the IR's walk goes on elsewhere."""
+    if isinstance(action, ir.GotoTable):
+        return "GotoTable"
+    if isinstance(action, ir.Conntrack) and action.table is not None:
+        return "Conntrack(table=...)"
+    return None
+
+
 def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
-    """The order OpenFlow runs instructions and OVS dumps them; Drop ends the list."""
+    """The order OpenFlow runs instructions and OVS dumps them; Drop and Punt end the list."""
     actions: list[tuple[Any, ...]] = []
     metadata: int | None = None
     goto: int | None = None
+    ended: str | None = None
+    walk = _Walk.start(flow)
     for action in flow.actions:
         if isinstance(action, ir.Drop):
             break
-        if goto is not None:
-            raise TranslationError(flow, "actions after GotoTable have no OpenFlow equivalent")
+        if ended is not None:
+            raise TranslationError(flow, f"actions after {ended} have no OpenFlow equivalent")
+        if metadata is not None and _reads_metadata(action):
+            actions.append(("set_field", "metadata", metadata))
+            metadata = None
         if isinstance(action, ir.Output):
             if action.port not in ports:
                 raise UnboundPort(action.port, flow)
@@ -266,27 +399,40 @@ def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
             if action.table <= flow.table:
                 raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
             goto = action.table
-        elif isinstance(action, ir.OutputInPort | ir.DecTtl | ir.Move):
-            actions += _other_action(flow, action)
-        elif not isinstance(action, ir.SetField):
-            raise TranslationError(flow, f"{type(action).__name__} has no OpenFlow translation yet")
-        elif action.field == "metadata":
+        elif isinstance(action, ir.SetField) and action.field == "metadata":
             metadata = action.value
-        else:
+        elif isinstance(action, ir.SetField) and action.field != "vlan_vid":
             actions.append(_set_field(flow, action))
+        else:
+            actions += _other_action(flow, action, walk)
+        if isinstance(action, ir.Punt):
+            break
+        ended = _ends_walk(flow, action)
     return ActionPlan(tuple(actions), metadata, goto)
 
 
 def _osken_action(action: tuple[Any, ...]) -> parser.OFPAction:
-    if action[0] == "output":
-        return parser.OFPActionOutput(action[1], 0)
-    if action[0] == "dec_nw_ttl":
+    kind = action[0]
+    if kind == "output":
+        return parser.OFPActionOutput(action[1], action[2] if len(action) > 2 else 0)
+    if kind == "dec_nw_ttl":
         return parser.OFPActionDecNwTtl()
-    if action[0] == "reg_move":
+    if kind == "reg_move":
         _, src, dst, bits, src_ofs, dst_ofs = action
         return parser.NXActionRegMove(src, dst, bits, src_ofs, dst_ofs)
-    if action[0] == "set_nw_ttl":
+    if kind == "set_nw_ttl":
         return parser.OFPActionSetNwTtl(action[1])
+    if kind == "push_vlan":
+        return parser.OFPActionPushVlan(action[1])
+    if kind == "pop_vlan":
+        return parser.OFPActionPopVlan()
+    if kind == "ct":
+        _, flags, zone_src, zone, recirc, alg, nested = action
+        return parser.NXActionCT(flags, zone_src or "", zone, recirc, alg, [_osken_action(a) for a in nested])
+    if kind == "nat":
+        ipv4_min = action[2]
+        return parser.NXActionNAT(action[1], range_ipv4_min="" if ipv4_min is None else str(
+            ipaddress.IPv4Address(ipv4_min)))
     return parser.OFPActionSetField(**{action[1]: to_user(action[1], action[2])})
 
 
@@ -370,6 +516,9 @@ _OXM_HEADER = struct.Struct("!I")
 _EXPERIMENTER_CLASS = 0xFFFF
 _NX_SUBTYPE = struct.Struct("!IH")  # experimenter action: vendor, subtype
 _NX_REG_MOVE = struct.Struct("!HHHII")  # n_bits, src_ofs, dst_ofs, src header, dst header
+_NX_CT = struct.Struct("!HIHB3xH")  # flags, zone_src header, zone_ofs_nbits, recirc_table, alg; then actions
+_NX_NAT = struct.Struct("!2xHH")  # flags, range_present; then the present ranges
+_OUTPUT = struct.Struct("!IH")  # port, max_len
 
 
 # Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
@@ -406,7 +555,8 @@ class FlowCompiler:
         index = catalog.index
         self._fields = catalog.fields
         self._ids = {name: index[name] for name in ("flow_mod", "match", "apply_actions", "output", "set_nw_ttl",
-                                                      "write_metadata", "goto_table", "dec_nw_ttl", "reg_move")}
+                                                      "write_metadata", "goto_table")}
+        self._builder = native.ProgramBuilder(catalog)  # the less common actions, from their keys
         self._cookies: dict[str, int] = {}
         self._shapes: dict[Shape, tuple[tuple[_Step, ...], tuple[int, ...]]] = {}
         # exact OXM header (and experimenter id) -> field name, for reading dumps
@@ -490,18 +640,21 @@ class FlowCompiler:
 
     def _instructions(self, flow: ir.Flow, shape: Shape, ports: Mapping[int, int]
                       ) -> tuple[list[int], InstructionsKey]:
-        """Same rules and errors as :func:`plan_actions`, straight to words and key."""
+        """Same rules and errors as :func:`plan_actions`, straight to words and key; the common actions
+        (Output, GotoTable, SetField) inline, the others through the same helpers."""
         ids = self._ids
         words: list[int] = []
         keys: list[tuple[Any, ...]] = []
         metadata: int | None = None
         goto: int | None = None
+        ended: str | None = None
+        walk: _Walk | None = None
         for action in flow.actions:
             kind = action.__class__
             if kind is ir.Drop:
                 break
-            if goto is not None:
-                raise TranslationError(flow, "actions after GotoTable have no OpenFlow equivalent")
+            if ended is not None:
+                raise TranslationError(flow, f"actions after {ended} have no OpenFlow equivalent")
             if kind is ir.Output:
                 ofport = ports.get(action.port)
                 if ofport is None:
@@ -512,19 +665,26 @@ class FlowCompiler:
                 if action.table <= flow.table:
                     raise TranslationError(flow, f"goto table {action.table}: OpenFlow only jumps forward")
                 goto = action.table
-            elif kind is ir.OutputInPort or kind is ir.DecTtl or kind is ir.Move:
-                for key in _other_action(flow, action):
-                    words += self._action_words(key)
-                    keys.append(key)
-            elif kind is not ir.SetField:
-                raise TranslationError(flow, f"{kind.__name__} has no OpenFlow translation yet")
-            elif action.field == "metadata":
+                ended = "GotoTable"
+            elif kind is ir.SetField and action.field == "metadata":
                 metadata = action.value
-            else:
+            elif kind is ir.SetField and action.field != "vlan_vid":
                 oxm, template, wide = self._set_field(flow, shape, action)
-                value = action.value | ofp.OFPVID_PRESENT if action.field == "vlan_vid" else action.value
+                value = action.value
                 words += (template, value >> 64, value & native.CLOSE) if wide else (template, value)
                 keys.append(("set_nw_ttl", value) if oxm == "set_nw_ttl" else ("set_field", oxm, value))
+            else:
+                if metadata is not None and _reads_metadata(action):
+                    keys.append(("set_field", "metadata", metadata))
+                    words += self._builder.action_words(keys[-1])
+                    metadata = None
+                walk = walk or _Walk.start(flow)
+                for key in _other_action(flow, action, walk):
+                    words += self._builder.action_words(key)
+                    keys.append(key)
+                if kind is ir.Punt:
+                    break
+                ended = _ends_walk(flow, action)
         key: list[tuple[Any, ...]] = []
         if words:
             words = [ids["apply_actions"], *words, native.CLOSE]
@@ -536,22 +696,6 @@ class FlowCompiler:
             words += (ids["goto_table"], goto)
             key.append(("goto", goto))
         return words, tuple(key)
-
-    def _action_words(self, key: tuple[Any, ...]) -> tuple[int, ...]:
-        """Program words of an action given as its canonical key (the less common actions)."""
-        ids = self._ids
-        if key[0] == "output":
-            return (ids["output"], key[1], 0)
-        if key[0] == "dec_nw_ttl":
-            return (ids["dec_nw_ttl"],)
-        if key[0] == "reg_move":
-            _, src, dst, bits, src_ofs, dst_ofs = key
-            return (ids["reg_move"], bits, src_ofs, dst_ofs, self._fields[src].header_word,
-                    self._fields[dst].header_word)
-        _, oxm, value = key
-        width = self._fields[oxm].width
-        template = self.catalog.index[f"set_field:{oxm}"]
-        return (template, value >> 64, value & native.CLOSE) if width > 8 else (template, value)
 
     def compile(self, flow: ir.Flow, ports: Mapping[int, int]) -> Compiled:
         """Raises UnboundPort / TranslationError as :func:`to_flow_mod` does."""
@@ -618,7 +762,7 @@ class FlowCompiler:
             if length < 8:
                 raise ValueError(f"corrupt action (type {kind}, length {length}) in a flow stats reply")
             if kind == ofp.OFPAT_OUTPUT:
-                keys.append(("output", _OXM_HEADER.unpack_from(data, offset + 4)[0]))
+                keys.append(_output_key(*_OUTPUT.unpack_from(data, offset + 4)))
             elif kind == ofp.OFPAT_SET_FIELD:
                 name, value, _, _ = self._oxm(data, offset + 4)
                 keys.append(("set_field", name, value))
@@ -626,15 +770,37 @@ class FlowCompiler:
                 keys.append(("set_nw_ttl", data[offset + 4]))
             elif kind == ofp.OFPAT_DEC_NW_TTL:
                 keys.append(("dec_nw_ttl",))
-            elif kind == ofp.OFPAT_EXPERIMENTER and _NX_SUBTYPE.unpack_from(data, offset + 4) == (
-                    native.NX_VENDOR, nicira_ext.NXAST_REG_MOVE):
-                bits, src_ofs, dst_ofs, src, dst = _NX_REG_MOVE.unpack_from(data, offset + 10)
-                names = [self._headers.get((h, b""), f"oxm_{h:#010x}") for h in (src, dst)]
-                keys.append(("reg_move", *names, bits, src_ofs, dst_ofs))
+            elif kind == ofp.OFPAT_PUSH_VLAN:
+                keys.append(("push_vlan", _TLV.unpack_from(data, offset + 4)[0]))
+            elif kind == ofp.OFPAT_POP_VLAN:
+                keys.append(("pop_vlan",))
             else:
-                keys.append(("unknown", kind, bytes(data[offset:offset + length])))
+                keys.append(self._nx_action_key(data, offset, length) if kind == ofp.OFPAT_EXPERIMENTER
+                            else ("unknown", kind, bytes(data[offset:offset + length])))
             offset += length
         return tuple(keys)
+
+    def _header_name(self, header: int) -> str:
+        return self._headers.get((header, b""), f"oxm_{header:#010x}")
+
+    def _nx_action_key(self, data: bytes, offset: int, length: int) -> tuple[Any, ...]:
+        """NXAST_REG_MOVE, NXAST_CT (its nested actions keyed alike) and NXAST_NAT; others unknown."""
+        vendor, subtype = _NX_SUBTYPE.unpack_from(data, offset + 4)
+        if vendor == native.NX_VENDOR and subtype == nicira_ext.NXAST_REG_MOVE:
+            bits, src_ofs, dst_ofs, src, dst = _NX_REG_MOVE.unpack_from(data, offset + 10)
+            return ("reg_move", self._header_name(src), self._header_name(dst), bits, src_ofs, dst_ofs)
+        if vendor == native.NX_VENDOR and subtype == nicira_ext.NXAST_CT:
+            flags, zone_src, zone, recirc, alg = _NX_CT.unpack_from(data, offset + 10)
+            nested = self._actions_key(data, offset + 10 + _NX_CT.size, offset + length)
+            return ("ct", flags, self._header_name(zone_src) if zone_src else None, zone, recirc, alg, nested)
+        if vendor == native.NX_VENDOR and subtype == nicira_ext.NXAST_NAT:
+            flags, present = _NX_NAT.unpack_from(data, offset + 10)
+            at, ranges = offset + 10 + _NX_NAT.size, []
+            for bit, size in _NAT_RANGES:
+                ranges.append(int.from_bytes(data[at:at + size], "big") if present & bit else None)
+                at += size if present & bit else 0
+            return ("nat", flags, *ranges)
+        return ("unknown", ofp.OFPAT_EXPERIMENTER, bytes(data[offset:offset + length]))
 
     def _instructions_key(self, data: bytes, offset: int, end: int) -> InstructionsKey:
         """As :func:`instructions_key` computes it from os-ken instructions."""
@@ -704,9 +870,25 @@ def _canonical_field(name: str) -> str:
     return base if base in _NXM_ALIASES else name
 
 
+def _nat_key(action: parser.NXActionNAT) -> tuple[Any, ...]:
+    ranges = (action.range_ipv4_min, action.range_ipv4_max, action.range_ipv6_min, action.range_ipv6_max)
+    protos = (action.range_proto_min, action.range_proto_max)
+    return ("nat", action.flags, *(int(ipaddress.ip_address(r)) if r else None for r in ranges), *protos)
+
+
 def _action_key(action: parser.OFPAction) -> tuple[Any, ...]:
     if isinstance(action, parser.OFPActionOutput):
-        return ("output", action.port)
+        return _output_key(action.port, action.max_len)
+    if isinstance(action, parser.OFPActionPushVlan):
+        return ("push_vlan", action.ethertype)
+    if isinstance(action, parser.OFPActionPopVlan):
+        return ("pop_vlan",)
+    if isinstance(action, parser.NXActionCT):
+        zone_src = _canonical_field(action.zone_src) if action.zone_src else None
+        return ("ct", action.flags, zone_src, action.zone_ofs_nbits, action.recirc_table, action.alg,
+                tuple(_action_key(a) for a in action.actions))
+    if isinstance(action, parser.NXActionNAT):
+        return _nat_key(action)
     if isinstance(action, parser.OFPActionDecNwTtl):
         return ("dec_nw_ttl",)
     if isinstance(action, parser.NXActionRegMove):
