@@ -1,35 +1,81 @@
-"""DHCP answered by the agent itself: DHCP requests from local ports are punted.
+"""DHCP answered by the agent itself: DHCPv4 requests from local ports are punted.
 
 Sits right after port security (which admits DHCP discovery from 0.0.0.0)
 and before the security groups, so a port's security groups cannot cut it
-off from its own address. Everything that is not DHCP for a served subnet
-goes on through ``out``.
+off from its own address. A port with an IPv4 address in a subnet of its
+network that has ``enable_dhcp`` gets one flow: UDP 68 -> 67 from it goes to
+the agent (``Punt("dhcp")``), whose responder (hwflow.agent.dhcp) answers
+with the port's address. Everything else, and DHCP from a port the agent
+does not serve (a subnet without DHCP may have a DHCP server of its own on
+the network), goes on through ``out``.
 
-Owners: ``dhcp:defaults`` (the pass-through).
+Owners: ``dhcp:defaults`` (the pass-through), ``port:<id>`` (the punt).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App
+from hwflow.apps.base import LocalPortApp, port_owner
+from hwflow.model.objects import Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import Change, Topology
 
+PRIO_PUNT = 100
 PRIO_MISS = 0
 DEFAULTS = "dhcp:defaults"
+PUNT_REASON = "dhcp"
+KIND_SUBNET = "subnet"
+IPPROTO_UDP = 17
+CLIENT_PORT, SERVER_PORT = 68, 67
 
 
-class DhcpApp(App):
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """What the agent hands a port over DHCP: its address and the subnet the options come from."""
+
+    address: ipaddress.IPv4Address
+    subnet: Subnet
+
+
+def served(port: Port, topo: Topology) -> Served | None:
+    """The port's first IPv4 address that lies in a DHCP-enabled subnet of its network, if any."""
+    subnets = [s for s in topo.by(KIND_SUBNET, "network_id", port.network_id)
+               if s.enable_dhcp and s.network.version == 4]
+    for text in port.ips:
+        address = ipaddress.ip_address(text)
+        for subnet in subnets:
+            if address in subnet.network:
+                return Served(address, subnet)
+    return None
+
+
+class DhcpApp(LocalPortApp):
     spec = AppSpec(name="dhcp", tables=("dhcp",), entries={"in": "dhcp"}, exits=("out",))
 
     def owners(self, topo: Topology) -> Iterator[str]:
         yield DEFAULTS
+        yield from super().owners(topo)
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         if owner == DEFAULTS:
             yield ir.Flow(layout.table("dhcp"), PRIO_MISS, ir.Match.of(), (layout.goto("out"),), owner)
+        else:
+            yield from super().owner_flows(owner, topo, layout)
+
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+        if served(port, topo) is None:
+            return
+        match = ir.Match.of(in_port=port.unique_key, eth_type=ir.ETH_TYPE_IPV4, ip_proto=IPPROTO_UDP,
+                            udp_src=CLIENT_PORT, udp_dst=SERVER_PORT)
+        yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, match, (ir.Punt(PUNT_REASON),), owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        return iter(())
+        if change.kind == KIND_SUBNET:  # a subnet added, removed or toggled changes whom we serve
+            networks = {s.network_id for s in (change.old, change.new) if s is not None}
+            for network_id in sorted(networks):
+                yield from (port_owner(p.id) for p in topo.local_ports_of(network_id))
+        yield from super().affected(change, topo)

@@ -9,6 +9,13 @@ which message of the batch OVS refused. :meth:`OpenFlowConnection.send_program`
 takes flow_mods as a compact program (hwflow.backends.ovs.native) and writes
 the natively encoded chunks; :meth:`~OpenFlowConnection.send` takes os-ken
 messages.
+
+Packets the pipeline punts arrive as packet-ins on the reader thread and go
+to the listeners :meth:`~OpenFlowConnection.on_packet_in` registered; while
+any is registered, a lost connection is redialled in the background (the
+listeners belong to the connection object, not to one socket), so punted
+packets keep arriving without anyone having to send something first.
+:meth:`~OpenFlowConnection.packet_out` sends a packet out of a port.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +43,7 @@ HELLO_ELEM = struct.Struct("!HH")  # type, length
 MULTIPART = struct.Struct("!HH4x")  # type, flags (after the header)
 RECV_SIZE = 1 << 16
 MAX_XID = 0xFFFFFFFF
+REDIAL_MIN, REDIAL_MAX = 0.1, 5.0  # seconds between redials of a lost connection that has listeners
 
 
 class OpenFlowError(RuntimeError):
@@ -66,6 +74,20 @@ class Rejected:
     def __str__(self) -> str:
         return (f"{type(self.msg).__name__} xid={self.msg.xid} refused: "
                 f"{_error_name('OFPET_', self.type)}/code {self.code}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PacketIn:
+    """A packet the switch handed us, with the metadata OVS reports for it."""
+
+    in_port: int  # the OpenFlow port it came in on
+    table_id: int
+    cookie: int  # of the flow that sent it
+    fields: Mapping[str, Any]  # the packet-in's match: in_port, metadata, registers, tunnel fields
+    data: bytes  # the whole frame (the pipeline punts with max_len NO_BUFFER)
+
+
+PacketInListener = Callable[[PacketIn], None]
 
 
 def _error_name(prefix: str, value: int) -> str:
@@ -151,6 +173,10 @@ class OpenFlowConnection:
         self._xid = 1
         self._closed = False
         self._ever_connected = False
+        self._listeners: list[PacketInListener] = []
+        self._down = threading.Event()  # set when the connection is lost (or closed): the keeper redials
+        self._keeper: threading.Thread | None = None
+        self._shut = threading.Event()  # close() was called: the keeper stops waiting
 
     # --- connection life cycle ---------------------------------------------------
 
@@ -202,8 +228,9 @@ class OpenFlowConnection:
             if self._sock is sock:
                 self._sock = None
                 if not self._closed:
-                    LOG.warning("OpenFlow connection to %s lost (%s); reconnecting on next use",
-                                self.endpoint, reason)
+                    LOG.warning("OpenFlow connection to %s lost (%s); reconnecting %s", self.endpoint, reason,
+                                "now" if self._listeners else "on next use")
+                self._down.set()
         sock.close()
         with self._waiters_lock:
             waiters = set(self._waiters.values()) | set(self._ranges.values())
@@ -215,13 +242,90 @@ class OpenFlowConnection:
         with self._conn_lock:
             self._closed = True
             sock, self._sock = self._sock, None
+        self._shut.set()
+        self._down.set()
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(self.timeout)
+        for thread in (self._reader, self._keeper):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(self.timeout)
+
+    # --- packet-in and packet-out ------------------------------------------------------
+
+    def on_packet_in(self, listener: PacketInListener) -> None:
+        """Call ``listener`` for every packet-in, on the reader thread: it must not block (queue the work).
+
+        From now on the connection keeps itself up: it dials at once and redials whenever it is lost.
+        """
+        with self._conn_lock:
+            self._listeners.append(listener)
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_connected, daemon=True,
+                                                name=f"hwflow-of-keeper-{self.endpoint}")
+                self._keeper.start()
+            if self._sock is None:
+                self._down.set()
+
+    def remove_packet_in(self, listener: PacketInListener) -> None:
+        with self._conn_lock:
+            self._listeners.remove(listener)
+
+    def _keep_connected(self) -> None:
+        """Redial a lost connection at once, then with backoff, until it is closed."""
+        delay = REDIAL_MIN
+        while True:
+            self._down.wait()
+            self._down.clear()  # before dialling: a loss right after the dial sets it again
+            try:
+                self._ensure_connected()
+            except OpenFlowConnectionError:
+                if self._closed:
+                    return
+                LOG.warning("OpenFlow connection to %s still down; punted packets are lost until it is back "
+                            "(retrying in %.1fs)", self.endpoint, delay)
+                self._down.set()
+                self._shut.wait(delay)
+                delay = min(REDIAL_MAX, delay * 2)
+                continue
+            except OpenFlowError as exc:
+                LOG.error("OpenFlow connection to %s cannot be redialled: %s", self.endpoint, exc)
+                return
+            delay = REDIAL_MIN
+
+    def packet_out(self, port: int, data: bytes) -> None:
+        """Send the frame ``data`` out of OpenFlow port ``port``, as if the controller sent it.
+
+        Nothing is awaited: a packet-out is a datagram, and waiting for a barrier would cost a round trip
+        per packet. Raises OpenFlowConnectionError when the switch cannot be reached.
+        """
+        msg = parser.OFPPacketOut(self.datapath, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                  [parser.OFPActionOutput(port, 0)], data)
+        msg.xid = self._next_xid()
+        msg.serialize()
+        sock = self._ensure_connected()
+        try:
+            self._write(sock, bytes(msg.buf))
+        except OSError as exc:
+            self._lost(sock, str(exc))
+            raise OpenFlowConnectionError(f"OpenFlow connection to {self.endpoint} lost: {exc}") from exc
+
+    def _deliver_packet_in(self, raw: bytes) -> None:
+        version, msg_type, length, xid = HEADER.unpack_from(raw)
+        try:
+            msg = parser.OFPPacketIn.parser(self.datapath, version, msg_type, length, xid, raw)
+            fields = dict(msg.match.items())
+            packet = PacketIn(fields["in_port"], msg.table_id, msg.cookie, fields, bytes(msg.data))
+        except Exception as exc:  # a packet-in os-ken cannot read must not stop the reader
+            LOG.debug("ignoring an unreadable packet-in from %s: %s", self.endpoint, exc)
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(packet)
+            except Exception:
+                LOG.exception("packet-in listener %r failed; the packet is dropped", listener)
 
     # --- reading -------------------------------------------------------------------
 
@@ -251,6 +355,9 @@ class OpenFlowConnection:
             reply.xid = xid
             reply.serialize()
             self._write(sock, bytes(reply.buf))
+            return
+        if msg_type == ofp.OFPT_PACKET_IN:
+            self._deliver_packet_in(raw)
             return
         with self._waiters_lock:
             waiter = self._waiters.get(xid) or next((w for r, w in self._ranges.items() if xid in r), None)
