@@ -78,7 +78,10 @@ def ir_matches(draw: st.DrawFn) -> ir.Match:
     terms = draw(l3_terms())
     if draw(st.booleans()):
         terms.append(exact("in_port", draw(st.sampled_from(sorted(PORTS)))))
-    terms += [draw(masked(f)) for f in ("metadata", "eth_src", "eth_dst", "vlan_vid") if draw(st.booleans())]
+    terms += [draw(masked(f)) for f in ("metadata", "eth_src", "eth_dst", "vlan_vid", "ct_state", "ct_mark", "tun_id",
+                                        "tun_src", "tun_dst", "outport") if draw(st.booleans())]
+    if draw(st.booleans()):
+        terms.append(exact("ct_zone", draw(bits("ct_zone"))))
     return ir.Match(tuple(terms))
 
 
@@ -87,29 +90,62 @@ moves = st.tuples(st.sampled_from(MOVABLE), st.sampled_from(MOVABLE)).filter(
     lambda pair: ir.FIELD_BITS[pair[0]] <= ir.FIELD_BITS[pair[1]]).map(lambda pair: ir.Move(*pair))
 
 
+def conntracks(ipv4: bool, table: st.SearchStrategy[int | None]) -> st.SearchStrategy[ir.Conntrack]:
+    """Conntrack actions OVS takes after an IP match: snat/dnat only committed and on IPv4."""
+    nats = st.none() | st.just(ir.Nat())
+    if ipv4:
+        nats |= st.builds(ir.Nat, st.sampled_from(["snat", "dnat"]), bits("ipv4_dst"))
+    return st.builds(lambda zone, commit, table, nat: ir.Conntrack(zone, commit or (nat is not None and
+                                                                                    nat.kind is not None), table, nat),
+                     bits("ct_zone"), st.booleans(), table, nats)
+
+
+def with_vlan_known(actions: list[ir.Action], match: ir.Match) -> list[ir.Action]:
+    """A PopVlan or vlan_vid rewrite where no tag is known present becomes a PushVlan, as OVS requires."""
+    term = match.get("vlan_vid")
+    tagged, out = term is not None and term.mask != 0, []
+    for action in actions:
+        needs = isinstance(action, ir.PopVlan) or isinstance(action, ir.SetField) and action.field == "vlan_vid"
+        out.append(ir.PushVlan(7) if needs and not tagged else action)
+        tagged = not isinstance(out[-1], ir.PopVlan) and (tagged or isinstance(out[-1], ir.PushVlan))
+    return out
+
+
 @st.composite
 def ir_flows(draw: st.DrawFn) -> ir.Flow:
     table = draw(st.integers(0, 250))
     match = draw(ir_matches())
-    settable = ["metadata", "eth_src", "eth_dst"]
+    settable = ["metadata", "eth_src", "eth_dst", "vlan_vid", "tun_id", "tun_src", "tun_dst", "outport"]
     eth_type = match.get("eth_type")
     ip = eth_type is not None and eth_type.value in (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)
+    ipv4 = eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV4
     if ip:
         settable.append("ip_ttl")
-    if eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV4:
+    if ipv4:
         settable += ["ipv4_src", "ipv4_dst"]
+    state = match.get("ct_state")
+    may_commit = state is None or not state.value & ir.CT_INV
     actions: list[ir.Action] = draw(st.lists(st.one_of(
         st.builds(ir.Output, st.sampled_from(sorted(PORTS))),
         st.sampled_from(settable).flatmap(lambda f: st.builds(ir.SetField, st.just(f), bits(f))),
         st.just(ir.OutputInPort()),
         st.just(ir.DecTtl() if ip else ir.OutputInPort()),
         moves,
+        st.builds(ir.PushVlan, bits("vlan_vid")),
+        st.just(ir.PopVlan()),
+        conntracks(ipv4, st.none()) if ip and may_commit else st.just(ir.PopVlan()),
     ), max_size=4))
-    tail = draw(st.sampled_from(["none", "goto", "drop"]))
+    actions = with_vlan_known(actions, match)
+    tails = ["none", "goto", "drop", "punt", *(["conntrack"] if ip and may_commit else [])]
+    tail = draw(st.sampled_from(tails))
     if tail == "goto":
         actions.append(ir.GotoTable(draw(st.integers(table + 1, 253))))
     elif tail == "drop":
         actions.append(ir.Drop())
+    elif tail == "punt":
+        actions.append(ir.Punt("dhcp"))
+    elif tail == "conntrack":
+        actions.append(draw(conntracks(ipv4, st.integers(0, 254))))
     return ir.Flow(table, draw(st.integers(0, 0xFFFF)), match, tuple(actions),
                    draw(st.text(min_size=1, max_size=20)))
 
@@ -156,8 +192,8 @@ def test_same_flow_with_its_match_respelled_has_the_same_key(flow: ir.Flow) -> N
 
 
 def _full(oxm: str):
-    width = {"vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
-             "icmpv6_code": 8}.get(oxm) or ir.FIELD_BITS[oxm]
+    width = {"vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8, "icmpv6_code": 8, "reg15": 32,
+             "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32}.get(oxm) or ir.FIELD_BITS[oxm]
     return translate.to_user(oxm, (1 << width) - 1)
 
 
@@ -530,3 +566,77 @@ def test_a_move_dumped_with_nxm_names_keys_like_the_oxm_move_we_sent() -> None:
                     for m in (move("eth_src", "eth_dst"), move("eth_src_nxm", "eth_dst_nxm")))
     assert sent.instructions == dumped.instructions == (("apply", (("reg_move", "eth_src", "eth_dst", 48, 0, 0),)),)
     assert translate.instructions_key(move("eth_src_nxm", "eth_dst_nxm").instructions) == sent.instructions
+
+
+IPV4 = ir.Match.of(eth_type=ir.ETH_TYPE_IPV4)
+CONTROLLER = ("output", ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)
+NO_RANGE = (None,) * 6
+
+
+@pytest.mark.parametrize("match, actions, want", [
+    (ir.Match(), (ir.PushVlan(5), ir.Output(10)),
+     (("apply", (("push_vlan", 0x8100), ("set_field", "vlan_vid", 5 | ofp.OFPVID_PRESENT), ("output", 1))),)),
+    (ir.Match.of(vlan_vid=5), (ir.PopVlan(), ir.Output(10)), (("apply", (("pop_vlan",), ("output", 1))),)),
+    (ir.Match.of(vlan_vid=5), (ir.SetField("vlan_vid", 9),),
+     (("apply", (("set_field", "vlan_vid", 9 | ofp.OFPVID_PRESENT),)),)),
+    # The punt ends the list; the metadata set before it is written in place so the packet-in carries it.
+    (ir.Match(), (ir.SetField("metadata", 3), ir.Punt("dhcp"), ir.Output(10), ir.GotoTable(9)),
+     (("apply", (("set_field", "metadata", 3), CONTROLLER)),)),
+    (IPV4, (ir.SetField("metadata", 3), ir.Conntrack(7, commit=True, table=20, nat=ir.Nat("snat", 0x0A000001))),
+     (("apply", (("set_field", "metadata", 3), ("ct", 1, None, 7, 20, 0, (("nat", 1, 0x0A000001, *NO_RANGE[1:]),)))),)),
+    (IPV4, (ir.Conntrack(7, commit=True, nat=ir.Nat("dnat", 0x0A000002)), ir.Output(10)),
+     (("apply", (("ct", 1, None, 7, 255, 0, (("nat", 2, 0x0A000002, *NO_RANGE[1:]),)), ("output", 1))),)),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV6), (ir.Conntrack(0, table=5, nat=ir.Nat()),),
+     (("apply", (("ct", 0, None, 0, 5, 0, (("nat", 0, *NO_RANGE),)),)),)),
+    (ir.Match(), (ir.SetField("tun_id", 100), ir.SetField("tun_dst", 0xC0A80001), ir.Output(10)),
+     (("apply", (("set_field", "tunnel_id", 100), ("set_field", "tun_ipv4_dst", 0xC0A80001), ("output", 1))),)),
+])
+def test_new_actions_translate_to_their_openflow_form_on_both_paths(match: ir.Match, actions: tuple,
+                                                                    want: tuple) -> None:
+    flow = ir.Flow(1, 1, match, actions, "x")
+    assert translate.instructions_key(translate.to_flow_mod(flow, PORTS).instructions) == want
+    assert COMPILER.compile(flow, PORTS).instructions == want
+
+
+def test_ct_tunnel_matches_widen_ct_state_to_ovs_32_bits() -> None:
+    flow = ir.Flow(2, 1, ir.Match.of(ct_state=ir.CT_TRK | ir.CT_EST, ct_zone=7, ct_mark=(4, 7), tun_id=100,
+                                     tun_src=0x01020304, tun_dst=(0x01020300, 0xFFFFFF00)), (), "x")
+    key = (2, 1, (("ct_mark", 4, 7), ("ct_state", 0x22, 0xFF), ("ct_zone", 7, 0xFFFF),
+                  ("tun_ipv4_dst", 0x01020300, 0xFFFFFF00), ("tun_ipv4_src", 0x01020304, 0xFFFFFFFF),
+                  ("tunnel_id", 100, translate.ALL_ONES_64)))
+    mod = translate.to_flow_mod(flow, PORTS)
+    assert mod.match["ct_state"] == (0x22, 0xFF) and mod.match["tun_ipv4_src"] == "1.2.3.4"
+    assert translate.flow_key(mod.table_id, mod.priority, mod.match) == COMPILER.compile(flow, PORTS).key == key
+
+
+@pytest.mark.parametrize("match, action, reason", [
+    (ir.Match(), ir.PopVlan(), "PopVlan needs a VLAN tag: match a vlan_vid or PushVlan first"),
+    (ir.Match(), ir.SetField("vlan_vid", 3), "a SetField of vlan_vid needs a VLAN tag"),
+    (ir.Match(), ir.Conntrack(1), "the action ct needs an exact match on eth_type=0x0800 or 0x86dd"),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV6), ir.Conntrack(1, True, nat=ir.Nat("snat", 1)),
+     "nat to an IPv4 address needs an exact match on eth_type=0x0800"),
+    (IPV4, ir.Conntrack(1, nat=ir.Nat("dnat", 1)), "Conntrack with dnat needs commit=True"),
+    (ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ct_state=(ir.CT_INV, ir.CT_INV)), ir.Conntrack(1, commit=True),
+     "commit of a packet matched as ct_state \\+inv"),
+    (IPV4, ir.Conntrack(1, table=255), "Conntrack table 255 is outside"),
+    (ir.Match(), ir.SetField("ct_mark", 1), "ct_mark cannot be rewritten"),
+    (ir.Match(), ir.Move("reg0", "ct_mark"), "a move into ct_mark"),
+    (ir.Match.of(ct_zone=(1, 0xF)), ir.Output(10), "ct_zone can only be matched exactly"),
+])
+def test_what_ovs_would_refuse_is_refused_with_the_reason_on_both_paths(match: ir.Match, action: ir.Action,
+                                                                         reason: str) -> None:
+    flow = ir.Flow(0, 1, match, (action,), "x")
+    for translation in (COMPILER.compile, translate.to_flow_mod):
+        with pytest.raises(translate.TranslationError, match=reason):
+            translation(flow, PORTS)
+
+
+def test_after_a_recirculating_conntrack_only_drop_may_follow() -> None:
+    """OVS would run later actions on the untracked packet; the IR's walk goes on in the ct table only."""
+    ct = ir.Conntrack(1, table=9)
+    assert COMPILER.compile(ir.Flow(0, 1, IPV4, (ct, ir.Drop()), "x"), PORTS).instructions == (
+        ("apply", (("ct", 0, None, 1, 9, 0, ()),)),)
+    flow = ir.Flow(0, 1, IPV4, (ct, ir.Output(10)), "x")
+    for translation in (COMPILER.compile, translate.to_flow_mod):
+        with pytest.raises(translate.TranslationError, match=r"after Conntrack\(table=...\)"):
+            translation(flow, PORTS)
