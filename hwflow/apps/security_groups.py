@@ -30,7 +30,8 @@ and all its IP traffic is dropped (failing closed), with an error naming it.
 Removing a rule stops new connections at once; connections it had admitted
 stay established (no conntrack flush).
 
-Owners: ``<app>:defaults`` (what does not depend on a port) and
+Owners: ``<app>:defaults`` (the pass-through, and while a local port is
+filtered, what does not depend on a port) and
 ``port:<id>`` (a filtered local port's conntrack entry and rules). A
 rule's peers (``remote_group_id``) are the addresses of every port in that
 group, so a port joining, leaving or renumbering recomputes every local
@@ -117,6 +118,10 @@ class GroupIndex:
         self.rules: dict[str, set[str]] = {}  # group -> its rule ids
         self.naming: dict[str, set[str]] = {}  # group -> ids of the rules with it as remote_group_id
         self._peers: dict[str, dict[str, Terms]] = {}  # group -> cached peer terms by field
+        # caches, since every port of a group has the same rules: (groups, direction) -> rules, and
+        # (rule id, peer field) -> (the rule, its peers, its terms), valid while both are the same objects
+        self._rules_of: dict[tuple[tuple[str, ...], str], list[SecurityGroupRule]] = {}
+        self._terms: dict[tuple[str, str], tuple[SecurityGroupRule, Terms | None, list[Terms]]] = {}
         for port in topo.ports.values():
             self._port(port, add=True)
         for rule in topo.of(KIND_RULE).values():
@@ -138,19 +143,35 @@ class GroupIndex:
             self._peers.pop(group, None)
 
     def _rule(self, rule: SecurityGroupRule, add: bool) -> None:
+        self._rules_of.clear()
         _toggle(self.rules, rule.security_group_id, rule.id, add)
         if rule.remote_group_id:
             _toggle(self.naming, rule.remote_group_id, rule.id, add)
+
+    def any_local_member(self) -> bool:
+        return any(self.topo.is_local(pid) for members in self.members.values() for pid in members)
 
     def local_members(self, groups: Iterable[str]) -> set[str]:
         return {pid for group in groups for pid in self.members.get(group, ()) if self.topo.is_local(pid)}
 
     def port_rules(self, port: Port, direction: str) -> list[SecurityGroupRule]:
         """The rules of ``direction`` of all the port's groups, deterministic order."""
-        table = self.topo.of(KIND_RULE)
-        found = {rid: table[rid] for group in port.security_groups for rid in self.rules.get(group, ())
-                 if rid in table and table[rid].direction == direction}
-        return [found[rid] for rid in sorted(found)]
+        key = (tuple(port.security_groups), direction)
+        if key not in self._rules_of:
+            table = self.topo.of(KIND_RULE)
+            found = {rid: table[rid] for group in port.security_groups for rid in self.rules.get(group, ())
+                     if rid in table and table[rid].direction == direction}
+            self._rules_of[key] = [found[rid] for rid in sorted(found)]
+        return self._rules_of[key]
+
+    def terms(self, rule: SecurityGroupRule, remote_field: str) -> list[Terms]:
+        """:func:`rule_terms` of ``rule``, with its peers' addresses in ``remote_field`` (src or dst)."""
+        address_field = f"{'ipv4' if rule.ethertype == 'IPv4' else 'ipv6'}_{remote_field}"
+        peers = self.peers(rule.remote_group_id, address_field) if rule.remote_group_id else None
+        cached = self._terms.get((rule.id, remote_field))
+        if cached is None or cached[0] is not rule or cached[1] is not peers:
+            cached = self._terms[rule.id, remote_field] = (rule, peers, list(rule_terms(rule, address_field, peers)))
+        return cached[2]
 
     def peers(self, group: str, field: str) -> Terms:
         """Exact matches on ``field`` (an address field) for every address of the group's ports of its family."""
@@ -172,11 +193,12 @@ def _toggle(index: dict[str, set[str]], key: str, value: str, add: bool) -> None
             del index[key]
 
 
-def rule_terms(rule: SecurityGroupRule, remote_field: str, index: GroupIndex) -> Iterator[Terms]:
-    """Field matches (besides the port and ct_state) of each flow that together admit what ``rule`` allows."""
-    eth_type = IP_TYPES[rule.ethertype]
-    family = "ipv4" if rule.ethertype == "IPv4" else "ipv6"
-    base = [ir.FieldMatch("eth_type", eth_type, 0xFFFF)]
+def rule_terms(rule: SecurityGroupRule, address_field: str, peers: Terms | None) -> Iterator[Terms]:
+    """Field matches (besides the port and ct_state) of each flow that together admit what ``rule`` allows.
+
+    ``peers``: exact matches on ``address_field`` for the remote group's addresses (None: no remote group).
+    """
+    base = [ir.FieldMatch("eth_type", IP_TYPES[rule.ethertype], 0xFFFF)]
     proto = PROTOCOL_NUMBERS.get(rule.protocol) if rule.protocol else None
     if rule.protocol and proto is None:
         proto = int(rule.protocol)
@@ -193,24 +215,16 @@ def rule_terms(rule: SecurityGroupRule, remote_field: str, index: GroupIndex) ->
                         rule.id, rule.protocol)
             return
         variants = [[*base, ir.FieldMatch(field, v, m)] for v, m in port_masks(rule.port_min, rule.port_max)]
-    peers: Terms = ()
-    address_field = f"{family}_{remote_field}"
-    if rule.remote_group_id:
-        peers = index.peers(rule.remote_group_id, address_field)
-        if not peers:
-            return
-    elif rule.remote_ip_prefix:
+    if peers is None and rule.remote_ip_prefix:
         net = ipaddress.ip_network(rule.remote_ip_prefix)
-        if net.prefixlen:
-            width = ir.FIELD_BITS[address_field]
-            mask = ((1 << net.prefixlen) - 1) << (width - net.prefixlen)
-            peers = (ir.FieldMatch(address_field, int(net.network_address), mask),)
+        width = ir.FIELD_BITS[address_field]
+        mask = ((1 << net.prefixlen) - 1) << (width - net.prefixlen)
+        peers = (ir.FieldMatch(address_field, int(net.network_address), mask),) if net.prefixlen else None
     for variant in variants:
-        if peers:
-            for peer in peers:
-                yield tuple(sorted((*variant, peer)))
-        else:
+        if peers is None:
             yield tuple(sorted(variant))
+        else:
+            yield from (tuple(sorted((*variant, peer))) for peer in peers)
 
 
 class _SecurityGroupStage(App):
@@ -239,7 +253,7 @@ class _SecurityGroupStage(App):
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         if owner == self.defaults:
-            yield from self._defaults(layout)
+            yield from self._defaults(layout, self.index(topo).any_local_member())
             return
         port_id = owner_id(owner)
         if topo.is_local(port_id) and topo.ports[port_id].security_groups:
@@ -252,9 +266,11 @@ class _SecurityGroupStage(App):
             index.apply(change)
         objs = [o for o in (change.old, change.new) if o is not None]
         if change.kind in (KIND_PORT, KIND_LOCAL):
-            yield port_owner(change.id)
+            groups = {g for port in objs for g in port.security_groups}
+            if groups:  # a port without groups has no flows here, nor is it anyone's peer
+                yield port_owner(change.id)
+                yield self.defaults  # the first filtered port brings the shared flows, the last takes them
             if change.kind == KIND_PORT:
-                groups = {g for port in objs for g in port.security_groups}
                 yield from self._naming(index, groups)
         elif change.kind == KIND_RULE:
             yield from (port_owner(pid) for pid in sorted(index.local_members({r.security_group_id for r in objs})))
@@ -280,14 +296,17 @@ class _SecurityGroupStage(App):
         new = ct_match(ir.CT_NEW)
         seen: set[Terms] = set()
         for rule in index.port_rules(port, self.direction):
-            for terms in rule_terms(rule, self.remote_field, index):
+            for terms in index.terms(rule, self.remote_field):
                 if terms not in seen:
                     seen.add(terms)
                     yield ir.Flow(state, PRIO_TRACK, ir.Match((*terms, key, new)), admit, owner)
 
-    def _defaults(self, layout: AppLayout) -> Iterator[ir.Flow]:
+    def _defaults(self, layout: AppLayout, filtering: bool) -> Iterator[ir.Flow]:
+        """The pass-through, and while some local port is filtered, what all filtered ports share."""
         entry, state, onward = layout.table("entry"), layout.table("state"), (layout.goto("out"),)
         yield ir.Flow(entry, PRIO_MISS, ir.Match.of(), onward, self.defaults)
+        if not filtering:
+            return
         for match in self.unfiltered():
             yield ir.Flow(entry, PRIO_PASS, match, onward, self.defaults)
         yield ir.Flow(state, PRIO_INVALID, ir.Match((ct_match(ir.CT_INV),)), (ir.Drop(),), self.defaults)

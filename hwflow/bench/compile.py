@@ -5,8 +5,12 @@ update the topology view, ask the apps which owners it touches, recompute
 those and diff them against the previous flows.
 
 The topology is synthetic (no database, no datapath): ``ports`` local ports
-spread over ``networks`` networks. Routers and security groups join the
-topology when their apps land; until then they are not part of the figure.
+spread over ``networks`` networks (one /24 subnet each), ``routers``
+routers sharing the networks between them, and ``groups`` security groups
+of the ten rules in :data:`RULES`, every port in one of them. The first
+:data:`ADMINS` ports are also in the ``admin`` group, which one rule of
+every group names as its remote group. The port added and removed for the
+incremental figure is in a group too.
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ import time
 
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.bench import Progress
-from hwflow.model.objects import Network, Port
+from hwflow.model.objects import Network, Port, Router, RouterPort, SecurityGroup, SecurityGroupRule, Subnet
 from hwflow.pipeline.topology import KIND_PORT, Topology
 
-DEFAULTS = {"ports": 10_000, "networks": 500, "changes": 200}
+DEFAULTS = {"ports": 10_000, "networks": 500, "routers": 100, "groups": 100, "changes": 200}
+ADMINS = 4
+# Ten rules of a typical group: (direction, fields); "admin" is the remote group every group names.
+RULES: tuple[tuple[str, dict], ...] = (
+    ("ingress", {"protocol": "tcp", "port_min": 22, "port_max": 22}),
+    ("ingress", {"protocol": "tcp", "port_min": 80, "port_max": 81, "remote_ip_prefix": "10.0.0.0/8"}),
+    ("ingress", {"protocol": "tcp", "port_min": 443, "port_max": 443}),
+    ("ingress", {"protocol": "tcp", "port_min": 8000, "port_max": 8080}),
+    ("ingress", {"protocol": "udp", "port_min": 53, "port_max": 53, "remote_ip_prefix": "10.0.0.0/16"}),
+    ("ingress", {"protocol": "icmp", "icmp_type": 8}),
+    ("ingress", {"ethertype": "IPv6", "protocol": "icmpv6"}),
+    ("ingress", {"protocol": "tcp", "port_min": 5432, "port_max": 5432, "remote_group_id": "admin"}),
+    ("egress", {}),
+    ("egress", {"ethertype": "IPv6"}),
+)
 
 
 def _mac(i: int) -> str:
@@ -35,27 +53,51 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def build(ports: int, networks: int) -> tuple[dict[str, Network], dict[str, Port]]:
+def _subnet(net: int) -> str:
+    return f"10.{net // 256}.{net % 256}"
+
+
+def _port(i: int, networks: int, groups: int, key: int) -> Port:
+    """Port ``i``: on network i % networks, host address i // networks + 2, in group i % groups."""
+    net = i % networks
+    member = [f"g{i % groups}", "admin"] if i < ADMINS else [f"g{i % groups}"]
+    return Port(id=f"p{i}", name=f"p{i}", network_id=f"n{net}", mac=_mac(i), unique_key=key,
+                ips=[f"{_subnet(net)}.{i // networks + 2}"], security_groups=member)
+
+
+def build(params: dict) -> tuple[dict[str, Network], dict[str, Port], dict[str, dict]]:
+    """Networks, ports and everything else (kind -> id -> object) of the modelled host."""
+    networks, routers = params["networks"], params["routers"]
     nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=1000 + i, unique_key=i + 1) for i in range(networks)}
-    prts = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id=f"n{i % networks}", mac=_mac(i),
-                          ips=[f"10.{(i // 250) % 250}.{i % 250}.1"], unique_key=100_000 + i) for i in range(ports)}
-    return nets, prts
+    prts = {f"p{i}": _port(i, networks, params["groups"], i + 1) for i in range(params["ports"])}
+    subnets = {f"s{i}": Subnet(id=f"s{i}", name=f"s{i}", network_id=f"n{i}", cidr=f"{_subnet(i)}.0/24",
+                               gateway_ip=f"{_subnet(i)}.1") for i in range(networks)}
+    rps = {f"rp{i}": RouterPort(id=f"rp{i}", name=f"rp{i}", router_id=f"r{i % routers}", network_id=f"n{i}",
+                                subnet_id=f"s{i}", mac=_mac(2**23 + i), ip=f"{_subnet(i)}.1") for i in range(networks)}
+    groups = [f"g{i}" for i in range(params["groups"])] + ["admin"]
+    rules = {f"{g}-{j}": SecurityGroupRule(id=f"{g}-{j}", name=f"{g}-{j}", security_group_id=g, direction=direction,
+                                           **fields) for g in groups for j, (direction, fields) in enumerate(RULES)}
+    others = {"subnet": subnets, "router_port": rps,
+              "router": {f"r{i}": Router(id=f"r{i}", name=f"r{i}") for i in range(routers)},
+              "security_group": {g: SecurityGroup(id=g, name=g) for g in groups}, "security_group_rule": rules}
+    return nets, prts, others
 
 
 def run(params: dict, progress: Progress) -> dict[str, float]:
-    nets, ports = build(params["ports"], params["networks"])
+    nets, ports, others = build(params)
     compiler = Compiler.from_file(layout_path(""))
-    progress(f"full compile of {len(ports)} ports over {len(nets)} networks")
+    progress(f"full compile of {len(ports)} ports over {len(nets)} networks, {params['routers']} routers, "
+             f"{len(others['security_group'])} security groups")
     gc.collect()
     start = time.perf_counter()
-    topo = Topology("bench", nets, ports, set(ports))
+    topo = Topology("bench", nets, ports, set(ports), others=others)
     pipeline = compiler.compile(topo)
     full_s = time.perf_counter() - start
     progress(f"{len(pipeline.flows)} flows in {full_s:.3f}s; now {params['changes']} incremental changes")
     timings = []
     for i in range(params["changes"]):
-        pid = f"x{i}"
-        port = Port(id=pid, name=pid, network_id=f"n{i % len(nets)}", mac=_mac(10**7 + i), unique_key=900_000 + i)
+        port = _port(len(ports) + i, len(nets), params["groups"], len(ports) + i + 1)
+        pid = port.id
         for adding in (True, False):
             start = time.perf_counter()
             if adding:
