@@ -183,3 +183,41 @@ def test_router_actions_sync_and_resync_to_nothing(switch: Switch) -> None:
     dump = switch.ofctl("dump-flows")
     assert "move:NXM_NX_REG1[]->OXM_OF_METADATA[0..31]" in dump and "dec_ttl" in dump and "IN_PORT" in dump
     assert switch.backend.sync(flows, PORTS).sent == 0
+
+
+def test_vlan_punt_conntrack_and_tunnel_flows_sync_and_resync_to_nothing(switch: Switch) -> None:
+    """One flow of each construct, as OVS takes it and dumps it back: the second sync finds nothing to send."""
+    ipv4, ipv6 = ir.Match.of(eth_type=ir.ETH_TYPE_IPV4), ir.Match.of(eth_type=ir.ETH_TYPE_IPV6)
+    vxlan = ir.TUNNEL_PORTS["vxlan"]
+    flows = [
+        ir.Flow(30, 1, ir.Match.of(reg1=1), (ir.PushVlan(100), ir.Output(2)), "vlan:push"),
+        ir.Flow(30, 2, ir.Match.of(vlan_vid=100), (ir.PopVlan(), ir.Output(3)), "vlan:pop"),
+        ir.Flow(30, 3, ir.Match.of(vlan_vid=101), (ir.SetField("vlan_vid", 102), ir.Output(3)), "vlan:set"),
+        ir.Flow(31, 1, ir.Match.of(reg2=1), (ir.SetField("metadata", 9), ir.Punt("dhcp")), "dhcp:punt"),
+        ir.Flow(32, 1, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ct_state=(0, ir.CT_TRK)),
+                (ir.Conntrack(5, table=33),), "sg:lookup"),
+        ir.Flow(33, 1, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ct_state=ir.CT_TRK | ir.CT_NEW, ct_zone=5),
+                (ir.Conntrack(5, commit=True, nat=ir.Nat("snat", 0x0A000001)), ir.Output(2)), "nat:snat"),
+        ir.Flow(33, 2, ipv4, (ir.Conntrack(6, commit=True, table=34, nat=ir.Nat("dnat", 0x0A000002)),), "nat:dnat"),
+        ir.Flow(33, 3, ipv6, (ir.Conntrack(7, table=34, nat=ir.Nat()),), "nat:un"),
+        ir.Flow(34, 1, ir.Match.of(ct_mark=(1, 1), ct_zone=6, eth_type=ir.ETH_TYPE_IPV4), (ir.Output(1),), "sg:mark"),
+        ir.Flow(35, 1, ir.Match.of(in_port=vxlan, tun_id=5001, tun_src=0x0A0A0A01, tun_dst=(0x0A0A0A00, 0xFFFFFF00)),
+                (ir.Output(1),), "tunnel:decap"),
+        ir.Flow(35, 2, ir.Match.of(reg3=1), (ir.SetField("tun_id", 5001), ir.SetField("tun_dst", 0x0A0A0A02),
+                                             ir.Output(vxlan)), "tunnel:encap"),
+    ]
+    ports = {**PORTS, vxlan: 9}
+
+    result = switch.backend.sync(flows, ports)
+
+    assert (result.added, result.errors) == (len(flows), ())
+    assert switch.backend.sync(flows, ports).sent == 0
+    dump = switch.ofctl("dump-flows")
+    for text in ("actions=push_vlan:0x8100,set_field:4196->vlan_vid,output:2", "dl_vlan=100 actions=pop_vlan,output:3",
+                 "actions=set_field:4198->vlan_vid,output:3", "actions=set_field:0x9->metadata,CONTROLLER:65535",
+                 "ct_state=-trk,ip actions=ct(table=33,zone=5)",
+                 "actions=ct(commit,zone=5,nat(src=10.0.0.1)),output:2",
+                 "actions=ct(commit,table=34,zone=6,nat(dst=10.0.0.2))", "actions=ct(table=34,zone=7,nat)",
+                 "ct_zone=6,ct_mark=0x1/0x1", "tun_id=0x1389,tun_src=10.10.10.1,tun_dst=10.10.10.0/24,in_port=9",
+                 "actions=set_field:0x1389->tun_id,set_field:10.10.10.2->tun_dst,output:9"):
+        assert text in dump, f"{text!r} not in\n{dump}"
