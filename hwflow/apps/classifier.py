@@ -1,26 +1,70 @@
-"""Port classification: which logical network a packet from a local port is on.
+"""Port classification: which logical network a packet is on.
 
-Every packet starts here. A packet from a known local port leaves with the
-port's network key in ``metadata``; a packet from any other port is dropped
-(no flow matches). Later stages rely on ``metadata`` and never on in_port to
-know the network.
+Every packet starts here. A packet from a known local port leaves through
+``out`` with the port's network key in ``metadata``. A packet from another
+chassis leaves through ``tunnel`` (wired straight to L2: its sender already
+applied port security, its egress security groups and routing):
+
+- from a tunnel port (``ir.TUNNEL_PORTS``), by its ``tun_id``: the VNI of an
+  overlay network with a local port here and a port on a chassis we tunnel
+  to (a host with no such peer, a lone host, accepts no tunnelled traffic);
+- from a physical network's uplink (``ir.physnet_port``), by its VLAN tag
+  (popped) for a vlan network, or untagged for the physical network's flat
+  network (the lower-priority catch-all of that uplink).
+
+A packet from any other port, or with a VNI or VLAN no local network has,
+is dropped (no flow matches). Later stages rely on ``metadata`` and never on
+in_port to know the network.
+
+Owners: ``port:<id>`` for a local port, ``network:<id>`` for the way into a
+network from other chassis (while it has a local port).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, port_owner
-from hwflow.model.objects import Port
+from hwflow.apps.base import LocalPortApp, network_of, network_owner, owner_id, port_owner
+from hwflow.apps.l2 import local_networks
+from hwflow.apps.output import KIND_CHASSIS, is_overlay, remote_chassis
+from hwflow.model.objects import Network, Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_PORT = 100
+PRIO_FLAT = 90  # below the uplink's VLAN flows: what carries no known tag is the flat network's
 
 
 class ClassifierApp(LocalPortApp):
-    spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out",))
+    spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out", "tunnel"))
+
+    def owners(self, topo: Topology) -> Iterator[str]:
+        yield from super().owners(topo)
+        yield from (network_owner(n) for n in sorted(local_networks(topo)))
+
+    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        if owner.startswith("port:"):
+            yield from super().owner_flows(owner, topo, layout)
+            return
+        network = topo.networks.get(owner_id(owner))
+        if network is None or not topo.local_ports_of(network.id):
+            return
+        if is_overlay(network) and not any(remote_chassis(p, network, topo) for p in topo.ports_of(network.id)):
+            return  # no chassis we could exchange this network's packets with: accept none
+        priority, match, untag = self._arrival(network)
+        actions = (*untag, ir.SetField("metadata", network.unique_key), layout.goto("tunnel"))
+        yield ir.Flow(layout.table("ports"), priority, match, actions, owner)
+
+    @staticmethod
+    def _arrival(network: Network) -> tuple[int, ir.Match, tuple[ir.Action, ...]]:
+        """How the network's packets from other chassis arrive: (priority, match, actions undoing the tag)."""
+        if network.network_type in ir.TUNNEL_PORTS:
+            return PRIO_PORT, ir.Match.of(in_port=ir.TUNNEL_PORTS[network.network_type], tun_id=network.vni), ()
+        uplink = ir.physnet_port(network.physical_network)
+        if network.network_type == "vlan":
+            return PRIO_PORT, ir.Match.of(in_port=uplink, vlan_vid=network.vlan_id), (ir.PopVlan(),)
+        return PRIO_FLAT, ir.Match.of(in_port=uplink), ()
 
     def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
         network = topo.networks.get(port.network_id)
@@ -32,6 +76,12 @@ class ClassifierApp(LocalPortApp):
         yield ir.Flow(layout.table("ports"), PRIO_PORT, match, actions, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        if change.kind == KIND_NETWORK:  # its key is what packets are tagged with
+        if change.kind == KIND_NETWORK:  # its key is what packets are tagged with; its VNI/VLAN how they arrive
+            yield network_owner(change.id)
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
+        elif change.kind in (KIND_PORT, KIND_LOCAL):  # its first local port, or first remote one, opens it
+            yield from (network_owner(n) for n in network_of(change))
+        elif change.kind == KIND_CHASSIS:
+            yield from (network_owner(n) for n in sorted({p.network_id for p in topo.ports.values()
+                                                          if p.chassis == change.id}))
         yield from super().affected(change, topo)

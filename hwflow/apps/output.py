@@ -1,60 +1,136 @@
 """Egress dispatch: deliver a packet to the logical port (or flood group) in ``outport``.
 
-This is the one stage that knows where a logical port is. A local port is an
-``Output`` to it; a network's flood group is an ``Output`` to each of the
-network's local ports (neither OVS nor the interpreter sends a packet back
-out of the port it came in on). Ports on other chassis and provider uplinks
-come with the multi-host work, here and nowhere else.
+This is the one stage that knows where a logical port is:
+
+- a local port is an ``Output`` to it;
+- a port bound to another chassis, on an overlay (vxlan/geneve) network, is
+  reached through that chassis's tunnel: ``tun_id`` = the network's VNI,
+  ``tun_dst`` = the chassis's ``tunnel_ip``, out of the tunnel port of the
+  network's type (``ir.TUNNEL_PORTS``);
+- any port not on this chassis, on a provider (vlan/flat) network, is behind
+  the physical network's uplink (``ir.physnet_port``), tagged with the VLAN
+  id on a vlan network;
+- a network's flood group is every local port, plus one tunnelled copy per
+  remote chassis with ports on the network (head-end replication) or the
+  uplink for a provider network. A packet that came in from a tunnel is
+  flooded to local ports only (split horizon: its sender replicated it to
+  every chassis already). Neither OVS nor the interpreter sends a packet
+  back out of the port it came in on, so uplink floods do not echo.
+
+A remote port whose chassis is unknown, has no tunnel address or does not
+terminate the network's encapsulation gets no flow: its packets drop.
 
 Keeping location out of L2 (which only chooses ``outport``) lets stages that
 filter per destination port, such as ingress security groups, sit between
 the two without knowing about tunnels.
 
-Owners: ``port:<id>`` (a local port's delivery), ``network:<id>`` (its flood
-group).
+Owners: ``port:<id>`` (one port's delivery, for every port of a network with
+a local port), ``network:<id>`` (its flood group).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 from hwflow.apps.base import App, network_of, network_owner, port_owner
+from hwflow.apps.l2 import local_networks
+from hwflow.model.objects import Chassis, Network, Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_DELIVER = 100
+PRIO_FROM_TUNNEL = 110  # a flood that came in from a tunnel: above the flood that replicates to tunnels
+KIND_CHASSIS = Chassis.kind
+OVERLAY_TYPES = tuple(ir.TUNNEL_PORTS)
+
+
+def is_overlay(network: Network) -> bool:
+    return network.network_type in OVERLAY_TYPES
+
+
+def remote_chassis(port: Port, network: Network, topo: Topology) -> Chassis | None:
+    """The chassis a port of an overlay network is tunnelled to, if it can be."""
+    if port.chassis in ("", topo.chassis) or topo.is_local(port.id):
+        return None
+    chassis = topo.get(KIND_CHASSIS, port.chassis)
+    if chassis is None or not chassis.tunnel_ip or network.network_type not in chassis.tunnel_types:
+        return None
+    return chassis
+
+
+def encap(network: Network, chassis: Chassis) -> tuple[ir.Action, ...]:
+    return (ir.SetField("tun_id", network.vni), ir.SetField("tun_dst", int(ipaddress.ip_address(chassis.tunnel_ip))),
+            ir.Output(ir.TUNNEL_PORTS[network.network_type]))
+
+
+def to_uplink(network: Network) -> tuple[ir.Action, ...]:
+    tag = (ir.PushVlan(network.vlan_id),) if network.network_type == "vlan" else ()
+    return (*tag, ir.Output(ir.physnet_port(network.physical_network)))
 
 
 class OutputApp(App):
     spec = AppSpec(name="output", tables=("deliver",), entries={"in": "deliver"})
 
     def owners(self, topo: Topology) -> Iterator[str]:
-        networks = set()
-        for port in topo.local_ports():
-            yield port_owner(port.id)
-            networks.add(port.network_id)
-        yield from (network_owner(n) for n in sorted(networks))
+        for network_id in sorted(local_networks(topo)):
+            yield from (port_owner(p.id) for p in topo.ports_of(network_id))
+            yield network_owner(network_id)
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         kind, oid = owner.split(":", 1)
         table = layout.table("deliver")
         if kind == "port":
-            if topo.is_local(oid):
-                port = topo.ports[oid]
-                yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=port.unique_key),
-                              (ir.Output(port.unique_key),), owner)
+            actions = self._port_actions(oid, topo)
+            if actions:
+                yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=topo.ports[oid].unique_key), actions, owner)
             return
         network = topo.networks.get(oid)
-        ports = topo.local_ports_of(oid)
-        if network is None or not ports:
+        local = tuple(ir.Output(p.unique_key) for p in topo.local_ports_of(oid))
+        if network is None or not local:
             return
-        yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=ir.flood_group(network.unique_key)),
-                      tuple(ir.Output(p.unique_key) for p in ports), owner)
+        group = ir.flood_group(network.unique_key)
+        if is_overlay(network):
+            yield ir.Flow(table, PRIO_FROM_TUNNEL,
+                          ir.Match.of(outport=group, in_port=ir.TUNNEL_PORTS[network.network_type]), local, owner)
+            copies = tuple(a for chassis in self._remote_chassis_of(network, topo) for a in encap(network, chassis))
+        else:
+            copies = to_uplink(network)
+        yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=group), local + copies, owner)
+
+    @staticmethod
+    def _port_actions(port_id: str, topo: Topology) -> tuple[ir.Action, ...]:
+        """Where one port of a network with a local port is: here, through a tunnel, or behind the uplink."""
+        port = topo.ports.get(port_id)
+        network = port and topo.networks.get(port.network_id)
+        if port is None or network is None or not topo.local_ports_of(port.network_id):
+            return ()
+        if topo.is_local(port_id):
+            return (ir.Output(port.unique_key),)
+        if not is_overlay(network):
+            return to_uplink(network)
+        chassis = remote_chassis(port, network, topo)
+        return encap(network, chassis) if chassis is not None else ()
+
+    @staticmethod
+    def _remote_chassis_of(network: Network, topo: Topology) -> list[Chassis]:
+        """Each chassis with a port on the network once, by name: one tunnelled copy each."""
+        found = {c.id: c for p in topo.ports_of(network.id) if (c := remote_chassis(p, network, topo))}
+        return [found[name] for name in sorted(found)]
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         if change.kind == KIND_NETWORK:
             yield network_owner(change.id)
+            yield from (port_owner(p.id) for p in topo.ports_of(change.id))
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
-            yield from (network_owner(n) for n in network_of(change))
+            for network_id in network_of(change):
+                yield network_owner(network_id)
+                if len(topo.local_ports_of(network_id)) <= 1:
+                    # the first local port of a network brings in all its ports' flows; the last takes them away
+                    yield from (port_owner(p.id) for p in topo.ports_of(network_id))
+        elif change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
+            bound = [p for p in topo.ports.values() if p.chassis == change.id]
+            yield from (port_owner(p.id) for p in bound)
+            yield from (network_owner(n) for n in sorted({p.network_id for p in bound}))

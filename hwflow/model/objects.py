@@ -23,6 +23,9 @@ MAX_VNI = 2**24 - 1
 MIN_MTU = 68
 MAX_MTU = 9000
 MAX_UNIQUE_KEY = 2**32 - 1
+# Ports and networks become datapath port keys and flood groups: their keys stay below the block the
+# pipeline reserves for the host's own tunnel and uplink ports (hwflow.pipeline.ir.PHYSNET_PORT_BASE).
+MAX_DATAPATH_KEY = 0x7FFE_FFFF
 MAX_NAME_LEN = 255
 
 # Ids become database keys (and etcd path segments), so no '/' or spaces.
@@ -73,7 +76,8 @@ class NbObject:
     needs; ``unique_scope`` is the namespace of ``unique_values`` (kinds
     sharing one, like ports and router ports, cannot take each other's MAC
     or IP); ``related_fields`` are other fields whose change can create a
-    new dependency (a port's IPs on a subnet).
+    new dependency (a port's IPs on a subnet); ``max_unique_key`` is the
+    largest ``unique_key`` the kind may hold.
     """
 
     kind: ClassVar[str] = ""
@@ -89,6 +93,8 @@ class NbObject:
     project_id: str = "default"
     revision: int = 0
     unique_key: int = 0
+
+    max_unique_key: ClassVar[int] = MAX_UNIQUE_KEY
 
     def label(self) -> str:
         """How messages name the object: kind and id, plus the name people know it by."""
@@ -120,8 +126,8 @@ class NbObject:
             raise self.fail("project_id", "must be 1-255 letters, digits, '.', '_', ':' or '-'")
         if self.revision < 0:
             raise self.fail("revision", "must not be negative")
-        if not 0 <= self.unique_key <= MAX_UNIQUE_KEY:
-            raise self.fail("unique_key", f"must be between 0 and {MAX_UNIQUE_KEY}")
+        if not 0 <= self.unique_key <= self.max_unique_key:
+            raise self.fail("unique_key", f"must be between 0 and {self.max_unique_key}")
         self.validate_kind()
 
     def validate_kind(self) -> None:
@@ -232,6 +238,7 @@ class Network(NbObject):
 
     kind: ClassVar[str] = "network"
     immutable: ClassVar[tuple[str, ...]] = ("network_type", "physical_network")
+    max_unique_key: ClassVar[int] = MAX_DATAPATH_KEY
 
     network_type: str = "vxlan"
     vni: int = 0
@@ -381,6 +388,7 @@ class Port(NbObject):
     subnets_of: ClassVar[str] = "network_id"
     unique_scope: ClassVar[str] = "port"
     related_fields: ClassVar[tuple[str, ...]] = ("ips",)
+    max_unique_key: ClassVar[int] = MAX_DATAPATH_KEY
 
     network_id: str = ""
     mac: str = ""

@@ -79,6 +79,21 @@ def flood_group(network_key: int) -> int:
 # these and ``tun_id``/``tun_src`` set. Each backend maps them to its device (OVS port, vxlan netdev).
 TUNNEL_PORTS = {"vxlan": 0x7FFF_FF01, "geneve": 0x7FFF_FF02}
 
+# Logical port keys of the host's provider uplinks (the OVS port or NIC a physical network leaves by),
+# one per physical network name, below the tunnel ports. A name hashes into the block so that apps and
+# backends agree on it without sharing configuration; ``physnet_port`` is the one place that says how.
+# A VLAN network's frames leave tagged (PushVlan) and arrive tagged; a flat network's go untagged.
+PHYSNET_PORT_BASE = 0x7FFF_0000
+PHYSNET_PORT_SPAN = 0xFF00  # 0x7FFF_0000..0x7FFF_FEFF; database keys stay below the base
+
+
+def physnet_port(physical_network: str) -> int:
+    digest = 0x811C9DC5  # 32-bit FNV-1a: stable across processes and hosts, unlike hash()
+    for byte in physical_network.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFF_FFFF
+    return PHYSNET_PORT_BASE + digest % PHYSNET_PORT_SPAN
+
+
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV6 = 0x86DD
