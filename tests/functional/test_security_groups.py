@@ -1,0 +1,151 @@
+"""Security groups in real OVS: real TCP connections and pings between two VMs of a SimHost.
+
+The server VM is in a group that lets only TCP/22 in (and anything out); the
+client VM's group lets anything out and nothing in. Conntrack (OVS's, in
+each port's zone) is what lets the replies back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwflow.db.api import NbApi
+from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule
+from hwflow.sim.host import SimHost, in_ns, stop_process
+
+pytestmark = pytest.mark.functional
+
+SERVER = ("server", "fa:16:3e:00:00:21", "10.0.0.21")
+CLIENT = ("client", "fa:16:3e:00:00:22", "10.0.0.22")
+REPLY = "hello from "
+# Listens on every port given after the reply text, answers each connection with it + the port, and closes it.
+SERVE = """
+import socketserver, sys, threading
+class Answer(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall((sys.argv[1] + str(self.server.server_address[1])).encode())
+socketserver.TCPServer.allow_reuse_address = True
+servers = [socketserver.ThreadingTCPServer(("0.0.0.0", int(p)), Answer) for p in sys.argv[2:]]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+servers[0].serve_forever()
+"""
+CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5) as s:
+        s.settimeout(1.5)
+        print(s.recv(100).decode())
+except OSError as exc:
+    print("failed", exc)
+"""
+
+
+class Vms:
+    """The host, its two VMs' namespaces, the servers started in them (stopped at the end)."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+        self.servers: list[subprocess.Popen] = []
+
+    def ns(self, vm: str) -> str:
+        return f"hwf-{self.host.name}-{vm}"
+
+    def serve(self, vm: str, *ports: int) -> None:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(vm), sys.executable, "-c", SERVE, REPLY,
+                                 *map(str, ports)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.servers.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"server in {vm} did not start"
+
+    def connect(self, vm: str, address: str, port: int) -> str:
+        """What a TCP client in ``vm`` got from ``address``:``port`` ("" when it could not connect)."""
+        out = in_ns(self.ns(vm), sys.executable, "-c", CONNECT, address, str(port), check=False).stdout.strip()
+        return "" if out.startswith("failed") else out
+
+    def ping_loss(self, vm: str, address: str) -> float:
+        return self.host.ping(self.ns(vm), address, count=3, interval=0.2)
+
+    def stop(self) -> None:
+        for proc in self.servers:
+            stop_process(proc)
+
+
+def wait_until(what: str, check, host: SimHost, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            log = host.agent_log.read_text(errors="replace")[-3000:] if host.agent_log.exists() else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{log}")
+        time.sleep(0.3)
+
+
+def create(host: SimHost) -> dict[str, Port]:
+    """One network; the server in an "ssh" group (TCP/22 in, all out), the client in an egress-only group."""
+    with NbApi.from_url(host.database) as nb:
+        net = nb.create(Network(name="sg-net", vni=1101))
+        ssh, clients = nb.create(SecurityGroup(name="ssh")), nb.create(SecurityGroup(name="clients"))
+        nb.create(SecurityGroupRule(security_group_id=ssh.id, direction="ingress", protocol="tcp", port_min=22,
+                                    port_max=22))
+        for group in (ssh, clients):
+            nb.create(SecurityGroupRule(security_group_id=group.id, direction="egress"))
+        return {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name,
+                                   security_groups=[group.id]))
+                for (vm, mac, ip), group in ((SERVER, ssh), (CLIENT, clients))}
+
+
+@pytest.fixture(scope="module")
+def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vms]:
+    name = f"sg{secrets.token_hex(2)}"
+    workdir: Path = tmp_path_factory.mktemp(name)
+    with SimHost(name, workdir, f"sqlite:///{workdir}/nb.sqlite") as host:
+        lab = Vms(host)
+        try:
+            for vm, port in create(host).items():
+                host.plug(port, lab.ns(vm))
+            lab.serve("server", 22, 80)
+            lab.serve("client", 22, 2222)
+            wait_until("the client's SSH connection to the server",
+                       lambda: lab.connect("client", SERVER[2], 22) == f"{REPLY}22", host)
+            yield lab
+        finally:
+            lab.stop()
+
+
+def test_ssh_gets_in_and_its_reply_data_comes_back(vms: Vms) -> None:
+    for _ in range(3):
+        assert vms.connect("client", SERVER[2], 22) == f"{REPLY}22"
+
+
+def test_what_no_ingress_rule_allows_is_dropped(vms: Vms) -> None:
+    assert vms.connect("client", SERVER[2], 80) == ""
+    assert vms.ping_loss("client", SERVER[2]) == 100
+
+
+def test_the_server_cannot_open_a_connection_to_a_client_whose_group_lets_nothing_in(vms: Vms) -> None:
+    assert vms.connect("server", CLIENT[2], 22) == ""
+    assert vms.connect("server", CLIENT[2], 2222) == ""
+    assert vms.ping_loss("server", CLIENT[2]) == 100
+
+
+def test_a_rule_added_while_running_opens_its_port(vms: Vms) -> None:
+    with NbApi.from_url(vms.host.database) as nb:
+        ssh = next(g for g in nb.list(SecurityGroup) if g.name == "ssh")
+        rule = nb.create(SecurityGroupRule(security_group_id=ssh.id, direction="ingress", protocol="tcp",
+                                           port_min=80, port_max=80))
+    try:
+        wait_until("TCP/80 to the server to open", lambda: vms.connect("client", SERVER[2], 80) == f"{REPLY}80",
+                   vms.host)
+    finally:
+        with NbApi.from_url(vms.host.database) as nb:
+            nb.delete(SecurityGroupRule, rule.id)
+    wait_until("TCP/80 to the server to close again", lambda: vms.connect("client", SERVER[2], 80) == "", vms.host)
+    assert vms.connect("client", SERVER[2], 22) == f"{REPLY}22"
