@@ -2,28 +2,44 @@
 
 Random pipelines and random packets: whatever the partitioner puts in
 hardware, "hardware rules first, software on a miss" must give the same
-output ports as the software pipeline alone.
+outputs (ports and the packets as sent: rewrites, TTL, VLAN, tunnel
+metadata) as the software pipeline alone, over a sequence of packets
+sharing one connection table each (conntrack chains).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities
-from hwflow.offload.partition import PortOffload, hw_then_sw, partition
+from hwflow.offload import capabilities as hw
+from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
+from hwflow.offload.partition import Plan, PortOffload, hw_then_sw, partition
 from hwflow.pipeline import interpreter, ir
 
-PORTS = (1, 2, 3, 4)
+TUN = ir.TUNNEL_PORTS["vxlan"]
+PORTS = (1, 2, 3, 4, TUN)
 MACS = (0x02_00_00_00_00_01, 0x02_00_00_00_00_02, 0x02_00_00_00_01_02, 0xFF_FF_FF_FF_FF_FF, 0x01_00_5E_00_00_01)
 ETH_TYPES = (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6, ir.ETH_TYPE_ARP)
 IPS = (0x0A000001, 0x0A000002, 0x0A000101, 0xC0A80001)
 PROTOS = (1, 6, 17)
+VNIS = (5, 9)
 
 FULL_CAPS = Capabilities(
     match_fields={"eth_dst": MASK_ANY, "eth_src": MASK_ANY, "eth_type": MASK_EXACT,
                   "ipv4_dst": MASK_PREFIX, "ip_proto": MASK_EXACT},
     actions=frozenset({"redirect", "drop"}), max_rules=1000,
+)
+# Everything the partitioner can place: rewrites, TTL, VLAN, tunnels, conntrack chains, pass.
+RICH_CAPS = Capabilities(
+    match_fields={**FULL_CAPS.match_fields, "ip_ttl": MASK_ANY, "vlan_vid": MASK_EXACT, "tun_id": MASK_EXACT,
+                  "tun_ipv4_src": MASK_ANY},
+    actions=frozenset(hw.HW_ACTIONS), max_rules=1000, max_actions_per_rule=8,
+    tunnel_encap=frozenset({"vxlan"}), tunnel_decap=frozenset({"vxlan"}),
+    rewrite_fields=frozenset({"eth_src", "eth_dst", "ipv4_src", "ipv4_dst"}),
+    conntrack=Conntrack(frozenset(hw.CT_STATES), zones=True, nat=False),
 )
 
 
@@ -41,6 +57,19 @@ def _term(draw, field: str, pool) -> tuple[int, int]:
     return value & mask, mask
 
 
+# Action runs a flow draws from (each a tuple, so an encapsulation comes whole).
+ACTIONS = (
+    *((ir.Output(p),) for p in PORTS), *((ir.Output(p),) for p in PORTS[:4]),
+    (ir.SetField("metadata", 7),), (ir.SetField("metadata", 9),),
+    (ir.SetField("eth_src", MACS[0]),), (ir.SetField("eth_dst", MACS[1]),), (ir.SetField("ipv4_dst", IPS[2]),),
+    (ir.Move("in_port", "reg0"),), (ir.Move("ip_proto", "reg0"),), (ir.Move("reg1", "reg0"),),
+    (ir.DecTtl(),), (ir.DecTtl(),), (ir.PushVlan(5),), (ir.PopVlan(),), (ir.Punt("test"),), (ir.OutputInPort(),),
+    (ir.Conntrack(zone=3, commit=True),), (ir.Conntrack(zone=3),),
+    (ir.SetField("tun_id", VNIS[0]), ir.SetField("tun_dst", IPS[3]), ir.Output(TUN)),
+    (ir.SetField("tun_id", VNIS[1]), ir.Output(TUN)),
+)
+
+
 @st.composite
 def flows(draw, table: int, last_table: int):
     terms = {}
@@ -53,30 +82,24 @@ def flows(draw, table: int, last_table: int):
     if table > 0 and draw(st.integers(0, 3)) == 0:
         terms["ct_state"] = (draw(st.sampled_from((ir.CT_NEW, ir.CT_EST, ir.CT_TRK))),
                              draw(st.sampled_from((ir.CT_NEW, ir.CT_EST, ir.CT_TRK, 0xFF))))
-    for field, pool in (("eth_dst", MACS), ("eth_type", ETH_TYPES), ("ipv4_dst", IPS), ("ip_proto", PROTOS)):
-        if draw(st.integers(0, 2)) == 0:
-            terms[field] = _term(draw, field, pool) if field != "eth_type" else draw(st.sampled_from(pool))
+    for field, pool in (("eth_dst", MACS), ("eth_type", ETH_TYPES), ("ipv4_dst", IPS), ("ip_proto", PROTOS),
+                        ("ip_ttl", (1, 2, 64)), ("vlan_vid", (5, 6)), ("tun_id", VNIS)):
+        if draw(st.integers(0, 2 if field in ("eth_dst", "eth_type", "ipv4_dst", "ip_proto") else 5)) == 0:
+            terms[field] = _term(draw, field, pool) if field not in ("eth_type", "vlan_vid", "tun_id") \
+                else draw(st.sampled_from(pool))
     actions: list = []
-    for _ in range(draw(st.integers(0, 2))):
-        choice = draw(st.sampled_from(("out", "out", "meta", "rewrite", "move", "other")))
-        if choice == "out":
-            actions.append(ir.Output(draw(st.sampled_from(PORTS))))
-        elif choice == "meta":
-            actions.append(ir.SetField("metadata", draw(st.sampled_from((7, 9)))))
-        elif choice == "rewrite":
-            actions.append(ir.SetField("eth_src", MACS[0]))
-        elif choice == "move":
-            actions.append(ir.Move(draw(st.sampled_from(("in_port", "ip_proto", "reg1"))), "reg0"))
-        else:
-            actions.append(draw(st.sampled_from((ir.PushVlan(5), ir.PopVlan(), ir.DecTtl(), ir.Punt("test")))))
+    for _ in range(draw(st.integers(0, 3))):
+        actions += draw(st.sampled_from(ACTIONS))
     if table < last_table and draw(st.booleans()):
         if draw(st.booleans()):
             actions.append(ir.GotoTable(draw(st.integers(table + 1, last_table))))
         else:
-            actions.append(ir.Conntrack(zone=3, commit=draw(st.booleans()),
+            actions.append(ir.Conntrack(zone=3, commit=draw(st.integers(0, 3)) == 0,
                                         table=draw(st.integers(table + 1, last_table))))
     elif draw(st.integers(0, 4)) == 0:
         actions.append(ir.Drop())
+    elif draw(st.booleans()):  # most paths end in an output: those are what the NIC may take
+        actions.append(ir.Output(draw(st.sampled_from(PORTS))))
     prio = draw(st.integers(0, 5))
     return ir.Flow(table, prio, ir.Match.of(**terms), tuple(actions), f"t{table}p{prio}")
 
@@ -96,25 +119,86 @@ packets = st.fixed_dictionaries({
     "eth_dst": st.sampled_from(MACS),
     "eth_src": st.sampled_from(MACS),
     "eth_type": st.sampled_from(ETH_TYPES),
+    "ipv4_src": st.sampled_from(IPS),
     "ipv4_dst": st.sampled_from(IPS),
     "ip_proto": st.sampled_from(PROTOS),
     "ip_ttl": st.sampled_from((1, 2, 64)),
-})
+}, optional={"vlan_vid": st.sampled_from((5, 6)), "tun_id": st.sampled_from(VNIS)})
 
 
-def _offload(caps: Capabilities, switches=("sw0", "sw0", "sw0", "sw1")) -> dict[int, PortOffload]:
+def _offload(caps: Capabilities, switches=("sw0", "sw0", "sw0", "sw1", "sw0")) -> dict[int, PortOffload]:
     return {p: PortOffload(p, s, caps) for p, s in zip(PORTS, switches)}
 
 
-@settings(max_examples=400, deadline=None)
-@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 12), st.booleans())
-def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only):
-    caps = Capabilities(FULL_CAPS.match_fields, FULL_CAPS.actions, max_rules=capacity)
-    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only)
+def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> None:
+    """Each side keeps its own connection table across the packets, as the NIC+OVS and the reference would."""
+    nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
     for pkt in pkts:
-        assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports, (plan.rules, pkt)
-        if any(r.match.covers(pkt) for r in plan.rules_of(pkt["in_port"])):
+        expected = interpreter.run(pipeline, pkt, reference)
+        assert hw_then_sw(pipeline, plan, pkt, nic) == expected.outputs, (plan.rules, pkt)
+
+
+def _capped(caps: Capabilities, capacity: int) -> Capabilities:
+    return dataclasses.replace(caps, max_rules=capacity)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 12), st.booleans(), st.booleans())
+def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only, rich):
+    caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only)
+    _assert_same_outputs(pipeline, plan, pkts)
+    for pkt in pkts:
+        if any(r.match.covers(pkt) and r.output is not None for r in plan.rules_of(pkt["in_port"])):
             assert interpreter.run(pipeline, pkt).punt is None  # a punted packet never goes to hardware
+
+
+EDITS = (ir.SetField("eth_src", MACS[0]), ir.SetField("ipv4_dst", IPS[1]), ir.DecTtl(), ir.PushVlan(5),
+         ir.PopVlan(), ir.Conntrack(zone=3, commit=True))
+CT_STATES = ((ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), (ir.CT_TRK | ir.CT_NEW, ir.CT_TRK | ir.CT_NEW),
+             (ir.CT_RPL, ir.CT_RPL))
+
+
+@st.composite
+def routed_flows(draw, table: int):
+    """Flows shaped like the apps': classify by port, edit, then output, or recirculate through ct."""
+    terms: dict = {"in_port": draw(st.sampled_from(PORTS))} if table == 0 else {}
+    for field, pool in (("eth_dst", MACS[:2]), ("vlan_vid", (5, 6)), ("ip_ttl", ((0, 0xFE), 2, 64)),
+                        ("ct_state", CT_STATES if table else ())):
+        if pool and draw(st.integers(0, 2)) == 0:
+            terms[field] = draw(st.sampled_from(pool))
+    actions = list(draw(st.lists(st.sampled_from(EDITS), max_size=2)))
+    end = draw(st.sampled_from(("out", "out", "goto", "ct") if table == 0 else ("out",)))
+    if end == "out":
+        actions.append(ir.Output(draw(st.sampled_from(PORTS[:3]))))
+    else:
+        actions.append(ir.GotoTable(1) if end == "goto" else ir.Conntrack(zone=3, commit=draw(st.booleans()), table=1))
+    return ir.Flow(table, draw(st.integers(0, 5)), ir.Match.of(**terms), tuple(actions), f"t{table}")
+
+
+@st.composite
+def routed_pipelines(draw):
+    flows = draw(st.lists(routed_flows(0), min_size=1, max_size=5)) + draw(st.lists(routed_flows(1), max_size=5))
+    return ir.Pipeline.build({f.key: f for f in flows}.values(), {})
+
+
+flowing_packets = st.fixed_dictionaries({
+    "in_port": st.sampled_from(PORTS[:3]),
+    "eth_dst": st.sampled_from(MACS[:2]),
+    "eth_type": st.just(ir.ETH_TYPE_IPV4),
+    "ipv4_src": st.sampled_from(IPS[:2]),
+    "ipv4_dst": st.sampled_from(IPS[:2]),
+    "ip_proto": st.just(1),
+    "ip_ttl": st.sampled_from((1, 2, 64)),
+}, optional={"vlan_vid": st.sampled_from((5, 6))})
+
+
+@settings(max_examples=400, deadline=None)
+@given(routed_pipelines(), st.lists(flowing_packets, min_size=1, max_size=20))
+def test_rewrites_ttl_vlan_and_conntrack_chains_never_change_a_verdict(pipeline, pkts):
+    """Denser in what a NIC may now take than the random pipelines: every path ends in an output or a ct."""
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    _assert_same_outputs(pipeline, plan, pkts)
 
 
 @settings(max_examples=200, deadline=None)
@@ -125,8 +209,7 @@ def test_split_with_a_weak_nic_is_still_exact(pipeline, pkts):
     for rule in plan.rules:
         assert {t.field for t in rule.match.fields} <= {"eth_dst", "eth_type"}
         assert all(t.exact for t in rule.match.fields)
-    for pkt in pkts:
-        assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports
+    _assert_same_outputs(pipeline, plan, pkts)
 
 
 def _l2_pipeline() -> ir.Pipeline:
@@ -170,7 +253,7 @@ def test_no_redirect_across_switches():
 @settings(max_examples=200, deadline=None)
 @given(pipelines(), st.lists(packets, min_size=1, max_size=10), st.data())
 def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
-    offload = _offload(FULL_CAPS)
+    offload = _offload(RICH_CAPS)
     first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
     if not first.rules:
         return
@@ -179,8 +262,7 @@ def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
                      unicast_only=False)
     assert (victim.in_port, victim.match) not in {(r.in_port, r.match) for r in plan.rules}
     assert any(s.reason == "the NIC refused it: ENOSPC" for s in plan.software)
-    for pkt in pkts:
-        assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports
+    _assert_same_outputs(pipeline, plan, pkts)
 
 
 def test_two_port_flood_is_one_output_but_stays_in_software():
@@ -200,7 +282,7 @@ def _check_all_packets(pipeline: ir.Pipeline, plan) -> None:
             for proto in PROTOS:
                 pkt = {"in_port": in_port, "eth_dst": eth_dst, "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4,
                        "ipv4_dst": IPS[0], "ip_proto": proto, "ip_ttl": 64}
-                assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).ports, pkt
+                assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).outputs, pkt
 
 
 def test_conntrack_recirculation_keeps_the_path_in_software():
@@ -241,7 +323,119 @@ def test_punted_and_ttl_paths_stay_in_software():
     plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
     assert plan.rules == []
     reasons = {s.reason for s in plan.software if s.in_port == 1}
-    assert "punted to the agent (dhcp)" in reasons and "DecTtl: not offloaded yet" in reasons
+    assert "punted to the agent (dhcp)" in reasons and "the NIC cannot decrement the TTL" in reasons
     assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 17}).kind == "punt"
     assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 6, "ip_ttl": 1}).kind == "drop"
     assert interpreter.run(pipeline, {"in_port": 1, "ip_proto": 6, "ip_ttl": 9}).outputs[0][1]["ip_ttl"] == 8
+
+
+ROUTER_MAC = 0x02_00_00_00_AA_01
+
+
+def _routed_pipeline() -> ir.Pipeline:
+    """A router between port 1 (10.0.0.1) and port 2: rewrite both MACs, decrement the TTL, forward."""
+    hop = (ir.SetField("eth_src", ROUTER_MAC), ir.SetField("eth_dst", MACS[1]), ir.DecTtl(), ir.Output(2))
+    return ir.Pipeline.build([ir.Flow(0, 10, ir.Match.of(in_port=1, eth_dst=ROUTER_MAC), hop, "route")], {})
+
+
+def test_a_route_goes_to_hardware_behind_a_pass_rule_for_expiring_ttls():
+    pipeline = _routed_pipeline()
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    trap, route = plan.rules_of(1)
+    assert (trap.output, trap.goto, trap.level) == (None, None, 0)
+    assert trap.match.get("ip_ttl") == ir.FieldMatch("ip_ttl", 0, 0xFE)
+    assert (route.output, route.level, route.actions) == (2, 1, pipeline.flows[0].actions[:3])
+    sent = hw_then_sw(pipeline, plan, {"in_port": 1, "eth_dst": ROUTER_MAC, "eth_src": MACS[0],
+                                       "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 64})
+    assert sent == ((2, {"eth_dst": MACS[1], "eth_src": ROUTER_MAC, "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 63}),)
+
+
+def test_the_oracle_catches_a_wrong_placement():
+    """Mutation: without the pass rule in front, a TTL-1 packet would be forwarded by the NIC with TTL 0."""
+    pipeline = _routed_pipeline()
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    mutant = Plan([r for r in plan.rules if r.output is not None], plan.software)
+    dying = {"in_port": 1, "eth_dst": ROUTER_MAC, "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 1}
+    assert hw_then_sw(pipeline, plan, dying) == interpreter.run(pipeline, dying).outputs == ()
+    assert hw_then_sw(pipeline, mutant, dying) != interpreter.run(pipeline, dying).outputs
+
+
+def test_a_rewrite_the_nic_cannot_do_keeps_the_path_in_software():
+    caps = dataclasses.replace(RICH_CAPS, rewrite_fields=frozenset({"eth_dst"}))
+    plan = partition(_routed_pipeline(), _offload(caps), (ir.ETH_TYPE_IPV4,))
+    assert [r.output for r in plan.rules] == [None]  # the trap alone; the route itself stays in software
+    assert "the NIC cannot rewrite eth_src" in {s.reason for s in plan.software}
+
+
+def test_tunnel_encap_and_decap_go_to_hardware():
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1, eth_dst=MACS[1]),
+                     (ir.SetField("tun_id", 5), ir.SetField("tun_dst", IPS[3]), ir.Output(TUN)), "encap"),
+             ir.Flow(0, 10, ir.Match.of(in_port=TUN, tun_id=5, eth_dst=MACS[0]), (ir.Output(1),), "decap")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    assert {(r.in_port, r.output) for r in plan.rules} == {(1, TUN), (TUN, 1)}
+    encap = plan.rules_of(1)[0]
+    assert encap.actions == flows[0].actions[:2]
+    assert plan.rules_of(TUN)[0].match.get("tun_id").value == 5
+    weak = dataclasses.replace(RICH_CAPS, actions=RICH_CAPS.actions - {"tunnel_encap", "tunnel_decap"},
+                               tunnel_encap=frozenset(), tunnel_decap=frozenset())
+    assert partition(pipeline, _offload(weak), (ir.ETH_TYPE_IPV4,)).rules == []
+
+
+def test_vlan_push_and_pop_go_to_hardware_and_tagged_packets_skip_untagged_rules():
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1), (ir.PushVlan(100), ir.Output(2)), "push"),
+             ir.Flow(0, 10, ir.Match.of(in_port=2, vlan_vid=100), (ir.PopVlan(), ir.Output(1)), "pop"),
+             ir.Flow(0, 5, ir.Match.of(in_port=2), (ir.Output(3),), "untagged")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert [(r.output, r.actions) for r in plan.rules_of(1)] == [(2, (ir.PushVlan(100),))]
+    assert [(r.output, r.actions) for r in plan.rules_of(2)] == [(1, (ir.PopVlan(),)), (3, ())]
+    tagged = {"in_port": 2, "eth_type": ir.ETH_TYPE_IPV4, "vlan_vid": 100}
+    assert hw_then_sw(pipeline, plan, tagged) == ((1, {"eth_type": ir.ETH_TYPE_IPV4}),)
+    # an untagged rule first: tagged packets would pass it by on the NIC, so the tagged one stays in software
+    flows[2] = ir.Flow(0, 20, ir.Match.of(in_port=2, eth_dst=MACS[0]), (ir.Output(3),), "untagged")
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert [r.output for r in plan.rules_of(2)] == [3]
+    assert "VLAN-tagged, behind an overlapping rule for untagged packets" in {s.reason for s in plan.software}
+
+
+def _sg_pipeline(commit_first: bool = False) -> ir.Pipeline:
+    """Port 1 may open connections to port 2; port 2 may only answer (a stateful security group)."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.Conntrack(zone=5, commit=commit_first, table=1),), "ct")
+             for p in (1, 2)]
+    flows += [ir.Flow(1, 20, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), eth_dst=MACS[1]),
+                      (ir.Output(2),), "est12"),
+              ir.Flow(1, 20, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), eth_dst=MACS[0]),
+                      (ir.Output(1),), "est21"),
+              ir.Flow(1, 10, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_NEW, ir.CT_TRK | ir.CT_NEW), eth_dst=MACS[1]),
+                      (ir.Conntrack(zone=5, commit=True), ir.Output(2)), "new12")]
+    return ir.Pipeline.build(flows, {})
+
+
+def test_a_conntrack_chain_goes_to_hardware_and_keeps_state_like_the_pipeline():
+    pipeline = _sg_pipeline()
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    ct, *chain = plan.rules_of(1)
+    assert (ct.chain, ct.goto, ct.actions) == (0, 1, (ir.Conntrack(zone=5, table=1),))
+    assert {(r.chain, r.output) for r in chain} == {(1, 2)} and len(chain) == 2
+    assert all(r.match.get("ct_state").value & ir.CT_TRK for r in chain)
+    request = {"eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_src": IPS[0], "ipv4_dst": IPS[1], "ip_ttl": 64}
+    reply = {**request, "ipv4_src": IPS[1], "ipv4_dst": IPS[0]}
+    pkts = [{**reply, "in_port": 2, "eth_dst": MACS[0]}, {**request, "in_port": 1, "eth_dst": MACS[1]},
+            {**reply, "in_port": 2, "eth_dst": MACS[0]}, {**request, "in_port": 1, "eth_dst": MACS[1]}]
+    _assert_same_outputs(pipeline, plan, pkts)
+    nic = interpreter.ConnTracker()
+    assert [hw_then_sw(pipeline, plan, p, nic) != () for p in pkts] == [False, True, True, True]
+
+
+def test_a_commit_before_recirculation_stays_in_software():
+    plan = partition(_sg_pipeline(commit_first=True), _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    assert plan.rules == []
+    assert any(s.reason.startswith("conntrack commit/NAT before recirculation") for s in plan.software)
+
+
+def test_no_chains_no_conntrack_offload():
+    caps = dataclasses.replace(RICH_CAPS, max_chains=1, actions=RICH_CAPS.actions - {"goto_chain"})
+    plan = partition(_sg_pipeline(), _offload(caps), (ir.ETH_TYPE_IPV4,))
+    assert plan.rules == []
