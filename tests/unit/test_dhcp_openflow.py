@@ -4,7 +4,9 @@ by itself so punted packets keep arriving (against a scripted switch on a unix s
 from __future__ import annotations
 
 import queue
+import socket
 import struct
+import threading
 
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -25,6 +27,15 @@ def packet_in(xid: int, in_port: int, frame: bytes, table: int = 4, cookie: int 
     return of_message(ofp.OFPT_PACKET_IN, xid, body + bytes(buf) + b"\0\0" + frame)
 
 
+def subscribed_session(server: socket.socket) -> socket.socket:
+    """Accept the connection's session and check it asked for packet-ins (OVS sends none otherwise)."""
+    session = accept_session(server)
+    msg_type, _, body = read_of_message(session)
+    assert msg_type == ofp.OFPT_SET_CONFIG
+    assert struct.unpack("!HH", body)[1] == ofp.OFPCML_NO_BUFFER  # miss_send_len
+    return session
+
+
 def test_packet_in_reaches_listeners_and_survives_a_dropped_connection(switch) -> None:  # noqa: F811
     server, endpoint = switch
     got: queue.Queue[PacketIn] = queue.Queue()
@@ -36,7 +47,7 @@ def test_packet_in_reaches_listeners_and_survives_a_dropped_connection(switch) -
     try:
         conn.on_packet_in(broken)  # registered first: its failure must not cost the next listener the packet
         conn.on_packet_in(got.put)
-        session = accept_session(server)  # the listener made the connection dial by itself
+        session = subscribed_session(server)  # the listener made the connection dial by itself
         session.sendall(packet_in(1, 3, FRAME))
         first = got.get(timeout=5)
         assert (first.in_port, first.table_id, first.cookie, first.data) == (3, 4, 0xC0FFEE, FRAME)
@@ -51,10 +62,26 @@ def test_packet_in_reaches_listeners_and_survives_a_dropped_connection(switch) -
         assert actions_len == action.len and (action.type, action.port) == (ofp.OFPAT_OUTPUT, 3)
         assert body[16 + actions_len:] == b"reply-frame"
 
-        session.close()  # the switch restarts: nobody calls the connection, yet it comes back
-        session = accept_session(server)
+        session.close()  # the switch restarts: nobody calls the connection, yet it comes back and re-subscribes
+        session = subscribed_session(server)
         session.sendall(packet_in(2, 9, FRAME[:60]))
         assert got.get(timeout=5).in_port == 9
+        session.close()
+    finally:
+        conn.close()
+
+
+def test_a_listener_on_a_live_connection_subscribes_it_at_once(switch) -> None:  # noqa: F811
+    server, endpoint = switch
+    conn = OpenFlowConnection(endpoint, timeout=5)
+    try:
+        dialler = threading.Thread(target=conn.connect)
+        dialler.start()
+        session = accept_session(server)
+        dialler.join(5)
+        conn.on_packet_in(lambda packet: None)
+        msg_type, _, body = read_of_message(session)
+        assert msg_type == ofp.OFPT_SET_CONFIG and struct.unpack("!HH", body)[1] == ofp.OFPCML_NO_BUFFER
         session.close()
     finally:
         conn.close()

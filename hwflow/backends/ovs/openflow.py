@@ -210,6 +210,8 @@ class OpenFlowConnection:
         self._reader = threading.Thread(target=self._read_loop, args=(sock,), daemon=True,
                                         name=f"hwflow-of-{self.endpoint}")
         self._reader.start()
+        if self._listeners:
+            self._subscribe(sock)
         if self._ever_connected:
             LOG.info("OpenFlow connection to %s re-established", self.endpoint)
         self._ever_connected = True
@@ -268,6 +270,20 @@ class OpenFlowConnection:
                 self._keeper.start()
             if self._sock is None:
                 self._down.set()
+            elif len(self._listeners) == 1:
+                self._subscribe(self._sock)
+
+    def _subscribe(self, sock: socket.socket) -> None:
+        """Ask for packet-ins on this session: OVS sends none to a connection on its management socket
+        until it sets a nonzero miss_send_len (connmgr.c). OpenFlow 1.3 table misses drop rather than
+        punt, so this brings only the packets flows send to the controller. Every new session needs it."""
+        config = parser.OFPSetConfig(self.datapath, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_NO_BUFFER)
+        config.xid = self._next_xid()
+        config.serialize()
+        try:
+            self._write(sock, bytes(config.buf))
+        except OSError as exc:  # the reader sees the loss too, and the keeper redials
+            LOG.warning("cannot ask %s for packet-ins: %s", self.endpoint, exc)
 
     def remove_packet_in(self, listener: PacketInListener) -> None:
         with self._conn_lock:
