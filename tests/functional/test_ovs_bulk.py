@@ -139,13 +139,18 @@ def test_nicira_conntrack_and_register_actions_are_accepted_by_ovs(switch: Switc
 def test_openflow_bench_runs_and_verifies_its_counts() -> None:
     if shutil.which("ovs-vswitchd") is None:
         pytest.skip("openvswitch-switch is not installed")
-    before = set(run("ip", "netns", "list").stdout.split())
-    results = bench.run({"flows": 3000, "osken_flows": 1000, "netns_prefix": PREFIX}, lambda _text: None)
+    # A prefix of this run's own: other tests (here or in a parallel run) make hwt-of-* namespaces meanwhile.
+    prefix = f"{PREFIX}-bench-{secrets.token_hex(2)}"
+    results = bench.run({"flows": 3000, "osken_flows": 1000, "netns_prefix": prefix}, lambda _text: None)
     assert results["flows_verified"] == 3000
     assert {"native_flows_per_s", "osken_flows_per_s", "speedup", "sync_flows_per_s", "compile_flows_per_s",
             "encode_flows_per_s", "resync_flows_per_s"} <= results.keys()
-    assert all(value > 0 for value in results.values())
-    leftover = {n for n in set(run("ip", "netns", "list").stdout.split()) - before if n.startswith(PREFIX)}
+    # vswitchd's CPU time comes from /proc/PID/stat in 10 ms ticks and 3000 flows cost it one or two:
+    # a reading of zero ticks is possible, so only the rates must be positive.
+    cpu = {"ovs_cpu_us_per_flow", "ovs_cpu_share"}
+    assert all(value > 0 for name, value in results.items() if name not in cpu)
+    assert all(results[name] >= 0 for name in cpu)
+    leftover = {n for n in run("ip", "netns", "list").stdout.split() if n.startswith(prefix)}
     assert not leftover, f"the bench left namespaces behind: {leftover}"
 
 
