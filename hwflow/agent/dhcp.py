@@ -23,7 +23,10 @@ Packet-ins arrive on the OpenFlow reader thread, which must never wait (it
 also reads the barrier replies flow programming waits for): the listener
 only queues the packet (a full queue drops it, as a busy server would), and
 one worker thread decodes, answers and sends the packet-out. Anything that
-is not a well-formed DHCP request is ignored with a debug log.
+is not a well-formed DHCP request is ignored with a debug log. The worker
+reads the agent's topology while the agent's loop may be updating it; the
+rare request that meets it mid-update is dropped (the client retransmits)
+rather than answered from a half-written view.
 
 The codec (Ethernet/IPv4/UDP/BOOTP, RFC 951 and 2131) is our own: small,
 and strict where a reply depends on it.
@@ -361,11 +364,16 @@ class DhcpResponder:
             LOG.debug("ignoring a punted packet from OpenFlow port %d: %s", packet.in_port, exc)
             return False
         topo, ofports = self._view()
-        port = _local_port(topo, ofports, packet.in_port)
+        try:
+            port = _local_port(topo, ofports, packet.in_port)
+            frame = answer(request, port, topo, self.lease_seconds) if port is not None else None
+        except (KeyError, RuntimeError) as exc:  # read while the agent's pass rewrites its indexes
+            LOG.debug("DHCP from OpenFlow port %d met the topology mid-update (%r); the client will retry",
+                      packet.in_port, exc)
+            return False
         if port is None:
             LOG.debug("DHCP from OpenFlow port %d, which is no local port (any more)", packet.in_port)
             return False
-        frame = answer(request, port, topo, self.lease_seconds)
         if frame is None:
             return False
         self.of.packet_out(packet.in_port, frame)
