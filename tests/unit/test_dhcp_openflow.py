@@ -66,7 +66,6 @@ def test_packet_in_reaches_listeners_and_survives_a_dropped_connection(switch) -
         session = subscribed_session(server)
         session.sendall(packet_in(2, 9, FRAME[:60]))
         assert got.get(timeout=5).in_port == 9
-        session.close()
     finally:
         conn.close()
 
@@ -82,7 +81,6 @@ def test_a_listener_on_a_live_connection_subscribes_it_at_once(switch) -> None: 
         conn.on_packet_in(lambda packet: None)
         msg_type, _, body = read_of_message(session)
         assert msg_type == ofp.OFPT_SET_CONFIG and struct.unpack("!HH", body)[1] == ofp.OFPCML_NO_BUFFER
-        session.close()
     finally:
         conn.close()
 

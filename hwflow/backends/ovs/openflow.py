@@ -273,6 +273,10 @@ class OpenFlowConnection:
             elif len(self._listeners) == 1:
                 self._subscribe(self._sock)
 
+    def remove_packet_in(self, listener: PacketInListener) -> None:
+        with self._conn_lock:
+            self._listeners.remove(listener)
+
     def _subscribe(self, sock: socket.socket) -> None:
         """Ask for packet-ins on this session: OVS sends none to a connection on its management socket
         until it sets a nonzero miss_send_len (connmgr.c). OpenFlow 1.3 table misses drop rather than
@@ -284,10 +288,6 @@ class OpenFlowConnection:
             self._write(sock, bytes(config.buf))
         except OSError as exc:  # the reader sees the loss too, and the keeper redials
             LOG.warning("cannot ask %s for packet-ins: %s", self.endpoint, exc)
-
-    def remove_packet_in(self, listener: PacketInListener) -> None:
-        with self._conn_lock:
-            self._listeners.remove(listener)
 
     def _keep_connected(self) -> None:
         """Redial a lost connection at once, then with backoff, until it is closed."""
