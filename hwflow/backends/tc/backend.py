@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from hwflow.backends.tc import flower
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, TcError
 from hwflow.offload.partition import HwRule
-from hwflow.offload.probe import PROBE_PRIO
+from hwflow.offload.probe import PROBE_CHAIN, PROBE_PRIO
 from hwflow.pipeline import ir
 
 LOG = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ _KEYS = {
     "eth_src": ("eth_src", "eth_src_mask"),
     "vlan_vid": ("vlan_id", None),
     "ip_proto": ("ip_proto", None),
+    "ip_ttl": ("ip_ttl", "ip_ttl_mask"),
     "ipv4_src": ("ipv4_src", "ipv4_src_mask"),
     "ipv4_dst": ("ipv4_dst", "ipv4_dst_mask"),
     "ipv6_src": ("ipv6_src", "ipv6_src_mask"),
@@ -43,26 +44,81 @@ _KEYS = {
     "tcp_dst": ("tcp_dst", None),
     "udp_src": ("udp_src", None),
     "udp_dst": ("udp_dst", None),
+    "tun_id": ("enc_key_id", None),
+    "tun_src": ("enc_ipv4_src", "enc_ipv4_src_mask"),
+    "tun_dst": ("enc_ipv4_dst", "enc_ipv4_dst_mask"),
 }
+# IR ct_state bit (OVS numbering) -> tc-flower ct_state flag
+_CT_FLAGS = {ir.CT_NEW: flower.TCA_FLOWER_KEY_CT_FLAGS_NEW, ir.CT_EST: flower.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED,
+             ir.CT_REL: flower.TCA_FLOWER_KEY_CT_FLAGS_RELATED, ir.CT_RPL: flower.TCA_FLOWER_KEY_CT_FLAGS_REPLY,
+             ir.CT_INV: flower.TCA_FLOWER_KEY_CT_FLAGS_INVALID, ir.CT_TRK: flower.TCA_FLOWER_KEY_CT_FLAGS_TRACKED}
+# IR header field pedit writes -> (pedit header type, byte offset)
+_PEDIT = {"eth_dst": ("eth", 0), "eth_src": ("eth", 6), "ipv4_src": ("ip4", 12), "ipv4_dst": ("ip4", 16)}
+_TTL_DEC = flower.pedit_set("ip4", 8, b"\xff", "add")  # TTL + 255 (mod 256): minus one
+_NAT = {"snat": "src", "dnat": "dst", None: "nat"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Representor:
-    """Where a logical port's hardware rules go."""
+    """Where a logical port's hardware rules go (for a tunnel port: its flow-based vxlan/geneve device)."""
 
     ifindex: int
     endpoint: str  # "netlink" or "unix:<path>"
 
 
-def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int) -> tuple[str, flower.FlowerRule]:
-    """(endpoint, rule without a handle) for one hardware rule."""
-    src, dst = reps[rule.in_port], reps[rule.output]
+@dataclasses.dataclass(frozen=True)
+class TunnelEndpoint:
+    """The host's side of a tunnel port, which the IR leaves to the host.
+
+    The IR names only the VNI (``tun_id``) and the remote (``tun_dst``); the
+    outer source address is the chassis's ``[agent] tunnel_ip`` and the UDP
+    port is the flow-based (``external``) tunnel device's ``dstport``. The
+    agent builds one per tunnel port from those two; encap rules carry them
+    in ``tunnel_key set`` and decap rules match them (enc_ipv4_dst,
+    enc_dst_port: a decap rule without the port is refused by mlx5).
+    """
+
+    local_ipv4: int
+    dst_port: int
+
+
+def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int,
+              tunnels: Mapping[int, TunnelEndpoint] | None = None) -> tuple[str, flower.FlowerRule]:
+    """(endpoint, rule without a handle) for one hardware rule.
+
+    ``reps`` maps logical ports (and tunnel ports, see ``ir.TUNNEL_PORTS``)
+    to their devices; ``tunnels`` gives each tunnel port's endpoint facts.
+    """
+    src = reps[rule.in_port]
     eth_type = rule.match.get("eth_type")
     if eth_type is None or not eth_type.exact:
         raise ValueError(f"hardware rule {rule} must match one exact eth_type")
+    keys = _keys(rule)
+    decap = _tunnel(rule, rule.in_port, tunnels)
+    if decap is not None:
+        keys.update(enc_dst_port=decap.dst_port)
+        keys.setdefault("enc_ipv4_dst", decap.local_ipv4)
+    protocol, slot = eth_type.value, PROTOCOL_SLOT.get(eth_type.value, SLOTS - 1)
+    if "vlan_id" in keys:  # flower: the tag's protocol, then the inner ethertype
+        protocol, slot, keys["vlan_eth_type"] = flower.ETH_P_8021Q, SLOTS - 1, eth_type.value
+    prio = PRIO_BASE + rule.level * SLOTS + slot
+    if prio >= PROBE_PRIO:
+        raise ValueError(f"hardware rule {rule}: level {rule.level} does not fit below the probes' prio {PROBE_PRIO}")
+    actions = ((flower.TunnelKey(unset=True),) if decap is not None else ()) + _actions(rule, reps, tunnels)
+    return src.endpoint, flower.FlowerRule(
+        ifindex=src.ifindex, prio=prio, handle=0, protocol=protocol,
+        keys=flower.FlowerKeys(**keys), actions=actions, chain=rule.chain, flags=flags,
+    )
+
+
+def _keys(rule: HwRule) -> dict[str, int]:
     keys: dict[str, int] = {}
     for term in rule.match.fields:
         if term.field == "eth_type":
+            continue
+        if term.field == "ct_state":
+            keys["ct_state"] = _ct_flags(term.value)
+            keys["ct_state_mask"] = _ct_flags(term.mask)
             continue
         if term.field not in _KEYS:
             raise ValueError(f"hardware rule {rule}: field {term.field} has no tc-flower key")
@@ -72,13 +128,79 @@ def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int) -> tupl
         keys[name] = term.value
         if mask_name is not None:
             keys[mask_name] = term.mask
-    prio = PRIO_BASE + rule.level * SLOTS + PROTOCOL_SLOT.get(eth_type.value, SLOTS - 1)
-    if prio >= PROBE_PRIO:
-        raise ValueError(f"hardware rule {rule}: level {rule.level} does not fit below the probes' prio {PROBE_PRIO}")
-    return src.endpoint, flower.FlowerRule(
-        ifindex=src.ifindex, prio=prio, handle=0, protocol=eth_type.value,
-        keys=flower.FlowerKeys(**keys), actions=(flower.Mirred(dst.ifindex),), flags=flags,
-    )
+    return keys
+
+
+def _ct_flags(bits: int) -> int:
+    return sum(flag for bit, flag in _CT_FLAGS.items() if bits & bit)
+
+
+def _tunnel(rule: HwRule, port: int, tunnels: Mapping[int, TunnelEndpoint] | None) -> TunnelEndpoint | None:
+    """The endpoint facts of ``port`` when it is a tunnel port (None for any other port)."""
+    if port not in ir.TUNNEL_PORTS.values():
+        return None
+    if tunnels is None or port not in tunnels:
+        raise ValueError(f"hardware rule {rule}: tunnel port {port:#x} has no TunnelEndpoint; pass the host's "
+                         "tunnel_ip and the tunnel device's UDP port as to_flower(tunnels=...)")
+    return tunnels[port]
+
+
+def _actions(rule: HwRule, reps: Mapping[int, Representor],
+             tunnels: Mapping[int, TunnelEndpoint] | None) -> tuple[flower.FlowerAction, ...]:
+    """The rule's header actions in order (rewrites merged into one pedit + csum), then its verdict."""
+    out: list[flower.FlowerAction] = []
+    pedit: list[flower.PeditKey] = []
+    csum = 0
+    tunnel: dict[str, int] = {}
+    for action in rule.actions:
+        if isinstance(action, ir.SetField) and action.field in ("tun_id", "tun_dst"):
+            tunnel[action.field] = action.value
+            continue
+        if isinstance(action, ir.SetField) and action.field in _PEDIT:
+            htype, offset = _PEDIT[action.field]
+            pedit += flower.pedit_set(htype, offset, action.value.to_bytes(ir.FIELD_BITS[action.field] // 8, "big"))
+            csum |= _CSUM_L3_L4 if htype == "ip4" else 0
+            continue
+        if isinstance(action, ir.DecTtl):
+            pedit += _TTL_DEC
+            csum |= flower.TCA_CSUM_UPDATE_FLAG_IPV4HDR
+            continue
+        out += _flush(pedit, csum)
+        pedit, csum = [], 0
+        out.append(_one(rule, action))
+    out += _flush(pedit, csum)
+    if rule.goto is not None:
+        return (*out, flower.Gact("goto_chain", rule.goto))
+    if rule.output is None:
+        return (*out, flower.Gact("pass"))
+    encap = _tunnel(rule, rule.output, tunnels)
+    if encap is not None:
+        out.append(flower.TunnelKey(ipv4_src=encap.local_ipv4, ipv4_dst=tunnel["tun_dst"], key_id=tunnel["tun_id"],
+                                    dst_port=encap.dst_port))
+    return (*out, flower.Mirred(reps[rule.output].ifindex))
+
+
+_CSUM_L3_L4 = flower.TCA_CSUM_UPDATE_FLAG_IPV4HDR | flower.TCA_CSUM_UPDATE_FLAG_TCP | flower.TCA_CSUM_UPDATE_FLAG_UDP
+
+
+def _flush(keys: list[flower.PeditKey], csum: int) -> list[flower.FlowerAction]:
+    """One pedit for a run of rewrites, and the checksum fix it needs (none for MACs)."""
+    if not keys:
+        return []
+    return [flower.Pedit(tuple(keys))] + ([flower.Csum(csum)] if csum else [])
+
+
+def _one(rule: HwRule, action: ir.Action) -> flower.FlowerAction:
+    if isinstance(action, ir.PushVlan):
+        return flower.Vlan("push", action.vid)
+    if isinstance(action, ir.PopVlan):
+        return flower.Vlan("pop")
+    if isinstance(action, ir.Conntrack):
+        if action.nat is None:
+            return flower.Ct(zone=action.zone, commit=action.commit)
+        address = {} if action.nat.ipv4 is None else {"nat_ipv4_min": action.nat.ipv4, "nat_ipv4_max": action.nat.ipv4}
+        return flower.Ct(zone=action.zone, commit=action.commit, nat=_NAT[action.nat.kind], **address)
+    raise ValueError(f"hardware rule {rule}: action {action} has no tc form")
 
 
 def identity(rule: flower.FlowerRule) -> tuple:
@@ -154,8 +276,9 @@ class TcBackend:
         return self._clients[endpoint]
 
     def installed(self, endpoint: str, ifindex: int) -> list[tuple[flower.FlowerRule, flower.RuleStats | None]]:
-        """hwflow's rules on a device: chain 0, less the capability probes' last priority."""
-        return [(r, s) for r, s in self.client(endpoint).dump(ifindex) if r.chain == 0 and r.prio != PROBE_PRIO]
+        """hwflow's rules on a device (every chain: ct recirculations), less the capability probes' chain and prio."""
+        return [(r, s) for r, s in self.client(endpoint).dump(ifindex)
+                if r.chain != PROBE_CHAIN and r.prio != PROBE_PRIO]
 
     def plan(self, desired: Iterable[tuple[str, flower.FlowerRule]], managed: Iterable[Representor]) -> TcDiff:
         """The changes for every managed representor (one dump each) whose NIC answers."""
