@@ -14,10 +14,16 @@ ingress once L2 has chosen the destination port in ``outport`` (before
 delivery). Flood groups (``outport`` with :data:`ir.FLOOD_GROUP`) pass
 ingress unfiltered: broadcast and multicast are not filtered here.
 
-Each stage has two tables. ``entry`` sends a filtered port's IP packets
+Each stage has four tables. ``entry`` sends a filtered port's IP packets
 through conntrack in the port's zone, recirculating into ``state``, where
-``+inv`` is dropped, ``+est``/``+rel`` go on, ``+new`` matching one of the
-port's rules is committed and goes on, and the rest is dropped.
+``+inv`` is dropped, ``+est``/``+rel`` go on and ``+new`` goes to ``rules``.
+A rule admitting the packet sends it to ``commit``, where the connection is
+committed in the port's zone and the packet goes on; the rest is dropped.
+The rules of a group are emitted once, not per port: a port in exactly one
+group carries the group's ``unique_key`` in a register from ``entry`` to
+the group's flows in ``rules``. A port in several groups (or in a group not
+stored yet, key 0) gets its own copy of its groups' rules, matched on the
+port. So flows grow as ports + rules, not ports x rules.
 
 Conntrack zone: one per local port, the port's ``unique_key``. A packet
 between two local ports is tracked twice, at the sender's egress and at the
@@ -31,11 +37,12 @@ Removing a rule stops new connections at once; connections it had admitted
 stay established (no conntrack flush).
 
 Owners: ``<app>:defaults`` (the pass-through, and while a local port is
-filtered, what does not depend on a port) and
-``port:<id>`` (a filtered local port's conntrack entry and rules). A
-rule's peers (``remote_group_id``) are the addresses of every port in that
-group, so a port joining, leaving or renumbering recomputes every local
-port with a rule naming one of its groups.
+filtered, what does not depend on a port), ``port:<id>`` (a filtered local
+port's entry and commit, and its own rules if it has them) and
+``security_group:<id>`` (a group's shared rules, while a local port uses
+them). A rule's peers (``remote_group_id``) are the addresses of every
+port in that group, so a port joining, leaving or renumbering recomputes
+the rules of every group with a rule naming one of its groups.
 """
 
 from __future__ import annotations
@@ -45,8 +52,8 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Iterator
 
-from hwflow.apps.base import App, owner_id, port_owner
-from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroupRule
+from hwflow.apps.base import App, port_owner
+from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroup, SecurityGroupRule
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
@@ -54,6 +61,8 @@ from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
 LOG = logging.getLogger(__name__)
 
 KIND_RULE = SecurityGroupRule.kind
+KIND_GROUP = SecurityGroup.kind
+TABLES = ("entry", "state", "rules", "commit")
 
 PRIO_INVALID = 300
 PRIO_PASS = 200  # entry: traffic no rule filters; state: established connections
@@ -154,12 +163,30 @@ class GroupIndex:
     def local_members(self, groups: Iterable[str]) -> set[str]:
         return {pid for group in groups for pid in self.members.get(group, ()) if self.topo.is_local(pid)}
 
-    def port_rules(self, port: Port, direction: str) -> list[SecurityGroupRule]:
-        """The rules of ``direction`` of all the port's groups, deterministic order."""
-        key = (tuple(port.security_groups), direction)
+    def shared_key(self, group: str) -> int:
+        """The key a group's members carry to its shared rule flows (0: the group is not stored yet)."""
+        obj = self.topo.get(KIND_GROUP, group)
+        return obj.unique_key if obj is not None else 0
+
+    def shared(self, port: Port) -> int:
+        """The key of the one group whose shared rule flows filter ``port``, or 0: the port has its own."""
+        return self.shared_key(port.security_groups[0]) if len(port.security_groups) == 1 else 0
+
+    def has_shared_port(self, group: str) -> bool:
+        return any(self.topo.is_local(pid) and len(self.topo.ports[pid].security_groups) == 1
+                   for pid in self.members.get(group, ()))
+
+    def naming_groups(self, groups: set[str]) -> set[str]:
+        """Groups with a rule whose peers are the members of one of ``groups``."""
+        rules = self.topo.of(KIND_RULE)
+        return {rules[rid].security_group_id for g in groups for rid in self.naming.get(g, ()) if rid in rules}
+
+    def port_rules(self, groups: list[str], direction: str) -> list[SecurityGroupRule]:
+        """The rules of ``direction`` of all ``groups``, deterministic order."""
+        key = (tuple(groups), direction)
         if key not in self._rules_of:
             table = self.topo.of(KIND_RULE)
-            found = {rid: table[rid] for group in port.security_groups for rid in self.rules.get(group, ())
+            found = {rid: table[rid] for group in groups for rid in self.rules.get(group, ())
                      if rid in table and table[rid].direction == direction}
             self._rules_of[key] = [found[rid] for rid in sorted(found)]
         return self._rules_of[key]
@@ -227,6 +254,10 @@ def rule_terms(rule: SecurityGroupRule, address_field: str, peers: Terms | None)
             yield from (tuple(sorted((*variant, peer))) for peer in peers)
 
 
+def group_owner(group_id: str) -> str:
+    return f"security_group:{group_id}"
+
+
 class _SecurityGroupStage(App):
     """One direction of the filter; subclasses say which field names the port and which way the rules look."""
 
@@ -246,18 +277,30 @@ class _SecurityGroupStage(App):
             self._index = GroupIndex(topo)
         return self._index
 
+    # --- owners -------------------------------------------------------------------------------
+
     def owners(self, topo: Topology) -> Iterator[str]:
-        self.index(topo, rebuild=True)
+        index = self.index(topo, rebuild=True)
         yield self.defaults
-        yield from (port_owner(p.id) for p in topo.local_ports() if p.security_groups)
+        groups: set[str] = set()
+        for port in topo.local_ports():
+            if port.security_groups:
+                yield port_owner(port.id)
+                groups.update(port.security_groups)
+        yield from (group_owner(g) for g in sorted(groups) if index.shared_key(g))
 
     def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        index = self.index(topo)
         if owner == self.defaults:
-            yield from self._defaults(layout, self.index(topo).any_local_member())
+            yield from self._defaults(layout, index.any_local_member())
             return
-        port_id = owner_id(owner)
-        if topo.is_local(port_id) and topo.ports[port_id].security_groups:
-            yield from self._port(topo.ports[port_id], self.index(topo), layout, owner)
+        kind, oid = owner.split(":", 1)
+        if kind == "security_group":
+            key = index.shared_key(oid)
+            if key and index.has_shared_port(oid):
+                yield from self._group(oid, key, index, layout, owner)
+        elif topo.is_local(oid) and topo.ports[oid].security_groups:
+            yield from self._port(topo.ports[oid], index, layout, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         fresh = self._index is None or self._index.topo is not topo
@@ -270,36 +313,60 @@ class _SecurityGroupStage(App):
             if groups:  # a port without groups has no flows here, nor is it anyone's peer
                 yield port_owner(change.id)
                 yield self.defaults  # the first filtered port brings the shared flows, the last takes them
+                yield from (group_owner(g) for g in sorted(groups))
             if change.kind == KIND_PORT:
-                yield from self._naming(index, groups)
+                yield from self._users(index, index.naming_groups(groups))
         elif change.kind == KIND_RULE:
-            yield from (port_owner(pid) for pid in sorted(index.local_members({r.security_group_id for r in objs})))
+            yield from self._users(index, {r.security_group_id for r in objs})
+        elif change.kind == KIND_GROUP:  # its key is what a member's packets carry to the group's flows
+            yield group_owner(change.id)
+            yield from (port_owner(pid) for pid in sorted(index.local_members({change.id})))
 
     @staticmethod
-    def _naming(index: GroupIndex, groups: set[str]) -> Iterator[str]:
-        """Local ports with a rule whose peers are the members of one of ``groups``."""
-        rules = index.topo.of(KIND_RULE)
-        owning = {rules[rid].security_group_id for g in groups for rid in index.naming.get(g, ()) if rid in rules}
-        yield from (port_owner(pid) for pid in sorted(index.local_members(owning)))
+    def _users(index: GroupIndex, groups: set[str]) -> Iterator[str]:
+        """Owners holding flows of the rules of ``groups``: the groups' own, and ports that have their own."""
+        for group in sorted(groups):
+            yield group_owner(group)
+            yield from (port_owner(pid) for pid in sorted(index.local_members({group}))
+                        if not index.shared(index.topo.ports[pid]))
+
+    # --- flows --------------------------------------------------------------------------------
 
     def _port(self, port: Port, index: GroupIndex, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
-        entry, state = layout.table("entry"), layout.table("state")
+        """Into conntrack in the port's zone (with its group's key, if it shares its group's rules) and,
+        for what a rule admits, the commit in that zone; the port's own rule flows if it shares none."""
         key = ir.FieldMatch(self.port_field, port.unique_key, ir.full_mask(self.port_field))
         zone = zone_of(port)
+        shared = index.shared(port)
+        group_reg = layout.reg("group")
         for eth_type in IP_TYPES.values():
-            match = ir.Match((ir.FieldMatch("eth_type", eth_type, 0xFFFF), key))
-            action = ir.Drop() if zone is None else ir.Conntrack(zone, table=state)
-            yield ir.Flow(entry, PRIO_TRACK, match, (action,), owner)
-        if zone is None:
-            return
-        admit = (ir.Conntrack(zone, commit=True), layout.goto("out"))
-        new = ct_match(ir.CT_NEW)
+            ip = ir.FieldMatch("eth_type", eth_type, 0xFFFF)
+            if zone is None:
+                yield ir.Flow(layout.table("entry"), PRIO_TRACK, ir.Match((ip, key)), (ir.Drop(),), owner)
+                continue
+            track = ir.Conntrack(zone, table=layout.table("state"))
+            yield ir.Flow(layout.table("entry"), PRIO_TRACK, ir.Match((ip, key)),
+                          (ir.SetField(group_reg, shared), track) if shared else (track,), owner)
+            yield ir.Flow(layout.table("commit"), PRIO_TRACK, ir.Match((ip, key)),
+                          (ir.Conntrack(zone, commit=True), layout.goto("out")), owner)
+        if zone is not None and not shared:
+            yield from self._rules(index.port_rules(port.security_groups, self.direction), key, index, layout, owner)
+
+    def _group(self, group: str, key: int, index: GroupIndex, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+        """The rules of a group, for every local port in it and in no other group (its key in a register)."""
+        reg = layout.reg("group")
+        match = ir.FieldMatch(reg, key, ir.full_mask(reg))
+        yield from self._rules(index.port_rules([group], self.direction), match, index, layout, owner)
+
+    def _rules(self, rules: list[SecurityGroupRule], whose: ir.FieldMatch, index: GroupIndex, layout: AppLayout,
+               owner: str) -> Iterator[ir.Flow]:
+        table, commit = layout.table("rules"), (ir.GotoTable(layout.table("commit")),)
         seen: set[Terms] = set()
-        for rule in index.port_rules(port, self.direction):
+        for rule in rules:
             for terms in index.terms(rule, self.remote_field):
                 if terms not in seen:
                     seen.add(terms)
-                    yield ir.Flow(state, PRIO_TRACK, ir.Match((*terms, key, new)), admit, owner)
+                    yield ir.Flow(table, PRIO_TRACK, ir.Match((*terms, whose)), commit, owner)
 
     def _defaults(self, layout: AppLayout, filtering: bool) -> Iterator[ir.Flow]:
         """The pass-through, and while some local port is filtered, what all filtered ports share."""
@@ -312,7 +379,10 @@ class _SecurityGroupStage(App):
         yield ir.Flow(state, PRIO_INVALID, ir.Match((ct_match(ir.CT_INV),)), (ir.Drop(),), self.defaults)
         yield ir.Flow(state, PRIO_PASS, ir.Match((ct_match(ir.CT_EST),)), onward, self.defaults)
         yield ir.Flow(state, PRIO_RELATED, ir.Match((ct_match(ir.CT_REL),)), onward, self.defaults)
+        yield ir.Flow(state, PRIO_TRACK, ir.Match((ct_match(ir.CT_NEW),)), (ir.GotoTable(layout.table("rules")),),
+                      self.defaults)
         yield ir.Flow(state, PRIO_MISS, ir.Match.of(), (ir.Drop(),), self.defaults)
+        yield ir.Flow(layout.table("rules"), PRIO_MISS, ir.Match.of(), (ir.Drop(),), self.defaults)
 
     @abc.abstractmethod
     def unfiltered(self) -> Iterator[ir.Match]:
@@ -327,7 +397,7 @@ def _icmpv6(types: Iterable[int]) -> Iterator[ir.Match]:
 class SgEgressApp(_SecurityGroupStage):
     """What a local port may send."""
 
-    spec = AppSpec(name="sg_egress", tables=("entry", "state"), entries={"in": "entry"}, exits=("out",))
+    spec = AppSpec(name="sg_egress", tables=TABLES, entries={"in": "entry"}, exits=("out",), registers=("group",))
     direction, port_field, remote_field = "egress", "in_port", "dst"
 
     def unfiltered(self) -> Iterator[ir.Match]:
@@ -338,7 +408,7 @@ class SgEgressApp(_SecurityGroupStage):
 class SgIngressApp(_SecurityGroupStage):
     """What a local port may receive."""
 
-    spec = AppSpec(name="sg_ingress", tables=("entry", "state"), entries={"in": "entry"}, exits=("out",))
+    spec = AppSpec(name="sg_ingress", tables=TABLES, entries={"in": "entry"}, exits=("out",), registers=("group",))
     direction, port_field, remote_field = "ingress", "outport", "src"
 
     def unfiltered(self) -> Iterator[ir.Match]:

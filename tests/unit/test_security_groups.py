@@ -18,7 +18,7 @@ from hwflow.pipeline.topology import Topology
 NET = Network(id="n", name="n", vni=5, unique_key=1)
 ADDR = {"server": "10.0.0.1", "client": "10.0.0.2", "other": "10.0.0.9", "open": "10.0.0.4"}
 KEYS = {"server": 11, "client": 12, "other": 13, "open": 14}
-GROUPS = {g: SecurityGroup(id=g, name=g) for g in ("ssh", "clients", "plain")}
+GROUPS = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(("ssh", "clients", "plain"))}
 
 
 def mac_of(name: str) -> str:
@@ -146,6 +146,27 @@ def test_rules_added_and_removed_take_effect_incrementally():
     assert wire.send("server", "client", ip_proto=1, icmp_type=0, icmp_code=0)  # the echo reply
 
 
+def test_a_port_in_several_groups_gets_what_any_of_them_allows():
+    wire = Wire(topology([rule("web", "plain", "ingress", protocol="tcp", port_min=80, port_max=80)],
+                         server=["ssh", "plain"]))
+    assert wire.tcp("client", "server", 40000, 22)
+    assert wire.tcp("client", "server", 40000, 80)
+    assert not wire.tcp("client", "server", 40000, 81)
+
+
+def test_a_groups_rules_are_shared_by_its_ports_so_a_port_costs_the_same_whatever_the_rules():
+    many = [rule(f"r{i}", "plain", "ingress", protocol="tcp", port_min=1000 + i, port_max=1000 + i)
+            for i in range(20)]
+    wire = Wire(topology(many))
+    before = len(wire.pipeline.flows)
+    wire.change("port", "open", port("open", ["plain"]))
+    # per stage: IPv4 and IPv6 into conntrack and their commits; plus the port's classify/unicast/... elsewhere
+    added = [f for f in wire.pipeline.flows if f.owner == "port:open" and "sg_" in wire.pipeline.table_names[f.table]]
+    assert len(added) == 8
+    assert len(wire.pipeline.flows) - before == 8
+    assert wire.tcp("client", "open", 40000, 1007) and not wire.tcp("client", "open", 40000, 22)
+
+
 def test_a_port_whose_key_is_no_conntrack_zone_is_cut_off_with_an_error(caplog):
     topo = topology()
     big = port("server", ["ssh"], key=70_000)
@@ -185,6 +206,7 @@ ops = st.one_of(
               st.one_of(st.none(), st.lists(st.sampled_from(sorted(GROUPS)), unique=True, max_size=2))),
     st.tuples(st.just("local"), st.sampled_from(SG_PORTS), st.booleans()),
     st.tuples(st.just("rule"), st.sampled_from(range(len(RULES))), st.booleans()),
+    st.tuples(st.just("group"), st.sampled_from(sorted(GROUPS)), st.sampled_from([None, 0, 5, 6])),
 )
 
 
@@ -199,6 +221,8 @@ def test_incremental_equals_full_compile(operations):
             changes = topo.apply("port", a, None if b is None else port(a, b))
         elif op == "local":
             changes = topo.set_local(a, b)
+        elif op == "group":  # a group stored (with a key), renumbered, not stored yet (key 0) or gone
+            changes = topo.apply("security_group", a, None if b is None else SecurityGroup(id=a, name=a, unique_key=b))
         else:
             changes = topo.apply("security_group_rule", RULES[a].id, RULES[a] if b else None)
         compiler.update(topo, changes)
