@@ -145,7 +145,7 @@ def ir_flows(draw: st.DrawFn) -> ir.Flow:
     elif tail == "punt":
         actions.append(ir.Punt("dhcp"))
     elif tail == "conntrack":
-        actions.append(draw(conntracks(ipv4, st.integers(0, 254))))
+        actions.append(draw(conntracks(ipv4, st.integers(0, 253))))
     return ir.Flow(table, draw(st.integers(0, 0xFFFF)), match, tuple(actions),
                    draw(st.text(min_size=1, max_size=20)))
 
@@ -618,7 +618,7 @@ def test_ct_tunnel_matches_widen_ct_state_to_ovs_32_bits() -> None:
     (IPV4, ir.Conntrack(1, nat=ir.Nat("dnat", 1)), "Conntrack with dnat needs commit=True"),
     (ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ct_state=(ir.CT_INV, ir.CT_INV)), ir.Conntrack(1, commit=True),
      "commit of a packet matched as ct_state \\+inv"),
-    (IPV4, ir.Conntrack(1, table=255), "Conntrack table 255 is outside"),
+    (IPV4, ir.Conntrack(1, table=254), "Conntrack table 254 is outside OpenFlow.s 0..253"),
     (ir.Match(), ir.SetField("ct_mark", 1), "ct_mark cannot be rewritten"),
     (ir.Match(), ir.Move("reg0", "ct_mark"), "a move into ct_mark"),
     (ir.Match.of(ct_zone=(1, 0xF)), ir.Output(10), "ct_zone can only be matched exactly"),

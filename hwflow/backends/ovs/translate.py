@@ -367,7 +367,7 @@ def _reads_metadata(action: ir.Action) -> bool:
     return isinstance(action, ir.Punt) or isinstance(action, ir.Conntrack) and action.table is not None
 
 
-def _ends_walk(flow: ir.Flow, action: ir.Action) -> str | None:
+def _ends_walk(action: ir.Action) -> str | None:
     """The action after which nothing but Drop may follow: the IR's walk goes on elsewhere."""
     if isinstance(action, ir.GotoTable):
         return "GotoTable"
@@ -407,7 +407,7 @@ def plan_actions(flow: ir.Flow, ports: Mapping[int, int]) -> ActionPlan:
             actions += _other_action(flow, action, walk)
         if isinstance(action, ir.Punt):
             break
-        ended = _ends_walk(flow, action)
+        ended = _ends_walk(action)
     return ActionPlan(tuple(actions), metadata, goto)
 
 
@@ -684,7 +684,7 @@ class FlowCompiler:
                     keys.append(key)
                 if kind is ir.Punt:
                     break
-                ended = _ends_walk(flow, action)
+                ended = _ends_walk(action)
         key: list[tuple[Any, ...]] = []
         if words:
             words = [ids["apply_actions"], *words, native.CLOSE]
