@@ -92,9 +92,11 @@ class OutputApp(App):
             return
         group = ir.flood_group(network.unique_key)
         if is_overlay(network):
-            yield ir.Flow(table, PRIO_FROM_TUNNEL,
-                          ir.Match.of(outport=group, in_port=ir.TUNNEL_PORTS[network.network_type]), local, owner)
-            copies = tuple(a for chassis in self._remote_chassis_of(network, topo) for a in encap(network, chassis))
+            remote = self._remote_chassis_of(network, topo)
+            if remote:  # the classifier takes this network's packets from the tunnel only then
+                yield ir.Flow(table, PRIO_FROM_TUNNEL,
+                              ir.Match.of(outport=group, in_port=ir.TUNNEL_PORTS[network.network_type]), local, owner)
+            copies = tuple(a for chassis in remote for a in encap(network, chassis))
         else:
             copies = to_uplink(network)
         yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=group), local + copies, owner)
