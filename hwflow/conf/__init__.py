@@ -42,6 +42,35 @@ agent_opts = [
         default="127.0.0.1",
         help="Underlay address other chassis use to reach this host.",
     ),
+    cfg.ListOpt(
+        "tunnel_types",
+        default=["vxlan", "geneve"],
+        item_type=cfg.types.String(choices=["vxlan", "geneve"]),
+        help="Encapsulations this host terminates (one or more): the agent keeps a "
+        "flow-based tunnel port of each type on the integration bridge, bound "
+        "to tunnel_ip, and registers them so that other chassis tunnel to it "
+        "only with these.",
+    ),
+    cfg.PortOpt(
+        "vxlan_udp_port",
+        default=4789,
+        help="UDP destination port of VXLAN packets (IANA: 4789).",
+    ),
+    cfg.PortOpt(
+        "geneve_udp_port",
+        default=6081,
+        help="UDP destination port of Geneve packets (IANA: 6081).",
+    ),
+    cfg.ListOpt(
+        "bridge_mappings",
+        default=[],
+        sample_default="physnet1:eth1",
+        help="Provider networks reachable from this host, as "
+        "<physical_network>:<interface> pairs (as Neutron's bridge_mappings). "
+        "The agent plugs each interface into the integration bridge as the "
+        "physical network's uplink: vlan networks on it leave tagged, flat "
+        "ones untagged.",
+    ),
     cfg.StrOpt(
         "integration_bridge",
         default="br-int",
@@ -160,3 +189,18 @@ def new_conf(args: list[str] | None = None, project: str = "hwflow") -> cfg.Conf
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [(group, list(opts)) for group, opts in GROUPS.items()]
+
+
+def bridge_mappings(entries: list[str]) -> dict[str, str]:
+    """``[agent] bridge_mappings`` as physical network -> interface; a bad entry is a ValueError naming it."""
+    mappings: dict[str, str] = {}
+    for entry in entries:
+        physnet, sep, interface = (part.strip() for part in entry.partition(":"))
+        if not sep or not physnet or not interface:
+            raise ValueError(f"[agent] bridge_mappings entry {entry!r} is not <physical_network>:<interface> "
+                             "(for example physnet1:eth1)")
+        if physnet in mappings:
+            raise ValueError(f"[agent] bridge_mappings names physical network {physnet!r} twice; keep one "
+                             "interface per physical network")
+        mappings[physnet] = interface
+    return mappings

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from hwflow.backends.ovs.daemons import OvsDaemons
@@ -30,6 +31,7 @@ from hwflow.model.objects import Port
 LOG = logging.getLogger(__name__)
 
 BRIDGE = "br-int"
+UNDERLAY_BRIDGE = "br-ul"  # holds a host's tunnel address and its underlay link (see connect_underlay)
 STATE_FILE = "host.json"
 
 
@@ -60,7 +62,11 @@ class SimHost:
     """Start with ``start()`` (or ``with``), stop with ``stop()``; both are idempotent."""
 
     def __init__(self, name: str, workdir: Path, database: str, num_vfs: int = 4,
-                 profile: str = "sim-basic", agent_debug: bool = False) -> None:
+                 profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
+                 uplinks: Mapping[str, str] | None = None) -> None:
+        """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
+        veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
+        other end is ``uplink_peer(physnet)`` in that namespace."""
         if len(name) > 8:
             raise HostError(f"host name {name!r} is too long: at most 8 characters (it prefixes device names)")
         self.name = name
@@ -69,6 +75,8 @@ class SimHost:
         self.num_vfs = num_vfs
         self.profile = profile
         self.agent_debug = agent_debug
+        self.tunnel_ip = tunnel_ip
+        self.uplinks = dict(uplinks or {})
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -109,6 +117,7 @@ class SimHost:
             self.ovs.start()
             self.ovsdb.ensure_bridge()
             self._start_nic()
+            self._link_uplinks()
             self._write_agent_config()
             self.start_agent()
         except BaseException:
@@ -155,10 +164,27 @@ class SimHost:
             f"ovsdb_connection = {self.ovs.db_sock}\n"
             f"ovs_rundir = {self.ovs.rundir}\n"
             f"integration_bridge = {BRIDGE}\n"
+            f"tunnel_ip = {self.tunnel_ip}\n"
+            f"bridge_mappings = {','.join(f'{net}:{dev}' for net, dev in self._uplink_devices().items())}\n"
             "report_interval = 5\n\n"
             "[nic]\n"
             f"sim_sockets = {self.nic_socket}\n"
         )
+
+    def _uplink_devices(self) -> dict[str, str]:
+        return {physnet: f"{self.name}u{i}" for i, physnet in enumerate(sorted(self.uplinks))}
+
+    def uplink_peer(self, physnet: str) -> str:
+        """The device at the far end of a physical network's uplink, in the namespace given for it."""
+        return self._uplink_devices()[physnet] + "x"
+
+    def _link_uplinks(self) -> None:
+        for physnet, device in self._uplink_devices().items():
+            peer_ns = self.uplinks[physnet]
+            run("ip", "link", "add", device, "netns", self.ns, "type", "veth", "peer", "name",
+                self.uplink_peer(physnet), "netns", peer_ns)
+            in_ns(self.ns, "ip", "link", "set", device, "up")
+            in_ns(peer_ns, "ip", "link", "set", self.uplink_peer(physnet), "up")
 
     def start_agent(self) -> None:
         argv = [sys.executable, "-m", "hwflow.agent.daemon", "--config-file", str(self.agent_config),
@@ -275,3 +301,24 @@ def teardown_from_state(workdir: Path) -> bool:
         run("ip", "netns", "delete", ns, check=False)
     path.unlink(missing_ok=True)
     return True
+
+
+def connect_underlay(a: SimHost, b: SimHost, prefixlen: int = 24) -> None:
+    """Link two running hosts' namespaces by a veth pair carrying their tunnels.
+
+    The userspace datapath sends what it encapsulates by its own route and ARP tables (``ovs-appctl
+    ovs/route/show``, ``tnl/arp/show``), learnt from the kernel routes of its own bridges' internal ports
+    and from the ARP it switches: so each end goes on a bridge of that host's vswitchd
+    (``UNDERLAY_BRIDGE``, plain NORMAL switching) whose internal port holds the host's ``tunnel_ip``.
+    """
+    run("ip", "link", "add", f"{a.name}t", "netns", a.ns, "type", "veth", "peer", "name", f"{b.name}t",
+        "netns", b.ns)
+    for host in (a, b):
+        device = f"{host.name}t"
+        in_ns(host.ns, "ip", "link", "set", device, "up")
+        run("ovs-vsctl", f"--db={host.ovs.db_sock}", "--may-exist", "add-br", UNDERLAY_BRIDGE, "--", "set",
+            "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev", "--", "--may-exist", "add-port", UNDERLAY_BRIDGE,
+            device)
+        host.ovsdb.wait_for_ofport(UNDERLAY_BRIDGE, timeout=15)
+        in_ns(host.ns, "ip", "addr", "add", f"{host.tunnel_ip}/{prefixlen}", "dev", UNDERLAY_BRIDGE)
+        in_ns(host.ns, "ip", "link", "set", UNDERLAY_BRIDGE, "up")

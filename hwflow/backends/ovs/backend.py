@@ -21,10 +21,11 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection, Rejected
-from hwflow.backends.ovs.ovsdb import OvsdbClient
+from hwflow.backends.ovs.ovsdb import FixedPort, OvsdbClient
 from hwflow.pipeline import ir
 
 LOG = logging.getLogger(__name__)
+TUNNEL_PORT_NAMES = {"vxlan": "hwf-vxlan", "geneve": "hwf-geneve"}
 PART_FLOWS = 8192  # flow_mods per part handed to the writer thread: about 1 MiB, one encoder chunk
 
 
@@ -135,6 +136,30 @@ class OvsBackend:
 
     def port_stats(self) -> dict[int, tuple[int, int]]:
         return self.of.port_stats()
+
+
+def fixed_ports(tunnel_ip: str, tunnel_types: Iterable[str], udp_ports: Mapping[str, int],
+                uplinks: Mapping[str, str]) -> list[FixedPort]:
+    """The tunnel endpoints and provider uplinks the agent keeps on the integration bridge.
+
+    One flow-based tunnel port per type (the flows set ``tun_id`` and ``tun_dst``), bound to
+    ``tunnel_ip``: the userspace datapath routes what it encapsulates by its own route table,
+    learnt from the kernel's, so ``tunnel_ip`` must be on a bridge port of the same vswitchd.
+    Each uplink (physical network -> interface) is that interface plugged in as is.
+    """
+    ports = [FixedPort(TUNNEL_PORT_NAMES[kind], ir.TUNNEL_PORTS[kind], kind,
+                       (("remote_ip", "flow"), ("key", "flow"), ("local_ip", tunnel_ip),
+                        ("dst_port", str(udp_ports[kind]))))
+             for kind in sorted(set(tunnel_types))]
+    physnets: dict[int, str] = {}
+    for physnet, interface in sorted(uplinks.items()):
+        key = ir.physnet_port(physnet)
+        if key in physnets:
+            raise ValueError(f"physical networks {physnets[key]!r} and {physnet!r} get the same uplink port key "
+                             f"{key:#x} (ir.physnet_port); rename one of them")
+        physnets[key] = physnet
+        ports.append(FixedPort(interface, key))
+    return ports
 
 
 def _update(flow_mod: Callable[..., list[int]], have: translate.InstalledFlow, want: translate.Compiled

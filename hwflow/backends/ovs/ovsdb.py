@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ovsdbapp.backend.ovs_idl import connection, event, idlutils
@@ -26,6 +26,7 @@ BRIDGE_COLUMNS: dict[str, Any] = {
 }
 
 ChangeCallback = Callable[[str, str], None]  # (event: create|update|delete, interface name)
+FIXED_KEY = "hwflow-port-key"  # external_ids key marking a FixedPort
 
 
 class OvsdbError(RuntimeError):
@@ -38,6 +39,25 @@ class Iface:
     ofport: int
     ifindex: int
     iface_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPort:
+    """A port hwflow itself keeps on the bridge: a tunnel endpoint or a provider uplink.
+
+    ``key`` is the logical port key the pipeline names it by (``ir.TUNNEL_PORTS``,
+    ``ir.physnet_port``); it is stored in ``external_ids:hwflow-port-key`` so the
+    agent finds its ports again after a restart, and removes those it no
+    longer wants. ``type`` "" is a system interface (an uplink NIC).
+    """
+
+    name: str
+    key: int
+    type: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(sorted(self.options)))  # as read back from OVSDB
 
 
 class _InterfaceChanged(event.RowEvent):
@@ -122,18 +142,51 @@ class OvsdbClient:
     def del_port(self, name: str) -> None:
         self._execute(self.api.del_port(name, bridge=self.bridge, if_exists=True))
 
+    def sync_fixed_ports(self, wanted: Sequence[FixedPort]) -> bool:
+        """Make the bridge's fixed ports exactly ``wanted``; True if anything had to change.
+
+        Compared against the IDL's cache first, so calling it on every pass costs no transaction.
+        """
+        have = self._fixed_rows()
+        commands = []
+        for port in wanted:
+            if have.pop(port.name, None) == port:
+                continue
+            ids = {FIXED_KEY: str(port.key)}
+            commands += [self.api.add_port(self.bridge, port.name, may_exist=True),
+                         self.api.db_set("Interface", port.name, ("type", port.type), ("options", dict(port.options)),
+                                         ("external_ids", ids))]
+        commands += [self.api.del_port(name, bridge=self.bridge, if_exists=True) for name in sorted(have)]
+        if commands:
+            self._execute(*commands)
+        return bool(commands)
+
+    def fixed_ofports(self) -> dict[int, int]:
+        """Logical port key -> ofport of the fixed ports vswitchd has given one."""
+        with self._conn.lock:
+            rows = self._bridge_interfaces()
+            return {int(row.external_ids[FIXED_KEY]): ofport for row in rows
+                    if FIXED_KEY in row.external_ids and (ofport := _first(row.ofport)) is not None and ofport > 0}
+
+    def _fixed_rows(self) -> dict[str, FixedPort]:
+        with self._conn.lock:
+            return {row.name: FixedPort(row.name, int(row.external_ids[FIXED_KEY]), row.type,
+                                        tuple(sorted(row.options.items())))
+                    for row in self._bridge_interfaces() if FIXED_KEY in row.external_ids}
+
+    def _bridge_interfaces(self) -> list[Any]:
+        """Interface rows of our bridge (call with the connection lock held)."""
+        bridge = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge, None)
+        return [row for port in bridge.ports for row in port.interfaces] if bridge is not None else []
+
     def interfaces(self) -> dict[str, Iface]:
         """Bound interfaces (iface-id -> Iface) on our bridge whose ofport vswitchd has assigned."""
         found: dict[str, Iface] = {}
         with self._conn.lock:
-            bridge = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge, None)
-            if bridge is None:
-                return found
-            for port in bridge.ports:
-                for row in port.interfaces:
-                    iface = _iface(row)
-                    if iface is not None:
-                        found[iface.iface_id] = iface
+            for row in self._bridge_interfaces():
+                iface = _iface(row)
+                if iface is not None:
+                    found[iface.iface_id] = iface
         return found
 
     def ofport(self, name: str) -> int | None:
