@@ -340,14 +340,14 @@ class _SecurityGroupStage(App):
         shared = index.shared(port)
         group_reg = layout.reg("group")
         for eth_type in IP_TYPES.values():
-            ip = ir.FieldMatch("eth_type", eth_type, 0xFFFF)
+            match = ir.Match((ir.FieldMatch("eth_type", eth_type, 0xFFFF), key))
             if zone is None:
-                yield ir.Flow(layout.table("entry"), PRIO_TRACK, ir.Match((ip, key)), (ir.Drop(),), owner)
+                yield ir.Flow(layout.table("entry"), PRIO_TRACK, match, (ir.Drop(),), owner)
                 continue
             track = ir.Conntrack(zone, table=layout.table("state"))
-            yield ir.Flow(layout.table("entry"), PRIO_TRACK, ir.Match((ip, key)),
+            yield ir.Flow(layout.table("entry"), PRIO_TRACK, match,
                           (ir.SetField(group_reg, shared), track) if shared else (track,), owner)
-            yield ir.Flow(layout.table("commit"), PRIO_TRACK, ir.Match((ip, key)),
+            yield ir.Flow(layout.table("commit"), PRIO_TRACK, match,
                           (ir.Conntrack(zone, commit=True), layout.goto("out")), owner)
         if zone is not None and not shared:
             yield from self._rules(index.port_rules(port.security_groups, self.direction), key, index, layout, owner)

@@ -79,7 +79,8 @@ def build(params: dict) -> tuple[dict[str, Network], dict[str, Port], dict[str, 
                                            **fields) for g in groups for j, (direction, fields) in enumerate(RULES)}
     others = {"subnet": subnets, "router_port": rps,
               "router": {f"r{i}": Router(id=f"r{i}", name=f"r{i}") for i in range(routers)},
-              "security_group": {g: SecurityGroup(id=g, name=g) for g in groups}, "security_group_rule": rules}
+              "security_group": {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(groups)},
+              "security_group_rule": rules}
     return nets, prts, others
 
 
