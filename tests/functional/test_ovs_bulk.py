@@ -8,6 +8,7 @@ Each test gets its own namespace with a private ovsdb-server/ovs-vswitchd
 from __future__ import annotations
 
 import dataclasses
+import queue
 import secrets
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.backend import OvsBackend
 from hwflow.backends.ovs.daemons import OvsDaemons
-from hwflow.backends.ovs.openflow import OpenFlowConnection
+from hwflow.backends.ovs.openflow import OpenFlowConnection, PacketIn
 from hwflow.backends.ovs.ovsdb import OvsdbClient
 from hwflow.bench import openflow as bench
 from hwflow.pipeline import ir
@@ -226,3 +227,19 @@ def test_vlan_punt_conntrack_and_tunnel_flows_sync_and_resync_to_nothing(switch:
                  "ct_zone=6,ct_mark=0x1/0x1", "tun_id=0x1389,tun_src=10.10.10.1,tun_dst=10.10.10.0/24,in_port=9",
                  "actions=set_field:0x1389->tun_id,set_field:10.10.10.2->tun_dst,output:9"):
         assert text in dump, f"{text!r} not in\n{dump}"
+
+
+def test_a_punted_packet_reaches_the_agent_whole_with_its_metadata_and_registers(switch: Switch) -> None:
+    """What a responder (DHCP) relies on: the frame untruncated, and the pipeline's state in the packet-in."""
+    flows = [ir.Flow(0, 1, ir.Match(), (ir.SetField("reg0", 7), ir.SetField("outport", 9), ir.SetField("metadata", 5),
+                                        ir.Punt("dhcp"), ir.Output(1)), "dhcp:punt")]
+    assert switch.backend.sync(flows, PORTS).errors == ()
+    punted: queue.Queue[PacketIn] = queue.Queue()
+    switch.of.on_packet_in(punted.put)
+    frame = bytes.fromhex("ffffffffffff020000000001" "88b5") + bytes(range(256)) * 6  # longer than any default max_len
+
+    switch.of.packet_out(ofp.OFPP_TABLE, frame)  # into table 0, as if it came in
+
+    got = punted.get(timeout=10)
+    assert got.data == frame and got.cookie == translate.owner_cookie("dhcp:punt")
+    assert (got.fields["metadata"], got.fields["reg0"], got.fields["reg15"]) == (5, 7, 9)
