@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwflow.apps.compiler import Compiler, layout_path
+from hwflow.backends.ovs.backend import fixed_ports
+from hwflow.conf import bridge_mappings
 from hwflow.model.errors import ValidationError
 from hwflow.model.objects import MAX_DATAPATH_KEY, Chassis, Network, Port
 from hwflow.pipeline import interpreter, ir
@@ -218,3 +220,34 @@ def test_remote_ports_and_chassis_incremental_equals_full(operations):
         full = Compiler.from_file(layout_path("")).compile(
             Topology(HERE, topo.networks, topo.ports, topo.local_port_ids, others={"chassis": topo.of("chassis")}))
         assert set(compiler.pipeline().flows) == set(full.flows)
+
+
+# --- configuration: the ports the agent keeps on the bridge -------------------------------------------------
+
+
+def test_fixed_ports_are_flow_based_tunnels_and_the_mapped_uplinks():
+    ports = fixed_ports("192.0.2.1", ["geneve", "vxlan", "vxlan"], {"vxlan": 4789, "geneve": 6081},
+                        bridge_mappings(["physnet1:eth1", " physnet2 : eth2 "]))
+    by_key = {p.key: p for p in ports}
+    assert set(by_key) == {*ir.TUNNEL_PORTS.values(), UPLINK, ir.physnet_port("physnet2")}
+    vxlan = by_key[ir.TUNNEL_PORTS["vxlan"]]
+    assert (vxlan.type, dict(vxlan.options)) == (
+        "vxlan", {"remote_ip": "flow", "key": "flow", "local_ip": "192.0.2.1", "dst_port": "4789"})
+    assert (by_key[UPLINK].name, by_key[UPLINK].type, by_key[UPLINK].options) == ("eth1", "", ())
+    assert by_key[ir.physnet_port("physnet2")].name == "eth2"
+
+
+@pytest.mark.parametrize(("entries", "error"), [
+    (["physnet1"], "not <physical_network>:<interface>"),
+    (["physnet1:"], "not <physical_network>:<interface>"),
+    (["physnet1:eth1", "physnet1:eth2"], "twice"),
+])
+def test_a_bad_bridge_mapping_is_named(entries, error):
+    with pytest.raises(ValueError, match=error):
+        bridge_mappings(entries)
+
+
+def test_two_physical_networks_sharing_an_uplink_key_are_refused():
+    assert ir.physnet_port("physnet22") == ir.physnet_port("physnet400")
+    with pytest.raises(ValueError, match="rename one"):
+        fixed_ports("192.0.2.1", [], {}, {"physnet22": "eth1", "physnet400": "eth2"})
