@@ -10,7 +10,9 @@ applied port security, its egress security groups and routing):
   to (a host with no such peer, a lone host, accepts no tunnelled traffic);
 - from a physical network's uplink (``ir.physnet_port``), by its VLAN tag
   (popped) for a vlan network, or untagged for the physical network's flat
-  network (the lower-priority catch-all of that uplink).
+  network (the lower-priority catch-all of that uplink: the IR cannot match
+  "no tag", so a frame with a VLAN no network here has is taken as the flat
+  network's, tag and all, where there is one).
 
 A packet from any other port, or with a VNI or VLAN no local network has,
 is dropped (no flow matches). Later stages rely on ``metadata`` and never on
