@@ -5,16 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwflow.apps.compiler import Compiler, load_apps
-from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
+from hwflow.apps import l3
+from hwflow.apps.compiler import Compiler, layout_path
+from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
 from hwflow.pipeline import interpreter, ir
-from hwflow.pipeline.layout import Wiring
 from hwflow.pipeline.topology import Topology
 
-WIRING = Wiring.parse({"start": "classifier.in", "wires": {"classifier.out": "port_security.in",
-                                                           "port_security.out": "l3.in", "l3.out": "l2.in",
-                                                           "l2.out": "output.in"}})
-RA, RB = "fa:16:3e:aa:00:01", "fa:16:3e:bb:00:01"
+RA, RB, RC = "fa:16:3e:aa:00:01", "fa:16:3e:bb:00:01", "fa:16:3e:cc:00:01"
 
 
 def mac(text: str) -> int:
@@ -27,7 +24,8 @@ def ip(text: str) -> int:
 
 
 def compiler() -> Compiler:
-    return Compiler(load_apps(["classifier", "port_security", "l3", "l2", "output"]), WIRING)
+    """The shipped layout: routing as the agent runs it, every stage in place."""
+    return Compiler.from_file(layout_path(""))
 
 
 def topology(routes=()) -> Topology:
@@ -61,7 +59,7 @@ def test_routed_packet_leaves_on_the_other_subnet_rewritten():
     assert port == 12
     assert (pkt["eth_src"], pkt["eth_dst"], pkt["ip_ttl"]) == (mac(RB), mac("fa:16:3e:00:00:02"), 63)
     names = [pipeline.table_names[s.table] for s in out.steps]
-    assert names[-2:] == ["l2.lookup", "output.deliver"] and "l3.route" in names
+    assert names[-1] == "output.deliver" and {"l3.route", "l3.next_hop", "l2.lookup"} <= set(names)
 
 
 def test_a_ttl_of_one_dies_at_the_router_and_unrouted_is_dropped():
@@ -119,3 +117,160 @@ def test_incremental_routing_equals_a_full_compile(edits):
                                            others={k: dict(v) for k, v in topo.objects.items()
                                                    if k not in ("network", "port")}))
         assert set(inc.pipeline().flows) == set(full.flows)
+
+
+# --- floating IPs and per-chassis SNAT ---------------------------------------------------------------------------
+# Network a (vm1, with a FIP) and b (vm2, none) sit behind router r, whose gateway is the flat external network;
+# network c (vm3) behind router r2, which has none. On the external network, "upstream" holds the external
+# subnet's gateway_ip (the next hop of the default route: how l3 learns its MAC) and "outsider" is a host there;
+# both are local ports here, standing for the wire the external network is on.
+
+GW_MAC, OUTSIDER_MAC = "fa:16:3e:ee:00:01", "fa:16:3e:ee:00:77"
+FIP, CHASSIS_IP, REMOTE = "198.51.100.50", "198.51.100.10", "8.8.8.8"
+VM1_MAC, VM2_MAC = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02"
+
+
+def nat_topology(fip: bool = True, external_ip: str = CHASSIS_IP, gateway: bool = True) -> Topology:
+    nets = {n.id: n for n in (
+        Network(id="a", name="a", vni=1, unique_key=1), Network(id="b", name="b", vni=2, unique_key=2),
+        Network(id="c", name="c", vni=4, unique_key=4),
+        Network(id="ext", name="ext", network_type="flat", physical_network="physnet1", external=True, unique_key=3))}
+    subnets = {s.id: s for s in (
+        Subnet(id="sa", name="sa", network_id="a", cidr="10.0.0.0/24", gateway_ip="10.0.0.1"),
+        Subnet(id="sb", name="sb", network_id="b", cidr="10.0.1.0/24", gateway_ip="10.0.1.1"),
+        Subnet(id="sc", name="sc", network_id="c", cidr="10.0.2.0/24", gateway_ip="10.0.2.1"),
+        Subnet(id="sext", name="sext", network_id="ext", cidr="198.51.100.0/24", gateway_ip="198.51.100.1"))}
+    ports = {p.id: p for p in (
+        Port(id="vm1", name="vm1", network_id="a", mac=VM1_MAC, ips=["10.0.0.5"], unique_key=11),
+        Port(id="vm2", name="vm2", network_id="b", mac=VM2_MAC, ips=["10.0.1.5"], unique_key=12),
+        Port(id="vm3", name="vm3", network_id="c", mac="fa:16:3e:00:00:03", ips=["10.0.2.5"], unique_key=13),
+        Port(id="upstream", name="upstream", network_id="ext", mac=GW_MAC, ips=["198.51.100.1"], unique_key=20,
+             port_security=False),  # a router: it forwards the world's addresses
+        Port(id="outsider", name="outsider", network_id="ext", mac=OUTSIDER_MAC, ips=["198.51.100.77"],
+             unique_key=21))}
+    routers = {r.id: r for r in (
+        Router(id="r", name="r", unique_key=1, gateway_network_id="ext" if gateway else "",
+               gateway_ip="198.51.100.2" if gateway else ""),
+        Router(id="r2", name="r2", unique_key=2))}
+    rps = {rp.id: rp for rp in (
+        RouterPort(id="rpa", name="rpa", router_id="r", network_id="a", subnet_id="sa", mac=RA, ip="10.0.0.1"),
+        RouterPort(id="rpb", name="rpb", router_id="r", network_id="b", subnet_id="sb", mac=RB, ip="10.0.1.1"),
+        RouterPort(id="rpc", name="rpc", router_id="r2", network_id="c", subnet_id="sc", mac=RC, ip="10.0.2.1"))}
+    fips = {"f1": FloatingIP(id="f1", name="f1", floating_network_id="ext", floating_ip_address=FIP, port_id="vm1",
+                             fixed_ip_address="10.0.0.5", unique_key=1)} if fip else {}
+    chassis = {"h": Chassis(id="h", tunnel_ip="192.0.2.1", external_ip=external_ip)}
+    return Topology("h", nets, ports, set(ports), others={
+        "subnet": subnets, "router": routers, "router_port": rps, "floating_ip": fips, "chassis": chassis})
+
+
+def send(pipeline: ir.Pipeline, ct: interpreter.ConnTracker, in_port: int, eth_src: str, eth_dst: int, src: str,
+         dst: str, **more: int) -> interpreter.Verdict:
+    pkt = {"in_port": in_port, "eth_src": mac(eth_src), "eth_dst": eth_dst, "eth_type": ir.ETH_TYPE_IPV4,
+           "ipv4_src": ip(src), "ipv4_dst": ip(dst), "ip_proto": 1, "ip_ttl": 64, **more}
+    return interpreter.run(pipeline, pkt, ct)
+
+
+def arp_for(pipeline: ir.Pipeline, address: str) -> dict[str, int] | None:
+    """The answer the outsider gets to its ARP request for ``address`` (None: only flooded on, unanswered)."""
+    verdict = interpreter.run(pipeline, {"in_port": 21, "eth_src": mac(OUTSIDER_MAC), "eth_dst": (1 << 48) - 1,
+                                         "eth_type": ir.ETH_TYPE_ARP, "arp_op": 1, "arp_spa": ip("198.51.100.77"),
+                                         "arp_sha": mac(OUTSIDER_MAC), "arp_tpa": ip(address), "arp_tha": 0})
+    answers = [pkt for port, pkt in verdict.outputs if port == 21 and pkt["arp_op"] == 2]
+    return answers[0] if answers else None
+
+
+def test_a_fip_vm_pings_out_snatted_and_the_reply_comes_back_to_it():
+    pipeline, ct = compiler().compile(nat_topology()), interpreter.ConnTracker()
+    ((port, out),) = send(pipeline, ct, 11, VM1_MAC, mac(RA), "10.0.0.5", REMOTE).outputs
+    assert port == 20
+    assert (out["ipv4_src"], out["ipv4_dst"], out["ip_ttl"]) == (ip(FIP), ip(REMOTE), 63)
+    assert (out["eth_src"], out["eth_dst"]) == (l3.nat_mac(FIP), mac(GW_MAC))
+    ((port, back),) = send(pipeline, ct, 20, GW_MAC, l3.nat_mac(FIP), REMOTE, FIP, ip_ttl=60).outputs
+    assert port == 11
+    assert (back["ipv4_src"], back["ipv4_dst"], back["ip_ttl"]) == (ip(REMOTE), ip("10.0.0.5"), 59)
+    assert (back["eth_src"], back["eth_dst"]) == (mac(RA), mac(VM1_MAC))
+
+
+def test_an_outside_host_reaches_the_vm_through_its_fip_and_gets_answers_from_the_fip():
+    pipeline, ct = compiler().compile(nat_topology()), interpreter.ConnTracker()
+    answer = arp_for(pipeline, FIP)
+    assert answer is not None and answer["arp_sha"] == l3.nat_mac(FIP) and answer["arp_spa"] == ip(FIP)
+    syn = {"ip_proto": 6, "tcp_src": 40000, "tcp_dst": 22}
+    ((port, inside),) = send(pipeline, ct, 21, OUTSIDER_MAC, answer["arp_sha"], "198.51.100.77", FIP, **syn).outputs
+    assert port == 11 and inside["ipv4_dst"] == ip("10.0.0.5") and inside["eth_dst"] == mac(VM1_MAC)
+    reply = {"ip_proto": 6, "tcp_src": 22, "tcp_dst": 40000}
+    ((port, out),) = send(pipeline, ct, 11, VM1_MAC, mac(RA), "10.0.0.5", "198.51.100.77", **reply).outputs
+    assert port == 21 and out["ipv4_src"] == ip(FIP) and out["eth_dst"] == mac(OUTSIDER_MAC)
+
+
+def test_without_a_fip_the_router_snats_to_the_chassis_external_ip():
+    pipeline, ct = compiler().compile(nat_topology()), interpreter.ConnTracker()
+    ((port, out),) = send(pipeline, ct, 12, VM2_MAC, mac(RB), "10.0.1.5", REMOTE).outputs
+    assert port == 20 and out["ipv4_src"] == ip(CHASSIS_IP) and out["eth_src"] == l3.nat_mac(CHASSIS_IP)
+    ((port, back),) = send(pipeline, ct, 20, GW_MAC, l3.nat_mac(CHASSIS_IP), REMOTE, CHASSIS_IP).outputs
+    assert port == 12 and back["ipv4_dst"] == ip("10.0.1.5") and back["eth_src"] == mac(RB)
+    answer = arp_for(pipeline, CHASSIS_IP)
+    assert answer is not None and answer["arp_sha"] == l3.nat_mac(CHASSIS_IP)
+    stranger = send(pipeline, ct, 21, OUTSIDER_MAC, l3.nat_mac(CHASSIS_IP), "198.51.100.77", CHASSIS_IP)
+    assert stranger.kind == "drop"  # nobody inside opened it: the chassis address takes no new connections
+
+
+def test_no_gateway_no_nat_and_no_external_ip_no_snat():
+    pipeline = compiler().compile(nat_topology())
+    assert send(pipeline, interpreter.ConnTracker(), 13, "fa:16:3e:00:00:03", mac(RC), "10.0.2.5", REMOTE).kind \
+        == "drop"
+    bare = compiler().compile(nat_topology(external_ip=""))
+    assert send(bare, interpreter.ConnTracker(), 12, VM2_MAC, mac(RB), "10.0.1.5", REMOTE).kind == "drop"
+    ((_, out),) = send(bare, interpreter.ConnTracker(), 11, VM1_MAC, mac(RA), "10.0.0.5", REMOTE).outputs
+    assert out["ipv4_src"] == ip(FIP)  # a FIP needs no chassis address
+    assert arp_for(bare, CHASSIS_IP) is None
+    assert arp_for(compiler().compile(nat_topology(gateway=False)), FIP) is None
+
+
+def test_each_router_has_its_own_zone_and_chassis_snat_one_apart():
+    pipeline = compiler().compile(nat_topology())
+    zones = {action.zone for flow in pipeline.flows for action in flow.actions
+             if isinstance(action, ir.Conntrack) and action.nat is not None}
+    assert zones == {l3.router_zone(nat_topology().get("router", "r")), l3.CHASSIS_SNAT_ZONE}
+
+
+EDITS = ["drop-fip", "add-fip", "unbind-vm1", "bind-vm1", "no-gateway", "gateway", "external-ip", "drop-upstream"]
+
+
+def nat_edit(topo: Topology, edit: str) -> list:
+    full = nat_topology()
+    if edit == "drop-fip" and topo.get("floating_ip", "f1"):
+        return topo.apply("floating_ip", "f1", None)
+    if edit == "add-fip":
+        return topo.apply("floating_ip", "f1", full.get("floating_ip", "f1"))
+    if edit in ("unbind-vm1", "bind-vm1"):
+        return topo.set_local("vm1", edit == "bind-vm1")
+    if edit in ("no-gateway", "gateway"):
+        return topo.apply("router", "r", nat_topology(gateway=edit == "gateway").get("router", "r"))
+    if edit == "external-ip":
+        return topo.apply("chassis", "h", Chassis(id="h", tunnel_ip="192.0.2.1", external_ip="198.51.100.11"))
+    if edit == "drop-upstream" and topo.get("port", "upstream"):
+        return topo.apply("port", "upstream", None) + topo.set_local("upstream", False)
+    return []
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(EDITS), max_size=5))
+def test_incremental_nat_equals_a_full_compile(edits):
+    topo, inc = nat_topology(), compiler()
+    inc.compile(topo)
+    for edit in edits:
+        inc.update(topo, nat_edit(topo, edit))
+        full = compiler().compile(Topology("h", dict(topo.networks), dict(topo.ports), set(topo.local_port_ids),
+                                           others={k: dict(v) for k, v in topo.objects.items()
+                                                   if k not in ("network", "port")}))
+        assert set(inc.pipeline().flows) == set(full.flows)
+
+
+def test_removing_a_fip_incrementally_sends_its_vm_out_through_chassis_snat():
+    topo, inc = nat_topology(), compiler()
+    inc.compile(topo)
+    inc.update(topo, topo.apply("floating_ip", "f1", None))
+    ((_, out),) = send(inc.pipeline(), interpreter.ConnTracker(), 11, VM1_MAC, mac(RA), "10.0.0.5", REMOTE).outputs
+    assert out["ipv4_src"] == ip(CHASSIS_IP)
+    assert arp_for(inc.pipeline(), FIP) is None
