@@ -5,8 +5,9 @@ A port with groups may send (egress) only what some egress rule of its
 groups allows and receive (ingress) only what some ingress rule allows;
 the replies of an allowed connection pass both ways. Only IP is filtered:
 ARP passes, as do IPv6 neighbour discovery and MLD (router advertisements
-only towards the port, never from it) and DHCP replies towards the port
-(DHCP requests are punted by the dhcp stage before ``sg_egress``).
+only towards the port, never from it), DHCP and DHCPv6 requests from the
+port (those the agent answers are punted by the dhcp stage before
+``sg_egress`` anyway) and the replies towards it.
 
 Two apps, because the two checks sit at two places of the pipeline: egress
 right after a packet is classified and port-secured (before routing), and
@@ -401,8 +402,10 @@ class SgEgressApp(_SecurityGroupStage):
     direction, port_field, remote_field = "egress", "in_port", "dst"
 
     def unfiltered(self) -> Iterator[ir.Match]:
-        """Neighbour discovery and MLD; a port may not advertise itself as a router."""
+        """Neighbour discovery and MLD (a port may not advertise itself as a router), and DHCP(v6) requests."""
         yield from _icmpv6((*ICMPV6_MLD, ICMPV6_RS, ICMPV6_NS, ICMPV6_NA))
+        yield ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ip_proto=IPPROTO_UDP, udp_src=68, udp_dst=67)
+        yield ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ip_proto=IPPROTO_UDP, udp_src=546, udp_dst=547)
 
 
 class SgIngressApp(_SecurityGroupStage):

@@ -96,7 +96,7 @@ def test_the_server_side_cannot_open_a_connection_to_a_client_without_ingress_ru
     assert not wire.tcp("server", "client", 22, 40001)  # not the connection's ports
 
 
-def test_arp_neighbour_discovery_and_unfiltered_ports_pass():
+def test_arp_neighbour_discovery_dhcp_and_unfiltered_ports_pass():
     wire = Wire(topology())
     arp = {"eth_type": ir.ETH_TYPE_ARP, "arp_op": 1, "arp_spa": ip(ADDR["client"]), "arp_tpa": ip(ADDR["server"])}
     assert wire.send("client", "server", **arp)
@@ -105,6 +105,11 @@ def test_arp_neighbour_discovery_and_unfiltered_ports_pass():
     assert wire.send("client", "server", **v6, icmp_type=135, icmp_code=0)  # neighbour solicitation
     assert not wire.send("client", "server", **v6, icmp_type=128, icmp_code=0)  # echo: no IPv6 ingress rule
     assert not wire.send("server", "client", **v6, icmp_type=134, icmp_code=0)  # no router advertisements from a VM
+    no_egress = Wire(topology())
+    no_egress.change("security_group_rule", "plain-out", None)
+    assert not no_egress.send("client", "open", ip_proto=17, udp_src=68, udp_dst=53)
+    dhcp = {"ipv4_src": 0, "ip_proto": 17, "udp_src": 68, "udp_dst": 67}
+    assert no_egress.send("client", "open", **dhcp)  # DHCP discovery passes even with no egress rule
     assert wire.tcp("open", "client", 1, 2) is False  # the client filters what it receives...
     assert wire.tcp("client", "open", 3, 4)  # ...the open port nothing
     assert wire.tcp("open", "server", 5, 22)
