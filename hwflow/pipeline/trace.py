@@ -157,9 +157,19 @@ def format_action(action: ir.Action, port_names: Mapping[int, str], pipeline: ir
     if isinstance(action, ir.Punt):
         return f"punt:{action.reason}"
     if isinstance(action, ir.Conntrack):
-        parts = [f"zone={action.zone}"] + (["commit"] if action.commit else [])
+        parts = [f"zone={action.zone}"] + (["commit"] if action.commit else []) + _format_nat(action.nat)
         if action.table is not None:
             parts.append(f"table={pipeline.table_names.get(action.table, action.table)}")
         return f"ct({','.join(parts)})"
     return {ir.PopVlan: "pop_vlan", ir.DecTtl: "dec_ttl", ir.Drop: "drop", ir.OutputInPort: "output:in_port"}[
         type(action)]
+
+
+def _format_nat(nat: ir.Nat | None) -> list[str]:
+    """OVS's spelling: ``nat`` (apply what the connection has) or ``nat(src=IP)``/``nat(dst=IP)`` (set it up)."""
+    if nat is None:
+        return []
+    if nat.kind is None or nat.ipv4 is None:
+        return ["nat"]
+    side = "src" if nat.kind == "snat" else "dst"
+    return [f"nat({side}={format_value('ipv4_src', nat.ipv4)})"]

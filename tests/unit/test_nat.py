@@ -106,3 +106,13 @@ def test_every_client_gets_its_own_replies_back(clients):
     for src, sport in clients.items():
         back = interpreter.run(pipeline, packet(OUTSIDE, REMOTE, FIP, ip_proto=6, tcp_src=443, tcp_dst=sport), ct)
         assert sent(back) == (REMOTE, src)
+
+
+def test_trace_shows_the_nat_as_ovs_spells_it():
+    from hwflow.pipeline.trace import format_action
+
+    pipeline = ir.Pipeline.build([], {1: "l3.next_hop"})
+    forms = [format_action(ir.Conntrack(7, commit=True, table=1, nat=nat), {}, pipeline)
+             for nat in (ir.Nat("snat", FIP), ir.Nat("dnat", VM), ir.Nat())]
+    assert forms == ["ct(zone=7,commit,nat(src=198.51.100.5),table=l3.next_hop)",
+                     "ct(zone=7,commit,nat(dst=10.0.0.5),table=l3.next_hop)", "ct(zone=7,commit,nat,table=l3.next_hop)"]
