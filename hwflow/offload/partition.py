@@ -122,6 +122,7 @@ class SoftwareLeaf:
     match: ir.Match
     reason: str
     chain: int = 0
+    passable: bool = False  # a pass rule (to software) may hold it in front of later rules
 
 
 @dataclasses.dataclass
@@ -141,6 +142,7 @@ class _Path:
     """What the walk knows along one path besides the region."""
 
     known: Mapping[str, int]  # pipeline state and header fields an action set
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # register -> packet field copied in
     dirty: frozenset[str] = frozenset()  # header fields changed to a value the walk cannot know
     outputs: tuple[int, ...] = ()
     edits: tuple[Edit, ...] = ()
@@ -185,7 +187,10 @@ def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator
         if stale:
             yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
             return
-        covers_all, refined = _refine(flow.match, region, path.known)
+        match = _through_aliases(flow.match, path.aliases)
+        if match is None:
+            continue
+        covers_all, refined = _refine(match, region, path.known)
         if covers_all is None:
             continue
         yield from _run(pipeline, flow, refined, path, chains, depth)
@@ -194,13 +199,27 @@ def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator
     yield _leaf(region, path, None, None)
 
 
+def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | None:
+    """``match`` with registers holding a copy of a packet field read as that field (None: it cannot hold)."""
+    if not any(t.field in aliases for t in match.fields):
+        return match
+    terms: dict[str, tuple[int, int]] = {}
+    for t in match.fields:
+        field = aliases.get(t.field, t.field)
+        value, mask = terms.get(field, (0, 0))
+        if (value ^ t.value) & mask & t.mask:
+            return None
+        terms[field] = (value | t.value, mask | t.mask)
+    return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, (v, m) in terms.items()))
+
+
 def _run(pipeline, flow, region, path: _Path, chains, depth) -> Iterator[Leaf]:
     """Follow one flow's actions; an action the walk cannot see through ends it in a software leaf.
 
     Ending there is what keeps the proof simple: the leaf's region is all the
     packets that reach this point, so nothing after it can be mistaken.
     """
-    path = path.but(known=dict(path.known))
+    path = path.but(known=dict(path.known), aliases=dict(path.aliases))
     for action in flow.actions:
         if isinstance(action, ir.Output):
             if action.port != path.known.get("in_port"):
@@ -269,13 +288,26 @@ def _edit(path: _Path, action: Edit) -> _Path:
 
 
 def _see_through(action: ir.Action, path: _Path) -> str | None:
-    """Apply a pipeline-state action to the known state, or say why the walk must stop here (None: go on)."""
-    known = path.known
+    """Apply a pipeline-state action to the known state, or say why the walk must stop here (None: go on).
+
+    A register loaded from an unchanged packet field of its width becomes an
+    alias of it: matches on the register are matches on the packet.
+    """
+    known, aliases = path.known, path.aliases
+    target = action.field if isinstance(action, ir.SetField) else action.dst if isinstance(action, ir.Move) else None
+    if target in INTERNAL_FIELDS:
+        aliases.pop(target, None)  # type: ignore[attr-defined]
     if isinstance(action, ir.SetField) and action.field in INTERNAL_FIELDS:
         known[action.field] = action.value  # type: ignore[index]
         return None
     if isinstance(action, ir.Move) and action.dst in INTERNAL_FIELDS and action.src in known:
         known[action.dst] = known[action.src] & ir.full_mask(action.dst)  # type: ignore[index]
+        return None
+    if isinstance(action, ir.Move) and action.dst in INTERNAL_FIELDS and action.src not in path.dirty \
+            and (action.src not in INTERNAL_FIELDS or action.src in aliases) \
+            and ir.FIELD_BITS[action.src] == ir.FIELD_BITS[action.dst]:
+        known.pop(action.dst, None)  # type: ignore[attr-defined]
+        aliases[action.dst] = aliases.get(action.src, action.src)  # type: ignore[index]
         return None
     if isinstance(action, ir.Move):
         return f"sets {action.dst} from the packet: not offloaded"
@@ -394,10 +426,6 @@ def _action_count(leaf: Leaf, port: PortOffload) -> int:
 def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:
     """Why this leaf cannot be a hardware rule on ``port`` (None: it can)."""
     caps = port.capabilities
-    if leaf.trap:
-        if hw.ACTION_PASS not in caps.actions:
-            return f"{leaf.blocker}: the NIC cannot hand these packets to software (pass)"
-        return _cannot_match(leaf, caps)
     if leaf.blocker is not None:
         return leaf.blocker
     if leaf.goto is not None:
@@ -415,7 +443,17 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], un
     return reason
 
 
-def _tagged_after_untagged(match: ir.Match, placed: Sequence[HwRule]) -> bool:
+def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Match], str]) -> bool:
+    """A software leaf a ``pass`` rule may hold: whatever software does with its packets, it still does.
+
+    Holding it costs a rule, so it is done only when a later rule would
+    otherwise be kept out by overlapping it (see :func:`plan_port`).
+    """
+    return hw.ACTION_PASS in port.capabilities.actions and _cannot_match(leaf, port.capabilities) is None \
+        and (port.port, leaf.as_match()) not in refused
+
+
+def _tagged_after_untagged(match: ir.Match, placed: Sequence[HwRule | SoftwareLeaf]) -> bool:
     """A tagged rule behind an overlapping untagged one: flower lets tagged packets pass the untagged rule."""
     if match.get("vlan_vid") is None:
         return False
@@ -433,7 +471,9 @@ def plan_port(
     ``refused`` holds rules the NIC already turned down (by port and match),
     with its reason; they stay in software, and so does whatever they shadow.
     Leaves in the chain of a conntrack rule that stayed in software are left
-    out: that rule's software leaf covers them.
+    out: that rule's software leaf covers them. A leaf kept out only by
+    earlier software leaves gets them placed as ``pass`` rules in front of
+    it, when the NIC can match them (and has room).
     """
     refused = refused or {}
     plan = Plan()
@@ -451,26 +491,39 @@ def plan_port(
             reason = _why_not(leaf, port, ports, unicast_only)
             if reason is None and (port.port, match) in refused:
                 reason = f"the NIC refused it: {refused[port.port, match]}"
-            if reason is None and any(_overlaps(match, sw.match) for sw in plan.software
-                                      if sw.in_port == port.port and sw.chain == leaf.chain):
-                reason = "overlaps an earlier software-only path"
-            if reason is None and _tagged_after_untagged(match, in_chain):
+            shadows = [sw for sw in plan.software
+                       if sw.in_port == port.port and sw.chain == leaf.chain and _overlaps(match, sw.match)]
+            if reason is None and _tagged_after_untagged(match, [*in_chain, *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
+            if reason is None and shadows and (not all(sw.passable for sw in shadows)
+                                               or len(plan.rules) + len(shadows) >= budget):
+                reason = "overlaps an earlier software-only path"
+            elif reason is None:
+                for sw in shadows:  # hold them in front with pass rules
+                    plan.software.remove(sw)
+                    _place(plan, placed, HwRule(port.port, order, 0, sw.match, None, "", (), sw.chain))
+                    order += 1
             if reason is None and len(plan.rules) >= budget:
                 reason = "the NIC's rule table is full"
             if reason is not None:
-                plan.software.append(SoftwareLeaf(port.port, match, reason, leaf.chain))
+                plan.software.append(SoftwareLeaf(port.port, match, reason, leaf.chain,
+                                                  _passable(leaf, port, refused)))
                 continue
-            level = 1 + max((r.level for r in in_chain if _overlaps(match, r.match)), default=-1)
-            output = None if leaf.trap or leaf.goto is not None else leaf.outputs[0]
-            rule = HwRule(port.port, order, level, match, output, leaf.owner or "", () if leaf.trap else leaf.edits,
-                          leaf.chain, leaf.goto)
-            placed.append(rule)
-            plan.rules.append(rule)
+            output = None if leaf.goto is not None else leaf.outputs[0]
+            _place(plan, placed, HwRule(port.port, order, 0, match, output, leaf.owner or "", leaf.edits, leaf.chain,
+                                        leaf.goto))
             order += 1
             if leaf.goto is not None:
                 open_chains.add(leaf.goto)
     return plan
+
+
+def _place(plan: Plan, placed: list[HwRule], rule: HwRule) -> None:
+    """Add ``rule`` on the lowest level above every overlapping rule of its chain placed before it."""
+    level = 1 + max((r.level for r in placed if r.chain == rule.chain and _overlaps(rule.match, r.match)), default=-1)
+    rule = dataclasses.replace(rule, level=level)
+    placed.append(rule)
+    plan.rules.append(rule)
 
 
 def partition(
