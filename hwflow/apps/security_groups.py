@@ -54,6 +54,7 @@ import logging
 from collections.abc import Iterable, Iterator
 
 from hwflow.apps.base import App, port_owner
+from hwflow.apps.port_security import _prefix
 from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroup, SecurityGroupRule
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -68,14 +69,14 @@ TABLES = ("entry", "state", "rules", "commit")
 PRIO_INVALID = 300
 PRIO_PASS = 200  # entry: traffic no rule filters; state: established connections
 PRIO_RELATED = 190
-PRIO_TRACK = 100  # entry: a filtered port's IP; state: a rule admitting a new connection
+PRIO_TRACK = 100  # entry: a filtered port's IP; state: a new connection; rules: a rule admitting it; commit
 PRIO_MISS = 0
 
 MAX_ZONE = (1 << 16) - 1
 IP_TYPES = {"IPv4": ir.ETH_TYPE_IPV4, "IPv6": ir.ETH_TYPE_IPV6}
 PROTOCOL_NUMBERS = {name: int(number) for number, name in PROTOCOL_NAMES.items()}
 PORT_FIELDS = {6: "tcp_dst", 17: "udp_dst"}  # destination-port fields the IR has (none for sctp)
-IPPROTO_UDP, IPPROTO_ICMPV6 = 17, 58
+IPPROTO_UDP, IPPROTO_ICMPV6 = PROTOCOL_NUMBERS["udp"], PROTOCOL_NUMBERS["icmpv6"]
 ICMPV6_MLD = (130, 131, 132, 143)
 ICMPV6_RS, ICMPV6_RA, ICMPV6_NS, ICMPV6_NA = 133, 134, 135, 136
 
@@ -100,6 +101,10 @@ def port_masks(low: int, high: int) -> list[tuple[int, int]]:
         out.append((low, 0xFFFF & ~(size - 1)))
         low += size
     return out
+
+
+def prefix_match(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ir.FieldMatch:
+    return ir.FieldMatch(field, *_prefix(field, net))
 
 
 def zone_of(port: Port) -> int | None:
@@ -202,13 +207,17 @@ class GroupIndex:
         return cached[2]
 
     def peers(self, group: str, field: str) -> Terms:
-        """Exact matches on ``field`` (an address field) for every address of the group's ports of its family."""
+        """Matches on ``field`` (an address field) for the addresses of the group's ports of its family.
+
+        As in Neutron, a member's addresses are its ``ips`` and its allowed address pairs (prefixes too).
+        """
         cache = self._peers.setdefault(group, {})
         if field not in cache:
             version = 4 if field.startswith("ipv4") else 6
-            addresses = sorted({int(a) for pid in self.members.get(group, ()) if (p := self.topo.ports.get(pid))
-                                for ip in p.ips if (a := ipaddress.ip_address(ip)).version == version})
-            cache[field] = tuple(ir.FieldMatch(field, a, ir.full_mask(field)) for a in addresses)
+            nets = {ipaddress.ip_network(a, strict=False) for pid in self.members.get(group, ())
+                    if (p := self.topo.ports.get(pid))
+                    for a in (*p.ips, *(pair["ip_address"] for pair in p.allowed_address_pairs))}
+            cache[field] = tuple(sorted(prefix_match(field, n) for n in nets if n.version == version))
         return cache[field]
 
 
@@ -245,9 +254,7 @@ def rule_terms(rule: SecurityGroupRule, address_field: str, peers: Terms | None)
         variants = [[*base, ir.FieldMatch(field, v, m)] for v, m in port_masks(rule.port_min, rule.port_max)]
     if peers is None and rule.remote_ip_prefix:
         net = ipaddress.ip_network(rule.remote_ip_prefix)
-        width = ir.FIELD_BITS[address_field]
-        mask = ((1 << net.prefixlen) - 1) << (width - net.prefixlen)
-        peers = (ir.FieldMatch(address_field, int(net.network_address), mask),) if net.prefixlen else None
+        peers = (prefix_match(address_field, net),) if net.prefixlen else None
     for variant in variants:
         if peers is None:
             yield tuple(sorted(variant))

@@ -128,6 +128,21 @@ def test_remote_group_admits_exactly_the_groups_members_and_follows_membership()
     assert not wire.tcp("client", "other", 40002, 85)
 
 
+def test_a_remote_groups_peers_include_its_members_allowed_address_pairs():
+    from_clients = rule("from-clients", "plain", "ingress", remote_group_id="clients")
+    wire = Wire(topology([from_clients], server=["clients"]))
+    spoofer = Port(id="open", name="open", network_id="n", mac=mac_of("open"), unique_key=KEYS["open"],
+                   port_security=False)  # may send from any address
+    wire.change("port", "open", spoofer)
+    assert not wire.send("open", "other", ipv4_src=ip("10.0.0.13"), ip_proto=6, tcp_src=1, tcp_dst=2)
+    paired = Port(id="server", name="server", network_id="n", mac=mac_of("server"), ips=[ADDR["server"]],
+                  unique_key=KEYS["server"], security_groups=["clients"],
+                  allowed_address_pairs=[{"ip_address": "10.0.0.12/30", "mac_address": mac_of("server")}])
+    wire.change("port", "server", paired)
+    assert wire.send("open", "other", ipv4_src=ip("10.0.0.13"), ip_proto=6, tcp_src=1, tcp_dst=2)
+    assert not wire.send("open", "other", ipv4_src=ip("10.0.0.17"), ip_proto=6, tcp_src=1, tcp_dst=2)
+
+
 def test_remote_cidr_is_a_masked_source_ingress_and_destination_egress():
     cidr_in = rule("cidr-in", "ssh", "ingress", remote_ip_prefix="10.0.0.0/30")
     wire = Wire(topology([cidr_in], client=["plain"]))
