@@ -14,10 +14,10 @@ the gateway added, since a client that takes option 121 ignores option 3),
 lease time and the renewal (T1) and rebinding (T2) times.
 
 Server identifier: the subnet's gateway address; a subnet without a gateway
-uses its last host address. A client that renews by unicast to that address
-still reaches us (the punt flow matches UDP 68 -> 67 from the port whatever
-the destination); one that cannot resolve it rebinds by broadcast at T2. The
-replies come from SERVER_MAC.
+uses its last host address. Only broadcast requests reach us (see
+hwflow.apps.dhcp), so a client renews by broadcast at T2 (rebinding); T1
+and T2 are the RFC's defaults (1/2 and 7/8 of the lease). The replies come
+from SERVER_MAC.
 
 Packet-ins arrive on the OpenFlow reader thread, which must never wait (it
 also reads the barrier replies flow programming waits for): the listener

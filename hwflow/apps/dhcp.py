@@ -3,11 +3,19 @@
 Sits right after port security (which admits DHCP discovery from 0.0.0.0)
 and before the security groups, so a port's security groups cannot cut it
 off from its own address. A port with an IPv4 address in a subnet of its
-network that has ``enable_dhcp`` gets one flow: UDP 68 -> 67 from it goes to
-the agent (``Punt("dhcp")``), whose responder (hwflow.agent.dhcp) answers
-with the port's address. Everything else, and DHCP from a port the agent
-does not serve (a subnet without DHCP may have a DHCP server of its own on
-the network), goes on through ``out``.
+network that has ``enable_dhcp`` gets one flow: broadcast UDP 68 -> 67 from
+it goes to the agent (``Punt("dhcp")``), whose responder (hwflow.agent.dhcp)
+answers with the port's address. Everything else, and DHCP from a port the
+agent does not serve (a subnet without DHCP may have a DHCP server of its
+own on the network), goes on through ``out``.
+
+Only broadcast frames are punted: DISCOVER, REQUEST (selecting, rebooting,
+rebinding) and INFORM all go to ff:ff:ff:ff:ff:ff. A punt that also took
+unicast frames would overlap every unicast path of the port, and the
+partitioner keeps a path in software when an earlier software-only path
+overlaps it: the port's traffic would leave the NIC. So a renewal unicast to
+the server (RENEWING, from T1) is not answered; the client broadcasts at T2
+(REBINDING) and is answered then, long before its lease runs out.
 
 Owners: ``dhcp:defaults`` (the pass-through), ``port:<id>`` (the punt).
 """
@@ -30,6 +38,7 @@ DEFAULTS = "dhcp:defaults"
 PUNT_REASON = "dhcp"
 KIND_SUBNET = "subnet"
 IPPROTO_UDP = 17
+BROADCAST_MAC = (1 << 48) - 1
 CLIENT_PORT, SERVER_PORT = 68, 67
 
 
@@ -69,8 +78,8 @@ class DhcpApp(LocalPortApp):
     def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
         if served(port, topo) is None:
             return
-        match = ir.Match.of(in_port=port.unique_key, eth_type=ir.ETH_TYPE_IPV4, ip_proto=IPPROTO_UDP,
-                            udp_src=CLIENT_PORT, udp_dst=SERVER_PORT)
+        match = ir.Match.of(in_port=port.unique_key, eth_dst=BROADCAST_MAC, eth_type=ir.ETH_TYPE_IPV4,
+                            ip_proto=IPPROTO_UDP, udp_src=CLIENT_PORT, udp_dst=SERVER_PORT)
         yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, match, (ir.Punt(PUNT_REASON),), owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:

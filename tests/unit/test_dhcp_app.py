@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.model.objects import Network, Port, Subnet
+from hwflow.offload.partition import PortOffload, partition
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
+from hwflow.sim.profile import load_profile
 
 NET = Network(id="n", name="n", vni=5, unique_key=1)
 SUBNET = Subnet(id="s", name="s", network_id="n", cidr="10.0.0.0/24", gateway_ip="10.0.0.1", unique_key=1)
@@ -47,13 +49,25 @@ def test_dhcp_from_a_served_port_is_punted_and_from_others_flooded():
         assert result.punt is None and set(result.ports) == {p.unique_key for p in PORTS.values()} - {port.unique_key}
 
 
-def test_only_udp_68_to_67_is_punted():
+def test_only_broadcast_udp_68_to_67_is_punted():
     pipeline = Compiler.from_file(layout_path("")).compile(topology(SUBNET))
     own = {"ipv4_src": 0x0A000005}
-    assert verdict(pipeline, dhcp_from(SERVED, **own, ipv4_dst=0x0A000001)).punt == "dhcp"  # unicast renewal
+    assert verdict(pipeline, dhcp_from(SERVED, **own)).punt == "dhcp"  # rebinding: from its address, broadcast
     for other in ({"udp_dst": 53}, {"udp_src": 67}, {"ip_proto": 6, "udp_src": 0, "udp_dst": 0}):
         result = verdict(pipeline, dhcp_from(SERVED, **own, **other))
         assert result.punt is None and result.ports, other
+    unicast = verdict(pipeline, dhcp_from(SERVED, **own, eth_dst=mac(OUTSIDE.mac)))
+    assert unicast.punt is None and unicast.ports == (OUTSIDE.unique_key,)
+
+
+def test_the_punt_keeps_no_unicast_path_out_of_the_nic():
+    """The punt is software-only; were it to overlap a unicast path, that path would stay in software too."""
+    caps = load_profile("sim-basic").capabilities
+    offload = {p.unique_key: PortOffload(p.unique_key, "sw0", caps) for p in PORTS.values()}
+    plans = [partition(Compiler.from_file(layout_path("")).compile(topology(*subnets)), offload,
+                       (ir.ETH_TYPE_IPV4,)) for subnets in ((), (SUBNET,))]
+    assert plans[0].rules and plans[1].rules == plans[0].rules
+    assert any("punted to the agent (dhcp)" in leaf.reason for leaf in plans[1].software)
 
 
 def test_no_punt_when_dhcp_is_off_or_the_subnet_is_ipv6():
