@@ -1,0 +1,142 @@
+"""Floating IPs in real OVS: a VM goes out as its FIP, the outside reaches it through the FIP, and a FIP removed
+while running stops both.
+
+One SimHost: vm1 on an inside network behind router r, whose gateway is a flat external network. On that
+network sits "upstream", the router to the rest of the world: a VM here, plugged like vm1 (without port
+security: it forwards others' addresses), holding the external subnet's gateway_ip (how l3 knows the next
+hop's MAC) and, on its loopback, a "remote" address standing for the Internet behind it. The external network
+is mapped to an uplink whose far end is an empty namespace.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_e2e import agent_log, ovs_flows, vm_ns, wait_for
+
+from hwflow.apps.l3 import nat_mac
+from hwflow.db.api import NbApi
+from hwflow.model.objects import FloatingIP, Network, Port, Router, RouterPort, Subnet
+from hwflow.sim.host import SimHost, in_ns, run, stop_process
+
+pytestmark = pytest.mark.functional
+
+PHYSNET = "physnet1"
+FIP, EXT_GW, REMOTE = "198.51.100.50", "198.51.100.1", "203.0.113.9"
+VM1 = ("fa:16:3e:f1:00:05", "10.60.0.5")
+UPSTREAM_MAC = "fa:16:3e:f1:ee:01"
+UDP_PORT = 7007
+# Answers every datagram to the address in argv[1] with the address it came from: each side sees what the other saw.
+ECHO_SOURCE = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.bind((sys.argv[1], {UDP_PORT}))\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(100)\n"
+    "    s.sendto(peer[0].encode(), peer)\n"
+)
+# Sends one datagram and prints "<what the server saw as our address> <the address the answer came from>".
+ASK = ("import socket, sys\n"
+       "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+       "s.settimeout(2)\n"
+       f"s.sendto(b'?', (sys.argv[1], {UDP_PORT}))\n"
+       "data, peer = s.recvfrom(100)\n"
+       "print(data.decode(), peer[0])\n")
+
+
+class Site:
+    def __init__(self, host: SimHost, fip_id: str) -> None:
+        self.host = host
+        self.fip_id = fip_id
+        self.vm1 = vm_ns(host, "vm1")
+        self.upstream = vm_ns(host, "up")
+
+
+def nat_flows(host: SimHost) -> int:
+    """hwflow flows whose actions include a ct (the NAT and un-NAT steps)."""
+    return sum(1 for f in ovs_flows(host) if "ct" in repr(f.actions).lower())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base: Path = tmp_path_factory.mktemp("fip")
+    tag = secrets.token_hex(2)
+    outside = f"hwf-o{tag}"
+    run("ip", "netns", "add", outside)
+    host = SimHost(f"f{tag}", base / "host", f"sqlite:///{base}/nb.sqlite", uplinks={PHYSNET: outside})
+    try:
+        host.start()
+        with NbApi.from_url(host.database) as nb:
+            inside = nb.create(Network(name="inside", vni=6000))
+            sub = nb.create(Subnet(name="inside", network_id=inside.id, cidr="10.60.0.0/24", gateway_ip="10.60.0.1"))
+            ext = nb.create(Network(name="ext", network_type="flat", physical_network=PHYSNET, external=True))
+            nb.create(Subnet(name="ext", network_id=ext.id, cidr="198.51.100.0/24", gateway_ip=EXT_GW,
+                             enable_dhcp=False))
+            router = nb.create(Router(name="r", gateway_network_id=ext.id, gateway_ip="198.51.100.2"))
+            nb.create(RouterPort(name="r-inside", router_id=router.id, network_id=inside.id, subnet_id=sub.id,
+                                 mac="fa:16:3e:f1:00:01", ip="10.60.0.1"))
+            vm1 = nb.create(Port(name="vm1", network_id=inside.id, mac=VM1[0], ips=[VM1[1]], chassis=host.name))
+            upstream = nb.create(Port(name="upstream", network_id=ext.id, mac=UPSTREAM_MAC, ips=[EXT_GW],
+                                      chassis=host.name, port_security=False))
+            fip = nb.create(FloatingIP(name="fip", floating_network_id=ext.id, floating_ip_address=FIP,
+                                       port_id=vm1.id))
+        host.plug(vm1, vm_ns(host, "vm1"), gateway="10.60.0.1")
+        host.plug(upstream, vm_ns(host, "up"))
+        in_ns(vm_ns(host, "up"), "ip", "addr", "add", f"{REMOTE}/32", "dev", "lo")
+        wait_for("the FIP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
+        yield Site(host, fip.id)
+    finally:
+        try:
+            host.stop()
+        finally:
+            run("ip", "netns", "delete", outside, check=False)
+
+
+def ping(ns: str, address: str) -> str:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", address],
+                         capture_output=True, text=True, check=False)
+    return out.stdout
+
+
+def ask(ns: str, server_ns: str, address: str, bind: str) -> list[str]:
+    """Ask the echo server in ``server_ns`` (on ``bind``) from ``ns`` at ``address``: [source it saw, answer's]."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", ECHO_SOURCE, bind],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", ASK, address],
+                             capture_output=True, text=True, check=False, timeout=20)
+        return out.stdout.split() or [out.stderr.strip().splitlines()[-1]]
+    finally:
+        stop_process(server)
+
+
+def test_the_vm_goes_out_as_its_fip_and_the_replies_find_it(site: Site) -> None:
+    out = ping(site.vm1, REMOTE)
+    assert " 0% packet loss" in out, out + agent_log(site.host)[-3000:]
+    assert "ttl=63" in out  # the reply was routed once, by the router on the VM's host
+    assert ask(site.vm1, site.upstream, REMOTE, bind=REMOTE) == [FIP, REMOTE]
+    neigh = in_ns(site.upstream, "ip", "neigh", "show", FIP).stdout
+    mac = ":".join(f"{b:02x}" for b in nat_mac(FIP).to_bytes(6, "big"))
+    assert mac in neigh  # upstream asked who has the FIP, and the VM's host answered
+
+
+def test_the_outside_reaches_the_vm_through_its_fip(site: Site) -> None:
+    out = ping(site.upstream, FIP)
+    assert " 0% packet loss" in out, out + agent_log(site.host)[-3000:]
+    assert ask(site.upstream, site.vm1, FIP, bind="0.0.0.0") == [EXT_GW, FIP]  # DNATed in, un-DNATed out
+
+
+def test_a_fip_removed_while_running_stops_both_ways(site: Site) -> None:
+    with NbApi.from_url(site.host.database) as nb:
+        nb.delete(FloatingIP, site.fip_id)
+    wait_for("the FIP's flows gone", lambda: nat_flows(site.host) == 0, host=site.host)
+    in_ns(site.upstream, "ip", "neigh", "flush", "dev", "eth0")
+    assert " 100% packet loss" in ping(site.upstream, FIP)
+    assert " 100% packet loss" in ping(site.vm1, REMOTE)  # no FIP and no chassis address: no way out
