@@ -50,12 +50,16 @@ from hwflow.pipeline.topology import Topology
 
 LOG = logging.getLogger(__name__)
 
-LEASE_SECONDS = 86400  # addresses never change under a client, so a long lease only saves traffic
+# Neutron's default. A port whose address changes in the database learns it when it next rebinds (NAK,
+# then the new address): at most 7/8 of this after its last lease.
+LEASE_SECONDS = 86400
 BACKLOG = 1024  # punted requests waiting for the worker; more are dropped (clients retransmit)
 SERVER_MAC = "02:68:77:00:00:67"  # locally administered; the source of every reply
 
 # Message types (option 53).
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+_NAMES = {DISCOVER: "DISCOVER", OFFER: "OFFER", REQUEST: "REQUEST", DECLINE: "DECLINE", ACK: "ACK", NAK: "NAK",
+          RELEASE: "RELEASE", INFORM: "INFORM"}
 # Options (RFC 2132, 3442).
 OPT_PAD, OPT_END = 0, 255
 OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS, OPT_MTU, OPT_BROADCAST = 1, 3, 6, 26, 28
@@ -305,9 +309,6 @@ def _requested(message: DhcpMessage) -> ipaddress.IPv4Address:
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
-
-_NAMES = {DISCOVER: "DISCOVER", OFFER: "OFFER", REQUEST: "REQUEST", DECLINE: "DECLINE", ACK: "ACK", NAK: "NAK",
-          RELEASE: "RELEASE", INFORM: "INFORM"}
 
 
 # --- the server -----------------------------------------------------------------------------------
