@@ -116,6 +116,10 @@ def zone_of(port: Port) -> int | None:
     return None
 
 
+def _key(group: SecurityGroup | None) -> int:
+    return group.unique_key if group is not None else 0
+
+
 class GroupIndex:
     """Which ports are in which group and which rules belong to (or name) a group.
 
@@ -171,8 +175,7 @@ class GroupIndex:
 
     def shared_key(self, group: str) -> int:
         """The key a group's members carry to its shared rule flows (0: the group is not stored yet)."""
-        obj = self.topo.get(KIND_GROUP, group)
-        return obj.unique_key if obj is not None else 0
+        return _key(self.topo.get(KIND_GROUP, group))
 
     def shared(self, port: Port) -> int:
         """The key of the one group whose shared rule flows filter ``port``, or 0: the port has its own."""
@@ -326,7 +329,8 @@ class _SecurityGroupStage(App):
                 yield from self._users(index, index.naming_groups(groups))
         elif change.kind == KIND_RULE:
             yield from self._users(index, {r.security_group_id for r in objs})
-        elif change.kind == KIND_GROUP:  # its key is what a member's packets carry to the group's flows
+        elif change.kind == KIND_GROUP and _key(change.old) != _key(change.new):
+            # its key is what a member's packets carry to the group's flows (a new description changes nothing)
             yield group_owner(change.id)
             yield from (port_owner(pid) for pid in sorted(index.local_members({change.id})))
 

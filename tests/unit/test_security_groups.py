@@ -226,8 +226,17 @@ ops = st.one_of(
               st.one_of(st.none(), st.lists(st.sampled_from(sorted(GROUPS)), unique=True, max_size=2))),
     st.tuples(st.just("local"), st.sampled_from(SG_PORTS), st.booleans()),
     st.tuples(st.just("rule"), st.sampled_from(range(len(RULES))), st.booleans()),
-    st.tuples(st.just("group"), st.sampled_from(sorted(GROUPS)), st.sampled_from([None, 0, 5, 6])),
+    st.tuples(st.just("group"), st.sampled_from(sorted(GROUPS)), st.sampled_from([None, 0, 5, 6, "described"])),
 )
+
+
+def stored_group(group_id: str, spec: int | str | None) -> SecurityGroup | None:
+    """A group stored with key ``spec`` (0: not stored yet), described anew (same key 5), or gone (None)."""
+    if spec is None:
+        return None
+    if spec == "described":
+        return SecurityGroup(id=group_id, name=group_id, unique_key=5, description="described anew")
+    return SecurityGroup(id=group_id, name=group_id, unique_key=spec)
 
 
 @settings(max_examples=150, deadline=None)
@@ -241,8 +250,8 @@ def test_incremental_equals_full_compile(operations):
             changes = topo.apply("port", a, None if b is None else port(a, b))
         elif op == "local":
             changes = topo.set_local(a, b)
-        elif op == "group":  # a group stored (with a key), renumbered, not stored yet (key 0) or gone
-            changes = topo.apply("security_group", a, None if b is None else SecurityGroup(id=a, name=a, unique_key=b))
+        elif op == "group":
+            changes = topo.apply("security_group", a, stored_group(a, b))
         else:
             changes = topo.apply("security_group_rule", RULES[a].id, RULES[a] if b else None)
         compiler.update(topo, changes)
