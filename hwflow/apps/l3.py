@@ -83,8 +83,8 @@ NAT_MAC_PREFIX = 0x0200 << 32  # locally administered, unicast; the low 32 bits 
 
 KIND_FIP = "floating_ip"
 KIND_SNAT = "snat"
-# Kinds a FIP's or the chassis SNAT's flows are drawn from besides their own object.
-NAT_INPUTS = frozenset({"router", "router_port", "subnet", KIND_NETWORK, "chassis"})
+# Kinds a FIP's or the chassis SNAT's flows are drawn from besides their own object (and this chassis's address).
+NAT_INPUTS = frozenset({"router", "router_port", "subnet", KIND_NETWORK})
 
 
 def mac_int(mac: str) -> int:
@@ -198,14 +198,14 @@ class L3App(App):
                 yield from (router_owner(r.id) for r in topo.of("router").values()
                             if r.gateway_network_id == network_id)
                 yield from (port_owner(p.id) for p in topo.ports_of(network_id))
-        elif change.kind == "chassis" and change.id == topo.chassis:
+        elif _external_ip_changed(change, topo):
             yield from (router_owner(r) for r in topo.of("router"))
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
             yield from (fip_owner(f.id) for f in topo.of(KIND_FIP).values() if f.port_id == change.id)
         elif change.kind == KIND_FIP:
             yield fip_owner(change.id)
-        if change.kind in NAT_INPUTS:  # few objects: a FIP of a local port, a gateway network
+        if change.kind in NAT_INPUTS or _external_ip_changed(change, topo):  # few: local ports' FIPs, gateway nets
             yield from (fip_owner(f) for f in topo.of(KIND_FIP))
             yield from (snat_owner(n) for n in {*_gateway_networks(topo), *(
                 o.gateway_network_id for o in objs if isinstance(o, Router) and o.gateway_network_id)})
@@ -398,6 +398,13 @@ def _external_ip(topo: Topology) -> str:
     """This chassis's IPv4 SNAT address ("" = it does no SNAT)."""
     chassis: Chassis | None = topo.get("chassis", topo.chassis)
     return chassis.external_ip if chassis is not None and ":" not in chassis.external_ip else ""
+
+
+def _external_ip_changed(change: Change, topo: Topology) -> bool:
+    """This chassis's SNAT address changed (its record also changes at every heartbeat, which touches no flow)."""
+    if change.kind != "chassis" or change.id != topo.chassis:
+        return False
+    return getattr(change.old, "external_ip", "") != getattr(change.new, "external_ip", "")
 
 
 def _fip_path(topo: Topology, fip: FloatingIP | None) -> tuple[Router, Leg, int] | None:

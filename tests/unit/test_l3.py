@@ -274,3 +274,10 @@ def test_removing_a_fip_incrementally_sends_its_vm_out_through_chassis_snat():
     ((_, out),) = send(inc.pipeline(), interpreter.ConnTracker(), 11, VM1_MAC, mac(RA), "10.0.0.5", REMOTE).outputs
     assert out["ipv4_src"] == ip(CHASSIS_IP)
     assert arp_for(inc.pipeline(), FIP) is None
+
+
+def test_a_heartbeat_of_this_chassis_recomputes_no_router():
+    topo, inc = nat_topology(), compiler()
+    inc.compile(topo)
+    beat = Chassis(id="h", tunnel_ip="192.0.2.1", external_ip=CHASSIS_IP, up=True, heartbeat_at=5.0)
+    assert inc.update(topo, topo.apply("chassis", "h", beat)).owners == 0
