@@ -1,8 +1,10 @@
-"""Security groups in real OVS: real TCP connections and pings between two VMs of a SimHost.
+"""Security groups in real OVS: real TCP connections and pings between VMs of a SimHost.
 
-The server VM is in a group that lets only TCP/22 in (and anything out); the
-client VM's group lets anything out and nothing in. Conntrack (OVS's, in
-each port's zone) is what lets the replies back.
+The server VM is in a group that lets in TCP/22 from anyone, TCP/2222 from
+the members of the client's group and TCP/8080 from the client's address
+(and anything out); the client's and the outsider's groups let anything out
+and nothing in. Conntrack (OVS's, in each port's zone) is what lets the
+replies back.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.functional
 
 SERVER = ("server", "fa:16:3e:00:00:21", "10.0.0.21")
 CLIENT = ("client", "fa:16:3e:00:00:22", "10.0.0.22")
+OUTSIDER = ("outsider", "fa:16:3e:00:00:23", "10.0.0.23")
 REPLY = "hello from "
 # Listens on every port given after the reply text, answers each connection with it + the port, and closes it.
 SERVE = """
@@ -50,7 +53,7 @@ except OSError as exc:
 
 
 class Vms:
-    """The host, its two VMs' namespaces, the servers started in them (stopped at the end)."""
+    """The host, its VMs' namespaces, the servers started in them (stopped at the end)."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
@@ -89,17 +92,19 @@ def wait_until(what: str, check, host: SimHost, timeout: float = 30) -> None:
 
 
 def create(host: SimHost) -> dict[str, Port]:
-    """One network; the server in an "ssh" group (TCP/22 in, all out), the client in an egress-only group."""
+    """One network; the server in the "ssh" group, the client and the outsider in egress-only groups."""
     with NbApi.from_url(host.database) as nb:
         net = nb.create(Network(name="sg-net", vni=1101))
-        ssh, clients = nb.create(SecurityGroup(name="ssh")), nb.create(SecurityGroup(name="clients"))
-        nb.create(SecurityGroupRule(security_group_id=ssh.id, direction="ingress", protocol="tcp", port_min=22,
-                                    port_max=22))
-        for group in (ssh, clients):
+        ssh, clients, outsiders = (nb.create(SecurityGroup(name=n)) for n in ("ssh", "clients", "outsiders"))
+        tcp = {"security_group_id": ssh.id, "direction": "ingress", "protocol": "tcp"}
+        nb.create(SecurityGroupRule(**tcp, port_min=22, port_max=22))
+        nb.create(SecurityGroupRule(**tcp, port_min=2222, port_max=2222, remote_group_id=clients.id))
+        nb.create(SecurityGroupRule(**tcp, port_min=8080, port_max=8080, remote_ip_prefix=f"{CLIENT[2]}/32"))
+        for group in (ssh, clients, outsiders):
             nb.create(SecurityGroupRule(security_group_id=group.id, direction="egress"))
         return {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name,
                                    security_groups=[group.id]))
-                for (vm, mac, ip), group in ((SERVER, ssh), (CLIENT, clients))}
+                for (vm, mac, ip), group in ((SERVER, ssh), (CLIENT, clients), (OUTSIDER, outsiders))}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,7 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vms]:
         try:
             for vm, port in create(host).items():
                 host.plug(port, lab.ns(vm))
-            lab.serve("server", 22, 80)
+            lab.serve("server", 22, 80, 2222, 8080)
             lab.serve("client", 22, 2222)
             wait_until("the client's SSH connection to the server",
                        lambda: lab.connect("client", SERVER[2], 22) == f"{REPLY}22", host)
@@ -128,6 +133,17 @@ def test_ssh_gets_in_and_its_reply_data_comes_back(vms: Vms) -> None:
 def test_what_no_ingress_rule_allows_is_dropped(vms: Vms) -> None:
     assert vms.connect("client", SERVER[2], 80) == ""
     assert vms.ping_loss("client", SERVER[2]) == 100
+
+
+def test_a_remote_group_rule_lets_in_its_groups_members_only(vms: Vms) -> None:
+    assert vms.connect("client", SERVER[2], 2222) == f"{REPLY}2222"
+    assert vms.connect("outsider", SERVER[2], 2222) == ""
+    assert vms.connect("outsider", SERVER[2], 22) == f"{REPLY}22"
+
+
+def test_a_remote_prefix_rule_lets_in_its_addresses_only(vms: Vms) -> None:
+    assert vms.connect("client", SERVER[2], 8080) == f"{REPLY}8080"
+    assert vms.connect("outsider", SERVER[2], 8080) == ""
 
 
 def test_the_server_cannot_open_a_connection_to_a_client_whose_group_lets_nothing_in(vms: Vms) -> None:
