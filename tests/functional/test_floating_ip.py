@@ -116,7 +116,8 @@ def behind_uplink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         device = host.uplink_peer(PHYSNET)
         for argv in (("ip", "link", "set", device, "address", UPSTREAM_MAC),
                      ("ip", "addr", "add", f"{EXT_GW}/24", "dev", device),
-                     ("ip", "addr", "add", f"{REMOTE}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up")):
+                     ("ip", "addr", "add", f"{REMOTE}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up"),
+                     ("ethtool", "-K", device, "tx", "off")):  # a real router's frames carry whole checksums
             in_ns(outside, *argv)
         host.plug(vm1, vm_ns(host, "vm1"), gateway="10.60.0.1")
         wait_for("the FIP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
