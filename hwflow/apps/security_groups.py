@@ -15,13 +15,14 @@ ingress once L2 has chosen the destination port in ``outport`` (before
 delivery). Flood groups (``outport`` with :data:`ir.FLOOD_GROUP`) pass
 ingress unfiltered: broadcast and multicast are not filtered here.
 
-Each stage has four tables. ``entry`` sends a filtered port's IP packets
+Each stage has four tables. The entry table (``egress``, ``ingress``,
+after the stage's direction) sends a filtered port's IP packets
 through conntrack in the port's zone, recirculating into ``state``, where
 ``+inv`` is dropped, ``+est``/``+rel`` go on and ``+new`` goes to ``rules``.
 A rule admitting the packet sends it to ``commit``, where the connection is
 committed in the port's zone and the packet goes on; the rest is dropped.
 The rules of a group are emitted once, not per port: a port in exactly one
-group carries the group's ``unique_key`` in a register from ``entry`` to
+group carries the group's ``unique_key`` in a register from the entry to
 the group's flows in ``rules``. A port in several groups (or in a group not
 stored yet, key 0) gets its own copy of its groups' rules, matched on the
 port. So flows grow as ports + rules, not ports x rules.
@@ -64,7 +65,7 @@ LOG = logging.getLogger(__name__)
 
 KIND_RULE = SecurityGroupRule.kind
 KIND_GROUP = SecurityGroup.kind
-TABLES = ("entry", "state", "rules", "commit")
+TABLES = ("state", "rules", "commit")  # after the entry table, which is named after the direction
 
 PRIO_INVALID = 300
 PRIO_PASS = 200  # entry: traffic no rule filters; state: established connections
@@ -354,10 +355,10 @@ class _SecurityGroupStage(App):
         for eth_type in IP_TYPES.values():
             match = ir.Match((ir.FieldMatch("eth_type", eth_type, 0xFFFF), key))
             if zone is None:
-                yield ir.Flow(layout.table("entry"), PRIO_TRACK, match, (ir.Drop(),), owner)
+                yield ir.Flow(layout.table(self.direction), PRIO_TRACK, match, (ir.Drop(),), owner)
                 continue
             track = ir.Conntrack(zone, table=layout.table("state"))
-            yield ir.Flow(layout.table("entry"), PRIO_TRACK, match,
+            yield ir.Flow(layout.table(self.direction), PRIO_TRACK, match,
                           (ir.SetField(group_reg, shared), track) if shared else (track,), owner)
             yield ir.Flow(layout.table("commit"), PRIO_TRACK, match,
                           (ir.Conntrack(zone, commit=True), layout.goto("out")), owner)
@@ -382,7 +383,7 @@ class _SecurityGroupStage(App):
 
     def _defaults(self, layout: AppLayout, filtering: bool) -> Iterator[ir.Flow]:
         """The pass-through, and while some local port is filtered, what all filtered ports share."""
-        entry, state, onward = layout.table("entry"), layout.table("state"), (layout.goto("out"),)
+        entry, state, onward = layout.table(self.direction), layout.table("state"), (layout.goto("out"),)
         yield ir.Flow(entry, PRIO_MISS, ir.Match.of(), onward, self.defaults)
         if not filtering:
             return
@@ -409,7 +410,8 @@ def _icmpv6(types: Iterable[int]) -> Iterator[ir.Match]:
 class SgEgressApp(_SecurityGroupStage):
     """What a local port may send."""
 
-    spec = AppSpec(name="sg_egress", tables=TABLES, entries={"in": "entry"}, exits=("out",), registers=("group",))
+    spec = AppSpec(name="sg_egress", tables=("egress", *TABLES), entries={"in": "egress"}, exits=("out",),
+                   registers=("group",))
     direction, port_field, remote_field = "egress", "in_port", "dst"
 
     def unfiltered(self) -> Iterator[ir.Match]:
@@ -422,7 +424,8 @@ class SgEgressApp(_SecurityGroupStage):
 class SgIngressApp(_SecurityGroupStage):
     """What a local port may receive."""
 
-    spec = AppSpec(name="sg_ingress", tables=TABLES, entries={"in": "entry"}, exits=("out",), registers=("group",))
+    spec = AppSpec(name="sg_ingress", tables=("ingress", *TABLES), entries={"in": "ingress"}, exits=("out",),
+                   registers=("group",))
     direction, port_field, remote_field = "ingress", "outport", "src"
 
     def unfiltered(self) -> Iterator[ir.Match]:
