@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwflow.apps import l3
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
+from hwflow.model.objects import (
+    Chassis,
+    FloatingIP,
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 
@@ -281,3 +293,23 @@ def test_a_heartbeat_of_this_chassis_recomputes_no_router():
     inc.compile(topo)
     beat = Chassis(id="h", tunnel_ip="192.0.2.1", external_ip=CHASSIS_IP, up=True, heartbeat_at=5.0)
     assert inc.update(topo, topo.apply("chassis", "h", beat)).owners == 0
+
+
+def test_security_groups_filter_the_vm_by_its_fixed_address_around_the_nat():
+    """vm1 may send anything and take SSH in: its groups see the untranslated addresses on both sides of the NAT."""
+    topo = nat_topology()
+    topo.apply("port", "vm1", dataclasses.replace(topo.ports["vm1"], security_groups=["ssh"]))
+    topo.update({"security_group": {"ssh": SecurityGroup(id="ssh", name="ssh", unique_key=1)},
+                 "security_group_rule": {r.id: r for r in (
+                     SecurityGroupRule(id="out", name="out", security_group_id="ssh", direction="egress"),
+                     SecurityGroupRule(id="in", name="in", security_group_id="ssh", direction="ingress",
+                                       protocol="tcp", port_min=22, port_max=22))}}, topo.local_port_ids)
+    pipeline, ct = compiler().compile(topo), interpreter.ConnTracker()
+    ((port, _),) = send(pipeline, ct, 11, VM1_MAC, mac(RA), "10.0.0.5", REMOTE).outputs
+    assert port == 20
+    assert send(pipeline, ct, 20, GW_MAC, l3.nat_mac(FIP), REMOTE, FIP).ports == (11,)  # the reply, un-SNATed
+    tcp = {"ip_proto": 6, "tcp_src": 40000}
+    assert send(pipeline, ct, 21, OUTSIDER_MAC, l3.nat_mac(FIP), "198.51.100.77", FIP, tcp_dst=22, **tcp).ports \
+        == (11,)
+    assert send(pipeline, ct, 21, OUTSIDER_MAC, l3.nat_mac(FIP), "198.51.100.77", FIP, tcp_dst=80, **tcp).kind \
+        == "drop"
