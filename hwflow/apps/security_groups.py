@@ -31,9 +31,10 @@ Conntrack zone: one per local port, the port's ``unique_key``. A packet
 between two local ports is tracked twice, at the sender's egress and at the
 receiver's ingress; with one shared zone the sender's commit would make the
 receiver see ``+est`` and skip its ingress rules. Per-port zones keep the two
-checks apart (and overlapping tenant addresses apart). A zone is 16 bits:
-a port whose key does not fit (or is 0, the default zone) cannot be tracked
-and all its IP traffic is dropped (failing closed), with an error naming it.
+checks apart (and overlapping tenant addresses apart). A zone is 16 bits
+and l3's NAT zones hold the upper half (0x8000 and up): a port whose key is
+above 0x7fff (or is 0, the default zone) cannot be tracked here and all its
+IP traffic is dropped (failing closed), with an error naming it.
 
 Removing a rule stops new connections at once; connections it had admitted
 stay established (no conntrack flush).
@@ -55,6 +56,7 @@ import logging
 from collections.abc import Iterable, Iterator
 
 from hwflow.apps.base import App, port_owner
+from hwflow.apps.l3 import NAT_ZONE_BASE
 from hwflow.apps.port_security import _prefix
 from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroup, SecurityGroupRule
 from hwflow.pipeline import ir
@@ -73,7 +75,7 @@ PRIO_RELATED = 190
 PRIO_TRACK = 100  # entry: a filtered port's IP; state: a new connection; rules: a rule admitting it; commit
 PRIO_MISS = 0
 
-MAX_ZONE = (1 << 16) - 1
+MAX_ZONE = NAT_ZONE_BASE - 1  # the NAT zones of l3 take the upper half of the 16 bits
 IP_TYPES = {"IPv4": ir.ETH_TYPE_IPV4, "IPv6": ir.ETH_TYPE_IPV6}
 PROTOCOL_NUMBERS = {name: int(number) for number, name in PROTOCOL_NAMES.items()}
 PORT_FIELDS = {6: "tcp_dst", 17: "udp_dst"}  # destination-port fields the IR has (none for sctp)

@@ -189,15 +189,16 @@ def test_a_groups_rules_are_shared_by_its_ports_so_a_port_costs_the_same_whateve
 
 def test_a_port_whose_key_is_no_conntrack_zone_is_cut_off_with_an_error(caplog):
     topo = topology()
-    big = port("server", ["ssh"], key=70_000)
+    big = port("server", ["ssh"], key=0x8000)  # the first of l3's NAT zones
     topo.apply("port", "server", big)
-    pipeline = Compiler.from_file(layout_path("")).compile(topo)
-    pkt = {"in_port": 70_000, "eth_src": mac(mac_of("server")), "eth_dst": mac(mac_of("open")),
-           "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": ip(ADDR["server"]), "ipv4_dst": ip(ADDR["open"]), "ip_proto": 6}
     with caplog.at_level(logging.ERROR):
-        Compiler.from_file(layout_path("")).compile(topo)
+        pipeline = Compiler.from_file(layout_path("")).compile(topo)
+    pkt = {"in_port": 0x8000, "eth_src": mac(mac_of("server")), "eth_dst": mac(mac_of("open")),
+           "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": ip(ADDR["server"]), "ipv4_dst": ip(ADDR["open"]), "ip_proto": 6}
     assert interpreter.run(pipeline, pkt).kind == "drop"
-    assert "port server: unique_key 70000 is no conntrack zone" in caplog.text
+    assert interpreter.run(pipeline, {**pkt, "in_port": KEYS["client"], "eth_src": mac(mac_of("client")),
+                                      "ipv4_src": ip(ADDR["client"])}).kind == "output"  # the others still work
+    assert "port server: unique_key 32768 is no conntrack zone (1..32767)" in caplog.text
 
 
 @settings(max_examples=300, deadline=None)
