@@ -210,12 +210,13 @@ def _mutate(state: dict[str, int], action: ir.Action, tracker: ConnTracker) -> b
                 return False
             state["ip_ttl"] -= 1
     elif isinstance(action, ir.Conntrack):
-        _conntrack(state, action, tracker)
+        apply_conntrack(state, action, tracker)
     return True
 
 
-def _conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTracker) -> None:
-    """Look up (the state is as the packet found it, as OVS reports it after ct(commit)), commit, translate."""
+def apply_conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTracker) -> None:
+    """One ct action on a packet: look up (ct_state is as the packet found it, as OVS reports it after
+    ct(commit)), translate, commit. Public so models of other datapaths (the NIC's tc ct) share it."""
     ct_state = tracker.state(action.zone, state)
     before = dict(state)
     nat_bits = tracker.translate(action.zone, state, action.nat) if action.nat is not None else 0
