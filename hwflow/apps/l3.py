@@ -214,12 +214,15 @@ class L3App(App):
 
     @staticmethod
     def _defaults(layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
-        """What no router claims: not ARP for a router, not to a router MAC, no route, no NAT, no next hop."""
+        """What no router claims: not ARP for a router, not to a router MAC, no route, no next hop.
+
+        The NAT tables drop what no FIP or SNAT claims by the IR's table miss: a host without NAT pays no flow.
+        """
         yield ir.Flow(layout.table("arp"), PRIO_MISS, ir.Match.of(), (ir.GotoTable(layout.table("router_mac")),),
                       owner)
         yield ir.Flow(layout.table("router_mac"), PRIO_MISS, ir.Match.of(), (layout.goto("out"),), owner)
-        for table in ("route", "nat_out", "nat_in", "unsnat", "next_hop"):
-            yield ir.Flow(layout.table(table), PRIO_MISS, ir.Match.of(), (ir.Drop(),), owner)
+        yield ir.Flow(layout.table("route"), PRIO_MISS, ir.Match.of(), (ir.Drop(),), owner)
+        yield ir.Flow(layout.table("next_hop"), PRIO_MISS, ir.Match.of(), (ir.Drop(),), owner)
 
     @staticmethod
     def _router_port(topo: Topology, layout: AppLayout, rp: RouterPort | None, owner: str) -> Iterator[ir.Flow]:
