@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hil import suite
-from hil.checks import actions, breakage, flower, forwarding, netdevsim, selftest
+from hil.checks import actions, bench, breakage, flower, forwarding, netdevsim, selftest
 from hil.checks.known import KNOWN_ISSUES
 
 GROUPS: dict[str, Callable[[], list[suite.Check]]] = {
@@ -22,6 +22,7 @@ GROUPS: dict[str, Callable[[], list[suite.Check]]] = {
     "packets": forwarding.checks,
     "actions": actions.checks,
     "netdevsim": netdevsim.checks,
+    "bench": bench.checks,
     "selftest": selftest.checks,
 }
 

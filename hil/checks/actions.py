@@ -4,7 +4,8 @@ Each scenario builds a topology (routers, a VLAN provider network, a VXLAN
 overlay, a security group), compiles it with the shipped layout, splits it
 with :data:`KERNEL_FLOWER` (what the kernel's software flower can do),
 turns the hardware rules into flower rules with ``to_flower`` (``skip_hw``)
-and installs them with :class:`TcBackend`. Namespaces stand in for the VMs,
+and installs them with :class:`TcBackend` through ``TcClient(echo=True)``
+(every rule's NLM_F_ECHO from the kernel must equal the rule sent). Namespaces stand in for the VMs,
 the uplink's far end and the remote chassis; there is no bridge and no
 route between them, so a ping that passes was carried by the rules. The
 receiver only accepts what the actions made (its own MAC, its VLAN, its
@@ -24,6 +25,7 @@ from hil.checks import host
 from hil.suite import Check, CheckFailed
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, TunnelEndpoint, to_flower
+from hwflow.backends.tc.transport import KernelTransport, TcClient
 from hwflow.model.objects import (
     Chassis,
     Network,
@@ -134,7 +136,7 @@ def forward(stage: Stage, traffic: Callable[[], None], counts: Mapping[str, list
     desired = [to_flower(rule, reps, TC_FLAGS["skip_hw"], stage.tunnels) for rule in plan.rules]
     for dev in stage.devices.values():
         host.clsact(dev)
-    backend = TcBackend()
+    backend = TcBackend(lambda _: TcClient(KernelTransport(), timeout=10.0, echo=True))  # the agent's echo check
     try:
         if probe():
             raise CheckFailed("the traffic passes before any rule is installed: the test proves nothing")

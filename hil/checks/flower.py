@@ -3,7 +3,8 @@
 Per sample rule (see :mod:`hil.checks.rules`): the kernel accepts it, its
 NLM_F_ECHO decodes to the rule sent, a dump decodes to the same rule,
 iproute2 (a decoder that is not ours) reads the same keys, actions and
-flags, and it can be deleted. Round trips alone cannot catch a mistake the
+flags, and it can be deleted; then the agent's own echo check
+(``TcClient(echo=True)``) must accept the kernel's echo of it. Round trips alone cannot catch a mistake the
 encoder and decoder share; the iproute2 reading can.
 """
 
@@ -105,13 +106,14 @@ class Bench:
     out_dev: str
     transport: KernelTransport
     client: TcClient
+    echo_client: TcClient  # the agent's NLM_F_ECHO check (TcClient(echo=True)), against the kernel's echo
     seqs: itertools.count
 
     @classmethod
     def on(cls, in_dev: str, out_dev: str) -> Bench:
         host.clsact(in_dev)
         return cls(in_dev, out_dev, KernelTransport(), TcClient(KernelTransport(), timeout=TIMEOUT),
-                   itertools.count(1000))
+                   TcClient(KernelTransport(), timeout=TIMEOUT, echo=True), itertools.count(1000))
 
     @classmethod
     def veths(cls) -> Bench:
@@ -135,6 +137,7 @@ class Bench:
     def close(self) -> None:
         self.transport.close()
         self.client.close()
+        self.echo_client.close()
 
 
 def round_trip(bench: Bench, rule: fl.FlowerRule) -> None:
@@ -158,6 +161,10 @@ def round_trip(bench: Bench, rule: fl.FlowerRule) -> None:
     left = [r for r, _ in bench.client.dump(rule.ifindex) if (r.chain, r.prio) == (rule.chain, rule.prio)]
     if left:
         raise CheckFailed(f"still dumped after delete: {left}")
+    (err,) = bench.echo_client.add([rule])
+    bench.client.delete([rule])
+    if err is not None:
+        raise CheckFailed(f"TcClient(echo=True) refuses the kernel's echo of it: {err}")
 
 
 def skip_sw_refused(bench: Bench) -> None:

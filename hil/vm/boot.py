@@ -105,8 +105,8 @@ def verdict(guest_log: str, qemu_rc: int | None, timeout: float) -> list[suite.R
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hil/vm/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="flower,packets,actions,netdevsim,selftest",
-                        help="comma-separated check groups (flower, packets, actions, netdevsim, selftest)")
+    parser.add_argument("--only", default="flower,packets,actions,netdevsim,bench,selftest",
+                        help="comma-separated check groups (flower, packets, actions, netdevsim, bench, selftest)")
     parser.add_argument("--break", dest="breakage", metavar="NAME",
                         default=os.environ.get("HWFLOW_HIL_BREAK") or None,
                         help="run with a deliberately broken encoder (eth-swap, vlan-byteorder): must fail")

@@ -8,8 +8,9 @@ as one natively encoded batch through ``TcClient.send_batch``; both wait for
 every acknowledgement. A dump then counts what the device holds. The rules
 redirect IPv4 TCP from representor 0 to representor 1, 100 per prio.
 
-The real kernel's flower, against ``tc -batch`` with the same rules, comes
-with the VM tier.
+The real kernel's flower, against ``tc -batch`` with the same rules, is
+measured by the VM tier (``hil/vm/run``, group ``bench``) with
+:func:`kernel_vs_tc_batch`: the development kernel has no flower.
 
 Results: python_rules_per_s, native_rules_per_s, speedup (native / python,
 same run), rules_verified (rules the dump returned), refused (answers that
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import native
-from hwflow.backends.tc.transport import SimSocketTransport, TcClient
+from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient
 from hwflow.bench import Progress
 from hwflow.sim.host import stop_process
 from hwflow.sim.profile import load_profile
@@ -129,5 +131,58 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
         "native_rules_per_s": round(native_rate),
         "speedup": round(native_rate / python_rate, 2),
         "rules_verified": verified,
+        "refused": refused,
+    }
+
+
+def tc_batch_lines(dev: str, out_dev: str, first: int, count: int) -> list[str]:
+    """The rules :func:`rows` describes, as ``tc -batch`` lines (skip_hw: the kernel's software flower)."""
+    lines = []
+    for i in range(first, first + count):
+        address = 0x0A000000 + i
+        dotted = ".".join(str(address >> s & 0xFF) for s in (24, 16, 8, 0))
+        lines.append(f"filter add dev {dev} ingress protocol ip prio {1 + i // RULES_PER_PRIO} handle "
+                     f"{1 + i % RULES_PER_PRIO} flower skip_hw dst_mac 02:00:00:00:00:01 ip_proto tcp dst_ip {dotted} "
+                     f"dst_port 80 action mirred egress redirect dev {out_dev}")
+    return lines
+
+
+def kernel_vs_tc_batch(dev: str, out_dev: str, count: int, workdir: Path, timeout_s: float = 120.0) -> dict:
+    """``count`` rules into the kernel's flower on ``dev`` (clsact in place, empty): hwflow, then ``tc -batch``.
+
+    hwflow sends one natively encoded batch through ``TcClient.send_batch``
+    and waits for every acknowledgement; the rules are removed (the qdisc is
+    recreated) and ``tc -batch`` adds the same rules from a file. Each count
+    is verified by a dump. Needs root and a kernel with cls_flower.
+    """
+    src, dst = (int(Path(f"/sys/class/net/{d}/ifindex").read_text(encoding="utf-8")) for d in (dev, out_dev))
+    batch = native.FlowerBatch(dataclasses.replace(prototype(src, dst), flags=fl.TCA_CLS_FLAGS_SKIP_HW),
+                               ("prio", "handle", "ipv4_dst"))
+    client = TcClient(KernelTransport(), timeout=timeout_s)
+    try:
+        start = time.perf_counter()
+        refused = sum(r is not None for r in client.send_batch(batch, rows(0, count), count))
+        hwflow_s = time.perf_counter() - start
+        hwflow_verified = len(client.dump(src))
+        _run("tc", "qdisc", "del", "dev", dev, "clsact")
+        _run("tc", "qdisc", "add", "dev", dev, "clsact")
+        script = workdir / "rules.tc"
+        script.write_text("\n".join(tc_batch_lines(dev, out_dev, 0, count)) + "\n", encoding="utf-8")
+        start = time.perf_counter()
+        done = subprocess.run(["tc", "-batch", str(script)], check=False, capture_output=True, text=True,
+                              timeout=timeout_s * 10)
+        tc_s = time.perf_counter() - start
+        if done.returncode:
+            raise RuntimeError(f"tc -batch failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        tc_verified = len(client.dump(src))
+    finally:
+        client.close()
+    return {
+        "rules": count,
+        "native_encoder": batch.native,
+        "hwflow_rules_per_s": round(count / hwflow_s),
+        "tc_batch_rules_per_s": round(count / tc_s),
+        "ratio": round(tc_s / hwflow_s, 2),
+        "verified": min(hwflow_verified, tc_verified),
         "refused": refused,
     }

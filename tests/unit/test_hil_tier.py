@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import ipaddress
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ breakage = importlib.import_module("hil.checks.breakage")
 rules = importlib.import_module("hil.checks.rules")
 
 from hwflow.backends.tc import flower as fl  # noqa: E402
+from hwflow.bench.tc_install import rows, tc_batch_lines  # noqa: E402
 
 
 def _raise(exc: Exception) -> None:
@@ -203,3 +205,15 @@ def test_prune_keeps_used_and_recent_stages(tmp_path, monkeypatch):
     build.prune({used})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel-a", "rootfs-new"]
     assert used.stat().st_mtime > old  # touched: in use
+
+
+def test_the_tc_batch_lines_are_the_rules_hwflow_sends():
+    """The VM bench compares like with like: line i names rule i's prio, handle and address."""
+    values = rows(0, 250)
+    lines = tc_batch_lines("in0", "out0", 0, 250)
+    for i in (0, 99, 100, 249):
+        prio, handle, address = values[3 * i:3 * i + 3]
+        words = lines[i].split()
+        assert words[words.index("prio") + 1] == str(prio) and words[words.index("handle") + 1] == str(handle)
+        assert words[words.index("dst_ip") + 1] == str(ipaddress.ip_address(address))
+        assert "skip_hw" in words and words[-1] == "out0"
