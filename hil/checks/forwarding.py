@@ -6,8 +6,9 @@ kernel's software flower stands in for the NIC), installed and read back
 by :class:`hwflow.backends.tc.backend.TcBackend`. There is no bridge and no
 route between the namespaces: a packet that no rule redirects is lost, so a
 ping that passes was carried by the rules, and the rules' counters must
-show exactly the packets sent. Each scenario is one :class:`Scenario`; new
-encoder features (VLAN, pedit, tunnel_key, ct) become new scenarios.
+show exactly the packets sent. Each scenario is one :class:`Scenario`
+(plain forwarding; the hardware runner reuses it); the rewriting actions
+(pedit, VLAN, tunnel_key, ct) have theirs in :mod:`hil.checks.actions`.
 """
 
 from __future__ import annotations

@@ -458,3 +458,16 @@ def test_a_register_copied_from_the_packet_is_read_as_the_packet_field():
              ir.Flow(1, 10, ir.Match.of(reg1=IPS[0]), (ir.Output(2),), "next hop")]
     plan = partition(ir.Pipeline.build(flows, {}), _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
     assert {r.match.get("ipv4_dst").value for r in plan.rules} == {IPS[0]}
+
+
+def test_a_match_on_a_field_an_action_changed_is_not_guessed():
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1), (ir.DecTtl(), ir.GotoTable(1)), "route"),
+             ir.Flow(1, 10, ir.Match.of(ip_ttl=64), (ir.Output(2),), "was 64?"),
+             ir.Flow(1, 5, ir.Match.of(), (ir.Output(3),), "other")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert all(r.output is None for r in plan.rules)
+    assert "matches ip_ttl after an action changed it" in {s.reason for s in plan.software}
+    packet = {"in_port": 1, "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 64}
+    assert hw_then_sw(pipeline, plan, packet) == interpreter.run(pipeline, packet).outputs == (
+        (3, {"eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 63}),)
