@@ -201,6 +201,45 @@ def test_a_port_whose_key_is_no_conntrack_zone_is_cut_off_with_an_error(caplog):
     assert "port server: unique_key 32768 is no conntrack zone (1..32767)" in caplog.text
 
 
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
+@st.composite
+def ingress_rules(draw, rid: str) -> SecurityGroupRule:
+    protocol = draw(st.sampled_from(["", "tcp", "udp", "icmp"]))
+    fields: dict = {"protocol": protocol,
+                    "remote_ip_prefix": draw(st.sampled_from(["", "10.0.0.0/30", "10.0.0.8/29", "10.0.0.4/32"]))}
+    if protocol in ("tcp", "udp") and draw(st.booleans()):
+        low = draw(st.integers(1, 40))
+        fields.update(port_min=low, port_max=draw(st.integers(low, 40)))
+    if protocol == "icmp" and draw(st.booleans()):
+        fields.update(icmp_type=draw(st.sampled_from([0, 8])), icmp_code=draw(st.sampled_from([-1, 0, 1])))
+    return rule(rid, "ssh", "ingress", **fields)
+
+
+def allows(r: SecurityGroupRule, source: str, proto: int, dport: int, icmp: tuple[int, int]) -> bool:
+    """Neutron's reading of one ingress rule, written independently of the app."""
+    return ((not r.protocol or PROTOCOLS[r.protocol] == proto)
+            and ((r.port_min, r.port_max) == (0, 0) or r.port_min <= dport <= r.port_max)
+            and r.icmp_type in (-1, icmp[0]) and r.icmp_code in (-1, icmp[1])
+            and (not r.remote_ip_prefix
+                 or ipaddress.ip_address(ADDR[source]) in ipaddress.ip_network(r.remote_ip_prefix)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda n: st.tuples(*(ingress_rules(f"r{i}") for i in range(n)))),
+       st.sampled_from(["client", "other", "open"]), st.sampled_from(sorted(PROTOCOLS.values())),
+       st.integers(1, 45), st.sampled_from([(0, 0), (8, 0), (8, 1), (3, 3)]))
+def test_a_new_connection_gets_in_exactly_when_some_rule_allows_it(rules, source, proto, dport, icmp):
+    topo = topology(rules)
+    topo.apply("security_group_rule", "ssh-in", None)
+    wire = Wire(topo)
+    fields = ({"icmp_type": icmp[0], "icmp_code": icmp[1]} if proto == 1 else
+              {"tcp_src": 40000, "tcp_dst": dport} if proto == 6 else {"udp_src": 40000, "udp_dst": dport})
+    expected = any(allows(r, source, proto, dport if proto != 1 else 0, icmp) for r in rules)
+    assert wire.send(source, "server", ip_proto=proto, **fields) == expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 65535), st.integers(0, 300), st.integers(0, 65535))
 def test_port_masks_cover_exactly_the_range(low, span, probe):
