@@ -284,6 +284,10 @@ def _edit(path: _Path, action: Edit) -> _Path:
         dirty.add("vlan_vid")
     elif isinstance(action, ir.DecTtl):
         dirty.add("ip_ttl")
+    elif isinstance(action, ir.Conntrack) and action.nat is not None:  # the translation depends on the connection
+        for field in ("ipv4_src", "ipv4_dst"):
+            known.pop(field, None)
+            dirty.add(field)
     return path.but(known=known, dirty=frozenset(dirty), edits=path.edits + (action,))
 
 
@@ -319,8 +323,6 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
         return f"{type(action).__name__}: not offloaded"
     if path.outputs:
         return "a header action after an output: copies with different headers stay in software"
-    if isinstance(action, ir.Conntrack) and action.nat is not None:
-        return "conntrack NAT: not offloaded yet (the NIC model does not translate)"
     return None
 
 
@@ -386,9 +388,9 @@ def _cannot_edit(leaf: Leaf, caps: Capabilities) -> str | None:
             return "the NIC cannot push a VLAN tag here (no vlan_push, or the packet is tagged already)"
         if isinstance(edit, ir.PopVlan) and hw.ACTION_VLAN_POP not in caps.actions:
             return "the NIC cannot pop a VLAN tag"
-        if isinstance(edit, ir.Conntrack) and not (hw.ACTION_CT in caps.actions
-                                                   and caps.can_conntrack(zone=edit.zone)):
-            return f"the NIC cannot do conntrack in zone {edit.zone}"
+        if isinstance(edit, ir.Conntrack) and not (hw.ACTION_CT in caps.actions and caps.can_conntrack(
+                zone=edit.zone, nat=edit.nat is not None) and (edit.nat is None or ipv4)):
+            return f"the NIC cannot do conntrack in zone {edit.zone}{' with NAT (IPv4)' if edit.nat else ''}"
     return None
 
 
@@ -595,8 +597,4 @@ def _nic_apply(action: Edit, state: dict[str, int], tracker: interpreter.ConnTra
     elif isinstance(action, ir.PopVlan):
         state.pop("vlan_vid", None)
     elif isinstance(action, ir.Conntrack):
-        if action.table is not None:
-            state["ct_state"] = tracker.state(action.zone, state)
-            state["ct_zone"] = action.zone
-        if action.commit:
-            tracker.commit(action.zone, state)
+        interpreter.apply_conntrack(state, action, tracker)
