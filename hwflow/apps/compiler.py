@@ -20,6 +20,7 @@ from hwflow.apps.base import App
 from hwflow.conf.files import shipped
 from hwflow.pipeline import ir, layout
 from hwflow.pipeline.topology import Change, Topology
+from hwflow.util.gc import gc_paused
 
 LOG = logging.getLogger(__name__)
 NAMESPACE = "hwflow.apps"
@@ -63,14 +64,15 @@ class Compiler:
         return cls(load_apps(sorted(names)), wiring)
 
     def compile(self, topo: Topology) -> ir.Pipeline:
-        """Everything from scratch."""
-        self._flows = {}
-        for name, app_layout in self.layout.apps.items():
-            app = self.apps[name]
-            for owner in app.owners(topo):
-                self._store(name, owner, app.owner_flows(owner, topo, app_layout))
-        self._pipeline = None
-        return self.pipeline()
+        """Everything from scratch (hundreds of thousands of small objects: no cyclic GC meanwhile)."""
+        with gc_paused():
+            self._flows = {}
+            for name, app_layout in self.layout.apps.items():
+                app = self.apps[name]
+                for owner in app.owners(topo):
+                    self._store(name, owner, app.owner_flows(owner, topo, app_layout))
+            self._pipeline = None
+            return self.pipeline()
 
     def update(self, topo: Topology, changes: Iterable[Change]) -> Delta:
         """Recompute only what ``changes`` (already applied to ``topo``) touch."""
@@ -102,13 +104,12 @@ class Compiler:
     def pipeline(self) -> ir.Pipeline:
         """The current pipeline; a flow clashing with another's key is dropped and logged."""
         if self._pipeline is None:
-            chosen: dict[tuple, ir.Flow] = {}
-            for key in sorted(self._flows):
-                for flow in self._flows[key]:
-                    other = chosen.setdefault(flow.key, flow)
-                    if other != flow:
-                        LOG.error("flows of %s and %s want the same table %d priority %d match; keeping the "
-                                  "first (check the database for a duplicate address)", other.owner, flow.owner,
-                                  flow.table, flow.priority)
-            self._pipeline = ir.Pipeline.build(chosen.values(), self.layout.table_names)
+            flows = [flow for key in sorted(self._flows) for flow in self._flows[key]]
+            with gc_paused():
+                self._pipeline = ir.Pipeline.build(flows, self.layout.table_names, on_clash=_log_clash)
         return self._pipeline
+
+
+def _log_clash(kept: ir.Flow, dropped: ir.Flow) -> None:
+    LOG.error("flows of %s and %s want the same table %d priority %d match; keeping the first (check the "
+              "database for a duplicate address)", kept.owner, dropped.owner, kept.table, kept.priority)

@@ -14,6 +14,7 @@ the NIC along with the forwarding decision that follows.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 
@@ -32,6 +33,13 @@ def mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+@functools.lru_cache(maxsize=65536)
+def ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parsed once per address: a full compile reads every port's addresses in several apps."""
+    return ipaddress.ip_network(text, strict=False)
+
+
+@functools.lru_cache(maxsize=65536)
 def link_local(mac: str) -> ipaddress.IPv6Network:
     """fe80::/64 with the EUI-64 interface id derived from ``mac`` (RFC 4291 appendix A)."""
     b = bytearray(bytes.fromhex(mac.replace(":", "")))
@@ -42,9 +50,9 @@ def link_local(mac: str) -> ipaddress.IPv6Network:
 
 def allowed_sources(port: Port) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
     """(MAC, source prefix) pairs the port may send from."""
-    pairs = [(port.mac, ipaddress.ip_network(ip)) for ip in port.ips]
+    pairs = [(port.mac, ip_network(ip)) for ip in port.ips]
     pairs.append((port.mac, link_local(port.mac)))
-    pairs += [(p["mac_address"], ipaddress.ip_network(p["ip_address"], strict=False))
+    pairs += [(p["mac_address"], ip_network(p["ip_address"]))
               for p in port.allowed_address_pairs]
     return pairs
 

@@ -45,6 +45,7 @@ from hwflow.backends.ovs.ovsdb import OvsdbClient
 from hwflow.bench import Progress
 from hwflow.model.errors import HwflowError
 from hwflow.pipeline import ir
+from hwflow.util.gc import gc_paused
 
 DEFAULTS: dict[str, Any] = {
     "flows": 100_000,  # flows per path
@@ -128,7 +129,7 @@ def _program(backend: OvsBackend, flows: list[ir.Flow]) -> tuple[list[int], floa
     compiler = backend.compiler
     start = time.perf_counter()
     words: list[int] = []
-    with translate.gc_paused():  # as OvsBackend.sync compiles
+    with gc_paused():  # as OvsBackend.sync compiles
         for flow in flows:
             c = compiler.compile(flow, PORTS)
             words += compiler.flow_mod(c.key[0], c.key[1], c.cookie, 0, ofp.OFPFC_ADD, c.body)

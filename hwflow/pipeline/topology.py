@@ -46,6 +46,8 @@ class Topology:
         self.objects: dict[str, dict[str, Any]] = {}
         self.local_port_ids: set[str] = set()
         self._index: dict[tuple[str, str], dict[Any, set[str]]] = {key: {} for key in INDEXED}
+        # (kind, field, value) -> the sorted answer of ``by``: apps ask the same question once per port
+        self._by_cache: dict[tuple[str, str, Any], tuple[Any, ...]] = {}
         self.update({KIND_NETWORK: networks or {}, KIND_PORT: ports or {}, **(others or {})}, local_port_ids)
 
     # --- reading ---------------------------------------------------------------
@@ -66,9 +68,13 @@ class Topology:
 
     def by(self, kind: str, field: str, value: object) -> list[Any]:
         """Objects of ``kind`` whose ``field`` is ``value`` (an indexed pair), in unique_key order."""
-        ids = self._index[kind, field].get(value, ())
-        table = self.objects.get(kind, {})
-        return sorted((table[i] for i in ids), key=lambda o: (o.unique_key, o.id))
+        cached = self._by_cache.get((kind, field, value))
+        if cached is None:
+            ids = self._index[kind, field].get(value, ())
+            table = self.objects.get(kind, {})
+            cached = tuple(sorted((table[i] for i in ids), key=lambda o: (o.unique_key, o.id)))
+            self._by_cache[kind, field, value] = cached
+        return list(cached)
 
     def local_ports(self) -> list[Port]:
         return sorted((self.ports[i] for i in self.local_port_ids if i in self.ports), key=lambda p: p.unique_key)
@@ -137,8 +143,10 @@ class Topology:
             index = self._index[kind, field]
             if change.old is not None:
                 index.get(getattr(change.old, field), set()).discard(change.id)
+                self._by_cache.pop((kind, field, getattr(change.old, field)), None)
             if change.new is not None:
                 index.setdefault(getattr(change.new, field), set()).add(change.id)
+                self._by_cache.pop((kind, field, getattr(change.new, field)), None)
 
 
 def _diff(kind: str, old: Mapping[str, object], new: Mapping[str, object]) -> list[Change]:

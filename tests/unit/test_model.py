@@ -23,7 +23,7 @@ from hwflow.model import (
     from_dict,
     kind_class,
 )
-from hwflow.model.objects import MAX_VNI
+from hwflow.model.objects import MAX_DATAPATH_KEY, MAX_VNI
 
 octet = st.integers(0, 255)
 
@@ -166,7 +166,7 @@ objects = st.one_of(
         Port, id=st.uuids().map(str), name=st.text(max_size=10).filter(str.isprintable),
         network_id=st.uuids().map(str), mac=unicast_macs.map(str.lower),
         ips=st.lists(unicast_ips.map(str), max_size=3, unique=True), chassis=st.sampled_from(["", "host-1"]),
-        port_security=st.booleans(), unique_key=st.integers(0, 2**32 - 1), revision=st.integers(0, 2**40),
+        port_security=st.booleans(), unique_key=st.integers(0, MAX_DATAPATH_KEY), revision=st.integers(0, 2**40),
     ),
     st.builds(Network, id=st.uuids().map(str), vni=st.integers(1, MAX_VNI), mtu=st.integers(68, 9000)),
     st.builds(Chassis, name=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import socket
 import struct
@@ -538,21 +537,6 @@ def test_program_writer_sends_the_parts_before_a_bad_one_and_nothing_after(
     finally:
         of.close()
         thread.join(5)
-
-
-def test_gc_pause_restores_the_collector_even_on_error() -> None:
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), translate.gc_paused():
-        assert not gc.isenabled()
-        raise RuntimeError("boom")
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with translate.gc_paused():
-            pass
-        assert not gc.isenabled()  # it was off before: left off
-    finally:
-        gc.enable()
 
 
 def test_a_move_dumped_with_nxm_names_keys_like_the_oxm_move_we_sent() -> None:

@@ -23,6 +23,7 @@ from hwflow.backends.ovs import native, translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection, Rejected
 from hwflow.backends.ovs.ovsdb import FixedPort, OvsdbClient
 from hwflow.pipeline import ir
+from hwflow.util.gc import gc_paused
 
 LOG = logging.getLogger(__name__)
 TUNNEL_PORT_NAMES = {"vxlan": "hwf-vxlan", "geneve": "hwf-geneve"}
@@ -73,7 +74,7 @@ class OvsBackend:
         it raises, the additions and modifications of the flows before the bad one may already be applied
         (never a deletion: those go last); the next sync reconciles.
         """
-        with translate.gc_paused():
+        with gc_paused():
             return self._sync(flows, ports)
 
     def _sync(self, flows: Iterable[ir.Flow], ports: Mapping[int, int]) -> SyncResult:

@@ -1,0 +1,1 @@
+"""Small helpers shared by rooms that must not depend on each other."""
