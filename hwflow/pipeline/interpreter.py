@@ -48,8 +48,6 @@ class Verdict:
 
 
 # ct_state bits OVS adds when a ct action's NAT rewrote the packet (OVS_CS_F_SRC_NAT / OVS_CS_F_DST_NAT).
-CT_SNAT = 0x40
-CT_DNAT = 0x80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +141,7 @@ class ConnTracker:
         source_side = (rule.kind == "snat") != reply  # a reply undoes SNAT on its destination, DNAT on its source
         value = conn.original[1 if rule.kind == "snat" else 2] if conn is not None and reply else rule.ipv4
         packet["ipv4_src" if source_side else "ipv4_dst"] = value
-        return CT_SNAT if source_side else CT_DNAT
+        return ir.CT_SNAT if source_side else ir.CT_DNAT
 
 
 def lookup(pipeline: ir.Pipeline, table: int, packet: Mapping[str, int]) -> ir.Flow | None:
@@ -225,6 +223,8 @@ def apply_conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTr
     if action.table is not None:
         state["ct_state"] = ct_state | nat_bits
         state["ct_zone"] = action.zone
+    else:  # OVS: a ct that does not recirculate leaves the packet untracked, its ct fields cleared
+        state["ct_state"] = state["ct_zone"] = state["ct_mark"] = 0
 
 
 def _visible(state: Mapping[str, int]) -> dict[str, int]:

@@ -62,6 +62,8 @@ CT_REL = 0x04
 CT_RPL = 0x08
 CT_INV = 0x10
 CT_TRK = 0x20
+CT_SNAT = 0x40  # this packet's source was translated by NAT (OVS's +snat)
+CT_DNAT = 0x80  # ... its destination (+dnat; a reply to an SNATed connection gets this one)
 
 # Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
 INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", "outport", *(f"reg{i}" for i in range(8))})
@@ -309,7 +311,7 @@ class Conntrack:
     ``commit`` records the connection; with ``table`` the packet then goes on
     in that table with ``ct_state``/``ct_zone``/``ct_mark`` set (OVS's
     ``ct(table=N)`` recirculation); without it the walk continues with the
-    next action and the packet's ct fields are unchanged.
+    next action, untracked again: its ct fields are cleared (as OVS leaves it).
     """
 
     zone: int

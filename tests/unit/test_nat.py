@@ -54,11 +54,11 @@ def test_ct_state_carries_direction_and_the_nat_bits_ovs_sets():
     """First packet: +new+snat; reply: +est+rpl and +dnat (un-SNAT rewrites its destination), as the kernel does."""
     pipeline, ct = gateway("snat"), interpreter.ConnTracker()
     assert ct_state(interpreter.run(pipeline, packet(INSIDE, VM, REMOTE), ct)) == (
-        ir.CT_TRK | ir.CT_NEW | interpreter.CT_SNAT)
+        ir.CT_TRK | ir.CT_NEW | ir.CT_SNAT)
     assert ct_state(interpreter.run(pipeline, packet(OUTSIDE, REMOTE, FIP), ct)) == (
-        ir.CT_TRK | ir.CT_EST | ir.CT_RPL | interpreter.CT_DNAT)
+        ir.CT_TRK | ir.CT_EST | ir.CT_RPL | ir.CT_DNAT)
     assert ct_state(interpreter.run(pipeline, packet(INSIDE, VM, REMOTE), ct)) == (
-        ir.CT_TRK | ir.CT_EST | interpreter.CT_SNAT)
+        ir.CT_TRK | ir.CT_EST | ir.CT_SNAT)
 
 
 def ct_state(verdict: interpreter.Verdict) -> int:
@@ -77,7 +77,7 @@ def test_zones_keep_translations_apart():
     ct.commit(7, packet(INSIDE, VM, REMOTE), ir.Nat("snat", FIP))
     reply = packet(OUTSIDE, REMOTE, FIP)
     assert ct.translate(8, reply, ir.Nat()) == 0 and reply["ipv4_dst"] == FIP
-    assert ct.translate(7, reply, ir.Nat()) == interpreter.CT_DNAT and reply["ipv4_dst"] == VM
+    assert ct.translate(7, reply, ir.Nat()) == ir.CT_DNAT and reply["ipv4_dst"] == VM
 
 
 def test_nat_arguments_do_not_change_a_committed_connection():
