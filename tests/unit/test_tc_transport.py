@@ -151,6 +151,19 @@ def test_a_batch_goes_out_natively_encoded_with_one_answer_per_rule(client: TcCl
     assert dumped == sorted(expected, key=lambda r: (r.chain, r.prio, r.handle))
 
 
+def test_a_batch_asks_for_one_ack_per_send_and_errors_still_name_their_rule(client: TcClient) -> None:
+    batch = native.FlowerBatch(rule(0), ["handle"], native=False)
+    device = ScriptedDevice(None)
+    assert TcClient(device).send_batch(batch, array.array("Q", range(1, 6)), 5) == [None] * 5
+    assert [bool(flags & nl.NLM_F_ACK) for flags in device.sent_flags] == [False] * 4 + [True]
+    # a device that acks only when asked (the simulated NIC, like the kernel): the failing rule in the
+    # middle is named, the others succeed
+    batch = native.FlowerBatch(rule(0), ["prio", "handle", "ipv4_dst"], native=False)
+    rows = [(1, 1, 0x0A000001), (1, 2, 0x0A000002), (1, 2, 0x0A000003), (1, 3, 0x0A000004)]
+    results = client.send_batch(batch, array.array("Q", [v for row in rows for v in row]), 4)
+    assert results[:2] == [None, None] and results[3] is None and results[2].errno == errno.EEXIST
+
+
 def test_a_batch_is_refused_by_a_client_that_checks_echoes() -> None:
     batch = native.FlowerBatch(rule(0), ["handle"], native=False)
     with pytest.raises(ValueError, match="send_batch does not check NLM_F_ECHO"):
