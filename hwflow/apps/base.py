@@ -14,6 +14,9 @@ flows, the way OVN's incremental engine recomputes only dirty nodes.
 from __future__ import annotations
 
 import abc
+import functools
+import ipaddress
+import socket
 from collections.abc import Iterable, Iterator
 
 from hwflow.model.objects import Port
@@ -81,3 +84,22 @@ def network_owner(network_id: str) -> str:
 
 def owner_id(owner: str) -> str:
     return owner.split(":", 1)[1]
+
+
+# --- address conversions every app needs (IR values are plain integers) ---------------
+
+
+def mac_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+def ipv4_int(address: str) -> int:
+    """A dotted-quad IPv4 address (the model keeps them canonical) as an int; inet_pton is strict and fast."""
+    return int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+
+
+@functools.lru_cache(maxsize=65536)
+def ipv4_prefix(cidr: str) -> tuple[int, int]:
+    """(network address, netmask) of an IPv4 CIDR, as IR value and mask; parsed once per CIDR."""
+    net = ipaddress.IPv4Network(cidr, strict=False)
+    return int(net.network_address), int(net.netmask)

@@ -66,7 +66,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, port_owner
+from hwflow.apps.base import App, ipv4_int, ipv4_prefix, mac_int, port_owner
 from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -87,22 +87,9 @@ KIND_SNAT = "snat"
 NAT_INPUTS = frozenset({"router", "router_port", "subnet", KIND_NETWORK})
 
 
-def mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
-
-
-def ip_int(address: str) -> int:
-    return int(ipaddress.IPv4Address(address))
-
-
-def prefix(cidr: str) -> tuple[int, int]:
-    net = ipaddress.IPv4Network(cidr)
-    return int(net.network_address), int(net.netmask)
-
-
 def nat_mac(address: str) -> int:
     """The MAC this host answers with for an address it translates on an external network (a FIP, external_ip)."""
-    return NAT_MAC_PREFIX | ip_int(address)
+    return NAT_MAC_PREFIX | ipv4_int(address)
 
 
 def router_zone(router: Router) -> int:
@@ -243,8 +230,8 @@ class L3App(App):
         seen: set[tuple[int, tuple[int, int]]] = set()
 
         def route(ingress: Leg, cidr: str, set_nexthop: ir.Action, rest: tuple[ir.Action, ...]) -> Iterator[ir.Flow]:
-            if (ingress.network, prefix(cidr)) not in seen:
-                seen.add((ingress.network, prefix(cidr)))
+            if (ingress.network, ipv4_prefix(cidr)) not in seen:
+                seen.add((ingress.network, ipv4_prefix(cidr)))
                 yield self._route(layout, owner, ingress.network, cidr, (set_nexthop, *rest))
 
         gateway = _gateway(topo, router)
@@ -255,20 +242,20 @@ class L3App(App):
                 egress_leg = next((leg for leg in legs if ipaddress.IPv4Address(static["nexthop"])
                                    in ipaddress.IPv4Network(leg.cidr)), None) if ":" not in static["nexthop"] else None
                 if egress_leg is not None:
-                    yield from route(ingress, static["destination"], ir.SetField(nexthop, ip_int(static["nexthop"])),
+                    yield from route(ingress, static["destination"], ir.SetField(nexthop, ipv4_int(static["nexthop"])),
                                      _egress(layout, egress_leg))
             if gateway is not None:
                 outward = (ir.DecTtl(), ir.GotoTable(layout.table("nat_out")))
                 for cidr in gateway.cidrs:
                     yield from route(ingress, cidr, ir.Move("ipv4_dst", nexthop), outward)
                 if gateway.next_hop:
-                    yield from route(ingress, "0.0.0.0/0", ir.SetField(nexthop, ip_int(gateway.next_hop)), outward)
+                    yield from route(ingress, "0.0.0.0/0", ir.SetField(nexthop, ipv4_int(gateway.next_hop)), outward)
         yield from self._snat_out(topo, layout, router, legs, gateway, owner)
 
     @staticmethod
     def _route(layout: AppLayout, owner: str, ingress_net: int, cidr: str, actions: tuple[ir.Action, ...]) -> ir.Flow:
         plen = ipaddress.IPv4Network(cidr).prefixlen
-        match = ir.Match.of(metadata=ingress_net, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=prefix(cidr))
+        match = ir.Match.of(metadata=ingress_net, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(cidr))
         return ir.Flow(layout.table("route"), PRIO_ROUTE + plen, match, actions, owner)
 
     @staticmethod
@@ -280,7 +267,7 @@ class L3App(App):
             return
         nat = (ir.SetField("metadata", gateway.network), ir.SetField("eth_src", nat_mac(external_ip)),
                ir.Conntrack(CHASSIS_SNAT_ZONE, commit=True, table=layout.table("next_hop"),
-                            nat=ir.Nat("snat", ip_int(external_ip))))
+                            nat=ir.Nat("snat", ipv4_int(external_ip))))
         for network in sorted({leg.network for leg in legs}):
             yield ir.Flow(layout.table("nat_out"), PRIO_HIT, ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_IPV4),
                           nat, owner)
@@ -299,17 +286,17 @@ class L3App(App):
                       ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, eth_dst=mac),
                       (ir.GotoTable(layout.table("nat_in")),), owner)
         yield ir.Flow(layout.table("nat_in"), PRIO_HIT,
-                      ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ip_int(external_ip)),
+                      ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_int(external_ip)),
                       (ir.Conntrack(CHASSIS_SNAT_ZONE, table=layout.table("unsnat"), nat=ir.Nat()),), owner)
         seen: set[tuple[int, int]] = set()
         for router in routers:
             for leg in _legs(topo, router):
-                if prefix(leg.cidr) in seen:
+                if ipv4_prefix(leg.cidr) in seen:
                     continue
-                seen.add(prefix(leg.cidr))
+                seen.add(ipv4_prefix(leg.cidr))
                 plen = ipaddress.IPv4Network(leg.cidr).prefixlen
                 yield ir.Flow(layout.table("unsnat"), PRIO_ROUTE + plen,
-                              ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=prefix(leg.cidr)),
+                              ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(leg.cidr)),
                               (ir.Move("ipv4_dst", layout.reg("nexthop")), *_egress(layout, leg)), owner)
 
     @staticmethod
@@ -326,14 +313,14 @@ class L3App(App):
                       (ir.GotoTable(layout.table("nat_in")),), owner)
         zone, next_hop = router_zone(router), layout.table("next_hop")
         yield ir.Flow(layout.table("nat_in"), PRIO_HIT,
-                      ir.Match.of(metadata=ext, eth_type=ipv4, ipv4_dst=ip_int(floating)),
-                      (ir.SetField(layout.reg("nexthop"), ip_int(fixed)), ir.SetField("metadata", inside.network),
+                      ir.Match.of(metadata=ext, eth_type=ipv4, ipv4_dst=ipv4_int(floating)),
+                      (ir.SetField(layout.reg("nexthop"), ipv4_int(fixed)), ir.SetField("metadata", inside.network),
                        ir.SetField("eth_src", inside.mac), ir.DecTtl(),
-                       ir.Conntrack(zone, commit=True, table=next_hop, nat=ir.Nat("dnat", ip_int(fixed)))), owner)
+                       ir.Conntrack(zone, commit=True, table=next_hop, nat=ir.Nat("dnat", ipv4_int(fixed)))), owner)
         yield ir.Flow(layout.table("nat_out"), PRIO_FIP,
-                      ir.Match.of(metadata=inside.network, eth_type=ipv4, ipv4_src=ip_int(fixed)),
+                      ir.Match.of(metadata=inside.network, eth_type=ipv4, ipv4_src=ipv4_int(fixed)),
                       (ir.SetField("metadata", ext), ir.SetField("eth_src", mac),
-                       ir.Conntrack(zone, commit=True, table=next_hop, nat=ir.Nat("snat", ip_int(floating)))), owner)
+                       ir.Conntrack(zone, commit=True, table=next_hop, nat=ir.Nat("snat", ipv4_int(floating)))), owner)
 
     @staticmethod
     def _next_hop(topo: Topology, layout: AppLayout, port: Port | None, owner: str) -> Iterator[ir.Flow]:
@@ -345,7 +332,7 @@ class L3App(App):
         for address in port.ips:
             if ":" not in address:
                 yield ir.Flow(layout.table("next_hop"), PRIO_HIT,
-                              ir.Match.of(metadata=network.unique_key, **{layout.reg("nexthop"): ip_int(address)}),
+                              ir.Match.of(metadata=network.unique_key, **{layout.reg("nexthop"): ipv4_int(address)}),
                               (ir.SetField("eth_dst", mac_int(port.mac)), layout.goto("out")), owner)
 
 
@@ -354,10 +341,10 @@ def _arp_answer(layout: AppLayout, network: int, address: str, mac: int, owner: 
     answer = (
         ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac), ir.SetField("arp_op", 2),
         ir.Move("arp_sha", "arp_tha"), ir.SetField("arp_sha", mac),
-        ir.Move("arp_spa", "arp_tpa"), ir.SetField("arp_spa", ip_int(address)), ir.OutputInPort(),
+        ir.Move("arp_spa", "arp_tpa"), ir.SetField("arp_spa", ipv4_int(address)), ir.OutputInPort(),
     )
     return ir.Flow(layout.table("arp"), PRIO_HIT,
-                   ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_tpa=ip_int(address)),
+                   ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_tpa=ipv4_int(address)),
                    answer, owner)
 
 

@@ -18,7 +18,7 @@ import functools
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp
+from hwflow.apps.base import LocalPortApp, mac_int
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -27,10 +27,6 @@ from hwflow.pipeline.topology import Topology
 PRIO_ALLOW = 100
 PRIO_DROP = 1
 IPPROTO_UDP, IPPROTO_ICMPV6 = 17, 58
-
-
-def mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -57,7 +53,7 @@ def allowed_sources(port: Port) -> list[tuple[str, ipaddress.IPv4Network | ipadd
     return pairs
 
 
-def _prefix(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+def prefix(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
     width = ir.FIELD_BITS[field]
     mask = ((1 << net.prefixlen) - 1) << (width - net.prefixlen)
     return int(net.network_address), mask
@@ -81,10 +77,10 @@ class PortSecurityApp(LocalPortApp):
         for mac, net in allowed_sources(port):
             src = dict(in_port=key, eth_src=mac_int(mac))
             if net.version == 4:
-                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_IPV4, ipv4_src=_prefix("ipv4_src", net))
-                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_ARP, arp_spa=_prefix("arp_spa", net))
+                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_IPV4, ipv4_src=prefix("ipv4_src", net))
+                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_ARP, arp_spa=prefix("arp_spa", net))
             else:
-                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_IPV6, ipv6_src=_prefix("ipv6_src", net))
+                yield ir.Match.of(**src, eth_type=ir.ETH_TYPE_IPV6, ipv6_src=prefix("ipv6_src", net))
         yield ir.Match.of(in_port=key, eth_src=own_mac, eth_type=ir.ETH_TYPE_IPV4, ipv4_src=0,
                           ip_proto=IPPROTO_UDP, udp_src=68, udp_dst=67)
         yield ir.Match.of(in_port=key, eth_src=own_mac, eth_type=ir.ETH_TYPE_IPV6, ipv6_src=0,

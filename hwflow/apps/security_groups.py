@@ -57,7 +57,7 @@ from collections.abc import Iterable, Iterator
 
 from hwflow.apps.base import App, port_owner
 from hwflow.apps.l3 import NAT_ZONE_BASE
-from hwflow.apps.port_security import _prefix
+from hwflow.apps.port_security import prefix
 from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroup, SecurityGroupRule
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -107,7 +107,7 @@ def port_masks(low: int, high: int) -> list[tuple[int, int]]:
 
 
 def prefix_match(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ir.FieldMatch:
-    return ir.FieldMatch(field, *_prefix(field, net))
+    return ir.FieldMatch(field, *prefix(field, net))
 
 
 def zone_of(port: Port) -> int | None:
