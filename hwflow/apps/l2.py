@@ -68,8 +68,12 @@ class L2App(App):
             yield from (port_owner(p.id) for p in topo.ports_of(change.id))
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
-            for network_id in network_of(change):
+            # a local port coming or going may be the network's first or last here, which brings in (or takes
+            # away) every port's flows; the topology cannot say what the count was before a batch of changes
+            networks = network_of(change)
+            local = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
+                     or len(networks) > 1)
+            for network_id in networks:
                 yield network_owner(network_id)
-                if len(topo.local_ports_of(network_id)) <= 1:
-                    # the first local port of a network brings in all its ports' flows; the last takes them away
+                if local:
                     yield from (port_owner(p.id) for p in topo.ports_of(network_id))

@@ -127,10 +127,14 @@ class OutputApp(App):
             yield from (port_owner(p.id) for p in topo.ports_of(change.id))
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
-            for network_id in network_of(change):
+            # a local port coming or going may be its network's first or last here, which brings in (or takes
+            # away) every port's flows; after a batch of changes the topology cannot say what the count was
+            networks = network_of(change)
+            everyone = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
+                        or len(networks) > 1)
+            for network_id in networks:
                 yield network_owner(network_id)
-                if len(topo.local_ports_of(network_id)) <= 1:
-                    # the first local port of a network brings in all its ports' flows; the last takes them away
+                if everyone:
                     yield from (port_owner(p.id) for p in topo.ports_of(network_id))
         elif change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
             bound = [p for p in topo.ports.values() if p.chassis == change.id]

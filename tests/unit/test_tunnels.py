@@ -222,6 +222,41 @@ def test_remote_ports_and_chassis_incremental_equals_full(operations):
         assert set(compiler.pipeline().flows) == set(full.flows)
 
 
+@st.composite
+def worlds(draw):
+    """A whole state, as the agent hands it over in one batch: ports, where they are bound, chassis."""
+    chassis = {c.id: c for c in draw(st.lists(st.sampled_from(CHASSIS_VERSIONS), max_size=3))}
+    ports = {}
+    for i in draw(st.sets(st.integers(0, 5))):
+        net, where = draw(st.tuples(st.sampled_from(NETWORKS), st.sampled_from(["", HERE, "h2", "h3"])))
+        ports[f"q{i}"] = _q(i, net, where)
+    local = draw(st.sets(st.sampled_from(sorted(ports)))) if ports else set()
+    return ports, local, chassis
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(worlds(), min_size=1, max_size=6))
+def test_batches_of_remote_ports_and_chassis_equal_a_full_compile(sequence):
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology(HERE, {n.id: n for n in NETWORKS})
+    compiler.compile(topo)
+    for ports, local, chassis in sequence:
+        compiler.update(topo, topo.update({"port": ports, "chassis": chassis}, local))
+        full = Compiler.from_file(layout_path("")).compile(
+            Topology(HERE, topo.networks, ports, local, others={"chassis": chassis}))
+        assert set(compiler.pipeline().flows) == set(full.flows)
+
+
+@pytest.mark.parametrize("network", [VXLAN, VLAN])
+def test_a_network_opened_and_closed_by_several_local_ports_at_once(network):
+    remote, first, second = _q(0, network, "h2"), _q(1, network, HERE), _q(2, network, HERE)
+    chassis = {"h2": CHASSIS_VERSIONS[0]}
+    states = [({"q0": remote}, set()), ({"q0": remote, "q1": first, "q2": second}, {"q1", "q2"}),
+              ({"q0": remote}, set())]
+    test_batches_of_remote_ports_and_chassis_equal_a_full_compile.hypothesis.inner_test(
+        [(ports, local, chassis) for ports, local in states])
+
+
 # --- configuration: the ports the agent keeps on the bridge -------------------------------------------------
 
 
