@@ -26,7 +26,7 @@ from oslo_config import cfg
 from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.backends.ovs.backend import OvsBackend
+from hwflow.backends.ovs.backend import OvsBackend, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, identity, to_flower
@@ -44,7 +44,7 @@ LOG = logging.getLogger("hwflow.agent")
 
 # What the apps compile from; the agent's cache holds these (and chassis).
 TOPOLOGY_KINDS = ("network", "subnet", "port", "router", "router_port", "security_group", "security_group_rule",
-                  "floating_ip")
+                  "floating_ip", "chassis")
 
 ETHERTYPES = {"ipv4": ir.ETH_TYPE_IPV4, "ipv6": ir.ETH_TYPE_IPV6, "arp": ir.ETH_TYPE_ARP}
 
@@ -81,6 +81,10 @@ class Agent:
         self._devices = devices
         self.compiler = compiler
         self.chassis = conf.agent.chassis_name
+        self.fixed_ports = fixed_ports(
+            conf.agent.tunnel_ip, conf.agent.tunnel_types,
+            {"vxlan": conf.agent.vxlan_udp_port, "geneve": conf.agent.geneve_udp_port},
+            hwconf.bridge_mappings(conf.agent.bridge_mappings))
         self.topo = Topology(self.chassis)
         self.compiler.compile(self.topo)
         self._wake = threading.Event()
@@ -157,6 +161,7 @@ class Agent:
         try:
             self.nb.put_chassis(Chassis(
                 id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
+                tunnel_types=list(self.conf.agent.tunnel_types),
                 hostname=socket.gethostname(), capabilities={"offload_devices": devices},
                 up=up, heartbeat_at=time.time(),
             ))
@@ -174,6 +179,7 @@ class Agent:
             LOG.exception("reconcile failed; the datapaths keep their current state, retrying on the next pass")
 
     def reconcile(self) -> PassResult:
+        self.ovsdb.sync_fixed_ports(self.fixed_ports)  # tunnel ports and uplinks, put back if someone removed them
         ifaces = self.ovsdb.interfaces()
         names = frozenset(i.name for i in ifaces.values())
         if names != self._iface_names:  # representors come and go with the NIC: look again
@@ -188,6 +194,7 @@ class Agent:
             self.compiler.update(self.topo, changes)
         pipeline = self.compiler.pipeline()
         ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
+        ofports.update(self.ovsdb.fixed_ofports())
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
 
         flags = TC_FLAGS[self.conf.offload.tc_policy]
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         agent = build_agent(conf)
         if not agent.start(stop):
             return 0
-    except (HwflowError, OSError, RuntimeError) as exc:
+    except (HwflowError, OSError, RuntimeError, ValueError) as exc:  # ValueError: a bad option value
         LOG.error("cannot start: %s", exc)
         return 1
     LOG.info("hwflow-agent up as chassis %s", agent.chassis)
