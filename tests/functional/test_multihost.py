@@ -1,0 +1,90 @@
+"""Two simulated hosts, one database: VMs on different chassis ping each other through VXLAN and Geneve.
+
+Each host is a SimHost (its own namespace, ovs-vswitchd, simulated NIC and agent) on one shared SQLite
+file; their tunnel addresses sit on an underlay bridge in each vswitchd, linked by a veth pair
+(``connect_underlay``). Ports are bound to their chassis, so each agent sees the other's ports as remote
+and reaches them through the tunnel port of the network's type.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_e2e import vm_ns, wait_for
+
+from hwflow.backends.ovs.backend import TUNNEL_PORT_NAMES
+from hwflow.backends.ovs.openflow import OpenFlowConnection
+from hwflow.db.api import NbApi
+from hwflow.model.objects import Chassis, Network, Port
+from hwflow.sim.host import BRIDGE, SimHost, connect_underlay
+
+pytestmark = pytest.mark.functional
+
+# network type -> (VNI, [(vm, mac, ip) on host a, on host b])
+NETWORKS = {
+    "vxlan": (7001, [("vx1", "fa:16:3e:07:00:01", "10.70.0.1"), ("vx2", "fa:16:3e:07:00:02", "10.70.0.2")]),
+    "geneve": (7002, [("gn1", "fa:16:3e:07:01:01", "10.70.1.1"), ("gn2", "fa:16:3e:07:01:02", "10.70.1.2")]),
+}
+
+
+def tunnel_packets(host: SimHost, kind: str) -> tuple[int, int]:
+    """(rx, tx) packets of the host's tunnel port of ``kind``."""
+    of = OpenFlowConnection(host.ovs.mgmt(BRIDGE))
+    try:
+        return of.port_stats()[host.ovsdb.ofport(TUNNEL_PORT_NAMES[kind])]
+    finally:
+        of.close()
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimHost, SimHost]]:
+    """Two hosts with one VM of each network on each, bound to their chassis."""
+    base: Path = tmp_path_factory.mktemp("multihost")
+    tag = secrets.token_hex(2)
+    database = f"sqlite:///{base}/nb.sqlite"
+    pair = [SimHost(f"m{tag}{i}", base / f"h{i}", database, tunnel_ip=f"172.31.70.{i + 1}") for i in (1, 2)]
+    try:
+        for host in pair:
+            host.start()
+        connect_underlay(*pair)
+        with NbApi.from_url(database) as nb:
+            # hosts come up before their VMs: an agent cache does not take in a chassis registering after its ports
+            wait_for("both chassis registered", lambda: {c.id for c in nb.list(Chassis)} == {h.name for h in pair})
+            for kind, (vni, vms) in NETWORKS.items():
+                net = nb.create(Network(name=f"mh-{kind}", network_type=kind, vni=vni))
+                for host, (vm, mac, ip) in zip(pair, vms, strict=True):
+                    port = nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name))
+                    host.plug(port, vm_ns(host, vm))
+        for host in pair:
+            wait_for(f"the tunnel ports on {host.name}",
+                     lambda host=host: all(host.ovsdb.ofport(name) for name in TUNNEL_PORT_NAMES.values()), host=host)
+        yield pair[0], pair[1]
+    finally:
+        for host in pair:
+            host.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_vms_on_two_hosts_ping_through_the_tunnel(hosts: tuple[SimHost, SimHost], kind: str) -> None:
+    a, b = hosts
+    (_, vms) = NETWORKS[kind]
+    (vm_a, _, _), (_, _, ip_b) = vms
+    before_a, before_b = tunnel_packets(a, kind), tunnel_packets(b, kind)
+    wait_for(f"{vm_a} on {a.name} to reach {ip_b} on {b.name} over {kind} without loss (both agents programmed)",
+             lambda: a.ping(vm_ns(a, vm_a), ip_b, count=3, interval=0.1) == 0.0, timeout=30, host=a)
+    after_a, after_b = tunnel_packets(a, kind), tunnel_packets(b, kind)
+    assert after_a[1] > before_a[1] and after_a[0] > before_a[0]  # requests out, replies in, on a's tunnel port
+    assert after_b[0] > before_b[0] and after_b[1] > before_b[1]
+
+
+def test_a_removed_tunnel_port_is_put_back(hosts: tuple[SimHost, SimHost]) -> None:
+    a, b = hosts
+    a.ovsdb.del_port(TUNNEL_PORT_NAMES["vxlan"])
+    wait_for(f"the vxlan port back on {a.name}", lambda: a.ovsdb.ofport(TUNNEL_PORT_NAMES["vxlan"]), host=a)
+    (_, vms) = NETWORKS["vxlan"]
+    (vm_a, _, _), (_, _, ip_b) = vms
+    wait_for(f"{vm_a} to reach {ip_b} again", lambda: a.ping(vm_ns(a, vm_a), ip_b, count=3, interval=0.1) == 0.0,
+             timeout=30, host=a)
