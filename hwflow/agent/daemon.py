@@ -25,6 +25,7 @@ from oslo_config import cfg
 
 from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
+from hwflow.agent.dhcp import DhcpResponder
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.ovs.backend import OvsBackend, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
@@ -94,6 +95,8 @@ class Agent:
         self._refused: dict[tuple[int, ir.Match], str] = {}
         self._managed: set[Representor] = set()
         self.last_pass = PassResult()
+        self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
+        self.dhcp = DhcpResponder(ovs.of, lambda: (self.topo, self.ofports))
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Agent:
             return False
         self.register(up=True)
         self.cache.start()
+        self.dhcp.start()
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -148,6 +152,7 @@ class Agent:
         except HwflowError as exc:
             LOG.warning("could not mark chassis %s down: %s", self.chassis, exc)
         self.tc.close()
+        self.dhcp.stop()
         self.ovs.of.close()
         self.ovsdb.close()
 
@@ -193,7 +198,7 @@ class Agent:
         if changes:
             self.compiler.update(self.topo, changes)
         pipeline = self.compiler.pipeline()
-        ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
+        ofports = self.ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         ofports.update(self.ovsdb.fixed_ofports())
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
 
