@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libudev1 iproute2 iputils-ping ethtool
-              openvswitch-switch strace etcd-server)
+              openvswitch-switch strace etcd-server busybox)
 
 usage() {
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

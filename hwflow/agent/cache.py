@@ -212,6 +212,9 @@ class NbCache:
         """A new object matters if it is a local port or points at an object whose referrers are held."""
         if obj.kind == "port" and obj.id in self._local_ids:
             return True
+        if obj.kind == "chassis":  # registered after ports bound to it were taken in: tunnels need it
+            return any(kind == "port" and getattr(held, "chassis", "") == obj.id
+                       for (kind, _), held in self._held.items())
         return any((kind, ident, obj.kind) in self._expanded for _, kind, ident in obj.refs())
 
     def _retry(self, func: Callable[[], None]) -> None:

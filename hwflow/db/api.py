@@ -33,7 +33,7 @@ from hwflow.model.errors import (
     NotFound,
     ValidationError,
 )
-from hwflow.model.objects import KINDS, MAX_UNIQUE_KEY, Chassis, NbObject, Related, Subnet, from_dict, kind_class
+from hwflow.model.objects import KINDS, Chassis, NbObject, Related, Subnet, from_dict, kind_class
 
 LOG = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class NbApi:
         for _ in range(MAX_ATTEMPTS):
             counter = self.driver.get(COUNTER_TABLE, new.kind)
             new.unique_key = (int(counter.value) if counter else 0) + 1
-            if new.unique_key > MAX_UNIQUE_KEY:
+            if new.unique_key > new.max_unique_key:
                 raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
             relation_compares, _ = self._relations(new)
             unique = _unique_keys(new)

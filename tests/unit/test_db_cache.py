@@ -157,6 +157,10 @@ def test_watched_changes_are_taken_in_when_they_matter(api, agent):
     a1 = api.get("network", "a1")
     port(api, "pa6", a1, "10.1.0.16", "host4", "A")  # a new neighbour on a local network, on a new chassis
     agent.wait_for(lambda: {"pa6", "host4"} <= agent.ids())
+    port(api, "pa7", a1, "10.1.0.17", "host5", "A")  # bound to a chassis that registers only afterwards
+    agent.wait_for(lambda: "pa7" in agent.ids())
+    api.put_chassis(Chassis(name="host5", tunnel_ip="192.0.2.5"))
+    agent.wait_for(lambda: "host5" in agent.ids())
     port(api, "pb3", api.get("network", "b1"), "10.1.0.23", "host2", "B")  # tenant B: dropped on arrival
     mtu = api.update(Network(**{**a1.to_dict(), "mtu": 1400}))
     agent.wait_for(lambda: agent.cache.objects("network")["a1"].mtu == 1400)
