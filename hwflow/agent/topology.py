@@ -6,7 +6,9 @@ groups (with the rules, the groups those rules name as remote, and the
 ports in all of those groups, whose addresses the rules match), the routers
 attached to their networks and the networks behind those routers (with
 their ports and subnets), the floating IPs of local ports and their
-external networks, routers' gateway networks (with subnets), and the
+external networks, routers' gateway networks (with ports and subnets: the
+external next hop, the upstream router, is a port there, and the outside
+behind the uplink reaches FIPs through L2 on those networks), and the
 chassis it tunnels to. Nothing of a project none of its ports belongs to
 or is connected to is held.
 
@@ -97,7 +99,7 @@ def walk(local_ids: Iterable[str], chassis: str, source: Source) -> Selection:
              and p.chassis in ("", chassis)]
     own_networks: set[str] = set()
     groups: set[str] = set()
-    edge_networks: set[str] = set()  # reached for their subnets only (floating IPs, router gateways)
+    edge_networks: set[str] = set()  # floating IPs' and router gateways' networks: not the routers on them
     for port in local:
         sel.objects[port.kind, port.id] = port
         own_networks.add(port.network_id)
@@ -116,12 +118,9 @@ def walk(local_ids: Iterable[str], chassis: str, source: Source) -> Selection:
         if router.gateway_network_id:
             edge_networks.add(router.gateway_network_id)
 
-    for net_id in sorted(own_networks | behind):
+    for net_id in sorted(own_networks | behind | edge_networks):
         if net := fetch(Network.kind, net_id):
             referrers(net, Port.kind)
-            referrers(net, Subnet.kind)
-    for net_id in sorted(edge_networks - own_networks - behind):
-        if net := fetch(Network.kind, net_id):
             referrers(net, Subnet.kind)
 
     remote_groups: set[str] = set()

@@ -14,12 +14,17 @@ applied port security, its egress security groups and routing):
   "no tag", so a frame with a VLAN no network here has is taken as the flat
   network's, tag and all, where there is one).
 
+A packet from the uplink of a NAT network (:func:`hwflow.apps.l2.nat_networks`:
+a router's gateway network, a local FIP's external network) leaves through
+``external`` instead (wired to L3): the outside asks for and sends to the
+FIPs and SNAT address this host answers for, which only L3 knows.
+
 A packet from any other port, or with a VNI or VLAN no local network has,
 is dropped (no flow matches). Later stages rely on ``metadata`` and never on
 in_port to know the network.
 
 Owners: ``port:<id>`` for a local port, ``network:<id>`` for the way into a
-network from other chassis (while it has a local port).
+network from other chassis (while it is present: see :func:`hwflow.apps.l2.present`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from hwflow.apps.base import LocalPortApp, network_of, network_owner, owner_id, port_owner
-from hwflow.apps.l2 import local_networks
+from hwflow.apps.l2 import local_networks, nat_changed, nat_networks, present
 from hwflow.apps.output import KIND_CHASSIS, is_overlay, remote_chassis
 from hwflow.model.objects import Network, Port
 from hwflow.pipeline import ir
@@ -39,7 +44,7 @@ PRIO_FLAT = 90  # below the uplink's VLAN flows: what carries no known tag is th
 
 
 class ClassifierApp(LocalPortApp):
-    spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out", "tunnel"))
+    spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out", "tunnel", "external"))
 
     def owners(self, topo: Topology) -> Iterator[str]:
         yield from super().owners(topo)
@@ -50,12 +55,14 @@ class ClassifierApp(LocalPortApp):
             yield from super().owner_flows(owner, topo, layout)
             return
         network = topo.networks.get(owner_id(owner))
-        if network is None or not topo.local_ports_of(network.id):
+        if network is None or not present(topo, network.id):
             return
-        if is_overlay(network) and not any(remote_chassis(p, network, topo) for p in topo.ports_of(network.id)):
+        overlay = is_overlay(network)
+        if overlay and not any(remote_chassis(p, network, topo) for p in topo.ports_of(network.id)):
             return  # no chassis we could exchange this network's packets with: accept none
         priority, match, untag = self._arrival(network)
-        actions = (*untag, ir.SetField("metadata", network.unique_key), layout.goto("tunnel"))
+        exit_point = "external" if not overlay and network.id in nat_networks(topo) else "tunnel"
+        actions = (*untag, ir.SetField("metadata", network.unique_key), layout.goto(exit_point))
         yield ir.Flow(layout.table("ports"), priority, match, actions, owner)
 
     @staticmethod
@@ -78,6 +85,7 @@ class ClassifierApp(LocalPortApp):
         yield ir.Flow(layout.table("ports"), PRIO_PORT, match, actions, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+        yield from (network_owner(n) for n in sorted(nat_changed(change, topo)))
         if change.kind == KIND_NETWORK:  # its key is what packets are tagged with; its VNI/VLAN how they arrive
             yield network_owner(change.id)
             yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))

@@ -8,9 +8,15 @@ Unknown unicast is dropped (a controller knows every MAC on its networks).
 Where a port is (this host, another chassis, a provider uplink) is the
 egress stages' business, not L2's: see :mod:`hwflow.apps.output`.
 
-Owners: ``port:<id>`` for a port's unicast flow (every port of a network
-that has a local port: remote ones are reached the same way), and
-``network:<id>`` for the network's flood flow.
+A network is switched here while it is *present*: it has a local port, or
+it is a NAT network (:func:`nat_networks`: a router's gateway network, the
+external network of a local port's floating IP), whose outside hosts (the
+upstream router behind the provider uplink) reach this host's FIPs and
+SNAT address with no port of the network here.
+
+Owners: ``port:<id>`` for a port's unicast flow (every port of a present
+network: remote ones are reached the same way), and ``network:<id>`` for
+the network's flood flow.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from hwflow.apps.base import App, network_of, network_owner, port_owner
+from hwflow.model.objects import FloatingIP, Router
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
@@ -31,16 +38,45 @@ def mac_to_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+def nat_networks(topo: Topology) -> set[str]:
+    """Networks l3 translates on here: routers' gateway networks and the external networks of local ports' FIPs."""
+    gateways = {r.gateway_network_id for r in topo.of(Router.kind).values() if r.gateway_network_id}
+    return gateways | {f.floating_network_id for f in topo.of(FloatingIP.kind).values() if topo.is_local(f.port_id)}
+
+
 def local_networks(topo: Topology) -> set[str]:
-    return {port.network_id for port in topo.local_ports()}
+    """The networks present here: those of local ports, and the NAT networks."""
+    return {port.network_id for port in topo.local_ports()} | nat_networks(topo)
+
+
+def present(topo: Topology, network_id: str) -> bool:
+    """Whether the network is switched here (one of :func:`local_networks`), without listing them all."""
+    return bool(topo.local_ports_of(network_id)) or network_id in nat_networks(topo)
+
+
+def nat_changed(change: Change, topo: Topology) -> set[str]:
+    """Networks a change may make NAT networks or stop being: a router's gateway, a FIP's, or a FIP port's."""
+    objs = [o for o in (change.old, change.new) if o is not None]
+    if change.kind == Router.kind:
+        return {r.gateway_network_id for r in objs} - {""}
+    if change.kind == FloatingIP.kind:
+        return {f.floating_network_id for f in objs}
+    if change.kind in (KIND_PORT, KIND_LOCAL):
+        return {f.floating_network_id for f in topo.of(FloatingIP.kind).values() if f.port_id == change.id}
+    return set()
+
+
+def network_owners(network_id: str, topo: Topology) -> Iterator[str]:
+    """The owners of a network in L2 and output: its flood and each of its ports."""
+    yield network_owner(network_id)
+    yield from (port_owner(p.id) for p in topo.ports_of(network_id))
 
 
 class L2App(App):
     spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"}, exits=("out",))
 
     def owners(self, topo: Topology) -> Iterator[str]:
-        networks = local_networks(topo)
-        for network_id in sorted(networks):
+        for network_id in sorted(local_networks(topo)):
             yield from (port_owner(p.id) for p in topo.ports_of(network_id))
             yield network_owner(network_id)
 
@@ -50,22 +86,23 @@ class L2App(App):
         if kind == "port":
             port = topo.ports.get(oid)
             network = port and topo.networks.get(port.network_id)
-            if port is None or network is None or not topo.local_ports_of(port.network_id):
+            if port is None or network is None or not present(topo, port.network_id):
                 return
             yield ir.Flow(table, PRIO_UNICAST, ir.Match.of(metadata=network.unique_key, eth_dst=mac_to_int(port.mac)),
                           (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
             return
         network = topo.networks.get(oid)
-        if network is None or not topo.local_ports_of(oid):
+        if network is None or not present(topo, oid):
             return
         match = ir.Match((*FLOOD, ir.FieldMatch("metadata", network.unique_key, ir.full_mask("metadata"))))
         yield ir.Flow(table, PRIO_FLOOD, match,
                       (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out")), owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+        for network_id in sorted(nat_changed(change, topo)):
+            yield from network_owners(network_id, topo)
         if change.kind == KIND_NETWORK:
-            yield network_owner(change.id)
-            yield from (port_owner(p.id) for p in topo.ports_of(change.id))
+            yield from network_owners(change.id, topo)
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
             # a local port coming or going may be the network's first or last here, which brings in (or takes
@@ -74,6 +111,4 @@ class L2App(App):
             local = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
                      or len(networks) > 1)
             for network_id in networks:
-                yield network_owner(network_id)
-                if local:
-                    yield from (port_owner(p.id) for p in topo.ports_of(network_id))
+                yield from network_owners(network_id, topo) if local else (network_owner(network_id),)

@@ -24,8 +24,9 @@ Keeping location out of L2 (which only chooses ``outport``) lets stages that
 filter per destination port, such as ingress security groups, sit between
 the two without knowing about tunnels.
 
-Owners: ``port:<id>`` (one port's delivery, for every port of a network with
-a local port), ``network:<id>`` (its flood group).
+Owners: ``port:<id>`` (one port's delivery, for every port of a network
+present here: see :func:`hwflow.apps.l2.present`), ``network:<id>`` (its
+flood group).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import ipaddress
 from collections.abc import Iterator
 
 from hwflow.apps.base import App, network_of, network_owner, port_owner
-from hwflow.apps.l2 import local_networks
+from hwflow.apps.l2 import local_networks, nat_changed, network_owners, present
 from hwflow.model.objects import Chassis, Network, Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -87,9 +88,9 @@ class OutputApp(App):
                 yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=topo.ports[oid].unique_key), actions, owner)
             return
         network = topo.networks.get(oid)
-        local = tuple(ir.Output(p.unique_key) for p in topo.local_ports_of(oid))
-        if network is None or not local:
+        if network is None or not present(topo, oid):
             return
+        local = tuple(ir.Output(p.unique_key) for p in topo.local_ports_of(oid))
         group = ir.flood_group(network.unique_key)
         if is_overlay(network):
             remote = self._remote_chassis_of(network, topo)
@@ -103,10 +104,10 @@ class OutputApp(App):
 
     @staticmethod
     def _port_actions(port_id: str, topo: Topology) -> tuple[ir.Action, ...]:
-        """Where one port of a network with a local port is: here, through a tunnel, or behind the uplink."""
+        """Where one port of a present network is: here, through a tunnel, or behind the uplink."""
         port = topo.ports.get(port_id)
         network = port and topo.networks.get(port.network_id)
-        if port is None or network is None or not topo.local_ports_of(port.network_id):
+        if port is None or network is None or not present(topo, port.network_id):
             return ()
         if topo.is_local(port_id):
             return (ir.Output(port.unique_key),)
@@ -122,9 +123,10 @@ class OutputApp(App):
         return [found[name] for name in sorted(found)]
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+        for network_id in sorted(nat_changed(change, topo)):
+            yield from network_owners(network_id, topo)
         if change.kind == KIND_NETWORK:
-            yield network_owner(change.id)
-            yield from (port_owner(p.id) for p in topo.ports_of(change.id))
+            yield from network_owners(change.id, topo)
         elif change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
             # a local port coming or going may be its network's first or last here, which brings in (or takes
@@ -133,9 +135,7 @@ class OutputApp(App):
             everyone = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
                         or len(networks) > 1)
             for network_id in networks:
-                yield network_owner(network_id)
-                if everyone:
-                    yield from (port_owner(p.id) for p in topo.ports_of(network_id))
+                yield from network_owners(network_id, topo) if everyone else (network_owner(network_id),)
         elif change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
             bound = [p for p in topo.ports.values() if p.chassis == change.id]
             yield from (port_owner(p.id) for p in bound)

@@ -173,16 +173,6 @@ def test_a_fip_removed_while_running_stops_both_ways(site: Site) -> None:
     assert " 100% packet loss" in ping(site.vm1, REMOTE)  # no FIP and no chassis address: no way out
 
 
-# What the uplink case waits for, outside this test's and l3's files (see the L3 app's docstring):
-UPLINK_GAPS = (
-    "the agent's selective topology holds only the subnets of a FIP's/gateway's external network, not its ports "
-    "(hwflow/agent/topology.py walk), so the upstream's MAC is unknown; l2/output/classifier handle only networks "
-    "with a local port (apps/l2.local_networks), and the classifier sends uplink packets straight to L2, past l3's "
-    "FIP ARP answer and DNAT"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=UPLINK_GAPS)
 def test_through_the_uplink_the_vm_goes_out_as_its_fip_and_is_reached_through_it(behind_uplink: Site) -> None:
     out = ping(behind_uplink.vm1, REMOTE)
     assert " 0% packet loss" in out, out
