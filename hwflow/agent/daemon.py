@@ -166,7 +166,7 @@ class Agent:
         try:
             self.nb.put_chassis(Chassis(
                 id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
-                tunnel_types=list(self.conf.agent.tunnel_types),
+                tunnel_types=list(self.conf.agent.tunnel_types), external_ip=self.conf.agent.external_ip,
                 hostname=socket.gethostname(), capabilities={"offload_devices": devices},
                 up=up, heartbeat_at=time.time(),
             ))

@@ -42,6 +42,13 @@ agent_opts = [
         default="127.0.0.1",
         help="Underlay address other chassis use to reach this host.",
     ),
+    cfg.StrOpt(
+        "external_ip",
+        default="",
+        help="IPv4 address on the external network(s) that this host's VMs without a "
+        "floating IP leave SNATed to (per-chassis SNAT, for routers with a gateway "
+        "and SNAT enabled). Empty: this host does no SNAT for them.",
+    ),
     cfg.ListOpt(
         "tunnel_types",
         default=["vxlan", "geneve"],

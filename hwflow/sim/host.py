@@ -63,7 +63,7 @@ class SimHost:
 
     def __init__(self, name: str, workdir: Path, database: str, num_vfs: int = 4,
                  profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
-                 uplinks: Mapping[str, str] | None = None) -> None:
+                 uplinks: Mapping[str, str] | None = None, external_ip: str = "") -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
         other end is ``uplink_peer(physnet)`` in that namespace."""
@@ -76,6 +76,7 @@ class SimHost:
         self.profile = profile
         self.agent_debug = agent_debug
         self.tunnel_ip = tunnel_ip
+        self.external_ip = external_ip  # per-chassis SNAT address ([agent] external_ip)
         self.uplinks = dict(uplinks or {})
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
@@ -165,6 +166,7 @@ class SimHost:
             f"ovs_rundir = {self.ovs.rundir}\n"
             f"integration_bridge = {BRIDGE}\n"
             f"tunnel_ip = {self.tunnel_ip}\n"
+            f"external_ip = {self.external_ip}\n"
             f"bridge_mappings = {','.join(f'{net}:{dev}' for net, dev in self._uplink_devices().items())}\n"
             "report_interval = 5\n\n"
             "[nic]\n"

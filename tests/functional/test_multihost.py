@@ -45,7 +45,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimHost, S
     base: Path = tmp_path_factory.mktemp("multihost")
     tag = secrets.token_hex(2)
     database = f"sqlite:///{base}/nb.sqlite"
-    pair = [SimHost(f"m{tag}{i}", base / f"h{i}", database, tunnel_ip=f"172.31.70.{i + 1}") for i in (1, 2)]
+    pair = [SimHost(f"m{tag}{i}", base / f"h{i}", database, tunnel_ip=f"172.31.70.{i + 1}",
+                    external_ip=f"198.51.100.{i}") for i in (1, 2)]
     try:
         for host in pair:
             host.start()
@@ -53,6 +54,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimHost, S
         with NbApi.from_url(database) as nb:
             # hosts come up before their VMs: an agent cache does not take in a chassis registering after its ports
             wait_for("both chassis registered", lambda: {c.id for c in nb.list(Chassis)} == {h.name for h in pair})
+            # each registers its per-chassis SNAT address, which l3 SNATs gateway traffic to
+            assert {c.id: c.external_ip for c in nb.list(Chassis)} == {h.name: h.external_ip for h in pair}
             for kind, (vni, vms) in NETWORKS.items():
                 net = nb.create(Network(name=f"mh-{kind}", network_type=kind, vni=vni))
                 for host, (vm, mac, ip) in zip(pair, vms, strict=True):
