@@ -248,10 +248,13 @@ def _free_handle(used: set[int]) -> int:
 
 
 def open_client(endpoint: str) -> TcClient:
+    """A client that checks every rule's NLM_F_ECHO copy: a device that stores something other than what was
+    asked refuses it (as OVS treats a tc echo mismatch). Checked identical against the real kernel's flower for
+    every rule the encoder and the shipped apps produce (VM tier, hil/checks)."""
     if endpoint == "netlink":
-        return TcClient(KernelTransport())
+        return TcClient(KernelTransport(), echo=True)
     if endpoint.startswith("unix:"):
-        return TcClient(SimSocketTransport(endpoint[len("unix:"):]))
+        return TcClient(SimSocketTransport(endpoint[len("unix:"):]), echo=True)
     raise ValueError(f"unknown tc endpoint {endpoint!r}: use 'netlink' or 'unix:<path>'")
 
 
