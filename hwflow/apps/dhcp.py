@@ -26,7 +26,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, port_owner
+from hwflow.apps.base import LocalPortApp, ipv4_int, ipv4_prefix, port_owner
 from hwflow.model.objects import Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -52,13 +52,15 @@ class Served:
 
 def served(port: Port, topo: Topology) -> Served | None:
     """The port's first IPv4 address that lies in a DHCP-enabled subnet of its network, if any."""
-    subnets = [s for s in topo.by(KIND_SUBNET, "network_id", port.network_id)
-               if s.enable_dhcp and s.network.version == 4]
+    subnets = [s for s in topo.by(KIND_SUBNET, "network_id", port.network_id) if s.enable_dhcp and ":" not in s.cidr]
     for text in port.ips:
-        address = ipaddress.ip_address(text)
+        if ":" in text:
+            continue
+        address = ipv4_int(text)  # integers and cached prefixes: a full compile asks this of every port
         for subnet in subnets:
-            if address in subnet.network:
-                return Served(address, subnet)
+            network, mask = ipv4_prefix(subnet.cidr)
+            if address & mask == network:
+                return Served(ipaddress.IPv4Address(address), subnet)
     return None
 
 
