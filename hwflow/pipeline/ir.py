@@ -356,20 +356,18 @@ class Pipeline:
         With ``on_clash`` the first of two clashing flows (in the order given) is kept and
         ``on_clash(kept, dropped)`` told, instead.
         """
-        # (sort key, arrival, flow): tuples compared in C, arrival keeps the order given among equal keys
-        decorated = sorted(((f.table, -f.priority, f.match.fields), i, f) for i, f in enumerate(flows))
+        ordered = sorted(flows, key=lambda f: (f.table, -f.priority, f.match.fields))  # tuples: compared in C
         kept: list[Flow] = []
-        last_key = None
-        for key, _, flow in decorated:
-            if key == last_key:  # equal keys sort next to each other
-                if kept[-1] == flow:
+        for flow in ordered:
+            last = kept[-1] if kept else None
+            if last is not None and last.key == flow.key:  # equal keys sort next to each other
+                if last == flow:
                     continue
                 if on_clash is None:
-                    raise ValueError(f"two flows share table/priority/match: {flow} vs {kept[-1]}")
-                on_clash(kept[-1], flow)
+                    raise ValueError(f"two flows share table/priority/match: {flow} vs {last}")
+                on_clash(last, flow)
                 continue
             kept.append(flow)
-            last_key = key
         return cls(tuple(kept), dict(table_names))
 
     def table(self, table: int) -> list[Flow]:
