@@ -60,6 +60,7 @@ setup(
             "l3 = hwflow.apps.l3:L3App",
             "output = hwflow.apps.output:OutputApp",
             "port_security = hwflow.apps.port_security:PortSecurityApp",
+            "responder = hwflow.apps.responder:ResponderApp",
             "sg_egress = hwflow.apps.security_groups:SgEgressApp",
             "sg_ingress = hwflow.apps.security_groups:SgIngressApp",
         ],

@@ -86,6 +86,18 @@ def owner_id(owner: str) -> str:
     return owner.split(":", 1)[1]
 
 
+def arp_answer(table: int, priority: int, network: int, address: str, mac: int, owner: str) -> ir.Flow:
+    """Answer an ARP request for ``address`` on ``network`` with ``mac``, back out of the asking port."""
+    answer = (
+        ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac), ir.SetField("arp_op", 2),
+        ir.Move("arp_sha", "arp_tha"), ir.SetField("arp_sha", mac),
+        ir.Move("arp_spa", "arp_tpa"), ir.SetField("arp_spa", ipv4_int(address)), ir.OutputInPort(),
+    )
+    return ir.Flow(table, priority,
+                   ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_tpa=ipv4_int(address)),
+                   answer, owner)
+
+
 # --- address conversions every app needs (IR values are plain integers) ---------------
 
 

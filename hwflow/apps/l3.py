@@ -66,7 +66,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, ipv4_int, ipv4_prefix, mac_int, port_owner
+from hwflow.apps.base import App, arp_answer, ipv4_int, ipv4_prefix, mac_int, port_owner
 from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -217,7 +217,7 @@ class L3App(App):
         if rp is None or network is None or ":" in rp.ip:
             return
         net = network.unique_key
-        yield _arp_answer(layout, net, rp.ip, mac_int(rp.mac), owner)
+        yield arp_answer(layout.table("arp"), PRIO_HIT, net, rp.ip, mac_int(rp.mac), owner)
         yield ir.Flow(layout.table("router_mac"), PRIO_HIT,
                       ir.Match.of(metadata=net, eth_type=ir.ETH_TYPE_IPV4, eth_dst=mac_int(rp.mac)),
                       (ir.GotoTable(layout.table("route")),), owner)
@@ -281,7 +281,7 @@ class L3App(App):
         if not external_ip or network is None or not routers:
             return
         ext, mac = network.unique_key, nat_mac(external_ip)
-        yield _arp_answer(layout, ext, external_ip, mac, owner)
+        yield arp_answer(layout.table("arp"), PRIO_HIT, ext, external_ip, mac, owner)
         yield ir.Flow(layout.table("router_mac"), PRIO_HIT,
                       ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, eth_dst=mac),
                       (ir.GotoTable(layout.table("nat_in")),), owner)
@@ -308,7 +308,7 @@ class L3App(App):
         router, inside, ext = found
         floating, fixed, mac = fip.floating_ip_address, fip.fixed_ip_address, nat_mac(fip.floating_ip_address)
         ipv4 = ir.ETH_TYPE_IPV4
-        yield _arp_answer(layout, ext, floating, mac, owner)
+        yield arp_answer(layout.table("arp"), PRIO_HIT, ext, floating, mac, owner)
         yield ir.Flow(layout.table("router_mac"), PRIO_HIT, ir.Match.of(metadata=ext, eth_type=ipv4, eth_dst=mac),
                       (ir.GotoTable(layout.table("nat_in")),), owner)
         zone, next_hop = router_zone(router), layout.table("next_hop")
@@ -334,18 +334,6 @@ class L3App(App):
                 yield ir.Flow(layout.table("next_hop"), PRIO_HIT,
                               ir.Match.of(metadata=network.unique_key, **{layout.reg("nexthop"): ipv4_int(address)}),
                               (ir.SetField("eth_dst", mac_int(port.mac)), layout.goto("out")), owner)
-
-
-def _arp_answer(layout: AppLayout, network: int, address: str, mac: int, owner: str) -> ir.Flow:
-    """Answer an ARP request for ``address`` on ``network`` with ``mac``, back out of the asking port."""
-    answer = (
-        ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac), ir.SetField("arp_op", 2),
-        ir.Move("arp_sha", "arp_tha"), ir.SetField("arp_sha", mac),
-        ir.Move("arp_spa", "arp_tpa"), ir.SetField("arp_spa", ipv4_int(address)), ir.OutputInPort(),
-    )
-    return ir.Flow(layout.table("arp"), PRIO_HIT,
-                   ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_tpa=ipv4_int(address)),
-                   answer, owner)
 
 
 def _egress(layout: AppLayout, leg: Leg) -> tuple[ir.Action, ...]:

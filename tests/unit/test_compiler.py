@@ -49,11 +49,11 @@ def test_one_port_added_touches_only_its_owners():
     compiler.compile(topo)
     new = Port(id="px", name="", network_id="n0", mac="fa:16:3e:00:02:00", unique_key=999)
     delta = compiler.update(topo, topo.update({"port": {**ports, "px": new}}, set(ports) | {"px"}))
-    # the port's owners in classifier, port security, dhcp and l3 (a possible next hop: no router here, so
-    # no flow), and its network's in the classifier (tunnel/uplink entry); in l2 and output, its network and
-    # every port of it (10 + the new one: a new local port may be the network's first, which the topology
-    # cannot tell after a batch of changes)
-    assert delta.owners == 5 + 2 * (1 + 11)
+    # the port's owners in classifier, port security, dhcp, responder (no address: no flow) and l3 (a possible
+    # next hop: no router here, so no flow), and its network's in the classifier (tunnel/uplink entry); in l2 and
+    # output, its network and every port of it (10 + the new one: a new local port may be the network's first,
+    # which the topology cannot tell after a batch of changes)
+    assert delta.owners == 6 + 2 * (1 + 11)
     assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
     # classify, unicast, delivery, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
     assert sum(f.owner == "port:px" for f in delta.added) == 7

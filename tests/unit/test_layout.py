@@ -72,8 +72,8 @@ def test_registers_are_private_to_each_app(counts):
 
 def test_the_shipped_layout_loads_with_the_installed_apps():
     compiler = Compiler.from_file(layout_path(""))
-    assert list(compiler.layout.apps) == ["classifier", "port_security", "dhcp", "sg_egress", "l3", "l2", "sg_ingress",
-                                           "output"]
+    assert list(compiler.layout.apps) == ["classifier", "port_security", "dhcp", "sg_egress", "responder", "l3", "l2",
+                                           "sg_ingress", "output"]
     text = "\n".join(describe(compiler.layout))
     assert "classifier.out -> port_security.in" in text and "l3.out -> l2.in" in text
     assert '"l3" -> "l2"' in to_dot(compiler.layout)

@@ -98,7 +98,7 @@ def test_the_server_side_cannot_open_a_connection_to_a_client_without_ingress_ru
 
 def test_arp_neighbour_discovery_dhcp_and_unfiltered_ports_pass():
     wire = Wire(topology())
-    arp = {"eth_type": ir.ETH_TYPE_ARP, "arp_op": 1, "arp_spa": ip(ADDR["client"]), "arp_tpa": ip(ADDR["server"])}
+    arp = {"eth_type": ir.ETH_TYPE_ARP, "arp_op": 2, "arp_spa": ip(ADDR["client"]), "arp_tpa": ip(ADDR["server"])}
     assert wire.send("client", "server", **arp)
     v6 = {"eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": int(link_local(mac_of("client")).network_address),
           "ipv6_dst": int(link_local(mac_of("server")).network_address), "ip_proto": 58}

@@ -1,0 +1,113 @@
+"""The ARP responder for ports' own addresses, checked with the reference interpreter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from hwflow.apps.base import ipv4_int, mac_int
+from hwflow.apps.compiler import Compiler, layout_path
+from hwflow.backends.ovs import translate
+from hwflow.model.objects import Network, Port
+from hwflow.pipeline import interpreter, ir
+from hwflow.pipeline.topology import Topology
+
+VM1, VM2, REMOTE = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02", "fa:16:3e:00:00:03"
+ASKER = {"in_port": 11, "eth_src": mac_int(VM1), "eth_dst": (1 << 48) - 1, "eth_type": ir.ETH_TYPE_ARP,
+         "arp_op": 1, "arp_sha": mac_int(VM1), "arp_spa": ipv4_int("10.0.0.5"), "arp_tha": 0}
+
+
+def topology() -> Topology:
+    """vm1 and vm2 here on network a, a third port of a on another chassis; vm1 may send any ARP (no port security)."""
+    nets = {"a": Network(id="a", name="a", vni=1, unique_key=1)}
+    ports = {p.id: p for p in (
+        Port(id="vm1", name="vm1", network_id="a", mac=VM1, ips=["10.0.0.5"], unique_key=11,
+             port_security=False),
+        Port(id="vm2", name="vm2", network_id="a", mac=VM2, ips=["10.0.0.6"], unique_key=12),
+        Port(id="far", name="far", network_id="a", mac=REMOTE, ips=["10.0.0.7", "fd00::7"], unique_key=13,
+             chassis="other"))}
+    return Topology("h", nets, ports, {"vm1", "vm2"})
+
+
+def pipeline() -> ir.Pipeline:
+    return Compiler.from_file(layout_path("")).compile(topology())
+
+
+def ask(pl: ir.Pipeline, target: str, **fields: int) -> interpreter.Verdict:
+    return interpreter.run(pl, {**ASKER, "arp_tpa": ipv4_int(target), **fields})
+
+
+def test_a_remote_ports_address_is_answered_with_its_mac_back_out_of_the_asking_port():
+    ((port, reply),) = ask(pipeline(), "10.0.0.7").outputs
+    assert port == 11
+    assert (reply["eth_src"], reply["eth_dst"], reply["arp_op"]) == (mac_int(REMOTE), mac_int(VM1), 2)
+    assert (reply["arp_sha"], reply["arp_spa"]) == (mac_int(REMOTE), ipv4_int("10.0.0.7"))
+    assert (reply["arp_tha"], reply["arp_tpa"]) == (mac_int(VM1), ipv4_int("10.0.0.5"))
+
+
+def test_a_local_ports_address_is_answered_and_never_reaches_it():
+    out = ask(pipeline(), "10.0.0.6")
+    assert [p for p, _ in out.outputs] == [11]
+    assert out.outputs[0][1]["arp_sha"] == mac_int(VM2)
+
+
+def test_gratuitous_arp_and_the_owners_own_probe_are_flooded_not_answered():
+    pl = pipeline()
+    gratuitous = ask(pl, "10.0.0.5")  # vm1 announcing 10.0.0.5
+    assert sorted(p for p, _ in gratuitous.outputs) == [12]
+    assert all(pkt["arp_op"] == 1 for _, pkt in gratuitous.outputs)
+    probe = ask(pl, "10.0.0.5", arp_spa=0)  # RFC 5227: vm1 checks nobody else holds its address
+    assert sorted(p for p, _ in probe.outputs) == [12]
+    conflict = ask(pl, "10.0.0.6", in_port=11, arp_spa=0)  # vm1 probing vm2's address: it is taken
+    assert [(p, pkt["arp_op"]) for p, pkt in conflict.outputs] == [(11, 2)]
+
+
+def test_an_unknown_address_is_flooded_as_before():
+    out = ask(pipeline(), "10.0.0.99")
+    assert sorted(p for p, _ in out.outputs) == [12]
+    assert all(pkt["arp_op"] == 1 and pkt["arp_tpa"] == ipv4_int("10.0.0.99") for _, pkt in out.outputs)
+
+
+def test_answers_translate_to_openflow_arp_rewrites_back_out_of_in_port():
+    pl = pipeline()
+    (table,) = [t for t, name in pl.table_names.items() if name == "responder.arp"]
+    (answer,) = [f for f in pl.flows if f.table == table and f.owner == "port:far" and f.priority == 100]
+    mod = translate.to_flow_mod(answer, {11: 1, 12: 2})
+    assert (mod.match["eth_type"], mod.match["arp_op"], mod.match["arp_tpa"]) == (0x0806, 1, "10.0.0.7")
+    actions = [a for i in mod.instructions for a in getattr(i, "actions", [])]
+    assert {a.key: a.value for a in actions if isinstance(a, parser.OFPActionSetField)} == {
+        "eth_src": REMOTE, "arp_op": 2, "arp_sha": REMOTE, "arp_spa": "10.0.0.7"}
+    assert actions[-1].port == ofp.OFPP_IN_PORT
+
+
+PORTS = [Port(id=f"p{i}", name=f"p{i}", network_id=f"n{i % 2}", mac=f"fa:16:3e:00:00:{i + 1:02x}",
+              ips=[f"10.0.{i % 2}.{i + 5}"], unique_key=100 + i) for i in range(5)]
+NETS = [Network(id=f"n{i}", name=f"n{i}", vni=10 + i, unique_key=k) for i in range(2) for k in (i + 1, i + 7)]
+
+
+@st.composite
+def states(draw):
+    """Which networks exist (possibly renumbered), which ports exist (possibly readdressed), which are local."""
+    nets = {n.id: n for n in draw(st.lists(st.sampled_from(NETS), max_size=3))}
+    ports = {}
+    for port in draw(st.lists(st.sampled_from(PORTS), unique_by=lambda p: p.id)):
+        extra = draw(st.sampled_from([[], ["10.0.9.9"], ["fd00::1"]]))
+        ports[port.id] = dataclasses.replace(port, ips=port.ips + extra)
+    local = draw(st.sets(st.sampled_from(sorted(ports)))) if ports else set()
+    return nets, ports, local
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(states(), min_size=1, max_size=6))
+def test_incremental_equals_full(sequence):
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology("h")
+    compiler.compile(topo)
+    for nets, ports, local in sequence:
+        compiler.update(topo, topo.update({"network": nets, "port": ports}, local))
+        full = Compiler.from_file(layout_path("")).compile(Topology("h", nets, ports, local))
+        assert set(compiler.pipeline().flows) == set(full.flows)
