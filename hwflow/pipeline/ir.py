@@ -45,6 +45,9 @@ FIELD_BITS: dict[str, int] = {
     "arp_tpa": 32,
     "arp_sha": 48,
     "arp_tha": 48,
+    "nd_target": 128,  # IPv6 neighbor discovery (ICMPv6 135/136): the address solicited or advertised
+    "nd_sll": 48,  # an NS's source link-layer address option
+    "nd_tll": 48,  # an NA's target link-layer address option
     "tun_id": 64,  # VNI of a packet that came in (or goes out) through a tunnel
     "tun_src": 32,
     "tun_dst": 32,

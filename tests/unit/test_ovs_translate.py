@@ -67,6 +67,11 @@ def l3_terms(draw: st.DrawFn) -> list[ir.FieldMatch]:
     l4 = {6: ("tcp_src", "tcp_dst"), 17: ("udp_src", "udp_dst")}.get(proto)
     if l4:
         terms += [draw(masked(f)) for f in l4 if draw(st.booleans())]
+    elif proto == 58 and draw(st.booleans()):  # neighbor discovery: the ND fields need the exact type
+        nd_type = draw(st.sampled_from([135, 136]))
+        terms.append(exact("icmp_type", nd_type))
+        terms += [draw(masked(f)) for f in ("nd_target", "nd_sll" if nd_type == 135 else "nd_tll")
+                  if draw(st.booleans())]
     else:
         terms += [exact(f, draw(bits(f))) for f in ("icmp_type", "icmp_code") if draw(st.booleans())]
     return terms
@@ -122,6 +127,9 @@ def ir_flows(draw: st.DrawFn) -> ir.Flow:
         settable.append("ip_ttl")
     if ipv4:
         settable += ["ipv4_src", "ipv4_dst"]
+    nd_type = match.get("icmp_type") if eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV6 else None
+    if nd_type is not None and nd_type.value in (135, 136):
+        settable += ["nd_target", "nd_sll" if nd_type.value == 135 else "nd_tll"]
     state = match.get("ct_state")
     may_commit = state is None or not state.value & ir.CT_INV
     actions: list[ir.Action] = draw(st.lists(st.one_of(
@@ -192,7 +200,8 @@ def test_same_flow_with_its_match_respelled_has_the_same_key(flow: ir.Flow) -> N
 
 def _full(oxm: str):
     width = {"vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8, "icmpv6_code": 8, "reg15": 32,
-             "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32}.get(oxm) or ir.FIELD_BITS[oxm]
+             "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32, "ipv6_nd_target": 128,
+             "ipv6_nd_sll": 48, "ipv6_nd_tll": 48}.get(oxm) or ir.FIELD_BITS[oxm]
     return translate.to_user(oxm, (1 << width) - 1)
 
 

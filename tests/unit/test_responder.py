@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -13,6 +14,8 @@ from hwflow.apps.base import ipv4_int, mac_int
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.ovs import translate
 from hwflow.model.objects import Network, Port
+from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities
+from hwflow.offload.partition import PortOffload, hw_then_sw, partition
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 
@@ -111,3 +114,42 @@ def test_incremental_equals_full(sequence):
         compiler.update(topo, topo.update({"network": nets, "port": ports}, local))
         full = Compiler.from_file(layout_path("")).compile(Topology("h", nets, ports, local))
         assert set(compiler.pipeline().flows) == set(full.flows)
+
+
+# --- the IPv6 neighbor discovery fields (for the NA responder) in OpenFlow --------------------------
+
+ND = {"eth_type": ir.ETH_TYPE_IPV6, "ip_proto": 58}
+
+
+def test_nd_fields_translate_to_their_oxm_fields_behind_the_icmpv6_type():
+    solicit = ir.Flow(7, 100, ir.Match.of(**ND, icmp_type=135, nd_target=0xFD00 << 112 | 7),
+                      (ir.SetField("nd_sll", mac_int(REMOTE)), ir.OutputInPort()), "port:far")
+    mod = translate.to_flow_mod(solicit, {})
+    assert (mod.match["icmpv6_type"], mod.match["ipv6_nd_target"]) == (135, "fd00::7")
+    actions = [a for i in mod.instructions for a in getattr(i, "actions", [])]
+    assert (actions[0].key, actions[0].value) == ("ipv6_nd_sll", REMOTE)
+
+
+def test_nd_fields_without_their_icmpv6_type_are_refused_naming_it():
+    unsolicited = ir.Flow(7, 100, ir.Match.of(**ND, icmp_type=135), (ir.SetField("nd_tll", 1),), "port:far")
+    with pytest.raises(translate.TranslationError, match="ipv6_nd_tll needs an exact match on icmp_type=136"):
+        translate.to_flow_mod(unsolicited, {})
+
+
+def test_a_path_matching_or_rewriting_nd_fields_stays_in_software_and_gives_the_same_verdicts():
+    target, asker = 0xFD00 << 112 | 7, {"in_port": 1, "eth_src": mac_int(VM1), **ND, "icmp_code": 0}
+    flows = [ir.Flow(0, 10, ir.Match.of(**ND, icmp_type=135, nd_target=target),
+                     (ir.SetField("nd_tll", mac_int(REMOTE)), ir.Output(1)), "nd"),
+             ir.Flow(0, 5, ir.Match.of(eth_dst=mac_int(VM2)), (ir.Output(2),), "l2")]
+    pipeline = ir.Pipeline.build(flows, {})
+    caps = Capabilities(match_fields={"eth_dst": MASK_ANY, "eth_type": MASK_EXACT, "ip_proto": MASK_EXACT,
+                                      "icmp_type": MASK_EXACT}, actions=frozenset({"redirect", "drop"}),
+                        max_rules=100)
+    plan = partition(pipeline, {p: PortOffload(p, "sw0", caps) for p in (1, 2)}, (ir.ETH_TYPE_IPV6,),
+                     unicast_only=False)
+    assert "the NIC cannot rewrite nd_tll" in {s.reason for s in plan.software}
+    for pkt in ({**asker, "icmp_type": 135, "nd_target": target, "eth_dst": mac_int(VM2)},
+                {**asker, "icmp_type": 128, "eth_dst": mac_int(VM2)}):
+        assert hw_then_sw(pipeline, plan, pkt, interpreter.ConnTracker()) == interpreter.run(pipeline, pkt).outputs
+    answer = interpreter.run(pipeline, {**asker, "in_port": 2, "icmp_type": 135, "nd_target": target}).outputs
+    assert [(port, pkt["nd_tll"]) for port, pkt in answer] == [(1, mac_int(REMOTE))]

@@ -73,13 +73,15 @@ _SAME_NAME = frozenset({
 })
 # IR fields OpenFlow spells otherwise. outport sits where OVN keeps its logical outport: far from
 # the registers the layout hands out.
-_RENAMED = {"outport": "reg15", "tun_id": "tunnel_id", "tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst"}
-_MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
+_RENAMED = {"outport": "reg15", "tun_id": "tunnel_id", "tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst",
+            "nd_target": "ipv6_nd_target", "nd_sll": "ipv6_nd_sll", "nd_tll": "ipv6_nd_tll"}
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha", "ipv6_nd_sll", "ipv6_nd_tll"})
 _IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_src", "tun_ipv4_dst"})
 _IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "ipv6_nd_target"})
 # OXM widths, for telling an exact match from a masked one.
 _OXM_BITS = {**ir.FIELD_BITS, "reg15": 32, "vlan_vid": 13, "icmpv4_type": 8, "icmpv4_code": 8, "icmpv6_type": 8,
-             "icmpv6_code": 8, "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32}
+             "icmpv6_code": 8, "tunnel_id": 64, "tun_ipv4_src": 32, "tun_ipv4_dst": 32, "ct_state": 32,
+             "ipv6_nd_target": 128, "ipv6_nd_sll": 48, "ipv6_nd_tll": 48}
 # OVS refuses a mask on these (MFM_NONE).
 _NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "icmp_type", "icmp_code", "arp_op", "ct_zone"})
 _IP_ETH_TYPES = (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)
@@ -106,6 +108,10 @@ _PREREQUISITES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "arp_tpa": (_ARP,),
     "arp_sha": (_ARP,),
     "arp_tha": (_ARP,),
+    # ND fields: an exact ICMPv6 type (IR icmp_type; its own prerequisites are icmpv6_type's, checked here).
+    "ipv6_nd_target": (_V6, ("ip_proto", (58,)), ("icmp_type", (135, 136))),
+    "ipv6_nd_sll": (_V6, ("ip_proto", (58,)), ("icmp_type", (135,))),
+    "ipv6_nd_tll": (_V6, ("ip_proto", (58,)), ("icmp_type", (136,))),
     # Not match fields: what OVS wants matched before it lets an action touch the IP TTL, send the
     # packet through conntrack, or translate it to an IPv4 address.
     "nw_ttl": (("eth_type", _IP_ETH_TYPES),),
