@@ -47,6 +47,7 @@ from hwflow.backends.ovs.openflow import OpenFlowConnection, OpenFlowError, Pack
 from hwflow.model.objects import Network, Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
+from hwflow.util.checksum import internet_checksum
 
 LOG = logging.getLogger(__name__)
 
@@ -190,22 +191,12 @@ def encode_frame(eth_src: bytes, eth_dst: bytes, ip_src: ipaddress.IPv4Address, 
     """Ethernet + IPv4 + UDP 67 -> 68 around ``payload``, both checksums filled in."""
     udp_length = UDP.size + len(payload)
     pseudo = ip_src.packed + ip_dst.packed + struct.pack("!BBH", 0, IPPROTO_UDP, udp_length)
-    udp_sum = _checksum(pseudo + UDP.pack(SERVER_PORT, CLIENT_PORT, udp_length, 0) + payload) or 0xFFFF
+    udp_sum = internet_checksum(pseudo + UDP.pack(SERVER_PORT, CLIENT_PORT, udp_length, 0) + payload) or 0xFFFF
     udp = UDP.pack(SERVER_PORT, CLIENT_PORT, udp_length, udp_sum) + payload
     header = IPV4.pack(0x45, 0, IPV4.size + len(udp), 0, 0, IP_DEFAULT_TTL, IPPROTO_UDP, 0, ip_src.packed,
                        ip_dst.packed)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return ETHERNET.pack(eth_dst, eth_src, ir.ETH_TYPE_IPV4) + header + udp
-
-
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 # --- answering ------------------------------------------------------------------------------------

@@ -72,6 +72,24 @@ def network_owners(network_id: str, topo: Topology) -> Iterator[str]:
     yield from (port_owner(p.id) for p in topo.ports_of(network_id))
 
 
+def placement_affected(change: Change, topo: Topology) -> Iterator[str]:
+    """Owners of L2 and output (both have a flow per port and per network) that a change may touch.
+
+    A local port coming or going may be its network's first or last here, which brings in (or takes away) every
+    port's flows: after a batch of changes the topology cannot say what the count was, so any change of
+    localness recomputes the network ("local" changes carry the port as it was and as it is).
+    """
+    for network_id in sorted(nat_changed(change, topo)):
+        yield from network_owners(network_id, topo)
+    if change.kind == KIND_NETWORK:
+        yield from network_owners(change.id, topo)
+    elif change.kind in (KIND_PORT, KIND_LOCAL):
+        yield port_owner(change.id)
+        everyone = change.kind == KIND_LOCAL or change.id in topo.local_port_ids
+        for network_id in network_of(change):
+            yield from network_owners(network_id, topo) if everyone else (network_owner(network_id),)
+
+
 class L2App(App):
     spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"}, exits=("out",))
 
@@ -99,16 +117,4 @@ class L2App(App):
                       (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out")), owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        for network_id in sorted(nat_changed(change, topo)):
-            yield from network_owners(network_id, topo)
-        if change.kind == KIND_NETWORK:
-            yield from network_owners(change.id, topo)
-        elif change.kind in (KIND_PORT, KIND_LOCAL):
-            yield port_owner(change.id)
-            # a local port coming or going may be the network's first or last here, which brings in (or takes
-            # away) every port's flows; the topology cannot say what the count was before a batch of changes
-            networks = network_of(change)
-            local = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
-                     or len(networks) > 1)
-            for network_id in networks:
-                yield from network_owners(network_id, topo) if local else (network_owner(network_id),)
+        yield from placement_affected(change, topo)

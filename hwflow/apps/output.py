@@ -34,12 +34,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, network_of, network_owner, port_owner
-from hwflow.apps.l2 import local_networks, nat_changed, network_owners, present
+from hwflow.apps.base import App, network_owner, port_owner
+from hwflow.apps.l2 import local_networks, placement_affected, present
 from hwflow.model.objects import Chassis, Network, Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
+from hwflow.pipeline.topology import Change, Topology
 
 PRIO_DELIVER = 100
 PRIO_FROM_TUNNEL = 110  # a flood that came in from a tunnel: above the flood that replicates to tunnels
@@ -123,20 +123,8 @@ class OutputApp(App):
         return [found[name] for name in sorted(found)]
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        for network_id in sorted(nat_changed(change, topo)):
-            yield from network_owners(network_id, topo)
-        if change.kind == KIND_NETWORK:
-            yield from network_owners(change.id, topo)
-        elif change.kind in (KIND_PORT, KIND_LOCAL):
-            yield port_owner(change.id)
-            # a local port coming or going may be its network's first or last here, which brings in (or takes
-            # away) every port's flows; after a batch of changes the topology cannot say what the count was
-            networks = network_of(change)
-            everyone = (change.kind == KIND_LOCAL or change.new is None or change.id in topo.local_port_ids
-                        or len(networks) > 1)
-            for network_id in networks:
-                yield from network_owners(network_id, topo) if everyone else (network_owner(network_id),)
-        elif change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
+        yield from placement_affected(change, topo)
+        if change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
             bound = [p for p in topo.ports.values() if p.chassis == change.id]
             yield from (port_owner(p.id) for p in bound)
             yield from (network_owner(n) for n in sorted({p.network_id for p in bound}))

@@ -96,6 +96,7 @@ class Topology:
         A kind missing from ``objects`` is left as it is.
         """
         changes: list[Change] = []
+        ports_before = self.ports
         for kind, new in objects.items():
             old = self.objects.get(kind, {})
             diff = _diff(kind, old, new)
@@ -105,9 +106,9 @@ class Topology:
             self.objects[kind] = dict(new)
         local = set(local_port_ids)
         for pid in sorted(local ^ self.local_port_ids):
-            port = self.ports.get(pid)
-            changes.append(Change(KIND_LOCAL, pid, port if pid in self.local_port_ids else None,
-                                  port if pid in local else None))
+            # the port as it was while local (it may be gone or on another network now) and as it is now
+            changes.append(Change(KIND_LOCAL, pid, ports_before.get(pid) if pid in self.local_port_ids else None,
+                                  self.ports.get(pid) if pid in local else None))
         self.local_port_ids = local
         return changes
 

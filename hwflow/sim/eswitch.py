@@ -19,6 +19,7 @@ from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
 from hwflow.sim import admission
 from hwflow.sim.profile import Profile
+from hwflow.util.checksum import internet_checksum
 
 LOG = logging.getLogger(__name__)
 AUTO_PRIO = 0xC000  # the kernel's first automatically chosen prio (tcf_auto_prio)
@@ -179,16 +180,6 @@ def apply_pedit(action: fl.Pedit, frame: bytes) -> bytes:
     return bytes(out)
 
 
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of data."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def apply_csum(action: fl.Csum, frame: bytes) -> bytes:
     """Recompute the IPv4 header, TCP, UDP and ICMP checksums the action's flags name (IGMP, UDP-Lite, SCTP: no)."""
     l3, l3_type, l4 = _layers(frame)
@@ -199,7 +190,7 @@ def apply_csum(action: fl.Csum, frame: bytes) -> bytes:
         proto, total = out[l3 + 9], struct.unpack_from("!H", out, l3 + 2)[0]
         if action.flags & fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR:
             out[l3 + 10:l3 + 12] = b"\0\0"
-            out[l3 + 10:l3 + 12] = _checksum(bytes(out[l3:l4])).to_bytes(2, "big")
+            out[l3 + 10:l3 + 12] = internet_checksum(bytes(out[l3:l4])).to_bytes(2, "big")
         length = min(total - (l4 - l3), len(out) - l4)
         pseudo = bytes(out[l3 + 12:l3 + 20]) + struct.pack("!BBH", 0, proto, length)
     else:
@@ -212,7 +203,7 @@ def apply_csum(action: fl.Csum, frame: bytes) -> bytes:
     at = l4 + _CHECKSUM_AT.get(proto, 2)
     out[at:at + 2] = b"\0\0"
     covered = bytes(out[l4:l4 + length])
-    checksum = _checksum(covered if proto == fl.IPPROTO_ICMP else pseudo + covered)
+    checksum = internet_checksum(covered if proto == fl.IPPROTO_ICMP else pseudo + covered)
     if proto == fl.IPPROTO_UDP and checksum == 0:
         checksum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
     out[at:at + 2] = checksum.to_bytes(2, "big")
