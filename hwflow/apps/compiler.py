@@ -64,8 +64,8 @@ class Compiler:
         return cls(load_apps(sorted(names)), wiring)
 
     def compile(self, topo: Topology) -> ir.Pipeline:
-        """Everything from scratch (hundreds of thousands of small objects: no cyclic GC meanwhile)."""
-        with gc_paused():
+        """Everything from scratch (hundreds of thousands of small, long-lived objects: see gc_paused)."""
+        with gc_paused(keep=True):
             self._flows = {}
             for name, app_layout in self.layout.apps.items():
                 app = self.apps[name]
@@ -105,7 +105,7 @@ class Compiler:
         """The current pipeline; a flow clashing with another's key is dropped and logged."""
         if self._pipeline is None:
             flows = [flow for key in sorted(self._flows) for flow in self._flows[key]]
-            with gc_paused():
+            with gc_paused(keep=True):
                 self._pipeline = ir.Pipeline.build(flows, self.layout.table_names, on_clash=_log_clash)
         return self._pipeline
 
