@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.apps.port_security import link_local
+from hwflow.apps.port_security import link_local, source
 from hwflow.model.objects import Network, Port
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
@@ -60,12 +60,20 @@ def test_booting_vm_exchanges_pass_and_nothing_else_from_nowhere():
     v6 = {"eth_src": mac(MAC), "eth_type": ir.ETH_TYPE_IPV6}
     assert sent(pipeline, **v6, ipv6_src=0, ip_proto=58)  # duplicate address detection
     assert not sent(pipeline, **v6, ipv6_src=0, ip_proto=17)
-    assert sent(pipeline, **v6, ipv6_src=int(link_local(MAC).network_address), ip_proto=17)
-    assert not sent(pipeline, **v6, ipv6_src=int(link_local(OTHER_MAC).network_address), ip_proto=17)
+    assert sent(pipeline, **v6, ipv6_src=link_local(mac(MAC))[1], ip_proto=17)
+    assert not sent(pipeline, **v6, ipv6_src=link_local(mac(OTHER_MAC))[1], ip_proto=17)
 
 
 def test_link_local_is_the_eui64_address():
-    assert str(link_local("fa:16:3e:00:00:01").network_address) == "fe80::f816:3eff:fe00:1"
+    assert link_local(mac("fa:16:3e:00:00:01")) == (6, int(ipaddress.IPv6Address("fe80::f816:3eff:fe00:1")), 2**128 - 1)
+
+
+@given(st.ip_addresses(), st.data())
+def test_source_parses_as_ipaddress_does(address, data):
+    length = data.draw(st.integers(0, address.max_prefixlen))
+    net = ipaddress.ip_network(f"{address}/{length}", strict=False)
+    assert source(f"{address}/{length}") == (net.version, int(net.network_address), int(net.netmask))
+    assert source(str(address)) == (address.version, int(address), 2**address.max_prefixlen - 1)
 
 
 def test_without_port_security_anything_passes():
