@@ -48,6 +48,10 @@ FIELD_BITS: dict[str, int] = {
     "nd_target": 128,  # IPv6 neighbor discovery (ICMPv6 135/136): the address solicited or advertised
     "nd_sll": 48,  # an NS's source link-layer address option
     "nd_tll": 48,  # an NA's target link-layer address option
+    # RFC 4861 wire fields of the ND header itself, NIC-neutral like the rest: an NA answer is built by
+    # rewriting an NS, which needs its flags word and its option's type (OVS: nd_reserved, nd_options_type).
+    "nd_reserved": 32,  # the word after the checksum: an NA's R/S/O flags (0x80000000/0x40000000/0x20000000)
+    "nd_options_type": 8,  # the type of the message's link-layer option (1: source, 2: target)
     "tun_id": 64,  # VNI of a packet that came in (or goes out) through a tunnel
     "tun_src": 32,
     "tun_dst": 32,
