@@ -21,7 +21,9 @@ def gc_paused(keep: bool = False) -> Iterator[None]:
     0.3 s after a 226k-flow compile) and again in each later full collection, to find no cycle.
     Instead, garbage from before is collected on entry and everything alive on exit is frozen
     (``gc.freeze``: moved out of the collector's generations, O(1)); a frozen object is still freed
-    by reference counting when the next compile replaces it.
+    by reference counting when the next compile replaces it. The price: a cycle that forms among
+    objects frozen here and is later dropped is never collected, so use it for work that is long-lived
+    and acyclic, not in a loop that churns cyclic state.
     """
     enabled = gc.isenabled()
     if keep and enabled:

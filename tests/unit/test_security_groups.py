@@ -8,6 +8,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hwflow.apps.base import mac_int
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.apps.port_security import link_local
 from hwflow.apps.security_groups import port_masks
@@ -100,8 +101,8 @@ def test_arp_neighbour_discovery_dhcp_and_unfiltered_ports_pass():
     wire = Wire(topology())
     arp = {"eth_type": ir.ETH_TYPE_ARP, "arp_op": 2, "arp_spa": ip(ADDR["client"]), "arp_tpa": ip(ADDR["server"])}
     assert wire.send("client", "server", **arp)
-    v6 = {"eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": int(link_local(mac_of("client")).network_address),
-          "ipv6_dst": int(link_local(mac_of("server")).network_address), "ip_proto": 58}
+    v6 = {"eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": link_local(mac_int(mac_of("client")))[1],
+          "ipv6_dst": link_local(mac_int(mac_of("server")))[1], "ip_proto": 58}
     assert wire.send("client", "server", **v6, icmp_type=135, icmp_code=0)  # neighbour solicitation
     assert not wire.send("client", "server", **v6, icmp_type=128, icmp_code=0)  # echo: no IPv6 ingress rule
     assert not wire.send("server", "client", **v6, icmp_type=134, icmp_code=0)  # no router advertisements from a VM
