@@ -14,6 +14,14 @@ knows no OpenFlow: every match field and action is a :class:`Template` here,
 generated from os-ken's own field table, with the os-ken object that is its
 reference. A new field is one more name in :data:`FIELD_NAMES`; a new action
 one more entry in :func:`_action_templates`.
+
+OVS fields os-ken lacks are added to its OpenFlow 1.3 field table here
+(:data:`OVS_EXTRA_FIELDS`), the way os-ken declares its own, so the reference
+encoder, os-ken's match parser and the native templates all know them: today
+``nd_reserved`` and ``nd_options_type`` (OVS >= 2.11; what turns a neighbor
+solicitation into an advertisement). Their OXM class is 0x1000 (OVS's
+ERICOXM_OF, a plain 4-byte header like NXM's, not an experimenter OXM),
+fields 1 and 2, as ``ovs-ofctl ofp-print`` decodes them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from os_ken.lib import type_desc
-from os_ken.ofproto import nicira_ext, ofproto_common
+from os_ken.ofproto import nicira_ext, ofproto_common, oxm_fields
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -50,14 +58,42 @@ CHUNK_BYTES = 1 << 20
 NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
 _IPV4 = type_desc.IPv4Addr
 
+ERICOXM_OF_CLASS = 0x1000  # OVS's OXM class for the fields Ericsson contributed (lib/meta-flow.h)
+
+
+class EricssonOxm(oxm_fields._OxmClass):
+    """An OXM of OVS's ERICOXM_OF class: a 4-byte header like OpenFlow basic fields."""
+
+    _class = ERICOXM_OF_CLASS
+
+
+# OVS fields os-ken does not know: (name, OXM field number, os-ken value type), as OVS's meta-flow.h has them.
+OVS_EXTRA_FIELDS = (
+    ("nd_reserved", 1, type_desc.Int4),  # ERICOXM_OF_ICMPV6_ND_RESERVED: the ND flags word (an NA's R/S/O)
+    ("nd_options_type", 2, type_desc.Int1),  # ERICOXM_OF_ICMPV6_ND_OPTIONS_TYPE: the ND option's type
+)
+
+
+def _register_ovs_fields() -> None:
+    """Add :data:`OVS_EXTRA_FIELDS` to os-ken's OpenFlow 1.3 field table and rebuild its lookups, as os-ken's
+    own module does at import; a second call (a reload) adds nothing."""
+    known = {field.name for field in ofp.oxm_types}
+    new = [EricssonOxm(name, number, kind) for name, number, kind in OVS_EXTRA_FIELDS if name not in known]
+    if new:
+        ofp.oxm_types.extend(new)
+        oxm_fields.generate(ofp.__name__)
+
+
+_register_ovs_fields()
+
 # The OXM fields templates exist for, by os-ken name (its width and header come from os-ken).
 FIELD_NAMES: tuple[str, ...] = (
     "in_port", "metadata", "eth_dst", "eth_src", "eth_type", "vlan_vid", "vlan_pcp", "ip_dscp", "ip_ecn",
     "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst",
     "icmpv4_type", "icmpv4_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "ipv6_src", "ipv6_dst",
-    "ipv6_flabel", "icmpv6_type", "icmpv6_code", "ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll", "tunnel_id",
-    "tcp_flags", "nw_ttl", "tun_ipv4_src", "tun_ipv4_dst", "tun_ipv6_src", "tun_ipv6_dst", "pkt_mark",
-    "ct_state", "ct_zone", "ct_mark", "ct_label", "conj_id",
+    "ipv6_flabel", "icmpv6_type", "icmpv6_code", "ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll", "nd_reserved",
+    "nd_options_type", "tunnel_id", "tcp_flags", "nw_ttl", "tun_ipv4_src", "tun_ipv4_dst", "tun_ipv6_src",
+    "tun_ipv6_dst", "pkt_mark", "ct_state", "ct_zone", "ct_mark", "ct_label", "conj_id",
     *(f"reg{i}" for i in range(16)), *(f"xreg{i}" for i in range(8)),
 )
 

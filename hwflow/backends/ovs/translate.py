@@ -35,6 +35,14 @@ How the IR's less obvious parts are said in OpenFlow 1.3 + Nicira extensions:
   so does the translation: the IR cannot match "any tag".
 - ``tun_id`` is OXM tunnel_id, ``tun_src``/``tun_dst`` NXM_NX_TUN_IPV4_SRC/DST,
   matched and set alike.
+- ``nd_reserved``/``nd_options_type`` are OVS's ERICOXM_OF fields of the same
+  names (see :mod:`native`), set only: os-ken puts their OXMs ahead of the
+  ICMPv6 type they need, which OVS refuses in a match (OFPBMC_BAD_PREREQ), so
+  a match on them is refused here. They are what turns a neighbor
+  solicitation into an advertisement in place: OVS refuses ``nd_tll`` on a
+  flow matching a solicitation, so the answer rewrites the flags word and the
+  option's type (1 -> 2) and puts the target's MAC in the option as
+  ``nd_sll``; OVS recomputes the ICMPv6 checksum.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ InstructionsKey = tuple[tuple[Any, ...], ...]
 _SAME_NAME = frozenset({
     "in_port", "metadata", "eth_src", "eth_dst", "eth_type", "vlan_vid", "ipv4_src", "ipv4_dst",
     "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "arp_op",
-    "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "ct_state", "ct_zone", "ct_mark", *(f"reg{i}" for i in range(8)),
+    "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "ct_state", "ct_zone", "ct_mark", "nd_reserved", "nd_options_type",
+    *(f"reg{i}" for i in range(8)),
 })
 # IR fields OpenFlow spells otherwise. outport sits where OVN keeps its logical outport: far from
 # the registers the layout hands out.
@@ -84,6 +93,8 @@ _OXM_BITS = {**ir.FIELD_BITS, "reg15": 32, "vlan_vid": 13, "icmpv4_type": 8, "ic
              "ipv6_nd_target": 128, "ipv6_nd_sll": 48, "ipv6_nd_tll": 48}
 # OVS refuses a mask on these (MFM_NONE).
 _NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "icmp_type", "icmp_code", "arp_op", "ct_zone"})
+# Set-only: os-ken orders their OXMs (class 0x1000) ahead of the eth_type/ip_proto/icmpv6_type they need.
+_NOT_MATCHABLE = frozenset({"nd_reserved", "nd_options_type"})
 _IP_ETH_TYPES = (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)
 _V4 = ("eth_type", (ir.ETH_TYPE_IPV4,))
 _V6 = ("eth_type", (ir.ETH_TYPE_IPV6,))
@@ -112,6 +123,8 @@ _PREREQUISITES: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
     "ipv6_nd_target": (_V6, ("ip_proto", (58,)), ("icmp_type", (135, 136))),
     "ipv6_nd_sll": (_V6, ("ip_proto", (58,)), ("icmp_type", (135,))),
     "ipv6_nd_tll": (_V6, ("ip_proto", (58,)), ("icmp_type", (136,))),
+    "nd_reserved": (_V6, ("ip_proto", (58,)), ("icmp_type", (135, 136))),
+    "nd_options_type": (_V6, ("ip_proto", (58,)), ("icmp_type", (135, 136))),
     # Not match fields: what OVS wants matched before it lets an action touch the IP TTL, send the
     # packet through conntrack, or translate it to an IPv4 address.
     "nw_ttl": (("eth_type", _IP_ETH_TYPES),),
@@ -217,6 +230,9 @@ def _oxm_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) -> t
         return None  # matches everything: OpenFlow has no term for it
     if term.field == "ip_ttl":
         raise TranslationError(flow, "OpenFlow 1.3 cannot match ip_ttl")
+    if term.field in _NOT_MATCHABLE:
+        raise TranslationError(flow, f"{term.field} can only be set: OVS refuses a match on it as os-ken orders it "
+                                     "(ahead of the ICMPv6 type it needs); match nd_target or icmp_type instead")
     if term.field in _NOT_MASKABLE and not term.exact:
         raise TranslationError(flow, f"{term.field} can only be matched exactly in OpenFlow "
                                      f"(mask {term.mask:#x})")
