@@ -27,14 +27,16 @@ the group's flows in ``rules``. A port in several groups (or in a group not
 stored yet, key 0) gets its own copy of its groups' rules, matched on the
 port. So flows grow as ports + rules, not ports x rules.
 
-Conntrack zone: one per local port, the port's ``unique_key``. A packet
+Conntrack zone: one per local port, its local number on this host
+(:meth:`Topology.local_number`: the port's ``unique_key`` when that is free
+and small enough, so usually the key). A packet
 between two local ports is tracked twice, at the sender's egress and at the
 receiver's ingress; with one shared zone the sender's commit would make the
 receiver see ``+est`` and skip its ingress rules. Per-port zones keep the two
 checks apart (and overlapping tenant addresses apart). A zone is 16 bits
-and l3's NAT zones hold the upper half (0x8000 and up): a port whose key is
-above 0x7fff (or is 0, the default zone) cannot be tracked here and all its
-IP traffic is dropped (failing closed), with an error naming it.
+and l3's NAT zones hold the upper half (0x8000 and up), so a host can filter
+0x7fff local ports; a port beyond that cannot be tracked here and all its IP
+traffic is dropped (failing closed), with an error naming it.
 
 Removing a rule stops new connections at once; connections it had admitted
 stay established (no conntrack flush).
@@ -110,12 +112,14 @@ def prefix_match(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network)
     return ir.FieldMatch(field, *prefix(field, net))
 
 
-def zone_of(port: Port) -> int | None:
-    """The port's conntrack zone, or None (logged) when its key is no 16-bit zone."""
-    if 1 <= port.unique_key <= MAX_ZONE:
-        return port.unique_key
-    LOG.error("port %s: unique_key %d is no conntrack zone (1..%d), so its security groups cannot be enforced and "
-              "its IP traffic is dropped; recreate the port to get a smaller key", port.id, port.unique_key, MAX_ZONE)
+def zone_of(port: Port, topo: Topology) -> int | None:
+    """The local port's conntrack zone, or None (logged) when the host has none left for it."""
+    zone = topo.local_number(port.id)
+    if zone is not None and zone <= MAX_ZONE:
+        return zone
+    LOG.error("port %s: no conntrack zone left on this host (1..%d are taken by other local ports), so its security "
+              "groups cannot be enforced and its IP traffic is dropped; move some ports to another host",
+              port.id, MAX_ZONE)
     return None
 
 
@@ -314,7 +318,7 @@ class _SecurityGroupStage(App):
             if key and index.has_shared_port(oid):
                 yield from self._group(oid, key, index, layout, owner)
         elif topo.is_local(oid) and topo.ports[oid].security_groups:
-            yield from self._port(topo.ports[oid], index, layout, owner)
+            yield from self._port(topo.ports[oid], topo, index, layout, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         fresh = self._index is None or self._index.topo is not topo
@@ -347,11 +351,12 @@ class _SecurityGroupStage(App):
 
     # --- flows --------------------------------------------------------------------------------
 
-    def _port(self, port: Port, index: GroupIndex, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def _port(self, port: Port, topo: Topology, index: GroupIndex, layout: AppLayout,
+              owner: str) -> Iterator[ir.Flow]:
         """Into conntrack in the port's zone (with its group's key, if it shares its group's rules) and,
         for what a rule admits, the commit in that zone; the port's own rule flows if it shares none."""
         key = ir.FieldMatch(self.port_field, port.unique_key, ir.full_mask(self.port_field))
-        zone = zone_of(port)
+        zone = zone_of(port, topo)
         shared = index.shared(port)
         group_reg = layout.reg("group")
         for eth_type in IP_TYPES.values():

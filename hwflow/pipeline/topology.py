@@ -11,6 +11,15 @@ same instance while a record is unchanged), so an update that changes one
 port costs little more than walking the dictionaries. The few lookups apps
 make by a field (the ports of a network, the router ports of a router) are
 indexed here.
+
+It also gives each local port a *local number* (:meth:`Topology.local_number`),
+1..``LOCAL_NUMBERS``, for datapath resources scarcer than database keys (a
+conntrack zone is 16 bits; database keys grow forever). A port keeps its
+number while it stays local and known; its own ``unique_key`` is preferred
+when free, so small deployments see zone == key. Ports whose key is too big
+take numbers from the top down, so they rarely take a small key's own. A
+port that finds none free (all taken) gets one when it is next written or
+plugged.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from hwflow.model.objects import NbObject, Network, Port
 KIND_NETWORK = "network"
 KIND_PORT = "port"
 KIND_LOCAL = "local"  # a port became local to, or left, this chassis
+
+LOCAL_NUMBERS = 0x7FFF  # local numbers are 1..this (conntrack zones below l3's NAT zones)
 
 # (kind, field) pairs apps look objects up by.
 INDEXED = (("port", "network_id"), ("subnet", "network_id"), ("router_port", "router_id"),
@@ -48,6 +59,9 @@ class Topology:
         self._index: dict[tuple[str, str], dict[Any, set[str]]] = {key: {} for key in INDEXED}
         # (kind, field, value) -> the sorted answer of ``by``: apps ask the same question once per port
         self._by_cache: dict[tuple[str, str, Any], tuple[Any, ...]] = {}
+        self._numbers: dict[str, int] = {}  # local port id -> its local number
+        self._numbered: set[int] = set()
+        self._next_high = LOCAL_NUMBERS  # where the top-down search for a free number starts
         self.update({KIND_NETWORK: networks or {}, KIND_PORT: ports or {}, **(others or {})}, local_port_ids)
 
     # --- reading ---------------------------------------------------------------
@@ -88,6 +102,10 @@ class Topology:
     def is_local(self, port_id: str) -> bool:
         return port_id in self.local_port_ids and port_id in self.ports
 
+    def local_number(self, port_id: str) -> int | None:
+        """The local port's number (stable while it stays local), or None: not local, or all numbers taken."""
+        return self._numbers.get(port_id)
+
     # --- writing (the agent only) --------------------------------------------------
 
     def update(self, objects: Mapping[str, Mapping[str, Any]], local_port_ids: Iterable[str]) -> list[Change]:
@@ -110,6 +128,10 @@ class Topology:
             changes.append(Change(KIND_LOCAL, pid, ports_before.get(pid) if pid in self.local_port_ids else None,
                                   self.ports.get(pid) if pid in local else None))
         self.local_port_ids = local
+        touched = {c.id for c in changes if c.kind in (KIND_PORT, KIND_LOCAL)}
+        # numbers given back first, then taken in key order: a restarted agent numbers its ports as before
+        for pid in sorted(touched, key=lambda i: (self.is_local(i), getattr(self.ports.get(i), "unique_key", 0), i)):
+            self._renumber(pid)
         return changes
 
     def apply(self, kind: str, obj_id: str, obj: Any) -> list[Change]:
@@ -124,6 +146,8 @@ class Topology:
             table[obj_id] = obj
         change = Change(kind, obj_id, before, obj)
         self._reindex(change)
+        if kind == KIND_PORT:
+            self._renumber(obj_id)
         return [change]
 
     def set_local(self, port_id: str, local: bool) -> list[Change]:
@@ -133,9 +157,34 @@ class Topology:
         port = self.ports.get(port_id)
         if local:
             self.local_port_ids.add(port_id)
-            return [Change(KIND_LOCAL, port_id, None, port)]
-        self.local_port_ids.discard(port_id)
-        return [Change(KIND_LOCAL, port_id, port, None)]
+            change = Change(KIND_LOCAL, port_id, None, port)
+        else:
+            self.local_port_ids.discard(port_id)
+            change = Change(KIND_LOCAL, port_id, port, None)
+        self._renumber(port_id)
+        return [change]
+
+    def _renumber(self, port_id: str) -> None:
+        """Give a port that is local and known a number, and take it back from one that is not."""
+        number = self._numbers.get(port_id)
+        if not self.is_local(port_id):
+            if number is not None:
+                del self._numbers[port_id]
+                self._numbered.discard(number)
+                self._next_high = max(self._next_high, number)
+            return
+        if number is None:
+            number = self._free_number(self.ports[port_id].unique_key)
+            if number is not None:
+                self._numbers[port_id] = number
+                self._numbered.add(number)
+
+    def _free_number(self, key: int) -> int | None:
+        if 1 <= key <= LOCAL_NUMBERS and key not in self._numbered:
+            return key
+        while self._next_high >= 1 and self._next_high in self._numbered:
+            self._next_high -= 1
+        return self._next_high if self._next_high >= 1 else None
 
     def _reindex(self, change: Change) -> None:
         for kind, field in INDEXED:

@@ -14,6 +14,7 @@ from hwflow.apps.port_security import link_local
 from hwflow.apps.security_groups import port_masks
 from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule
 from hwflow.pipeline import interpreter, ir
+from hwflow.pipeline import topology as topology_module
 from hwflow.pipeline.topology import Topology
 
 NET = Network(id="n", name="n", vni=5, unique_key=1)
@@ -23,7 +24,7 @@ GROUPS = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate
 
 
 def mac_of(name: str) -> str:
-    return f"fa:16:3e:00:00:{KEYS[name]:02x}"
+    return f"fa:16:3e:00:00:{KEYS[name] & 0xFF:02x}"
 
 
 def mac(text: str) -> int:
@@ -188,18 +189,29 @@ def test_a_groups_rules_are_shared_by_its_ports_so_a_port_costs_the_same_whateve
     assert wire.tcp("client", "open", 40000, 1007) and not wire.tcp("client", "open", 40000, 22)
 
 
-def test_a_port_whose_key_is_no_conntrack_zone_is_cut_off_with_an_error(caplog):
-    topo = topology()
-    big = port("server", ["ssh"], key=0x8000)  # the first of l3's NAT zones
-    topo.apply("port", "server", big)
+def test_a_port_whose_key_is_no_conntrack_zone_gets_a_zone_of_its_own(monkeypatch):
+    monkeypatch.setitem(KEYS, "server", 0x12345)  # beyond the 16-bit zones: database keys are never reused
+    wire = Wire(topology())
+    zones = {a.zone for f in wire.pipeline.flows if f.owner == "port:server" for a in f.actions
+             if isinstance(a, ir.Conntrack)}
+    assert zones == {topology_module.LOCAL_NUMBERS}  # numbered from the top down, clear of the small keys
+    assert wire.tcp("client", "server", 40000, 22) and wire.tcp("server", "client", 22, 40000)
+    assert not wire.tcp("client", "server", 40001, 80)
+
+
+def test_a_port_beyond_the_hosts_zones_is_cut_off_with_an_error(monkeypatch, caplog):
+    monkeypatch.setattr(topology_module, "LOCAL_NUMBERS", 3)  # server, client and other (keys 11-13) take 3, 2, 1
     with caplog.at_level(logging.ERROR):
-        pipeline = Compiler.from_file(layout_path("")).compile(topo)
-    pkt = {"in_port": 0x8000, "eth_src": mac(mac_of("server")), "eth_dst": mac(mac_of("open")),
-           "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": ip(ADDR["server"]), "ipv4_dst": ip(ADDR["open"]), "ip_proto": 6}
-    assert interpreter.run(pipeline, pkt).kind == "drop"
-    assert interpreter.run(pipeline, {**pkt, "in_port": KEYS["client"], "eth_src": mac(mac_of("client")),
-                                      "ipv4_src": ip(ADDR["client"])}).kind == "output"  # the others still work
-    assert "port server: unique_key 32768 is no conntrack zone (1..32767)" in caplog.text
+        wire = Wire(topology(open=["plain"]))
+    assert wire.topo.local_number("open") is None
+    assert not wire.tcp("open", "server", 40000, 22)
+    assert wire.tcp("client", "server", 40000, 22)  # the others still work
+    assert "port open: no conntrack zone left on this host" in caplog.text
+    wire.change("port", "other", None)  # a zone given back is taken by the next port that needs one
+    wire.compiler.update(wire.topo, wire.topo.set_local("open", False) + wire.topo.set_local("open", True))
+    wire.pipeline = wire.compiler.pipeline()
+    assert wire.topo.local_number("open") == 1
+    assert wire.tcp("open", "server", 40000, 22)
 
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
