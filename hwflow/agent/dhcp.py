@@ -14,10 +14,10 @@ the gateway added, since a client that takes option 121 ignores option 3),
 lease time and the renewal (T1) and rebinding (T2) times.
 
 Server identifier: the subnet's gateway address; a subnet without a gateway
-uses its last host address. Only broadcast requests reach us (see
-hwflow.apps.dhcp), so a client renews by broadcast at T2 (rebinding); T1
-and T2 are the RFC's defaults (1/2 and 7/8 of the lease). The replies come
-from SERVER_MAC.
+uses its last host address. Broadcast requests and renewals unicast to the
+server identifier reach us (see hwflow.apps.dhcp for when a renewal cannot);
+T1 and T2 are the RFC's defaults (1/2 and 7/8 of the lease). The replies
+come from SERVER_MAC.
 
 Packet-ins arrive on the OpenFlow reader thread, which must never wait (it
 also reads the barrier replies flow programming waits for): the listener
@@ -42,7 +42,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
-from hwflow.apps.dhcp import CLIENT_PORT, IPPROTO_UDP, SERVER_PORT, Served, served
+from hwflow.apps.dhcp import CLIENT_PORT, IPPROTO_UDP, SERVER_PORT, Served, served, server_id
 from hwflow.backends.ovs.openflow import OpenFlowConnection, OpenFlowError, PacketIn
 from hwflow.model.objects import Network, Port, Subnet
 from hwflow.pipeline import ir
@@ -200,13 +200,6 @@ def encode_frame(eth_src: bytes, eth_dst: bytes, ip_src: ipaddress.IPv4Address, 
 
 
 # --- answering ------------------------------------------------------------------------------------
-
-
-def server_id(subnet: Subnet) -> ipaddress.IPv4Address:
-    """The gateway, or the last host address of a subnet without one (see the module docstring)."""
-    if subnet.gateway_ip:
-        return ipaddress.IPv4Address(subnet.gateway_ip)
-    return subnet.network.broadcast_address - 1
 
 
 def _addresses(texts: list[str]) -> bytes:

@@ -9,13 +9,17 @@ answers with the port's address. Everything else, and DHCP from a port the
 agent does not serve (a subnet without DHCP may have a DHCP server of its
 own on the network), goes on through ``out``.
 
-Only broadcast frames are punted: DISCOVER, REQUEST (selecting, rebooting,
-rebinding) and INFORM all go to ff:ff:ff:ff:ff:ff. A punt that also took
-unicast frames would overlap every unicast path of the port, and the
-partitioner keeps a path in software when an earlier software-only path
-overlaps it: the port's traffic would leave the NIC. So a renewal unicast to
-the server (RENEWING, from T1) is not answered; the client broadcasts at T2
-(REBINDING) and is answered then, long before its lease runs out.
+A served port's broadcast requests are punted: DISCOVER, and REQUEST when
+selecting, rebooting or rebinding (and INFORM) all go to ff:ff:ff:ff:ff:ff.
+So is a renewal from T1 (RENEWING), unicast to the server identifier
+(:func:`server_id`, the subnet's gateway) when a router port holds that
+address: the client resolved it to the router port's MAC (l3 answers its
+ARP), and the punt matches that MAC, the gateway address and UDP 68 -> 67.
+That narrow match overlaps none of the port's forwarding paths but one
+through the router to a default route, so a NIC that cannot hold a punt
+with a ``pass`` rule still carries the rest. Where no router port holds the
+gateway, nobody answers the client's ARP for it: those clients renew by
+broadcast at T2 (REBINDING), long before their lease runs out.
 
 Owners: ``dhcp:defaults`` (the pass-through), ``port:<id>`` (the punt).
 """
@@ -26,7 +30,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, ipv4_int, ipv4_prefix, port_owner
+from hwflow.apps.base import LocalPortApp, ipv4_int, ipv4_prefix, mac_int, port_owner
 from hwflow.model.objects import Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -36,7 +40,7 @@ PRIO_PUNT = 100
 PRIO_MISS = 0
 DEFAULTS = "dhcp:defaults"
 PUNT_REASON = "dhcp"
-KIND_SUBNET = "subnet"
+KIND_SUBNET, KIND_ROUTER_PORT = "subnet", "router_port"
 IPPROTO_UDP = 17
 BROADCAST_MAC = (1 << 48) - 1
 CLIENT_PORT, SERVER_PORT = 68, 67
@@ -48,6 +52,13 @@ class Served:
 
     address: ipaddress.IPv4Address
     subnet: Subnet
+
+
+def server_id(subnet: Subnet) -> ipaddress.IPv4Address:
+    """The gateway, or the last host address of a subnet without one (see hwflow.agent.dhcp)."""
+    if subnet.gateway_ip:
+        return ipaddress.IPv4Address(subnet.gateway_ip)
+    return subnet.network.broadcast_address - 1
 
 
 def served(port: Port, topo: Topology) -> Served | None:
@@ -78,14 +89,22 @@ class DhcpApp(LocalPortApp):
             yield from super().owner_flows(owner, topo, layout)
 
     def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
-        if served(port, topo) is None:
+        lease = served(port, topo)
+        if lease is None:
             return
-        match = ir.Match.of(in_port=port.unique_key, eth_dst=BROADCAST_MAC, eth_type=ir.ETH_TYPE_IPV4,
-                            ip_proto=IPPROTO_UDP, udp_src=CLIENT_PORT, udp_dst=SERVER_PORT)
-        yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, match, (ir.Punt(PUNT_REASON),), owner)
+        request = dict(in_port=port.unique_key, eth_type=ir.ETH_TYPE_IPV4, ip_proto=IPPROTO_UDP, udp_src=CLIENT_PORT,
+                       udp_dst=SERVER_PORT)
+        punt = (ir.Punt(PUNT_REASON),)
+        yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, ir.Match.of(**request, eth_dst=BROADCAST_MAC), punt, owner)
+        server = server_id(lease.subnet)
+        router_mac = next((mac_int(rp.mac) for rp in topo.by(KIND_ROUTER_PORT, "network_id", port.network_id)
+                           if rp.ip == str(server) and rp.mac), None)
+        if router_mac is not None:
+            renewal = ir.Match.of(**request, eth_dst=router_mac, ipv4_dst=int(server))
+            yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, renewal, punt, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
-        if change.kind == KIND_SUBNET:  # a subnet added, removed or toggled changes whom we serve
+        if change.kind in (KIND_SUBNET, KIND_ROUTER_PORT):  # whom we serve; where renewals go
             networks = {s.network_id for s in (change.old, change.new) if s is not None}
             for network_id in sorted(networks):
                 yield from (port_owner(p.id) for p in topo.local_ports_of(network_id))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from test_e2e import Lab, agent_log, lab, ovs_flows, vm_ns, wait_for  # noqa: F401 - lab is a fixture
 
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Network, Port, Subnet
+from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import SimHost, in_ns
 
 pytestmark = pytest.mark.functional
@@ -25,8 +26,12 @@ pytestmark = pytest.mark.functional
 CIDR, GATEWAY, DNS, MTU = "10.3.0.0/24", "10.3.0.1", "10.3.0.53", 1400
 CLIENT = ("vm1", "fa:16:3e:00:03:01", "10.3.0.11")
 PEER = ("vm2", "fa:16:3e:00:03:02", "10.3.0.12")
+ROUTER_MAC = "fa:16:3e:00:03:fe"
 # udhcpc runs this on each event; on "bound" it records what the lease gave (ip, subnet, router, dns, mtu...).
 LEASE_SCRIPT = '#!/bin/sh\n[ "$1" = bound ] && env > "$(dirname "$0")/lease.env"\nexit 0\n'
+# ... or configures the address it was given and lists the events it saw.
+RENEW_SCRIPT = ('#!/bin/sh\ncase "$1" in bound|renew) ip addr replace "$ip/$mask" dev "$interface"; '
+                'echo "$1" >> "$(dirname "$0")/events";; esac\nexit 0\n')
 
 
 def busybox() -> str:
@@ -35,10 +40,15 @@ def busybox() -> str:
     return path
 
 
-def network(host: SimHost) -> dict[str, Port]:
+def network(host: SimHost, routed: bool = False) -> dict[str, Port]:
     with NbApi.from_url(host.database) as nb:
         net = nb.create(Network(name="dhcp-net", vni=3003, mtu=MTU))
-        nb.create(Subnet(name="dhcp-sub", network_id=net.id, cidr=CIDR, gateway_ip=GATEWAY, dns_nameservers=[DNS]))
+        sub = nb.create(Subnet(name="dhcp-sub", network_id=net.id, cidr=CIDR, gateway_ip=GATEWAY,
+                               dns_nameservers=[DNS]))
+        if routed:
+            router = nb.create(Router(name="r"))
+            nb.create(RouterPort(name="r-dhcp", router_id=router.id, network_id=net.id, subnet_id=sub.id,
+                                 mac=ROUTER_MAC, ip=GATEWAY))
         return {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name))
                 for vm, mac, ip in (CLIENT, PEER)}
 
@@ -46,6 +56,12 @@ def network(host: SimHost) -> dict[str, Port]:
 def punt_flow_of(host: SimHost, vm: str) -> bool:
     ofport = host.ovsdb.ofport(host.vms[vm_ns(host, vm)].representor)
     return any(f.in_port == ofport and ofp.OFPP_CONTROLLER in f.outputs for f in ovs_flows(host))
+
+
+def renewal_punts(host: SimHost) -> int:
+    """Packets OVS punted through the renewal flow: unicast to the gateway's router port."""
+    return sum(f.packets for f in ovs_flows(host)
+               if f.eth_dst == (int(ROUTER_MAC.replace(":", ""), 16), 2**48 - 1) and ofp.OFPP_CONTROLLER in f.outputs)
 
 
 def udhcpc(ns: str, workdir: Path) -> dict[str, str]:
@@ -112,3 +128,29 @@ def test_broadcast_udp_from_the_dhcp_client_port_to_another_port_is_delivered_no
             receiver.kill()
             receiver.wait(5)
     assert out.strip() == "not-dhcp"
+
+
+def test_a_renewal_unicast_to_the_gateway_is_answered_by_the_agent(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    host = lab.host()
+    ports = network(host, routed=True)
+    client_ns = vm_ns(host, CLIENT[0])
+    host.plug(dataclasses.replace(ports[CLIENT[0]], ips=[]), client_ns)
+    wait_for("the DHCP punt flows of vm1 in OVS", lambda: punt_flow_of(host, CLIENT[0]), host=host)
+    script, events = tmp_path / "renew.sh", tmp_path / "events"
+    script.write_text(RENEW_SCRIPT)
+    script.chmod(0o755)
+    client = subprocess.Popen(["ip", "netns", "exec", client_ns, busybox(), "udhcpc", "-i", "eth0", "-f",  # noqa: S603
+                               "-t", "5", "-T", "1", "-s", str(script)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("vm1 bound", lambda: events.exists() and "bound" in events.read_text(), host=host)
+        assert renewal_punts(host) == 0
+        client.send_signal(signal.SIGUSR1)  # renew now: RENEWING, a REQUEST unicast to the server identifier
+        wait_for("vm1 renewed", lambda: "renew" in events.read_text(), host=host)
+    finally:
+        client.terminate()
+        client.wait(10)
+    assert renewal_punts(host) >= 1  # it came as unicast to the router port's MAC, not as a broadcast rebind
+    acks = agent_log(host).count(f"DHCP REQUEST from port {ports[CLIENT[0]].id}: ACK {CLIENT[2]}")
+    assert acks == 2, agent_log(host)[-3000:]
+    assert CLIENT[2] in in_ns(client_ns, "ip", "-4", "addr", "show", "eth0").stdout
