@@ -11,7 +11,12 @@ Tables, in order:
 
 * ``arp``: ARP requests for a router port's address, and on an external
   network for a local port's FIP or this chassis's external_ip, are
-  answered here and sent back out of the asking port.
+  answered here and sent back out of the asking port; so are IPv6 neighbor
+  solicitations for a router port's IPv6 address, with the NA's router
+  flag set (R|S|O, built as the responder app builds its answers, finished
+  in ``na``; duplicate address detection from ``::`` is passed on
+  unanswered). Routing is IPv4 only: an IPv6 router port is answered for,
+  nothing more.
 * ``router_mac``: IPv4 to a router port's MAC on this network is routed;
   on an external network, IPv4 to a FIP's or the chassis's MAC is
   translated (``nat_in``); everything else leaves through ``out`` (to L2).
@@ -54,7 +59,7 @@ Choices the model leaves open:
   addresses (the reply goes to the first router, by key, that holds its
   destination). All NAT zones are in 0x8000-0xffff; other apps keep below.
 
-Owners: ``router_port:<id>`` (ARP answer, router MAC), ``router:<id>``
+Owners: ``router_port:<id>`` (ARP or ND answer, router MAC), ``router:<id>``
 (routes, SNAT of its inside networks), ``port:<id>`` (a next hop on a routed
 or gateway network), ``floating_ip:<id>`` (a FIP of a local port),
 ``snat:<network id>`` (this chassis's external_ip on an external network).
@@ -67,12 +72,14 @@ import ipaddress
 from collections.abc import Iterator
 
 from hwflow.apps.base import App, arp_answer, ipv4_int, ipv4_prefix, mac_int, port_owner
+from hwflow.apps.responder import NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, dad_pass, nd_answer
 from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_HIT = 100
+PRIO_PASS = 110  # above an answer: what must not be answered
 PRIO_MISS = 0
 PRIO_ROUTE = 100  # plus the prefix length: longest prefix wins
 PRIO_FIP = 200  # a FIP's own SNAT before its router's per-chassis SNAT
@@ -132,7 +139,7 @@ class Gateway:
 
 
 class L3App(App):
-    spec = AppSpec(name="l3", tables=("arp", "router_mac", "route", "nat_out", "nat_in", "unsnat", "next_hop"),
+    spec = AppSpec(name="l3", tables=("arp", "na", "router_mac", "route", "nat_out", "nat_in", "unsnat", "next_hop"),
                    entries={"in": "arp"}, exits=("out",), registers=("nexthop",))
 
     # --- owners ---------------------------------------------------------------------
@@ -214,9 +221,15 @@ class L3App(App):
     @staticmethod
     def _router_port(topo: Topology, layout: AppLayout, rp: RouterPort | None, owner: str) -> Iterator[ir.Flow]:
         network: Network | None = rp and topo.networks.get(rp.network_id)
-        if rp is None or network is None or ":" in rp.ip:
+        if rp is None or network is None:
             return
         net = network.unique_key
+        if ":" in rp.ip:
+            arp = layout.table("arp")
+            yield dad_pass(arp, PRIO_PASS, net, rp.ip, ir.GotoTable(layout.table("router_mac")), owner)
+            yield from nd_answer(arp, layout.table("na"), PRIO_HIT, net, rp.ip, mac_int(rp.mac),
+                                 NA_ROUTER | NA_SOLICITED | NA_OVERRIDE, owner)
+            return
         yield arp_answer(layout.table("arp"), PRIO_HIT, net, rp.ip, mac_int(rp.mac), owner)
         yield ir.Flow(layout.table("router_mac"), PRIO_HIT,
                       ir.Match.of(metadata=net, eth_type=ir.ETH_TYPE_IPV4, eth_dst=mac_int(rp.mac)),

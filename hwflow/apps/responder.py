@@ -1,24 +1,50 @@
-"""ARP answered on the host for the ports' own addresses: requests never flood the network.
+"""ARP and IPv6 neighbor discovery answered on the host for the ports' own addresses: requests never flood.
 
-Every IPv4 address of every port of a network this host has ports on (local
-or remote: the topology holds them all) is known, with its MAC. So an ARP
-request on the network for such an address is answered right here, back out
-of the asking port, the way l3 answers for router ports: the other VMs never
-see it, and no broadcast crosses a tunnel.
+Every address of every port of a network this host has ports on (local or
+remote: the topology holds them all) is known, with its MAC. So an ARP
+request, or an IPv6 neighbor solicitation (NS), on the network for such an
+address is answered right here, back out of the asking port, the way l3
+answers for router ports: the other VMs never see it, and no broadcast or
+multicast crosses a tunnel.
 
 Not answered (passed on to ``out``, so L2 floods them as before):
 
 * a gratuitous ARP (sender and target address the same): an announcement,
   not a question;
 * a request from the owner itself for its own address (e.g. an RFC 5227
-  probe, sent from 0.0.0.0): answering it would make the owner think its
-  address is taken. A probe from any other port is answered: the address is.
+  probe, sent from 0.0.0.0, or its own NS): answering it would make the
+  owner think its address is taken. A probe from any other port is
+  answered: the address is.
+* an NS from the unspecified address ``::`` (duplicate address detection,
+  RFC 4862): the answer would go to ``::``, and it carries no link-layer
+  option to turn into the answer's (see below). DAD from another port for
+  a held address still reaches the owner, which defends it itself.
+
+An NS becomes its neighbor advertisement (NA, RFC 4861) in place, in two
+flows. In ``arp``: Ethernet and IPv6 addresses swapped round with the
+target's as source, ICMPv6 type 136, the flags word S|O (l3 adds R for a
+router), and the NS's source link-layer option retyped as a target
+link-layer option (``nd_options_type`` 2); then, in ``na``, matching the NA
+it now is, that option gets the target's MAC (``nd_tll``). One flow cannot do
+it in OVS: it refuses ``nd_tll`` on a flow matching a solicitation, skips a
+``nd_sll`` rewrite once the type is 136 (unmet prerequisites at translation)
+and, in the datapath, retypes the option before it writes an address into
+it, so ``nd_sll`` written before the retype is lost too. Linux always sends
+the option in an NS from an address; one without it (allowed when unicast)
+is answered without one, which RFC 4861 7.2.4 permits. The hop limit stays
+255. OVS recomputes the ICMPv6 checksum.
+
+Costs: an IPv4 address two flows (three for a local port), an IPv6 one a
+flow more; the IPv4 path is what it was, and a port without IPv6 pays nothing for
+it. IPv6 link-local addresses are not answered (they are no port address in
+the model) and still flood.
 
 Owners: ``responder:defaults`` (the pass-through), ``port:<id>`` (its answers).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 from hwflow.apps.base import App, arp_answer, ipv4_int, mac_int, owner_id, port_owner
@@ -32,9 +58,49 @@ PRIO_PASS = 110  # above the answer: what must not be answered
 PRIO_MISS = 0
 DEFAULTS = "responder:defaults"
 
+IPPROTO_ICMPV6 = 58
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_OPT_TARGET_LLADDR = 2
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x8000_0000, 0x4000_0000, 0x2000_0000  # the NA flags word (nd_reserved)
+
+
+def ipv6_int(address: str) -> int:
+    return int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+
+
+def solicitation(network: int, target: int) -> dict[str, int]:
+    """Match terms of a neighbor solicitation for ``target`` on ``network`` (with the OpenFlow prerequisites)."""
+    return {"metadata": network, "eth_type": ir.ETH_TYPE_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmp_type": ND_SOLICIT,
+            "nd_target": target}
+
+
+def nd_answer(ask: int, finish: int, priority: int, network: int, address: str, mac: int, flags: int,
+              owner: str) -> tuple[ir.Flow, ir.Flow]:
+    """Answer a neighbor solicitation for ``address`` on ``network`` with ``mac``, back out of the asking port.
+
+    The flow in table ``ask`` turns the NS into an NA with ``flags`` (NA_SOLICITED | NA_OVERRIDE for a port,
+    plus NA_ROUTER for a router's) and goes on to table ``finish``, whose flow fills the option with ``mac``.
+    """
+    target = ipv6_int(address)
+    advert = (
+        ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac),
+        ir.Move("ipv6_src", "ipv6_dst"), ir.SetField("ipv6_src", target),
+        ir.SetField("icmp_type", ND_ADVERT), ir.SetField("nd_reserved", flags),
+        ir.SetField("nd_options_type", ND_OPT_TARGET_LLADDR), ir.GotoTable(finish),
+    )
+    return (ir.Flow(ask, priority, ir.Match.of(**solicitation(network, target)), advert, owner),
+            ir.Flow(finish, priority, ir.Match.of(**{**solicitation(network, target), "icmp_type": ND_ADVERT}),
+                    (ir.SetField("nd_tll", mac), ir.OutputInPort()), owner))
+
+
+def dad_pass(table: int, priority: int, network: int, address: str, onward: ir.Action, owner: str) -> ir.Flow:
+    """Duplicate address detection for ``address`` (an NS from ``::``) goes ``onward``, unanswered."""
+    return ir.Flow(table, priority, ir.Match.of(**solicitation(network, ipv6_int(address)), ipv6_src=0), (onward,),
+                   owner)
+
 
 class ResponderApp(App):
-    spec = AppSpec(name="responder", tables=("arp",), entries={"in": "arp"}, exits=("out",))
+    spec = AppSpec(name="responder", tables=("arp", "na"), entries={"in": "arp"}, exits=("out",))
 
     def owners(self, topo: Topology) -> Iterator[str]:
         yield DEFAULTS
@@ -51,6 +117,8 @@ class ResponderApp(App):
         for address in port.ips:
             if ":" not in address:
                 yield from self._answers(topo, layout, port, network.unique_key, address, owner)
+            else:
+                yield from self._nd_answers(topo, layout, port, network.unique_key, address, owner)
 
     @staticmethod
     def _answers(topo: Topology, layout: AppLayout, port: Port, net: int, address: str,
@@ -62,6 +130,17 @@ class ResponderApp(App):
             yield ir.Flow(table, PRIO_PASS, ir.Match.of(**request, in_port=port.unique_key), (layout.goto("out"),),
                           owner)
         yield arp_answer(table, PRIO_ANSWER, net, address, mac_int(port.mac), owner)
+
+    @staticmethod
+    def _nd_answers(topo: Topology, layout: AppLayout, port: Port, net: int, address: str,
+                    owner: str) -> Iterator[ir.Flow]:
+        table, onward = layout.table("arp"), layout.goto("out")
+        yield dad_pass(table, PRIO_PASS, net, address, onward, owner)
+        if topo.is_local(port.id):
+            own = ir.Match.of(**solicitation(net, ipv6_int(address)), in_port=port.unique_key)
+            yield ir.Flow(table, PRIO_PASS, own, (onward,), owner)
+        yield from nd_answer(table, layout.table("na"), PRIO_ANSWER, net, address, mac_int(port.mac),
+                             NA_SOLICITED | NA_OVERRIDE, owner)
 
     def affected(self, change: Change, topo: Topology) -> Iterator[str]:
         if change.kind in (KIND_PORT, KIND_LOCAL):

@@ -6,6 +6,14 @@ and OpenFlow's quirks that matter here: output to the ingress port is
 skipped, a TTL that would reach zero drops the packet, and ``ct(table=N)``
 re-enters the pipeline at table N with the connection's state set.
 
+Neighbor discovery: a solicitation's or advertisement's link-layer option is
+one slot in the packet, ``nd_sll`` or ``nd_tll`` by its type. Writing either
+fills the slot; ``nd_options_type`` (when the packet carries it or a flow
+writes it) says what it is when the packet leaves: an NS turned into an NA by
+rewriting its type to 2 leaves with the address written as ``nd_sll`` as its
+``nd_tll``, as OVS sends it. A message without the option (DAD) is not
+modelled: OVS would have no slot to write.
+
 Connection tracking is modelled by :class:`ConnTracker`, which a caller
 keeps across packets (stateful security groups need the reply direction
 to find the connection the request committed; NAT needs the translation
@@ -192,9 +200,14 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
     return Verdict(tuple(outputs), tuple(steps))
 
 
+ND_OPTIONS = {1: "nd_sll", 2: "nd_tll"}  # an ND link-layer option's type -> the IR field naming its address
+
+
 def _mutate(state: dict[str, int], action: ir.Action, tracker: ConnTracker) -> bool:
     """Apply a header/metadata action; False when the packet dies of it (TTL)."""
     if isinstance(action, ir.SetField):
+        if action.field in ("nd_sll", "nd_tll"):  # one option slot: writing it under either name replaces it
+            state.pop("nd_tll" if action.field == "nd_sll" else "nd_sll", None)
         state[action.field] = action.value
     elif isinstance(action, ir.Move):
         state[action.dst] = state.get(action.src, 0) & ir.full_mask(action.dst)
@@ -228,5 +241,11 @@ def apply_conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTr
 
 
 def _visible(state: Mapping[str, int]) -> dict[str, int]:
-    """The packet as it leaves: internal fields are not on the wire."""
-    return {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k != "in_port"}
+    """The packet as it leaves: internal fields are not on the wire; an ND option is named by its type."""
+    packet = {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k != "in_port"}
+    name = ND_OPTIONS.get(packet.get("nd_options_type", 0))
+    if name is not None:
+        slot = [packet.pop(field) for field in ND_OPTIONS.values() if field in packet]
+        if slot:
+            packet[name] = slot[-1]
+    return packet

@@ -223,8 +223,15 @@ class SimHost:
 
     # --- VMs -----------------------------------------------------------------------------
 
-    def plug(self, port: Port, vm: str, prefixlen: int = 24, gateway: str | None = None) -> Vm:
-        """Give the next free VF to a new VM namespace and put its representor on the bridge."""
+    def plug(self, port: Port, vm: str, prefixlen: int = 24, gateway: str | None = None, ipv6: bool = False,
+             ipv6_prefixlen: int = 64, ipv6_dad: bool = False) -> Vm:
+        """Give the next free VF to a new VM namespace and put its representor on the bridge.
+
+        VMs run without IPv6 (no router solicitations, MLD or DAD in the way of tests that count packets)
+        unless ``ipv6``: then the VM also has its port's IPv6 addresses (``ipv6_prefixlen``), added
+        ``nodad`` (usable at once) unless ``ipv6_dad`` (the kernel probes for duplicates first; see
+        :meth:`ipv6_address_flags`), and its link-local address.
+        """
         used = {v.vf for v in self.vms.values()}
         free = [p for p in self.nic_ports if p["vf"] not in used]
         if not free:
@@ -234,9 +241,10 @@ class SimHost:
         self.vms[vm] = Vm(vm, port.id, vf["vf"], vf["representor"])
         self._save()
         in_ns(self.ns, "ip", "link", "set", vf["vf_netdev"], "netns", vm)
+        disabled = "0" if ipv6 else "1"
         for argv in (
-            ("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"),
-            ("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"),
+            ("sysctl", "-qw", f"net.ipv6.conf.all.disable_ipv6={disabled}"),
+            ("sysctl", "-qw", f"net.ipv6.conf.default.disable_ipv6={disabled}"),
             ("ip", "link", "set", vf["vf_netdev"], "name", "eth0"),
             ("ip", "link", "set", "eth0", "address", port.mac),
             ("ip", "link", "set", "lo", "up"),
@@ -246,11 +254,23 @@ class SimHost:
         for address in port.ips:
             if ":" not in address:
                 in_ns(vm, "ip", "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
+            elif ipv6:
+                in_ns(vm, "ip", "-6", "addr", "add", f"{address}/{ipv6_prefixlen}", "dev", "eth0",
+                      *(() if ipv6_dad else ("nodad",)))
         if gateway:
             in_ns(vm, "ip", "route", "add", "default", "via", gateway)
         self.ovsdb.add_port(vf["representor"], iface_id=port.id)
         self.ovsdb.wait_for_ofport(vf["representor"], timeout=15)
         return self.vms[vm]
+
+    def ipv6_address_flags(self, vm: str, address: str) -> set[str] | None:
+        """The kernel's flags on a VM's IPv6 address (``tentative`` while DAD runs, ``dadfailed`` when another
+        node claimed it); None when the VM does not hold it."""
+        for entry in json.loads(in_ns(vm, "ip", "-j", "-6", "addr", "show", "dev", "eth0").stdout or "[]"):
+            for info in entry.get("addr_info", []):
+                if info.get("local") == address:
+                    return {flag for flag in ("tentative", "dadfailed", "optimistic") if info.get(flag)}
+        return None
 
     def unplug(self, vm: str) -> None:
         """Take the representor off the bridge and give the VF back to the host."""

@@ -68,3 +68,15 @@ def test_bad_actions_are_refused_when_built():
         ir.Move("metadata", "reg0")
     with pytest.raises(ValueError, match="VLAN id"):
         ir.PushVlan(5000)
+
+
+def test_an_nd_option_leaves_named_by_its_type_and_holds_one_address():
+    """As OVS sends an NS turned NA: the retyped option carries the address written last, as nd_tll."""
+    ns = {"in_port": A, "eth_type": ir.ETH_TYPE_IPV6, "ip_proto": 58, "icmp_type": 135, "nd_options_type": 1,
+          "nd_sll": 0x111}
+    flows = [ir.Flow(0, 1, ir.Match.of(), (ir.Output(B), ir.SetField("nd_options_type", 2), ir.Output(3),
+                                           ir.SetField("nd_tll", 0x222), ir.Output(4)), "x")]
+    (_, as_asked), (_, retyped), (_, written) = interpreter.run(ir.Pipeline.build(flows, {}), ns).outputs
+    assert (as_asked["nd_sll"], "nd_tll" in as_asked) == (0x111, False)
+    assert (retyped["nd_tll"], "nd_sll" in retyped) == (0x111, False)
+    assert (written["nd_tll"], "nd_sll" in written, written["nd_options_type"]) == (0x222, False, 2)

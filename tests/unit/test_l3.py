@@ -99,6 +99,46 @@ def test_arp_for_the_gateway_is_answered_back_out_of_the_asking_port():
     assert reply["eth_dst"] == mac("fa:16:3e:00:00:01") and reply["eth_src"] == mac(RA)
 
 
+RA6 = "fa:16:3e:aa:00:06"
+VM1_LINK_LOCAL = 0xFE80 << 112 | 0xF816_3EFF_FE00_0001  # fa:16:3e:00:00:01's EUI-64: port security lets it out
+
+
+def with_ipv6_router_port(topo: Topology) -> Topology:
+    """Network a also has fd00::/64, and the router a port on it holding fd00::1."""
+    subnet = Subnet(id="s6", name="s6", network_id="a", cidr="fd00::/64", gateway_ip="fd00::1")
+    rp = RouterPort(id="rp6", name="rp6", router_id="r", network_id="a", subnet_id="s6", mac=RA6, ip="fd00::1")
+    topo.update({"subnet": {**topo.of("subnet"), "s6": subnet}, "router_port": {**topo.of("router_port"), "rp6": rp}},
+                set(topo.local_port_ids))
+    return topo
+
+
+def solicit_router(pipeline: ir.Pipeline, src: int) -> interpreter.Verdict:
+    return interpreter.run(pipeline, {
+        "in_port": 11, "eth_src": mac("fa:16:3e:00:00:01"), "eth_dst": 0x3333FF000001, "eth_type": ir.ETH_TYPE_IPV6,
+        "ipv6_src": src, "ipv6_dst": 0xFF02 << 112 | 0x1_FF00_0001, "ip_proto": 58, "ip_ttl": 255, "icmp_type": 135,
+        "icmp_code": 0, "nd_target": 0xFD00 << 112 | 1, "nd_options_type": 1, "nd_sll": mac("fa:16:3e:00:00:01")})
+
+
+def test_a_solicitation_for_an_ipv6_router_port_is_advertised_with_the_router_flag():
+    pipeline = compiler().compile(with_ipv6_router_port(topology()))
+    ((port, na),) = solicit_router(pipeline, VM1_LINK_LOCAL).outputs
+    assert port == 11
+    assert (na["eth_src"], na["eth_dst"]) == (mac(RA6), mac("fa:16:3e:00:00:01"))
+    assert (na["ipv6_src"], na["ipv6_dst"], na["icmp_type"]) == (0xFD00 << 112 | 1, VM1_LINK_LOCAL, 136)
+    assert na["nd_reserved"] == l3.NA_ROUTER | l3.NA_SOLICITED | l3.NA_OVERRIDE == 0xE000_0000
+    assert (na["nd_options_type"], na["nd_tll"]) == (2, mac(RA6))
+
+
+def test_duplicate_address_detection_of_a_router_address_is_not_answered_and_ipv4_routing_is_unchanged():
+    plain, with_v6 = (compiler().compile(t) for t in (topology(), with_ipv6_router_port(topology())))
+    dad, before = solicit_router(with_v6, 0), solicit_router(plain, 0)
+    walked = [with_v6.table_names[s.table] for s in dad.steps]
+    assert walked == [plain.table_names[s.table] for s in before.steps] and "l2.lookup" in walked  # on to L2
+    assert dad.outputs == before.outputs
+    added = set(with_v6.flows) - set(plain.flows)
+    assert {f.owner for f in added} == {"router_port:rp6"} and len(added) == 3  # DAD pass, advert, its option
+
+
 def test_same_network_traffic_is_still_switched():
     pipeline = compiler().compile(topology())
     out = from_vm1(pipeline, eth_dst=mac("fa:16:3e:00:00:09"), ipv4_dst=ip("10.0.0.9"))

@@ -1,4 +1,4 @@
-"""The ARP responder for ports' own addresses, checked with the reference interpreter."""
+"""The ARP and neighbor discovery responder for ports' own addresses, checked with the reference interpreter."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from hwflow.apps.base import ipv4_int, mac_int
 from hwflow.apps.compiler import Compiler, layout_path
+from hwflow.apps.responder import NA_OVERRIDE, NA_SOLICITED, ipv6_int
 from hwflow.backends.ovs import translate
 from hwflow.model.objects import Network, Port
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities
@@ -25,10 +26,11 @@ ASKER = {"in_port": 11, "eth_src": mac_int(VM1), "eth_dst": (1 << 48) - 1, "eth_
 
 
 def topology() -> Topology:
-    """vm1 and vm2 here on network a, a third port of a on another chassis; vm1 may send any ARP (no port security)."""
+    """vm1 and vm2 here on network a, a third port of a on another chassis; vm1 may send anything (no port
+    security); vm1 and the third port have IPv6 addresses too."""
     nets = {"a": Network(id="a", name="a", vni=1, unique_key=1)}
     ports = {p.id: p for p in (
-        Port(id="vm1", name="vm1", network_id="a", mac=VM1, ips=["10.0.0.5"], unique_key=11,
+        Port(id="vm1", name="vm1", network_id="a", mac=VM1, ips=["10.0.0.5", "fd00::5"], unique_key=11,
              port_security=False),
         Port(id="vm2", name="vm2", network_id="a", mac=VM2, ips=["10.0.0.6"], unique_key=12),
         Port(id="far", name="far", network_id="a", mac=REMOTE, ips=["10.0.0.7", "fd00::7"], unique_key=13,
@@ -78,13 +80,90 @@ def test_an_unknown_address_is_flooded_as_before():
 def test_answers_translate_to_openflow_arp_rewrites_back_out_of_in_port():
     pl = pipeline()
     (table,) = [t for t, name in pl.table_names.items() if name == "responder.arp"]
-    (answer,) = [f for f in pl.flows if f.table == table and f.owner == "port:far" and f.priority == 100]
+    (answer,) = [f for f in pl.flows if f.table == table and f.owner == "port:far" and f.priority == 100
+                 and f.match.get("eth_type").value == ir.ETH_TYPE_ARP]
     mod = translate.to_flow_mod(answer, {11: 1, 12: 2})
     assert (mod.match["eth_type"], mod.match["arp_op"], mod.match["arp_tpa"]) == (0x0806, 1, "10.0.0.7")
     actions = [a for i in mod.instructions for a in getattr(i, "actions", [])]
     assert {a.key: a.value for a in actions if isinstance(a, parser.OFPActionSetField)} == {
         "eth_src": REMOTE, "arp_op": 2, "arp_sha": REMOTE, "arp_spa": "10.0.0.7"}
     assert actions[-1].port == ofp.OFPP_IN_PORT
+
+
+# --- IPv6 neighbor discovery --------------------------------------------------------------------------
+
+VM2_LINK_LOCAL = ipv6_int("fe80::f816:3eff:fe00:2")  # what vm2's port security lets it send IPv6 from
+
+
+def solicit(pl: ir.Pipeline, target: str, in_port: int = 11, src: int = ipv6_int("fd00::5"), mac: str = VM1,
+            **fields: int) -> interpreter.Verdict:
+    """A multicast NS (to the target's solicited-node group) carrying the asker's link-layer address."""
+    group = ipv6_int("ff02::1:ff00:0") | ipv6_int(target) & 0xFFFFFF
+    multicast_mac = 0x3333_0000_0000 | group & 0xFFFF_FFFF
+    return interpreter.run(pl, {"in_port": in_port, "eth_src": mac_int(mac), "eth_dst": multicast_mac,
+                                "eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": src, "ipv6_dst": group, "ip_proto": 58,
+                                "ip_ttl": 255, "icmp_type": 135, "icmp_code": 0, "nd_reserved": 0,
+                                "nd_target": ipv6_int(target), "nd_options_type": 1, "nd_sll": mac_int(mac),
+                                **fields})
+
+
+def test_a_solicitation_is_advertised_back_with_the_targets_mac_in_a_target_option():
+    ((port, na),) = solicit(pipeline(), "fd00::7").outputs
+    assert port == 11
+    assert (na["eth_src"], na["eth_dst"]) == (mac_int(REMOTE), mac_int(VM1))
+    assert (na["ipv6_src"], na["ipv6_dst"], na["ip_ttl"]) == (ipv6_int("fd00::7"), ipv6_int("fd00::5"), 255)
+    assert (na["icmp_type"], na["icmp_code"], na["nd_target"]) == (136, 0, ipv6_int("fd00::7"))
+    assert na["nd_reserved"] == NA_SOLICITED | NA_OVERRIDE == 0x6000_0000
+    assert (na["nd_options_type"], na["nd_tll"]) == (2, mac_int(REMOTE)) and "nd_sll" not in na
+
+
+def test_a_local_ports_ipv6_address_is_answered_to_another_port_and_never_reaches_the_owner():
+    out = solicit(pipeline(), "fd00::5", in_port=12, src=VM2_LINK_LOCAL, mac=VM2)
+    assert [(port, pkt["icmp_type"], pkt["nd_tll"], pkt["ipv6_dst"]) for port, pkt in out.outputs] == [
+        (12, 136, mac_int(VM1), VM2_LINK_LOCAL)]
+
+
+def test_duplicate_address_detection_and_the_owners_own_solicitation_are_flooded_not_answered():
+    pl = pipeline()
+    dad = solicit(pl, "fd00::7", src=0, nd_options_type=0, nd_sll=0)  # from ::, without the option
+    assert [(port, pkt["icmp_type"]) for port, pkt in dad.outputs] == [(12, 135)]
+    own = solicit(pl, "fd00::5")  # vm1 asking for its own address
+    assert [(port, pkt["icmp_type"]) for port, pkt in own.outputs] == [(12, 135)]
+    dad_of_a_local_address = solicit(pl, "fd00::5", in_port=12, src=0, mac=VM2, nd_options_type=0, nd_sll=0)
+    assert [(port, pkt["icmp_type"]) for port, pkt in dad_of_a_local_address.outputs] == [(11, 135)]
+
+
+def test_a_solicitation_for_an_address_nobody_holds_is_flooded_as_before():
+    out = solicit(pipeline(), "fd00::99")
+    assert [(port, pkt["icmp_type"], pkt["nd_sll"]) for port, pkt in out.outputs] == [(12, 135, mac_int(VM1))]
+
+
+def test_a_port_without_ipv6_has_no_neighbor_discovery_flows_and_its_arp_flows_unchanged():
+    pl = pipeline()
+    names = {name: t for t, name in pl.table_names.items()}
+    vm2 = [f for f in pl.flows if f.owner == "port:vm2" and f.table in (names["responder.arp"], names["responder.na"])]
+    assert {f.match.get("eth_type").value for f in vm2} == {ir.ETH_TYPE_ARP} and len(vm2) == 3
+    na = [f for f in pl.flows if f.table == names["responder.na"]]
+    assert sorted(f.owner for f in na) == ["port:far", "port:vm1"]
+
+
+def test_nd_answers_translate_to_an_openflow_advert_finished_in_the_next_table():
+    pl = pipeline()
+    names = {name: t for t, name in pl.table_names.items()}
+    ask, finish = (next(f for f in pl.flows if f.table == names[t] and f.owner == "port:far" and f.priority == 100
+                        and f.match.get("eth_type").value == ir.ETH_TYPE_IPV6)
+                   for t in ("responder.arp", "responder.na"))
+    first, second = (translate.to_flow_mod(f, {11: 1, 12: 2}) for f in (ask, finish))
+    assert (first.match["icmpv6_type"], first.match["ipv6_nd_target"]) == (135, "fd00::7")
+    set_fields = {a.key: a.value for i in first.instructions for a in getattr(i, "actions", [])
+                  if isinstance(a, parser.OFPActionSetField)}
+    assert set_fields == {"eth_src": REMOTE, "ipv6_src": "fd00::7", "icmpv6_type": 136, "nd_reserved": 0x6000_0000,
+                          "nd_options_type": 2}
+    assert first.instructions[-1].table_id == names["responder.na"]
+    assert (second.match["icmpv6_type"], second.match["ipv6_nd_target"]) == (136, "fd00::7")
+    (apply,) = second.instructions
+    assert [(a.key, a.value) for a in apply.actions[:1]] == [("ipv6_nd_tll", REMOTE)]
+    assert apply.actions[-1].port == ofp.OFPP_IN_PORT
 
 
 PORTS = [Port(id=f"p{i}", name=f"p{i}", network_id=f"n{i % 2}", mac=f"fa:16:3e:00:00:{i + 1:02x}",
