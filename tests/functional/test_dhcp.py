@@ -140,7 +140,7 @@ def test_a_renewal_unicast_to_the_gateway_is_answered_by_the_agent(lab: Lab, tmp
     script.write_text(RENEW_SCRIPT)
     script.chmod(0o755)
     client = subprocess.Popen(["ip", "netns", "exec", client_ns, busybox(), "udhcpc", "-i", "eth0", "-f",  # noqa: S603
-                               "-t", "5", "-T", "1", "-s", str(script)],
+                               "-t", "5", "-T", "5", "-s", str(script)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for("vm1 bound", lambda: events.exists() and "bound" in events.read_text(), host=host)
@@ -151,6 +151,9 @@ def test_a_renewal_unicast_to_the_gateway_is_answered_by_the_agent(lab: Lab, tmp
         client.terminate()
         client.wait(10)
     assert renewal_punts(host) >= 1  # it came as unicast to the router port's MAC, not as a broadcast rebind
+    # bound, then the unicast REQUEST answered. (Busybox sends it from a UDP socket connected to the server and
+    # closes it right after: an answer quick enough to beat the close lands there and is lost, and the client
+    # rebinds by broadcast 5 s later: a third ACK. Seen on a loaded machine; not a fault of ours.)
     acks = agent_log(host).count(f"DHCP REQUEST from port {ports[CLIENT[0]].id}: ACK {CLIENT[2]}")
-    assert acks == 2, agent_log(host)[-3000:]
+    assert acks >= 2, agent_log(host)[-3000:]
     assert CLIENT[2] in in_ns(client_ns, "ip", "-4", "addr", "show", "eth0").stdout
