@@ -3,7 +3,10 @@
 Random topologies are compiled with the shipped layout and apps, synced into
 a real OVS (userspace datapath) by the OVS backend, and random packets are
 traced both through the interpreter and through ``ofproto/trace``: the sets
-of output ports must be equal. Hand-built pipelines do the same for what the
+of output ports must be equal, and a packet sent once leaves with the same
+rewritten headers (``set(...)`` datapath actions: the ARP and IPv6 neighbor
+discovery answers). Ports may hold an IPv6 address too, and packets include
+neighbor solicitations (for a held address, an unknown one, from ``::``). Hand-built pipelines do the same for what the
 apps do not emit yet: VLAN push/pop/rewrite (the VLAN each copy leaves with
 must agree too) and a conntrack chain, traced with ``--ct-next`` set to the
 state the interpreter's tracker gives. This is what lets every other test use
@@ -12,6 +15,7 @@ the interpreter as its oracle.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import subprocess
@@ -38,6 +42,7 @@ BRIDGE = "br-int"
 NPORTS = 5
 MACS = [f"fa:16:3e:00:00:{i:02x}" for i in range(1, NPORTS + 1)]
 IPS = [f"10.0.0.{i}" for i in range(1, NPORTS + 1)]
+IPS6 = [f"fd00::{i}" for i in range(1, NPORTS + 1)]
 
 
 def sh(*argv: str) -> str:
@@ -77,14 +82,18 @@ class Ovs:
     def trace(self, flow: str) -> set[str]:
         return {name for name, _ in self.trace_outputs(flow)}
 
-    def trace_outputs(self, flow: str, ct_next: str | None = None) -> list[tuple[str, int | None]]:
-        """(interface, outer VLAN id or None) of each copy sent, over every recirculation of the trace."""
+    def datapath_actions(self, flow: str, ct_next: str | None = None) -> list[str]:
+        """The datapath actions of the trace, over every recirculation, in order."""
         out = self.appctl("ofproto/trace", BRIDGE, flow, *(["--ct-next", ct_next] if ct_next else []))
         sections = [line.split(":", 1)[1] for line in out.splitlines() if line.startswith("Datapath actions:")]
         assert sections, out
+        return [a for text in sections for a in _datapath_actions(text)]
+
+    def trace_outputs(self, flow: str, ct_next: str | None = None) -> list[tuple[str, int | None]]:
+        """(interface, outer VLAN id or None) of each copy sent, over every recirculation of the trace."""
         vlans = [int(v) for v in re.findall(r"dl_vlan=(\d+)", flow)]
         sent = []
-        for action in (a for text in sections for a in _datapath_actions(text)):
+        for action in self.datapath_actions(flow, ct_next):
             if action.isdigit():
                 sent.append((self.odp_names[int(action)], vlans[-1] if vlans else None))
             elif action.startswith("push_vlan("):
@@ -115,8 +124,8 @@ def topologies(draw) -> Topology:
     ports = {}
     for i in range(NPORTS):
         net = draw(st.sampled_from(nets))
-        ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=net.id, mac=MACS[i], ips=[IPS[i]],
-                              unique_key=10 + i)
+        ips = [IPS[i], IPS6[i]] if draw(st.booleans()) else [IPS[i]]
+        ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=net.id, mac=MACS[i], ips=ips, unique_key=10 + i)
     local = frozenset(draw(st.sets(st.sampled_from(sorted(ports)), min_size=1)))
     return Topology("h", {n.id: n for n in nets}, ports, local)
 
@@ -125,16 +134,78 @@ def topologies(draw) -> Topology:
 def packets(draw, topo: Topology) -> dict[str, int]:
     src = draw(st.sampled_from(sorted(topo.local_port_ids)))
     dst_mac = draw(st.sampled_from(MACS + ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "fa:16:3e:99:99:99"]))
-    kind = draw(st.sampled_from(("icmp", "arp", "other")))
+    kind = draw(st.sampled_from(("icmp", "arp", "nd", "other")))
     pkt = {"in_port": topo.ports[src].unique_key, "eth_src": _mac(MACS[int(src[1:])]), "eth_dst": _mac(dst_mac)}
-    if kind == "icmp":
+    if kind == "nd":
+        pkt.update(draw(solicitations(topo, topo.ports[src])))
+    elif kind == "icmp":
         pkt.update(eth_type=ir.ETH_TYPE_IPV4, ipv4_src=0x0A000001, ipv4_dst=0x0A000002, ip_proto=1, ip_ttl=64,
                    icmp_type=8, icmp_code=0)
     elif kind == "arp":
-        pkt.update(eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_spa=0x0A000001, arp_tpa=0x0A000002)
+        pkt.update(eth_type=ir.ETH_TYPE_ARP, arp_op=1, arp_spa=0x0A000001, arp_tpa=0x0A000002, arp_sha=pkt["eth_src"],
+                   arp_tha=0)
     else:
         pkt.update(eth_type=0x88B5)
     return pkt
+
+
+@st.composite
+def solicitations(draw, topo: Topology, port: Port) -> dict[str, int]:
+    """An NS from ``port`` as its port security lets it out (from its link-local or IPv6 address, or :: for
+    DAD, which carries no link-layer option), for an address of its network (half the time, when there is
+    one), of another, or nobody's."""
+    mac = _mac(port.mac)
+    link_local = 0xFE80 << 112 | ((mac >> 24) ^ 0x020000) << 40 | 0xFFFE << 24 | mac & 0xFFFFFF
+    src = draw(st.sampled_from([link_local, 0, *(_ip6(a) for a in port.ips if ":" in a)]))
+    neighbours = [a for p in topo.ports_of(port.network_id) for a in p.ips if ":" in a]
+    target = _ip6(draw(st.sampled_from(neighbours) if neighbours and draw(st.booleans())
+                       else st.sampled_from([*IPS6, "fd00::99"])))
+    group = _ip6("ff02::1:ff00:0") | target & 0xFFFFFF
+    ns = {"eth_dst": 0x3333_0000_0000 | group & 0xFFFF_FFFF, "eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": src,
+          "ipv6_dst": group, "ip_proto": 58, "ip_ttl": 255, "icmp_type": 135, "icmp_code": 0, "nd_reserved": 0,
+          "nd_target": target}
+    return ns if src == 0 else {**ns, "nd_options_type": 1, "nd_sll": mac}
+
+
+def _ip6(text: str) -> int:
+    return int(ipaddress.IPv6Address(text))
+
+
+# What the trace's set(...) datapath actions name, as IR fields, e.g. set(nd_ext(nd_reserved=0x60000000,...)).
+REWRITES = {"eth": {"src": "eth_src", "dst": "eth_dst"}, "ipv6": {"src": "ipv6_src", "dst": "ipv6_dst"},
+            "icmpv6": {"type": "icmp_type", "code": "icmp_code"}, "nd": {"sll": "nd_sll", "tll": "nd_tll"},
+            "nd_ext": {"nd_reserved": "nd_reserved", "nd_options_type": "nd_options_type"},
+            "arp": {"sip": "arp_spa", "tip": "arp_tpa", "op": "arp_op", "sha": "arp_sha", "tha": "arp_tha"}}
+COMPARED = ("eth_src", "eth_dst", "ipv6_src", "ipv6_dst", "icmp_type", "nd_reserved", "nd_options_type", "arp_op",
+            "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
+
+
+def _rewrites(actions: list[str]) -> dict[str, int]:
+    """IR field -> the value the trace's set(...) actions write."""
+    fields = {}
+    for action in actions:
+        m = re.fullmatch(r"set\((\w+)\((.*)\)\)", action)
+        for item in m.group(2).split(",") if m and m.group(1) in REWRITES else ():
+            key, _, value = item.partition("=")
+            if key in REWRITES[m.group(1)]:
+                fields[REWRITES[m.group(1)][key]] = _value(value)
+    return fields
+
+
+def _value(text: str) -> int:
+    if re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", text):
+        return _mac(text)
+    return int(ipaddress.ip_address(text)) if ":" in text or text.count(".") == 3 else int(text, 0)
+
+
+def assert_same_headers(pkt: dict[str, int], verdict: interpreter.Verdict, actions: list[str]) -> None:
+    """A single copy leaves OVS rewritten as the interpreter says (the link-layer option: the answer's nd_tll)."""
+    ((_, expected),) = verdict.outputs
+    rewrites = _rewrites(actions)
+    sent = {**pkt, **rewrites}
+    assert {f: sent.get(f) for f in COMPARED} == {f: expected.get(f) for f in COMPARED}, actions
+    if "nd_tll" in rewrites or "nd_tll" in expected:
+        assert rewrites.get("nd_tll") == expected.get("nd_tll"), actions
 
 
 def _datapath_actions(text: str) -> list[str]:
@@ -165,7 +236,14 @@ def ovs_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
     if pkt["eth_type"] == ir.ETH_TYPE_IPV4:
         parts += ["nw_src=10.0.0.1", "nw_dst=10.0.0.2", "nw_proto=1", "nw_ttl=64", "icmp_type=8", "icmp_code=0"]
     elif pkt["eth_type"] == ir.ETH_TYPE_ARP:
-        parts += ["arp_op=1", "arp_spa=10.0.0.1", "arp_tpa=10.0.0.2"]
+        parts += ["arp_op=1", "arp_spa=10.0.0.1", "arp_tpa=10.0.0.2", f"arp_sha={_fmt_mac(pkt['arp_sha'])}",
+                  "arp_tha=00:00:00:00:00:00"]
+    elif pkt["eth_type"] == ir.ETH_TYPE_IPV6:
+        parts += [f"ipv6_src={ipaddress.IPv6Address(pkt['ipv6_src'])}",
+                  f"ipv6_dst={ipaddress.IPv6Address(pkt['ipv6_dst'])}", "nw_proto=58", "nw_ttl=255",
+                  "icmpv6_type=135", "icmpv6_code=0", f"nd_target={ipaddress.IPv6Address(pkt['nd_target'])}"]
+        if "nd_sll" in pkt:
+            parts += [f"nd_sll={_fmt_mac(pkt['nd_sll'])}", "nd_options_type=1"]
     return ",".join(parts)
 
 
@@ -183,8 +261,44 @@ def test_interpreter_and_ovs_agree(ovs: Ovs, data: st.DataObject) -> None:
     names = {key: f"p{key - 10}" for key in ports}
     for _ in range(4):
         pkt = data.draw(packets(topo))
-        expected = {names[p] for p in interpreter.run(pipeline, pkt).ports}
-        assert ovs.trace(ovs_flow(pkt, ports)) == expected, (pkt, pipeline.flows)
+        verdict = interpreter.run(pipeline, pkt)
+        flow = ovs_flow(pkt, ports)
+        assert ovs.trace(flow) == {names[p] for p in verdict.ports}, (pkt, pipeline.flows)
+        if len(verdict.outputs) == 1:
+            assert_same_headers(pkt, verdict, ovs.datapath_actions(flow))
+
+
+def nd_topology() -> Topology:
+    """Every port local: p0-p2 on n0 with IPv6, p3 (IPv6) and p4 (IPv4 only) on n1."""
+    nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=100 + i, unique_key=i + 1) for i in range(2)}
+    ports = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id="n0" if i < 3 else "n1", mac=MACS[i],
+                           ips=[IPS[i], IPS6[i]] if i < 4 else [IPS[i]], unique_key=10 + i) for i in range(NPORTS)}
+    return Topology("h", nets, ports, frozenset(ports))
+
+
+@pytest.mark.parametrize("source", ["link-local", "own", "dad"])
+@pytest.mark.parametrize("target", ["fd00::2", "fd00::1", "fd00::4", "fd00::99"])
+def test_neighbor_solicitations_agree_with_ovs(ovs: Ovs, source: str, target: str) -> None:
+    """From p0: answered for a neighbour's address (p1's), passed on for its own, another network's, nobody's,
+    and for DAD from :: (then without a link-layer option)."""
+    topo = nd_topology()
+    pipeline = COMPILER.compile(topo)
+    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.ports}
+    assert not ovs.backend.sync(pipeline.flows, ports).errors
+    mac = _mac(MACS[0])
+    src = {"own": _ip6(IPS6[0]), "dad": 0, "link-local": 0xFE80 << 112 | 0xF816_3EFF_FE00_0001}[source]
+    group = _ip6("ff02::1:ff00:0") | _ip6(target) & 0xFFFFFF
+    pkt = {"in_port": 10, "eth_src": mac, "eth_dst": 0x3333_0000_0000 | group & 0xFFFF_FFFF,
+           "eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": src, "ipv6_dst": group, "ip_proto": 58, "ip_ttl": 255,
+           "icmp_type": 135, "icmp_code": 0, "nd_reserved": 0, "nd_target": _ip6(target),
+           **({} if source == "dad" else {"nd_options_type": 1, "nd_sll": mac})}
+    verdict = interpreter.run(pipeline, pkt)
+    answered = source != "dad" and target == "fd00::2"
+    assert [p for p, out in verdict.outputs if out["icmp_type"] == 136] == ([10] if answered else [])
+    flow = ovs_flow(pkt, ports)
+    assert ovs.trace(flow) == {f"p{port - 10}" for port in verdict.ports}
+    if len(verdict.outputs) == 1:
+        assert_same_headers(pkt, verdict, ovs.datapath_actions(flow))
 
 
 def _key(i: int) -> int:
