@@ -146,7 +146,8 @@ def test_same_network_traffic_is_still_switched():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.sampled_from(["drop-rpb", "drop-sb", "renumber-b", "add-route", "drop-vm2"]), max_size=4))
+@given(st.lists(st.sampled_from(["drop-rpb", "drop-sb", "renumber-b", "add-route", "drop-vm2", "add-v6", "drop-v6",
+                                 "renumber-a"]), max_size=5))
 def test_incremental_routing_equals_a_full_compile(edits):
     topo, inc = topology(), compiler()
     inc.compile(topo)
@@ -162,6 +163,14 @@ def test_incremental_routing_equals_a_full_compile(edits):
                 {"destination": "192.0.2.0/24", "nexthop": "10.0.1.254"}]))
         elif edit == "drop-vm2" and topo.get("port", "vm2"):
             changes = topo.apply("port", "vm2", None) + topo.set_local("vm2", False)
+        elif edit == "add-v6":  # an IPv6 router port on a (its subnet first)
+            v6 = with_ipv6_router_port(topology())
+            changes = topo.apply("subnet", "s6", v6.get("subnet", "s6")) + topo.apply(
+                "router_port", "rp6", v6.get("router_port", "rp6"))
+        elif edit == "drop-v6" and topo.get("router_port", "rp6"):
+            changes = topo.apply("router_port", "rp6", None)
+        elif edit == "renumber-a":
+            changes = topo.apply("network", "a", Network(id="a", name="a", vni=1, unique_key=9))
         else:
             continue
         inc.update(topo, changes)
