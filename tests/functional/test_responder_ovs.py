@@ -11,7 +11,9 @@ The same with IPv6 in three IPv6-enabled VMs: ``ping -6`` between two of
 them works while the third sees no neighbor solicitation for either address
 (its sniffer lists the targets of the solicitations it receives), the
 answering flows count the answers, and duplicate address detection is never
-answered: an address added with DAD does not end up ``dadfailed``.
+answered: an address added with DAD does not end up ``dadfailed``. The
+network's router port is answered for too, as a router (the VM's neighbour
+entry says ``router``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from test_e2e import VMS, Lab, create_network, ovs_flows, ping, plug, programmed, vm_ns, wait_for, wait_programmed
 
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Network, Port
+from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import SimHost, in_ns
 
 pytestmark = pytest.mark.functional
@@ -35,6 +37,7 @@ UNKNOWN = "10.0.0.99"
 V6 = {"vm1": "fd00::1", "vm2": "fd00::2", "vm3": "fd00::3"}
 FAR_V6 = "fd00::9"  # a port of the network bound to another chassis: answered here, held by no VM
 UNKNOWN_V6 = "fd00::99"
+ROUTER_V6, ROUTER_MAC = "fd00::fe", "fa:16:3e:ee:00:06"
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +120,24 @@ def test_a_request_for_an_address_nobody_holds_is_flooded(trio: SimHost) -> None
 @pytest.fixture(scope="module")
 def trio6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHost]:
     """vm1, vm2 and vm3 with IPv4 and IPv6 (vm3's added with DAD) on one network, plus a remote port holding
-    FAR_V6; programmed down to the ND answers."""
+    FAR_V6 and a router port holding ROUTER_V6; programmed down to the ND answers."""
     lab = Lab(tmp_path_factory.mktemp)
     try:
         host = lab.host()
         with NbApi.from_url(host.database) as nb:
             net = nb.create(Network(name="v6-net", vni=1002))
+            nb.create(Subnet(name="v4", network_id=net.id, cidr="10.0.0.0/24", gateway_ip="10.0.0.254"))
+            v6 = nb.create(Subnet(name="v6", network_id=net.id, cidr="fd00::/64", gateway_ip=ROUTER_V6))
+            router = nb.create(Router(name="r6"))
+            nb.create(RouterPort(name="r6-v6", router_id=router.id, network_id=net.id, subnet_id=v6.id,
+                                 mac=ROUTER_MAC, ip=ROUTER_V6))
             ports = {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip, V6[vm]], chassis=host.name))
                      for vm, mac, ip in VMS}
             nb.create(Port(name="far", network_id=net.id, mac="fa:16:3e:00:00:09", ips=["10.0.0.9", FAR_V6],
                            chassis="elsewhere"))
         for vm, port in ports.items():
             host.plug(port, vm_ns(host, vm), ipv6=True, ipv6_dad=vm == "vm3")
-        wait_for("an ND answer per IPv6 address in OVS", lambda: len(nd_answers(host)) == len(V6) + 1, host=host)
+        wait_for("an ND answer per IPv6 address in OVS", lambda: len(nd_answers(host)) == len(V6) + 2, host=host)
         yield host
     finally:
         lab.stop()
@@ -156,6 +164,15 @@ def test_ping6_resolves_through_the_host_and_no_solicitation_reaches_the_third_v
     assert VMS[1][1] in neighbour(trio6, "vm1", V6["vm2"])
     assert not {V6["vm1"], V6["vm2"]} & set(seen.targets), f"vm3 saw solicitations for {seen.targets}: flooded"
     assert nd_answers(trio6)[V6["vm2"]] > before[V6["vm2"]], "vm1's solicitation was not answered by OVS"
+
+
+def test_the_router_port_is_answered_for_as_a_router(trio6: SimHost) -> None:
+    vm2 = vm_ns(trio6, "vm2")
+    with Requests(trio6, "vm3", seconds=4.0, kind="nd") as seen:
+        in_ns(vm2, "ping", "-6", "-c", "1", "-W", "1", ROUTER_V6, check=False)  # no echo reply: it is no host
+    entry = neighbour(trio6, "vm2", ROUTER_V6)
+    assert ROUTER_MAC in entry and " router" in entry, entry
+    assert ROUTER_V6 not in seen.targets
 
 
 def test_a_solicitation_for_an_address_nobody_holds_is_flooded(trio6: SimHost) -> None:
