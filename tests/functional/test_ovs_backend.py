@@ -235,7 +235,7 @@ def test_changed_actions_are_modified_in_place(host: Host) -> None:
     host.backend.sync(pipeline(host.vms), host.ports())
     assert ping_loss(vm1, vm2) == 0
     misdirected = [f if f.match.get("eth_dst") is None or f.match.get("eth_dst").value != vm2.mac
-                   else dataclasses.replace(f, actions=(ir.Output(vm1.key),)) for f in pipeline(host.vms)]
+                   else f._replace(actions=(ir.Output(vm1.key),)) for f in pipeline(host.vms)]
 
     result = host.backend.sync(misdirected, host.ports())
 
@@ -352,7 +352,7 @@ def test_new_owner_rewrites_the_cookie_without_touching_counters(host: Host) -> 
     host.backend.sync(pipeline(host.vms), host.ports())
     assert ping_loss(vm1, vm2) == 0
     before = n_packets(host)
-    moved = [dataclasses.replace(f, owner="network:renamed") if f.priority == 50 else f
+    moved = [f._replace(owner="network:renamed") if f.priority == 50 else f
              for f in pipeline(host.vms)]
 
     result = host.backend.sync(moved, host.ports())
