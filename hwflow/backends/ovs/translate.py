@@ -39,10 +39,9 @@ How the IR's less obvious parts are said in OpenFlow 1.3 + Nicira extensions:
   names (see :mod:`native`), set only: os-ken puts their OXMs ahead of the
   ICMPv6 type they need, which OVS refuses in a match (OFPBMC_BAD_PREREQ), so
   a match on them is refused here. They are what turns a neighbor
-  solicitation into an advertisement in place: OVS refuses ``nd_tll`` on a
-  flow matching a solicitation, so the answer rewrites the flags word and the
-  option's type (1 -> 2) and puts the target's MAC in the option as
-  ``nd_sll``; OVS recomputes the ICMPv6 checksum.
+  solicitation into an advertisement in place (the flags word, the option's
+  type 1 -> 2); the option's address is then written as ``nd_tll`` by a flow
+  matching the advertisement, as OVS wants (see hwflow.apps.responder).
 """
 
 from __future__ import annotations
