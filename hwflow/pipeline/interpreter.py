@@ -9,9 +9,9 @@ re-enters the pipeline at table N with the connection's state set.
 Neighbor discovery: a solicitation's or advertisement's link-layer option is
 one slot in the packet, ``nd_sll`` or ``nd_tll`` by its type. Writing either
 fills the slot; ``nd_options_type`` (when the packet carries it or a flow
-writes it) says what it is when the packet leaves: an NS turned into an NA by
-rewriting its type to 2 leaves with the address written as ``nd_sll`` as its
-``nd_tll``, as OVS sends it. A message without the option (DAD) is not
+writes it) says what it is when the packet leaves: an NS whose option is
+retyped to 2 leaves with the slot's address, whichever name wrote it last, as
+its ``nd_tll``, as OVS sends it. A message without the option (DAD) is not
 modelled: OVS would have no slot to write.
 
 Connection tracking is modelled by :class:`ConnTracker`, which a caller
