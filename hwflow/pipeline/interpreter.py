@@ -6,13 +6,14 @@ and OpenFlow's quirks that matter here: output to the ingress port is
 skipped, a TTL that would reach zero drops the packet, and ``ct(table=N)``
 re-enters the pipeline at table N with the connection's state set.
 
-Neighbor discovery: a solicitation's or advertisement's link-layer option is
-one slot in the packet, ``nd_sll`` or ``nd_tll`` by its type. Writing either
-fills the slot; ``nd_options_type`` (when the packet carries it or a flow
-writes it) says what it is when the packet leaves: an NS whose option is
-retyped to 2 leaves with the slot's address, whichever name wrote it last, as
-its ``nd_tll``, as OVS sends it. A message without the option (DAD) is not
-modelled: OVS would have no slot to write.
+Neighbor discovery, as OVS writes it: the link-layer option of a
+solicitation or advertisement that has one (it carries ``nd_sll`` or
+``nd_tll``) is one slot, named by its type (``nd_options_type``: 1 ``nd_sll``,
+2 ``nd_tll``). Each copy sent carries the writes since the previous copy as
+OVS commits them: the retype first, then the address, written only under
+the name of the option's type by then. So an NS retyped to 2 keeps its
+sender's address unless ``nd_tll`` is written, and an ``nd_sll`` written in
+the same stretch is lost. A message without the option (DAD) gets none.
 
 Connection tracking is modelled by :class:`ConnTracker`, which a caller
 keeps across packets (stateful security groups need the reply direction
@@ -170,6 +171,7 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
         state.setdefault(name, 0)
     outputs: list[tuple[int, Mapping[str, int]]] = []
     steps: list[Step] = []
+    option = NdOption.arrived(packet)
     table: int | None = 0
     while table is not None:
         if len(steps) >= MAX_STEPS:
@@ -182,9 +184,9 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
         for action in flow.actions:
             if isinstance(action, ir.Output):
                 if action.port != state["in_port"]:
-                    outputs.append((action.port, _visible(state)))
+                    outputs.append((action.port, _visible(state, option)))
             elif isinstance(action, ir.OutputInPort):
-                outputs.append((state["in_port"], _visible(state)))
+                outputs.append((state["in_port"], _visible(state, option)))
             elif isinstance(action, ir.GotoTable):
                 if action.table <= current:
                     raise RuntimeError(f"goto from table {current} to {action.table} goes backwards")
@@ -200,14 +202,9 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
     return Verdict(tuple(outputs), tuple(steps))
 
 
-ND_OPTIONS = {1: "nd_sll", 2: "nd_tll"}  # an ND link-layer option's type -> the IR field naming its address
-
-
 def _mutate(state: dict[str, int], action: ir.Action, tracker: ConnTracker) -> bool:
     """Apply a header/metadata action; False when the packet dies of it (TTL)."""
     if isinstance(action, ir.SetField):
-        if action.field in ("nd_sll", "nd_tll"):  # one option slot: writing it under either name replaces it
-            state.pop("nd_tll" if action.field == "nd_sll" else "nd_sll", None)
         state[action.field] = action.value
     elif isinstance(action, ir.Move):
         state[action.dst] = state.get(action.src, 0) & ir.full_mask(action.dst)
@@ -240,12 +237,45 @@ def apply_conntrack(state: dict[str, int], action: ir.Conntrack, tracker: ConnTr
         state["ct_state"] = state["ct_zone"] = state["ct_mark"] = 0
 
 
-def _visible(state: Mapping[str, int]) -> dict[str, int]:
-    """The packet as it leaves: internal fields are not on the wire; an ND option is named by its type."""
+ND_OPTIONS = {1: "nd_sll", 2: "nd_tll"}  # an ND link-layer option's type -> the IR field naming its address
+
+
+@dataclasses.dataclass
+class NdOption:
+    """An ND message's link-layer option as it is on the wire, and its fields as the last copy sent had them
+    (OVS's base flow: a write is what differs from it)."""
+
+    type: int
+    address: int
+    sent: dict[str, int]
+
+    @classmethod
+    def arrived(cls, packet: Mapping[str, int]) -> NdOption | None:
+        for type_, name in ND_OPTIONS.items():
+            if name in packet:
+                return cls(packet.get("nd_options_type", type_), packet[name], _option_fields(packet))
+        return None
+
+    def send(self, state: Mapping[str, int]) -> tuple[str | None, int]:
+        """(field naming the option, its address) in the copy sent now: retyped, then written by type."""
+        self.type = state.get("nd_options_type", self.type)
+        name = ND_OPTIONS.get(self.type)
+        if name is not None and state.get(name, 0) != self.sent[name]:
+            self.address = state[name]
+        self.sent = _option_fields(state)
+        return name, self.address
+
+
+def _option_fields(packet: Mapping[str, int]) -> dict[str, int]:
+    return {field: packet.get(field, 0) for field in ND_OPTIONS.values()}
+
+
+def _visible(state: Mapping[str, int], option: NdOption | None) -> dict[str, int]:
+    """The packet as it leaves: internal fields are not on the wire; an ND option as OVS writes it (module doc)."""
     packet = {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k != "in_port"}
-    name = ND_OPTIONS.get(packet.get("nd_options_type", 0))
+    for field in ND_OPTIONS.values():
+        packet.pop(field, None)
+    name, address = option.send(state) if option is not None else (None, 0)
     if name is not None:
-        slot = [packet.pop(field) for field in ND_OPTIONS.values() if field in packet]
-        if slot:
-            packet[name] = slot[-1]
+        packet[name] = address
     return packet

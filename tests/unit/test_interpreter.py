@@ -70,13 +70,23 @@ def test_bad_actions_are_refused_when_built():
         ir.PushVlan(5000)
 
 
-def test_an_nd_option_leaves_named_by_its_type_and_holds_one_address():
-    """As OVS sends an NS turned NA: the retyped option carries the address written last, as nd_tll."""
+def test_an_nd_option_leaves_named_by_its_final_type_as_ovs_writes_it():
+    """OVS retypes the option before it writes an address into it (what a copy sends is what it held since the
+    copy before): an nd_sll written with a retype to 2 is lost, an nd_tll written lands; a message without the
+    option gets none."""
     ns = {"in_port": A, "eth_type": ir.ETH_TYPE_IPV6, "ip_proto": 58, "icmp_type": 135, "nd_options_type": 1,
           "nd_sll": 0x111}
-    flows = [ir.Flow(0, 1, ir.Match.of(), (ir.Output(B), ir.SetField("nd_options_type", 2), ir.Output(3),
-                                           ir.SetField("nd_tll", 0x222), ir.Output(4)), "x")]
-    (_, as_asked), (_, retyped), (_, written) = interpreter.run(ir.Pipeline.build(flows, {}), ns).outputs
-    assert (as_asked["nd_sll"], "nd_tll" in as_asked) == (0x111, False)
-    assert (retyped["nd_tll"], "nd_sll" in retyped) == (0x111, False)
-    assert (written["nd_tll"], "nd_sll" in written, written["nd_options_type"]) == (0x222, False, 2)
+    flows = [ir.Flow(0, 1, ir.Match.of(), (
+        ir.Output(B), ir.SetField("nd_sll", 0x333), ir.Output(3), ir.SetField("nd_options_type", 2), ir.Output(4),
+        ir.SetField("nd_tll", 0x222), ir.Output(5), ir.SetField("nd_sll", 0x444), ir.SetField("nd_options_type", 1),
+        ir.SetField("nd_tll", 0x555), ir.Output(6)), "x")]
+    pipeline = ir.Pipeline.build(flows, {})
+    options = [{f: pkt.get(f) for f in ("nd_options_type", "nd_sll", "nd_tll")}
+               for _, pkt in interpreter.run(pipeline, ns).outputs]
+    assert options == [{"nd_options_type": 1, "nd_sll": 0x111, "nd_tll": None},
+                       {"nd_options_type": 1, "nd_sll": 0x333, "nd_tll": None},
+                       {"nd_options_type": 2, "nd_sll": None, "nd_tll": 0x333},
+                       {"nd_options_type": 2, "nd_sll": None, "nd_tll": 0x222},
+                       {"nd_options_type": 1, "nd_sll": 0x444, "nd_tll": None}]  # the tll written is lost
+    dad = {k: v for k, v in ns.items() if k not in ("nd_options_type", "nd_sll")}
+    assert all("nd_sll" not in pkt and "nd_tll" not in pkt for _, pkt in interpreter.run(pipeline, dad).outputs)

@@ -216,9 +216,10 @@ def test_nd_fields_without_their_icmpv6_type_are_refused_naming_it():
 
 
 def test_a_path_matching_or_rewriting_nd_fields_stays_in_software_and_gives_the_same_verdicts():
-    target, asker = 0xFD00 << 112 | 7, {"in_port": 1, "eth_src": mac_int(VM1), **ND, "icmp_code": 0}
+    target = 0xFD00 << 112 | 7
+    asker = {"in_port": 1, "eth_src": mac_int(VM1), **ND, "icmp_code": 0, "nd_options_type": 1, "nd_sll": mac_int(VM1)}
     flows = [ir.Flow(0, 10, ir.Match.of(**ND, icmp_type=135, nd_target=target),
-                     (ir.SetField("nd_tll", mac_int(REMOTE)), ir.Output(1)), "nd"),
+                     (ir.SetField("nd_options_type", 2), ir.SetField("nd_tll", mac_int(REMOTE)), ir.Output(1)), "nd"),
              ir.Flow(0, 5, ir.Match.of(eth_dst=mac_int(VM2)), (ir.Output(2),), "l2")]
     pipeline = ir.Pipeline.build(flows, {})
     caps = Capabilities(match_fields={"eth_dst": MASK_ANY, "eth_type": MASK_EXACT, "ip_proto": MASK_EXACT,
@@ -226,7 +227,7 @@ def test_a_path_matching_or_rewriting_nd_fields_stays_in_software_and_gives_the_
                         max_rules=100)
     plan = partition(pipeline, {p: PortOffload(p, "sw0", caps) for p in (1, 2)}, (ir.ETH_TYPE_IPV6,),
                      unicast_only=False)
-    assert "the NIC cannot rewrite nd_tll" in {s.reason for s in plan.software}
+    assert "the NIC cannot rewrite nd_options_type" in {s.reason for s in plan.software}
     for pkt in ({**asker, "icmp_type": 135, "nd_target": target, "eth_dst": mac_int(VM2)},
                 {**asker, "icmp_type": 128, "eth_dst": mac_int(VM2)}):
         assert hw_then_sw(pipeline, plan, pkt, interpreter.ConnTracker()) == interpreter.run(pipeline, pkt).outputs
