@@ -27,7 +27,7 @@ from hwflow.apps.base import App, network_of, network_owner, port_owner
 from hwflow.model.objects import FloatingIP, Router
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
+from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, KIND_PRESENT, Change, Topology
 
 PRIO_UNICAST = 100
 PRIO_FLOOD = 50
@@ -75,19 +75,16 @@ def network_owners(network_id: str, topo: Topology) -> Iterator[str]:
 def placement_affected(change: Change, topo: Topology) -> Iterator[str]:
     """Owners of L2 and output (both have a flow per port and per network) that a change may touch.
 
-    A local port coming or going may be its network's first or last here, which brings in (or takes away) every
-    port's flows: after a batch of changes the topology cannot say what the count was, so any change of
-    localness recomputes the network ("local" changes carry the port as it was and as it is).
+    A port's change touches its own flow and its network's flood; a network's first local port arriving or
+    its last leaving (the topology's "present" change) brings in or takes away every port's flows.
     """
     for network_id in sorted(nat_changed(change, topo)):
         yield from network_owners(network_id, topo)
-    if change.kind == KIND_NETWORK:
+    if change.kind in (KIND_NETWORK, KIND_PRESENT):
         yield from network_owners(change.id, topo)
     elif change.kind in (KIND_PORT, KIND_LOCAL):
         yield port_owner(change.id)
-        everyone = change.kind == KIND_LOCAL or change.id in topo.local_port_ids
-        for network_id in network_of(change):
-            yield from network_owners(network_id, topo) if everyone else (network_owner(network_id),)
+        yield from (network_owner(n) for n in sorted(network_of(change)))
 
 
 class L2App(App):

@@ -33,6 +33,7 @@ from hwflow.model.objects import NbObject, Network, Port
 KIND_NETWORK = "network"
 KIND_PORT = "port"
 KIND_LOCAL = "local"  # a port became local to, or left, this chassis
+KIND_PRESENT = "present"  # a network got its first local port here, or lost its last (old/new: bool)
 
 LOCAL_NUMBERS = 0x7FFF  # local numbers are 1..this (conntrack zones below l3's NAT zones)
 
@@ -62,6 +63,8 @@ class Topology:
         self._numbers: dict[str, int] = {}  # local port id -> its local number
         self._numbered: set[int] = set()
         self._next_high = LOCAL_NUMBERS  # where the top-down search for a free number starts
+        self._local_network: dict[str, str] = {}  # local, known port id -> its network
+        self._local_count: dict[str, int] = {}  # network id -> how many local ports it has
         self.update({KIND_NETWORK: networks or {}, KIND_PORT: ports or {}, **(others or {})}, local_port_ids)
 
     # --- reading ---------------------------------------------------------------
@@ -130,9 +133,8 @@ class Topology:
         self.local_port_ids = local
         touched = {c.id for c in changes if c.kind in (KIND_PORT, KIND_LOCAL)}
         # numbers given back first, then taken in key order: a restarted agent numbers its ports as before
-        for pid in sorted(touched, key=lambda i: (self.is_local(i), getattr(self.ports.get(i), "unique_key", 0), i)):
-            self._renumber(pid)
-        return changes
+        return changes + self._settle(sorted(touched, key=lambda i: (self.is_local(i),
+                                                                      getattr(self.ports.get(i), "unique_key", 0), i)))
 
     def apply(self, kind: str, obj_id: str, obj: Any) -> list[Change]:
         """One object written (or deleted, ``obj`` None): the cheap path for a watched change."""
@@ -146,9 +148,7 @@ class Topology:
             table[obj_id] = obj
         change = Change(kind, obj_id, before, obj)
         self._reindex(change)
-        if kind == KIND_PORT:
-            self._renumber(obj_id)
-        return [change]
+        return [change, *self._settle([obj_id])] if kind == KIND_PORT else [change]
 
     def set_local(self, port_id: str, local: bool) -> list[Change]:
         """A port's interface appeared on (or left) this chassis' bridge."""
@@ -161,8 +161,25 @@ class Topology:
         else:
             self.local_port_ids.discard(port_id)
             change = Change(KIND_LOCAL, port_id, port, None)
-        self._renumber(port_id)
-        return [change]
+        return [change, *self._settle([port_id])]
+
+    def _settle(self, port_ids: Iterable[str]) -> list[Change]:
+        """Bookkeeping of ports that may have become (or stopped being) local and known: their numbers, and
+        the networks that got their first local port or lost their last (a "present" change each)."""
+        was_present: dict[str, bool] = {}
+        for pid in port_ids:
+            old = self._local_network.pop(pid, None)
+            new = self.ports[pid].network_id if self.is_local(pid) else None
+            for network_id, step in ((old, -1), (new, 1)):
+                if network_id is not None:
+                    count = self._local_count.get(network_id, 0)
+                    was_present.setdefault(network_id, count > 0)
+                    self._local_count[network_id] = count + step
+            if new is not None:
+                self._local_network[pid] = new
+            self._renumber(pid)
+        return [Change(KIND_PRESENT, n, was, not was) for n, was in sorted(was_present.items())
+                if was != (self._local_count[n] > 0)]
 
     def _renumber(self, port_id: str) -> None:
         """Give a port that is local and known a number, and take it back from one that is not."""

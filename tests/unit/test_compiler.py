@@ -51,13 +51,26 @@ def test_one_port_added_touches_only_its_owners():
     delta = compiler.update(topo, topo.update({"port": {**ports, "px": new}}, set(ports) | {"px"}))
     # the port's owners in classifier, port security, dhcp, responder (no address: no flow) and l3 (a possible
     # next hop: no router here, so no flow), and its network's in the classifier (tunnel/uplink entry); in l2 and
-    # output, its network and every port of it (10 + the new one: a new local port may be the network's first,
-    # which the topology cannot tell after a batch of changes)
-    assert delta.owners == 6 + 2 * (1 + 11)
+    # output, its own and its network's (flood): the network had local ports already
+    assert delta.owners == 6 + 2 * 2
     assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
     # classify, unicast, delivery, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
     assert sum(f.owner == "port:px" for f in delta.added) == 7
     assert [f.owner for f in delta.removed] == ["network:n0"]
+
+
+def test_a_networks_first_local_port_brings_in_every_port_of_it():
+    compiler = Compiler.from_file(layout_path(""))
+    ports = {f"p{i}": Port(id=f"p{i}", name="", network_id="n0", mac=f"fa:16:3e:00:01:{i:02x}", unique_key=100 + i)
+             for i in range(10)}
+    topo = Topology("h", {n.id: n for n in NETS}, ports, set())  # all remote: n0 is not switched here
+    compiler.compile(topo)
+    delta = compiler.update(topo, topo.set_local("p3", True))
+    # as above for p3, plus in l2 and output the unicast flow of each of the 9 other ports
+    assert delta.owners == 6 + 2 * 2 + 2 * 9
+    assert {f.owner for f in delta.added if f.owner.startswith("port:")} == set(map("port:{}".format, ports))
+    delta = compiler.update(topo, topo.set_local("p3", False))  # and its last one takes them away
+    assert {f.owner for f in delta.removed if f.owner.startswith("port:")} == set(map("port:{}".format, ports))
 
 
 ops = st.one_of(

@@ -1,4 +1,5 @@
-"""Local port numbers: unique, in range, stable while a port stays local, its key when that is free."""
+"""The topology's bookkeeping of local ports: their numbers (unique, in range, stable while a port stays local,
+its key when that is free) and the networks that have local ports ("present" changes when that flips)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 
 from hwflow.model.objects import Port
 from hwflow.pipeline import topology as topology_module
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import KIND_PRESENT, Topology
 
 KEYS = (1, 2, 3, 5, 0x8000, 0x12345, 0x12346)
 
@@ -47,6 +48,7 @@ def test_numbers_are_unique_in_range_and_stable_while_local(operations, limit):
         topo = Topology("h")
         held: dict[str, int] = {}
         for op, i, on in operations:
+            present = _present(topo)
             pid = f"p{i}"
             if op == "port":
                 changes = topo.apply("port", pid, port(i, KEYS[i], on) if on else None)
@@ -59,6 +61,18 @@ def test_numbers_are_unique_in_range_and_stable_while_local(operations, limit):
             assert set(numbers) <= {p for p in topo.local_port_ids if topo.is_local(p)}
             if changes and topo.is_local(pid) and pid not in numbers:  # the port just written or plugged found none
                 assert len(numbers) == limit
+            assert {c.id for c in changes if c.kind == KIND_PRESENT} == present ^ _present(topo)
             held = numbers
     finally:
         topology_module.LOCAL_NUMBERS = saved
+
+
+def _present(topo: Topology) -> set[str]:
+    return {topo.ports[p].network_id for p in topo.local_port_ids if topo.is_local(p)}
+
+
+def test_a_batch_reports_each_network_that_came_or_went_once():
+    ports = {f"p{i}": port(i, i + 1, "n" if i < 2 else "m") for i in range(3)}
+    topo = Topology("h", {}, ports, {"p0"})
+    changes = topo.update({"port": ports}, {"p1", "p2"})  # n keeps a local port (p0 leaves, p1 comes), m gets one
+    assert [(c.id, c.old, c.new) for c in changes if c.kind == KIND_PRESENT] == [("m", False, True)]
