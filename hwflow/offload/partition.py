@@ -182,7 +182,7 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
 def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
-    for flow in pipeline.table(table):
+    for flow in pipeline.candidates(table, path.known):
         stale = sorted(path.dirty & {t.field for t in flow.match.fields})
         if stale:
             yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)

@@ -155,7 +155,7 @@ class ConnTracker:
 
 def lookup(pipeline: ir.Pipeline, table: int, packet: Mapping[str, int]) -> ir.Flow | None:
     """The flow that wins in ``table``: highest priority among the matching ones."""
-    for flow in pipeline.table(table):  # already highest priority first
+    for flow in pipeline.candidates(table, packet):  # highest priority first
         if flow.match.covers(packet):
             return flow
     return None
