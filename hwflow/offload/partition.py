@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import Capabilities
@@ -170,13 +170,27 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
     return covers_all, refined
 
 
-def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
-         chains: Iterator[int] | None = None) -> Iterator[Leaf]:
-    """All leaves of the pipeline for packets in ``region``, in decision-list order.
+class Chains:
+    """Numbers the tc chains of ct recirculations (per port: they share its devices' chain space).
 
-    ``chains`` numbers the tc chains of ct recirculations (per port: they share its devices' chain space).
+    ``wanted(chain)`` is asked right after the walk yields a ct rule's leaf, once its consumer has decided
+    on it: a chain that rule does not lead to in hardware is not walked. A NIC without conntrack, or a port
+    whose conntrack rule stayed in software, would otherwise have every path behind its security groups
+    enumerated for nothing.
     """
-    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), chains or itertools.count(1), 0)
+
+    def __init__(self, wanted: Callable[[int], bool] | None = None) -> None:
+        self._numbers = itertools.count(1)
+        self.wanted = wanted or (lambda chain: True)
+
+    def new(self) -> int:
+        return next(self._numbers)
+
+
+def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
+         chains: Chains | None = None) -> Iterator[Leaf]:
+    """All leaves of the pipeline for packets in ``region``, in decision-list order."""
+    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), chains or Chains(), 0)
 
 
 def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator[Leaf]:
@@ -258,8 +272,10 @@ def _recirculate(pipeline, flow, action: ir.Conntrack, region, path: _Path, chai
     if blocker is not None:
         yield _leaf(region, path, blocker, flow.owner)
         return
-    chain = next(chains)
+    chain = chains.new()
     yield dataclasses.replace(_leaf(region, path.but(edits=(action,)), None, flow.owner), goto=chain)
+    if not chains.wanted(chain):
+        return
     known = {k: v for k, v in path.known.items() if k != "ct_state"} | {"ct_zone": action.zone}
     inner = {**region, "ct_state": (ir.CT_TRK, ir.CT_TRK)}  # after ct every packet is tracked
     yield from _walk_table(pipeline, action.table, inner, path.but(known=known, chain=chain), chains, depth + 1)
@@ -480,11 +496,11 @@ def plan_port(
     refused = refused or {}
     plan = Plan()
     order = 0
-    chains = itertools.count(1)
+    open_chains = {0}
+    chains = Chains(open_chains.__contains__)
     for eth_type in ethertypes:
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         placed: list[HwRule] = []
-        open_chains = {0}
         for leaf in walk(pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, chains):
             if leaf.chain not in open_chains:
                 continue
