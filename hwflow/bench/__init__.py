@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "compile": "compile",
     "db": "db",
     "openflow": "openflow",
+    "partition": "partition",
     "tc-encode": "tc_encode",
     "tc-install": "tc_install",
 }

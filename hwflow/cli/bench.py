@@ -15,8 +15,9 @@ JSON (--json or --format json): one object with
   bench    the benchmark's name
   params   its parameters after --param overrides
   machine  hostname, cpu, cores, memory_gib, kernel, python, date (UTC)
-  results  metric name -> number (each benchmark's --help-params lists them)
-Record figures with the date and machine in doc/benchmarks.rst.
+  results  metric name -> number (doc/benchmarks.rst says what each one measures)
+`hwflow bench` alone lists the benchmarks, their parameters and defaults, and what
+each measures. Record figures with the date and machine in doc/benchmarks.rst.
 """
 
 
@@ -36,8 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, conf: Any) -> int:
     if not args.name:
-        table([{"name": n, "module": f"hwflow.bench.{m}"} for n, m in sorted(bench.BENCHMARKS.items())],
-              ["name", "module"])
+        rows = []
+        for name in sorted(bench.BENCHMARKS):
+            module = bench.load(name)
+            rows.append({"name": name, "params": " ".join(f"{k}={v}" for k, v in module.DEFAULTS.items()),
+                         "measures": (module.__doc__ or "").strip().splitlines()[0]})
+        if args.json or args.format == "json":
+            dump_json(rows)
+        else:
+            table(rows, ["name", "params", "measures"])
         return 0
     try:
         module = bench.load(args.name)
