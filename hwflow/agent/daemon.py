@@ -35,7 +35,7 @@ from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError
 from hwflow.model.objects import Chassis, Port
 from hwflow.offload import inventory
-from hwflow.offload.partition import HwRule, Plan, PortOffload, partition
+from hwflow.offload.partition import HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
 from hwflow_drivers.base import DeviceReport
@@ -93,6 +93,7 @@ class Agent:
         self._reports: dict[str, DeviceReport] = {}
         self._iface_names: frozenset[str] = frozenset()
         self._refused: dict[tuple[int, ir.Match], str] = {}
+        self._partitioner = Partitioner()
         self._managed: set[Representor] = set()
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -251,7 +252,7 @@ class Agent:
         if not self.conf.offload.enabled:
             return Plan(), reps
         types = [ETHERTYPES[name] for name in self.conf.offload.ethertypes]
-        return partition(pipeline, offload, types, self._refused), reps
+        return self._partitioner.plan(pipeline, offload, types, self._refused), reps
 
     def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:
         refused = self.tc.refused()

@@ -566,6 +566,28 @@ def partition(
     return plan
 
 
+class Partitioner:
+    """:func:`partition` for an agent's passes: the last plan again while nothing it depends on changed.
+
+    Most passes (the resync timer, an OVSDB event about an unrelated interface) find the same compiled
+    pipeline (the compiler hands back the same object until a change), the same ports and capabilities and
+    the same refusals; partitioning costs seconds on a host of a hundred ports (doc/benchmarks.rst).
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[ir.Pipeline, dict[int, PortOffload], tuple[int, ...], dict, Plan] | None = None
+
+    def plan(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
+             refused: Mapping[tuple[int, ir.Match], str]) -> Plan:
+        last = self._last
+        if last is not None and last[0] is pipeline and last[1] == ports and last[2] == tuple(ethertypes) \
+                and last[3] == refused:
+            return last[4]
+        plan = partition(pipeline, ports, ethertypes, refused)
+        self._last = (pipeline, dict(ports), tuple(ethertypes), dict(refused), plan)
+        return plan
+
+
 def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
                conntrack: interpreter.ConnTracker | None = None) -> tuple[tuple[int, Mapping[str, int]], ...]:
     """Outputs (port, packet as sent) when the NIC's rules run first and OVS takes the misses.

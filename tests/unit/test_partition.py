@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
-from hwflow.offload.partition import Plan, PortOffload, hw_then_sw, partition
+from hwflow.offload.partition import Partitioner, Plan, PortOffload, hw_then_sw, partition
 from hwflow.pipeline import interpreter, ir
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
@@ -497,3 +497,17 @@ def test_inline_nat_goes_to_hardware_and_replies_are_translated_back():
     assert hw_then_sw(pipeline, plan, reply, nic)[0][1]["ipv4_dst"] == IPS[0]
     no_nat = dataclasses.replace(RICH_CAPS, conntrack=Conntrack(frozenset(hw.CT_STATES), zones=True, nat=False))
     assert partition(pipeline, _offload(no_nat), (ir.ETH_TYPE_IPV4,)).rules == []
+
+
+def test_the_partitioner_reuses_its_plan_until_the_pipeline_ports_or_refusals_change():
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1, eth_dst=2), (ir.Output(2),), "a"),
+             ir.Flow(0, 10, ir.Match.of(in_port=2, eth_dst=1), (ir.Output(1),), "b")]
+    pipeline = ir.Pipeline.build(flows, {})
+    ports = _offload(FULL_CAPS)
+    partitioner = Partitioner()
+    plan = partitioner.plan(pipeline, ports, (ir.ETH_TYPE_IPV4,), {})
+    assert plan.rules and partitioner.plan(pipeline, dict(ports), (ir.ETH_TYPE_IPV4,), {}) is plan
+    assert partitioner.plan(ir.Pipeline.build(flows, {}), ports, (ir.ETH_TYPE_IPV4,), {}) is not plan  # new compile
+    refused = {(1, plan.rules[0].match): "no room"}
+    again = partitioner.plan(pipeline, ports, (ir.ETH_TYPE_IPV4,), refused)
+    assert again is not plan and len(again.rules) == len(plan.rules) - 1
