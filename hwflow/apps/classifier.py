@@ -9,10 +9,9 @@ applied port security, its egress security groups and routing):
   overlay network with a local port here and a port on a chassis we tunnel
   to (a host with no such peer, a lone host, accepts no tunnelled traffic);
 - from a physical network's uplink (``ir.physnet_port``), by its VLAN tag
-  (popped) for a vlan network, or untagged for the physical network's flat
-  network (the lower-priority catch-all of that uplink: the IR cannot match
-  "no tag", so a frame with a VLAN no network here has is taken as the flat
-  network's, tag and all, where there is one).
+  (popped) for a vlan network, or untagged (``vlan_tagged=0``) for the
+  physical network's flat network: a frame tagged with a VLAN no network
+  here has is dropped, not taken into the flat network.
 
 A packet from the uplink of a NAT network (:func:`hwflow.apps.l2.nat_networks`:
 a router's gateway network, a local FIP's external network) leaves through
@@ -40,7 +39,7 @@ from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
 
 PRIO_PORT = 100
-PRIO_FLAT = 90  # below the uplink's VLAN flows: what carries no known tag is the flat network's
+PRIO_FLAT = 90  # the uplink's untagged frames: the flat network's
 
 
 class ClassifierApp(LocalPortApp):
@@ -73,7 +72,7 @@ class ClassifierApp(LocalPortApp):
         uplink = ir.physnet_port(network.physical_network)
         if network.network_type == "vlan":
             return PRIO_PORT, ir.Match.of(in_port=uplink, vlan_vid=network.vlan_id), (ir.PopVlan(),)
-        return PRIO_FLAT, ir.Match.of(in_port=uplink), ()
+        return PRIO_FLAT, ir.Match.of(in_port=uplink, vlan_tagged=0), ()
 
     def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
         network = topo.networks.get(port.network_id)

@@ -169,6 +169,7 @@ def run(pipeline: ir.Pipeline, packet: Mapping[str, int], conntrack: ConnTracker
     state = dict(packet)
     for name in ir.INTERNAL_FIELDS:
         state.setdefault(name, 0)
+    state["vlan_tagged"] = int("vlan_vid" in state)
     outputs: list[tuple[int, Mapping[str, int]]] = []
     steps: list[Step] = []
     option = NdOption.arrived(packet)
@@ -209,9 +210,10 @@ def _mutate(state: dict[str, int], action: ir.Action, tracker: ConnTracker) -> b
     elif isinstance(action, ir.Move):
         state[action.dst] = state.get(action.src, 0) & ir.full_mask(action.dst)
     elif isinstance(action, ir.PushVlan):
-        state["vlan_vid"] = action.vid
+        state["vlan_vid"], state["vlan_tagged"] = action.vid, 1
     elif isinstance(action, ir.PopVlan):
         state.pop("vlan_vid", None)
+        state["vlan_tagged"] = 0
     elif isinstance(action, ir.DecTtl):
         if "ip_ttl" in state:
             if state["ip_ttl"] <= 1:
@@ -272,7 +274,7 @@ def _option_fields(packet: Mapping[str, int]) -> dict[str, int]:
 
 def _visible(state: Mapping[str, int], option: NdOption | None) -> dict[str, int]:
     """The packet as it leaves: internal fields are not on the wire; an ND option as OVS writes it (module doc)."""
-    packet = {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k != "in_port"}
+    packet = {k: v for k, v in state.items() if k not in ir.INTERNAL_FIELDS and k not in ("in_port", "vlan_tagged")}
     for field in ND_OPTIONS.values():
         packet.pop(field, None)
     name, address = option.send(state) if option is not None else (None, 0)

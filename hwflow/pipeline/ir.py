@@ -6,6 +6,11 @@ the database gives each port), values are plain integers (a MAC is a 48-bit
 int, an IPv4 address a 32-bit int), and every flow names the logical object
 it came from (``owner``) so a change to one object touches only its flows.
 
+VLANs: the IR models one tag. ``vlan_vid`` is its VID; ``vlan_tagged`` says
+whether there is a tag at all, so a flow can take untagged frames only
+(``vlan_tagged=0``) or any tagged one. It is derived, not carried: a packet
+is tagged when it has a ``vlan_vid``; PushVlan/PopVlan set and clear it.
+
 Semantics (shared by the reference interpreter, OVS and the partitioner):
 a packet enters table 0; in each table the highest-priority flow whose match
 covers the packet runs its actions in order; a table with no match drops.
@@ -29,6 +34,7 @@ FIELD_BITS: dict[str, int] = {
     "eth_dst": 48,
     "eth_type": 16,
     "vlan_vid": 12,
+    "vlan_tagged": 1,  # 1: the frame carries a VLAN tag (a vlan_vid match implies it), 0: it carries none
     "ipv4_src": 32,
     "ipv4_dst": 32,
     "ipv6_src": 128,
@@ -75,6 +81,9 @@ CT_DNAT = 0x80  # ... its destination (+dnat; a reply to an SNATed connection ge
 
 # Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
 INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", "outport", *(f"reg{i}" for i in range(8))})
+
+# Fields read from others, never written: a SetField or Move of them is refused (PushVlan/PopVlan tag).
+DERIVED_FIELDS = frozenset({"vlan_tagged"})
 
 # ``outport`` values with this bit set name a flood group: the rest is the network's key.
 FLOOD_GROUP = 1 << 31
@@ -247,6 +256,8 @@ class SetField:
     def __post_init__(self) -> None:
         if self.field not in FIELD_BITS:
             raise ValueError(f"unknown IR field {self.field!r}")
+        if self.field in DERIVED_FIELDS:
+            raise ValueError(f"{self.field} cannot be set: it follows the packet (PushVlan/PopVlan)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +276,8 @@ class Move:
         for name in (self.src, self.dst):
             if name not in FIELD_BITS:
                 raise ValueError(f"unknown IR field {name!r}")
+        if self.dst in DERIVED_FIELDS:
+            raise ValueError(f"{self.dst} cannot be written: it follows the packet (PushVlan/PopVlan)")
         if FIELD_BITS[self.src] > FIELD_BITS[self.dst]:
             raise ValueError(f"move {self.src} -> {self.dst}: {FIELD_BITS[self.src]} bits do not fit in "
                              f"{FIELD_BITS[self.dst]}")

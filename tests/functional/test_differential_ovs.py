@@ -346,6 +346,30 @@ def test_vlan_push_pop_and_rewrite_agree_with_ovs(ovs: Ovs, port: int, vlan: int
     assert sorted(ovs.trace_outputs(flow)) == _sent(interpreter.run(pipeline, pkt)), pkt
 
 
+# vlan_tagged: untagged only (OVS's vlan_vid=0x0000), any tag (0x1000/0x1000), beside a vlan_vid.
+TAGGED_FLOWS = [
+    ir.Flow(0, 10, ir.Match.of(in_port=_key(0), vlan_tagged=1), (ir.PopVlan(), ir.Output(_key(1))), "t"),
+    ir.Flow(0, 10, ir.Match.of(in_port=_key(0), vlan_tagged=0), (ir.Output(_key(2)),), "t"),
+    ir.Flow(0, 10, ir.Match.of(in_port=_key(1), vlan_tagged=1, vlan_vid=5), (ir.Output(_key(3)),), "t"),
+    ir.Flow(0, 5, ir.Match(), (ir.Output(_key(4)),), "t"),
+]
+
+
+@pytest.mark.parametrize("vlan", [None, 5, 400])
+@pytest.mark.parametrize("port", [0, 1])
+def test_tagged_and_untagged_matches_agree_with_ovs(ovs: Ovs, port: int, vlan: int | None) -> None:
+    pipeline, ports = _bind(ovs, TAGGED_FLOWS)
+    pkt = {"in_port": _key(port), "eth_src": 1, "eth_dst": 2, "eth_type": 0x88B5}
+    flow = f"in_port={ports[_key(port)]},dl_src=00:00:00:00:00:01,dl_dst=00:00:00:00:00:02,dl_type=0x88b5"
+    if vlan is not None:
+        pkt["vlan_vid"] = vlan
+        flow += f",dl_vlan={vlan}"
+    sent = _sent(interpreter.run(pipeline, pkt))
+    assert sorted(ovs.trace_outputs(flow)) == sent, pkt
+    assert len(sent) == 1
+    assert ovs.backend.sync(pipeline.flows, ports).sent == 0  # what OVS dumps keys as what was sent
+
+
 TRK, NEW, EST, RPL = ir.CT_TRK, ir.CT_NEW, ir.CT_EST, ir.CT_RPL
 CT_FLOWS = [
     # What is sent before the conntrack stands; the walk goes on in table 1 with ct_state and ct_zone set.

@@ -86,6 +86,9 @@ def ir_matches(draw: st.DrawFn) -> ir.Match:
                                         "tun_src", "tun_dst", "outport") if draw(st.booleans())]
     if draw(st.booleans()):
         terms.append(exact("ct_zone", draw(bits("ct_zone"))))
+    if draw(st.booleans()):  # with a vlan_vid it can only say "tagged"
+        vid = next((t for t in terms if t.field == "vlan_vid" and t.mask), None)
+        terms.append(exact("vlan_tagged", 1 if vid is not None else draw(st.integers(0, 1))))
     return ir.Match(tuple(terms))
 
 
@@ -106,8 +109,8 @@ def conntracks(ipv4: bool, table: st.SearchStrategy[int | None]) -> st.SearchStr
 
 def with_vlan_known(actions: list[ir.Action], match: ir.Match) -> list[ir.Action]:
     """A PopVlan or vlan_vid rewrite where no tag is known present becomes a PushVlan, as OVS requires."""
-    term = match.get("vlan_vid")
-    tagged, out = term is not None and term.mask != 0, []
+    term, flag = match.get("vlan_vid"), match.get("vlan_tagged")
+    tagged, out = term is not None and term.mask != 0 or flag is not None and flag.value == 1, []
     for action in actions:
         needs = isinstance(action, ir.PopVlan) or isinstance(action, ir.SetField) and action.field == "vlan_vid"
         out.append(ir.PushVlan(7) if needs and not tagged else action)
@@ -320,6 +323,21 @@ def test_translation_of_a_classifier_flow() -> None:
     assert mod.match["vlan_vid"] == 5 | ofp.OFPVID_PRESENT
     assert translate.instructions_key(mod.instructions) == (
         ("apply", (("output", 7),)), ("write_metadata", 7, translate.ALL_ONES_64), ("goto", 3))
+
+
+def test_vlan_tagged_is_the_present_bit_of_vlan_vid() -> None:
+    def vlan(**terms: int) -> object:
+        return translate.to_flow_mod(ir.Flow(0, 1, ir.Match.of(in_port=11, **terms), (ir.Drop(),), "x"),
+                                     PORTS).match.get("vlan_vid")
+
+    assert vlan(vlan_tagged=0) == ofp.OFPVID_NONE  # untagged frames only
+    assert vlan(vlan_tagged=1) == (ofp.OFPVID_PRESENT, ofp.OFPVID_PRESENT)  # any tag
+    assert vlan(vlan_tagged=1, vlan_vid=5) == 5 | ofp.OFPVID_PRESENT
+    with pytest.raises(translate.TranslationError, match="vlan_tagged=0 beside a vlan_vid match never holds"):
+        vlan(vlan_tagged=0, vlan_vid=5)
+    flow = ir.Flow(0, 1, ir.Match.of(in_port=11, vlan_tagged=1), (ir.PopVlan(), ir.Output(12)), "x")
+    assert translate.instructions_key(translate.to_flow_mod(flow, PORTS).instructions) == (
+        ("apply", (("pop_vlan",), ("output", 7))),)  # a tag is known present: OVS takes the pop
 
 
 def test_a_move_into_a_wider_field_clears_it_first_as_the_ir_copies_the_whole_value() -> None:

@@ -163,6 +163,13 @@ def test_flat_network_is_untagged_both_ways():
     assert sorted(send(pipe, 40, BROADCAST, src_key=40).ports) == [41, UPLINK]
 
 
+def test_a_frame_tagged_with_a_vlan_no_network_has_stays_out_of_the_flat_network():
+    pipe = pipeline()
+    for frame in (dict(dst=mac(41)), dict(dst=BROADCAST)):  # the flat network's port, and everyone
+        assert send(pipe, UPLINK, frame["dst"], src_key=44, vlan_vid=300).kind == "drop"
+        assert send(pipe, UPLINK, frame["dst"], src_key=44).ports  # untagged: the flat network's
+
+
 def test_uplink_keys_are_stable_and_reserved():
     assert ir.physnet_port("physnet1") == UPLINK
     assert ir.physnet_port("physnet1") != ir.physnet_port("physnet2")

@@ -81,8 +81,8 @@ _SAME_NAME = frozenset({
 })
 # IR fields OpenFlow spells otherwise. outport sits where OVN keeps its logical outport: far from
 # the registers the layout hands out.
-_RENAMED = {"outport": "reg15", "tun_id": "tunnel_id", "tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst",
-            "nd_target": "ipv6_nd_target", "nd_sll": "ipv6_nd_sll", "nd_tll": "ipv6_nd_tll"}
+_RENAMED = {"outport": "reg15", "vlan_tagged": "vlan_vid", "tun_id": "tunnel_id", "tun_src": "tun_ipv4_src",
+            "tun_dst": "tun_ipv4_dst", "nd_target": "ipv6_nd_target", "nd_sll": "ipv6_nd_sll", "nd_tll": "ipv6_nd_tll"}
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha", "ipv6_nd_sll", "ipv6_nd_tll"})
 _IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_src", "tun_ipv4_dst"})
 _IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "ipv6_nd_target"})
@@ -138,7 +138,7 @@ _NXM_ALIASES = frozenset({
 })
 # IR fields a Move cannot name: OpenFlow spells them with flag bits (vlan_vid), as another width
 # (in_port), or cannot read them at all in 1.3 (ip_ttl).
-_NOT_MOVABLE = frozenset({"in_port", "vlan_vid", "ip_ttl"})
+_NOT_MOVABLE = frozenset({"in_port", "vlan_vid", "vlan_tagged", "ip_ttl"})
 # IR fields only the switch writes: the ingress port, and what conntrack reports.
 _NOT_WRITABLE = frozenset({"in_port", "ct_state", "ct_zone", "ct_mark"})
 NAT_F_SRC, NAT_F_DST = 1, 2  # NXAST_NAT flags (OVS's NX_NAT_F_*; os-ken does not name them)
@@ -227,6 +227,8 @@ def _oxm_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) -> t
     """(OXM field, value, mask) as integers, the mask full for an exact match; None for a match-all term."""
     if term.mask == 0:
         return None  # matches everything: OpenFlow has no term for it
+    if term.field == "vlan_tagged":
+        return _vlan_tagged_term(flow, term)
     if term.field == "ip_ttl":
         raise TranslationError(flow, "OpenFlow 1.3 cannot match ip_ttl")
     if term.field in _NOT_MATCHABLE:
@@ -245,6 +247,19 @@ def _oxm_term(flow: ir.Flow, term: ir.FieldMatch, ports: Mapping[int, int]) -> t
     if term.field == "vlan_vid":
         value, mask = value | ofp.OFPVID_PRESENT, mask | ofp.OFPVID_PRESENT
     return oxm, value, mask
+
+
+def _vlan_tagged_term(flow: ir.Flow, term: ir.FieldMatch) -> tuple[str, int, int] | None:
+    """vlan_tagged is OXM vlan_vid's OFPVID_PRESENT bit: 0 is OFPVID_NONE exactly (untagged frames only), 1
+    the bit alone (any tag); beside a vlan_vid term, which carries the bit, it adds nothing."""
+    vid = flow.match.get("vlan_vid")
+    if vid is not None and vid.mask:
+        if not term.value:
+            raise TranslationError(flow, "vlan_tagged=0 beside a vlan_vid match never holds")
+        return None
+    if term.value:
+        return "vlan_vid", ofp.OFPVID_PRESENT, ofp.OFPVID_PRESENT
+    return "vlan_vid", ofp.OFPVID_NONE, _full_mask("vlan_vid")
 
 
 def _full_mask(oxm: str) -> int:
@@ -285,8 +300,9 @@ class _Walk:
 
     @classmethod
     def start(cls, flow: ir.Flow) -> _Walk:
-        term = flow.match.get("vlan_vid")
-        return cls(term is not None and term.mask != 0)  # a vlan_vid term matches OFPVID_PRESENT too
+        term, tagged = flow.match.get("vlan_vid"), flow.match.get("vlan_tagged")
+        # a vlan_vid term matches OFPVID_PRESENT too
+        return cls(term is not None and term.mask != 0 or tagged is not None and tagged.value == 1)
 
 
 def _output_key(port: int, max_len: int) -> tuple[Any, ...]:
@@ -524,8 +540,9 @@ _OUTPUT = struct.Struct("!IH")  # port, max_len
 
 
 # Match terms whose value (not only presence and mask) decides OXM names and prerequisites.
-_SHAPE_VALUES = frozenset({"eth_type", "ip_proto"})
-_PLAIN, _IN_PORT, _VLAN = 0, 1, 2
+_SHAPE_VALUES = frozenset({"eth_type", "ip_proto", "vlan_tagged"})
+_PLAIN, _IN_PORT, _VLAN, _TAGGED = 0, 1, 2, 3
+_TRANSFORMS = {"vlan_vid": _VLAN, "vlan_tagged": _TAGGED}
 COOKIE_CACHE = 1 << 18
 Shape = tuple[tuple[str, int, int], ...]
 
@@ -535,7 +552,7 @@ class _Step(NamedTuple):
     per-flow loop unpacks it)."""
 
     index: int  # position in ir.Match.fields
-    transform: int  # _PLAIN, _IN_PORT (logical port -> ofport) or _VLAN (| OFPVID_PRESENT)
+    transform: int  # _PLAIN, _IN_PORT (logical port -> ofport), _VLAN (| OFPVID_PRESENT), _TAGGED (vlan_tagged)
     oxm: str
     template: int
     wide: bool  # value over 64 bits: two words
@@ -595,8 +612,11 @@ class FlowCompiler:
                 _oxm_term(flow, term, {term.value: 0})  # validation only: the ofport is looked up per flow
                 steps.append(self._step(i, "in_port", _IN_PORT, _full_mask("in_port")))
                 continue
-            oxm, _, mask = _oxm_term(flow, term, {})
-            steps.append(self._step(i, oxm, _VLAN if term.field == "vlan_vid" else _PLAIN, mask))
+            oxm_term = _oxm_term(flow, term, {})
+            if oxm_term is None:  # vlan_tagged=1 beside a vlan_vid
+                continue
+            oxm, _, mask = oxm_term
+            steps.append(self._step(i, oxm, _TRANSFORMS.get(term.field, _PLAIN), mask))
         steps.sort(key=lambda step: self._fields[step.oxm].rank)
         key_order = tuple(sorted(range(len(steps)), key=lambda i: steps[i].oxm))
         recipe = self._shapes[shape] = (tuple(steps), key_order)
@@ -618,6 +638,8 @@ class FlowCompiler:
                 value = ofport
             elif transform == _VLAN:
                 value |= ofp.OFPVID_PRESENT
+            elif transform == _TAGGED:
+                value = ofp.OFPVID_PRESENT if value else ofp.OFPVID_NONE
             terms.append((oxm, value, mask))
             if wide:
                 words += (template, value >> 64, value & native.CLOSE, *mask_words)
