@@ -511,3 +511,12 @@ def test_the_partitioner_reuses_its_plan_until_the_pipeline_ports_or_refusals_ch
     refused = {(1, plan.rules[0].match): "no room"}
     again = partitioner.plan(pipeline, ports, (ir.ETH_TYPE_IPV4,), refused)
     assert again is not plan and len(again.rules) == len(plan.rules) - 1
+
+
+def test_a_path_that_needs_to_know_whether_a_frame_is_tagged_stays_in_software():
+    """Flower cannot say "untagged only" of a rule, nor "any tag": it takes the match on the protocol."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1, vlan_tagged=0), (ir.Output(2),), "flat"),
+             ir.Flow(0, 5, ir.Match.of(in_port=1), (ir.Drop(),), "rest")]
+    plan = partition(ir.Pipeline.build(flows, {}), _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    reasons = [leaf.reason for leaf in plan.software if leaf.in_port == 1]
+    assert not plan.rules_of(1) and reasons[0].startswith("the NIC cannot match vlan_tagged")
