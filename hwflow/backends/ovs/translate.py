@@ -31,8 +31,10 @@ How the IR's less obvious parts are said in OpenFlow 1.3 + Nicira extensions:
   OVS, which means the same thing; its dump keys the same way.
 - ``PushVlan(vid)`` is push_vlan 0x8100 + set_field vlan_vid (OFPVID_PRESENT
   set); ``PopVlan`` is pop_vlan. OVS refuses pop_vlan or a vlan_vid rewrite
-  unless a tag is known present (a vlan_vid match or an earlier push), and
-  so does the translation: the IR cannot match "any tag".
+  unless a tag is known present (a vlan_vid match, ``vlan_tagged=1`` or an
+  earlier push), and so does the translation. ``vlan_tagged`` is vlan_vid's
+  OFPVID_PRESENT bit: 0 is ``vlan_vid=0x0000`` (untagged only), 1 the bit
+  alone (any tag).
 - ``tun_id`` is OXM tunnel_id, ``tun_src``/``tun_dst`` NXM_NX_TUN_IPV4_SRC/DST,
   matched and set alike.
 - ``nd_reserved``/``nd_options_type`` are OVS's ERICOXM_OF fields of the same
