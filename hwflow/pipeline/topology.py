@@ -172,14 +172,15 @@ class Topology:
             new = self.ports[pid].network_id if self.is_local(pid) else None
             for network_id, step in ((old, -1), (new, 1)):
                 if network_id is not None:
-                    count = self._local_count.get(network_id, 0)
+                    count = self._local_count.pop(network_id, 0)
                     was_present.setdefault(network_id, count > 0)
-                    self._local_count[network_id] = count + step
+                    if count + step:
+                        self._local_count[network_id] = count + step
             if new is not None:
                 self._local_network[pid] = new
             self._renumber(pid)
         return [Change(KIND_PRESENT, n, was, not was) for n, was in sorted(was_present.items())
-                if was != (self._local_count[n] > 0)]
+                if was != (n in self._local_count)]
 
     def _renumber(self, port_id: str) -> None:
         """Give a port that is local and known a number, and take it back from one that is not."""
