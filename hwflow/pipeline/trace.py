@@ -68,8 +68,11 @@ def parse_spec(spec: str) -> dict[str, int]:
         name, sep, text = pair.partition("=")
         if not sep:
             raise PacketSpecError(f"{pair!r} is not field=value")
+        if name in ir.DERIVED_FIELDS:
+            raise PacketSpecError(f"{name} follows from the packet (vlan_tagged: give a vlan_vid, or none)")
         if name not in ir.FIELD_BITS or name in ir.INTERNAL_FIELDS or name == "in_port":
-            known = ", ".join(f for f in ir.FIELD_BITS if f not in ir.INTERNAL_FIELDS and f != "in_port")
+            known = ", ".join(f for f in ir.FIELD_BITS
+                              if f not in ir.INTERNAL_FIELDS and f not in ir.DERIVED_FIELDS and f != "in_port")
             raise PacketSpecError(f"unknown packet field {name!r}; known: {known}")
         fields[name] = parse_value(name, text.strip())
     return fields

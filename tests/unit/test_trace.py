@@ -25,6 +25,7 @@ def test_values_print_back_as_they_parse(item):
     ("eth_dst", "not field=value"),
     ("color=red", "unknown packet field 'color'"),
     ("metadata=1", "unknown packet field 'metadata'"),
+    ("vlan_tagged=1", "vlan_tagged follows from the packet"),
     ("eth_dst=fa:16:3e", "six"),
     ("ipv4_dst=10.0.0.300", "ipv4_dst=10.0.0.300"),
     ("ip_ttl=256", "out of range"),
