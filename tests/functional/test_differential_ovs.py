@@ -338,12 +338,18 @@ VLAN_FLOWS = [
 @pytest.mark.parametrize("port", range(NPORTS))
 def test_vlan_push_pop_and_rewrite_agree_with_ovs(ovs: Ovs, port: int, vlan: int | None) -> None:
     pipeline, ports = _bind(ovs, VLAN_FLOWS)
+    pkt, flow = _frame(port, vlan, ports)
+    assert sorted(ovs.trace_outputs(flow)) == _sent(interpreter.run(pipeline, pkt)), pkt
+
+
+def _frame(port: int, vlan: int | None, ports: dict[int, int]) -> tuple[dict[str, int], str]:
+    """A non-IP frame from p<port>, tagged ``vlan`` if given: as the interpreter's packet and as ofproto/trace's."""
     pkt = {"in_port": _key(port), "eth_src": 1, "eth_dst": 2, "eth_type": 0x88B5}
     flow = f"in_port={ports[_key(port)]},dl_src=00:00:00:00:00:01,dl_dst=00:00:00:00:00:02,dl_type=0x88b5"
     if vlan is not None:
         pkt["vlan_vid"] = vlan
         flow += f",dl_vlan={vlan}"
-    assert sorted(ovs.trace_outputs(flow)) == _sent(interpreter.run(pipeline, pkt)), pkt
+    return pkt, flow
 
 
 # vlan_tagged: untagged only (OVS's vlan_vid=0x0000), any tag (0x1000/0x1000), beside a vlan_vid.
@@ -359,11 +365,7 @@ TAGGED_FLOWS = [
 @pytest.mark.parametrize("port", [0, 1])
 def test_tagged_and_untagged_matches_agree_with_ovs(ovs: Ovs, port: int, vlan: int | None) -> None:
     pipeline, ports = _bind(ovs, TAGGED_FLOWS)
-    pkt = {"in_port": _key(port), "eth_src": 1, "eth_dst": 2, "eth_type": 0x88B5}
-    flow = f"in_port={ports[_key(port)]},dl_src=00:00:00:00:00:01,dl_dst=00:00:00:00:00:02,dl_type=0x88b5"
-    if vlan is not None:
-        pkt["vlan_vid"] = vlan
-        flow += f",dl_vlan={vlan}"
+    pkt, flow = _frame(port, vlan, ports)
     sent = _sent(interpreter.run(pipeline, pkt))
     assert sorted(ovs.trace_outputs(flow)) == sent, pkt
     assert len(sent) == 1
