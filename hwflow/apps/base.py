@@ -24,6 +24,11 @@ from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_PORT, Change, Topology
 
+IPPROTO_ICMPV6 = 58
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_OPT_TARGET_LLADDR = 2
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x8000_0000, 0x4000_0000, 0x2000_0000  # the NA flags word (nd_reserved)
+
 
 class App(abc.ABC):
     spec: AppSpec
@@ -98,6 +103,37 @@ def arp_answer(table: int, priority: int, network: int, address: str, mac: int, 
                    answer, owner)
 
 
+def solicitation(network: int, target: int) -> dict[str, int]:
+    """Match terms of a neighbor solicitation for ``target`` on ``network`` (with the OpenFlow prerequisites)."""
+    return {"metadata": network, "eth_type": ir.ETH_TYPE_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmp_type": ND_SOLICIT,
+            "nd_target": target}
+
+
+def nd_answer(ask: int, finish: int, priority: int, network: int, address: str, mac: int, flags: int,
+              owner: str) -> tuple[ir.Flow, ir.Flow]:
+    """Answer a neighbor solicitation for ``address`` on ``network`` with ``mac``, back out of the asking port.
+
+    The flow in table ``ask`` turns the NS into an NA with ``flags`` (NA_SOLICITED | NA_OVERRIDE for a port,
+    plus NA_ROUTER for a router's) and goes on to table ``finish``, whose flow fills the option with ``mac``.
+    """
+    target = ipv6_int(address)
+    advert = (
+        ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac),
+        ir.Move("ipv6_src", "ipv6_dst"), ir.SetField("ipv6_src", target),
+        ir.SetField("icmp_type", ND_ADVERT), ir.SetField("nd_reserved", flags),
+        ir.SetField("nd_options_type", ND_OPT_TARGET_LLADDR), ir.GotoTable(finish),
+    )
+    return (ir.Flow(ask, priority, ir.Match.of(**solicitation(network, target)), advert, owner),
+            ir.Flow(finish, priority, ir.Match.of(**{**solicitation(network, target), "icmp_type": ND_ADVERT}),
+                    (ir.SetField("nd_tll", mac), ir.OutputInPort()), owner))
+
+
+def dad_pass(table: int, priority: int, network: int, address: str, onward: ir.Action, owner: str) -> ir.Flow:
+    """Duplicate address detection for ``address`` (an NS from ``::``) goes ``onward``, unanswered."""
+    return ir.Flow(table, priority, ir.Match.of(**solicitation(network, ipv6_int(address)), ipv6_src=0), (onward,),
+                   owner)
+
+
 # --- address conversions every app needs (IR values are plain integers) ---------------
 
 
@@ -108,6 +144,10 @@ def mac_int(mac: str) -> int:
 def ipv4_int(address: str) -> int:
     """A dotted-quad IPv4 address (the model keeps them canonical) as an int; inet_pton is strict and fast."""
     return int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+
+
+def ipv6_int(address: str) -> int:
+    return int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
 
 
 @functools.lru_cache(maxsize=65536)

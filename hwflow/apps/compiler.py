@@ -105,7 +105,7 @@ class Compiler:
         """The current pipeline; a flow clashing with another's key is dropped and logged."""
         if self._pipeline is None:
             flows = [flow for key in sorted(self._flows) for flow in self._flows[key]]
-            with gc_paused(keep=True):
+            with gc_paused():  # its flows exist already (frozen by compile, or few since): no collection, no freeze
                 self._pipeline = ir.Pipeline.build(flows, self.layout.table_names, on_clash=_log_clash)
         return self._pipeline
 

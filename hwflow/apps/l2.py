@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, network_of, network_owner, port_owner
+from hwflow.apps.base import App, mac_int, network_of, network_owner, port_owner
 from hwflow.model.objects import FloatingIP, Router
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -32,10 +32,6 @@ from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, KIND_P
 PRIO_UNICAST = 100
 PRIO_FLOOD = 50
 FLOOD = ir.Match.of(eth_dst=(ir.MULTICAST_BIT, ir.MULTICAST_BIT)).fields
-
-
-def mac_to_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
 
 
 def nat_networks(topo: Topology) -> set[str]:
@@ -103,7 +99,7 @@ class L2App(App):
             network = port and topo.networks.get(port.network_id)
             if port is None or network is None or not present(topo, port.network_id):
                 return
-            yield ir.Flow(table, PRIO_UNICAST, ir.Match.of(metadata=network.unique_key, eth_dst=mac_to_int(port.mac)),
+            yield ir.Flow(table, PRIO_UNICAST, ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac)),
                           (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
             return
         network = topo.networks.get(oid)

@@ -71,8 +71,19 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, arp_answer, ipv4_int, ipv4_prefix, mac_int, port_owner
-from hwflow.apps.responder import NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, dad_pass, nd_answer
+from hwflow.apps.base import (
+    NA_OVERRIDE,
+    NA_ROUTER,
+    NA_SOLICITED,
+    App,
+    arp_answer,
+    dad_pass,
+    ipv4_int,
+    ipv4_prefix,
+    mac_int,
+    nd_answer,
+    port_owner,
+)
 from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, RouterPort, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec

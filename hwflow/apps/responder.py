@@ -44,10 +44,22 @@ Owners: ``responder:defaults`` (the pass-through), ``port:<id>`` (its answers).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, arp_answer, ipv4_int, mac_int, owner_id, port_owner
+from hwflow.apps.base import (
+    NA_OVERRIDE,
+    NA_SOLICITED,
+    App,
+    arp_answer,
+    dad_pass,
+    ipv4_int,
+    ipv6_int,
+    mac_int,
+    nd_answer,
+    owner_id,
+    port_owner,
+    solicitation,
+)
 from hwflow.model.objects import Network, Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -57,47 +69,6 @@ PRIO_ANSWER = 100
 PRIO_PASS = 110  # above the answer: what must not be answered
 PRIO_MISS = 0
 DEFAULTS = "responder:defaults"
-
-IPPROTO_ICMPV6 = 58
-ND_SOLICIT, ND_ADVERT = 135, 136
-ND_OPT_TARGET_LLADDR = 2
-NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x8000_0000, 0x4000_0000, 0x2000_0000  # the NA flags word (nd_reserved)
-
-
-def ipv6_int(address: str) -> int:
-    return int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
-
-
-def solicitation(network: int, target: int) -> dict[str, int]:
-    """Match terms of a neighbor solicitation for ``target`` on ``network`` (with the OpenFlow prerequisites)."""
-    return {"metadata": network, "eth_type": ir.ETH_TYPE_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmp_type": ND_SOLICIT,
-            "nd_target": target}
-
-
-def nd_answer(ask: int, finish: int, priority: int, network: int, address: str, mac: int, flags: int,
-              owner: str) -> tuple[ir.Flow, ir.Flow]:
-    """Answer a neighbor solicitation for ``address`` on ``network`` with ``mac``, back out of the asking port.
-
-    The flow in table ``ask`` turns the NS into an NA with ``flags`` (NA_SOLICITED | NA_OVERRIDE for a port,
-    plus NA_ROUTER for a router's) and goes on to table ``finish``, whose flow fills the option with ``mac``.
-    """
-    target = ipv6_int(address)
-    advert = (
-        ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac),
-        ir.Move("ipv6_src", "ipv6_dst"), ir.SetField("ipv6_src", target),
-        ir.SetField("icmp_type", ND_ADVERT), ir.SetField("nd_reserved", flags),
-        ir.SetField("nd_options_type", ND_OPT_TARGET_LLADDR), ir.GotoTable(finish),
-    )
-    return (ir.Flow(ask, priority, ir.Match.of(**solicitation(network, target)), advert, owner),
-            ir.Flow(finish, priority, ir.Match.of(**{**solicitation(network, target), "icmp_type": ND_ADVERT}),
-                    (ir.SetField("nd_tll", mac), ir.OutputInPort()), owner))
-
-
-def dad_pass(table: int, priority: int, network: int, address: str, onward: ir.Action, owner: str) -> ir.Flow:
-    """Duplicate address detection for ``address`` (an NS from ``::``) goes ``onward``, unanswered."""
-    return ir.Flow(table, priority, ir.Match.of(**solicitation(network, ipv6_int(address)), ipv6_src=0), (onward,),
-                   owner)
-
 
 class ResponderApp(App):
     spec = AppSpec(name="responder", tables=("arp", "na"), entries={"in": "arp"}, exits=("out",))

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from hwflow.apps.base import ipv4_int, mac_int
+from hwflow.apps.base import NA_OVERRIDE, NA_SOLICITED, ipv4_int, ipv6_int, mac_int
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.apps.responder import NA_OVERRIDE, NA_SOLICITED, ipv6_int
 from hwflow.backends.ovs import translate
 from hwflow.model.objects import Network, Port
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from hwflow.apps.base import ipv6_int
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.apps.responder import ipv6_int
 from hwflow.model.objects import Network, Port
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities
