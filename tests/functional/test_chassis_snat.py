@@ -9,24 +9,19 @@ knows the next hop's MAC), with a "remote" address on its loopback standing for 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from test_e2e import agent_log, vm_ns, wait_for
-from test_floating_ip import ask, nat_flows, ping
+from test_floating_ip import NatSite, ask, nat_flows, nat_host, ping
 
 from hwflow.apps.l3 import nat_mac
-from hwflow.db.api import NbApi
-from hwflow.model.objects import FloatingIP, Network, Port, Router, RouterPort, Subnet
-from hwflow.sim.host import SimHost, in_ns, run
+from hwflow.sim.host import SimHost, in_ns
 
 pytestmark = pytest.mark.functional
 
-PHYSNET = "physnet1"
-EXTERNAL_IP, FIP, EXT_GW, REMOTE = "198.51.100.77", "198.51.100.60", "198.51.100.1", "203.0.113.19"
+EXTERNAL_IP, FIP, REMOTE = "198.51.100.77", "198.51.100.60", "203.0.113.19"
 VM1 = ("fa:16:3e:c5:00:05", "10.61.0.5")
 VM2 = ("fa:16:3e:c5:00:06", "10.61.0.6")
 UPSTREAM_MAC = "fa:16:3e:c5:ee:01"
@@ -42,50 +37,19 @@ class Site:
     outside: str  # upstream's namespace, behind the uplink
 
 
-def create_site(host: SimHost) -> tuple[Port, Port]:
-    """The networks, router r (SNAT on by default), vm1, vm2 and its FIP, and upstream bound nowhere."""
-    with NbApi.from_url(host.database) as nb:
-        inside = nb.create(Network(name="inside", vni=6100))
-        sub = nb.create(Subnet(name="inside", network_id=inside.id, cidr="10.61.0.0/24", gateway_ip="10.61.0.1"))
-        ext = nb.create(Network(name="ext", network_type="flat", physical_network=PHYSNET, external=True))
-        nb.create(Subnet(name="ext", network_id=ext.id, cidr="198.51.100.0/24", gateway_ip=EXT_GW, enable_dhcp=False))
-        router = nb.create(Router(name="r", gateway_network_id=ext.id, gateway_ip="198.51.100.2"))
-        nb.create(RouterPort(name="r-inside", router_id=router.id, network_id=inside.id, subnet_id=sub.id,
-                             mac="fa:16:3e:c5:00:01", ip="10.61.0.1"))
-        vm1 = nb.create(Port(name="vm1", network_id=inside.id, mac=VM1[0], ips=[VM1[1]], chassis=host.name))
-        vm2 = nb.create(Port(name="vm2", network_id=inside.id, mac=VM2[0], ips=[VM2[1]], chassis=host.name))
-        nb.create(Port(name="upstream", network_id=ext.id, mac=UPSTREAM_MAC, ips=[EXT_GW], chassis="",
-                       port_security=False))
-        nb.create(FloatingIP(name="fip", floating_network_id=ext.id, floating_ip_address=FIP, port_id=vm2.id))
-    return vm1, vm2
+SITE = NatSite(inside="10.61.0", vni=6100, router_mac="fa:16:3e:c5:00:01", vms={"vm1": VM1, "vm2": VM2},
+               fip_holder="vm2", fip=FIP, upstream_mac=UPSTREAM_MAC, remote=REMOTE)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    base: Path = tmp_path_factory.mktemp("csnat")
-    tag = secrets.token_hex(2)
-    outside = f"hwf-x{tag}"
-    run("ip", "netns", "add", outside)
-    host = SimHost(f"c{tag}", base / "host", f"sqlite:///{base}/nb.sqlite", uplinks={PHYSNET: outside},
-                   external_ip=EXTERNAL_IP)
-    try:
-        host.start()
-        vm1, vm2 = create_site(host)
-        device = host.uplink_peer(PHYSNET)
-        for argv in (("ip", "link", "set", device, "address", UPSTREAM_MAC),
-                     ("ip", "addr", "add", f"{EXT_GW}/24", "dev", device),
-                     ("ip", "addr", "add", f"{REMOTE}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up"),
-                     ("ethtool", "-K", device, "tx", "off")):  # a real router's frames carry whole checksums
-            in_ns(outside, *argv)
-        host.plug(vm1, vm_ns(host, "vm1"), gateway="10.61.0.1")
-        host.plug(vm2, vm_ns(host, "vm2"), gateway="10.61.0.1")
+    with nat_host(tmp_path_factory, "xsnat", external_ip=EXTERNAL_IP) as (host, outside):
+        vms, _, _ = SITE.create(host, "")
+        SITE.upstream_behind_uplink(host, outside)
+        for vm in ("vm1", "vm2"):
+            host.plug(vms[vm], vm_ns(host, vm), gateway=SITE.gateway)
         wait_for("the FIP's and the chassis SNAT's NAT flows in OVS", lambda: nat_flows(host) >= NAT_FLOWS, host=host)
         yield Site(host, vm_ns(host, "vm1"), vm_ns(host, "vm2"), outside)
-    finally:
-        try:
-            host.stop()
-        finally:
-            run("ip", "netns", "delete", outside, check=False)
 
 
 def ping_ttl(ns: str, address: str, ttl: int) -> str:

@@ -10,10 +10,12 @@ is mapped to an uplink whose far end is an empty namespace.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,70 +65,96 @@ def nat_flows(host: SimHost) -> int:
     return sum(1 for f in ovs_flows(host) if "ct" in repr(f.actions).lower())
 
 
-def create_site(host: SimHost, upstream_chassis: str) -> tuple[Port, Port, FloatingIP]:
-    """The networks, router, vm1 and its FIP, and the upstream port (bound to ``upstream_chassis``, "" = nowhere)."""
-    with NbApi.from_url(host.database) as nb:
-        inside = nb.create(Network(name="inside", vni=6000))
-        sub = nb.create(Subnet(name="inside", network_id=inside.id, cidr="10.60.0.0/24", gateway_ip="10.60.0.1"))
-        ext = nb.create(Network(name="ext", network_type="flat", physical_network=PHYSNET, external=True))
-        nb.create(Subnet(name="ext", network_id=ext.id, cidr="198.51.100.0/24", gateway_ip=EXT_GW, enable_dhcp=False))
-        router = nb.create(Router(name="r", gateway_network_id=ext.id, gateway_ip="198.51.100.2"))
-        nb.create(RouterPort(name="r-inside", router_id=router.id, network_id=inside.id, subnet_id=sub.id,
-                             mac="fa:16:3e:f1:00:01", ip="10.60.0.1"))
-        vm1 = nb.create(Port(name="vm1", network_id=inside.id, mac=VM1[0], ips=[VM1[1]], chassis=host.name))
-        upstream = nb.create(Port(name="upstream", network_id=ext.id, mac=UPSTREAM_MAC, ips=[EXT_GW],
-                                  chassis=upstream_chassis, port_security=False))
-        fip = nb.create(FloatingIP(name="fip", floating_network_id=ext.id, floating_ip_address=FIP, port_id=vm1.id))
-    return vm1, upstream, fip
+@dataclass(frozen=True)
+class NatSite:
+    """What a NAT test builds: an inside network behind router r, whose gateway is a flat external network."""
+
+    inside: str  # the inside subnet's first three octets, e.g. "10.60.0"; .1 is the router's
+    vni: int
+    router_mac: str
+    vms: Mapping[str, tuple[str, str]]  # name -> (mac, address): ports of this host on the inside network
+    fip_holder: str  # which of them holds the FIP
+    fip: str
+    upstream_mac: str
+    remote: str  # an address behind upstream, standing for the Internet
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.inside}.1"
+
+    def create(self, host: SimHost, upstream_chassis: str) -> tuple[dict[str, Port], Port, FloatingIP]:
+        """The networks, router, VMs and FIP, and upstream (bound to ``upstream_chassis``, "" = nowhere)."""
+        with NbApi.from_url(host.database) as nb:
+            inside = nb.create(Network(name="inside", vni=self.vni))
+            sub = nb.create(Subnet(name="inside", network_id=inside.id, cidr=f"{self.inside}.0/24",
+                                   gateway_ip=self.gateway))
+            ext = nb.create(Network(name="ext", network_type="flat", physical_network=PHYSNET, external=True))
+            nb.create(Subnet(name="ext", network_id=ext.id, cidr="198.51.100.0/24", gateway_ip=EXT_GW,
+                             enable_dhcp=False))
+            router = nb.create(Router(name="r", gateway_network_id=ext.id, gateway_ip="198.51.100.2"))
+            nb.create(RouterPort(name="r-inside", router_id=router.id, network_id=inside.id, subnet_id=sub.id,
+                                 mac=self.router_mac, ip=self.gateway))
+            vms = {name: nb.create(Port(name=name, network_id=inside.id, mac=mac, ips=[ip], chassis=host.name))
+                   for name, (mac, ip) in self.vms.items()}
+            upstream = nb.create(Port(name="upstream", network_id=ext.id, mac=self.upstream_mac, ips=[EXT_GW],
+                                      chassis=upstream_chassis, port_security=False))
+            fip = nb.create(FloatingIP(name="fip", floating_network_id=ext.id, floating_ip_address=self.fip,
+                                       port_id=vms[self.fip_holder].id))
+        return vms, upstream, fip
+
+    def upstream_behind_uplink(self, host: SimHost, outside: str) -> None:
+        """Make the far end of the external network's uplink (in ``outside``) the upstream router."""
+        device = host.uplink_peer(PHYSNET)
+        for argv in (("ip", "link", "set", device, "address", self.upstream_mac),
+                     ("ip", "addr", "add", f"{EXT_GW}/24", "dev", device),
+                     ("ip", "addr", "add", f"{self.remote}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up"),
+                     ("ethtool", "-K", device, "tx", "off")):  # a real router's frames carry whole checksums
+            in_ns(outside, *argv)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    base: Path = tmp_path_factory.mktemp("fip")
+@contextlib.contextmanager
+def nat_host(tmp_path_factory: pytest.TempPathFactory, kind: str, **options: str) -> Iterator[tuple[SimHost, str]]:
+    """A started SimHost whose PHYSNET uplink leads to a fresh namespace (also returned); both gone afterwards."""
+    base: Path = tmp_path_factory.mktemp(kind)
     tag = secrets.token_hex(2)
-    outside = f"hwf-o{tag}"
+    outside = f"hwf-out{tag}"  # the host's own namespace is hwf-<its name>
     run("ip", "netns", "add", outside)
-    host = SimHost(f"f{tag}", base / "host", f"sqlite:///{base}/nb.sqlite", uplinks={PHYSNET: outside})
+    host = SimHost(f"{kind[0]}{tag}", base / "host", f"sqlite:///{base}/nb.sqlite", uplinks={PHYSNET: outside},
+                   **options)
     try:
         host.start()
-        vm1, upstream, fip = create_site(host, host.name)
-        host.plug(vm1, vm_ns(host, "vm1"), gateway="10.60.0.1")
-        host.plug(upstream, vm_ns(host, "up"))
-        in_ns(vm_ns(host, "up"), "ip", "addr", "add", f"{REMOTE}/32", "dev", "lo")
-        wait_for("the FIP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
-        yield Site(host, fip.id, vm_ns(host, "up"))
+        yield host, outside
     finally:
         try:
             host.stop()
         finally:
             run("ip", "netns", "delete", outside, check=False)
+
+
+SITE = NatSite(inside="10.60.0", vni=6000, router_mac="fa:16:3e:f1:00:01", vms={"vm1": VM1}, fip_holder="vm1",
+               fip=FIP, upstream_mac=UPSTREAM_MAC, remote=REMOTE)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with nat_host(tmp_path_factory, "fip") as (host, _):
+        vms, upstream, fip = SITE.create(host, host.name)
+        host.plug(vms["vm1"], vm_ns(host, "vm1"), gateway=SITE.gateway)
+        host.plug(upstream, vm_ns(host, "up"))
+        in_ns(vm_ns(host, "up"), "ip", "addr", "add", f"{REMOTE}/32", "dev", "lo")
+        wait_for("the FIP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
+        yield Site(host, fip.id, vm_ns(host, "up"))
 
 
 @pytest.fixture(scope="module")
 def behind_uplink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The same site, with upstream where it really is: behind the external network's uplink, bound nowhere."""
-    base: Path = tmp_path_factory.mktemp("fipu")
-    tag = secrets.token_hex(2)
-    outside = f"hwf-o{tag}"
-    run("ip", "netns", "add", outside)
-    host = SimHost(f"u{tag}", base / "host", f"sqlite:///{base}/nb.sqlite", uplinks={PHYSNET: outside})
-    try:
-        host.start()
-        vm1, _, fip = create_site(host, "")
-        device = host.uplink_peer(PHYSNET)
-        for argv in (("ip", "link", "set", device, "address", UPSTREAM_MAC),
-                     ("ip", "addr", "add", f"{EXT_GW}/24", "dev", device),
-                     ("ip", "addr", "add", f"{REMOTE}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up"),
-                     ("ethtool", "-K", device, "tx", "off")):  # a real router's frames carry whole checksums
-            in_ns(outside, *argv)
-        host.plug(vm1, vm_ns(host, "vm1"), gateway="10.60.0.1")
+    with nat_host(tmp_path_factory, "uplink") as (host, outside):
+        vms, _, fip = SITE.create(host, "")
+        SITE.upstream_behind_uplink(host, outside)
+        host.plug(vms["vm1"], vm_ns(host, "vm1"), gateway=SITE.gateway)
         wait_for("the FIP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
         yield Site(host, fip.id, outside)
-    finally:
-        try:
-            host.stop()
-        finally:
-            run("ip", "netns", "delete", outside, check=False)
 
 
 def ping(ns: str, address: str) -> str:
