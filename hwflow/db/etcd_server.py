@@ -5,7 +5,9 @@ context manager stops exactly the processes it started (by PID) and removes
 their directories, even when the body fails, and a member dies with the
 thread that started it if that is killed (start members from a thread that
 lives as long as they should: the main thread in tests and benchmarks). ``stop``/``start`` of one
-member let fault tests take the database away and bring it back.
+member let fault tests take the database away and bring it back. A port
+chosen free and taken by someone else before etcd binds it (seen in CI)
+makes the cluster start again on new ports, up to ``START_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import requests
 
 ETCD_BINARY = "/usr/bin/etcd"
 START_TIMEOUT = 60.0  # the machine is shared and busy: a cold member can take a while
+START_ATTEMPTS = 3  # a port found free can be taken before etcd binds it: new ports, then again
 PR_SET_PDEATHSIG = 1
 
 
@@ -37,9 +40,23 @@ def _die_with_parent() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (held together while chosen, so none repeats)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+class PortTaken(RuntimeError):
+    """A member found a port it was given in use (taken between our choosing it and etcd binding it)."""
 
 
 @dataclasses.dataclass
@@ -64,11 +81,16 @@ class EtcdCluster:
             raise FileNotFoundError(f"{binary} not found: apt-get install etcd-server")
         self.binary = binary
         self.root = tempfile.mkdtemp(prefix="hwflow-etcd-")
-        self.members = [
-            Member(f"m{i}", free_port(), free_port(), os.path.join(self.root, f"m{i}.etcd"),
-                   os.path.join(self.root, f"m{i}.log"))
-            for i in range(size)
-        ]
+        self.members = [Member(f"m{i}", 0, 0, os.path.join(self.root, f"m{i}.etcd"),
+                               os.path.join(self.root, f"m{i}.log")) for i in range(size)]
+        self._new_ports()
+
+    def _new_ports(self) -> None:
+        """Fresh ports for every member, and fresh data: the cluster's peer list names them all."""
+        ports = free_ports(2 * len(self.members))
+        for i, m in enumerate(self.members):
+            m.client_port, m.peer_port = ports[2 * i], ports[2 * i + 1]
+            shutil.rmtree(m.data_dir, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -106,7 +128,9 @@ class EtcdCluster:
         for m in [member] if member else [m for m in self.members if m.process is not None]:
             while True:
                 if m.process is not None and m.process.poll() is not None:
-                    raise RuntimeError(f"etcd member {m.name} exited: {self._tail(m)}")
+                    tail = self._tail(m)
+                    error = PortTaken if "address already in use" in tail else RuntimeError
+                    raise error(f"etcd member {m.name} exited: {tail}")
                 try:
                     if requests.get(f"http://{m.endpoint}/health", timeout=2).json().get("health") == "true":
                         break
@@ -143,7 +167,15 @@ class EtcdCluster:
 
     def __enter__(self) -> Self:
         try:
-            self.start()
+            for attempt in range(START_ATTEMPTS):
+                try:
+                    self.start()
+                    break
+                except PortTaken:
+                    self.stop()
+                    if attempt == START_ATTEMPTS - 1:
+                        raise
+                    self._new_ports()
         except BaseException:
             self.close()
             raise

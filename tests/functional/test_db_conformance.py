@@ -11,6 +11,7 @@ relative to where the test started.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hwflow.db import Compare, Delete, Driver, NbApi, Put
+from hwflow.db import Compare, Delete, Driver, NbApi, Put, etcd_server
 from hwflow.db.etcd_server import EtcdCluster
 from hwflow.model import (
     Ambiguous,
@@ -461,3 +462,27 @@ def test_chassis_liveness_lapses_without_heartbeats(api):
     assert api.alive_chassis() == {"host2"}
     api.heartbeat("host1", ttl=60)  # an agent that comes back is alive again
     assert api.alive_chassis() == {"host1", "host2"}
+
+
+@pytest.mark.functional
+def test_a_member_whose_port_was_taken_meanwhile_starts_again_on_new_ports(monkeypatch) -> None:
+    """Ports are chosen free, then bound by etcd: someone may take one in between (seen in CI)."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real, calls = etcd_server.free_ports, []
+
+    def first_one_taken(count: int) -> list[int]:
+        calls.append(count)
+        ports = real(count)
+        return [taken, *ports[1:]] if len(calls) == 1 else ports
+
+    monkeypatch.setattr(etcd_server, "free_ports", first_one_taken)
+    try:
+        with EtcdCluster(1) as cluster:
+            assert len(calls) == 2 and cluster.members[0].client_port != taken
+            with NbApi.from_url(cluster.url) as nb:
+                assert nb.create(Network(name="after-retry", vni=4242)).revision
+    finally:
+        squatter.close()
