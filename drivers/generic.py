@@ -15,25 +15,9 @@ from pathlib import Path
 
 from oslo_config import cfg
 
-from hwflow.offload.capabilities import (
-    ACTION_CT,
-    ACTION_DROP,
-    ACTION_GOTO_CHAIN,
-    ACTION_PASS,
-    ACTION_REDIRECT,
-    ACTION_REWRITE,
-    ACTION_TTL_DEC,
-    ACTION_TUNNEL_DECAP,
-    ACTION_TUNNEL_ENCAP,
-    ACTION_VLAN_POP,
-    ACTION_VLAN_PUSH,
-    CT_STATES,
-    MASK_ANY,
-    MASK_EXACT,
-    Capabilities,
-    Conntrack,
-)
-from hwflow.offload.probe import FLOWER, PEDIT_FIELDS, REFUSED, TUNNEL_PORTS, ProbeCache, age_text
+from hwflow.backends.tc.probe import FLOWER, probe_candidates
+from hwflow.offload.capabilities import ACTION_DROP, ACTION_REDIRECT, MASK_EXACT, Capabilities
+from hwflow.offload.probe import REFUSED, ProbeCache, age_text
 from hwflow_drivers import switchdev
 from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable, offload_report
 from hwflow_drivers.discovery import NetDevice
@@ -45,21 +29,9 @@ GENERIC_SWITCHDEV = Capabilities(
 )
 """What every tc-flower switchdev device accepts; deliberately small, as nothing was probed."""
 
-PROBE_CANDIDATES = Capabilities(
-    match_fields={f: MASK_ANY for f in ("eth_src", "eth_dst", "eth_type", "vlan_vid", "ip_proto", "ipv4_src",
-                                        "ipv4_dst", "ipv6_src", "ipv6_dst", "tcp_src", "tcp_dst", "udp_src",
-                                        "udp_dst")},
-    actions=frozenset({ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO_CHAIN, ACTION_VLAN_PUSH,
-                       ACTION_VLAN_POP, ACTION_TUNNEL_ENCAP, ACTION_TUNNEL_DECAP, ACTION_REWRITE, ACTION_TTL_DEC,
-                       ACTION_CT}),
-    max_rules=GENERIC_SWITCHDEV.max_rules,
-    max_actions_per_rule=4,
-    tunnel_encap=frozenset(TUNNEL_PORTS),
-    tunnel_decap=frozenset(TUNNEL_PORTS),
-    rewrite_fields=frozenset({f for rows in PEDIT_FIELDS.values() for _, _, f in rows} | {"vlan_vid"}),
-    conntrack=Conntrack(frozenset(CT_STATES), zones=True, nat=True),
-)
+PROBE_CANDIDATES = probe_candidates(GENERIC_SWITCHDEV)
 """Everything the generic driver asks the device about when probing (each kept only if confirmed)."""
+
 
 class GenericDriver(NicDriver):
     name = "generic"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,16 +10,16 @@ from typing import Any, TextIO
 
 from oslo_config import cfg
 
+from hwflow.backends.tc.probe import ProbeError, Prober, not_probed_claims, probe_candidates
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, Transport
 from hwflow.cli import output
 from hwflow.cli.common import CliError, common_options
-from hwflow.offload.capabilities import SCHEMA, Capabilities, Conntrack
+from hwflow.offload.capabilities import SCHEMA
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
-from hwflow.offload.probe import ProbeCache, ProbeError, Prober, ProbeReport, age_text, not_probed_claims
+from hwflow.offload.probe import ProbeCache, ProbeReport, age_text
 from hwflow_drivers import switchdev
 from hwflow_drivers.base import TC_NETLINK, DeviceReport
 from hwflow_drivers.discovery import SYS, discover
-from hwflow_drivers.generic import PROBE_CANDIDATES
 
 COLUMNS = ("name", "driver", "nic_driver", "pci_id", "switch_id", "role", "eswitch", "representors", "offload",
            "reason")
@@ -216,26 +215,6 @@ def probable(report: DeviceReport, live: bool) -> str | None:
     if not live and report.tc_endpoint == TC_NETLINK:
         return "its facts come from a recorded sysfs tree, not from this host's kernel"
     return None
-
-
-def probe_candidates(claimed: Capabilities) -> Capabilities:
-    """What to probe: the driver's claims and everything the generic driver asks about, so that a
-    report shows both claims the device refuses and abilities no driver claimed."""
-    wide = PROBE_CANDIDATES
-    conntrack = wide.conntrack
-    if claimed.conntrack is not None and conntrack is not None:
-        conntrack = Conntrack(claimed.conntrack.states | conntrack.states, True, True)
-    return dataclasses.replace(
-        claimed,
-        match_fields={**wide.match_fields, **claimed.match_fields},
-        actions=claimed.actions | wide.actions,
-        max_actions_per_rule=max(claimed.max_actions_per_rule, wide.max_actions_per_rule),
-        max_chains=None,
-        tunnel_encap=claimed.tunnel_encap | wide.tunnel_encap,
-        tunnel_decap=claimed.tunnel_decap | wide.tunnel_decap,
-        rewrite_fields=claimed.rewrite_fields | wide.rewrite_fields,
-        conntrack=conntrack,
-    )
 
 
 def probe_devices(reports: Sequence[DeviceReport], cache: ProbeCache, live: bool) -> list[ProbeReport]:

@@ -14,6 +14,7 @@ import errno
 from collections.abc import Collection
 
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.probe import PEDIT_FIELDS, TUNNEL_PORTS
 from hwflow.offload.capabilities import (
     ACTION_CT,
     ACTION_GOTO_CHAIN,
@@ -27,7 +28,6 @@ from hwflow.offload.capabilities import (
     QUIRK_TUNNEL_UDP_DST_PORT,
     Capabilities,
 )
-from hwflow.offload.probe import PEDIT_FIELDS, TUNNEL_PORTS
 
 TUNNEL_KEY_PREFIX = "enc_"  # tc-flower(8): enc_key_id, enc_dst_ip, enc_dst_port, ...
 TUNNEL_UDP_DST_PORT = "enc_dst_port"

@@ -9,22 +9,10 @@ import json
 import pytest
 
 from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.probe import FLOWER, GUARD_SRC, PROBE_CHAIN, Prober, not_probed_claims, probe_candidates
 from hwflow.backends.tc.transport import TcClient
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities
-from hwflow.offload.probe import (
-    CONFIRMED,
-    FLOWER,
-    GUARD_SRC,
-    NOT_PROBED,
-    PROBE_CHAIN,
-    REFUSED,
-    ProbeCache,
-    Prober,
-    ProbeReport,
-    ProbeResult,
-    age_text,
-    not_probed_claims,
-)
+from hwflow.offload.probe import CONFIRMED, NOT_PROBED, REFUSED, ProbeCache, ProbeReport, ProbeResult, age_text
 from hwflow.sim.eswitch import Eswitch
 from hwflow.sim.profile import Profile, load_profile, profile_names
 from hwflow_drivers.discovery import NetDevice
@@ -137,6 +125,15 @@ def test_claims_no_probe_can_cover_are_named():
     assert report.status("tunnel_encap gre") == NOT_PROBED and report.status("tunnel_encap geneve") == CONFIRMED
     assert report.status("action redirect") == CONFIRMED and report.status("counters") == CONFIRMED
     assert report.status("match ct_state +est") == CONFIRMED and report.status("ct nat") == CONFIRMED
+
+
+def test_candidates_widen_the_claims_and_keep_the_capacity_claimed():
+    claimed = load_profile("ice-e810").capabilities
+    wide = probe_candidates(claimed)
+    assert wide.max_rules == claimed.max_rules and wide.max_chains is None
+    assert wide.match_fields.items() >= claimed.match_fields.items() and "tcp_dst" in wide.match_fields
+    assert wide.actions >= claimed.actions | {"ct", "goto_chain"} and wide.tunnel_encap >= claimed.tunnel_encap
+    assert not_probed_claims(wide) == not_probed_claims(claimed)  # the widening asks only what a probe can
 
 
 def test_cache_round_trip_age_and_corruption(tmp_path):

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from hwflow.backends.tc import flower
+from hwflow.backends.tc.probe import PROBE_CHAIN, PROBE_PRIO
 from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, TcClient, TcError
 from hwflow.offload.partition import HwRule
-from hwflow.offload.probe import PROBE_CHAIN, PROBE_PRIO
 from hwflow.pipeline import ir
 
 LOG = logging.getLogger(__name__)
