@@ -1,6 +1,7 @@
 """hwflow's NIC drivers (import name ``hwflow_drivers``): what each host NIC can offload, and why not.
 
-A driver is a :class:`hwflow_drivers.base.NicDriver` registered under the
+A driver is a :class:`hwflow.offload.nic.NicDriver` (the contract is
+hwflow's: drivers import it, hwflow imports no driver) registered under the
 stevedore entry-point group ``hwflow.nic_drivers``; ``[nic] drivers`` names
 the ones asked, in order, and the first whose ``describe(dev)`` returns a
 report wins. In-tree: ``sim`` (simulated NICs), ``mlx5`` (ConnectX-5/6 Dx/7,

@@ -17,10 +17,9 @@ from oslo_config import cfg
 
 from hwflow.backends.tc.probe import FLOWER, probe_candidates
 from hwflow.offload.capabilities import ACTION_DROP, ACTION_REDIRECT, MASK_EXACT, Capabilities
+from hwflow.offload.nic import DeviceReport, NetDevice, NicDriver, not_offloadable, offload_report
 from hwflow.offload.probe import REFUSED, ProbeCache, age_text
 from hwflow_drivers import switchdev
-from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable, offload_report
-from hwflow_drivers.discovery import NetDevice
 
 GENERIC_SWITCHDEV = Capabilities(
     match_fields={"eth_src": MASK_EXACT, "eth_dst": MASK_EXACT, "eth_type": MASK_EXACT},

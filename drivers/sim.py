@@ -18,10 +18,9 @@ from typing import Any
 from oslo_config import cfg
 
 from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
-from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable
-from hwflow_drivers.discovery import NetDevice
+from hwflow.offload.nic import VF_REPRESENTOR, DeviceReport, NetDevice, NicDriver, not_offloadable
 
-ROLE = "vf_representor"
+ROLE = VF_REPRESENTOR
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,14 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hwflow_drivers.discovery import NetDevice
-
-VF_REPRESENTOR = "vf_representor"
-SF_REPRESENTOR = "sf_representor"
-PF_REPRESENTOR = "pf_representor"
-UPLINK = "uplink"
-PF = "pf"
-NETDEV = "netdev"
+from hwflow.offload.nic import NETDEV, PF, PF_REPRESENTOR, SF_REPRESENTOR, UPLINK, VF_REPRESENTOR, NetDevice
 
 _PORT_ROLES = (
     (re.compile(r"(c\d+)?pf\d+vf\d+"), VF_REPRESENTOR),

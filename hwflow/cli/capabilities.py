@@ -15,15 +15,14 @@ from hwflow.backends.tc.transport import KernelTransport, SimSocketTransport, Tc
 from hwflow.cli import output
 from hwflow.cli.common import CliError, common_options
 from hwflow.offload.capabilities import SCHEMA
+from hwflow.offload.discovery import SYS, discover
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
+from hwflow.offload.nic import PF_REPRESENTOR, SF_REPRESENTOR, TC_NETLINK, UPLINK, VF_REPRESENTOR, DeviceReport
 from hwflow.offload.probe import ProbeCache, ProbeReport, age_text
-from hwflow_drivers import switchdev
-from hwflow_drivers.base import TC_NETLINK, DeviceReport
-from hwflow_drivers.discovery import SYS, discover
 
 COLUMNS = ("name", "driver", "nic_driver", "pci_id", "switch_id", "role", "eswitch", "representors", "offload",
            "reason")
-REPRESENTOR_ROLES = (switchdev.PF_REPRESENTOR, switchdev.VF_REPRESENTOR, switchdev.SF_REPRESENTOR)
+REPRESENTOR_ROLES = (PF_REPRESENTOR, VF_REPRESENTOR, SF_REPRESENTOR)
 
 DESCRIPTION = """\
 List every network device of this host (or of a recorded sysfs tree) with the
@@ -136,7 +135,7 @@ def eswitches(reports: Sequence[DeviceReport]) -> list[dict[str, Any]]:
         group = groups.setdefault(report.switch_id, {
             "switch_id": report.switch_id, "eswitch_mode": report.eswitch_mode, "uplinks": [],
             "pf_representors": [], "vf_representors": [], "sf_representors": []})
-        key = "uplinks" if report.port_role == switchdev.UPLINK else f"{report.port_role}s"
+        key = "uplinks" if report.port_role == UPLINK else f"{report.port_role}s"
         if key in group:
             group[key].append(report.name)
     return [groups[k] for k in sorted(groups)]
@@ -145,7 +144,7 @@ def eswitches(reports: Sequence[DeviceReport]) -> list[dict[str, Any]]:
 def _representors(report: DeviceReport, switches: dict[str, dict[str, Any]]) -> str | None:
     """For an uplink: how many representors its eswitch has, by kind."""
     group = switches.get(report.switch_id or "")
-    if group is None or report.port_role != switchdev.UPLINK:
+    if group is None or report.port_role != UPLINK:
         return None
     counts = [f"{len(group[f'{role}s'])} {role.split('_')[0]}" for role in REPRESENTOR_ROLES
               if group[f"{role}s"]]

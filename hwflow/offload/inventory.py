@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import stevedore
 from oslo_config import cfg
 
-from hwflow_drivers.base import DeviceReport, NicDriver, not_offloadable
-from hwflow_drivers.discovery import NetDevice
+from hwflow.offload.nic import DeviceReport, NetDevice, NicDriver, not_offloadable
 
 NAMESPACE = "hwflow.nic_drivers"
 

@@ -21,13 +21,9 @@ from hwflow.offload.capabilities import (
     MASK_KINDS,
     Capabilities,
 )
-from hwflow.offload.inventory import UnknownDriverError, installed_drivers, inventory, load_drivers
-from hwflow.sim.profile import load_profile, profile_names
-from hwflow_drivers import ice, mlx5
-from hwflow_drivers.discovery import (
+from hwflow.offload.discovery import (
     NO_DEVLINK,
     SYS,
-    NetDevice,
     RecordedLinkFacts,
     TreeSysfs,
     UdevSysfs,
@@ -35,6 +31,10 @@ from hwflow_drivers.discovery import (
     discover_from,
     drvinfo_firmware,
 )
+from hwflow.offload.inventory import UnknownDriverError, installed_drivers, inventory, load_drivers
+from hwflow.offload.nic import NetDevice
+from hwflow.sim.profile import load_profile, profile_names
+from hwflow_drivers import ice, mlx5
 from hwflow_drivers.generic import GENERIC_SWITCHDEV, GenericDriver
 from hwflow_drivers.sim import SimDriver
 from hwflow_drivers.switchdev import port_role

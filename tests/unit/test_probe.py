@@ -12,10 +12,10 @@ from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.probe import FLOWER, GUARD_SRC, PROBE_CHAIN, Prober, not_probed_claims, probe_candidates
 from hwflow.backends.tc.transport import TcClient
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities
+from hwflow.offload.nic import NetDevice
 from hwflow.offload.probe import CONFIRMED, NOT_PROBED, REFUSED, ProbeCache, ProbeReport, ProbeResult, age_text
 from hwflow.sim.eswitch import Eswitch
 from hwflow.sim.profile import Profile, load_profile, profile_names
-from hwflow_drivers.discovery import NetDevice
 from hwflow_drivers.generic import GENERIC_SWITCHDEV, PROBE_CANDIDATES, GenericDriver
 
 REP, OTHER = 21, 22

@@ -5,6 +5,9 @@ tree: libudev is always rooted at ``/sys``), rtnetlink link kinds, ethtool
 features and devlink eswitch modes. A source that cannot answer is recorded
 in ``sources_missing``; its fact stays ``None`` so drivers never act on a
 guess.
+
+Nothing here is vendor-specific: every driver is shown the same facts, as a
+:class:`hwflow.offload.nic.NetDevice`, and judges them itself.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from hwflow.offload.nic import NetDevice
+
 SYS = Path("/sys")
 RECORDED_FILE = "hwflow-recorded.json"
 """In a recorded tree, the answers of the non-sysfs sources (rtnetlink, ethtool, devlink)."""
@@ -34,22 +39,6 @@ _DRVINFO = struct.Struct("=I32s32s32s32s32s12sIIIII")  # cmd, driver, version, f
 _IFREQ = struct.Struct("16sP16x")  # ifr_name, ifr_data, padded to sizeof(struct ifreq)
 NO_DEVLINK = "devlink: the kernel has no devlink genetlink family"
 _ESWITCH_MODES = {0: "legacy", 1: "switchdev"}
-
-
-@dataclasses.dataclass(frozen=True)
-class NetDevice:
-    name: str
-    ifindex: int
-    kernel_driver: str | None
-    pci_id: str | None  # "vendor:device", e.g. "15b3:101d"
-    bus_info: str | None  # PCI address of the nearest PCI ancestor
-    phys_switch_id: str | None
-    phys_port_name: str | None
-    hw_tc_offload: bool | None  # None: ethtool could not tell
-    kind: str  # "loopback", "veth", "tun", "pci", "virtio", ...
-    eswitch_mode: str | None = None  # from devlink only; None when unknown
-    sources_missing: tuple[str, ...] = ()
-    firmware: str | None = None  # ethtool -i firmware-version of PCI devices; None when unknown or none
 
 
 @dataclasses.dataclass(frozen=True)
