@@ -1,13 +1,19 @@
 """The northbound API: typed, validated model objects on top of a raw driver.
 
-Every write is one driver transaction that compares what it relies on, so
-concurrent writers (the CLI, several agents) cannot leave the database
-inconsistent: a create compares the ids it references and the per-kind
-counter it takes its ``unique_key`` from; a delete compares every object it
-removes and the counters of the kinds that could point at it, so a child
-created meanwhile makes it retry instead of leaving an orphan. Values that
-must be unique (a network's VNI, a port's MAC and IPs on its network) are
-claimed as index records in the same transaction.
+Writes compare what they rely on, so concurrent writers (the CLI, several
+agents) cannot leave the database inconsistent: a create compares the ids
+it references and the per-kind counter it takes its ``unique_key`` from; a
+delete compares every object it removes and the counters of the kinds that
+could point at it, so a child created meanwhile makes it retry instead of
+leaving an orphan. Values that must be unique (a network's VNI, a port's MAC
+and IPs on its network) are claimed as index records in the same
+transaction.
+
+Creates and updates go through one path, ``NbApi.apply``: a batch of them
+is checked as a whole first (nothing is written when one is refused), then
+written in as few transactions as the driver takes (one on SQLite; on etcd
+as many as its per-transaction limit needs, in the batch's order). A single
+``create`` or ``update`` is a batch of one.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Literal, Self
 
@@ -30,6 +36,7 @@ from hwflow.model.errors import (
     BrokenReference,
     Conflict,
     DatabaseUnavailable,
+    HwflowError,
     NotFound,
     ValidationError,
 )
@@ -58,6 +65,110 @@ class Change:
     kind: str
     op: Literal["put", "delete"]
     obj: NbObject
+
+
+@dataclasses.dataclass(frozen=True)
+class Create:
+    """A write of a batch: store ``obj`` as a new object (under a new UUID when it has no id)."""
+
+    obj: NbObject
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """A write of a batch: replace the stored object ``obj.id`` if it is still at ``if_revision``.
+
+    Without ``if_revision``, ``obj.revision``; an object never read (revision 0)
+    overwrites whatever is stored. As ``NbApi.update``.
+    """
+
+    obj: NbObject
+    if_revision: int | None = None
+
+
+Write = Create | Update
+
+
+class BatchIncomplete(HwflowError):
+    """A batch written in several transactions stopped after some of them had committed.
+
+    Those stay: ``written`` (the first objects of the batch, in its order, as
+    stored). ``unknown`` are the objects of the transaction the database did
+    not answer (it may or may not have committed), ``not_written`` the rest,
+    ``cause`` the error that stopped it. Only a batch bigger than one
+    transaction can end so (on etcd: more than its ``--max-txn-ops``).
+    """
+
+    def __init__(self, cause: HwflowError, written: list[NbObject], unknown: list[NbObject],
+                 not_written: list[NbObject]) -> None:
+        self.cause, self.written, self.unknown, self.not_written = cause, written, unknown, not_written
+        total = len(written) + len(unknown) + len(not_written)
+        parts = [f"{len(written)} of the batch's {total} objects were written and stay"
+                 + (f" ({_count(written)}; the last {written[-1].label()})" if written else "")]
+        if unknown:
+            parts.append(f"{len(unknown)} may or may not have been ({_count(unknown)}, from {unknown[0].label()} "
+                         "on: the database did not answer)")
+        if not_written:
+            parts.append(f"{len(not_written)} were not ({_count(not_written)}, from {not_written[0].label()} on)")
+        super().__init__(f"{cause} [the batch stopped there: {'; '.join(parts)}]")
+
+
+def _count(objs: list[NbObject]) -> str:
+    kinds: dict[str, int] = {}
+    for obj in objs:
+        kinds[obj.kind] = kinds.get(obj.kind, 0) + 1
+    return ", ".join(f"{n:,} {kind}" for kind, n in kinds.items())
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """One write of a batch, checked: the object as it will be stored and what its transaction holds."""
+
+    write: Write  # as asked, a create with the id it was given: what a retry checks again
+    new: NbObject
+    expected: int | None = None  # the revision an update asked for: losing it is not retried
+    stored: NbObject | None = None  # what an update replaces
+    relies: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # compared at their revision as read
+    claims: dict[str, str] = dataclasses.field(default_factory=dict)  # unique index keys it takes -> their meaning
+    releases: list[str] = dataclasses.field(default_factory=list)  # unique index keys an update gives up
+    ops: list[Op] = dataclasses.field(default_factory=list)
+    bump: bool = False  # an update that can add a dependency moves its kind's counter, as a create does
+
+
+class _Reads:
+    """What a batch's checks see: the records read for the whole batch, with the batch's own writes laid
+    over them as the checks go through it in order (an object sees those before it, never those after)."""
+
+    def __init__(self, records: dict[tuple[str, str], Record | None]) -> None:
+        self.records = records
+        self.decoded: dict[tuple[str, str], NbObject] = {}
+        self.batch: dict[tuple[str, str], NbObject] = {}  # the batch's objects checked so far
+        self.later: set[tuple[str, str]] = set()  # objects the batch creates, not reached yet
+        self.subnets_of: dict[str, dict[str, Subnet]] = {}  # network -> its stored subnets, by id
+        self.batch_subnets: dict[str, dict[str, Subnet]] = {}  # network -> the batch's subnets so far, by id
+
+    def revision(self, table: str, key: str) -> int:
+        rec = self.records.get((table, key))
+        return rec.mod_revision if rec is not None else 0
+
+    def get(self, kind: str, ident: str) -> NbObject | None:
+        if (kind, ident) in self.batch:
+            return self.batch[kind, ident]
+        if (kind, ident) not in self.decoded:
+            rec = self.records.get((kind, ident))
+            if rec is None:
+                return None
+            self.decoded[kind, ident] = decode(rec.table, rec.key, rec.value, rec.mod_revision)
+        return self.decoded[kind, ident]
+
+    def subnets(self, network: str) -> list[Subnet]:
+        return list({**self.subnets_of.get(network, {}), **self.batch_subnets.get(network, {})}.values())
+
+    def wrote(self, obj: NbObject) -> None:
+        self.batch[obj.kind, obj.id] = obj
+        self.later.discard((obj.kind, obj.id))
+        if isinstance(obj, Subnet):
+            self.batch_subnets.setdefault(obj.network_id, {})[obj.id] = obj
 
 
 def encode(obj: NbObject) -> bytes:
@@ -228,74 +339,9 @@ class NbApi:
 
     # Writes
 
-    def _relations(self, obj: NbObject) -> tuple[list[Compare], Related]:
-        """Read what ``obj`` points at (and the subnets it needs), failing on a missing reference.
-
-        The compares make the write fail if any of it changes before it lands.
-        """
-        compares, related = [], Related()
-        for field, kind, ident in obj.refs():
-            rec = self.driver.get(kind, ident)
-            if rec is None:
-                raise BrokenReference(
-                    f"{obj.label()}: {field} {ident!r} names no existing {kind}; create the {kind} first"
-                )
-            if (kind, ident) not in related.objects:
-                related.objects[kind, ident] = decode(rec.table, rec.key, rec.value, rec.mod_revision)
-                compares.append(Compare(kind, ident, rec.mod_revision))
-        network = getattr(obj, obj.subnets_of) if obj.subnets_of else ""
-        if network:
-            related.subnets = [s for s in self.referrers("network", network, Subnet) if isinstance(s, Subnet)]
-            counter = self.driver.get(COUNTER_TABLE, Subnet.kind)
-            if obj.kind != Subnet.kind:  # a subnet's own create compares this counter already
-                compares.append(Compare(COUNTER_TABLE, Subnet.kind, counter.mod_revision if counter else 0))
-        obj.check_relations(related)
-        return compares, related
-
-    def _raise_if_taken(self, exc: Conflict, obj: NbObject, unique: dict[str, str]) -> None:
-        """Turn a lost claim on a unique value into a clear error; return if worth a retry."""
-        if exc.table != UNIQUE_TABLE or exc.key not in unique:
-            return
-        holder = self.driver.get(UNIQUE_TABLE, exc.key)
-        if holder is not None:
-            raise ValidationError(
-                f"{obj.label()}: {unique[exc.key]} is already used by "
-                f"{holder.value.decode(errors='replace')}; choose another"
-            )
-
     def create(self, obj: NbObject) -> NbObject:
         """Store a new object; returns a copy with its id, unique_key and revision set."""
-        new = dataclasses.replace(obj, id=obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
-        new.validate()
-        for _ in range(MAX_ATTEMPTS):
-            counter = self.driver.get(COUNTER_TABLE, new.kind)
-            new.unique_key = (int(counter.value) if counter else 0) + 1
-            if new.unique_key > new.max_unique_key:
-                raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
-            relation_compares, _ = self._relations(new)
-            unique = _unique_keys(new)
-            compares = [
-                Compare(new.kind, new.id, 0),
-                Compare(COUNTER_TABLE, new.kind, counter.mod_revision if counter else 0),
-                *relation_compares,
-                *(Compare(UNIQUE_TABLE, key, 0) for key in unique),
-            ]
-            ops: list[Op] = [
-                Put(COUNTER_TABLE, new.kind, str(new.unique_key).encode()),
-                Put(new.kind, new.id, encode(new)),
-                *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique),
-                *(Put(REF_TABLE, key, encode(new)) for key in _ref_keys(new)),
-            ]
-            try:
-                new.revision = self.driver.txn(compares, ops)
-                return new
-            except Conflict as exc:
-                if (exc.table, exc.key) == (new.kind, new.id):
-                    raise Conflict(
-                        new.kind, new.id, 0, exc.actual, f"a {new.kind} with this id already exists"
-                    ) from None
-                self._raise_if_taken(exc, new, unique)
-        raise DatabaseUnavailable(f"{new.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+        return self.apply([Create(obj)])[0]
 
     def update(self, obj: NbObject, if_revision: int | None = None) -> NbObject:
         """Replace a stored object if it is still at ``if_revision`` (default: ``obj.revision``).
@@ -306,44 +352,270 @@ class NbApi:
         port's new IP) also moves its kind's counter, so a delete racing
         with it retries and sees the dependency instead of leaving it dangling.
         """
-        expected = if_revision if if_revision is not None else (obj.revision or None)
-        new = dataclasses.replace(obj, revision=0)
-        new.validate()
+        return self.apply([Update(obj, if_revision)])[0]
+
+    def create_many(self, objs: Iterable[NbObject]) -> list[NbObject]:
+        """``apply`` of a create of each object, in order."""
+        return self.apply([Create(obj) for obj in objs])
+
+    def apply(self, writes: Iterable[Write]) -> list[NbObject]:
+        """Create and update many objects: checked as one batch, written in as few transactions as the driver takes.
+
+        Returns the objects as stored (ids, unique_keys and revisions set), in
+        the order of ``writes``. The batch is checked as if its writes were
+        made one after the other: an object may reference objects created (or
+        see objects updated) earlier in the batch, never later; names of
+        unique values (a VNI, a MAC or IP on a network) must be free in the
+        database and not taken by an earlier write of the batch. Anything
+        refused raises what a single create or update would (ValidationError,
+        BrokenReference, NotFound, or Conflict for a stale revision or an id
+        that exists), naming the object, and nothing is written.
+
+        Then the writes go out in order, in transactions as big as the driver
+        takes (``Driver.max_txn_ops``, ``max_txn_bytes``): SQLite takes the
+        whole batch in one, so it lands entirely or not at all; etcd takes
+        128 compares and 128 operations by default (about 30 ports), so a
+        bigger batch is several transactions, each applied whole, in the
+        batch's order, and every one of them leaves a consistent database
+        (nothing in it references what a later one writes). Each compares
+        what it relies on, as a single write does; a concurrent writer that
+        moved a counter or a referenced object makes the rest of the batch
+        be checked again and retried. One that took an id or a unique value
+        of the batch's objects meanwhile makes it fail with a Conflict naming
+        the object. When a transaction fails after earlier ones committed,
+        those writes stay: the error is a BatchIncomplete saying which
+        objects were written and which were not (checking and applying the
+        rest again completes it).
+        """
+        pending = list(writes)
+        written: list[NbObject] = []
         for _ in range(MAX_ATTEMPTS):
-            stored = self.get(new.kind, new.id)
-            new.unique_key = stored.unique_key
-            for field in _changed(new, stored, new.immutable):
-                raise ValidationError(
-                    f"{new.label()}: {field} cannot change (it is {getattr(stored, field)!r}); "
-                    f"delete the {new.kind} and create it again"
-                )
-            relation_compares, _ = self._relations(new)
-            unique, old_unique = _unique_keys(new), _unique_keys(stored)
-            compares = [
-                Compare(new.kind, new.id, stored.revision if expected is None else expected),
-                *relation_compares,
-                *(Compare(UNIQUE_TABLE, key, 0) for key in unique if key not in old_unique),
-            ]
-            ops: list[Op] = [
-                Put(new.kind, new.id, encode(new)),
-                *(Put(UNIQUE_TABLE, key, _holder(new)) for key in unique if key not in old_unique),
-                *(Delete(UNIQUE_TABLE, key) for key in old_unique if key not in unique),
-                *(Put(REF_TABLE, key, encode(new)) for key in _ref_keys(new)),
-                *(Delete(REF_TABLE, key) for key in _ref_keys(stored) - _ref_keys(new)),
-            ]
-            if _changed(new, stored, [*new.references, *new.related_fields]):
-                counter = self.driver.get(COUNTER_TABLE, new.kind)
-                if counter is not None:
-                    compares.append(Compare(COUNTER_TABLE, new.kind, counter.mod_revision))
-                    ops.append(Put(COUNTER_TABLE, new.kind, counter.value))
             try:
-                new.revision = self.driver.txn(compares, ops)
-                return new
-            except Conflict as exc:
-                if (exc.table, exc.key) == (new.kind, new.id) and expected is not None:
-                    raise
-                self._raise_if_taken(exc, new, unique)
-        raise DatabaseUnavailable(f"{new.label()}: gave up after {MAX_ATTEMPTS} concurrent-write retries")
+                entries, revisions, counters = self._check(pending)
+            except HwflowError as exc:
+                raise _incomplete(exc, written, [], [w.obj for w in pending]) from None
+            chunks = list(self._chunks(entries))
+            for n, chunk in enumerate(chunks):
+                rest = [e.new for later in chunks[n + 1:] for e in later]
+                try:
+                    self._commit(chunk, revisions, counters)
+                except Conflict as exc:
+                    lost = self._lost(exc, chunk)
+                    if lost is not None:
+                        raise _incomplete(lost, written, [], [e.new for e in chunk] + rest) from None
+                    pending = [e.write for later in chunks[n:] for e in later]  # check those again, then retry
+                    break
+                except DatabaseUnavailable as exc:
+                    raise _incomplete(exc, written, [e.new for e in chunk], rest) from None
+                written += [e.new for e in chunk]
+            else:
+                return written
+        what = pending[0].obj.label() if len(pending) == 1 else f"a batch of {len(pending)} writes"
+        raise _incomplete(DatabaseUnavailable(f"{what}: gave up after {MAX_ATTEMPTS} concurrent-write retries"),
+                          written, [], [w.obj for w in pending])
+
+    def _check(self, writes: Sequence[Write]) -> tuple[list[_Entry], dict[tuple[str, str], int], dict[str, int]]:
+        """Check a batch as if written in order, reading what it needs in few requests; nothing is written.
+
+        Returns its entries, the revision of every record they rely on as read,
+        and each created kind's counter as read.
+        """
+        entries: list[_Entry] = []
+        seen: dict[tuple[str, str], int] = {}
+        for write in writes:
+            if isinstance(write, Create):
+                new = dataclasses.replace(write.obj, id=write.obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
+                entry = _Entry(Create(dataclasses.replace(write.obj, id=new.id)), new)
+            elif isinstance(write, Update):
+                new = dataclasses.replace(write.obj, revision=0)
+                expected = write.if_revision if write.if_revision is not None else (write.obj.revision or None)
+                entry = _Entry(write, new, expected)
+            else:
+                raise TypeError(f"not a batch write (Create or Update): {write!r}")
+            new.validate()
+            if (new.kind, new.id) in seen:
+                raise ValidationError(f"{new.label()}: written twice in one batch (writes {seen[new.kind, new.id]} "
+                                      f"and {len(entries) + 1}); write each object once")
+            seen[new.kind, new.id] = len(entries) + 1
+            entries.append(entry)
+
+        # One read of everything the checks need (stored objects, references, counters, unique values), then
+        # the subnets of the networks involved; a unique value known only after the relations (a floating
+        # IP's fixed address) is read after them.
+        wanted: dict[tuple[str, str], None] = {}
+        for e in entries:
+            if isinstance(e.write, Update) or e.write.obj.id:  # a new UUID is taken by nobody
+                wanted[e.new.kind, e.new.id] = None
+            wanted[COUNTER_TABLE, e.new.kind] = None
+            if e.new.subnets_of:
+                wanted[COUNTER_TABLE, Subnet.kind] = None
+            wanted.update(((kind, ident), None) for _, kind, ident in e.new.refs())
+            wanted.update(((UNIQUE_TABLE, key), None) for key in _unique_keys(e.new))
+        reads = _Reads(dict(zip(wanted, self.driver.get_many(list(wanted)), strict=True)))
+        networks = {getattr(e.new, e.new.subnets_of) for e in entries if e.new.subnets_of}
+        for network in sorted(networks - {""}):
+            if reads.records.get(("network", network)) is not None:
+                reads.subnets_of[network] = {s.id: s for s in self.referrers("network", network, Subnet)
+                                             if isinstance(s, Subnet)}
+        reads.later = {(e.new.kind, e.new.id) for e in entries if isinstance(e.write, Create)}
+
+        counters = {kind: int(rec.value) if (rec := reads.records[COUNTER_TABLE, kind]) else 0
+                    for kind in {e.new.kind for e in entries}}
+        taken = dict(counters)
+        for e in entries:
+            new = e.new
+            if isinstance(e.write, Update):
+                stored = reads.get(new.kind, new.id)
+                if stored is None:
+                    raise NotFound(f"no {new.kind} with id {new.id!r}")
+                for field in _changed(new, stored, new.immutable):
+                    raise ValidationError(
+                        f"{new.label()}: {field} cannot change (it is {getattr(stored, field)!r}); "
+                        f"delete the {new.kind} and create it again"
+                    )
+                if e.expected is not None and stored.revision != e.expected:
+                    raise Conflict(new.kind, new.id, e.expected, stored.revision)
+                new.unique_key, e.stored = stored.unique_key, stored
+                e.bump = bool(_changed(new, stored, [*new.references, *new.related_fields]))
+            else:
+                if revision := reads.revision(new.kind, new.id):
+                    raise Conflict(new.kind, new.id, 0, revision, f"a {new.kind} with this id already exists")
+                taken[new.kind] += 1
+                new.unique_key = taken[new.kind]
+                if new.unique_key > new.max_unique_key:
+                    raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
+            relies, _ = self._relations(new, reads)
+            e.relies = [(new.kind, new.id), *relies]
+            reads.wrote(new)
+
+        for e in entries:
+            unique, old = _unique_keys(e.new), _unique_keys(e.stored) if e.stored else {}
+            e.claims = {key: what for key, what in unique.items() if key not in old}
+            e.releases = [key for key in old if key not in unique]
+        late = [(UNIQUE_TABLE, key) for e in entries for key in e.claims if (UNIQUE_TABLE, key) not in reads.records]
+        reads.records.update(zip(late, self.driver.get_many(late), strict=True))
+        holders: dict[str, str] = {}  # unique index key -> who in the batch holds it
+        released: set[str] = set()  # stored values the batch gives up: a later write of it may take them
+        for e in entries:
+            for key, what in e.claims.items():
+                holder = holders.get(key)
+                if holder is None and key not in released and (rec := reads.records[UNIQUE_TABLE, key]) is not None:
+                    holder = rec.value.decode(errors="replace")
+                if holder is not None:
+                    raise ValidationError(f"{e.new.label()}: {what} is already used by {holder}; choose another")
+                holders[key] = f"{e.new.kind} {e.new.id} (earlier in this batch)"
+            released.update(e.releases)
+
+            value = encode(e.new)
+            refs, old_refs = _ref_keys(e.new), _ref_keys(e.stored) if e.stored else set()
+            e.relies += [(UNIQUE_TABLE, key) for key in e.claims]
+            e.ops = [
+                Put(e.new.kind, e.new.id, value),
+                *(Put(UNIQUE_TABLE, key, _holder(e.new)) for key in e.claims),
+                *(Delete(UNIQUE_TABLE, key) for key in e.releases),
+                *(Put(REF_TABLE, key, value) for key in sorted(refs)),
+                *(Delete(REF_TABLE, key) for key in sorted(old_refs - refs)),
+            ]
+        revisions = {key: rec.mod_revision for key, rec in reads.records.items() if rec is not None}
+        return entries, revisions, counters
+
+    def _relations(self, obj: NbObject, reads: _Reads) -> tuple[list[tuple[str, str]], Related]:
+        """What ``obj`` points at (and the subnets it needs) as ``reads`` sees it, failing on a missing reference.
+
+        Also returns the records the write relies on: its transaction compares
+        them, so it fails if any of them changes before it lands.
+        """
+        relies, related = [], Related()
+        for field, kind, ident in obj.refs():
+            target = reads.get(kind, ident)
+            if target is None:
+                if (kind, ident) in reads.later:
+                    raise BrokenReference(f"{obj.label()}: {field} {ident!r} names a {kind} this batch creates "
+                                          f"later; put the {kind} before the {obj.kind}")
+                raise BrokenReference(
+                    f"{obj.label()}: {field} {ident!r} names no existing {kind}; create the {kind} first"
+                )
+            if (kind, ident) not in related.objects:
+                related.objects[kind, ident] = target
+                relies.append((kind, ident))
+        network = getattr(obj, obj.subnets_of) if obj.subnets_of else ""
+        if network:
+            related.subnets = reads.subnets(network)
+            if obj.kind != Subnet.kind:  # a subnet's own create relies on this counter already
+                relies.append((COUNTER_TABLE, Subnet.kind))
+        obj.check_relations(related)
+        return relies, related
+
+    def _chunks(self, entries: list[_Entry]) -> Iterator[list[_Entry]]:
+        """The batch cut, in order, into transactions the driver takes (counting each kind's counter once)."""
+        max_ops, max_bytes = self.driver.max_txn_ops, self.driver.max_txn_bytes
+        chunk: list[_Entry] = []
+        ops: set[tuple[str, str]] = set()
+        relies: set[tuple[str, str]] = set()
+        size = 0
+        for e in entries:
+            counter = (COUNTER_TABLE, e.new.kind)
+            e_ops = {(op.table, op.key) for op in e.ops} | {counter}
+            e_relies = {*e.relies, counter}
+            e_size = sum(len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key) for op in e.ops)
+            if chunk and (
+                (max_ops is not None and (len(ops) + len(e_ops - ops) > max_ops
+                                          or len(relies) + len(e_relies - relies) > max_ops))
+                or (max_bytes is not None and size + e_size > max_bytes)
+            ):
+                yield chunk
+                chunk, ops, relies, size = [], set(), set(), 0
+            chunk.append(e)
+            ops |= e_ops
+            relies |= e_relies
+            size += e_size
+        if chunk:
+            yield chunk
+
+    def _commit(self, chunk: list[_Entry], revisions: dict[tuple[str, str], int], counters: dict[str, int]) -> None:
+        """One transaction: the chunk's writes, comparing what they rely on at the revision it had before it.
+
+        ``revisions`` and ``counters`` move on with what it wrote, for the next chunk.
+        """
+        ops: dict[tuple[str, str], Op] = {}
+        relies: dict[tuple[str, str], None] = {}
+        top: dict[str, int] = {}  # kind -> the counter value this transaction leaves
+        for e in chunk:
+            for op in e.ops:
+                ops[op.table, op.key] = op  # a unique value released and taken again in one chunk: the take
+            relies.update(dict.fromkeys(e.relies))
+            kind = e.new.kind
+            if e.stored is None:
+                top[kind] = max(top.get(kind, 0), e.new.unique_key)
+            elif e.bump and (COUNTER_TABLE, kind) in revisions:
+                top[kind] = max(top.get(kind, 0), counters.get(kind, 0))
+        for kind, value in top.items():
+            relies[COUNTER_TABLE, kind] = None
+            ops[COUNTER_TABLE, kind] = Put(COUNTER_TABLE, kind, str(value).encode())
+        compares = [Compare(table, key, revisions.get((table, key), 0)) for table, key in relies]
+        revision = self.driver.txn(compares, list(ops.values()))
+        for key, op in ops.items():
+            revisions[key] = revision if isinstance(op, Put) else 0
+        counters.update(top)
+        for e in chunk:
+            e.new.revision = revision
+
+    def _lost(self, exc: Conflict, chunk: list[_Entry]) -> HwflowError | None:
+        """What a chunk's failed compare means: the error to raise, or None when checking again may pass."""
+        for e in chunk:
+            if (exc.table, exc.key) == (e.new.kind, e.new.id):
+                if e.stored is None:
+                    return Conflict(e.new.kind, e.new.id, 0, exc.actual, f"a {e.new.kind} with this id already exists")
+                return exc if e.expected is not None else None
+            if exc.table == UNIQUE_TABLE and exc.key in e.claims:
+                holder = self.driver.get(UNIQUE_TABLE, exc.key)
+                if holder is None:
+                    return None  # taken and given up again meanwhile
+                return Conflict(UNIQUE_TABLE, exc.key, exc.expected, exc.actual,
+                                f"{e.new.label()}: {e.claims[exc.key]} was taken by "
+                                f"{holder.value.decode(errors='replace')} while this write was under way; "
+                                "choose another")
+        return None
 
     def put_chassis(self, chassis: Chassis) -> Chassis:
         """Register or refresh a chassis whatever is stored: its agent is the only writer."""
@@ -436,6 +708,14 @@ class NbApi:
                     found[child.kind, child.id] = child
                     pending.append(child)
         return list(found.values()), related
+
+
+def _incomplete(cause: HwflowError, written: list[NbObject], unknown: list[NbObject],
+                not_written: list[NbObject]) -> HwflowError:
+    """``cause`` itself when nothing of the batch is known written and nothing left behind uncertain."""
+    if not written and not (unknown and not_written):
+        return cause
+    return BatchIncomplete(cause, written, unknown, not_written)
 
 
 def _some(objs: list[NbObject]) -> str:

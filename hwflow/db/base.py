@@ -71,6 +71,12 @@ Op = Put | Delete
 class Driver(abc.ABC):
     """Raw storage; the typed NB API (hwflow.db.api) is built on top of it."""
 
+    # What one transaction may hold, None for no limit: the NB API splits a batch of writes into
+    # transactions within both. ``max_txn_ops`` bounds the compares and, separately, the operations;
+    # ``max_txn_bytes`` the keys and values the operations carry.
+    max_txn_ops: int | None = None
+    max_txn_bytes: int | None = None
+
     @classmethod
     @abc.abstractmethod
     def from_url(cls, url: str, conf: cfg.ConfigOpts | None = None) -> Driver:
@@ -86,6 +92,14 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def get(self, table: str, key: str) -> Record | None: ...
+
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> list[Record | None]:
+        """Records by (table, key), in the order asked (None where there is none).
+
+        Drivers read them in as few requests as they can; each record is as it
+        was when read, not all necessarily at one revision.
+        """
+        return [self.get(table, key) for table, key in keys]
 
     @abc.abstractmethod
     def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:

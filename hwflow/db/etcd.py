@@ -45,6 +45,10 @@ URL_PREFIX = "etcd://"
 DEFAULT_PREFIX = "hwflow"
 REQUEST_TIMEOUT = 10.0  # seconds for one request; a dead member must not hang the agent
 RANGE_PAGE = 5000  # records per range request, so a big table is read in bounded responses
+# etcd refuses a transaction with more compares, or more operations, than its --max-txn-ops (128 by
+# default), and a request over its --max-request-bytes (1.5 MiB by default; this leaves room for framing).
+MAX_TXN_OPS = 128
+MAX_TXN_BYTES = 1_000_000
 
 T = TypeVar("T")
 
@@ -118,9 +122,13 @@ class EtcdDriver(Driver):
     """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]``; PREFIX (default ``hwflow``) scopes every key."""
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], prefix: str = DEFAULT_PREFIX,
-                 timeout: float = REQUEST_TIMEOUT) -> None:
+                 timeout: float = REQUEST_TIMEOUT, max_txn_ops: int = MAX_TXN_OPS) -> None:
         if not endpoints:
             raise ValueError("the etcd driver needs at least one endpoint")
+        if max_txn_ops < 1:
+            raise ValueError("max_txn_ops must be at least 1")
+        self.max_txn_ops = max_txn_ops  # raise it with etcd's --max-txn-ops to write bigger batches atomically
+        self.max_txn_bytes = MAX_TXN_BYTES
         self.endpoints = list(endpoints)
         self.prefix = f"/{prefix}/"
         self.timeout = timeout
@@ -221,6 +229,19 @@ class EtcdDriver(Driver):
         reply = self._post("/kv/range", {"key": _b64(self._key(table, key))})
         kvs = reply.get("kvs", [])
         return self._record(kvs[0]) if kvs else None
+
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> list[Record | None]:
+        """Up to ``max_txn_ops`` reads per request: a read-only transaction of range requests."""
+        found: list[Record | None] = []
+        for start in range(0, len(keys), self.max_txn_ops):
+            part = keys[start:start + self.max_txn_ops]
+            request = {"compare": [], "success": [{"request_range": {"key": _b64(self._key(t, k))}} for t, k in part]}
+            for response in self._post("/kv/txn", request).get("responses", []):
+                kvs = response.get("response_range", {}).get("kvs", [])
+                found.append(self._record(kvs[0]) if kvs else None)
+        if len(found) != len(keys):
+            raise DatabaseUnavailable(f"etcd at {self._where()} answered {len(found)} of {len(keys)} reads")
+        return found
 
     def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:
         return self._ranges([(table, prefix)])

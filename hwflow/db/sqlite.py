@@ -228,6 +228,13 @@ class SqliteDriver(Driver):
             ).fetchone()
         return Record(*row) if row else None
 
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> list[Record | None]:
+        """One read transaction, so all of them at one revision."""
+        with self._read() as conn:
+            rows = [conn.execute("SELECT tbl, key, value, create_rev, mod_rev FROM objects WHERE tbl = ? AND key = ?",
+                                 key).fetchone() for key in keys]
+        return [Record(*row) if row else None for row in rows]
+
     def list(self, table: str, prefix: str = "") -> tuple[int, list[Record]]:
         if not prefix:
             return self.snapshot([table])
