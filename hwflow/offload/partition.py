@@ -49,12 +49,12 @@ packets is kept in software when an earlier rule without a tag overlaps it.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import Capabilities
-from hwflow.pipeline import interpreter, ir
+from hwflow.pipeline import ir
 
 INTERNAL_FIELDS = ir.INTERNAL_FIELDS | {"in_port"}
 TUNNEL_TYPE = {port: kind for kind, port in ir.TUNNEL_PORTS.items()}  # tunnel port key -> tunnel type
@@ -64,11 +64,14 @@ TUNNEL_FIELDS = frozenset({"tun_id", "tun_dst"})  # what an encapsulating output
 TTL_EXPIRES = (0, 0xFE)  # ip_ttl 0 or 1: a decrement would reach zero
 # IR field -> the name a NIC's capabilities use for it, where they differ (flower's enc_* keys).
 CAPABILITY_FIELD = {"tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst"}
+CT_EXCLUSIVE = ir.CT_NEW | ir.CT_EST | ir.CT_REL | ir.CT_INV  # conntrack gives a tracked packet one of these
 CT_STATE_NAMES = {ir.CT_NEW: "new", ir.CT_EST: "est", ir.CT_REL: "rel", ir.CT_RPL: "rpl", ir.CT_INV: "inv",
                   ir.CT_TRK: "trk"}
 
 Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
 Edit = ir.SetField | ir.DecTtl | ir.PushVlan | ir.PopVlan | ir.Conntrack  # what a hardware rule does to a packet
+SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
+SHARED_REGION = frozenset({"eth_type", "ct_state", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,32 +84,52 @@ class PortOffload:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChainEntry:
+    """Where a tc chain's walk starts: the table, and what the walk knows there.
+
+    Two paths that reach the same entry go on exactly alike, so one chain
+    serves both. A conntrack recirculation's entry keeps the whole region and
+    ``in_port`` (it belongs to one port); a join's drops ``in_port`` and every
+    header term but the ethertype, VLAN and ct_state (see :func:`walk`), so
+    every port of a network reaches the same chain.
+    """
+
+    table: int
+    known: tuple[tuple[str, int], ...]  # sorted pipeline state
+    aliases: tuple[tuple[str, str], ...]  # sorted register -> packet field copies
+    region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask) every packet entering lies in
+
+    @property
+    def shared(self) -> bool:
+        return not any(field == "in_port" for field, _ in self.known)
+
+
+@dataclasses.dataclass(frozen=True)
 class Leaf:
     region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask)
     outputs: tuple[int, ...]
     blocker: str | None  # why the walk stopped early (punt, a field it cannot know...): software only
     owner: str | None  # owner of the last flow on the path (None: table miss)
     edits: tuple[Edit, ...] = ()  # header actions before the output, in order
-    chain: int = 0  # the tc chain (ct recirculation) the path is in
-    goto: int | None = None  # a conntrack leaf: edits end in ct(table), then chain ``goto``
+    enter: ChainEntry | None = None  # the path goes on in another chain (edits end in its ct, if any)
     trap: bool = False  # packets software must decide (their TTL expires here): a pass rule may hold them
 
     def as_match(self) -> ir.Match:
         return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, v, m in self.region))
 
 
-@dataclasses.dataclass(frozen=True)
-class HwRule:
+class HwRule(NamedTuple):
     """One hardware rule on ``in_port``'s representor (chain ``chain``).
 
     It applies ``actions`` (IR header actions, in order) and then redirects
-    to ``output``; or, with ``goto``, its last action is ``ct`` and the packet
-    goes on in chain ``goto``; with neither, it hands the packet to software
-    (tc ``pass``).
+    to ``output``; or, with ``goto``, the packet goes on in chain ``goto``
+    (after the ``ct`` that ends ``actions``, if any); with neither, it hands
+    the packet to software (tc ``pass``). ``shared``: the rule belongs to a
+    chain every port reaching it gets a copy of (:meth:`Plan.rules_of`).
     """
 
     in_port: int
-    order: int  # position in the port's decision list: lower wins
+    order: int  # position in the chain's decision list: lower wins
     level: int  # priority layer within the chain; rules sharing a level never overlap
     match: ir.Match  # header fields (and ct_state in a chain after ct); always includes eth_type
     output: int | None
@@ -114,11 +137,12 @@ class HwRule:
     actions: tuple[Edit, ...] = ()
     chain: int = 0
     goto: int | None = None
+    shared: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class SoftwareLeaf:
-    in_port: int
+    in_port: int  # SHARED for a leaf of a shared chain
     match: ir.Match
     reason: str
     chain: int = 0
@@ -126,12 +150,62 @@ class SoftwareLeaf:
 
 
 @dataclasses.dataclass
-class Plan:
+class ChainPlan:
+    """One tc chain's decision list; it ends in a catch-all ``pass`` so a miss reaches software from chain 0."""
+
+    id: int
     rules: list[HwRule] = dataclasses.field(default_factory=list)
+    software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
+    children: set[int] = dataclasses.field(default_factory=set)  # chains its rules go to
+    forwards: bool = False  # some rule does more than hand the packet to software
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.rules) and self.rules[0].shared
+
+
+@dataclasses.dataclass
+class Plan:
+    """Each port's chain-0 decision list, the chains they reach, and the paths left to software.
+
+    A shared chain is held once however many ports reach it; :meth:`rules_of` gives one port its copy,
+    which is what its representor gets (a NIC keeps rules per representor: each carries an implicit
+    source-port match).
+    """
+
+    own: dict[int, list[HwRule]] = dataclasses.field(default_factory=dict)  # port -> its chain-0 and own chains
+    chains: dict[int, ChainPlan] = dataclasses.field(default_factory=dict)  # shared chains by id
+    reaches: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # port -> shared chains it uses
     software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
 
     def rules_of(self, port: int) -> list[HwRule]:
-        return [r for r in self.rules if r.in_port == port]
+        rules = list(self.own.get(port, ()))
+        for chain in self.reaches.get(port, ()):
+            rules += [_copy_for(rule, port) for rule in self.chains[chain].rules]
+        return rules
+
+    @property
+    def rules(self) -> list[HwRule]:
+        """Every rule as installed, port by port."""
+        return [rule for port in sorted(self.own.keys() | self.reaches.keys()) for rule in self.rules_of(port)]
+
+    def counts(self) -> tuple[int, int]:
+        """(rules planned, each shared chain once; rules installed, a copy per port reaching it)."""
+        own = sum(len(rules) for rules in self.own.values())
+        planned = own + sum(len(c.rules) for c in self.chains.values())
+        installed = own + sum(len(self.chains[c].rules) for chains in self.reaches.values() for c in chains)
+        return planned, installed
+
+
+def _copy_for(rule: HwRule, port: int) -> HwRule:
+    """A shared chain's rule on ``port``'s representor: a redirect back to the port itself becomes a pass.
+
+    The pipeline never sends a packet back where it came from (OpenFlow drops an output to in_port);
+    software decides those packets, as it would without the rule.
+    """
+    if rule.output == port:
+        return rule._replace(in_port=port, output=None, actions=())
+    return rule._replace(in_port=port)
 
 
 # --- symbolic walk ------------------------------------------------------------
@@ -146,10 +220,14 @@ class _Path:
     dirty: frozenset[str] = frozenset()  # header fields changed to a value the walk cannot know
     outputs: tuple[int, ...] = ()
     edits: tuple[Edit, ...] = ()
-    chain: int = 0
 
     def but(self, **changes) -> _Path:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing done to the packet yet: software, running the pipeline from the start, would see it as is."""
+        return not (self.outputs or self.edits or self.dirty)
 
 
 def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[str, int]):
@@ -170,30 +248,37 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
     return covers_all, refined
 
 
-class Chains:
-    """Numbers the tc chains of ct recirculations (per port: they share its devices' chain space).
-
-    ``wanted(chain)`` is asked right after the walk yields a ct rule's leaf, once its consumer has decided
-    on it: a chain that rule does not lead to in hardware is not walked. A NIC without conntrack, or a port
-    whose conntrack rule stayed in software, would otherwise have every path behind its security groups
-    enumerated for nothing.
-    """
-
-    def __init__(self, wanted: Callable[[int], bool] | None = None) -> None:
-        self._numbers = itertools.count(1)
-        self.wanted = wanted or (lambda chain: True)
-
-    def new(self) -> int:
-        return next(self._numbers)
-
-
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
-         chains: Chains | None = None) -> Iterator[Leaf]:
-    """All leaves of the pipeline for packets in ``region``, in decision-list order."""
-    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), chains or Chains(), 0)
+         joins: frozenset[int] = frozenset(), doomed: Callable[[Region], str | None] | None = None) -> Iterator[Leaf]:
+    """The leaves of one chain's decision list for packets in ``region``, in order.
+
+    The walk does not follow a path into another chain: a ``ct(table=N)`` ends
+    in a leaf whose ``enter`` names the chain N starts, and so does a clean
+    path (see :attr:`_Path.clean`) of a known port going to a table in
+    ``joins``; that chain is walked on its own (:func:`walk_entry`). A
+    join's chain forgets the port: every port of a network reaches the same
+    one. ``doomed(region)`` says a region no hardware rule can match (a field
+    the NIC cannot match): the walk ends there in one software leaf instead
+    of enumerating the paths below, which could only end in software too.
+    """
+    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed), 0)
 
 
-def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator[Leaf]:
+def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
+               doomed: Callable[[Region], str | None] | None = None) -> Iterator[Leaf]:
+    """The leaves of the chain that starts at ``entry``."""
+    path = _Path(dict(entry.known), dict(entry.aliases))
+    region = {f: (v, m) for f, v, m in entry.region}
+    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed), 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Walk:
+    joins: frozenset[int]
+    doomed: Callable[[Region], str | None] | None
+
+
+def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
     for flow in pipeline.candidates(table, path.known):
@@ -207,7 +292,11 @@ def _walk_table(pipeline, table, region, path: _Path, chains, depth) -> Iterator
         covers_all, refined = _refine(match, region, path.known)
         if covers_all is None:
             continue
-        yield from _run(pipeline, flow, refined, path, chains, depth)
+        doomed = how.doomed(refined) if how.doomed is not None and not covers_all else None
+        if doomed is not None:
+            yield _leaf(refined, path, doomed, flow.owner)
+        else:
+            yield from _run(pipeline, flow, refined, path, how, depth)
         if covers_all:
             return
     yield _leaf(region, path, None, None)
@@ -227,7 +316,7 @@ def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | 
     return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, (v, m) in terms.items()))
 
 
-def _run(pipeline, flow, region, path: _Path, chains, depth) -> Iterator[Leaf]:
+def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
     """Follow one flow's actions; an action the walk cannot see through ends it in a software leaf.
 
     Ending there is what keeps the proof simple: the leaf's region is all the
@@ -239,12 +328,16 @@ def _run(pipeline, flow, region, path: _Path, chains, depth) -> Iterator[Leaf]:
             if action.port != path.known.get("in_port"):
                 path = path.but(outputs=path.outputs + (action.port,))
         elif isinstance(action, ir.GotoTable):
-            yield from _walk_table(pipeline, action.table, region, path, chains, depth + 1)
+            if action.table in how.joins and path.clean and path.known.get("in_port", 0) > 0 \
+                    and path.known["in_port"] not in TUNNEL_TYPE:
+                yield _leaf(region, path, None, flow.owner, _join_entry(pipeline, action.table, region, path))
+            else:
+                yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
         elif isinstance(action, ir.Drop):
             break
         elif isinstance(action, ir.Conntrack) and action.table is not None:
-            yield from _recirculate(pipeline, flow, action, region, path, chains, depth)
+            yield _recirculate(flow, action, region, path)
             return
         elif isinstance(action, ir.DecTtl) and "ip_ttl" not in path.dirty:
             expiring, trapped = _refine(ir.Match.of(ip_ttl=TTL_EXPIRES), region, path.known)
@@ -262,23 +355,36 @@ def _run(pipeline, flow, region, path: _Path, chains, depth) -> Iterator[Leaf]:
     yield _leaf(region, path, None, flow.owner)
 
 
-def _recirculate(pipeline, flow, action: ir.Conntrack, region, path: _Path, chains, depth) -> Iterator[Leaf]:
-    """``ct(table=N)``: a rule doing ct then goto chain C, and table N's leaves in chain C."""
+def _join_entry(pipeline: ir.Pipeline, table: int, region, path: _Path) -> ChainEntry:
+    """The shared chain a clean path of a port continues in at a join table.
+
+    It keeps of the pipeline state only what the tables from ``table`` on
+    read (so the port's conntrack zone, say, does not split the chain), and
+    of the region only what says how a packet is framed and tracked. Fewer
+    terms than the path's region is a larger region: the chain's decision
+    list is right for every packet of it, so for the port's too.
+    """
+    reads = pipeline.fields_read_from(table)
+    known = tuple(sorted((f, v) for f, v in path.known.items() if f != "in_port" and f in reads))
+    aliases = tuple(sorted((r, f) for r, f in path.aliases.items() if r in reads))
+    kept = tuple(sorted((f, v, m) for f, (v, m) in region.items() if f in SHARED_REGION))
+    return ChainEntry(table, known, aliases, kept)
+
+
+def _recirculate(flow, action: ir.Conntrack, region, path: _Path) -> Leaf:
+    """``ct(table=N)``: a rule doing ct then goto the chain where table N's leaves are."""
     blocker = None
     if path.outputs or path.edits:
         blocker = "conntrack after an output or a header action: a miss in its chain would replay them"
     elif action.commit or action.nat is not None:
         blocker = "conntrack commit/NAT before recirculation: a miss in its chain would apply it twice"
     if blocker is not None:
-        yield _leaf(region, path, blocker, flow.owner)
-        return
-    chain = chains.new()
-    yield dataclasses.replace(_leaf(region, path.but(edits=(action,)), None, flow.owner), goto=chain)
-    if not chains.wanted(chain):
-        return
+        return _leaf(region, path, blocker, flow.owner)
     known = {k: v for k, v in path.known.items() if k != "ct_state"} | {"ct_zone": action.zone}
     inner = {**region, "ct_state": (ir.CT_TRK, ir.CT_TRK)}  # after ct every packet is tracked
-    yield from _walk_table(pipeline, action.table, inner, path.but(known=known, chain=chain), chains, depth + 1)
+    entry = ChainEntry(action.table, tuple(sorted(known.items())), tuple(sorted(path.aliases.items())),
+                       tuple(sorted((f, v, m) for f, (v, m) in inner.items())))
+    return _leaf(region, path.but(edits=(action,)), None, flow.owner, entry)
 
 
 def _is_edit(action: ir.Action) -> bool:
@@ -342,20 +448,27 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
     return None
 
 
-def _leaf(region, path: _Path, blocker, owner) -> Leaf:
+def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) -> Leaf:
     return Leaf(tuple(sorted((f, v, m) for f, (v, m) in region.items())), path.outputs, blocker, owner,
-                path.edits, path.chain)
+                path.edits, enter)
 
 
 # --- choosing what goes to hardware ----------------------------------------------
 
 
 def _overlaps(a: ir.Match, b: ir.Match, ignore: frozenset[str] = frozenset()) -> bool:
+    """Whether some packet matches both (a tracked packet is exactly one of new, est, rel and inv)."""
     theirs = b.as_dict()
     for term in a.fields:
         other = theirs.get(term.field)
-        if term.field not in ignore and other is not None and (term.value ^ other.value) & term.mask & other.mask:
+        if term.field in ignore or other is None:
+            continue
+        if (term.value ^ other.value) & term.mask & other.mask:
             return False
+        if term.field == "ct_state":
+            mine, its = term.value & term.mask & CT_EXCLUSIVE, other.value & other.mask & CT_EXCLUSIVE
+            if mine and its and mine != its:
+                return False
     return True
 
 
@@ -446,11 +559,11 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], un
     caps = port.capabilities
     if leaf.blocker is not None:
         return leaf.blocker
-    if leaf.goto is not None:
-        if not {hw.ACTION_CT, hw.ACTION_GOTO_CHAIN} <= caps.actions:
-            return "the NIC cannot do conntrack with a goto chain"
-        if caps.max_chains is not None and leaf.goto >= caps.max_chains:
-            return f"the NIC has {caps.max_chains} chain(s); chain {leaf.goto} does not fit"
+    if leaf.enter is not None:
+        if not {hw.ACTION_GOTO_CHAIN, hw.ACTION_PASS} <= caps.actions:
+            return "the NIC cannot goto a chain and pass what misses there to software"
+        if leaf.edits and hw.ACTION_CT not in caps.actions:
+            return "the NIC cannot do conntrack"
         return _cannot_edit(leaf, caps) or _cannot_match(leaf, caps)
     tunnel = TUNNEL_TYPE.get(port.port)
     if tunnel is not None and not caps.can_decap(tunnel):
@@ -461,14 +574,262 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], un
     return reason
 
 
-def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Match], str]) -> bool:
+def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Match], str], scope: int) -> bool:
     """A software leaf a ``pass`` rule may hold: whatever software does with its packets, it still does.
 
     Holding it costs a rule, so it is done only when a later rule would
-    otherwise be kept out by overlapping it (see :func:`plan_port`).
+    otherwise be kept out by overlapping it (see :meth:`_Planner.decide`).
     """
     return hw.ACTION_PASS in port.capabilities.actions and _cannot_match(leaf, port.capabilities) is None \
-        and (port.port, leaf.as_match()) not in refused
+        and (scope, leaf.as_match()) not in refused
+
+
+def _doomed(caps: Capabilities) -> Callable[[Region], str | None]:
+    """Why no refinement of a region can be matched by the NIC (None: some may be): a field it matches with no
+    mask at all, or a ct_state it cannot match. Refining only adds terms and mask bits, so a region doomed
+    stays doomed, and the walk may stop there."""
+    def doomed(region: Region) -> str | None:
+        for field, (_, mask) in region.items():
+            if field == "ct_state":
+                states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
+                if not caps.can_conntrack(states):
+                    return f"the NIC cannot match ct_state {'/'.join(states)}"
+            elif field != "eth_type" and CAPABILITY_FIELD.get(field, field) not in caps.match_fields:
+                return f"the NIC cannot match {field} (with any mask)"
+        return None
+    return doomed
+
+
+class _Rules:
+    """A chain's placed rules or software leaves, found by what they could overlap.
+
+    A decision list of a network's destinations has thousands of entries, nearly all pinned to one
+    ``eth_dst`` (switched) or one ``eth_dst`` and ``ipv4_dst`` (routed: the router's MAC): bucketing by the
+    exact values of those two makes "what does this leaf overlap" a look at a few buckets instead of a scan
+    of the list.
+    """
+
+    KEYS = ("eth_dst", "ipv4_dst")
+
+    def __init__(self) -> None:
+        self._by_key: dict[int | None, dict[int | None, list]] = {}
+
+    def add(self, item: HwRule | SoftwareLeaf) -> None:
+        first, second = self._key(item.match)
+        self._by_key.setdefault(first, {}).setdefault(second, []).append(item)
+
+    def remove(self, item: HwRule | SoftwareLeaf) -> None:
+        first, second = self._key(item.match)
+        self._by_key[first][second].remove(item)
+
+    def overlapping(self, match: ir.Match) -> list:
+        first, second = self._key(match)
+        found = []
+        for outer in (self._by_key.values() if first is None else
+                      (self._by_key.get(first, {}), self._by_key.get(None, {}))):
+            for items in (outer.values() if second is None else (outer.get(second, ()), outer.get(None, ()))):
+                found += [item for item in items if _overlaps(match, item.match)]
+        return sorted(found, key=_position)
+
+    @classmethod
+    def _key(cls, match: ir.Match) -> tuple[int | None, int | None]:
+        key = []
+        for field in cls.KEYS:
+            term = match.get(field)
+            key.append(term.value if term is not None and term.mask == ir.full_mask(field) else None)
+        return key[0], key[1]
+
+
+def _position(item: HwRule | SoftwareLeaf) -> int:
+    return item.order if isinstance(item, HwRule) else -1
+
+
+@dataclasses.dataclass
+class _Decided:
+    rules: list[HwRule] = dataclasses.field(default_factory=list)
+    software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
+    children: set[int] = dataclasses.field(default_factory=set)
+    cost: int = 0  # rules a port pays for: these and the chains they go to
+
+
+class ChainIds:
+    """tc chain numbers, stable while a chain is in use.
+
+    On a NIC with no chain limit every chain gets a number of its own across the host, so a shared chain
+    has one number on every representor. On a NIC with few chains (``max_chains``) nothing is shared and
+    each port numbers its own chains from 1, as far as the NIC goes.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple, int] = {}
+        self._next: dict[int, int] = {}
+
+    def get(self, key: tuple, space: int) -> int:
+        number = self._ids.get(key)
+        if number is None:
+            number = self._ids[key] = self._next.get(space, 1)
+            self._next[space] = number + 1
+        return number
+
+
+class _Planner:
+    """Builds a :class:`Plan`: each port's chain 0, and every chain they reach, each chain planned once."""
+
+    def __init__(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
+                 refused: Mapping[tuple[int, ir.Match], str], unicast_only: bool, joins: frozenset[int],
+                 ids: ChainIds) -> None:
+        self.pipeline, self.ports, self.ethertypes = pipeline, ports, tuple(ethertypes)
+        self.refused, self.unicast_only, self.joins, self.ids = refused, unicast_only, joins, ids
+        self.plan = Plan()
+        self._chains: dict[tuple, ChainPlan | None] = {}
+        self._cost: dict[int, int] = {}  # chain id -> rules it and the chains below it take on one representor
+        self._shared: dict[int, ChainPlan] = {}  # chains every port reaching them gets a copy of
+        self._own: dict[int, ChainPlan] = {}  # chains of one port (its conntrack recirculations)
+
+    def port(self, port: PortOffload, budget: int) -> int:
+        """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
+        joins = self.joins if port.capabilities.max_chains is None else frozenset()
+        doomed = _doomed(port.capabilities)
+        leaves = (leaf for eth_type in self.ethertypes
+                  for leaf in walk(self.pipeline, {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)},
+                                   {"eth_type": (eth_type, 0xFFFF)}, joins, doomed))
+        decided = self.decide(leaves, port, port.port, 0, budget)
+        self.plan.own[port.port] = decided.rules + [r for c in self._own_closure(decided.children)
+                                                     for r in self._chain_by_id(c).rules]
+        shared = tuple(sorted(c for c in self._closure(decided.children) if c in self._shared))
+        if shared:
+            self.plan.reaches[port.port] = shared
+        self.plan.software += decided.software
+        return decided.cost
+
+    def decide(self, leaves: Iterator[Leaf], ctx: PortOffload, scope: int, chain: int,
+               budget: int | None) -> _Decided:
+        """One chain's decision list: each leaf a rule when it can be, in order.
+
+        ``refused`` holds rules the NIC already turned down (by scope and match), with its reason; they stay in
+        software, and so does whatever they shadow. A leaf kept out only by earlier software leaves gets them
+        placed as ``pass`` rules in front of it, when the NIC can match them (and has room). ``budget`` (for a
+        port's chain 0) counts a goto as the rules of every chain it leads to.
+        """
+        out = _Decided()
+        placed, software = _Rules(), _Rules()
+        shared = scope == SHARED
+        for leaf in leaves:
+            match = leaf.as_match()
+            reason = _why_not(leaf, ctx, self.ports, self.unicast_only)
+            if reason is None and (scope, match) in self.refused:
+                reason = f"the NIC refused it: {self.refused[scope, match]}"
+            target, cost = None, 1
+            if reason is None and leaf.enter is not None:
+                target, reason = self._enter(ctx, leaf.enter)
+                cost += self._cost.get(target, 0) if target is not None else 0
+            shadows = software.overlapping(match)
+            if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
+                reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
+            if reason is None and shadows and (not all(sw.passable for sw in shadows) or (
+                    budget is not None and out.cost + len(shadows) + cost > budget)):
+                reason = "overlaps an earlier software-only path"
+            elif reason is None:
+                for sw in shadows:  # hold them in front with pass rules
+                    software.remove(sw)
+                    out.software.remove(sw)
+                    self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, sw.match, None, "", (), chain,
+                                                    shared=shared))
+                    out.cost += 1
+            if reason is None and budget is not None and out.cost + cost > budget:
+                reason = "the NIC's rule table is full"
+            if reason is not None:
+                sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope))
+                software.add(sw)
+                out.software.append(sw)
+                continue
+            output = None if leaf.enter is not None else leaf.outputs[0]
+            self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "",
+                                            leaf.edits, chain, target, shared))
+            out.cost += cost
+            if target is not None:
+                out.children.add(target)
+        return out
+
+    @staticmethod
+    def _place(out: _Decided, placed: _Rules, rule: HwRule) -> None:
+        """Add ``rule`` on the lowest level above every overlapping rule placed before it."""
+        level = 1 + max((r.level for r in placed.overlapping(rule.match)), default=-1)
+        rule = rule._replace(level=level)
+        placed.add(rule)
+        out.rules.append(rule)
+
+    def _enter(self, ctx: PortOffload, entry: ChainEntry) -> tuple[int | None, str | None]:
+        """The chain a goto leaf leads to, planned now if it is new (None and why: keep the leaf in software)."""
+        caps = ctx.capabilities
+        limited = caps.max_chains is not None
+        scope = SHARED if entry.shared else ctx.port
+        key = (ctx.switch_id, scope if limited else SHARED, entry)
+        if key not in self._chains:
+            self._chains[key] = None  # a chain reaching itself stays in software
+            number = self.ids.get(key, ctx.port if limited else SHARED)
+            if limited and number >= caps.max_chains:
+                return None, f"the NIC has {caps.max_chains} chain(s); chain {number} does not fit"
+            self._chains[key] = self._chain(ctx, scope, entry, number)
+        chain = self._chains[key]
+        if chain is None:
+            return None, "no path behind this goto goes to hardware (or its misses cannot be caught)"
+        return chain.id, None
+
+    def _chain(self, ctx: PortOffload, scope: int, entry: ChainEntry, number: int) -> ChainPlan | None:
+        caps = ctx.capabilities
+        catch = _catch_all(entry)
+        if catch is None:
+            return None
+        shared = scope == SHARED
+        chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
+        joins = self.joins if caps.max_chains is None else frozenset()
+        decided = self.decide(walk_entry(self.pipeline, entry, joins, _doomed(caps)), chain_ctx, scope, number, None)
+        if not any(r.output is not None or r.goto is not None for r in decided.rules):
+            self.plan.software += decided.software
+            return None
+        level = 1 + max(r.level for r in decided.rules)
+        rules = decided.rules + [HwRule(chain_ctx.port, len(decided.rules), level, catch, None, "miss", (), number,
+                                        None, shared)]
+        plan = ChainPlan(number, rules, decided.software, decided.children, True)
+        self._cost[number] = decided.cost + 1
+        self.plan.software += decided.software
+        if shared:
+            self._shared[number] = plan
+            self.plan.chains[number] = plan
+        else:
+            self._own[number] = plan
+        return plan
+
+    def _chain_by_id(self, number: int) -> ChainPlan:
+        return self._shared.get(number) or self._own[number]
+
+    def _closure(self, roots: Iterable[int]) -> set[int]:
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            number = todo.pop()
+            if number not in seen:
+                seen.add(number)
+                todo += self._chain_by_id(number).children
+        return seen
+
+    def _own_closure(self, roots: Iterable[int]) -> list[int]:
+        """The port's own chains (not shared) below ``roots``, in number order."""
+        return sorted(c for c in self._closure(roots) if c not in self._shared)
+
+
+def _catch_all(entry: ChainEntry) -> ir.Match | None:
+    """A match every packet entering the chain has: its ethertype and VLAN (None: flower cannot say it)."""
+    terms = {f: (v, m) for f, v, m in entry.region if f in ("eth_type", "vlan_vid", "vlan_tagged")}
+    if "eth_type" not in terms or terms["eth_type"][1] != 0xFFFF:
+        return None
+    if "vlan_vid" in terms and terms["vlan_vid"][1] != ir.full_mask("vlan_vid"):
+        return None
+    if terms.get("vlan_tagged", (0, 0))[0] and "vlan_vid" not in terms:
+        return None  # tagged with any VID: flower has no rule for that
+    terms.pop("vlan_tagged", None)
+    return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, (v, m) in sorted(terms.items())))
 
 
 def _tagged_after_untagged(match: ir.Match, placed: Sequence[HwRule | SoftwareLeaf]) -> bool:
@@ -479,91 +840,29 @@ def _tagged_after_untagged(match: ir.Match, placed: Sequence[HwRule | SoftwareLe
     return any(r.match.get("vlan_vid") is None and _overlaps(match, r.match, vlan) for r in placed)
 
 
-def plan_port(
-    pipeline: ir.Pipeline, port: PortOffload, ports: Mapping[int, PortOffload],
-    ethertypes: Sequence[int], budget: int, refused: Mapping[tuple[int, ir.Match], str] | None = None,
-    unicast_only: bool = True,
-) -> Plan:
-    """The decision list of one port's hardware rules, at most ``budget`` of them.
-
-    ``refused`` holds rules the NIC already turned down (by port and match),
-    with its reason; they stay in software, and so does whatever they shadow.
-    Leaves in the chain of a conntrack rule that stayed in software are left
-    out: that rule's software leaf covers them. A leaf kept out only by
-    earlier software leaves gets them placed as ``pass`` rules in front of
-    it, when the NIC can match them (and has room).
-    """
-    refused = refused or {}
-    plan = Plan()
-    order = 0
-    open_chains = {0}
-    chains = Chains(open_chains.__contains__)
-    for eth_type in ethertypes:
-        known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
-        placed: list[HwRule] = []
-        for leaf in walk(pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, chains):
-            if leaf.chain not in open_chains:
-                continue
-            match = leaf.as_match()
-            in_chain = [r for r in placed if r.chain == leaf.chain]
-            reason = _why_not(leaf, port, ports, unicast_only)
-            if reason is None and (port.port, match) in refused:
-                reason = f"the NIC refused it: {refused[port.port, match]}"
-            shadows = [sw for sw in plan.software
-                       if sw.in_port == port.port and sw.chain == leaf.chain and _overlaps(match, sw.match)]
-            if reason is None and _tagged_after_untagged(match, [*in_chain, *shadows]):
-                reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
-            if reason is None and shadows and (not all(sw.passable for sw in shadows)
-                                               or len(plan.rules) + len(shadows) >= budget):
-                reason = "overlaps an earlier software-only path"
-            elif reason is None:
-                for sw in shadows:  # hold them in front with pass rules
-                    plan.software.remove(sw)
-                    _place(plan, placed, HwRule(port.port, order, 0, sw.match, None, "", (), sw.chain))
-                    order += 1
-            if reason is None and len(plan.rules) >= budget:
-                reason = "the NIC's rule table is full"
-            if reason is not None:
-                plan.software.append(SoftwareLeaf(port.port, match, reason, leaf.chain,
-                                                  _passable(leaf, port, refused)))
-                continue
-            output = None if leaf.goto is not None else leaf.outputs[0]
-            _place(plan, placed, HwRule(port.port, order, 0, match, output, leaf.owner or "", leaf.edits, leaf.chain,
-                                        leaf.goto))
-            order += 1
-            if leaf.goto is not None:
-                open_chains.add(leaf.goto)
-    return plan
-
-
-def _place(plan: Plan, placed: list[HwRule], rule: HwRule) -> None:
-    """Add ``rule`` on the lowest level above every overlapping rule of its chain placed before it."""
-    level = 1 + max((r.level for r in placed if r.chain == rule.chain and _overlaps(rule.match, r.match)), default=-1)
-    rule = dataclasses.replace(rule, level=level)
-    placed.append(rule)
-    plan.rules.append(rule)
-
-
 def partition(
     pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
     refused: Mapping[tuple[int, ir.Match], str] | None = None, unicast_only: bool = True,
+    joins: Iterable[int] = (), ids: ChainIds | None = None,
 ) -> Plan:
     """Hardware rules for every offload-capable local port.
 
-    Capacity is shared per embedded switch; ports are served in key order so
-    the choice is stable and visible (`hwflow trace` and the agent's log say
-    which paths stayed in software and why).
+    ``joins`` are the tables where the paths of many ports meet (the layout's
+    entry points wired from more than one exit, e.g. L3 and L2): there a
+    port's clean path hands over to a chain all ports of the network share.
+    Capacity is shared per embedded switch and counted per representor;
+    ports are served in key order so the choice is stable and visible
+    (`hwflow trace` and the agent's log say which paths stayed in software
+    and why).
     """
-    plan = Plan()
+    planner = _Planner(pipeline, ports, ethertypes, refused or {}, unicast_only, frozenset(joins),
+                       ids or ChainIds())
     used: dict[str, int] = {}
     for key in sorted(ports):
         port = ports[key]
-        budget = port.capabilities.max_rules - used.get(port.switch_id, 0)
-        sub = plan_port(pipeline, port, ports, ethertypes, max(budget, 0), refused, unicast_only)
-        used[port.switch_id] = used.get(port.switch_id, 0) + len(sub.rules)
-        plan.rules.extend(sub.rules)
-        plan.software.extend(sub.software)
-    return plan
+        budget = max(port.capabilities.max_rules - used.get(port.switch_id, 0), 0)
+        used[port.switch_id] = used.get(port.switch_id, 0) + planner.port(port, budget)
+    return planner.plan
 
 
 class Partitioner:
@@ -571,10 +870,12 @@ class Partitioner:
 
     Most passes (the resync timer, an OVSDB event about an unrelated interface) find the same compiled
     pipeline (the compiler hands back the same object until a change), the same ports and capabilities and
-    the same refusals; partitioning costs seconds on a host of a hundred ports (doc/benchmarks.rst).
+    the same refusals. Chain numbers stay as they were from one plan to the next (:class:`ChainIds`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, joins: Iterable[int] = ()) -> None:
+        self.joins = frozenset(joins)
+        self._ids = ChainIds()
         self._last: tuple[ir.Pipeline, dict[int, PortOffload], tuple[int, ...], dict, Plan] | None = None
 
     def plan(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
@@ -583,56 +884,6 @@ class Partitioner:
         if last is not None and last[0] is pipeline and last[1] == ports and last[2] == tuple(ethertypes) \
                 and last[3] == refused:
             return last[4]
-        plan = partition(pipeline, ports, ethertypes, refused)
+        plan = partition(pipeline, ports, ethertypes, refused, joins=self.joins, ids=self._ids)
         self._last = (pipeline, dict(ports), tuple(ethertypes), dict(refused), plan)
         return plan
-
-
-def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
-               conntrack: interpreter.ConnTracker | None = None) -> tuple[tuple[int, Mapping[str, int]], ...]:
-    """Outputs (port, packet as sent) when the NIC's rules run first and OVS takes the misses.
-
-    The NIC is modelled as tc sees it: levels become priorities within a
-    chain and the order inside a level is the NIC's business, so two rules
-    of one level that both take the packet make the answer depend on the NIC:
-    that raises. A rule without a ``vlan_vid`` term takes untagged packets
-    only (flower's protocol match). ``conntrack`` is the connection table the
-    NIC and the software share (the kernel's). The equivalence oracle: tests
-    assert this equals the interpreter's outputs.
-    """
-    tracker = conntrack if conntrack is not None else interpreter.ConnTracker()
-    rules = plan.rules_of(packet["in_port"])
-    state = dict(packet)
-    chain = 0
-    while (rule := _nic_lookup(rules, chain, state)) is not None and (rule.output, rule.goto) != (None, None):
-        for action in rule.actions:
-            _nic_apply(action, state, tracker)
-        if rule.goto is None:
-            return ((rule.output, {k: v for k, v in state.items() if k not in INTERNAL_FIELDS}),)
-        chain = rule.goto
-    return interpreter.run(pipeline, packet, tracker).outputs
-
-
-def _nic_lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
-    candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
-                  and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
-    for level in sorted({r.level for r in candidates}):
-        hits = [r for r in candidates if r.level == level]
-        if len(hits) > 1:
-            raise AssertionError(f"rules of one priority overlap: {hits}")
-        return hits[0]
-    return None
-
-
-def _nic_apply(action: Edit, state: dict[str, int], tracker: interpreter.ConnTracker) -> None:
-    """What tc's pedit, vlan, tunnel_key and ct actions do to the packet."""
-    if isinstance(action, ir.SetField):
-        state[action.field] = action.value
-    elif isinstance(action, ir.DecTtl) and "ip_ttl" in state:
-        state["ip_ttl"] -= 1
-    elif isinstance(action, ir.PushVlan):
-        state["vlan_vid"] = action.vid
-    elif isinstance(action, ir.PopVlan):
-        state.pop("vlan_vid", None)
-    elif isinstance(action, ir.Conntrack):
-        interpreter.apply_conntrack(state, action, tracker)

@@ -405,30 +405,74 @@ class Pipeline:
     def candidates(self, table: int, exact: Mapping[str, int]) -> Iterable[Flow]:
         """The flows of ``table`` that may match a packet whose fields in ``exact`` have those values, in order.
 
-        Each table is indexed on one field: the one its flows match exactly on the most distinct values of,
-        preferring ``in_port`` and the pipeline's internal fields, which a walk always knows (a port's
-        classification, a network's L2 lookup, a delivery by ``outport``). When ``exact`` has that field,
+        A table is indexed on the fields its flows match exactly, preferring ``in_port`` and the pipeline's
+        internal fields, which a walk always knows (a port's classification, a network's L2 lookup, a
+        delivery by ``outport``). Of those ``exact`` has, the one leaving the fewest candidates is used:
         only the flows matching its value exactly and those not matching it exactly can match, merged back
-        into priority order; otherwise it is the whole table. It cut partitioning 200 ports about 3.5 times
-        (doc/benchmarks.rst): a port's walk no longer scans every other port's flows.
+        into priority order; with none, it is the whole table. A walk that knows a network but not a next
+        hop (a register copied from the packet) still skips other networks' next hops, and a port's walk
+        through the ARP responder skips other networks' addresses.
         """
-        field, buckets, rest = self._index(table)
-        value = exact.get(field) if field is not None else None
-        if value is None:
+        best: tuple[int, list[tuple[int, Flow]], list[tuple[int, Flow]]] | None = None
+        for field in self._index_fields(table):
+            value = exact.get(field)
+            if value is None:
+                continue
+            buckets, rest = self._index(table, field)
+            hits = buckets.get(value, [])
+            if best is None or len(hits) + len(rest) < best[0]:
+                best = (len(hits) + len(rest), hits, rest)
+        if best is None:
             return self.table(table)
-        hits = buckets.get(value)
+        _, hits, rest = best
         if not hits:
             return (flow for _, flow in rest)
         return (flow for _, flow in heapq.merge(hits, rest, key=_position))
 
-    def _index(self, table: int) -> tuple[str | None, dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
-        index = self._indexes.get(table)
+    def fields_read_from(self, table: int) -> frozenset[str]:
+        """Every field a flow of ``table`` or a later table matches or copies (gotos only go forward).
+
+        What a path carries in other fields cannot change where it goes from ``table`` on: the partitioner
+        leaves them out of a shared chain's entry.
+        """
+        reads = self._reads_from.get(table)
+        if reads is None:
+            found: set[str] = set()
+            for flow in self.flows:
+                if flow.table >= table:
+                    found.update(term.field for term in flow.match)
+                    found.update(a.src for a in flow.actions if isinstance(a, Move))
+            reads = self._reads_from[table] = frozenset(found)
+        return reads
+
+    @functools.cached_property
+    def _reads_from(self) -> dict[int, frozenset[str]]:
+        return {}
+
+    def _index_fields(self, table: int) -> tuple[str, ...]:
+        fields = self._fields.get(table)
+        if fields is None:
+            values: dict[str, set[int]] = {}
+            for flow in self.table(table):
+                for term in flow.match:
+                    if term.mask == _FULL_MASKS[term.field]:
+                        values.setdefault(term.field, set()).add(term.value)
+            fields = self._fields[table] = tuple(sorted(
+                values, key=lambda f: (f != "in_port" and f not in INTERNAL_FIELDS, -len(values[f]), f)))
+        return fields
+
+    def _index(self, table: int, field: str) -> tuple[dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
+        index = self._indexes.get((table, field))
         if index is None:
-            index = self._indexes[table] = _index_table(self.table(table))
+            index = self._indexes[table, field] = _index_table(self.table(table), field)
         return index
 
     @functools.cached_property
-    def _indexes(self) -> dict[int, tuple]:
+    def _indexes(self) -> dict[tuple[int, str], tuple]:
+        return {}
+
+    @functools.cached_property
+    def _fields(self) -> dict[int, tuple[str, ...]]:
         return {}
 
     @functools.cached_property
@@ -443,16 +487,8 @@ def _position(entry: tuple[int, Flow]) -> int:
     return entry[0]
 
 
-def _index_table(flows: list[Flow]) -> tuple[str | None, dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
-    """(field, value -> [(position, flow)] matching it exactly, [(position, flow)] of the others) for one table."""
-    values: dict[str, set[int]] = {}
-    for flow in flows:
-        for term in flow.match:
-            if term.mask == _FULL_MASKS[term.field]:
-                values.setdefault(term.field, set()).add(term.value)
-    if not values:
-        return None, {}, []
-    field = max(values, key=lambda f: (f == "in_port" or f in INTERNAL_FIELDS, len(values[f]), f))
+def _index_table(flows: list[Flow], field: str) -> tuple[dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
+    """(value -> [(position, flow)] matching ``field`` exactly, [(position, flow)] of the others) for one table."""
     buckets: dict[int, list[tuple[int, Flow]]] = {}
     rest: list[tuple[int, Flow]] = []
     full = _FULL_MASKS[field]
@@ -462,4 +498,4 @@ def _index_table(flows: list[Flow]) -> tuple[str | None, dict[int, list[tuple[in
             buckets.setdefault(term.value, []).append((position, flow))
         else:
             rest.append((position, flow))
-    return field, buckets, rest
+    return buckets, rest

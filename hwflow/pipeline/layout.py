@@ -118,6 +118,17 @@ class Layout:
     table_names: Mapping[int, str]  # number -> "app.table"
     wiring: Wiring
 
+    def joins(self) -> frozenset[int]:
+        """Tables of entry points more than one wire leads to: where paths from different places meet.
+
+        The partitioner lets a port's path hand over to a chain every port of a network shares there.
+        """
+        fed: dict[tuple[str, str], int] = {}
+        for target in self.wiring.wires.values():
+            fed[target] = fed.get(target, 0) + 1
+        return frozenset(self.apps[app].table_ids[self.apps[app].spec.entries[entry]]
+                         for (app, entry), count in fed.items() if count > 1)
+
     def edges(self) -> list[tuple[str, str, str, str]]:
         """(from app, exit, to app, entry) for every wire, in table order."""
         order = list(self.apps)

@@ -13,10 +13,11 @@ import dataclasses
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from nic_model import hw_then_sw
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
-from hwflow.offload.partition import Partitioner, Plan, PortOffload, hw_then_sw, partition
+from hwflow.offload.partition import Partitioner, Plan, PortOffload, partition
 from hwflow.pipeline import interpreter, ir
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
@@ -361,7 +362,7 @@ def test_the_oracle_catches_a_wrong_placement():
     """Mutation: without the pass rule in front, a TTL-1 packet would be forwarded by the NIC with TTL 0."""
     pipeline = _routed_pipeline()
     plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
-    mutant = Plan([r for r in plan.rules if r.output is not None], plan.software)
+    mutant = Plan({1: [r for r in plan.rules_of(1) if r.output is not None]}, software=plan.software)
     dying = {"in_port": 1, "eth_dst": ROUTER_MAC, "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 1}
     assert hw_then_sw(pipeline, plan, dying) == interpreter.run(pipeline, dying).outputs == ()
     assert hw_then_sw(pipeline, mutant, dying) != interpreter.run(pipeline, dying).outputs
@@ -423,10 +424,13 @@ def _sg_pipeline(commit_first: bool = False) -> ir.Pipeline:
 def test_a_conntrack_chain_goes_to_hardware_and_keeps_state_like_the_pipeline():
     pipeline = _sg_pipeline()
     plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
-    ct, *chain = plan.rules_of(1)
+    ct, *chain, miss = plan.rules_of(1)
     assert (ct.chain, ct.goto, ct.actions) == (0, 1, (ir.Conntrack(zone=5, table=1),))
     assert {(r.chain, r.output) for r in chain} == {(1, 2)} and len(chain) == 2
     assert all(r.match.get("ct_state").value & ir.CT_TRK for r in chain)
+    # the chain ends in a catch-all pass: a miss there reaches software from chain 0, not a chain software lacks
+    assert (miss.chain, miss.output, miss.goto, miss.actions) == (1, None, None, ())
+    assert miss.match == ir.Match.of(eth_type=ir.ETH_TYPE_IPV4) and miss.level > max(r.level for r in chain)
     request = {"eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_src": IPS[0], "ipv4_dst": IPS[1], "ip_ttl": 64}
     reply = {**request, "ipv4_src": IPS[1], "ipv4_dst": IPS[0]}
     pkts = [{**reply, "in_port": 2, "eth_dst": MACS[0]}, {**request, "in_port": 1, "eth_dst": MACS[1]},
@@ -434,6 +438,19 @@ def test_a_conntrack_chain_goes_to_hardware_and_keeps_state_like_the_pipeline():
     _assert_same_outputs(pipeline, plan, pkts)
     nic = interpreter.ConnTracker()
     assert [hw_then_sw(pipeline, plan, p, nic) != () for p in pkts] == [False, True, True, True]
+
+
+def test_a_chain_without_its_catch_all_loses_what_misses_it_on_mlx5():
+    """Mutation: the first packet of a connection the chain has no rule for (ct_state +new on a NIC that cannot
+    match it) would reach software tagged with the chain and be dropped there."""
+    pipeline = _sg_pipeline()
+    caps = dataclasses.replace(RICH_CAPS, conntrack=Conntrack(frozenset({"trk", "est"}), zones=True, nat=True))
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4,))
+    first = {"in_port": 1, "eth_dst": MACS[1], "eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_src": IPS[0],
+             "ipv4_dst": IPS[1], "ip_ttl": 64}
+    assert hw_then_sw(pipeline, plan, first) == interpreter.run(pipeline, first).outputs != ()
+    mutant = Plan({1: [r for r in plan.rules_of(1) if r.owner != "miss"]}, software=plan.software)
+    assert hw_then_sw(pipeline, mutant, first) == ()
 
 
 def test_a_commit_before_recirculation_stays_in_software():

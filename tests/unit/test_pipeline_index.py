@@ -51,4 +51,15 @@ def test_the_index_leaves_out_flows_for_other_values_of_the_field_the_walk_knows
     flows.append(ir.Flow(0, 0, ir.Match.of(), (ir.Drop(),), "miss"))
     pipeline = ir.Pipeline.build(flows, {})
     assert [f.owner for f in pipeline.candidates(0, {"in_port": 7})] == ["t", "miss"]
-    assert len(list(pipeline.candidates(0, {"eth_dst": 7}))) == 50  # in_port unknown: the whole table
+    # in_port unknown: the other exactly-matched field does the same; a field no flow matches exactly, nothing
+    assert [f.owner for f in pipeline.candidates(0, {"eth_dst": 7})] == ["t", "miss"]
+    assert len(list(pipeline.candidates(0, {"ip_proto": 6}))) == 50
+
+
+def test_the_index_takes_the_known_field_that_leaves_fewest_candidates():
+    """A responder-like table: a few flows per port match in_port, thousands match only a network key."""
+    flows = [ir.Flow(0, 20, ir.Match.of(in_port=1, arp_spa=i), (ir.Drop(),), "port") for i in range(3)]
+    flows += [ir.Flow(0, 10, ir.Match.of(metadata=i % 10, arp_tpa=i), (ir.Drop(),), "answer") for i in range(1000)]
+    pipeline = ir.Pipeline.build(flows, {})
+    assert len(list(pipeline.candidates(0, {"in_port": 1}))) == 1003  # in_port alone leaves every answer in
+    assert len(list(pipeline.candidates(0, {"in_port": 1, "metadata": 3}))) == 103

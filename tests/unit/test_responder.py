@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nic_model import hw_then_sw
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -15,7 +16,7 @@ from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.backends.ovs import translate
 from hwflow.model.objects import Network, Port
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities
-from hwflow.offload.partition import PortOffload, hw_then_sw, partition
+from hwflow.offload.partition import PortOffload, partition
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 
@@ -226,7 +227,7 @@ def test_a_path_matching_or_rewriting_nd_fields_stays_in_software_and_gives_the_
                         max_rules=100)
     plan = partition(pipeline, {p: PortOffload(p, "sw0", caps) for p in (1, 2)}, (ir.ETH_TYPE_IPV6,),
                      unicast_only=False)
-    assert "the NIC cannot rewrite nd_options_type" in {s.reason for s in plan.software}
+    assert "the NIC cannot match nd_target (with any mask)" in {s.reason for s in plan.software}
     for pkt in ({**asker, "icmp_type": 135, "nd_target": target, "eth_dst": mac_int(VM2)},
                 {**asker, "icmp_type": 128, "eth_dst": mac_int(VM2)}):
         assert hw_then_sw(pipeline, plan, pkt, interpreter.ConnTracker()) == interpreter.run(pipeline, pkt).outputs

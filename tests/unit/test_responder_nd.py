@@ -9,13 +9,14 @@ same verdict as the pipeline alone.
 from __future__ import annotations
 
 import pytest
+from nic_model import hw_then_sw
 
 from hwflow.apps.base import ipv6_int
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.model.objects import Network, Port
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities
-from hwflow.offload.partition import Leaf, PortOffload, _cannot_edit, hw_then_sw, partition
+from hwflow.offload.partition import Leaf, PortOffload, _cannot_edit, partition
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 

@@ -99,9 +99,10 @@ def test_a_conntrack_chain_is_ct_goto_and_ct_state_matches_with_trk():
         ir.Flow(0, 1, ir.Match.of(in_port=1), (ir.Conntrack(zone=5, table=1),), "ct"),
         ir.Flow(1, 2, ir.Match.of(ct_state=(est, est)), (ir.Output(2),), "est"),
         ir.Flow(1, 1, ir.Match.of(ct_state=(new, new)), (ir.Conntrack(zone=5, commit=True), ir.Output(2)), "new")])
-    ct, est_rule, new_rule = rules
+    ct, est_rule, new_rule, miss = rules
     assert (ct.chain, ct.actions) == (0, (fl.Ct(zone=5), fl.Gact("goto_chain", 1)))
-    assert est_rule.chain == new_rule.chain == 1
+    assert est_rule.chain == new_rule.chain == miss.chain == 1
+    assert miss.actions == (fl.Gact("pass"),) and miss.prio > max(est_rule.prio, new_rule.prio)
     trk = fl.TCA_FLOWER_KEY_CT_FLAGS_TRACKED
     assert est_rule.keys.ct_state == trk | fl.TCA_FLOWER_KEY_CT_FLAGS_ESTABLISHED == est_rule.keys.ct_state_mask
     assert new_rule.keys.ct_state == trk | fl.TCA_FLOWER_KEY_CT_FLAGS_NEW

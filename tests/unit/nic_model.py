@@ -1,0 +1,77 @@
+"""The NIC as tc sees it, for the equivalence tests: hardware rules first, software (the pipeline) on a miss.
+
+Written from tc's documented behaviour, not from the partitioner's helpers, so the proof compares two
+independent readings of a plan:
+
+- A representor's rules are tried chain by chain; within a chain by level (tc priority), lowest first;
+  the order inside a level is the NIC's business, so two rules of one level that both take a packet make
+  the answer depend on the NIC: that raises.
+- flower matches VLAN tags through the protocol: a rule without a ``vlan_vid`` term takes untagged
+  packets only.
+- ``pass`` hands the packet to software, which runs the whole pipeline from the start (no chain tag is
+  written: mlx5's accept goes through the "tc end" table to the slow path).
+- A miss in chain 0 goes to software the same way. A miss in chain N > 0 is what mlx5 does with it: the
+  packet reaches the representor tagged with N, software tc continues at chain N, which holds no rule of
+  ours (skip_sw), and the kernel drops it. The model says so by returning no output, so a plan whose
+  chain lets a packet fall through fails the comparison.
+- ``conntrack`` is the connection table the NIC and software share (the kernel's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from hwflow.offload.partition import HwRule, Plan
+from hwflow.pipeline import interpreter, ir
+
+INTERNAL = ir.INTERNAL_FIELDS | {"in_port"}
+
+
+def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
+               conntrack: interpreter.ConnTracker | None = None) -> tuple[tuple[int, Mapping[str, int]], ...]:
+    """Outputs (port, packet as sent) when the NIC's rules run first and OVS takes what they hand it."""
+    tracker = conntrack if conntrack is not None else interpreter.ConnTracker()
+    rules = plan.rules_of(packet["in_port"])
+    state = dict(packet)
+    chain = 0
+    for _ in range(64):
+        rule = lookup(rules, chain, state)
+        if rule is None:
+            if chain == 0:
+                return interpreter.run(pipeline, packet, tracker).outputs
+            return ()  # lost: software tc continues in chain N, where nothing of ours is
+        if rule.output is None and rule.goto is None:
+            return interpreter.run(pipeline, packet, tracker).outputs  # pass: software from the start
+        for action in rule.actions:
+            apply(action, state, tracker)
+        if rule.goto is None:
+            return ((rule.output, {k: v for k, v in state.items() if k not in INTERNAL}),)
+        chain = rule.goto
+    raise AssertionError(f"more than 64 gotos: {rules}")
+
+
+def lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
+    candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
+                  and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
+    for level in sorted({r.level for r in candidates}):
+        hits = [r for r in candidates if r.level == level]
+        if len(hits) > 1:
+            raise AssertionError(f"rules of one priority overlap: {hits}")
+        return hits[0]
+    return None
+
+
+def apply(action: ir.Action, state: dict[str, int], tracker: interpreter.ConnTracker) -> None:
+    """What tc's pedit, vlan, tunnel_key and ct actions do to the packet."""
+    if isinstance(action, ir.SetField):
+        state[action.field] = action.value
+    elif isinstance(action, ir.DecTtl) and "ip_ttl" in state:
+        state["ip_ttl"] -= 1
+    elif isinstance(action, ir.PushVlan):
+        state["vlan_vid"] = action.vid
+    elif isinstance(action, ir.PopVlan):
+        state.pop("vlan_vid", None)
+    elif isinstance(action, ir.Conntrack):
+        interpreter.apply_conntrack(state, action, tracker)
+    else:
+        raise AssertionError(f"{action} has no tc form")
