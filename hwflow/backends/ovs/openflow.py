@@ -177,6 +177,17 @@ class OpenFlowConnection:
         self._down = threading.Event()  # set when the connection is lost (or closed): the keeper redials
         self._keeper: threading.Thread | None = None
         self._shut = threading.Event()  # close() was called: the keeper stops waiting
+        self._generation = 0  # bumped when a session is established and when it is lost
+
+    @property
+    def generation(self) -> int:
+        """Bumped whenever a session to the switch is established or lost (never reset).
+
+        While it stays the same, every message went over one session to one running vswitchd, so the flow
+        table is the one this connection programmed (and others changed). A different value means the switch
+        may have restarted, which empties its flow table: whoever keeps a copy of it in memory must dump again.
+        """
+        return self._generation
 
     # --- connection life cycle ---------------------------------------------------
 
@@ -212,6 +223,7 @@ class OpenFlowConnection:
         self._reader.start()
         if self._listeners:
             self._subscribe(sock)
+        self._generation += 1
         if self._ever_connected:
             LOG.info("OpenFlow connection to %s re-established", self.endpoint)
         self._ever_connected = True
@@ -229,6 +241,7 @@ class OpenFlowConnection:
         with self._conn_lock:
             if self._sock is sock:
                 self._sock = None
+                self._generation += 1
                 if not self._closed:
                     LOG.warning("OpenFlow connection to %s lost (%s); reconnecting %s", self.endpoint, reason,
                                 "now" if self._listeners else "on next use")
