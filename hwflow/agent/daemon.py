@@ -35,11 +35,11 @@ from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError
 from hwflow.model.objects import Chassis, Port
 from hwflow.offload import inventory
-from hwflow.offload.partition import HwRule, Partitioner, Plan, PortOffload
+from hwflow.offload.discovery import discover
+from hwflow.offload.nic import DeviceReport
+from hwflow.offload.partition import SHARED, HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
-from hwflow_drivers.base import DeviceReport
-from hwflow_drivers.discovery import discover
 
 LOG = logging.getLogger("hwflow.agent")
 
@@ -93,7 +93,7 @@ class Agent:
         self._reports: dict[str, DeviceReport] = {}
         self._iface_names: frozenset[str] = frozenset()
         self._refused: dict[tuple[int, ir.Match], str] = {}
-        self._partitioner = Partitioner()
+        self._partitioner = Partitioner(compiler.layout.joins())
         self._managed: set[Representor] = set()
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -260,7 +260,7 @@ class Agent:
         for rule, _, flower_rule in wanted:
             reason = refused.get(identity(flower_rule))
             if reason is not None:
-                fresh[rule.in_port, rule.match] = reason
+                fresh[SHARED if rule.shared else rule.in_port, rule.match] = reason
         grew = not fresh.keys() <= self._refused.keys()
         self._refused.update(fresh)
         return grew
