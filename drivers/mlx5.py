@@ -33,11 +33,12 @@ PCI_IDS = "https://pci-ids.ucw.cz/read/PC/15b3"
 # Matches: en_tc.c __parse_cls_flower() copies each flower key *and its mask* into the flow
 # table entry's match criteria (FLOW_DISSECTOR_KEY_ETH_ADDRS, IPV4/IPV6_ADDRS, PORTS), so
 # MACs, addresses and ports take arbitrary masks; BASIC gives n_proto and ip_proto, VLAN gives
-# the outer VID, IP gives the TTL / hop limit (when the firmware reports
+# the outer VID, IP gives the TTL / hop limit with its mask as given: no exact-mask check, so a
+# "TTL 0 or 1" rule (mask 0xfe) is accepted (when the firmware reports
 # ft_field_support.outer_ipv4_ttl; every family below does). Source: {KERNEL}/en_tc.c
 MATCH_FIELDS = {
     "eth_src": MASK_ANY, "eth_dst": MASK_ANY, "eth_type": MASK_EXACT, "vlan_vid": MASK_EXACT,
-    "ip_proto": MASK_EXACT, "ip_ttl": MASK_EXACT,
+    "ip_proto": MASK_EXACT, "ip_ttl": MASK_ANY,
     "ipv4_src": MASK_ANY, "ipv4_dst": MASK_ANY, "ipv6_src": MASK_ANY, "ipv6_dst": MASK_ANY,
     "tcp_src": MASK_ANY, "tcp_dst": MASK_ANY, "udp_src": MASK_ANY, "udp_dst": MASK_ANY,
     # Tunnel (enc_*) keys: en/tc_tun.c mlx5e_tc_tun_parse() copies outer addresses with their
