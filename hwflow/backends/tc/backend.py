@@ -1,17 +1,23 @@
 """Keep the NIC's tc-flower rules equal to the partitioner's hardware rules.
 
-Desired state in, minimal change out: the rules installed on each
-representor are dumped, compared by what they match (chain, priority,
-protocol, keys), and only the difference is sent. A restart therefore
-re-adds nothing and resets no counter. Applying is split in two halves so
-the agent can order them around the OVS update (make-before-break): stale
-rules leave the NIC before OVS changes, new rules arrive after OVS has the
-flows that back them.
+Desired state in, minimal change out: rules are compared by what they match
+(chain, priority, protocol, keys: :func:`identity`), and only the difference
+is sent. The backend holds in memory, per representor, the rules installed
+(with their handles) and the rules desired, as the last plan and apply left
+them, so an ordinary change is planned from memory (:meth:`TcBackend.plan_delta`)
+without a dump; the full :meth:`TcBackend.plan` dumps every representor (start,
+repair timer), refreshes memory and counts as *repairs* the rules where the
+dump disagreed with it. A restart therefore re-adds nothing and resets no
+counter. Applying is split in two halves so the agent can order them around
+the OVS update (make-before-break): stale rules leave the NIC before OVS
+changes (:meth:`TcBackend.remove`), new rules arrive after OVS has the flows
+that back them (:meth:`TcBackend.install`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -213,9 +219,16 @@ class TcDiff:
     add: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
     replace: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
     delete: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
+    repairs: int = 0  # rules where a dump disagreed with the state held in memory (TcBackend.plan)
 
     def __bool__(self) -> bool:
         return bool(self.add or self.replace or self.delete)
+
+    def extend(self, other: TcDiff) -> None:
+        self.add += other.add
+        self.replace += other.replace
+        self.delete += other.delete
+        self.repairs += other.repairs
 
 
 def diff(desired: Iterable[flower.FlowerRule], installed: Iterable[flower.FlowerRule], endpoint: str) -> TcDiff:
@@ -247,6 +260,26 @@ def _free_handle(used: set[int]) -> int:
     return handle
 
 
+Device = tuple[str, int]  # (endpoint, ifindex): one representor (or tunnel device) on one NIC
+# Refusals that leave the device as it was: the rule is simply not there (or the old one stays). Any other
+# error (EINVAL from an echo that differs: the device stored something else; EEXIST; a timeout) leaves the
+# device's state unknown, so it is dumped before it is planned again.
+CLEAN_REFUSALS = frozenset({errno.EOPNOTSUPP, errno.ENOSPC})
+
+
+@dataclasses.dataclass
+class _DeviceState:
+    """One device as the backend holds it in memory."""
+
+    desired: dict[tuple, flower.FlowerRule]  # identity -> rule (handle 0): the last thing asked for
+    rules: dict[tuple, flower.FlowerRule] | None = None  # identity -> installed rule; None: unknown, dump first
+    handles: set[int] = dataclasses.field(default_factory=set)  # installed, and planned additions
+
+    def load(self, dumped: Iterable[flower.FlowerRule]) -> None:
+        self.rules = {identity(r): r for r in dumped}
+        self.handles = {r.handle for r in self.rules.values()}
+
+
 def open_client(endpoint: str) -> TcClient:
     """A client that checks every rule's NLM_F_ECHO copy: a device that stores something other than what was
     asked refuses it (as OVS treats a tc echo mismatch). Checked identical against the real kernel's flower for
@@ -259,12 +292,26 @@ def open_client(endpoint: str) -> TcClient:
 
 
 class TcBackend:
-    """Talks to every NIC control endpoint on the host, one client each.
+    """Talks to every NIC control endpoint on the host, one client each, and holds the NICs' rules in memory.
+
+    Two ways to plan, one way to apply:
+
+    - :meth:`plan` (the whole desired set; one dump per managed representor) at start and on the repair
+      timer: it also refreshes the state held in memory, and counts (:attr:`repairs`, ``TcDiff.repairs``)
+      and logs the rules where a dump disagreed with it: a bug, or someone else changing the NIC.
+    - :meth:`plan_delta` (rules added to and removed from the desired set) for every other change: computed
+      from memory, no dump, except for a device whose state is unknown (never seen, or its NIC failed or
+      answered unexpectedly since: :meth:`needs_dump`), which is dumped and diffed against its whole desired
+      set as memory has it.
+    - then :meth:`remove` (stale rules off, before OVS changes) and :meth:`install` (new and changed rules,
+      after OVS has the flows behind them), which keep memory equal to what the NIC answered: a rule the
+      NIC refused is not installed.
 
     A NIC whose control channel fails (socket gone, peer restarted, no
     answer) is left as it is for this pass: its client is dropped so the next
-    pass reconnects, the failure is logged once, and OVS keeps carrying the
-    traffic. Only an answer from the NIC (an errno) counts as a refusal.
+    pass reconnects, the failure is logged once, its devices are marked for a
+    dump, and OVS keeps carrying the traffic. Only an answer from the NIC (an
+    errno) counts as a refusal.
     """
 
     def __init__(self, connect: Callable[[str], TcClient] = open_client) -> None:
@@ -272,6 +319,9 @@ class TcBackend:
         self._clients: dict[str, TcClient] = {}
         self._refused: dict[tuple, str] = {}  # identity -> last error, logged once
         self._unreachable: dict[str, str] = {}  # endpoint -> last failure, logged once
+        self._devices: dict[Device, _DeviceState] = {}
+        self._unreadable: dict[Device, str] = {}  # device -> last error its NIC answered to a dump, logged once
+        self.repairs = 0  # over the backend's life: rules a dump showed differently from memory
 
     def client(self, endpoint: str) -> TcClient:
         if endpoint not in self._clients:
@@ -279,27 +329,168 @@ class TcBackend:
         return self._clients[endpoint]
 
     def installed(self, endpoint: str, ifindex: int) -> list[tuple[flower.FlowerRule, flower.RuleStats | None]]:
-        """hwflow's rules on a device (every chain: ct recirculations), less the capability probes' chain and prio."""
+        """hwflow's rules on a device as the NIC has them now (a dump: every chain, for ct recirculations),
+        less the capability probes' chain and prio."""
         return [(r, s) for r, s in self.client(endpoint).dump(ifindex)
                 if r.chain != PROBE_CHAIN and r.prio != PROBE_PRIO]
 
+    # --- the state held in memory ----------------------------------------------------------------
+
+    def installed_rules(self) -> dict[Device, dict[tuple, flower.FlowerRule]]:
+        """The state held in memory: (endpoint, ifindex) -> identity -> installed rule, for every device
+        whose state is known (what a dump of it should show)."""
+        return {dev: dict(state.rules) for dev, state in self._devices.items() if state.rules is not None}
+
+    def needs_dump(self) -> set[Device]:
+        """Devices whose state is unknown: the next plan_delta (or plan) dumps them."""
+        return {dev for dev, state in self._devices.items() if state.rules is None}
+
+    def _state(self, dev: Device) -> _DeviceState:
+        state = self._devices.get(dev)
+        if state is None:
+            state = self._devices[dev] = _DeviceState({})
+        return state
+
+    def _unknown(self, endpoint: str) -> None:
+        """The NIC behind ``endpoint`` failed: its devices' state is unknown until dumped."""
+        for (ep, _), state in self._devices.items():
+            if ep == endpoint:
+                state.rules = None
+
+    # --- planning ---------------------------------------------------------------------------------
+
     def plan(self, desired: Iterable[tuple[str, flower.FlowerRule]], managed: Iterable[Representor]) -> TcDiff:
-        """The changes for every managed representor (one dump each) whose NIC answers."""
-        by_dev: dict[tuple[str, int], list[flower.FlowerRule]] = {(r.endpoint, r.ifindex): [] for r in managed}
+        """The full reconcile: the changes for every managed representor (one dump each) whose NIC answers.
+
+        ``desired`` is the whole desired set, (endpoint, rule without a handle) pairs; a managed
+        representor it gives no rule loses all of hwflow's rules. Refreshes the state held in memory (and
+        forgets devices neither managed nor given a rule); where a dump disagrees with what memory said
+        (a rule missing, extra, or with another handle or other actions), the rule is repaired like any
+        other change and counted in ``TcDiff.repairs`` and :attr:`repairs`, with a warning; not for a
+        device whose state was unknown anyway (first plan, a NIC that failed). Apply with :meth:`remove`
+        and :meth:`install`.
+        """
+        by_dev: dict[Device, list[flower.FlowerRule]] = {(r.endpoint, r.ifindex): [] for r in managed}
         for endpoint, rule in desired:
             by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
         total = TcDiff()
-        for (endpoint, ifindex), rules in sorted(by_dev.items()):
-            try:
-                installed = [r for r, _ in self.installed(endpoint, ifindex)]
-            except (OSError, TcError) as exc:
-                self._lost(endpoint, f"cannot read the rules of ifindex {ifindex}: {exc}")
+        before = self._devices
+        self._devices = {dev: _DeviceState({identity(r): r for r in rules}) for dev, rules in by_dev.items()}
+        down: set[str] = set()
+        for dev, rules in sorted(by_dev.items()):
+            dumped = self._dump(dev, down)
+            if dumped is None:
                 continue
-            part = diff(rules, installed, endpoint)
-            total.add += part.add
-            total.replace += part.replace
-            total.delete += part.delete
+            old = before.get(dev)
+            if old is not None and old.rules is not None:
+                total.repairs += self._disagreements(dev, old.rules, dumped)
+            total.extend(self._full_diff(dev, self._devices[dev], rules, dumped))
+        self.repairs += total.repairs
         return total
+
+    def plan_delta(self, added: Iterable[tuple[str, flower.FlowerRule]],
+                   removed: Iterable[tuple[str, flower.FlowerRule]]) -> TcDiff:
+        """The changes for a change of the desired set, from the state held in memory: no dump.
+
+        ``added``: (endpoint, rule without a handle) pairs now desired that were not, or whose actions
+        changed; ``removed``: pairs desired before (by an earlier plan or plan_delta) that no longer are,
+        as they were given then (a rule whose actions change may be given in both, old and new: it is
+        replaced in place, never deleted and re-added). Rules are told apart by :func:`identity`. Touches
+        only the rules named: an addition whose identity is installed with other actions is a replace
+        (same handle), one installed as asked is nothing, a removal whose identity is not desired any more
+        and is installed is a delete; a removal of a rule never installed (refused) is nothing.
+
+        A device whose state is unknown (never planned, or its NIC failed or answered unexpectedly since:
+        :meth:`needs_dump`) is dumped, whether or not the delta names it, and diffed against its whole
+        desired set as memory has it; when its NIC still does not answer it is left for the next call.
+        Apply the result with :meth:`remove` (before OVS changes) and :meth:`install` (after).
+        """
+        touched: dict[Device, dict[tuple, None]] = {}  # device -> identities the delta names
+        for endpoint, rule in removed:
+            dev, key = (endpoint, rule.ifindex), identity(rule)
+            self._state(dev).desired.pop(key, None)
+            touched.setdefault(dev, {})[key] = None
+        for endpoint, rule in added:
+            dev, key = (endpoint, rule.ifindex), identity(rule)
+            self._state(dev).desired[key] = rule
+            touched.setdefault(dev, {})[key] = None
+        total = TcDiff()
+        down: set[str] = set()
+        for dev in sorted(touched.keys() | self.needs_dump()):
+            state = self._devices.get(dev)
+            if state is None:
+                continue  # forgotten: it cannot be read and nothing is wanted on it
+            if state.rules is None:
+                dumped = self._dump(dev, down)
+                if dumped is not None:
+                    total.extend(self._full_diff(dev, state, list(state.desired.values()), dumped))
+                continue
+            endpoint = dev[0]
+            for key in touched[dev]:
+                want, have = state.desired.get(key), state.rules.get(key)
+                if want is None:
+                    if have is not None:
+                        total.delete.append((endpoint, have))
+                elif have is None:
+                    handle = _free_handle(state.handles)
+                    total.add.append((endpoint, dataclasses.replace(want, handle=handle)))
+                elif have.actions != want.actions:
+                    total.replace.append((endpoint, dataclasses.replace(want, handle=have.handle)))
+        return total
+
+    def _dump(self, dev: Device, down: set[str]) -> list[flower.FlowerRule] | None:
+        """The device's rules, or None when it cannot be read: its NIC does not answer (the endpoint is
+        lost, see _lost, and added to ``down``: the caller's other devices there are not tried again) or
+        answers an error for this device (ENODEV: it is gone), which is logged once; a device that cannot
+        be read and holds no desired rule is forgotten."""
+        endpoint, ifindex = dev
+        if endpoint in down:
+            return None
+        what = f"cannot read the rules of ifindex {ifindex}"
+        try:
+            dumped = [r for r, _ in self.installed(endpoint, ifindex)]
+        except TcError as exc:
+            text = f"{what}: {exc}"
+            if self._unreadable.get(dev) != text:
+                LOG.error("NIC at %s: %s; its rules stay as they are and OVS carries the traffic; retrying on the "
+                          "next pass", endpoint, text)
+            self._unreadable[dev] = text
+            state = self._devices.get(dev)
+            if state is not None and not state.desired:
+                del self._devices[dev]
+            return None
+        except OSError as exc:
+            self._lost(endpoint, f"{what}: {exc}")
+            down.add(endpoint)
+            return None
+        self._unreadable.pop(dev, None)
+        self._answers(endpoint)
+        return dumped
+
+    def _full_diff(self, dev: Device, state: _DeviceState, rules: list[flower.FlowerRule],
+                   dumped: list[flower.FlowerRule]) -> TcDiff:
+        """diff() of a freshly dumped device, whose memory becomes the dump (and the handles diff chose)."""
+        state.load(dumped)
+        part = diff(rules, dumped, dev[0])
+        state.handles.update(r.handle for _, r in part.add)
+        return part
+
+    def _disagreements(self, dev: Device, held: Mapping[tuple, flower.FlowerRule],
+                       dumped: list[flower.FlowerRule]) -> int:
+        """How many rules a device's dump shows differently from memory; logged as a warning when any."""
+        seen = {identity(r): r for r in dumped}
+        missing = len(held.keys() - seen.keys())
+        extra = len(seen.keys() - held.keys())
+        different = sum(1 for key, rule in seen.items() if key in held and (
+            held[key].handle, held[key].actions) != (rule.handle, rule.actions))
+        repairs = missing + extra + different
+        if repairs:
+            LOG.warning("NIC at %s, ifindex %d: the dump disagrees with the rules hwflow holds in memory: %d "
+                        "missing, %d extra, %d different; repairing %d rule(s) (a bug, or someone else changed "
+                        "the NIC's rules)", dev[0], dev[1], missing, extra, different, repairs)
+        return repairs
+
+    # --- applying -----------------------------------------------------------------------------------
 
     def remove(self, changes: TcDiff) -> int:
         """First half: take stale rules off the NIC (always safe: OVS has everything)."""
@@ -318,19 +509,52 @@ class TcBackend:
             except OSError as exc:
                 self._lost(endpoint, f"cannot {op} {len(rules)} rule(s): {exc}")
                 continue
-            if self._unreachable.pop(endpoint, None) is not None:
-                LOG.warning("NIC at %s answers again", endpoint)
+            self._answers(endpoint)
             done += self._report(rules, results, op, endpoint)
+            self._remember(endpoint, rules, results, op)
         return done
 
+    def _remember(self, endpoint: str, rules: list[flower.FlowerRule], results: list[TcError | None],
+                  op: str) -> None:
+        """Keep memory equal to what the NIC answered."""
+        for rule, err in zip(rules, results):
+            state = self._devices.get((endpoint, rule.ifindex))
+            if state is None or state.rules is None:
+                continue  # unknown anyway: dumped before it is planned again
+            key = identity(rule)
+            if op == "delete":
+                if err is None or err.errno == errno.ENOENT:  # gone either way
+                    if (held := state.rules.get(key)) is not None and held.handle == rule.handle:
+                        del state.rules[key]
+                    state.handles.discard(rule.handle)
+                else:
+                    state.rules = None
+            elif err is None:
+                state.rules[key] = rule
+                state.handles.add(rule.handle)
+            else:
+                if op == "add":
+                    state.handles.discard(rule.handle)
+                if err.errno not in CLEAN_REFUSALS:
+                    state.rules = None
+
     def _lost(self, endpoint: str, text: str) -> None:
+        """The NIC's control channel failed: drop the client (the next use reconnects), mark its devices
+        for a dump, log it once (until it answers again)."""
         client = self._clients.pop(endpoint, None)
         if client is not None:
             client.close()
-        if self._unreachable.get(endpoint) != text:
+        self._unknown(endpoint)
+        if endpoint not in self._unreachable:
             LOG.error("NIC at %s: %s; its rules stay as they are and OVS carries the traffic; retrying on the "
                       "next pass", endpoint, text)
+        else:
+            LOG.debug("NIC at %s still unreachable: %s", endpoint, text)
         self._unreachable[endpoint] = text
+
+    def _answers(self, endpoint: str) -> None:
+        if self._unreachable.pop(endpoint, None) is not None:
+            LOG.warning("NIC at %s answers again", endpoint)
 
     def _report(self, rules: list[flower.FlowerRule], results: list[TcError | None], op: str, endpoint: str) -> int:
         done = 0
