@@ -40,6 +40,12 @@ HW_ACTIONS = (ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO_CHAIN, ACTI
               ACTION_TUNNEL_ENCAP, ACTION_TUNNEL_DECAP, ACTION_REWRITE, ACTION_TTL_DEC, ACTION_CT)
 
 TUNNEL_TYPES = ("vxlan", "geneve", "gre")
+
+# Where a packet that misses every rule of a chain N > 0 goes (chain 0's misses always reach software).
+CHAIN_MISS_CONTINUE = "continue"  # software tc goes on at chain N (mlx5 restores the chain id from reg_c0 and
+# tags the skb); a chain that is only in hardware (skip_sw) is empty there and the kernel drops the packet
+CHAIN_MISS_RESTART = "restart"  # software sees the packet from chain 0, as if the NIC had not touched it
+CHAIN_MISSES = (CHAIN_MISS_CONTINUE, CHAIN_MISS_RESTART)
 # tc-flower(8) ct_state flags a rule may match on.
 CT_STATES = ("trk", "new", "est", "rel", "rpl", "inv")
 
@@ -57,6 +63,9 @@ SCHEMA = """\
  "max_rules": N,                                   rule capacity of the eswitch (all ports together)
  "max_actions_per_rule": N,
  "max_chains": N|null,                             tc chains usable (1: chain 0 only; null: no device limit)
+ "chain_miss": "continue"|"restart",               where a miss in chain N>0 goes: software tc at chain N
+                                                   (mlx5; dropped there when the chain is hardware-only),
+                                                   or software from chain 0 (default: continue)
  "counters": BOOL,                                 per-rule hit counters read back from hardware
  "tunnel_encap": [vxlan|geneve|gre, ...],           tunnel types of tunnel_encap
  "tunnel_decap": [vxlan|geneve|gre, ...],           tunnel types of tunnel_decap
@@ -106,6 +115,7 @@ class Capabilities:
     max_rules: int
     max_actions_per_rule: int = 1
     max_chains: int | None = None  # None: the device adds no limit to tc's chain range
+    chain_miss: str = CHAIN_MISS_CONTINUE  # CHAIN_MISSES: where a packet missing a chain N > 0 goes
     counters: bool = False
     tunnel_encap: frozenset[str] = frozenset()
     tunnel_decap: frozenset[str] = frozenset()
@@ -153,6 +163,7 @@ class Capabilities:
             "max_rules": self.max_rules,
             "max_actions_per_rule": self.max_actions_per_rule,
             "max_chains": self.max_chains,
+            "chain_miss": self.chain_miss,
             "counters": self.counters,
             "tunnel_encap": sorted(self.tunnel_encap),
             "tunnel_decap": sorted(self.tunnel_decap),
@@ -179,6 +190,7 @@ class Capabilities:
             max_rules=_int(data, "max_rules", 0),
             max_actions_per_rule=_int(data, "max_actions_per_rule", 1),
             max_chains=_optional_int(data, "max_chains"),
+            chain_miss=str(data.get("chain_miss", CHAIN_MISS_CONTINUE)),
             counters=_bool(data, "counters", False),
             tunnel_encap=_names(data, "tunnel_encap", ()),
             tunnel_decap=_names(data, "tunnel_decap", ()),
@@ -188,8 +200,8 @@ class Capabilities:
         )
 
 
-_DEFAULTS = {"max_actions_per_rule": 1, "max_chains": None, "counters": False, "tunnel_encap": (),
-             "tunnel_decap": (), "rewrite_fields": (), "conntrack": None, "quirks": ()}
+_DEFAULTS = {"max_actions_per_rule": 1, "max_chains": None, "chain_miss": CHAIN_MISS_CONTINUE, "counters": False,
+             "tunnel_encap": (), "tunnel_decap": (), "rewrite_fields": (), "conntrack": None, "quirks": ()}
 
 
 def _int(data: Mapping[str, Any], key: str, default: int) -> int:
@@ -261,6 +273,8 @@ def _problems(caps: Capabilities) -> list[str]:
     if caps.conntrack is not None and caps.conntrack.states - set(CT_STATES):
         out.append(f"conntrack: unknown state(s) {sorted(caps.conntrack.states - set(CT_STATES))}; "
                    f"known: {CT_STATES}")
+    if caps.chain_miss not in CHAIN_MISSES:
+        out.append(f"chain_miss {caps.chain_miss!r} is not one of {CHAIN_MISSES}")
     if ACTION_GOTO_CHAIN in caps.actions and caps.max_chains == 1:
         out.append(f"action {ACTION_GOTO_CHAIN!r} needs more than one chain (max_chains is 1)")
     unknown_quirks = [q.name for q in caps.quirks if q.name not in QUIRKS]

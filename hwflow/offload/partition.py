@@ -862,7 +862,10 @@ def partition(
         port = ports[key]
         budget = max(port.capabilities.max_rules - used.get(port.switch_id, 0), 0)
         used[port.switch_id] = used.get(port.switch_id, 0) + planner.port(port, budget)
-    return planner.plan
+    plan = planner.plan
+    reached = {c for chains in plan.reaches.values() for c in chains}
+    plan.chains = {number: chain for number, chain in plan.chains.items() if number in reached}
+    return plan
 
 
 class Partitioner:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
+from hwflow.offload.capabilities import CHAIN_MISS_CONTINUE
 from hwflow.sim import admission
 from hwflow.sim.profile import Profile
 from hwflow.util.checksum import internet_checksum
@@ -242,6 +243,7 @@ class Eswitch:
         self._sorted: dict[tuple[int, int], list[_Entry]] = {}
         self._clock = clock
         self._log = log
+        self.lost_in_chain = 0  # packets dropped because they missed a chain software does not have
 
     @property
     def rule_count(self) -> int:
@@ -257,8 +259,10 @@ class Eswitch:
     def classify(self, ifindex: int, frame: bytes) -> list[fl.FlowerAction] | None:
         """Actions to apply to a frame entering the switch from a VF (None: miss, go to the representor).
 
-        After a goto chain, a miss (or actions ending without a verdict) yields a
-        final ``Gact('pass')``: the rest is software's job.
+        After a goto chain, actions ending without a verdict yield a final ``Gact('pass')``: the rest is
+        software's job. A miss in a chain N > 0 does what the profile's ``chain_miss`` says: software from
+        chain 0 (a ``pass``), or, as mlx5 does, software tc at chain N, where a hardware-only rule set has
+        nothing, so the packet is dropped (``Gact('drop')``, counted in ``lost_in_chain``).
         """
         pkt = parse_frame(frame)
         if pkt is None or ifindex not in self._tables:
@@ -268,7 +272,13 @@ class Eswitch:
         while True:
             entry = next((e for e in self._chain(ifindex, chain) if rule_matches(e.rule, pkt)), None)
             if entry is None:
-                return applied + [fl.Gact("pass")] if chain else None
+                if not chain:
+                    return None
+                if self.profile.capabilities.chain_miss == CHAIN_MISS_CONTINUE and not any(
+                        isinstance(a, fl.Ct) for a in applied):  # a ct the sim does not do: software took it there
+                    self.lost_in_chain += 1
+                    return [fl.Gact("drop")]
+                return applied + [fl.Gact("pass")]
             entry.packets += 1
             entry.bytes += len(frame)
             entry.lastused = self._clock()

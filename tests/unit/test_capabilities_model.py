@@ -15,6 +15,7 @@ from hwflow.offload.capabilities import (
     ACTION_REWRITE,
     ACTION_TUNNEL_DECAP,
     ACTION_TUNNEL_ENCAP,
+    CHAIN_MISSES,
     CT_STATES,
     HW_ACTIONS,
     MASK_ANY,
@@ -32,7 +33,7 @@ from hwflow.offload.capabilities import (
     quirk,
 )
 
-TOP_KEYS = {"match_fields", "actions", "max_rules", "max_actions_per_rule", "max_chains", "counters",
+TOP_KEYS = {"match_fields", "actions", "max_rules", "max_actions_per_rule", "max_chains", "chain_miss", "counters",
             "tunnel_encap", "tunnel_decap", "rewrite_fields", "conntrack", "quirks"}
 FIELDS = ("eth_src", "eth_dst", "eth_type", "vlan_vid", "ipv4_src", "ipv4_dst", "ip_ttl", "tcp_dst")
 names = st.frozensets
@@ -60,6 +61,7 @@ def capabilities(draw) -> Capabilities:
         max_rules=draw(st.integers(min_value=0, max_value=1 << 24)),
         max_actions_per_rule=draw(st.integers(min_value=1, max_value=32)),
         max_chains=chains,
+        chain_miss=draw(st.sampled_from(CHAIN_MISSES)),
         counters=draw(st.booleans()),
         conntrack=conntrack,
         quirks=tuple(quirk(n, "https://example.org/doc") for n in draw(names(st.sampled_from(sorted(QUIRKS))))),
@@ -161,3 +163,9 @@ def test_bad_documents_are_refused_with_the_reason(doc, message):
 def test_a_contradiction_is_refused_at_construction_too():
     with pytest.raises(CapabilitiesError, match="conntrack is an object exactly when"):
         Capabilities({}, frozenset({ACTION_REDIRECT}), 1, conntrack=Conntrack(frozenset(), False, False))
+
+
+def test_an_unknown_chain_miss_behaviour_is_refused_by_name():
+    with pytest.raises(CapabilitiesError, match="chain_miss 'sometimes' is not one of"):
+        Capabilities.from_dict({"match_fields": {}, "actions": [], "max_rules": 1, "chain_miss": "sometimes"})
+    assert Capabilities.from_dict({"match_fields": {}, "actions": [], "max_rules": 1}).chain_miss == "continue"

@@ -16,7 +16,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
-from hwflow.offload.capabilities import Capabilities
+from hwflow.offload.capabilities import CHAIN_MISS_CONTINUE, CHAIN_MISS_RESTART, Capabilities
 from hwflow.sim.dataplane import DataPlane, Port, close_ports
 from hwflow.sim.eswitch import Eswitch, apply_csum, apply_pedit, apply_vlan, parse_frame, rewrite
 from hwflow.sim.profile import ProfileError, load_profile, parse_profile
@@ -203,17 +203,23 @@ def test_lowest_prio_wins_and_counters_move() -> None:
     assert stats[20].packets == 1
 
 
-def test_goto_chain_then_miss_goes_to_software() -> None:
+@pytest.mark.parametrize("miss", [CHAIN_MISS_RESTART, CHAIN_MISS_CONTINUE])
+def test_goto_chain_then_a_miss_does_what_the_profile_says(miss: str) -> None:
+    """restart: software from chain 0; continue (mlx5): software tc at chain 3, which it lacks: dropped."""
     caps = Capabilities(match_fields={"eth_type": "exact", "ip_proto": "exact", "ipv4_dst": "prefix",
                                       "tcp_dst": "exact"},
-                        actions=frozenset({"redirect", "drop", "goto_chain"}), max_rules=10)
+                        actions=frozenset({"redirect", "drop", "goto_chain", "pass"}), max_rules=10, chain_miss=miss)
     sw = Eswitch("sim0", dataclasses.replace(load_profile("sim-basic"), capabilities=caps), [REP0, REP1],
                  clock=Clock())
     add(sw, fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("goto_chain", 3),)))
     add(sw, fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ip_proto=6, tcp_dst=22), (fl.Gact("drop"),),
                           chain=3), seq=2)
     assert sw.classify(REP0, frame(dport=22)) == [fl.Gact("drop")]
-    assert sw.classify(REP0, frame(dport=80)) == [fl.Gact("pass")]
+    assert sw.lost_in_chain == 0
+    assert sw.classify(REP0, frame(dport=80)) == [fl.Gact("pass" if miss == CHAIN_MISS_RESTART else "drop")]
+    assert sw.lost_in_chain == (miss == CHAIN_MISS_CONTINUE)
+    add(sw, fl.FlowerRule(REP0, 9, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("pass"),), chain=3), seq=4)
+    assert sw.classify(REP0, frame(dport=80)) == [fl.Gact("pass")]  # the partitioner's catch-all
     err, text = add(sw, fl.FlowerRule(REP0, 2, 1, fl.ETH_P_IP, fl.FlowerKeys(), (fl.Gact("goto_chain", 3),),
                                       chain=3), seq=3)
     assert err == -errno.EOPNOTSUPP and "not a later chain" in text
