@@ -14,7 +14,8 @@ def test_bench_partition_places_rules_on_a_capable_nic_and_none_on_a_basic_one()
     assert {"flows", "partition_s", "per_port_ms", "hw_rules", "tc_rules", "software_paths"} <= set(capable)
     assert capable["hw_rules"] > 0 and capable["software_paths"] > 0
     assert capable["tc_rules"] > capable["hw_rules"]  # shared chains: one plan, a copy per representor
-    basic = module.run(bench.parse_params(module.DEFAULTS, ["local_ports=20", "remote_ports=100", "profile=sim-basic"]), lambda text: None)
+    params = ["local_ports=20", "remote_ports=100", "profile=sim-basic"]
+    basic = module.run(bench.parse_params(module.DEFAULTS, params), lambda text: None)
     assert basic["hw_rules"] == 0 and basic["flows"] == capable["flows"]  # no conntrack: every port is filtered
 
 
