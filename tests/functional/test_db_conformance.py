@@ -20,20 +20,28 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from hwflow.db import Compare, Delete, Driver, NbApi, Put, etcd_server
+from hwflow.db.api import COUNTER_TABLE, REF_TABLE, UNIQUE_TABLE, BatchIncomplete, Create, Update
 from hwflow.db.etcd_server import EtcdCluster
 from hwflow.model import (
+    KINDS,
     Ambiguous,
     BrokenReference,
     Chassis,
     Compacted,
     Conflict,
     DatabaseUnavailable,
+    HwflowError,
     Network,
     NotFound,
     Port,
+    Router,
+    RouterPort,
     SecurityGroup,
+    Subnet,
     ValidationError,
 )
 
@@ -486,3 +494,299 @@ def test_a_member_whose_port_was_taken_meanwhile_starts_again_on_new_ports(monke
                 assert nb.create(Network(name="after-retry", vni=4242)).revision
     finally:
         squatter.close()
+
+
+# Batches: many objects checked together, written in as few transactions as the driver takes
+
+
+def snapshot_all(drv: Driver) -> tuple[int, list]:
+    """Every record the NB API keeps (objects and its index tables), at one revision."""
+    return drv.snapshot([*KINDS, COUNTER_TABLE, UNIQUE_TABLE, REF_TABLE])
+
+
+def a_topology(ports: int, first_mac: int = 0) -> list:
+    """A network, its subnet and ``ports`` ports on it, the ports naming the others by id (same batch)."""
+    return [
+        Network(id="net-a", name="a", vni=7),
+        Subnet(id="sub-a", name="a-v4", network_id="net-a", cidr="10.0.0.0/16"),
+        SecurityGroup(id="web", name="web"),
+        *(Port(name=f"p{i}", network_id="net-a", mac=mac(first_mac + i), ips=[f"10.0.{i // 200}.{i % 200 + 2}"],
+               security_groups=["web"]) for i in range(ports)),
+    ]
+
+
+def test_a_batch_is_written_readable_and_watched(api):
+    before = api.driver.current_revision()
+    api.create(Port(network_id=api.create(Network(name="other", vni=1)).id, mac=mac(9999)))  # port counter at 1
+    start = api.driver.current_revision() + 1
+    stored = api.create_many(a_topology(150))
+    assert [o.name for o in stored] == ["a", "a-v4", "web", *(f"p{i}" for i in range(150))]
+    assert all(api.get(o.kind, o.id) == o for o in stored)
+    ports = [o for o in stored if isinstance(o, Port)]
+    assert [p.unique_key for p in ports] == list(range(2, 152))  # after the existing port's, in batch order
+    assert len({p.id for p in ports}) == 150 and sorted(o.id for o in api.referrers("network", "net-a", Port)) == \
+        sorted(p.id for p in ports)
+    revisions = sorted({o.revision for o in stored})
+    if api.driver.max_txn_ops is None:
+        assert revisions == [start]  # one transaction
+    else:  # 150 ports take 4 operations each: several transactions, in order, one revision each
+        assert len(revisions) >= 150 * 4 // api.driver.max_txn_ops
+        assert revisions == list(range(start, start + len(revisions)))
+        assert [o.revision for o in stored] == sorted(o.revision for o in stored)
+    changes, rev = [], start
+    while len(changes) < len(stored):
+        got = api.watch(rev, 5)
+        assert got, f"the watch stopped after {len(changes)} of {len(stored)} changes"
+        changes += got
+        rev = got[-1].revision + 1
+    assert [(c.op, c.obj) for c in changes] == [("put", o) for o in stored]
+    assert before < start
+
+
+def test_a_batch_with_a_bad_object_writes_nothing(api):
+    api.create(Network(id="net-b", name="b", vni=8))
+    before = snapshot_all(api.driver)
+    batch = a_topology(150)
+    cases = [
+        (Port(name="bad-mac", network_id="net-a", mac="01:00:5e:00:00:01"), ValidationError,
+         r"port .* \(bad-mac\): mac '01:00:5e:00:00:01' must be a unicast MAC"),
+        (Port(name="dangling", network_id="nowhere", mac=mac(500)), BrokenReference,
+         r"port .* \(dangling\): network_id 'nowhere' names no existing network"),
+        (Port(name="outside", network_id="net-a", mac=mac(500), ips=["192.0.2.1"]), ValidationError,
+         r"port .* \(outside\): ips .* has 192.0.2.1, which lies in none of the network's subnets \(10.0.0.0/16\)"),
+        (Network(id="net-b", vni=9), Conflict, "conflict on network net-b: .*a network with this id already exists"),
+        (Port(name="late", network_id="net-z", mac=mac(500)), BrokenReference,
+         r"port .* \(late\): network_id 'net-z' names a network this batch creates later; put the network before"),
+        (SecurityGroup(id="web", name="again"), ValidationError,
+         r"security_group web \(again\): written twice in one batch \(writes 3 and 154\); write each object once"),
+    ]
+    for bad, error, message in cases:
+        objs = [*batch, bad, Network(id="net-z", vni=10)] if "late" in message else [*batch, bad]
+        with pytest.raises(error, match=message):
+            api.create_many(objs)
+        assert snapshot_all(api.driver) == before, f"{bad.label()} left something written"
+
+
+def test_unique_values_clash_inside_a_batch_and_with_the_database(api):
+    api.create_many(a_topology(2))
+    [stored] = [p for p in api.list("port") if p.name == "p1"]
+    before = snapshot_all(api.driver)
+    with pytest.raises(ValidationError, match=rf"port .* \(twin\): mac {mac(900)} on network net-a is already used by "
+                       r"port .* \(earlier in this batch\); choose another"):
+        api.create_many([*(Port(name=f"q{i}", network_id="net-a", mac=mac(800 + i)) for i in range(100)),
+                         Port(name="first", network_id="net-a", mac=mac(900)),
+                         Port(name="twin", network_id="net-a", mac=mac(900))])
+    with pytest.raises(ValidationError, match=rf"port .* \(copy\): ip 10.0.0.3 on network net-a is already used by "
+                       rf"port {stored.id}; choose another"):
+        api.create_many([*(Port(name=f"q{i}", network_id="net-a", mac=mac(800 + i)) for i in range(100)),
+                         Port(name="copy", network_id="net-a", mac=mac(999), ips=["10.0.0.3"])])
+    with pytest.raises(ValidationError, match="vni 7 is already used by network net-a"):
+        api.create_many([Network(name="again", vni=7)])
+    assert snapshot_all(api.driver) == before
+
+
+def test_a_batch_updates_and_creates_and_may_reuse_what_it_frees(api):
+    net, port = api.create_many(a_topology(1))[0], api.list("port")[0]
+    moved = Port(**{**port.to_dict(), "ips": ["10.0.0.99"], "name": "moved"})
+    stored = api.apply([
+        Update(Network(**{**net.to_dict(), "mtu": 9000})),
+        Update(moved),  # gives up 10.0.0.2 ...
+        Create(Port(name="taker", network_id=net.id, mac=mac(77), ips=["10.0.0.2"])),  # ... which this takes
+    ])
+    assert api.get("network", net.id).mtu == 9000 and api.get("network", net.id).unique_key == net.unique_key
+    assert api.get("port", port.id).ips == ["10.0.0.99"] and api.get("port", stored[2].id).ips == ["10.0.0.2"]
+    for ip, holder in (("10.0.0.99", port.id), ("10.0.0.2", stored[2].id)):  # the index holds both, as they are
+        with pytest.raises(ValidationError, match=f"ip {ip} on network net-a is already used by port {holder};"):
+            api.create(Port(network_id=net.id, mac=mac(78), ips=[ip]))
+    with pytest.raises(Conflict, match=f"conflict on port {port.id}: expected revision {port.revision}"):
+        api.apply([Create(Port(name="x", network_id=net.id, mac=mac(79))), Update(moved, if_revision=port.revision)])
+    assert {p.name for p in api.list("port")} == {"moved", "taker"}
+
+
+def test_a_value_taken_while_a_batch_is_written_is_a_conflict_naming_the_object(api, url, monkeypatch):
+    """Another writer takes a MAC of the batch between its check and its write: that transaction fails.
+
+    The other writer creates a router port, so no counter the batch relies on moves (a moved one
+    would have the batch checked again, and refused then as already used).
+    """
+    api.create_many([Network(id="net-a", vni=7), Subnet(id="sub-a", network_id="net-a", cidr="10.0.0.0/24"),
+                     Router(id="r")])
+    check = api._check
+
+    def then_someone_takes_a_mac(writes):
+        checked = check(writes)
+        with NbApi.from_url(url) as other:
+            other.create(RouterPort(name="intruder", router_id="r", network_id="net-a", subnet_id="sub-a",
+                                    mac=mac(50), ip="10.0.0.1"))
+        monkeypatch.setattr(api, "_check", check)  # only once
+        return checked
+
+    monkeypatch.setattr(api, "_check", then_someone_takes_a_mac)
+    batch = [Port(name=f"p{i}", network_id="net-a", mac=mac(i)) for i in range(60)]
+    taken = rf"port .* \(p50\): mac {mac(50)} on network net-a was taken by router_port .* while this write was"
+    with pytest.raises(HwflowError, match=taken) as info:
+        api.create_many(batch)
+    names = {p.name for p in api.list("port")}
+    if api.driver.max_txn_ops is None:  # one transaction: nothing of the batch written
+        assert isinstance(info.value, Conflict) and names == set()
+    else:  # 3 operations a port: p50 is not in the first transaction, which stays
+        assert isinstance(info.value, BatchIncomplete) and isinstance(info.value.cause, Conflict)
+        written = [o.name for o in info.value.written]
+        assert written == [f"p{i}" for i in range(len(written))] and 0 < len(written) <= 50
+        assert names == set(written)
+        assert info.value.not_written[0].name == f"p{len(written)}" and not info.value.unknown
+        assert f"{len(written)} of the batch's 60 objects were written and stay" in str(info.value)
+
+
+def test_a_counter_moved_while_a_batch_is_written_is_retried(api, url, monkeypatch):
+    api.create(Network(id="net-a", vni=7))
+    check, calls = api._check, []
+
+    def then_someone_creates_a_port(writes):
+        calls.append(len(writes))
+        checked = check(writes)
+        if len(calls) == 1:
+            with NbApi.from_url(url) as other:
+                other.create(Port(name="other", network_id="net-a", mac=mac(999)))
+        return checked
+
+    monkeypatch.setattr(api, "_check", then_someone_creates_a_port)
+    stored = api.create_many([Port(name=f"p{i}", network_id="net-a", mac=mac(i)) for i in range(60)])
+    assert calls == [60, 60] and [api.get("port", p.id) for p in stored] == stored
+    keys = sorted(p.unique_key for p in api.list("port"))
+    assert keys == list(range(1, 62))  # the other writer's key and the batch's, none twice
+
+
+def test_a_batch_split_in_transactions_checks_the_rest_again_after_a_race(api, url, monkeypatch):
+    """Transactions of 16 operations (any driver): a port created between two of them moves the counter."""
+    api.create(Network(id="net-a", vni=7))
+    monkeypatch.setattr(api.driver, "max_txn_ops", 16)
+    txn, check, checked = api.driver.txn, api._check, []
+
+    def counted(writes):
+        checked.append(len(writes))
+        return check(writes)
+
+    def someone_writes_after_the_first(compares, ops):
+        revision = txn(compares, ops)
+        if len(checked) == 1:
+            with NbApi.from_url(url) as other:
+                other.create(Port(name="other", network_id="net-a", mac=mac(999)))
+        return revision
+
+    monkeypatch.setattr(api, "_check", counted)
+    monkeypatch.setattr(api.driver, "txn", someone_writes_after_the_first)
+    stored = api.create_many([Port(name=f"p{i}", network_id="net-a", mac=mac(i)) for i in range(20)])
+    assert checked == [20, 15]  # 5 ports (3 operations each, and the counter) went first; the rest checked again
+    assert [api.get("port", p.id) for p in stored] == stored
+    assert sorted(p.unique_key for p in api.list("port")) == list(range(1, 22))
+
+
+def test_a_database_lost_part_way_says_what_was_written(api, monkeypatch):
+    api.create(Network(id="net-a", vni=7))
+    monkeypatch.setattr(api.driver, "max_txn_ops", 16)
+    txn, calls = api.driver.txn, []
+
+    def fails_the_third(compares, ops):
+        calls.append(len(ops))
+        if len(calls) == 3:
+            raise DatabaseUnavailable("cannot reach the database (injected)")
+        return txn(compares, ops)
+
+    monkeypatch.setattr(api.driver, "txn", fails_the_third)
+    with pytest.raises(BatchIncomplete) as info:
+        api.create_many([Port(name=f"p{i}", network_id="net-a", mac=mac(i)) for i in range(20)])
+    error = info.value
+    assert [o.name for o in error.written] == [f"p{i}" for i in range(10)]
+    assert [o.name for o in error.unknown] == [f"p{i}" for i in range(10, 15)]
+    assert [o.name for o in error.not_written] == [f"p{i}" for i in range(15, 20)]
+    assert sorted(p.name for p in api.list("port")) == sorted(o.name for o in error.written)
+    assert str(error) == (
+        "cannot reach the database (injected) [the batch stopped there: 10 of the batch's 20 objects were written "
+        f"and stay (10 port; the last {error.written[-1].label()}); 5 may or may not have been (5 port, from "
+        f"{error.unknown[0].label()} on: the database did not answer); 5 were not (5 port, from "
+        f"{error.not_written[0].label()} on)]"
+    )
+
+
+# Random batches, good and bad mixed, from a small set of ids and values so that they clash: a batch
+# small enough for one transaction is written whole or not at all, and does what its writes made one
+# by one would do.
+
+# Repeats weigh the draw: most writes pass, enough of them clash (an id or value taken, a reference to
+# nothing or to what comes later, a stale revision, a subnet overlap, an address outside the subnets).
+NETWORK_IDS, SUBNET_IDS = ("n0", *(f"n{i}" for i in range(2, 12))), ("s0", *(f"s{i}" for i in range(1, 10)))
+PORT_IDS = ("p0", *(f"p{i}" for i in range(2, 20)))
+NETWORK_REFS = ("n0", "n0", "n0", "n1", "n1", "n1", "n1", "n2", "nx")
+CIDRS = ("10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.0.0.0/23")
+IPS = ("10.0.0.1", *(f"10.0.0.{i}" for i in range(5, 15)), "10.1.0.5", "192.0.2.1")
+ips_st = st.lists(st.sampled_from(IPS), max_size=2, unique=True)
+
+
+def base_topology(api: NbApi) -> dict[str, int]:
+    """Two networks, a subnet on the first, a port on each: what the batches meet; their revisions by id."""
+    stored = api.create_many([
+        Network(id="n0", vni=1), Network(id="n1", vni=2), Subnet(id="s0", network_id="n0", cidr="10.0.0.0/24"),
+        Port(id="p0", network_id="n0", mac=mac(1), ips=["10.0.0.1"]), Port(id="p1", network_id="n1", mac=mac(2)),
+    ])
+    return {o.id: o.revision for o in stored}
+
+
+writes_st = st.lists(st.one_of(
+    st.builds(lambda i, vni: Create(Network(id=i, vni=vni)), st.sampled_from(NETWORK_IDS), st.integers(0, 30)),
+    st.builds(lambda i, net, cidr: Create(Subnet(id=i, network_id=net, cidr=cidr)),
+              st.sampled_from(SUBNET_IDS), st.sampled_from(NETWORK_REFS), st.sampled_from(CIDRS)),
+    st.builds(lambda i, net, m, ips: Create(Port(id=i, network_id=net, mac=mac(m) if m else "bad", ips=ips)),
+              st.sampled_from(PORT_IDS), st.sampled_from(NETWORK_REFS), st.integers(0, 60), ips_st),
+    st.builds(lambda i, m, ips, name, rev: ("update", i, m, ips, name, rev),
+              st.sampled_from(("p0", "p1")), st.integers(1, 60), ips_st, st.sampled_from(("", "renamed")),
+              st.sampled_from(("read", "read", "read", "blind", "blind", "stale"))),
+), min_size=1, max_size=8, unique_by=lambda w: ("port", w[1]) if isinstance(w, tuple) else (w.obj.kind, w.obj.id))
+
+
+def made(api: NbApi, drawn: list) -> list:
+    """The base topology stored through ``api``, and the drawn writes made against it (an update drawn as a
+    tuple becomes one of the port as stored, at its revision as read, a stale one, or none)."""
+    revisions = base_topology(api)
+    ports = {p.id: p for p in api.list("port")}
+    writes = []
+    for write in drawn:
+        if isinstance(write, tuple):
+            _, ident, m, ips, name, rev = write
+            changed = Port(**{**ports[ident].to_dict(), "mac": mac(m), "ips": ips, "name": name, "revision": 0})
+            write = Update(changed, {"read": revisions[ident], "stale": revisions[ident] + 100, "blind": None}[rev])
+        writes.append(write)
+    return writes
+
+
+def outcome(api: NbApi, writes: list) -> tuple[str, list]:
+    """Apply each write alone, in order, stopping at the first refused; what is stored then, revisions aside."""
+    for write in writes:
+        try:
+            api.apply([write])
+        except HwflowError as exc:
+            return type(exc).__name__, []
+    return "ok", sorted((o.kind, o.id, json.dumps({**o.to_dict(), "revision": 0}, sort_keys=True))
+                        for o in api.snapshot()[1])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=writes_st)
+def test_a_batch_is_written_whole_or_not_at_all_as_its_writes_one_by_one(url, drawn):
+    example = uuid.uuid4().hex[:8]
+    with NbApi.from_url(f"{url}-b{example}") as batch_api, NbApi.from_url(f"{url}-s{example}") as single_api:
+        expected, after = outcome(single_api, made(single_api, drawn))
+        event(f"one by one: {expected}")
+        writes = made(batch_api, drawn)
+        before = snapshot_all(batch_api.driver)
+        try:
+            stored = batch_api.apply(writes)
+        except HwflowError as exc:
+            assert not isinstance(exc, BatchIncomplete)  # one transaction: nothing can be left half written
+            assert expected != "ok", f"one by one they pass, the batch was refused: {exc}"
+            assert snapshot_all(batch_api.driver) == before
+            return
+        assert expected == "ok", "the batch passed where its writes one by one were refused"
+        assert len({o.revision for o in stored}) == 1  # one transaction
+        assert [batch_api.get(o.kind, o.id) for o in stored] == stored
+        assert outcome(batch_api, [])[1] == after
