@@ -281,3 +281,60 @@ def test_apply_refuses_bad_files_clearly(cli, url, tmp_path, text, message):
     topology.write_text(text)
     status, _, err = cli("apply", str(topology))
     assert status == 1 and message in err and err.count("\n") == 1
+
+
+def test_apply_writes_a_whole_file_in_one_transaction_or_nothing(cli, url, tmp_path):
+    ports = "".join(f"  - {{name: vm{i}, network_id: blue, mac: 'fa:16:3e:00:01:{i:02x}', ips: [10.0.0.{i + 10}], "
+                    "security_groups: [web]}\n" for i in range(200))
+    topology = tmp_path / "big.yaml"
+    topology.write_text(f"networks:\n  - {{name: blue, vni: 1001}}\nsecurity_groups:\n  - {{name: web}}\n"
+                        f"subnets:\n  - {{name: blue-v4, network_id: blue, cidr: 10.0.0.0/24}}\nports:\n{ports}"
+                        "  - {name: stray, network_id: blue, mac: 'fa:16:3e:00:02:00', ips: [10.9.0.1],"
+                        " security_groups: [web]}\n")
+    status, out, err = cli("apply", str(topology))
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert "(stray): ips ['10.9.0.1'] has 10.9.0.1, which lies in none of the network's subnets (10.0.0.0/24)" in err
+    assert stored(url, "network") == [] and stored(url, "port") == []  # the last entry refused: nothing written
+
+    topology.write_text(topology.read_text().replace("10.9.0.1", "10.0.0.250"))
+    status, out, err = cli("apply", str(topology))
+    assert status == 0, err
+    assert out.splitlines()[-1] == "204 created, 0 updated, 0 unchanged"
+    everything = [*stored(url, "network"), *stored(url, "subnet"), *stored(url, "security_group"), *stored(url, "port")]
+    assert len(everything) == 204 and len({o.revision for o in everything}) == 1
+    [web] = stored(url, "security_group")
+    assert all(p.security_groups == [web.id] for p in stored(url, "port"))
+
+
+def test_apply_that_stops_part_way_says_what_was_written_and_applying_again_finishes(cli, url, tmp_path, monkeypatch):
+    from hwflow.db.sqlite import SqliteDriver
+    from hwflow.model import DatabaseUnavailable
+
+    topology = tmp_path / "ports.yaml"
+    topology.write_text("networks:\n  - {name: blue, vni: 1001}\nports:\n" + "".join(
+        f"  - {{name: vm{i}, network_id: blue, mac: 'fa:16:3e:00:01:{i:02x}'}}\n" for i in range(12)))
+    txn, calls = SqliteDriver.txn, []
+
+    def second_fails(self, compares, ops):
+        calls.append(len(ops))
+        if len(calls) == 2:
+            raise DatabaseUnavailable("the database went away (injected)")
+        return txn(self, compares, ops)
+
+    # 16 operations a transaction: the network and 4 ports (3 operations each, and the counters), then 5 ports
+    monkeypatch.setattr(SqliteDriver, "max_txn_ops", 16)
+    monkeypatch.setattr(SqliteDriver, "txn", second_fails)
+    status, out, err = cli("apply", str(topology))
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert sorted(p.name for p in stored(url, "port")) == ["vm0", "vm1", "vm2", "vm3"]
+    assert err.startswith(f"hwflow nb: {topology}: the database went away (injected) [the batch stopped there: ")
+    assert "5 of the batch's 13 objects were written and stay (1 network, 4 port; the last port " in err
+    assert "(vm3)); 5 may or may not have been (5 port, from port " in err
+    assert "(vm4) on: the database did not answer); 3 were not (3 port, from port " in err
+    assert err.endswith("(vm9) on)]; apply the file again to write the rest\n")
+
+    monkeypatch.setattr(SqliteDriver, "txn", txn)
+    status, out, err = cli("apply", str(topology))
+    assert status == 0, err
+    assert out.splitlines()[-1] == "8 created, 0 updated, 5 unchanged"
+    assert sorted(p.name for p in stored(url, "port")) == sorted(f"vm{i}" for i in range(12))
