@@ -50,6 +50,18 @@ def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
     raise AssertionError(f"more than 64 gotos: {rules}")
 
 
+def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
+    """Whether a hardware rule sends the packet out (rather than software deciding it): follows gotos."""
+    rules = plan.rules_of(packet["in_port"])
+    chain = 0
+    for _ in range(64):
+        rule = lookup(rules, chain, packet)
+        if rule is None or rule.goto is None:
+            return rule is not None and rule.output is not None
+        chain = rule.goto
+    raise AssertionError(f"more than 64 gotos: {rules}")
+
+
 def lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
     candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
                   and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
