@@ -4,6 +4,13 @@ Ports are bound the way os-vif plugs them: an Interface row carries
 ``external_ids:iface-id`` = the logical port id, and vswitchd fills in the
 ``ofport`` some time after the row appears. The agent learns of changes
 through :meth:`OvsdbClient.on_change` instead of polling.
+
+The client replicates only the tables and columns hwflow reads or writes
+(``MONITORED``), not the whole database: vswitchd rewrites every
+Interface's ``statistics`` (and ``link_state``, ``mtu``, the Open_vSwitch
+row's ``statistics``...) every few seconds, and none of that should cross
+the socket, let alone wake the agent. ``on_change`` fires only when an
+Interface appears, goes, or changes one of ``WAKE_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,19 @@ BRIDGE_COLUMNS: dict[str, Any] = {
     "fail_mode": "secure",
     "protocols": ["OpenFlow13"],
 }
+
+# What the IDL replicates: the columns the ovsdbapp commands used here write (add_br, add_port, del_port,
+# db_set on the bridge and on fixed ports) and read (the lookups by name, the transaction's
+# next_cfg/cur_cfg wait and its ofport check), plus what interfaces() and the fixed-port sync read.
+MONITORED: dict[str, tuple[str, ...]] = {
+    "Open_vSwitch": ("bridges", "cur_cfg", "next_cfg"),
+    "Bridge": ("name", "ports", *BRIDGE_COLUMNS),
+    "Port": ("name", "interfaces"),
+    "Interface": ("name", "type", "options", "external_ids", "ofport", "ifindex"),
+}
+# The Interface columns whose change can change what the agent computes: which logical port
+# (external_ids:iface-id) sits on which ofport, and the fixed ports' type and options.
+WAKE_COLUMNS = ("name", "type", "options", "external_ids", "ofport", "ifindex")
 
 ChangeCallback = Callable[[str, str], None]  # (event: create|update|delete, interface name)
 FIXED_KEY = "hwflow-port-key"  # external_ids key marking a FixedPort
@@ -61,7 +81,7 @@ class FixedPort:
 
 
 class _InterfaceChanged(event.RowEvent):
-    """Forwards every Interface row change to a hwflow callback."""
+    """Forwards an Interface row's creation, deletion or change of a WAKE_COLUMNS column to a callback."""
 
     def __init__(self, callback: ChangeCallback) -> None:
         super().__init__((self.ROW_CREATE, self.ROW_UPDATE, self.ROW_DELETE), "Interface", None)
@@ -72,6 +92,10 @@ class _InterfaceChanged(event.RowEvent):
     def key(self) -> tuple[Any, ...]:
         """Include the callback: the base key would merge two subscribers into one."""
         return (self.__class__, self.table, tuple(self.events), self.callback)
+
+    def match_fn(self, event: str, row: Any, old: Any) -> bool:
+        """An update counts if one of WAKE_COLUMNS changed: ``old`` holds the changed columns only."""
+        return event != self.ROW_UPDATE or old is None or any(hasattr(old, col) for col in WAKE_COLUMNS)
 
     def run(self, event: str, row: Any, old: Any) -> None:
         self.callback(event, row.name)
@@ -110,7 +134,8 @@ class OvsdbClient:
         self._handler = event.RowEventHandler()
         try:
             helper = idlutils.get_schema_helper(connection_str, "Open_vSwitch")
-            helper.register_all()
+            for table, columns in MONITORED.items():
+                helper.register_columns(table, list(columns))
             idl = _NotifyingIdl(connection_str, helper, self._handler)
             self._conn = connection.Connection(idl=idl, timeout=timeout)
             self.api = _Api(self._conn)
@@ -207,7 +232,8 @@ class OvsdbClient:
             time.sleep(0.02)
 
     def on_change(self, callback: ChangeCallback) -> None:
-        """Call ``callback(event, interface_name)`` from a helper thread on each Interface change."""
+        """Call ``callback(event, interface_name)`` from a helper thread when an Interface row is
+        created or deleted, or one of its WAKE_COLUMNS changes (never for statistics and the like)."""
         self._handler.watch_event(_InterfaceChanged(callback))
 
     def close(self) -> None:
