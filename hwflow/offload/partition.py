@@ -688,7 +688,7 @@ class _Planner:
 
     def port(self, port: PortOffload, budget: int) -> int:
         """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
-        joins = self.joins if port.capabilities.max_chains is None else frozenset()
+        joins = self._joins(port.capabilities)
         doomed = _doomed(port.capabilities)
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)},
@@ -701,6 +701,13 @@ class _Planner:
             self.plan.reaches[port.port] = shared
         self.plan.software += decided.software
         return decided.cost
+
+    def _joins(self, caps: Capabilities) -> frozenset[int]:
+        """Where paths may hand over to a shared chain: nowhere on a NIC without (enough) chains, whose ports
+        keep a flat decision list each, as far as their capacity goes."""
+        if caps.max_chains is not None or not {hw.ACTION_GOTO_CHAIN, hw.ACTION_PASS} <= caps.actions:
+            return frozenset()
+        return self.joins
 
     def decide(self, leaves: Iterator[Leaf], ctx: PortOffload, scope: int, chain: int,
                budget: int | None) -> _Decided:
@@ -783,7 +790,7 @@ class _Planner:
             return None
         shared = scope == SHARED
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
-        joins = self.joins if caps.max_chains is None else frozenset()
+        joins = self._joins(caps)
         decided = self.decide(walk_entry(self.pipeline, entry, joins, _doomed(caps)), chain_ctx, scope, number, None)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self.plan.software += decided.software

@@ -149,10 +149,13 @@ def _capped(caps: Capabilities, capacity: int) -> Capabilities:
 
 
 @settings(max_examples=400, deadline=None)
-@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 12), st.booleans(), st.booleans())
-def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only, rich):
+@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 40), st.booleans(), st.booleans(),
+       st.frozensets(st.integers(1, 2)))
+def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only, rich, joins):
+    """``joins``: tables where a port's clean path hands over to a chain all ports share (any table will do)."""
     caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
-    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only)
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only,
+                     joins=joins)
     _assert_same_outputs(pipeline, plan, pkts)
     for pkt in pkts:
         if forwarded_by_nic(plan, pkt):
@@ -537,3 +540,21 @@ def test_a_path_that_needs_to_know_whether_a_frame_is_tagged_stays_in_software()
     plan = partition(ir.Pipeline.build(flows, {}), _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
     reasons = [leaf.reason for leaf in plan.software if leaf.in_port == 1]
     assert not plan.rules_of(1) and reasons[0].startswith("the NIC cannot match vlan_tagged")
+
+
+def test_ports_of_a_network_share_one_chain_from_the_join_on():
+    """Two ports reach port 3 through one L2 table: one shared chain, installed on both; a NIC without goto
+    keeps a flat list per port, and a port's own MAC is never redirected back to it by its copy."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify")
+             for p in (1, 2, 3)]
+    flows += [ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=MACS[i]), (ir.Output(i + 1),), f"l2-{i}")
+              for i in range(3)]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), joins={1})
+    assert len(plan.chains) == 1 and plan.reaches[1] == plan.reaches[2] == plan.reaches[3]
+    (chain,) = plan.chains.values()
+    assert [r.output for r in chain.rules] == [1, 2, 3, None]  # and the catch-all
+    assert [r.output for r in plan.rules_of(1) if r.chain == chain.id] == [None, 2, 3, None]  # not back to 1
+    flat = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), joins={1})
+    assert not flat.chains and [r.output for r in flat.rules_of(1)] == [2, 3]
+    _check_all_packets(pipeline, plan)
