@@ -41,6 +41,18 @@ _SCHEMA = (
 )
 
 
+def _prefix_end(prefix: str) -> str | None:
+    """The least key above every key starting with ``prefix`` (None if there is none to write).
+
+    Keys compare as UTF-8 bytes, in code point order: a prefix read is then a range of the primary
+    key's index instead of a test of every key of the table.
+    """
+    last = ord(prefix[-1])
+    if last == 0x10FFFF:
+        return None
+    return prefix[:-1] + chr(0xE000 if last == 0xD7FF else last + 1)  # surrogates are never in a key
+
+
 class SqliteDriver(Driver):
     """``sqlite:///PATH`` (relative) or ``sqlite:////abs/PATH``, as in SQLAlchemy."""
 
@@ -240,7 +252,12 @@ class SqliteDriver(Driver):
             return self.snapshot([table])
         with self._read() as conn:
             revision = self._meta(conn, "revision")
+            end = _prefix_end(prefix)
             rows = conn.execute(
+                "SELECT tbl, key, value, create_rev, mod_rev FROM objects"
+                " WHERE tbl = ? AND key >= ? AND key < ? ORDER BY key",
+                (table, prefix, end),
+            ).fetchall() if end else conn.execute(
                 "SELECT tbl, key, value, create_rev, mod_rev FROM objects"
                 " WHERE tbl = ? AND substr(key, 1, ?) = ? ORDER BY key",
                 (table, len(prefix), prefix),

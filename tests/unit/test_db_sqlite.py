@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwflow.db import NbApi
+from hwflow.db import NbApi, Put
 from hwflow.db.etcd import parse_url
 from hwflow.db.etcd_server import free_port
 from hwflow.db.sqlite import SqliteDriver
@@ -96,3 +96,21 @@ def test_unreachable_etcd_names_every_endpoint_and_the_remedy(unused_port):
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+def test_a_prefix_read_is_a_key_range_that_finds_what_starts_with_the_prefix(path):
+    """Keys are read as an index range (not every key tested): right at the edges of UTF-8 too."""
+    keys = ["a", "a/", "a/1", "a/1/x", "a0", "a\u00ff", "a\u0100", "\ud7ff", "\ud7ff/x", "\ue000", "\U0010ffff",
+            "\U0010ffff/x", "b", "a/\U0010ffff"]
+    with SqliteDriver(path) as drv:
+        drv.txn([], [Put("t", key, b"") for key in keys])
+        drv.put("u", "a/1", b"")  # another table's key is never read
+        for prefix in ("a", "a/", "a/1", "a\u00ff", "\ud7ff", "\ue000", "\U0010ffff", "a/\U0010ffff", "c"):
+            assert [r.key for r in drv.list("t", prefix)[1]] == sorted(k for k in keys if k.startswith(prefix))
+        statements: list[str] = []
+        drv._conn().set_trace_callback(statements.append)  # the SQL the driver runs, values filled in
+        drv.list("t", "a/")
+        drv._conn().set_trace_callback(None)
+        [select] = [s for s in statements if s.startswith("SELECT tbl, key")]
+        plan = " ".join(str(row) for row in drv._conn().execute(f"EXPLAIN QUERY PLAN {select}"))
+        assert "SEARCH objects USING PRIMARY KEY (tbl=? AND key>? AND key<?)" in plan, plan
