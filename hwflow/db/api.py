@@ -493,7 +493,8 @@ class NbApi:
             e.claims = {key: what for key, what in unique.items() if key not in old}
             e.releases = [key for key in old if key not in unique]
         late = [(UNIQUE_TABLE, key) for e in entries for key in e.claims if (UNIQUE_TABLE, key) not in reads.records]
-        reads.records.update(zip(late, self.driver.get_many(late), strict=True))
+        if late:
+            reads.records.update(zip(late, self.driver.get_many(late), strict=True))
         holders: dict[str, str] = {}  # unique index key -> who in the batch holds it
         released: set[str] = set()  # stored values the batch gives up: a later write of it may take them
         for e in entries:
