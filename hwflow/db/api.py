@@ -390,22 +390,24 @@ class NbApi:
         pending = list(writes)
         written: list[NbObject] = []
         for _ in range(MAX_ATTEMPTS):
+            if not pending:
+                return written
             try:
                 entries, revisions, counters = self._check(pending)
             except HwflowError as exc:
                 raise _incomplete(exc, written, [], [w.obj for w in pending]) from None
             chunks = list(self._chunks(entries))
             for n, chunk in enumerate(chunks):
-                rest = [e.new for later in chunks[n + 1:] for e in later]
                 try:
                     self._commit(chunk, revisions, counters)
                 except Conflict as exc:
                     lost = self._lost(exc, chunk)
                     if lost is not None:
-                        raise _incomplete(lost, written, [], [e.new for e in chunk] + rest) from None
+                        raise _incomplete(lost, written, [], [e.new for later in chunks[n:] for e in later]) from None
                     pending = [e.write for later in chunks[n:] for e in later]  # check those again, then retry
                     break
                 except DatabaseUnavailable as exc:
+                    rest = [e.new for later in chunks[n + 1:] for e in later]
                     raise _incomplete(exc, written, [e.new for e in chunk], rest) from None
                 written += [e.new for e in chunk]
             else:
