@@ -337,3 +337,18 @@ def test_after_random_deltas_memory_equals_the_nic_and_the_nic_the_desired_set(n
     finally:
         full(backend, nic, [])
         backend.close()
+
+
+def test_the_rules_of_a_representor_that_vanished_are_removed_without_a_dump_or_a_lost_nic(
+        nic: Nic, backend: TcBackend) -> None:
+    on_third = [rule(m, REP[1], ifindex=REP[2]) for m in (1, 2)]
+    full(backend, nic, [rule(1, REP[1]), *on_third])
+    del nic.eswitch._tables[REP[2]]  # the VF goes: the NIC answers ENODEV for its representor from now on
+    nic.seen.clear()
+    changes = delta(backend, nic, [], on_third)
+    assert len(changes.delete) == 2 and nic.seen == Counter(delete=2)
+    assert backend.installed_rules()[(nic.endpoint, REP[2])] == {}
+    assert backend.needs_dump() == set() and not backend.unreachable()
+    nic.seen.clear()
+    delta(backend, nic, [rule(3, REP[1])], [])
+    assert nic.seen == Counter(add=1)

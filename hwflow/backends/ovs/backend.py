@@ -97,6 +97,25 @@ class OvsBackend:
     desired set) at start, after :attr:`needs_full_sync` turns true and on the repair timer; :meth:`apply`
     (a delta) for everything else. :attr:`repairs` counts, over the backend's life, the flows a sync found
     different from what memory said.
+
+    How an agent pass drives both backends, make-before-break (stale NIC rules off, OVS, new NIC rules
+    on)::
+
+        if full:  # start, ovs.needs_full_sync, the repair timer
+            changes = tc.plan(all_hw_rules, managed_representors)
+            tc.remove(changes); ovs.sync(all_flows, ports); tc.install(changes)
+        else:
+            changes = tc.plan_delta(hw_added, hw_removed)
+            tc.remove(changes)
+            try:
+                ovs.apply(flows_added, flows_removed, ports)  # ports: every binding, as sync takes them
+            except FullSyncNeeded:  # the session dropped since the check: vswitchd may have restarted
+                ovs.sync(all_flows, ports)
+            tc.install(changes)
+
+    A delta is relative to the desired set the backend was last given (the flows of the last sync, changed
+    by every apply since). An apply that raises (ValueError, TranslationError) leaves that set as it was:
+    the next delta must start from it, or the next call be a sync.
     """
 
     def __init__(self, ovsdb: OvsdbClient, of: OpenFlowConnection, catalog: native.Catalog | None = None) -> None:

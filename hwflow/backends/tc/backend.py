@@ -305,7 +305,13 @@ class TcBackend:
       set as memory has it.
     - then :meth:`remove` (stale rules off, before OVS changes) and :meth:`install` (new and changed rules,
       after OVS has the flows behind them), which keep memory equal to what the NIC answered: a rule the
-      NIC refused is not installed.
+      NIC refused is not installed (:meth:`refused` says why; it is tried again when added again, or by
+      the next plan).
+
+    A delta is relative to the desired set last given (by plan, changed by every plan_delta since): the
+    rules of a representor that goes away belong in ``removed`` like any others (when the NIC no longer
+    knows the device, ENODEV, they are gone with it). See hwflow.backends.ovs.backend.OvsBackend for how
+    an agent pass orders both backends.
 
     A NIC whose control channel fails (socket gone, peer restarted, no
     answer) is left as it is for this pass: its client is dropped so the next
@@ -523,7 +529,7 @@ class TcBackend:
                 continue  # unknown anyway: dumped before it is planned again
             key = identity(rule)
             if op == "delete":
-                if err is None or err.errno == errno.ENOENT:  # gone either way
+                if err is None or err.errno in (errno.ENOENT, errno.ENODEV):  # gone either way (or its device)
                     if (held := state.rules.get(key)) is not None and held.handle == rule.handle:
                         del state.rules[key]
                     state.handles.discard(rule.handle)
