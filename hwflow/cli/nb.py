@@ -66,7 +66,7 @@ Examples:
 
 # The columns "list" shows per kind (every field is in --format json and in "show").
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "chassis": ("name", "alive", "tunnel_ip", "tunnel_types", "hostname", "heartbeat", "revision"),
+    "chassis": ("name", "alive", "tunnel_ip", "tunnel_types", "hostname", "registered", "revision"),
     "network": ("id", "name", "network_type", "vni", "physical_network", "vlan_id", "mtu", "external", "revision"),
     "subnet": ("id", "name", "network_id", "cidr", "gateway_ip", "enable_dhcp", "revision"),
     "port": ("id", "name", "network_id", "mac", "ips", "chassis", "security_groups", "unique_key", "revision"),
@@ -86,7 +86,10 @@ APPLY_ORDER = ("network", "security_group", "security_group_rule", "subnet", "ro
 
 JSON_NOTE = """\
 JSON output (--format json): the object as stored, {FIELD: VALUE, ...}
-(a chassis also has "alive": whether its agent's liveness lease holds);
+(a chassis also has "alive": whether its agent runs, i.e. its liveness
+lease holds and it has not marked the chassis down (up); its heartbeat_at
+is when its agent last wrote the record: at start and when something in it
+changed, not at every report, shown by "list" as "registered ... ago");
 "list" prints a list of them and "delete" the list of objects removed
 (the named one first, then what --cascade removed with it)."""
 
@@ -169,19 +172,32 @@ def _open(conf: cfg.ConfigOpts) -> NbApi:
 
 
 def _stored(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
-    """The object as stored; a chassis also says whether its agent's liveness lease holds."""
+    """The object as stored; a chassis also says whether its agent runs.
+
+    That is its liveness lease (refreshed every report interval, lapsing
+    after three missed ones) unless the agent marked the chassis down when it
+    stopped: the lease may outlive a clean stop by up to those three intervals.
+    """
     data = obj.to_dict()
     if isinstance(obj, Chassis):
-        data["alive"] = obj.id in alive
+        data["alive"] = obj.id in alive and obj.up
     return data
 
 
 def _row(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
     row = _stored(obj, alive)
-    if isinstance(obj, Chassis):
-        age = max(0.0, time.time() - obj.heartbeat_at)
-        row["heartbeat"] = f"{age:.0f}s ago" if obj.heartbeat_at else "never"
+    if isinstance(obj, Chassis):  # heartbeat_at: when the agent last wrote the record, not its last report
+        row["registered"] = _ago(time.time() - obj.heartbeat_at) if obj.heartbeat_at else "never"
     return row
+
+
+def _ago(seconds: float) -> str:
+    """'42s ago', '7m ago', '5h ago', '3d ago'."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
 
 
 def _print_object(args: argparse.Namespace, obj: NbObject, alive: Set[str] = frozenset()) -> None:
