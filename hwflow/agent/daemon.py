@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import signal
 import socket
@@ -32,7 +33,7 @@ from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, identity, to_flower
 from hwflow.db.api import NbApi
-from hwflow.model.errors import HwflowError
+from hwflow.model.errors import HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, Port
 from hwflow.offload import inventory
 from hwflow.offload.discovery import discover
@@ -122,13 +123,17 @@ class Agent:
                 backoff = min(30.0, backoff * 2)
         else:
             return False
-        self.register(up=True)
+        self.register(up=True, always=True)
         self.cache.start()
         self.dhcp.start()
         return True
 
     def run(self, stop: threading.Event) -> None:
-        """Reconcile on every wake-up, on a timer, and heartbeat until ``stop``."""
+        """Reconcile on every wake-up and on a timer, and report every ``report_interval``, until ``stop``.
+
+        A report refreshes the chassis's liveness lease and rewrites its record only if something in it
+        changed (see ``register``), so an agent that merely stays up wakes no other agent.
+        """
         next_beat = time.monotonic() + self.conf.agent.report_interval
         next_resync = 0.0
         while not stop.is_set():
@@ -157,24 +162,43 @@ class Agent:
         self.ovs.of.close()
         self.ovsdb.close()
 
-    def register(self, up: bool) -> None:
-        """Write this host's chassis record, with the capabilities it offloads with."""
+    def register(self, up: bool, always: bool = False) -> None:
+        """Report this host: write its chassis record if it says something new, and while up keep it alive.
+
+        The record (addresses, offload capabilities, ``up``) is written at start (``always``), at shutdown
+        (``up`` False) and whenever what it would say differs from what is stored (the NIC's representors
+        changed, or someone edited or removed the record); never just to say the agent still runs, since
+        every write wakes each agent holding this chassis. Liveness is the lease ``NbApi.heartbeat``
+        refreshes (an etcd lease; a timed mark on SQLite): it lapses after three missed reports.
+        ``heartbeat_at`` in the record is when it was last written.
+        """
         devices = [
             {"name": r.name, "switch_id": r.switch_id, "nic_driver": r.nic_driver, "firmware": r.firmware,
              "capability_source": r.capability_source, "capabilities": r.capabilities.to_dict()}
             for r in self._reports.values() if r.offload
         ]
+        wanted = Chassis(
+            id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
+            tunnel_types=list(self.conf.agent.tunnel_types), external_ip=self.conf.agent.external_ip,
+            hostname=socket.gethostname(), capabilities={"offload_devices": devices},
+            up=up, heartbeat_at=time.time(),
+        )
         try:
-            self.nb.put_chassis(Chassis(
-                id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
-                tunnel_types=list(self.conf.agent.tunnel_types), external_ip=self.conf.agent.external_ip,
-                hostname=socket.gethostname(), capabilities={"offload_devices": devices},
-                up=up, heartbeat_at=time.time(),
-            ))
-            if up:  # liveness (an etcd lease): lapses after three missed reports, marking the chassis down
+            if always or self._chassis_differs(wanted):
+                self.nb.put_chassis(wanted)
+            if up:
                 self.nb.heartbeat(self.chassis, 3 * self.conf.agent.report_interval)
         except HwflowError as exc:
-            LOG.error("cannot write chassis %s: %s", self.chassis, exc)
+            LOG.error("cannot report chassis %s: %s", self.chassis, exc)
+
+    def _chassis_differs(self, wanted: Chassis) -> bool:
+        """Whether the stored chassis record is missing or says other than ``wanted`` (its time aside)."""
+        try:
+            stored = self.nb.get(Chassis, self.chassis)
+        except (NotFound, ValidationError):
+            return True
+        wanted.validate()  # the stored form: canonical addresses, sorted tunnel types
+        return _reported(stored) != _reported(wanted)
 
     # --- one reconcile pass ----------------------------------------------------
 
@@ -271,6 +295,12 @@ class Agent:
         except Exception:
             LOG.exception("NIC discovery failed; offloading nothing until it works")
             return {}
+
+
+def _reported(chassis: Chassis) -> str:
+    """What an agent reports in its chassis record, as stored (JSON): all but the time it wrote it."""
+    fields = ("tunnel_ip", "tunnel_types", "external_ip", "hostname", "capabilities", "up")
+    return json.dumps({f: getattr(chassis, f) for f in fields}, sort_keys=True)
 
 
 # --- the daemon ---------------------------------------------------------------

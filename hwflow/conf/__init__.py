@@ -103,7 +103,10 @@ agent_opts = [
         "report_interval",
         default=10.0,
         min=0.5,
-        help="Seconds between chassis heartbeats written to the database.",
+        help="Seconds between the agent's reports: each refreshes its "
+        "chassis's liveness lease in the database (which lapses after three "
+        "missed reports, and the chassis is then shown dead), and rewrites "
+        "its chassis record only if something in it changed.",
     ),
     cfg.FloatOpt(
         "resync_interval",

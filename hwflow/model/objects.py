@@ -187,9 +187,13 @@ class Chassis(NbObject):
     ``tunnel_ip`` is where other chassis send its tunnelled traffic,
     ``tunnel_types`` the encapsulations it terminates, ``external_ip`` the
     address it SNATs external traffic to ("" = it does no SNAT),
-    ``capabilities`` the offload summary its agent publishes. ``up`` and
-    ``heartbeat_at`` are the agent's last report; whether it is alive now is
-    the database's liveness record (NbApi.alive_chassis).
+    ``capabilities`` the offload summary its agent publishes. ``up`` is
+    False once its agent stopped cleanly. ``heartbeat_at`` is when its agent
+    last wrote the record (epoch seconds): at start, and when a field of it
+    changed. The name is kept for the records agents wrote before, which
+    rewrote it at every report; agents no longer do, since each write wakes
+    every agent holding the chassis. Whether the agent is alive now is its
+    liveness lease (NbApi.heartbeat / alive_chassis), not this record.
     """
 
     kind: ClassVar[str] = "chassis"
