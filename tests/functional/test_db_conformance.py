@@ -136,6 +136,21 @@ def test_a_transaction_is_one_revision(drv):
         drv.txn([], [Put("t", "a", b"1"), Delete("t", "a")])
 
 
+def test_get_many_reads_records_in_the_order_asked(drv):
+    """Few keys of a big table, and many keys of a small one (etcd reads that one whole): the same as get."""
+    drv.txn([], [Put("few", f"k{i}", f"v{i}".encode()) for i in range(10)])
+    for start in range(0, 600, 100):
+        drv.txn([], [Put("many", f"k{i}", f"v{i}".encode()) for i in range(start, start + 100)])
+    drv.put("fewer", "k1", b"other table")
+    asked = [("few", f"k{i}") for i in range(300)] + [("many", f"k{i}") for i in range(0, 900, 7)]
+    asked += [("few", "k3"), ("nothing", "k1"), ("fewer", "k1"), ("many", "k599")]
+    got = drv.get_many(asked)
+    assert got == [drv.get(table, key) for table, key in asked]
+    assert [r.value if r else None for r in got[:12]] == [f"v{i}".encode() for i in range(10)] + [None, None]
+    assert sum(r is not None for r in got) == 10 + len(range(0, 600, 7)) + 3
+    assert drv.get_many([]) == []
+
+
 def test_list_and_snapshot(drv):
     drv.put("a", "2", b"x")
     drv.put("a", "1", b"y")
