@@ -19,6 +19,7 @@ as many as its per-transaction limit needs, in the batch's order). A single
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -124,7 +125,7 @@ def _count(objs: list[NbObject]) -> str:
 class _Entry:
     """One write of a batch, checked: the object as it will be stored and what its transaction holds."""
 
-    write: Write  # as asked, a create with the id it was given: what a retry checks again
+    write: Write  # as asked
     new: NbObject
     expected: int | None = None  # the revision an update asked for: losing it is not retried
     stored: NbObject | None = None  # what an update replaces
@@ -133,6 +134,12 @@ class _Entry:
     releases: list[str] = dataclasses.field(default_factory=list)  # unique index keys an update gives up
     ops: list[Op] = dataclasses.field(default_factory=list)
     bump: bool = False  # an update that can add a dependency moves its kind's counter, as a create does
+
+    def again(self) -> Write:
+        """The write to check again after a race: a create keeps the id it was given."""
+        if isinstance(self.write, Create) and not self.write.obj.id:
+            return Create(dataclasses.replace(self.write.obj, id=self.new.id))
+        return self.write
 
 
 class _Reads:
@@ -172,9 +179,18 @@ class _Reads:
 
 
 def encode(obj: NbObject) -> bytes:
-    data = obj.to_dict()
-    del data["revision"]  # the record's mod_revision is the truth
+    """The stored record: the fields but the revision (the record's mod_revision is the truth).
+
+    Read straight off the object (fields hold plain JSON data, no nested dataclass), not through
+    ``to_dict``, whose deep copy was a quarter of the time of checking a batch.
+    """
+    data = {name: getattr(obj, name) for name in _stored_fields(type(obj))}
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+@functools.cache
+def _stored_fields(cls: type[NbObject]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "revision")
 
 
 def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
@@ -404,7 +420,7 @@ class NbApi:
                     lost = self._lost(exc, chunk)
                     if lost is not None:
                         raise _incomplete(lost, written, [], [e.new for later in chunks[n:] for e in later]) from None
-                    pending = [e.write for later in chunks[n:] for e in later]  # check those again, then retry
+                    pending = [e.again() for later in chunks[n:] for e in later]  # check those again, then retry
                     break
                 except DatabaseUnavailable as exc:
                     rest = [e.new for later in chunks[n + 1:] for e in later]
@@ -427,7 +443,7 @@ class NbApi:
         for write in writes:
             if isinstance(write, Create):
                 new = dataclasses.replace(write.obj, id=write.obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
-                entry = _Entry(Create(dataclasses.replace(write.obj, id=new.id)), new)
+                entry = _Entry(write, new)
             elif isinstance(write, Update):
                 new = dataclasses.replace(write.obj, revision=0)
                 expected = write.if_revision if write.if_revision is not None else (write.obj.revision or None)
