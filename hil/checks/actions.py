@@ -12,7 +12,11 @@ receiver only accepts what the actions made (its own MAC, its VLAN, its
 VNI; the reply's TTL tells the decrement), and every rule's counter must
 show the packets sent: the nonzero counters of each device's rules are
 compared, since ``pass`` rules holding software paths in front (DHCP,
-expiring TTLs, conntrack ``+inv``) see none of the pings.
+expiring TTLs, conntrack ``+inv``) see none of the pings. The split is the
+agent's: a port's path hands over to a chain its network's ports share at
+the layout's join tables, so a ping counts on the goto and on the shared
+chain's rule; every chain ends in a catch-all ``pass``, which the security
+group check sees take the one packet its chain has no rule for.
 """
 
 from __future__ import annotations
@@ -132,7 +136,9 @@ def forward(stage: Stage, traffic: Callable[[], None], counts: Mapping[str, list
     """Split, install, send ``traffic``, compare nonzero counters, sync again (empty), remove, ``probe`` fails."""
     reps = {key: Representor(host.ifindex(dev), "netlink") for key, dev in stage.devices.items()}
     offload = {key: PortOffload(key, SWITCH, KERNEL_FLOWER) for key in stage.devices}
-    plan = partition(stage.pipeline, offload, (ir.ETH_TYPE_IPV4,))
+    # the agent's layout: a port's path hands over to a chain its network's ports share at the join tables
+    joins = Compiler.from_file(layout_path("")).layout.joins()
+    plan = partition(stage.pipeline, offload, (ir.ETH_TYPE_IPV4,), joins=joins)
     desired = [to_flower(rule, reps, TC_FLAGS["skip_hw"], stage.tunnels) for rule in plan.rules]
     for dev in stage.devices.values():
         host.clsact(dev)
@@ -186,7 +192,8 @@ def routed(a: Host, b: Host) -> None:
         if "ttl=63" not in out:
             raise CheckFailed(f"the reply's TTL was not decremented once (expected ttl=63): {out.splitlines()[1:2]}")
 
-    forward(Stage(pipeline, {11: a.rep, 12: b.rep}), traffic, {a.rep: [PINGS], b.rep: [PINGS]},
+    # each side: the goto into its network's shared L3 chain, then the routed rule there
+    forward(Stage(pipeline, {11: a.rep, 12: b.rep}), traffic, {a.rep: [PINGS, PINGS], b.rep: [PINGS, PINGS]},
             lambda: a.reaches("10.2.0.1"))
 
 
@@ -204,7 +211,7 @@ def vlan(a: Host, b: Host) -> None:
     pipeline = compile_topology([net], ports, {"p11"}, chassis=_chassis())
     uplink = ir.physnet_port(PHYSNET)
     forward(Stage(pipeline, {11: a.rep, uplink: b.rep}), lambda: a.ping("10.3.0.2"),
-            {a.rep: [PINGS], b.rep: [PINGS]}, lambda: a.reaches("10.3.0.2"))
+            {a.rep: [PINGS, PINGS], b.rep: [PINGS]}, lambda: a.reaches("10.3.0.2"))  # A: goto, shared chain
 
 
 def vxlan(a: Host, c: Host) -> None:
@@ -227,7 +234,7 @@ def vxlan(a: Host, c: Host) -> None:
     stage = Stage(compile_topology([net], ports, {"p11"}, chassis=_chassis()), {11: a.rep, tunnel: "hilvx0"},
                   {tunnel: TunnelEndpoint(ip(LOCAL_VTEP), VXLAN_PORT)})
     try:
-        forward(stage, lambda: a.ping("10.4.0.2"), {a.rep: [PINGS], "hilvx0": [PINGS]},
+        forward(stage, lambda: a.ping("10.4.0.2"), {a.rep: [PINGS, PINGS], "hilvx0": [PINGS]},  # A: goto, chain
                 lambda: a.reaches("10.4.0.2"))
     finally:
         host.delete_link("hilvx0")
@@ -252,9 +259,11 @@ def conntrack(a: Host, b: Host) -> None:
         if b.reaches("10.5.0.1"):
             raise CheckFailed("B opened a connection to A although its group admits no egress")
 
-    # A: ct (every request), +new commit (the first), +est (the rest); B: ct (replies and its own try), +est.
+    # A: goto its network's shared chain, there B's ct (every request), +new commit (the first), +est (the rest).
+    # B: ct (replies and its own try), +est -> goto the shared chain, output to A there; its own try (+new, which
+    # its group refuses) meets the ct chain's catch-all pass: software, not a miss the kernel would drop.
     forward(Stage(pipeline, {11: a.rep, 12: b.rep}), traffic,
-            {a.rep: [1, PINGS - 1, PINGS], b.rep: [PINGS, PINGS + 1]}, lambda: a.reaches("10.5.0.2"))
+            {a.rep: [1, PINGS - 1, PINGS, PINGS], b.rep: [1, PINGS, PINGS, PINGS + 1]}, lambda: a.reaches("10.5.0.2"))
 
 
 def _chassis() -> dict[str, Chassis]:
