@@ -249,7 +249,8 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
 
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
-         joins: frozenset[int] = frozenset(), doomed: Callable[[Region], str | None] | None = None) -> Iterator[Leaf]:
+         joins: frozenset[int] = frozenset(), doomed: Callable[[Region], str | None] | None = None,
+         deps: set[tuple] | None = None, reads: Callable[[int], frozenset[str]] | None = None) -> Iterator[Leaf]:
     """The leaves of one chain's decision list for packets in ``region``, in order.
 
     The walk does not follow a path into another chain: a ``ct(table=N)`` ends
@@ -260,28 +261,36 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     one. ``doomed(region)`` says a region no hardware rule can match (a field
     the NIC cannot match): the walk ends there in one software leaf instead
     of enumerating the paths below, which could only end in software too.
+    ``deps`` collects each table lookup made, as (table, field, value)
+    (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk.
     """
-    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed), 0)
+    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, reads), 0)
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
-               doomed: Callable[[Region], str | None] | None = None) -> Iterator[Leaf]:
+               doomed: Callable[[Region], str | None] | None = None, deps: set[tuple] | None = None,
+               reads: Callable[[int], frozenset[str]] | None = None) -> Iterator[Leaf]:
     """The leaves of the chain that starts at ``entry``."""
     path = _Path(dict(entry.known), dict(entry.aliases))
     region = {f: (v, m) for f, v, m in entry.region}
-    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed), 0)
+    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, reads), 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Walk:
     joins: frozenset[int]
     doomed: Callable[[Region], str | None] | None
+    deps: set[tuple] | None = None
+    reads: Callable[[int], frozenset[str]] | None = None  # fields read from a table on (default: the pipeline's)
 
 
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
-    for flow in pipeline.candidates(table, path.known):
+    field, value, flows = pipeline.lookup(table, path.known)
+    if how.deps is not None:
+        how.deps.add((table, field, value))
+    for flow in flows:
         stale = sorted(path.dirty & {t.field for t in flow.match.fields})
         if stale:
             yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
@@ -330,7 +339,8 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and path.clean and path.known.get("in_port", 0) > 0 \
                     and path.known["in_port"] not in TUNNEL_TYPE:
-                yield _leaf(region, path, None, flow.owner, _join_entry(pipeline, action.table, region, path))
+                reads = how.reads(action.table) if how.reads is not None else pipeline.fields_read_from(action.table)
+                yield _leaf(region, path, None, flow.owner, _join_entry(reads, action.table, region, path))
             else:
                 yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
@@ -355,7 +365,7 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     yield _leaf(region, path, None, flow.owner)
 
 
-def _join_entry(pipeline: ir.Pipeline, table: int, region, path: _Path) -> ChainEntry:
+def _join_entry(reads: frozenset[str], table: int, region, path: _Path) -> ChainEntry:
     """The shared chain a clean path of a port continues in at a join table.
 
     It keeps of the pipeline state only what the tables from ``table`` on
@@ -364,7 +374,6 @@ def _join_entry(pipeline: ir.Pipeline, table: int, region, path: _Path) -> Chain
     terms than the path's region is a larger region: the chain's decision
     list is right for every packet of it, so for the port's too.
     """
-    reads = pipeline.fields_read_from(table)
     known = tuple(sorted((f, v) for f, v in path.known.items() if f != "in_port" and f in reads))
     aliases = tuple(sorted((r, f) for r, f in path.aliases.items() if r in reads))
     kept = tuple(sorted((f, v, m) for f, (v, m) in region.items() if f in SHARED_REGION))
@@ -644,6 +653,9 @@ def _position(item: HwRule | SoftwareLeaf) -> int:
     return item.order if isinstance(item, HwRule) else -1
 
 
+FULL = "the NIC's rule table is full"
+
+
 @dataclasses.dataclass
 class _Decided:
     rules: list[HwRule] = dataclasses.field(default_factory=list)
@@ -672,35 +684,229 @@ class ChainIds:
         return number
 
 
+Owner = tuple  # ("port", port key) or ("chain", chain key): what one walk was planned into
+
+
+@dataclasses.dataclass
+class _Planned:
+    """One port's chain 0 or one chain, as planned, and what planning it read (to know when to plan it again)."""
+
+    decided: _Decided
+    deps: set[tuple]  # (table, field, value) a walk looked flows up by; ("out", port) a leaf would output to
+    chain: ChainPlan | None = None  # for a chain: its plan (None: nothing of it goes to hardware)
+
+
 class _Planner:
-    """Builds a :class:`Plan`: each port's chain 0, and every chain they reach, each chain planned once."""
+    """Plans ports' chain 0 and every chain they reach, each chain once, and keeps it all for the next change.
+
+    Every walk records what it read: the table lookups it made (a table and the field and value it looked
+    flows up by, :meth:`ir.Pipeline.lookup`) and the ports it considered as outputs. A changed flow touches
+    the walks that looked up its table by a value it matches (or that it does not pin); a port that comes,
+    goes or changes touches the walks that considered it. :meth:`update` plans those again, and the ports
+    and chains above a chain whose usefulness or size changed; everything else stays as it was.
+    """
 
     def __init__(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
                  refused: Mapping[tuple[int, ir.Match], str], unicast_only: bool, joins: frozenset[int],
                  ids: ChainIds) -> None:
-        self.pipeline, self.ports, self.ethertypes = pipeline, ports, tuple(ethertypes)
-        self.refused, self.unicast_only, self.joins, self.ids = refused, unicast_only, joins, ids
+        self.pipeline, self.ports, self.ethertypes = pipeline, dict(ports), tuple(ethertypes)
+        self.refused, self.unicast_only, self.joins, self.ids = dict(refused), unicast_only, joins, ids
+        self._planned: dict[Owner, _Planned] = {}
+        self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
+        self._keys: dict[int, tuple] = {}  # chain id -> key
+        self._readers: dict[tuple, set[Owner]] = {}  # dependency -> owners whose planning read it
+        self._by_table: dict[tuple[int, str | None], dict[int | None, set[Owner]]] = {}  # (table, field) -> ...
+        self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
+        self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
+        self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
+        self._fields: dict[int, dict[str, int]] = {}  # table -> field -> how many flows read it (match, move)
+        for flow in pipeline.flows:
+            self._count(flow, 1)
+        self._reads_cache: dict[int, frozenset[str]] = {}
         self.plan = Plan()
-        self._chains: dict[tuple, ChainPlan | None] = {}
-        self._cost: dict[int, int] = {}  # chain id -> rules it and the chains below it take on one representor
-        self._shared: dict[int, ChainPlan] = {}  # chains every port reaching them gets a copy of
-        self._own: dict[int, ChainPlan] = {}  # chains of one port (its conntrack recirculations)
 
-    def port(self, port: PortOffload, budget: int) -> int:
+    def _count(self, flow: ir.Flow, step: int) -> None:
+        counts = self._fields.setdefault(flow.table, {})
+        read = {*(t.field for t in flow.match), *(a.src for a in flow.actions if isinstance(a, ir.Move))}
+        for field in read & ir.INTERNAL_FIELDS:  # a clean path knows nothing else (see _join_entry)
+            counts[field] = counts.get(field, 0) + step
+            if not counts[field]:
+                del counts[field]
+
+    def _reads(self, table: int) -> frozenset[str]:
+        """Pipeline state some flow of ``table`` or a later one reads: what a join's chain entry keeps of it."""
+        reads = self._reads_cache.get(table)
+        if reads is None:
+            reads = self._reads_cache[table] = frozenset(
+                f for t, counts in self._fields.items() if t >= table for f in counts)
+        return reads
+
+    # --- whole plans and changes ------------------------------------------------------
+
+    def plan_all(self) -> Plan:
+        """Every port, in key order, each within what the ports before it left of its switch's capacity."""
+        used: dict[str, int] = {}
+        for key in sorted(self.ports):
+            port = self.ports[key]
+            budget = max(port.capabilities.max_rules - used.get(port.switch_id, 0), 0)
+            used[port.switch_id] = used.get(port.switch_id, 0) + self._plan_port(port, budget)
+        return self._assemble(set(self.ports))
+
+    def update(self, pipeline: ir.Pipeline, added: Sequence[ir.Flow], removed: Sequence[ir.Flow],
+               ports: Mapping[int, PortOffload]) -> set[int]:
+        """Take a changed pipeline (the flows ``added`` and ``removed``) and port set; the ports whose rules may
+        differ now. Raises :class:`_Replan` when only a whole plan is right: capacity ran out somewhere, or
+        what a join table's chains keep of the state changed (a field newly read, or no longer)."""
+        joins_before = {j: self._reads(j) for j in self.joins}
+        for flows, step in ((added, 1), (removed, -1)):
+            for flow in flows:
+                self._count(flow, step)
+        self._reads_cache.clear()
+        if any(self._reads(j) != before for j, before in joins_before.items()):
+            raise _Replan("the fields read behind a join changed")
+        self.pipeline = pipeline
+        dirty: set[Owner] = set()
+        for flow in (*added, *removed):
+            dirty |= self._readers_of(flow)
+        gone = self.ports.keys() - ports.keys()
+        moved = {k for k, v in ports.items() if self.ports.get(k) != v}
+        for key in gone | moved:
+            dirty |= self._readers.get(("out", key), set())
+        for key in gone:
+            self._forget(("port", key))
+        self.ports = dict(ports)
+        dirty |= {("port", k) for k in moved}
+        if any(sw.reason == FULL for owner, planned in self._planned.items() for sw in planned.decided.software):
+            raise _Replan("a port is short of room: the ports are served in key order again")
+        touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
+        for owner in sorted(o for o in dirty if o[0] == "port"):
+            port = self.ports.get(owner[1])
+            if port is not None:
+                self._plan_port(port, self._room(port))
+        if any(sw.reason == FULL for sw in self._software_of_ports({o[1] for o in dirty if o[0] == "port"})):
+            raise _Replan("a changed port is short of room")
+        changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone
+        for number in touched_chains:
+            changed_ports |= self._reached_by.get(number, set())
+        self._assemble(changed_ports & self.ports.keys(), gone)
+        return changed_ports
+
+    def _replan_chains(self, chains: set[Owner], dirty: set[Owner]) -> set[int]:
+        """Plan the chains in ``chains`` again; add to ``dirty`` the owners above one that changed its use."""
+        touched: set[int] = set()
+        before = {o[1]: self._chains.get(o[1]) for o in chains}
+        for owner in chains:
+            self._forget(owner)
+            self._chains.pop(owner[1], None)
+        for owner in sorted(chains, key=lambda o: self.ids.get(o[1], SHARED)):
+            key = owner[1]
+            if key in self._chains:  # planned already, as the child of another
+                continue
+            old = before[key]
+            ctx = self._context(key)
+            if ctx is None:
+                continue
+            new = self._chains[key] = self._chain_for(ctx, key)
+            if old is not None:
+                touched.add(old.id)
+            if (old is None) != (new is None) or (old is not None and new is not None and (
+                    self._cost_of(old) != self._cost_of(new))):
+                dirty |= self._parents.get(key, set())
+                upward = {o for o in self._parents.get(key, set()) if o[0] == "chain"} - chains
+                touched |= self._replan_chains(upward, dirty)
+        return touched
+
+    def _context(self, key: tuple) -> PortOffload | None:
+        """The port context a chain is planned in: its own port, or any port of its switch for a shared one."""
+        switch, scope, _ = key
+        if scope != SHARED:
+            return self.ports.get(scope)
+        return next((p for p in self.ports.values() if p.switch_id == switch), None)
+
+    def _room(self, port: PortOffload) -> int:
+        others = sum(self._planned[("port", k)].decided.cost for k, p in self.ports.items()
+                     if p.switch_id == port.switch_id and k != port.port and ("port", k) in self._planned)
+        return max(port.capabilities.max_rules - others, 0)
+
+    def _software_of_ports(self, ports: Iterable[int]) -> list[SoftwareLeaf]:
+        return [sw for k in ports if ("port", k) in self._planned for sw in self._planned["port", k].decided.software]
+
+    def _readers_of(self, flow: ir.Flow) -> set[Owner]:
+        """The owners whose walks looked up ``flow``'s table by a value it matches, or it does not pin."""
+        found: set[Owner] = set()
+        for (table, field), by_value in self._by_table.items():
+            if table != flow.table:
+                continue
+            term = flow.match.get(field) if field is not None else None
+            if term is not None and term.mask == ir.full_mask(field):
+                found |= by_value.get(term.value, set())
+            else:
+                for owners in by_value.values():
+                    found |= owners
+        return found
+
+    # --- planning one port or chain ------------------------------------------------------
+
+    def _plan_port(self, port: PortOffload, budget: int) -> int:
         """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
+        owner = ("port", port.port)
+        self._forget(owner)
+        deps: set[tuple] = set()
         joins = self._joins(port.capabilities)
         doomed = _doomed(port.capabilities)
+        known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         leaves = (leaf for eth_type in self.ethertypes
-                  for leaf in walk(self.pipeline, {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)},
-                                   {"eth_type": (eth_type, 0xFFFF)}, joins, doomed))
-        decided = self.decide(leaves, port, port.port, 0, budget)
-        self.plan.own[port.port] = decided.rules + [r for c in self._own_closure(decided.children)
-                                                     for r in self._chain_by_id(c).rules]
-        shared = tuple(sorted(c for c in self._closure(decided.children) if c in self._shared))
-        if shared:
-            self.plan.reaches[port.port] = shared
-        self.plan.software += decided.software
+                  for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
+                                   self._reads))
+        decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
+        self._remember(owner, _Planned(decided, deps))
         return decided.cost
+
+    def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
+        _, scope, entry = key
+        owner = ("chain", key)
+        caps = ctx.capabilities
+        number = self.ids.get(key, ctx.port if caps.max_chains is not None else SHARED)
+        self._keys[number] = key
+        catch = _catch_all(entry)
+        if catch is None or (caps.max_chains is not None and number >= caps.max_chains):
+            self._remember(owner, _Planned(_Decided(), set()))
+            return None
+        shared = entry.shared
+        chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
+        deps: set[tuple] = set()
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self._reads)
+        decided = self.decide(leaves, chain_ctx, SHARED if shared else ctx.port, number, None, owner, deps)
+        if not any(r.output is not None or r.goto is not None for r in decided.rules):
+            self._remember(owner, _Planned(decided, deps))
+            return None
+        level = 1 + max(r.level for r in decided.rules)
+        rules = decided.rules + [HwRule(chain_ctx.port, len(decided.rules), level, catch, None, "miss", (), number,
+                                        None, shared)]
+        chain = ChainPlan(number, rules, decided.software, decided.children, True)
+        self._remember(owner, _Planned(decided, deps, chain))
+        return chain
+
+    def _cost_of(self, chain: ChainPlan) -> int:
+        return self._planned["chain", self._keys[chain.id]].decided.cost + 1
+
+    def _remember(self, owner: Owner, planned: _Planned) -> None:
+        self._planned[owner] = planned
+        for dep in planned.deps:
+            self._readers.setdefault(dep, set()).add(owner)
+            if dep[0] != "out":
+                self._by_table.setdefault(dep[:2], {}).setdefault(dep[2], set()).add(owner)
+
+    def _forget(self, owner: Owner) -> None:
+        planned = self._planned.pop(owner, None)
+        if planned is None:
+            return
+        for dep in planned.deps:
+            self._readers.get(dep, set()).discard(owner)
+            if dep[0] != "out":
+                self._by_table.get(dep[:2], {}).get(dep[2], set()).discard(owner)
+        for child in planned.decided.children:
+            self._parents.get(self._keys[child], set()).discard(owner)
 
     def _joins(self, caps: Capabilities) -> frozenset[int]:
         """Where paths may hand over to a shared chain: nowhere on a NIC without (enough) chains, whose ports
@@ -710,7 +916,7 @@ class _Planner:
         return self.joins
 
     def decide(self, leaves: Iterator[Leaf], ctx: PortOffload, scope: int, chain: int,
-               budget: int | None) -> _Decided:
+               budget: int | None, owner: Owner, deps: set[tuple]) -> _Decided:
         """One chain's decision list: each leaf a rule when it can be, in order.
 
         ``refused`` holds rules the NIC already turned down (by scope and match), with its reason; they stay in
@@ -723,13 +929,14 @@ class _Planner:
         shared = scope == SHARED
         for leaf in leaves:
             match = leaf.as_match()
+            deps.update(("out", port) for port in leaf.outputs)
             reason = _why_not(leaf, ctx, self.ports, self.unicast_only)
             if reason is None and (scope, match) in self.refused:
                 reason = f"the NIC refused it: {self.refused[scope, match]}"
             target, cost = None, 1
             if reason is None and leaf.enter is not None:
-                target, reason = self._enter(ctx, leaf.enter)
-                cost += self._cost.get(target, 0) if target is not None else 0
+                target, reason = self._enter(ctx, leaf.enter, owner)
+                cost += self._cost_of(self._by_id(target)) if target is not None else 0
             shadows = software.overlapping(match)
             if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
@@ -744,7 +951,7 @@ class _Planner:
                                                     shared=shared))
                     out.cost += 1
             if reason is None and budget is not None and out.cost + cost > budget:
-                reason = "the NIC's rule table is full"
+                reason = FULL
             if reason is not None:
                 sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope))
                 software.add(sw)
@@ -766,50 +973,29 @@ class _Planner:
         placed.add(rule)
         out.rules.append(rule)
 
-    def _enter(self, ctx: PortOffload, entry: ChainEntry) -> tuple[int | None, str | None]:
+    def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner) -> tuple[int | None, str | None]:
         """The chain a goto leaf leads to, planned now if it is new (None and why: keep the leaf in software)."""
         caps = ctx.capabilities
         limited = caps.max_chains is not None
-        scope = SHARED if entry.shared else ctx.port
-        key = (ctx.switch_id, scope if limited else SHARED, entry)
+        key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
-            number = self.ids.get(key, ctx.port if limited else SHARED)
-            if limited and number >= caps.max_chains:
-                return None, f"the NIC has {caps.max_chains} chain(s); chain {number} does not fit"
-            self._chains[key] = self._chain(ctx, scope, entry, number)
+            self._chains[key] = self._chain_for(ctx, key)
+        self._parents.setdefault(key, set()).add(parent)
         chain = self._chains[key]
         if chain is None:
+            number = self.ids.get(key, SHARED)
+            if limited and number >= caps.max_chains:
+                return None, f"the NIC has {caps.max_chains} chain(s); chain {number} does not fit"
             return None, "no path behind this goto goes to hardware (or its misses cannot be caught)"
         return chain.id, None
 
-    def _chain(self, ctx: PortOffload, scope: int, entry: ChainEntry, number: int) -> ChainPlan | None:
-        caps = ctx.capabilities
-        catch = _catch_all(entry)
-        if catch is None:
-            return None
-        shared = scope == SHARED
-        chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
-        joins = self._joins(caps)
-        decided = self.decide(walk_entry(self.pipeline, entry, joins, _doomed(caps)), chain_ctx, scope, number, None)
-        if not any(r.output is not None or r.goto is not None for r in decided.rules):
-            self.plan.software += decided.software
-            return None
-        level = 1 + max(r.level for r in decided.rules)
-        rules = decided.rules + [HwRule(chain_ctx.port, len(decided.rules), level, catch, None, "miss", (), number,
-                                        None, shared)]
-        plan = ChainPlan(number, rules, decided.software, decided.children, True)
-        self._cost[number] = decided.cost + 1
-        self.plan.software += decided.software
-        if shared:
-            self._shared[number] = plan
-            self.plan.chains[number] = plan
-        else:
-            self._own[number] = plan
-        return plan
+    def _by_id(self, number: int) -> ChainPlan:
+        chain = self._chains[self._keys[number]]
+        assert chain is not None
+        return chain
 
-    def _chain_by_id(self, number: int) -> ChainPlan:
-        return self._shared.get(number) or self._own[number]
+    # --- the plan --------------------------------------------------------------------------
 
     def _closure(self, roots: Iterable[int]) -> set[int]:
         seen: set[int] = set()
@@ -818,12 +1004,44 @@ class _Planner:
             number = todo.pop()
             if number not in seen:
                 seen.add(number)
-                todo += self._chain_by_id(number).children
+                todo += self._by_id(number).children
         return seen
 
-    def _own_closure(self, roots: Iterable[int]) -> list[int]:
-        """The port's own chains (not shared) below ``roots``, in number order."""
-        return sorted(c for c in self._closure(roots) if c not in self._shared)
+    def _assemble(self, ports: set[int], gone: Iterable[int] = ()) -> Plan:
+        """A new :class:`Plan`: ``ports`` looked at again (their rules and the chains they reach), the rest kept."""
+        old = self.plan
+        own, reaches = dict(old.own), dict(old.reaches)
+        for key in gone:
+            own.pop(key, None)
+            reaches.pop(key, None)
+            for number in self._closures.pop(key, ()):
+                self._reached_by.get(number, set()).discard(key)
+        for key in ports:
+            planned = self._planned["port", key]
+            closure = self._closure(planned.decided.children)
+            for number in self._closures.get(key, set()) - closure:
+                self._reached_by.get(number, set()).discard(key)
+            for number in closure:
+                self._reached_by.setdefault(number, set()).add(key)
+            self._closures[key] = closure
+            mine = sorted(c for c in closure if not self._by_id(c).shared)
+            own[key] = planned.decided.rules + [r for c in mine for r in self._by_id(c).rules]
+            shared = tuple(sorted(c for c in closure if self._by_id(c).shared))
+            if shared:
+                reaches[key] = shared
+            else:
+                reaches.pop(key, None)
+        reached = {n for n, by in self._reached_by.items() if by}
+        chains = {n: self._by_id(n) for n in sorted(reached) if self._by_id(n).shared}
+        software = [sw for key in sorted(self.ports) if ("port", key) in self._planned
+                    for sw in self._planned["port", key].decided.software]
+        software += [sw for n in sorted(reached) for sw in self._by_id(n).software]
+        self.plan = Plan(own, chains, reaches, software)
+        return self.plan
+
+
+class _Replan(Exception):
+    """An incremental update that only a whole plan gets right."""
 
 
 def _catch_all(entry: ChainEntry) -> ir.Match | None:
@@ -862,38 +1080,41 @@ def partition(
     (`hwflow trace` and the agent's log say which paths stayed in software
     and why).
     """
-    planner = _Planner(pipeline, ports, ethertypes, refused or {}, unicast_only, frozenset(joins),
-                       ids or ChainIds())
-    used: dict[str, int] = {}
-    for key in sorted(ports):
-        port = ports[key]
-        budget = max(port.capabilities.max_rules - used.get(port.switch_id, 0), 0)
-        used[port.switch_id] = used.get(port.switch_id, 0) + planner.port(port, budget)
-    plan = planner.plan
-    reached = {c for chains in plan.reaches.values() for c in chains}
-    plan.chains = {number: chain for number, chain in plan.chains.items() if number in reached}
-    return plan
+    return _Planner(pipeline, ports, ethertypes, refused or {}, unicast_only, frozenset(joins),
+                    ids or ChainIds()).plan_all()
 
 
 class Partitioner:
-    """:func:`partition` for an agent's passes: the last plan again while nothing it depends on changed.
+    """The agent's partitioner: a whole plan at first, then only what each change reaches.
 
-    Most passes (the resync timer, an OVSDB event about an unrelated interface) find the same compiled
-    pipeline (the compiler hands back the same object until a change), the same ports and capabilities and
-    the same refusals. Chain numbers stay as they were from one plan to the next (:class:`ChainIds`).
+    :meth:`plan` with (the flows a change added, those it removed: the compiler's delta) plans again the ports and
+    chains whose walks read what changed (see :class:`_Planner`); without them, or when the refusals or the
+    ethertypes changed, or a port is short of room, it plans everything. ``changed`` says which ports' rules
+    may differ from the plan before (None: any). Chain numbers stay as they were (:class:`ChainIds`).
     """
 
     def __init__(self, joins: Iterable[int] = ()) -> None:
         self.joins = frozenset(joins)
         self._ids = ChainIds()
-        self._last: tuple[ir.Pipeline, dict[int, PortOffload], tuple[int, ...], dict, Plan] | None = None
+        self._planner: _Planner | None = None
+        self.changed: set[int] | None = None
+        self.full_plans = 0  # whole plans made (start, resync, capacity)
 
     def plan(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
-             refused: Mapping[tuple[int, ir.Match], str]) -> Plan:
-        last = self._last
-        if last is not None and last[0] is pipeline and last[1] == ports and last[2] == tuple(ethertypes) \
-                and last[3] == refused:
-            return last[4]
-        plan = partition(pipeline, ports, ethertypes, refused, joins=self.joins, ids=self._ids)
-        self._last = (pipeline, dict(ports), tuple(ethertypes), dict(refused), plan)
-        return plan
+             refused: Mapping[tuple[int, ir.Match], str],
+             delta: tuple[Sequence[ir.Flow], Sequence[ir.Flow]] | None = None) -> Plan:
+        planner = self._planner
+        same = planner is not None and planner.ethertypes == tuple(ethertypes) and planner.refused == refused
+        if same and planner.pipeline is pipeline and planner.ports == ports:
+            self.changed = set()
+            return planner.plan
+        if same and delta is not None:
+            try:
+                self.changed = planner.update(pipeline, delta[0], delta[1], ports)
+                return planner.plan
+            except _Replan:
+                pass
+        self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids)
+        self.changed = None
+        self.full_plans += 1
+        return self._planner.plan_all()

@@ -413,7 +413,15 @@ class Pipeline:
         hop (a register copied from the packet) still skips other networks' next hops, and a port's walk
         through the ARP responder skips other networks' addresses.
         """
-        best: tuple[int, list[tuple[int, Flow]], list[tuple[int, Flow]]] | None = None
+        return self.lookup(table, exact)[2]
+
+    def lookup(self, table: int, exact: Mapping[str, int]) -> tuple[str | None, int | None, Iterable[Flow]]:
+        """:meth:`candidates`, with the field and value it looked them up by (None, None: the whole table).
+
+        A flow added to or removed from ``table`` can change the answer only if it matches that field
+        exactly with that value, or does not match the field exactly: what an incremental user records.
+        """
+        best: tuple[int, str, list[tuple[int, Flow]], list[tuple[int, Flow]]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
             if value is None:
@@ -421,13 +429,13 @@ class Pipeline:
             buckets, rest = self._index(table, field)
             hits = buckets.get(value, [])
             if best is None or len(hits) + len(rest) < best[0]:
-                best = (len(hits) + len(rest), hits, rest)
+                best = (len(hits) + len(rest), field, hits, rest)
         if best is None:
-            return self.table(table)
-        _, hits, rest = best
+            return None, None, self.table(table)
+        _, field, hits, rest = best
         if not hits:
-            return (flow for _, flow in rest)
-        return (flow for _, flow in heapq.merge(hits, rest, key=_position))
+            return field, exact[field], (flow for _, flow in rest)
+        return field, exact[field], (flow for _, flow in heapq.merge(hits, rest, key=_position))
 
     def fields_read_from(self, table: int) -> frozenset[str]:
         """Every field a flow of ``table`` or a later table matches or copies (gotos only go forward).

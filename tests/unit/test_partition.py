@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from nic_model import forwarded_by_nic, hw_then_sw
 
@@ -558,3 +558,61 @@ def test_ports_of_a_network_share_one_chain_from_the_join_on():
     flat = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,), joins={1})
     assert not flat.chains and [r.output for r in flat.rules_of(1)] == [2, 3]
     _check_all_packets(pipeline, plan)
+
+
+@st.composite
+def changed_pipelines(draw):
+    """A pipeline, and the same after a change: some flows removed, some added (the compiler's delta)."""
+    last = draw(st.integers(0, 2))
+    before = {f.key: f for table in range(last + 1) for f in draw(st.lists(flows(table, last), max_size=6))}
+    after = {k: f for k, f in before.items() if draw(st.integers(0, 3))}
+    for table in range(last + 1):
+        after.update({f.key: f for f in draw(st.lists(flows(table, last), max_size=3))})
+    return ir.Pipeline.build(before.values(), {}), ir.Pipeline.build(after.values(), {})
+
+
+def _canonical(plan: Plan) -> tuple:
+    return ({p: plan.rules_of(p) for p in PORTS},
+            sorted((sw.in_port, sw.chain, repr(sw.match), sw.reason, sw.passable) for sw in plan.software))
+
+
+@settings(max_examples=300, deadline=None)
+@given(changed_pipelines(), st.frozensets(st.sampled_from(PORTS), min_size=1),
+       st.frozensets(st.sampled_from(PORTS), min_size=1), st.frozensets(st.integers(1, 2)), st.booleans(),
+       st.integers(3, 40))
+def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, joins, rich, capacity):
+    """Plan, change the pipeline and the ports, plan with the delta: exactly what planning it all again gives
+    (with the same chain numbers), and every port whose rules changed is among those it says changed."""
+    old, new = pipelines_
+    caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
+    offload = _offload(caps)
+    partitioner = Partitioner(joins)
+    first = partitioner.plan(old, {p: offload[p] for p in before}, (ir.ETH_TYPE_IPV4,), {})
+    first_rules = {p: first.rules_of(p) for p in PORTS}
+    delta = (list(set(new.flows) - set(old.flows)), list(set(old.flows) - set(new.flows)))
+    plan = partitioner.plan(new, {p: offload[p] for p in after}, (ir.ETH_TYPE_IPV4,), {}, delta)
+    whole = partition(new, {p: offload[p] for p in after}, (ir.ETH_TYPE_IPV4,), joins=joins, ids=partitioner._ids)
+    assert _canonical(plan) == _canonical(whole)
+    if partitioner.changed is not None:
+        event("incremental")
+        assert {p for p in PORTS if plan.rules_of(p) != first_rules[p]} <= partitioner.changed
+    else:
+        event("whole plan (capacity, or the state read behind a join changed)")
+
+
+def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
+    """A network's chain with nothing for hardware, then a destination appears: the ports above it, whose walks
+    read nothing that changed, must now go to it (and back to software when it goes)."""
+    classify = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify")
+                for p in (1, 2)]
+    miss = ir.Flow(1, 0, ir.Match.of(metadata=7), (ir.Drop(),), "miss")  # the fields read behind the join stay
+    dest = ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=MACS[1]), (ir.Output(2),), "l2")
+    without, with_dest = ir.Pipeline.build([*classify, miss], {}), ir.Pipeline.build([*classify, miss, dest], {})
+    ports = _offload(RICH_CAPS)
+    partitioner = Partitioner({1})
+    assert partitioner.plan(without, ports, (ir.ETH_TYPE_IPV4,), {}).rules_of(1) == []
+    plan = partitioner.plan(with_dest, ports, (ir.ETH_TYPE_IPV4,), {}, ([dest], []))
+    assert partitioner.changed is not None and {1, 2} <= partitioner.changed
+    assert [r.goto is not None for r in plan.own[1]] == [True] and plan.reaches[1] == plan.reaches[2]
+    assert partitioner.plan(without, ports, (ir.ETH_TYPE_IPV4,), {}, ([], [dest])).rules_of(1) == []
+    assert partitioner.full_plans == 1
