@@ -175,7 +175,7 @@ class Agent:
         devices = [
             {"name": r.name, "switch_id": r.switch_id, "nic_driver": r.nic_driver, "firmware": r.firmware,
              "capability_source": r.capability_source, "capabilities": r.capabilities.to_dict()}
-            for r in self._reports.values() if r.offload
+            for r in sorted(self._reports.values(), key=lambda r: r.name) if r.offload  # same order, same record
         ]
         wanted = Chassis(
             id=self.chassis, name=self.chassis, tunnel_ip=self.conf.agent.tunnel_ip,
