@@ -621,6 +621,8 @@ class NbApi:
 
     def _lost(self, exc: Conflict, chunk: list[_Entry]) -> HwflowError | None:
         """What a chunk's failed compare means: the error to raise, or None when checking again may pass."""
+        if exc.actual < 0:  # the driver could not say which record moved
+            return None
         for e in chunk:
             if (exc.table, exc.key) == (e.new.kind, e.new.id):
                 if e.stored is None:

@@ -14,6 +14,7 @@ from hwflow.db import NbApi
 from hwflow.db.api import encode
 from hwflow.model import (
     Chassis,
+    Conflict,
     FloatingIP,
     Network,
     Port,
@@ -98,3 +99,19 @@ def test_a_record_holds_every_field_but_the_revision(obj):
     del expected["revision"]
     assert json.loads(encode(obj)) == expected
     assert encode(obj) == json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_a_conflict_the_driver_cannot_place_is_retried_not_blamed_on_the_first_object(api, monkeypatch):
+    """etcd's txn says -1 when no compared record reads back as moved: check again, do not guess who lost."""
+    txn, calls = api.driver.txn, []
+
+    def unplaced_once(compares, ops):
+        calls.append(compares[0])
+        if len(calls) == 1:
+            first = compares[0]
+            raise Conflict(first.table, first.key, first.mod_revision, -1, "the record changed and changed back")
+        return txn(compares, ops)
+
+    monkeypatch.setattr(api.driver, "txn", unplaced_once)
+    [net] = api.create_many([Network(id="n", vni=1)])
+    assert calls[0].key == "n" and len(calls) == 2 and api.get("network", "n") == net
