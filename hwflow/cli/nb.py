@@ -366,14 +366,19 @@ def _apply(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     writes: list[Write] = []
     with _open(conf) as api:
         known = _Known(api, {*topology, *(t for k in topology for t in kind_class(k).references.values())})
+        entries: dict[tuple[str, str], int] = {}  # object -> its entry's number among those of its kind
         for kind in APPLY_ORDER:
-            for item in topology.get(kind, []):
+            for number, item in enumerate(topology.get(kind, []), 1):
                 try:
                     write, entry = _apply_one(known, kind, item)
                 except TypeError as exc:  # a field the kind does not have
                     raise ValidationError(f"{args.file}: {kind} {item.get('name') or item.get('id') or ''}: {exc}; "
                                           f"a {kind} has {', '.join(f.name for f in dataclasses.fields(KINDS[kind]))}"
                                           ) from None
+                if (kind, entry["id"]) in entries:
+                    raise ValidationError(f"{args.file}: {kind} entries {entries[kind, entry['id']]} and {number} "
+                                          f"both describe {kind} {entry['id']} ({entry['name']}); merge them")
+                entries[kind, entry["id"]] = number
                 report.append(entry)
                 if write is not None:
                     writes.append(write)

@@ -275,6 +275,8 @@ ports:
     ("networks:\n  - {name: x, vni: 1, colour: red}", "colour"),
     ("ports:\n  - {name: p, network_id: nowhere, mac: 'fa:16:3e:00:00:01'}", "no network with id or name 'nowhere'"),
     ("networks: [", "not valid YAML"),
+    ("networks:\n  - {name: x, vni: 1}\n  - {name: y, vni: 2}\n  - {name: x, mtu: 9000}",
+     "network entries 1 and 3 both describe network "),
 ])
 def test_apply_refuses_bad_files_clearly(cli, url, tmp_path, text, message):
     topology = tmp_path / "bad.yaml"
