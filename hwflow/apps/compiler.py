@@ -2,9 +2,13 @@
 
 The compiler keeps every app's flows by owner. ``compile`` recomputes all of
 them; ``update`` applies topology changes and recomputes only the owners
-the apps say the changes touch, returning the flows added and removed. Both
-leave ``pipeline()`` equal to what a full compile of the current topology
-gives (the property tests in tests/unit/test_compiler.py hold it to that).
+the apps say the changes touch, returning the flows the pipeline gained and
+lost, and patches the pipeline with them (``Pipeline.patched``: the tables
+touched, not the whole). Both leave ``pipeline()`` with the flows a full
+compile of the current topology gives (the property tests in
+tests/unit/test_compiler.py hold it to that). A flow two owners emit alike
+is in the pipeline while either does: the compiler counts the owners of
+each flow key.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def load_apps(names: Sequence[str]) -> list[App]:
 
 @dataclasses.dataclass
 class Delta:
+    """What the pipeline gained and lost in one update (a flow another owner still emits is not lost)."""
+
     added: list[ir.Flow] = dataclasses.field(default_factory=list)
     removed: list[ir.Flow] = dataclasses.field(default_factory=list)
     owners: int = 0  # owners recomputed
@@ -55,6 +61,7 @@ class Compiler:
         self.apps = {app.spec.name: app for app in apps}
         self.layout = layout.build([app.spec for app in apps], wiring)
         self._flows: dict[tuple[str, str], tuple[ir.Flow, ...]] = {}
+        self._holders: dict[tuple, int] = {}  # flow key -> how many owners emit a flow with it
         self._pipeline: ir.Pipeline | None = None
 
     @classmethod
@@ -71,6 +78,12 @@ class Compiler:
                 app = self.apps[name]
                 for owner in app.owners(topo):
                     self._store(name, owner, app.owner_flows(owner, topo, app_layout))
+            holders: dict[tuple, int] = {}
+            for flows in self._flows.values():
+                for flow in flows:
+                    key = flow.key
+                    holders[key] = holders.get(key, 0) + 1
+            self._holders = holders
             self._pipeline = None
             return self.pipeline()
 
@@ -78,19 +91,39 @@ class Compiler:
         """Recompute only what ``changes`` (already applied to ``topo``) touch."""
         changes = list(changes)
         delta = Delta()
+        holders = self._holders
+        ambiguous = False  # a key lost by one owner and kept by another: which flow stays is for a rebuild
         for name, app_layout in self.layout.apps.items():
             app = self.apps[name]
             dirty = {owner for change in changes for owner in app.affected(change, topo)}
             for owner in sorted(dirty):
                 before = self._flows.get((name, owner), ())
                 after = self._store(name, owner, app.owner_flows(owner, topo, app_layout))
-                if before != after:
-                    old, new = set(before), set(after)
-                    delta.added += [f for f in after if f not in old]
-                    delta.removed += [f for f in before if f not in new]
+                if before == after:
+                    continue
+                old, new = set(before), set(after)
+                for flow in before:
+                    if flow not in new:
+                        count = holders[flow.key] - 1
+                        if count:
+                            holders[flow.key] = count
+                            ambiguous = True
+                        else:
+                            del holders[flow.key]
+                            delta.removed.append(flow)
+                for flow in after:
+                    if flow not in old:
+                        count = holders.get(flow.key, 0) + 1
+                        holders[flow.key] = count
+                        if count == 1:
+                            delta.added.append(flow)
+                        else:
+                            ambiguous = True
             delta.owners += len(dirty)
-        if delta.added or delta.removed:
+        if ambiguous:
             self._pipeline = None
+        elif (delta.added or delta.removed) and self._pipeline is not None:
+            self._pipeline = self._pipeline.patched(delta.added, delta.removed, on_clash=_log_clash)
         return delta
 
     def _store(self, app: str, owner: str, flows: Iterable[ir.Flow]) -> tuple[ir.Flow, ...]:

@@ -349,7 +349,7 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
         elif isinstance(action, ir.Conntrack) and action.table is not None:
             yield _recirculate(flow, action, region, path)
             return
-        elif isinstance(action, ir.DecTtl) and "ip_ttl" not in path.dirty:
+        elif isinstance(action, ir.DecTtl) and "ip_ttl" not in path.dirty and not path.outputs:
             expiring, trapped = _refine(ir.Match.of(ip_ttl=TTL_EXPIRES), region, path.known)
             if expiring is not None:  # some packets here die of the decrement: software decides them
                 yield dataclasses.replace(_leaf(trapped, path, "the TTL expires here", flow.owner), trap=True)
@@ -449,6 +449,8 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
     if isinstance(action, ir.Punt):
         return f"punted to the agent ({action.reason})"
     if isinstance(action, ir.DecTtl):
+        if path.outputs:
+            return "a header action after an output: copies with different headers stay in software"
         return "a second TTL decrement on one path: not offloaded"
     if not _is_edit(action):
         return f"{type(action).__name__}: not offloaded"

@@ -21,7 +21,6 @@ packet is dropped if the walk ends with no output.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
@@ -370,12 +369,32 @@ def _table_then_priority(flow: Flow) -> tuple[int, int]:
     return flow.table, -flow.priority
 
 
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
-    """A compiled pipeline: a set of flows plus the names of its tables."""
+Entry = tuple[tuple[int, int], "Flow"]  # ((-priority, sequence), flow): a flow's place in its table
 
-    flows: tuple[Flow, ...]
-    table_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
+
+class Pipeline:
+    """A compiled pipeline: tables of flows, highest priority first, plus the names of its tables.
+
+    Immutable. :meth:`patched` makes the pipeline after a change sharing every untouched table (and its
+    indexes) with this one, so a one-port change costs the tables it touches, not the whole pipeline.
+    Within a table, flows of one priority keep the order they were given in (:meth:`build`); flows a patch
+    adds come after those of their priority already there. Overlapping flows of one priority are an app's
+    bug (OpenFlow leaves their order undefined), so nothing may rely on that order.
+    """
+
+    def __init__(self, flows: Iterable[Flow], table_names: Mapping[int, str] | None = None) -> None:
+        self.table_names: Mapping[int, str] = dict(table_names or {})
+        self._entries: dict[int, list[Entry]] = {}
+        sequence = 0
+        for flow in sorted(flows, key=_table_then_priority):
+            self._entries.setdefault(flow.table, []).append(((-flow.priority, sequence), flow))
+            sequence += 1
+        self._sequence = sequence
+        self._flows: tuple[Flow, ...] | None = None
+        self._tables: dict[int, list[Flow]] = {}
+        self._indexes: dict[tuple[int, str], tuple[dict[int, list[Entry]], list[Entry]]] = {}
+        self._fields: dict[int, tuple[str, ...]] = {}
+        self._reads_from: dict[int, frozenset[str]] = {}
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -387,20 +406,76 @@ class Pipeline:
         given: a hash pass finds duplicates and a sort on two integers orders the rest (sorting on
         the matches too cost a quarter of a 200k-flow compile).
         """
-        unique: dict[tuple[int, int, Match], Flow] = {}
-        for flow in flows:
-            key = flow.key
-            last = unique.setdefault(key, flow)
-            if last is not flow and last != flow:
-                if on_clash is None:
-                    raise ValueError(f"two flows share table/priority/match: {flow} vs {last}")
-                on_clash(last, flow)
-        kept = sorted(unique.values(), key=_table_then_priority)
-        return cls(tuple(kept), dict(table_names))
+        return cls(_unique(flows, on_clash).values(), table_names)
+
+    def patched(self, added: Iterable[Flow], removed: Iterable[Flow],
+                on_clash: Callable[[Flow, Flow], None] | None = None) -> Pipeline:
+        """The pipeline with ``removed`` taken out and ``added`` put in (an added flow whose key a remaining flow
+        holds is a clash, handled as :meth:`build` does)."""
+        gone: dict[int, set[tuple[int, int, Match]]] = {}
+        for flow in removed:
+            gone.setdefault(flow.table, set()).add(flow.key)
+        new: dict[int, list[Flow]] = {}
+        for flow in _unique(added, on_clash).values():
+            new.setdefault(flow.table, []).append(flow)
+        out = Pipeline.__new__(Pipeline)
+        out.table_names = self.table_names
+        out._entries = dict(self._entries)
+        out._sequence = self._sequence
+        out._flows = None
+        out._tables = {t: v for t, v in self._tables.items() if t not in gone and t not in new}
+        out._fields = {t: v for t, v in self._fields.items() if t not in gone and t not in new}
+        out._reads_from = {}
+        out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
+        for table in gone.keys() | new.keys():
+            keys = gone.get(table, set())
+            kept = [e for e in self._entries.get(table, ()) if e[1].key not in keys] if keys else \
+                list(self._entries.get(table, ()))
+            held = {e[1].key: e[1] for e in kept}
+            fresh: list[Entry] = []
+            for flow in new.get(table, ()):
+                other = held.get(flow.key)
+                if other is not None:
+                    if other != flow:
+                        if on_clash is None:
+                            raise ValueError(f"two flows share table/priority/match: {flow} vs {other}")
+                        on_clash(other, flow)
+                    continue
+                fresh.append(((-flow.priority, out._sequence), flow))
+                out._sequence += 1
+            entries = sorted(kept + fresh) if fresh else kept
+            if entries:
+                out._entries[table] = entries
+            else:
+                out._entries.pop(table, None)
+            for field in self._fields.get(table, ()):
+                old = self._indexes.get((table, field))
+                if old is not None:
+                    out._indexes[table, field] = _patch_index(old, field, keys, fresh)
+        return out
+
+    @property
+    def flows(self) -> tuple[Flow, ...]:
+        """Every flow, by table, highest priority first."""
+        if self._flows is None:
+            self._flows = tuple(flow for table in sorted(self._entries) for _, flow in self._entries[table])
+        return self._flows
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pipeline) and (self.flows, dict(self.table_names)) == (
+            other.flows, dict(other.table_names))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Pipeline(flows={self.flows!r}, table_names={dict(self.table_names)!r})"
 
     def table(self, table: int) -> list[Flow]:
         """Flows of one table, highest priority first."""
-        return self._by_table.get(table, [])
+        flows = self._tables.get(table)
+        if flows is None:
+            flows = self._tables[table] = [flow for _, flow in self._entries.get(table, ())]
+        return flows
 
     def candidates(self, table: int, exact: Mapping[str, int]) -> Iterable[Flow]:
         """The flows of ``table`` that may match a packet whose fields in ``exact`` have those values, in order.
@@ -421,7 +496,7 @@ class Pipeline:
         A flow added to or removed from ``table`` can change the answer only if it matches that field
         exactly with that value, or does not match the field exactly: what an incremental user records.
         """
-        best: tuple[int, str, list[tuple[int, Flow]], list[tuple[int, Flow]]] | None = None
+        best: tuple[int, str, list[Entry], list[Entry]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
             if value is None:
@@ -453,10 +528,6 @@ class Pipeline:
             reads = self._reads_from[table] = frozenset(found)
         return reads
 
-    @functools.cached_property
-    def _reads_from(self) -> dict[int, frozenset[str]]:
-        return {}
-
     def _index_fields(self, table: int) -> tuple[str, ...]:
         fields = self._fields.get(table)
         if fields is None:
@@ -469,41 +540,67 @@ class Pipeline:
                 values, key=lambda f: (f != "in_port" and f not in INTERNAL_FIELDS, -len(values[f]), f)))
         return fields
 
-    def _index(self, table: int, field: str) -> tuple[dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
+    def _index(self, table: int, field: str) -> tuple[dict[int, list[Entry]], list[Entry]]:
         index = self._indexes.get((table, field))
         if index is None:
-            index = self._indexes[table, field] = _index_table(self.table(table), field)
-        return index
-
-    @functools.cached_property
-    def _indexes(self) -> dict[tuple[int, str], tuple]:
-        return {}
-
-    @functools.cached_property
-    def _fields(self) -> dict[int, tuple[str, ...]]:
-        return {}
-
-    @functools.cached_property
-    def _by_table(self) -> dict[int, list[Flow]]:
-        index: dict[int, list[Flow]] = {}
-        for flow in self.flows:  # already in (table, -priority) order
-            index.setdefault(flow.table, []).append(flow)
+            index = self._indexes[table, field] = _index_table(self._entries.get(table, []), field)
         return index
 
 
-def _position(entry: tuple[int, Flow]) -> int:
+def _unique(flows: Iterable[Flow], on_clash: Callable[[Flow, Flow], None] | None) -> dict[tuple, Flow]:
+    unique: dict[tuple[int, int, Match], Flow] = {}
+    for flow in flows:
+        key = flow.key
+        last = unique.setdefault(key, flow)
+        if last is not flow and last != flow:
+            if on_clash is None:
+                raise ValueError(f"two flows share table/priority/match: {flow} vs {last}")
+            on_clash(last, flow)
+    return unique
+
+
+def _position(entry: Entry) -> tuple[int, int]:
     return entry[0]
 
 
-def _index_table(flows: list[Flow], field: str) -> tuple[dict[int, list[tuple[int, Flow]]], list[tuple[int, Flow]]]:
-    """(value -> [(position, flow)] matching ``field`` exactly, [(position, flow)] of the others) for one table."""
-    buckets: dict[int, list[tuple[int, Flow]]] = {}
-    rest: list[tuple[int, Flow]] = []
+def _index_table(entries: list[Entry], field: str) -> tuple[dict[int, list[Entry]], list[Entry]]:
+    """(value -> entries matching ``field`` exactly, entries of the others) for one table, in table order."""
+    buckets: dict[int, list[Entry]] = {}
+    rest: list[Entry] = []
     full = _FULL_MASKS[field]
-    for position, flow in enumerate(flows):
-        term = flow.match.get(field)
+    for entry in entries:
+        term = entry[1].match.get(field)
         if term is not None and term.mask == full:
-            buckets.setdefault(term.value, []).append((position, flow))
+            buckets.setdefault(term.value, []).append(entry)
         else:
-            rest.append((position, flow))
+            rest.append(entry)
+    return buckets, rest
+
+
+def _patch_index(index: tuple[dict[int, list[Entry]], list[Entry]], field: str, gone: set[tuple],
+                 fresh: list[Entry]) -> tuple[dict[int, list[Entry]], list[Entry]]:
+    """An index after a patch: only the buckets the removed and added flows are in are copied and changed."""
+    buckets, rest = dict(index[0]), index[1]
+    full = _FULL_MASKS[field]
+    touched: set[int | None] = set()
+    for entries, value in ((e, v) for v, e in index[0].items()):
+        if gone and any(entry[1].key in gone for entry in entries):
+            touched.add(value)
+    if gone and any(entry[1].key in gone for entry in rest):
+        touched.add(None)
+    for entry in fresh:
+        term = entry[1].match.get(field)
+        touched.add(term.value if term is not None and term.mask == full else None)
+    for value in touched:
+        old = rest if value is None else buckets.get(value, [])
+        kept = [e for e in old if e[1].key not in gone]
+        kept += [e for e in fresh if (lambda t: (t.value if t is not None and t.mask == full else None))(
+            e[1].match.get(field)) == value]
+        kept.sort()
+        if value is None:
+            rest = kept
+        elif kept:
+            buckets[value] = kept
+        else:
+            buckets.pop(value, None)
     return buckets, rest

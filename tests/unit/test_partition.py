@@ -616,3 +616,14 @@ def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
     assert [r.goto is not None for r in plan.own[1]] == [True] and plan.reaches[1] == plan.reaches[2]
     assert partitioner.plan(without, ports, (ir.ETH_TYPE_IPV4,), {}, ([], [dest])).rules_of(1) == []
     assert partitioner.full_plans == 1
+
+
+def test_a_ttl_decrement_after_an_output_keeps_the_path_in_software():
+    """The copy already sent carries the old TTL: a rule decrementing before its redirect would not."""
+    flows = [ir.Flow(0, 0, ir.Match.of(eth_dst=MACS[1]), (ir.Output(1), ir.DecTtl(), ir.Drop()), "t")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+    assert not any(r.output is not None for r in plan.rules_of(2))
+    assert "a header action after an output: copies with different headers stay in software" in {
+        s.reason for s in plan.software}
+    _check_all_packets(pipeline, plan)

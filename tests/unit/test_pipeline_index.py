@@ -63,3 +63,48 @@ def test_the_index_takes_the_known_field_that_leaves_fewest_candidates():
     pipeline = ir.Pipeline.build(flows, {})
     assert len(list(pipeline.candidates(0, {"in_port": 1}))) == 1003  # in_port alone leaves every answer in
     assert len(list(pipeline.candidates(0, {"in_port": 1, "metadata": 3}))) == 103
+
+
+@st.composite
+def flows_of(draw, table: int) -> ir.Flow:
+    return ir.Flow(table, draw(st.integers(0, 5)), draw(terms()), (ir.Output(draw(st.integers(1, 9))),), "t")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(flows_of(0), flows_of(1)), max_size=30), st.lists(st.one_of(flows_of(0), flows_of(1)),
+       max_size=8), st.lists(st.integers(0, 29), max_size=8), st.lists(packets, min_size=1, max_size=5),
+       st.booleans())
+def test_a_patched_pipeline_is_the_pipeline_built_from_its_flows(before, added, gone, pkts, warm):
+    """Same flows per table in priority order, and lookups (indexes patched, not rebuilt) find what a scan finds."""
+    old = ir.Pipeline.build({f.key: f for f in before}.values(), {})
+    if warm:  # indexes built before the patch are patched; the others are built afterwards
+        for pkt in pkts:
+            for table in (0, 1):
+                list(old.candidates(table, pkt))
+    removed = [old.flows[i] for i in gone if i < len(old.flows)]
+    kept = {f.key for f in old.flows} - {f.key for f in removed}
+    fresh = list({f.key: f for f in added if f.key not in kept}.values())
+    new = old.patched(fresh, removed)
+    rebuilt = ir.Pipeline.build([*(f for f in old.flows if f.key in kept), *fresh], {})
+    assert set(new.flows) == set(rebuilt.flows)
+    for table in (0, 1):
+        assert [f.priority for f in new.table(table)] == sorted((f.priority for f in new.table(table)), reverse=True)
+        for pkt in pkts:
+            scan = [f for f in new.table(table) if f.match.covers(pkt)]
+            assert [f for f in new.candidates(table, pkt) if f.match.covers(pkt)] == scan
+            assert {f.key for f in scan} == {f.key for f in rebuilt.table(table) if f.match.covers(pkt)}
+    assert old.flows == ir.Pipeline.build({f.key: f for f in before}.values(), {}).flows  # the old one unchanged
+
+
+def test_a_patch_clashing_with_a_remaining_flow_is_refused_or_told():
+    flow = ir.Flow(0, 1, ir.Match.of(in_port=1), (ir.Output(2),), "a")
+    twin = flow._replace(actions=(ir.Output(3),), owner="b")
+    pipeline = ir.Pipeline.build([flow], {})
+    try:
+        pipeline.patched([twin], [])
+        raise AssertionError("a clash must raise without on_clash")
+    except ValueError as exc:
+        assert "share table/priority/match" in str(exc)
+    told = []
+    assert pipeline.patched([twin], [], on_clash=lambda kept, dropped: told.append((kept, dropped))).flows == (flow,)
+    assert told == [(flow, twin)]
