@@ -9,23 +9,32 @@ the capabilities of ``profile`` (``etc/nic-profiles``), and so is the host's VXL
 ``partition_s``: a full partition (what the agent does at start and on the resync timer). ``hw_rules``:
 rules planned, each shared chain once; ``tc_rules``: the rules the representors get (a NIC keeps a copy of
 a shared chain per representor).
+
+Then ``changes`` rounds of five changes, each applied as the agent applies a watched change: the topology
+view, the compiler's delta (which patches the pipeline), the partitioner's re-plan of what the delta
+reaches. The kinds: a local port added, a local port removed, a local port moved to another chassis, a
+remote port added, a security-group rule changed. ``incremental_median_ms``/``incremental_p99_ms``: the
+partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition).
+``full_replans``: changes the partitioner could only answer with a whole plan (capacity; expected 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable
 
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.bench import Progress
-from hwflow.bench.compile import build
+from hwflow.bench.compile import _port, build
 from hwflow.model.objects import Chassis
-from hwflow.offload.partition import PortOffload, partition
+from hwflow.offload.partition import Partitioner, PortOffload
 from hwflow.pipeline import ir
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import KIND_PORT, Topology
 from hwflow.sim.profile import load_profile
 
-DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx"}
+DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx", "changes": 20}
 PORTS_PER_NETWORK = 20
 PORTS_PER_ROUTER = PORTS_PER_GROUP = 100
 REMOTE_CHASSIS = 16
@@ -63,13 +72,13 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     compiler, topo = host(params["local_ports"], params["remote_ports"])
     pipeline = compiler.pipeline()
     ports = offload(topo, params["profile"])
-    joins = compiler.layout.joins()
+    partitioner = Partitioner(compiler.layout.joins())
     progress(f"partitioning {len(pipeline.flows)} flows for {len(ports)} ports ({params['profile']})")
     start = time.perf_counter()
-    plan = partition(pipeline, ports, (ir.ETH_TYPE_IPV4,), joins=joins)
+    plan = partitioner.plan(pipeline, ports, (ir.ETH_TYPE_IPV4,), {})
     seconds = time.perf_counter() - start
     planned, installed = plan.counts()
-    return {
+    results = {
         "flows": len(pipeline.flows),
         "partition_s": round(seconds, 3),
         "per_port_ms": round(seconds * 1000 / len(ports), 3),
@@ -78,3 +87,48 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
         "shared_chains": len(plan.chains),
         "software_paths": len(plan.software),
     }
+    progress(f"full partition {seconds:.2f}s; now {params['changes']} rounds of five changes")
+    partition_ms, change_ms = [], []
+    total = params["local_ports"] + params["remote_ports"]
+    nets, groups = len(topo.networks), len(topo.of("security_group")) - 1
+    caps = next(iter(ports.values())).capabilities
+    for i in range(params["changes"]):
+        key = total + 2 * i + 1
+        local = _port(total + 2 * i, nets, groups, key)
+        remote = dataclasses.replace(_port(total + 2 * i + 1, nets, groups, key + 1), chassis="c0")
+        victim = sorted(topo.local_port_ids)[i % len(topo.local_port_ids)]
+        rule = next(iter(topo.of("security_group_rule").values()))
+        for change in _changes(topo, local, remote, victim, rule):
+            began = time.perf_counter()
+            delta = compiler.update(topo, change())
+            ports = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in topo.local_ports()}
+            ports[ir.TUNNEL_PORTS["vxlan"]] = PortOffload(ir.TUNNEL_PORTS["vxlan"], "nic0", caps)
+            middle = time.perf_counter()
+            partitioner.plan(compiler.pipeline(), ports, (ir.ETH_TYPE_IPV4,), {}, (delta.added, delta.removed))
+            ended = time.perf_counter()
+            partition_ms.append((ended - middle) * 1000)
+            change_ms.append((ended - began) * 1000)
+        # the moved port comes back, so every round starts from the same host
+        compiler.update(topo, topo.apply(KIND_PORT, victim, dataclasses.replace(topo.ports[victim], chassis="bench"))
+                        + topo.set_local(victim, True))
+    results.update({
+        "incremental_median_ms": round(statistics.median(partition_ms), 3),
+        "incremental_p99_ms": round(sorted(partition_ms)[max(0, int(len(partition_ms) * 0.99) - 1)], 3),
+        "change_median_ms": round(statistics.median(change_ms), 3),
+        "full_replans": partitioner.full_plans - 1,
+    })
+    return results
+
+
+def _changes(topo: Topology, local, remote, victim: str, rule) -> list[Callable[[], list]]:
+    """The five changes of one round, each applied to the topology view when called (in this order)."""
+    moved = dataclasses.replace(topo.ports[victim], chassis="c1")
+    wider = dataclasses.replace(rule, port_max=rule.port_max + 1 if rule.port_max else None,
+                                revision=rule.revision + 1)
+    return [
+        lambda: topo.apply(KIND_PORT, local.id, local) + topo.set_local(local.id, True),
+        lambda: topo.set_local(local.id, False) + topo.apply(KIND_PORT, local.id, None),
+        lambda: topo.apply(KIND_PORT, victim, moved) + topo.set_local(victim, False),
+        lambda: topo.apply(KIND_PORT, remote.id, remote),
+        lambda: topo.apply("security_group_rule", rule.id, wider),
+    ]
