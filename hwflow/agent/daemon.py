@@ -1,12 +1,16 @@
 """hwflow-agent: keep this host's two datapaths equal to the northbound database.
 
-One loop, desired state only: whenever the database, the bridge's ports or
-a timer says something may have changed, the agent recomputes the whole
-desired pipeline from its cache, splits it, and lets each backend diff that
-against what is installed. Restarting is therefore the same as reconciling,
-and nothing is flushed. Order inside one pass (make-before-break, invariant
-4): stale NIC rules come out first (OVS still has everything), then OVS is
-synced, then new NIC rules go in on top of flows that already back them.
+One loop, desired state only. Whenever the database or the bridge's ports
+change, the change travels as a delta: the topology view's changes, the
+compiler's flows added and removed (the pipeline patched), the partitioner's
+re-plan of the ports and chains they reach, and each backend's flow_mods or
+tc rules for exactly that, applied to the installed state it holds in
+memory. At start, on the resync timer, after a failed pass and when OVS
+reconnects, a full pass plans everything and dumps both datapaths, repairing
+(and counting) what differs. Restarting is therefore the same as
+reconciling, and nothing is flushed. Order inside one pass (make-before-break,
+invariant 4): stale NIC rules come out first (OVS still has everything), then
+OVS, then new NIC rules go in on top of flows that already back them.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from oslo_config import cfg
 from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
 from hwflow.agent.dhcp import DhcpResponder
-from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.backends.ovs.backend import OvsBackend, fixed_ports
+from hwflow.apps.compiler import Compiler, Delta, layout_path
+from hwflow.backends.ovs.backend import FullSyncNeeded, OvsBackend, SyncResult, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
-from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, identity, to_flower
+from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, TcDiff, identity, to_flower
 from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, Port
@@ -96,6 +100,8 @@ class Agent:
         self._refused: dict[tuple[int, ir.Match], str] = {}
         self._partitioner = Partitioner(compiler.layout.joins())
         self._managed: set[Representor] = set()
+        self._flower: dict[int, list[tuple[HwRule, str, object]]] = {}  # port -> its rules as flower rules
+        self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
         self.dhcp = DhcpResponder(ovs.of, lambda: (self.topo, self.ofports))
@@ -140,11 +146,13 @@ class Agent:
             now = time.monotonic()
             if self._wake.is_set() or now >= next_resync:
                 self._wake.clear()
-                if now >= next_resync:  # a full pass also retries what a NIC refused before
+                full = now >= next_resync
+                if full:  # the repair timer: dump both datapaths, and retry what a NIC refused before
                     self._refused.clear()
                     self.tc.forget_refusals()
-                self.reconcile_safely()
-                next_resync = now + self.conf.agent.resync_interval
+                self.reconcile_safely(full)
+                if full:
+                    next_resync = now + self.conf.agent.resync_interval
             if now >= next_beat:
                 self.register(up=True)
                 next_beat = now + self.conf.agent.report_interval
@@ -202,13 +210,24 @@ class Agent:
 
     # --- one reconcile pass ----------------------------------------------------
 
-    def reconcile_safely(self) -> None:
+    def reconcile_safely(self, full: bool = False) -> None:
         try:
-            self.reconcile()
+            self.reconcile(full)
         except Exception:  # the daemon keeps serving what it has; the next pass retries
             LOG.exception("reconcile failed; the datapaths keep their current state, retrying on the next pass")
 
-    def reconcile(self) -> PassResult:
+    def reconcile(self, full: bool = False) -> PassResult:
+        """One pass: the topology's changes travel as deltas to both datapaths; ``full`` diffs all of it.
+
+        An ordinary pass applies the compiler's delta: the partitioner re-plans what it reaches, OVS gets
+        the flow_mods of the delta (``OvsBackend.apply``) and the NIC the rules of the ports whose plan
+        changed (``TcBackend.plan_delta``), all from the state the backends hold in memory. A full pass
+        (start, the resync timer, after a pass that failed, or when OVS reconnected) plans everything and
+        dumps both datapaths to repair what differs. Make-before-break either way: stale NIC rules out
+        first, then OVS, then new NIC rules on top of flows that already back them.
+        """
+        full = full or self._force_full or self.ovs.needs_full_sync
+        self._force_full = True  # until this pass is through: a pass that fails leaves the next one full
         self.ovsdb.sync_fixed_ports(self.fixed_ports)  # tunnel ports and uplinks, put back if someone removed them
         ifaces = self.ovsdb.interfaces()
         names = frozenset(i.name for i in ifaces.values())
@@ -220,32 +239,65 @@ class Agent:
         ports = objects[Port.kind]
         local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
         changes = self.topo.update(objects, local)
-        if changes:
-            self.compiler.update(self.topo, changes)
+        delta = self.compiler.update(self.topo, changes) if changes else Delta()
         pipeline = self.compiler.pipeline()
         ofports = self.ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         ofports.update(self.ovsdb.fixed_ofports())
-        plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local})
-
-        flags = TC_FLAGS[self.conf.offload.tc_policy]
-        wanted = [(rule, *to_flower(rule, reps, flags)) for rule in plan.rules]
-        managed = self._managed_representors(ifaces)
-        changes = self.tc.plan(((ep, fr) for _, ep, fr in wanted), managed)
-        result = PassResult(len(local), len(pipeline.flows), hw_rules=len(plan.rules),
+        plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local},
+                                None if full else (delta.added, delta.removed))
+        tc_changes, wanted = self._tc_changes(plan, reps, ifaces, full or self._partitioner.changed is None)
+        result = PassResult(len(local), len(pipeline.flows), hw_rules=plan.counts()[1],
                             software_only=len(plan.software))
-        result.hw_removed = self.tc.remove(changes)
-        ovs = self.ovs.sync(pipeline.flows, ofports)
+        result.hw_removed = self.tc.remove(tc_changes)
+        ovs = self._sync_ovs(pipeline, delta, ofports, full)
         result.ovs_changes = ovs.sent
-        result.hw_installed = self.tc.install(changes)
+        result.hw_installed = self.tc.install(tc_changes)
+        self._force_full = False
         if self._note_refusals(wanted):
             self._wake.set()  # re-plan now so nothing a refused rule shadows stays in hardware
-        if changes or ovs.sent:
-            LOG.info("reconciled: %d local ports, %d flows (%d OVS changes), %d hardware rules "
-                     "(%d removed, %d installed), %d paths software-only", result.local_ports, result.flows,
-                     result.ovs_changes, result.hw_rules, result.hw_removed, result.hw_installed,
-                     result.software_only)
+        if tc_changes or ovs.sent:
+            LOG.info("reconciled (%s): %d local ports, %d flows (%d OVS changes), %d hardware rules "
+                     "(%d removed, %d installed), %d paths software-only", "full" if full else "delta",
+                     result.local_ports, result.flows, result.ovs_changes, result.hw_rules, result.hw_removed,
+                     result.hw_installed, result.software_only)
         self.last_pass = result
         return result
+
+    def _sync_ovs(self, pipeline: ir.Pipeline, delta: Delta, ofports: Mapping[int, int], full: bool) -> SyncResult:
+        if not full:
+            try:
+                return self.ovs.apply(delta.added, delta.removed, ofports)
+            except FullSyncNeeded:
+                LOG.warning("the OpenFlow session to OVS was lost since the last pass: syncing every flow")
+        return self.ovs.sync(pipeline.flows, ofports)
+
+    def _tc_changes(self, plan: Plan, reps: Mapping[int, Representor], ifaces: Mapping[str, Iface],
+                    full: bool) -> tuple[TcDiff, list[tuple[HwRule, str, object]]]:
+        """The NIC changes of this pass, and the (rule, endpoint, flower rule) pairs they were made from.
+
+        Flower rules are kept per port: a delta pass turns into flower rules only the ports whose plan may
+        have changed (``Partitioner.changed``) and hands the difference to ``TcBackend.plan_delta``; a full
+        pass turns every port's and lets ``TcBackend.plan`` diff them against a dump of each representor.
+        """
+        flags = TC_FLAGS[self.conf.offload.tc_policy]
+        changed = set(self._flower) | set(reps) if full else (self._partitioner.changed or set()) | (
+            set(self._flower) ^ set(reps))
+        wanted: list[tuple[HwRule, str, object]] = []
+        added: list[tuple[str, object]] = []
+        removed: list[tuple[str, object]] = []
+        for port in changed:
+            old = self._flower.pop(port, [])
+            new = [(rule, *to_flower(rule, reps, flags)) for rule in plan.rules_of(port)] if port in reps else []
+            if new:
+                self._flower[port] = new
+            wanted += new
+            before, after = {(ep, fr) for _, ep, fr in old}, {(ep, fr) for _, ep, fr in new}
+            added += [pair for pair in after if pair not in before]
+            removed += [pair for pair in before if pair not in after]
+        managed = self._managed_representors(ifaces)
+        if full:
+            return self.tc.plan(((ep, fr) for rules in self._flower.values() for _, ep, fr in rules), managed), wanted
+        return self.tc.plan_delta(added, removed), wanted
 
     def _managed_representors(self, ifaces: Mapping[str, Iface]) -> set[Representor]:
         """Representors whose tc rules this agent owns, and so dumps and cleans.
@@ -264,7 +316,8 @@ class Agent:
         self._managed = current
         return managed
 
-    def _plan(self, pipeline: ir.Pipeline, local: Mapping[int, Iface]) -> tuple[Plan, dict[int, Representor]]:
+    def _plan(self, pipeline: ir.Pipeline, local: Mapping[int, Iface],
+              delta: tuple[list[ir.Flow], list[ir.Flow]] | None) -> tuple[Plan, dict[int, Representor]]:
         offload: dict[int, PortOffload] = {}
         reps: dict[int, Representor] = {}
         for key, iface in local.items():
@@ -276,7 +329,7 @@ class Agent:
         if not self.conf.offload.enabled:
             return Plan(), reps
         types = [ETHERTYPES[name] for name in self.conf.offload.ethertypes]
-        return self._partitioner.plan(pipeline, offload, types, self._refused), reps
+        return self._partitioner.plan(pipeline, offload, types, self._refused, delta), reps
 
     def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:
         refused = self.tc.refused()

@@ -429,6 +429,23 @@ def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> N
     assert ping(host, vm, VMS[1][2]) == 0
 
 
+def test_a_port_plugged_later_travels_as_a_delta_to_both_datapaths(lab: Lab) -> None:
+    """After the first (full) pass, a new port reaches OVS as flow_mods of the compiler's delta and the NIC as
+    the rules of the ports whose plan changed: no dump of either datapath until the resync timer."""
+    host = lab.host(agent_debug=True)  # debug: "OVS sync: ..." for a full pass, "OVS delta: ..." for a delta
+    plug(host, create_network(host))
+    wait_programmed(host, **programmed(2))
+    mark = len(agent_log(host))
+    vm, mac, address = VMS[2]
+    host.plug(create_port(host, vm, mac, address), vm_ns(host, vm))
+    wait_programmed(host, **programmed(3))
+    assert ping(host, "vm1", address) == 0
+    assert any(rule.ifindex == ifindex(host, vm) for rule, _ in nic_rules(host))
+    passes = agent_log(host)[mark:]
+    assert "reconciled (delta)" in passes and "OVS delta:" in passes, passes
+    assert "reconciled (full)" not in passes and "OVS sync:" not in passes, passes
+
+
 def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
     host = lab.host(profile="sim-tiny")
     (foreign_port,) = [p for p in host.nic_ports if p["vf"] == FOREIGN_VF]

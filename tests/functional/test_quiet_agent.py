@@ -106,9 +106,9 @@ class RunningAgent:
                                    lambda: [], Compiler.from_file(layout_path(conf.apps.layout)))
         reconcile, wake, heartbeat = agent.reconcile, agent.cache._on_change, agent.nb.heartbeat
 
-        def counted_pass():
+        def counted_pass(full: bool = False):
             self.passes += 1
-            return reconcile()
+            return reconcile(full)
 
         def counted_wake() -> None:
             self.cache_wakes += 1
