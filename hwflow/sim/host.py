@@ -109,7 +109,8 @@ class SimHost:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> SimHost:
+    def start(self, agent: bool = True) -> SimHost:
+        """Start the host; without ``agent`` everything but hwflow-agent (``start_agent`` starts it later)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             run("ip", "netns", "add", self.ns)
@@ -120,7 +121,8 @@ class SimHost:
             self._start_nic()
             self._link_uplinks()
             self._write_agent_config()
-            self.start_agent()
+            if agent:
+                self.start_agent()
         except BaseException:
             self.stop()
             raise
