@@ -22,6 +22,7 @@ from typing import Any
 # name -> module under hwflow.bench; a benchmark lands by adding its module here.
 BENCHMARKS: dict[str, str] = {
     "compile": "compile",
+    "converge": "converge",
     "db": "db",
     "openflow": "openflow",
     "partition": "partition",
