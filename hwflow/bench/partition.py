@@ -13,8 +13,10 @@ a shared chain per representor).
 Then ``changes`` rounds of five changes, each applied as the agent applies a watched change: the topology
 view, the compiler's delta (which patches the pipeline), the partitioner's re-plan of what the delta
 reaches. The kinds: a local port added, a local port removed, a local port moved to another chassis, a
-remote port added, a security-group rule changed. ``incremental_median_ms``/``incremental_p99_ms``: the
-partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition).
+remote port added, a security-group rule changed. ``max_rules`` (0: the profile's) sets the NIC's capacity:
+a shared chain costs a rule per representor reaching it, so a big host outgrows the profile's working
+budget, and while it is short of room some changes need a whole plan.
+``incremental_median_ms``/``incremental_p99_ms``: the partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition).
 ``full_replans``: changes the partitioner could only answer with a whole plan (capacity; expected 0).
 """
 
@@ -34,7 +36,7 @@ from hwflow.pipeline import ir
 from hwflow.pipeline.topology import KIND_PORT, Topology
 from hwflow.sim.profile import load_profile
 
-DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx", "changes": 20}
+DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx", "changes": 20, "max_rules": 0}
 PORTS_PER_NETWORK = 20
 PORTS_PER_ROUTER = PORTS_PER_GROUP = 100
 REMOTE_CHASSIS = 16
@@ -60,8 +62,11 @@ def host(local_ports: int, remote_ports: int) -> tuple[Compiler, Topology]:
     return compiler, topo
 
 
-def offload(topo: Topology, profile: str) -> dict[int, PortOffload]:
+def offload(topo: Topology, profile: str, max_rules: int = 0) -> dict[int, PortOffload]:
+    """Every local port and the VXLAN device on one NIC of ``profile`` (``max_rules``: its capacity, if not 0)."""
     caps = load_profile(profile).capabilities
+    if max_rules:
+        caps = dataclasses.replace(caps, max_rules=max_rules)
     ports = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in topo.local_ports()}
     ports[ir.TUNNEL_PORTS["vxlan"]] = PortOffload(ir.TUNNEL_PORTS["vxlan"], "nic0", caps)
     return ports
@@ -71,7 +76,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     progress(f"compiling {params['local_ports']} local and {params['remote_ports']} remote ports")
     compiler, topo = host(params["local_ports"], params["remote_ports"])
     pipeline = compiler.pipeline()
-    ports = offload(topo, params["profile"])
+    ports = offload(topo, params["profile"], params["max_rules"])
     partitioner = Partitioner(compiler.layout.joins())
     progress(f"partitioning {len(pipeline.flows)} flows for {len(ports)} ports ({params['profile']})")
     start = time.perf_counter()

@@ -211,18 +211,14 @@ def _copy_for(rule: HwRule, port: int) -> HwRule:
 # --- symbolic walk ------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Path:
-    """What the walk knows along one path besides the region."""
+class _Path(NamedTuple):
+    """What the walk knows along one path besides the region (a named tuple: the walk makes one per step)."""
 
     known: Mapping[str, int]  # pipeline state and header fields an action set
-    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # register -> packet field copied in
+    aliases: Mapping[str, str] = {}  # register -> packet field copied in (never mutated in place: replaced)
     dirty: frozenset[str] = frozenset()  # header fields changed to a value the walk cannot know
     outputs: tuple[int, ...] = ()
     edits: tuple[Edit, ...] = ()
-
-    def but(self, **changes) -> _Path:
-        return dataclasses.replace(self, **changes)
 
     @property
     def clean(self) -> bool:
@@ -331,11 +327,11 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     Ending there is what keeps the proof simple: the leaf's region is all the
     packets that reach this point, so nothing after it can be mistaken.
     """
-    path = path.but(known=dict(path.known), aliases=dict(path.aliases))
+    path = path._replace(known=dict(path.known), aliases=dict(path.aliases))
     for action in flow.actions:
         if isinstance(action, ir.Output):
             if action.port != path.known.get("in_port"):
-                path = path.but(outputs=path.outputs + (action.port,))
+                path = path._replace(outputs=path.outputs + (action.port,))
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and path.clean and path.known.get("in_port", 0) > 0 \
                     and path.known["in_port"] not in TUNNEL_TYPE:
@@ -393,7 +389,7 @@ def _recirculate(flow, action: ir.Conntrack, region, path: _Path) -> Leaf:
     inner = {**region, "ct_state": (ir.CT_TRK, ir.CT_TRK)}  # after ct every packet is tracked
     entry = ChainEntry(action.table, tuple(sorted(known.items())), tuple(sorted(path.aliases.items())),
                        tuple(sorted((f, v, m) for f, (v, m) in inner.items())))
-    return _leaf(region, path.but(edits=(action,)), None, flow.owner, entry)
+    return _leaf(region, path._replace(edits=(action,)), None, flow.owner, entry)
 
 
 def _is_edit(action: ir.Action) -> bool:
@@ -419,7 +415,7 @@ def _edit(path: _Path, action: Edit) -> _Path:
         for field in ("ipv4_src", "ipv4_dst"):
             known.pop(field, None)
             dirty.add(field)
-    return path.but(known=known, dirty=frozenset(dirty), edits=path.edits + (action,))
+    return path._replace(known=known, dirty=frozenset(dirty), edits=path.edits + (action,))
 
 
 def _see_through(action: ir.Action, path: _Path) -> str | None:
@@ -469,18 +465,23 @@ def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) 
 
 def _overlaps(a: ir.Match, b: ir.Match, ignore: frozenset[str] = frozenset()) -> bool:
     """Whether some packet matches both (a tracked packet is exactly one of new, est, rel and inv)."""
-    theirs = b.as_dict()
-    for term in a.fields:
+    return not _disjoint(a.fields, b.as_dict(), ignore)
+
+
+def _disjoint(terms: Sequence[ir.FieldMatch], theirs: Mapping[str, ir.FieldMatch],
+              ignore: frozenset[str] = frozenset()) -> bool:
+    """:func:`_overlaps` negated, for a match already turned into a dict (the overlap index keeps them so)."""
+    for term in terms:
         other = theirs.get(term.field)
-        if term.field in ignore or other is None:
+        if other is None or term.field in ignore:
             continue
         if (term.value ^ other.value) & term.mask & other.mask:
-            return False
+            return True
         if term.field == "ct_state":
             mine, its = term.value & term.mask & CT_EXCLUSIVE, other.value & other.mask & CT_EXCLUSIVE
             if mine and its and mine != its:
-                return False
-    return True
+                return True
+    return False
 
 
 def _unicast_only(leaf: Leaf) -> bool:
@@ -627,19 +628,21 @@ class _Rules:
 
     def add(self, item: HwRule | SoftwareLeaf) -> None:
         first, second = self._key(item.match)
-        self._by_key.setdefault(first, {}).setdefault(second, []).append(item)
+        self._by_key.setdefault(first, {}).setdefault(second, []).append((item, item.match.as_dict()))
 
     def remove(self, item: HwRule | SoftwareLeaf) -> None:
         first, second = self._key(item.match)
-        self._by_key[first][second].remove(item)
+        entries = self._by_key[first][second]
+        entries.pop(next(i for i, (other, _) in enumerate(entries) if other is item))
 
     def overlapping(self, match: ir.Match) -> list:
         first, second = self._key(match)
         found = []
+        terms = match.fields
         for outer in (self._by_key.values() if first is None else
                       (self._by_key.get(first, {}), self._by_key.get(None, {}))):
-            for items in (outer.values() if second is None else (outer.get(second, ()), outer.get(None, ()))):
-                found += [item for item in items if _overlaps(match, item.match)]
+            for entries in (outer.values() if second is None else (outer.get(second, ()), outer.get(None, ()))):
+                found += [item for item, theirs in entries if not _disjoint(terms, theirs)]
         return sorted(found, key=_position)
 
     @classmethod
@@ -663,7 +666,8 @@ class _Decided:
     rules: list[HwRule] = dataclasses.field(default_factory=list)
     software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
     children: set[int] = dataclasses.field(default_factory=set)
-    cost: int = 0  # rules a port pays for: these and the chains they go to
+    cost: int = 0  # rules a port pays for: these and every chain they reach, each once
+    reached: set[int] = dataclasses.field(default_factory=set)  # the chains those are
 
 
 class ChainIds:
@@ -721,6 +725,8 @@ class _Planner:
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
+        self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
+        self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._fields: dict[int, dict[str, int]] = {}  # table -> field -> how many flows read it (match, move)
         for flow in pipeline.flows:
             self._count(flow, 1)
@@ -757,8 +763,8 @@ class _Planner:
     def update(self, pipeline: ir.Pipeline, added: Sequence[ir.Flow], removed: Sequence[ir.Flow],
                ports: Mapping[int, PortOffload]) -> set[int]:
         """Take a changed pipeline (the flows ``added`` and ``removed``) and port set; the ports whose rules may
-        differ now. Raises :class:`_Replan` when only a whole plan is right: capacity ran out somewhere, or
-        what a join table's chains keep of the state changed (a field newly read, or no longer)."""
+        differ now. Raises :class:`_Replan` when only a whole plan is right: a switch went over its capacity,
+        or what a join table's chains keep of the state changed (a field newly read, or no longer)."""
         joins_before = {j: self._reads(j) for j in self.joins}
         for flows, step in ((added, 1), (removed, -1)):
             for flow in flows:
@@ -778,20 +784,31 @@ class _Planner:
             self._forget(("port", key))
         self.ports = dict(ports)
         dirty |= {("port", k) for k in moved}
-        if any(sw.reason == FULL for owner, planned in self._planned.items() for sw in planned.decided.software):
-            raise _Replan("a port is short of room: the ports are served in key order again")
+        self._closures_of.clear()
         touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
-        for owner in sorted(o for o in dirty if o[0] == "port"):
-            port = self.ports.get(owner[1])
-            if port is not None:
-                self._plan_port(port, self._room(port))
-        if any(sw.reason == FULL for sw in self._software_of_ports({o[1] for o in dirty if o[0] == "port"})):
-            raise _Replan("a changed port is short of room")
+        replanned = {o[1] for o in dirty if o[0] == "port"} & self.ports.keys()
+        for key in sorted(replanned):
+            self._plan_port(self.ports[key], self._room(self.ports[key]))
         changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone
         for number in touched_chains:
             changed_ports |= self._reached_by.get(number, set())
+        for key in gone:
+            self._costs.pop(key, None)
         self._assemble(changed_ports & self.ports.keys(), gone)
+        self._check_room()
         return changed_ports
+
+    def _check_room(self) -> None:
+        """Raise :class:`_Replan` when a switch is over its capacity (a chain grew under ports not re-planned).
+
+        Short of room, a port re-planned by a change gets what the others leave it; only a whole plan (the
+        resync timer) serves the ports in key order again.
+        """
+        used: dict[str, int] = {}
+        for key, port in self.ports.items():
+            used[port.switch_id] = used.get(port.switch_id, 0) + self._costs.get(key, 0)
+        if any(used[p.switch_id] > p.capabilities.max_rules for p in self.ports.values()):
+            raise _Replan("a switch is over its capacity")
 
     def _replan_chains(self, chains: set[Owner], dirty: set[Owner]) -> set[int]:
         """Plan the chains in ``chains`` again; add to ``dirty`` the owners above one that changed its use."""
@@ -811,8 +828,7 @@ class _Planner:
             new = self._chains[key] = self._chain_for(ctx, key)
             if old is not None:
                 touched.add(old.id)
-            if (old is None) != (new is None) or (old is not None and new is not None and (
-                    self._cost_of(old) != self._cost_of(new))):
+            if (old is None) != (new is None):
                 dirty |= self._parents.get(key, set())
                 upward = {o for o in self._parents.get(key, set()) if o[0] == "chain"} - chains
                 touched |= self._replan_chains(upward, dirty)
@@ -826,8 +842,8 @@ class _Planner:
         return next((p for p in self.ports.values() if p.switch_id == switch), None)
 
     def _room(self, port: PortOffload) -> int:
-        others = sum(self._planned[("port", k)].decided.cost for k, p in self.ports.items()
-                     if p.switch_id == port.switch_id and k != port.port and ("port", k) in self._planned)
+        others = sum(self._costs.get(k, 0) for k, p in self.ports.items()
+                     if p.switch_id == port.switch_id and k != port.port)
         return max(port.capabilities.max_rules - others, 0)
 
     def _software_of_ports(self, ports: Iterable[int]) -> list[SoftwareLeaf]:
@@ -889,8 +905,12 @@ class _Planner:
         self._remember(owner, _Planned(decided, deps, chain))
         return chain
 
-    def _cost_of(self, chain: ChainPlan) -> int:
-        return self._planned["chain", self._keys[chain.id]].decided.cost + 1
+    def _closure_of(self, number: int) -> frozenset[int]:
+        """The chain and every chain below it (what a goto to it costs a representor)."""
+        closure = self._closures_of.get(number)
+        if closure is None:
+            closure = self._closures_of[number] = frozenset(self._closure([number]))
+        return closure
 
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
@@ -935,10 +955,12 @@ class _Planner:
             reason = _why_not(leaf, ctx, self.ports, self.unicast_only)
             if reason is None and (scope, match) in self.refused:
                 reason = f"the NIC refused it: {self.refused[scope, match]}"
-            target, cost = None, 1
+            target, cost, below = None, 1, set()
             if reason is None and leaf.enter is not None:
                 target, reason = self._enter(ctx, leaf.enter, owner)
-                cost += self._cost_of(self._by_id(target)) if target is not None else 0
+                if target is not None and budget is not None:
+                    below = self._closure_of(target) - out.reached
+                    cost += sum(len(self._by_id(c).rules) for c in below)
             shadows = software.overlapping(match)
             if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
@@ -963,6 +985,7 @@ class _Planner:
             self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "",
                                             leaf.edits, chain, target, shared))
             out.cost += cost
+            out.reached |= below
             if target is not None:
                 out.children.add(target)
         return out
@@ -1033,6 +1056,7 @@ class _Planner:
                 reaches[key] = shared
             else:
                 reaches.pop(key, None)
+            self._costs[key] = len(own[key]) + sum(len(self._by_id(c).rules) for c in shared)
         reached = {n for n, by in self._reached_by.items() if by}
         chains = {n: self._by_id(n) for n in sorted(reached) if self._by_id(n).shared}
         software = [sw for key in sorted(self.ports) if ("port", key) in self._planned
@@ -1091,8 +1115,11 @@ class Partitioner:
 
     :meth:`plan` with (the flows a change added, those it removed: the compiler's delta) plans again the ports and
     chains whose walks read what changed (see :class:`_Planner`); without them, or when the refusals or the
-    ethertypes changed, or a port is short of room, it plans everything. ``changed`` says which ports' rules
-    may differ from the plan before (None: any). Chain numbers stay as they were (:class:`ChainIds`).
+    ethertypes changed, or a switch went over its capacity, it plans everything. While a NIC is short of room,
+    a port a change re-plans gets what the other ports leave it (visible in its software paths' reasons); a
+    whole plan, at start and on the agent's resync timer, serves the ports in key order again. ``changed`` says
+    which ports' rules may differ from the plan before (None: any). Chain numbers stay as they were
+    (:class:`ChainIds`).
     """
 
     def __init__(self, joins: Iterable[int] = ()) -> None:

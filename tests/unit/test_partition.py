@@ -17,7 +17,7 @@ from nic_model import forwarded_by_nic, hw_then_sw
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
-from hwflow.offload.partition import Partitioner, Plan, PortOffload, partition
+from hwflow.offload.partition import FULL, Partitioner, Plan, PortOffload, partition
 from hwflow.pipeline import interpreter, ir
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
@@ -579,10 +579,12 @@ def _canonical(plan: Plan) -> tuple:
 @settings(max_examples=300, deadline=None)
 @given(changed_pipelines(), st.frozensets(st.sampled_from(PORTS), min_size=1),
        st.frozensets(st.sampled_from(PORTS), min_size=1), st.frozensets(st.integers(1, 2)), st.booleans(),
-       st.integers(3, 40))
-def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, joins, rich, capacity):
+       st.integers(3, 40), st.lists(packets, min_size=1, max_size=10))
+def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, joins, rich, capacity, pkts):
     """Plan, change the pipeline and the ports, plan with the delta: exactly what planning it all again gives
-    (with the same chain numbers), and every port whose rules changed is among those it says changed."""
+    (with the same chain numbers), and every port whose rules changed is among those it says changed. Short
+    of room, the changed ports get what the others leave (a whole plan serves them in key order): then the
+    plan must still fit and give every packet its verdict."""
     old, new = pipelines_
     caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
     offload = _offload(caps)
@@ -590,14 +592,21 @@ def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, join
     first = partitioner.plan(old, {p: offload[p] for p in before}, (ir.ETH_TYPE_IPV4,), {})
     first_rules = {p: first.rules_of(p) for p in PORTS}
     delta = (list(set(new.flows) - set(old.flows)), list(set(old.flows) - set(new.flows)))
-    plan = partitioner.plan(new, {p: offload[p] for p in after}, (ir.ETH_TYPE_IPV4,), {}, delta)
-    whole = partition(new, {p: offload[p] for p in after}, (ir.ETH_TYPE_IPV4,), joins=joins, ids=partitioner._ids)
-    assert _canonical(plan) == _canonical(whole)
-    if partitioner.changed is not None:
-        event("incremental")
-        assert {p for p in PORTS if plan.rules_of(p) != first_rules[p]} <= partitioner.changed
+    now = {p: offload[p] for p in after}
+    plan = partitioner.plan(new, now, (ir.ETH_TYPE_IPV4,), {}, delta)
+    _assert_same_outputs(new, plan, [p for p in pkts if p["in_port"] in now])
+    if partitioner.changed is None:
+        event("whole plan (over capacity, or the state read behind a join changed)")
+        return
+    assert {p for p in PORTS if plan.rules_of(p) != first_rules[p]} <= partitioner.changed
+    whole = partition(new, now, (ir.ETH_TYPE_IPV4,), joins=joins, ids=partitioner._ids)
+    for switch in ("sw0", "sw1"):
+        assert sum(len(plan.rules_of(p)) for p in now if offload[p].switch_id == switch) <= capacity
+    if any(sw.reason == FULL for sw in whole.software):
+        event("short of room: served in the order of changes")
     else:
-        event("whole plan (capacity, or the state read behind a join changed)")
+        event("incremental")
+        assert _canonical(plan) == _canonical(whole)
 
 
 def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
