@@ -15,9 +15,10 @@ view, the compiler's delta (which patches the pipeline), the partitioner's re-pl
 reaches. The kinds: a local port added, a local port removed, a local port moved to another chassis, a
 remote port added, a security-group rule changed. ``max_rules`` (0: the profile's) sets the NIC's capacity:
 a shared chain costs a rule per representor reaching it, so a big host outgrows the profile's working
-budget, and while it is short of room some changes need a whole plan.
-``incremental_median_ms``/``incremental_p99_ms``: the partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition).
-``full_replans``: changes the partitioner could only answer with a whole plan (capacity; expected 0).
+budget: short of room, a change re-plans the ports it reaches with what the others leave them, and a
+switch pushed over its capacity needs a whole plan. ``incremental_median_ms``/``incremental_p99_ms``: the
+partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition);
+``full_replans``: changes the partitioner could only answer with a whole plan.
 """
 
 from __future__ import annotations
