@@ -616,42 +616,46 @@ class _Rules:
     """A chain's placed rules or software leaves, found by what they could overlap.
 
     A decision list of a network's destinations has thousands of entries, nearly all pinned to one
-    ``eth_dst`` (switched) or one ``eth_dst`` and ``ipv4_dst`` (routed: the router's MAC): bucketing by the
-    exact values of those two makes "what does this leaf overlap" a look at a few buckets instead of a scan
-    of the list.
+    ``eth_dst`` (switched) or one ``eth_dst`` and ``ipv4_dst`` (routed: the router's MAC), and a tunnel
+    port's to one ``tun_id`` per network: a tree keyed by the exact values of those (None where an entry does
+    not pin one) makes "what does this leaf overlap" a look at a few buckets instead of a scan of the list.
     """
 
-    KEYS = ("eth_dst", "ipv4_dst")
+    KEYS = ("tun_id", "eth_dst", "ipv4_dst")
 
     def __init__(self) -> None:
-        self._by_key: dict[int | None, dict[int | None, list]] = {}
+        self._tree: dict = {}
 
     def add(self, item: HwRule | SoftwareLeaf) -> None:
-        first, second = self._key(item.match)
-        self._by_key.setdefault(first, {}).setdefault(second, []).append((item, item.match.as_dict()))
+        node = self._tree
+        for value in self._key(item.match)[:-1]:
+            node = node.setdefault(value, {})
+        node.setdefault(self._key(item.match)[-1], []).append((item, item.match.as_dict()))
 
     def remove(self, item: HwRule | SoftwareLeaf) -> None:
-        first, second = self._key(item.match)
-        entries = self._by_key[first][second]
+        node = self._tree
+        key = self._key(item.match)
+        for value in key[:-1]:
+            node = node[value]
+        entries = node[key[-1]]
         entries.pop(next(i for i, (other, _) in enumerate(entries) if other is item))
 
     def overlapping(self, match: ir.Match) -> list:
-        first, second = self._key(match)
-        found = []
         terms = match.fields
-        for outer in (self._by_key.values() if first is None else
-                      (self._by_key.get(first, {}), self._by_key.get(None, {}))):
-            for entries in (outer.values() if second is None else (outer.get(second, ()), outer.get(None, ()))):
-                found += [item for item, theirs in entries if not _disjoint(terms, theirs)]
+        nodes = [self._tree]
+        for value in self._key(match):
+            nodes = [child for node in nodes for child in (
+                node.values() if value is None else (node.get(value, ()), node.get(None, ()))) if child]
+        found = [item for entries in nodes for item, theirs in entries if not _disjoint(terms, theirs)]
         return sorted(found, key=_position)
 
     @classmethod
-    def _key(cls, match: ir.Match) -> tuple[int | None, int | None]:
+    def _key(cls, match: ir.Match) -> tuple[int | None, ...]:
         key = []
         for field in cls.KEYS:
             term = match.get(field)
             key.append(term.value if term is not None and term.mask == ir.full_mask(field) else None)
-        return key[0], key[1]
+        return tuple(key)
 
 
 def _position(item: HwRule | SoftwareLeaf) -> int:
