@@ -5,10 +5,11 @@ An app declares its tables, entry and exit points and registers in ``spec``
 numbers, handed to it as an :class:`AppLayout`. Apps know nothing of OVS,
 tc or NICs, nor of which app comes before or after them.
 
-Flows are produced per *owner* (a logical object, e.g. ``port:<id>``), and
-an app says which of its owners a change may touch. That is all the
-incremental compiler needs: on a change it recomputes just those owners'
-flows, the way OVN's incremental engine recomputes only dirty nodes.
+Flows are produced per *owner* (a logical object: an :class:`ir.Owner`, a
+kind and an id, ``port:<id>`` as text), and an app says which of its owners
+a change may touch. That is all the incremental compiler needs: on a change
+it recomputes just those owners' flows, the way OVN's incremental engine
+recomputes only dirty nodes. Apps dispatch on ``owner.kind``.
 """
 
 from __future__ import annotations
@@ -29,20 +30,22 @@ ND_SOLICIT, ND_ADVERT = 135, 136
 ND_OPT_TARGET_LLADDR = 2
 NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x8000_0000, 0x4000_0000, 0x2000_0000  # the NA flags word (nd_reserved)
 
+OWNER_PORT, OWNER_NETWORK = "port", "network"  # owner kinds several apps share
+
 
 class App(abc.ABC):
     spec: AppSpec
 
     @abc.abstractmethod
-    def owners(self, topo: Topology) -> Iterable[str]:
+    def owners(self, topo: Topology) -> Iterable[ir.Owner]:
         """Every owner this app has flows for in ``topo``."""
 
     @abc.abstractmethod
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterable[ir.Flow]:
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterable[ir.Flow]:
         """The flows of one owner now (none when the owner is gone)."""
 
     @abc.abstractmethod
-    def affected(self, change: Change, topo: Topology) -> Iterable[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterable[ir.Owner]:
         """Owners whose flows ``change`` may alter (``topo`` is already updated)."""
 
     def flows(self, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
@@ -57,20 +60,19 @@ class LocalPortApp(App):
     local, recomputes just that port.
     """
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         return (port_owner(p.id) for p in topo.local_ports())
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        port_id = owner_id(owner)
-        if topo.is_local(port_id):
-            yield from self.port_flows(topo.ports[port_id], topo, layout, owner)
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        if owner.kind == OWNER_PORT and topo.is_local(owner.id):
+            yield from self.port_flows(topo.ports[owner.id], topo, layout, owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         if change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
 
     @abc.abstractmethod
-    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterable[ir.Flow]:
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterable[ir.Flow]:
         """The flows of one local port."""
 
 
@@ -79,19 +81,20 @@ def network_of(change: Change) -> set[str]:
     return {obj.network_id for obj in (change.old, change.new) if isinstance(obj, Port)}
 
 
-def port_owner(port_id: str) -> str:
-    return f"port:{port_id}"
+def port_owner(port_id: str) -> ir.Owner:
+    return ir.Owner(OWNER_PORT, port_id)
 
 
-def network_owner(network_id: str) -> str:
-    return f"network:{network_id}"
+def network_owner(network_id: str) -> ir.Owner:
+    return ir.Owner(OWNER_NETWORK, network_id)
 
 
-def owner_id(owner: str) -> str:
-    return owner.split(":", 1)[1]
+def defaults_owner(app: str) -> ir.Owner:
+    """An app's flows that belong to no object (its table misses, the pass-through): ``<app>:defaults``."""
+    return ir.Owner(app, "defaults")
 
 
-def arp_answer(table: int, priority: int, network: int, address: str, mac: int, owner: str) -> ir.Flow:
+def arp_answer(table: int, priority: int, network: int, address: str, mac: int, owner: ir.Owner) -> ir.Flow:
     """Answer an ARP request for ``address`` on ``network`` with ``mac``, back out of the asking port."""
     answer = (
         ir.Move("eth_src", "eth_dst"), ir.SetField("eth_src", mac), ir.SetField("arp_op", 2),
@@ -110,7 +113,7 @@ def solicitation(network: int, target: int) -> dict[str, int]:
 
 
 def nd_answer(ask: int, finish: int, priority: int, network: int, address: str, mac: int, flags: int,
-              owner: str) -> tuple[ir.Flow, ir.Flow]:
+              owner: ir.Owner) -> tuple[ir.Flow, ir.Flow]:
     """Answer a neighbor solicitation for ``address`` on ``network`` with ``mac``, back out of the asking port.
 
     The flow in table ``ask`` turns the NS into an NA with ``flags`` (NA_SOLICITED | NA_OVERRIDE for a port,
@@ -128,7 +131,7 @@ def nd_answer(ask: int, finish: int, priority: int, network: int, address: str, 
                     (ir.SetField("nd_tll", mac), ir.OutputInPort()), owner))
 
 
-def dad_pass(table: int, priority: int, network: int, address: str, onward: ir.Action, owner: str) -> ir.Flow:
+def dad_pass(table: int, priority: int, network: int, address: str, onward: ir.Action, owner: ir.Owner) -> ir.Flow:
     """Duplicate address detection for ``address`` (an NS from ``::``) goes ``onward``, unanswered."""
     return ir.Flow(table, priority, ir.Match.of(**solicitation(network, ipv6_int(address)), ipv6_src=0), (onward,),
                    owner)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, network_of, network_owner, owner_id, port_owner
+from hwflow.apps.base import OWNER_NETWORK, LocalPortApp, network_of, network_owner, port_owner
 from hwflow.apps.l2 import local_networks, nat_changed, nat_networks, present
 from hwflow.apps.output import KIND_CHASSIS, is_overlay, remote_chassis
 from hwflow.model.objects import Network, Port
@@ -45,15 +45,18 @@ PRIO_FLAT = 90  # the uplink's untagged frames: the flat network's
 class ClassifierApp(LocalPortApp):
     spec = AppSpec(name="classifier", tables=("ports",), entries={"in": "ports"}, exits=("out", "tunnel", "external"))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         yield from super().owners(topo)
         yield from (network_owner(n) for n in sorted(local_networks(topo)))
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        if owner.startswith("port:"):
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        if owner.kind == OWNER_NETWORK:
+            yield from self._network_flows(owner, topo, layout)
+        else:
             yield from super().owner_flows(owner, topo, layout)
-            return
-        network = topo.networks.get(owner_id(owner))
+
+    def _network_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        network = topo.networks.get(owner.id)
         if network is None or not present(topo, network.id):
             return
         overlay = is_overlay(network)
@@ -74,7 +77,7 @@ class ClassifierApp(LocalPortApp):
             return PRIO_PORT, ir.Match.of(in_port=uplink, vlan_vid=network.vlan_id), (ir.PopVlan(),)
         return PRIO_FLAT, ir.Match.of(in_port=uplink, vlan_tagged=0), ()
 
-    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         network = topo.networks.get(port.network_id)
         match = ir.Match.of(in_port=port.unique_key)
         if network is None:  # the port arrived before its network: keep it isolated
@@ -83,7 +86,7 @@ class ClassifierApp(LocalPortApp):
         actions = (ir.SetField("metadata", network.unique_key), layout.goto("out"))
         yield ir.Flow(layout.table("ports"), PRIO_PORT, match, actions, owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         yield from (network_owner(n) for n in sorted(nat_changed(change, topo)))
         if change.kind == KIND_NETWORK:  # its key is what packets are tagged with; its VNI/VLAN how they arrive
             yield network_owner(change.id)

@@ -60,7 +60,7 @@ class Compiler:
     def __init__(self, apps: Sequence[App], wiring: layout.Wiring) -> None:
         self.apps = {app.spec.name: app for app in apps}
         self.layout = layout.build([app.spec for app in apps], wiring)
-        self._flows: dict[tuple[str, str], tuple[ir.Flow, ...]] = {}
+        self._flows: dict[tuple[str, ir.Owner], tuple[ir.Flow, ...]] = {}
         self._holders: dict[tuple, int] = {}  # flow key -> how many owners emit a flow with it
         self._pipeline: ir.Pipeline | None = None
 
@@ -126,7 +126,7 @@ class Compiler:
             self._pipeline = self._pipeline.patched(delta.added, delta.removed, on_clash=_log_clash)
         return delta
 
-    def _store(self, app: str, owner: str, flows: Iterable[ir.Flow]) -> tuple[ir.Flow, ...]:
+    def _store(self, app: str, owner: ir.Owner, flows: Iterable[ir.Flow]) -> tuple[ir.Flow, ...]:
         out = tuple(flows)
         if out:
             self._flows[app, owner] = out

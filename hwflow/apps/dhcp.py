@@ -33,7 +33,16 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, ipv4_int, ipv4_prefix, mac_int, network_owner, owner_id, port_owner
+from hwflow.apps.base import (
+    OWNER_NETWORK,
+    LocalPortApp,
+    defaults_owner,
+    ipv4_int,
+    ipv4_prefix,
+    mac_int,
+    network_owner,
+    port_owner,
+)
 from hwflow.model.objects import Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -41,7 +50,7 @@ from hwflow.pipeline.topology import KIND_NETWORK, KIND_PRESENT, Change, Topolog
 
 PRIO_PUNT = 100
 PRIO_MISS = 0
-DEFAULTS = "dhcp:defaults"
+DEFAULTS = defaults_owner("dhcp")
 PUNT_REASON = "dhcp"
 KIND_SUBNET, KIND_ROUTER_PORT = "subnet", "router_port"
 IPPROTO_UDP = 17
@@ -87,26 +96,26 @@ def served(port: Port, topo: Topology) -> Served | None:
 class DhcpApp(LocalPortApp):
     spec = AppSpec(name="dhcp", tables=("dhcp",), entries={"in": "dhcp"}, exits=("out",))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         yield DEFAULTS
         yield from super().owners(topo)
         yield from (network_owner(n) for n in sorted({p.network_id for p in topo.local_ports()}))
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         if owner == DEFAULTS:
             yield ir.Flow(layout.table("dhcp"), PRIO_MISS, ir.Match.of(), (layout.goto("out"),), owner)
-        elif owner.startswith("network:"):
-            yield from self._renewals(owner_id(owner), topo, layout, owner)
+        elif owner.kind == OWNER_NETWORK:
+            yield from self._renewals(owner.id, topo, layout, owner)
         else:
             yield from super().owner_flows(owner, topo, layout)
 
-    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         if served(port, topo) is not None:
             match = ir.Match.of(in_port=port.unique_key, eth_dst=BROADCAST_MAC, **REQUEST)
             yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, match, (ir.Punt(PUNT_REASON),), owner)
 
     @staticmethod
-    def _renewals(network_id: str, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def _renewals(network_id: str, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         """Renewals to each DHCP subnet's server identifier that a router port holds, on a network with local ports."""
         network = topo.networks.get(network_id)
         if network is None or not topo.local_ports_of(network_id):
@@ -119,7 +128,7 @@ class DhcpApp(LocalPortApp):
                 match = ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(mac), ipv4_dst=int(server), **REQUEST)
                 yield ir.Flow(layout.table("dhcp"), PRIO_PUNT, match, (ir.Punt(PUNT_REASON),), owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         if change.kind in (KIND_SUBNET, KIND_ROUTER_PORT):  # whom we serve; where renewals go
             networks = {s.network_id for s in (change.old, change.new) if s is not None}
             for network_id in sorted(networks):

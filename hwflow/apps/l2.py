@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, mac_int, network_of, network_owner, port_owner
+from hwflow.apps.base import OWNER_NETWORK, OWNER_PORT, App, mac_int, network_of, network_owner, port_owner
 from hwflow.model.objects import FloatingIP, Router
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
@@ -62,13 +62,13 @@ def nat_changed(change: Change, topo: Topology) -> set[str]:
     return set()
 
 
-def network_owners(network_id: str, topo: Topology) -> Iterator[str]:
+def network_owners(network_id: str, topo: Topology) -> Iterator[ir.Owner]:
     """The owners of a network in L2 and output: its flood and each of its ports."""
     yield network_owner(network_id)
     yield from (port_owner(p.id) for p in topo.ports_of(network_id))
 
 
-def placement_affected(change: Change, topo: Topology) -> Iterator[str]:
+def placement_affected(change: Change, topo: Topology) -> Iterator[ir.Owner]:
     """Owners of L2 and output (both have a flow per port and per network) that a change may touch.
 
     A port's change touches its own flow and its network's flood; a network's first local port arriving or
@@ -86,28 +86,32 @@ def placement_affected(change: Change, topo: Topology) -> Iterator[str]:
 class L2App(App):
     spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"}, exits=("out",))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         for network_id in sorted(local_networks(topo)):
             yield from (port_owner(p.id) for p in topo.ports_of(network_id))
             yield network_owner(network_id)
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        kind, oid = owner.split(":", 1)
-        table = layout.table("lookup")
-        if kind == "port":
-            port = topo.ports.get(oid)
-            network = port and topo.networks.get(port.network_id)
-            if port is None or network is None or not present(topo, port.network_id):
-                return
-            yield ir.Flow(table, PRIO_UNICAST, ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac)),
-                          (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        return self._flows_of[owner.kind](self, owner, topo, layout)
+
+    def _unicast(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        port = topo.ports.get(owner.id)
+        network = port and topo.networks.get(port.network_id)
+        if port is None or network is None or not present(topo, port.network_id):
             return
-        network = topo.networks.get(oid)
-        if network is None or not present(topo, oid):
+        yield ir.Flow(layout.table("lookup"), PRIO_UNICAST,
+                      ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac)),
+                      (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
+
+    def _flood(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        network = topo.networks.get(owner.id)
+        if network is None or not present(topo, owner.id):
             return
         match = ir.Match((*FLOOD, ir.FieldMatch("metadata", network.unique_key, ir.full_mask("metadata"))))
-        yield ir.Flow(table, PRIO_FLOOD, match,
+        yield ir.Flow(layout.table("lookup"), PRIO_FLOOD, match,
                       (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out")), owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    _flows_of = {OWNER_PORT: _unicast, OWNER_NETWORK: _flood}
+
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         yield from placement_affected(change, topo)

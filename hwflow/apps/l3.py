@@ -75,9 +75,11 @@ from hwflow.apps.base import (
     NA_OVERRIDE,
     NA_ROUTER,
     NA_SOLICITED,
+    OWNER_PORT,
     App,
     arp_answer,
     dad_pass,
+    defaults_owner,
     ipv4_int,
     ipv4_prefix,
     mac_int,
@@ -101,6 +103,8 @@ NAT_MAC_PREFIX = 0x0200 << 32  # locally administered, unicast; the low 32 bits 
 
 KIND_FIP = "floating_ip"
 KIND_SNAT = "snat"
+KIND_ROUTER, KIND_ROUTER_PORT = "router", "router_port"
+DEFAULTS = defaults_owner("l3")
 # Kinds a FIP's or the chassis SNAT's flows are drawn from besides their own object (and this chassis's address).
 NAT_INPUTS = frozenset({"router", "router_port", "subnet", KIND_NETWORK})
 
@@ -115,20 +119,20 @@ def router_zone(router: Router) -> int:
     return NAT_ZONE_BASE + router.unique_key % (CHASSIS_SNAT_ZONE - NAT_ZONE_BASE)
 
 
-def rp_owner(rp_id: str) -> str:
-    return f"router_port:{rp_id}"
+def rp_owner(rp_id: str) -> ir.Owner:
+    return ir.Owner(KIND_ROUTER_PORT, rp_id)
 
 
-def router_owner(router_id: str) -> str:
-    return f"router:{router_id}"
+def router_owner(router_id: str) -> ir.Owner:
+    return ir.Owner(KIND_ROUTER, router_id)
 
 
-def fip_owner(fip_id: str) -> str:
-    return f"{KIND_FIP}:{fip_id}"
+def fip_owner(fip_id: str) -> ir.Owner:
+    return ir.Owner(KIND_FIP, fip_id)
 
 
-def snat_owner(network_id: str) -> str:
-    return f"{KIND_SNAT}:{network_id}"
+def snat_owner(network_id: str) -> ir.Owner:
+    return ir.Owner(KIND_SNAT, network_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +159,8 @@ class L3App(App):
 
     # --- owners ---------------------------------------------------------------------
 
-    def owners(self, topo: Topology) -> Iterator[str]:
-        yield "l3:defaults"
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
+        yield DEFAULTS
         routed: set[str] = set()
         for rp in topo.of("router_port").values():
             yield rp_owner(rp.id)
@@ -168,22 +172,10 @@ class L3App(App):
         yield from (fip_owner(f) for f in sorted(topo.of(KIND_FIP)))
         yield from (snat_owner(n) for n in sorted(gateways))
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        kind, oid = owner.split(":", 1)
-        if kind == "l3":
-            yield from self._defaults(layout, owner)
-        elif kind == "router_port":
-            yield from self._router_port(topo, layout, topo.get("router_port", oid), owner)
-        elif kind == "router":
-            yield from self._routes(topo, layout, topo.get("router", oid), owner)
-        elif kind == "port":
-            yield from self._next_hop(topo, layout, topo.get("port", oid), owner)
-        elif kind == KIND_FIP:
-            yield from self._floating_ip(topo, layout, topo.get(KIND_FIP, oid), owner)
-        elif kind == KIND_SNAT:
-            yield from self._chassis_snat(topo, layout, oid, owner)
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        return self._flows_of[owner.kind](self, owner, topo, layout)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         objs = [o for o in (change.old, change.new) if o is not None]
         if change.kind == "router_port":
             yield rp_owner(change.id)
@@ -217,8 +209,7 @@ class L3App(App):
 
     # --- flows --------------------------------------------------------------------------
 
-    @staticmethod
-    def _defaults(layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def _defaults(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         """What no router claims: not ARP for a router, not to a router MAC, no route, no next hop.
 
         The NAT tables drop what no FIP or SNAT claims by the IR's table miss: a host without NAT pays no flow.
@@ -229,8 +220,8 @@ class L3App(App):
         yield ir.Flow(layout.table("route"), PRIO_MISS, ir.Match.of(), (ir.Drop(),), owner)
         yield ir.Flow(layout.table("next_hop"), PRIO_MISS, ir.Match.of(), (ir.Drop(),), owner)
 
-    @staticmethod
-    def _router_port(topo: Topology, layout: AppLayout, rp: RouterPort | None, owner: str) -> Iterator[ir.Flow]:
+    def _router_port(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        rp: RouterPort | None = topo.get(KIND_ROUTER_PORT, owner.id)
         network: Network | None = rp and topo.networks.get(rp.network_id)
         if rp is None or network is None:
             return
@@ -246,7 +237,8 @@ class L3App(App):
                       ir.Match.of(metadata=net, eth_type=ir.ETH_TYPE_IPV4, eth_dst=mac_int(rp.mac)),
                       (ir.GotoTable(layout.table("route")),), owner)
 
-    def _routes(self, topo: Topology, layout: AppLayout, router: Router | None, owner: str) -> Iterator[ir.Flow]:
+    def _routes(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        router: Router | None = topo.get(KIND_ROUTER, owner.id)
         if router is None:
             return
         legs = _legs(topo, router)
@@ -277,14 +269,15 @@ class L3App(App):
         yield from self._snat_out(topo, layout, router, legs, gateway, owner)
 
     @staticmethod
-    def _route(layout: AppLayout, owner: str, ingress_net: int, cidr: str, actions: tuple[ir.Action, ...]) -> ir.Flow:
+    def _route(layout: AppLayout, owner: ir.Owner, ingress_net: int, cidr: str,
+               actions: tuple[ir.Action, ...]) -> ir.Flow:
         plen = ipaddress.IPv4Network(cidr).prefixlen
         match = ir.Match.of(metadata=ingress_net, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(cidr))
         return ir.Flow(layout.table("route"), PRIO_ROUTE + plen, match, actions, owner)
 
     @staticmethod
     def _snat_out(topo: Topology, layout: AppLayout, router: Router, legs: list[Leg], gateway: Gateway | None,
-                  owner: str) -> Iterator[ir.Flow]:
+                  owner: ir.Owner) -> Iterator[ir.Flow]:
         """Per-chassis SNAT of the router's inside networks (the FIPs' own SNAT comes first)."""
         external_ip = _external_ip(topo)
         if gateway is None or not router.enable_snat or not external_ip:
@@ -296,8 +289,9 @@ class L3App(App):
             yield ir.Flow(layout.table("nat_out"), PRIO_HIT, ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_IPV4),
                           nat, owner)
 
-    def _chassis_snat(self, topo: Topology, layout: AppLayout, network_id: str, owner: str) -> Iterator[ir.Flow]:
+    def _chassis_snat(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         """This chassis's external_ip on an external network: ARP, and replies un-SNATed into the routers."""
+        network_id = owner.id
         external_ip = _external_ip(topo)
         network: Network | None = topo.networks.get(network_id)
         routers = [r for r in sorted(topo.of("router").values(), key=lambda r: (r.unique_key, r.id))
@@ -323,9 +317,9 @@ class L3App(App):
                               ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(leg.cidr)),
                               (ir.Move("ipv4_dst", layout.reg("nexthop")), *_egress(layout, leg)), owner)
 
-    @staticmethod
-    def _floating_ip(topo: Topology, layout: AppLayout, fip: FloatingIP | None, owner: str) -> Iterator[ir.Flow]:
+    def _floating_ip(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         """A local port's FIP: answered and DNATed on the external network, its traffic SNATed on the way out."""
+        fip: FloatingIP | None = topo.get(KIND_FIP, owner.id)
         found = _fip_path(topo, fip)
         if fip is None or found is None:
             return
@@ -346,8 +340,8 @@ class L3App(App):
                       (ir.SetField("metadata", ext), ir.SetField("eth_src", mac),
                        ir.Conntrack(zone, commit=True, table=next_hop, nat=ir.Nat("snat", ipv4_int(floating)))), owner)
 
-    @staticmethod
-    def _next_hop(topo: Topology, layout: AppLayout, port: Port | None, owner: str) -> Iterator[ir.Flow]:
+    def _next_hop(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        port: Port | None = topo.get(KIND_PORT, owner.id)
         network: Network | None = port and topo.networks.get(port.network_id)
         if port is None or network is None:
             return
@@ -358,6 +352,9 @@ class L3App(App):
                 yield ir.Flow(layout.table("next_hop"), PRIO_HIT,
                               ir.Match.of(metadata=network.unique_key, **{layout.reg("nexthop"): ipv4_int(address)}),
                               (ir.SetField("eth_dst", mac_int(port.mac)), layout.goto("out")), owner)
+
+    _flows_of = {DEFAULTS.kind: _defaults, KIND_ROUTER_PORT: _router_port, KIND_ROUTER: _routes, OWNER_PORT: _next_hop,
+                 KIND_FIP: _floating_ip, KIND_SNAT: _chassis_snat}
 
 
 def _egress(layout: AppLayout, leg: Leg) -> tuple[ir.Action, ...]:

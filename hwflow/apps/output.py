@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from hwflow.apps.base import App, network_owner, port_owner
+from hwflow.apps.base import OWNER_NETWORK, OWNER_PORT, App, network_owner, port_owner
 from hwflow.apps.l2 import local_networks, placement_affected, present
 from hwflow.model.objects import Chassis, Network, Port
 from hwflow.pipeline import ir
@@ -74,19 +74,22 @@ def to_uplink(network: Network) -> tuple[ir.Action, ...]:
 class OutputApp(App):
     spec = AppSpec(name="output", tables=("deliver",), entries={"in": "deliver"})
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         for network_id in sorted(local_networks(topo)):
             yield from (port_owner(p.id) for p in topo.ports_of(network_id))
             yield network_owner(network_id)
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        kind, oid = owner.split(":", 1)
-        table = layout.table("deliver")
-        if kind == "port":
-            actions = self._port_actions(oid, topo)
-            if actions:
-                yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=topo.ports[oid].unique_key), actions, owner)
-            return
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        return self._flows_of[owner.kind](self, owner, topo, layout)
+
+    def _delivery(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        actions = self._port_actions(owner.id, topo)
+        if actions:
+            yield ir.Flow(layout.table("deliver"), PRIO_DELIVER, ir.Match.of(outport=topo.ports[owner.id].unique_key),
+                          actions, owner)
+
+    def _flood(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+        table, oid = layout.table("deliver"), owner.id
         network = topo.networks.get(oid)
         if network is None or not present(topo, oid):
             return
@@ -101,6 +104,8 @@ class OutputApp(App):
         else:
             copies = to_uplink(network)
         yield ir.Flow(table, PRIO_DELIVER, ir.Match.of(outport=group), local + copies, owner)
+
+    _flows_of = {OWNER_PORT: _delivery, OWNER_NETWORK: _flood}
 
     @staticmethod
     def _port_actions(port_id: str, topo: Topology) -> tuple[ir.Action, ...]:
@@ -122,7 +127,7 @@ class OutputApp(App):
         found = {c.id: c for p in topo.ports_of(network.id) if (c := remote_chassis(p, network, topo))}
         return [found[name] for name in sorted(found)]
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         yield from placement_affected(change, topo)
         if change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
             bound = [p for p in topo.ports.values() if p.chassis == change.id]

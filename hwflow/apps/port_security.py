@@ -64,7 +64,7 @@ def prefix(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tu
 class PortSecurityApp(LocalPortApp):
     spec = AppSpec(name="port_security", tables=("filter",), entries={"in": "filter"}, exits=("out",))
 
-    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         table, onward = layout.table("filter"), (layout.goto("out"),)
         if not port.port_security:
             yield ir.Flow(table, PRIO_ALLOW, ir.Match.of(in_port=port.unique_key), onward, owner)

@@ -52,11 +52,11 @@ from hwflow.apps.base import (
     App,
     arp_answer,
     dad_pass,
+    defaults_owner,
     ipv4_int,
     ipv6_int,
     mac_int,
     nd_answer,
-    owner_id,
     port_owner,
     solicitation,
 )
@@ -68,20 +68,20 @@ from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change
 PRIO_ANSWER = 100
 PRIO_PASS = 110  # above the answer: what must not be answered
 PRIO_MISS = 0
-DEFAULTS = "responder:defaults"
+DEFAULTS = defaults_owner("responder")
 
 class ResponderApp(App):
     spec = AppSpec(name="responder", tables=("arp", "na"), entries={"in": "arp"}, exits=("out",))
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         yield DEFAULTS
         yield from (port_owner(p) for p in sorted(topo.ports))
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         if owner == DEFAULTS:
             yield ir.Flow(layout.table("arp"), PRIO_MISS, ir.Match.of(), (layout.goto("out"),), owner)
             return
-        port: Port | None = topo.ports.get(owner_id(owner))
+        port: Port | None = topo.ports.get(owner.id)
         network: Network | None = port and topo.networks.get(port.network_id)
         if port is None or network is None or not port.mac:
             return
@@ -93,7 +93,7 @@ class ResponderApp(App):
 
     @staticmethod
     def _answers(topo: Topology, layout: AppLayout, port: Port, net: int, address: str,
-                 owner: str) -> Iterator[ir.Flow]:
+                 owner: ir.Owner) -> Iterator[ir.Flow]:
         table, value = layout.table("arp"), ipv4_int(address)
         request = {"metadata": net, "eth_type": ir.ETH_TYPE_ARP, "arp_op": 1, "arp_tpa": value}
         yield ir.Flow(table, PRIO_PASS, ir.Match.of(**request, arp_spa=value), (layout.goto("out"),), owner)
@@ -104,7 +104,7 @@ class ResponderApp(App):
 
     @staticmethod
     def _nd_answers(topo: Topology, layout: AppLayout, port: Port, net: int, address: str,
-                    owner: str) -> Iterator[ir.Flow]:
+                    owner: ir.Owner) -> Iterator[ir.Flow]:
         table, onward = layout.table("arp"), layout.goto("out")
         yield dad_pass(table, PRIO_PASS, net, address, onward, owner)
         if topo.is_local(port.id):
@@ -113,7 +113,7 @@ class ResponderApp(App):
         yield from nd_answer(table, layout.table("na"), PRIO_ANSWER, net, address, mac_int(port.mac),
                              NA_SOLICITED | NA_OVERRIDE, owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         if change.kind in (KIND_PORT, KIND_LOCAL):
             yield port_owner(change.id)
         elif change.kind == KIND_NETWORK:

@@ -57,7 +57,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Iterator
 
-from hwflow.apps.base import App, port_owner
+from hwflow.apps.base import OWNER_PORT, App, defaults_owner, port_owner
 from hwflow.apps.l3 import NAT_ZONE_BASE
 from hwflow.apps.port_security import prefix
 from hwflow.model.objects import PROTOCOL_NAMES, Port, SecurityGroup, SecurityGroupRule
@@ -272,8 +272,8 @@ def rule_terms(rule: SecurityGroupRule, address_field: str, peers: Terms | None)
             yield from (tuple(sorted((*variant, peer))) for peer in peers)
 
 
-def group_owner(group_id: str) -> str:
-    return f"security_group:{group_id}"
+def group_owner(group_id: str) -> ir.Owner:
+    return ir.Owner(KIND_GROUP, group_id)
 
 
 class _SecurityGroupStage(App):
@@ -285,10 +285,7 @@ class _SecurityGroupStage(App):
 
     def __init__(self) -> None:
         self._index: GroupIndex | None = None
-
-    @property
-    def defaults(self) -> str:
-        return f"{self.spec.name}:defaults"
+        self.defaults = defaults_owner(self.spec.name)
 
     def index(self, topo: Topology, rebuild: bool = False) -> GroupIndex:
         if rebuild or self._index is None or self._index.topo is not topo:
@@ -297,7 +294,7 @@ class _SecurityGroupStage(App):
 
     # --- owners -------------------------------------------------------------------------------
 
-    def owners(self, topo: Topology) -> Iterator[str]:
+    def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         index = self.index(topo, rebuild=True)
         yield self.defaults
         groups: set[str] = set()
@@ -307,20 +304,19 @@ class _SecurityGroupStage(App):
                 groups.update(port.security_groups)
         yield from (group_owner(g) for g in sorted(groups) if index.shared_key(g))
 
-    def owner_flows(self, owner: str, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
+    def owner_flows(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         index = self.index(topo)
+        oid = owner.id
         if owner == self.defaults:
             yield from self._defaults(layout, index.any_local_member())
-            return
-        kind, oid = owner.split(":", 1)
-        if kind == "security_group":
+        elif owner.kind == KIND_GROUP:
             key = index.shared_key(oid)
             if key and index.has_shared_port(oid):
                 yield from self._group(oid, key, index, layout, owner)
-        elif topo.is_local(oid) and topo.ports[oid].security_groups:
+        elif owner.kind == OWNER_PORT and topo.is_local(oid) and topo.ports[oid].security_groups:
             yield from self._port(topo.ports[oid], topo, index, layout, owner)
 
-    def affected(self, change: Change, topo: Topology) -> Iterator[str]:
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
         fresh = self._index is None or self._index.topo is not topo
         index = self.index(topo)
         if not fresh:
@@ -342,7 +338,7 @@ class _SecurityGroupStage(App):
             yield from (port_owner(pid) for pid in sorted(index.local_members({change.id})))
 
     @staticmethod
-    def _users(index: GroupIndex, groups: set[str]) -> Iterator[str]:
+    def _users(index: GroupIndex, groups: set[str]) -> Iterator[ir.Owner]:
         """Owners holding flows of the rules of ``groups``: the groups' own, and ports that have their own."""
         for group in sorted(groups):
             yield group_owner(group)
@@ -352,7 +348,7 @@ class _SecurityGroupStage(App):
     # --- flows --------------------------------------------------------------------------------
 
     def _port(self, port: Port, topo: Topology, index: GroupIndex, layout: AppLayout,
-              owner: str) -> Iterator[ir.Flow]:
+              owner: ir.Owner) -> Iterator[ir.Flow]:
         """Into conntrack in the port's zone (with its group's key, if it shares its group's rules) and,
         for what a rule admits, the commit in that zone; the port's own rule flows if it shares none."""
         key = ir.FieldMatch(self.port_field, port.unique_key, ir.full_mask(self.port_field))
@@ -372,14 +368,14 @@ class _SecurityGroupStage(App):
         if zone is not None and not shared:
             yield from self._rules(index.port_rules(port.security_groups, self.direction), key, index, layout, owner)
 
-    def _group(self, group: str, key: int, index: GroupIndex, layout: AppLayout, owner: str) -> Iterator[ir.Flow]:
+    def _group(self, group: str, key: int, index: GroupIndex, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         """The rules of a group, for every local port in it and in no other group (its key in a register)."""
         reg = layout.reg("group")
         match = ir.FieldMatch(reg, key, ir.full_mask(reg))
         yield from self._rules(index.port_rules([group], self.direction), match, index, layout, owner)
 
     def _rules(self, rules: list[SecurityGroupRule], whose: ir.FieldMatch, index: GroupIndex, layout: AppLayout,
-               owner: str) -> Iterator[ir.Flow]:
+               owner: ir.Owner) -> Iterator[ir.Flow]:
         table, commit = layout.table("rules"), (ir.GotoTable(layout.table("commit")),)
         seen: set[Terms] = set()
         for rule in rules:

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace, conf: Any) -> int:
     verdict = interpreter.run(pipeline, {"in_port": port.unique_key, **packet})
     names = {p.unique_key: p.name or p.id for p in ports.values()}
     report = render(verdict, pipeline, names)
+    for step in report["steps"]:  # an ir.Owner is a (kind, id) tuple: its "kind:id" text for people and JSON
+        if step["owner"] is not None:
+            step["owner"] = str(step["owner"])
     if args.format == "json":
         dump_json(report)
     else:

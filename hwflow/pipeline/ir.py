@@ -350,6 +350,26 @@ class Conntrack:
 Action = Output | OutputInPort | GotoTable | SetField | Drop | Move | PushVlan | PopVlan | DecTtl | Punt | Conntrack
 
 
+class Owner(NamedTuple):
+    """The logical object a flow comes from: a kind (``port``, ``network``, ``router``, an app's ``defaults``
+    owner is its app's name...) and an id. Apps dispatch on ``kind``; it hashes and sorts as a tuple (kind
+    first, as the ``kind:id`` text did). ``str()`` gives ``kind:id`` for logs, cookies and tools."""
+
+    kind: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Owner:
+        """The owner ``kind:id`` names (the id may hold colons; the kind may not)."""
+        kind, sep, oid = text.partition(":")
+        if not sep:
+            raise ValueError(f"owner {text!r} is not kind:id")
+        return cls(kind, oid)
+
+
 class Flow(NamedTuple):
     """One prioritised flow: a named tuple, built and hashed by the hundred thousand in a compile."""
 
@@ -357,7 +377,7 @@ class Flow(NamedTuple):
     priority: int
     match: Match
     actions: tuple[Action, ...]
-    owner: str  # e.g. "port:<id>" or "network:<id>"
+    owner: Owner  # e.g. Owner("port", <id>); str(owner) is "port:<id>"
 
     @property
     def key(self) -> tuple[int, int, Match]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.model.objects import Network, Port
+from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
 
 NETS = [Network(id=f"n{i}", name=f"n{i}", vni=10 + i, unique_key=i + 1) for i in range(3)]
@@ -53,10 +55,10 @@ def test_one_port_added_touches_only_its_owners():
     # next hop: no router here, so no flow), and its network's in the classifier (tunnel/uplink entry); in l2 and
     # output, its own and its network's (flood): the network had local ports already
     assert delta.owners == 6 + 2 * 2
-    assert {f.owner for f in delta.added} == {"network:n0", "port:px"}
+    assert {f.owner for f in delta.added} == {ir.Owner("network", "n0"), ir.Owner("port", "px")}
     # classify, unicast, delivery, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
-    assert sum(f.owner == "port:px" for f in delta.added) == 7
-    assert [f.owner for f in delta.removed] == ["network:n0"]
+    assert sum(f.owner == ("port", "px") for f in delta.added) == 7
+    assert [f.owner for f in delta.removed] == [ir.Owner("network", "n0")]
 
 
 def test_a_networks_first_local_port_brings_in_every_port_of_it():
@@ -69,9 +71,28 @@ def test_a_networks_first_local_port_brings_in_every_port_of_it():
     # as above for p3, plus in l2 and output the unicast flow of each of the 9 other ports, and dhcp's network
     # (its renewal punts)
     assert delta.owners == 6 + 2 * 2 + 2 * 9 + 1
-    assert {f.owner for f in delta.added if f.owner.startswith("port:")} == set(map("port:{}".format, ports))
+    assert {f.owner.id for f in delta.added if f.owner.kind == "port"} == set(ports)
     delta = compiler.update(topo, topo.set_local("p3", False))  # and its last one takes them away
-    assert {f.owner for f in delta.removed if f.owner.startswith("port:")} == set(map("port:{}".format, ports))
+    assert {f.owner.id for f in delta.removed if f.owner.kind == "port"} == set(ports)
+
+
+def test_an_owner_reads_as_kind_colon_id_and_sorts_as_its_text_did():
+    owner = ir.Owner("port", "a:b")
+    assert str(owner) == "port:a:b" and ir.Owner.parse("port:a:b") == owner and owner == ("port", "a:b")
+    texts = ["router_port:r1", "router:r2", "port:p-1", "port:p", "network:n", "l3:defaults", "snat:n",
+             "floating_ip:f", "sg_egress:defaults", "security_group:g", "dhcp:defaults"]
+    assert [str(o) for o in sorted(map(ir.Owner.parse, texts))] == sorted(texts)
+    with pytest.raises(ValueError):
+        ir.Owner.parse("no-kind")
+
+
+def test_every_app_owner_is_an_owner_the_app_can_compute():
+    compiler = Compiler.from_file(layout_path(""))
+    ports = {f"p{i}": Port(id=f"p{i}", name="", network_id=f"n{i % 3}", mac=f"fa:16:3e:00:01:{i:02x}",
+                           unique_key=100 + i) for i in range(6)}
+    topo = Topology("h", {n.id: n for n in NETS}, ports, {"p0", "p1"})
+    pipeline = compiler.compile(topo)
+    assert pipeline.flows and all(type(f.owner) is ir.Owner for f in pipeline.flows)
 
 
 ops = st.one_of(

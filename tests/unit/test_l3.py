@@ -136,7 +136,8 @@ def test_duplicate_address_detection_of_a_router_address_is_not_answered_and_ipv
     assert walked == [plain.table_names[s.table] for s in before.steps] and "l2.lookup" in walked  # on to L2
     assert dad.outputs == before.outputs
     added = set(with_v6.flows) - set(plain.flows)
-    assert {f.owner for f in added} == {"router_port:rp6"} and len(added) == 3  # DAD pass, advert, its option
+    # the DAD pass, the advert, its option
+    assert {f.owner for f in added} == {ir.Owner("router_port", "rp6")} and len(added) == 3
 
 
 def test_same_network_traffic_is_still_switched():

@@ -375,7 +375,7 @@ def test_drop_has_no_instructions_and_stops_the_list() -> None:
     (ir.Match.of(arp_tpa=5), "eth_type=0x0806"),
 ])
 def test_missing_prerequisite_names_the_flow_and_the_term(match: ir.Match, missing: str) -> None:
-    flow = ir.Flow(4, 9, match, (), "router:r1")
+    flow = ir.Flow(4, 9, match, (), ir.Owner("router", "r1"))
     with pytest.raises(translate.TranslationError) as err:
         translate.to_flow_mod(flow, PORTS)
     assert "owner='router:r1'" in str(err.value) and missing in str(err.value)
@@ -445,6 +445,7 @@ def test_cookie_is_marked_stable_and_owner_specific() -> None:
     assert cookie >> 48 == translate.HWFLOW_MARK and translate.is_hwflow_cookie(cookie)
     assert cookie == 0x4857E6905E0C0F56  # must not change between releases: restarts reconcile by it
     assert translate.owner_cookie("port:b") != cookie
+    assert translate.owner_cookie(ir.Owner("port", "a")) == cookie  # an owner's cookie is its text's
     assert not translate.is_hwflow_cookie(0x1234)
 
 

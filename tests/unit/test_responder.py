@@ -21,6 +21,7 @@ from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 
 VM1, VM2, REMOTE = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02", "fa:16:3e:00:00:03"
+FAR = ir.Owner("port", "far")
 ASKER = {"in_port": 11, "eth_src": mac_int(VM1), "eth_dst": (1 << 48) - 1, "eth_type": ir.ETH_TYPE_ARP,
          "arp_op": 1, "arp_sha": mac_int(VM1), "arp_spa": ipv4_int("10.0.0.5"), "arp_tha": 0}
 
@@ -80,7 +81,7 @@ def test_an_unknown_address_is_flooded_as_before():
 def test_answers_translate_to_openflow_arp_rewrites_back_out_of_in_port():
     pl = pipeline()
     (table,) = [t for t, name in pl.table_names.items() if name == "responder.arp"]
-    (answer,) = [f for f in pl.flows if f.table == table and f.owner == "port:far" and f.priority == 100
+    (answer,) = [f for f in pl.flows if f.table == table and f.owner == FAR and f.priority == 100
                  and f.match.get("eth_type").value == ir.ETH_TYPE_ARP]
     mod = translate.to_flow_mod(answer, {11: 1, 12: 2})
     assert (mod.match["eth_type"], mod.match["arp_op"], mod.match["arp_tpa"]) == (0x0806, 1, "10.0.0.7")
@@ -141,16 +142,17 @@ def test_a_solicitation_for_an_address_nobody_holds_is_flooded_as_before():
 def test_a_port_without_ipv6_has_no_neighbor_discovery_flows_and_its_arp_flows_unchanged():
     pl = pipeline()
     names = {name: t for t, name in pl.table_names.items()}
-    vm2 = [f for f in pl.flows if f.owner == "port:vm2" and f.table in (names["responder.arp"], names["responder.na"])]
+    vm2 = [f for f in pl.flows
+           if f.owner == ("port", "vm2") and f.table in (names["responder.arp"], names["responder.na"])]
     assert {f.match.get("eth_type").value for f in vm2} == {ir.ETH_TYPE_ARP} and len(vm2) == 3
     na = [f for f in pl.flows if f.table == names["responder.na"]]
-    assert sorted(f.owner for f in na) == ["port:far", "port:vm1"]
+    assert sorted(f.owner for f in na) == [FAR, ir.Owner("port", "vm1")]
 
 
 def test_nd_answers_translate_to_an_openflow_advert_finished_in_the_next_table():
     pl = pipeline()
     names = {name: t for t, name in pl.table_names.items()}
-    ask, finish = (next(f for f in pl.flows if f.table == names[t] and f.owner == "port:far" and f.priority == 100
+    ask, finish = (next(f for f in pl.flows if f.table == names[t] and f.owner == FAR and f.priority == 100
                         and f.match.get("eth_type").value == ir.ETH_TYPE_IPV6)
                    for t in ("responder.arp", "responder.na"))
     first, second = (translate.to_flow_mod(f, {11: 1, 12: 2}) for f in (ask, finish))

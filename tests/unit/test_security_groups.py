@@ -183,7 +183,8 @@ def test_a_groups_rules_are_shared_by_its_ports_so_a_port_costs_the_same_whateve
     before = len(wire.pipeline.flows)
     wire.change("port", "open", port("open", ["plain"]))
     # per stage: IPv4 and IPv6 into conntrack and their commits; plus the port's classify/unicast/... elsewhere
-    added = [f for f in wire.pipeline.flows if f.owner == "port:open" and "sg_" in wire.pipeline.table_names[f.table]]
+    added = [f for f in wire.pipeline.flows
+             if f.owner == ("port", "open") and "sg_" in wire.pipeline.table_names[f.table]]
     assert len(added) == 8
     assert len(wire.pipeline.flows) - before == 8
     assert wire.tcp("client", "open", 40000, 1007) and not wire.tcp("client", "open", 40000, 22)
@@ -192,7 +193,7 @@ def test_a_groups_rules_are_shared_by_its_ports_so_a_port_costs_the_same_whateve
 def test_a_port_whose_key_is_no_conntrack_zone_gets_a_zone_of_its_own(monkeypatch):
     monkeypatch.setitem(KEYS, "server", 0x12345)  # beyond the 16-bit zones: database keys are never reused
     wire = Wire(topology())
-    zones = {a.zone for f in wire.pipeline.flows if f.owner == "port:server" for a in f.actions
+    zones = {a.zone for f in wire.pipeline.flows if f.owner == ("port", "server") for a in f.actions
              if isinstance(a, ir.Conntrack)}
     assert zones == {topology_module.LOCAL_NUMBERS}  # numbered from the top down, clear of the small keys
     assert wire.tcp("client", "server", 40000, 22) and wire.tcp("server", "client", 22, 40000)

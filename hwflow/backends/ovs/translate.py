@@ -6,7 +6,7 @@ chose (masked vs exact fields, MACs as strings, instruction order), so the
 backend can diff installed against desired without re-sending anything.
 
 Cookies: the upper 16 bits are the hwflow marker, so hwflow dumps and deletes
-only its own flows; the lower 48 bits hash the IR owner, so the flows of one
+only its own flows; the lower 48 bits hash the IR owner (its ``kind:id``), so the flows of one
 logical object can be found with a cookie mask.
 
 How the IR's less obvious parts are said in OpenFlow 1.3 + Nicira extensions:
@@ -157,7 +157,7 @@ class TranslationError(ValueError):
 
     def __init__(self, flow: ir.Flow, reason: str) -> None:
         super().__init__(f"cannot translate flow table={flow.table} priority={flow.priority} "
-                         f"owner={flow.owner!r}: {reason}")
+                         f"owner={str(flow.owner)!r}: {reason}")
         self.flow = flow
 
 
@@ -169,9 +169,10 @@ class UnboundPort(TranslationError):
         self.port_key = port_key
 
 
-def owner_cookie(owner: str) -> int:
-    """Stable across processes and runs (unlike hash()), so a restarted agent recognises its flows."""
-    digest = hashlib.blake2b(owner.encode(), digest_size=OWNER_BITS // 8).digest()
+def owner_cookie(owner: ir.Owner | str) -> int:
+    """Stable across processes and runs (unlike hash()), so a restarted agent recognises its flows: a hash
+    of the owner's ``kind:id`` text (the same cookie for an Owner and its text)."""
+    digest = hashlib.blake2b(str(owner).encode(), digest_size=OWNER_BITS // 8).digest()
     return COOKIE_MARK | int.from_bytes(digest, "big")
 
 
@@ -578,7 +579,7 @@ class FlowCompiler:
         self._ids = {name: index[name] for name in ("flow_mod", "match", "apply_actions", "output", "set_nw_ttl",
                                                       "write_metadata", "goto_table")}
         self._builder = native.ProgramBuilder(catalog)  # the less common actions, from their keys
-        self._cookies: dict[str, int] = {}
+        self._cookies: dict[ir.Owner | str, int] = {}
         self._shapes: dict[Shape, tuple[tuple[_Step, ...], tuple[int, ...]]] = {}
         # exact OXM header (and experimenter id) -> field name, for reading dumps
         self._headers = {(f.header_word, f.header[4:]): name for name, f in catalog.fields.items()}
@@ -586,7 +587,7 @@ class FlowCompiler:
                               for name in _NXM_ALIASES if name in catalog.fields})
         self._set_fields: dict[tuple[Shape, str], tuple[str, int, bool]] = {}
 
-    def cookie(self, owner: str) -> int:
+    def cookie(self, owner: ir.Owner | str) -> int:
         """Cached: most owners have several flows. Emptied when it reaches COOKIE_CACHE, so owners long
         deleted do not pile up in a long-running agent."""
         cookie = self._cookies.get(owner)
