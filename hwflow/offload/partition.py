@@ -109,7 +109,7 @@ class Leaf:
     region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask)
     outputs: tuple[int, ...]
     blocker: str | None  # why the walk stopped early (punt, a field it cannot know...): software only
-    owner: str | None  # owner of the last flow on the path (None: table miss)
+    owner: ir.Owner | None  # owner of the last flow on the path (None: table miss)
     edits: tuple[Edit, ...] = ()  # header actions before the output, in order
     enter: ChainEntry | None = None  # the path goes on in another chain (edits end in its ct, if any)
     trap: bool = False  # packets software must decide (their TTL expires here): a pass rule may hold them
@@ -133,7 +133,7 @@ class HwRule(NamedTuple):
     level: int  # priority layer within the chain; rules sharing a level never overlap
     match: ir.Match  # header fields (and ct_state in a chain after ct); always includes eth_type
     output: int | None
-    owner: str
+    owner: ir.Owner | str  # the flow's owner; "" for a pass rule holding software paths, "miss" for a catch-all
     actions: tuple[Edit, ...] = ()
     chain: int = 0
     goto: int | None = None
@@ -885,20 +885,22 @@ class _Planner:
         return decided.cost
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
-        _, scope, entry = key
+        entry = key[2]
         owner = ("chain", key)
         caps = ctx.capabilities
         number = self.ids.get(key, ctx.port if caps.max_chains is not None else SHARED)
         self._keys[number] = key
         catch = _catch_all(entry)
-        if catch is None or (caps.max_chains is not None and number >= caps.max_chains):
+        scope = SHARED if entry.shared else ctx.port
+        if catch is None or (caps.max_chains is not None and number >= caps.max_chains) or (
+                (scope, catch) in self.refused):  # a chain whose misses cannot be caught must not be entered
             self._remember(owner, _Planned(_Decided(), set()))
             return None
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
         leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self._reads)
-        decided = self.decide(leaves, chain_ctx, SHARED if shared else ctx.port, number, None, owner, deps)
+        decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
             return None

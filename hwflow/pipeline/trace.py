@@ -130,7 +130,7 @@ def _step(step: interpreter.Step, pipeline: ir.Pipeline, port_names: Mapping[int
         return entry
     entry["flow"] = {"priority": step.flow.priority, "match": format_match(step.flow.match, port_names),
                      "actions": [format_action(a, port_names, pipeline) for a in step.flow.actions]}
-    entry["owner"] = step.flow.owner
+    entry["owner"] = str(step.flow.owner)
     return entry
 
 
