@@ -3,7 +3,9 @@
 The host (:class:`hwflow.sim.host.SimHost`): its own userspace Open vSwitch, a simulated NIC with the
 capabilities of ``profile`` and ``local_ports`` + ``changes`` VFs, and ``hwflow-agent`` as a process, on
 the database at ``url`` (default: a new SQLite file in a temporary directory; ``etcd://HOST:PORT`` gets a
-key prefix of its own, ``etcd://HOST:PORT/PREFIX`` is used as given and must be empty). The topology is
+key prefix of its own, ``etcd://HOST:PORT/PREFIX`` is used as given and must be empty; the agent reaches an
+endpoint on 127.0.0.1, which its namespace has its own of, through a relay the bench runs, a hop on its
+path to the database). The topology is
 the compile benchmark's (:func:`hwflow.bench.compile.build`) at ``hwflow bench partition``'s proportions:
 ``local_ports`` + ``remote_ports`` ports, 20 a network (one /24 subnet each), a router per 100 ports
 joining five networks, a security group of ten rules per 100 ports (the first four ports also in
@@ -67,7 +69,7 @@ match and do (a restarted agent gets new handles and numbers its chains afresh);
 ``resync_ovs_flows_lost``: the same for flows (0 for both: a restart reconciles, it never flushes).
 ``nic_rules``, ``ovs_flows``: what the host held before the restart.
 
-Everything started is stopped by PID (the agent, the simulated NIC, Open vSwitch and the helper agent)
+Everything started is stopped by PID (the agent, the simulated NIC, Open vSwitch, the helper agent, the relay)
 and every namespace removed, on failure, Ctrl-C and SIGTERM too; the temporary directory (config, logs,
 database) is removed after a run that worked and named otherwise.
 """
@@ -76,14 +78,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
 import math
 import os
 import secrets
+import selectors
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -148,7 +153,7 @@ class Topology:
 
 
 def topology(local_ports: int, remote_ports: int, chassis: str, changes: int) -> Topology:
-    """The bench partition's host, with ``chassis`` holding the local ports, and the writes to measure."""
+    """The host of the module docstring, ``chassis`` holding its local ports, and the writes to measure."""
     total = local_ports + remote_ports
     scale = {"ports": total, "networks": max(1, total // PORTS_PER_NETWORK),
              "routers": max(1, total // PORTS_PER_ROUTER), "groups": max(1, total // PORTS_PER_GROUP)}
@@ -369,8 +374,10 @@ def _busy_processes(host: SimHost) -> dict[str, int]:
     return pids
 
 
-def settle(host: SimHost, paths: Datapaths, timeout: float, what: str) -> None:
-    """Wait until the agent, the NIC and OVS are idle and the OVS flow count stays put (see the docstring)."""
+def settle(host: SimHost, paths: Datapaths, timeout: float, what: str, flows: bool = False) -> None:
+    """Wait until the agent, the NIC and OVS are idle and the OVS flow count stays put (see the docstring);
+    with ``flows``, until OVS also holds some of hwflow's flows (an agent that cannot reach its database idles
+    with none)."""
     deadline = time.monotonic() + timeout
     calm, last = 0, None
     while calm < SETTLE_ROUNDS:
@@ -383,7 +390,7 @@ def settle(host: SimHost, paths: Datapaths, timeout: float, what: str) -> None:
             raise ConvergeError(f"{what}: {exc if isinstance(exc, ConvergeError) else 'a host process exited'}; "
                                 f"see {host.workdir}") from None
         count = paths.flow_count()
-        calm = calm + 1 if max(busy.values()) < IDLE_CPU and count == last else 0
+        calm = calm + 1 if max(busy.values()) < IDLE_CPU and count == last and (count or not flows) else 0
         last = count
         if time.monotonic() > deadline:
             load = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
@@ -571,10 +578,11 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
         nb.create_many(topo.objects)
         results["db_s"] = round(time.perf_counter() - start, 3)
         host = SimHost(name, workdir, url, num_vfs=local_ports + changes, profile=params["profile"])
-        paths = None
+        paths = relay_proc = None
         try:
             progress(f"starting host {name} (OVS, simulated {params['profile']} NIC with {host.num_vfs} VFs)")
             host.start(agent=False)
+            relay_proc = _relay(url, host, workdir, progress)
             plug_start = time.perf_counter()
             for i, port in enumerate(topo.local):
                 host.plug(port, f"{host.ns}-{i}")
@@ -585,7 +593,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             paths = Datapaths(host)
             sync_start = time.perf_counter()
             host.start_agent()
-            settle(host, paths, timeout, "the first sync")
+            settle(host, paths, timeout, "the first sync", flows=True)
             now = time.perf_counter()
             results["first_sync_s"] = round(now - sync_start, 3)
             results["setup_s"] = round(now - start, 3)
@@ -635,18 +643,124 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             if paths is not None:
                 paths.close()
             host.stop()
+            stop_process(relay_proc)
     return results
 
 
+# --- a database on the machine's loopback, seen from the host's namespace --------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost")
+CLONE_NEWNET = 0x40000000
+
+
+def _loopback_ports(url: str) -> list[int]:
+    """The ports of an etcd URL's endpoints on the machine's loopback (which a namespace has its own of)."""
+    if not url.startswith("etcd://"):
+        return []
+    hosts = url[len("etcd://"):].partition("/")[0]
+    return sorted({int(port) for host, _, port in (h.rpartition(":") for h in hosts.split(","))
+                   if host in LOOPBACK and port.isdigit()})
+
+
+def _relay(url: str, host: SimHost, workdir: Path, progress: Progress) -> subprocess.Popen | None:
+    """A relay (``python -m hwflow.bench.converge relay``) from 127.0.0.1:PORT in the host's namespace to the
+    machine's, for each endpoint of ``url`` on the loopback: the agent there reaches the database the bench
+    writes to by the same URL. None when the database is a file or elsewhere."""
+    ports = _loopback_ports(url)
+    if not ports:
+        return None
+    progress(f"relaying 127.0.0.1 port(s) {', '.join(map(str, ports))} into namespace {host.ns} for the agent")
+    with open(workdir / "relay.out", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "hwflow.bench.converge", "relay", "--netns", host.ns,
+                                 *(f"--port={p}" for p in ports)], stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        stop_process(proc)
+        raise ConvergeError(f"the loopback relay did not start: {(workdir / 'relay.out').read_text()[-2000:]}")
+    return proc
+
+
+def _listen_in_netns(netns: str, ports: list[int]) -> list[tuple[int, socket.socket]]:
+    """Listening sockets on 127.0.0.1 of a named network namespace, made by a thread that joins it (a thread's
+    namespace is its own; a socket stays in the one it was made in)."""
+    made: list[tuple[int, socket.socket]] = []
+    failed: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/var/run/netns/{netns}", "rb") as ns:
+                if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns to {netns}: {os.strerror(ctypes.get_errno())}")
+            made.extend((port, socket.create_server(("127.0.0.1", port))) for port in ports)
+        except BaseException as exc:  # handed to the caller
+            failed.append(exc)
+
+    worker = threading.Thread(target=make)
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+    return made
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _splice(inside: socket.socket, port: int) -> None:
+    try:
+        outside = socket.create_connection(("127.0.0.1", port), timeout=10)
+        outside.settimeout(None)
+    except OSError:
+        inside.close()
+        return
+    pumps = [threading.Thread(target=_pump, args=pair, daemon=True) for pair in ((inside, outside), (outside, inside))]
+    for pump in pumps:
+        pump.start()
+    for pump in pumps:
+        pump.join()
+    inside.close()
+    outside.close()
+
+
+def relay(netns: str, ports: list[int]) -> int:
+    """Until SIGTERM: each connection to 127.0.0.1:PORT in ``netns`` joined to 127.0.0.1:PORT here."""
+    listeners = _listen_in_netns(netns, ports)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    selector = selectors.DefaultSelector()
+    for port, listener in listeners:
+        selector.register(listener, selectors.EVENT_READ, port)
+    print("ready", flush=True)
+    while not stop.is_set():
+        for key, _ in selector.select(0.2):
+            assert isinstance(key.fileobj, socket.socket)
+            conn, _ = key.fileobj.accept()
+            threading.Thread(target=_splice, args=(conn, key.data), daemon=True).start()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hwflow.bench.converge agent-passes``: the bench's helper (see :func:`agent_passes`)."""
+    """``python -m hwflow.bench.converge agent-passes|relay``: the bench's helpers (:func:`agent_passes`,
+    :func:`relay`)."""
     parser = argparse.ArgumentParser(prog="python -m hwflow.bench.converge")
     sub = parser.add_subparsers(dest="command", required=True)
     helper = sub.add_parser("agent-passes", help="start an agent as hwflow-agent does and time its passes")
     helper.add_argument("--config-file", required=True)
     helper.add_argument("--log-file", required=True)
     helper.add_argument("--passes", type=int, default=5)
+    loop = sub.add_parser("relay", help="join 127.0.0.1 ports of a network namespace to the machine's")
+    loop.add_argument("--netns", required=True)
+    loop.add_argument("--port", type=int, action="append", required=True)
     args = parser.parse_args(argv)
+    if args.command == "relay":
+        return relay(args.netns, args.port)
     return agent_passes(args.config_file, args.log_file, args.passes)
 
 
