@@ -560,10 +560,11 @@ def _cannot_deliver(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOfflo
 
 def _action_count(leaf: Leaf, port: PortOffload) -> int:
     """How many tc actions the leaf becomes (see hwflow.backends.tc.backend.to_flower)."""
-    pedit = any(isinstance(e, ir.DecTtl) or isinstance(e, ir.SetField) and e.field in REWRITABLE for e in leaf.edits)
+    rewrite = any(isinstance(e, ir.SetField) and e.field in REWRITABLE for e in leaf.edits)
+    ttl = any(isinstance(e, ir.DecTtl) for e in leaf.edits)  # a pedit and a csum of its own
     others = sum(1 for e in leaf.edits if isinstance(e, ir.PushVlan | ir.PopVlan | ir.Conntrack))
     tunnel = any(isinstance(e, ir.SetField) and e.field in TUNNEL_FIELDS for e in leaf.edits)
-    return 2 * pedit + others + tunnel + (port.port in TUNNEL_TYPE) + 1
+    return 2 * rewrite + 2 * ttl + others + tunnel + (port.port in TUNNEL_TYPE) + 1
 
 
 def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:

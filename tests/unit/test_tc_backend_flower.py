@@ -18,6 +18,8 @@ from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, Capabilities, Conntrack
 from hwflow.offload.partition import HwRule, PortOffload, partition
 from hwflow.pipeline import ir
+from hwflow.sim import admission
+from hwflow.sim.profile import load_profile
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
 REPS = {1: Representor(11, "netlink"), 2: Representor(12, "netlink"), TUN: Representor(99, "netlink")}
@@ -46,14 +48,16 @@ def flower_rules(flows: list[ir.Flow]) -> list[fl.FlowerRule]:
     return out
 
 
-def test_a_route_is_pedit_csum_and_redirect_behind_a_pass_rule():
+def test_a_route_is_two_pedits_csum_and_redirect_behind_a_pass_rule():
+    """The MAC rewrite and the TTL decrement are two pedits (set, then add): NICs take them apart."""
     hop = (ir.SetField("eth_src", ROUTER), ir.SetField("eth_dst", MAC_B), ir.DecTtl(), ir.Output(2))
     trap, route = flower_rules([ir.Flow(0, 1, ir.Match.of(in_port=1, eth_dst=ROUTER), hop, "r")])
     assert trap.actions == (fl.Gact("pass"),) and (trap.keys.ip_ttl, trap.keys.ip_ttl_mask) == (0, 0xFE)
     assert route.prio > trap.prio
-    pedit, csum, mirred = route.actions
-    assert pedit == fl.Pedit(fl.pedit_set("eth", 6, ROUTER.to_bytes(6, "big")) + fl.pedit_set("eth", 0, MAC_B.to_bytes(
-        6, "big")) + fl.pedit_set("ip4", 8, b"\xff", "add"))
+    macs, ttl, csum, mirred = route.actions
+    assert macs == fl.Pedit(fl.pedit_set("eth", 6, ROUTER.to_bytes(6, "big")) + fl.pedit_set("eth", 0, MAC_B.to_bytes(
+        6, "big")))
+    assert ttl == fl.Pedit(fl.pedit_set("ip4", 8, b"\xff", "add"))
     assert csum == fl.Csum(fl.TCA_CSUM_UPDATE_FLAG_IPV4HDR) and mirred == fl.Mirred(12)
 
 
@@ -121,3 +125,16 @@ def test_conntrack_nat_is_ct_nat(nat, expected):
                   (ir.Conntrack(zone=5, commit=True, nat=nat),))
     _, frule = to_flower(rule, REPS, 0)
     assert frule.actions == (expected, fl.Mirred(12))
+
+
+def test_a_route_as_flower_is_admitted_by_the_simulated_mlx5():
+    """The simulated NIC, with the ConnectX-6 Dx profile, takes the routed rule (it refused one pedit mixing the
+    MAC sets and the TTL add: every routed port's rules were refused and kept in software)."""
+    caps = load_profile("mlx5-connectx6dx").capabilities
+    hop = (ir.SetField("eth_src", ROUTER), ir.SetField("eth_dst", MAC_B), ir.DecTtl(), ir.Output(2))
+    pipeline = ir.Pipeline.build([ir.Flow(0, 1, ir.Match.of(in_port=1, eth_dst=ROUTER), hop, "r")], {})
+    plan = partition(pipeline, {p: PortOffload(p, "sw0", caps) for p in (1, 2)}, (ir.ETH_TYPE_IPV4,))
+    rules = [to_flower(rule, REPS, TC_FLAGS["skip_sw"])[1] for rule in plan.rules_of(1)]
+    assert len(rules) == 2
+    for rule in rules:
+        admission.check(rule, caps, [11, 12])  # raises NotAdmitted with why

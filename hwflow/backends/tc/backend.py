@@ -167,9 +167,9 @@ def _actions(rule: HwRule, reps: Mapping[int, Representor],
             pedit += flower.pedit_set(htype, offset, action.value.to_bytes(ir.FIELD_BITS[action.field] // 8, "big"))
             csum |= _CSUM_L3_L4 if htype == "ip4" else 0
             continue
-        if isinstance(action, ir.DecTtl):
-            pedit += _TTL_DEC
-            csum |= flower.TCA_CSUM_UPDATE_FLAG_IPV4HDR
+        if isinstance(action, ir.DecTtl):  # a pedit of its own: NICs (the simulated one too) take set and add apart
+            out += _flush(pedit, csum) + _flush(list(_TTL_DEC), flower.TCA_CSUM_UPDATE_FLAG_IPV4HDR)
+            pedit, csum = [], 0
             continue
         out += _flush(pedit, csum)
         pedit, csum = [], 0
