@@ -49,6 +49,7 @@ packets is kept in software when an earlier rule without a tag overlaps it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -676,22 +677,38 @@ class _Decided:
 
 
 class ChainIds:
-    """tc chain numbers, stable while a chain is in use.
+    """tc chain numbers, the same for the same chain in every plan, and growing along every goto.
 
-    On a NIC with no chain limit every chain gets a number of its own across the host, so a shared chain
-    has one number on every representor. On a NIC with few chains (``max_chains``) nothing is shared and
-    each port numbers its own chains from 1, as far as the NIC goes.
+    On a NIC with no chain limit a chain's number is its entry table's block (``(table + 1) << 20``) plus
+    a hash of its entry: a goto always leads to a later table, so to a higher number (the simulated NIC,
+    and mlx5 without ignore_flow_level, refuse a goto backwards), and a restarted agent, or a whole plan
+    after many changes, numbers a chain as before (its rules keep their identity: nothing to replace).
+    Two entries whose hashes meet take the next free number. On a NIC with few chains (``max_chains``)
+    nothing is shared and each port numbers its own chains from 1 in the order met, as far as the NIC goes.
     """
+
+    BLOCK = 20  # bits of a table's block: a million chains a table before hashes must probe far
 
     def __init__(self) -> None:
         self._ids: dict[tuple, int] = {}
+        self._taken: set[int] = set()
         self._next: dict[int, int] = {}
 
     def get(self, key: tuple, space: int) -> int:
         number = self._ids.get(key)
         if number is None:
-            number = self._ids[key] = self._next.get(space, 1)
-            self._next[space] = number + 1
+            if space == SHARED:
+                entry = key[-1]
+                block = (entry.table + 1) << self.BLOCK
+                slot = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "big")
+                number = block + slot % (1 << self.BLOCK)
+                while number in self._taken:
+                    number = block + (number + 1 - block) % (1 << self.BLOCK)
+            else:
+                number = self._next.get(space, 1)
+                self._next[space] = number + 1
+            self._ids[key] = number
+            self._taken.add(number)
         return number
 
 

@@ -17,7 +17,7 @@ from nic_model import forwarded_by_nic, hw_then_sw
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
-from hwflow.offload.partition import FULL, Partitioner, Plan, PortOffload, partition
+from hwflow.offload.partition import FULL, ChainIds, Partitioner, Plan, PortOffload, partition
 from hwflow.pipeline import interpreter, ir
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
@@ -432,11 +432,12 @@ def test_a_conntrack_chain_goes_to_hardware_and_keeps_state_like_the_pipeline():
     pipeline = _sg_pipeline()
     plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
     ct, *chain, miss = plan.rules_of(1)
-    assert (ct.chain, ct.goto, ct.actions) == (0, 1, (ir.Conntrack(zone=5, table=1),))
-    assert {(r.chain, r.output) for r in chain} == {(1, 2)} and len(chain) == 2
+    assert (ct.chain, ct.actions) == (0, (ir.Conntrack(zone=5, table=1),))
+    assert ct.goto >> ChainIds.BLOCK == 2  # table 1's block: a goto always leads to a higher chain
+    assert {(r.chain, r.output) for r in chain} == {(ct.goto, 2)} and len(chain) == 2
     assert all(r.match.get("ct_state").value & ir.CT_TRK for r in chain)
     # the chain ends in a catch-all pass: a miss there reaches software from chain 0, not a chain software lacks
-    assert (miss.chain, miss.output, miss.goto, miss.actions) == (1, None, None, ())
+    assert (miss.chain, miss.output, miss.goto, miss.actions) == (ct.goto, None, None, ())
     assert miss.match == ir.Match.of(eth_type=ir.ETH_TYPE_IPV4) and miss.level > max(r.level for r in chain)
     request = {"eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_src": IPS[0], "ipv4_dst": IPS[1], "ip_ttl": 64}
     reply = {**request, "ipv4_src": IPS[1], "ipv4_dst": IPS[0]}
@@ -640,3 +641,13 @@ def test_a_ttl_decrement_after_an_output_keeps_the_path_in_software():
     assert "a header action after an output: copies with different headers stay in software" in {
         s.reason for s in plan.software}
     _check_all_packets(pipeline, plan)
+
+
+def test_chain_numbers_are_the_same_in_every_plan_and_grow_along_gotos():
+    """A restarted agent (a fresh ChainIds) numbers every chain as before, and no goto leads backwards."""
+    pipeline = _sg_pipeline()
+    first = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), joins={1})
+    again = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), joins={1})
+    assert all(first.rules_of(p) == again.rules_of(p) for p in PORTS)
+    gotos = [r for p in PORTS for r in first.rules_of(p) if r.goto is not None]
+    assert gotos and all(r.goto > r.chain for r in gotos)
