@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from hwflow.agent import topology
 from hwflow.db.api import Change, NbApi
 from hwflow.model.errors import Compacted, HwflowError, NotFound, ValidationError
-from hwflow.model.objects import NbObject
+from hwflow.model.objects import NbObject, Port, SecurityGroupRule, Subnet
 
 LOG = logging.getLogger(__name__)
 
@@ -205,8 +205,23 @@ class NbCache:
             return True, _shape(current) != _shape(change.obj)
         if self._wanted(change.obj):
             self._held[key] = change.obj
-            return True, True
+            return True, self._reaches_further(change.obj)
         return False, False
+
+    def _reaches_further(self, obj: NbObject) -> bool:
+        """Whether a new object taken in can pull in more than itself (then the selection is walked again).
+
+        A port of another chassis on a network or in a group whose ports are held pulls in only its chassis,
+        which is usually held already; a subnet nothing; a security-group rule only its remote group. With
+        ten thousand ports held, walking the selection again for each new one is what a write waited for.
+        """
+        if isinstance(obj, Port):
+            return obj.id in self._local_ids or bool(obj.chassis) and ("chassis", obj.chassis) not in self._held
+        if isinstance(obj, Subnet):
+            return False
+        if isinstance(obj, SecurityGroupRule):
+            return bool(obj.remote_group_id) and ("security_group", obj.remote_group_id, "port") not in self._expanded
+        return True
 
     def _wanted(self, obj: NbObject) -> bool:
         """A new object matters if it is a local port or points at an object whose referrers are held."""
