@@ -51,9 +51,9 @@ def host(local_ports: int, remote_ports: int) -> tuple[Compiler, Topology]:
     nets, ports, others = build(scale)
     chassis = {f"c{i}": Chassis(id=f"c{i}", name=f"c{i}", tunnel_ip=f"192.0.2.{i + 1}", tunnel_types=["vxlan"])
                for i in range(REMOTE_CHASSIS)}
-    # every (total // local_ports)-th port is local, so local ports spread over all the networks
-    stride = max(1, total // max(local_ports, 1))
-    local = {pid for i, pid in enumerate(ports) if i % stride == 0 and i // stride < local_ports}
+    # the first ports are local: port i is on network i % networks, so they spread over every network (a
+    # stride that divides the number of networks would have put them all on a few)
+    local = {f"p{i}" for i in range(local_ports)}
     for i, pid in enumerate(ports):
         if pid not in local:
             ports[pid] = dataclasses.replace(ports[pid], chassis=f"c{i % REMOTE_CHASSIS}")
