@@ -158,7 +158,6 @@ class ChainPlan:
     rules: list[HwRule] = dataclasses.field(default_factory=list)
     software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
     children: set[int] = dataclasses.field(default_factory=set)  # chains its rules go to
-    forwards: bool = False  # some rule does more than hand the packet to software
 
     @property
     def shared(self) -> bool:
@@ -261,6 +260,8 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     ``deps`` collects each table lookup made, as (table, field, value)
     (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk.
     """
+    if joins and reads is None:
+        reads = StateRead(pipeline.flows).from_table
     yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, reads), 0)
 
 
@@ -270,6 +271,8 @@ def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] =
     """The leaves of the chain that starts at ``entry``."""
     path = _Path(dict(entry.known), dict(entry.aliases))
     region = {f: (v, m) for f, v, m in entry.region}
+    if joins and reads is None:
+        reads = StateRead(pipeline.flows).from_table
     yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, reads), 0)
 
 
@@ -278,7 +281,7 @@ class _Walk:
     joins: frozenset[int]
     doomed: Callable[[Region], str | None] | None
     deps: set[tuple] | None = None
-    reads: Callable[[int], frozenset[str]] | None = None  # fields read from a table on (default: the pipeline's)
+    reads: Callable[[int], frozenset[str]] | None = None  # state read from a table on (StateRead.from_table)
 
 
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
@@ -336,8 +339,8 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and path.clean and path.known.get("in_port", 0) > 0 \
                     and path.known["in_port"] not in TUNNEL_TYPE:
-                reads = how.reads(action.table) if how.reads is not None else pipeline.fields_read_from(action.table)
-                yield _leaf(region, path, None, flow.owner, _join_entry(reads, action.table, region, path))
+                yield _leaf(region, path, None, flow.owner, _join_entry(how.reads(action.table), action.table,
+                                                                        region, path))
             else:
                 yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
@@ -712,6 +715,38 @@ class ChainIds:
         return number
 
 
+class StateRead:
+    """Which pipeline state the flows of each table read (match, or copy with a move), counted per field.
+
+    A join's chain entry keeps of a path's state only what the tables from the join on read (see
+    :func:`_join_entry`); counting lets a change of the pipeline say whether that set moved.
+    """
+
+    def __init__(self, flows: Iterable[ir.Flow]) -> None:
+        self._fields: dict[int, dict[str, int]] = {}  # table -> field -> how many flows read it
+        self._from: dict[int, frozenset[str]] = {}
+        for flow in flows:
+            self.count(flow, 1)
+
+    def count(self, flow: ir.Flow, step: int) -> None:
+        """Take ``flow`` in (``step`` 1) or out (-1)."""
+        counts = self._fields.setdefault(flow.table, {})
+        read = {*(t.field for t in flow.match), *(a.src for a in flow.actions if isinstance(a, ir.Move))}
+        for field in read & ir.INTERNAL_FIELDS:  # a clean path knows nothing else
+            counts[field] = counts.get(field, 0) + step
+            if not counts[field]:
+                del counts[field]
+        self._from.clear()
+
+    def from_table(self, table: int) -> frozenset[str]:
+        """State some flow of ``table`` or a later one reads (gotos only go forward)."""
+        reads = self._from.get(table)
+        if reads is None:
+            reads = self._from[table] = frozenset(f for t, counts in self._fields.items() if t >= table
+                                                  for f in counts)
+        return reads
+
+
 Owner = tuple  # ("port", port key) or ("chain", chain key): what one walk was planned into
 
 
@@ -721,7 +756,6 @@ class _Planned:
 
     decided: _Decided
     deps: set[tuple]  # (table, field, value) a walk looked flows up by; ("out", port) a leaf would output to
-    chain: ChainPlan | None = None  # for a chain: its plan (None: nothing of it goes to hardware)
 
 
 class _Planner:
@@ -742,34 +776,15 @@ class _Planner:
         self._planned: dict[Owner, _Planned] = {}
         self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
         self._keys: dict[int, tuple] = {}  # chain id -> key
-        self._readers: dict[tuple, set[Owner]] = {}  # dependency -> owners whose planning read it
+        self._readers: dict[tuple, set[Owner]] = {}  # ("out", port) -> owners whose leaves would output to it
         self._by_table: dict[tuple[int, str | None], dict[int | None, set[Owner]]] = {}  # (table, field) -> ...
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
-        self._fields: dict[int, dict[str, int]] = {}  # table -> field -> how many flows read it (match, move)
-        for flow in pipeline.flows:
-            self._count(flow, 1)
-        self._reads_cache: dict[int, frozenset[str]] = {}
+        self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
-
-    def _count(self, flow: ir.Flow, step: int) -> None:
-        counts = self._fields.setdefault(flow.table, {})
-        read = {*(t.field for t in flow.match), *(a.src for a in flow.actions if isinstance(a, ir.Move))}
-        for field in read & ir.INTERNAL_FIELDS:  # a clean path knows nothing else (see _join_entry)
-            counts[field] = counts.get(field, 0) + step
-            if not counts[field]:
-                del counts[field]
-
-    def _reads(self, table: int) -> frozenset[str]:
-        """Pipeline state some flow of ``table`` or a later one reads: what a join's chain entry keeps of it."""
-        reads = self._reads_cache.get(table)
-        if reads is None:
-            reads = self._reads_cache[table] = frozenset(
-                f for t, counts in self._fields.items() if t >= table for f in counts)
-        return reads
 
     # --- whole plans and changes ------------------------------------------------------
 
@@ -787,12 +802,11 @@ class _Planner:
         """Take a changed pipeline (the flows ``added`` and ``removed``) and port set; the ports whose rules may
         differ now. Raises :class:`_Replan` when only a whole plan is right: a switch went over its capacity,
         or what a join table's chains keep of the state changed (a field newly read, or no longer)."""
-        joins_before = {j: self._reads(j) for j in self.joins}
+        joins_before = {j: self.reads.from_table(j) for j in self.joins}
         for flows, step in ((added, 1), (removed, -1)):
             for flow in flows:
-                self._count(flow, step)
-        self._reads_cache.clear()
-        if any(self._reads(j) != before for j, before in joins_before.items()):
+                self.reads.count(flow, step)
+        if any(self.reads.from_table(j) != before for j, before in joins_before.items()):
             raise _Replan("the fields read behind a join changed")
         self.pipeline = pipeline
         dirty: set[Owner] = set()
@@ -868,9 +882,6 @@ class _Planner:
                      if p.switch_id == port.switch_id and k != port.port)
         return max(port.capabilities.max_rules - others, 0)
 
-    def _software_of_ports(self, ports: Iterable[int]) -> list[SoftwareLeaf]:
-        return [sw for k in ports if ("port", k) in self._planned for sw in self._planned["port", k].decided.software]
-
     def _readers_of(self, flow: ir.Flow) -> set[Owner]:
         """The owners whose walks looked up ``flow``'s table by a value it matches, or it does not pin."""
         found: set[Owner] = set()
@@ -897,7 +908,7 @@ class _Planner:
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
-                                   self._reads))
+                                   self.reads.from_table))
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
         self._remember(owner, _Planned(decided, deps))
         return decided.cost
@@ -917,7 +928,7 @@ class _Planner:
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
-        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self._reads)
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self.reads.from_table)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
@@ -925,8 +936,8 @@ class _Planner:
         level = 1 + max(r.level for r in decided.rules)
         rules = decided.rules + [HwRule(chain_ctx.port, len(decided.rules), level, catch, None, "miss", (), number,
                                         None, shared)]
-        chain = ChainPlan(number, rules, decided.software, decided.children, True)
-        self._remember(owner, _Planned(decided, deps, chain))
+        chain = ChainPlan(number, rules, decided.software, decided.children)
+        self._remember(owner, _Planned(decided, deps))
         return chain
 
     def _closure_of(self, number: int) -> frozenset[int]:
@@ -939,8 +950,9 @@ class _Planner:
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
         for dep in planned.deps:
-            self._readers.setdefault(dep, set()).add(owner)
-            if dep[0] != "out":
+            if dep[0] == "out":
+                self._readers.setdefault(dep, set()).add(owner)
+            else:
                 self._by_table.setdefault(dep[:2], {}).setdefault(dep[2], set()).add(owner)
 
     def _forget(self, owner: Owner) -> None:
@@ -948,8 +960,9 @@ class _Planner:
         if planned is None:
             return
         for dep in planned.deps:
-            self._readers.get(dep, set()).discard(owner)
-            if dep[0] != "out":
+            if dep[0] == "out":
+                self._readers.get(dep, set()).discard(owner)
+            else:
                 self._by_table.get(dep[:2], {}).get(dep[2], set()).discard(owner)
         for child in planned.decided.children:
             self._parents.get(self._keys[child], set()).discard(owner)

@@ -414,7 +414,6 @@ class Pipeline:
         self._tables: dict[int, list[Flow]] = {}
         self._indexes: dict[tuple[int, str], tuple[dict[int, list[Entry]], list[Entry]]] = {}
         self._fields: dict[int, tuple[str, ...]] = {}
-        self._reads_from: dict[int, frozenset[str]] = {}
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -445,7 +444,6 @@ class Pipeline:
         out._flows = None
         out._tables = {t: v for t, v in self._tables.items() if t not in gone and t not in new}
         out._fields = {t: v for t, v in self._fields.items() if t not in gone and t not in new}
-        out._reads_from = {}
         out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
@@ -531,22 +529,6 @@ class Pipeline:
         if not hits:
             return field, exact[field], (flow for _, flow in rest)
         return field, exact[field], (flow for _, flow in heapq.merge(hits, rest, key=_position))
-
-    def fields_read_from(self, table: int) -> frozenset[str]:
-        """Every field a flow of ``table`` or a later table matches or copies (gotos only go forward).
-
-        What a path carries in other fields cannot change where it goes from ``table`` on: the partitioner
-        leaves them out of a shared chain's entry.
-        """
-        reads = self._reads_from.get(table)
-        if reads is None:
-            found: set[str] = set()
-            for flow in self.flows:
-                if flow.table >= table:
-                    found.update(term.field for term in flow.match)
-                    found.update(a.src for a in flow.actions if isinstance(a, Move))
-            reads = self._reads_from[table] = frozenset(found)
-        return reads
 
     def _index_fields(self, table: int) -> tuple[str, ...]:
         fields = self._fields.get(table)
