@@ -62,6 +62,23 @@ def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
     raise AssertionError(f"more than 64 gotos: {rules}")
 
 
+def aimed_at_rules(plan: Plan, packet: Mapping[str, int]) -> list[dict[str, int]]:
+    """``packet`` moved into the match of each chain-0 rule of its port that forwards or goes on: the packets
+    a random draw rarely makes, and the ones that reach the NIC side of the proof (its edges stay random)."""
+    out = []
+    for rule in plan.rules_of(packet["in_port"]):
+        if rule.chain or (rule.output, rule.goto) == (None, None):
+            continue
+        aimed = dict(packet)
+        if rule.match.get("vlan_vid") is None:
+            aimed.pop("vlan_vid", None)  # flower: a rule without a VLAN term takes untagged packets only
+        for term in rule.match.fields:
+            if term.field not in INTERNAL:
+                aimed[term.field] = term.value | aimed.get(term.field, 0) & ~term.mask
+        out.append(aimed)
+    return out
+
+
 def lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
     candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
                   and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
