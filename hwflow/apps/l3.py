@@ -155,7 +155,8 @@ class Gateway:
 
 class L3App(App):
     spec = AppSpec(name="l3", tables=("arp", "na", "router_mac", "route", "nat_out", "nat_in", "unsnat", "next_hop"),
-                   entries={"in": "arp"}, exits=("out",), registers=("nexthop",))
+                   entries={"in": "arp"}, exits=("out",), registers=("nexthop",),
+                   meets=("next_hop",))
 
     # --- owners ---------------------------------------------------------------------
 

@@ -41,6 +41,15 @@ software, which runs the whole pipeline again: so nothing before such a
 ``ct`` may change the packet or the connection table (no rewrite, commit or
 NAT; those happen inline, in the rule that also outputs).
 
+Chains as tables: at a *join* (a table where paths from many places meet:
+the L2 lookup, L3's entry and its next hop) a path whose packet is still as
+it arrived hands over to a chain every port of the network (or every
+network of a router) shares, so a destination's rules are planned once per
+network instead of once per source port. The rewrites a router decided
+before its next hop ride along as the chain's pending edits: the goto does
+nothing to the packet, the chain's rules do the edits with their output, so
+a miss anywhere still reaches software with the packet untouched.
+
 Flower matches VLAN tags by protocol: a rule without a ``vlan_vid`` term
 takes untagged packets only. Tagged packets pass it by, so a rule for tagged
 packets is kept in software when an earlier rule without a tag overlaps it.
@@ -92,17 +101,27 @@ class ChainEntry:
     serves both. A conntrack recirculation's entry keeps the whole region and
     ``in_port`` (it belongs to one port); a join's drops ``in_port`` and every
     header term but the ethertype, VLAN and ct_state (see :func:`walk`), so
-    every port of a network reaches the same chain.
+    every port of a network reaches the same chain. A path may reach a join
+    with header rewrites decided but not done (a router's MAC rewrite and
+    TTL decrement before its next-hop table): the goto leaves the packet as
+    it is, and the chain's rules do them (``edits``), so a miss there still
+    reaches software with the packet as it arrived.
     """
 
     table: int
-    known: tuple[tuple[str, int], ...]  # sorted pipeline state
+    known: tuple[tuple[str, int], ...]  # sorted pipeline state (and header fields a pending edit sets)
     aliases: tuple[tuple[str, str], ...]  # sorted register -> packet field copies
     region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask) every packet entering lies in
+    edits: tuple[Edit, ...] = ()  # header actions the path decided on before the goto: the chain's rules do them
 
     @property
     def shared(self) -> bool:
         return not any(field == "in_port" for field, _ in self.known)
+
+    @property
+    def dirty(self) -> frozenset[str]:
+        """Header fields the pending edits leave unknown (a TTL decrement's)."""
+        return frozenset({"ip_ttl"} if any(isinstance(e, ir.DecTtl) for e in self.edits) else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,9 +240,11 @@ class _Path(NamedTuple):
     edits: tuple[Edit, ...] = ()
 
     @property
-    def clean(self) -> bool:
-        """Nothing done to the packet yet: software, running the pipeline from the start, would see it as is."""
-        return not (self.outputs or self.edits or self.dirty)
+    def pending(self) -> bool:
+        """Nothing done to the packet yet but header rewrites and a TTL decrement, which a rule further on may do
+        as well as one here: a goto to a join table can carry them (see :class:`ChainEntry`)."""
+        return not self.outputs and self.dirty <= {"ip_ttl"} and all(
+            isinstance(e, ir.SetField | ir.DecTtl) for e in self.edits)
 
 
 def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[str, int]):
@@ -246,34 +267,34 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
          joins: frozenset[int] = frozenset(), doomed: Callable[[Region], str | None] | None = None,
-         deps: set[tuple] | None = None, reads: Callable[[int], frozenset[str]] | None = None) -> Iterator[Leaf]:
+         deps: set[tuple] | None = None, state: StateRead | None = None) -> Iterator[Leaf]:
     """The leaves of one chain's decision list for packets in ``region``, in order.
 
     The walk does not follow a path into another chain: a ``ct(table=N)`` ends
-    in a leaf whose ``enter`` names the chain N starts, and so does a clean
-    path (see :attr:`_Path.clean`) of a known port going to a table in
-    ``joins``; that chain is walked on its own (:func:`walk_entry`). A
-    join's chain forgets the port: every port of a network reaches the same
-    one. ``doomed(region)`` says a region no hardware rule can match (a field
+    in a leaf whose ``enter`` names the chain N starts, and so does a path
+    whose packet is still as it arrived (see :func:`_hands_over`) going to a
+    table in ``joins``; that chain is walked on its own (:func:`walk_entry`).
+    A join's chain forgets the port: every port of a network reaches the
+    same one. ``doomed(region)`` says a region no hardware rule can match (a field
     the NIC cannot match): the walk ends there in one software leaf instead
     of enumerating the paths below, which could only end in software too.
     ``deps`` collects each table lookup made, as (table, field, value)
     (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk.
     """
-    if joins and reads is None:
-        reads = StateRead(pipeline.flows).from_table
-    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, reads), 0)
+    if joins and state is None:
+        state = StateRead(pipeline.flows)
+    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, state), 0)
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
                doomed: Callable[[Region], str | None] | None = None, deps: set[tuple] | None = None,
-               reads: Callable[[int], frozenset[str]] | None = None) -> Iterator[Leaf]:
+               state: StateRead | None = None) -> Iterator[Leaf]:
     """The leaves of the chain that starts at ``entry``."""
-    path = _Path(dict(entry.known), dict(entry.aliases))
+    path = _Path(dict(entry.known), dict(entry.aliases), entry.dirty, edits=entry.edits)
     region = {f: (v, m) for f, v, m in entry.region}
-    if joins and reads is None:
-        reads = StateRead(pipeline.flows).from_table
-    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, reads), 0)
+    if joins and state is None:
+        state = StateRead(pipeline.flows)
+    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, state), 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +302,7 @@ class _Walk:
     joins: frozenset[int]
     doomed: Callable[[Region], str | None] | None
     deps: set[tuple] | None = None
-    reads: Callable[[int], frozenset[str]] | None = None  # state read from a table on (StateRead.from_table)
+    state: StateRead | None = None  # what the tables read (for the entry of a join's chain)
 
 
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
@@ -337,10 +358,9 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
             if action.port != path.known.get("in_port"):
                 path = path._replace(outputs=path.outputs + (action.port,))
         elif isinstance(action, ir.GotoTable):
-            if action.table in how.joins and path.clean and path.known.get("in_port", 0) > 0 \
-                    and path.known["in_port"] not in TUNNEL_TYPE:
-                yield _leaf(region, path, None, flow.owner, _join_entry(how.reads(action.table), action.table,
-                                                                        region, path))
+            if action.table in how.joins and _hands_over(path, action.table, how):
+                yield _leaf(region, path._replace(edits=()), None, flow.owner,
+                            _join_entry(how.state.from_table(action.table), action.table, region, path))
             else:
                 yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
@@ -365,19 +385,47 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     yield _leaf(region, path, None, flow.owner)
 
 
-def _join_entry(reads: frozenset[str], table: int, region, path: _Path) -> ChainEntry:
-    """The shared chain a clean path of a port continues in at a join table.
+def _hands_over(path: _Path, table: int, how: _Walk) -> bool:
+    """Whether a path goes on in a join's chain rather than in this one.
 
-    It keeps of the pipeline state only what the tables from ``table`` on
-    read (so the port's conntrack zone, say, does not split the chain), and
-    of the region only what says how a packet is framed and tracked. Fewer
-    terms than the path's region is a larger region: the chain's decision
-    list is right for every packet of it, so for the port's too.
+    Its packet must be as it arrived (edits pending at most, see :attr:`_Path.pending`), and the join must not
+    look flows up by a field a pending edit set: a chain entered so would be one per value (a routed path
+    reaching L2 with the destination's MAC set would get a chain per destination), shared by nothing.
     """
-    known = tuple(sorted((f, v) for f, v in path.known.items() if f != "in_port" and f in reads))
+    if not path.pending or path.known.get("in_port", SHARED) == 0:
+        return False
+    if not any(isinstance(e, ir.SetField) for e in path.edits):
+        return True
+    if how.deps is not None:
+        how.deps.add(("matched", table))
+    matched = how.state.matched(table)
+    return not any(isinstance(e, ir.SetField) and e.field in matched for e in path.edits)
+
+
+def _join_entry(reads: frozenset[str], table: int, region, path: _Path) -> ChainEntry:
+    """The chain a path of a port continues in at a join table, with the edits it has pending.
+
+    A VF port's chain is shared: it keeps of the pipeline state only what the
+    tables from ``table`` on read (so the port's conntrack zone, say, does not
+    split the chain), and of the region only what says how a packet is framed
+    and tracked. Fewer terms than the path's region is a larger region: the
+    chain's decision list is right for every packet of it, so for the port's
+    too. A tunnel port's chain stays its own (``in_port`` and the whole
+    region kept): every rule on a tunnel device decapsulates and matches the
+    tunnel's endpoint (the shape OVS gives a recirculated tunnel flow), so
+    its chains are not the VFs'; one per network still keeps a change of a
+    network's ports to that network's chain instead of the device's whole
+    decision list.
+    """
+    own = path.known.get("in_port") in TUNNEL_TYPE
+    known = tuple(sorted((f, v) for f, v in path.known.items()
+                         if f in reads or f not in INTERNAL_FIELDS or (own and f == "in_port")))
     aliases = tuple(sorted((r, f) for r, f in path.aliases.items() if r in reads))
-    kept = tuple(sorted((f, v, m) for f, (v, m) in region.items() if f in SHARED_REGION))
-    return ChainEntry(table, known, aliases, kept)
+    kept = {f: (v, m) for f, (v, m) in region.items() if own or f in SHARED_REGION}
+    value, mask = region.get("eth_dst", (0, 0))
+    if not own and mask & ir.MULTICAST_BIT:  # unicast or not is framing too (flooded paths stay in software)
+        kept["eth_dst"] = (value & ir.MULTICAST_BIT, ir.MULTICAST_BIT)
+    return ChainEntry(table, known, aliases, tuple(sorted((f, v, m) for f, (v, m) in kept.items())), path.edits)
 
 
 def _recirculate(flow, action: ir.Conntrack, region, path: _Path) -> Leaf:
@@ -723,20 +771,23 @@ class StateRead:
     """
 
     def __init__(self, flows: Iterable[ir.Flow]) -> None:
-        self._fields: dict[int, dict[str, int]] = {}  # table -> field -> how many flows read it
+        self._fields: dict[int, dict[str, int]] = {}  # table -> state field -> how many flows read it
+        self._matched: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows match it
         self._from: dict[int, frozenset[str]] = {}
         for flow in flows:
             self.count(flow, 1)
 
     def count(self, flow: ir.Flow, step: int) -> None:
         """Take ``flow`` in (``step`` 1) or out (-1)."""
-        counts = self._fields.setdefault(flow.table, {})
-        read = {*(t.field for t in flow.match), *(a.src for a in flow.actions if isinstance(a, ir.Move))}
-        for field in read & ir.INTERNAL_FIELDS:  # a clean path knows nothing else
-            counts[field] = counts.get(field, 0) + step
-            if not counts[field]:
-                del counts[field]
+        matched = {t.field for t in flow.match}
+        read = matched | {a.src for a in flow.actions if isinstance(a, ir.Move)}
+        _count(self._fields.setdefault(flow.table, {}), read & ir.INTERNAL_FIELDS, step)
+        _count(self._matched.setdefault(flow.table, {}), matched - ir.INTERNAL_FIELDS, step)
         self._from.clear()
+
+    def matched(self, table: int) -> frozenset[str]:
+        """Header fields some flow of ``table`` matches."""
+        return frozenset(self._matched.get(table, ()))
 
     def from_table(self, table: int) -> frozenset[str]:
         """State some flow of ``table`` or a later one reads (gotos only go forward)."""
@@ -747,6 +798,14 @@ class StateRead:
         return reads
 
 
+def _count(counts: dict[str, int], fields: Iterable[str], step: int) -> None:
+    for field in fields:
+        counts[field] = counts.get(field, 0) + step
+        if not counts[field]:
+            del counts[field]
+
+
+_NAMED_DEPS = frozenset({"out", "matched"})  # dependencies that are not table lookups (see _Planned.deps)
 Owner = tuple  # ("port", port key) or ("chain", chain key): what one walk was planned into
 
 
@@ -755,7 +814,8 @@ class _Planned:
     """One port's chain 0 or one chain, as planned, and what planning it read (to know when to plan it again)."""
 
     decided: _Decided
-    deps: set[tuple]  # (table, field, value) a walk looked flows up by; ("out", port) a leaf would output to
+    deps: set[tuple]  # (table, field, value) a walk looked flows up by; ("out", port) a leaf would output to;
+    # ("matched", table): a path with pending rewrites asked which fields a join looks flows up by
 
 
 class _Planner:
@@ -776,7 +836,7 @@ class _Planner:
         self._planned: dict[Owner, _Planned] = {}
         self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
         self._keys: dict[int, tuple] = {}  # chain id -> key
-        self._readers: dict[tuple, set[Owner]] = {}  # ("out", port) -> owners whose leaves would output to it
+        self._readers: dict[tuple, set[Owner]] = {}  # ("out", port) or ("matched", table) -> owners that read it
         self._by_table: dict[tuple[int, str | None], dict[int | None, set[Owner]]] = {}  # (table, field) -> ...
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
@@ -802,14 +862,18 @@ class _Planner:
         """Take a changed pipeline (the flows ``added`` and ``removed``) and port set; the ports whose rules may
         differ now. Raises :class:`_Replan` when only a whole plan is right: a switch went over its capacity,
         or what a join table's chains keep of the state changed (a field newly read, or no longer)."""
-        joins_before = {j: self.reads.from_table(j) for j in self.joins}
+        reads_before = {j: self.reads.from_table(j) for j in self.joins}
+        matched_before = {j: self.reads.matched(j) for j in self.joins}
         for flows, step in ((added, 1), (removed, -1)):
             for flow in flows:
                 self.reads.count(flow, step)
-        if any(self.reads.from_table(j) != before for j, before in joins_before.items()):
+        if any(self.reads.from_table(j) != before for j, before in reads_before.items()):
             raise _Replan("the fields read behind a join changed")
         self.pipeline = pipeline
         dirty: set[Owner] = set()
+        for join, before in matched_before.items():
+            if self.reads.matched(join) != before:
+                dirty |= self._readers.get(("matched", join), set())
         for flow in (*added, *removed):
             dirty |= self._readers_of(flow)
         gone = self.ports.keys() - ports.keys()
@@ -908,7 +972,7 @@ class _Planner:
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
-                                   self.reads.from_table))
+                                   self.reads))
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
         self._remember(owner, _Planned(decided, deps))
         return decided.cost
@@ -928,7 +992,7 @@ class _Planner:
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
-        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self.reads.from_table)
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self.reads)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
@@ -950,7 +1014,7 @@ class _Planner:
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
         for dep in planned.deps:
-            if dep[0] == "out":
+            if dep[0] in _NAMED_DEPS:
                 self._readers.setdefault(dep, set()).add(owner)
             else:
                 self._by_table.setdefault(dep[:2], {}).setdefault(dep[2], set()).add(owner)
@@ -960,7 +1024,7 @@ class _Planner:
         if planned is None:
             return
         for dep in planned.deps:
-            if dep[0] == "out":
+            if dep[0] in _NAMED_DEPS:
                 self._readers.get(dep, set()).discard(owner)
             else:
                 self._by_table.get(dep[:2], {}).get(dep[2], set()).discard(owner)
@@ -1137,7 +1201,8 @@ def partition(
 
     ``joins`` are the tables where the paths of many ports meet (the layout's
     entry points wired from more than one exit, e.g. L3 and L2): there a
-    port's clean path hands over to a chain all ports of the network share.
+    port's path hands over to a chain all ports of the network share (see
+    :func:`_hands_over`).
     Capacity is shared per embedded switch and counted per representor;
     ports are served in key order so the choice is stable and visible
     (`hwflow trace` and the agent's log say which paths stayed in software

@@ -46,10 +46,14 @@ class AppSpec:
     entries: Mapping[str, str]  # entry point -> one of ``tables``
     exits: tuple[str, ...] = ()
     registers: tuple[str, ...] = ()
+    meets: tuple[str, ...] = ()  # tables inside the app where paths from many places meet (see Layout.joins)
 
     def __post_init__(self) -> None:
         if not self.tables:
             raise LayoutError(f"app {self.name}: declares no table")
+        for table in self.meets:
+            if table not in self.tables:
+                raise LayoutError(f"app {self.name}: meeting point names unknown table {table!r}")
         for entry, table in self.entries.items():
             if table not in self.tables:
                 raise LayoutError(f"app {self.name}: entry point {entry} names unknown table {table!r}")
@@ -119,15 +123,20 @@ class Layout:
     wiring: Wiring
 
     def joins(self) -> frozenset[int]:
-        """Tables of entry points more than one wire leads to: where paths from different places meet.
+        """Where paths from different places meet: entry points more than one wire leads to, and the tables an
+        app declares as meeting points (``AppSpec.meets``: L3's next hop, which the routes of every network a
+        router joins lead to).
 
-        The partitioner lets a port's path hand over to a chain every port of a network shares there.
+        The partitioner lets a port's path hand over there to a chain every port of a network (or a router's
+        every network) shares.
         """
         fed: dict[tuple[str, str], int] = {}
         for target in self.wiring.wires.values():
             fed[target] = fed.get(target, 0) + 1
-        return frozenset(self.apps[app].table_ids[self.apps[app].spec.entries[entry]]
-                         for (app, entry), count in fed.items() if count > 1)
+        entries = {self.apps[app].table_ids[self.apps[app].spec.entries[entry]]
+                   for (app, entry), count in fed.items() if count > 1}
+        inside = {app.table_ids[table] for app in self.apps.values() for table in app.spec.meets}
+        return frozenset(entries | inside)
 
     def edges(self) -> list[tuple[str, str, str, str]]:
         """(from app, exit, to app, entry) for every wire, in table order."""
