@@ -571,6 +571,50 @@ def test_ports_of_a_network_share_one_chain_from_the_join_on():
     _check_all_packets(pipeline, plan)
 
 
+def test_routes_from_every_network_of_a_router_share_its_next_hop_chain_with_the_rewrites_pending():
+    """Ports 1 and 2 on networks 7 and 8 route to port 3 (10.0.1.1) on network 9 through one router. At the
+    next-hop table (a join) both hand over to one chain: the goto leaves the packet as it is (a miss there
+    reaches software untouched), the chain's rule does the router's rewrites and the TTL decrement, and a
+    TTL about to expire is trapped in front of the goto."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 6 + p), ir.GotoTable(1)), "classify")
+             for p in (1, 2, 3)]
+    flows += [ir.Flow(1, 10, ir.Match.of(metadata=net, eth_dst=ROUTER_MAC, ipv4_dst=(0x0A000100, 0xFFFFFF00)),
+                      (ir.SetField("metadata", 9), ir.SetField("eth_src", ROUTER_MAC), ir.DecTtl(), ir.GotoTable(2)),
+                      f"route-{net}") for net in (7, 8)]
+    flows.append(ir.Flow(2, 10, ir.Match.of(metadata=9, ipv4_dst=IPS[2]),
+                         (ir.SetField("eth_dst", MACS[2]), ir.Output(3)), "next-hop"))
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), joins={1, 2})
+    hop = [c for c in plan.chains.values() if any(r.output == 3 for r in c.rules)]
+    assert len(hop) == 1 and hop[0].id in plan.reaches[1] and hop[0].id in plan.reaches[2]
+    (rule,) = [r for r in hop[0].rules if r.output == 3]
+    assert rule.actions == (ir.SetField("eth_src", ROUTER_MAC), ir.DecTtl(), ir.SetField("eth_dst", MACS[2]))
+    gotos = [r for p in (1, 2) for r in plan.rules_of(p) if r.goto == hop[0].id]
+    assert len(gotos) == 2 and all(r.actions == () for r in gotos)
+    for in_port in (1, 2):
+        for ttl in (1, 2, 64):
+            pkt = {"in_port": in_port, "eth_dst": ROUTER_MAC, "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4,
+                   "ipv4_dst": IPS[2], "ip_proto": 6, "ip_ttl": ttl}
+            assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).outputs, pkt
+            assert forwarded_by_nic(plan, pkt) == (ttl > 1)
+    _check_all_packets(pipeline, plan)
+
+
+def test_a_pending_rewrite_of_the_field_a_join_looks_up_by_does_not_hand_over():
+    """A routed path that set the destination MAC before the L2 table would get a chain per destination: it
+    stays in the chain it is in, its rule doing the rewrites and the output."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=1), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify"),
+             ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=ROUTER_MAC, ipv4_dst=IPS[2]),
+                     (ir.SetField("eth_dst", MACS[2]), ir.GotoTable(2)), "route"),
+             ir.Flow(2, 10, ir.Match.of(metadata=7, eth_dst=MACS[2]), (ir.Output(3),), "l2")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), joins={2})
+    assert not plan.chains
+    (rule,) = [r for r in plan.rules_of(1) if r.output == 3]
+    assert rule.actions == (ir.SetField("eth_dst", MACS[2]),) and rule.chain == 0
+    _check_all_packets(pipeline, plan)
+
+
 @st.composite
 def changed_pipelines(draw):
     """A pipeline, and the same after a change: some flows removed, some added (the compiler's delta)."""
