@@ -247,7 +247,7 @@ class Agent:
                                 None if full else (delta.added, delta.removed))
         tc_changes, wanted = self._tc_changes(plan, reps, ifaces, full or self._partitioner.changed is None)
         result = PassResult(len(local), len(pipeline.flows), hw_rules=plan.counts()[1],
-                            software_only=len(plan.software))
+                            software_only=plan.software_count)
         result.hw_removed = self.tc.remove(tc_changes)
         ovs = self._sync_ovs(pipeline, delta, ofports, full)
         result.ovs_changes = ovs.sent

@@ -91,7 +91,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
         "hw_rules": planned,
         "tc_rules": installed,
         "shared_chains": len(plan.chains),
-        "software_paths": len(plan.software),
+        "software_paths": plan.software_count,
     }
     progress(f"full partition {seconds:.2f}s; now {params['changes']} rounds of five changes")
     partition_ms, change_ms = [], []

@@ -65,6 +65,7 @@ from typing import NamedTuple
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import Capabilities
 from hwflow.pipeline import ir
+from hwflow.util.gc import gc_paused
 
 INTERNAL_FIELDS = ir.INTERNAL_FIELDS | {"in_port"}
 TUNNEL_TYPE = {port: kind for kind, port in ir.TUNNEL_PORTS.items()}  # tunnel port key -> tunnel type
@@ -177,25 +178,37 @@ class ChainPlan:
     rules: list[HwRule] = dataclasses.field(default_factory=list)
     software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
     children: set[int] = dataclasses.field(default_factory=set)  # chains its rules go to
-
-    @property
-    def shared(self) -> bool:
-        return bool(self.rules) and self.rules[0].shared
+    shared: bool = False  # every port reaching it gets a copy (else it is one port's own)
 
 
-@dataclasses.dataclass
 class Plan:
     """Each port's chain-0 decision list, the chains they reach, and the paths left to software.
 
     A shared chain is held once however many ports reach it; :meth:`rules_of` gives one port its copy,
     which is what its representor gets (a NIC keeps rules per representor: each carries an implicit
-    source-port match).
+    source-port match). The software paths are kept in parts (a port's, a chain's) and listed on first use:
+    a change's plan is read by port, and listing tens of thousands of paths would cost it more than its
+    re-plan.
     """
 
-    own: dict[int, list[HwRule]] = dataclasses.field(default_factory=dict)  # port -> its chain-0 and own chains
-    chains: dict[int, ChainPlan] = dataclasses.field(default_factory=dict)  # shared chains by id
-    reaches: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # port -> shared chains it uses
-    software: list[SoftwareLeaf] = dataclasses.field(default_factory=list)
+    def __init__(self, own: dict[int, list[HwRule]] | None = None, chains: dict[int, ChainPlan] | None = None,
+                 reaches: dict[int, tuple[int, ...]] | None = None, software: Sequence[SoftwareLeaf] = (),
+                 parts: Sequence[Sequence[SoftwareLeaf]] = ()) -> None:
+        self.own = own if own is not None else {}  # port -> its chain-0 and own chains
+        self.chains = chains if chains is not None else {}  # shared chains by id
+        self.reaches = reaches if reaches is not None else {}  # port -> shared chains it uses
+        self._parts = (software, *parts)
+        self._software: list[SoftwareLeaf] | None = None
+
+    @property
+    def software(self) -> list[SoftwareLeaf]:
+        if self._software is None:
+            self._software = [leaf for part in self._parts for leaf in part]
+        return self._software
+
+    @property
+    def software_count(self) -> int:
+        return sum(len(part) for part in self._parts)
 
     def rules_of(self, port: int) -> list[HwRule]:
         rules = list(self.own.get(port, ()))
@@ -843,6 +856,8 @@ class _Planner:
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
+        self._reached: dict[int, ChainPlan] = {}  # chains some port reaches, by id
+        self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
 
@@ -894,7 +909,7 @@ class _Planner:
             changed_ports |= self._reached_by.get(number, set())
         for key in gone:
             self._costs.pop(key, None)
-        self._assemble(changed_ports & self.ports.keys(), gone)
+        self._assemble(changed_ports & self.ports.keys(), gone, touched_chains | self._planned_since)
         self._check_room()
         return changed_ports
 
@@ -983,6 +998,7 @@ class _Planner:
         caps = ctx.capabilities
         number = self.ids.get(key, ctx.port if caps.max_chains is not None else SHARED)
         self._keys[number] = key
+        self._planned_since.add(number)
         catch = _catch_all(entry)
         scope = SHARED if entry.shared else ctx.port
         if catch is None or (caps.max_chains is not None and number >= caps.max_chains) or (
@@ -1000,7 +1016,7 @@ class _Planner:
         level = 1 + max(r.level for r in decided.rules)
         rules = decided.rules + [HwRule(chain_ctx.port, len(decided.rules), level, catch, None, "miss", (), number,
                                         None, shared)]
-        chain = ChainPlan(number, rules, decided.software, decided.children)
+        chain = ChainPlan(number, rules, decided.software, decided.children, shared)
         self._remember(owner, _Planned(decided, deps))
         return chain
 
@@ -1133,18 +1149,24 @@ class _Planner:
                 todo += self._by_id(number).children
         return seen
 
-    def _assemble(self, ports: set[int], gone: Iterable[int] = ()) -> Plan:
-        """A new :class:`Plan`: ``ports`` looked at again (their rules and the chains they reach), the rest kept."""
+    def _assemble(self, ports: set[int], gone: Iterable[int] = (), refresh: set[int] | None = None) -> Plan:
+        """A new :class:`Plan`: ``ports`` looked at again (their rules and the chains they reach), the rest kept.
+
+        ``refresh``: the chains planned again since the last plan (None: a whole plan, everything looked at).
+        """
         old = self.plan
         own, reaches = dict(old.own), dict(old.reaches)
+        looked: set[int] = set()  # chains whose reach may have changed
         for key in gone:
             own.pop(key, None)
             reaches.pop(key, None)
             for number in self._closures.pop(key, ()):
                 self._reached_by.get(number, set()).discard(key)
+                looked.add(number)
         for key in ports:
             planned = self._planned["port", key]
             closure = self._closure(planned.decided.children)
+            looked |= self._closures.get(key, set())
             for number in self._closures.get(key, set()) - closure:
                 self._reached_by.get(number, set()).discard(key)
             for number in closure:
@@ -1158,12 +1180,25 @@ class _Planner:
             else:
                 reaches.pop(key, None)
             self._costs[key] = len(own[key]) + sum(len(self._by_id(c).rules) for c in shared)
-        reached = {n for n, by in self._reached_by.items() if by}
-        chains = {n: self._by_id(n) for n in sorted(reached) if self._by_id(n).shared}
-        software = [sw for key in sorted(self.ports) if ("port", key) in self._planned
-                    for sw in self._planned["port", key].decided.software]
-        software += [sw for n in sorted(reached) for sw in self._by_id(n).software]
-        self.plan = Plan(own, chains, reaches, software)
+            looked |= closure
+        if refresh is None:
+            self._reached = {}
+            looked = set(self._reached_by)
+        chains = dict(old.chains) if refresh is not None else {}
+        for number in looked | (refresh or set()):
+            chain = self._by_id(number) if self._reached_by.get(number) else None
+            if chain is None:
+                self._reached.pop(number, None)
+                chains.pop(number, None)
+                continue
+            self._reached[number] = chain
+            if chain.shared:
+                chains[number] = chain
+        parts = [self._planned["port", key].decided.software for key in sorted(self.ports)
+                 if ("port", key) in self._planned]
+        parts += [self._reached[n].software for n in sorted(self._reached)]
+        self._planned_since = set()
+        self.plan = Plan(own, chains, reaches, parts=parts)
         return self.plan
 
 
@@ -1241,11 +1276,14 @@ class Partitioner:
             return planner.plan
         if same and delta is not None:
             try:
-                self.changed = planner.update(pipeline, delta[0], delta[1], ports)
+                with gc_paused():  # a change's objects are few and acyclic
+                    self.changed = planner.update(pipeline, delta[0], delta[1], ports)
                 return planner.plan
             except _Replan:
                 pass
-        self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids)
-        self.changed = None
-        self.full_plans += 1
-        return self._planner.plan_all()
+        self._planner = None  # the old plan goes before the new one is made (and frozen: see gc_paused)
+        with gc_paused(keep=True):
+            self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids)
+            self.changed = None
+            self.full_plans += 1
+            return self._planner.plan_all()

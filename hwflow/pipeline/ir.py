@@ -443,7 +443,7 @@ class Pipeline:
         out._sequence = self._sequence
         out._flows = None
         out._tables = {t: v for t, v in self._tables.items() if t not in gone and t not in new}
-        out._fields = {t: v for t, v in self._fields.items() if t not in gone and t not in new}
+        out._fields = dict(self._fields)
         out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
@@ -466,7 +466,12 @@ class Pipeline:
                 out._entries[table] = entries
             else:
                 out._entries.pop(table, None)
-            for field in self._fields.get(table, ()):
+            fields = self._fields.get(table)
+            if fields is not None:  # a field the new flows match exactly joins the index; none leaves it (a
+                # lookup by a field no flow matches exactly is only less selective, never wrong)
+                exact = {t.field for _, f in fresh for t in f.match if t.mask == _FULL_MASKS[t.field]}
+                out._fields[table] = fields + tuple(sorted(exact - set(fields)))
+            for field in fields or ():
                 old = self._indexes.get((table, field))
                 if old is not None:
                     out._indexes[table, field] = _patch_index(old, field, keys, fresh)
@@ -584,20 +589,16 @@ def _patch_index(index: tuple[dict[int, list[Entry]], list[Entry]], field: str, 
     """An index after a patch: only the buckets the removed and added flows are in are copied and changed."""
     buckets, rest = dict(index[0]), index[1]
     full = _FULL_MASKS[field]
-    touched: set[int | None] = set()
-    for entries, value in ((e, v) for v, e in index[0].items()):
-        if gone and any(entry[1].key in gone for entry in entries):
-            touched.add(value)
-    if gone and any(entry[1].key in gone for entry in rest):
-        touched.add(None)
-    for entry in fresh:
-        term = entry[1].match.get(field)
-        touched.add(term.value if term is not None and term.mask == full else None)
+
+    def bucket(match: Match) -> int | None:
+        term = match.get(field)
+        return term.value if term is not None and term.mask == full else None
+
+    touched = {bucket(key[2]) for key in gone} | {bucket(entry[1].match) for entry in fresh}
     for value in touched:
         old = rest if value is None else buckets.get(value, [])
-        kept = [e for e in old if e[1].key not in gone]
-        kept += [e for e in fresh if (lambda t: (t.value if t is not None and t.mask == full else None))(
-            e[1].match.get(field)) == value]
+        kept = [e for e in old if e[1].key not in gone] if gone else list(old)
+        kept += [e for e in fresh if bucket(e[1].match) == value]
         kept.sort()
         if value is None:
             rest = kept
