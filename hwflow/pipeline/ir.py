@@ -20,6 +20,7 @@ packet is dropped if the walk ends with no output.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 from collections.abc import Callable, Iterable, Mapping
@@ -414,6 +415,7 @@ class Pipeline:
         self._tables: dict[int, list[Flow]] = {}
         self._indexes: dict[tuple[int, str], tuple[dict[int, list[Entry]], list[Entry]]] = {}
         self._fields: dict[int, tuple[str, ...]] = {}
+        self._keys: dict[int, dict[tuple, Entry]] = {}  # table -> flow key -> its entry (made on first patch)
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -445,23 +447,30 @@ class Pipeline:
         out._tables = {t: v for t, v in self._tables.items() if t not in gone and t not in new}
         out._fields = dict(self._fields)
         out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
+        out._keys = {t: v for t, v in self._keys.items() if t not in gone and t not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
-            kept = [e for e in self._entries.get(table, ()) if e[1].key not in keys] if keys else \
-                list(self._entries.get(table, ()))
-            held = {e[1].key: e[1] for e in kept}
+            held = dict(self._keys_of(table))
+            entries = list(self._entries.get(table, ()))
+            for key in keys:
+                entry = held.pop(key, None)
+                if entry is not None:
+                    del entries[bisect.bisect_left(entries, entry[0], key=_position)]
             fresh: list[Entry] = []
             for flow in new.get(table, ()):
                 other = held.get(flow.key)
                 if other is not None:
-                    if other != flow:
+                    if other[1] != flow:
                         if on_clash is None:
-                            raise ValueError(f"two flows share table/priority/match: {flow} vs {other}")
-                        on_clash(other, flow)
+                            raise ValueError(f"two flows share table/priority/match: {flow} vs {other[1]}")
+                        on_clash(other[1], flow)
                     continue
-                fresh.append(((-flow.priority, out._sequence), flow))
+                entry = ((-flow.priority, out._sequence), flow)
                 out._sequence += 1
-            entries = sorted(kept + fresh) if fresh else kept
+                held[flow.key] = entry
+                bisect.insort(entries, entry, key=_position)
+                fresh.append(entry)
+            out._keys[table] = held
             if entries:
                 out._entries[table] = entries
             else:
@@ -534,6 +543,12 @@ class Pipeline:
         if not hits:
             return field, exact[field], (flow for _, flow in rest)
         return field, exact[field], (flow for _, flow in heapq.merge(hits, rest, key=_position))
+
+    def _keys_of(self, table: int) -> dict[tuple, Entry]:
+        keys = self._keys.get(table)
+        if keys is None:
+            keys = self._keys[table] = {entry[1].key: entry for entry in self._entries.get(table, ())}
+        return keys
 
     def _index_fields(self, table: int) -> tuple[str, ...]:
         fields = self._fields.get(table)
