@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from oslo_config import cfg
 
@@ -287,7 +287,7 @@ class Agent:
         removed: list[tuple[str, object]] = []
         for port in changed:
             old = self._flower.pop(port, [])
-            new = [(rule, *to_flower(rule, reps, flags)) for rule in plan.rules_of(port)] if port in reps else []
+            new = _encode(plan.rules_of(port), old, reps, flags) if port in reps else []
             if new:
                 self._flower[port] = new
             wanted += new
@@ -369,6 +369,17 @@ def build_agent(conf: cfg.ConfigOpts) -> Agent:
     return Agent(conf, nb, ovsdb, ovs, TcBackend(), lambda: inventory.inventory(drivers, discover()),
                  Compiler.from_file(layout_path(conf.apps.layout)))
 
+def _encode(rules: Iterable[HwRule], old: Iterable[tuple[HwRule, str, object]], reps: Mapping[int, Representor],
+            flags: int) -> list[tuple[HwRule, str, object]]:
+    """(rule, endpoint, flower rule) for each rule; one the port had before keeps its encoding (most of a changed
+    port's rules are unchanged), unless a representor it names is another now."""
+    def key(rule: HwRule) -> tuple:
+        return rule, reps.get(rule.in_port), reps.get(rule.output)
+
+    known = {key(rule): (endpoint, flower_rule) for rule, endpoint, flower_rule in old}
+    return [(rule, *(known.get(key(rule)) or to_flower(rule, reps, flags))) for rule in rules]
+
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -408,3 +419,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
