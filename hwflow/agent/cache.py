@@ -78,6 +78,7 @@ class NbCache:
         self._expanded: set[topology.Expansion] = set()
         self._local_ids: frozenset[str] = frozenset()
         self._stale = False  # the set must be walked again (a walk failed on an unreachable database)
+        self._touched: set[topology.Key] | None = None  # keys changed since the last drain (None: anything)
         self.revision = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,6 +88,18 @@ class NbCache:
     def objects(self, kind: str) -> dict[str, NbObject]:
         with self._lock:
             return {ident: obj for (k, ident), obj in self._held.items() if k == kind}
+
+    def drain(self) -> dict[topology.Key, NbObject | None] | None:
+        """What changed since the last drain: (kind, id) -> the object now held (None: no longer held).
+
+        None when the cache cannot say (a full resync replaced what it holds, or nothing was drained yet):
+        the reader compares everything (:meth:`objects`) instead.
+        """
+        with self._lock:
+            touched, self._touched = self._touched, set()
+            if touched is None:
+                return None
+            return {key: self._held.get(key) for key in touched}
 
     def held(self) -> list[NbObject]:
         """Every object held, for tests and diagnostics."""
@@ -121,6 +134,7 @@ class NbCache:
         with self._lock:
             selection = topology.walk(self._local_ids, self._chassis, topology.SnapshotSource(objs))
             self._held, self._expanded = selection.objects, selection.expanded
+            self._touched = None
             self.revision = revision
             self._stale = False
         LOG.info("full sync at revision %d: holding %d of %d objects for %d local port id(s)", revision,
@@ -130,11 +144,13 @@ class NbCache:
         """Recompute the selection from what is held plus targeted reads; True if it changed."""
         source = topology.HeldSource(self._held, self._expanded, self._source)
         selection = topology.walk(self._local_ids, self._chassis, source)
-        changed = selection.objects.keys() != self._held.keys() or any(
-            selection.objects[k] is not self._held[k] for k in selection.objects)
+        differ = set(selection.objects.keys() ^ self._held.keys())
+        differ |= {k for k, obj in selection.objects.items() if k not in differ and obj is not self._held[k]}
+        if self._touched is not None:
+            self._touched |= differ
         self._held, self._expanded = selection.objects, selection.expanded
         self._stale = False
-        return changed
+        return bool(differ)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name="nb-watch", daemon=True)
@@ -197,16 +213,23 @@ class NbCache:
             if current is None:
                 return False, False
             del self._held[key]
+            self._touch(key)
             return True, True
         if current is not None:
             if change.revision < current.revision:  # already read newer by a targeted fetch
                 return False, False
             self._held[key] = change.obj
+            self._touch(key)
             return True, _shape(current) != _shape(change.obj)
         if self._wanted(change.obj):
             self._held[key] = change.obj
+            self._touch(key)
             return True, self._reaches_further(change.obj)
         return False, False
+
+    def _touch(self, key: topology.Key) -> None:
+        if self._touched is not None:
+            self._touched.add(key)
 
     def _reaches_further(self, obj: NbObject) -> bool:
         """Whether a new object taken in can pull in more than itself (then the selection is walked again).

@@ -44,7 +44,7 @@ from hwflow.offload.discovery import discover
 from hwflow.offload.nic import DeviceReport
 from hwflow.offload.partition import SHARED, HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import Change, Topology
 
 LOG = logging.getLogger("hwflow.agent")
 
@@ -235,18 +235,16 @@ class Agent:
             self._reports = self._discover()
             self._iface_names = names
         self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
-        objects = {kind: self.cache.objects(kind) for kind in TOPOLOGY_KINDS}
-        ports = objects[Port.kind]
-        local = frozenset(pid for pid in ifaces if pid in ports and ports[pid].chassis in ("", self.chassis))
-        changes = self.topo.update(objects, local)
+        changes = self._topology_changes(ifaces, full)
         delta = self.compiler.update(self.topo, changes) if changes else Delta()
         pipeline = self.compiler.pipeline()
+        ports, local = self.topo.ports, self.topo.local_port_ids
         ofports = self.ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         ofports.update(self.ovsdb.fixed_ofports())
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local},
                                 None if full else (delta.added, delta.removed))
         tc_changes, wanted = self._tc_changes(plan, reps, ifaces, full or self._partitioner.changed is None)
-        result = PassResult(len(local), len(pipeline.flows), hw_rules=plan.counts()[1],
+        result = PassResult(len(local), len(pipeline), hw_rules=plan.counts()[1],
                             software_only=plan.software_count)
         result.hw_removed = self.tc.remove(tc_changes)
         ovs = self._sync_ovs(pipeline, delta, ofports, full)
@@ -270,6 +268,26 @@ class Agent:
             except FullSyncNeeded:
                 LOG.warning("the OpenFlow session to OVS was lost since the last pass: syncing every flow")
         return self.ovs.sync(pipeline.flows, ofports)
+
+    def _topology_changes(self, ifaces: Mapping[str, Iface], full: bool) -> list[Change]:
+        """Bring the topology view up to the cache: only the objects the cache says changed since the last pass
+        (``Topology.apply_all``); a full pass, or a cache that cannot say (it resynced), compares everything
+        (``Topology.update``)."""
+        drained = self.cache.drain()
+        if full or drained is None:
+            objects = {kind: self.cache.objects(kind) for kind in TOPOLOGY_KINDS}
+            ports = objects[Port.kind]
+            return self.topo.update(objects, {pid for pid in ifaces if pid in ports and self._here(ports[pid])})
+        drained = {key: obj for key, obj in drained.items() if key[0] in TOPOLOGY_KINDS}
+
+        def port(pid: str) -> Port | None:
+            return drained.get((Port.kind, pid)) if (Port.kind, pid) in drained else self.topo.ports.get(pid)
+
+        local = {pid for pid in ifaces if (p := port(pid)) is not None and self._here(p)}
+        return self.topo.apply_all(drained, local, TOPOLOGY_KINDS)
+
+    def _here(self, port: Port) -> bool:
+        return port.chassis in ("", self.chassis)
 
     def _tc_changes(self, plan: Plan, reps: Mapping[int, Representor], ifaces: Mapping[str, Iface],
                     full: bool) -> tuple[TcDiff, list[tuple[HwRule, str, object]]]:

@@ -493,6 +493,9 @@ class Pipeline:
             self._flows = tuple(flow for table in sorted(self._entries) for _, flow in self._entries[table])
         return self._flows
 
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._entries.values())
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pipeline) and (self.flows, dict(self.table_names)) == (
             other.flows, dict(other.table_names))

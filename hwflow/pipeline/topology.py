@@ -25,7 +25,7 @@ plugged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hwflow.model.objects import NbObject, Network, Port
@@ -135,6 +135,24 @@ class Topology:
         # numbers given back first, then taken in key order: a restarted agent numbers its ports as before
         return changes + self._settle(sorted(touched, key=lambda i: (self.is_local(i),
                                                                       getattr(self.ports.get(i), "unique_key", 0), i)))
+
+    def apply_all(self, changed: Mapping[tuple[str, str], Any], local_port_ids: Iterable[str],
+                  kinds: Sequence[str]) -> list[Change]:
+        """:meth:`update` from what changed only: ``changed`` maps (kind, id) to the object now (None: gone).
+
+        Ports leaving first (as the object they were local as), then the objects one by one in the order of
+        ``kinds``, then ports arriving in key order: numbers are given back before they are taken, as
+        :meth:`update` does.
+        """
+        local = set(local_port_ids)
+        changes: list[Change] = []
+        for pid in sorted(self.local_port_ids - local):
+            changes += self.set_local(pid, False)
+        for (kind, ident), obj in sorted(changed.items(), key=lambda item: (kinds.index(item[0][0]), item[0][1])):
+            changes += self.apply(kind, ident, obj)
+        for pid in sorted(local - self.local_port_ids, key=lambda i: (self.ports[i].unique_key, i)):
+            changes += self.set_local(pid, True)
+        return changes
 
     def apply(self, kind: str, obj_id: str, obj: Any) -> list[Change]:
         """One object written (or deleted, ``obj`` None): the cheap path for a watched change."""

@@ -43,6 +43,23 @@ def test_incremental_equals_full(sequence):
         assert flows == set(full.flows)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(states(), min_size=1, max_size=6))
+def test_the_changed_objects_alone_equal_a_full_compile(sequence):
+    """What the agent does on a delta pass: only the objects the cache says changed (``Topology.apply_all``)."""
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology("h")
+    compiler.compile(topo)
+    before: dict[tuple[str, str], object] = {}
+    for nets, ports, local in sequence:
+        now = {**{("network", k): v for k, v in nets.items()}, **{("port", k): v for k, v in ports.items()}}
+        changed = {key: now.get(key) for key in before.keys() | now.keys() if before.get(key) != now.get(key)}
+        compiler.update(topo, topo.apply_all(changed, local, ("network", "port")))
+        before = now
+        full = Compiler.from_file(layout_path("")).compile(Topology("h", nets, ports, local))
+        assert set(compiler.pipeline().flows) == set(full.flows)
+
+
 def test_one_port_added_touches_only_its_owners():
     compiler = Compiler.from_file(layout_path(""))
     ports = {f"p{i}": Port(id=f"p{i}", name="", network_id=f"n{i % 3}", mac=f"fa:16:3e:00:01:{i:02x}",

@@ -264,6 +264,8 @@ def test_the_followed_selection_equals_a_fresh_full_sync(tmp_path_factory, opera
         follower = NbCache(api, lambda: None, "host1", watch_timeout=0.05)
         follower.resync()
         follower.set_local_ports(["p0"])
+        assert follower.drain() is None  # a resync: the reader must compare everything
+        replica = {(o.kind, o.id): o for o in follower.held()}  # what the agent's topology view holds
         local = ["p0"]
         follower.start()
         try:
@@ -272,6 +274,8 @@ def test_the_followed_selection_equals_a_fresh_full_sync(tmp_path_factory, opera
                 if new_local is not None:
                     local = new_local
                     follower.set_local_ports(local)
+                if n % 3 == 0:
+                    _take(replica, follower.drain())
             target = api.driver.current_revision()
             deadline = time.monotonic() + 20
             while follower.revision < target:
@@ -279,8 +283,19 @@ def test_the_followed_selection_equals_a_fresh_full_sync(tmp_path_factory, opera
                 time.sleep(0.01)
         finally:
             follower.stop()
+        _take(replica, follower.drain())
+        assert replica == {(o.kind, o.id): o for o in follower.held()}  # the drained changes told it all
         fresh = NbCache(api, lambda: None, "host1")
         fresh.set_local_ports(local)
         fresh.resync()
         assert {(o.kind, o.id, o.revision) for o in follower.held()} == {
             (o.kind, o.id, o.revision) for o in fresh.held()}
+
+
+def _take(replica: dict, drained: dict | None) -> None:
+    assert drained is not None, "no resync happened: the cache should know what changed"
+    for key, obj in drained.items():
+        if obj is None:
+            replica.pop(key, None)
+        else:
+            replica[key] = obj
