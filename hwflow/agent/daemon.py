@@ -66,6 +66,13 @@ class PassResult:
     hw_removed: int = 0
     hw_installed: int = 0
     software_only: int = 0
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds, in pass order
+
+    def clock(self, stage: str, since: float) -> float:
+        """Note ``stage`` as having run from ``since`` until now; now (the next stage's start)."""
+        now = time.perf_counter()
+        self.stages[stage] = now - since
+        return now
 
 
 class Agent:
@@ -234,30 +241,40 @@ class Agent:
         if names != self._iface_names:  # representors come and go with the NIC: look again
             self._reports = self._discover()
             self._iface_names = names
+        result = PassResult()
+        began = time.perf_counter()
         self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
         changes = self._topology_changes(ifaces, full)
+        began = result.clock("topology", began)
         delta = self.compiler.update(self.topo, changes) if changes else Delta()
         pipeline = self.compiler.pipeline()
+        began = result.clock("compile", began)
         ports, local = self.topo.ports, self.topo.local_port_ids
         ofports = self.ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         ofports.update(self.ovsdb.fixed_ofports())
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local},
                                 None if full else (delta.added, delta.removed))
+        began = result.clock("partition", began)
         tc_changes, wanted = self._tc_changes(plan, reps, ifaces, full or self._partitioner.changed is None)
-        result = PassResult(len(local), len(pipeline), hw_rules=plan.counts()[1],
-                            software_only=plan.software_count)
+        began = result.clock("tc_plan", began)
+        result.local_ports, result.flows = len(local), len(pipeline)
+        result.hw_rules, result.software_only = plan.counts()[1], plan.software_count
         result.hw_removed = self.tc.remove(tc_changes)
+        began = result.clock("tc_remove", began)
         ovs = self._sync_ovs(pipeline, delta, ofports, full)
         result.ovs_changes = ovs.sent
+        began = result.clock("ovs", began)
         result.hw_installed = self.tc.install(tc_changes)
+        result.clock("tc_install", began)
         self._force_full = False
         if self._note_refusals(wanted):
             self._wake.set()  # re-plan now so nothing a refused rule shadows stays in hardware
         if tc_changes or ovs.sent:
-            LOG.info("reconciled (%s): %d local ports, %d flows (%d OVS changes), %d hardware rules "
-                     "(%d removed, %d installed), %d paths software-only", "full" if full else "delta",
-                     result.local_ports, result.flows, result.ovs_changes, result.hw_rules, result.hw_removed,
-                     result.hw_installed, result.software_only)
+            LOG.info("reconciled (%s) in %.1f ms: %d local ports, %d flows (%d OVS changes), %d hardware rules "
+                     "(%d removed, %d installed), %d paths software-only [%s]", "full" if full else "delta",
+                     sum(result.stages.values()) * 1000, result.local_ports, result.flows, result.ovs_changes,
+                     result.hw_rules, result.hw_removed, result.hw_installed, result.software_only,
+                     " ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in result.stages.items()))
         self.last_pass = result
         return result
 

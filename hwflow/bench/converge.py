@@ -71,7 +71,8 @@ match and do (a restarted agent gets new handles and numbers its chains afresh);
 
 Everything started is stopped by PID (the agent, the simulated NIC, Open vSwitch, the helper agent, the relay)
 and every namespace removed, on failure, Ctrl-C and SIGTERM too; the temporary directory (config, logs,
-database) is removed after a run that worked and named otherwise.
+database) is removed after a run that worked (unless ``keep`` is 1: the agent's log says what each pass
+spent on each stage) and named otherwise.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ from hwflow.model.objects import Chassis, NbObject, Network, Port, SecurityGroup
 from hwflow.sim.host import BRIDGE, SimHost, stop_process
 
 DEFAULTS: dict[str, Any] = {"local_ports": 200, "remote_ports": 10_000, "changes": 5, "url": "",
-                            "profile": "mlx5-connectx6dx", "timeout_s": 300.0}
+                            "profile": "mlx5-connectx6dx", "timeout_s": 300.0, "keep": 0}
 KINDS = ("local_port", "remote_port", "sg_rule")
 POLL_S = 0.002  # between two looks at the datapaths while a write is on its way
 SETTLE_SAMPLE_S = 0.25
@@ -556,7 +557,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
         ok = True
         return results
     finally:
-        if ok:
+        if ok and not params["keep"]:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             progress(f"logs, config and database left in {workdir}")
