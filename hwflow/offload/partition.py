@@ -291,7 +291,7 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     same one. ``doomed(region)`` says a region no hardware rule can match (a field
     the NIC cannot match): the walk ends there in one software leaf instead
     of enumerating the paths below, which could only end in software too.
-    ``deps`` collects each table lookup made, as (table, field, value)
+    ``deps`` collects each table lookup made, as (table, fields, values)
     (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk.
     """
     if joins and state is None:
@@ -321,9 +321,9 @@ class _Walk:
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
-    field, value, flows = pipeline.lookup(table, path.known)
+    fields, values, flows = pipeline.lookup(table, _exact(region, path.known))
     if how.deps is not None:
-        how.deps.add((table, field, value))
+        how.deps.add((table, fields, values))
     for flow in flows:
         stale = sorted(path.dirty & {t.field for t in flow.match.fields})
         if stale:
@@ -343,6 +343,12 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
         if covers_all:
             return
     yield _leaf(region, path, None, None)
+
+
+def _exact(region, known: Mapping[str, int]) -> Mapping[str, int]:
+    """What a lookup may use: the known state and header fields, and the header fields the region pins."""
+    pinned = {f: v for f, (v, m) in region.items() if m == ir.full_mask(f) and f not in known}
+    return {**known, **pinned} if pinned else known
 
 
 def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | None:
@@ -827,7 +833,7 @@ class _Planned:
     """One port's chain 0 or one chain, as planned, and what planning it read (to know when to plan it again)."""
 
     decided: _Decided
-    deps: set[tuple]  # (table, field, value) a walk looked flows up by; ("out", port) a leaf would output to;
+    deps: set[tuple]  # (table, fields, values) a walk looked flows up by; ("out", port) a leaf would output to;
     # ("matched", table): a path with pending rewrites asked which fields a join looks flows up by
 
 
@@ -850,7 +856,9 @@ class _Planner:
         self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
         self._keys: dict[int, tuple] = {}  # chain id -> key
         self._readers: dict[tuple, set[Owner]] = {}  # ("out", port) or ("matched", table) -> owners that read it
-        self._by_table: dict[tuple[int, str | None], dict[int | None, set[Owner]]] = {}  # (table, field) -> ...
+        # (table, fields) -> the owners that looked its flows up by those fields, by their values, one dict level
+        # a field (a set at the bottom): see ir.Pipeline.lookup
+        self._by_table: dict[tuple[int, tuple[str, ...]], dict | set[Owner]] = {}
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
@@ -962,17 +970,11 @@ class _Planner:
         return max(port.capabilities.max_rules - others, 0)
 
     def _readers_of(self, flow: ir.Flow) -> set[Owner]:
-        """The owners whose walks looked up ``flow``'s table by a value it matches, or it does not pin."""
+        """The owners whose walks looked up ``flow``'s table by values whose answer it is in (ir.reaches)."""
         found: set[Owner] = set()
-        for (table, field), by_value in self._by_table.items():
-            if table != flow.table:
-                continue
-            term = flow.match.get(field) if field is not None else None
-            if term is not None and term.mask == ir.full_mask(field):
-                found |= by_value.get(term.value, set())
-            else:
-                for owners in by_value.values():
-                    found |= owners
+        for (table, fields), tree in self._by_table.items():
+            if table == flow.table:
+                found |= _reached(tree, [ir.pinned(flow.match, field) for field in fields])
         return found
 
     # --- planning one port or chain ------------------------------------------------------
@@ -1033,7 +1035,11 @@ class _Planner:
             if dep[0] in _NAMED_DEPS:
                 self._readers.setdefault(dep, set()).add(owner)
             else:
-                self._by_table.setdefault(dep[:2], {}).setdefault(dep[2], set()).add(owner)
+                values = dep[2]
+                node = self._by_table.setdefault(dep[:2], {} if values else set())
+                for depth, value in enumerate(values, 1):
+                    node = node.setdefault(value, {} if depth < len(values) else set())
+                node.add(owner)
 
     def _forget(self, owner: Owner) -> None:
         planned = self._planned.pop(owner, None)
@@ -1043,7 +1049,10 @@ class _Planner:
             if dep[0] in _NAMED_DEPS:
                 self._readers.get(dep, set()).discard(owner)
             else:
-                self._by_table.get(dep[:2], {}).get(dep[2], set()).discard(owner)
+                node = self._by_table.get(dep[:2], set())
+                for value in dep[2]:
+                    node = node.get(value, set())
+                node.discard(owner)
         for child in planned.decided.children:
             self._parents.get(self._keys[child], set()).discard(owner)
 
@@ -1287,3 +1296,25 @@ class Partitioner:
             self.changed = None
             self.full_plans += 1
             return self._planner.plan_all()
+
+
+def _reached(node: dict | set, pins: Sequence[int | None]) -> set:
+    """The owners in a lookup tree (see _Planner._by_table) whose lookups a flow pinning ``pins`` is an answer of."""
+    if not pins:
+        return node  # type: ignore[return-value]
+    if pins[0] is not None:
+        child = node.get(pins[0])  # type: ignore[union-attr]
+        return _every(child) if child is not None else set()
+    found: set = set()
+    for child in node.values():  # type: ignore[union-attr]
+        found |= _reached(child, pins[1:])
+    return found
+
+
+def _every(node: dict | set) -> set:
+    if isinstance(node, set):
+        return node
+    found: set = set()
+    for child in node.values():
+        found |= _every(child)
+    return found

@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 # Field name -> width in bits. Names follow the `hwflow trace` packet spec.
@@ -124,6 +124,7 @@ def full_mask(field: str) -> int:
     return (1 << FIELD_BITS[field]) - 1
 
 
+NESTED_FROM = 8  # a first lookup leaving more flows than this that do not pin its field is refined by a second
 _FULL_MASKS = {name: (1 << bits) - 1 for name, bits in FIELD_BITS.items()}
 
 
@@ -480,10 +481,15 @@ class Pipeline:
                 # lookup by a field no flow matches exactly is only less selective, never wrong)
                 exact = {t.field for _, f in fresh for t in f.match if t.mask == _FULL_MASKS[t.field]}
                 out._fields[table] = fields + tuple(sorted(exact - set(fields)))
-            for field in fields or ():
-                old = self._indexes.get((table, field))
-                if old is not None:
-                    out._indexes[table, field] = _patch_index(old, field, keys, fresh)
+            for (t, on), old in self._indexes.items():
+                if t != table:
+                    continue
+                if len(on) == 1:
+                    out._indexes[t, on] = _patch_index(old, on[0], keys, fresh)
+                else:  # an index of the first field's rest: only flows not pinning the first field are in it
+                    out._indexes[t, on] = _patch_index(
+                        old, on[1], {k for k in keys if pinned(k[2], on[0]) is None},
+                        [e for e in fresh if pinned(e[1].match, on[0]) is None])
         return out
 
     @property
@@ -525,27 +531,44 @@ class Pipeline:
         """
         return self.lookup(table, exact)[2]
 
-    def lookup(self, table: int, exact: Mapping[str, int]) -> tuple[str | None, int | None, Iterable[Flow]]:
-        """:meth:`candidates`, with the field and value it looked them up by (None, None: the whole table).
+    def lookup(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...], Iterable[Flow]]:
+        """:meth:`candidates`, with the fields and values it looked them up by (empty: the whole table).
 
-        A flow added to or removed from ``table`` can change the answer only if it matches that field
-        exactly with that value, or does not match the field exactly: what an incremental user records.
+        The first field's index leaves the flows matching its value and those not matching it exactly (the
+        *rest*); when the rest is long (a table of per-port flows and per-network flows, looked up by port,
+        rests on every network's flows) it is looked up again by a second known field. A flow added to or
+        removed from ``table`` can change the answer only if it matches the first field exactly with its
+        value, or it does not match the first exactly and matches the second exactly with its value, or
+        it matches neither exactly: what an incremental user records (:func:`reaches`).
         """
-        best: tuple[int, str, list[Entry], list[Entry]] | None = None
+        best: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
             if value is None:
                 continue
-            buckets, rest = self._index(table, field)
-            hits = buckets.get(value, [])
+            buckets, rest = self._index(table, (field,))
+            hits = buckets.get(value, ())
             if best is None or len(hits) + len(rest) < best[0]:
                 best = (len(hits) + len(rest), field, hits, rest)
         if best is None:
-            return None, None, self.table(table)
-        _, field, hits, rest = best
-        if not hits:
-            return field, exact[field], (flow for _, flow in rest)
-        return field, exact[field], (flow for _, flow in heapq.merge(hits, rest, key=_position))
+            return (), (), self.table(table)
+        _, first, hits, rest = best
+        fields, values, parts = (first,), (exact[first],), [hits, rest]
+        if len(rest) > NESTED_FROM:
+            second: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
+            for field in self._index_fields(table):
+                value = exact.get(field)
+                if field == first or value is None:
+                    continue
+                buckets, rest2 = self._index(table, (first, field))
+                hits2 = buckets.get(value, ())
+                if len(hits2) + len(rest2) < (second[0] if second is not None else len(rest)):
+                    second = (len(hits2) + len(rest2), field, hits2, rest2)
+            if second is not None:
+                fields, values, parts = (first, second[1]), (exact[first], exact[second[1]]), [hits, *second[2:]]
+        parts = [part for part in parts if part]
+        entries = parts[0] if len(parts) == 1 else heapq.merge(*parts, key=_position) if parts else ()
+        return fields, values, (flow for _, flow in entries)
 
     def _keys_of(self, table: int) -> dict[tuple, Entry]:
         keys = self._keys.get(table)
@@ -565,10 +588,13 @@ class Pipeline:
                 values, key=lambda f: (f != "in_port" and f not in INTERNAL_FIELDS, -len(values[f]), f)))
         return fields
 
-    def _index(self, table: int, field: str) -> tuple[dict[int, list[Entry]], list[Entry]]:
-        index = self._indexes.get((table, field))
+    def _index(self, table: int, fields: tuple[str, ...]) -> tuple[dict[int, list[Entry]], list[Entry]]:
+        """The index of ``table`` on ``fields[-1]``: of all its flows for one field, of the rest of the first
+        field's index for two."""
+        index = self._indexes.get((table, fields))
         if index is None:
-            index = self._indexes[table, field] = _index_table(self._entries.get(table, []), field)
+            entries = self._entries.get(table, []) if len(fields) == 1 else self._index(table, fields[:1])[1]
+            index = self._indexes[table, fields] = _index_table(entries, fields[-1])
         return index
 
 
@@ -588,7 +614,23 @@ def _position(entry: Entry) -> tuple[int, int]:
     return entry[0]
 
 
-def _index_table(entries: list[Entry], field: str) -> tuple[dict[int, list[Entry]], list[Entry]]:
+def pinned(match: Match, field: str) -> int | None:
+    """The value ``match`` matches ``field`` exactly with (None: it does not)."""
+    term = match.get(field)
+    return term.value if term is not None and term.mask == _FULL_MASKS[field] else None
+
+
+def reaches(flow: Flow, fields: tuple[str, ...], values: tuple[int, ...]) -> bool:
+    """Whether ``flow`` is among what :meth:`Pipeline.lookup` by ``fields`` = ``values`` answers (or would, if
+    it were in the table): what an incremental user of lookups checks a changed flow against."""
+    for field, value in zip(fields, values):
+        pin = pinned(flow.match, field)
+        if pin is not None:
+            return pin == value
+    return True
+
+
+def _index_table(entries: Sequence[Entry], field: str) -> tuple[dict[int, list[Entry]], list[Entry]]:
     """(value -> entries matching ``field`` exactly, entries of the others) for one table, in table order."""
     buckets: dict[int, list[Entry]] = {}
     rest: list[Entry] = []

@@ -65,6 +65,31 @@ def test_the_index_takes_the_known_field_that_leaves_fewest_candidates():
     assert len(list(pipeline.candidates(0, {"in_port": 1, "metadata": 3}))) == 103
 
 
+def test_a_long_rest_is_looked_up_again_by_a_second_known_field():
+    """A DHCP-like table: a flow per port (in_port) and one per network (metadata): a port's walk knows both and
+    sees its own flow and its network's, not every network's; a change of another network's flow is no answer
+    of its lookup (ir.reaches), one of its own network's is."""
+    flows = [ir.Flow(0, 20, ir.Match.of(in_port=p), (ir.Drop(),), "port") for p in range(1, 200)]
+    flows += [ir.Flow(0, 10, ir.Match.of(metadata=n), (ir.Drop(),), "network") for n in range(1, 200)]
+    pipeline = ir.Pipeline.build(flows, {})
+    fields, values, found = pipeline.lookup(0, {"in_port": 7, "metadata": 3})
+    assert [f.match for f in found] == [ir.Match.of(in_port=7), ir.Match.of(metadata=3)]
+    assert not ir.reaches(ir.Flow(0, 10, ir.Match.of(metadata=4), (), "x"), fields, values)
+    assert ir.reaches(ir.Flow(0, 10, ir.Match.of(metadata=3, ip_proto=17), (), "x"), fields, values)
+    assert ir.reaches(ir.Flow(0, 10, ir.Match.of(ip_proto=17), (), "x"), fields, values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pipelines(), packets, terms())
+def test_a_flow_no_lookup_answer_reaches_cannot_take_its_packets(pipeline, packet, match):
+    """What an incremental user relies on: a flow ``ir.reaches`` says is no answer of a lookup can match no
+    packet with the values it looked up by, so adding or removing it cannot change what a walk there finds."""
+    fields, values, _ = pipeline.lookup(0, packet)
+    assert dict(zip(fields, values)) == {f: packet[f] for f in fields}
+    if not ir.reaches(ir.Flow(0, 0, match, (ir.Drop(),), "new"), fields, values):
+        assert not match.covers(packet)
+
+
 @st.composite
 def flows_of(draw, table: int) -> ir.Flow:
     return ir.Flow(table, draw(st.integers(0, 5)), draw(terms()), (ir.Output(draw(st.integers(1, 9))),), "t")
