@@ -193,22 +193,28 @@ class Plan:
 
     def __init__(self, own: dict[int, list[HwRule]] | None = None, chains: dict[int, ChainPlan] | None = None,
                  reaches: dict[int, tuple[int, ...]] | None = None, software: Sequence[SoftwareLeaf] = (),
-                 parts: Sequence[Sequence[SoftwareLeaf]] = ()) -> None:
+                 of_ports: Mapping[int, Sequence[SoftwareLeaf]] | None = None,
+                 reached: Mapping[int, ChainPlan] | None = None) -> None:
         self.own = own if own is not None else {}  # port -> its chain-0 and own chains
         self.chains = chains if chains is not None else {}  # shared chains by id
         self.reaches = reaches if reaches is not None else {}  # port -> shared chains it uses
-        self._parts = (software, *parts)
+        self._given = software
+        self._of_ports = of_ports or {}  # port -> its chain 0's software paths
+        self._reached = reached or {}  # every chain some port reaches (shared or a port's own), by id
         self._software: list[SoftwareLeaf] | None = None
 
     @property
     def software(self) -> list[SoftwareLeaf]:
+        """Every path left to software: as given, then ports' chain 0 by port, then chains by number."""
         if self._software is None:
-            self._software = [leaf for part in self._parts for leaf in part]
+            self._software = [*self._given, *(leaf for port in sorted(self._of_ports) for leaf in self._of_ports[port]),
+                              *(leaf for n in sorted(self._reached) for leaf in self._reached[n].software)]
         return self._software
 
     @property
     def software_count(self) -> int:
-        return sum(len(part) for part in self._parts)
+        return len(self._given) + sum(len(part) for part in self._of_ports.values()) + sum(
+            len(chain.software) for chain in self._reached.values())
 
     def rules_of(self, port: int) -> list[HwRule]:
         rules = list(self.own.get(port, ()))
@@ -855,6 +861,8 @@ class _Planner:
         self._planned: dict[Owner, _Planned] = {}
         self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
         self._keys: dict[int, tuple] = {}  # chain id -> key
+        self._port_software: dict[int, list[SoftwareLeaf]] = {}  # port -> its chain 0's software paths
+        self._by_number: dict[int, ChainPlan] = {}  # the plans of _chains, by id (keys hash slowly: they hold entries)
         self._readers: dict[tuple, set[Owner]] = {}  # ("out", port) or ("matched", table) -> owners that read it
         # (table, fields) -> the owners that looked its flows up by those fields, by their values, one dict level
         # a field (a set at the bottom): see ir.Pipeline.lookup
@@ -939,7 +947,8 @@ class _Planner:
         before = {o[1]: self._chains.get(o[1]) for o in chains}
         for owner in chains:
             self._forget(owner)
-            self._chains.pop(owner[1], None)
+            self._set_chain(owner[1], None)
+            del self._chains[owner[1]]
         for owner in sorted(chains, key=lambda o: self.ids.get(o[1], SHARED)):
             key = owner[1]
             if key in self._chains:  # planned already, as the child of another
@@ -948,7 +957,7 @@ class _Planner:
             ctx = self._context(key)
             if ctx is None:
                 continue
-            new = self._chains[key] = self._chain_for(ctx, key)
+            new = self._set_chain(key, self._chain_for(ctx, key))
             if old is not None:
                 touched.add(old.id)
             if (old is None) != (new is None):
@@ -1031,6 +1040,8 @@ class _Planner:
 
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
+        if owner[0] == "port":
+            self._port_software[owner[1]] = planned.decided.software
         for dep in planned.deps:
             if dep[0] in _NAMED_DEPS:
                 self._readers.setdefault(dep, set()).add(owner)
@@ -1045,6 +1056,8 @@ class _Planner:
         planned = self._planned.pop(owner, None)
         if planned is None:
             return
+        if owner[0] == "port":
+            del self._port_software[owner[1]]
         for dep in planned.deps:
             if dep[0] in _NAMED_DEPS:
                 self._readers.get(dep, set()).discard(owner)
@@ -1131,7 +1144,7 @@ class _Planner:
         key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
-            self._chains[key] = self._chain_for(ctx, key)
+            self._set_chain(key, self._chain_for(ctx, key))
         self._parents.setdefault(key, set()).add(parent)
         chain = self._chains[key]
         if chain is None:
@@ -1141,10 +1154,17 @@ class _Planner:
             return None, "no path behind this goto goes to hardware (or its misses cannot be caught)"
         return chain.id, None
 
-    def _by_id(self, number: int) -> ChainPlan:
-        chain = self._chains[self._keys[number]]
-        assert chain is not None
+    def _set_chain(self, key: tuple, chain: ChainPlan | None) -> ChainPlan | None:
+        old = self._chains.get(key)
+        if old is not None:
+            del self._by_number[old.id]
+        self._chains[key] = chain
+        if chain is not None:
+            self._by_number[chain.id] = chain
         return chain
+
+    def _by_id(self, number: int) -> ChainPlan:
+        return self._by_number[number]
 
     # --- the plan --------------------------------------------------------------------------
 
@@ -1203,11 +1223,8 @@ class _Planner:
             self._reached[number] = chain
             if chain.shared:
                 chains[number] = chain
-        parts = [self._planned["port", key].decided.software for key in sorted(self.ports)
-                 if ("port", key) in self._planned]
-        parts += [self._reached[n].software for n in sorted(self._reached)]
         self._planned_since = set()
-        self.plan = Plan(own, chains, reaches, parts=parts)
+        self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software), reached=dict(self._reached))
         return self.plan
 
 
