@@ -82,7 +82,7 @@ CT_STATE_NAMES = {ir.CT_NEW: "new", ir.CT_EST: "est", ir.CT_REL: "rel", ir.CT_RP
 Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
 Edit = ir.SetField | ir.DecTtl | ir.PushVlan | ir.PopVlan | ir.Conntrack  # what a hardware rule does to a packet
 SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
-SHARED_REGION = frozenset({"eth_type", "ct_state", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps
+SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,8 +432,12 @@ def _join_entry(reads: frozenset[str], table: int, region, path: _Path) -> Chain
 
     A VF port's chain is shared: it keeps of the pipeline state only what the
     tables from ``table`` on read (so the port's conntrack zone, say, does not
-    split the chain), and of the region only what says how a packet is framed
-    and tracked. Fewer terms than the path's region is a larger region: the
+    split the chain), and of the region only what says how a packet is framed.
+    Not whether and how it is tracked: the paths through a join are taken by
+    packets that went through conntrack and by those that bypassed it (DHCP,
+    say), and a chain of its own for each would double the largest chains;
+    where a flow behind the join reads ct_state, the chain's walk splits on
+    it. Fewer terms than the path's region is a larger region: the
     chain's decision list is right for every packet of it, so for the port's
     too. A tunnel port's chain stays its own (``in_port`` and the whole
     region kept): every rule on a tunnel device decapsulates and matches the
@@ -443,8 +447,8 @@ def _join_entry(reads: frozenset[str], table: int, region, path: _Path) -> Chain
     decision list.
     """
     own = path.known.get("in_port") in TUNNEL_TYPE
-    known = tuple(sorted((f, v) for f, v in path.known.items()
-                         if f in reads or f not in INTERNAL_FIELDS or (own and f == "in_port")))
+    known = tuple(sorted((f, v) for f, v in path.known.items() if own or f != "ct_state" and (
+        f in reads or f not in INTERNAL_FIELDS)))
     aliases = tuple(sorted((r, f) for r, f in path.aliases.items() if r in reads))
     kept = {f: (v, m) for f, (v, m) in region.items() if own or f in SHARED_REGION}
     value, mask = region.get("eth_dst", (0, 0))
