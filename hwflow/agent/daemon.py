@@ -52,7 +52,6 @@ LOG = logging.getLogger("hwflow.agent")
 TOPOLOGY_KINDS = ("network", "subnet", "port", "router", "router_port", "security_group", "security_group_rule",
                   "floating_ip", "chassis")
 
-ETHERTYPES = {"ipv4": ir.ETH_TYPE_IPV4, "ipv6": ir.ETH_TYPE_IPV6, "arp": ir.ETH_TYPE_ARP}
 
 
 @dataclasses.dataclass
@@ -363,7 +362,7 @@ class Agent:
             reps[key] = Representor(report.ifindex, report.tc_endpoint)
         if not self.conf.offload.enabled:
             return Plan(), reps
-        types = [ETHERTYPES[name] for name in self.conf.offload.ethertypes]
+        types = [ir.ETH_TYPES_BY_NAME[name] for name in self.conf.offload.ethertypes]
         return self._partitioner.plan(pipeline, offload, types, self._refused, delta), reps
 
     def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:

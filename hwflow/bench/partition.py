@@ -3,8 +3,8 @@
 The host is the compile benchmark's (:func:`hwflow.bench.compile.build`): ``local_ports`` ports here and
 ``remote_ports`` bound to other chassis (reached through VXLAN tunnels), 20 ports a network, a router per 100
 ports (joining five networks) and a security group per 100 ports. Every local port is a VF of one NIC with
-the capabilities of ``profile`` (``etc/nic-profiles``), and so is the host's VXLAN tunnel device. IPv4
-(``[offload] ethertypes``' default).
+the capabilities of ``profile`` (``etc/nic-profiles``), and so is the host's VXLAN tunnel device.
+``ethertypes``: what may be offloaded, as ``[offload] ethertypes`` (its default: IPv4 and IPv6).
 
 ``partition_s``: a full partition (what the agent does at start and on the resync timer). ``hw_rules``:
 rules planned, each shared chain once; ``tc_rules``: the rules the representors get (a NIC keeps a copy of
@@ -37,7 +37,8 @@ from hwflow.pipeline import ir
 from hwflow.pipeline.topology import KIND_PORT, Topology
 from hwflow.sim.profile import load_profile
 
-DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx", "changes": 20, "max_rules": 0}
+DEFAULTS = {"local_ports": 1000, "remote_ports": 10_000, "profile": "mlx5-connectx6dx", "changes": 20, "max_rules": 0,
+            "ethertypes": "ipv4,ipv6"}
 PORTS_PER_NETWORK = 20
 PORTS_PER_ROUTER = PORTS_PER_GROUP = 100
 REMOTE_CHASSIS = 16
@@ -81,7 +82,8 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     partitioner = Partitioner(compiler.layout.joins())
     progress(f"partitioning {len(pipeline.flows)} flows for {len(ports)} ports ({params['profile']})")
     start = time.perf_counter()
-    plan = partitioner.plan(pipeline, ports, (ir.ETH_TYPE_IPV4,), {})
+    types = tuple(ir.ETH_TYPES_BY_NAME[name.strip()] for name in str(params["ethertypes"]).split(","))
+    plan = partitioner.plan(pipeline, ports, types, {})
     seconds = time.perf_counter() - start
     planned, installed = plan.counts()
     results = {
@@ -110,7 +112,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
             ports = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in topo.local_ports()}
             ports[ir.TUNNEL_PORTS["vxlan"]] = PortOffload(ir.TUNNEL_PORTS["vxlan"], "nic0", caps)
             middle = time.perf_counter()
-            partitioner.plan(compiler.pipeline(), ports, (ir.ETH_TYPE_IPV4,), {}, (delta.added, delta.removed))
+            partitioner.plan(compiler.pipeline(), ports, types, {}, (delta.added, delta.removed))
             ended = time.perf_counter()
             partition_ms.append((ended - middle) * 1000)
             change_ms.append((ended - began) * 1000)

@@ -330,6 +330,7 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
     fields, values, flows = pipeline.lookup(table, _exact(region, path.known))
     if how.deps is not None:
         how.deps.add((table, fields, values))
+    last = None  # the region of the last software leaf of a doomed refinement
     for flow in flows:
         stale = sorted(path.dirty & {t.field for t in flow.match.fields})
         if stale:
@@ -343,7 +344,12 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
             continue
         doomed = how.doomed(refined) if how.doomed is not None and not covers_all else None
         if doomed is not None:
-            yield _leaf(refined, path, doomed, flow.owner)
+            # one software leaf for what no rule can match, over the larger region the NIC can match (a pass
+            # rule may hold it): the ICMPv6 types a stage lets through one by one are one leaf, not seven
+            coarse = how.doomed.coarse(refined) if isinstance(how.doomed, Doom) else refined
+            if coarse != last:
+                yield _leaf(coarse, path, doomed, flow.owner)
+            last = coarse
         else:
             yield from _run(pipeline, flow, refined, path, how, depth)
         if covers_all:
@@ -678,20 +684,33 @@ def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Matc
         and (scope, leaf.as_match()) not in refused
 
 
-def _doomed(caps: Capabilities) -> Callable[[Region], str | None]:
+class Doom:
     """Why no refinement of a region can be matched by the NIC (None: some may be): a field it matches with no
     mask at all, or a ct_state it cannot match. Refining only adds terms and mask bits, so a region doomed
-    stays doomed, and the walk may stop there."""
-    def doomed(region: Region) -> str | None:
+    stays doomed, and the walk may stop there (:func:`walk`)."""
+
+    def __init__(self, caps: Capabilities) -> None:
+        self.caps = caps
+
+    def __call__(self, region: Region) -> str | None:
         for field, (_, mask) in region.items():
-            if field == "ct_state":
-                states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
-                if not caps.can_conntrack(states):
-                    return f"the NIC cannot match ct_state {'/'.join(states)}"
-            elif field != "eth_type" and CAPABILITY_FIELD.get(field, field) not in caps.match_fields:
-                return f"the NIC cannot match {field} (with any mask)"
+            reason = self._unmatchable(field, mask)
+            if reason is not None:
+                return reason
         return None
-    return doomed
+
+    def coarse(self, region: Region) -> dict[str, tuple[int, int]]:
+        """``region`` without the terms the NIC cannot match: a larger region it can (see :func:`_walk_table`)."""
+        return {f: (v, m) for f, (v, m) in region.items() if self._unmatchable(f, m) is None}
+
+    def _unmatchable(self, field: str, mask: int) -> str | None:
+        if field == "ct_state":
+            states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
+            if not self.caps.can_conntrack(states):
+                return f"the NIC cannot match ct_state {'/'.join(states)}"
+        elif field != "eth_type" and CAPABILITY_FIELD.get(field, field) not in self.caps.match_fields:
+            return f"the NIC cannot match {field} (with any mask)"
+        return None
 
 
 class _Rules:
@@ -998,7 +1017,7 @@ class _Planner:
         self._forget(owner)
         deps: set[tuple] = set()
         joins = self._joins(port.capabilities)
-        doomed = _doomed(port.capabilities)
+        doomed = Doom(port.capabilities)
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
@@ -1023,7 +1042,7 @@ class _Planner:
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
-        leaves = walk_entry(self.pipeline, entry, self._joins(caps), _doomed(caps), deps, self.reads)
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), Doom(caps), deps, self.reads)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))

@@ -117,6 +117,7 @@ def physnet_port(physical_network: str) -> int:
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV6 = 0x86DD
+ETH_TYPES_BY_NAME = {"ipv4": ETH_TYPE_IPV4, "ipv6": ETH_TYPE_IPV6, "arp": ETH_TYPE_ARP}  # [offload] ethertypes
 MULTICAST_BIT = 1 << 40  # the I/G bit of a MAC held as a 48-bit int
 
 
