@@ -26,5 +26,5 @@ def test_bench_lists_each_benchmark_with_its_parameters(capsys):
     listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(listed) == set(bench.BENCHMARKS)
     assert listed["partition"]["params"] == ("local_ports=1000 remote_ports=10000 profile=mlx5-connectx6dx changes=20 "
-                                             "max_rules=0")
+                                             "max_rules=0 ethertypes=ipv4,ipv6")
     assert listed["compile"]["measures"].startswith("Compile a large host")
