@@ -192,8 +192,10 @@ def routed(a: Host, b: Host) -> None:
         if "ttl=63" not in out:
             raise CheckFailed(f"the reply's TTL was not decremented once (expected ttl=63): {out.splitlines()[1:2]}")
 
-    # each side: the goto into its network's shared L3 chain, then the routed rule there
-    forward(Stage(pipeline, {11: a.rep, 12: b.rep}), traffic, {a.rep: [PINGS, PINGS], b.rep: [PINGS, PINGS]},
+    # each side: the goto into its network's shared L3 chain, the route's goto (the packet untouched) into the
+    # destination network's next-hop chain, and there the rule doing the router's rewrites and the output
+    forward(Stage(pipeline, {11: a.rep, 12: b.rep}), traffic,
+            {a.rep: [PINGS, PINGS, PINGS], b.rep: [PINGS, PINGS, PINGS]},
             lambda: a.reaches("10.2.0.1"))
 
 
@@ -234,7 +236,9 @@ def vxlan(a: Host, c: Host) -> None:
     stage = Stage(compile_topology([net], ports, {"p11"}, chassis=_chassis()), {11: a.rep, tunnel: "hilvx0"},
                   {tunnel: TunnelEndpoint(ip(LOCAL_VTEP), VXLAN_PORT)})
     try:
-        forward(stage, lambda: a.ping("10.4.0.2"), {a.rep: [PINGS, PINGS], "hilvx0": [PINGS]},  # A: goto, chain
+        # A: goto, encap in its network's chain; the tunnel device: goto its own chain for the VNI (the tunnel's
+        # metadata kept for that chain's enc_* keys), decap and output there
+        forward(stage, lambda: a.ping("10.4.0.2"), {a.rep: [PINGS, PINGS], "hilvx0": [PINGS, PINGS]},
                 lambda: a.reaches("10.4.0.2"))
     finally:
         host.delete_link("hilvx0")

@@ -600,6 +600,32 @@ def test_routes_from_every_network_of_a_router_share_its_next_hop_chain_with_the
     _check_all_packets(pipeline, plan)
 
 
+def test_a_chain_that_only_sends_every_packet_on_is_skipped():
+    """An L3 chain of a network without a router hands every packet to the L2 chain: the port's goto leads to
+    the L2 chain directly (one hop less, no rules for the L3 chain); once a route appears there, through it."""
+    classify = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify")
+                for p in (1, 2)]
+    l3 = ir.Flow(1, 0, ir.Match.of(metadata=7), (ir.GotoTable(2),), "l3")
+    l2 = [ir.Flow(2, 10, ir.Match.of(metadata=7, eth_dst=MACS[i]), (ir.Output(i + 1),), f"l2-{i}") for i in (0, 1)]
+    hop = (ir.SetField("eth_src", ROUTER_MAC), ir.SetField("eth_dst", MACS[1]), ir.Output(2))
+    route = ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=ROUTER_MAC), hop, "r")
+    before = ir.Pipeline.build([*classify, l3, *l2], {})
+    partitioner = Partitioner({1, 2})
+    plan = partitioner.plan(before, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), {})
+    (l2_chain,) = plan.chains.values()
+    (goto,) = [r for r in plan.rules_of(1) if r.chain == 0]
+    assert goto.goto == l2_chain.id and [r.output for r in l2_chain.rules] == [1, 2, None]
+    _check_all_packets(before, plan)
+    after = before.patched([route], [])
+    plan = partitioner.plan(after, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), {}, ([route], []))
+    assert len(plan.chains) == 2
+    (goto,) = [r for r in plan.rules_of(1) if r.chain == 0]
+    assert goto.goto != l2_chain.id and any(r.goto == l2_chain.id for r in plan.chains[goto.goto].rules)
+    assert _canonical(plan) == _canonical(Partitioner({1, 2}).plan(after, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,),
+                                                                   {}))
+    _check_all_packets(after, plan)
+
+
 def test_a_pending_rewrite_of_the_field_a_join_looks_up_by_does_not_hand_over():
     """A routed path that set the destination MAC before the L2 table would get a chain per destination: it
     stays in the chain it is in, its rule doing the rewrites and the output."""

@@ -89,6 +89,18 @@ def test_vxlan_encap_takes_the_host_side_from_the_tunnel_endpoint_and_decap_matc
         42, 0xC0A84D02, 0xC0A84D01, 4789)
 
 
+def test_a_tunnel_rule_that_goes_on_to_a_chain_keeps_the_tunnel_metadata_for_its_enc_keys():
+    """Decap (tunnel_key unset) comes with the output only: after a goto the next chain's rules still match the
+    enc_* keys, which a kernel cannot do once the metadata is released (the VM tier checks it with packets)."""
+    goto = HwRule(TUN, 0, 0, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, tun_id=42), None, "t", (), 0, 1 << 20)
+    out = HwRule(TUN, 0, 0, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, tun_id=42, eth_dst=2), 1, "t", (), 1 << 20)
+    held = HwRule(TUN, 1, 1, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, tun_id=42), None, "", (), 1 << 20)
+    (_, first), (_, then), (_, passed) = (to_flower(r, REPS, TC_FLAGS["skip_hw"], TUNNELS) for r in (goto, out, held))
+    assert first.actions == (fl.Gact("goto_chain", 1 << 20),) and first.keys.enc_key_id == 42
+    assert then.actions == (fl.TunnelKey(unset=True), fl.Mirred(11)) and then.keys.enc_dst_port == 4789
+    assert passed.actions == (fl.Gact("pass"),)  # software gets the packet with its tunnel metadata, as OVS needs
+
+
 def test_a_tunnel_port_without_its_endpoint_is_an_error_that_says_what_to_pass():
     ports = {p: PortOffload(p, "sw0", CAPS) for p in REPS}
     flow = ir.Flow(0, 1, ir.Match.of(in_port=TUN), (ir.Output(1),), "decap")

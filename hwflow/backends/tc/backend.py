@@ -110,7 +110,10 @@ def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int,
     prio = PRIO_BASE + rule.level * SLOTS + slot
     if prio >= PROBE_PRIO:
         raise ValueError(f"hardware rule {rule}: level {rule.level} does not fit below the probes' prio {PROBE_PRIO}")
-    actions = ((flower.TunnelKey(unset=True),) if decap is not None else ()) + _actions(rule, reps, tunnels)
+    # the tunnel's metadata goes only where the packet leaves: a goto keeps it for the next chain's enc_* keys,
+    # a pass for software (OVS reads the tunnel key of what its tunnel port receives)
+    unset = decap is not None and rule.output is not None
+    actions = ((flower.TunnelKey(unset=True),) if unset else ()) + _actions(rule, reps, tunnels)
     return src.endpoint, flower.FlowerRule(
         ifindex=src.ifindex, prio=prio, handle=0, protocol=protocol,
         keys=flower.FlowerKeys(**keys), actions=actions, chain=rule.chain, flags=flags,
