@@ -258,7 +258,7 @@ class Agent:
         began = result.clock("tc_plan", began)
         result.local_ports, result.flows = len(local), len(pipeline)
         result.hw_rules, result.software_only = plan.counts()[1], plan.software_count
-        result.hw_removed = self.tc.remove(tc_changes)
+        result.hw_removed = self.tc.remove(tc_changes) + len(tc_changes.delete_after)  # those go after install
         began = result.clock("tc_remove", began)
         ovs = self._sync_ovs(pipeline, delta, ofports, full)
         result.ovs_changes = ovs.sent

@@ -352,3 +352,38 @@ def test_the_rules_of_a_representor_that_vanished_are_removed_without_a_dump_or_
     nic.seen.clear()
     delta(backend, nic, [rule(3, REP[1])], [])
     assert nic.seen == Counter(add=1)
+
+
+def _chain(mac: int, out: int, chain: int, prio: int = 1) -> fl.FlowerRule:
+    return dataclasses.replace(rule(mac, out, prio=prio), chain=chain)
+
+
+def _goto(mac: int, chain: int) -> fl.FlowerRule:
+    return fl.FlowerRule(REP[0], 1, 0, fl.ETH_P_IP, fl.FlowerKeys(eth_dst=mac), (fl.Gact("goto_chain", chain),))
+
+
+def test_a_chain_a_goto_still_leads_to_is_emptied_only_after_the_goto_moved() -> None:
+    """A chain renumbered (a restart, say): the goto is replaced in the second half, so the old chain's rules go
+    after it, not in the first half, when a packet following the goto would find the chain empty (a miss in
+    chain N is a drop on mlx5). Taking everything off a device defers nothing."""
+    nic = Nic("mlx5-connectx6dx")
+    backend = TcBackend()
+    try:
+        old = [_goto(1, 1 << 20), _chain(1, REP[1], 1 << 20)]
+        new = [_goto(1, 2 << 20), _chain(1, REP[1], 2 << 20)]
+        full(backend, nic, old)
+        changes = backend.plan([(nic.endpoint, r) for r in new], managed(nic))
+        assert [r.chain for _, r in changes.delete_after] == [1 << 20] and not changes.delete
+        backend.remove(changes)
+        held = nic.rules()[nic.endpoint, REP[0]].values()
+        assert {r.chain for r in held} == {0, 1 << 20}  # the goto still leads to 1 << 20, which still forwards
+        backend.install(changes)
+        held = nic.rules()[nic.endpoint, REP[0]].values()
+        assert sorted((r.chain, r.actions) for r in held) == sorted((r.chain, r.actions) for r in new)
+        gone = backend.plan([], managed(nic))
+        assert len(gone.delete) == 2 and not gone.delete_after
+        backend.remove(gone)
+        assert not nic.rules()[nic.endpoint, REP[0]]
+    finally:
+        backend.close()
+        nic.close()

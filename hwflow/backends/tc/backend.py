@@ -222,16 +222,50 @@ class TcDiff:
     add: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
     replace: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
     delete: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
+    # rules of chains no desired rule leads to any more: taken off last, once nothing can reach them (taken off
+    # first, a goto still waiting to be replaced would lead into an empty chain, and a miss there is a drop)
+    delete_after: list[tuple[str, flower.FlowerRule]] = dataclasses.field(default_factory=list)
     repairs: int = 0  # rules where a dump disagreed with the state held in memory (TcBackend.plan)
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.replace or self.delete)
+        return bool(self.add or self.replace or self.delete or self.delete_after)
 
     def extend(self, other: TcDiff) -> None:
         self.add += other.add
         self.replace += other.replace
         self.delete += other.delete
+        self.delete_after += other.delete_after
         self.repairs += other.repairs
+
+    def defer_unreachable(self, desired_targets: Callable[[str, int], set[int]],
+                          installed: Callable[[str, int], Iterable[flower.FlowerRule]]) -> TcDiff:
+        """Move to :attr:`delete_after` the deletions of rules in a chain that a rule staying on the NIC through
+        the first half still leads to, while no desired rule does: that goto is replaced or deleted later, and
+        until then its chain must hold. Deleting everything of a device (nothing stays) defers nothing."""
+        by_dev: dict[Device, list[flower.FlowerRule]] = {}
+        for endpoint, rule in self.delete:
+            by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
+        early: list[tuple[str, flower.FlowerRule]] = []
+        for (endpoint, ifindex), rules in by_dev.items():
+            wanted = desired_targets(endpoint, ifindex)
+            going = {identity(r) for r in rules}
+            staying = [r for r in installed(endpoint, ifindex) if identity(r) not in going]
+            late: set[tuple] = set()
+            while True:  # a deferred rule stays too, and may lead on to another chain
+                held = {c for r in staying for c in _gotos(r)}
+                more = {identity(r) for r in rules if r.chain and r.chain in held and r.chain not in wanted} - late
+                if not more:
+                    break
+                late |= more
+                staying += [r for r in rules if identity(r) in more]
+            for rule in rules:
+                (self.delete_after if identity(rule) in late else early).append((endpoint, rule))
+        self.delete = early
+        return self
+
+
+def _gotos(rule: flower.FlowerRule) -> set[int]:
+    return {a.chain for a in rule.actions if isinstance(a, flower.Gact) and a.verdict == "goto_chain"}
 
 
 def diff(desired: Iterable[flower.FlowerRule], installed: Iterable[flower.FlowerRule], endpoint: str) -> TcDiff:
@@ -395,7 +429,7 @@ class TcBackend:
                 total.repairs += self._disagreements(dev, old.rules, dumped)
             total.extend(self._full_diff(dev, self._devices[dev], rules, dumped))
         self.repairs += total.repairs
-        return total
+        return total.defer_unreachable(self._targets, self._held)
 
     def plan_delta(self, added: Iterable[tuple[str, flower.FlowerRule]],
                    removed: Iterable[tuple[str, flower.FlowerRule]]) -> TcDiff:
@@ -445,7 +479,16 @@ class TcBackend:
                     total.add.append((endpoint, dataclasses.replace(want, handle=handle)))
                 elif have.actions != want.actions:
                     total.replace.append((endpoint, dataclasses.replace(want, handle=have.handle)))
-        return total
+        return total.defer_unreachable(self._targets, self._held)
+
+    def _targets(self, endpoint: str, ifindex: int) -> set[int]:
+        """The chains the desired rules of a device go to."""
+        state = self._devices.get((endpoint, ifindex))
+        return {c for r in (state.desired.values() if state is not None else ()) for c in _gotos(r)}
+
+    def _held(self, endpoint: str, ifindex: int) -> Iterable[flower.FlowerRule]:
+        state = self._devices.get((endpoint, ifindex))
+        return state.rules.values() if state is not None and state.rules is not None else ()
 
     def _dump(self, dev: Device, down: set[str]) -> list[flower.FlowerRule] | None:
         """The device's rules, or None when it cannot be read: its NIC does not answer (the endpoint is
@@ -502,12 +545,16 @@ class TcBackend:
     # --- applying -----------------------------------------------------------------------------------
 
     def remove(self, changes: TcDiff) -> int:
-        """First half: take stale rules off the NIC (always safe: OVS has everything)."""
+        """First half: take stale rules off the NIC (safe: what they took goes to software, and OVS has
+        everything), but not those of a chain a goto still leads to until :meth:`install` (see TcDiff)."""
         return self._apply(changes.delete, "delete")
 
     def install(self, changes: TcDiff) -> int:
-        """Second half: new and changed rules, once OVS holds the flows behind them."""
-        return self._apply(changes.add, "add") + self._apply(changes.replace, "replace")
+        """Second half: new and changed rules, once OVS holds the flows behind them; then the rules of chains
+        nothing leads to any more (:attr:`TcDiff.delete_after`). Counts the rules added and replaced."""
+        done = self._apply(changes.add, "add") + self._apply(changes.replace, "replace")
+        self._apply(changes.delete_after, "delete")
+        return done
 
     def _apply(self, items: list[tuple[str, flower.FlowerRule]], op: str) -> int:
         done = 0
