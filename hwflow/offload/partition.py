@@ -778,15 +778,19 @@ class _Decided:
 class ChainIds:
     """tc chain numbers, the same for the same chain in every plan, and growing along every goto.
 
-    On a NIC with no chain limit a chain's number is its entry table's block (``(table + 1) << 20``) plus
+    On a NIC with no chain limit a chain's number is its entry table's block (``(table + 1) << 23``) plus
     a hash of its entry: a goto always leads to a later table, so to a higher number (the simulated NIC,
     and mlx5 without ignore_flow_level, refuse a goto backwards), and a restarted agent, or a whole plan
     after many changes, numbers a chain as before (its rules keep their identity: nothing to replace).
-    Two entries whose hashes meet take the next free number. On a NIC with few chains (``max_chains``)
-    nothing is shared and each port numbers its own chains from 1 in the order met, as far as the NIC goes.
+    Two entries whose hashes meet take the next free number, first come first served, so after a restart
+    the two may swap (rare: a few thousand chains in 8 million numbers a table); their rules are then
+    replaced, the goto after the chain it leads to is in place (see TcDiff.delete_after). On a NIC with few
+    chains (``max_chains``) nothing is shared and each port numbers its own chains from 1 in the order met, as
+    far as the NIC goes.
     """
 
-    BLOCK = 20  # bits of a table's block: a million chains a table before hashes must probe far
+    BLOCK = 23  # bits of a table's block; a tc goto reaches chains below 2**28, the probes' chain is the last
+    TABLES = (1 << (28 - BLOCK)) - 2  # tables a layout may have: blocks 1..30 (31 holds the probes' chain)
 
     def __init__(self) -> None:
         self._ids: dict[tuple, int] = {}
@@ -798,6 +802,9 @@ class ChainIds:
         if number is None:
             if space == SHARED:
                 entry = key[-1]
+                if entry.table >= self.TABLES:
+                    raise ValueError(f"table {entry.table}: tc chain numbers have room for {self.TABLES} tables "
+                                     f"of {1 << self.BLOCK} chains; lower ChainIds.BLOCK for a longer layout")
                 block = (entry.table + 1) << self.BLOCK
                 slot = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "big")
                 number = block + slot % (1 << self.BLOCK)
