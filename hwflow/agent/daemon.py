@@ -45,6 +45,7 @@ from hwflow.offload.nic import DeviceReport
 from hwflow.offload.partition import SHARED, HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Change, Topology
+from hwflow.util.gc import gc_paused
 
 LOG = logging.getLogger("hwflow.agent")
 
@@ -233,6 +234,14 @@ class Agent:
         first, then OVS, then new NIC rules on top of flows that already back them.
         """
         full = full or self._force_full or self.ovs.needs_full_sync
+        if full:
+            return self._pass(True)
+        # a delta pass allocates little, none of it cyclic: the collector (whose full scans of a big host's
+        # state cost tens of ms) runs between passes, not in a write's way
+        with gc_paused():
+            return self._pass(False)
+
+    def _pass(self, full: bool) -> PassResult:
         self._force_full = True  # until this pass is through: a pass that fails leaves the next one full
         self.ovsdb.sync_fixed_ports(self.fixed_ports)  # tunnel ports and uplinks, put back if someone removed them
         ifaces = self.ovsdb.interfaces()

@@ -52,6 +52,7 @@ class Delta:
     added: list[ir.Flow] = dataclasses.field(default_factory=list)
     removed: list[ir.Flow] = dataclasses.field(default_factory=list)
     owners: int = 0  # owners recomputed
+    shared_keys: list[tuple] = dataclasses.field(default_factory=list)  # keys another owner holds too: rebuilt
 
 
 class Compiler:
@@ -107,6 +108,7 @@ class Compiler:
                         count = holders[flow.key] - 1
                         if count:
                             holders[flow.key] = count
+                            delta.shared_keys.append(flow.key)
                             ambiguous = True
                         else:
                             del holders[flow.key]
@@ -118,9 +120,12 @@ class Compiler:
                         if count == 1:
                             delta.added.append(flow)
                         else:
+                            delta.shared_keys.append(flow.key)
                             ambiguous = True
             delta.owners += len(dirty)
         if ambiguous:
+            LOG.debug("%d flow key(s) held by more than one owner changed hands (%s...): rebuilding the pipeline",
+                      len(delta.shared_keys), delta.shared_keys[0])
             self._pipeline = None
         elif (delta.added or delta.removed) and self._pipeline is not None:
             self._pipeline = self._pipeline.patched(delta.added, delta.removed, on_clash=_log_clash)

@@ -72,7 +72,7 @@ match and do (a restarted agent gets new handles and numbers its chains afresh);
 Everything started is stopped by PID (the agent, the simulated NIC, Open vSwitch, the helper agent, the relay)
 and every namespace removed, on failure, Ctrl-C and SIGTERM too; the temporary directory (config, logs,
 database) is removed after a run that worked (unless ``keep`` is 1: the agent's log says what each pass
-spent on each stage) and named otherwise.
+spent on each stage, at debug level: why) and named otherwise.
 """
 
 from __future__ import annotations
@@ -578,7 +578,8 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
                  f"to {url} in one batch")
         nb.create_many(topo.objects)
         results["db_s"] = round(time.perf_counter() - start, 3)
-        host = SimHost(name, workdir, url, num_vfs=local_ports + changes, profile=params["profile"])
+        host = SimHost(name, workdir, url, num_vfs=local_ports + changes, profile=params["profile"],
+                       agent_debug=bool(params["keep"]))
         paths = relay_proc = None
         try:
             progress(f"starting host {name} (OVS, simulated {params['profile']} NIC with {host.num_vfs} VFs)")
