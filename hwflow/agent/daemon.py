@@ -243,14 +243,16 @@ class Agent:
 
     def _pass(self, full: bool) -> PassResult:
         self._force_full = True  # until this pass is through: a pass that fails leaves the next one full
+        result = PassResult()
+        began = time.perf_counter()
         self.ovsdb.sync_fixed_ports(self.fixed_ports)  # tunnel ports and uplinks, put back if someone removed them
         ifaces = self.ovsdb.interfaces()
+        began = result.clock("ovsdb", began)
         names = frozenset(i.name for i in ifaces.values())
         if names != self._iface_names:  # representors come and go with the NIC: look again
             self._reports = self._discover()
             self._iface_names = names
-        result = PassResult()
-        began = time.perf_counter()
+            began = result.clock("discover", began)
         self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
         changes = self._topology_changes(ifaces, full)
         began = result.clock("topology", began)
@@ -260,6 +262,7 @@ class Agent:
         ports, local = self.topo.ports, self.topo.local_port_ids
         ofports = self.ofports = {ports[pid].unique_key: ifaces[pid].ofport for pid in local}
         ofports.update(self.ovsdb.fixed_ofports())
+        began = result.clock("ofports", began)
         plan, reps = self._plan(pipeline, {ports[pid].unique_key: ifaces[pid] for pid in local},
                                 None if full else (delta.added, delta.removed))
         began = result.clock("partition", began)

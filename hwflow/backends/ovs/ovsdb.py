@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ovsdbapp.backend.ovs_idl import connection, event, idlutils
@@ -132,6 +132,7 @@ class OvsdbClient:
         self.bridge = bridge
         self.timeout = timeout
         self._handler = event.RowEventHandler()
+        self._view: tuple[int, _BridgeView] | None = None  # (the IDL's change_seqno, the bridge as it was then)
         try:
             helper = idlutils.get_schema_helper(connection_str, "Open_vSwitch")
             for table, columns in MONITORED.items():
@@ -188,31 +189,28 @@ class OvsdbClient:
 
     def fixed_ofports(self) -> dict[int, int]:
         """Logical port key -> ofport of the fixed ports vswitchd has given one."""
-        with self._conn.lock:
-            rows = self._bridge_interfaces()
-            return {int(row.external_ids[FIXED_KEY]): ofport for row in rows
-                    if FIXED_KEY in row.external_ids and (ofport := _first(row.ofport)) is not None and ofport > 0}
+        return dict(self._bridge().fixed_ofports)
 
     def _fixed_rows(self) -> dict[str, FixedPort]:
+        return dict(self._bridge().fixed)
+
+    def interfaces(self) -> dict[str, Iface]:
+        """Bound interfaces (iface-id -> Iface) on our bridge whose ofport vswitchd has assigned."""
+        return dict(self._bridge().interfaces)
+
+    def _bridge(self) -> _BridgeView:
+        """The bridge's interfaces as the IDL holds them, read again only when the IDL changed (a pass reads them
+        three times; reading 200 rows through python-ovs costs 15-30 ms)."""
         with self._conn.lock:
-            return {row.name: FixedPort(row.name, int(row.external_ids[FIXED_KEY]), row.type,
-                                        tuple(sorted(row.options.items())))
-                    for row in self._bridge_interfaces() if FIXED_KEY in row.external_ids}
+            seqno = self.api.idl.change_seqno
+            if self._view is None or self._view[0] != seqno:
+                self._view = (seqno, _BridgeView.of(self._bridge_interfaces()))
+            return self._view[1]
 
     def _bridge_interfaces(self) -> list[Any]:
         """Interface rows of our bridge (call with the connection lock held)."""
         bridge = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge, None)
         return [row for port in bridge.ports for row in port.interfaces] if bridge is not None else []
-
-    def interfaces(self) -> dict[str, Iface]:
-        """Bound interfaces (iface-id -> Iface) on our bridge whose ofport vswitchd has assigned."""
-        found: dict[str, Iface] = {}
-        with self._conn.lock:
-            for row in self._bridge_interfaces():
-                iface = _iface(row)
-                if iface is not None:
-                    found[iface.iface_id] = iface
-        return found
 
     def ofport(self, name: str) -> int | None:
         """The interface's ofport, or None while vswitchd has not assigned one (or failed to)."""
@@ -239,6 +237,29 @@ class OvsdbClient:
     def close(self) -> None:
         self._handler.shutdown()
         self._conn.stop(timeout=self.timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BridgeView:
+    interfaces: Mapping[str, Iface]  # iface-id -> bound interface with an ofport
+    fixed: Mapping[str, FixedPort]  # name -> fixed port hwflow put there
+    fixed_ofports: Mapping[int, int]  # logical key -> ofport of a fixed port
+
+    @classmethod
+    def of(cls, rows: Sequence[Any]) -> _BridgeView:
+        interfaces, fixed, ofports = {}, {}, {}
+        for row in rows:
+            iface = _iface(row)
+            if iface is not None:
+                interfaces[iface.iface_id] = iface
+            ids = row.external_ids
+            if FIXED_KEY in ids:
+                key = int(ids[FIXED_KEY])
+                fixed[row.name] = FixedPort(row.name, key, row.type, tuple(sorted(row.options.items())))
+                ofport = _first(row.ofport)
+                if ofport is not None and ofport > 0:
+                    ofports[key] = ofport
+        return cls(interfaces, fixed, ofports)
 
 
 def _first(column: Any) -> int | None:
