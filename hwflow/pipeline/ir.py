@@ -434,7 +434,12 @@ class Pipeline:
     def patched(self, added: Iterable[Flow], removed: Iterable[Flow],
                 on_clash: Callable[[Flow, Flow], None] | None = None) -> Pipeline:
         """The pipeline with ``removed`` taken out and ``added`` put in (an added flow whose key a remaining flow
-        holds is a clash, handled as :meth:`build` does)."""
+        holds is a clash, handled as :meth:`build` does).
+
+        The new pipeline takes over this one's indexes of the tables the patch changes (changed in place, not
+        copied: a big table's index holds thousands of buckets, and the partitioner's lookups build several);
+        this one builds them again if it is ever looked up there again. Its flows stay as they were.
+        """
         gone: dict[int, set[tuple[int, int, Match]]] = {}
         for flow in removed:
             gone.setdefault(flow.table, set()).add(flow.key)
@@ -452,7 +457,8 @@ class Pipeline:
         out._keys = {t: v for t, v in self._keys.items() if t not in gone and t not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
-            held = dict(self._keys_of(table))
+            held = self._keys_of(table)
+            del self._keys[table]  # the new pipeline's now
             entries = list(self._entries.get(table, ()))
             for key in keys:
                 entry = held.pop(key, None)
@@ -482,9 +488,8 @@ class Pipeline:
                 # lookup by a field no flow matches exactly is only less selective, never wrong)
                 exact = {t.field for _, f in fresh for t in f.match if t.mask == _FULL_MASKS[t.field]}
                 out._fields[table] = fields + tuple(sorted(exact - set(fields)))
-            for (t, on), old in self._indexes.items():
-                if t != table:
-                    continue
+            for (t, on), old in [(k, v) for k, v in self._indexes.items() if k[0] == table]:
+                del self._indexes[t, on]  # the new pipeline's now
                 if len(on) == 1:
                     out._indexes[t, on] = _patch_index(old, on[0], keys, fresh)
                 else:  # an index of the first field's rest: only flows not pinning the first field are in it
@@ -647,8 +652,8 @@ def _index_table(entries: Sequence[Entry], field: str) -> tuple[dict[int, list[E
 
 def _patch_index(index: tuple[dict[int, list[Entry]], list[Entry]], field: str, gone: set[tuple],
                  fresh: list[Entry]) -> tuple[dict[int, list[Entry]], list[Entry]]:
-    """An index after a patch: only the buckets the removed and added flows are in are copied and changed."""
-    buckets, rest = dict(index[0]), index[1]
+    """An index after a patch, changed in place: only the buckets the removed and added flows are in."""
+    buckets, rest = index
     full = _FULL_MASKS[field]
 
     def bucket(match: Match) -> int | None:

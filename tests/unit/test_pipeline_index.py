@@ -119,6 +119,16 @@ def test_a_patched_pipeline_is_the_pipeline_built_from_its_flows(before, added, 
             assert [f for f in new.candidates(table, pkt) if f.match.covers(pkt)] == scan
             assert {f.key for f in scan} == {f.key for f in rebuilt.table(table) if f.match.covers(pkt)}
     assert old.flows == ir.Pipeline.build({f.key: f for f in before}.values(), {}).flows  # the old one unchanged
+    for table in (0, 1):  # and its lookups too (the new one took its indexes over: it builds them again)
+        for pkt in pkts:
+            assert [f for f in old.candidates(table, pkt) if f.match.covers(pkt)] == [
+                f for f in old.table(table) if f.match.covers(pkt)]
+    again = new.patched(fresh[:1], [])  # a pipeline patched twice: the middle one keeps working
+    for pkt in pkts:
+        assert [f for f in new.candidates(0, pkt) if f.match.covers(pkt)] == [
+            f for f in new.table(0) if f.match.covers(pkt)]
+        assert [f for f in again.candidates(0, pkt) if f.match.covers(pkt)] == [
+            f for f in again.table(0) if f.match.covers(pkt)]
 
 
 def test_a_patch_clashing_with_a_remaining_flow_is_refused_or_told():
