@@ -460,10 +460,12 @@ class Pipeline:
             held = self._keys_of(table)
             del self._keys[table]  # the new pipeline's now
             entries = list(self._entries.get(table, ()))
+            dropped: list[Entry] = []
             for key in keys:
                 entry = held.pop(key, None)
                 if entry is not None:
                     del entries[bisect.bisect_left(entries, entry[0], key=_position)]
+                    dropped.append(entry)
             fresh: list[Entry] = []
             for flow in new.get(table, ()):
                 other = held.get(flow.key)
@@ -491,10 +493,10 @@ class Pipeline:
             for (t, on), old in [(k, v) for k, v in self._indexes.items() if k[0] == table]:
                 del self._indexes[t, on]  # the new pipeline's now
                 if len(on) == 1:
-                    out._indexes[t, on] = _patch_index(old, on[0], keys, fresh)
+                    out._indexes[t, on] = _patch_index(old, on[0], dropped, fresh)
                 else:  # an index of the first field's rest: only flows not pinning the first field are in it
                     out._indexes[t, on] = _patch_index(
-                        old, on[1], {k for k in keys if pinned(k[2], on[0]) is None},
+                        old, on[1], [e for e in dropped if pinned(e[1].match, on[0]) is None],
                         [e for e in fresh if pinned(e[1].match, on[0]) is None])
         return out
 
@@ -650,26 +652,18 @@ def _index_table(entries: Sequence[Entry], field: str) -> tuple[dict[int, list[E
     return buckets, rest
 
 
-def _patch_index(index: tuple[dict[int, list[Entry]], list[Entry]], field: str, gone: set[tuple],
-                 fresh: list[Entry]) -> tuple[dict[int, list[Entry]], list[Entry]]:
-    """An index after a patch, changed in place: only the buckets the removed and added flows are in."""
+def _patch_index(index: tuple[dict[int, list[Entry]], list[Entry]], field: str, dropped: Sequence[Entry],
+                 fresh: Sequence[Entry]) -> tuple[dict[int, list[Entry]], list[Entry]]:
+    """An index after a patch, changed in place: each removed entry taken out of its bucket by position, each
+    added one put in at its position (a big table's rest holds thousands: no scan, no sort)."""
     buckets, rest = index
-    full = _FULL_MASKS[field]
-
-    def bucket(match: Match) -> int | None:
-        term = match.get(field)
-        return term.value if term is not None and term.mask == full else None
-
-    touched = {bucket(key[2]) for key in gone} | {bucket(entry[1].match) for entry in fresh}
-    for value in touched:
-        old = rest if value is None else buckets.get(value, [])
-        kept = [e for e in old if e[1].key not in gone] if gone else list(old)
-        kept += [e for e in fresh if bucket(e[1].match) == value]
-        kept.sort()
-        if value is None:
-            rest = kept
-        elif kept:
-            buckets[value] = kept
-        else:
-            buckets.pop(value, None)
+    for entry in dropped:
+        value = pinned(entry[1].match, field)
+        bucket = rest if value is None else buckets[value]
+        del bucket[bisect.bisect_left(bucket, entry[0], key=_position)]
+        if value is not None and not bucket:
+            del buckets[value]
+    for entry in fresh:
+        value = pinned(entry[1].match, field)
+        bisect.insort(rest if value is None else buckets.setdefault(value, []), entry, key=_position)
     return buckets, rest
