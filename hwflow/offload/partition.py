@@ -700,7 +700,11 @@ class Doom:
         return None
 
     def coarse(self, region: Region) -> dict[str, tuple[int, int]]:
-        """``region`` without the terms the NIC cannot match: a larger region it can (see :func:`_walk_table`)."""
+        """``region`` without the terms the NIC cannot match: a larger region it can (see :func:`_walk_table`).
+        Only on a NIC with ``pass``: there a rule in front holds the larger leaf, where a NIC without it would
+        keep every later rule it overlaps in software."""
+        if hw.ACTION_PASS not in self.caps.actions:
+            return dict(region)
         return {f: (v, m) for f, (v, m) in region.items() if self._unmatchable(f, m) is None}
 
     def _unmatchable(self, field: str, mask: int) -> str | None:
@@ -752,11 +756,7 @@ class _Rules:
 
     @classmethod
     def _key(cls, match: ir.Match) -> tuple[int | None, ...]:
-        key = []
-        for field in cls.KEYS:
-            term = match.get(field)
-            key.append(term.value if term is not None and term.mask == ir.full_mask(field) else None)
-        return tuple(key)
+        return tuple(ir.pinned(match, field) for field in cls.KEYS)
 
 
 def _position(item: HwRule | SoftwareLeaf) -> int:
@@ -955,7 +955,7 @@ class _Planner:
             changed_ports |= self._reached_by.get(number, set())
         for key in gone:
             self._costs.pop(key, None)
-        self._assemble(changed_ports & self.ports.keys(), gone, touched_chains | self._planned_since)
+        self._assemble(changed_ports & self.ports.keys(), gone, self._planned_since)  # holds touched_chains too
         self._check_room()
         return changed_ports
 

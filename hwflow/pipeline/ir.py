@@ -642,11 +642,10 @@ def _index_table(entries: Sequence[Entry], field: str) -> tuple[dict[int, list[E
     """(value -> entries matching ``field`` exactly, entries of the others) for one table, in table order."""
     buckets: dict[int, list[Entry]] = {}
     rest: list[Entry] = []
-    full = _FULL_MASKS[field]
     for entry in entries:
-        term = entry[1].match.get(field)
-        if term is not None and term.mask == full:
-            buckets.setdefault(term.value, []).append(entry)
+        value = pinned(entry[1].match, field)
+        if value is not None:
+            buckets.setdefault(value, []).append(entry)
         else:
             rest.append(entry)
     return buckets, rest
