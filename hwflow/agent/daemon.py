@@ -107,7 +107,10 @@ class Agent:
         self._refused: dict[tuple[int, ir.Match], str] = {}
         self._partitioner = Partitioner(compiler.layout.joins())
         self._managed: set[Representor] = set()
-        self._flower: dict[int, list[tuple[HwRule, str, object]]] = {}  # port -> its rules as flower rules
+        # port -> chain (0: the port's chain 0) -> its rules there as flower rules, and the representors they
+        # were encoded with
+        self._flower: dict[int, dict[int, list[tuple[HwRule, str, object]]]] = {}
+        self._encoded_reps: dict[int, Representor] = {}
         self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -321,28 +324,46 @@ class Agent:
                     full: bool) -> tuple[TcDiff, list[tuple[HwRule, str, object]]]:
         """The NIC changes of this pass, and the (rule, endpoint, flower rule) pairs they were made from.
 
-        Flower rules are kept per port: a delta pass turns into flower rules only the ports whose plan may
-        have changed (``Partitioner.changed``) and hands the difference to ``TcBackend.plan_delta``; a full
-        pass turns every port's and lets ``TcBackend.plan`` diff them against a dump of each representor.
+        Flower rules are kept per port and chain: a delta pass turns into flower rules only the chains of the
+        ports whose plan may have changed (``Partitioner.changed``) that were planned again (``Plan.refreshed``)
+        or newly reached, and hands the difference to ``TcBackend.plan_delta``; a full pass (or a representor
+        that changed under a port) turns every port's and lets ``TcBackend.plan`` diff them against a dump of
+        each representor.
         """
         flags = TC_FLAGS[self.conf.offload.tc_policy]
-        changed = set(self._flower) | set(reps) if full else (self._partitioner.changed or set()) | (
+        moved = any(self._encoded_reps.get(port, rep) != rep for port, rep in reps.items())
+        self._encoded_reps = dict(reps)
+        everything = full or moved
+        changed = set(self._flower) | set(reps) if everything else (self._partitioner.changed or set()) | (
             set(self._flower) ^ set(reps))
+        refreshed = None if everything else plan.refreshed
         wanted: list[tuple[HwRule, str, object]] = []
         added: list[tuple[str, object]] = []
         removed: list[tuple[str, object]] = []
         for port in changed:
-            old = self._flower.pop(port, [])
-            new = _encode(plan.rules_of(port), old, reps, flags) if port in reps else []
+            old = self._flower.pop(port, {})
+            new = {}
+            if port in reps:
+                for chain, rules in plan.units_of(port):
+                    kept = old.get(chain)
+                    if kept is not None and chain and refreshed is not None and chain not in refreshed:
+                        new[chain] = kept
+                    elif rules:
+                        new[chain] = _encode(rules, kept or (), reps, flags)
+                        wanted += new[chain]
             if new:
                 self._flower[port] = new
-            wanted += new
-            before, after = {(ep, fr) for _, ep, fr in old}, {(ep, fr) for _, ep, fr in new}
-            added += [pair for pair in after if pair not in before]
-            removed += [pair for pair in before if pair not in after]
+            for chain in old.keys() | new.keys():
+                before, after = old.get(chain, []), new.get(chain, [])
+                if before is after:
+                    continue
+                before_pairs, after_pairs = {(ep, fr) for _, ep, fr in before}, {(ep, fr) for _, ep, fr in after}
+                added += [pair for pair in after_pairs if pair not in before_pairs]
+                removed += [pair for pair in before_pairs if pair not in after_pairs]
         managed = self._managed_representors(ifaces)
-        if full:
-            return self.tc.plan(((ep, fr) for rules in self._flower.values() for _, ep, fr in rules), managed), wanted
+        if everything:
+            return self.tc.plan(((ep, fr) for units in self._flower.values() for rules in units.values()
+                                 for _, ep, fr in rules), managed), wanted
         return self.tc.plan_delta(added, removed), wanted
 
     def _managed_representors(self, ifaces: Mapping[str, Iface]) -> set[Representor]:

@@ -101,7 +101,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
         "per_port_ms": round(seconds * 1000 / len(ports), 3),
         "hw_rules": planned,
         "tc_rules": installed,
-        "shared_chains": len(plan.chains),
+        "shared_chains": plan.shared_chains,
         "software_paths": plan.software_count,
     }
     progress(f"full partition {seconds:.2f}s; now {params['changes']} rounds of five changes")

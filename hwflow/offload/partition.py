@@ -138,6 +138,11 @@ class Leaf:
     def as_match(self) -> ir.Match:
         return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, v, m in self.region))
 
+    @property
+    def verdict(self) -> tuple:
+        """What the leaf does with a packet (its owner aside)."""
+        return self.outputs, self.blocker, self.edits, self.enter, self.trap
+
 
 class HwRule(NamedTuple):
     """One hardware rule on ``in_port``'s representor (chain ``chain``).
@@ -184,23 +189,25 @@ class ChainPlan:
 class Plan:
     """Each port's chain-0 decision list, the chains they reach, and the paths left to software.
 
-    A shared chain is held once however many ports reach it; :meth:`rules_of` gives one port its copy,
-    which is what its representor gets (a NIC keeps rules per representor: each carries an implicit
-    source-port match). The software paths are kept in parts (a port's, a chain's) and listed on first use:
-    a change's plan is read by port, and listing tens of thousands of paths would cost it more than its
-    re-plan.
+    A chain is held once however many ports reach it; :meth:`rules_of` gives one port its copy of a shared
+    chain, which is what its representor gets (a NIC keeps rules per representor: each carries an implicit
+    source-port match). Chains are the unit of change: ``refreshed`` names those planned again since the
+    plan before, so a consumer re-encodes those and a changed port's chain 0, not every rule of a port that
+    reaches thousands of chains (a tunnel device). The software paths are kept in parts (a port's, a
+    chain's) and listed on first use: a change's plan is read by port, and listing tens of thousands of
+    paths would cost it more than its re-plan.
     """
 
     def __init__(self, own: dict[int, list[HwRule]] | None = None, chains: dict[int, ChainPlan] | None = None,
                  reaches: dict[int, tuple[int, ...]] | None = None, software: Sequence[SoftwareLeaf] = (),
                  of_ports: Mapping[int, Sequence[SoftwareLeaf]] | None = None,
-                 reached: Mapping[int, ChainPlan] | None = None) -> None:
-        self.own = own if own is not None else {}  # port -> its chain-0 and own chains
-        self.chains = chains if chains is not None else {}  # shared chains by id
-        self.reaches = reaches if reaches is not None else {}  # port -> shared chains it uses
+                 refreshed: frozenset[int] | None = None) -> None:
+        self.own = own if own is not None else {}  # port -> its chain 0's rules
+        self.chains = chains if chains is not None else {}  # every chain some port reaches (shared or its own), by id
+        self.reaches = reaches if reaches is not None else {}  # port -> the chains it reaches, by id
+        self.refreshed = refreshed  # chains planned again since the plan before (None: all of them are new)
         self._given = software
         self._of_ports = of_ports or {}  # port -> its chain 0's software paths
-        self._reached = reached or {}  # every chain some port reaches (shared or a port's own), by id
         self._software: list[SoftwareLeaf] | None = None
 
     @property
@@ -208,19 +215,24 @@ class Plan:
         """Every path left to software: as given, then ports' chain 0 by port, then chains by number."""
         if self._software is None:
             self._software = [*self._given, *(leaf for port in sorted(self._of_ports) for leaf in self._of_ports[port]),
-                              *(leaf for n in sorted(self._reached) for leaf in self._reached[n].software)]
+                              *(leaf for n in sorted(self.chains) for leaf in self.chains[n].software)]
         return self._software
 
     @property
     def software_count(self) -> int:
         return len(self._given) + sum(len(part) for part in self._of_ports.values()) + sum(
-            len(chain.software) for chain in self._reached.values())
+            len(chain.software) for chain in self.chains.values())
+
+    def units_of(self, port: int) -> list[tuple[int, list[HwRule]]]:
+        """``port``'s rules by chain, as its representor takes them: (0, its chain 0), then (chain id, its copy)."""
+        units = [(0, list(self.own.get(port, ())))]
+        for number in self.reaches.get(port, ()):
+            chain = self.chains[number]
+            units.append((number, [_copy_for(r, port) for r in chain.rules] if chain.shared else chain.rules))
+        return units
 
     def rules_of(self, port: int) -> list[HwRule]:
-        rules = list(self.own.get(port, ()))
-        for chain in self.reaches.get(port, ()):
-            rules += [_copy_for(rule, port) for rule in self.chains[chain].rules]
-        return rules
+        return [rule for _, rules in self.units_of(port) for rule in rules]
 
     @property
     def rules(self) -> list[HwRule]:
@@ -228,11 +240,15 @@ class Plan:
         return [rule for port in sorted(self.own.keys() | self.reaches.keys()) for rule in self.rules_of(port)]
 
     def counts(self) -> tuple[int, int]:
-        """(rules planned, each shared chain once; rules installed, a copy per port reaching it)."""
+        """(rules planned, each chain once; rules installed, a copy of a shared chain per port reaching it)."""
         own = sum(len(rules) for rules in self.own.values())
         planned = own + sum(len(c.rules) for c in self.chains.values())
         installed = own + sum(len(self.chains[c].rules) for chains in self.reaches.values() for c in chains)
         return planned, installed
+
+    @property
+    def shared_chains(self) -> int:
+        return sum(1 for chain in self.chains.values() if chain.shared)
 
 
 def _copy_for(rule: HwRule, port: int) -> HwRule:
@@ -302,7 +318,7 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     """
     if joins and state is None:
         state = StateRead(pipeline.flows)
-    yield from _walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, state), 0)
+    yield from _fold(_walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, state), 0))
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
@@ -313,7 +329,35 @@ def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] =
     region = {f: (v, m) for f, v, m in entry.region}
     if joins and state is None:
         state = StateRead(pipeline.flows)
-    yield from _walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, state), 0)
+    yield from _fold(_walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, state), 0))
+
+
+def _fold(leaves: Iterator[Leaf]) -> Iterator[Leaf]:
+    """The leaves without those the next one makes redundant: it covers their region and does the same.
+
+    A decision list gives a packet the first leaf covering it; a leaf inside the next one's region with the
+    same verdict (outputs, edits, chain entered, blocker) sends its packets where the next would. The
+    pipeline makes such pairs wherever a special case ends alike: a DHCP reply bypasses the ingress security
+    group of a remote port and leaves by the same tunnel as every other packet to it, so without the fold a
+    destination took two rules.
+    """
+    held = None
+    for leaf in leaves:
+        if held is not None and not (leaf.verdict == held.verdict and _within(held.region, leaf.region)):
+            yield held
+        held = leaf
+    if held is not None:
+        yield held
+
+
+def _within(inner: tuple[tuple[str, int, int], ...], outer: tuple[tuple[str, int, int], ...]) -> bool:
+    """Whether every packet of region ``inner`` lies in region ``outer``."""
+    terms = {f: (v, m) for f, v, m in inner}
+    for field, value, mask in outer:
+        v, m = terms.get(field, (0, 0))
+        if mask & ~m or (v ^ value) & mask:
+            return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,18 +371,23 @@ class _Walk:
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
-    fields, values, flows = pipeline.lookup(table, _exact(region, path.known))
+    fields, values, flows = pipeline.lookup(table, _exact(region, path.known, path.dirty))
     if how.deps is not None:
         how.deps.add((table, fields, values))
     last = None  # the region of the last software leaf of a doomed refinement
     for flow in flows:
-        stale = sorted(path.dirty & {t.field for t in flow.match.fields})
-        if stale:
-            yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
-            return
         match = _through_aliases(flow.match, path.aliases)
         if match is None:
             continue
+        stale = sorted(path.dirty & {t.field for t in match.fields})
+        if stale:
+            # a flow that may match on what an action changed stops the walk; one that cannot match for its
+            # other terms is passed by, whether or not the table's index happened to leave it out
+            rest = ir.Match(tuple(t for t in match.fields if t.field not in path.dirty))
+            if _refine(rest, region, path.known)[0] is None:
+                continue
+            yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
+            return
         covers_all, refined = _refine(match, region, path.known)
         if covers_all is None:
             continue
@@ -357,9 +406,10 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
     yield _leaf(region, path, None, None)
 
 
-def _exact(region, known: Mapping[str, int]) -> Mapping[str, int]:
-    """What a lookup may use: the known state and header fields, and the header fields the region pins."""
-    pinned = {f: v for f, (v, m) in region.items() if m == ir.full_mask(f) and f not in known}
+def _exact(region, known: Mapping[str, int], dirty: frozenset[str] = frozenset()) -> Mapping[str, int]:
+    """What a lookup may use: the known state and header fields, and the header fields the region pins (not
+    one an action changed since: the region says what it held before)."""
+    pinned = {f: v for f, (v, m) in region.items() if m == ir.full_mask(f) and f not in known and f not in dirty}
     return {**known, **pinned} if pinned else known
 
 
@@ -902,7 +952,8 @@ class _Planner:
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
-        self._reached: dict[int, ChainPlan] = {}  # chains some port reaches, by id
+        self._budgets: dict[int, int] = {}  # port -> the room it was planned in
+        self._starved: set[int] = set()  # ports that had paths left to software for want of room
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
@@ -948,13 +999,29 @@ class _Planner:
         self._closures_of.clear()
         touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
         replanned = {o[1] for o in dirty if o[0] == "port"} & self.ports.keys()
-        for key in sorted(replanned):
-            self._plan_port(self.ports[key], self._room(self.ports[key]))
-        changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone
+        below: set[int] = set()  # ports that keep their chain 0 but reach a chain planned again
         for number in touched_chains:
-            changed_ports |= self._reached_by.get(number, set())
+            below |= self._reached_by.get(number, set())
         for key in gone:
             self._costs.pop(key, None)
+            self._starved.discard(key)
+        used = self._used()
+        for key in below - replanned - gone:  # what they cost now, before the room left to the others is counted
+            self._set_cost(key, used)
+        for key in sorted(replanned):
+            self._plan_port(self.ports[key], self._room(self.ports[key], used))
+            self._set_cost(key, used)
+        # ports short of room try again when the room left to them grew (a port planned after them, or gone, freed
+        # some) or a chain they wanted changed size
+        wanting = self._ports_above(touched_chains) if self._starved else set()
+        retried = set()
+        for key in sorted(self._starved):
+            room = self._room(self.ports[key], used)
+            if room > self._budgets[key] or key in wanting:
+                self._plan_port(self.ports[key], room)
+                self._set_cost(key, used)
+                retried.add(key)
+        changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone | below | retried
         self._assemble(changed_ports & self.ports.keys(), gone, self._planned_since)  # holds touched_chains too
         self._check_room()
         return changed_ports
@@ -965,9 +1032,7 @@ class _Planner:
         Short of room, a port re-planned by a change gets what the others leave it; only a whole plan (the
         resync timer) serves the ports in key order again.
         """
-        used: dict[str, int] = {}
-        for key, port in self.ports.items():
-            used[port.switch_id] = used.get(port.switch_id, 0) + self._costs.get(key, 0)
+        used = self._used()
         if any(used[p.switch_id] > p.capabilities.max_rules for p in self.ports.values()):
             raise _Replan("a switch is over its capacity")
 
@@ -1003,10 +1068,39 @@ class _Planner:
             return self.ports.get(scope)
         return next((p for p in self.ports.values() if p.switch_id == switch), None)
 
-    def _room(self, port: PortOffload) -> int:
-        others = sum(self._costs.get(k, 0) for k, p in self.ports.items()
-                     if p.switch_id == port.switch_id and k != port.port)
+    def _ports_above(self, numbers: Iterable[int]) -> set[int]:
+        """The ports with a goto (placed or wanted) to one of the chains ``numbers`` or to a chain above one."""
+        found: set[int] = set()
+        todo = [self._keys[n] for n in numbers]
+        seen = set(todo)
+        while todo:
+            for kind, what in self._parents.get(todo.pop(), ()):
+                if kind == "port":
+                    found.add(what)
+                elif what not in seen:
+                    seen.add(what)
+                    todo.append(what)
+        return found
+
+    def _used(self) -> dict[str, int]:
+        """Switch -> the rules its ports' representors take, as planned so far."""
+        used: dict[str, int] = {}
+        for key, port in self.ports.items():
+            used[port.switch_id] = used.get(port.switch_id, 0) + self._costs.get(key, 0)
+        return used
+
+    def _room(self, port: PortOffload, used: Mapping[str, int]) -> int:
+        """What the other ports of its switch leave ``port``."""
+        others = used.get(port.switch_id, 0) - self._costs.get(port.port, 0)
         return max(port.capabilities.max_rules - others, 0)
+
+    def _set_cost(self, key: int, used: dict[str, int]) -> None:
+        """Count again what port ``key``'s representor takes: its chain 0 and every chain below it."""
+        planned = self._planned["port", key].decided
+        cost = len(planned.rules) + sum(len(self._by_id(c).rules) for c in self._closure(planned.children))
+        switch = self.ports[key].switch_id
+        used[switch] = used.get(switch, 0) + cost - self._costs.get(key, 0)
+        self._costs[key] = cost
 
     def _readers_of(self, flow: ir.Flow) -> set[Owner]:
         """The owners whose walks looked up ``flow``'s table by values whose answer it is in (ir.reaches)."""
@@ -1031,6 +1125,11 @@ class _Planner:
                                    self.reads))
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
         self._remember(owner, _Planned(decided, deps))
+        self._budgets[port.port] = budget
+        if any(sw.reason == FULL for sw in decided.software):
+            self._starved.add(port.port)
+        else:
+            self._starved.discard(port.port)
         return decided.cost
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
@@ -1133,9 +1232,10 @@ class _Planner:
             shadows = software.overlapping(match)
             if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
-            if reason is None and shadows and (not all(sw.passable for sw in shadows) or (
-                    budget is not None and out.cost + len(shadows) + cost > budget)):
+            if reason is None and shadows and not all(sw.passable for sw in shadows):
                 reason = "overlaps an earlier software-only path"
+            elif reason is None and shadows and budget is not None and out.cost + len(shadows) + cost > budget:
+                reason = FULL  # the pass rules it needs in front do not fit
             elif reason is None:
                 for sw in shadows:  # hold them in front with pass rules
                     software.remove(sw)
@@ -1225,36 +1325,30 @@ class _Planner:
         for key in ports:
             planned = self._planned["port", key]
             closure = self._closure(planned.decided.children)
-            looked |= self._closures.get(key, set())
-            for number in self._closures.get(key, set()) - closure:
+            before = self._closures.get(key, set())
+            looked |= before ^ closure
+            for number in before - closure:
                 self._reached_by.get(number, set()).discard(key)
-            for number in closure:
+            for number in closure - before:
                 self._reached_by.setdefault(number, set()).add(key)
             self._closures[key] = closure
-            mine = sorted(c for c in closure if not self._by_id(c).shared)
-            own[key] = planned.decided.rules + [r for c in mine for r in self._by_id(c).rules]
-            shared = tuple(sorted(c for c in closure if self._by_id(c).shared))
-            if shared:
-                reaches[key] = shared
+            own[key] = planned.decided.rules
+            if closure:
+                reaches[key] = tuple(sorted(closure))
             else:
                 reaches.pop(key, None)
-            self._costs[key] = len(own[key]) + sum(len(self._by_id(c).rules) for c in shared)
-            looked |= closure
+            self._costs[key] = len(own[key]) + sum(len(self._by_id(c).rules) for c in closure)
         if refresh is None:
-            self._reached = {}
             looked = set(self._reached_by)
         chains = dict(old.chains) if refresh is not None else {}
         for number in looked | (refresh or set()):
-            chain = self._by_id(number) if self._reached_by.get(number) else None
-            if chain is None:
-                self._reached.pop(number, None)
+            if self._reached_by.get(number):
+                chains[number] = self._by_id(number)
+            else:
                 chains.pop(number, None)
-                continue
-            self._reached[number] = chain
-            if chain.shared:
-                chains[number] = chain
         self._planned_since = set()
-        self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software), reached=dict(self._reached))
+        self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software),
+                         refreshed=frozenset(refresh) if refresh is not None else None)
         return self.plan
 
 

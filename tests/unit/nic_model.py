@@ -14,7 +14,8 @@ independent readings of a plan:
   packet reaches the representor tagged with N, software tc continues at chain N, which holds no rule of
   ours (skip_sw), and the kernel drops it. The model says so by returning no output, so a plan whose
   chain lets a packet fall through fails the comparison.
-- ``conntrack`` is the connection table the NIC and software share (the kernel's).
+- ``conntrack`` is the connection table the NIC and software share (the kernel's). A packet no ``ct``
+  action has seen has ``ct_state`` 0 (untracked): flower's ``ct_state -new`` takes it, ``+trk`` does not.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
     """Outputs (port, packet as sent) when the NIC's rules run first and OVS takes what they hand it."""
     tracker = conntrack if conntrack is not None else interpreter.ConnTracker()
     rules = plan.rules_of(packet["in_port"])
-    state = dict(packet)
+    state = {"ct_state": 0, **packet}
     chain = 0
     for _ in range(64):
         rule = lookup(rules, chain, state)
@@ -53,9 +54,10 @@ def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
 def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
     """Whether a hardware rule sends the packet out (rather than software deciding it): follows gotos."""
     rules = plan.rules_of(packet["in_port"])
+    state = {"ct_state": 0, **packet}
     chain = 0
     for _ in range(64):
-        rule = lookup(rules, chain, packet)
+        rule = lookup(rules, chain, state)
         if rule is None or rule.goto is None:
             return rule is not None and rule.output is not None
         chain = rule.goto

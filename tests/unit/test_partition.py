@@ -17,7 +17,7 @@ from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
-from hwflow.offload.partition import FULL, ChainIds, Partitioner, Plan, PortOffload, partition
+from hwflow.offload.partition import FULL, ChainIds, Leaf, Partitioner, Plan, PortOffload, _fold, partition
 from hwflow.pipeline import interpreter, ir
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
@@ -666,12 +666,51 @@ def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, join
     (with the same chain numbers), and every port whose rules changed is among those it says changed. Short
     of room, the changed ports get what the others leave (a whole plan serves them in key order): then the
     plan must still fit and give every packet its verdict."""
+    _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts)
+
+
+@st.composite
+def changed_networks(draw):
+    """Ports on two networks meeting at an L2 join (table 1), which is where ports share chains, before and after
+    a change of destinations and of what follows them (table 2: random, conntrack included)."""
+    classify = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", draw(st.sampled_from((7, 9)))),
+                                                          ir.GotoTable(1)), "classify") for p in PORTS[:4]]
+
+    def destination(draw):
+        port = draw(st.sampled_from(PORTS[:4]))
+        then = draw(st.sampled_from(((ir.Output(port),), (ir.SetField("reg0", port), ir.GotoTable(2)))))
+        match = ir.Match.of(metadata=draw(st.sampled_from((7, 9))), eth_dst=draw(st.sampled_from(MACS)))
+        return ir.Flow(1, draw(st.integers(0, 3)), match, then, f"l2-{port}")
+
+    def rest(draw):
+        return [*draw(st.lists(st.builds(lambda p: ir.Flow(2, 1, ir.Match.of(reg0=p), (ir.Output(p),), f"out-{p}"),
+                                         st.sampled_from(PORTS[:4])), max_size=4)),
+                *draw(st.lists(flows(2, 2), max_size=3))]
+
+    before = {f.key: f for f in [*classify, *(destination(draw) for _ in range(draw(st.integers(0, 6)))), *rest(draw)]}
+    after = {k: f for k, f in before.items() if f.table == 0 or draw(st.integers(0, 3))}
+    after.update({f.key: f for f in [*(destination(draw) for _ in range(draw(st.integers(0, 3)))), *rest(draw)]})
+    return ir.Pipeline.build(before.values(), {}), ir.Pipeline.build(after.values(), {})
+
+
+@settings(max_examples=200, deadline=None)
+@given(changed_networks(), st.frozensets(st.sampled_from(PORTS[:4]), min_size=1),
+       st.frozensets(st.sampled_from(PORTS[:4]), min_size=1), st.integers(6, 60),
+       st.lists(packets, min_size=1, max_size=10))
+def test_an_incremental_plan_of_shared_chains_equals_a_whole_plan(pipelines_, before, after, capacity, pkts):
+    """The same over networks whose ports share chains: a chain planned again is named in ``Plan.refreshed``,
+    which the agent relies on to re-encode only those."""
+    _check_incremental(pipelines_, before, after, frozenset({1}), True, capacity, pkts)
+
+
+def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> None:
     old, new = pipelines_
     caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
     offload = _offload(caps)
     partitioner = Partitioner(joins)
     first = partitioner.plan(old, {p: offload[p] for p in before}, (ir.ETH_TYPE_IPV4,), {})
     first_rules = {p: first.rules_of(p) for p in PORTS}
+    first_units = {p: dict(first.units_of(p)) for p in PORTS}
     delta = (list(set(new.flows) - set(old.flows)), list(set(old.flows) - set(new.flows)))
     now = {p: offload[p] for p in after}
     plan = partitioner.plan(new, now, (ir.ETH_TYPE_IPV4,), {}, delta)
@@ -680,6 +719,13 @@ def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, join
         event("whole plan (over capacity, or the state read behind a join changed)")
         return
     assert {p for p in PORTS if plan.rules_of(p) != first_rules[p]} <= partitioner.changed
+    # the agent re-encodes a changed port's chain 0 and the chains planned again or newly reached, no others
+    for p in partitioner.changed:
+        kept = {chain: first_units[p][chain] if chain and chain in first_units[p] and chain not in plan.refreshed
+                else rules for chain, rules in plan.units_of(p)}
+        assert kept == dict(plan.units_of(p))
+        if any(chain in plan.refreshed for chain in first_units[p]):
+            event("a chain the port reached was planned again")
     whole = partition(new, now, (ir.ETH_TYPE_IPV4,), joins=joins, ids=partitioner._ids)
     for switch in ("sw0", "sw1"):
         assert sum(len(plan.rules_of(p)) for p in now if offload[p].switch_id == switch) <= capacity
@@ -727,3 +773,90 @@ def test_chain_numbers_are_the_same_in_every_plan_and_grow_along_gotos():
     assert all(first.rules_of(p) == again.rules_of(p) for p in PORTS)
     gotos = [r for p in PORTS for r in first.rules_of(p) if r.goto is not None]
     assert gotos and all(r.goto > r.chain for r in gotos)
+
+
+def test_a_special_case_that_ends_like_the_general_one_takes_no_rule_of_its_own():
+    """A DHCP reply (UDP 67 -> 68) bypasses the ingress filter but leaves by the same port as every other packet
+    to that MAC: one rule, not two. A special case that ends elsewhere keeps its own rule in front."""
+    dhcp = ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ip_proto=17, udp_src=67, udp_dst=68)
+    flows = [ir.Flow(0, 10, ir.Match.of(eth_dst=MACS[1]), (ir.SetField("outport", 2), ir.GotoTable(1)), "l2"),
+             ir.Flow(0, 10, ir.Match.of(eth_dst=MACS[2]), (ir.SetField("outport", 3), ir.GotoTable(1)), "l2"),
+             ir.Flow(1, 20, dhcp, (ir.GotoTable(2),), "dhcp-bypass"),
+             ir.Flow(1, 10, ir.Match.of(outport=2), (ir.GotoTable(2),), "sg"),
+             ir.Flow(1, 10, ir.Match.of(outport=3, ip_proto=17), (ir.Output(4),), "sg-mirror"),
+             ir.Flow(1, 5, ir.Match.of(outport=3), (ir.GotoTable(2),), "sg"),
+             ir.Flow(2, 10, ir.Match.of(outport=2), (ir.Output(2),), "out"),
+             ir.Flow(2, 10, ir.Match.of(outport=3), (ir.Output(3),), "out")]
+    pipeline = ir.Pipeline.build(flows, {})
+    caps = dataclasses.replace(FULL_CAPS, match_fields={**FULL_CAPS.match_fields, "udp_src": MASK_EXACT,
+                                                        "udp_dst": MASK_EXACT})
+    plan = partition(pipeline, {1: PortOffload(1, "sw0", caps), 2: PortOffload(2, "sw0", caps),
+                                3: PortOffload(3, "sw0", caps), 4: PortOffload(4, "sw0", caps)},
+                     (ir.ETH_TYPE_IPV4,))
+    to_2 = [r.match for r in plan.rules_of(1) if r.output == 2]
+    assert to_2 == [ir.Match.of(eth_dst=MACS[1], eth_type=ir.ETH_TYPE_IPV4)]
+    # to port 3 the DHCP reply goes out (rule 1) where other UDP is mirrored to port 4 (rule 2): all kept
+    assert [r.output for r in plan.rules_of(1) if r.match.get("eth_dst").value == MACS[2]] == [3, 4, 3]
+    for udp_src in (67, 53):
+        pkt = {"in_port": 1, "eth_dst": MACS[2], "eth_src": MACS[0], "eth_type": ir.ETH_TYPE_IPV4,
+               "ipv4_dst": IPS[0], "ip_proto": 17, "udp_src": udp_src, "udp_dst": 68, "ip_ttl": 64}
+        assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).outputs
+    _check_all_packets(pipeline, plan)
+
+
+@st.composite
+def _leaf_lists(draw):
+    fields = ("eth_dst", "ip_proto")
+    leaves = []
+    for _ in range(draw(st.integers(1, 6))):
+        region = tuple(sorted((f, *_term(draw, f, MACS if f == "eth_dst" else PROTOS)) for f in fields
+                              if draw(st.booleans())))
+        leaves.append(Leaf(region, (draw(st.sampled_from((1, 2))),), None, None))
+    return leaves
+
+
+@given(_leaf_lists(), st.lists(st.tuples(st.sampled_from(MACS), st.sampled_from(PROTOS)), min_size=1, max_size=8))
+def test_folding_redundant_leaves_keeps_every_packets_first_match(leaves, pkts):
+    folded = list(_fold(iter(leaves)))
+
+    def first(decision, pkt):
+        for leaf in decision:
+            if all(pkt[f] & m == v for f, v, m in leaf.region):
+                return leaf.outputs
+        return None
+
+    for mac, proto in pkts:
+        pkt = {"eth_dst": mac, "ip_proto": proto}
+        assert first(folded, pkt) == first(leaves, pkt)
+    assert all(leaf in leaves for leaf in folded)
+
+
+def test_a_lookup_never_uses_an_address_a_nat_action_changed():
+    """Table 0 matched 10.0.0.1 exactly, then DNATs (inline) and goes on: table 1 must be looked up as if the
+    destination were unknown, not by the address the region still holds. Indexing by it would skip the flow
+    for the translated address, and a rule would send the packet where OVS does not."""
+    flows = [ir.Flow(0, 10, ir.Match.of(eth_dst=MACS[0], eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=IPS[0]),
+                     (ir.Conntrack(zone=3, commit=True, nat=ir.Nat("dnat", IPS[1])), ir.GotoTable(1)), "fip"),
+             ir.Flow(1, 20, ir.Match.of(ipv4_dst=IPS[1]), (ir.Output(2),), "route-b"),
+             ir.Flow(1, 10, ir.Match.of(), (ir.Output(3),), "default")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    assert not any(r.output == 3 for r in plan.rules_of(1))  # the path reads the translated address: software
+    pkt = {"in_port": 1, "eth_dst": MACS[0], "eth_src": MACS[1], "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": IPS[2],
+           "ipv4_dst": IPS[0], "ip_proto": 6, "ip_ttl": 64}
+    assert interpreter.run(pipeline, pkt).outputs[0][0] == 2
+    assert hw_then_sw(pipeline, plan, pkt) == interpreter.run(pipeline, pkt).outputs
+
+
+def test_a_flow_that_cannot_match_is_passed_by_even_when_it_reads_a_changed_field():
+    """After an inline NAT, a flow on the (changed) IPv4 destination that the path cannot take for another term
+    (a protocol range holding UDP only, where the path is TCP) is passed by, not a reason to stop: the walk's
+    answer must not hang on which flows the table's index happens to return."""
+    flows = [ir.Flow(0, 10, ir.Match.of(eth_dst=MACS[0], eth_type=ir.ETH_TYPE_IPV4, ip_proto=6),
+                     (ir.Conntrack(zone=3, commit=True, nat=ir.Nat("snat", IPS[3])), ir.Output(2), ir.GotoTable(1)),
+                     "snat"),
+             ir.Flow(1, 20, ir.Match.of(ip_proto=(0x10, 0xF0), ipv4_dst=IPS[1]), (ir.Drop(),), "udp-only")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    assert [r.output for r in plan.rules_of(1)] == [2]
+    _check_all_packets(pipeline, plan)
