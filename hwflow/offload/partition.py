@@ -954,6 +954,9 @@ class _Planner:
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._budgets: dict[int, int] = {}  # port -> the room it was planned in
         self._starved: set[int] = set()  # ports that had paths left to software for want of room
+        self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
+        self._reshaped = False  # a chain planned again during this change leads elsewhere (or appeared, or went)
+        self._resized: dict[int, int] = {}  # chain -> the rules it gained during this change (else)
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
@@ -996,8 +999,9 @@ class _Planner:
             self._forget(("port", key))
         self.ports = dict(ports)
         dirty |= {("port", k) for k in moved}
-        self._closures_of.clear()
+        self._reshaped, self._resized = False, {}
         touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
+        self._forget_closures(self._planned_since)
         replanned = {o[1] for o in dirty if o[0] == "port"} & self.ports.keys()
         below: set[int] = set()  # ports that keep their chain 0 but reach a chain planned again
         for number in touched_chains:
@@ -1005,9 +1009,19 @@ class _Planner:
         for key in gone:
             self._costs.pop(key, None)
             self._starved.discard(key)
-        used = self._used()
-        for key in below - replanned - gone:  # what they cost now, before the room left to the others is counted
-            self._set_cost(key, used)
+        # what the ports below cost now, before the room left to the others is counted: when no chain planned
+        # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
+        if self._reshaped:
+            used = self._used()
+            for key in below - replanned - gone:
+                self._set_cost(key, used)
+        else:
+            for number, grew in self._resized.items():
+                for key in self._reached_by.get(number, set()) - gone:
+                    self._costs[key] += grew
+            for key in below - replanned - gone:
+                self._counted[key] = self._closures[key]
+            used = self._used()
         for key in sorted(replanned):
             self._plan_port(self.ports[key], self._room(self.ports[key], used))
             self._set_cost(key, used)
@@ -1059,6 +1073,12 @@ class _Planner:
                 dirty |= self._parents.get(key, set())
                 upward = {o for o in self._parents.get(key, set()) if o[0] == "chain"} - chains
                 touched |= self._replan_chains(upward, dirty)
+        for owner in chains:
+            old, new = before[owner[1]], self._chains.get(owner[1])
+            if old is None or new is None or old.children != new.children:
+                self._reshaped = True
+            else:
+                self._resized[new.id] = len(new.rules) - len(old.rules)
         return touched
 
     def _context(self, key: tuple) -> PortOffload | None:
@@ -1097,7 +1117,8 @@ class _Planner:
     def _set_cost(self, key: int, used: dict[str, int]) -> None:
         """Count again what port ``key``'s representor takes: its chain 0 and every chain below it."""
         planned = self._planned["port", key].decided
-        cost = len(planned.rules) + sum(len(self._by_id(c).rules) for c in self._closure(planned.children))
+        closure = self._counted[key] = self._reaching(planned.children)
+        cost = len(planned.rules) + sum(len(self._by_id(c).rules) for c in closure)
         switch = self.ports[key].switch_id
         used[switch] = used.get(switch, 0) + cost - self._costs.get(key, 0)
         self._costs[key] = cost
@@ -1164,8 +1185,26 @@ class _Planner:
         """The chain and every chain below it (what a goto to it costs a representor)."""
         closure = self._closures_of.get(number)
         if closure is None:
-            closure = self._closures_of[number] = frozenset(self._closure([number]))
+            closure = self._closures_of[number] = frozenset({number}).union(
+                *(self._closure_of(child) for child in self._by_id(number).children))
         return closure
+
+    def _reaching(self, children: Iterable[int]) -> set[int]:
+        """The chains a goto to each of ``children`` leads through (a port's, from its chain 0)."""
+        return set().union(*(self._closure_of(child) for child in children))
+
+    def _forget_closures(self, numbers: Iterable[int]) -> None:
+        """Drop the cached closures of chains planned again, and of every chain above them."""
+        todo = [self._keys[n] for n in numbers]
+        seen = set(todo)
+        while todo:
+            key = todo.pop()
+            chain = self._chains.get(key)
+            self._closures_of.pop(chain.id if chain is not None else self.ids.get(key, SHARED), None)
+            for kind, what in self._parents.get(key, ()):
+                if kind == "chain" and what not in seen:
+                    seen.add(what)
+                    todo.append(what)
 
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
@@ -1298,16 +1337,6 @@ class _Planner:
 
     # --- the plan --------------------------------------------------------------------------
 
-    def _closure(self, roots: Iterable[int]) -> set[int]:
-        seen: set[int] = set()
-        todo = list(roots)
-        while todo:
-            number = todo.pop()
-            if number not in seen:
-                seen.add(number)
-                todo += self._by_id(number).children
-        return seen
-
     def _assemble(self, ports: set[int], gone: Iterable[int] = (), refresh: set[int] | None = None) -> Plan:
         """A new :class:`Plan`: ``ports`` looked at again (their rules and the chains they reach), the rest kept.
 
@@ -1324,7 +1353,12 @@ class _Planner:
                 looked.add(number)
         for key in ports:
             planned = self._planned["port", key]
-            closure = self._closure(planned.decided.children)
+            closure = self._counted.get(key)  # with its cost, counted during this change
+            if closure is not None and closure is self._closures.get(key):
+                continue  # it reaches the chains it did (some planned again in place: Plan.refreshed)
+            if closure is None:
+                closure = self._reaching(planned.decided.children)
+                self._costs[key] = len(planned.decided.rules) + sum(len(self._by_id(c).rules) for c in closure)
             before = self._closures.get(key, set())
             looked |= before ^ closure
             for number in before - closure:
@@ -1337,7 +1371,6 @@ class _Planner:
                 reaches[key] = tuple(sorted(closure))
             else:
                 reaches.pop(key, None)
-            self._costs[key] = len(own[key]) + sum(len(self._by_id(c).rules) for c in closure)
         if refresh is None:
             looked = set(self._reached_by)
         chains = dict(old.chains) if refresh is not None else {}
@@ -1347,6 +1380,7 @@ class _Planner:
             else:
                 chains.pop(number, None)
         self._planned_since = set()
+        self._counted.clear()
         self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software),
                          refreshed=frozenset(refresh) if refresh is not None else None)
         return self.plan

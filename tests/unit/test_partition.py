@@ -649,7 +649,17 @@ def changed_pipelines(draw):
     after = {k: f for k, f in before.items() if draw(st.integers(0, 3))}
     for table in range(last + 1):
         after.update({f.key: f for f in draw(st.lists(flows(table, last), max_size=3))})
-    return ir.Pipeline.build(before.values(), {}), ir.Pipeline.build(after.values(), {})
+    return _patched(before, after)
+
+
+def _patched(before: dict, after: dict) -> tuple[ir.Pipeline, ir.Pipeline]:
+    """The pipeline before, and after as the compiler makes it: patched with the delta, so the flows that stay
+    keep their order (flows of one priority keep the order given; the compiler never makes two that overlap).
+    """
+    old = ir.Pipeline.build(before.values(), {})
+    added = [f for f in after.values() if before.get(f.key) != f]
+    removed = [f for f in before.values() if after.get(f.key) != f]
+    return old, old.patched(added, removed)
 
 
 def _canonical(plan: Plan) -> tuple:
@@ -690,7 +700,7 @@ def changed_networks(draw):
     before = {f.key: f for f in [*classify, *(destination(draw) for _ in range(draw(st.integers(0, 6)))), *rest(draw)]}
     after = {k: f for k, f in before.items() if f.table == 0 or draw(st.integers(0, 3))}
     after.update({f.key: f for f in [*(destination(draw) for _ in range(draw(st.integers(0, 3)))), *rest(draw)]})
-    return ir.Pipeline.build(before.values(), {}), ir.Pipeline.build(after.values(), {})
+    return _patched(before, after)
 
 
 @settings(max_examples=200, deadline=None)
