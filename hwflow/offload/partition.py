@@ -823,6 +823,12 @@ class _Decided:
     children: set[int] = dataclasses.field(default_factory=set)
     cost: int = 0  # rules a port pays for: these and every chain they reach, each once
     reached: set[int] = dataclasses.field(default_factory=set)  # the chains those are
+    # the least more room that would have placed a path left to software for want of it (None: none was): with
+    # less, every decision stays as it is
+    shortfall: int | None = None
+
+    def short_by(self, rules: int) -> None:
+        self.shortfall = rules if self.shortfall is None else min(self.shortfall, rules)
 
 
 class ChainIds:
@@ -953,7 +959,7 @@ class _Planner:
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._budgets: dict[int, int] = {}  # port -> the room it was planned in
-        self._starved: set[int] = set()  # ports that had paths left to software for want of room
+        self._starved: dict[int, int] = {}  # port -> the more room it needs to place a path kept out for want of it
         self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
         self._reshaped = False  # a chain planned again during this change leads elsewhere (or appeared, or went)
         self._resized: dict[int, int] = {}  # chain -> the rules it gained during this change (else)
@@ -1008,7 +1014,7 @@ class _Planner:
             below |= self._reached_by.get(number, set())
         for key in gone:
             self._costs.pop(key, None)
-            self._starved.discard(key)
+            self._starved.pop(key, None)
         # what the ports below cost now, before the room left to the others is counted: when no chain planned
         # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
         if self._reshaped:
@@ -1025,13 +1031,15 @@ class _Planner:
         for key in sorted(replanned):
             self._plan_port(self.ports[key], self._room(self.ports[key], used))
             self._set_cost(key, used)
-        # ports short of room try again when the room left to them grew (a port planned after them, or gone, freed
-        # some) or a chain they wanted changed size
+        # ports short of room try again when what they could gain would place more (a port planned after them, or
+        # gone, freed room; a chain they wanted shrank, or leads elsewhere now)
         wanting = self._ports_above(touched_chains) if self._starved else set()
+        shrunk = sum(-grew for grew in self._resized.values() if grew < 0)
         retried = set()
         for key in sorted(self._starved):
             room = self._room(self.ports[key], used)
-            if room > self._budgets[key] or key in wanting:
+            gain = room - self._budgets[key] + (shrunk if key in wanting else 0)
+            if gain >= self._starved.get(key, gain + 1) or (self._reshaped and key in wanting):
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
@@ -1147,10 +1155,10 @@ class _Planner:
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
-        if any(sw.reason == FULL for sw in decided.software):
-            self._starved.add(port.port)
+        if decided.shortfall is not None:
+            self._starved[port.port] = decided.shortfall
         else:
-            self._starved.discard(port.port)
+            self._starved.pop(port.port, None)
         return decided.cost
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
@@ -1275,6 +1283,7 @@ class _Planner:
                 reason = "overlaps an earlier software-only path"
             elif reason is None and shadows and budget is not None and out.cost + len(shadows) + cost > budget:
                 reason = FULL  # the pass rules it needs in front do not fit
+                out.short_by(out.cost + len(shadows) + cost - budget)
             elif reason is None:
                 for sw in shadows:  # hold them in front with pass rules
                     software.remove(sw)
@@ -1284,6 +1293,7 @@ class _Planner:
                     out.cost += 1
             if reason is None and budget is not None and out.cost + cost > budget:
                 reason = FULL
+                out.short_by(out.cost + cost - budget)
             if reason is not None:
                 sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope))
                 software.add(sw)
