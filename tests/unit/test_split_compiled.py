@@ -190,7 +190,7 @@ def _moved(packet: dict[str, int], match: ir.Match) -> dict[str, int] | None:
 def test_a_compiled_host_split_never_changes_a_verdict():
     stats: collections.Counter[str] = collections.Counter()
 
-    @settings(max_examples=120, deadline=None)
+    @settings(max_examples=200, deadline=None)
     @given(st.data(), hosts(), st.sampled_from(PROFILES))
     def check(data, host: Host, profile: str) -> None:
         caps = load_profile(profile).capabilities
@@ -212,8 +212,9 @@ def test_a_compiled_host_split_never_changes_a_verdict():
         stats[profile, "by_nic"] += bool(by_nic)
 
     check()
-    # the floors: with packets aimed at the rules, most examples forward a packet in hardware (measured: two
-    # thirds over all profiles, four in five on the capable one); below these, the proof has stopped reaching
-    # the NIC and compares the interpreter with itself
+    # the floors: with packets aimed at the rules, most examples forward a packet in hardware (measured over
+    # 300 examples: 69% over all profiles, 74% on mlx5; at 200 examples each floor is about four standard
+    # deviations below); under them, the proof has stopped reaching the NIC and compares the interpreter with
+    # itself
     assert stats["by_nic"] >= stats["examples"] // 2, stats
     assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 6 // 10, stats
