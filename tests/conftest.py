@@ -3,17 +3,46 @@
 Functional tests need root, network namespaces and Open vSwitch. On a
 developer machine without them they skip with the reason; in CI
 (``HWFLOW_NO_SKIP=1``, set by ``.ci/run``) every skip is turned into a
-failure, so a green CI run means every test really ran.
+failure (a test's, a skip marker's and a whole module's at collection), and
+so are xfail and XPASS: a green CI run means every test really ran and
+passed. In CI hypothesis prints the blob that reproduces a failure.
+
+Tests of the HW/SW split report how often their packets took a NIC rule
+(the ``nic_share`` fixture); the summary at the end of the run lists them,
+so a CI log shows how much of the proof reached the hardware side.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 
 import pytest
+from hypothesis import settings
 
 NO_SKIP = os.environ.get("HWFLOW_NO_SKIP") == "1"
+NIC_SHARE: dict[str, collections.Counter[str]] = {}  # test -> examples, and those that took a NIC rule
+
+settings.register_profile("ci", print_blob=True)
+if os.environ.get("CI") == "true" or NO_SKIP:
+    settings.load_profile("ci")
+
+
+@pytest.fixture
+def nic_share(request: pytest.FixtureRequest) -> collections.Counter[str]:
+    """A counter for ``examples`` and ``by_nic`` (examples where a packet took a NIC rule), reported at the end."""
+    return NIC_SHARE.setdefault(request.node.nodeid, collections.Counter())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not NIC_SHARE:
+        return
+    terminalreporter.section("share of examples that forwarded a packet by a NIC rule")
+    for test, counts in sorted(NIC_SHARE.items()):
+        examples = counts["examples"]
+        share = f"{100 * counts['by_nic'] / examples:.0f}%" if examples else "-"
+        terminalreporter.write_line(f"{share:>5} of {examples} examples  {test}")
 
 
 def _functional_blocker() -> str | None:
@@ -38,7 +67,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+    if not NO_SKIP:
+        return
+    if hasattr(report, "wasxfail"):
+        what = "passed though marked xfail" if report.passed else "failed as expected (xfail)"
+        report.outcome = "failed"
+        report.longrepr = f"{what}, but HWFLOW_NO_SKIP=1 requires every test to pass plainly: {report.wasxfail}"
+    elif report.skipped:
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped, but HWFLOW_NO_SKIP=1 requires every test to run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A module that skips itself at collection (``pytest.skip(allow_module_level=True)``) fails in CI too."""
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIP and report.skipped:
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped at collection, but HWFLOW_NO_SKIP=1 requires every test to run: {reason}"
