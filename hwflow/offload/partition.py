@@ -981,8 +981,9 @@ class _Planner:
     def update(self, pipeline: ir.Pipeline, added: Sequence[ir.Flow], removed: Sequence[ir.Flow],
                ports: Mapping[int, PortOffload]) -> set[int]:
         """Take a changed pipeline (the flows ``added`` and ``removed``) and port set; the ports whose rules may
-        differ now. Raises :class:`_Replan` when only a whole plan is right: a switch went over its capacity,
-        or what a join table's chains keep of the state changed (a field newly read, or no longer)."""
+        differ now. Raises :class:`_Replan` when only a whole plan is right: what a join table's chains keep
+        of the state changed (a field newly read, or no longer), or a switch stays over its capacity after its
+        last ports gave up room (:meth:`_make_room`)."""
         reads_before = {j: self.reads.from_table(j) for j in self.joins}
         matched_before = {j: self.reads.matched(j) for j in self.joins}
         for flows, step in ((added, 1), (removed, -1)):
@@ -1043,13 +1044,28 @@ class _Planner:
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
+        retried |= self._make_room(used)
         changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone | below | retried
         self._assemble(changed_ports & self.ports.keys(), gone, self._planned_since)  # holds touched_chains too
         self._check_room()
         return changed_ports
 
+    def _make_room(self, used: dict[str, int]) -> set[int]:
+        """Bring a switch a change pushed over its capacity (a chain grew under ports that keep it) back under
+        it: its ports from the last in key order give up room, each planned again in what the others leave
+        it, as a whole plan would have served them last. The ports planned again."""
+        shrunk: set[int] = set()
+        for key in sorted(self.ports, reverse=True):
+            port = self.ports[key]
+            if used.get(port.switch_id, 0) <= port.capabilities.max_rules or not self._costs.get(key):
+                continue
+            self._plan_port(port, self._room(port, used))
+            self._set_cost(key, used)
+            shrunk.add(key)
+        return shrunk
+
     def _check_room(self) -> None:
-        """Raise :class:`_Replan` when a switch is over its capacity (a chain grew under ports not re-planned).
+        """Raise :class:`_Replan` when a switch is over its capacity (what :meth:`_make_room` could not mend).
 
         Short of room, a port re-planned by a change gets what the others leave it; only a whole plan (the
         resync timer) serves the ports in key order again.

@@ -870,3 +870,26 @@ def test_a_flow_that_cannot_match_is_passed_by_even_when_it_reads_a_changed_fiel
     plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
     assert [r.output for r in plan.rules_of(1)] == [2]
     _check_all_packets(pipeline, plan)
+
+
+def test_a_chain_that_outgrows_the_switch_costs_the_last_ports_their_room_not_a_whole_plan():
+    """Three ports share a network's chain and fill the switch; a new destination grows the chain by a rule in
+    each port's copy. The last port in key order gives up room (as a whole plan would serve it last), the
+    switch stays within capacity, every packet keeps its verdict, and no whole plan is made."""
+    classify = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify")
+                for p in (1, 2, 3)]
+    dests = [ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=MACS[i]), (ir.Output(i + 1),), f"l2-{i}")
+             for i in range(2)]
+    before = ir.Pipeline.build([*classify, *dests], {})
+    new_dest = ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=MACS[2]), (ir.Output(3),), "l2-2")
+    after = before.patched([new_dest], [])
+    caps = _capped(RICH_CAPS, 12)  # each port: its goto and the chain's two destinations and catch-all
+    ports = {p: PortOffload(p, "sw0", caps) for p in (1, 2, 3)}
+    partitioner = Partitioner({1})
+    first = partitioner.plan(before, ports, (ir.ETH_TYPE_IPV4,), {})
+    assert [len(first.rules_of(p)) for p in (1, 2, 3)] == [4, 4, 4]
+    plan = partitioner.plan(after, ports, (ir.ETH_TYPE_IPV4,), {}, ([new_dest], []))
+    assert partitioner.full_plans == 1 and 3 in partitioner.changed
+    assert [len(plan.rules_of(p)) for p in (1, 2, 3)] == [5, 5, 0]
+    assert any(sw.reason == FULL for sw in plan.software if sw.in_port == 3)
+    _check_all_packets(after, plan)
