@@ -12,8 +12,13 @@ must agree too) and a conntrack chain, traced with ``--ct-next`` set to the
 state the interpreter's tracker gives. Routing is compared too: random subnets
 joined by a router, packets with random protocols, L4 ports and TTLs (1
 expires at the hop, 2 just survives), where they leave and with which MACs
-and TTL. This is what lets every other test use the interpreter as its
-oracle.
+and TTL. Security groups over a connection: a request, its reply and the
+request again between ports in random groups of random rules, traced with
+each recirculation's conntrack state as the interpreter's tracker found it
+(``ofproto/trace`` does not track connections itself: the tracker's state
+machine is the conntrack tests' business, what the flows make of each state
+is compared here). This is what lets every other test use the interpreter as
+its oracle.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ from hwflow.backends.ovs.backend import OvsBackend
 from hwflow.backends.ovs.daemons import OvsDaemons
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import OvsdbClient
-from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
+from hwflow.model.objects import (
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 
@@ -85,14 +98,16 @@ class Ovs:
     def trace(self, flow: str) -> set[str]:
         return {name for name, _ in self.trace_outputs(flow)}
 
-    def datapath_actions(self, flow: str, ct_next: str | None = None) -> list[str]:
-        """The datapath actions of the trace, over every recirculation, in order."""
-        out = self.appctl("ofproto/trace", BRIDGE, flow, *(["--ct-next", ct_next] if ct_next else []))
+    def datapath_actions(self, flow: str, ct_next: str | list[str] | None = None) -> list[str]:
+        """The datapath actions of the trace, over every recirculation, in order; ``ct_next``: the conntrack state
+        each recirculation finds, in turn."""
+        states = [ct_next] if isinstance(ct_next, str) else ct_next or []
+        out = self.appctl("ofproto/trace", BRIDGE, flow, *(arg for flags in states for arg in ("--ct-next", flags)))
         sections = [line.split(":", 1)[1] for line in out.splitlines() if line.startswith("Datapath actions:")]
         assert sections, out
         return [a for text in sections for a in _datapath_actions(text)]
 
-    def trace_outputs(self, flow: str, ct_next: str | None = None) -> list[tuple[str, int | None]]:
+    def trace_outputs(self, flow: str, ct_next: str | list[str] | None = None) -> list[tuple[str, int | None]]:
         """(interface, outer VLAN id or None) of each copy sent, over every recirculation of the trace."""
         vlans = [int(v) for v in re.findall(r"dl_vlan=(\d+)", flow)]
         sent = []
@@ -505,3 +520,94 @@ def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
             rewritten = {**pkt, **_routed_rewrites(actions)}
             assert {f: rewritten.get(f) for f in ROUTED_REWRITES} == {f: expected.get(f) for f in ROUTED_REWRITES}, (
                 pkt, actions)
+
+
+# --- security groups: connection state over a request and its reply -----------------------------------------
+
+SG_RULES = (
+    ("ingress", {"protocol": "tcp", "port_min": 22, "port_max": 22}),
+    ("ingress", {"protocol": "tcp", "port_min": 80, "port_max": 81, "remote_ip_prefix": "10.0.0.0/25"}),
+    ("ingress", {"protocol": "udp", "port_min": 53, "port_max": 53}),
+    ("ingress", {"protocol": "icmp", "icmp_type": 8}),
+    ("ingress", {"protocol": "tcp", "remote_group_id": "g1"}),
+    ("egress", {}),
+    ("egress", {"protocol": "tcp"}),
+)
+CT_FLAGS = ((ir.CT_TRK, "trk"), (ir.CT_NEW, "new"), (ir.CT_EST, "est"), (ir.CT_REL, "rel"), (ir.CT_RPL, "rpl"),
+            (ir.CT_INV, "inv"))
+
+
+@st.composite
+def guarded_topologies(draw) -> Topology:
+    """One network, the five ports in random security groups of random rules (a remote group among them)."""
+    net = Network(id="n0", name="n0", vni=100, unique_key=1)
+    groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(("g0", "g1"))}
+    rules = {}
+    for g in groups:
+        for j in draw(st.sets(st.integers(0, len(SG_RULES) - 1), min_size=1)):
+            direction, fields = SG_RULES[j]
+            rules[f"{g}-{j}"] = SecurityGroupRule(id=f"{g}-{j}", name=f"{g}-{j}", security_group_id=g,
+                                                  direction=direction, **fields)
+    ports = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id="n0", mac=MACS[i], ips=[IPS[i]], unique_key=10 + i,
+                           security_groups=draw(st.lists(st.sampled_from(sorted(groups)), max_size=2, unique=True)))
+             for i in range(NPORTS)}
+    others = {"security_group": groups, "security_group_rule": rules}
+    return Topology("h", {"n0": net}, ports, set(ports), others=others)
+
+
+class RecordingTracker(interpreter.ConnTracker):
+    """The interpreter's tracker, remembering the state each ct action found, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def state(self, zone: int, packet) -> int:
+        found = super().state(zone, packet)
+        self.seen.append(found)
+        return found
+
+
+def _ct_next(verdict: interpreter.Verdict, seen: list[int]) -> list[str]:
+    """The ``--ct-next`` flags of each recirculation the packet took, from the states the tracker found."""
+    cts = [a for step in verdict.steps if step.flow is not None for a in step.flow.actions
+           if isinstance(a, ir.Conntrack)]
+    assert len(cts) == len(seen), (cts, seen)
+    return [",".join(name for bit, name in CT_FLAGS if state & bit) for ct, state in zip(cts, seen)
+            if ct.table is not None]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_security_groups_agree_with_ovs_over_a_connection(ovs: Ovs, data: st.DataObject) -> None:
+    """A request between two ports and its reply: each passes or not, by the groups' rules and the connection's
+    state, as in OVS traced with the conntrack states the interpreter's tracker found."""
+    topo = data.draw(guarded_topologies())
+    pipeline = COMPILER.compile(topo)
+    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids}
+    result = ovs.backend.sync(pipeline.flows, ports)
+    assert not result.errors, result.errors
+    names = {key: f"p{key - 10}" for key in ports}
+    a, b = data.draw(st.lists(st.integers(0, NPORTS - 1), min_size=2, max_size=2, unique=True))
+    proto = data.draw(st.sampled_from((1, 6, 17)))
+    request = {"in_port": 10 + a, "eth_src": _mac(MACS[a]), "eth_dst": _mac(MACS[b]), "eth_type": ir.ETH_TYPE_IPV4,
+               "ipv4_src": int(ipaddress.IPv4Address(IPS[a])), "ipv4_dst": int(ipaddress.IPv4Address(IPS[b])),
+               "ip_proto": proto, "ip_ttl": 64}
+    if proto == 1:
+        request.update(icmp_type=8, icmp_code=0)
+        reply = {**request, "icmp_type": 0}
+    else:
+        name = "tcp" if proto == 6 else "udp"
+        request.update({f"{name}_src": 40000, f"{name}_dst": data.draw(st.sampled_from((22, 53, 80, 443)))})
+        reply = {**request, f"{name}_src": request[f"{name}_dst"], f"{name}_dst": 40000}
+    reply.update(in_port=10 + b, eth_src=request["eth_dst"], eth_dst=request["eth_src"],
+                 ipv4_src=request["ipv4_dst"], ipv4_dst=request["ipv4_src"])
+    tracker = RecordingTracker()
+    for pkt in (request, reply, request):
+        tracker.seen.clear()
+        verdict = interpreter.run(pipeline, pkt, tracker)
+        flow = routed_flow(pkt, ports)
+        ct_next = _ct_next(verdict, tracker.seen)
+        sent = {name for name, _ in ovs.trace_outputs(flow, ct_next)}
+        assert sent == {names[p] for p in verdict.ports}, (pkt, ct_next, ovs.datapath_actions(flow, ct_next))
+        event("passed" if verdict.outputs else "dropped")
