@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import assume, currently_in_test_context, event, given, settings
+from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw
 
@@ -266,13 +266,14 @@ def test_no_redirect_across_switches():
     assert {(r.in_port, r.output) for r in plan.rules} == {(1, 3), (3, 1)}
 
 
-@settings(max_examples=200, deadline=None)
+# most random pipelines have no rule to refuse: they are discarded (hypothesis's statistics count them), not
+# passed; test_split_compiled refuses rules of compiled hosts, nearly all of which have some
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(pipelines(), st.lists(packets, min_size=1, max_size=10), st.data())
 def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
     offload = _offload(RICH_CAPS)
     first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
-    if not first.rules:
-        return
+    assume(first.rules)  # random tables seldom make one; test_split_compiled refuses rules of compiled hosts
     victim = data.draw(st.sampled_from(first.rules))
     plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"},
                      unicast_only=False)

@@ -17,7 +17,7 @@ import collections
 import dataclasses
 import ipaddress
 
-from hypothesis import event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from nic_model import forwarded_by_nic, hw_then_sw
 
@@ -32,7 +32,7 @@ from hwflow.model.objects import (
     SecurityGroupRule,
     Subnet,
 )
-from hwflow.offload.partition import Partitioner, Plan, PortOffload
+from hwflow.offload.partition import SHARED, Partitioner, Plan, PortOffload
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 from hwflow.sim.profile import load_profile
@@ -219,3 +219,28 @@ def test_a_compiled_host_split_never_changes_a_verdict(nic_share):
     # itself
     assert stats["by_nic"] >= stats["examples"] // 2, stats
     assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 6 // 10, stats
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data(), hosts())
+def test_a_rule_the_nic_refuses_leaves_its_paths_and_what_it_shadows_to_software(data, host: Host):
+    """The NIC turns one of the plan's rules down (ENOSPC, say): the plan made again without it still gives
+    every packet its verdict, and holds no rule of that match in that place."""
+    caps = load_profile("mlx5-connectx6dx").capabilities
+    offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
+    offload[TUN] = PortOffload(TUN, "nic0", caps)
+    first = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    rules = [r for port in sorted(first.own.keys() | first.reaches.keys()) for r in first.rules_of(port)]
+    assume(rules)
+    victim = data.draw(st.sampled_from(rules))
+    scope = SHARED if victim.shared else victim.in_port
+    plan = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,),
+                                        {(scope, victim.match): "ENOSPC"})
+    assert not any(r.match == victim.match and r.chain == victim.chain and (r.shared or r.in_port == scope)
+                   for port in offload for r in plan.rules_of(port))
+    nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
+    drawn = data.draw(st.lists(packets(host), min_size=1, max_size=6))
+    sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
+    for pkt in [p for d in sent for p in (d, *aimed(first, d), *aimed(plan, d))]:
+        expected = interpreter.run(host.pipeline, pkt, reference).outputs
+        assert hw_then_sw(host.pipeline, plan, pkt, nic) == expected, (pkt, victim)
