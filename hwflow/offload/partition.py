@@ -1052,10 +1052,11 @@ class _Planner:
 
     def _make_room(self, used: dict[str, int]) -> set[int]:
         """Bring a switch a change pushed over its capacity (a chain grew under ports that keep it) back under
-        it: its ports from the last in key order give up room, each planned again in what the others leave
-        it, as a whole plan would have served them last. The ports planned again."""
+        it: its VF ports from the last in key order give up room, each planned again in what the others leave
+        it, as a whole plan would have served them last; a tunnel device (whose decision list holds every
+        network's, and is the dearest to plan again) only when theirs is not enough. The ports planned again."""
         shrunk: set[int] = set()
-        for key in sorted(self.ports, reverse=True):
+        for key in sorted(self.ports, key=lambda k: (k not in TUNNEL_TYPE, k), reverse=True):
             port = self.ports[key]
             if used.get(port.switch_id, 0) <= port.capabilities.max_rules or not self._costs.get(key):
                 continue

@@ -187,38 +187,50 @@ def _moved(packet: dict[str, int], match: ir.Match) -> dict[str, int] | None:
     return moved
 
 
+def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
+    """Hardware first, software on a miss, over drawn packets, their replies and copies aimed at the rules."""
+    caps = load_profile(profile).capabilities
+    offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
+    offload[TUN] = PortOffload(TUN, "nic0", caps)
+    plan = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    drawn = data.draw(st.lists(packets(host), min_size=1, max_size=8))
+    nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
+    by_nic = 0
+    sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
+    for pkt in [p for d in sent for p in (d, *aimed(plan, d))]:
+        expected = interpreter.run(host.pipeline, pkt, reference).outputs
+        assert hw_then_sw(host.pipeline, plan, pkt, nic) == expected, (profile, pkt, plan.rules_of(pkt["in_port"]))
+        by_nic += forwarded_by_nic(plan, pkt)
+    event(f"{profile}: {'a packet forwarded by a NIC rule' if by_nic else 'every packet left to software'}")
+    stats["examples"] += 1
+    stats["by_nic"] += bool(by_nic)
+    stats[profile] += 1
+    stats[profile, "by_nic"] += bool(by_nic)
+
+
 def test_a_compiled_host_split_never_changes_a_verdict(nic_share):
+    """The examples are the same in every run (derandomized), so the floors below are a fact about the test,
+    not a draw (for one version of hypothesis): 60% of them forward a packet by a NIC rule over all profiles,
+    74% on mlx5 (randomized runs of 200 measured 52-76% over all). Under the floors, the proof has stopped
+    reaching the NIC and compares the interpreter with itself. Its randomized twin below explores new
+    examples on every run."""
     stats: collections.Counter = collections.Counter()
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
     @given(st.data(), hosts(), st.sampled_from(PROFILES))
     def check(data, host: Host, profile: str) -> None:
-        caps = load_profile(profile).capabilities
-        offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
-        offload[TUN] = PortOffload(TUN, "nic0", caps)
-        plan = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
-        drawn = data.draw(st.lists(packets(host), min_size=1, max_size=8))
-        nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
-        by_nic = 0
-        sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
-        for pkt in [p for d in sent for p in (d, *aimed(plan, d))]:
-            expected = interpreter.run(host.pipeline, pkt, reference).outputs
-            assert hw_then_sw(host.pipeline, plan, pkt, nic) == expected, (profile, pkt, plan.rules_of(pkt["in_port"]))
-            by_nic += forwarded_by_nic(plan, pkt)
-        event(f"{profile}: {'a packet forwarded by a NIC rule' if by_nic else 'every packet left to software'}")
-        stats["examples"] += 1
-        stats["by_nic"] += bool(by_nic)
-        stats[profile] += 1
-        stats[profile, "by_nic"] += bool(by_nic)
+        _check(data, host, profile, stats)
 
     check()
     nic_share.update(examples=stats["examples"], by_nic=stats["by_nic"])
-    # the floors: with packets aimed at the rules, most examples forward a packet in hardware (measured over
-    # 300 examples: 69% over all profiles, 74% on mlx5; at 200 examples each floor is about four standard
-    # deviations below); under them, the proof has stopped reaching the NIC and compares the interpreter with
-    # itself
     assert stats["by_nic"] >= stats["examples"] // 2, stats
-    assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 6 // 10, stats
+    assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 65 // 100, stats
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), hosts(), st.sampled_from(PROFILES))
+def test_a_compiled_host_split_never_changes_a_verdict_on_fresh_examples(data, host: Host, profile: str):
+    _check(data, host, profile, collections.Counter())
 
 
 @settings(max_examples=100, deadline=None)
