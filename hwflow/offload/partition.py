@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -963,6 +964,7 @@ class _Planner:
         self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
         self._reshaped = False  # a chain planned again during this change leads elsewhere (or appeared, or went)
         self._resized: dict[int, int] = {}  # chain -> the rules it gained during this change (else)
+        self._freed = 0.0  # at most how many rules fewer a goto to the chains planned again costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
@@ -1006,7 +1008,7 @@ class _Planner:
             self._forget(("port", key))
         self.ports = dict(ports)
         dirty |= {("port", k) for k in moved}
-        self._reshaped, self._resized = False, {}
+        self._reshaped, self._resized, self._freed = False, {}, 0.0
         touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
         self._forget_closures(self._planned_since)
         replanned = {o[1] for o in dirty if o[0] == "port"} & self.ports.keys()
@@ -1033,14 +1035,13 @@ class _Planner:
             self._plan_port(self.ports[key], self._room(self.ports[key], used))
             self._set_cost(key, used)
         # ports short of room try again when what they could gain would place more (a port planned after them, or
-        # gone, freed room; a chain they wanted shrank, or leads elsewhere now)
+        # gone, freed room; a chain they wanted shrank or lost a goto: _freed bounds what that saves)
         wanting = self._ports_above(touched_chains) if self._starved else set()
-        shrunk = sum(-grew for grew in self._resized.values() if grew < 0)
         retried = set()
         for key in sorted(self._starved):
             room = self._room(self.ports[key], used)
-            gain = room - self._budgets[key] + (shrunk if key in wanting else 0)
-            if gain >= self._starved.get(key, gain + 1) or (self._reshaped and key in wanting):
+            gain = room - self._budgets[key] + (self._freed if key in wanting else 0)
+            if gain >= self._starved.get(key, math.inf):
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
@@ -1100,11 +1101,29 @@ class _Planner:
                 touched |= self._replan_chains(upward, dirty)
         for owner in chains:
             old, new = before[owner[1]], self._chains.get(owner[1])
-            if old is None or new is None or old.children != new.children:
+            if old is None or new is None:
                 self._reshaped = True
-            else:
+                if old is not None:  # gone, or of no use now: a goto to it is no more
+                    self._freed += len(old.rules) + self._cost_below(old.children)
+                continue
+            self._freed += max(len(old.rules) - len(new.rules), 0)
+            if old.children == new.children:
                 self._resized[new.id] = len(new.rules) - len(old.rules)
+                continue
+            self._reshaped = True
+            self._freed += self._cost_below(old.children - new.children)
         return touched
+
+    def _cost_below(self, children: Iterable[int]) -> float:
+        """What gotos to ``children`` cost (inf: not known). A child planned again in this change counts what
+        it lost on its own."""
+        cost = 0.0
+        for child in children:
+            if child in self._by_number:
+                cost += sum(len(self._by_number[c].rules) for c in self._closure_of(child))
+            elif child not in self._planned_since:
+                return math.inf
+        return cost
 
     def _context(self, key: tuple) -> PortOffload | None:
         """The port context a chain is planned in: its own port, or any port of its switch for a shared one."""
