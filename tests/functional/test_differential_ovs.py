@@ -191,6 +191,7 @@ def _ip6(text: str) -> int:
 
 # What the trace's set(...) datapath actions name, as IR fields, e.g. set(nd_ext(nd_reserved=0x60000000,...)).
 REWRITES = {"eth": {"src": "eth_src", "dst": "eth_dst"}, "ipv6": {"src": "ipv6_src", "dst": "ipv6_dst"},
+            "ipv4": {"src": "ipv4_src", "dst": "ipv4_dst", "ttl": "ip_ttl"},
             "icmpv6": {"type": "icmp_type", "code": "icmp_code"}, "nd": {"sll": "nd_sll", "tll": "nd_tll"},
             "nd_ext": {"nd_reserved": "nd_reserved", "nd_options_type": "nd_options_type"},
             "arp": {"sip": "arp_spa", "tip": "arp_tpa", "op": "arp_op", "sha": "arp_sha", "tha": "arp_tha"}}
@@ -268,15 +269,20 @@ def ovs_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
 COMPILER = Compiler.from_file(layout_path(""))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_interpreter_and_ovs_agree(ovs: Ovs, data: st.DataObject) -> None:
-    topo = data.draw(topologies())
+def _synced(ovs: Ovs, topo: Topology) -> tuple[ir.Pipeline, dict[int, int], dict[int, str]]:
+    """``topo`` compiled and synced into the OVS: the pipeline, port key -> ofport, port key -> interface."""
     pipeline = COMPILER.compile(topo)
     ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids}
     result = ovs.backend.sync(pipeline.flows, ports)
     assert not result.errors, result.errors
-    names = {key: f"p{key - 10}" for key in ports}
+    return pipeline, ports, {key: f"p{key - 10}" for key in ports}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_interpreter_and_ovs_agree(ovs: Ovs, data: st.DataObject) -> None:
+    topo = data.draw(topologies())
+    pipeline, ports, names = _synced(ovs, topo)
     for _ in range(4):
         pkt = data.draw(packets(topo))
         verdict = interpreter.run(pipeline, pkt)
@@ -482,30 +488,12 @@ def routed_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
     return ",".join(parts)
 
 
-def _routed_rewrites(actions: list[str]) -> dict[str, int]:
-    """IR field -> the value set(eth(...)) and set(ipv4(...)) write."""
-    names = {"eth": {"src": "eth_src", "dst": "eth_dst"},
-             "ipv4": {"src": "ipv4_src", "dst": "ipv4_dst", "ttl": "ip_ttl"}}
-    fields = {}
-    for action in actions:
-        m = re.fullmatch(r"set\((\w+)\((.*)\)\)", action)
-        for item in m.group(2).split(",") if m and m.group(1) in names else ():
-            key, _, value = item.partition("=")
-            if key in names[m.group(1)]:
-                fields[names[m.group(1)][key]] = _value(value)
-    return fields
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
     """Where a routed packet leaves, and with which MACs and TTL: the interpreter as OVS."""
     topo = data.draw(routed_topologies())
-    pipeline = COMPILER.compile(topo)
-    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids}
-    result = ovs.backend.sync(pipeline.flows, ports)
-    assert not result.errors, result.errors
-    names = {key: f"p{key - 10}" for key in ports}
+    pipeline, ports, names = _synced(ovs, topo)
     for _ in range(6):
         pkt = data.draw(routed_packets(topo))
         verdict = interpreter.run(pipeline, pkt)
@@ -517,7 +505,7 @@ def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
               else "delivered unrouted" if verdict.outputs else "not delivered (dropped or to the agent)")
         if len(verdict.outputs) == 1:
             ((_, expected),) = verdict.outputs
-            rewritten = {**pkt, **_routed_rewrites(actions)}
+            rewritten = {**pkt, **_rewrites(actions)}
             assert {f: rewritten.get(f) for f in ROUTED_REWRITES} == {f: expected.get(f) for f in ROUTED_REWRITES}, (
                 pkt, actions)
 
@@ -583,11 +571,7 @@ def test_security_groups_agree_with_ovs_over_a_connection(ovs: Ovs, data: st.Dat
     """A request between two ports and its reply: each passes or not, by the groups' rules and the connection's
     state, as in OVS traced with the conntrack states the interpreter's tracker found."""
     topo = data.draw(guarded_topologies())
-    pipeline = COMPILER.compile(topo)
-    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids}
-    result = ovs.backend.sync(pipeline.flows, ports)
-    assert not result.errors, result.errors
-    names = {key: f"p{key - 10}" for key in ports}
+    pipeline, ports, names = _synced(ovs, topo)
     a, b = data.draw(st.lists(st.integers(0, NPORTS - 1), min_size=2, max_size=2, unique=True))
     proto = data.draw(st.sampled_from((1, 6, 17)))
     request = {"in_port": 10 + a, "eth_src": _mac(MACS[a]), "eth_dst": _mac(MACS[b]), "eth_type": ir.ETH_TYPE_IPV4,
