@@ -5,8 +5,9 @@ join, a conntrack chain or a route. Here the topologies are random (networks wit
 some of them, security groups, ports here and on other chassis reached through VXLAN) and the pipeline is
 what the agent would compile for them; the NIC has one of the shipped profiles. Packets are drawn between
 the topology's own addresses (so they meet its rules), and each is followed by copies moved into the match
-of every hardware rule its port has on the way (chain 0 and the chains its gotos lead to), so most examples
-exercise the NIC side. The floor (at least half the examples forward a packet by a NIC rule) keeps a change
+of every hardware rule its port has on the way (chain 0 and the chains its gotos lead to), and by those just
+outside each rule (a masked bit flipped) and with TTLs 1 and 2, so most examples exercise the NIC side and
+its edges. The floor (at least half the examples forward a packet by a NIC rule) keeps a change
 to the generator or the partitioner from quietly turning the proof back into the interpreter checked
 against itself.
 """
@@ -170,10 +171,24 @@ def aimed(plan: Plan, packet: dict[str, int]) -> list[dict[str, int]]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append(moved)
+            out += [moved, *_edges(moved, rule.match)]
             if rule.goto is not None:
                 todo.append((rule.goto, moved))
-    return out[:12]
+    return out[:24]
+
+
+def _edges(packet: dict[str, int], match: ir.Match) -> list[dict[str, int]]:
+    """``packet`` just outside the rule: its last masked header bit flipped (the edge of a prefix, a neighbouring
+    address or port); and with the TTLs a hop expires (1) or just survives (2)."""
+    terms = [t for t in match.fields if t.field not in ir.INTERNAL_FIELDS and t.field not in ("in_port", "eth_type")]
+    out = []
+    if terms:
+        term = terms[-1]
+        bit = term.mask & -term.mask
+        out.append({**packet, term.field: packet[term.field] ^ bit})
+    if "ip_ttl" in packet:
+        out += [{**packet, "ip_ttl": ttl} for ttl in (1, 2)]
+    return out
 
 
 def _moved(packet: dict[str, int], match: ir.Match) -> dict[str, int] | None:
