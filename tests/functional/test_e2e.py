@@ -358,10 +358,8 @@ def test_deleting_a_port_with_the_cli_removes_its_flows_and_the_rules_towards_it
 
 
 def test_deleting_a_port_with_the_cli_removes_the_rules_on_its_representor(deleted: Deleted) -> None:
-    deadline = time.monotonic() + 5
-    while deleted.rules_on() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert deleted.rules_on() == [], "the deleted port's NIC rules still redirect its traffic in hardware"
+    wait_for("the deleted port's NIC rules to go (they would still redirect its traffic in hardware)",
+             lambda: not deleted.rules_on())
 
 
 @dataclasses.dataclass
