@@ -11,18 +11,18 @@ rules planned, each shared chain once; ``tc_rules``: the rules the representors 
 a shared chain per representor).
 
 Then ``changes`` rounds of five changes, each applied as the agent applies a watched change: the topology
-view, the compiler's delta (which patches the pipeline), the partitioner's re-plan of what the delta
-reaches. The kinds: a local port added, a local port removed, a local port moved to another chassis, a
-remote port added, a security-group rule changed. ``max_rules`` (0: the profile's) sets the NIC's capacity:
-a shared chain costs a rule per representor reaching it, so a big host outgrows the profile's working
-budget: short of room, a change re-plans the ports it reaches with what the others leave them, and a
-switch pushed over its capacity needs a whole plan. ``incremental_median_ms``/``incremental_p99_ms``: the
-partitioner's part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition);
-``full_replans``: changes the partitioner could only answer with a whole plan. ``diverged_ports``: ports whose
-rules after all the changes differ from a whole plan of the same host made afresh (0: incremental == whole,
-which a restarted agent relies on to keep every rule; with the NIC short of room a change's ports get what
-the others leave them, and only the resync timer's whole plan serves ports in key order again, so there it
-may differ).
+view, the compiler's delta (which patches the pipeline), the partitioner's re-plan of what the delta reaches.
+The kinds: a local port added, a local port removed, a local port moved to another chassis, a remote port
+added, a security-group rule changed. ``max_rules`` (0: the profile's) sets the NIC's capacity: a shared chain
+costs a rule per representor reaching it, so a big host outgrows the profile's working budget: short of room,
+a change re-plans the ports it reaches with what the others leave them, and a switch pushed over its capacity
+takes room back from its last ports. ``incremental_median_ms``/``incremental_p99_ms``: the partitioner's
+part; ``change_median_ms``: the whole of it (view, compile, pipeline patch, partition); ``full_replans``:
+changes the partitioner could only answer with a whole plan (what the join tables' chains keep of the state
+changed). ``diverged_ports``: ports whose rules after all the changes differ from a whole plan of the same
+host made afresh (0: incremental == whole, which a restarted agent relies on to keep every rule; with the NIC
+short of room a change's ports get what the others leave them, and only the resync timer's whole plan serves
+ports in key order again, so there it may differ).
 """
 
 from __future__ import annotations

@@ -1018,6 +1018,7 @@ class _Planner:
         for key in gone:
             self._costs.pop(key, None)
             self._starved.pop(key, None)
+            self._budgets.pop(key, None)
         # what the ports below cost now, before the room left to the others is counted: when no chain planned
         # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
         if self._reshaped:
@@ -1036,7 +1037,7 @@ class _Planner:
             self._set_cost(key, used)
         # ports short of room try again when what they could gain would place more (a port planned after them, or
         # gone, freed room; a chain they wanted shrank or lost a goto: _freed bounds what that saves)
-        wanting = self._ports_above(touched_chains) if self._starved else set()
+        wanting = self._above(touched_chains)[1] if self._starved else set()
         retried = set()
         for key in sorted(self._starved):
             room = self._room(self.ports[key], used)
@@ -1057,6 +1058,8 @@ class _Planner:
         it, as a whole plan would have served them last; a tunnel device (whose decision list holds every
         network's, and is the dearest to plan again) only when theirs is not enough. The ports planned again."""
         shrunk: set[int] = set()
+        if all(used.get(p.switch_id, 0) <= p.capabilities.max_rules for p in self.ports.values()):
+            return shrunk
         for key in sorted(self.ports, key=lambda k: (k not in TUNNEL_TYPE, k), reverse=True):
             port = self.ports[key]
             if used.get(port.switch_id, 0) <= port.capabilities.max_rules or not self._costs.get(key):
@@ -1120,7 +1123,7 @@ class _Planner:
         cost = 0.0
         for child in children:
             if child in self._by_number:
-                cost += sum(len(self._by_number[c].rules) for c in self._closure_of(child))
+                cost += self._rules_in(self._closure_of(child))
             elif child not in self._planned_since:
                 return math.inf
         return cost
@@ -1132,19 +1135,20 @@ class _Planner:
             return self.ports.get(scope)
         return next((p for p in self.ports.values() if p.switch_id == switch), None)
 
-    def _ports_above(self, numbers: Iterable[int]) -> set[int]:
-        """The ports with a goto (placed or wanted) to one of the chains ``numbers`` or to a chain above one."""
-        found: set[int] = set()
-        todo = [self._keys[n] for n in numbers]
-        seen = set(todo)
+    def _above(self, numbers: Iterable[int]) -> tuple[set[tuple], set[int]]:
+        """The chains (by key) with a goto, placed or wanted, to one of the chains ``numbers`` or to a chain above
+        one, those chains included; and the ports with one."""
+        chains = {self._keys[n] for n in numbers}
+        ports: set[int] = set()
+        todo = list(chains)
         while todo:
             for kind, what in self._parents.get(todo.pop(), ()):
                 if kind == "port":
-                    found.add(what)
-                elif what not in seen:
-                    seen.add(what)
+                    ports.add(what)
+                elif what not in chains:
+                    chains.add(what)
                     todo.append(what)
-        return found
+        return chains, ports
 
     def _used(self) -> dict[str, int]:
         """Switch -> the rules its ports' representors take, as planned so far."""
@@ -1162,7 +1166,7 @@ class _Planner:
         """Count again what port ``key``'s representor takes: its chain 0 and every chain below it."""
         planned = self._planned["port", key].decided
         closure = self._counted[key] = self._reaching(planned.children)
-        cost = len(planned.rules) + sum(len(self._by_id(c).rules) for c in closure)
+        cost = len(planned.rules) + self._rules_in(closure)
         switch = self.ports[key].switch_id
         used[switch] = used.get(switch, 0) + cost - self._costs.get(key, 0)
         self._costs[key] = cost
@@ -1233,22 +1237,19 @@ class _Planner:
                 *(self._closure_of(child) for child in self._by_id(number).children))
         return closure
 
+    def _rules_in(self, chains: Iterable[int]) -> int:
+        """The rules of ``chains``: what a representor reaching them takes of them."""
+        return sum(len(self._by_number[c].rules) for c in chains)
+
     def _reaching(self, children: Iterable[int]) -> set[int]:
         """The chains a goto to each of ``children`` leads through (a port's, from its chain 0)."""
         return set().union(*(self._closure_of(child) for child in children))
 
     def _forget_closures(self, numbers: Iterable[int]) -> None:
         """Drop the cached closures of chains planned again, and of every chain above them."""
-        todo = [self._keys[n] for n in numbers]
-        seen = set(todo)
-        while todo:
-            key = todo.pop()
+        for key in self._above(numbers)[0]:
             chain = self._chains.get(key)
             self._closures_of.pop(chain.id if chain is not None else self.ids.get(key, SHARED), None)
-            for kind, what in self._parents.get(key, ()):
-                if kind == "chain" and what not in seen:
-                    seen.add(what)
-                    todo.append(what)
 
     def _remember(self, owner: Owner, planned: _Planned) -> None:
         self._planned[owner] = planned
@@ -1311,7 +1312,7 @@ class _Planner:
                 target, reason = self._enter(ctx, leaf.enter, owner)
                 if target is not None and budget is not None:
                     below = self._closure_of(target) - out.reached
-                    cost += sum(len(self._by_id(c).rules) for c in below)
+                    cost += self._rules_in(below)
             shadows = software.overlapping(match)
             if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
@@ -1404,7 +1405,7 @@ class _Planner:
                 continue  # it reaches the chains it did (some planned again in place: Plan.refreshed)
             if closure is None:
                 closure = self._reaching(planned.decided.children)
-                self._costs[key] = len(planned.decided.rules) + sum(len(self._by_id(c).rules) for c in closure)
+                self._costs[key] = len(planned.decided.rules) + self._rules_in(closure)
             before = self._closures.get(key, set())
             looked |= before ^ closure
             for number in before - closure:

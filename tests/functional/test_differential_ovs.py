@@ -253,7 +253,14 @@ def ovs_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
     parts = [f"in_port={ofport_of[pkt['in_port']]}", f"dl_src={_fmt_mac(pkt['eth_src'])}",
              f"dl_dst={_fmt_mac(pkt['eth_dst'])}", f"dl_type={pkt['eth_type']:#06x}"]
     if pkt["eth_type"] == ir.ETH_TYPE_IPV4:
-        parts += ["nw_src=10.0.0.1", "nw_dst=10.0.0.2", "nw_proto=1", "nw_ttl=64", "icmp_type=8", "icmp_code=0"]
+        parts += [f"nw_src={ipaddress.IPv4Address(pkt['ipv4_src'])}",
+                  f"nw_dst={ipaddress.IPv4Address(pkt['ipv4_dst'])}", f"nw_proto={pkt['ip_proto']}",
+                  f"nw_ttl={pkt['ip_ttl']}"]
+        if pkt["ip_proto"] == 1:
+            parts += [f"icmp_type={pkt['icmp_type']}", f"icmp_code={pkt['icmp_code']}"]
+        else:
+            name = "tcp" if pkt["ip_proto"] == 6 else "udp"
+            parts += [f"{name}_src={pkt[name + '_src']}", f"{name}_dst={pkt[name + '_dst']}"]
     elif pkt["eth_type"] == ir.ETH_TYPE_ARP:
         parts += ["arp_op=1", "arp_spa=10.0.0.1", "arp_tpa=10.0.0.2", f"arp_sha={_fmt_mac(pkt['arp_sha'])}",
                   "arp_tha=00:00:00:00:00:00"]
@@ -475,19 +482,6 @@ def routed_packets(draw, topo: Topology) -> dict[str, int]:
     return pkt
 
 
-def routed_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
-    parts = [f"in_port={ofport_of[pkt['in_port']]}", f"dl_src={_fmt_mac(pkt['eth_src'])}",
-             f"dl_dst={_fmt_mac(pkt['eth_dst'])}", "dl_type=0x0800", f"nw_src={ipaddress.IPv4Address(pkt['ipv4_src'])}",
-             f"nw_dst={ipaddress.IPv4Address(pkt['ipv4_dst'])}", f"nw_proto={pkt['ip_proto']}",
-             f"nw_ttl={pkt['ip_ttl']}"]
-    if pkt["ip_proto"] == 1:
-        parts += [f"icmp_type={pkt['icmp_type']}", f"icmp_code={pkt['icmp_code']}"]
-    else:
-        name = "tcp" if pkt["ip_proto"] == 6 else "udp"
-        parts += [f"{name}_src={pkt[name + '_src']}", f"{name}_dst={pkt[name + '_dst']}"]
-    return ",".join(parts)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
@@ -497,7 +491,7 @@ def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
     for _ in range(6):
         pkt = data.draw(routed_packets(topo))
         verdict = interpreter.run(pipeline, pkt)
-        flow = routed_flow(pkt, ports)
+        flow = ovs_flow(pkt, ports)
         actions = ovs.datapath_actions(flow)
         sent = {ovs.odp_names[int(a)] for a in actions if a.isdigit()}
         assert sent == {names[p] for p in verdict.ports}, (pkt, actions)
@@ -590,7 +584,7 @@ def test_security_groups_agree_with_ovs_over_a_connection(ovs: Ovs, data: st.Dat
     for pkt in (request, reply, request):
         tracker.seen.clear()
         verdict = interpreter.run(pipeline, pkt, tracker)
-        flow = routed_flow(pkt, ports)
+        flow = ovs_flow(pkt, ports)
         ct_next = _ct_next(verdict, tracker.seen)
         sent = {name for name, _ in ovs.trace_outputs(flow, ct_next)}
         assert sent == {names[p] for p in verdict.ports}, (pkt, ct_next, ovs.datapath_actions(flow, ct_next))

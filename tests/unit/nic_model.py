@@ -64,20 +64,51 @@ def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
     raise AssertionError(f"more than 64 gotos: {rules}")
 
 
-def aimed_at_rules(plan: Plan, packet: Mapping[str, int]) -> list[dict[str, int]]:
-    """``packet`` moved into the match of each chain-0 rule of its port that forwards or goes on: the packets
-    a random draw rarely makes, and the ones that reach the NIC side of the proof (its edges stay random)."""
-    out = []
+def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> list[dict[str, int]]:
+    """``packet`` moved into each rule of its port that forwards or goes on, following gotos (into the goto's
+    match, then into each rule of the chain it leads to), and just outside each (the rule's last masked header
+    bit flipped) and with TTL 1 and 2: the packets a random draw rarely makes, and the ones that reach the NIC
+    side of the proof and its edges. At most ``most``."""
+    by_chain: dict[int, list[HwRule]] = {}
     for rule in plan.rules_of(packet["in_port"]):
-        if rule.chain or (rule.output, rule.goto) == (None, None):
-            continue
-        aimed = dict(packet)
-        if rule.match.get("vlan_vid") is None:
-            aimed.pop("vlan_vid", None)  # flower: a rule without a VLAN term takes untagged packets only
-        for term in rule.match.fields:
-            if term.field not in INTERNAL:
-                aimed[term.field] = term.value | aimed.get(term.field, 0) & ~term.mask
-        out.append(aimed)
+        by_chain.setdefault(rule.chain, []).append(rule)
+    out, todo, seen = [], [(0, dict(packet))], set()
+    while todo and len(out) < most:
+        chain, pkt = todo.pop()
+        for rule in by_chain.get(chain, ()):
+            if (rule.output, rule.goto) == (None, None):
+                continue
+            moved = _moved(pkt, rule.match)
+            key = (rule.chain, rule.order, tuple(sorted(moved.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            out += [moved, *_edges(moved, rule.match)]
+            if rule.goto is not None:
+                todo.append((rule.goto, moved))
+    return out[:most]
+
+
+def _moved(packet: Mapping[str, int], match: ir.Match) -> dict[str, int]:
+    moved = dict(packet)
+    if match.get("vlan_vid") is None:
+        moved.pop("vlan_vid", None)  # flower: a rule without a VLAN term takes untagged packets only
+    for term in match.fields:
+        if term.field not in INTERNAL:  # ct_state and the like: the packet gets them on its way
+            moved[term.field] = term.value | moved.get(term.field, 0) & ~term.mask
+    return moved
+
+
+def _edges(packet: dict[str, int], match: ir.Match) -> list[dict[str, int]]:
+    """``packet`` just outside the rule (its last masked header bit flipped: the edge of a prefix, a neighbouring
+    address or port), and with the TTLs a hop expires (1) or just survives (2)."""
+    terms = [t for t in match.fields if t.field not in INTERNAL and t.field != "eth_type"]
+    out = []
+    if terms:
+        term = terms[-1]
+        out.append({**packet, term.field: packet[term.field] ^ (term.mask & -term.mask)})
+    if "ip_ttl" in packet:
+        out += [{**packet, "ip_ttl": ttl} for ttl in (1, 2)]
     return out
 
 

@@ -147,8 +147,12 @@ def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> None:
             raise
         assert hw_then_sw(pipeline, plan, pkt, nic) == expected.outputs, (plan.rules, pkt)
         # how often the proof reaches the NIC side (issue 13 sets a floor; here it is measured)
-        if currently_in_test_context():  # the fixed-example tests call this too
-            event("a packet forwarded by a NIC rule" if forwarded_by_nic(plan, pkt) else "a packet left to software")
+        _event("a packet forwarded by a NIC rule" if forwarded_by_nic(plan, pkt) else "a packet left to software")
+
+
+def _event(text: str) -> None:
+    if currently_in_test_context():  # the fixed-example tests call the checks too
+        event(text)
 
 
 def _capped(caps: Capabilities, capacity: int) -> Capabilities:
@@ -713,11 +717,6 @@ def test_an_incremental_plan_of_shared_chains_equals_a_whole_plan(pipelines_, be
     """The same over networks whose ports share chains: a chain planned again is named in ``Plan.refreshed``,
     which the agent relies on to re-encode only those."""
     _check_incremental(pipelines_, before, after, frozenset({1}), True, capacity, pkts)
-
-
-def _event(text: str) -> None:
-    if currently_in_test_context():  # the fixed cases call the checks too
-        event(text)
 
 
 def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> None:

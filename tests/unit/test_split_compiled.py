@@ -20,7 +20,7 @@ import ipaddress
 
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
-from nic_model import forwarded_by_nic, hw_then_sw
+from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw
 
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.model.objects import (
@@ -33,7 +33,7 @@ from hwflow.model.objects import (
     SecurityGroupRule,
     Subnet,
 )
-from hwflow.offload.partition import SHARED, Partitioner, Plan, PortOffload
+from hwflow.offload.partition import SHARED, Partitioner, PortOffload
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
 from hwflow.sim.profile import load_profile
@@ -153,55 +153,6 @@ def reply(host: Host, packet: dict[str, int]) -> dict[str, int] | None:
     return back
 
 
-def aimed(plan: Plan, packet: dict[str, int]) -> list[dict[str, int]]:
-    """``packet`` moved into each rule its port has, following gotos: into the match of the goto and then of
-    each rule of the chain it leads to (where the two agree), so the chains' rules are reached too."""
-    rules = plan.rules_of(packet["in_port"])
-    by_chain = collections.defaultdict(list)
-    for rule in rules:
-        by_chain[rule.chain].append(rule)
-    out, todo, seen = [], [(0, dict(packet))], set()
-    while todo:
-        chain, pkt = todo.pop()
-        for rule in by_chain.get(chain, ()):
-            moved = _moved(pkt, rule.match)
-            if moved is None or (rule.output, rule.goto) == (None, None):
-                continue
-            key = (rule.chain, rule.order, tuple(sorted(moved.items())))
-            if key in seen:
-                continue
-            seen.add(key)
-            out += [moved, *_edges(moved, rule.match)]
-            if rule.goto is not None:
-                todo.append((rule.goto, moved))
-    return out[:24]
-
-
-def _edges(packet: dict[str, int], match: ir.Match) -> list[dict[str, int]]:
-    """``packet`` just outside the rule: its last masked header bit flipped (the edge of a prefix, a neighbouring
-    address or port); and with the TTLs a hop expires (1) or just survives (2)."""
-    terms = [t for t in match.fields if t.field not in ir.INTERNAL_FIELDS and t.field not in ("in_port", "eth_type")]
-    out = []
-    if terms:
-        term = terms[-1]
-        bit = term.mask & -term.mask
-        out.append({**packet, term.field: packet[term.field] ^ bit})
-    if "ip_ttl" in packet:
-        out += [{**packet, "ip_ttl": ttl} for ttl in (1, 2)]
-    return out
-
-
-def _moved(packet: dict[str, int], match: ir.Match) -> dict[str, int] | None:
-    moved = dict(packet)
-    if match.get("vlan_vid") is None:
-        moved.pop("vlan_vid", None)
-    for term in match.fields:
-        if term.field in ir.INTERNAL_FIELDS or term.field == "in_port":
-            continue  # ct_state and the like: the packet gets them on its way
-        moved[term.field] = term.value | moved.get(term.field, 0) & ~term.mask
-    return moved
-
-
 def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
     """Hardware first, software on a miss, over drawn packets, their replies and copies aimed at the rules."""
     caps = load_profile(profile).capabilities
@@ -212,7 +163,7 @@ def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
     by_nic = 0
     sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
-    for pkt in [p for d in sent for p in (d, *aimed(plan, d))]:
+    for pkt in [p for d in sent for p in (d, *aimed_at_rules(plan, d))]:
         expected = interpreter.run(host.pipeline, pkt, reference).outputs
         assert hw_then_sw(host.pipeline, plan, pkt, nic) == expected, (profile, pkt, plan.rules_of(pkt["in_port"]))
         by_nic += forwarded_by_nic(plan, pkt)
@@ -268,6 +219,6 @@ def test_a_rule_the_nic_refuses_leaves_its_paths_and_what_it_shadows_to_software
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
     drawn = data.draw(st.lists(packets(host), min_size=1, max_size=6))
     sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
-    for pkt in [p for d in sent for p in (d, *aimed(first, d), *aimed(plan, d))]:
+    for pkt in [p for d in sent for p in (d, *aimed_at_rules(first, d), *aimed_at_rules(plan, d))]:
         expected = interpreter.run(host.pipeline, pkt, reference).outputs
         assert hw_then_sw(host.pipeline, plan, pkt, nic) == expected, (pkt, victim)
