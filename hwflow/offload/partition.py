@@ -72,6 +72,7 @@ INTERNAL_FIELDS = ir.INTERNAL_FIELDS | {"in_port"}
 TUNNEL_TYPE = {port: kind for kind, port in ir.TUNNEL_PORTS.items()}  # tunnel port key -> tunnel type
 REWRITABLE = frozenset({"eth_src", "eth_dst", "ipv4_src", "ipv4_dst"})  # header fields pedit can set
 IPV4_ONLY = frozenset({"ipv4_src", "ipv4_dst"})
+_FULL_MASKS = {field: ir.full_mask(field) for field in ir.FIELD_BITS}
 TUNNEL_FIELDS = frozenset({"tun_id", "tun_dst"})  # what an encapsulating output needs set
 TTL_EXPIRES = (0, 0xFE)  # ip_ttl 0 or 1: a decrement would reach zero
 # IR field -> the name a NIC's capabilities use for it, where they differ (flower's enc_* keys).
@@ -126,9 +127,14 @@ class ChainEntry:
         return frozenset({"ip_ttl"} if any(isinstance(e, ir.DecTtl) for e in self.edits) else ())
 
 
-@dataclasses.dataclass(frozen=True)
-class Leaf:
-    region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask)
+class Leaf(NamedTuple):
+    """One path of a decision list: its region and what the pipeline does with its packets.
+
+    A named tuple, not a frozen dataclass: a big host's walk makes hundreds of thousands, and a frozen
+    dataclass's constructor sets each field through ``object.__setattr__``.
+    """
+
+    region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask); the walk gives an ir.Match
     outputs: tuple[int, ...]
     blocker: str | None  # why the walk stopped early (punt, a field it cannot know...): software only
     owner: ir.Owner | None  # owner of the last flow on the path (None: table miss)
@@ -137,7 +143,8 @@ class Leaf:
     trap: bool = False  # packets software must decide (their TTL expires here): a pass rule may hold them
 
     def as_match(self) -> ir.Match:
-        return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, v, m in self.region))
+        region = self.region
+        return region if isinstance(region, ir.Match) else ir.Match(ir.FieldMatch(*term) for term in region)
 
     @property
     def verdict(self) -> tuple:
@@ -284,21 +291,27 @@ class _Path(NamedTuple):
 
 
 def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[str, int]):
-    """(None, _) if ``match`` cannot hold in region; else (covers_all, refined region)."""
-    refined = dict(region)
-    covers_all = True
-    for term in match.fields:
-        if term.field in known:
-            if known[term.field] & term.mask != term.value:
+    """(None, _) if ``match`` cannot hold in region; else (covers_all, refined region: ``region`` itself when it
+    covers all)."""
+    refined = None
+    for field, want, bits in match:
+        held = known.get(field, _UNKNOWN)
+        if held is not _UNKNOWN:
+            if held & bits != want:
                 return None, region
             continue
-        value, mask = refined.get(term.field, (0, 0))
-        if (value ^ term.value) & mask & term.mask:
+        value, mask = region.get(field, _NO_TERM) if refined is None else refined.get(field, _NO_TERM)
+        if (value ^ want) & mask & bits:
             return None, region
-        if term.mask & ~mask:
-            covers_all = False
-            refined[term.field] = (value | term.value, mask | term.mask)
-    return covers_all, refined
+        if bits & ~mask:
+            if refined is None:
+                refined = dict(region)
+            refined[field] = (value | want, mask | bits)
+    return (True, region) if refined is None else (False, refined)
+
+
+_UNKNOWN = object()  # a field the known state does not hold
+_NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
@@ -376,20 +389,21 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
     if how.deps is not None:
         how.deps.add((table, fields, values))
     last = None  # the region of the last software leaf of a doomed refinement
+    aliases, dirty, known = path.aliases, path.dirty, path.known
     for flow in flows:
-        match = _through_aliases(flow.match, path.aliases)
+        match = _through_aliases(flow.match, aliases) if aliases else flow.match
         if match is None:
             continue
-        stale = sorted(path.dirty & {t.field for t in match.fields})
+        stale = sorted(dirty & {t.field for t in match}) if dirty else None
         if stale:
             # a flow that may match on what an action changed stops the walk; one that cannot match for its
             # other terms is passed by, whether or not the table's index happened to leave it out
             rest = ir.Match(tuple(t for t in match.fields if t.field not in path.dirty))
-            if _refine(rest, region, path.known)[0] is None:
+            if _refine(rest, region, known)[0] is None:
                 continue
             yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
             return
-        covers_all, refined = _refine(match, region, path.known)
+        covers_all, refined = _refine(match, region, known)
         if covers_all is None:
             continue
         doomed = how.doomed(refined) if how.doomed is not None and not covers_all else None
@@ -410,7 +424,8 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
 def _exact(region, known: Mapping[str, int], dirty: frozenset[str] = frozenset()) -> Mapping[str, int]:
     """What a lookup may use: the known state and header fields, and the header fields the region pins (not
     one an action changed since: the region says what it held before)."""
-    pinned = {f: v for f, (v, m) in region.items() if m == ir.full_mask(f) and f not in known and f not in dirty}
+    full = _FULL_MASKS
+    pinned = {f: v for f, (v, m) in region.items() if m == full[f] and f not in known and f not in dirty}
     return {**known, **pinned} if pinned else known
 
 
@@ -434,11 +449,11 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     Ending there is what keeps the proof simple: the leaf's region is all the
     packets that reach this point, so nothing after it can be mistaken.
     """
-    path = path._replace(known=dict(path.known), aliases=dict(path.aliases))
+    owned = False  # whether path's known state and aliases are this run's own copies (_see_through changes them)
     for action in flow.actions:
         if isinstance(action, ir.Output):
             if action.port != path.known.get("in_port"):
-                path = path._replace(outputs=path.outputs + (action.port,))
+                path = _Path(path.known, path.aliases, path.dirty, path.outputs + (action.port,), path.edits)
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and _hands_over(path, action.table, how):
                 yield _leaf(region, path._replace(edits=()), None, flow.owner,
@@ -454,11 +469,13 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
         elif isinstance(action, ir.DecTtl) and "ip_ttl" not in path.dirty and not path.outputs:
             expiring, trapped = _refine(ir.Match.of(ip_ttl=TTL_EXPIRES), region, path.known)
             if expiring is not None:  # some packets here die of the decrement: software decides them
-                yield dataclasses.replace(_leaf(trapped, path, "the TTL expires here", flow.owner), trap=True)
+                yield _leaf(trapped, path, "the TTL expires here", flow.owner)._replace(trap=True)
                 if expiring:
                     return
             path = _edit(path, action)
         else:
+            if not owned and isinstance(action, ir.SetField | ir.Move):
+                path, owned = _Path(dict(path.known), dict(path.aliases), path.dirty, path.outputs, path.edits), True
             blocker = _see_through(action, path)
             if blocker is not None:
                 yield _leaf(region, path, blocker, flow.owner)
@@ -537,23 +554,19 @@ def _is_edit(action: ir.Action) -> bool:
 
 def _edit(path: _Path, action: Edit) -> _Path:
     """The path after a header action the hardware would do."""
-    known, dirty = dict(path.known), set(path.dirty)
+    known, dirty = path.known, path.dirty
     if isinstance(action, ir.SetField):
-        known[action.field] = action.value
-        dirty.discard(action.field)
+        known, dirty = {**known, action.field: action.value}, dirty - {action.field}
     elif isinstance(action, ir.PushVlan):
-        known["vlan_vid"] = action.vid
-        dirty.discard("vlan_vid")
+        known, dirty = {**known, "vlan_vid": action.vid}, dirty - {"vlan_vid"}
     elif isinstance(action, ir.PopVlan):
-        known.pop("vlan_vid", None)
-        dirty.add("vlan_vid")
+        known, dirty = {f: v for f, v in known.items() if f != "vlan_vid"}, dirty | {"vlan_vid"}
     elif isinstance(action, ir.DecTtl):
-        dirty.add("ip_ttl")
+        dirty = dirty | {"ip_ttl"}
     elif isinstance(action, ir.Conntrack) and action.nat is not None:  # the translation depends on the connection
-        for field in ("ipv4_src", "ipv4_dst"):
-            known.pop(field, None)
-            dirty.add(field)
-    return path._replace(known=known, dirty=frozenset(dirty), edits=path.edits + (action,))
+        known = {f: v for f, v in known.items() if f not in IPV4_ONLY}
+        dirty = dirty | IPV4_ONLY
+    return _Path(known, path.aliases, dirty, path.outputs, path.edits + (action,))
 
 
 def _see_through(action: ir.Action, path: _Path) -> str | None:
@@ -594,7 +607,7 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
 
 
 def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) -> Leaf:
-    return Leaf(tuple(sorted((f, v, m) for f, (v, m) in region.items())), path.outputs, blocker, owner,
+    return Leaf(ir.Match.of_terms((f, v, m) for f, (v, m) in region.items()), path.outputs, blocker, owner,
                 path.edits, enter)
 
 
@@ -634,17 +647,6 @@ def _region_value(leaf: Leaf, field: str) -> int | None:
     for name, value, mask in leaf.region:
         if name == field and mask == ir.full_mask(field):
             return value
-    return None
-
-
-def _cannot_match(leaf: Leaf, caps: Capabilities) -> str | None:
-    for field, _, mask in leaf.region:
-        if field == "ct_state":
-            states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
-            if not caps.can_conntrack(states):
-                return f"the NIC cannot match ct_state {'/'.join(states)}"
-        elif not caps.can_match(CAPABILITY_FIELD.get(field, field), mask, ir.FIELD_BITS[field]):
-            return f"the NIC cannot match {field} with mask {mask:#x}"
     return None
 
 
@@ -705,8 +707,9 @@ def _action_count(leaf: Leaf, port: PortOffload) -> int:
     return 2 * rewrite + 2 * ttl + others + tunnel + (port.port in TUNNEL_TYPE) + 1
 
 
-def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:
-    """Why this leaf cannot be a hardware rule on ``port`` (None: it can)."""
+def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool,
+             doom: Doom) -> str | None:
+    """Why this leaf cannot be a hardware rule on ``port`` (``doom``: its NIC's) (None: it can)."""
     caps = port.capabilities
     if leaf.blocker is not None:
         return leaf.blocker
@@ -715,33 +718,40 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], un
             return "the NIC cannot goto a chain and pass what misses there to software"
         if leaf.edits and hw.ACTION_CT not in caps.actions:
             return "the NIC cannot do conntrack"
-        return _cannot_edit(leaf, caps) or _cannot_match(leaf, caps)
+        return _cannot_edit(leaf, caps) or doom.cannot_match(leaf.region)
     tunnel = TUNNEL_TYPE.get(port.port)
     if tunnel is not None and not caps.can_decap(tunnel):
         return f"the NIC cannot decapsulate {tunnel}"
-    reason = _cannot_deliver(leaf, port, ports, unicast_only) or _cannot_edit(leaf, caps) or _cannot_match(leaf, caps)
+    reason = _cannot_deliver(leaf, port, ports, unicast_only) or _cannot_edit(leaf, caps) or doom.cannot_match(
+        leaf.region)
     if reason is None and _action_count(leaf, port) > caps.max_actions_per_rule:
         reason = f"{_action_count(leaf, port)} actions; the NIC takes {caps.max_actions_per_rule} per rule"
     return reason
 
 
-def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Match], str], scope: int) -> bool:
+def _passable(leaf: Leaf, port: PortOffload, refused: Mapping[tuple[int, ir.Match], str], scope: int,
+              doom: Doom) -> bool:
     """A software leaf a ``pass`` rule may hold: whatever software does with its packets, it still does.
 
     Holding it costs a rule, so it is done only when a later rule would
     otherwise be kept out by overlapping it (see :meth:`_Planner.decide`).
     """
-    return hw.ACTION_PASS in port.capabilities.actions and _cannot_match(leaf, port.capabilities) is None \
+    return hw.ACTION_PASS in port.capabilities.actions and doom.cannot_match(leaf.region) is None \
         and (scope, leaf.as_match()) not in refused
 
 
 class Doom:
-    """Why no refinement of a region can be matched by the NIC (None: some may be): a field it matches with no
-    mask at all, or a ct_state it cannot match. Refining only adds terms and mask bits, so a region doomed
-    stays doomed, and the walk may stop there (:func:`walk`)."""
+    """What a NIC can match, per term and remembered (a big host asks of the same few terms millions of times).
+
+    Called with a region: why no refinement of it can be matched by the NIC (None: some may be): a field it
+    matches with no mask at all, or a ct_state it cannot match. Refining only adds terms and mask bits, so a
+    region doomed stays doomed, and the walk may stop there (:func:`walk`).
+    """
 
     def __init__(self, caps: Capabilities) -> None:
         self.caps = caps
+        self._unmatchable_terms: dict[tuple[str, int], str | None] = {}
+        self._mismatched_terms: dict[tuple[str, int], str | None] = {}
 
     def __call__(self, region: Region) -> str | None:
         for field, (_, mask) in region.items():
@@ -758,14 +768,36 @@ class Doom:
             return dict(region)
         return {f: (v, m) for f, (v, m) in region.items() if self._unmatchable(f, m) is None}
 
-    def _unmatchable(self, field: str, mask: int) -> str | None:
-        if field == "ct_state":
-            states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
-            if not self.caps.can_conntrack(states):
-                return f"the NIC cannot match ct_state {'/'.join(states)}"
-        elif field != "eth_type" and CAPABILITY_FIELD.get(field, field) not in self.caps.match_fields:
-            return f"the NIC cannot match {field} (with any mask)"
+    def cannot_match(self, terms: Iterable[tuple[str, int, int]]) -> str | None:
+        """Why the NIC cannot match one of ``terms`` as it is (None: it matches them all)."""
+        memo = self._mismatched_terms
+        for field, _, mask in terms:
+            reason = memo.get((field, mask), _UNKNOWN)
+            if reason is _UNKNOWN:
+                reason = memo[field, mask] = self._mismatched(field, mask)
+            if reason is not None:
+                return reason
         return None
+
+    def _unmatchable(self, field: str, mask: int) -> str | None:
+        memo = self._unmatchable_terms
+        reason = memo.get((field, mask), _UNKNOWN)
+        if reason is _UNKNOWN:
+            reason = memo[field, mask] = self._ct_unmatchable(mask) if field == "ct_state" else None if (
+                field == "eth_type" or CAPABILITY_FIELD.get(field, field) in self.caps.match_fields) else \
+                f"the NIC cannot match {field} (with any mask)"
+        return reason
+
+    def _mismatched(self, field: str, mask: int) -> str | None:
+        if field == "ct_state":
+            return self._ct_unmatchable(mask)
+        if not self.caps.can_match(CAPABILITY_FIELD.get(field, field), mask, ir.FIELD_BITS[field]):
+            return f"the NIC cannot match {field} with mask {mask:#x}"
+        return None
+
+    def _ct_unmatchable(self, mask: int) -> str | None:
+        states = [name for bit, name in CT_STATE_NAMES.items() if mask & bit]
+        return None if self.caps.can_conntrack(states) else f"the NIC cannot match ct_state {'/'.join(states)}"
 
 
 class _Rules:
@@ -778,15 +810,17 @@ class _Rules:
     """
 
     KEYS = ("tun_id", "eth_dst", "ipv4_dst")
+    _AT = {field: (i, ir.full_mask(field)) for i, field in enumerate(KEYS)}
 
     def __init__(self) -> None:
         self._tree: dict = {}
 
     def add(self, item: HwRule | SoftwareLeaf) -> None:
         node = self._tree
-        for value in self._key(item.match)[:-1]:
+        *path, last = self._key(item.match)
+        for value in path:
             node = node.setdefault(value, {})
-        node.setdefault(self._key(item.match)[-1], []).append((item, item.match.as_dict()))
+        node.setdefault(last, []).append((item, {t.field: t for t in item.match}))
 
     def remove(self, item: HwRule | SoftwareLeaf) -> None:
         node = self._tree
@@ -803,11 +837,20 @@ class _Rules:
             nodes = [child for node in nodes for child in (
                 node.values() if value is None else (node.get(value, ()), node.get(None, ()))) if child]
         found = [item for entries in nodes for item, theirs in entries if not _disjoint(terms, theirs)]
-        return sorted(found, key=_position)
+        if len(found) > 1:
+            found.sort(key=_position)
+        return found
 
     @classmethod
-    def _key(cls, match: ir.Match) -> tuple[int | None, ...]:
-        return tuple(ir.pinned(match, field) for field in cls.KEYS)
+    def _key(cls, match: ir.Match) -> list[int | None]:
+        """The values ``match`` pins the KEYS to (None where it does not)."""
+        key: list[int | None] = [None] * len(cls.KEYS)
+        at = cls._AT
+        for field, value, mask in match:
+            slot = at.get(field)
+            if slot is not None and mask == slot[1]:
+                key[slot[0]] = value
+        return key
 
 
 def _position(item: HwRule | SoftwareLeaf) -> int:
@@ -966,6 +1009,7 @@ class _Planner:
         self._resized: dict[int, int] = {}  # chain -> the rules it gained during this change (else)
         self._freed = 0.0  # at most how many rules fewer a goto to the chains planned again costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
+        self._dooms: dict[int, Doom] = {}  # id(capabilities) -> its match checks
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
 
@@ -1187,7 +1231,7 @@ class _Planner:
         self._forget(owner)
         deps: set[tuple] = set()
         joins = self._joins(port.capabilities)
-        doomed = Doom(port.capabilities)
+        doomed = self._doom(port.capabilities)
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
@@ -1217,7 +1261,7 @@ class _Planner:
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
-        leaves = walk_entry(self.pipeline, entry, self._joins(caps), Doom(caps), deps, self.reads)
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
@@ -1282,6 +1326,15 @@ class _Planner:
         for child in planned.decided.children:
             self._parents.get(self._keys[child], set()).discard(owner)
 
+    def _doom(self, caps: Capabilities) -> Doom:
+        """The NIC's match checks, one memo per capabilities (keyed by identity: they hold a dict, no hash)."""
+        doom = self._dooms.get(id(caps))
+        if doom is None or doom.caps is not caps:
+            if len(self._dooms) >= 64:  # capabilities read afresh (a NIC probed again): forget the old ones'
+                self._dooms.clear()
+            doom = self._dooms[id(caps)] = Doom(caps)
+        return doom
+
     def _joins(self, caps: Capabilities) -> frozenset[int]:
         """Where paths may hand over to a shared chain: nowhere on a NIC without (enough) chains, whose ports
         keep a flat decision list each, as far as their capacity goes."""
@@ -1301,12 +1354,15 @@ class _Planner:
         out = _Decided()
         placed, software = _Rules(), _Rules()
         shared = scope == SHARED
+        doom = self._doom(ctx.capabilities)
+        refused = self.refused
         for leaf in leaves:
             match = leaf.as_match()
-            deps.update(("out", port) for port in leaf.outputs)
-            reason = _why_not(leaf, ctx, self.ports, self.unicast_only)
-            if reason is None and (scope, match) in self.refused:
-                reason = f"the NIC refused it: {self.refused[scope, match]}"
+            for port in leaf.outputs:
+                deps.add(("out", port))
+            reason = _why_not(leaf, ctx, self.ports, self.unicast_only, doom)
+            if reason is None and refused and (scope, match) in refused:
+                reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
             if reason is None and leaf.enter is not None:
                 target, reason = self._enter(ctx, leaf.enter, owner)
@@ -1314,7 +1370,8 @@ class _Planner:
                     below = self._closure_of(target) - out.reached
                     cost += self._rules_in(below)
             shadows = software.overlapping(match)
-            if reason is None and _tagged_after_untagged(match, [*placed.overlapping(match), *shadows]):
+            above = placed.overlapping(match) if reason is None else ()  # the placed rules it must sit below
+            if reason is None and _tagged_after_untagged(match, [*above, *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
             if reason is None and shadows and not all(sw.passable for sw in shadows):
                 reason = "overlaps an earlier software-only path"
@@ -1328,17 +1385,18 @@ class _Planner:
                     self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, sw.match, None, "", (), chain,
                                                     shared=shared))
                     out.cost += 1
+                above = placed.overlapping(match)
             if reason is None and budget is not None and out.cost + cost > budget:
                 reason = FULL
                 out.short_by(out.cost + cost - budget)
             if reason is not None:
-                sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope))
+                sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope, doom))
                 software.add(sw)
                 out.software.append(sw)
                 continue
             output = None if leaf.enter is not None else leaf.outputs[0]
             self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "",
-                                            leaf.edits, chain, target, shared))
+                                            leaf.edits, chain, target, shared), above)
             out.cost += cost
             out.reached |= below
             if target is not None:
@@ -1346,10 +1404,13 @@ class _Planner:
         return out
 
     @staticmethod
-    def _place(out: _Decided, placed: _Rules, rule: HwRule) -> None:
-        """Add ``rule`` on the lowest level above every overlapping rule placed before it."""
-        level = 1 + max((r.level for r in placed.overlapping(rule.match)), default=-1)
-        rule = rule._replace(level=level)
+    def _place(out: _Decided, placed: _Rules, rule: HwRule, above: Sequence[HwRule] | None = None) -> None:
+        """Add ``rule`` on the lowest level above every overlapping rule placed before it (``above``, when the
+        caller has them already)."""
+        if above is None:
+            above = placed.overlapping(rule.match)
+        if above:
+            rule = rule._replace(level=1 + max(r.level for r in above))
         placed.add(rule)
         out.rules.append(rule)
 

@@ -197,6 +197,16 @@ class Match(tuple[FieldMatch, ...]):
         items.sort()
         return new(cls, items)  # keywords cannot repeat a field and the terms are sorted: skip the checks
 
+    @classmethod
+    def of_terms(cls, terms: Iterable[tuple[str, int, int]]) -> Match:
+        """From (field, value, mask) terms already valid (value within mask, one per field), in any order.
+
+        Skips :class:`FieldMatch`'s checks: for terms built from other matches' (a symbolic walk's regions,
+        hundreds of thousands on a big host), where the checks cost more than the rest of the construction.
+        """
+        new = tuple.__new__
+        return new(cls, sorted(new(FieldMatch, term) for term in terms))
+
     @property
     def fields(self) -> tuple[FieldMatch, ...]:
         return self
@@ -418,6 +428,8 @@ class Pipeline:
         self._indexes: dict[tuple[int, str], tuple[dict[int, list[Entry]], list[Entry]]] = {}
         self._fields: dict[int, tuple[str, ...]] = {}
         self._keys: dict[int, dict[tuple, Entry]] = {}  # table -> flow key -> its entry (made on first patch)
+        # table -> the values a lookup knew of the table's index fields -> its answer (see lookup)
+        self._answers: dict[int, dict[tuple, tuple[tuple[str, ...], tuple[int, ...], tuple[Flow, ...]]]] = {}
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -455,6 +467,7 @@ class Pipeline:
         out._fields = dict(self._fields)
         out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
         out._keys = {t: v for t, v in self._keys.items() if t not in gone and t not in new}
+        out._answers = {t: v for t, v in self._answers.items() if t not in gone and t not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
             held = self._keys_of(table)
@@ -548,7 +561,23 @@ class Pipeline:
         removed from ``table`` can change the answer only if it matches the first field exactly with its
         value, or it does not match the first exactly and matches the second exactly with its value, or
         it matches neither exactly: what an incremental user records (:func:`reaches`).
+
+        The answer depends only on the values ``exact`` gives the table's index fields, and is remembered by
+        them until a patch changes the table: a partitioner's walks ask the same few thousand questions
+        hundreds of thousands of times.
         """
+        answers = self._answers.get(table)
+        if answers is None:
+            answers = self._answers[table] = {}
+        key = tuple(map(exact.get, self._index_fields(table)))
+        answer = answers.get(key)
+        if answer is None:
+            fields, values, flows = self._look_up(table, exact)
+            answer = answers[key] = (fields, values, tuple(flows))
+        return answer
+
+    def _look_up(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...],
+                                                                     Iterable[Flow]]:
         best: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
