@@ -148,8 +148,8 @@ class Leaf(NamedTuple):
 
     @property
     def verdict(self) -> tuple:
-        """What the leaf does with a packet (its owner aside)."""
-        return self.outputs, self.blocker, self.edits, self.enter, self.trap
+        """What the leaf does with a packet (its owner aside): outputs, blocker, edits, enter, trap."""
+        return self[1:3] + self[4:]
 
 
 class HwRule(NamedTuple):
@@ -315,7 +315,7 @@ _NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
-         joins: frozenset[int] = frozenset(), doomed: Callable[[Region], str | None] | None = None,
+         joins: frozenset[int] = frozenset(), doomed: Doom | None = None,
          deps: set[tuple] | None = None, state: StateRead | None = None) -> Iterator[Leaf]:
     """The leaves of one chain's decision list for packets in ``region``, in order.
 
@@ -332,18 +332,57 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     """
     if joins and state is None:
         state = StateRead(pipeline.flows)
-    yield from _fold(_walk_table(pipeline, 0, dict(region), _Path(dict(known)), _Walk(joins, doomed, deps, state), 0))
+    how = _Walk(joins, doomed, deps, state, doomed(region) if doomed is not None else None)
+    yield from _fold(_walk_table(pipeline, 0, dict(region), _Path(dict(known)), how, 0))
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
-               doomed: Callable[[Region], str | None] | None = None, deps: set[tuple] | None = None,
-               state: StateRead | None = None) -> Iterator[Leaf]:
-    """The leaves of the chain that starts at ``entry``."""
+               doomed: Doom | None = None, deps: set[tuple] | None = None,
+               state: StateRead | None = None, memo: Segments | None = None) -> Iterator[Leaf]:
+    """The leaves of the chain that starts at ``entry``.
+
+    ``memo``: the chain's segments from its walk before, reused where nothing they read changed (see
+    :class:`Segments`); it collects this walk's.
+    """
     path = _Path(dict(entry.known), dict(entry.aliases), entry.dirty, edits=entry.edits)
     region = {f: (v, m) for f, v, m in entry.region}
     if joins and state is None:
         state = StateRead(pipeline.flows)
-    yield from _fold(_walk_table(pipeline, entry.table, region, path, _Walk(joins, doomed, deps, state), 0))
+    how = _Walk(joins, doomed, deps, state, doomed(region) if doomed is not None else None)
+    yield from _fold(_walk_table(pipeline, entry.table, region, path, how, 0, memo))
+
+
+class Segment(NamedTuple):
+    """What one flow of a chain's entry table led to: the leaves of the paths through it, and what they read."""
+
+    flow: ir.Flow  # held so the identity its segment is filed by stays its own
+    leaves: tuple[Leaf, ...]
+    deps: frozenset[tuple]  # as walk's deps, each lookup with what it knew: (table, fields, values, known items)
+
+
+class Segments:
+    """A chain's walk by the flows of its entry table, for the next walk of the same chain to reuse.
+
+    A join's chain (a network's L2 lookup, a router's next hop) holds every destination of the network or
+    router, each the paths through one flow of the entry table. A change re-plans the chain, but touches one
+    destination or a few: the segments of the other flows are taken as they were when none of the lookups
+    they made could answer differently now (``changed(deps)`` says), which leaves the walk of a port added or
+    gone, not of its whole network. The walk's order and its fold over the whole list are as before, so the
+    leaves are the same as a walk afresh (a property test holds them equal).
+    """
+
+    def __init__(self, before: Mapping[int, Segment] | None = None,
+                 changed: Callable[[frozenset[tuple]], bool] | None = None) -> None:
+        self.before = before or {}
+        self.changed = changed
+        self.now: dict[int, Segment] = {}  # id(flow) -> its segment in this walk
+
+    def reuse(self, flow: ir.Flow) -> Segment | None:
+        old = self.before.get(id(flow))
+        if old is None or old.flow is not flow or self.changed is None or self.changed(old.deps):
+            return None
+        self.now[id(flow)] = old
+        return old
 
 
 def _fold(leaves: Iterator[Leaf]) -> Iterator[Leaf]:
@@ -377,17 +416,21 @@ def _within(inner: tuple[tuple[str, int, int], ...], outer: tuple[tuple[str, int
 @dataclasses.dataclass(frozen=True)
 class _Walk:
     joins: frozenset[int]
-    doomed: Callable[[Region], str | None] | None
+    doomed: Doom | None
     deps: set[tuple] | None = None
     state: StateRead | None = None  # what the tables read (for the entry of a join's chain)
+    doomed_at_entry: str | None = None  # why the walk's first region is doomed already (then every refinement is)
+    fine: bool = False  # deps name the values a lookup knew too: (table, fields, values, known items)
 
 
-def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
+def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: Segments | None = None
+                ) -> Iterator[Leaf]:
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
-    fields, values, flows = pipeline.lookup(table, _exact(region, path.known, path.dirty))
+    exact = _exact(pipeline.index_fields(table), region, path.known, path.dirty)
+    fields, values, flows = pipeline.lookup(table, exact)
     if how.deps is not None:
-        how.deps.add((table, fields, values))
+        how.deps.add((table, fields, values, tuple(exact.items())) if how.fine else (table, fields, values))
     last = None  # the region of the last software leaf of a doomed refinement
     aliases, dirty, known = path.aliases, path.dirty, path.known
     for flow in flows:
@@ -406,14 +449,19 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
         covers_all, refined = _refine(match, region, known)
         if covers_all is None:
             continue
-        doomed = how.doomed(refined) if how.doomed is not None and not covers_all else None
+        # the region before was not doomed (the walk stops where it is, see _Walk.doomed_at_entry): only the
+        # terms this flow narrowed can doom it
+        doomed = None if covers_all or how.doomed is None else how.doomed_at_entry or how.doomed.narrowed(
+            match, refined)
         if doomed is not None:
             # one software leaf for what no rule can match, over the larger region the NIC can match (a pass
             # rule may hold it): the ICMPv6 types a stage lets through one by one are one leaf, not seven
-            coarse = how.doomed.coarse(refined) if isinstance(how.doomed, Doom) else refined
+            coarse = how.doomed.coarse(refined)
             if coarse != last:
                 yield _leaf(coarse, path, doomed, flow.owner)
             last = coarse
+        elif memo is not None:
+            yield from _segment(pipeline, flow, refined, path, how, memo)
         else:
             yield from _run(pipeline, flow, refined, path, how, depth)
         if covers_all:
@@ -421,12 +469,32 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth) -> Iter
     yield _leaf(region, path, None, None)
 
 
-def _exact(region, known: Mapping[str, int], dirty: frozenset[str] = frozenset()) -> Mapping[str, int]:
-    """What a lookup may use: the known state and header fields, and the header fields the region pins (not
-    one an action changed since: the region says what it held before)."""
-    full = _FULL_MASKS
-    pinned = {f: v for f, (v, m) in region.items() if m == full[f] and f not in known and f not in dirty}
-    return {**known, **pinned} if pinned else known
+def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) -> tuple[Leaf, ...]:
+    """The leaves of the paths through ``flow`` of a chain's entry table: as before if they may be, else walked."""
+    segment = memo.reuse(flow)
+    if segment is None:
+        deps: set[tuple] = set()
+        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps, fine=True), 0))
+        segment = memo.now[id(flow)] = Segment(flow, leaves, frozenset(deps))
+    if how.deps is not None:
+        how.deps.update(dep[:3] for dep in segment.deps)
+    return segment.leaves
+
+
+def _exact(fields: Iterable[str], region, known: Mapping[str, int], dirty: frozenset[str] = frozenset()
+           ) -> dict[str, int]:
+    """What a lookup by ``fields`` may use: the known state and header fields, and the header fields the region
+    pins (not one an action changed since: the region says what it held before)."""
+    exact = {}
+    for field in fields:
+        value = known.get(field, _UNKNOWN)
+        if value is _UNKNOWN:
+            term = region.get(field)
+            if term is None or term[1] != _FULL_MASKS[field] or field in dirty:
+                continue
+            value = term[0]
+        exact[field] = value
+    return exact
 
 
 def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | None:
@@ -760,6 +828,16 @@ class Doom:
                 return reason
         return None
 
+    def narrowed(self, match: ir.Match, refined: Region) -> str | None:
+        """:meth:`__call__` for a region ``match`` narrowed from one that was not doomed: only its terms can."""
+        for field, _, _ in match:
+            term = refined.get(field)
+            if term is not None:
+                reason = self._unmatchable(field, term[1])
+                if reason is not None:
+                    return reason
+        return None
+
     def coarse(self, region: Region) -> dict[str, tuple[int, int]]:
         """``region`` without the terms the NIC cannot match: a larger region it can (see :func:`_walk_table`).
         Only on a NIC with ``pass``: there a rule in front holds the larger leaf, where a NIC without it would
@@ -1010,6 +1088,8 @@ class _Planner:
         self._freed = 0.0  # at most how many rules fewer a goto to the chains planned again costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self._dooms: dict[int, Doom] = {}  # id(capabilities) -> its match checks
+        self._segments: dict[tuple, tuple[Capabilities, dict[int, Segment]]] = {}  # chain key -> its last walk's
+        self._changed: Callable[[frozenset[tuple]], bool] | None = None  # during a change: whether deps are hit
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
 
@@ -1053,6 +1133,15 @@ class _Planner:
         self.ports = dict(ports)
         dirty |= {("port", k) for k in moved}
         self._reshaped, self._resized, self._freed = False, {}, 0.0
+        self._changed = _hit_by(added, removed, {j for j, before in matched_before.items()
+                                                 if self.reads.matched(j) != before})
+        try:
+            return self._apply(dirty, gone)
+        finally:
+            self._changed = None
+
+    def _apply(self, dirty: set[Owner], gone: set[int]) -> set[int]:
+        """Plan again what a change made ``dirty`` (owners), with the ports ``gone``; see :meth:`update`."""
         touched_chains = self._replan_chains({o for o in dirty if o[0] == "chain"}, dirty)
         self._forget_closures(self._planned_since)
         replanned = {o[1] for o in dirty if o[0] == "port"} & self.ports.keys()
@@ -1261,8 +1350,11 @@ class _Planner:
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: set[tuple] = set()
-        leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads)
+        kept = self._segments.get(key)
+        memo = Segments(kept[1] if kept is not None and kept[0] is caps else None, self._changed)
+        leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads, memo)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
+        self._segments[key] = (caps, memo.now)
         if not any(r.output is not None or r.goto is not None for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
             return None
@@ -1492,6 +1584,38 @@ class _Planner:
         self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software),
                          refreshed=frozenset(refresh) if refresh is not None else None)
         return self.plan
+
+
+def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[int]
+            ) -> Callable[[frozenset[tuple]], bool]:
+    """Whether a walk that read ``deps`` may go otherwise after a change of these flows (and of the header
+    fields these join tables match): one of its lookups would answer with a flow added or removed that agrees
+    with what the walk knew there (a lookup by network knowing the destination MAC, a routed path's, is not
+    hit by another destination's flow)."""
+    by_table: dict[int, list[ir.Flow]] = {}
+    for flow in (*added, *removed):
+        by_table.setdefault(flow.table, []).append(flow)
+
+    def hit(deps: frozenset[tuple]) -> bool:
+        for dep in deps:
+            if dep[0] == "matched":
+                if dep[1] in matched:
+                    return True
+                continue
+            flows = by_table.get(dep[0])
+            if flows and any(ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, dep[3:]) for flow in flows):
+                return True
+        return False
+    return hit
+
+
+def _agrees(flow: ir.Flow, known: tuple) -> bool:
+    """Whether ``flow`` pins no field to another value than the walk knew (``known``: (items,) or empty)."""
+    for field, value in known[0] if known else ():
+        pin = ir.pinned(flow.match, field)
+        if pin is not None and pin != value:
+            return False
+    return True
 
 
 def _exit(chain: ChainPlan) -> int:

@@ -428,8 +428,7 @@ class Pipeline:
         self._indexes: dict[tuple[int, str], tuple[dict[int, list[Entry]], list[Entry]]] = {}
         self._fields: dict[int, tuple[str, ...]] = {}
         self._keys: dict[int, dict[tuple, Entry]] = {}  # table -> flow key -> its entry (made on first patch)
-        # table -> the values a lookup knew of the table's index fields -> its answer (see lookup)
-        self._answers: dict[int, dict[tuple, tuple[tuple[str, ...], tuple[int, ...], tuple[Flow, ...]]]] = {}
+        self._answers: dict[int, _Answers] = {}  # table -> the lookups answered (see lookup)
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -503,6 +502,11 @@ class Pipeline:
                 # lookup by a field no flow matches exactly is only less selective, never wrong)
                 exact = {t.field for _, f in fresh for t in f.match if t.mask == _FULL_MASKS[t.field]}
                 out._fields[table] = fields + tuple(sorted(exact - set(fields)))
+            answers = self._answers.pop(table, None)  # the new pipeline's now, less what the patch changed
+            if answers is not None and out._fields.get(table) == fields:
+                for _, flow in (*dropped, *fresh):
+                    answers.forget(flow)
+                out._answers[table] = answers
             for (t, on), old in [(k, v) for k, v in self._indexes.items() if k[0] == table]:
                 del self._indexes[t, on]  # the new pipeline's now
                 if len(on) == 1:
@@ -568,12 +572,13 @@ class Pipeline:
         """
         answers = self._answers.get(table)
         if answers is None:
-            answers = self._answers[table] = {}
+            answers = self._answers[table] = _Answers()
         key = tuple(map(exact.get, self._index_fields(table)))
-        answer = answers.get(key)
+        answer = answers.by_key.get(key)
         if answer is None:
             fields, values, flows = self._look_up(table, exact)
-            answer = answers[key] = (fields, values, tuple(flows))
+            answer = (fields, values, tuple(flows))
+            answers.put(key, answer)
         return answer
 
     def _look_up(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...],
@@ -613,6 +618,11 @@ class Pipeline:
             keys = self._keys[table] = {entry[1].key: entry for entry in self._entries.get(table, ())}
         return keys
 
+    def index_fields(self, table: int) -> tuple[str, ...]:
+        """The fields :meth:`lookup` may use for ``table``: the values ``exact`` gives others are not read."""
+        fields = self._fields.get(table)
+        return fields if fields is not None else self._index_fields(table)
+
     def _index_fields(self, table: int) -> tuple[str, ...]:
         fields = self._fields.get(table)
         if fields is None:
@@ -633,6 +643,38 @@ class Pipeline:
             entries = self._entries.get(table, []) if len(fields) == 1 else self._index(table, fields[:1])[1]
             index = self._indexes[table, fields] = _index_table(entries, fields[-1])
         return index
+
+
+class _Answers:
+    """One table's lookups answered, by the values they knew of its index fields, and filed by the first field
+    and value each was answered by: a patch forgets those a changed flow is (or would be) among, and the rest
+    stay right (:func:`reaches`), so a change does not cost every later walk a fresh look at the table."""
+
+    __slots__ = ("by_key", "_filed")
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple, tuple[tuple[str, ...], tuple[int, ...], tuple[Flow, ...]]] = {}
+        self._filed: dict[str | None, dict[int | None, list[tuple]]] = {}  # first field -> its value -> keys
+
+    def put(self, key: tuple, answer: tuple[tuple[str, ...], tuple[int, ...], tuple[Flow, ...]]) -> None:
+        self.by_key[key] = answer
+        fields, values = answer[0], answer[1]
+        first, value = (fields[0], values[0]) if fields else (None, None)  # (None, None): the whole table
+        self._filed.setdefault(first, {}).setdefault(value, []).append(key)
+
+    def forget(self, flow: Flow) -> None:
+        """Forget the answers ``flow`` is among: by a first field it pins, those by its value; by one it does
+        not pin (it is in every answer by that field), all of them."""
+        for first in list(self._filed):
+            pin = pinned(flow.match, first) if first is not None else None
+            by_value = self._filed[first]
+            if pin is not None:
+                keys = by_value.pop(pin, ())
+            else:
+                keys = [key for part in by_value.values() for key in part]
+                del self._filed[first]
+            for key in keys:
+                self.by_key.pop(key, None)
 
 
 def _unique(flows: Iterable[Flow], on_clash: Callable[[Flow, Flow], None] | None) -> dict[tuple, Flow]:
