@@ -891,38 +891,40 @@ class _Rules:
     _AT = {field: (i, ir.full_mask(field)) for i, field in enumerate(KEYS)}
 
     def __init__(self) -> None:
-        self._tree: dict = {}
+        self._tree: dict = {}  # tun_id -> eth_dst -> ipv4_dst -> [(item, its terms by field)] (None: not pinned)
 
-    def add(self, item: HwRule | SoftwareLeaf) -> None:
-        node = self._tree
-        *path, last = self._key(item.match)
-        for value in path:
-            node = node.setdefault(value, {})
-        node.setdefault(last, []).append((item, {t.field: t for t in item.match}))
+    def add(self, item: HwRule | SoftwareLeaf, key: Sequence[int | None] | None = None) -> None:
+        tun, dst, ip = key or self.key_of(item.match)
+        level = self._tree.setdefault(tun, {}).setdefault(dst, {})
+        level.setdefault(ip, []).append((item, {t.field: t for t in item.match}))
 
     def remove(self, item: HwRule | SoftwareLeaf) -> None:
-        node = self._tree
-        key = self._key(item.match)
-        for value in key[:-1]:
-            node = node[value]
-        entries = node[key[-1]]
+        tun, dst, ip = self.key_of(item.match)
+        entries = self._tree[tun][dst][ip]
         entries.pop(next(i for i, (other, _) in enumerate(entries) if other is item))
 
-    def overlapping(self, match: ir.Match) -> list:
-        terms = match.fields
-        nodes = [self._tree]
-        for value in self._key(match):
-            nodes = [child for node in nodes for child in (
-                node.values() if value is None else (node.get(value, ()), node.get(None, ()))) if child]
-        found = [item for entries in nodes for item, theirs in entries if not _disjoint(terms, theirs)]
+    def overlapping(self, match: ir.Match, key: Sequence[int | None] | None = None) -> list:
+        """The entries some packet of ``match`` could match too, in order (``key``: its :meth:`key_of`)."""
+        tun, dst, ip = key or self.key_of(match)
+        found = []
+        tree = self._tree
+        for by_dst in (tree.values() if tun is None else (tree.get(tun), tree.get(None))):
+            if not by_dst:
+                continue
+            for by_ip in (by_dst.values() if dst is None else (by_dst.get(dst), by_dst.get(None))):
+                if not by_ip:
+                    continue
+                for entries in (by_ip.values() if ip is None else (by_ip.get(ip), by_ip.get(None))):
+                    if entries:
+                        found.extend(item for item, theirs in entries if not _disjoint(match, theirs))
         if len(found) > 1:
             found.sort(key=_position)
         return found
 
     @classmethod
-    def _key(cls, match: ir.Match) -> list[int | None]:
-        """The values ``match`` pins the KEYS to (None where it does not)."""
-        key: list[int | None] = [None] * len(cls.KEYS)
+    def key_of(cls, match: ir.Match) -> list[int | None]:
+        """The values ``match`` pins the KEYS to (None where it does not): where its entry is filed."""
+        key: list[int | None] = [None, None, None]
         at = cls._AT
         for field, value, mask in match:
             slot = at.get(field)
@@ -948,9 +950,12 @@ class _Decided:
     # the least more room that would have placed a path left to software for want of it (None: none was): with
     # less, every decision stays as it is
     shortfall: int | None = None
+    wants: dict[int, int] = dataclasses.field(default_factory=dict)  # chain -> the least more room a goto to it needs
 
-    def short_by(self, rules: int) -> None:
+    def short_by(self, rules: int, target: int | None = None) -> None:
         self.shortfall = rules if self.shortfall is None else min(self.shortfall, rules)
+        if target is not None:
+            self.wants[target] = min(self.wants.get(target, rules), rules)
 
 
 class ChainIds:
@@ -1082,10 +1087,11 @@ class _Planner:
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._budgets: dict[int, int] = {}  # port -> the room it was planned in
         self._starved: dict[int, int] = {}  # port -> the more room it needs to place a path kept out for want of it
+        self._wants: dict[int, dict[int, int]] = {}  # starved port -> chain -> the more room a goto to it needs
         self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
         self._reshaped = False  # a chain planned again during this change leads elsewhere (or appeared, or went)
         self._resized: dict[int, int] = {}  # chain -> the rules it gained during this change (else)
-        self._freed = 0.0  # at most how many rules fewer a goto to the chains planned again costs now
+        self._freed: dict[int, float] = {}  # chain -> at most how many rules fewer a goto to it costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self._dooms: dict[int, Doom] = {}  # id(capabilities) -> its match checks
         self._segments: dict[tuple, tuple[Capabilities, dict[int, Segment]]] = {}  # chain key -> its last walk's
@@ -1132,7 +1138,7 @@ class _Planner:
             self._forget(("port", key))
         self.ports = dict(ports)
         dirty |= {("port", k) for k in moved}
-        self._reshaped, self._resized, self._freed = False, {}, 0.0
+        self._reshaped, self._resized, self._freed = False, {}, {}
         self._changed = _hit_by(added, removed, {j for j, before in matched_before.items()
                                                  if self.reads.matched(j) != before})
         try:
@@ -1151,6 +1157,7 @@ class _Planner:
         for key in gone:
             self._costs.pop(key, None)
             self._starved.pop(key, None)
+            self._wants.pop(key, None)
             self._budgets.pop(key, None)
         # what the ports below cost now, before the room left to the others is counted: when no chain planned
         # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
@@ -1168,14 +1175,17 @@ class _Planner:
         for key in sorted(replanned):
             self._plan_port(self.ports[key], self._room(self.ports[key], used))
             self._set_cost(key, used)
-        # ports short of room try again when what they could gain would place more (a port planned after them, or
-        # gone, freed room; a chain they wanted shrank or lost a goto: _freed bounds what that saves)
-        wanting = self._above(touched_chains)[1] if self._starved else set()
+        # ports short of room try again when what they could gain would place more: a port planned after them, or
+        # gone, freed room; a chain they reach shrank (room for anything), or a chain below a goto they wanted
+        # (room for that goto); _freed bounds what a chain saves
+        general, toward = self._credits()
         retried = set()
         for key in sorted(self._starved):
             room = self._room(self.ports[key], used)
-            gain = room - self._budgets[key] + (self._freed if key in wanting else 0)
-            if gain >= self._starved.get(key, math.inf):
+            gain = room - self._budgets[key] + general.get(key, 0)
+            if gain >= self._starved.get(key, math.inf) or any(
+                    gain + credit >= self._wants.get(key, {}).get(target, math.inf)
+                    for target, credit in toward.get(key, {}).items()):
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
@@ -1191,15 +1201,21 @@ class _Planner:
         it, as a whole plan would have served them last; a tunnel device (whose decision list holds every
         network's, and is the dearest to plan again) only when theirs is not enough. The ports planned again."""
         shrunk: set[int] = set()
-        if all(used.get(p.switch_id, 0) <= p.capabilities.max_rules for p in self.ports.values()):
+        over = {p.switch_id for p in self.ports.values() if used.get(p.switch_id, 0) > p.capabilities.max_rules}
+        if not over:
             return shrunk
-        for key in sorted(self.ports, key=lambda k: (k not in TUNNEL_TYPE, k), reverse=True):
+        order = sorted((k for k in self.ports if k not in TUNNEL_TYPE), reverse=True)
+        for key in order + sorted((k for k in self.ports if k in TUNNEL_TYPE), reverse=True):
             port = self.ports[key]
-            if used.get(port.switch_id, 0) <= port.capabilities.max_rules or not self._costs.get(key):
+            if port.switch_id not in over or not self._costs.get(key):
                 continue
             self._plan_port(port, self._room(port, used))
             self._set_cost(key, used)
             shrunk.add(key)
+            if used.get(port.switch_id, 0) <= port.capabilities.max_rules:
+                over.discard(port.switch_id)
+                if not over:
+                    break
         return shrunk
 
     def _check_room(self) -> None:
@@ -1240,15 +1256,36 @@ class _Planner:
             if old is None or new is None:
                 self._reshaped = True
                 if old is not None:  # gone, or of no use now: a goto to it is no more
-                    self._freed += len(old.rules) + self._cost_below(old.children)
+                    self._free(old.id, len(old.rules) + self._cost_below(old.children))
                 continue
-            self._freed += max(len(old.rules) - len(new.rules), 0)
+            self._free(old.id, max(len(old.rules) - len(new.rules), 0))
             if old.children == new.children:
                 self._resized[new.id] = len(new.rules) - len(old.rules)
                 continue
             self._reshaped = True
-            self._freed += self._cost_below(old.children - new.children)
+            self._free(old.id, self._cost_below(old.children - new.children))
         return touched
+
+    def _free(self, number: int, rules: float) -> None:
+        """Count ``rules`` fewer under chain ``number`` (what a port above it that wanted more may gain)."""
+        if rules:
+            self._freed[number] = self._freed.get(number, 0) + rules
+
+    def _credits(self) -> tuple[dict[int, float], dict[int, dict[int, float]]]:
+        """What the chains planned again freed, for the ports short of room: (port -> under chains it reaches,
+        port -> wanted chain -> under that chain)."""
+        general: dict[int, float] = {}
+        toward: dict[int, dict[int, float]] = {}
+        for number, freed in self._freed.items() if self._starved else ():
+            chains, ports = self._above({number})
+            for port in ports & self._starved.keys():
+                if number in self._closures.get(port, ()):
+                    general[port] = general.get(port, 0) + freed
+                    continue
+                for target in self._wants.get(port, {}):
+                    if self._keys.get(target) in chains:
+                        toward.setdefault(port, {})[target] = toward.get(port, {}).get(target, 0) + freed
+        return general, toward
 
     def _cost_below(self, children: Iterable[int]) -> float:
         """What gotos to ``children`` cost (inf: not known). A child planned again in this change counts what
@@ -1330,8 +1367,10 @@ class _Planner:
         self._budgets[port.port] = budget
         if decided.shortfall is not None:
             self._starved[port.port] = decided.shortfall
+            self._wants[port.port] = decided.wants
         else:
             self._starved.pop(port.port, None)
+            self._wants.pop(port.port, None)
         return decided.cost
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
@@ -1461,15 +1500,16 @@ class _Planner:
                 if target is not None and budget is not None:
                     below = self._closure_of(target) - out.reached
                     cost += self._rules_in(below)
-            shadows = software.overlapping(match)
-            above = placed.overlapping(match) if reason is None else ()  # the placed rules it must sit below
+            key = _Rules.key_of(match)
+            shadows = software.overlapping(match, key)
+            above = placed.overlapping(match, key) if reason is None else ()  # the placed rules it must sit below
             if reason is None and _tagged_after_untagged(match, [*above, *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
             if reason is None and shadows and not all(sw.passable for sw in shadows):
                 reason = "overlaps an earlier software-only path"
             elif reason is None and shadows and budget is not None and out.cost + len(shadows) + cost > budget:
                 reason = FULL  # the pass rules it needs in front do not fit
-                out.short_by(out.cost + len(shadows) + cost - budget)
+                out.short_by(out.cost + len(shadows) + cost - budget, target)
             elif reason is None:
                 for sw in shadows:  # hold them in front with pass rules
                     software.remove(sw)
@@ -1477,18 +1517,18 @@ class _Planner:
                     self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, sw.match, None, "", (), chain,
                                                     shared=shared))
                     out.cost += 1
-                above = placed.overlapping(match)
+                above = placed.overlapping(match, key)
             if reason is None and budget is not None and out.cost + cost > budget:
                 reason = FULL
-                out.short_by(out.cost + cost - budget)
+                out.short_by(out.cost + cost - budget, target)
             if reason is not None:
                 sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope, doom))
-                software.add(sw)
+                software.add(sw, key)
                 out.software.append(sw)
                 continue
             output = None if leaf.enter is not None else leaf.outputs[0]
             self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "",
-                                            leaf.edits, chain, target, shared), above)
+                                            leaf.edits, chain, target, shared), above, key)
             out.cost += cost
             out.reached |= below
             if target is not None:
@@ -1496,14 +1536,15 @@ class _Planner:
         return out
 
     @staticmethod
-    def _place(out: _Decided, placed: _Rules, rule: HwRule, above: Sequence[HwRule] | None = None) -> None:
+    def _place(out: _Decided, placed: _Rules, rule: HwRule, above: Sequence[HwRule] | None = None,
+               key: Sequence[int | None] | None = None) -> None:
         """Add ``rule`` on the lowest level above every overlapping rule placed before it (``above``, when the
-        caller has them already)."""
+        caller has them already; ``key``: its match's :meth:`_Rules.key_of`)."""
         if above is None:
-            above = placed.overlapping(rule.match)
+            above = placed.overlapping(rule.match, key)
         if above:
             rule = rule._replace(level=1 + max(r.level for r in above))
-        placed.add(rule)
+        placed.add(rule, key)
         out.rules.append(rule)
 
     def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner) -> tuple[int | None, str | None]:
