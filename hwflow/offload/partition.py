@@ -357,7 +357,7 @@ class Segment(NamedTuple):
 
     flow: ir.Flow  # held so the identity its segment is filed by stays its own
     leaves: tuple[Leaf, ...]
-    deps: frozenset[tuple]  # as walk's deps, each lookup with what it knew: (table, fields, values, known items)
+    deps: Mapping[tuple, tuple | None]  # walk's deps -> for a lookup, the (field, value)s it knew (see _hit_by)
 
 
 class Segments:
@@ -372,7 +372,7 @@ class Segments:
     """
 
     def __init__(self, before: Mapping[int, Segment] | None = None,
-                 changed: Callable[[frozenset[tuple]], bool] | None = None) -> None:
+                 changed: Callable[[Mapping[tuple, tuple | None]], bool] | None = None) -> None:
         self.before = before or {}
         self.changed = changed
         self.now: dict[int, Segment] = {}  # id(flow) -> its segment in this walk
@@ -420,7 +420,7 @@ class _Walk:
     deps: set[tuple] | None = None
     state: StateRead | None = None  # what the tables read (for the entry of a join's chain)
     doomed_at_entry: str | None = None  # why the walk's first region is doomed already (then every refinement is)
-    fine: bool = False  # deps name the values a lookup knew too: (table, fields, values, known items)
+    fine: dict[tuple, tuple] | None = None  # (in a segment) each lookup's dep -> the (field, value)s all knew
 
 
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: Segments | None = None
@@ -430,7 +430,13 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
     exact = _exact(pipeline.index_fields(table), region, path.known, path.dirty)
     fields, values, flows = pipeline.lookup(table, exact)
     if how.deps is not None:
-        how.deps.add((table, fields, values, tuple(exact.items())) if how.fine else (table, fields, values))
+        dep = (table, fields, values)
+        if how.fine is not None:  # what every lookup by ``dep`` of the segment knew alike
+            items = tuple(exact.items())
+            seen = how.fine.setdefault(dep, items)
+            if seen is not items and seen != items:
+                how.fine[dep] = tuple(item for item in seen if item in items)
+        how.deps.add(dep)
     last = None  # the region of the last software leaf of a doomed refinement
     aliases, dirty, known = path.aliases, path.dirty, path.known
     for flow in flows:
@@ -474,10 +480,11 @@ def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) ->
     segment = memo.reuse(flow)
     if segment is None:
         deps: set[tuple] = set()
-        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps, fine=True), 0))
-        segment = memo.now[id(flow)] = Segment(flow, leaves, frozenset(deps))
+        known: dict[tuple, tuple] = {}
+        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps, fine=known), 0))
+        segment = memo.now[id(flow)] = Segment(flow, leaves, {dep: known.get(dep) for dep in deps})
     if how.deps is not None:
-        how.deps.update(dep[:3] for dep in segment.deps)
+        how.deps.update(segment.deps)
     return segment.leaves
 
 
@@ -1094,8 +1101,11 @@ class _Planner:
         self._freed: dict[int, float] = {}  # chain -> at most how many rules fewer a goto to it costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self._dooms: dict[int, Doom] = {}  # id(capabilities) -> its match checks
+        # owner -> (capabilities, id(leaf) -> (leaf, why it stays in software or None, switch of its output)): the
+        # judgements of its last decide, for leaves its next walk reuses
+        self._judged: dict[Owner, tuple[Capabilities, dict[int, tuple[Leaf, str | None, str | None]]]] = {}
         self._segments: dict[tuple, tuple[Capabilities, dict[int, Segment]]] = {}  # chain key -> its last walk's
-        self._changed: Callable[[frozenset[tuple]], bool] | None = None  # during a change: whether deps are hit
+        self._changed: Callable[[Mapping[tuple, tuple | None]], bool] | None = None  # during a change: deps hit?
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
 
@@ -1487,11 +1497,24 @@ class _Planner:
         shared = scope == SHARED
         doom = self._doom(ctx.capabilities)
         refused = self.refused
+        judged = self._judged.get(owner)
+        before = judged[1] if judged is not None and judged[0] is ctx.capabilities else {}
+        now: dict[int, tuple[Leaf, str | None, str | None]] = {}
+        if owner[0] == "chain":  # (a port's chain 0 is walked afresh: nothing of it would be seen again)
+            self._judged[owner] = (ctx.capabilities, now)
         for leaf in leaves:
             match = leaf.as_match()
             for port in leaf.outputs:
                 deps.add(("out", port))
-            reason = _why_not(leaf, ctx, self.ports, self.unicast_only, doom)
+            # a leaf walked before (a segment reused) is judged as before while the port it goes to is where it was
+            target_port = self.ports.get(leaf.outputs[0]) if leaf.outputs else None
+            switch = target_port.switch_id if target_port is not None else None
+            seen = before.get(id(leaf))
+            if seen is not None and seen[0] is leaf and seen[2] == switch:
+                reason = seen[1]
+            else:
+                reason = _why_not(leaf, ctx, self.ports, self.unicast_only, doom)
+            now[id(leaf)] = (leaf, reason, switch)
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
@@ -1628,7 +1651,7 @@ class _Planner:
 
 
 def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[int]
-            ) -> Callable[[frozenset[tuple]], bool]:
+            ) -> Callable[[Mapping[tuple, tuple | None]], bool]:
     """Whether a walk that read ``deps`` may go otherwise after a change of these flows (and of the header
     fields these join tables match): one of its lookups would answer with a flow added or removed that agrees
     with what the walk knew there (a lookup by network knowing the destination MAC, a routed path's, is not
@@ -1637,22 +1660,22 @@ def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[i
     for flow in (*added, *removed):
         by_table.setdefault(flow.table, []).append(flow)
 
-    def hit(deps: frozenset[tuple]) -> bool:
-        for dep in deps:
+    def hit(deps: Mapping[tuple, tuple | None]) -> bool:
+        for dep, known in deps.items():
             if dep[0] == "matched":
                 if dep[1] in matched:
                     return True
                 continue
             flows = by_table.get(dep[0])
-            if flows and any(ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, dep[3:]) for flow in flows):
+            if flows and any(ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, known or ()) for flow in flows):
                 return True
         return False
     return hit
 
 
 def _agrees(flow: ir.Flow, known: tuple) -> bool:
-    """Whether ``flow`` pins no field to another value than the walk knew (``known``: (items,) or empty)."""
-    for field, value in known[0] if known else ():
+    """Whether ``flow`` pins no field to another value than the walk knew (``known``: (field, value)s)."""
+    for field, value in known:
         pin = ir.pinned(flow.match, field)
         if pin is not None and pin != value:
             return False
