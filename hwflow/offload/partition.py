@@ -82,6 +82,9 @@ CT_STATE_NAMES = {ir.CT_NEW: "new", ir.CT_EST: "est", ir.CT_REL: "rel", ir.CT_RP
                   ir.CT_TRK: "trk"}
 
 Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
+# what a walk read: (table, fields, values) of each lookup -> the (field, value)s every such lookup knew, and
+# ("out", port) / ("matched", table) -> None (see walk, _Planned)
+Deps = dict[tuple, "tuple[tuple[str, int], ...] | None"]
 Edit = ir.SetField | ir.DecTtl | ir.PushVlan | ir.PopVlan | ir.Conntrack  # what a hardware rule does to a packet
 SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
 SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
@@ -316,7 +319,7 @@ _NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
          joins: frozenset[int] = frozenset(), doomed: Doom | None = None,
-         deps: set[tuple] | None = None, state: StateRead | None = None) -> Iterator[Leaf]:
+         deps: Deps | None = None, state: StateRead | None = None) -> Iterator[Leaf]:
     """The leaves of one chain's decision list for packets in ``region``, in order.
 
     The walk does not follow a path into another chain: a ``ct(table=N)`` ends
@@ -328,7 +331,9 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     the NIC cannot match): the walk ends there in one software leaf instead
     of enumerating the paths below, which could only end in software too.
     ``deps`` collects each table lookup made, as (table, fields, values)
-    (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk.
+    (:meth:`ir.Pipeline.lookup`): what a change must touch to change the walk;
+    with the (field, value)s every such lookup knew (a flow pinning one to
+    another value cannot change the walk).
     """
     if joins and state is None:
         state = StateRead(pipeline.flows)
@@ -337,7 +342,7 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
-               doomed: Doom | None = None, deps: set[tuple] | None = None,
+               doomed: Doom | None = None, deps: Deps | None = None,
                state: StateRead | None = None, memo: Segments | None = None) -> Iterator[Leaf]:
     """The leaves of the chain that starts at ``entry``.
 
@@ -357,7 +362,7 @@ class Segment(NamedTuple):
 
     flow: ir.Flow  # held so the identity its segment is filed by stays its own
     leaves: tuple[Leaf, ...]
-    deps: Mapping[tuple, tuple | None]  # walk's deps -> for a lookup, the (field, value)s it knew (see _hit_by)
+    deps: Deps  # what the paths through the flow read (see walk)
 
 
 class Segments:
@@ -372,7 +377,7 @@ class Segments:
     """
 
     def __init__(self, before: Mapping[int, Segment] | None = None,
-                 changed: Callable[[Mapping[tuple, tuple | None]], bool] | None = None) -> None:
+                 changed: Callable[[Deps], bool] | None = None) -> None:
         self.before = before or {}
         self.changed = changed
         self.now: dict[int, Segment] = {}  # id(flow) -> its segment in this walk
@@ -417,10 +422,9 @@ def _within(inner: tuple[tuple[str, int, int], ...], outer: tuple[tuple[str, int
 class _Walk:
     joins: frozenset[int]
     doomed: Doom | None
-    deps: set[tuple] | None = None
+    deps: Deps | None = None
     state: StateRead | None = None  # what the tables read (for the entry of a join's chain)
     doomed_at_entry: str | None = None  # why the walk's first region is doomed already (then every refinement is)
-    fine: dict[tuple, tuple] | None = None  # (in a segment) each lookup's dep -> the (field, value)s all knew
 
 
 def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: Segments | None = None
@@ -430,13 +434,7 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
     exact = _exact(pipeline.index_fields(table), region, path.known, path.dirty)
     fields, values, flows = pipeline.lookup(table, exact)
     if how.deps is not None:
-        dep = (table, fields, values)
-        if how.fine is not None:  # what every lookup by ``dep`` of the segment knew alike
-            items = tuple(exact.items())
-            seen = how.fine.setdefault(dep, items)
-            if seen is not items and seen != items:
-                how.fine[dep] = tuple(item for item in seen if item in items)
-        how.deps.add(dep)
+        _note(how.deps, (table, fields, values), tuple(exact.items()))
     last = None  # the region of the last software leaf of a doomed refinement
     aliases, dirty, known = path.aliases, path.dirty, path.known
     for flow in flows:
@@ -479,13 +477,20 @@ def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) ->
     """The leaves of the paths through ``flow`` of a chain's entry table: as before if they may be, else walked."""
     segment = memo.reuse(flow)
     if segment is None:
-        deps: set[tuple] = set()
-        known: dict[tuple, tuple] = {}
-        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps, fine=known), 0))
-        segment = memo.now[id(flow)] = Segment(flow, leaves, {dep: known.get(dep) for dep in deps})
+        deps: Deps = {}
+        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps), 0))
+        segment = memo.now[id(flow)] = Segment(flow, leaves, deps)
     if how.deps is not None:
-        how.deps.update(segment.deps)
+        for dep, known in segment.deps.items():
+            _note(how.deps, dep, known)
     return segment.leaves
+
+
+def _note(deps: Deps, dep: tuple, known: tuple | None) -> None:
+    """Add ``dep`` to ``deps``, with what every lookup by it knew alike (None: a dependency that is no lookup)."""
+    seen = deps.setdefault(dep, known)
+    if seen is not known and seen != known:
+        deps[dep] = tuple(item for item in seen if item in known) if seen and known else ()
 
 
 def _exact(fields: Iterable[str], region, known: Mapping[str, int], dirty: frozenset[str] = frozenset()
@@ -571,7 +576,7 @@ def _hands_over(path: _Path, table: int, how: _Walk) -> bool:
     if not any(isinstance(e, ir.SetField) for e in path.edits):
         return True
     if how.deps is not None:
-        how.deps.add(("matched", table))
+        how.deps[("matched", table)] = None
     matched = how.state.matched(table)
     return not any(isinstance(e, ir.SetField) and e.field in matched for e in path.edits)
 
@@ -1059,8 +1064,8 @@ class _Planned:
     """One port's chain 0 or one chain, as planned, and what planning it read (to know when to plan it again)."""
 
     decided: _Decided
-    deps: set[tuple]  # (table, fields, values) a walk looked flows up by; ("out", port) a leaf would output to;
-    # ("matched", table): a path with pending rewrites asked which fields a join looks flows up by
+    deps: Deps  # (table, fields, values) a walk looked flows up by (-> what it knew there); ("out", port) a leaf
+    # would output to; ("matched", table): a path with pending rewrites asked which fields a join looks flows up by
 
 
 class _Planner:
@@ -1105,7 +1110,7 @@ class _Planner:
         # judgements of its last decide, for leaves its next walk reuses
         self._judged: dict[Owner, tuple[Capabilities, dict[int, tuple[Leaf, str | None, str | None]]]] = {}
         self._segments: dict[tuple, tuple[Capabilities, dict[int, Segment]]] = {}  # chain key -> its last walk's
-        self._changed: Callable[[Mapping[tuple, tuple | None]], bool] | None = None  # during a change: deps hit?
+        self._changed: Callable[[Deps], bool] | None = None  # during a change: whether deps are hit
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
 
@@ -1352,12 +1357,22 @@ class _Planner:
         self._costs[key] = cost
 
     def _readers_of(self, flow: ir.Flow) -> set[Owner]:
-        """The owners whose walks looked up ``flow``'s table by values whose answer it is in (ir.reaches)."""
+        """The owners whose walks looked up ``flow``'s table by values whose answer it is in (ir.reaches), and
+        where it agrees with what the walk knew (a port's walk of IPv4 is not one of an ARP answer's readers,
+        though it looked the responder's table up by its network)."""
         found: set[Owner] = set()
         for (table, fields), tree in self._by_table.items():
             if table == flow.table:
                 found |= _reached(tree, [ir.pinned(flow.match, field) for field in fields])
-        return found
+        return {owner for owner in found if self._agreed(owner, flow)}
+
+    def _agreed(self, owner: Owner, flow: ir.Flow) -> bool:
+        """Whether one of ``owner``'s lookups of ``flow``'s table has ``flow`` among its answers as it knew them."""
+        planned = self._planned.get(owner)
+        if planned is None:
+            return True
+        return any(dep[0] == flow.table and ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, known or ())
+                   for dep, known in planned.deps.items())
 
     # --- planning one port or chain ------------------------------------------------------
 
@@ -1365,7 +1380,7 @@ class _Planner:
         """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
         owner = ("port", port.port)
         self._forget(owner)
-        deps: set[tuple] = set()
+        deps: Deps = {}
         joins = self._joins(port.capabilities)
         doomed = self._doom(port.capabilities)
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
@@ -1394,11 +1409,11 @@ class _Planner:
         scope = SHARED if entry.shared else ctx.port
         if catch is None or (caps.max_chains is not None and number >= caps.max_chains) or (
                 (scope, catch) in self.refused):  # a chain whose misses cannot be caught must not be entered
-            self._remember(owner, _Planned(_Decided(), set()))
+            self._remember(owner, _Planned(_Decided(), {}))
             return None
         shared = entry.shared
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
-        deps: set[tuple] = set()
+        deps: Deps = {}
         kept = self._segments.get(key)
         memo = Segments(kept[1] if kept is not None and kept[0] is caps else None, self._changed)
         leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads, memo)
@@ -1484,7 +1499,7 @@ class _Planner:
         return self.joins
 
     def decide(self, leaves: Iterator[Leaf], ctx: PortOffload, scope: int, chain: int,
-               budget: int | None, owner: Owner, deps: set[tuple]) -> _Decided:
+               budget: int | None, owner: Owner, deps: Deps) -> _Decided:
         """One chain's decision list: each leaf a rule when it can be, in order.
 
         ``refused`` holds rules the NIC already turned down (by scope and match), with its reason; they stay in
@@ -1505,7 +1520,7 @@ class _Planner:
         for leaf in leaves:
             match = leaf.as_match()
             for port in leaf.outputs:
-                deps.add(("out", port))
+                deps[("out", port)] = None
             # a leaf walked before (a segment reused) is judged as before while the port it goes to is where it was
             target_port = self.ports.get(leaf.outputs[0]) if leaf.outputs else None
             switch = target_port.switch_id if target_port is not None else None
@@ -1651,7 +1666,7 @@ class _Planner:
 
 
 def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[int]
-            ) -> Callable[[Mapping[tuple, tuple | None]], bool]:
+            ) -> Callable[[Deps], bool]:
     """Whether a walk that read ``deps`` may go otherwise after a change of these flows (and of the header
     fields these join tables match): one of its lookups would answer with a flow added or removed that agrees
     with what the walk knew there (a lookup by network knowing the destination MAC, a routed path's, is not
@@ -1660,7 +1675,7 @@ def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[i
     for flow in (*added, *removed):
         by_table.setdefault(flow.table, []).append(flow)
 
-    def hit(deps: Mapping[tuple, tuple | None]) -> bool:
+    def hit(deps: Deps) -> bool:
         for dep, known in deps.items():
             if dep[0] == "matched":
                 if dep[1] in matched:

@@ -52,8 +52,8 @@ def test_a_chain_walked_with_its_old_segments_is_the_chain_walked_afresh(change)
     reads = partition.StateRead(pipeline.flows)
     for key, segments in before.items():
         memo = partition.Segments(segments, hit)
-        again = list(partition.walk_entry(pipeline, key[2], compiler.layout.joins(), doom, set(), reads, memo))
-        afresh = list(partition.walk_entry(pipeline, key[2], compiler.layout.joins(), doom, set(), reads))
+        again = list(partition.walk_entry(pipeline, key[2], compiler.layout.joins(), doom, {}, reads, memo))
+        afresh = list(partition.walk_entry(pipeline, key[2], compiler.layout.joins(), doom, {}, reads))
         assert again == afresh, key
         kept = sum(1 for flow_id, segment in memo.now.items() if segments.get(flow_id) is segment)
         reused += kept
