@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -1106,6 +1107,8 @@ class _Planner:
         self._freed: dict[int, float] = {}  # chain -> at most how many rules fewer a goto to it costs now
         self._planned_since: set[int] = set()  # chains planned since the last Plan was assembled
         self._dooms: dict[int, Doom] = {}  # id(capabilities) -> its match checks
+        self._on_switch: dict[str, set[int]] = {}  # switch -> its ports' keys
+        self._file_ports(self.ports)
         # owner -> (capabilities, id(leaf) -> (leaf, why it stays in software or None, switch of its output)): the
         # judgements of its last decide, for leaves its next walk reuses
         self._judged: dict[Owner, tuple[Capabilities, dict[int, tuple[Leaf, str | None, str | None]]]] = {}
@@ -1152,6 +1155,7 @@ class _Planner:
         for key in gone:
             self._forget(("port", key))
         self.ports = dict(ports)
+        self._file_ports(gone | moved)
         dirty |= {("port", k) for k in moved}
         self._reshaped, self._resized, self._freed = False, {}, {}
         self._changed = _hit_by(added, removed, {j for j, before in matched_before.items()
@@ -1216,7 +1220,7 @@ class _Planner:
         it, as a whole plan would have served them last; a tunnel device (whose decision list holds every
         network's, and is the dearest to plan again) only when theirs is not enough. The ports planned again."""
         shrunk: set[int] = set()
-        over = {p.switch_id for p in self.ports.values() if used.get(p.switch_id, 0) > p.capabilities.max_rules}
+        over = self._over(used)
         if not over:
             return shrunk
         order = sorted((k for k in self.ports if k not in TUNNEL_TYPE), reverse=True)
@@ -1239,9 +1243,13 @@ class _Planner:
         Short of room, a port re-planned by a change gets what the others leave it; only a whole plan (the
         resync timer) serves the ports in key order again.
         """
-        used = self._used()
-        if any(used[p.switch_id] > p.capabilities.max_rules for p in self.ports.values()):
+        if self._over(self._used()):
             raise _Replan("a switch is over its capacity")
+
+    def _over(self, used: Mapping[str, int]) -> set[str]:
+        """The switches whose ports take more rules than it holds (a switch's capacity: its ports' NIC's)."""
+        return {switch for switch, keys in self._on_switch.items()
+                if keys and used.get(switch, 0) > self.ports[next(iter(keys))].capabilities.max_rules}
 
     def _replan_chains(self, chains: set[Owner], dirty: set[Owner]) -> set[int]:
         """Plan the chains in ``chains`` again; add to ``dirty`` the owners above one that changed its use."""
@@ -1337,10 +1345,17 @@ class _Planner:
 
     def _used(self) -> dict[str, int]:
         """Switch -> the rules its ports' representors take, as planned so far."""
-        used: dict[str, int] = {}
-        for key, port in self.ports.items():
-            used[port.switch_id] = used.get(port.switch_id, 0) + self._costs.get(key, 0)
-        return used
+        get = self._costs.get
+        return {switch: sum(map(get, keys, itertools.repeat(0))) for switch, keys in self._on_switch.items()}
+
+    def _file_ports(self, keys: Iterable[int]) -> None:
+        """File ``keys`` (ports come, gone or moved) under the switch each is on now (:meth:`_used` sums by it)."""
+        for key in keys:
+            for on in self._on_switch.values():
+                on.discard(key)
+            port = self.ports.get(key)
+            if port is not None:
+                self._on_switch.setdefault(port.switch_id, set()).add(key)
 
     def _room(self, port: PortOffload, used: Mapping[str, int]) -> int:
         """What the other ports of its switch leave ``port``."""
