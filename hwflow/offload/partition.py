@@ -1202,9 +1202,10 @@ class _Planner:
         for key in sorted(self._starved):
             room = self._room(self.ports[key], used)
             gain = room - self._budgets[key] + general.get(key, 0)
-            if gain >= self._starved.get(key, math.inf) or any(
+            credits = toward.get(key)
+            if gain >= self._starved.get(key, math.inf) or credits and any(
                     gain + credit >= self._wants.get(key, {}).get(target, math.inf)
-                    for target, credit in toward.get(key, {}).items()):
+                    for target, credit in credits.items()):
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
