@@ -964,6 +964,7 @@ class _Decided:
     # less, every decision stays as it is
     shortfall: int | None = None
     wants: dict[int, int] = dataclasses.field(default_factory=dict)  # chain -> the least more room a goto to it needs
+    entered: set[tuple] = dataclasses.field(default_factory=set)  # the chains (by key) its gotos went to or wanted
 
     def short_by(self, rules: int, target: int | None = None) -> None:
         self.shortfall = rules if self.shortfall is None else min(self.shortfall, rules)
@@ -1012,6 +1013,19 @@ class ChainIds:
             self._ids[key] = number
             self._taken.add(number)
         return number
+
+    def of(self, key: tuple) -> int | None:
+        """``key``'s number, if it has one."""
+        return self._ids.get(key)
+
+    def forget(self, key: tuple) -> None:
+        """Give up ``key``'s number (its chain is reached by nothing now): a chain made again later takes the
+        same hash slot, so the same number unless another took it meanwhile. A port's own numbers on a NIC
+        with few chains are kept (they count up, and a number given up would not come back)."""
+        number = self._ids.get(key)
+        if number is not None and number >= 1 << self.BLOCK:
+            del self._ids[key]
+            self._taken.discard(number)
 
 
 class StateRead:
@@ -1094,6 +1108,7 @@ class _Planner:
         # a field (a set at the bottom): see ir.Pipeline.lookup
         self._by_table: dict[tuple[int, tuple[str, ...]], dict | set[Owner]] = {}
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
+        self._orphans: set[tuple] = set()  # chains whose last parent went during this change (see _prune)
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
@@ -1212,6 +1227,7 @@ class _Planner:
         retried |= self._make_room(used)
         changed_ports = {o[1] for o in dirty if o[0] == "port"} | gone | below | retried
         self._assemble(changed_ports & self.ports.keys(), gone, self._planned_since)  # holds touched_chains too
+        self._prune()
         self._check_room()
         return changed_ports
 
@@ -1289,6 +1305,24 @@ class _Planner:
             self._reshaped = True
             self._free(old.id, self._cost_below(old.children - new.children))
         return touched
+
+    def _prune(self) -> None:
+        """Forget the chains nothing has a goto to any more (a port gone, a destination's conntrack chain left
+        behind), and those only they led to: what the planner keeps for a chain (its plan, segments,
+        judgements, number) would otherwise grow with every port that ever came and went."""
+        while self._orphans:
+            key = self._orphans.pop()
+            if self._parents.get(key) or key not in self._chains:
+                continue
+            chain = self._chains.pop(key)
+            number = chain.id if chain is not None else self.ids.of(key)
+            self._forget(("chain", key))
+            for table in (self._by_number, self._keys, self._closures_of, self._reached_by):
+                table.pop(number, None)
+            for table in (self._segments, self._parents):
+                table.pop(key, None)
+            self._judged.pop(("chain", key), None)
+            self.ids.forget(key)
 
     def _free(self, number: int, rules: float) -> None:
         """Count ``rules`` fewer under chain ``number`` (what a port above it that wanted more may gain)."""
@@ -1495,8 +1529,12 @@ class _Planner:
                 for value in dep[2]:
                     node = node.get(value, set())
                 node.discard(owner)
-        for child in planned.decided.children:
-            self._parents.get(self._keys[child], set()).discard(owner)
+        for key in planned.decided.entered:
+            parents = self._parents.get(key)
+            if parents is not None:
+                parents.discard(owner)
+                if not parents:
+                    self._orphans.add(key)
 
     def _doom(self, caps: Capabilities) -> Doom:
         """The NIC's match checks, one memo per capabilities (keyed by identity: they hold a dict, no hash)."""
@@ -1550,7 +1588,7 @@ class _Planner:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
             if reason is None and leaf.enter is not None:
-                target, reason = self._enter(ctx, leaf.enter, owner)
+                target, reason = self._enter(ctx, leaf.enter, owner, out)
                 if target is not None and budget is not None:
                     below = self._closure_of(target) - out.reached
                     cost += self._rules_in(below)
@@ -1601,11 +1639,13 @@ class _Planner:
         placed.add(rule, key)
         out.rules.append(rule)
 
-    def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner) -> tuple[int | None, str | None]:
+    def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner, out: _Decided
+               ) -> tuple[int | None, str | None]:
         """The chain a goto leaf leads to, planned now if it is new (None and why: keep the leaf in software)."""
         caps = ctx.capabilities
         limited = caps.max_chains is not None
         key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
+        out.entered.add(key)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
             self._set_chain(key, self._chain_for(ctx, key))
