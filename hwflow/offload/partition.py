@@ -121,6 +121,13 @@ class ChainEntry:
     region: tuple[tuple[str, int, int], ...]  # sorted (field, value, mask) every packet entering lies in
     edits: tuple[Edit, ...] = ()  # header actions the path decided on before the goto: the chain's rules do them
 
+    def __post_init__(self) -> None:
+        # the planner's tables are keyed by chains, so by entries: hash the nested tuples once, not per lookup
+        object.__setattr__(self, "_hash", hash((self.table, self.known, self.aliases, self.region, self.edits)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
+
     @property
     def shared(self) -> bool:
         return not any(field == "in_port" for field, _ in self.known)
