@@ -1,13 +1,14 @@
 """The split never changes a verdict, on pipelines the shipped compiler makes (issue 13).
 
 ``test_partition`` draws pipelines at random, which rarely look like a host's: random tables seldom reach a
-join, a conntrack chain or a route. Here the topologies are random (networks with subnets, a router joining
-some of them, security groups, ports here and on other chassis reached through VXLAN) and the pipeline is
-what the agent would compile for them; the NIC has one of the shipped profiles. Packets are drawn between
-the topology's own addresses (so they meet its rules), and each is followed by copies moved into the match
-of every hardware rule its port has on the way (chain 0 and the chains its gotos lead to), and by those just
-outside each rule (a masked bit flipped) and with TTLs 1 and 2, so most examples exercise the NIC side and
-its edges. The floor (at least half the examples forward a packet by a NIC rule) keeps a change
+join, a conntrack chain or a route. Here the topologies are random (networks with IPv4 and IPv6 subnets, a
+router joining some of them, security groups, ports here and on other chassis reached through VXLAN) and the
+pipeline is what the agent would compile for them; the NIC has one of the shipped profiles and offloads both
+families, as the agent does by default. Packets (a third of them IPv6: echo, neighbor solicitation, TCP, UDP)
+are drawn between the topology's own addresses (so they meet its rules), and each is followed by copies moved
+into the match of every hardware rule its port has on the way (chain 0 and the chains its gotos lead to), and
+by those just outside each rule (a masked bit flipped) and with TTLs 1 and 2, so most examples exercise the
+NIC side and its edges. The floor (at least half the examples forward a packet by a NIC rule) keeps a change
 to the generator or the partitioner from quietly turning the proof back into the interpreter checked
 against itself.
 """
@@ -39,6 +40,7 @@ from hwflow.pipeline.topology import Topology
 from hwflow.sim.profile import load_profile
 
 TUN = ir.TUNNEL_PORTS["vxlan"]
+ETHERTYPES = (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6)  # what the agent offloads by default
 PROFILES = ("mlx5-connectx6dx", "mlx5-connectx6dx", "sim-no-tunnel-no-ct", "ice-e810")
 RULES = (
     ("ingress", {"protocol": "tcp", "port_min": 22, "port_max": 22}),
@@ -66,7 +68,7 @@ class Host:
     topo: Topology
     pipeline: ir.Pipeline
     joins: frozenset[int]
-    addresses: list[tuple[int, int]]  # (MAC, IPv4) of every port and router port
+    addresses: list[tuple[int, int, int]]  # (MAC, IPv4, IPv6) of every port and router port
     local: list[Port]
     vnis: list[int]
 
@@ -77,10 +79,15 @@ def hosts(draw) -> Host:
     nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=100 + i, unique_key=i + 1) for i in range(n_nets)}
     subnets = {f"s{i}": Subnet(id=f"s{i}", name=f"s{i}", network_id=f"n{i}", cidr=f"10.0.{i}.0/24",
                                gateway_ip=f"10.0.{i}.1") for i in range(n_nets)}
+    subnets.update({f"s{i}v6": Subnet(id=f"s{i}v6", name=f"s{i}v6", network_id=f"n{i}", cidr=f"fd00:0:0:{i}::/64",
+                                      gateway_ip=f"fd00:0:0:{i}::1") for i in range(n_nets)})
     routed = draw(st.sets(st.sampled_from(sorted(nets)))) if n_nets > 1 else set()
     rps = {f"rp{n[1:]}": RouterPort(id=f"rp{n[1:]}", name=f"rp{n[1:]}", router_id="r0", network_id=n,
                                     subnet_id=f"s{n[1:]}", mac=_mac_text(_mac(0x100 + int(n[1:]))),
                                     ip=f"10.0.{n[1:]}.1") for n in sorted(routed)}
+    rps.update({f"rp{n[1:]}v6": RouterPort(id=f"rp{n[1:]}v6", name=f"rp{n[1:]}v6", router_id="r0", network_id=n,
+                                           subnet_id=f"s{n[1:]}v6", mac=_mac_text(_mac(0x200 + int(n[1:]))),
+                                           ip=f"fd00:0:0:{n[1:]}::1") for n in sorted(routed)})
     groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(("g0", "g1"))}
     rules = {}
     for g in groups:
@@ -93,7 +100,8 @@ def hosts(draw) -> Host:
         net = draw(st.integers(0, n_nets - 1))
         ports[f"p{i}"] = Port(
             id=f"p{i}", name=f"p{i}", network_id=f"n{net}", mac=_mac_text(_mac(i + 1)), unique_key=i + 1,
-            ips=[f"10.0.{net}.{i + 10}"], chassis=draw(st.sampled_from(("", "", "c0", "c1"))) if i else "",
+            ips=[f"10.0.{net}.{i + 10}", f"fd00:0:0:{net}::{i + 10:x}"],
+            chassis=draw(st.sampled_from(("", "", "c0", "c1"))) if i else "",
             security_groups=draw(st.lists(st.sampled_from(sorted(groups)), max_size=2, unique=True)),
             port_security=draw(st.integers(0, 5)) > 0)
     local = {pid for pid, p in ports.items() if not p.chassis}
@@ -102,36 +110,51 @@ def hosts(draw) -> Host:
     topo = Topology("here", nets, ports, local, others=others)
     compiler = Compiler.from_file(layout_path(""))
     compiler.compile(topo)
-    addresses = [(_mac(i + 1), int(ipaddress.ip_address(p.ips[0]))) for i, p in enumerate(ports.values())]
-    addresses += [(int(rp.mac.replace(":", ""), 16), int(ipaddress.ip_address(rp.ip))) for rp in rps.values()]
+    addresses = [(_mac(i + 1), *(int(ipaddress.ip_address(ip)) for ip in p.ips)) for i, p in enumerate(ports.values())]
+    for n in sorted(routed):  # a router port answers for both its addresses, each on its own MAC
+        v4, v6 = rps[f"rp{n[1:]}"], rps[f"rp{n[1:]}v6"]
+        addresses.append((int(v4.mac.replace(":", ""), 16), int(ipaddress.ip_address(v4.ip)), 0))
+        addresses.append((int(v6.mac.replace(":", ""), 16), 0, int(ipaddress.ip_address(v6.ip))))
     return Host(topo, compiler.pipeline(), frozenset(compiler.layout.joins()), addresses,
                 [ports[pid] for pid in sorted(local)], [n.vni for n in nets.values()])
 
 
 @st.composite
 def packets(draw, host: Host) -> dict[str, int]:
-    """A packet between the host's addresses (now and then a stranger's), from a local port or the tunnel."""
-    src_mac, src_ip = draw(st.sampled_from(host.addresses))
-    dst_mac, dst_ip = draw(st.sampled_from(host.addresses))
+    """A packet between the host's addresses (now and then a stranger's), from a local port or the tunnel; a
+    third of them IPv6 (echo, a neighbor solicitation, TCP or UDP)."""
+    v6 = not draw(st.integers(0, 2))
+    at = 2 if v6 else 1
+    src_mac, *src_ips = draw(st.sampled_from(host.addresses))
+    dst_mac, *dst_ips = draw(st.sampled_from(host.addresses))
+    src_ip, dst_ip = src_ips[at - 1], dst_ips[at - 1]
     if host.local and draw(st.integers(0, 4)):
         port = draw(st.sampled_from(host.local))
         pkt = {"in_port": port.unique_key}
         if draw(st.integers(0, 5)):  # mostly the port's own addresses: port security lets those through
-            src_mac, src_ip = int(port.mac.replace(":", ""), 16), int(ipaddress.ip_address(port.ips[0]))
+            src_mac, src_ip = int(port.mac.replace(":", ""), 16), int(ipaddress.ip_address(port.ips[at - 1]))
     else:
         pkt = {"in_port": TUN, "tun_id": draw(st.sampled_from(host.vnis)),
                "tun_src": int(ipaddress.ip_address(CHASSIS[draw(st.sampled_from(sorted(CHASSIS)))].tunnel_ip))}
     if not draw(st.integers(0, 9)):
-        dst_mac = draw(st.sampled_from((0xFFFFFFFFFFFF, 0x02AABBCCDDEE)))
-    proto = draw(st.sampled_from((1, 6, 6, 17)))
-    pkt.update({"eth_src": src_mac, "eth_dst": dst_mac, "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": src_ip,
-                "ipv4_dst": dst_ip, "ip_proto": proto, "ip_ttl": draw(st.sampled_from((1, 2, 64)))})
+        dst_mac = draw(st.sampled_from((0xFFFFFFFFFFFF, 0x02AABBCCDDEE, 0x3333FF000000 | dst_ip & 0xFFFFFF)))
+    proto = draw(st.sampled_from((58 if v6 else 1, 6, 6, 17)))
+    pkt.update({"eth_src": src_mac, "eth_dst": dst_mac, "ip_proto": proto,
+                "ip_ttl": draw(st.sampled_from((1, 2, 64, 255)))})
+    if v6:
+        pkt.update({"eth_type": ir.ETH_TYPE_IPV6, "ipv6_src": src_ip, "ipv6_dst": dst_ip})
+    else:
+        pkt.update({"eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": src_ip, "ipv4_dst": dst_ip})
     if proto == 1:
         pkt.update({"icmp_type": draw(st.sampled_from((0, 8))), "icmp_code": 0})
+    elif proto == 58:
+        pkt.update({"icmp_type": draw(st.sampled_from((128, 129, 135))), "icmp_code": 0})
+        if pkt["icmp_type"] == 135:  # a solicitation for the destination's address, from the source's MAC
+            pkt.update({"nd_target": dst_ip, "nd_sll": src_mac, "nd_reserved": 0, "nd_options_type": 1})
     else:
         port_field = "tcp" if proto == 6 else "udp"
-        pkt.update({f"{port_field}_src": draw(st.sampled_from((68, 33000))),
-                    f"{port_field}_dst": draw(st.sampled_from((22, 53, 67, 80, 443)))})
+        pkt.update({f"{port_field}_src": draw(st.sampled_from((68, 546, 33000))),
+                    f"{port_field}_dst": draw(st.sampled_from((22, 53, 67, 80, 443, 547)))})
     return pkt
 
 
@@ -141,15 +164,20 @@ def reply(host: Host, packet: dict[str, int]) -> dict[str, int] | None:
     to = next((p for p in host.local if int(p.mac.replace(":", ""), 16) == packet["eth_dst"]), None)
     if to is None:
         return None
-    back = dict(packet, in_port=to.unique_key, eth_src=packet["eth_dst"], eth_dst=packet["eth_src"],
-                ipv4_src=packet["ipv4_dst"], ipv4_dst=packet["ipv4_src"], ip_ttl=64)
-    back.pop("tun_id", None)
-    back.pop("tun_src", None)
+    back = dict(packet, in_port=to.unique_key, eth_src=packet["eth_dst"], eth_dst=packet["eth_src"], ip_ttl=64)
+    for family in ("ipv4", "ipv6"):
+        if f"{family}_src" in packet:
+            back[f"{family}_src"], back[f"{family}_dst"] = packet[f"{family}_dst"], packet[f"{family}_src"]
+    for field in ("tun_id", "tun_src", "nd_target", "nd_sll", "nd_reserved", "nd_options_type"):
+        back.pop(field, None)
     for proto in ("tcp", "udp"):
         if f"{proto}_src" in packet:
             back[f"{proto}_src"], back[f"{proto}_dst"] = packet[f"{proto}_dst"], packet[f"{proto}_src"]
-    if packet.get("icmp_type") == 8:
-        back["icmp_type"] = 0
+    if packet.get("icmp_type") in (8, 128, 135):  # echo answered; a solicitation answered by an advertisement
+        back["icmp_type"] = {8: 0, 128: 129, 135: 136}[packet["icmp_type"]]
+        if back["icmp_type"] == 136:
+            back.update({"nd_target": packet["nd_target"], "nd_tll": packet["eth_dst"], "nd_reserved": 0x60000000,
+                         "nd_options_type": 2})
     return back
 
 
@@ -158,8 +186,8 @@ def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
     caps = load_profile(profile).capabilities
     offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
     offload[TUN] = PortOffload(TUN, "nic0", caps)
-    plan = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
-    drawn = data.draw(st.lists(packets(host), min_size=1, max_size=8))
+    plan = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES, {})
+    drawn = data.draw(st.lists(packets(host), min_size=2, max_size=8))
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
     by_nic = 0
     sent = [p for d in drawn for p in (d, reply(host, d)) if p is not None]
@@ -176,10 +204,12 @@ def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
 
 def test_a_compiled_host_split_never_changes_a_verdict(nic_share):
     """The examples are the same in every run (derandomized), so the floors below are a fact about the test,
-    not a draw (for one version of hypothesis): 60% of them forward a packet by a NIC rule over all profiles,
-    74% on mlx5 (randomized runs of 200 measured 52-76% over all). Under the floors, the proof has stopped
-    reaching the NIC and compares the interpreter with itself. Its randomized twin below explores new
-    examples on every run."""
+    not a draw (for one version of hypothesis): 72% of them forward a packet by a NIC rule over all profiles,
+    65% on mlx5 (randomized runs of 200 measured 52-68% over all, 41-70% on mlx5). mlx5's floor is lower
+    than the rest's share because its profile lists no icmp_type match, so ICMPv6 (echo, neighbor
+    discovery) stays in software there (the kernel's mlx5 does match ICMP type and code: see the notes).
+    Under the floors, the proof has stopped reaching the NIC and compares the interpreter with itself. Its
+    randomized twin below explores new examples on every run."""
     stats: collections.Counter = collections.Counter()
 
     @settings(max_examples=200, deadline=None, derandomize=True, database=None)
@@ -190,7 +220,7 @@ def test_a_compiled_host_split_never_changes_a_verdict(nic_share):
     check()
     nic_share.update(examples=stats["examples"], by_nic=stats["by_nic"])
     assert stats["by_nic"] >= stats["examples"] // 2, stats
-    assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 65 // 100, stats
+    assert stats["mlx5-connectx6dx", "by_nic"] >= stats["mlx5-connectx6dx"] * 55 // 100, stats
 
 
 @settings(max_examples=200, deadline=None)
@@ -207,12 +237,12 @@ def test_a_rule_the_nic_refuses_leaves_its_paths_and_what_it_shadows_to_software
     caps = load_profile("mlx5-connectx6dx").capabilities
     offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
     offload[TUN] = PortOffload(TUN, "nic0", caps)
-    first = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    first = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES, {})
     rules = [r for port in sorted(first.own.keys() | first.reaches.keys()) for r in first.rules_of(port)]
     assume(rules)
     victim = data.draw(st.sampled_from(rules))
     scope = SHARED if victim.shared else victim.in_port
-    plan = Partitioner(host.joins).plan(host.pipeline, offload, (ir.ETH_TYPE_IPV4,),
+    plan = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES,
                                         {(scope, victim.match): "ENOSPC"})
     assert not any(r.match == victim.match and r.chain == victim.chain and (r.shared or r.in_port == scope)
                    for port in offload for r in plan.rules_of(port))
