@@ -1093,11 +1093,17 @@ class _Planned:
 class _Planner:
     """Plans ports' chain 0 and every chain they reach, each chain once, and keeps it all for the next change.
 
-    Every walk records what it read: the table lookups it made (a table and the field and value it looked
-    flows up by, :meth:`ir.Pipeline.lookup`) and the ports it considered as outputs. A changed flow touches
-    the walks that looked up its table by a value it matches (or that it does not pin); a port that comes,
-    goes or changes touches the walks that considered it. :meth:`update` plans those again, and the ports
-    and chains above a chain whose usefulness or size changed; everything else stays as it was.
+    Every walk records what it read (:data:`Deps`): the table lookups it made (a table and the field and value
+    it looked flows up by, :meth:`ir.Pipeline.lookup`, with what else it knew there) and the ports it
+    considered as outputs. A changed flow touches the walks that looked up its table by a value it matches (or
+    that it does not pin) and agrees with what they knew; a port that comes, goes or changes touches the walks
+    that considered it. :meth:`update` plans those again, and the ports and chains above a chain whose
+    usefulness or size changed; everything else stays as it was.
+
+    A chain planned again is not planned from nothing: its walk reuses the segments nothing changed under
+    (:class:`Segments`), and its decisions take a leaf seen before as judged before (``_judged``), so a
+    destination added to a network costs that destination's paths and one pass over the chain's list. A
+    chain nothing has a goto to any more is forgotten with all of it (:meth:`_prune`).
     """
 
     def __init__(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
