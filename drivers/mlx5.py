@@ -47,6 +47,14 @@ MATCH_FIELDS = {
     "tun_ipv4_src": MASK_ANY, "tun_ipv4_dst": MASK_ANY, "tun_ipv6_src": MASK_ANY, "tun_ipv6_dst": MASK_ANY,
 }
 
+# ICMP type and code: en_tc.c __parse_cls_flower() takes FLOW_DISSECTOR_KEY_ICMP for IPPROTO_ICMP and
+# IPPROTO_ICMPV6 (misc_parameters_3 icmp_type/code, icmpv6_type/code) with the mask as given, when the
+# firmware's flex_parser_protocols has MLX5_FLEX_PROTO_ICMP / MLX5_FLEX_PROTO_ICMPV6 (commit a3222a2da0a2
+# "net/mlx5e: Allow to match on ICMP parameters", Linux 5.13). Software steering (steering/dr_matcher.c
+# dr_matcher_supp_icmp_v4/v6) has it on every ConnectX-6 Dx and later; a ConnectX-5 only with a firmware
+# flex-parser profile that enables it, which hwflow does not assume. Source: {KERNEL}/en_tc.c
+ICMP_FIELDS = {"icmp_type": MASK_ANY, "icmp_code": MASK_ANY}
+
 # Actions: the FDB action parsers of en/tc/act/ (act.c tc_acts_fdb[]): drop.c, accept.c (pass),
 # goto.c, mirred.c (redirect), vlan.c (push/pop; commit 8b32580df1cb "net/mlx5e: Add TC vlan
 # action for SRIOV offloads"), tun.c (tunnel_key set/unset), pedit.c (header rewrite, including
@@ -87,11 +95,11 @@ MAX_RULES = 65536
 MAX_ACTIONS = 32
 
 
-def _capabilities(tunnels: frozenset[str], conntrack: Conntrack | None) -> Capabilities:
+def _capabilities(tunnels: frozenset[str], conntrack: Conntrack | None, icmp: bool) -> Capabilities:
     # ct_mark is matched through a register (en/tc_ct.c mlx5_tc_ct_match_add(): MARK_TO_REG), with its mask.
     ct_fields = {"ct_mark": MASK_ANY} if conntrack else {}
     return Capabilities(
-        match_fields={**MATCH_FIELDS, **ct_fields},
+        match_fields={**MATCH_FIELDS, **ct_fields, **(ICMP_FIELDS if icmp else {})},
         actions=BASE_ACTIONS | ({ACTION_CT} if conntrack else frozenset()),
         max_rules=MAX_RULES,
         max_actions_per_rule=MAX_ACTIONS,
@@ -116,14 +124,14 @@ def _capabilities(tunnels: frozenset[str], conntrack: Conntrack | None) -> Capab
 # `hwflow capabilities --probe` can confirm it on a given ConnectX-5.
 FAMILIES = (
     Family("ConnectX-5", "mlx5-connectx5", frozenset({"15b3:1017", "15b3:1019"}),
-           _capabilities(TUNNELS_CX5, None)),
-    Family("ConnectX-6 Dx", "mlx5-connectx6dx", frozenset({"15b3:101d"}), _capabilities(TUNNELS, CONNTRACK)),
-    Family("ConnectX-7", "mlx5-connectx7", frozenset({"15b3:1021"}), _capabilities(TUNNELS, CONNTRACK)),
-    Family("BlueField-2", "mlx5-bluefield2", frozenset({"15b3:a2d6"}), _capabilities(TUNNELS, CONNTRACK)),
-    Family("BlueField-3", "mlx5-bluefield3", frozenset({"15b3:a2dc"}), _capabilities(TUNNELS, CONNTRACK)),
+           _capabilities(TUNNELS_CX5, None, False)),
+    Family("ConnectX-6 Dx", "mlx5-connectx6dx", frozenset({"15b3:101d"}), _capabilities(TUNNELS, CONNTRACK, True)),
+    Family("ConnectX-7", "mlx5-connectx7", frozenset({"15b3:1021"}), _capabilities(TUNNELS, CONNTRACK, True)),
+    Family("BlueField-2", "mlx5-bluefield2", frozenset({"15b3:a2d6"}), _capabilities(TUNNELS, CONNTRACK, True)),
+    Family("BlueField-3", "mlx5-bluefield3", frozenset({"15b3:a2dc"}), _capabilities(TUNNELS, CONNTRACK, True)),
 )
 FALLBACK = Family("mlx5 device of an unlisted family", "mlx5-connectx5", frozenset(),
-                  _capabilities(TUNNELS_CX5, None))
+                  _capabilities(TUNNELS_CX5, None, False))
 """An mlx5 device hwflow has no facts for gets what every mlx5 switchdev family has in common."""
 
 

@@ -150,3 +150,26 @@ def test_a_route_as_flower_is_admitted_by_the_simulated_mlx5():
     assert len(rules) == 2
     for rule in rules:
         admission.check(rule, caps, [11, 12])  # raises NotAdmitted with why
+
+
+@pytest.mark.parametrize("eth_type, proto, family", [(ir.ETH_TYPE_IPV4, 1, "icmpv4"), (ir.ETH_TYPE_IPV6, 58, "icmpv6")])
+def test_an_icmp_match_is_its_familys_flower_key_and_mlx5_takes_it(eth_type, proto, family):
+    """The IR has one icmp_type for both families; flower has a key per family, and a v4 key on an IPv6 rule
+    is refused by the kernel. The ConnectX-6 Dx matches both (kernel commit a3222a2da0a2); ice matches neither."""
+    caps = load_profile("mlx5-connectx6dx").capabilities
+    echo = ir.Match.of(in_port=1, eth_dst=MAC_B, eth_type=eth_type, ip_proto=proto, icmp_type=8 if proto == 1 else 128,
+                       icmp_code=0)
+    pipeline = ir.Pipeline.build([ir.Flow(0, 1, echo, (ir.Output(2),), "echo")], {})
+    plan = partition(pipeline, {p: PortOffload(p, "sw0", caps) for p in (1, 2)}, (eth_type,))
+    (rule,) = plan.rules_of(1)
+    frule = to_flower(rule, REPS, TC_FLAGS["skip_sw"])[1]
+    assert (getattr(frule.keys, f"{family}_type"), getattr(frule.keys, f"{family}_type_mask")) == (
+        8 if proto == 1 else 128, 0xFF)
+    assert getattr(frule.keys, f"{family}_code_mask") == 0xFF
+    other = "icmpv6" if family == "icmpv4" else "icmpv4"
+    assert getattr(frule.keys, f"{other}_type") is None
+    decoded, _ = fl.decode_filter(fl.encode_newfilter(dataclasses.replace(frule, handle=1), seq=1))
+    assert decoded.keys == frule.keys
+    admission.check(frule, caps, [11, 12])
+    with pytest.raises(admission.NotAdmitted, match="icmp_type"):
+        admission.check(frule, load_profile("ice-e810").capabilities, [11, 12])

@@ -122,12 +122,18 @@ def to_flower(rule: HwRule, reps: Mapping[int, Representor], flags: int,
 
 def _keys(rule: HwRule) -> dict[str, int]:
     keys: dict[str, int] = {}
+    eth_type = rule.match.get("eth_type")
     for term in rule.match.fields:
         if term.field == "eth_type":
             continue
         if term.field == "ct_state":
             keys["ct_state"] = _ct_flags(term.value)
             keys["ct_state_mask"] = _ct_flags(term.mask)
+            continue
+        if term.field in ("icmp_type", "icmp_code"):  # one IR field, a flower key per family
+            family = "icmpv6" if eth_type is not None and eth_type.value == ir.ETH_TYPE_IPV6 else "icmpv4"
+            name = f"{family}_{term.field.removeprefix('icmp_')}"
+            keys[name], keys[f"{name}_mask"] = term.value, term.mask
             continue
         if term.field not in _KEYS:
             raise ValueError(f"hardware rule {rule}: field {term.field} has no tc-flower key")

@@ -341,9 +341,10 @@ KEY_SPECS: tuple[KeySpec, ...] = (
             ip_proto=(IPPROTO_ICMP,)),
     _masked("icmpv4_code", TCA_FLOWER_KEY_ICMPV4_CODE, 1, "icmp_code", needs=(ETH_P_IP,),
             ip_proto=(IPPROTO_ICMP,)),
-    _masked("icmpv6_type", TCA_FLOWER_KEY_ICMPV6_TYPE, 1, "icmpv6_type", needs=(ETH_P_IPV6,),
+    # the IR has one icmp_type/icmp_code for both families (eth_type says which): ICMPv6's keys name them too
+    _masked("icmpv6_type", TCA_FLOWER_KEY_ICMPV6_TYPE, 1, "icmp_type", needs=(ETH_P_IPV6,),
             ip_proto=(IPPROTO_ICMPV6,)),
-    _masked("icmpv6_code", TCA_FLOWER_KEY_ICMPV6_CODE, 1, "icmpv6_code", needs=(ETH_P_IPV6,),
+    _masked("icmpv6_code", TCA_FLOWER_KEY_ICMPV6_CODE, 1, "icmp_code", needs=(ETH_P_IPV6,),
             ip_proto=(IPPROTO_ICMPV6,)),
     _masked("arp_sip", TCA_FLOWER_KEY_ARP_SIP, 4, "arp_spa", needs=_ARP),
     _masked("arp_tip", TCA_FLOWER_KEY_ARP_TIP, 4, "arp_tpa", needs=_ARP),

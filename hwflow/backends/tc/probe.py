@@ -296,7 +296,9 @@ class Prober:
 
 def _match_probes(candidates: Capabilities) -> Iterator[tuple[str, str, dict[str, int], int]]:
     """(field, mask kind, flower keys, protocol) for every match claim hwflow can encode."""
-    specs = {s.ir_field: s for s in fl.KEY_SPECS}
+    specs: dict[str, fl.KeySpec] = {}
+    for spec in fl.KEY_SPECS:  # a field two keys encode (ICMP's type: v4 and v6) is probed by the first
+        specs.setdefault(spec.ir_field, spec)
     for field in sorted(candidates.match_fields):
         spec = specs.get(field)
         if spec is None:
