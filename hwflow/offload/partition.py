@@ -1434,8 +1434,7 @@ class _Planner:
         planned = self._planned.get(owner)
         if planned is None:
             return True
-        return any(dep[0] == flow.table and ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, known or ())
-                   for dep, known in planned.deps.items())
+        return any(dep[0] == flow.table and _among_answers(flow, dep, known) for dep, known in planned.deps.items())
 
     # --- planning one port or chain ------------------------------------------------------
 
@@ -1581,8 +1580,9 @@ class _Planner:
         refused = self.refused
         judged = self._judged.get(owner)
         before = judged[1] if judged is not None and judged[0] is ctx.capabilities else {}
-        now: dict[int, tuple[Leaf, str | None, str | None]] = {}
+        now: dict[int, tuple[Leaf, str | None, str | None]] | None = None
         if owner[0] == "chain":  # (a port's chain 0 is walked afresh: nothing of it would be seen again)
+            now = {}
             self._judged[owner] = (ctx.capabilities, now)
         for leaf in leaves:
             match = leaf.as_match()
@@ -1596,7 +1596,8 @@ class _Planner:
                 reason = seen[1]
             else:
                 reason = _why_not(leaf, ctx, self.ports, self.unicast_only, doom)
-            now[id(leaf)] = (leaf, reason, switch)
+            if now is not None:
+                now[id(leaf)] = (leaf, reason, switch)
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
@@ -1751,15 +1752,19 @@ def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[i
                     return True
                 continue
             flows = by_table.get(dep[0])
-            if flows and any(ir.reaches(flow, dep[1], dep[2]) and _agrees(flow, known or ()) for flow in flows):
+            if flows and any(_among_answers(flow, dep, known) for flow in flows):
                 return True
         return False
     return hit
 
 
-def _agrees(flow: ir.Flow, known: tuple) -> bool:
-    """Whether ``flow`` pins no field to another value than the walk knew (``known``: (field, value)s)."""
-    for field, value in known:
+def _among_answers(flow: ir.Flow, dep: tuple, known: tuple | None) -> bool:
+    """Whether ``flow`` is (or, added, would be) among the answers of lookup ``dep`` (table, fields, values) as the
+    walk knew it: reached by the values (:func:`ir.reaches`), and pinning no field to another value than the
+    walk knew there (``known``: (field, value)s)."""
+    if not ir.reaches(flow, dep[1], dep[2]):
+        return False
+    for field, value in known or ():
         pin = ir.pinned(flow.match, field)
         if pin is not None and pin != value:
             return False
