@@ -91,9 +91,11 @@ SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every por
 SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
 
 
-@dataclasses.dataclass(frozen=True)
-class PortOffload:
-    """A local port whose VF sits behind an offload-capable embedded switch (or a tunnel port's device)."""
+class PortOffload(NamedTuple):
+    """A local port whose VF sits behind an offload-capable embedded switch (or a tunnel port's device).
+
+    A named tuple: a change compares every port with the one before (which moved), and a tuple compares in C.
+    """
 
     port: int  # logical port key, or one of ir.TUNNEL_PORTS
     switch_id: str
@@ -1122,6 +1124,7 @@ class _Planner:
         self._by_table: dict[tuple[int, tuple[str, ...]], dict | set[Owner]] = {}
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._orphans: set[tuple] = set()  # chains whose last parent went during this change (see _prune)
+        self._canonical: dict[tuple, tuple] = {}  # chain key -> the one object the planner's tables hold for it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
@@ -1335,6 +1338,7 @@ class _Planner:
             for table in (self._segments, self._parents):
                 table.pop(key, None)
             self._judged.pop(("chain", key), None)
+            self._canonical.pop(key, None)
             self.ids.forget(key)
 
     def _free(self, number: int, rules: float) -> None:
@@ -1349,13 +1353,13 @@ class _Planner:
         toward: dict[int, dict[int, float]] = {}
         for number, freed in self._freed.items() if self._starved else ():
             chains, ports = self._above({number})
+            numbers = {self.ids.of(key) for key in chains}  # few: the chains above one, by number
             for port in ports & self._starved.keys():
                 if number in self._closures.get(port, ()):
                     general[port] = general.get(port, 0) + freed
                     continue
-                for target in self._wants.get(port, {}):
-                    if self._keys.get(target) in chains:
-                        toward.setdefault(port, {})[target] = toward.get(port, {}).get(target, 0) + freed
+                for target in self._wants.get(port, {}).keys() & numbers:  # a tunnel device wants a thousand
+                    toward.setdefault(port, {})[target] = toward.get(port, {}).get(target, 0) + freed
         return general, toward
 
     def _cost_below(self, children: Iterable[int]) -> float:
@@ -1659,6 +1663,9 @@ class _Planner:
         caps = ctx.capabilities
         limited = caps.max_chains is not None
         key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
+        # one object per chain key: a walk makes a new entry for every goto leaf, and the planner's tables would
+        # compare each with theirs field by field (a dataclass's __eq__) on every look-up; the same object, never
+        key = self._canonical.setdefault(key, key)
         out.entered.add(key)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
