@@ -1428,17 +1428,19 @@ class _Planner:
         where it agrees with what the walk knew (a port's walk of IPv4 is not one of an ARP answer's readers,
         though it looked the responder's table up by its network)."""
         found: set[Owner] = set()
+        pins = ir.pins(flow.match)
         for (table, fields), tree in self._by_table.items():
             if table == flow.table:
-                found |= _reached(tree, [ir.pinned(flow.match, field) for field in fields])
-        return {owner for owner in found if self._agreed(owner, flow)}
+                found |= _reached(tree, [pins.get(field) for field in fields])
+        return {owner for owner in found if self._agreed(owner, flow.table, pins)}
 
-    def _agreed(self, owner: Owner, flow: ir.Flow) -> bool:
-        """Whether one of ``owner``'s lookups of ``flow``'s table has ``flow`` among its answers as it knew them."""
+    def _agreed(self, owner: Owner, table: int, pins: Mapping[str, int]) -> bool:
+        """Whether one of ``owner``'s lookups of ``table`` has a flow pinning ``pins`` among its answers as it knew
+        them."""
         planned = self._planned.get(owner)
         if planned is None:
             return True
-        return any(dep[0] == flow.table and _among_answers(flow, dep, known) for dep, known in planned.deps.items())
+        return any(dep[0] == table and _among_answers(pins, dep, known) for dep, known in planned.deps.items())
 
     # --- planning one port or chain ------------------------------------------------------
 
@@ -1748,9 +1750,9 @@ def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[i
     fields these join tables match): one of its lookups would answer with a flow added or removed that agrees
     with what the walk knew there (a lookup by network knowing the destination MAC, a routed path's, is not
     hit by another destination's flow)."""
-    by_table: dict[int, list[ir.Flow]] = {}
+    by_table: dict[int, list[dict[str, int]]] = {}  # table -> what each changed flow of it pins
     for flow in (*added, *removed):
-        by_table.setdefault(flow.table, []).append(flow)
+        by_table.setdefault(flow.table, []).append(ir.pins(flow.match))
 
     def hit(deps: Deps) -> bool:
         for dep, known in deps.items():
@@ -1759,20 +1761,20 @@ def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[i
                     return True
                 continue
             flows = by_table.get(dep[0])
-            if flows and any(_among_answers(flow, dep, known) for flow in flows):
+            if flows and any(_among_answers(pins, dep, known) for pins in flows):
                 return True
         return False
     return hit
 
 
-def _among_answers(flow: ir.Flow, dep: tuple, known: tuple | None) -> bool:
-    """Whether ``flow`` is (or, added, would be) among the answers of lookup ``dep`` (table, fields, values) as the
-    walk knew it: reached by the values (:func:`ir.reaches`), and pinning no field to another value than the
-    walk knew there (``known``: (field, value)s)."""
-    if not ir.reaches(flow, dep[1], dep[2]):
+def _among_answers(pins: Mapping[str, int], dep: tuple, known: tuple | None) -> bool:
+    """Whether a flow pinning ``pins`` (:func:`ir.pins`) is (or, added, would be) among the answers of lookup
+    ``dep`` (table, fields, values) as the walk knew it: reached by the values (:func:`ir.reaches`), and pinning
+    no field to another value than the walk knew there (``known``: (field, value)s)."""
+    if not ir.reaches(pins, dep[1], dep[2]):
         return False
     for field, value in known or ():
-        pin = ir.pinned(flow.match, field)
+        pin = pins.get(field)
         if pin is not None and pin != value:
             return False
     return True

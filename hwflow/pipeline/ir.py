@@ -699,11 +699,17 @@ def pinned(match: Match, field: str) -> int | None:
     return term.value if term is not None and term.mask == _FULL_MASKS[field] else None
 
 
-def reaches(flow: Flow, fields: tuple[str, ...], values: tuple[int, ...]) -> bool:
-    """Whether ``flow`` is among what :meth:`Pipeline.lookup` by ``fields`` = ``values`` answers (or would, if
-    it were in the table): what an incremental user of lookups checks a changed flow against."""
+def pins(match: Match) -> dict[str, int]:
+    """The fields ``match`` matches exactly, with their values."""
+    return {field: value for field, value, mask in match if mask == _FULL_MASKS[field]}
+
+
+def reaches(pinning: Mapping[str, int], fields: tuple[str, ...], values: tuple[int, ...]) -> bool:
+    """Whether a flow pinning ``pinning`` (:func:`pins` of its match) is among what :meth:`Pipeline.lookup` by
+    ``fields`` = ``values`` answers (or would, if it were in the table): what an incremental user of lookups
+    checks a changed flow against."""
     for field, value in zip(fields, values):
-        pin = pinned(flow.match, field)
+        pin = pinning.get(field)
         if pin is not None:
             return pin == value
     return True
