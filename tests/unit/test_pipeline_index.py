@@ -74,9 +74,9 @@ def test_a_long_rest_is_looked_up_again_by_a_second_known_field():
     pipeline = ir.Pipeline.build(flows, {})
     fields, values, found = pipeline.lookup(0, {"in_port": 7, "metadata": 3})
     assert [f.match for f in found] == [ir.Match.of(in_port=7), ir.Match.of(metadata=3)]
-    assert not ir.reaches(ir.Flow(0, 10, ir.Match.of(metadata=4), (), "x"), fields, values)
-    assert ir.reaches(ir.Flow(0, 10, ir.Match.of(metadata=3, ip_proto=17), (), "x"), fields, values)
-    assert ir.reaches(ir.Flow(0, 10, ir.Match.of(ip_proto=17), (), "x"), fields, values)
+    assert not ir.reaches(ir.pins(ir.Match.of(metadata=4)), fields, values)
+    assert ir.reaches(ir.pins(ir.Match.of(metadata=3, ip_proto=17)), fields, values)
+    assert ir.reaches(ir.pins(ir.Match.of(ip_proto=17)), fields, values)
 
 
 @settings(max_examples=300, deadline=None)
@@ -86,7 +86,7 @@ def test_a_flow_no_lookup_answer_reaches_cannot_take_its_packets(pipeline, packe
     packet with the values it looked up by, so adding or removing it cannot change what a walk there finds."""
     fields, values, _ = pipeline.lookup(0, packet)
     assert dict(zip(fields, values)) == {f: packet[f] for f in fields}
-    if not ir.reaches(ir.Flow(0, 0, match, (ir.Drop(),), "new"), fields, values):
+    if not ir.reaches(ir.pins(match), fields, values):
         assert not match.covers(packet)
 
 
