@@ -131,11 +131,50 @@ def ifindex(host: SimHost, vm: str) -> int:
     return next(p["representor_ifindex"] for p in host.nic_ports if p["vf"] == host.vms[vm_ns(host, vm)].vf)
 
 
-def hw_packets(host: SimHost, src: str, dst: str, protocol: int = fl.ETH_P_IP) -> int:
-    """Packets the NIC redirected from VM ``src`` to VM ``dst`` (sum over matching rules)."""
-    src_if, dst_if = ifindex(host, src), ifindex(host, dst)
-    return sum(stats.packets for rule, stats in nic_rules(host) if stats is not None and rule.ifindex == src_if
-               and rule.protocol == protocol and any(getattr(a, "ifindex", None) == dst_if for a in rule.actions))
+def counted(host: SimHost, vm: str, pick: Callable[[fl.FlowerRule], bool] = lambda rule: True) -> int:
+    """Packets counted by the NIC rules (of every chain) on ``vm``'s representor that ``pick`` selects."""
+    return sum(stats.packets for rule, stats in nic_rules(host, {host.vms[vm_ns(host, vm)].vf})
+               if stats is not None and pick(rule))
+
+
+def redirects(rule: fl.FlowerRule, to: int | None = None) -> bool:
+    """Whether the rule sends packets on in hardware: to representor ifindex ``to``, or (None) anywhere."""
+    return any(isinstance(a, fl.Mirred) and (to is None or a.ifindex == to) for a in rule.actions)
+
+
+def rewrites(rule: fl.FlowerRule) -> bool:
+    return any(isinstance(a, fl.Pedit) for a in rule.actions)
+
+
+def hw_packets(host: SimHost, src: str, dst: str, protocol: int = fl.ETH_P_IP, rewriting: bool = False) -> int:
+    """Packets the NIC redirected from VM ``src`` to VM ``dst`` (sum over matching rules); ``rewriting``: by
+    rules that also rewrite headers (pedit) on the way, as a routed path's do."""
+    dst_if = ifindex(host, dst)
+    return counted(host, src, lambda rule: rule.protocol == protocol and redirects(rule, dst_if)
+                   and (rewrites(rule) or not rewriting))
+
+
+def rewriting_redirect(host: SimHost, src: str, dst: str) -> list[fl.FlowerRule]:
+    """The NIC rules on ``src``'s representor that rewrite headers and redirect to ``dst``'s (a routed path)."""
+    dst_if = ifindex(host, dst)
+    return [rule for rule, _ in nic_rules(host, {host.vms[vm_ns(host, src)].vf})
+            if redirects(rule, dst_if) and rewrites(rule)]
+
+
+def nic_dump(host: SimHost) -> str:
+    """Every NIC rule with its keys, actions and packet counter, one a line (for failure messages)."""
+    lines = []
+    for rule, stats in nic_rules(host):
+        keys = " ".join(f"{spec.field}={value:#x}/{mask:#x}" for spec, value, mask in rule.keys.items())
+        lines.append(f"{rule.describe()} protocol {rule.protocol:#06x} [{keys}] {rule.actions} "
+                     f"packets={stats.packets if stats else '-'}")
+    return "\n".join(lines)
+
+
+def evidence(host: SimHost) -> str:
+    """What a failure about a datapath shows: the host's NIC rules with their counters and the agent log's tail."""
+    return (f"\n--- NIC rules of {host.name}:\n{nic_dump(host)}\n"
+            f"--- agent log of {host.name}:\n{agent_log(host)[-3000:]}")
 
 
 def unicast_flow(flows: list[Flow], mac: str) -> Flow:
@@ -475,8 +514,21 @@ def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
     assert len(nic_rules(host)) == 8
 
 
-def test_routed_ping_between_two_subnets_through_the_distributed_router(lab: Lab) -> None:
-    host = lab.host()
+ROUTED = (("vm1", "fa:16:3e:00:01:01", "10.1.0.5"), ("vm2", "fa:16:3e:00:02:01", "10.2.0.5"))
+
+
+@pytest.mark.parametrize("profile", ["sim-basic", "mlx5-connectx6dx"])
+def test_routed_ping_between_two_subnets_through_the_distributed_router(lab: Lab, profile: str) -> None:
+    """vm1 (10.1.0.0/24) pings vm2 (10.2.0.0/24) through router r1, both VMs on one host.
+
+    sim-basic cannot rewrite headers nor decrement the TTL: routed paths stay in OVS, which receives every
+    echo request on vm1's representor and every reply on vm2's, and no NIC rule forwards one. On
+    mlx5-connectx6dx the partitioner puts them in hardware: vm1's chain 0 sends its IPv4 to a chain of the
+    router's where a ``pass`` catches TTL 0/1 (expiry is software's) and a rule rewrites both MACs, decrements
+    the TTL (pedit + csum) and redirects to vm2's representor (and the same back): those rules count every
+    echo, and OVS sees only each VM's ARP for its gateway.
+    """
+    host = lab.host(profile)
     with NbApi.from_url(host.database) as nb:
         legs = []
         for i, (cidr, gw) in enumerate((("10.1.0.0/24", "10.1.0.1"), ("10.2.0.0/24", "10.2.0.1"))):
@@ -488,18 +540,38 @@ def test_routed_ping_between_two_subnets_through_the_distributed_router(lab: Lab
             nb.create(RouterPort(name=f"r1-{i}", router_id=router.id, network_id=net.id, subnet_id=subnet.id,
                                  mac=f"fa:16:3e:ee:00:0{i}", ip=gw))
         vms = {name: nb.create(Port(name=name, network_id=net.id, mac=mac, ips=[address], chassis=host.name))
-               for name, mac, address, (net, _, _) in (("vm1", "fa:16:3e:00:01:01", "10.1.0.5", legs[0]),
-                                                       ("vm2", "fa:16:3e:00:02:01", "10.2.0.5", legs[1]))}
-    for (name, port), (_, _, gw) in zip(vms.items(), legs):
+               for (name, mac, address), (net, _, _) in zip(ROUTED, legs, strict=True)}
+    for (name, port), (_, _, gw) in zip(vms.items(), legs, strict=True):
         host.plug(port, vm_ns(host, name), gateway=gw)
     wait_for("routes and next hops in OVS", lambda: sum(1 for f in ovs_flows(host) if f.key[1] >= 100) > 20,
              host=host)
-    out = subprocess.run(["ip", "netns", "exec", vm_ns(host, "vm1"), "ping", "-c", "5", "-i", "0.1", "-W", "2",
-                          "10.2.0.5"], capture_output=True, text=True, check=False)
-    assert " 0% packet loss" in out.stdout, out.stdout + agent_log(host)[-3000:]
-    assert "ttl=63" in out.stdout  # one router hop: the TTL was decremented on the way
-    neigh = subprocess.run(["ip", "netns", "exec", vm_ns(host, "vm1"), "ip", "neigh", "show", "10.1.0.1"],
-                           capture_output=True, text=True, check=True).stdout
+    in_hardware = profile != "sim-basic"
+    directions = (("vm1", "vm2"), ("vm2", "vm1"))
+    if in_hardware:
+        wait_for("the routed paths' rewriting NIC rules, both ways",
+                 lambda: all(rewriting_redirect(host, *d) for d in directions), host=host)
+
+    def nic() -> dict[tuple[str, str], tuple[int, int]]:  # each way: packets redirected, by rules with a pedit
+        return {d: (hw_packets(host, *d), hw_packets(host, *d, rewriting=True)) for d in directions}
+
+    hw_before, rx_before = nic(), {vm: ovs_rx(host, representor(host, vm)) for vm in vms}
+    out = in_ns(vm_ns(host, "vm1"), "ping", "-c", str(PINGS), "-i", "0.05", "-W", "2", ROUTED[1][2], check=False,
+                timeout=60).stdout
+    assert " 0% packet loss" in out, out + evidence(host)
+    assert "ttl=63" in out  # one router hop: the TTL was decremented on the way
+
+    hw = {d: tuple(n - b for n, b in zip(now, hw_before[d], strict=True)) for d, now in nic().items()}
+    rx = {vm: ovs_rx(host, representor(host, vm)) - rx_before[vm] for vm in vms}
+    if in_hardware:
+        assert all(routed >= PINGS for _, routed in hw.values()), \
+            f"the NIC redirected {hw} (all, with a pedit), expected >= {PINGS} each way" \
+            + evidence(host)
+        assert all(n < PINGS for n in rx.values()), f"OVS received {rx} on the representors: echoes went to OVS" \
+            + evidence(host)
+    else:
+        assert all(n >= PINGS for n in rx.values()), f"OVS received only {rx} on the representors" + evidence(host)
+        assert not any(redirected for redirected, _ in hw.values()), f"the NIC redirected {hw}" + evidence(host)
+    neigh = in_ns(vm_ns(host, "vm1"), "ip", "neigh", "show", "10.1.0.1").stdout
     assert "fa:16:3e:ee:00:00" in neigh  # the gateway's ARP was answered with the router port's MAC
 
 
