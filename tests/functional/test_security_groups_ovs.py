@@ -4,7 +4,9 @@ The server VM is in a group that lets in TCP/22 from anyone, TCP/2222 from
 the members of the client's group and TCP/8080 from the client's address
 (and anything out); the client's and the outsider's groups let anything out
 and nothing in. Conntrack (OVS's, in each port's zone) is what lets the
-replies back.
+replies back. Every test runs on a NIC without conntrack (sim-basic) and on
+one the partitioner plans conntrack chains for (mlx5-connectx6dx), which the
+simulated NIC takes packets into and hands up to OVS at the ``ct`` action.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_e2e import counted, evidence, hw_packets, ovs_rx, representor
 
+from hwflow.backends.tc import flower as fl
 from hwflow.db.api import NbApi
 from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule
 from hwflow.sim.host import SimHost, in_ns, stop_process
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.functional
 SERVER = ("server", "fa:16:3e:00:00:21", "10.0.0.21")
 CLIENT = ("client", "fa:16:3e:00:00:22", "10.0.0.22")
 OUTSIDER = ("outsider", "fa:16:3e:00:00:23", "10.0.0.23")
+PROFILES = ("sim-basic", "mlx5-connectx6dx")
 REPLY = "hello from "
 # Listens on every port given after the reply text, answers each connection with it + the port, and closes it.
 SERVE = """
@@ -107,11 +112,11 @@ def create(host: SimHost) -> dict[str, Port]:
                 for (vm, mac, ip), group in ((SERVER, ssh), (CLIENT, clients), (OUTSIDER, outsiders))}
 
 
-@pytest.fixture(scope="module")
-def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vms]:
+@pytest.fixture(scope="module", params=PROFILES)
+def vms(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vms]:
     name = f"sg{secrets.token_hex(2)}"
     workdir: Path = tmp_path_factory.mktemp(name)
-    with SimHost(name, workdir, f"sqlite:///{workdir}/nb.sqlite") as host:
+    with SimHost(name, workdir, f"sqlite:///{workdir}/nb.sqlite", profile=request.param) as host:
         lab = Vms(host)
         try:
             for vm, port in create(host).items():
@@ -128,6 +133,50 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vms]:
 def test_ssh_gets_in_and_its_reply_data_comes_back(vms: Vms) -> None:
     for _ in range(3):
         assert vms.connect("client", SERVER[2], 22) == f"{REPLY}22"
+
+
+CONNECTIONS = 5
+AT_LEAST = 3  # packets each end of such a connection sends: SYN / SYN-ACK, an ACK / the data, a FIN
+
+
+def test_the_packets_of_allowed_connections_are_carried_by_ovs(vms: Vms) -> None:
+    """SSH connections the server's group lets in (and the client's lets out): which datapath carried them.
+
+    OVS, on both profiles: conntrack is OVS's. On sim-basic (no conntrack) the partitioner keeps a filtered
+    port's IP in software, so no NIC rule on either representor counts a packet. On mlx5-connectx6dx it plans
+    conntrack chains: a port's chain 0 sends its IPv4 through ``ct`` in the port's zone and on to a chain on
+    the connection's state, where +trk+est packets to the peer would be redirected. The simulated NIC cannot
+    do conntrack: its data plane hands the frame, as it came, up the representor at the ``ct`` action. So each
+    end's ct rule counts every packet it sends, OVS receives at least as many, and no NIC rule (the +est
+    redirects included) forwards one. (On a NIC that does conntrack, today's plan would hand them all up too:
+    mlx5 cannot match +new nor +rel, so the partitioner widens those paths by dropping the whole ct_state term
+    (``Doom.coarse``) and holds them with a ``pass`` matching all the port's IPv4 at the head of the post-ct
+    chain, in front of the +trk+est redirects it shadows.)
+    """
+    host, ends = vms.host, ("client", "server")
+
+    def through_ct(rule: fl.FlowerRule) -> bool:
+        return any(isinstance(a, fl.Ct) for a in rule.actions)
+
+    def now() -> dict[str, tuple[int, int, int, int]]:  # each end: OVS rx, NIC ct rules, NIC rules, redirects
+        return {vm: (ovs_rx(host, representor(host, vm)), counted(host, vm, through_ct), counted(host, vm),
+                     hw_packets(host, vm, peer)) for vm, peer in (ends, ends[::-1])}
+
+    before = now()
+    for _ in range(CONNECTIONS):
+        assert vms.connect("client", SERVER[2], 22) == f"{REPLY}22"
+    after = now()
+    seen = {vm: tuple(n - b for n, b in zip(after[vm], before[vm], strict=True)) for vm in ends}
+    what = f"(OVS rx, NIC ct rules, all NIC rules, NIC redirects to the other end) on {host.profile}: {seen}"
+    assert all(rx >= AT_LEAST * CONNECTIONS for rx, *_ in seen.values()), "OVS missed packets " + what \
+        + evidence(host)
+    assert not any(redirected for *_, redirected in seen.values()), "the NIC forwarded packets " + what \
+        + evidence(host)
+    if host.profile == "sim-basic":
+        assert not any(nic for _, _, nic, _ in seen.values()), "NIC rules counted packets " + what + evidence(host)
+    else:
+        assert all(rx >= ct >= AT_LEAST * CONNECTIONS for rx, ct, *_ in seen.values()), \
+            "the NIC's ct rules did not take every packet up to OVS " + what + evidence(host)
 
 
 def test_what_no_ingress_rule_allows_is_dropped(vms: Vms) -> None:
