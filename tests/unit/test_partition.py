@@ -5,10 +5,17 @@ hardware, "hardware rules first, software on a miss" must give the same
 outputs (ports and the packets as sent: rewrites, TTL, VLAN, tunnel
 metadata) as the software pipeline alone, over a sequence of packets
 sharing one connection table each (conntrack chains).
+
+Each property is checked on fixed examples, where the share of examples that
+forward a packet by a NIC rule is reported and held to a floor (see
+``_proved``), and on fresh ones. Three pipelines in four are shaped like the
+apps' (classify, L2-like matches, one way on): random tables alone almost
+never give the NIC a path, and the proof compared the interpreter with itself.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import pytest
@@ -107,14 +114,58 @@ def flows(draw, table: int, last_table: int):
     return ir.Flow(table, prio, ir.Match.of(**terms), tuple(actions), f"t{table}p{prio}")
 
 
+# What a path the NIC may take ends in: one unicast output on the ports' switch, a goto, a tunnel, a ct.
+SHAPED_ENDS = (*((ir.Output(p),) for p in PORTS[:3]), *((ir.Output(p),) for p in PORTS[:3]),
+               (ir.SetField("tun_id", VNIS[0]), ir.SetField("tun_dst", IPS[3]), ir.Output(TUN)), (ir.Drop(),))
+SHAPED_EDITS = ((ir.SetField("eth_src", MACS[0]),), (ir.SetField("eth_dst", MACS[1]),),
+                (ir.SetField("metadata", 7),), (ir.DecTtl(),), (ir.PushVlan(5),))
+
+
 @st.composite
-def pipelines(draw):
+def shaped_flows(draw, table: int, last_table: int):
+    """Flows shaped like the apps' (classify by port, then exact or prefix matches on what the NIC matches, a
+    rewrite at most, one way on): random tables seldom give a path the NIC can take, these mostly do."""
+    terms: dict = {}
+    if table == 0 and draw(st.integers(0, 3)):
+        terms["in_port"] = draw(st.sampled_from(PORTS))
+    if table > 0 and draw(st.booleans()):
+        terms["metadata"] = draw(st.sampled_from((0, 7)))
+    for field, pool in (("eth_dst", MACS[:3]), ("eth_type", ETH_TYPES[:2]), ("ipv4_dst", IPS), ("ip_proto", PROTOS)):
+        if draw(st.integers(0, 2)) == 0 if field != "eth_dst" else draw(st.integers(0, 2)):  # unicast, mostly
+            terms[field] = draw(st.sampled_from(pool)) if field != "ipv4_dst" else (
+                draw(st.sampled_from(pool)), draw(st.sampled_from((0xFFFFFFFF, 0xFFFFFF00, 0xFF000000))))
+    actions = [a for run in draw(st.lists(st.sampled_from(SHAPED_EDITS), max_size=1)) for a in run]
+    if table < last_table and draw(st.integers(0, 2)) == 0:
+        actions.append(ir.GotoTable(draw(st.integers(table + 1, last_table))) if draw(st.integers(0, 3)) else
+                       ir.Conntrack(zone=3, table=draw(st.integers(table + 1, last_table))))
+    else:
+        actions += draw(st.sampled_from(SHAPED_ENDS))
+    prio = draw(st.integers(0, 5))
+    return ir.Flow(table, prio, ir.Match.of(**terms), tuple(actions), f"s{table}p{prio}")
+
+
+@st.composite
+def pipelines(draw, shaped: bool | None = None):
+    """Random tables, or (``shaped``; drawn when None, three times in four) tables shaped like the apps': most
+    ports classified into a network, then flows of :func:`shaped_flows`."""
+    if shaped is None:
+        shaped = draw(st.integers(0, 3)) > 0
     last = draw(st.integers(0, 2))
+    return ir.Pipeline.build({f.key: f for f in _tables(draw, shaped, last)}.values(), {})
+
+
+def _tables(draw, shaped: bool, last: int, most: int = 6) -> list[ir.Flow]:
+    """Flows for tables 0..``last``, at most ``most`` drawn a table (see :func:`pipelines`)."""
+    _event("shaped pipeline" if shaped else "random pipeline")
     out = []
+    if shaped and last:  # below the table's other flows, which may catch some first
+        out += [ir.Flow(0, 0, ir.Match.of(in_port=p), (ir.SetField("metadata", draw(st.sampled_from((0, 7)))),
+                                                         ir.GotoTable(1)), "classify")
+                for p in draw(st.lists(st.sampled_from(PORTS), unique=True, min_size=1))]
     for table in range(last + 1):
-        out += draw(st.lists(flows(table, last), max_size=6))
-    unique = {f.key: f for f in out}
-    return ir.Pipeline.build(unique.values(), {})
+        out += draw(st.lists((shaped_flows if shaped else flows)(table, last), min_size=int(shaped and table > 0),
+                             max_size=most))
+    return out
 
 
 packets = st.fixed_dictionaries({
@@ -133,17 +184,48 @@ def _offload(caps: Capabilities, switches=("sw0", "sw0", "sw0", "sw1", "sw0")) -
     return {p: PortOffload(p, s, caps) for p, s in zip(PORTS, switches)}
 
 
-def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> None:
+def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> int:
     """Each side keeps its own connection table across the packets, as the NIC+OVS and the reference would.
 
-    Each drawn packet is followed by copies of it moved into its port's hardware rules' matches.
+    Each drawn packet is followed by copies of it moved into its port's hardware rules' matches, and the first
+    by copies moved into every other port's too. Returns how many packets a NIC rule forwarded (what
+    :func:`_proved` counts).
     """
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
-    for pkt in [p for drawn in pkts for p in (drawn, *aimed_at_rules(plan, drawn))]:
+    by_nic = 0
+    others = [{**pkts[0], "in_port": port} for port in PORTS if pkts and port != pkts[0]["in_port"]]
+    for pkt in [p for drawn in (*pkts, *others) for p in (drawn, *aimed_at_rules(plan, drawn))]:
         expected = software_alone(pipeline, pkt, reference)  # first: a NAT clash discards the example
         assert hw_then_sw(pipeline, plan, pkt, nic) == expected, (plan.rules, pkt)
-        # how often the proof reaches the NIC side (issue 13 sets a floor; here it is measured)
-        _event("a packet forwarded by a NIC rule" if forwarded_by_nic(plan, pkt) else "a packet left to software")
+        by_nic += forwarded_by_nic(plan, pkt)
+    _event("a packet forwarded by a NIC rule" if by_nic else "every packet left to software")
+    return by_nic
+
+
+def _proved(nic_share, percent: int, examples: int, check, *strategies, **options) -> None:
+    """Check a property on fixed examples, then on fresh ones. ``check(*drawn)`` asserts it and returns how many
+    packets a NIC rule forwarded.
+
+    The fixed examples (derandomized: the same in every run, for one version of hypothesis) make the share of
+    examples where a NIC rule forwarded a packet a fact about the test, not a draw: it is reported, and must
+    reach ``percent`` (under it the property mostly compares the interpreter with itself; measured shares
+    vary by 10-20 points between random runs, too much for a floor on them). The fresh ones explore.
+    """
+    stats: collections.Counter = collections.Counter()
+
+    def counted(drawn: tuple) -> None:
+        stats.update(examples=1, by_nic=bool(check(*drawn)))
+
+    def fresh(drawn: tuple) -> None:
+        check(*drawn)
+
+    settings(max_examples=examples, deadline=None, derandomize=True, database=None, **options)(
+        given(st.tuples(*strategies))(counted))()
+    nic_share.update(examples=stats["examples"], by_nic=stats["by_nic"])
+    assert stats["by_nic"] * 100 >= stats["examples"] * percent, (
+        f"only {stats['by_nic']} of {stats['examples']} examples forwarded a packet by a NIC rule "
+        f"(floor {percent}%): the generators stopped reaching the hardware side")
+    settings(max_examples=examples, deadline=None, **options)(given(st.tuples(*strategies))(fresh))()
 
 
 def _event(text: str) -> None:
@@ -155,18 +237,21 @@ def _capped(caps: Capabilities, capacity: int) -> Capabilities:
     return dataclasses.replace(caps, max_rules=capacity)
 
 
-@settings(max_examples=400, deadline=None)
-@given(pipelines(), st.lists(packets, min_size=1, max_size=20), st.integers(0, 40), st.booleans(), st.booleans(),
-       st.frozensets(st.integers(1, 2)))
-def test_split_never_changes_a_verdict(pipeline, pkts, capacity, unicast_only, rich, joins):
-    """``joins``: tables where a port's clean path hands over to a chain all ports share (any table will do)."""
-    caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
-    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only,
-                     joins=joins)
-    _assert_same_outputs(pipeline, plan, pkts)
-    for pkt in pkts:
-        if forwarded_by_nic(plan, pkt):
-            assert interpreter.run(pipeline, pkt).punt is None  # a punted packet never goes to hardware
+def test_split_never_changes_a_verdict(nic_share):
+    """``joins``: tables where a port's clean path hands over to a chain all ports share (any table will do).
+    Floor: 25% of the fixed examples forward a packet by a NIC rule (measured 34%: three
+    pipelines in four are shaped like the apps'; the random ones almost never give the NIC a path)."""
+    def check(pipeline, pkts, capacity, unicast_only, rich, joins) -> int:
+        caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
+        plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only,
+                         joins=joins)
+        for pkt in pkts:
+            if forwarded_by_nic(plan, pkt):
+                assert interpreter.run(pipeline, pkt).punt is None  # a punted packet never goes to hardware
+        return _assert_same_outputs(pipeline, plan, pkts)
+
+    _proved(nic_share, 25, 400, check, pipelines(), st.lists(packets, min_size=1, max_size=20),
+            st.integers(0, 40), st.booleans(), st.booleans(), st.frozensets(st.integers(1, 2)))
 
 
 EDITS = (ir.SetField("eth_src", MACS[0]), ir.SetField("ipv4_dst", IPS[1]), ir.DecTtl(), ir.PushVlan(5),
@@ -210,23 +295,31 @@ flowing_packets = st.fixed_dictionaries({
 }, optional={"vlan_vid": st.sampled_from((5, 6))})
 
 
-@settings(max_examples=400, deadline=None)
-@given(routed_pipelines(), st.lists(flowing_packets, min_size=1, max_size=20))
-def test_rewrites_ttl_vlan_and_conntrack_chains_never_change_a_verdict(pipeline, pkts):
-    """Denser in what a NIC may now take than the random pipelines: every path ends in an output or a ct."""
-    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
-    _assert_same_outputs(pipeline, plan, pkts)
+def test_rewrites_ttl_vlan_and_conntrack_chains_never_change_a_verdict(nic_share):
+    """Denser in what a NIC may now take than the random pipelines: every path ends in an output or a ct.
+    Floor: 40% of the fixed examples forward a packet by a NIC rule (measured 51%)."""
+    def check(pipeline, pkts) -> int:
+        plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,), unicast_only=False)
+        return _assert_same_outputs(pipeline, plan, pkts)
+
+    _proved(nic_share, 40, 400, check, routed_pipelines(),
+            st.lists(flowing_packets, min_size=1, max_size=20))
 
 
-@settings(max_examples=200, deadline=None)
-@given(pipelines(), st.lists(packets, min_size=1, max_size=10))
-def test_split_with_a_weak_nic_is_still_exact(pipeline, pkts):
+def test_split_with_a_weak_nic_is_still_exact(nic_share):
+    """A NIC that matches exact MACs and redirects, three rules in all, over shaped pipelines (only their plain
+    L2 paths fit it). Floor: 5% of the fixed examples forward a packet by a NIC rule (measured
+    9%)."""
     weak = Capabilities({"eth_dst": MASK_EXACT, "eth_type": MASK_EXACT}, frozenset({"redirect"}), max_rules=3)
-    plan = partition(pipeline, _offload(weak), (ir.ETH_TYPE_IPV4,))
-    for rule in plan.rules:
-        assert {t.field for t in rule.match.fields} <= {"eth_dst", "eth_type"}
-        assert all(t.exact for t in rule.match.fields)
-    _assert_same_outputs(pipeline, plan, pkts)
+
+    def check(pipeline, pkts) -> int:
+        plan = partition(pipeline, _offload(weak), (ir.ETH_TYPE_IPV4,))
+        for rule in plan.rules:
+            assert {t.field for t in rule.match.fields} <= {"eth_dst", "eth_type"}
+            assert all(t.exact for t in rule.match.fields)
+        return _assert_same_outputs(pipeline, plan, pkts)
+
+    _proved(nic_share, 5, 200, check, pipelines(shaped=True), st.lists(packets, min_size=1, max_size=10))
 
 
 def _l2_pipeline() -> ir.Pipeline:
@@ -267,25 +360,28 @@ def test_no_redirect_across_switches():
     assert {(r.in_port, r.output) for r in plan.rules} == {(1, 3), (3, 1)}
 
 
-# most random pipelines have no rule to refuse: they are discarded (hypothesis's statistics count them), not
-# passed; test_split_compiled refuses rules of compiled hosts, nearly all of which have some
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(pipelines(), st.lists(packets, min_size=1, max_size=10), st.data())
-def test_a_refused_rule_keeps_what_it_shadows_in_software(pipeline, pkts, data):
-    offload = _offload(RICH_CAPS)
-    first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
-    assume(first.rules)  # random tables seldom make one; test_split_compiled refuses rules of compiled hosts
-    victim = data.draw(st.sampled_from(first.rules))
-    plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"},
-                     unicast_only=False)
-    assert (victim.in_port, victim.match) not in {(r.in_port, r.match) for r in plan.rules}
-    if (victim.output, victim.goto) != (None, None):  # a refused pass rule leaves its leaf as it was
-        # said so, unless its chain has nothing left for hardware and is not entered at all
-        assert any(s.reason == "the NIC refused it: ENOSPC" for s in plan.software) or victim.chain not in {
-            r.chain for r in plan.rules_of(victim.in_port)}
-    elif victim.owner == "miss":  # a chain whose catch-all the NIC refuses is not entered
-        assert victim.chain not in {r.chain for r in plan.rules_of(victim.in_port)}
-    _assert_same_outputs(pipeline, plan, pkts)
+def test_a_refused_rule_keeps_what_it_shadows_in_software(nic_share):
+    """Over shaped pipelines (a plan with no rule has nothing to refuse: such an example is discarded, and
+    hypothesis's statistics count them). Floor: 60% of the fixed examples forward a packet by a NIC
+    rule after the refusal (measured 76%); test_split_compiled refuses rules of compiled hosts too."""
+    def check(pipeline, pkts, pick) -> int:
+        offload = _offload(RICH_CAPS)
+        first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
+        assume(first.rules)
+        victim = first.rules[pick % len(first.rules)]
+        plan = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), refused={(victim.in_port, victim.match): "ENOSPC"},
+                         unicast_only=False)
+        assert (victim.in_port, victim.match) not in {(r.in_port, r.match) for r in plan.rules}
+        if (victim.output, victim.goto) != (None, None):  # a refused pass rule leaves its leaf as it was
+            # said so, unless its chain has nothing left for hardware and is not entered at all
+            assert any(s.reason == "the NIC refused it: ENOSPC" for s in plan.software) or victim.chain not in {
+                r.chain for r in plan.rules_of(victim.in_port)}
+        elif victim.owner == "miss":  # a chain whose catch-all the NIC refuses is not entered
+            assert victim.chain not in {r.chain for r in plan.rules_of(victim.in_port)}
+        return _assert_same_outputs(pipeline, plan, pkts)
+
+    _proved(nic_share, 60, 200, check, pipelines(shaped=True), st.lists(packets, min_size=1, max_size=10),
+            st.integers(0, 63), suppress_health_check=[HealthCheck.filter_too_much])
 
 
 def test_two_port_flood_is_one_output_but_stays_in_software():
@@ -647,10 +743,10 @@ def test_a_pending_rewrite_of_the_field_a_join_looks_up_by_does_not_hand_over():
 def changed_pipelines(draw):
     """A pipeline, and the same after a change: some flows removed, some added (the compiler's delta)."""
     last = draw(st.integers(0, 2))
-    before = {f.key: f for table in range(last + 1) for f in draw(st.lists(flows(table, last), max_size=6))}
-    after = {k: f for k, f in before.items() if draw(st.integers(0, 3))}
-    for table in range(last + 1):
-        after.update({f.key: f for f in draw(st.lists(flows(table, last), max_size=3))})
+    shaped = draw(st.integers(0, 3)) > 0
+    before = {f.key: f for f in _tables(draw, shaped, last)}
+    after = {k: f for k, f in before.items() if f.owner == "classify" or draw(st.integers(0, 3))}
+    after.update({f.key: f for f in _tables(draw, shaped, last, 3) if f.owner != "classify"})
     return _patched(before, after)
 
 
@@ -669,16 +765,16 @@ def _canonical(plan: Plan) -> tuple:
             sorted((sw.in_port, sw.chain, repr(sw.match), sw.reason, sw.passable) for sw in plan.software))
 
 
-@settings(max_examples=300, deadline=None)
-@given(changed_pipelines(), st.frozensets(st.sampled_from(PORTS), min_size=1),
-       st.frozensets(st.sampled_from(PORTS), min_size=1), st.frozensets(st.integers(1, 2)), st.booleans(),
-       st.integers(3, 40), st.lists(packets, min_size=1, max_size=10))
-def test_an_incremental_plan_equals_a_whole_plan(pipelines_, before, after, joins, rich, capacity, pkts):
+def test_an_incremental_plan_equals_a_whole_plan(nic_share):
     """Plan, change the pipeline and the ports, plan with the delta: exactly what planning it all again gives
     (with the same chain numbers), and every port whose rules changed is among those it says changed. Short
     of room, the changed ports get what the others leave (a whole plan serves them in key order): then the
-    plan must still fit and give every packet its verdict."""
-    _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts)
+    plan must still fit and give every packet its verdict. Floor: 12% of the fixed examples
+    forward a packet by a NIC rule after the change (measured 19%)."""
+    _proved(nic_share, 12, 300, _check_incremental, changed_pipelines(),
+            st.frozensets(st.sampled_from(PORTS), min_size=1), st.frozensets(st.sampled_from(PORTS), min_size=1),
+            st.frozensets(st.integers(1, 2)), st.booleans(), st.integers(3, 40),
+            st.lists(packets, min_size=1, max_size=10))
 
 
 @st.composite
@@ -705,17 +801,20 @@ def changed_networks(draw):
     return _patched(before, after)
 
 
-@settings(max_examples=200, deadline=None)
-@given(changed_networks(), st.frozensets(st.sampled_from(PORTS[:4]), min_size=1),
-       st.frozensets(st.sampled_from(PORTS[:4]), min_size=1), st.integers(6, 60),
-       st.lists(packets, min_size=1, max_size=10))
-def test_an_incremental_plan_of_shared_chains_equals_a_whole_plan(pipelines_, before, after, capacity, pkts):
+def test_an_incremental_plan_of_shared_chains_equals_a_whole_plan(nic_share):
     """The same over networks whose ports share chains: a chain planned again is named in ``Plan.refreshed``,
-    which the agent relies on to re-encode only those."""
-    _check_incremental(pipelines_, before, after, frozenset({1}), True, capacity, pkts)
+    which the agent relies on to re-encode only those. Floor: 8% of the fixed examples forward a
+    packet by a NIC rule after the change (measured 12%)."""
+    def check(pipelines_, before, after, capacity, pkts) -> int:
+        return _check_incremental(pipelines_, before, after, frozenset({1}), True, capacity, pkts)
+
+    _proved(nic_share, 8, 200, check, changed_networks(), st.frozensets(st.sampled_from(PORTS[:4]), min_size=1),
+            st.frozensets(st.sampled_from(PORTS[:4]), min_size=1), st.integers(6, 60),
+            st.lists(packets, min_size=1, max_size=10))
 
 
-def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> None:
+def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> int:
+    """The checks of the incremental tests; how many packets a NIC rule forwarded after the change."""
     old, new = pipelines_
     caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
     offload = _offload(caps)
@@ -726,10 +825,10 @@ def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -
     delta = (list(set(new.flows) - set(old.flows)), list(set(old.flows) - set(new.flows)))
     now = {p: offload[p] for p in after}
     plan = partitioner.plan(new, now, (ir.ETH_TYPE_IPV4,), {}, delta)
-    _assert_same_outputs(new, plan, [p for p in pkts if p["in_port"] in now])
+    by_nic = _assert_same_outputs(new, plan, [p for p in pkts if p["in_port"] in now])
     if partitioner.changed is None:
         _event("whole plan (over capacity, or the state read behind a join changed)")
-        return
+        return by_nic
     assert {p for p in PORTS if plan.rules_of(p) != first_rules[p]} <= partitioner.changed
     # the agent re-encodes a changed port's chain 0 and the chains planned again or newly reached, no others
     for p in partitioner.changed:
@@ -746,6 +845,7 @@ def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -
     else:
         _event("incremental")
         assert _canonical(plan) == _canonical(whole)
+    return by_nic
 
 
 def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
