@@ -52,8 +52,10 @@ def agent_log(host: SimHost) -> str:
     return host.agent_log.read_text(errors="replace") if host.agent_log.exists() else ""
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20, host: SimHost | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` (and the agent log)."""
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20, host: SimHost | None = None,
+             details: Callable[[], str] | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` (and the agent log, and what
+    ``details`` says then)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -61,7 +63,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20, host: Sim
             return result
         if time.monotonic() > deadline:
             log = agent_log(host)[-3000:] if host else ""
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{log}")
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{details() if details else ''}\n{log}")
         time.sleep(0.2)
 
 
