@@ -5,7 +5,8 @@ developer machine without them they skip with the reason; in CI
 (``HWFLOW_NO_SKIP=1``, set by ``.ci/run``) every skip is turned into a
 failure (a test's, a skip marker's and a whole module's at collection), and
 so are xfail and XPASS: a green CI run means every test really ran and
-passed. In CI hypothesis prints the blob that reproduces a failure.
+passed. In CI hypothesis prints the blob that reproduces a failure and
+replays the failures kept in ``tests/hypothesis-regressions`` (see there).
 
 Tests of the HW/SW split report how often their packets took a NIC rule
 (the ``nic_share`` fixture); the summary at the end of the run lists them,
@@ -16,17 +17,47 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import shutil
 
 import pytest
 from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase, MultiplexedDatabase, ReadOnlyDatabase
 
 NO_SKIP = os.environ.get("HWFLOW_NO_SKIP") == "1"
 NIC_SHARE: dict[str, collections.Counter[str]] = {}  # test -> examples, and those that took a NIC rule
 
-settings.register_profile("ci", print_blob=True)
-if os.environ.get("CI") == "true" or NO_SKIP:
-    settings.load_profile("ci")
+REGRESSIONS = pathlib.Path(__file__).parent / "hypothesis-regressions"
+
+
+class _Kept(DirectoryBasedExampleDatabase):
+    """The smallest failing example of each failure, saved in the repository and kept once it passes (hypothesis
+    deletes it from its own database then), so every later run replays it as a regression.
+
+    Hypothesis saves a failing example under the test's key and, while shrinking, moves the one a smaller
+    failure supersedes to a secondary key: that move drops it here. Secondary and target (pareto) corpora are
+    not kept.
+    """
+
+    def save(self, key: bytes, value: bytes) -> None:
+        if not key.endswith((b".secondary", b".pareto")):
+            super().save(key, value)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        pass
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        super().delete(src, value)
+
+
+# Locally a failure found is saved in .hypothesis/ and in tests/hypothesis-regressions (commit it with the fix);
+# CI replays the committed ones without writing, prints the blob that reproduces a new failure, and draws more
+# examples where a test does not choose how many.
+settings.register_profile("dev", database=MultiplexedDatabase(
+    DirectoryBasedExampleDatabase(pathlib.Path(".hypothesis") / "examples"), _Kept(REGRESSIONS)))
+settings.register_profile("ci", print_blob=True, max_examples=300,
+                          database=ReadOnlyDatabase(DirectoryBasedExampleDatabase(REGRESSIONS)))
+settings.load_profile("ci" if os.environ.get("CI") == "true" or NO_SKIP else "dev")
 
 
 @pytest.fixture
