@@ -551,7 +551,8 @@ def test_routed_ping_between_two_subnets_through_the_distributed_router(lab: Lab
     directions = (("vm1", "vm2"), ("vm2", "vm1"))
     if in_hardware:
         wait_for("the routed paths' rewriting NIC rules, both ways",
-                 lambda: all(rewriting_redirect(host, *d) for d in directions), host=host)
+                 lambda: all(rewriting_redirect(host, *d) for d in directions), host=host,
+                 details=lambda: nic_dump(host))
 
     def nic() -> dict[tuple[str, str], tuple[int, int]]:  # each way: packets redirected, by rules with a pedit
         return {d: (hw_packets(host, *d), hw_packets(host, *d, rewriting=True)) for d in directions}

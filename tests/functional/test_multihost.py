@@ -115,7 +115,7 @@ def test_vms_on_two_hosts_ping_through_the_tunnel(hosts: tuple[SimHost, SimHost]
     assert loss == 0, f"{loss}% loss " + what()
     # OVS updates a tunnel port's counters a moment later (a VM representor's at once): poll
     wait_for(f"OVS to count every ping on the VM representors and {kind} ports",
-             lambda: all(min(counts[:3]) >= PINGS for counts in seen()), host=a, details=what)
+             lambda: all(min(counts[:3]) >= PINGS for counts in seen()), details=what)
     assert not any(counts[3] for counts in seen()), "the NIC forwarded packets " + what()
 
 
