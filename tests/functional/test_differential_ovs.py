@@ -2,33 +2,65 @@
 
 Random topologies are compiled with the shipped layout and apps, synced into
 a real OVS (userspace datapath) by the OVS backend, and random packets are
-traced both through the interpreter and through ``ofproto/trace``: the sets
-of output ports must be equal, and a packet sent once leaves with the same
-rewritten headers (``set(...)`` datapath actions: the ARP and IPv6 neighbor
-discovery answers). Ports may hold an IPv6 address too, and packets include
-neighbor solicitations (for a held address, an unknown one, from ``::``). Hand-built pipelines do the same for what the
-apps do not emit yet: VLAN push/pop/rewrite (the VLAN each copy leaves with
-must agree too) and a conntrack chain, traced with ``--ct-next`` set to the
-state the interpreter's tracker gives. Routing is compared too: random subnets
-joined by a router, packets with random protocols, L4 ports and TTLs (1
-expires at the hop, 2 just survives), where they leave and with which MACs
-and TTL. Security groups over a connection: a request, its reply and the
-request again between ports in random groups of random rules, traced with
-each recirculation's conntrack state as the interpreter's tracker found it
-(``ofproto/trace`` does not track connections itself: the tracker's state
-machine is the conntrack tests' business, what the flows make of each state
-is compared here). This is what lets every other test use the interpreter as
-its oracle.
+traced both through the interpreter and through ``ofproto/trace``: the
+copies sent must be the same (port, VLAN tag, tunnel key and destination),
+and a packet sent once leaves with the same rewritten headers (``set(...)``
+datapath actions). Every app of the shipped layout is on some path:
+
+* L2, ARP and IPv6 neighbor discovery answers (solicitations for a held
+  address, an unknown one, from ``::``), on hand-built pipelines too: VLAN
+  push/pop/rewrite and a conntrack chain.
+* Routing: random subnets joined by a router, random protocols, L4 ports and
+  TTLs (1 expires at the hop, 2 just survives): where packets leave, with
+  which MACs and TTL. DHCP discovers, requests and renewals among them: a
+  served port's go to the agent (the interpreter's Punt, OVS's
+  ``controller`` action) and nowhere else, a port of a subnet without DHCP
+  has them forwarded.
+* Security groups, IPv4 and IPv6, over a connection: a request, its reply
+  and the request again between ports of random addresses in groups of
+  random rules (port ranges, prefixes, a remote group), random L4 ports.
+* NAT: a router with a gateway on a flat external network behind the
+  uplink, FIPs for some ports, SNAT to the chassis's address for the others;
+  connections from a VM to the outside and from the outside to a FIP, the
+  SNAT address or nobody, with their answers; ARP from the outside.
+* Ports elsewhere: VXLAN networks (random VNIs) with ports on other chassis
+  (random tunnel addresses; some terminate no VXLAN, one is unknown) and
+  provider VLAN and flat networks behind the uplink: out through the tunnel
+  (tun_id and tun_dst compared) or tagged through the uplink, and in from
+  either; IPv4 and IPv6 TCP, UDP and ICMP.
+
+Conntrack: ``ofproto/trace`` does not track connections. Each recirculation
+is traced with ``--ct-next`` set to the state the interpreter's tracker found
+(the tracker's state machine is the conntrack tests' business; what the
+flows make of each state is compared here), so the tracker's known gaps
+(an ICMP error is never ``+rel``, a first TCP packet that is no SYN is
+``+new``) cannot show here. The trace simulates a ct's ``nat(src=...)`` or
+``nat(dst=...)`` and prints the addresses it gives ("Modified flow"): those
+are compared with the interpreter's. It cannot undo a connection's
+translation on a reply through a bare ``nat`` (the SNAT address's replies):
+that recirculation is traced again from its table (``trace-packet-out`` of a
+``resubmit``) with the addresses the interpreter's tracker restored, so the
+un-SNAT itself is the interpreter's word; where the reply goes from there is
+compared.
+
+Tunnels: ``ofproto/trace`` encapsulates as the userspace datapath does
+(``tnl_push``), which needs a route to the remote chassis: the tunnel
+address sits on a second bridge with one port, the underlay, that carries
+each encapsulated copy out.
+
+This is what lets every other test use the interpreter as its oracle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,11 +68,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hwflow.apps.compiler import Compiler, layout_path
-from hwflow.backends.ovs.backend import OvsBackend
+from hwflow.apps.l3 import CHASSIS_SNAT_ZONE, nat_mac
+from hwflow.backends.ovs.backend import TUNNEL_PORT_NAMES, OvsBackend, fixed_ports
 from hwflow.backends.ovs.daemons import OvsDaemons
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import OvsdbClient
 from hwflow.model.objects import (
+    MAX_VLAN,
+    MAX_VNI,
+    Chassis,
+    FloatingIP,
     Network,
     Port,
     Router,
@@ -59,6 +96,19 @@ NPORTS = 5
 MACS = [f"fa:16:3e:00:00:{i:02x}" for i in range(1, NPORTS + 1)]
 IPS = [f"10.0.0.{i}" for i in range(1, NPORTS + 1)]
 IPS6 = [f"fd00::{i}" for i in range(1, NPORTS + 1)]
+BROADCAST = (1 << 48) - 1
+PHYSNET, UPLINK = "physnet1", "u0"
+TUNNEL_IP = "192.0.2.1"  # this chassis's, on the underlay bridge
+UNDERLAY, UNDERLAY_PORT = "br-ul", "t0"
+# The agent's fixed ports on the bridge: logical port key -> interface.
+FIXED = {ir.TUNNEL_PORTS["vxlan"]: TUNNEL_PORT_NAMES["vxlan"], ir.physnet_port(PHYSNET): UPLINK}
+TUNNELS = frozenset(ir.TUNNEL_PORTS.values())
+
+# A copy sent: (interface, outer VLAN id or None, (tun_id, tun_dst) when encapsulated).
+Copy = tuple[str, int | None, tuple[int, int] | None]
+# A recirculation after a ct: the --ct-next flags of the state found, and the IPv4 addresses the tracker's NAT
+# left the packet with (None: it translated nothing).
+Recirculation = tuple[str, dict[str, int] | None]
 
 
 def sh(*argv: str) -> str:
@@ -66,22 +116,53 @@ def sh(*argv: str) -> str:
 
 
 class Ovs:
-    """One OVS in its own namespace with NPORTS veth ports carrying iface-ids p0..pN."""
+    """One OVS in its own namespace: NPORTS veth ports carrying iface-ids p0..pN, the agent's VXLAN tunnel port
+    and the uplink of PHYSNET (:data:`FIXED`), the underlay bridge the tunnel is routed by."""
 
     def __init__(self) -> None:
         self.ns = f"hwt-dif-{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="hwt-dif-"))
-        sh("ip", "netns", "add", self.ns)
-        self.daemons = OvsDaemons(self.dir, netns=self.ns).start()
-        self.ovsdb = OvsdbClient(self.daemons.db_sock, BRIDGE)
-        self.ovsdb.ensure_bridge()
-        for i in range(NPORTS):
-            sh("ip", "-n", self.ns, "link", "add", f"p{i}", "type", "veth", "peer", "name", f"q{i}")
-            sh("ip", "-n", self.ns, "link", "set", f"p{i}", "up")
-            self.ovsdb.add_port(f"p{i}", iface_id=f"p{i}")
-        self.ofports = {f"p{i}": self.ovsdb.wait_for_ofport(f"p{i}", timeout=15) for i in range(NPORTS)}
-        self.backend = OvsBackend(self.ovsdb, OpenFlowConnection(self.daemons.mgmt(BRIDGE)))
-        self.odp_names = self._odp_names()
+        with contextlib.ExitStack() as undo:  # a setup failing half-way takes down what it started
+            sh("ip", "netns", "add", self.ns)
+            undo.callback(subprocess.run, ["ip", "netns", "delete", self.ns], check=False)
+            self.daemons = OvsDaemons(self.dir, netns=self.ns).start()
+            undo.callback(self.daemons.stop)
+            self.ovsdb = OvsdbClient(self.daemons.db_sock, BRIDGE)
+            undo.callback(self.ovsdb.close)
+            self.ovsdb.ensure_bridge()
+            for i in range(NPORTS):
+                self._veth(f"p{i}")
+                self.ovsdb.add_port(f"p{i}", iface_id=f"p{i}")
+            self._veth(UPLINK)
+            self.ovsdb.sync_fixed_ports(fixed_ports(TUNNEL_IP, ["vxlan"], {"vxlan": 4789}, {PHYSNET: UPLINK}))
+            self.ofports = {f"p{i}": self.ovsdb.wait_for_ofport(f"p{i}", timeout=15) for i in range(NPORTS)}
+            self.fixed = {key: self.ovsdb.wait_for_ofport(name, timeout=15) for key, name in FIXED.items()}
+            self.backend = OvsBackend(self.ovsdb, OpenFlowConnection(self.daemons.mgmt(BRIDGE)))
+            undo.callback(self.backend.of.close)
+            self._underlay()
+            self.odp_names = self._odp_names()
+            self._undo = undo.pop_all()
+
+    def _veth(self, name: str) -> None:
+        sh("ip", "-n", self.ns, "link", "add", name, "type", "veth", "peer", "name", f"{name}-far")
+        sh("ip", "-n", self.ns, "link", "set", name, "up")
+
+    def _underlay(self) -> None:
+        """A standalone bridge holding TUNNEL_IP, with one port: without a route to the remote chassis the trace
+        drops what goes into the tunnel, and it prunes an encapsulated copy that leaves by no port."""
+        self._veth(UNDERLAY_PORT)
+        sh("ovs-vsctl", f"--db={self.daemons.db_sock}", "add-br", UNDERLAY, "--", "set", "Bridge", UNDERLAY,
+           "datapath_type=netdev", "--", "add-port", UNDERLAY, UNDERLAY_PORT)
+        sh("ip", "-n", self.ns, "addr", "add", f"{TUNNEL_IP}/24", "dev", UNDERLAY)
+        sh("ip", "-n", self.ns, "link", "set", UNDERLAY, "up")
+        deadline = time.monotonic() + 15
+        while f"dev {UNDERLAY}" not in self.appctl("ovs/route/show"):  # learnt from the namespace's routes
+            assert time.monotonic() < deadline, self.appctl("ovs/route/show")
+            time.sleep(0.05)
+
+    def neighbour(self, address: str) -> None:
+        """Let the trace encapsulate towards a remote chassis (it would ARP for it instead)."""
+        self.appctl("tnl/neigh/set", UNDERLAY, address, "aa:55:aa:55:00:01")
 
     def appctl(self, *args: str) -> str:
         return sh("ip", "netns", "exec", self.ns, "ovs-appctl", "-t", str(self.dir / "vswitchd.ctl"), *args)
@@ -96,35 +177,68 @@ class Ovs:
         return names
 
     def trace(self, flow: str) -> set[str]:
-        return {name for name, _ in self.trace_outputs(flow)}
+        return {name for name, *_ in self.trace_outputs(flow)}
+
+    def trace_text(self, flow: str, ct_next: Sequence[str] = (), actions: str | None = None) -> str:
+        """``ofproto/trace`` of ``flow``, or with ``actions`` ``trace-packet-out`` of them; each recirculation finds
+        the next of the ``ct_next`` conntrack states."""
+        states = [arg for flags in ct_next for arg in ("--ct-next", flags)]
+        if actions is None:
+            return self.appctl("ofproto/trace", *states, BRIDGE, flow)
+        return self.appctl("ofproto/trace-packet-out", *states, BRIDGE, flow, actions)
 
     def datapath_actions(self, flow: str, ct_next: str | list[str] | None = None) -> list[str]:
         """The datapath actions of the trace, over every recirculation, in order; ``ct_next``: the conntrack state
         each recirculation finds, in turn."""
-        states = [ct_next] if isinstance(ct_next, str) else ct_next or []
-        out = self.appctl("ofproto/trace", BRIDGE, flow, *(arg for flags in states for arg in ("--ct-next", flags)))
-        sections = [line.split(":", 1)[1] for line in out.splitlines() if line.startswith("Datapath actions:")]
-        assert sections, out
-        return [a for text in sections for a in _datapath_actions(text)]
+        return _actions_of(self.trace_text(flow, [ct_next] if isinstance(ct_next, str) else ct_next or []))
 
-    def trace_outputs(self, flow: str, ct_next: str | list[str] | None = None) -> list[tuple[str, int | None]]:
-        """(interface, outer VLAN id or None) of each copy sent, over every recirculation of the trace."""
-        vlans = [int(v) for v in re.findall(r"dl_vlan=(\d+)", flow)]
-        sent = []
-        for action in self.datapath_actions(flow, ct_next):
-            if action.isdigit():
-                sent.append((self.odp_names[int(action)], vlans[-1] if vlans else None))
+    def trace_outputs(self, flow: str, ct_next: str | list[str] | None = None) -> list[Copy]:
+        """Each copy sent, over every recirculation of the trace."""
+        return self.copies(self.datapath_actions(flow, ct_next), [int(v) for v in re.findall(r"dl_vlan=(\d+)", flow)])
+
+    def copies(self, actions: list[str], vlans: Sequence[int] = ()) -> list[Copy]:
+        """Each copy the datapath actions send; ``vlans``: the tags the packet came with, the outer one last."""
+        stack, sent = list(vlans), []
+        for action in actions:
+            if action.startswith("clone("):
+                sent += self.copies(_datapath_actions(action[len("clone("):-1]), stack)
+            elif action.startswith("tnl_push("):
+                port = int(re.search(r"tnl_port\((\d+)\)", action).group(1))
+                vni = int(re.search(r"vni=(0x[0-9a-f]+)", action).group(1), 16)
+                dst = re.search(r"ipv4\(src=[\d.]+,dst=([\d.]+)", action).group(1)
+                sent.append((self.odp_names[port], stack[-1] if stack else None, (vni, _ip4(dst))))
+            elif action.isdigit():
+                name = self.odp_names[int(action)]
+                if name != UNDERLAY_PORT:  # there the encapsulated packet of a tnl_push leaves, counted by it
+                    sent.append((name, stack[-1] if stack else None, None))
             elif action.startswith("push_vlan("):
-                vlans.append(int(re.search(r"vid=(\d+)", action).group(1)))
+                stack.append(int(re.search(r"vid=(\d+)", action).group(1)))
             elif action == "pop_vlan":
-                vlans.pop()
+                stack.pop()
         return sent
 
+    def trace_connection(self, flow: str, recirculations: Sequence[Recirculation],
+                         actions: str | None = None) -> tuple[list[str], dict[str, int]]:
+        """The datapath actions over every recirculation, each finding the state the interpreter's tracker found,
+        and the IPv4 addresses NAT gave the packet (IR field -> value). A reply's un-NAT by a bare ``nat``, which
+        the trace cannot do, is resumed from its table with the addresses the tracker restored (module doc)."""
+        text = self.trace_text(flow, [flags for flags, _ in recirculations], actions)
+        first, *stages = RESUMED.split(text)
+        done, translated = _actions_of(first), {}
+        for i, stage in enumerate(stages):
+            restored, nat = recirculations[i][1], _translations(stage)
+            if restored is not None and not nat:
+                resumed = re.search(r"^Flow: (.*)$", stage, re.M).group(1)
+                table = re.search(r"Resuming from table (\d+)", stage).group(1)
+                more, later = self.trace_connection(_readdressed(resumed, restored), recirculations[i + 1:],
+                                                    f"resubmit(,{table})")
+                return done + more, {**translated, **restored, **later}
+            done += _actions_of(stage)
+            translated.update(nat)
+        return done, translated
+
     def close(self) -> None:
-        self.backend.of.close()
-        self.ovsdb.close()
-        self.daemons.stop()
-        subprocess.run(["ip", "netns", "delete", self.ns], check=False)
+        self._undo.close()
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +248,36 @@ def ovs() -> Iterator[Ovs]:
         yield host
     finally:
         host.close()
+
+
+RESUMED = re.compile(r"^recirc\(0x[0-9a-f]+\) - resume conntrack.*$", re.M)  # heads each recirculation's trace
+
+
+def _actions_of(text: str) -> list[str]:
+    sections = [line.split(":", 1)[1] for line in text.splitlines() if line.startswith("Datapath actions:")]
+    assert sections, text
+    return [a for text in sections for a in _datapath_actions(text)]
+
+
+def _translations(stage: str) -> dict[str, int]:
+    """The addresses the trace's NAT simulation gave a recirculation ("Modified flow: nw_src=...,nw_dst=...")."""
+    m = re.search(r"^ Modified flow: (.*)$", stage, re.M)
+    return {f"ipv4_{k}": _ip4(v) for k, v in re.findall(r"nw_(src|dst)=([\d.]+)", m.group(1) if m else "")}
+
+
+def _readdressed(flow: str, addresses: Mapping[str, int]) -> str:
+    """A recirculation's flow (as the trace prints it) as trace-packet-out takes it, with other addresses: no
+    recirc_id, no bare ``eth``, and L4 ports named by their protocol (the parser refuses a UDP packet's tp_src)."""
+    fields = [f for f in flow.split(",") if f != "eth" and not f.startswith("recirc_id=")]
+    proto = "udp" if "udp" in fields else "tcp"
+    renamed = {"tp_src": f"{proto}_src", "tp_dst": f"{proto}_dst"}
+    values = {"nw_src": ipaddress.IPv4Address(addresses["ipv4_src"]),
+              "nw_dst": ipaddress.IPv4Address(addresses["ipv4_dst"])}
+    parts = []
+    for field in fields:
+        key, sep, value = field.partition("=")
+        parts.append(f"{renamed.get(key, key)}={values.get(key, value)}" if sep else field)
+    return ",".join(parts)
 
 
 @st.composite
@@ -185,6 +329,42 @@ def solicitations(draw, topo: Topology, port: Port) -> dict[str, int]:
     return ns if src == 0 else {**ns, "nd_options_type": 1, "nd_sll": mac}
 
 
+ECHO_REPLY = {8: 0, 128: 129}  # ICMP and ICMPv6 echo request -> reply
+SWAPPED = (("ipv4_src", "ipv4_dst"), ("ipv6_src", "ipv6_dst"), ("tcp_src", "tcp_dst"), ("udp_src", "udp_dst"))
+
+
+@st.composite
+def transports(draw, ipv6: bool = False, dst_ports: st.SearchStrategy[int] = st.integers(1, 65535)) -> dict[str, int]:
+    """A protocol above IP: TCP or UDP from a random port to one of ``dst_ports``, or an ICMP(v6) echo request."""
+    proto = draw(st.sampled_from((6, 17, 58 if ipv6 else 1)))
+    if proto in (1, 58):
+        return {"ip_proto": proto, "icmp_type": 128 if ipv6 else 8, "icmp_code": 0}
+    name = "tcp" if proto == 6 else "udp"
+    return {"ip_proto": proto, f"{name}_src": draw(st.integers(1, 65535)), f"{name}_dst": draw(dst_ports)}
+
+
+def _addressed(src: Port, dst: Port, version: int) -> dict[str, int]:
+    """The IP header of a packet from ``src``'s address to ``dst``'s: their first (IPv4) or second (IPv6) one."""
+    family, eth_type, index = ("ipv6", ir.ETH_TYPE_IPV6, 1) if version == 6 else ("ipv4", ir.ETH_TYPE_IPV4, 0)
+    return {"eth_type": eth_type, f"{family}_src": int(ipaddress.ip_address(src.ips[index])),
+            f"{family}_dst": int(ipaddress.ip_address(dst.ips[index])), "ip_ttl": 64}
+
+
+def _answer(port: int, sent: Mapping[str, int]) -> dict[str, int]:
+    """The answer to a packet as it reached ``port``, sent back from there: addresses and L4 ports swapped."""
+    answer = {**sent, "in_port": port, "eth_src": sent["eth_dst"], "eth_dst": sent["eth_src"], "ip_ttl": 64}
+    for src, dst in SWAPPED:
+        if src in sent:
+            answer[src], answer[dst] = sent[dst], sent[src]
+    if "icmp_type" in sent:
+        answer["icmp_type"] = ECHO_REPLY[sent["icmp_type"]]
+    return answer
+
+
+def _ip4(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
 def _ip6(text: str) -> int:
     return int(ipaddress.IPv6Address(text))
 
@@ -195,8 +375,8 @@ REWRITES = {"eth": {"src": "eth_src", "dst": "eth_dst"}, "ipv6": {"src": "ipv6_s
             "icmpv6": {"type": "icmp_type", "code": "icmp_code"}, "nd": {"sll": "nd_sll", "tll": "nd_tll"},
             "nd_ext": {"nd_reserved": "nd_reserved", "nd_options_type": "nd_options_type"},
             "arp": {"sip": "arp_spa", "tip": "arp_tpa", "op": "arp_op", "sha": "arp_sha", "tha": "arp_tha"}}
-COMPARED = ("eth_src", "eth_dst", "ipv6_src", "ipv6_dst", "icmp_type", "nd_reserved", "nd_options_type", "arp_op",
-            "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
+COMPARED = ("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "ip_ttl", "ipv6_src", "ipv6_dst", "icmp_type", "nd_reserved",
+            "nd_options_type", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
 
 
 def _rewrites(actions: list[str]) -> dict[str, int]:
@@ -217,12 +397,14 @@ def _value(text: str) -> int:
     return int(ipaddress.ip_address(text)) if ":" in text or text.count(".") == 3 else int(text, 0)
 
 
-def assert_same_headers(pkt: dict[str, int], verdict: interpreter.Verdict, actions: list[str]) -> None:
-    """A single copy leaves OVS rewritten as the interpreter says (the link-layer option: the answer's nd_tll)."""
+def assert_same_headers(pkt: Mapping[str, int], verdict: interpreter.Verdict, actions: list[str],
+                        translated: Mapping[str, int] | None = None) -> None:
+    """A single copy leaves OVS rewritten as the interpreter says (the link-layer option: the answer's nd_tll;
+    ``translated``: the addresses conntrack's NAT gave it in OVS)."""
     ((_, expected),) = verdict.outputs
-    rewrites = _rewrites(actions)
+    rewrites = {**_rewrites(actions), **(translated or {})}
     sent = {**pkt, **rewrites}
-    assert {f: sent.get(f) for f in COMPARED} == {f: expected.get(f) for f in COMPARED}, actions
+    assert {f: sent.get(f) for f in COMPARED} == {f: expected.get(f) for f in COMPARED}, (pkt, actions)
     if "nd_tll" in rewrites or "nd_tll" in expected:
         assert rewrites.get("nd_tll") == expected.get("nd_tll"), actions
 
@@ -240,6 +422,12 @@ def _datapath_actions(text: str) -> list[str]:
     return [*actions, current]
 
 
+def _punted(actions: list[str]) -> bool:
+    """Whether the datapath actions hand the packet to the controller by a ``controller`` action (reason 1; a TTL
+    dec_ttl cannot decrement goes there as reason 2, which the interpreter, like the apps, counts as a drop)."""
+    return any(a.startswith("userspace(") and "controller(reason=1," in a for a in actions)
+
+
 def _mac(text: str) -> int:
     return int(text.replace(":", ""), 16)
 
@@ -248,41 +436,63 @@ def _fmt_mac(value: int) -> str:
     return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
 
 
-def ovs_flow(pkt: dict[str, int], ofport_of: dict[int, int]) -> str:
+L4_NAMES = {1: "icmp", 58: "icmpv6", 6: "tcp", 17: "udp"}
+
+
+def ovs_flow(pkt: Mapping[str, int], ofport_of: Mapping[int, int]) -> str:
     """The packet in ovs-ofctl flow syntax, as ofproto/trace takes it."""
-    parts = [f"in_port={ofport_of[pkt['in_port']]}", f"dl_src={_fmt_mac(pkt['eth_src'])}",
-             f"dl_dst={_fmt_mac(pkt['eth_dst'])}", f"dl_type={pkt['eth_type']:#06x}"]
-    if pkt["eth_type"] == ir.ETH_TYPE_IPV4:
+    parts = [f"in_port={ofport_of[pkt['in_port']]}"]
+    if "tun_id" in pkt:
+        parts += [f"tun_id={pkt['tun_id']:#x}", f"tun_src={ipaddress.IPv4Address(pkt['tun_src'])}"]
+    parts += [f"dl_src={_fmt_mac(pkt['eth_src'])}", f"dl_dst={_fmt_mac(pkt['eth_dst'])}"]
+    if "vlan_vid" in pkt:
+        parts.append(f"dl_vlan={pkt['vlan_vid']}")
+    parts.append(f"dl_type={pkt['eth_type']:#06x}")
+    if pkt["eth_type"] == ir.ETH_TYPE_ARP:
+        parts += [f"arp_op={pkt['arp_op']}", f"arp_spa={ipaddress.IPv4Address(pkt['arp_spa'])}",
+                  f"arp_tpa={ipaddress.IPv4Address(pkt['arp_tpa'])}", f"arp_sha={_fmt_mac(pkt['arp_sha'])}",
+                  f"arp_tha={_fmt_mac(pkt['arp_tha'])}"]
+    elif pkt["eth_type"] == ir.ETH_TYPE_IPV4:
         parts += [f"nw_src={ipaddress.IPv4Address(pkt['ipv4_src'])}",
-                  f"nw_dst={ipaddress.IPv4Address(pkt['ipv4_dst'])}", f"nw_proto={pkt['ip_proto']}",
-                  f"nw_ttl={pkt['ip_ttl']}"]
-        if pkt["ip_proto"] == 1:
-            parts += [f"icmp_type={pkt['icmp_type']}", f"icmp_code={pkt['icmp_code']}"]
-        else:
-            name = "tcp" if pkt["ip_proto"] == 6 else "udp"
-            parts += [f"{name}_src={pkt[name + '_src']}", f"{name}_dst={pkt[name + '_dst']}"]
-    elif pkt["eth_type"] == ir.ETH_TYPE_ARP:
-        parts += ["arp_op=1", "arp_spa=10.0.0.1", "arp_tpa=10.0.0.2", f"arp_sha={_fmt_mac(pkt['arp_sha'])}",
-                  "arp_tha=00:00:00:00:00:00"]
+                  f"nw_dst={ipaddress.IPv4Address(pkt['ipv4_dst'])}", *_l4(pkt)]
     elif pkt["eth_type"] == ir.ETH_TYPE_IPV6:
         parts += [f"ipv6_src={ipaddress.IPv6Address(pkt['ipv6_src'])}",
-                  f"ipv6_dst={ipaddress.IPv6Address(pkt['ipv6_dst'])}", "nw_proto=58", "nw_ttl=255",
-                  "icmpv6_type=135", "icmpv6_code=0", f"nd_target={ipaddress.IPv6Address(pkt['nd_target'])}"]
-        if "nd_sll" in pkt:
-            parts += [f"nd_sll={_fmt_mac(pkt['nd_sll'])}", "nd_options_type=1"]
+                  f"ipv6_dst={ipaddress.IPv6Address(pkt['ipv6_dst'])}", *_l4(pkt)]
     return ",".join(parts)
+
+
+def _l4(pkt: Mapping[str, int]) -> list[str]:
+    """The IP packet's protocol, TTL and what follows, in flow syntax (an NS's target and link-layer option)."""
+    name = L4_NAMES[pkt["ip_proto"]]
+    parts = [f"nw_proto={pkt['ip_proto']}", f"nw_ttl={pkt['ip_ttl']}"]
+    if name in ("icmp", "icmpv6"):
+        parts += [f"{name}_type={pkt['icmp_type']}", f"{name}_code={pkt['icmp_code']}"]
+    else:
+        parts += [f"{name}_src={pkt[name + '_src']}", f"{name}_dst={pkt[name + '_dst']}"]
+    if "nd_target" in pkt:
+        parts.append(f"nd_target={ipaddress.IPv6Address(pkt['nd_target'])}")
+    if "nd_sll" in pkt:
+        parts += [f"nd_sll={_fmt_mac(pkt['nd_sll'])}", f"nd_options_type={pkt['nd_options_type']}"]
+    return parts
 
 
 COMPILER = Compiler.from_file(layout_path(""))
 
 
 def _synced(ovs: Ovs, topo: Topology) -> tuple[ir.Pipeline, dict[int, int], dict[int, str]]:
-    """``topo`` compiled and synced into the OVS: the pipeline, port key -> ofport, port key -> interface."""
+    """``topo`` compiled and synced into the OVS: the pipeline, port key -> ofport, port key -> interface (a local
+    port's is its id; the fixed ports' are :data:`FIXED`)."""
     pipeline = COMPILER.compile(topo)
-    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids}
+    ports = {topo.ports[pid].unique_key: ovs.ofports[pid] for pid in topo.local_port_ids} | ovs.fixed
     result = ovs.backend.sync(pipeline.flows, ports)
     assert not result.errors, result.errors
-    return pipeline, ports, {key: f"p{key - 10}" for key in ports}
+    return pipeline, ports, {topo.ports[pid].unique_key: pid for pid in topo.local_port_ids} | FIXED
+
+
+def _copies(verdict: interpreter.Verdict, names: Mapping[int, str]) -> list[Copy]:
+    """The copies the interpreter sends, as :meth:`Ovs.copies` gives OVS's (sorted)."""
+    return sorted(((names[port], pkt.get("vlan_vid"), (pkt["tun_id"], pkt["tun_dst"]) if port in TUNNELS else None)
+                   for port, pkt in verdict.outputs), key=str)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -337,16 +547,15 @@ def _key(i: int) -> int:
     return 10 + i
 
 
+HAND_NAMES = {_key(i): f"p{i}" for i in range(NPORTS)}  # the hand-built pipelines' ports
+
+
 def _bind(ovs: Ovs, flows: list[ir.Flow]) -> tuple[ir.Pipeline, dict[int, int]]:
     pipeline = ir.Pipeline.build(flows, {})
     ports = {_key(i): ovs.ofports[f"p{i}"] for i in range(NPORTS)}
     result = ovs.backend.sync(pipeline.flows, ports)
     assert not result.errors, result.errors
     return pipeline, ports
-
-
-def _sent(verdict: interpreter.Verdict) -> list[tuple[str, int | None]]:
-    return sorted((f"p{port - 10}", pkt.get("vlan_vid")) for port, pkt in verdict.outputs)
 
 
 # Tagged packets (vid 200, 300) are taken by their own flows first, so a push only ever meets an untagged
@@ -370,7 +579,7 @@ VLAN_FLOWS = [
 def test_vlan_push_pop_and_rewrite_agree_with_ovs(ovs: Ovs, port: int, vlan: int | None) -> None:
     pipeline, ports = _bind(ovs, VLAN_FLOWS)
     pkt, flow = _frame(port, vlan, ports)
-    assert sorted(ovs.trace_outputs(flow)) == _sent(interpreter.run(pipeline, pkt)), pkt
+    assert sorted(ovs.trace_outputs(flow), key=str) == _copies(interpreter.run(pipeline, pkt), HAND_NAMES), pkt
 
 
 def _frame(port: int, vlan: int | None, ports: dict[int, int]) -> tuple[dict[str, int], str]:
@@ -397,8 +606,8 @@ TAGGED_FLOWS = [
 def test_tagged_and_untagged_matches_agree_with_ovs(ovs: Ovs, port: int, vlan: int | None) -> None:
     pipeline, ports = _bind(ovs, TAGGED_FLOWS)
     pkt, flow = _frame(port, vlan, ports)
-    sent = _sent(interpreter.run(pipeline, pkt))
-    assert sorted(ovs.trace_outputs(flow)) == sent, pkt
+    sent = _copies(interpreter.run(pipeline, pkt), HAND_NAMES)
+    assert sorted(ovs.trace_outputs(flow), key=str) == sent, pkt
     assert len(sent) == 1
     assert ovs.backend.sync(pipeline.flows, ports).sent == 0  # what OVS dumps keys as what was sent
 
@@ -432,22 +641,20 @@ def test_conntrack_recirculation_agrees_with_ovs(ovs: Ovs, port: int, state: str
         tracker.commit(5, {**pkt, "ipv4_src": pkt["ipv4_dst"], "ipv4_dst": pkt["ipv4_src"], "tcp_src": 80,
                            "tcp_dst": 1000})
     flow = f"in_port={ports[_key(port)]},tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,nw_ttl=64,tp_src=1000,tp_dst=80"
-    assert sorted(ovs.trace_outputs(flow, CT_NEXT[state])) == _sent(interpreter.run(pipeline, pkt, tracker)), state
+    expected = _copies(interpreter.run(pipeline, pkt, tracker), HAND_NAMES)
+    assert sorted(ovs.trace_outputs(flow, CT_NEXT[state]), key=str) == expected, state
 
 
-# --- routing: a router between subnets, TTLs that expire and that do not -------------------------------------
-
-ROUTED_REWRITES = ("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "ip_ttl")
-
+# --- routing: a router between subnets, TTLs that expire and that do not; DHCP on the way -----------------------
 
 @st.composite
 def routed_topologies(draw) -> Topology:
-    """Two or three networks with a /24 each, a router on two or more of them, the five ports spread over
-    them (no security group: the router is what is compared; conntrack is the other tests' business)."""
+    """Two or three networks with a /24 each (DHCP on or off), a router on two or more of them, the five ports
+    spread over them (no security group: the router is what is compared; conntrack is the other tests' business)."""
     n = draw(st.integers(2, 3))
     nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=100 + i, unique_key=i + 1) for i in range(n)}
     subnets = {f"s{i}": Subnet(id=f"s{i}", name=f"s{i}", network_id=f"n{i}", cidr=f"10.{i}.0.0/24",
-                               gateway_ip=f"10.{i}.0.1") for i in range(n)}
+                               gateway_ip=f"10.{i}.0.1", enable_dhcp=draw(st.booleans())) for i in range(n)}
     joined = draw(st.sets(st.sampled_from(sorted(nets)), min_size=2))
     rps = {f"rp{net[1:]}": RouterPort(id=f"rp{net[1:]}", name=f"rp{net[1:]}", router_id="r0", network_id=net,
                                       subnet_id=f"s{net[1:]}", mac=f"fa:16:3e:00:01:{int(net[1:]):02x}",
@@ -469,123 +676,351 @@ def routed_packets(draw, topo: Topology) -> dict[str, int]:
     dst = topo.ports[draw(st.sampled_from(sorted(topo.ports)))]
     gateway = [rp for rp in topo.of("router_port").values() if rp.network_id == src.network_id]
     dst_mac = _mac(gateway[0].mac) if gateway and draw(st.integers(0, 3)) else _mac(dst.mac)
-    dst_ip = int(ipaddress.IPv4Address(dst.ips[0])) if draw(st.integers(0, 5)) else 0x0A090009  # or nobody's
-    proto = draw(st.sampled_from((1, 6, 17)))
-    pkt = {"in_port": src.unique_key, "eth_src": _mac(src.mac), "eth_dst": dst_mac, "eth_type": ir.ETH_TYPE_IPV4,
-           "ipv4_src": int(ipaddress.IPv4Address(src.ips[0])), "ipv4_dst": dst_ip, "ip_proto": proto,
-           "ip_ttl": draw(st.sampled_from((1, 2, 64)))}
-    if proto == 1:
-        pkt.update(icmp_type=8, icmp_code=0)
-    else:
-        name = "tcp" if proto == 6 else "udp"
-        pkt.update({f"{name}_src": draw(st.integers(1024, 65535)), f"{name}_dst": draw(st.sampled_from((22, 53, 80)))})
-    return pkt
+    dst_ip = _ip4(dst.ips[0]) if draw(st.integers(0, 5)) else 0x0A090009  # or nobody's
+    return {"in_port": src.unique_key, "eth_src": _mac(src.mac), "eth_dst": dst_mac, "eth_type": ir.ETH_TYPE_IPV4,
+            "ipv4_src": _ip4(src.ips[0]), "ipv4_dst": dst_ip, "ip_ttl": draw(st.sampled_from((1, 2, 64))),
+            **draw(transports())}
+
+
+@st.composite
+def dhcp_requests(draw, topo: Topology) -> dict[str, int]:
+    """From a port: a DHCP discover (from 0.0.0.0) or request broadcast, or a renewal unicast to its subnet's
+    gateway through the router port holding it."""
+    port = topo.ports[draw(st.sampled_from(sorted(topo.ports)))]
+    gateway = [rp for rp in topo.of("router_port").values() if rp.network_id == port.network_id]
+    ways = [(0, BROADCAST, 0xFFFF_FFFF), (_ip4(port.ips[0]), BROADCAST, 0xFFFF_FFFF)]  # discover, request
+    ways += [(_ip4(port.ips[0]), _mac(rp.mac), _ip4(rp.ip)) for rp in gateway]  # renewal
+    src, dst_mac, dst = draw(st.sampled_from(ways))
+    return {"in_port": port.unique_key, "eth_src": _mac(port.mac), "eth_dst": dst_mac, "eth_type": ir.ETH_TYPE_IPV4,
+            "ipv4_src": src, "ipv4_dst": dst, "ip_proto": 17, "ip_ttl": 64, "udp_src": 68, "udp_dst": 67}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_routing_agrees_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
-    """Where a routed packet leaves, and with which MACs and TTL: the interpreter as OVS."""
+    """Where a routed packet leaves, and with which MACs and TTL; whether a DHCP request goes to the agent (and
+    then nowhere else): the interpreter as OVS."""
     topo = data.draw(routed_topologies())
     pipeline, ports, names = _synced(ovs, topo)
     for _ in range(6):
-        pkt = data.draw(routed_packets(topo))
+        pkt = data.draw(dhcp_requests(topo) if data.draw(st.integers(0, 3)) == 0 else routed_packets(topo))
         verdict = interpreter.run(pipeline, pkt)
-        flow = ovs_flow(pkt, ports)
-        actions = ovs.datapath_actions(flow)
-        sent = {ovs.odp_names[int(a)] for a in actions if a.isdigit()}
-        assert sent == {names[p] for p in verdict.ports}, (pkt, actions)
-        event("routed (MACs and TTL rewritten)" if verdict.outputs and verdict.outputs[0][1]["ip_ttl"] != pkt["ip_ttl"]
-              else "delivered unrouted" if verdict.outputs else "not delivered (dropped or to the agent)")
+        actions = ovs.datapath_actions(ovs_flow(pkt, ports))
+        assert {name for name, *_ in ovs.copies(actions)} == {names[p] for p in verdict.ports}, (pkt, actions)
+        assert _punted(actions) == (verdict.punt is not None), (pkt, actions)
+        event("punted to the agent" if verdict.punt else "routed (MACs and TTL rewritten)"
+              if verdict.outputs and verdict.outputs[0][1]["ip_ttl"] != pkt["ip_ttl"]
+              else "delivered unrouted" if verdict.outputs else "dropped")
         if len(verdict.outputs) == 1:
-            ((_, expected),) = verdict.outputs
-            rewritten = {**pkt, **_rewrites(actions)}
-            assert {f: rewritten.get(f) for f in ROUTED_REWRITES} == {f: expected.get(f) for f in ROUTED_REWRITES}, (
-                pkt, actions)
+            assert_same_headers(pkt, verdict, actions)
 
 
 # --- security groups: connection state over a request and its reply -----------------------------------------
 
-SG_RULES = (
-    ("ingress", {"protocol": "tcp", "port_min": 22, "port_max": 22}),
-    ("ingress", {"protocol": "tcp", "port_min": 80, "port_max": 81, "remote_ip_prefix": "10.0.0.0/25"}),
-    ("ingress", {"protocol": "udp", "port_min": 53, "port_max": 53}),
-    ("ingress", {"protocol": "icmp", "icmp_type": 8}),
-    ("ingress", {"protocol": "tcp", "remote_group_id": "g1"}),
-    ("egress", {}),
-    ("egress", {"protocol": "tcp"}),
-)
 CT_FLAGS = ((ir.CT_TRK, "trk"), (ir.CT_NEW, "new"), (ir.CT_EST, "est"), (ir.CT_REL, "rel"), (ir.CT_RPL, "rpl"),
             (ir.CT_INV, "inv"))
+GROUPS = ("g0", "g1")
+
+
+@st.composite
+def sg_rules(draw, group: str, index: int, hosts: Sequence[int]) -> SecurityGroupRule:
+    """A random rule: either direction and ethertype, any or one protocol, a port range or ICMP type, a peer
+    prefix around one of the ports' addresses (``hosts``) or a remote group."""
+    ethertype = draw(st.sampled_from(("IPv4", "IPv6")))
+    icmp = "icmp" if ethertype == "IPv4" else "icmpv6"
+    fields = {"protocol": draw(st.sampled_from(("", "tcp", "udp", icmp)))}
+    if fields["protocol"] in ("tcp", "udp") and draw(st.booleans()):
+        low = draw(st.integers(1, 65535))
+        fields.update(port_min=low, port_max=min(65535, low + draw(st.sampled_from((0, 1, 6, 255, 1000, 65535)))))
+    elif fields["protocol"] == icmp and draw(st.booleans()):
+        fields.update(icmp_type=8 if ethertype == "IPv4" else 128, icmp_code=draw(st.sampled_from((-1, 0))))
+    peer = draw(st.sampled_from(("", "prefix", "group")))
+    if peer == "prefix":
+        host, bits = draw(st.sampled_from(hosts)), draw(st.integers(0, 8))
+        address = f"10.0.0.{host}/{32 - bits}" if ethertype == "IPv4" else f"fd00::{host:x}/{128 - bits}"
+        fields["remote_ip_prefix"] = str(ipaddress.ip_network(address, strict=False))
+    elif peer == "group":
+        fields["remote_group_id"] = draw(st.sampled_from(GROUPS))
+    return SecurityGroupRule(id=f"{group}-{index}", name=f"{group}-{index}", security_group_id=group,
+                             direction=draw(st.sampled_from(("ingress", "egress"))), ethertype=ethertype, **fields)
 
 
 @st.composite
 def guarded_topologies(draw) -> Topology:
-    """One network, the five ports in random security groups of random rules (a remote group among them)."""
+    """One network, the five ports (random IPv4 and IPv6 addresses) in random groups of random rules."""
     net = Network(id="n0", name="n0", vni=100, unique_key=1)
-    groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(("g0", "g1"))}
-    rules = {}
-    for g in groups:
-        for j in draw(st.sets(st.integers(0, len(SG_RULES) - 1), min_size=1)):
-            direction, fields = SG_RULES[j]
-            rules[f"{g}-{j}"] = SecurityGroupRule(id=f"{g}-{j}", name=f"{g}-{j}", security_group_id=g,
-                                                  direction=direction, **fields)
-    ports = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id="n0", mac=MACS[i], ips=[IPS[i]], unique_key=10 + i,
-                           security_groups=draw(st.lists(st.sampled_from(sorted(groups)), max_size=2, unique=True)))
+    groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(GROUPS)}
+    hosts = draw(st.lists(st.integers(2, 254), min_size=NPORTS, max_size=NPORTS, unique=True))
+    rules = {rule.id: rule for g in groups for j in range(draw(st.integers(1, 4)))
+             for rule in [draw(sg_rules(g, j, hosts))]}
+    ports = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id="n0", mac=MACS[i],
+                           ips=[f"10.0.0.{hosts[i]}", f"fd00::{hosts[i]:x}"], unique_key=10 + i,
+                           security_groups=draw(st.lists(st.sampled_from(GROUPS), max_size=2, unique=True)))
              for i in range(NPORTS)}
     others = {"security_group": groups, "security_group_rule": rules}
     return Topology("h", {"n0": net}, ports, set(ports), others=others)
 
 
 class RecordingTracker(interpreter.ConnTracker):
-    """The interpreter's tracker, remembering the state each ct action found, in order."""
+    """The interpreter's tracker, remembering for each ct action in turn the state it found and the addresses
+    its NAT left (None: it translated nothing)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: list[int] = []
+        self.seen: list[tuple[int, dict[str, int] | None]] = []
 
-    def state(self, zone: int, packet) -> int:
+    def state(self, zone: int, packet: Mapping[str, int]) -> int:
         found = super().state(zone, packet)
-        self.seen.append(found)
+        self.seen.append((found, None))
         return found
 
+    def translate(self, zone: int, packet: dict[str, int], nat: ir.Nat) -> int:
+        bits = super().translate(zone, packet, nat)
+        if bits:
+            self.seen[-1] = (self.seen[-1][0], {"ipv4_src": packet["ipv4_src"], "ipv4_dst": packet["ipv4_dst"]})
+        return bits
 
-def _ct_next(verdict: interpreter.Verdict, seen: list[int]) -> list[str]:
-    """The ``--ct-next`` flags of each recirculation the packet took, from the states the tracker found."""
+
+def _recirculations(verdict: interpreter.Verdict, seen: list[tuple[int, dict[str, int] | None]]) -> list[Recirculation]:
+    """What each recirculation the packet took found, from what the tracker saw at each ct."""
     cts = [a for step in verdict.steps if step.flow is not None for a in step.flow.actions
            if isinstance(a, ir.Conntrack)]
     assert len(cts) == len(seen), (cts, seen)
-    return [",".join(name for bit, name in CT_FLAGS if state & bit) for ct, state in zip(cts, seen)
+    return [(",".join(name for bit, name in CT_FLAGS if state & bit), nat) for ct, (state, nat) in zip(cts, seen)
             if ct.table is not None]
+
+
+def _traced(ovs: Ovs, pipeline: ir.Pipeline, ports: Mapping[int, int], pkt: Mapping[str, int],
+            tracker: RecordingTracker) -> tuple[interpreter.Verdict, list[str], dict[str, int]]:
+    """``pkt`` through the interpreter (``tracker`` keeps the connections) and through OVS as the tracker's states
+    say: the verdict, OVS's datapath actions and the addresses its NAT gave the packet."""
+    tracker.seen.clear()
+    verdict = interpreter.run(pipeline, pkt, tracker)
+    return verdict, *ovs.trace_connection(ovs_flow(pkt, ports), _recirculations(verdict, tracker.seen))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_security_groups_agree_with_ovs_over_a_connection(ovs: Ovs, data: st.DataObject) -> None:
-    """A request between two ports and its reply: each passes or not, by the groups' rules and the connection's
-    state, as in OVS traced with the conntrack states the interpreter's tracker found."""
+    """A request between two ports (IPv4 or IPv6, random L4 ports, often at a rule's port range's edge) and its
+    reply: each passes or not, by the groups' rules and the connection's state, as in OVS traced with the
+    conntrack states the interpreter's tracker found."""
     topo = data.draw(guarded_topologies())
     pipeline, ports, names = _synced(ovs, topo)
-    a, b = data.draw(st.lists(st.integers(0, NPORTS - 1), min_size=2, max_size=2, unique=True))
-    proto = data.draw(st.sampled_from((1, 6, 17)))
-    request = {"in_port": 10 + a, "eth_src": _mac(MACS[a]), "eth_dst": _mac(MACS[b]), "eth_type": ir.ETH_TYPE_IPV4,
-               "ipv4_src": int(ipaddress.IPv4Address(IPS[a])), "ipv4_dst": int(ipaddress.IPv4Address(IPS[b])),
-               "ip_proto": proto, "ip_ttl": 64}
-    if proto == 1:
-        request.update(icmp_type=8, icmp_code=0)
-        reply = {**request, "icmp_type": 0}
-    else:
-        name = "tcp" if proto == 6 else "udp"
-        request.update({f"{name}_src": 40000, f"{name}_dst": data.draw(st.sampled_from((22, 53, 80, 443)))})
-        reply = {**request, f"{name}_src": request[f"{name}_dst"], f"{name}_dst": 40000}
-    reply.update(in_port=10 + b, eth_src=request["eth_dst"], eth_dst=request["eth_src"],
-                 ipv4_src=request["ipv4_dst"], ipv4_dst=request["ipv4_src"])
+    a, b = (topo.ports[f"p{i}"] for i in data.draw(st.lists(st.integers(0, NPORTS - 1), min_size=2, max_size=2,
+                                                              unique=True)))
+    version = data.draw(st.sampled_from((4, 6)))
+    edges = sorted({p for r in topo.of("security_group_rule").values() if r.port_min
+                    for p in (r.port_min - 1, r.port_min, r.port_max, r.port_max + 1) if 1 <= p <= 65535})
+    dst_ports = st.one_of(st.sampled_from(edges), st.integers(1, 65535)) if edges else st.integers(1, 65535)
+    request = {"in_port": a.unique_key, "eth_src": _mac(a.mac), "eth_dst": _mac(b.mac), **_addressed(a, b, version),
+               **data.draw(transports(ipv6=version == 6, dst_ports=dst_ports))}
     tracker = RecordingTracker()
-    for pkt in (request, reply, request):
-        tracker.seen.clear()
-        verdict = interpreter.run(pipeline, pkt, tracker)
-        flow = ovs_flow(pkt, ports)
-        ct_next = _ct_next(verdict, tracker.seen)
-        sent = {name for name, _ in ovs.trace_outputs(flow, ct_next)}
-        assert sent == {names[p] for p in verdict.ports}, (pkt, ct_next, ovs.datapath_actions(flow, ct_next))
-        event("passed" if verdict.outputs else "dropped")
+    for pkt in (request, _answer(b.unique_key, request), request):
+        verdict, actions, _ = _traced(ovs, pipeline, ports, pkt, tracker)
+        sent = {name for name, *_ in ovs.copies(actions)}
+        assert sent == {names[p] for p in verdict.ports}, (pkt, actions)
+        event(f"IPv{version} {L4_NAMES[pkt['ip_proto']]} {'passed' if verdict.outputs else 'dropped'}")
+
+
+# --- NAT: floating IPs and SNAT, to and from the outside behind the uplink -----------------------------------
+
+EXT_NET = "198.51.100"  # the external /24; the upstream router holds .1, its gateway_ip
+UPSTREAM = Port(id="upstream", name="upstream", network_id="ext", mac="fa:16:3e:00:ee:01", ips=[f"{EXT_NET}.1"],
+                unique_key=30)
+
+
+@st.composite
+def nat_topologies(draw) -> Topology:
+    """A router joining one or two inside /24s to a flat external network behind the uplink, the upstream router
+    on it; some ports have FIPs, the others go out SNATed to this chassis's external address, or not at all (the
+    router does no SNAT, or the chassis has no address). The ports', FIPs' and chassis's addresses are random."""
+    n = draw(st.integers(1, 2))
+    nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=100 + i, unique_key=i + 1) for i in range(n)}
+    nets["ext"] = Network(id="ext", name="ext", network_type="flat", physical_network=PHYSNET, external=True,
+                          unique_key=9)
+    subnets = {f"s{i}": Subnet(id=f"s{i}", name=f"s{i}", network_id=f"n{i}", cidr=f"10.{i}.0.0/24",
+                               gateway_ip=f"10.{i}.0.1") for i in range(n)}
+    subnets["se"] = Subnet(id="se", name="se", network_id="ext", cidr=f"{EXT_NET}.0/24", gateway_ip=UPSTREAM.ips[0])
+    rps = {f"rp{i}": RouterPort(id=f"rp{i}", name=f"rp{i}", router_id="r0", network_id=f"n{i}", subnet_id=f"s{i}",
+                                mac=f"fa:16:3e:00:01:{i:02x}", ip=f"10.{i}.0.1") for i in range(n)}
+    hosts = draw(st.lists(st.integers(2, 254), min_size=NPORTS, max_size=NPORTS, unique=True))
+    public = draw(st.lists(st.integers(2, 254), min_size=NPORTS + 2, max_size=NPORTS + 2, unique=True))
+    ports = {"upstream": UPSTREAM}
+    for i in range(NPORTS):
+        net = draw(st.integers(0, n - 1))
+        ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=f"n{net}", mac=MACS[i],
+                              ips=[f"10.{net}.0.{hosts[i]}"], unique_key=10 + i)
+    fips = {f"f{i}": FloatingIP(id=f"f{i}", name=f"f{i}", floating_network_id="ext", port_id=f"p{i}",
+                                floating_ip_address=f"{EXT_NET}.{public[i + 2]}",
+                                fixed_ip_address=ports[f"p{i}"].ips[0])
+            for i in sorted(draw(st.sets(st.integers(0, NPORTS - 1), min_size=1, max_size=NPORTS - 1)))}
+    others_go = draw(st.sampled_from(("SNATed", "SNATed", "nowhere: no SNAT", "nowhere: no external address")))
+    router = Router(id="r0", name="r0", gateway_network_id="ext", gateway_ip=f"{EXT_NET}.{public[1]}",
+                    enable_snat=others_go != "nowhere: no SNAT", unique_key=draw(st.integers(1, 1000)))
+    external_ip = "" if others_go == "nowhere: no external address" else f"{EXT_NET}.{public[0]}"
+    chassis = Chassis(id="h", tunnel_ip=TUNNEL_IP, external_ip=external_ip)
+    others = {"subnet": subnets, "router_port": rps, "router": {"r0": router}, "floating_ip": fips,
+              "chassis": {"h": chassis}}
+    return Topology("h", nets, ports, {f"p{i}" for i in range(NPORTS)}, others=others)
+
+
+@st.composite
+def nat_openers(draw, topo: Topology) -> dict[str, int]:
+    """A connection's first packet: from a local port with a FIP or one without (half the time each), through its
+    router port, to the outside (beyond the upstream router, the upstream itself, nobody's on the external
+    subnet); or from the outside, through the uplink, to a FIP, the SNAT address or nobody's, at the MAC this
+    host would answer for it with. Or ARP from the outside for one of those."""
+    held = [f.floating_ip_address for f in topo.of("floating_ip").values()]
+    held += [c.external_ip for c in topo.of("chassis").values() if c.external_ip]
+    nobody = draw(st.sampled_from([a for h in range(2, 255) if (a := f"{EXT_NET}.{h}") not in held]))
+    target = _ip4(draw(st.sampled_from([*held, nobody])))
+    beyond = f"203.0.113.{draw(st.integers(1, 254))}"  # behind the upstream router: the default route
+    remote = draw(st.sampled_from((beyond, UPSTREAM.ips[0], nobody)))
+    upstream = {"in_port": ir.physnet_port(PHYSNET), "eth_src": _mac(UPSTREAM.mac)}
+    kind = draw(st.sampled_from(("out", "in", "arp")))
+    if kind == "arp":
+        return {**upstream, "eth_dst": BROADCAST, "eth_type": ir.ETH_TYPE_ARP, "arp_op": 1,
+                "arp_spa": _ip4(UPSTREAM.ips[0]), "arp_tpa": target, "arp_sha": _mac(UPSTREAM.mac), "arp_tha": 0}
+    if kind == "in":
+        head = {**upstream, "eth_dst": nat_mac(str(ipaddress.IPv4Address(target))), "ipv4_src": _ip4(remote),
+                "ipv4_dst": target}
+    else:
+        fipped = {f.port_id for f in topo.of("floating_ip").values()}
+        with_fip = draw(st.booleans())
+        vm = topo.ports[draw(st.sampled_from(sorted(p for p in topo.local_port_ids if (p in fipped) == with_fip)))]
+        gateway = topo.of("router_port")[f"rp{vm.network_id[1:]}"]
+        head = {"in_port": vm.unique_key, "eth_src": _mac(vm.mac), "eth_dst": _mac(gateway.mac),
+                "ipv4_src": _ip4(vm.ips[0]), "ipv4_dst": _ip4(remote)}
+    return {**head, "eth_type": ir.ETH_TYPE_IPV4, "ip_ttl": 64, **draw(transports())}
+
+
+def _origin(pkt: Mapping[str, int]) -> str:
+    return {ir.TUNNEL_PORTS["vxlan"]: "from the tunnel", ir.physnet_port(PHYSNET): "from the uplink"}.get(
+        pkt["in_port"], "from a local port")
+
+
+def _nat_event(stage: str, pkt: Mapping[str, int], verdict: interpreter.Verdict) -> str:
+    """What happened to a packet, and through which translation: a FIP's zone or the chassis's SNAT zone."""
+    if pkt["eth_type"] == ir.ETH_TYPE_ARP:
+        return f"ARP {_origin(pkt)}: {'answered' if verdict.outputs else 'not answered'}"
+    zones = {a.zone for step in verdict.steps if step.flow is not None for a in step.flow.actions
+             if isinstance(a, ir.Conntrack)}
+    through = "the SNAT address" if CHASSIS_SNAT_ZONE in zones else "a FIP" if zones else "no NAT"
+    return f"{stage} {_origin(pkt)} through {through}: {'delivered' if verdict.outputs else 'dropped'}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_nat_agrees_with_ovs_over_a_connection(ovs: Ovs, data: st.DataObject) -> None:
+    """A connection's first packet through the router's FIPs and SNAT, the answer to it where it was delivered,
+    and the first packet again: where each leaves, with which MACs, TTL and translated addresses."""
+    topo = data.draw(nat_topologies())
+    pipeline, ports, names = _synced(ovs, topo)
+    opener = data.draw(nat_openers(topo))
+    tracker = RecordingTracker()
+    pkt: Mapping[str, int] = opener
+    for stage in ("first", "answer", "again"):
+        verdict, actions, translated = _traced(ovs, pipeline, ports, pkt, tracker)
+        assert sorted(ovs.copies(actions), key=str) == _copies(verdict, names), (pkt, actions)
+        event(_nat_event(stage, pkt, verdict))
+        if len(verdict.outputs) != 1:
+            return
+        assert_same_headers(pkt, verdict, actions, translated)
+        if pkt["eth_type"] == ir.ETH_TYPE_ARP:
+            return
+        pkt = _answer(*verdict.outputs[0]) if stage == "first" else opener
+
+
+# --- ports elsewhere: other chassis through the tunnel, provider networks through the uplink ------------------
+
+REMOTE_MACS = [f"fa:16:3e:00:02:{i:02x}" for i in range(1, 5)]
+NOBODYS_MAC = "fa:16:3e:99:99:99"
+# What a remote chassis terminates: VXLAN, VXLAN among others, or not VXLAN (its ports' packets drop).
+TUNNEL_TYPES = (["vxlan"], ["geneve", "vxlan"], ["geneve"])
+
+
+@st.composite
+def placed_topologies(draw) -> Topology:
+    """Three networks: VXLAN (random VNIs) or provider VLAN (random ids) on PHYSNET, the first maybe flat; the
+    five local ports and four remote ones on them. A remote port is bound to one of two other chassis (random
+    tunnel addresses and types), to none, or to one nobody knows. Addresses: IPv4, some IPv6 too."""
+    vnis = draw(st.lists(st.integers(1, MAX_VNI), min_size=3, max_size=3, unique=True))
+    vlans = draw(st.lists(st.integers(1, MAX_VLAN), min_size=3, max_size=3, unique=True))
+    nets = {}
+    for i in range(3):
+        kind = draw(st.sampled_from(("vxlan", "vlan", "flat") if i == 0 else ("vxlan", "vlan")))
+        nets[f"n{i}"] = Network(id=f"n{i}", name=f"n{i}", network_type=kind, unique_key=i + 1,
+                                vni=vnis[i] if kind == "vxlan" else 0, vlan_id=vlans[i] if kind == "vlan" else 0,
+                                physical_network="" if kind == "vxlan" else PHYSNET)
+    tunnel_ips = draw(st.lists(st.integers(2, 254), min_size=2, max_size=2, unique=True))
+    chassis = {f"c{i}": Chassis(id=f"c{i}", tunnel_ip=f"192.0.2.{ip}", tunnel_types=draw(st.sampled_from(TUNNEL_TYPES)))
+               for i, ip in enumerate(tunnel_ips)}
+    hosts = draw(st.lists(st.integers(2, 254), min_size=NPORTS + 4, max_size=NPORTS + 4, unique=True))
+    ports = {}
+    for i, host in enumerate(hosts):
+        ips = [f"10.0.0.{host}", f"fd00::{host:x}"] if draw(st.booleans()) else [f"10.0.0.{host}"]
+        local = i < NPORTS
+        pid = f"p{i}" if local else f"r{i - NPORTS}"
+        ports[pid] = Port(id=pid, name=pid, network_id=draw(st.sampled_from(sorted(nets))), ips=ips,
+                          mac=MACS[i] if local else REMOTE_MACS[i - NPORTS], unique_key=10 + i,
+                          chassis="h" if local else draw(st.sampled_from(("c0", "c1", "", "gone"))))
+    others = {"chassis": {"h": Chassis(id="h", tunnel_ip=TUNNEL_IP), **chassis}}
+    return Topology("h", nets, ports, {f"p{i}" for i in range(NPORTS)}, others=others)
+
+
+@st.composite
+def placed_packets(draw, topo: Topology) -> dict[str, int]:
+    """IP from a port to a port of its network (mostly: or any; a local one for an arrival), the broadcast or
+    nobody's MAC: from a local port; from a remote one through the tunnel, keyed with its network's VNI (mostly:
+    or another's, or nobody's); or through the uplink, tagged with its network's VLAN or untagged for the flat
+    one (mostly: or as another's, or with nobody's). IPv6 when both ends have it, half the time."""
+    origin = draw(st.sampled_from(("local port", "tunnel", "uplink")))
+    remote = sorted(set(topo.ports) - topo.local_port_ids)
+    overlay = [p for p in remote if topo.networks[topo.ports[p].network_id].network_type == "vxlan"]
+    ids = {"local port": sorted(topo.local_port_ids), "tunnel": overlay or remote,
+           "uplink": sorted(set(remote) - set(overlay)) or remote}[origin]
+    src = topo.ports[draw(st.sampled_from(ids))]
+    net = topo.networks[src.network_id]
+    neighbours = topo.ports_of(net.id) if origin == "local port" else topo.local_ports_of(net.id)
+    dst = topo.ports[draw(st.sampled_from([p.id for p in neighbours] if neighbours and draw(st.integers(0, 3))
+                                          else sorted(topo.ports)))]
+    dst_mac = _mac(dst.mac) if draw(st.integers(0, 3)) else draw(st.sampled_from((BROADCAST, _mac(NOBODYS_MAC))))
+    head = {"in_port": src.unique_key}
+    if origin == "tunnel":
+        vnis = [n.vni for n in topo.networks.values() if n.vni] + [MAX_VNI]
+        vni = net.vni if net.vni and draw(st.integers(0, 3)) else draw(st.sampled_from(vnis))
+        head = {"in_port": ir.TUNNEL_PORTS["vxlan"], "tun_id": vni, "tun_src": _ip4("192.0.2.99")}
+    elif origin == "uplink":
+        tags = [n.vlan_id for n in topo.networks.values() if n.vlan_id] + [MAX_VLAN, None]
+        vlan = net.vlan_id or None if net.physical_network and draw(st.integers(0, 3)) else draw(st.sampled_from(tags))
+        head = {"in_port": ir.physnet_port(PHYSNET), **({} if vlan is None else {"vlan_vid": vlan})}
+    version = 6 if all(len(p.ips) > 1 for p in (src, dst)) and draw(st.booleans()) else 4
+    return {**head, "eth_src": _mac(src.mac), "eth_dst": dst_mac, **_addressed(src, dst, version),
+            **draw(transports(ipv6=version == 6))}
+
+
+def _where(copy: Copy) -> str:
+    name, vlan, tunnel = copy
+    if tunnel is not None:
+        return "tunnel"
+    if name == UPLINK:
+        return "uplink tagged" if vlan is not None else "uplink untagged"
+    return "local port"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_ports_elsewhere_agree_with_ovs(ovs: Ovs, data: st.DataObject) -> None:
+    """Each copy of a packet to, from or between ports on other chassis and behind the uplink: the port, the VLAN
+    it is tagged with, the tunnel's key and destination, as in OVS."""
+    topo = data.draw(placed_topologies())
+    for chassis in topo.of("chassis").values():
+        ovs.neighbour(chassis.tunnel_ip)
+    pipeline, ports, names = _synced(ovs, topo)
+    for _ in range(4):
+        pkt = data.draw(placed_packets(topo))
+        verdict = interpreter.run(pipeline, pkt)
+        expected = _copies(verdict, names)
+        assert sorted(ovs.trace_outputs(ovs_flow(pkt, ports)), key=str) == expected, pkt
+        event(f"{_origin(pkt)}: {', '.join(sorted({_where(c) for c in expected})) or 'dropped'}")
