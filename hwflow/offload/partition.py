@@ -154,6 +154,9 @@ class Leaf(NamedTuple):
     edits: tuple[Edit, ...] = ()  # header actions before the output, in order
     enter: ChainEntry | None = None  # the path goes on in another chain (edits end in its ct, if any)
     trap: bool = False  # packets software must decide (their TTL expires here): a pass rule may hold them
+    # the regions a software leaf stands for when ``region`` was widened to what the NIC can match (empty: it is
+    # its region): a later rule overlapping only the widening needs no pass in front (see _walk_table)
+    within: tuple[tuple[tuple[str, int, int], ...], ...] = ()
 
     def as_match(self) -> ir.Match:
         region = self.region
@@ -194,6 +197,11 @@ class SoftwareLeaf:
     reason: str
     chain: int = 0
     passable: bool = False  # a pass rule (to software) may hold it in front of later rules
+    within: tuple[ir.Match, ...] = ()  # the paths it stands for, when ``match`` is wider (see Leaf.within)
+
+    def overlaps(self, match: ir.Match) -> bool:
+        """Whether a packet of ``match`` may be one of this leaf's paths (its ``match`` overlaps ``match``)."""
+        return not self.within or any(_overlaps(match, path) for path in self.within)
 
 
 @dataclasses.dataclass
@@ -445,7 +453,7 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
     fields, values, flows = pipeline.lookup(table, exact)
     if how.deps is not None:
         _note(how.deps, (table, fields, values), tuple(exact.items()))
-    last = None  # the region of the last software leaf of a doomed refinement
+    held: list | None = None  # a doomed refinement's leaf: [widened region, the regions it stands for, why, owner]
     aliases, dirty, known = path.aliases, path.dirty, path.known
     for flow in flows:
         match = _through_aliases(flow.match, aliases) if aliases else flow.match
@@ -458,6 +466,8 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
             rest = ir.Match(tuple(t for t in match.fields if t.field not in path.dirty))
             if _refine(rest, region, known)[0] is None:
                 continue
+            if held is not None:
+                yield _widened(held, path)
             yield _leaf(region, path, f"matches {', '.join(stale)} after an action changed it", flow.owner)
             return
         covers_all, refined = _refine(match, region, known)
@@ -468,19 +478,37 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
         doomed = None if covers_all or how.doomed is None else how.doomed_at_entry or how.doomed.narrowed(
             match, refined)
         if doomed is not None:
-            # one software leaf for what no rule can match, over the larger region the NIC can match (a pass
-            # rule may hold it): the ICMPv6 types a stage lets through one by one are one leaf, not seven
+            # one software leaf for what no rule can match, widened to the region the NIC can match (a pass
+            # rule may hold it) and knowing the regions it stands for (a later rule they do not overlap needs no
+            # pass in front): the ICMPv6 types a stage lets through one by one are one leaf, not seven
             coarse = how.doomed.coarse(refined)
-            if coarse != last:
-                yield _leaf(coarse, path, doomed, flow.owner)
-            last = coarse
-        elif memo is not None:
+            exact = tuple(sorted((f, v, m) for f, (v, m) in refined.items()))
+            if held is not None and held[0] == coarse:
+                held[1].append(exact)
+            else:
+                if held is not None:
+                    yield _widened(held, path)
+                held = [coarse, [exact], doomed, flow.owner]
+            continue
+        if held is not None:
+            yield _widened(held, path)
+            held = None
+        if memo is not None:
             yield from _segment(pipeline, flow, refined, path, how, memo)
         else:
             yield from _run(pipeline, flow, refined, path, how, depth)
         if covers_all:
             return
+    if held is not None:
+        yield _widened(held, path)
     yield _leaf(region, path, None, None)
+
+
+def _widened(held: list, path: _Path) -> Leaf:
+    """The software leaf of a doomed refinement (see :func:`_walk_table`): its region widened, and ``within``
+    the regions it stands for."""
+    coarse, exact, why, owner = held
+    return _leaf(coarse, path, why, owner)._replace(within=tuple(exact))
 
 
 def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) -> tuple[Leaf, ...]:
@@ -1613,7 +1641,7 @@ class _Planner:
                     below = self._closure_of(target) - out.reached
                     cost += self._rules_in(below)
             key = _Rules.key_of(match)
-            shadows = software.overlapping(match, key)
+            shadows = [sw for sw in software.overlapping(match, key) if sw.overlaps(match)]
             above = placed.overlapping(match, key) if reason is None else ()  # the placed rules it must sit below
             if reason is None and _tagged_after_untagged(match, [*above, *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
@@ -1634,7 +1662,8 @@ class _Planner:
                 reason = FULL
                 out.short_by(out.cost + cost - budget, target)
             if reason is not None:
-                sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope, doom))
+                sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope, doom),
+                                  tuple(map(ir.Match.of_terms, leaf.within)))
                 software.add(sw, key)
                 out.software.append(sw)
                 continue

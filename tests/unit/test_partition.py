@@ -21,7 +21,7 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
-from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw, software_alone
+from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw, lookup, software_alone
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
@@ -563,6 +563,37 @@ def test_a_chain_without_its_catch_all_loses_what_misses_it_on_mlx5():
     assert hw_then_sw(pipeline, plan, first) == interpreter.run(pipeline, first).outputs != ()
     mutant = Plan({1: [r for r in plan.rules_of(1) if r.owner != "miss"]}, software=plan.software)
     assert hw_then_sw(pipeline, mutant, first) == ()
+
+
+def test_states_the_nic_cannot_match_leave_the_established_path_in_hardware():
+    """mlx5 matches +trk and +est only: the +inv and +rel paths a stateful group checks first stay in software,
+    widened to what the NIC can match (no ct_state at all). A pass rule for that widening would take every
+    packet of the chain in front of the +est redirect; none is needed, since no packet of theirs is +est (a
+    tracked packet is one of new, est, rel, inv), and what they do not match leaves by the chain's catch-all."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.Conntrack(zone=5, table=1),), "ct") for p in (1, 2)]
+    flows += [ir.Flow(1, 30, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_INV, ir.CT_TRK | ir.CT_INV)), (ir.Drop(),), "inv"),
+              ir.Flow(1, 25, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_REL, ir.CT_TRK | ir.CT_REL), eth_dst=MACS[1]),
+                      (ir.Output(2),), "rel12"),
+              ir.Flow(1, 20, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), eth_dst=MACS[1]),
+                      (ir.Output(2),), "est12"),
+              ir.Flow(1, 20, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), eth_dst=MACS[0]),
+                      (ir.Output(1),), "est21"),
+              ir.Flow(1, 10, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_NEW, ir.CT_TRK | ir.CT_NEW), eth_dst=MACS[1]),
+                      (ir.Conntrack(zone=5, commit=True), ir.Output(2)), "new12")]
+    pipeline = ir.Pipeline.build(flows, {})
+    caps = dataclasses.replace(RICH_CAPS, conntrack=Conntrack(frozenset({"trk", "est"}), zones=True, nat=True))
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4,))
+    ct, *chain, miss = plan.rules_of(1)
+    assert [(r.owner, r.level, r.output) for r in chain] == [("est12", 0, 2)]  # no pass rule in front of it
+    assert {s.reason for s in plan.software if s.chain == ct.goto} >= {
+        "the NIC cannot match ct_state inv/trk", "the NIC cannot match ct_state rel/trk"}
+    request = {"in_port": 1, "eth_dst": MACS[1], "eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_src": IPS[0],
+               "ipv4_dst": IPS[1], "ip_ttl": 64}
+    reply = {**request, "in_port": 2, "eth_dst": MACS[0], "ipv4_src": IPS[1], "ipv4_dst": IPS[0]}
+    _assert_same_outputs(pipeline, plan, [request, reply, request])
+    rules = plan.rules_of(1)  # after the NIC's ct: an established request is redirected, a new one misses
+    assert lookup(rules, ct.goto, {**request, "ct_state": ir.CT_TRK | ir.CT_EST}).owner == "est12"
+    assert lookup(rules, ct.goto, {**request, "ct_state": ir.CT_TRK | ir.CT_NEW}).owner == "miss"
 
 
 def test_a_commit_before_recirculation_stays_in_software():
