@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import counted, evidence, hw_packets, ovs_rx, representor
+from test_e2e import counted, evidence, hw_packets, ifindex, nic_rules, ovs_rx, redirects, representor, vm_ns
 
 from hwflow.backends.tc import flower as fl
 from hwflow.db.api import NbApi
@@ -148,10 +148,10 @@ def test_the_packets_of_allowed_connections_are_carried_by_ovs(vms: Vms) -> None
     the connection's state, where +trk+est packets to the peer would be redirected. The simulated NIC cannot
     do conntrack: its data plane hands the frame, as it came, up the representor at the ``ct`` action. So each
     end's ct rule counts every packet it sends, OVS receives at least as many, and no NIC rule (the +est
-    redirects included) forwards one. (On a NIC that does conntrack, today's plan would hand them all up too:
-    mlx5 cannot match +new nor +rel, so the partitioner widens those paths by dropping the whole ct_state term
-    (``Doom.coarse``) and holds them with a ``pass`` matching all the port's IPv4 at the head of the post-ct
-    chain, in front of the +trk+est redirects it shadows.)
+    redirects included) forwards one. On a NIC that does conntrack the +est redirects would: in the chain after
+    the server's ct, the redirect to it comes before any ``pass`` (the +inv/+rel/+new paths mlx5 cannot match
+    stay in software without one in front of it: a packet of theirs is never +est, and the chain's catch-all
+    hands them up), which the rules installed are checked for here.
     """
     host, ends = vms.host, ("client", "server")
 
@@ -177,6 +177,19 @@ def test_the_packets_of_allowed_connections_are_carried_by_ovs(vms: Vms) -> None
     else:
         assert all(rx >= ct >= AT_LEAST * CONNECTIONS for rx, ct, *_ in seen.values()), \
             "the NIC's ct rules did not take every packet up to OVS " + what + evidence(host)
+        for vm, peer in (ends, ends[::-1]):
+            assert heads_its_chain(host, vm, peer), f"no +est redirect {vm} -> {peer} before a pass" + evidence(host)
+
+
+def heads_its_chain(host: SimHost, vm: str, peer: str) -> bool:
+    """Whether ``vm``'s representor has a redirect to ``peer`` on a connection's state (after ``ct``) and, in its
+    chain, no ``pass`` comes before it (one of the same prio cannot overlap it: the plan gives overlapping rules
+    different prios)."""
+    rules = [rule for rule, _ in nic_rules(host, {host.vms[vm_ns(host, vm)].vf})]
+    to = ifindex(host, peer)
+    found = [rule for rule in rules if redirects(rule, to) and rule.keys.ct_state is not None]
+    return bool(found) and all(other.prio >= rule.prio for rule in found for other in rules
+                               if other.chain == rule.chain and other.actions == (fl.Gact("pass"),))
 
 
 def test_what_no_ingress_rule_allows_is_dropped(vms: Vms) -> None:
