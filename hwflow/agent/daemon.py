@@ -289,6 +289,9 @@ class Agent:
                      sum(result.stages.values()) * 1000, result.local_ports, result.flows, result.ovs_changes,
                      result.hw_rules, result.hw_removed, result.hw_installed, result.software_only,
                      " ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in result.stages.items()))
+        else:
+            LOG.debug("pass (%s) changed nothing in %.1f ms", "full" if full else "delta",
+                      sum(result.stages.values()) * 1000)
         self.last_pass = result
         return result
 

@@ -301,7 +301,7 @@ def test_unicast_between_two_vms_is_forwarded_by_the_nic_not_ovs(pair: SimHost) 
     flows = ovs_flows(pair)
     uni_before = {vm: unicast_flow(flows, mac).packets for vm, mac in vms}
 
-    assert ping(pair, "vm1", VMS[1][2]) == 0
+    assert ping(pair, "vm1", VMS[1][2]) == 0, evidence(pair)
 
     hw = {d: hw_packets(pair, *d) - hw_before[d] for d in directions}
     assert all(n >= PINGS for n in hw.values()), f"NIC IPv4 rules counted {hw}, expected >= {PINGS} each way"
@@ -320,7 +320,7 @@ def test_arp_goes_through_ovs_and_never_to_the_nic(pair: SimHost) -> None:
 
     answered_before = answered()
     in_ns(vm1, "ip", "neigh", "flush", "dev", "eth0")
-    assert ping(pair, "vm1", VMS[1][2], count=3) == 0
+    assert ping(pair, "vm1", VMS[1][2], count=3) == 0, evidence(pair)
 
     # OVS refreshes flow counters from its datapath periodically: poll.
     wait_for("the ARP request answered by OVS", lambda: answered() > answered_before)
@@ -334,7 +334,8 @@ def test_port_security_drops_a_spoofed_source_before_either_datapath_forwards_it
     def dropped() -> int:  # vm1's port-security drop flow: priority 1, matching only its in_port, no actions
         return sum(f.packets for f in ovs_flows(pair) if f.key[1] == 1 and f.in_port == vm1_port and not f.outputs)
 
-    assert ping(pair, "vm1", VMS[1][2], count=2) == 0  # vm1 knows vm2's MAC: the spoofed pings need no ARP
+    # vm1 knows vm2's MAC after this: the spoofed pings need no ARP
+    assert ping(pair, "vm1", VMS[1][2], count=2) == 0, evidence(pair)
     hw_before, drops_before = hw_packets(pair, "vm1", "vm2"), dropped()
     subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "add", "10.0.0.99/24", "dev", "eth0"], check=True)
     try:
@@ -345,7 +346,7 @@ def test_port_security_drops_a_spoofed_source_before_either_datapath_forwards_it
         subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "del", "10.0.0.99/24", "dev", "eth0"], check=False)
     assert dropped() - drops_before >= 5, "the spoofed pings were not dropped by port security in OVS"
     assert hw_packets(pair, "vm1", "vm2") == hw_before, "the NIC forwarded a spoofed packet"
-    assert ping(pair, "vm1", VMS[1][2]) == 0
+    assert ping(pair, "vm1", VMS[1][2]) == 0, evidence(pair)
 
 
 @dataclasses.dataclass
@@ -375,7 +376,7 @@ def deleted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deleted]:
         plug(host, create_network(host))
         wait_programmed(host, **programmed(2))
         state = Deleted(host, ifindex(host, "vm2"), host.ovsdb.ofport(representor(host, "vm2")))
-        assert ping(host, "vm1", VMS[1][2], count=3) == 0  # both VMs now know each other's MAC
+        assert ping(host, "vm1", VMS[1][2], count=3) == 0, evidence(host)  # both VMs now know each other's MAC
         assert len(state.rules_on()) == len(state.rules_towards()) == RULES_PER_DIRECTION and state.flows()
 
         done = subprocess.run([HWFLOW, "nb", "port", "delete", "vm2", "--database", host.database],
@@ -394,7 +395,7 @@ def test_deleting_a_port_with_the_cli_removes_its_flows_and_the_rules_towards_it
     assert not deleted.rules_towards() and not deleted.flows()
     vm1_ofport = host.ovsdb.ofport(representor(host, "vm1"))
     assert any(f.in_port == vm1_ofport for f in ovs_flows(host)), "vm1's flows went too"
-    assert ping(host, "vm1", VMS[1][2], count=3) == 100
+    assert ping(host, "vm1", VMS[1][2], count=3) == 100, evidence(host)
     assert host.agent_pid is not None, "the agent died"
 
 
@@ -419,14 +420,15 @@ def snapshot(host: SimHost) -> Snapshot:
 
 
 def start_agent(host: SimHost) -> None:
-    """Start the (stopped) agent and wait until it is up and has run a reconcile pass."""
+    """Start the (stopped) agent and wait until it is up and has run a reconcile pass, both halves (OVS and the
+    NIC): its end is logged, as a change or at debug as a pass that changed nothing."""
     mark = len(agent_log(host))
     host.start_agent()
 
     def reconciled() -> bool:
         text = agent_log(host)[mark:]
         assert "cannot start" not in text, text
-        return "hwflow-agent up as chassis" in text and "OVS sync:" in text  # debug: logged by every pass
+        return "hwflow-agent up as chassis" in text and ("reconciled (" in text or "changed nothing" in text)
 
     wait_for("the agent's first reconcile pass", reconciled, host=host)
 
@@ -436,7 +438,7 @@ def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> N
     plug(host, create_network(host))
     wait_programmed(host, **programmed(2))
     in_ns(vm_ns(host, "vm1"), "ip", "neigh", "flush", "dev", "eth0")
-    assert ping(host, "vm1", VMS[1][2]) == 0
+    assert ping(host, "vm1", VMS[1][2]) == 0, evidence(host)
     wait_for("OVS counters", lambda: sum(f.packets for f in ovs_flows(host)) > 0)  # the ARP answers
     before = snapshot(host)
     assert sum(before.rules.values()) >= 2 * PINGS and sum(before.flows.values()) > 0
@@ -444,7 +446,6 @@ def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> N
 
     host.stop_agent()
     start_agent(host)
-    time.sleep(1)  # let that pass finish its NIC half, and any follow-up pass run
     after = snapshot(host)
 
     assert host.agent_pid not in (None, pid)
@@ -464,8 +465,8 @@ def test_agent_restart_reconciles_without_flushing_or_duplicating(lab: Lab) -> N
     wait_programmed(host, **programmed(3))
     rep3 = ifindex(host, vm)
     assert any(rule.ifindex == rep3 for rule, _ in nic_rules(host))
-    assert ping(host, "vm1", address) == 0
-    assert ping(host, vm, VMS[1][2]) == 0
+    assert ping(host, "vm1", address) == 0, evidence(host)
+    assert ping(host, vm, VMS[1][2]) == 0, evidence(host)
 
 
 def test_a_port_plugged_later_travels_as_a_delta_to_both_datapaths(lab: Lab) -> None:
@@ -478,7 +479,7 @@ def test_a_port_plugged_later_travels_as_a_delta_to_both_datapaths(lab: Lab) -> 
     vm, mac, address = VMS[2]
     host.plug(create_port(host, vm, mac, address), vm_ns(host, vm))
     wait_programmed(host, **programmed(3))
-    assert ping(host, "vm1", address) == 0
+    assert ping(host, "vm1", address) == 0, evidence(host)
     assert any(rule.ifindex == ifindex(host, vm) for rule, _ in nic_rules(host))
     passes = agent_log(host)[mark:]
     assert "reconciled (delta)" in passes and "OVS delta:" in passes, passes
@@ -507,7 +508,7 @@ def test_a_full_nic_refuses_and_the_traffic_stays_in_ovs(lab: Lab) -> None:
     in_hardware = {vm for vm in ("vm1", "vm2") if carries_ping(accepted) and accepted.ifindex == ifindex(host, vm)}
     in_software = {"vm1", "vm2"} - in_hardware  # the directions whose ping rule the NIC refused
     rx_before = {vm: ovs_rx(host, representor(host, vm)) for vm in in_software}
-    assert ping(host, "vm1", VMS[1][2]) == 0
+    assert ping(host, "vm1", VMS[1][2]) == 0, evidence(host)
     for vm in in_software:
         assert ovs_rx(host, representor(host, vm)) - rx_before[vm] >= PINGS, f"{vm}'s pings did not go via OVS"
     if in_hardware:
