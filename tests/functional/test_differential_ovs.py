@@ -20,9 +20,10 @@ datapath actions). Every app of the shipped layout is on some path:
   and the request again between ports of random addresses in groups of
   random rules (port ranges, prefixes, a remote group), random L4 ports.
 * NAT: a router with a gateway on a flat external network behind the
-  uplink, FIPs for some ports, SNAT to the chassis's address for the others;
-  connections from a VM to the outside and from the outside to a FIP, the
-  SNAT address or nobody, with their answers; ARP from the outside.
+  uplink, FIPs for some ports, SNAT to the chassis's address for the others,
+  some ports in security groups (their zone after the NAT's); connections
+  from a VM to the outside and from the outside to a FIP, the SNAT address or
+  nobody, with their answers; ARP from the outside.
 * Ports elsewhere: VXLAN networks (random VNIs) with ports on other chassis
   (random tunnel addresses; some terminate no VXLAN, one is unknown) and
   provider VLAN and flat networks behind the uplink: out through the tunnel
@@ -41,7 +42,8 @@ translation on a reply through a bare ``nat`` (the SNAT address's replies):
 that recirculation is traced again from its table (``trace-packet-out`` of a
 ``resubmit``) with the addresses the interpreter's tracker restored, so the
 un-SNAT itself is the interpreter's word; where the reply goes from there is
-compared.
+compared (``trace-packet-out`` cannot thaw a recirculation of its own, a
+"Recirculation conflict": each later one is resumed the same way).
 
 Tunnels: ``ofproto/trace`` encapsulates as the userspace datapath does
 (``tnl_push``), which needs a route to the remote chassis: the tunnel
@@ -220,19 +222,24 @@ class Ovs:
     def trace_connection(self, flow: str, recirculations: Sequence[Recirculation],
                          actions: str | None = None) -> tuple[list[str], dict[str, int]]:
         """The datapath actions over every recirculation, each finding the state the interpreter's tracker found,
-        and the IPv4 addresses NAT gave the packet (IR field -> value). A reply's un-NAT by a bare ``nat``, which
-        the trace cannot do, is resumed from its table with the addresses the tracker restored (module doc)."""
+        and the IPv4 addresses NAT gave the packet (IR field -> value). A recirculation the trace cannot follow
+        is traced again from its table (trace-packet-out of a resubmit) with the packet as the trace froze it:
+        after a reply's un-NAT by a bare ``nat``, which the trace does not simulate, with the addresses the
+        tracker restored (module doc); and any recirculation of such a trace, which trace-packet-out cannot thaw
+        (it reports a "Recirculation conflict")."""
         text = self.trace_text(flow, [flags for flags, _ in recirculations], actions)
-        first, *stages = RESUMED.split(text)
-        done, translated = _actions_of(first), {}
-        for i, stage in enumerate(stages):
+        parts = RESUMED.split(text)
+        done, translated = _actions_of(parts[0]), {}
+        for i, stage in enumerate(parts[1:]):
             restored, nat = recirculations[i][1], _translations(stage)
-            if restored is not None and not nat:
-                resumed = re.search(r"^Flow: (.*)$", stage, re.M).group(1)
-                table = re.search(r"Resuming from table (\d+)", stage).group(1)
-                more, later = self.trace_connection(_readdressed(resumed, restored), recirculations[i + 1:],
+            unsimulated = restored if restored is not None and not nat else None
+            if unsimulated is not None or actions is not None:
+                frozen = re.search(r"^Flow: (.*)$", stage, re.M).group(1)
+                table = re.findall(r"will be resumed at table (\d+)", parts[i])[-1]
+                addresses = unsimulated or nat
+                more, later = self.trace_connection(_thawed(frozen, addresses), recirculations[i + 1:],
                                                     f"resubmit(,{table})")
-                return done + more, {**translated, **restored, **later}
+                return done + more, {**translated, **addresses, **later}
             done += _actions_of(stage)
             translated.update(nat)
         return done, translated
@@ -265,14 +272,15 @@ def _translations(stage: str) -> dict[str, int]:
     return {f"ipv4_{k}": _ip4(v) for k, v in re.findall(r"nw_(src|dst)=([\d.]+)", m.group(1) if m else "")}
 
 
-def _readdressed(flow: str, addresses: Mapping[str, int]) -> str:
-    """A recirculation's flow (as the trace prints it) as trace-packet-out takes it, with other addresses: no
-    recirc_id, no bare ``eth``, and L4 ports named by their protocol (the parser refuses a UDP packet's tp_src)."""
+def _thawed(flow: str, addresses: Mapping[str, int]) -> str:
+    """A recirculation's flow (as the trace prints it) as trace-packet-out takes it, with the given IPv4
+    addresses: no recirc_id, no bare ``eth``, L4 ports named by their protocol (the parser refuses a UDP
+    packet's tp_src)."""
     fields = [f for f in flow.split(",") if f != "eth" and not f.startswith("recirc_id=")]
     proto = "udp" if "udp" in fields else "tcp"
     renamed = {"tp_src": f"{proto}_src", "tp_dst": f"{proto}_dst"}
-    values = {"nw_src": ipaddress.IPv4Address(addresses["ipv4_src"]),
-              "nw_dst": ipaddress.IPv4Address(addresses["ipv4_dst"])}
+    values = {f"nw_{side}": ipaddress.IPv4Address(addresses[f"ipv4_{side}"]) for side in ("src", "dst")
+              if f"ipv4_{side}" in addresses}
     parts = []
     for field in fields:
         key, sep, value = field.partition("=")
@@ -746,19 +754,24 @@ def sg_rules(draw, group: str, index: int, hosts: Sequence[int]) -> SecurityGrou
 
 
 @st.composite
+def security_groups(draw, hosts: Sequence[int]) -> dict[str, dict[str, SecurityGroup | SecurityGroupRule]]:
+    """GROUPS with one to four random rules each, as a topology's objects by kind."""
+    groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(GROUPS)}
+    rules = {rule.id: rule for g in groups for j in range(draw(st.integers(1, 4)))
+             for rule in [draw(sg_rules(g, j, hosts))]}
+    return {"security_group": groups, "security_group_rule": rules}
+
+
+@st.composite
 def guarded_topologies(draw) -> Topology:
     """One network, the five ports (random IPv4 and IPv6 addresses) in random groups of random rules."""
     net = Network(id="n0", name="n0", vni=100, unique_key=1)
-    groups = {g: SecurityGroup(id=g, name=g, unique_key=k + 1) for k, g in enumerate(GROUPS)}
     hosts = draw(st.lists(st.integers(2, 254), min_size=NPORTS, max_size=NPORTS, unique=True))
-    rules = {rule.id: rule for g in groups for j in range(draw(st.integers(1, 4)))
-             for rule in [draw(sg_rules(g, j, hosts))]}
     ports = {f"p{i}": Port(id=f"p{i}", name=f"p{i}", network_id="n0", mac=MACS[i],
                            ips=[f"10.0.0.{hosts[i]}", f"fd00::{hosts[i]:x}"], unique_key=10 + i,
                            security_groups=draw(st.lists(st.sampled_from(GROUPS), max_size=2, unique=True)))
              for i in range(NPORTS)}
-    others = {"security_group": groups, "security_group_rule": rules}
-    return Topology("h", {"n0": net}, ports, set(ports), others=others)
+    return Topology("h", {"n0": net}, ports, set(ports), others=draw(security_groups(hosts)))
 
 
 class RecordingTracker(interpreter.ConnTracker):
@@ -834,7 +847,9 @@ UPSTREAM = Port(id="upstream", name="upstream", network_id="ext", mac="fa:16:3e:
 def nat_topologies(draw) -> Topology:
     """A router joining one or two inside /24s to a flat external network behind the uplink, the upstream router
     on it; some ports have FIPs, the others go out SNATed to this chassis's external address, or not at all (the
-    router does no SNAT, or the chassis has no address). The ports', FIPs' and chassis's addresses are random."""
+    router does no SNAT, or the chassis has no address). The ports', FIPs' and chassis's addresses are random;
+    half the ports are in a security group (random rules besides Neutron's default, anything out), whose
+    conntrack zone comes after the NAT's."""
     n = draw(st.integers(1, 2))
     nets = {f"n{i}": Network(id=f"n{i}", name=f"n{i}", vni=100 + i, unique_key=i + 1) for i in range(n)}
     nets["ext"] = Network(id="ext", name="ext", network_type="flat", physical_network=PHYSNET, external=True,
@@ -850,7 +865,8 @@ def nat_topologies(draw) -> Topology:
     for i in range(NPORTS):
         net = draw(st.integers(0, n - 1))
         ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=f"n{net}", mac=MACS[i],
-                              ips=[f"10.{net}.0.{hosts[i]}"], unique_key=10 + i)
+                              ips=[f"10.{net}.0.{hosts[i]}"], unique_key=10 + i,
+                              security_groups=draw(st.sampled_from(([], [], ["g0"], ["g1"]))))
     fips = {f"f{i}": FloatingIP(id=f"f{i}", name=f"f{i}", floating_network_id="ext", port_id=f"p{i}",
                                 floating_ip_address=f"{EXT_NET}.{public[i + 2]}",
                                 fixed_ip_address=ports[f"p{i}"].ips[0])
@@ -860,8 +876,12 @@ def nat_topologies(draw) -> Topology:
                     enable_snat=others_go != "nowhere: no SNAT", unique_key=draw(st.integers(1, 1000)))
     external_ip = "" if others_go == "nowhere: no external address" else f"{EXT_NET}.{public[0]}"
     chassis = Chassis(id="h", tunnel_ip=TUNNEL_IP, external_ip=external_ip)
+    security = draw(security_groups(hosts))
+    security["security_group_rule"] |= {f"{g}-out": SecurityGroupRule(id=f"{g}-out", name=f"{g}-out",
+                                                                      security_group_id=g, direction="egress")
+                                        for g in GROUPS}
     others = {"subnet": subnets, "router_port": rps, "router": {"r0": router}, "floating_ip": fips,
-              "chassis": {"h": chassis}}
+              "chassis": {"h": chassis}, **security}
     return Topology("h", nets, ports, {f"p{i}" for i in range(NPORTS)}, others=others)
 
 
@@ -878,7 +898,7 @@ def nat_openers(draw, topo: Topology) -> dict[str, int]:
     beyond = f"203.0.113.{draw(st.integers(1, 254))}"  # behind the upstream router: the default route
     remote = draw(st.sampled_from((beyond, UPSTREAM.ips[0], nobody)))
     upstream = {"in_port": ir.physnet_port(PHYSNET), "eth_src": _mac(UPSTREAM.mac)}
-    kind = draw(st.sampled_from(("out", "in", "arp")))
+    kind = draw(st.sampled_from(("out", "out", "in", "in", "arp")))
     if kind == "arp":
         return {**upstream, "eth_dst": BROADCAST, "eth_type": ir.ETH_TYPE_ARP, "arp_op": 1,
                 "arp_spa": _ip4(UPSTREAM.ips[0]), "arp_tpa": target, "arp_sha": _mac(UPSTREAM.mac), "arp_tha": 0}
@@ -905,7 +925,7 @@ def _nat_event(stage: str, pkt: Mapping[str, int], verdict: interpreter.Verdict)
     if pkt["eth_type"] == ir.ETH_TYPE_ARP:
         return f"ARP {_origin(pkt)}: {'answered' if verdict.outputs else 'not answered'}"
     zones = {a.zone for step in verdict.steps if step.flow is not None for a in step.flow.actions
-             if isinstance(a, ir.Conntrack)}
+             if isinstance(a, ir.Conntrack) and a.nat is not None}
     through = "the SNAT address" if CHASSIS_SNAT_ZONE in zones else "a FIP" if zones else "no NAT"
     return f"{stage} {_origin(pkt)} through {through}: {'delivered' if verdict.outputs else 'dropped'}"
 
