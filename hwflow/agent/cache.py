@@ -1,6 +1,6 @@
 """The agent's selective copy of the northbound database, kept current by a watch.
 
-It holds only what this chassis's local ports need (hwflow.agent.topology):
+It holds only what this chassis's local ports need (hwflow.agent.selection):
 the agent says which port ids are plugged into its bridge
 (``set_local_ports``) and the cache grows or shrinks its set to match, with
 targeted reads (by id, and through the reference index), never by listing
@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-from hwflow.agent import topology
+from hwflow.agent import selection
 from hwflow.db.api import Change, NbApi
 from hwflow.model.errors import Compacted, HwflowError, NotFound, ValidationError
 from hwflow.model.objects import NbObject, Port, SecurityGroupRule, Subnet
@@ -36,7 +36,7 @@ MAX_BACKOFF = 30.0
 
 
 class _DatabaseSource:
-    """Targeted reads for topology.walk: one object by id, or one referrer list through the index."""
+    """Targeted reads for selection.walk: one object by id, or one referrer list through the index."""
 
     def __init__(self, nb: NbApi) -> None:
         self.nb = nb
@@ -74,11 +74,11 @@ class NbCache:
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._lock = threading.RLock()
-        self._held: dict[topology.Key, NbObject] = {}
-        self._expanded: set[topology.Expansion] = set()
+        self._held: dict[selection.Key, NbObject] = {}
+        self._expanded: set[selection.Expansion] = set()
         self._local_ids: frozenset[str] = frozenset()
         self._stale = False  # the set must be walked again (a walk failed on an unreachable database)
-        self._touched: set[topology.Key] | None = None  # keys changed since the last drain (None: anything)
+        self._touched: set[selection.Key] | None = None  # keys changed since the last drain (None: anything)
         self.revision = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +89,7 @@ class NbCache:
         with self._lock:
             return {ident: obj for (k, ident), obj in self._held.items() if k == kind}
 
-    def drain(self) -> dict[topology.Key, NbObject | None] | None:
+    def drain(self) -> dict[selection.Key, NbObject | None] | None:
         """What changed since the last drain: (kind, id) -> the object now held (None: no longer held).
 
         None when the cache cannot say (a full resync replaced what it holds, or nothing was drained yet):
@@ -132,23 +132,23 @@ class NbCache:
         """Replace what is held with the selection from one consistent snapshot."""
         revision, objs = self._nb.snapshot()
         with self._lock:
-            selection = topology.walk(self._local_ids, self._chassis, topology.SnapshotSource(objs))
-            self._held, self._expanded = selection.objects, selection.expanded
+            chosen = selection.walk(self._local_ids, self._chassis, selection.SnapshotSource(objs))
+            self._held, self._expanded = chosen.objects, chosen.expanded
             self._touched = None
             self.revision = revision
             self._stale = False
         LOG.info("full sync at revision %d: holding %d of %d objects for %d local port id(s)", revision,
-                 len(selection.objects), len(objs), len(self._local_ids))
+                 len(chosen.objects), len(objs), len(self._local_ids))
 
     def _walk(self) -> bool:
         """Recompute the selection from what is held plus targeted reads; True if it changed."""
-        source = topology.HeldSource(self._held, self._expanded, self._source)
-        selection = topology.walk(self._local_ids, self._chassis, source)
-        differ = set(selection.objects.keys() ^ self._held.keys())
-        differ |= {k for k, obj in selection.objects.items() if k not in differ and obj is not self._held[k]}
+        source = selection.HeldSource(self._held, self._expanded, self._source)
+        chosen = selection.walk(self._local_ids, self._chassis, source)
+        differ = set(chosen.objects.keys() ^ self._held.keys())
+        differ |= {k for k, obj in chosen.objects.items() if k not in differ and obj is not self._held[k]}
         if self._touched is not None:
             self._touched |= differ
-        self._held, self._expanded = selection.objects, selection.expanded
+        self._held, self._expanded = chosen.objects, chosen.expanded
         self._stale = False
         return bool(differ)
 
@@ -227,7 +227,7 @@ class NbCache:
             return True, self._reaches_further(change.obj)
         return False, False
 
-    def _touch(self, key: topology.Key) -> None:
+    def _touch(self, key: selection.Key) -> None:
         if self._touched is not None:
             self._touched.add(key)
 

@@ -147,13 +147,13 @@ class Write:
 
 
 @dataclasses.dataclass
-class Topology:
+class Scenario:
     objects: list[NbObject]  # in batch order: nothing references what comes after it
     local: list[Port]
     writes: dict[str, list[Write]]
 
 
-def topology(local_ports: int, remote_ports: int, chassis: str, changes: int) -> Topology:
+def scenario(local_ports: int, remote_ports: int, chassis: str, changes: int) -> Scenario:
     """The host of the module docstring, ``chassis`` holding its local ports, and the writes to measure."""
     total = local_ports + remote_ports
     scale = {"ports": total, "networks": max(1, total // PORTS_PER_NETWORK),
@@ -203,7 +203,7 @@ def topology(local_ports: int, remote_ports: int, chassis: str, changes: int) ->
                                  direction="ingress", protocol="tcp", port_min=SG_RULE_PORT + i,
                                  port_max=SG_RULE_PORT + i)
         writes["sg_rule"].append(Write("sg_rule", rule, owners=owners))
-    return Topology(objects, local, writes)
+    return Scenario(objects, local, writes)
 
 
 # --- what the datapaths hold ----------------------------------------------------------------------------
@@ -568,7 +568,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
     timeout = params["timeout_s"]
     url = _database(params["url"], workdir)
     name = f"cv{secrets.token_hex(3)}"
-    topo = topology(local_ports, remote_ports, name, changes)
+    topo = scenario(local_ports, remote_ports, name, changes)
     results: dict[str, float] = {}
     start = time.perf_counter()
     with NbApi.from_url(url) as nb:

@@ -63,7 +63,7 @@ def test_a_restart_loses_no_nic_rule(run) -> None:
 
 
 def test_the_topology_and_every_measured_write_fit_one_database(tmp_path) -> None:
-    topo = converge.topology(4, 50, "host1", 3)
+    topo = converge.scenario(4, 50, "host1", 3)
     with NbApi.from_url(f"sqlite:///{tmp_path}/nb.sqlite") as nb:
         nb.create_many(topo.objects)
         for kind in converge.KINDS:

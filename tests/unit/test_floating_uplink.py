@@ -27,7 +27,7 @@ from test_l3 import (
     send,
 )
 
-from hwflow.agent.topology import SnapshotSource, walk
+from hwflow.agent.selection import SnapshotSource, walk
 from hwflow.apps import l3
 from hwflow.pipeline import interpreter, ir
 from hwflow.pipeline.topology import Topology
