@@ -24,7 +24,11 @@ express it (fields, masks, one redirect to a port of the same embedded
 switch, and the header actions on the way), it is unicast (flooding follows
 every port change of a network, so it stays in software), and no *earlier*
 leaf kept in software overlaps it: otherwise the rule would steal packets
-the software path must see.
+the software path must see. A path ending where the NIC cannot match (a
+ct_state it cannot read) is kept in software widened to what it can match,
+so a pass rule may hold it; a later rule needs that pass in front only if it
+overlaps the path itself, not the widening (mlx5 reads +trk and +est only:
+its +inv and +rel paths must not take the +est redirects' packets).
 
 Header actions the walk sees through, when the NIC can do them: rewrites of
 MACs and IPv4 addresses, TTL decrement, VLAN push/pop, tunnel encap
