@@ -341,7 +341,7 @@ _NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
          joins: frozenset[int] = frozenset(), doomed: Doom | None = None,
-         deps: Deps | None = None, state: StateRead | None = None) -> Iterator[Leaf]:
+         deps: Deps | None = None, state: StateRead | None = None, memo: Segments | None = None) -> Iterator[Leaf]:
     """The leaves of one chain's decision list for packets in ``region``, in order.
 
     The walk does not follow a path into another chain: a ``ct(table=N)`` ends
@@ -360,7 +360,7 @@ def walk(pipeline: ir.Pipeline, known: Mapping[str, int], region: Region,
     if joins and state is None:
         state = StateRead(pipeline.flows)
     how = _Walk(joins, doomed, deps, state, doomed(region) if doomed is not None else None)
-    yield from _fold(_walk_table(pipeline, 0, dict(region), _Path(dict(known)), how, 0))
+    yield from _fold(_walk_table(pipeline, 0, dict(region), _Path(dict(known)), how, 0, memo))
 
 
 def walk_entry(pipeline: ir.Pipeline, entry: ChainEntry, joins: frozenset[int] = frozenset(),
@@ -1176,6 +1176,9 @@ class _Planner:
         # judgements of its last decide, for leaves its next walk reuses
         self._judged: dict[Owner, tuple[Capabilities, dict[int, tuple[Leaf, str | None, str | None]]]] = {}
         self._segments: dict[tuple, tuple[Capabilities, dict[int, Segment]]] = {}  # chain key -> its last walk's
+        # port -> its chain 0's last walks (by ethertype: each walks table 0 over its own region): a tunnel device's
+        # holds a segment per network, and planning it again when it gains room reuses all it can
+        self._port_segments: dict[int, tuple[Capabilities, dict[int, dict[int, Segment]]]] = {}
         self._changed: Callable[[Deps], bool] | None = None  # during a change: whether deps are hit
         self.reads = StateRead(pipeline.flows)
         self.plan = Plan()
@@ -1217,6 +1220,8 @@ class _Planner:
             dirty |= self._readers.get(("out", key), set())
         for key in gone:
             self._forget(("port", key))
+            self._port_segments.pop(key, None)
+            self._judged.pop(("port", key), None)
         self.ports = dict(ports)
         self._file_ports(gone | moved)
         dirty |= {("port", k) for k in moved}
@@ -1484,10 +1489,14 @@ class _Planner:
         joins = self._joins(port.capabilities)
         doomed = self._doom(port.capabilities)
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
+        kept = self._port_segments.get(port.port)
+        memos = {eth_type: Segments(kept[1].get(eth_type) if kept is not None and kept[0] is port.capabilities
+                                    else None, self._changed) for eth_type in self.ethertypes}
         leaves = (leaf for eth_type in self.ethertypes
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
-                                   self.reads))
+                                   self.reads, memos[eth_type]))
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
+        self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
         if decided.shortfall is not None:
@@ -1618,10 +1627,8 @@ class _Planner:
         refused = self.refused
         judged = self._judged.get(owner)
         before = judged[1] if judged is not None and judged[0] is ctx.capabilities else {}
-        now: dict[int, tuple[Leaf, str | None, str | None]] | None = None
-        if owner[0] == "chain":  # (a port's chain 0 is walked afresh: nothing of it would be seen again)
-            now = {}
-            self._judged[owner] = (ctx.capabilities, now)
+        now: dict[int, tuple[Leaf, str | None, str | None]] = {}
+        self._judged[owner] = (ctx.capabilities, now)
         for leaf in leaves:
             match = leaf.as_match()
             for port in leaf.outputs:
@@ -1634,8 +1641,7 @@ class _Planner:
                 reason = seen[1]
             else:
                 reason = _why_not(leaf, ctx, self.ports, self.unicast_only, doom)
-            if now is not None:
-                now[id(leaf)] = (leaf, reason, switch)
+            now[id(leaf)] = (leaf, reason, switch)
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
