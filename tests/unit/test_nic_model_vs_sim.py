@@ -20,12 +20,12 @@ from nic_model import aimed_at_rules, apply, lookup
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
-from test_split_compiled import ETHERTYPES, PROFILES, TUN, UPLINK, Host, hosts, packets
+from test_split_compiled import ETHERTYPES, PROFILES, TUN, Host, hosts, offload_of, packets
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
 from hwflow.backends.tc.backend import Representor, TunnelEndpoint, to_flower
-from hwflow.offload.partition import HwRule, Partitioner, PortOffload
+from hwflow.offload.partition import HwRule, Partitioner
 from hwflow.pipeline import interpreter, ir
 from hwflow.sim.eswitch import Eswitch
 from hwflow.sim.profile import load_profile
@@ -100,11 +100,7 @@ def _key(rule: fl.FlowerRule) -> tuple:
 @given(st.data(), hosts(), st.sampled_from(PROFILES))
 def test_the_nic_model_takes_the_rules_the_simulated_nic_takes(data, host: Host, profile: str) -> None:
     assume(host.local)
-    caps = load_profile(profile).capabilities
-    offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
-    offload[TUN] = PortOffload(TUN, "nic0", caps)
-    if host.outside:
-        offload[UPLINK] = PortOffload(UPLINK, "nic0", caps)
+    offload = offload_of(host, profile)
     plan = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES, {})
     reps = {port: Representor(FIRST_IFINDEX + i, "sim") for i, port in enumerate(sorted(offload))}
     sw = Eswitch("sim0", load_profile(profile), [rep.ifindex for rep in reps.values()])

@@ -232,14 +232,20 @@ def reply(host: Host, packet: dict[str, int]) -> dict[str, int] | None:
     return back
 
 
-def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
-    """Hardware first, software on a miss, over drawn packets, their replies and copies aimed at the rules."""
+def offload_of(host: Host, profile: str) -> dict[int, PortOffload]:
+    """The host's NIC, of ``profile``: every local port's VF, the tunnel device, and the uplink when there is an
+    outside."""
     caps = load_profile(profile).capabilities
     offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
     offload[TUN] = PortOffload(TUN, "nic0", caps)
     if host.outside:
         offload[UPLINK] = PortOffload(UPLINK, "nic0", caps)
-    plan = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES, {})
+    return offload
+
+
+def _check(data, host: Host, profile: str, stats: collections.Counter) -> None:
+    """Hardware first, software on a miss, over drawn packets, their replies and copies aimed at the rules."""
+    plan = Partitioner(host.joins).plan(host.pipeline, offload_of(host, profile), ETHERTYPES, {})
     drawn = data.draw(st.lists(packets(host), min_size=3, max_size=8))
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
     by_nic = 0
@@ -288,9 +294,7 @@ def test_a_compiled_host_split_never_changes_a_verdict_on_fresh_examples(data, h
 def test_a_rule_the_nic_refuses_leaves_its_paths_and_what_it_shadows_to_software(data, host: Host):
     """The NIC turns one of the plan's rules down (ENOSPC, say): the plan made again without it still gives
     every packet its verdict, and holds no rule of that match in that place."""
-    caps = load_profile("mlx5-connectx6dx").capabilities
-    offload = {p.unique_key: PortOffload(p.unique_key, "nic0", caps) for p in host.local}
-    offload[TUN] = PortOffload(TUN, "nic0", caps)
+    offload = offload_of(host, "mlx5-connectx6dx")
     first = Partitioner(host.joins).plan(host.pipeline, offload, ETHERTYPES, {})
     rules = [r for port in sorted(first.own.keys() | first.reaches.keys()) for r in first.rules_of(port)]
     assume(rules)
