@@ -91,6 +91,7 @@ Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
 # ("out", port) / ("matched", table) -> None (see walk, _Planned)
 Deps = dict[tuple, "tuple[tuple[str, int], ...] | None"]
 Edit = ir.SetField | ir.DecTtl | ir.PushVlan | ir.PopVlan | ir.Conntrack  # what a hardware rule does to a packet
+PATHS_PER_RULE = 50  # a port short of room is planned again once it would gain a rule per 50 paths (_worth_it)
 SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
 SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
 
@@ -1271,9 +1272,10 @@ class _Planner:
             room = self._room(self.ports[key], used)
             gain = room - self._budgets[key] + general.get(key, 0)
             credits = toward.get(key)
-            if gain >= self._starved.get(key, math.inf) or credits and any(
+            if (gain >= self._starved.get(key, math.inf) or credits and any(
                     gain + credit >= self._wants.get(key, {}).get(target, math.inf)
-                    for target, credit in credits.items()):
+                    for target, credit in credits.items())) and self._worth_it(key, gain + max(
+                        (credits or {}).values(), default=0)):
                 self._plan_port(self.ports[key], room)
                 self._set_cost(key, used)
                 retried.add(key)
@@ -1283,6 +1285,15 @@ class _Planner:
         self._prune()
         self._check_room()
         return changed_ports
+
+    def _worth_it(self, key: int, gain: float) -> bool:
+        """Whether port ``key``, short of room, is planned again for ``gain`` more rules: one whose chain 0 is long
+        (a tunnel device decides every network's decapsulation, a thousand paths and more) only once the gain
+        is a rule per PATHS_PER_RULE of its paths, or each local port removed would have it decide them all
+        again for one more rule (30 ms a change at 1,000 networks). Until then it keeps what it has; the resync
+        timer's whole plan serves every port in key order again."""
+        judged = self._judged.get(("port", key))
+        return gain * PATHS_PER_RULE >= (len(judged[1]) if judged is not None else 0)
 
     def _make_room(self, used: dict[str, int]) -> set[int]:
         """Bring a switch a change pushed over its capacity (a chain grew under ports that keep it) back under

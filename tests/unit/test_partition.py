@@ -354,6 +354,25 @@ def test_capacity_is_shared_per_switch_and_the_rest_stays_in_software():
     assert sum(1 for s in plan.software if "full" in s.reason) == 2
 
 
+def test_a_port_with_a_long_decision_list_short_of_room_waits_for_room_worth_deciding_it_again():
+    """Port 3 decides 200 paths, each a rule, after ports 1 and 2 took their room: it is short. A port removed
+    that frees one rule does not have it decide its 200 paths again (PATHS_PER_RULE); one that frees ten does."""
+    macs = [0x02_00_00_00_10_00 + i for i in range(200)]
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=3, eth_dst=mac), (ir.Output(4),), "long") for mac in macs]
+    flows += [ir.Flow(0, 10, ir.Match.of(in_port=1, eth_dst=MACS[1]), (ir.Output(4),), "one")]
+    flows += [ir.Flow(0, 10, ir.Match.of(in_port=2, eth_dst=macs[i]), (ir.Output(4),), "ten") for i in range(10)]
+    pipeline = ir.Pipeline.build(flows, {})
+    caps = dataclasses.replace(FULL_CAPS, max_rules=111)
+    offload = {p: PortOffload(p, "sw0", caps) for p in (1, 2, 3, 4)}
+    partitioner = Partitioner()
+    first = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    assert [len(first.rules_of(p)) for p in (1, 2, 3)] == [1, 10, 100]
+    after_one = partitioner.plan(pipeline, {p: offload[p] for p in (2, 3, 4)}, (ir.ETH_TYPE_IPV4,), {}, ([], []))
+    assert partitioner.changed == {1} and len(after_one.rules_of(3)) == 100  # a rule is not worth 200 paths
+    after_ten = partitioner.plan(pipeline, {p: offload[p] for p in (3, 4)}, (ir.ETH_TYPE_IPV4,), {}, ([], []))
+    assert 3 in partitioner.changed and len(after_ten.rules_of(3)) == 111
+
+
 def test_no_redirect_across_switches():
     pipeline = _l2_pipeline()
     plan = partition(pipeline, _offload(FULL_CAPS, ("sw0", "sw1", "sw0", "sw0")), (ir.ETH_TYPE_IPV4,))
