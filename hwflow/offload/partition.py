@@ -487,13 +487,13 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
             # rule may hold it) and knowing the regions it stands for (a later rule they do not overlap needs no
             # pass in front): the ICMPv6 types a stage lets through one by one are one leaf, not seven
             coarse = how.doomed.coarse(refined)
-            exact = tuple(sorted((f, v, m) for f, (v, m) in refined.items()))
+            narrow = tuple(sorted((f, v, m) for f, (v, m) in refined.items()))
             if held is not None and held[0] == coarse:
-                held[1].append(exact)
+                held[1].append(narrow)
             else:
                 if held is not None:
                     yield _widened(held, path)
-                held = [coarse, [exact], doomed, flow.owner]
+                held = [coarse, [narrow], doomed, flow.owner]
             continue
         if held is not None:
             yield _widened(held, path)
@@ -512,8 +512,8 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
 def _widened(held: list, path: _Path) -> Leaf:
     """The software leaf of a doomed refinement (see :func:`_walk_table`): its region widened, and ``within``
     the regions it stands for."""
-    coarse, exact, why, owner = held
-    return _leaf(coarse, path, why, owner)._replace(within=tuple(exact))
+    coarse, narrow, why, owner = held
+    return _leaf(coarse, path, why, owner)._replace(within=tuple(narrow))
 
 
 def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) -> tuple[Leaf, ...]:
@@ -1157,7 +1157,6 @@ class _Planner:
         self._by_table: dict[tuple[int, tuple[str, ...]], dict | set[Owner]] = {}
         self._parents: dict[tuple, set[Owner]] = {}  # chain key -> owners with a goto to it
         self._orphans: set[tuple] = set()  # chains whose last parent went during this change (see _prune)
-        self._canonical: dict[tuple, tuple] = {}  # chain key -> the one object the planner's tables hold for it
         self._reached_by: dict[int, set[int]] = {}  # chain id -> ports reaching it
         self._closures: dict[int, set[int]] = {}  # port -> chain ids it reaches
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
@@ -1386,7 +1385,6 @@ class _Planner:
             for table in (self._segments, self._parents):
                 table.pop(key, None)
             self._judged.pop(("chain", key), None)
-            self._canonical.pop(key, None)
             self.ids.forget(key)
 
     def _free(self, number: int, rules: float) -> None:
@@ -1715,9 +1713,6 @@ class _Planner:
         caps = ctx.capabilities
         limited = caps.max_chains is not None
         key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
-        # one object per chain key: a walk makes a new entry for every goto leaf, and the planner's tables would
-        # compare each with theirs field by field (a dataclass's __eq__) on every look-up; the same object, never
-        key = self._canonical.setdefault(key, key)
         out.entered.add(key)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
