@@ -487,13 +487,14 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
             # rule may hold it) and knowing the regions it stands for (a later rule they do not overlap needs no
             # pass in front): the ICMPv6 types a stage lets through one by one are one leaf, not seven
             coarse = how.doomed.coarse(refined)
-            narrow = tuple(sorted((f, v, m) for f, (v, m) in refined.items()))
+            narrow = tuple(sorted((f, v, m) for f, (v, m) in refined.items())) if how.doomed.partly(refined) \
+                else None  # (a rule overlaps the widening if and only if it overlaps the path: nothing to keep)
             if held is not None and held[0] == coarse:
-                held[1].append(narrow)
+                held[1] = held[1] + [narrow] if held[1] is not None and narrow is not None else None
             else:
                 if held is not None:
                     yield _widened(held, path)
-                held = [coarse, [narrow], doomed, flow.owner]
+                held = [coarse, [narrow] if narrow is not None else None, doomed, flow.owner]
             continue
         if held is not None:
             yield _widened(held, path)
@@ -513,7 +514,8 @@ def _widened(held: list, path: _Path) -> Leaf:
     """The software leaf of a doomed refinement (see :func:`_walk_table`): its region widened, and ``within``
     the regions it stands for."""
     coarse, narrow, why, owner = held
-    return _leaf(coarse, path, why, owner)._replace(within=tuple(narrow))
+    leaf = _leaf(coarse, path, why, owner)
+    return leaf._replace(within=tuple(narrow)) if narrow else leaf
 
 
 def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) -> tuple[Leaf, ...]:
@@ -900,6 +902,14 @@ class Doom:
         if hw.ACTION_PASS not in self.caps.actions:
             return dict(region)
         return {f: (v, m) for f, (v, m) in region.items() if self._unmatchable(f, m) is None}
+
+    def partly(self, region: Region) -> bool:
+        """Whether :meth:`coarse` drops a term of ``region`` the NIC's rules may still carry in another form: a
+        ct_state with states it cannot match, on a NIC that matches some. Only then may a rule be disjoint from
+        the region and overlap its widening (see Leaf.within); a field the NIC cannot match at all is in no rule."""
+        term = region.get("ct_state")
+        return term is not None and self._unmatchable("ct_state", term[1]) is not None and \
+            self._ct_unmatchable(ir.CT_TRK) is None
 
     def cannot_match(self, terms: Iterable[tuple[str, int, int]]) -> str | None:
         """Why the NIC cannot match one of ``terms`` as it is (None: it matches them all)."""
