@@ -1,9 +1,11 @@
 """The simulated NIC's driver: claims the representors a running hwflow-simnic owns.
 
 Each simulated NIC writes ``<socket>.json`` describing itself (profile,
-switch id, pid, ports). The netdevs it lists are its representors: hwflow
-programs them through the sim's control socket, with the sim's capability
-profile, exactly as it would a real switchdev NIC over netlink.
+switch id, pid, ports; with a physical port, its uplink representor and its
+tunnel devices). The netdevs it lists are its own: hwflow programs them
+through the sim's control socket, with the sim's capability profile, exactly
+as it would a real switchdev NIC over netlink. A tunnel device is reported
+offloadable when the profile can encapsulate or decapsulate its type.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from oslo_config import cfg
 
 from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
-from hwflow.offload.nic import VF_REPRESENTOR, DeviceReport, NetDevice, NicDriver, not_offloadable
+from hwflow.offload.nic import TUNNEL, UPLINK, VF_REPRESENTOR, DeviceReport, NetDevice, NicDriver, not_offloadable
 
 ROLE = VF_REPRESENTOR
 
@@ -34,6 +36,8 @@ class SimNic:
     profile: str
     representors: frozenset[str]
     problem: str | None
+    uplink: str | None = None  # its uplink representor (a NIC started with --wire), else None
+    tunnels: Mapping[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # device -> (type, UDP port)
 
 
 def status_path(socket: str) -> Path:
@@ -70,8 +74,11 @@ def _judge(socket: str, status: Mapping[str, Any]) -> SimNic:
             problem = f"simulated NIC {name}: bad profile in {status_path(socket)}: {exc}"
     profile = status.get("profile")
     profile_name = str(profile.get("name")) if isinstance(profile, dict) else "?"
+    uplink = status.get("uplink")
+    tunnels = {str(t["netdev"]): (str(t["type"]), int(t["dst_port"])) for t in status.get("tunnels", ())
+               if isinstance(t, dict) and {"netdev", "type", "dst_port"} <= t.keys()}
     return SimNic(name, str(status.get("socket") or socket), status.get("switch_id"), capabilities, profile_name,
-                  representors, problem)
+                  representors, problem, str(uplink["representor"]) if isinstance(uplink, dict) else None, tunnels)
 
 
 def load_status(socket: str) -> tuple[SimNic | None, str | None]:
@@ -109,12 +116,20 @@ class SimDriver(NicDriver):
         return list(self._problems)
 
     def describe(self, dev: NetDevice) -> DeviceReport | None:
-        nic = next((n for n in self._nics if dev.name in n.representors), None)
+        nic = next((n for n in self._nics if dev.name in n.representors or dev.name in n.tunnels
+                    or dev.name == n.uplink), None)
         if nic is None:
             return None
-        if nic.problem is not None:
-            report = not_offloadable(dev, self.name, nic.problem, ROLE)
+        role = TUNNEL if dev.name in nic.tunnels else UPLINK if dev.name == nic.uplink else ROLE
+        problem = nic.problem
+        kind, port = nic.tunnels.get(dev.name, (None, None))
+        if problem is None and kind is not None and not (nic.capabilities.can_encap(kind)
+                                                           or nic.capabilities.can_decap(kind)):
+            problem = f"simulated NIC {nic.name} (profile {nic.profile}) can neither encapsulate nor decapsulate {kind}"
+        if problem is not None:
+            report = not_offloadable(dev, self.name, problem, role)
             report.switch_id = nic.switch_id
+            report.tunnel_type, report.tunnel_dst_port = kind, port
             return report
         return DeviceReport(
             name=dev.name,
@@ -123,11 +138,13 @@ class SimDriver(NicDriver):
             nic_driver=self.name,
             pci_id=None,
             switch_id=nic.switch_id,
-            port_role=ROLE,
+            port_role=role,
             eswitch_mode="switchdev",
             offload=True,
             reason=None,
             capabilities=nic.capabilities,
             tc_endpoint=f"unix:{nic.socket}",
             capability_source=f"simulated NIC {nic.name}: profile {nic.profile}",
+            tunnel_type=kind,
+            tunnel_dst_port=port,
         )

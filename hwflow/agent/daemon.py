@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import logging
 import signal
@@ -35,13 +36,13 @@ from hwflow.apps.compiler import Compiler, Delta, layout_path
 from hwflow.backends.ovs.backend import FullSyncNeeded, OvsBackend, SyncResult, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
-from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, TcDiff, identity, to_flower
+from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, TcDiff, TunnelEndpoint, identity, to_flower
 from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, Port
 from hwflow.offload import inventory
 from hwflow.offload.discovery import discover
-from hwflow.offload.nic import DeviceReport
+from hwflow.offload.nic import TUNNEL, DeviceReport
 from hwflow.offload.partition import SHARED, HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Change, Topology
@@ -111,6 +112,8 @@ class Agent:
         # were encoded with
         self._flower: dict[int, dict[int, list[tuple[HwRule, str, object]]]] = {}
         self._encoded_reps: dict[int, Representor] = {}
+        self._tunnels: dict[int, TunnelEndpoint] = {}  # tunnel port key -> its endpoint, for the tunnels offloaded
+        self._tunnel_warned: set[str] = set()
         self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -352,7 +355,7 @@ class Agent:
                     if kept is not None and chain and refreshed is not None and chain not in refreshed:
                         new[chain] = kept
                     elif rules:
-                        new[chain] = _encode(rules, kept or (), reps, flags)
+                        new[chain] = _encode(rules, kept or (), reps, flags, self._tunnels)
                         wanted += new[chain]
             if new:
                 self._flower[port] = new
@@ -374,14 +377,16 @@ class Agent:
 
         Every offload-capable interface plugged into the bridge with an
         iface-id, whether or not its port still exists (a deleted port's own
-        rules must go too), plus those managed in an earlier pass (an unplugged
-        VF's rules must go as well). A VF nobody plugged is left alone.
+        rules must go too), and the tunnel devices of the tunnels offloaded,
+        plus those managed in an earlier pass (an unplugged VF's rules must go
+        as well). A VF nobody plugged is left alone.
         """
         current = set()
         for iface in ifaces.values():
             report = self._reports.get(iface.name)
             if report is not None and report.offload and report.tc_endpoint:
                 current.add(Representor(report.ifindex, report.tc_endpoint))
+        current.update(rep for _, rep, _ in self._tunnel_devices().values())
         managed = current | self._managed
         self._managed = current
         return managed
@@ -396,10 +401,41 @@ class Agent:
                 continue
             offload[key] = PortOffload(key, report.switch_id or "", report.capabilities)
             reps[key] = Representor(report.ifindex, report.tc_endpoint)
+        tunnels = self._tunnel_devices()
+        self._tunnels = {key: endpoint for key, (_, _, endpoint) in tunnels.items()}
+        for key, (entry, rep, _) in tunnels.items():
+            offload[key], reps[key] = entry, rep
         if not self.conf.offload.enabled:
             return Plan(), reps
         types = [ir.ETH_TYPES_BY_NAME[name] for name in self.conf.offload.ethertypes]
         return self._partitioner.plan(pipeline, offload, types, self._refused, delta), reps
+
+    def _tunnel_devices(self) -> dict[int, tuple[PortOffload, Representor, TunnelEndpoint]]:
+        """The tunnel ports a NIC carries: each type this chassis tunnels with whose tunnel device a driver
+        reported offloadable, on the UDP port OVS's tunnel port uses (else the NIC would take packets OVS's port
+        does not, or the other way round: that tunnel stays OVS's, with a warning)."""
+        local_ip = self.conf.agent.tunnel_ip
+        if not local_ip or ipaddress.ip_address(local_ip).version != 4:
+            return {}
+        udp_ports = {"vxlan": self.conf.agent.vxlan_udp_port, "geneve": self.conf.agent.geneve_udp_port}
+        found: dict[int, tuple[PortOffload, Representor, TunnelEndpoint]] = {}
+        for report in sorted(self._reports.values(), key=lambda r: r.name):
+            kind = report.tunnel_type
+            if report.port_role != TUNNEL or not report.offload or not report.tc_endpoint \
+                    or kind not in self.conf.agent.tunnel_types or ir.TUNNEL_PORTS[kind] in found:
+                continue
+            if report.tunnel_dst_port != udp_ports[kind]:
+                if report.name not in self._tunnel_warned:
+                    self._tunnel_warned.add(report.name)
+                    LOG.warning("tunnel device %s listens on UDP port %s, OVS's %s port on %d: %s stays in software "
+                                "(set [agent] %s_udp_port to the device's port)", report.name,
+                                report.tunnel_dst_port, kind, udp_ports[kind], kind, kind)
+                continue
+            key = ir.TUNNEL_PORTS[kind]
+            found[key] = (PortOffload(key, report.switch_id or "", report.capabilities),
+                          Representor(report.ifindex, report.tc_endpoint),
+                          TunnelEndpoint(int(ipaddress.ip_address(local_ip)), udp_ports[kind]))
+        return found
 
     def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:
         refused = self.tc.refused()
@@ -440,14 +476,14 @@ def build_agent(conf: cfg.ConfigOpts) -> Agent:
                  Compiler.from_file(layout_path(conf.apps.layout)))
 
 def _encode(rules: Iterable[HwRule], old: Iterable[tuple[HwRule, str, object]], reps: Mapping[int, Representor],
-            flags: int) -> list[tuple[HwRule, str, object]]:
+            flags: int, tunnels: Mapping[int, TunnelEndpoint]) -> list[tuple[HwRule, str, object]]:
     """(rule, endpoint, flower rule) for each rule; one the port had before keeps its encoding (most of a changed
     port's rules are unchanged), unless a representor it names is another now."""
     def key(rule: HwRule) -> tuple:
         return rule, reps.get(rule.in_port), reps.get(rule.output)
 
     known = {key(rule): (endpoint, flower_rule) for rule, endpoint, flower_rule in old}
-    return [(rule, *(known.get(key(rule)) or to_flower(rule, reps, flags))) for rule in rules]
+    return [(rule, *(known.get(key(rule)) or to_flower(rule, reps, flags, tunnels))) for rule in rules]
 
 
 

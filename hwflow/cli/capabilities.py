@@ -17,7 +17,15 @@ from hwflow.cli.common import CliError, common_options
 from hwflow.offload.capabilities import SCHEMA
 from hwflow.offload.discovery import SYS, discover
 from hwflow.offload.inventory import UnknownDriverError, inventory, load_drivers
-from hwflow.offload.nic import PF_REPRESENTOR, SF_REPRESENTOR, TC_NETLINK, UPLINK, VF_REPRESENTOR, DeviceReport
+from hwflow.offload.nic import (
+    PF_REPRESENTOR,
+    SF_REPRESENTOR,
+    TC_NETLINK,
+    TUNNEL,
+    UPLINK,
+    VF_REPRESENTOR,
+    DeviceReport,
+)
 from hwflow.offload.probe import ProbeCache, ProbeReport, age_text
 
 COLUMNS = ("name", "driver", "nic_driver", "pci_id", "switch_id", "role", "eswitch", "representors", "offload",
@@ -57,18 +65,21 @@ JSON output (--format json):
     pci_id             PCI vendor:device (e.g. 15b3:101d) or null
     firmware           firmware version (ethtool -i) or null
     switch_id          embedded-switch id (phys_switch_id) or null
-    port_role          vf_representor, sf_representor, pf_representor, uplink, pf or netdev
+    port_role          vf_representor, sf_representor, pf_representor, uplink, tunnel, pf or netdev
+                       (tunnel: a flow-based tunnel device whose decap rules the embedded switch holds)
     eswitch_mode       switchdev, legacy, or null when unknown
     offload            true when hwflow may program the device's hardware
     reason             why offload is false, or null
     capabilities       CAPABILITIES (below); all empty when offload is false
     capability_source  where the capabilities come from (family facts, probe and its age, profile) or null
     tc_endpoint        "netlink" for the kernel, "unix:PATH" for a simulated NIC, or null
+    tunnel_type        a tunnel device's type (vxlan, geneve), else null
+    tunnel_dst_port    a tunnel device's UDP port (4789, 6081), else null
     probe              null, or the cached probe: {{"device", "switch_id", "taken_at" (Unix time), "age_seconds",
                        "placement", "results": [{{"claim", "status": confirmed|refused|error|not_probed,
                        "detail"}}], "not_probed": [CLAIM, ...]}}
-  ESWITCH keys: switch_id, eswitch_mode, uplinks, pf_representors, vf_representors, sf_representors
-    (lists of netdev names of that embedded switch).
+  ESWITCH keys: switch_id, eswitch_mode, uplinks, pf_representors, vf_representors, sf_representors,
+    tunnels (lists of netdev names of that embedded switch; tunnels: the tunnel devices it decapsulates for).
   CAPABILITIES:
 {chr(10).join('    ' + line for line in SCHEMA.splitlines())}
   sources_missing: facts no source could supply (e.g. a kernel without devlink).
@@ -134,8 +145,8 @@ def eswitches(reports: Sequence[DeviceReport]) -> list[dict[str, Any]]:
             continue
         group = groups.setdefault(report.switch_id, {
             "switch_id": report.switch_id, "eswitch_mode": report.eswitch_mode, "uplinks": [],
-            "pf_representors": [], "vf_representors": [], "sf_representors": []})
-        key = "uplinks" if report.port_role == UPLINK else f"{report.port_role}s"
+            "pf_representors": [], "vf_representors": [], "sf_representors": [], "tunnels": []})
+        key = {UPLINK: "uplinks", TUNNEL: "tunnels"}.get(report.port_role, f"{report.port_role}s")
         if key in group:
             group[key].append(report.name)
     return [groups[k] for k in sorted(groups)]

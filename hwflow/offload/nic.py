@@ -22,11 +22,14 @@ from hwflow.offload.capabilities import NO_OFFLOAD, Capabilities
 TC_NETLINK = "netlink"
 """A report's ``tc_endpoint`` for a device programmed through the kernel (else ``unix:PATH``, a simulated NIC)."""
 
-# A report's port_role: the switchdev roles (representors and the uplink), a PF not in switchdev, any other netdev.
+# A report's port_role: the switchdev roles (representors and the uplink), a flow-based tunnel device whose
+# decap rules the embedded switch holds (mlx5's vxlan_sys_4789 through its indirect block), a PF not in
+# switchdev, any other netdev.
 VF_REPRESENTOR = "vf_representor"
 SF_REPRESENTOR = "sf_representor"
 PF_REPRESENTOR = "pf_representor"
 UPLINK = "uplink"
+TUNNEL = "tunnel"
 PF = "pf"
 NETDEV = "netdev"
 
@@ -65,6 +68,8 @@ class DeviceReport:
     tc_endpoint: str | None = None  # "netlink", or "unix:<path>" for a simulated NIC
     firmware: str | None = None
     capability_source: str | None = None  # where the capabilities come from (family facts, probe, profile)
+    tunnel_type: str | None = None  # a TUNNEL device's type (vxlan, geneve) and UDP port; None for others
+    tunnel_dst_port: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +87,8 @@ class DeviceReport:
             "tc_endpoint": self.tc_endpoint,
             "firmware": self.firmware,
             "capability_source": self.capability_source,
+            "tunnel_type": self.tunnel_type,
+            "tunnel_dst_port": self.tunnel_dst_port,
         }
 
 

@@ -31,8 +31,9 @@ from hwflow.model.objects import Port
 LOG = logging.getLogger(__name__)
 
 BRIDGE = "br-int"
-UNDERLAY_BRIDGE = "br-ul"  # holds a host's tunnel address and its underlay link (see connect_underlay)
+UNDERLAY_BRIDGE = "br-ul"  # holds a host's tunnel address and its NIC's uplink representor (see SimHost)
 STATE_FILE = "host.json"
+WIRE_MTU = 9000  # room for the tunnel headers around a VM's 1500-byte frames
 
 
 class HostError(RuntimeError):
@@ -63,10 +64,18 @@ class SimHost:
 
     def __init__(self, name: str, workdir: Path, database: str, num_vfs: int = 4,
                  profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
-                 uplinks: Mapping[str, str] | None = None, external_ip: str = "") -> None:
+                 uplinks: Mapping[str, str] | None = None, external_ip: str = "",
+                 underlay: Underlay | None = None, underlay_prefixlen: int = 24) -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
-        other end is ``uplink_peer(physnet)`` in that namespace."""
+        other end is ``uplink_peer(physnet)`` in that namespace.
+
+        ``underlay``: the physical network the NIC's port is wired to. The host's tunnels run over it, as on a
+        SmartNIC host: the simulated NIC's physical port is the host's end of the wire, its uplink representor
+        sits on an OVS bridge (``UNDERLAY_BRIDGE``) whose internal port holds ``tunnel_ip`` (the userspace
+        datapath routes and ARPs for what it encapsulates through its own bridges), and the NIC encapsulates
+        and decapsulates what its rules say, handing the rest to that bridge.
+        """
         if len(name) > 8:
             raise HostError(f"host name {name!r} is too long: at most 8 characters (it prefixes device names)")
         self.name = name
@@ -78,6 +87,8 @@ class SimHost:
         self.tunnel_ip = tunnel_ip
         self.external_ip = external_ip  # per-chassis SNAT address ([agent] external_ip)
         self.uplinks = dict(uplinks or {})
+        self.underlay = underlay
+        self.underlay_prefixlen = underlay_prefixlen
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -102,6 +113,16 @@ class SimHost:
         return list(self._nic_status.get("ports", []))
 
     @property
+    def nic_status(self) -> dict:
+        """The simulated NIC's status file as it started (ports, uplink, tunnel devices)."""
+        return dict(self._nic_status)
+
+    @property
+    def wire(self) -> str:
+        """The host's end of its underlay link: the simulated NIC's physical port."""
+        return f"{self.name}w"
+
+    @property
     def ovsdb(self) -> OvsdbClient:
         if self._ovsdb is None:
             self._ovsdb = OvsdbClient(self.ovs.db_sock, BRIDGE)
@@ -116,9 +137,13 @@ class SimHost:
             run("ip", "netns", "add", self.ns)
             in_ns(self.ns, "ip", "link", "set", "lo", "up")
             self._save()
+            if self.underlay is not None:
+                self.underlay.attach(self.ns, self.wire)
             self.ovs.start()
             self.ovsdb.ensure_bridge()
             self._start_nic()
+            if self.underlay is not None:
+                self._bridge_uplink()
             self._link_uplinks()
             self._write_agent_config()
             if agent:
@@ -146,9 +171,10 @@ class SimHost:
     def _start_nic(self) -> None:
         status = Path(self.nic_socket + ".json")
         status.unlink(missing_ok=True)
+        wire = ["--wire", self.wire] if self.underlay is not None else []
         proc = self._spawn("simnic", [sys.executable, "-m", "hwflow.sim.server", "--name", self.nic,
                                       "--num-vfs", str(self.num_vfs), "--socket", self.nic_socket,
-                                      "--profile", self.profile])
+                                      "--profile", self.profile, *wire])
         deadline = time.monotonic() + 20
         while not status.exists():
             if proc.poll() is not None:
@@ -157,6 +183,19 @@ class SimHost:
                 raise HostError(f"the simulated NIC did not come up in 20s; see {self.workdir}/simnic.out")
             time.sleep(0.05)
         self._nic_status = json.loads(status.read_text())
+
+    def _bridge_uplink(self) -> None:
+        """The NIC's uplink representor on the underlay bridge, whose internal port holds the tunnel address."""
+        uplink = self._nic_status.get("uplink")
+        if not isinstance(uplink, dict):
+            raise HostError(f"the simulated NIC {self.nic} reports no uplink; see {self.workdir}/simnic.out")
+        run("ovs-vsctl", f"--db={self.ovs.db_sock}", "--may-exist", "add-br", UNDERLAY_BRIDGE, "--", "set",
+            "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev", "--", "--may-exist", "add-port", UNDERLAY_BRIDGE,
+            uplink["representor"])
+        self.ovsdb.wait_for_ofport(UNDERLAY_BRIDGE, timeout=15)
+        in_ns(self.ns, "ip", "link", "set", UNDERLAY_BRIDGE, "mtu", str(WIRE_MTU))
+        in_ns(self.ns, "ip", "addr", "add", f"{self.tunnel_ip}/{self.underlay_prefixlen}", "dev", UNDERLAY_BRIDGE)
+        in_ns(self.ns, "ip", "link", "set", UNDERLAY_BRIDGE, "up")
 
     def _write_agent_config(self) -> None:
         self.agent_config.write_text(
@@ -327,22 +366,48 @@ def teardown_from_state(workdir: Path) -> bool:
     return True
 
 
-def connect_underlay(a: SimHost, b: SimHost, prefixlen: int = 24) -> None:
-    """Link two running hosts' namespaces by a veth pair carrying their tunnels.
+class Underlay:
+    """The physical network simulated hosts' NICs are wired to: a namespace holding a Linux bridge.
 
-    The userspace datapath sends what it encapsulates by its own route and ARP tables (``ovs-appctl
-    ovs/route/show``, ``tnl/arp/show``), learnt from the kernel routes of its own bridges' internal ports
-    and from the ARP it switches: so each end goes on a bridge of that host's vswitchd
-    (``UNDERLAY_BRIDGE``, plain NORMAL switching) whose internal port holds the host's ``tunnel_ip``.
+    Each host's NIC gets a veth pair: one end (``SimHost.wire``) in the host's namespace, which the simulated
+    NIC opens as its physical port, the other on the bridge. ``start``/``stop`` (or ``with``) are idempotent.
     """
-    run("ip", "link", "add", f"{a.name}t", "netns", a.ns, "type", "veth", "peer", "name", f"{b.name}t",
-        "netns", b.ns)
-    for host in (a, b):
-        device = f"{host.name}t"
-        in_ns(host.ns, "ip", "link", "set", device, "up")
-        run("ovs-vsctl", f"--db={host.ovs.db_sock}", "--may-exist", "add-br", UNDERLAY_BRIDGE, "--", "set",
-            "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev", "--", "--may-exist", "add-port", UNDERLAY_BRIDGE,
-            device)
-        host.ovsdb.wait_for_ofport(UNDERLAY_BRIDGE, timeout=15)
-        in_ns(host.ns, "ip", "addr", "add", f"{host.tunnel_ip}/{prefixlen}", "dev", UNDERLAY_BRIDGE)
-        in_ns(host.ns, "ip", "link", "set", UNDERLAY_BRIDGE, "up")
+
+    def __init__(self, name: str) -> None:
+        if len(name) > 8:
+            raise HostError(f"underlay name {name!r} is too long: at most 8 characters")
+        self.ns = f"hwf-ul-{name}"
+        self.bridge = "ul"
+        self._ports = 0
+
+    def start(self) -> Underlay:
+        run("ip", "netns", "add", self.ns)
+        try:
+            for scope in ("all", "default"):  # a wire carries only what the hosts send (no router solicitations)
+                in_ns(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+            in_ns(self.ns, "ip", "link", "add", self.bridge, "mtu", str(WIRE_MTU), "type", "bridge")
+            in_ns(self.ns, "ip", "link", "set", self.bridge, "up")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> Underlay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def attach(self, ns: str, device: str) -> None:
+        """Wire ``device`` (made here, in namespace ``ns``) to the bridge."""
+        self._ports += 1
+        far = f"ul{self._ports}"
+        run("ip", "link", "add", device, "netns", ns, "mtu", str(WIRE_MTU), "type", "veth", "peer", "name", far,
+            "netns", self.ns, "mtu", str(WIRE_MTU))
+        in_ns(self.ns, "ip", "link", "set", far, "master", self.bridge)
+        in_ns(self.ns, "ip", "link", "set", far, "up")
+        in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
+        in_ns(ns, "ip", "link", "set", device, "up")
+
+    def stop(self) -> None:
+        run("ip", "netns", "delete", self.ns, check=False)

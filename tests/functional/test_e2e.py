@@ -96,11 +96,20 @@ class Flow:
 
 
 def nic_rules(host: SimHost, vfs: set[int] | None = None) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
-    """Every flower rule on the NIC's representors (or on those of ``vfs``), with counters."""
+    """Every flower rule on the NIC's representors (or on those of ``vfs``), with counters; without ``vfs``
+    also those on its tunnel devices and its uplink representor."""
+    devices = [port["representor_ifindex"] for port in host.nic_ports if vfs is None or port["vf"] in vfs]
+    if vfs is None:
+        devices += [tunnel["ifindex"] for tunnel in host.nic_status.get("tunnels", ())]
+        devices += [uplink["representor_ifindex"] for uplink in [host.nic_status.get("uplink")] if uplink]
+    return device_rules(host, devices)
+
+
+def device_rules(host: SimHost, ifindexes: list[int]) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
+    """The flower rules on the NIC's devices ``ifindexes``, with counters."""
     client = TcClient(SimSocketTransport(host.nic_socket))
     try:
-        return [entry for port in host.nic_ports if vfs is None or port["vf"] in vfs
-                for entry in client.dump(port["representor_ifindex"])]
+        return [entry for ifindex in ifindexes for entry in client.dump(ifindex)]
     finally:
         client.close()
 

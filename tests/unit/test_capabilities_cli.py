@@ -23,7 +23,8 @@ from hwflow.sim.server import serve_in_background
 
 HOST = Path(__file__).parent / "fixtures" / "sysfs" / "smartnic-host"
 DEVICE_KEYS = {"name", "driver", "offload", "reason", "capabilities", "nic_driver", "pci_id", "switch_id",
-               "port_role", "eswitch_mode", "tc_endpoint", "ifindex", "firmware", "capability_source"}
+               "port_role", "eswitch_mode", "tc_endpoint", "ifindex", "firmware", "capability_source",
+               "tunnel_type", "tunnel_dst_port"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,7 +151,7 @@ def test_eswitches_group_uplink_pf_and_vf_representors(capsys):
     assert groups["b8f0c20003a43a1c"] == {
         "switch_id": "b8f0c20003a43a1c", "eswitch_mode": "switchdev", "uplinks": ["enp3s0f0np0"],
         "pf_representors": ["pf0hpf"], "vf_representors": ["enp3s0f0npf0vf0", "enp3s0f0npf0vf1"],
-        "sf_representors": []}
+        "sf_representors": [], "tunnels": []}
     assert groups["40a6b70300a1b2c3"]["vf_representors"] == ["ens5f0npf0vf0"]
     assert set(groups) == {"b8f0c20003a43a1c", "40a6b70300a1b2c3"}  # legacy and virtual devices have none
 

@@ -230,6 +230,31 @@ def test_sim_driver_claims_its_representors(devices, tmp_path):
     assert sim.problems() == []
 
 
+def test_sim_driver_reports_its_uplink_and_tunnel_devices(tmp_path):
+    """A NIC with a physical port lists its uplink representor and tunnel devices: reported with their role,
+    the tunnel's type and UDP port, offloadable only for a tunnel type the profile encapsulates or decapsulates."""
+    caps = {**SIM_CAPS, "actions": ["redirect", "tunnel_encap", "tunnel_decap"], "tunnel_encap": ["vxlan"],
+            "tunnel_decap": ["vxlan"]}
+    socket = write_status(tmp_path, pid=os.getpid(), caps=caps)
+    status = json.loads(Path(f"{socket}.json").read_text())
+    status["uplink"] = {"representor": "simnic0p", "representor_ifindex": 20, "wire": "hw", "mac": "02:00:00:00:00:01"}
+    status["tunnels"] = [{"type": "vxlan", "netdev": "simnic0vx", "ifindex": 21, "dst_port": 4789},
+                         {"type": "geneve", "netdev": "simnic0gn", "ifindex": 22, "dst_port": 6081}]
+    Path(f"{socket}.json").write_text(json.dumps(status))
+    sim = SimDriver([socket])
+
+    def device(name: str, ifindex: int) -> NetDevice:
+        return NetDevice(name, ifindex, "tun", None, None, None, None, False, "tun")
+
+    vxlan, geneve, uplink = (sim.describe(device(n, i)) for n, i in (("simnic0vx", 21), ("simnic0gn", 22),
+                                                                     ("simnic0p", 20)))
+    assert (vxlan.port_role, vxlan.offload, vxlan.tunnel_type, vxlan.tunnel_dst_port) == ("tunnel", True, "vxlan", 4789)
+    assert vxlan.tc_endpoint == f"unix:{socket}" and vxlan.switch_id == "5151"
+    assert (geneve.port_role, geneve.offload, geneve.tunnel_type) == ("tunnel", False, "geneve")
+    assert "neither encapsulate nor decapsulate geneve" in geneve.reason
+    assert (uplink.port_role, uplink.offload, uplink.tunnel_type) == ("uplink", True, None)
+
+
 SIMPLE_ACTIONS = (ACTION_REDIRECT, ACTION_DROP, ACTION_PASS, ACTION_GOTO_CHAIN)  # need no qualifiers
 profiles = st.fixed_dictionaries({
     "match_fields": st.dictionaries(st.sampled_from(["eth_src", "eth_dst", "eth_type", "ipv4_dst"]),
