@@ -1,22 +1,38 @@
-"""The simulated NIC's data plane: TAP pairs (representor, VF) and the eswitch between them.
+"""The simulated NIC's data plane: TAP pairs (representor, VF), an optional physical port, the eswitch between.
 
 Each VF is a TAP device the harness moves into a VM's namespace (its file
 descriptor keeps working after the move); its representor is a TAP device
 that stays in the host namespace for Open vSwitch. Frames from a VF go
 through the eswitch rules; a miss goes up the representor, as on a
 switchdev NIC. Frames sent out of a representor go to its VF.
+
+With a physical port (``--wire``) the sim is a whole mlx5-style switchdev
+NIC, so that tunnels can be offloaded and the agent's code for them tested:
+the wire is an AF_PACKET socket on an existing netdev; the uplink
+representor (a TAP, ``{name}p``) is the host's way onto it (what the host
+writes goes out unchanged; what no rule takes comes up it unchanged); the
+tunnel devices ``{name}vx``/``{name}gn`` carry no traffic but are ports of
+the eswitch, as flow-based ``vxlan_sys_4789``/``genev_sys_6081`` are: decap
+rules sit on their ingress, encap rules redirect to them. Encapsulation
+needs the remote VTEP's MAC, learnt from ARP on the wire; until it is known
+the frame goes to software and the sim asks (mlx5 holds such rules until the
+neighbour is valid).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 from hwflow.backends.tc import flower as fl
+from hwflow.sim import tunnel
 from hwflow.sim.eswitch import Eswitch, rewrite
 
 LOG = logging.getLogger(__name__)
@@ -27,7 +43,17 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1
 IFF_UP = 0x1
+# /usr/include/linux/if_packet.h, if_ether.h
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_OUTGOING = 4
+WIRE_MTU = 9000  # the harness makes the wire veth with it; a 1500-byte frame plus 50 bytes of VXLAN must fit
 IFNAMSIZ = 16
 MAX_FRAME = 65535
 
@@ -43,6 +69,16 @@ def open_tap(name: str) -> int:
         os.close(fd)
         raise OSError(exc.errno, f"cannot create TAP device {name}: {exc.strerror}") from exc
     return fd
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCSIFMTU, struct.pack("16si12x", name.encode(), mtu))
+
+
+def set_mac(name: str, mac: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCSIFHWADDR, struct.pack("16sH6s8x", name.encode(), ARPHRD_ETHER, mac))
 
 
 def set_up(name: str) -> None:
@@ -92,6 +128,103 @@ def close_ports(ports: list[Port]) -> None:
 
 
 @dataclasses.dataclass
+class TunnelDevice:
+    kind: str  # "vxlan" | "geneve"
+    netdev: str
+    ifindex: int
+    fd: int
+    dst_port: int
+
+    def status(self) -> dict[str, object]:
+        return {"type": self.kind, "netdev": self.netdev, "ifindex": self.ifindex, "dst_port": self.dst_port}
+
+
+@dataclasses.dataclass
+class Uplink:
+    """The physical port: its wire (a packet socket; any datagram socket in tests), representor and tunnel devices."""
+
+    representor: str
+    representor_ifindex: int
+    rep_fd: int
+    wire: str
+    wire_sock: socket.socket
+    mac: bytes
+    tunnels: list[TunnelDevice]
+
+    def status(self) -> dict[str, object]:
+        return {"representor": self.representor, "representor_ifindex": self.representor_ifindex,
+                "wire": self.wire, "mac": self.mac.hex(":")}
+
+    @property
+    def ifindexes(self) -> list[int]:
+        return [self.representor_ifindex, *(t.ifindex for t in self.tunnels)]
+
+
+TUNNEL_SUFFIXES = {tunnel.VXLAN: "vx", tunnel.GENEVE: "gn"}
+UPLINK_SUFFIX = "p"
+
+
+def uplink_names(name: str) -> list[str]:
+    """The devices ``--wire`` adds: the uplink representor and the tunnel devices."""
+    return [f"{name}{UPLINK_SUFFIX}", *(f"{name}{s}" for s in TUNNEL_SUFFIXES.values())]
+
+
+def uplink_mac(name: str) -> bytes:
+    """A locally administered unicast MAC, stable across restarts (a NIC's port keeps its address)."""
+    digest = bytearray(hashlib.sha256(f"hwflow-simnic-uplink:{name}".encode()).digest()[:6])
+    digest[0] = digest[0] & 0xFC | 0x02
+    return bytes(digest)
+
+
+def open_wire(device: str) -> socket.socket:
+    """A nonblocking raw packet socket on ``device`` seeing every frame (promiscuous), as a port's PHY."""
+    ifindex = socket.if_nametoindex(device)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
+    try:  # protocol 0 until bound: no frame of another device slips in between
+        sock.bind((device, ETH_P_ALL))
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def create_uplink(name: str, wire: str) -> Uplink:
+    """The wire's socket, the uplink representor and the tunnel devices (all TAPs at MTU 9000, up)."""
+    wire_sock = open_wire(wire)
+    fds: list[int] = []
+    try:
+        rep = f"{name}{UPLINK_SUFFIX}"
+        fds.append(open_tap(rep))
+        mac = uplink_mac(name)
+        set_mac(rep, mac)
+        tunnels = []
+        for kind, suffix in TUNNEL_SUFFIXES.items():
+            netdev = f"{name}{suffix}"
+            fds.append(open_tap(netdev))
+            tunnels.append(TunnelDevice(kind, netdev, socket.if_nametoindex(netdev), fds[-1], tunnel.DST_PORTS[kind]))
+        for netdev in (rep, *(t.netdev for t in tunnels)):
+            set_mtu(netdev, WIRE_MTU)
+            set_up(netdev)
+        set_up(wire)
+        return Uplink(rep, socket.if_nametoindex(rep), fds[0], wire, wire_sock, mac, tunnels)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        wire_sock.close()
+        raise
+
+
+def close_uplink(uplink: Uplink | None) -> None:
+    if uplink is not None:
+        os.close(uplink.rep_fd)
+        for device in uplink.tunnels:
+            os.close(device.fd)
+        uplink.wire_sock.close()
+
+
+@dataclasses.dataclass
 class Counters:
     hw_forwarded: int = 0
     hw_dropped: int = 0
@@ -99,45 +232,52 @@ class Counters:
     to_vf: int = 0
     write_errors: int = 0
     unsupported: int = 0  # frames a rule sent to software because it has an action the sim cannot perform
+    encapsulated: int = 0
+    decapsulated: int = 0  # tunnel packets a rule took (their inner frame went on in hardware)
+    encap_neigh_miss: int = 0  # frames an encap rule sent to software: the remote VTEP's MAC was not known yet
+    from_wire: int = 0
+    to_wire: int = 0
+    to_uplink: int = 0  # frames from the wire that went up the uplink representor (software)
+    arp_requests: int = 0
+
+
+class _Unsupported(Exception):
+    """An action this frame cannot have in the sim's hardware: the frame goes to software as it came."""
+
+
+@dataclasses.dataclass
+class _Source:
+    """Where a frame entered, for the actions' sake: what software gets of it and how that is counted."""
+
+    software_fd: int
+    original: bytes
+    counter: str  # the Counters field a frame handed to software moves
+    on_pass: Callable[[bytes], bytes] | None = None  # what software gets for a pass (else the frame as it is)
 
 
 class DataPlane:
-    def __init__(self, eswitch: Eswitch, ports: list[Port]) -> None:
+    def __init__(self, eswitch: Eswitch, ports: list[Port], uplink: Uplink | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.eswitch = eswitch
         self.ports = ports
+        self.uplink = uplink
         self.counters = Counters()
+        self.neighbours = tunnel.Neighbours()
+        self._clock = clock
         self._vf_by_rep_ifindex = {p.representor_ifindex: p for p in ports}
+        self._tunnels = {t.ifindex: t for t in uplink.tunnels} if uplink else {}
+        self._tunnel_ports = {t.dst_port: t.kind for t in uplink.tunnels} if uplink else {}
+        self._tunnel_by_port = {t.dst_port: t for t in uplink.tunnels} if uplink else {}
+
+    # --- sources -----------------------------------------------------------------
 
     def from_vf(self, port: Port) -> None:
         """A frame the VM sent: eswitch rules first (rewrites applied in order), the representor on a miss."""
-        original = frame = _read(port.vf_fd)
+        frame = _read(port.vf_fd)
         if frame is None:
             return
         actions = self.eswitch.classify(port.representor_ifindex, frame)
-        if actions is None:
-            self._write(port.rep_fd, frame)
-            self.counters.to_representor += 1
-            return
-        for action in actions:
-            if isinstance(action, fl.Mirred):
-                target = self._vf_by_rep_ifindex.get(action.ifindex)
-                if target is not None:  # egress out of representor j reaches VF j; ingress reaches the host
-                    self._write(target.vf_fd if action.egress else target.rep_fd, frame)
-                    self.counters.hw_forwarded += 1
-            elif isinstance(action, fl.Gact):
-                if action.verdict == "drop":
-                    self.counters.hw_dropped += 1
-                else:
-                    self._write(port.rep_fd, frame)
-                    self.counters.to_representor += 1
-            else:
-                rewritten = rewrite(action, frame)
-                if rewritten is None:  # tunnel_key, ct: software gets the frame as it came
-                    self._write(port.rep_fd, original)
-                    self.counters.to_representor += 1
-                    self.counters.unsupported += 1
-                    return
-                frame = rewritten
+        self.execute(actions, frame, _Source(port.rep_fd, frame, "to_representor"))
 
     def from_representor(self, port: Port) -> None:
         frame = _read(port.rep_fd)
@@ -145,12 +285,172 @@ class DataPlane:
             self._write(port.vf_fd, frame)
             self.counters.to_vf += 1
 
+    def from_wire(self) -> None:
+        """A frame from the physical port: a tunnel packet for a tunnel device's rules, anything else the uplink's."""
+        assert self.uplink is not None
+        frame = self._read_wire()
+        if frame is None:
+            return
+        self.counters.from_wire += 1
+        self.neighbours.learn(frame)
+        decap = tunnel.parse(frame, self._tunnel_ports)
+        if decap is not None:
+            device = self._tunnel_by_port[decap.dst_port]
+            actions = self.eswitch.classify(device.ifindex, decap.inner, decap.meta())
+            source = _Source(self.uplink.rep_fd, frame, "to_uplink",
+                             lambda inner: frame if inner == decap.inner else tunnel.rewrap(frame, decap, inner))
+            if self.execute(actions, decap.inner, source):
+                self.counters.decapsulated += 1
+            return
+        actions = self.eswitch.classify(self.uplink.representor_ifindex, frame)
+        self.execute(actions, frame, _Source(self.uplink.rep_fd, frame, "to_uplink"))
+
+    def from_uplink_representor(self) -> None:
+        """What the host sends out of the physical port goes on the wire unchanged (its ARP teaches neighbours)."""
+        assert self.uplink is not None
+        frame = _read(self.uplink.rep_fd)
+        if frame is not None:
+            self.neighbours.learn(frame)
+            self._to_wire(frame)
+
+    def from_tunnel_device(self, device: TunnelDevice) -> None:
+        """Tunnel devices carry no traffic: what the host sends into one is dropped (drained so it cannot pile up)."""
+        _read(device.fd)
+
+    # --- actions -----------------------------------------------------------------
+
+    def execute(self, actions: list[fl.FlowerAction] | None, frame: bytes, source: _Source) -> bool:
+        """Carry out a rule's actions on ``frame``; True when the hardware handled it (not software, not dropped).
+
+        A miss, a ``pass`` and an action the sim cannot do hand the frame to
+        ``source``'s software path: the original frame for a miss or an
+        unsupported action, the frame as rewritten so far for a pass (as tc
+        hands the stack a packet its pedits changed).
+        """
+        if actions is None:
+            self._software(source, source.original)
+            return False
+        encap: fl.TunnelKey | None = None
+        try:
+            for action in actions:
+                if isinstance(action, fl.Mirred):
+                    self._mirred(action, frame, encap)
+                elif isinstance(action, fl.Gact):
+                    if action.verdict == "drop":
+                        self.counters.hw_dropped += 1
+                        return False
+                    self._software(source, source.on_pass(frame) if source.on_pass else frame)
+                    return False
+                elif isinstance(action, fl.TunnelKey):
+                    if action.unset:
+                        encap = None  # the metadata of a decapsulated packet is released: nothing to do to the frame
+                    elif action.ipv4_dst is None or action.ipv4_src is None:
+                        raise _Unsupported("tunnel_key set without IPv4 endpoints")
+                    else:
+                        encap = action
+                else:
+                    rewritten = rewrite(action, frame)
+                    if rewritten is None:  # ct: software gets the frame as it came
+                        raise _Unsupported(type(action).__name__)
+                    frame = rewritten
+        except _Unsupported as exc:
+            LOG.debug("simnic %s: to software: %s", self.eswitch.name, exc)
+            self._software(source, source.original)
+            self.counters.unsupported += 1
+            return False
+        except _NeighMiss as miss:
+            self._software(source, source.original)
+            self.counters.encap_neigh_miss += 1
+            self._ask(miss.action)
+            return False
+        return True
+
+    def _mirred(self, action: fl.Mirred, frame: bytes, encap: fl.TunnelKey | None) -> None:
+        target = self._vf_by_rep_ifindex.get(action.ifindex)
+        if target is not None:  # egress out of representor j reaches VF j; ingress reaches the host
+            self._write(target.vf_fd if action.egress else target.rep_fd, frame)
+            self.counters.hw_forwarded += 1
+            return
+        uplink = self.uplink
+        if uplink is not None and action.ifindex == uplink.representor_ifindex:
+            if action.egress:
+                self._to_wire(frame)
+            else:
+                self._write(uplink.rep_fd, frame)
+            self.counters.hw_forwarded += 1
+            return
+        device = self._tunnels.get(action.ifindex)
+        if device is None or not action.egress:
+            raise _Unsupported(f"mirred {'egress' if action.egress else 'ingress'} to ifindex {action.ifindex}")
+        if encap is None:
+            raise _Unsupported(f"redirect to tunnel device {device.netdev} without a tunnel_key set")
+        self._to_wire(self._encapsulate(device, encap, frame))
+        self.counters.encapsulated += 1
+        self.counters.hw_forwarded += 1
+
+    def _encapsulate(self, device: TunnelDevice, key: fl.TunnelKey, inner: bytes) -> bytes:
+        assert self.uplink is not None and key.ipv4_src is not None and key.ipv4_dst is not None
+        eth_dst = self.neighbours.lookup(key.ipv4_dst)
+        if eth_dst is None:
+            raise _NeighMiss(key)
+        if key.geneve_opts and device.kind != tunnel.GENEVE:
+            raise _Unsupported(f"geneve options on a {device.kind} tunnel")
+        options = tunnel.geneve_options(tuple((o.opt_class, o.opt_type, o.data) for o in key.geneve_opts))
+        return tunnel.encapsulate(
+            inner, kind=device.kind, vni=key.key_id or 0, ipv4_src=key.ipv4_src, ipv4_dst=key.ipv4_dst,
+            eth_src=self.neighbours.lookup(key.ipv4_src) or self.uplink.mac, eth_dst=eth_dst,
+            dst_port=key.dst_port or device.dst_port, tos=key.tos or 0,
+            ttl=tunnel.DEFAULT_TTL if key.ttl is None else key.ttl, csum=key.csum, options=options)
+
+    def _ask(self, key: fl.TunnelKey) -> None:
+        """One ARP request for the remote VTEP, from the local VTEP's address, at most once a second."""
+        assert self.uplink is not None and key.ipv4_src is not None and key.ipv4_dst is not None
+        if self.neighbours.should_ask(key.ipv4_dst, self._clock()):
+            src_mac = self.neighbours.lookup(key.ipv4_src) or self.uplink.mac
+            self._to_wire(tunnel.arp_request(src_mac, key.ipv4_src, key.ipv4_dst))
+            self.counters.arp_requests += 1
+
+    # --- I/O ---------------------------------------------------------------------
+
+    def _software(self, source: _Source, frame: bytes) -> None:
+        self._write(source.software_fd, frame)
+        setattr(self.counters, source.counter, getattr(self.counters, source.counter) + 1)
+
+    def _to_wire(self, frame: bytes) -> None:
+        assert self.uplink is not None
+        try:
+            self.uplink.wire_sock.send(frame)
+        except OSError as exc:  # EMSGSIZE past the wire's MTU, ENOBUFS, the wire gone: lost, as on a wire
+            self.counters.write_errors += 1
+            LOG.debug("simnic %s: frame lost on the wire: %s", self.eswitch.name, exc)
+            return
+        self.counters.to_wire += 1
+
+    def _read_wire(self) -> bytes | None:
+        """The next frame the wire received (the socket also sees what we send: PACKET_OUTGOING, skipped)."""
+        assert self.uplink is not None
+        while True:
+            try:
+                frame, address = self.uplink.wire_sock.recvfrom(MAX_FRAME)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not (isinstance(address, tuple) and len(address) > 2 and address[2] == PACKET_OUTGOING):
+                return frame
+
     def _write(self, fd: int, frame: bytes) -> None:
         try:
             os.write(fd, frame)
         except OSError as exc:  # e.g. EIO while the VF is down: the frame is lost, as on a wire
             self.counters.write_errors += 1
             LOG.debug("simnic %s: frame lost: %s", self.eswitch.name, exc)
+
+
+class _NeighMiss(Exception):
+    """The encap rule's remote VTEP has no neighbour entry yet."""
+
+    def __init__(self, action: fl.TunnelKey) -> None:
+        super().__init__(f"no neighbour for {action.ipv4_dst}")
+        self.action = action
 
 
 def _read(fd: int) -> bytes | None:

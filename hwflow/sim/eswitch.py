@@ -1,9 +1,13 @@
-"""The simulated NIC's embedded switch: a tc-flower rule table, no I/O.
+"""The simulated NIC's embedded switch: tc-flower rule tables, one per port, no I/O.
 
 It answers the same netlink messages the kernel would (so hwflow's tc backend
 cannot tell it from a real device except by transport), refuses what its
 profile cannot do with the errno a real driver returns, and classifies frames
 with tc semantics: chain 0 first, lowest prio number first, goto chain.
+Its ports are the ifindexes it is given: the VFs' representors and, with a
+physical port, the uplink representor and the tunnel devices (decap rules sit
+on a tunnel device's ingress and match the outer headers' enc_* keys, as on
+mlx5, whose flow-based vxlan/geneve devices play that part).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import errno
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
@@ -90,7 +95,12 @@ def _parse_l3(frame: bytes, offset: int, l3_type: int, pkt: dict[str, int]) -> i
 
 
 def parse_frame(frame: bytes) -> dict[str, int] | None:
-    """The flower-visible fields of an Ethernet frame (tunnel and conntrack keys: never); None for a runt."""
+    """The flower-visible fields of an Ethernet frame; None for a runt.
+
+    Only what the frame itself carries: the tunnel (enc_*) keys of a
+    decapsulated frame come from its outer headers, which the caller passes to
+    :meth:`Eswitch.classify` as ``meta``; conntrack keys are never here.
+    """
     if len(frame) < _ETH.size:
         return None
     dst, src, eth_type = _ETH.unpack_from(frame)
@@ -110,22 +120,38 @@ def parse_frame(frame: bytes) -> dict[str, int] | None:
     return pkt
 
 
-def rule_matches(rule: fl.FlowerRule, pkt: dict[str, int]) -> bool:
+def rule_matches(rule: fl.FlowerRule, pkt: dict[str, Any]) -> bool:
     if rule.protocol != fl.ETH_P_ALL and pkt["eth_type"] != rule.protocol:
         return False
     for spec, value, mask in rule.keys.items():
         have = pkt.get(spec.field)
         if have is None or have & mask != value:
             return False
-    return True
+    return rule.keys.enc_opts is None or _options_match(rule.keys, pkt.get("enc_opts"))
+
+
+def _options_match(keys: fl.FlowerKeys, have: bytes | None) -> bool:
+    """Geneve options as flower compares them: the packet's option TLVs, as one blob, under the rule's mask.
+
+    Each option is class, type, length (in 4-byte words), data; the blob must
+    be as long as the rule's (the kernel's key holds the options' length too).
+    """
+    if have is None:
+        return False
+    want = b"".join(struct.pack("!HBB", o.opt_class, o.opt_type, len(o.data) // 4) + o.data
+                    for o in keys.enc_opts or ())
+    mask = b"".join(struct.pack("!HBB", m.opt_class, m.opt_type, 0xFF) + m.data for m in keys.enc_opts_mask or ())
+    return len(have) == len(want) and all(h & m == w & m for h, w, m in zip(have, want, mask))
 
 
 # --- header rewrites -------------------------------------------------------------
 #
 # What the simulated NIC's data plane does to a frame for vlan, pedit and csum
-# actions, as the kernel's act_vlan, act_pedit and act_csum do. Tunnel and
-# conntrack actions it cannot perform: :func:`rewrite` returns None for them
-# and the data plane hands the frame to software (profiles refuse them anyway).
+# actions, as the kernel's act_vlan, act_pedit and act_csum do. :func:`rewrite`
+# returns None for the others: tunnel_key is the data plane's business (it
+# encapsulates on the redirect to a tunnel device that follows it, see
+# hwflow/sim/dataplane.py), and conntrack the sim cannot perform, so the data
+# plane hands such a frame to software.
 
 _CHECKSUM_AT = {fl.IPPROTO_TCP: 16, fl.IPPROTO_UDP: 6}  # checksum offset in the L4 header
 
@@ -256,17 +282,25 @@ class Eswitch:
 
     # --- data path -----------------------------------------------------------
 
-    def classify(self, ifindex: int, frame: bytes) -> list[fl.FlowerAction] | None:
-        """Actions to apply to a frame entering the switch from a VF (None: miss, go to the representor).
+    def classify(self, ifindex: int, frame: bytes,
+                 meta: Mapping[str, Any] | None = None) -> list[fl.FlowerAction] | None:
+        """Actions to apply to a frame entering the switch at ``ifindex`` (None: a miss, software's).
+
+        ``ifindex`` is where tc would see the frame: a VF's representor for
+        what the VF sent, the uplink representor for what came from the wire,
+        a tunnel device for a tunnel packet from the wire, whose inner frame
+        is ``frame`` and whose outer headers are ``meta`` (flower's enc_* keys).
 
         After a goto chain, actions ending without a verdict yield a final ``Gact('pass')``: the rest is
         software's job. A miss in a chain N > 0 does what the profile's ``chain_miss`` says: software from
         chain 0 (a ``pass``), or, as mlx5 does, software tc at chain N, where a hardware-only rule set has
         nothing, so the packet is dropped (``Gact('drop')``, counted in ``lost_in_chain``).
         """
-        pkt = parse_frame(frame)
+        pkt: dict[str, Any] | None = parse_frame(frame)
         if pkt is None or ifindex not in self._tables:
             return None
+        if meta:
+            pkt.update(meta)
         chain = 0
         applied: list[fl.FlowerAction] = []
         while True:

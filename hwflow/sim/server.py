@@ -5,6 +5,12 @@ representor/VF TAP pairs, serves tc-flower netlink on an AF_UNIX
 SOCK_SEQPACKET socket, forwards frames through its eswitch, and writes
 ``<socket>.json`` (atomically) once the devices exist: harnesses wait for
 that file, and hwflow's sim driver reads it.
+
+``--wire DEVICE`` gives it a physical port on an existing netdev (one end
+of a veth to the underlay), with an uplink representor ``NAMEp`` and tunnel
+devices ``NAMEvx`` (vxlan, 4789) and ``NAMEgn`` (geneve, 6081), so that it
+encapsulates and decapsulates as tc rules say (hwflow/sim/dataplane.py);
+the status file then names them under ``uplink`` and ``tunnels``.
 """
 
 from __future__ import annotations
@@ -131,9 +137,14 @@ def write_status(path: Path, status: dict) -> None:
     os.replace(tmp, path)
 
 
-def status_of(name: str, profile: Profile, sock: str, ports: list[dataplane.Port]) -> dict:
-    return {"name": name, "profile": profile.to_dict(), "switch_id": switch_id(name), "pid": os.getpid(),
-            "socket": sock, "ports": [p.status() for p in ports]}
+def status_of(name: str, profile: Profile, sock: str, ports: list[dataplane.Port],
+              uplink: dataplane.Uplink | None = None) -> dict:
+    status = {"name": name, "profile": profile.to_dict(), "switch_id": switch_id(name), "pid": os.getpid(),
+              "socket": sock, "ports": [p.status() for p in ports]}
+    if uplink is not None:
+        status["uplink"] = uplink.status()
+        status["tunnels"] = [t.status() for t in uplink.tunnels]
+    return status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,9 +154,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-vfs", type=int, required=True, help="number of VF / representor pairs")
     parser.add_argument("--socket", required=True, help="path of the tc control socket (status in PATH.json)")
     parser.add_argument("--profile", default="sim-basic", help="profile name in etc/nic-profiles, or a path")
+    parser.add_argument("--wire", metavar="DEVICE",
+                        help="an existing netdev to be the physical port's wire; adds the uplink representor "
+                             "NAMEp and the tunnel devices NAMEvx (vxlan) and NAMEgn (geneve)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    longest = f"{args.name}r{max(args.num_vfs - 1, 0)}"
+    names = [f"{args.name}r{max(args.num_vfs - 1, 0)}", *(dataplane.uplink_names(args.name) if args.wire else [])]
+    longest = max(names, key=len)
     if args.num_vfs < 1 or len(longest) >= dataplane.IFNAMSIZ:
         parser.error(f"--name {args.name!r} with --num-vfs {args.num_vfs}: need at least one VF and device "
                      f"names of at most {dataplane.IFNAMSIZ - 1} characters ({longest!r} is too long)")
@@ -170,22 +185,35 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     status_path = Path(args.socket + ".json")
     ports = dataplane.create_ports(args.name, args.num_vfs)
+    try:
+        uplink = dataplane.create_uplink(args.name, args.wire) if args.wire else None
+    except OSError as exc:
+        dataplane.close_ports(ports)
+        print(f"hwflow-simnic: --wire {args.wire}: {exc}", file=sys.stderr)
+        return 2
     selector = selectors.DefaultSelector()
-    eswitch = Eswitch(args.name, profile, [p.representor_ifindex for p in ports])
-    plane = dataplane.DataPlane(eswitch, ports)
+    ifindexes = [p.representor_ifindex for p in ports] + (uplink.ifindexes if uplink else [])
+    eswitch = Eswitch(args.name, profile, ifindexes)
+    plane = dataplane.DataPlane(eswitch, ports, uplink)
     for port in ports:
         selector.register(port.vf_fd, selectors.EVENT_READ, lambda p=port: plane.from_vf(p))
         selector.register(port.rep_fd, selectors.EVENT_READ, lambda p=port: plane.from_representor(p))
+    if uplink is not None:
+        selector.register(uplink.wire_sock.fileno(), selectors.EVENT_READ, plane.from_wire)
+        selector.register(uplink.rep_fd, selectors.EVENT_READ, plane.from_uplink_representor)
+        for device in uplink.tunnels:
+            selector.register(device.fd, selectors.EVENT_READ, lambda d=device: plane.from_tunnel_device(d))
     control = ControlServer(args.socket, eswitch, selector)
     try:
-        write_status(status_path, status_of(args.name, profile, args.socket, ports))
-        LOG.info("simnic %s: %d VFs, profile %s, control socket %s", args.name, len(ports), profile.name,
-                 args.socket)
+        write_status(status_path, status_of(args.name, profile, args.socket, ports, uplink))
+        LOG.info("simnic %s: %d VFs%s, profile %s, control socket %s", args.name, len(ports),
+                 f", wire {uplink.wire} (uplink {uplink.representor})" if uplink else "", profile.name, args.socket)
         run(selector, lambda: stop["requested"])
     finally:
         control.close()
         status_path.unlink(missing_ok=True)
         dataplane.close_ports(ports)
+        dataplane.close_uplink(uplink)
         LOG.info("simnic %s: stopped (%s)", args.name, plane.counters)
     return 0
 
