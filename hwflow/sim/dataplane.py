@@ -177,8 +177,12 @@ def uplink_mac(name: str) -> bytes:
 
 
 def open_wire(device: str) -> socket.socket:
-    """A nonblocking raw packet socket on ``device`` seeing every frame (promiscuous), as a port's PHY."""
+    """A nonblocking raw packet socket on ``device`` seeing every frame (promiscuous), as a port's PHY.
+
+    The device is set up first: a packet socket bound to a down device starts with an ENETDOWN error.
+    """
     ifindex = socket.if_nametoindex(device)
+    set_up(device)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
     try:  # protocol 0 until bound: no frame of another device slips in between
         sock.bind((device, ETH_P_ALL))
@@ -207,7 +211,6 @@ def create_uplink(name: str, wire: str) -> Uplink:
         for netdev in (rep, *(t.netdev for t in tunnels)):
             set_mtu(netdev, WIRE_MTU)
             set_up(netdev)
-        set_up(wire)
         return Uplink(rep, socket.if_nametoindex(rep), fds[0], wire, wire_sock, mac, tunnels)
     except BaseException:
         for fd in fds:
@@ -433,6 +436,9 @@ class DataPlane:
             try:
                 frame, address = self.uplink.wire_sock.recvfrom(MAX_FRAME)
             except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:  # ENETDOWN once when the wire went down: reported, then frames flow again
+                LOG.info("simnic %s: wire %s: %s", self.eswitch.name, self.uplink.wire, exc)
                 return None
             if not (isinstance(address, tuple) and len(address) > 2 and address[2] == PACKET_OUTGOING):
                 return frame
