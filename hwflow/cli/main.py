@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "hwflow.cli.nb",
     "hwflow.cli.capabilities",
     "hwflow.cli.demo",
+    "hwflow.cli.lab",
     "hwflow.cli.bench",
     "hwflow.cli.pipeline",
     "hwflow.cli.trace",

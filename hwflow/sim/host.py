@@ -383,6 +383,7 @@ class Underlay:
     def start(self) -> Underlay:
         run("ip", "netns", "add", self.ns)
         try:
+            in_ns(self.ns, "ip", "link", "set", "lo", "up")  # a service here (the lab's etcd) talks to itself
             for scope in ("all", "default"):  # a wire carries only what the hosts send (no router solicitations)
                 in_ns(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
             in_ns(self.ns, "ip", "link", "add", self.bridge, "mtu", str(WIRE_MTU), "type", "bridge")

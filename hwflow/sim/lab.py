@@ -1,0 +1,306 @@
+"""A lab of simulated SmartNIC hosts on one machine: the many-host setup users and the scenario tests run.
+
+Each host is a :class:`SimHost` (its own namespace, ovs-vswitchd, simulated
+NIC and agent). Their NICs' physical ports are wired to one underlay (a
+bridge in the lab's namespace), over which they tunnel to each other; a
+second bridge there is the management network the agents reach the database
+by. The database is an embedded SQLite file every host opens, or etcd (one
+member or a cluster of three) running in the lab's namespace on the
+management network, as a deployment that outgrew one machine has it.
+
+Nothing touches the machine's own network: the lab's namespace holds both
+bridges and etcd. Code in the root namespace reaches etcd through
+:func:`hwflow.util.netns.call_in` (or ``ip netns exec``); :meth:`SimLab.nb`
+does that for it.
+
+Everything started is recorded in ``<workdir>/lab.json`` (and each host's
+``host.json``), so a lab left running (``hwflow lab up``) is stopped by
+another process (``hwflow lab down``, :func:`teardown_lab`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+
+from hwflow.backends.ovs.backend import TUNNEL_PORT_NAMES
+from hwflow.backends.ovs.daemons import OvsDaemons
+from hwflow.backends.ovs.openflow import OpenFlowConnection
+from hwflow.backends.ovs.ovsdb import OvsdbClient
+from hwflow.backends.tc import flower as fl
+from hwflow.backends.tc.transport import SimSocketTransport, TcClient
+from hwflow.db.api import NbApi
+from hwflow.db.etcd_server import ETCD_BINARY
+from hwflow.sim.host import BRIDGE, HostError, SimHost, Underlay, in_ns, run, stop_process, teardown_from_state
+from hwflow.util.netns import call_in
+
+STATE_FILE = "lab.json"
+UNDERLAY_NET = "172.31.0"  # host i's tunnel address: .i
+MGMT_NET = "10.254.0"  # host i's management address: .i; etcd members: .251, .252, .253
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+START_TIMEOUT = 60.0
+MAX_HOSTS = 200
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabHost:
+    """One host of the lab as recorded: enough to find everything it runs."""
+
+    name: str
+    workdir: str
+    profile: str
+    tunnel_ip: str
+    mgmt_ip: str
+
+
+class SimLab:
+    """``hosts`` simulated hosts; ``profiles`` are given to them in turn; ``database`` is "sqlite" or "etcd"."""
+
+    def __init__(self, name: str, workdir: Path, hosts: int = 3, profiles: Sequence[str] = ("mlx5-connectx6dx",),
+                 database: str = "etcd", etcd_members: int = 1, num_vfs: int = 4, agent_debug: bool = False) -> None:
+        if not 1 <= len(name) <= 5 or not name.isalnum():
+            raise HostError(f"lab name {name!r}: 1 to 5 letters or digits (host names are NAME<n>, at most 8)")
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise HostError(f"{hosts} hosts: a lab has 1 to {MAX_HOSTS}")
+        if database not in ("sqlite", "etcd"):
+            raise HostError(f"database {database!r}: sqlite or etcd")
+        if etcd_members not in (1, 3):
+            raise HostError(f"{etcd_members} etcd members: 1 or 3")
+        if not profiles:
+            raise HostError("give at least one NIC profile")
+        self.name = name
+        self.workdir = Path(workdir).resolve()
+        self.database = database
+        self.etcd_members = etcd_members
+        self.underlay = Underlay(name)
+        self.members = [f"{MGMT_NET}.{251 + i}" for i in range(etcd_members)] if database == "etcd" else []
+        self.url = ("etcd://" + ",".join(f"{ip}:{ETCD_CLIENT_PORT}" for ip in self.members) if self.members
+                    else f"sqlite:///{self.workdir}/nb.sqlite")
+        self.hosts = [SimHost(f"{name}{i}", self.workdir / f"{name}{i}", self.url, num_vfs=num_vfs,
+                              profile=profiles[(i - 1) % len(profiles)], agent_debug=agent_debug,
+                              tunnel_ip=f"{UNDERLAY_NET}.{i}", underlay=self.underlay)
+                      for i in range(1, hosts + 1)]
+        self._etcd: list[subprocess.Popen] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> SimLab:
+        """Start the underlay, the database and every host (its agent last); stop all of it on a failure."""
+        if (self.workdir / STATE_FILE).exists():
+            raise HostError(f"a lab is running from {self.workdir}: hwflow lab down --workdir {self.workdir}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            progress(f"underlay and management network (namespace {self.underlay.ns})")
+            self.underlay.start()
+            self._save()
+            in_ns(self.underlay.ns, "ip", "link", "add", "mg", "type", "bridge")
+            in_ns(self.underlay.ns, "ip", "link", "set", "mg", "up")
+            if self.members:
+                progress(f"etcd ({len(self.members)} member{'s' if len(self.members) > 1 else ''}) at {self.url}")
+                self._start_etcd()
+            else:
+                for stale in self.workdir.glob("nb.sqlite*"):
+                    stale.unlink()
+            for i, host in enumerate(self.hosts, 1):
+                progress(f"host {host.name} ({host.profile}): OVS, simulated NIC, agent")
+                host.start(agent=False)
+                self._save()
+                self._wire_mgmt(host, i)
+                host.start_agent()
+                self._save()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> SimLab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every host, the database and the underlay, each on its own so one failure does not leak the rest."""
+        for host in self.hosts:
+            host.stop()
+        for proc in self._etcd:
+            stop_process(proc, 15)
+        self._etcd = []
+        self.underlay.stop()
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def _wire_mgmt(self, host: SimHost, index: int) -> None:
+        """The host's management link: a veth from its namespace to the lab's management bridge."""
+        device, far = f"{host.name}m", f"mg{index}"
+        run("ip", "link", "add", device, "netns", host.ns, "type", "veth", "peer", "name", far,
+            "netns", self.underlay.ns)
+        in_ns(self.underlay.ns, "ip", "link", "set", far, "master", "mg")
+        in_ns(self.underlay.ns, "ip", "link", "set", far, "up")
+        in_ns(host.ns, "ip", "addr", "add", f"{MGMT_NET}.{index}/24", "dev", device)
+        in_ns(host.ns, "ip", "link", "set", device, "up")
+
+    def _start_etcd(self) -> None:
+        if not os.path.exists(ETCD_BINARY):
+            raise HostError(f"{ETCD_BINARY} not found: apt-get install etcd-server (or use --database sqlite)")
+        for ip in self.members:
+            in_ns(self.underlay.ns, "ip", "addr", "add", f"{ip}/24", "dev", "mg")
+        cluster = ",".join(f"e{i}=http://{ip}:{ETCD_PEER_PORT}" for i, ip in enumerate(self.members))
+        for i, ip in enumerate(self.members):
+            data = self.workdir / f"etcd{i}"
+            shutil.rmtree(data, ignore_errors=True)
+            log = open(self.workdir / f"etcd{i}.log", "ab")  # noqa: SIM115 - handed to the child
+            self._etcd.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.underlay.ns, ETCD_BINARY, "--name", f"e{i}", "--data-dir", str(data),
+                 "--listen-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
+                 "--advertise-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
+                 "--listen-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
+                 "--initial-advertise-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", f"hwflow-lab-{self.name}",
+                 "--heartbeat-interval", "100", "--election-timeout", "2000"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""}))
+            log.close()
+            self._save()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._etcd_healthy():
+            dead = [p for p in self._etcd if p.poll() is not None]
+            if dead:
+                raise HostError(f"etcd exited ({dead[0].returncode}); see {self.workdir}/etcd*.log")
+            if time.monotonic() > deadline:
+                raise HostError(f"etcd did not answer in {START_TIMEOUT:.0f}s; see {self.workdir}/etcd*.log")
+            time.sleep(0.2)
+
+    def _etcd_healthy(self) -> bool:
+        def ask() -> bool:
+            try:
+                return all(requests.get(f"http://{ip}:{ETCD_CLIENT_PORT}/health", timeout=2).json().get("health")
+                           == "true" for ip in self.members)
+            except (requests.RequestException, ValueError):
+                return False
+        return call_in(self.underlay.ns, ask)
+
+    def _save(self) -> None:
+        state = {"name": self.name, "underlay_ns": self.underlay.ns, "database": self.url,
+                 "etcd_pids": [p.pid for p in self._etcd],
+                 "hosts": [dataclasses.asdict(LabHost(h.name, str(h.workdir), h.profile, h.tunnel_ip,
+                                                      f"{MGMT_NET}.{i}"))
+                           for i, h in enumerate(self.hosts, 1)]}
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    # --- using it ------------------------------------------------------------------------------------
+
+    def nb(self, func: Callable[[NbApi], T]) -> T:
+        """``func(api)`` with an NB API on the lab's database, run where the database can be reached."""
+        def body() -> T:
+            with NbApi.from_url(self.url) as api:
+                return func(api)
+        return call_in(self.underlay.ns, body) if self.members else body()
+
+
+def load_state(workdir: Path) -> dict | None:
+    path = Path(workdir) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def teardown_lab(workdir: Path) -> bool:
+    """Stop a lab left running (``hwflow lab up``) from its state file; False when there is none."""
+    state = load_state(workdir)
+    if state is None:
+        return False
+    for host in state.get("hosts", ()):
+        teardown_from_state(Path(host["workdir"]))
+    for pid in state.get("etcd_pids", ()):
+        try:
+            if b"etcd" in Path(f"/proc/{pid}/cmdline").read_bytes():  # ours, not a recycled pid
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            pass
+    run("ip", "netns", "delete", state["underlay_ns"], check=False)
+    (Path(workdir) / STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+# --- what each host's datapaths carried ---------------------------------------------------------------
+
+
+def host_report(host: LabHost) -> dict:
+    """One host's VMs and what its NIC and its OVS forwarded (rule and port counters, read now).
+
+    ``nic_forwarded_packets``: packets the NIC's rules sent on (a redirect, to a VF or into a tunnel);
+    ``nic_encapsulated_packets``: those sent into a tunnel; ``nic_decapsulated_packets``: those its tunnel
+    devices' rules took out of one and delivered; ``ovs_forwarded_packets``: packets OVS took in from the
+    VMs' representors and from its tunnel ports (what the NIC left to software).
+    """
+    workdir = Path(host.workdir)
+    state = json.loads((workdir / "host.json").read_text()) if (workdir / "host.json").exists() else {}
+    status = json.loads((workdir / "simnic.sock.json").read_text()) if (workdir / "simnic.sock.json").exists() \
+        else {}
+    rules = _nic_rules(str(workdir / "simnic.sock"), status)
+    tunnels = {t["ifindex"] for t in status.get("tunnels", ())}
+    ovs = OvsDaemons(Path(state.get("ovs_rundir", workdir / "ovs")), netns=state.get("ns"))
+    return {
+        "name": host.name,
+        "profile": host.profile,
+        "tunnel_ip": host.tunnel_ip,
+        "vms": state.get("vms", []),
+        "nic_rules": len(rules),
+        "nic_forwarded_packets": sum(s.packets for r, s in rules if _redirects(r)),
+        "nic_encapsulated_packets": sum(s.packets for r, s in rules if _encapsulates(r)),
+        "nic_decapsulated_packets": sum(s.packets for r, s in rules if r.ifindex in tunnels and _redirects(r)),
+        "ovs_forwarded_packets": _ovs_rx(ovs, status),
+    }
+
+
+def _nic_rules(socket: str, status: dict) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
+    devices = [p["representor_ifindex"] for p in status.get("ports", ())]
+    devices += [t["ifindex"] for t in status.get("tunnels", ())]
+    try:
+        client = TcClient(SimSocketTransport(socket))
+    except OSError:
+        return []
+    try:
+        return [(rule, stats) for ifindex in devices for rule, stats in client.dump(ifindex) if stats is not None]
+    except OSError:
+        return []
+    finally:
+        client.close()
+
+
+def _redirects(rule: fl.FlowerRule) -> bool:
+    return any(isinstance(a, fl.Mirred) for a in rule.actions)
+
+
+def _encapsulates(rule: fl.FlowerRule) -> bool:
+    return any(isinstance(a, fl.TunnelKey) and not a.unset for a in rule.actions)
+
+
+def _ovs_rx(ovs: OvsDaemons, status: dict) -> int:
+    """Packets OVS received on the VF representors and its tunnel ports."""
+    names = [p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values())
+    try:
+        ovsdb = OvsdbClient(ovs.db_sock, BRIDGE)
+        try:
+            ofports = {ovsdb.ofport(name) for name in names} - {None}
+        finally:
+            ovsdb.close()
+        of = OpenFlowConnection(ovs.mgmt(BRIDGE))
+        try:
+            return sum(rx for ofport, (rx, _) in of.port_stats().items() if ofport in ofports)
+        finally:
+            of.close()
+    except (OSError, RuntimeError):
+        return 0
