@@ -1,9 +1,12 @@
-"""``hwflow demo``: one simulated SmartNIC host, two VMs, real pings.
+"""``hwflow demo``: one simulated SmartNIC host, two VMs, real pings; or, with ``--hosts N``, a lab of N.
 
 Everything is real but the NIC: Open vSwitch (userspace datapath), the
 agent on the embedded database, namespaces and kernel pings. The simulated
 NIC forwards what the agent offloaded to it and hands the rest to OVS, and
-the demo reports how many packets each datapath carried.
+the demo reports how many packets each datapath carried. With several hosts
+(a :class:`SimLab`) the VMs on each host ping those on the next, on one
+network and across a router, through tunnels the NICs encapsulate and
+decapsulate where their profile can.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Network, Port, Subnet
+from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import BRIDGE, HostError, SimHost, teardown_from_state
+from hwflow.sim.lab import LabHost, SimLab, host_report, load_state, teardown_lab
 
 VMS = (("vm1", "fa:16:3e:00:00:01", "10.0.0.1"), ("vm2", "fa:16:3e:00:00:02", "10.0.0.2"))
 
@@ -48,8 +52,21 @@ JSON keys (--format json):
   workdir                directory with the config, logs and database
   kept                   true when --keep left the host running
 
-Needs root, iproute2 and openvswitch-switch. Exit status is 0 when the ping
-lost nothing and the NIC forwarded packets, 1 otherwise.
+with --hosts N (N >= 2): a lab of N hosts (hwflow lab) named NAME1..NAMEn on
+one database (an SQLite file, or etcd in the lab's namespace with --etcd),
+their NICs (--profile, default mlx5-connectx6dx; comma-separated profiles
+go to the hosts in turn) wired to one underlay; networks demo-a
+(10.0.0.0/24) and demo-b (10.0.1.0/24), VXLAN, joined by router demo-router;
+on host i VMs ai (10.0.0.i) and bi (10.0.1.i). Each ai pings a(i+1) (one
+network, another host) and b(i+1) (across the router, another host).
+JSON keys then: ping_loss_percent (all pings), pings, workdir, kept, and
+  hosts  a list of {name, profile, nic_forwarded_packets, ovs_forwarded_packets,
+         nic_encapsulated_packets, nic_decapsulated_packets}: what each host's
+         NIC and OVS carried during the counted pings (see `hwflow lab --help`)
+
+Needs root, iproute2 and openvswitch-switch (and etcd-server for --etcd).
+Exit status is 0 when the pings lost nothing and the NIC forwarded packets
+(on every host), 1 otherwise.
 """
 
 
@@ -65,10 +82,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", metavar="DIR", help="where to put config, logs and the database "
                         "(default: a new temporary directory)")
     parser.add_argument("--count", type=int, default=10, help="pings to send (default: 10)")
-    parser.add_argument("--profile", default="sim-basic", help="simulated NIC profile (default: sim-basic)")
+    parser.add_argument("--profile", help="simulated NIC profile (default: sim-basic; with --hosts: "
+                        "mlx5-connectx6dx, and a comma-separated list goes to the hosts in turn)")
     parser.add_argument("--name", default="demo", help="host (chassis) name, at most 8 characters; its namespaces "
-                        "are hwf-NAME and hwf-NAME-vm1/-vm2 (default: demo)")
-    parser.add_argument("--clean", metavar="DIR", help="tear down a host left by --keep in DIR, then exit")
+                        "are hwf-NAME and hwf-NAME-vm1/-vm2 (default: demo); with --hosts the lab's name, at "
+                        "most 5")
+    parser.add_argument("--hosts", type=int, default=1, help="simulated hosts (default: 1); 2 or more run a lab")
+    parser.add_argument("--etcd", action="store_true", help="with --hosts: the lab's database is etcd, not SQLite")
+    parser.add_argument("--clean", metavar="DIR", help="tear down a host or lab left by --keep in DIR, then exit")
     parser.set_defaults(func=run)
 
 
@@ -80,15 +101,17 @@ def say(args: argparse.Namespace, text: str) -> None:
 
 def run(args: argparse.Namespace, conf: Any) -> int:
     if args.clean:
-        if not teardown_from_state(Path(args.clean)):
-            raise CliError(f"nothing to clean in {args.clean}: no host.json there")
-        print(f"cleaned up the demo host in {args.clean}")
+        if not (teardown_lab(Path(args.clean)) or teardown_from_state(Path(args.clean))):
+            raise CliError(f"nothing to clean in {args.clean}: no host.json or lab.json there")
+        print(f"cleaned up the demo in {args.clean}")
         return 0
     if os.geteuid() != 0:
         raise CliError("the demo creates network namespaces and runs Open vSwitch: run it as root")
     for tool in ("ip", "ovs-vswitchd", "ovsdb-server", "ping"):
         if shutil.which(tool) is None:
             raise CliError(f"{tool} is not installed: apt-get install iproute2 openvswitch-switch iputils-ping")
+    if args.hosts > 1:
+        return _run_lab(args)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hwflow-demo-"))
     if (workdir / "host.json").exists():
         raise CliError(f"a demo host is still running from {workdir}: hwflow demo --clean {workdir}")
@@ -98,7 +121,7 @@ def run(args: argparse.Namespace, conf: Any) -> int:
             stale.unlink()
         database = f"sqlite:///{workdir}/nb.sqlite"
     try:
-        host = SimHost(args.name, workdir, database, profile=args.profile)
+        host = SimHost(args.name, workdir, database, profile=args.profile or "sim-basic")
     except HostError as exc:
         raise CliError(str(exc)) from None
     if subprocess.run(["ip", "netns", "pids", host.ns], capture_output=True, check=False).returncode == 0:
@@ -195,3 +218,105 @@ def _print(args: argparse.Namespace, report: dict[str, Any], host: SimHost) -> N
               f"  hwflow nb port list --database {args.database or f'sqlite:///{d}/nb.sqlite'}\n"
               f"  less {host.agent_log}\n"
               f"clean up with: hwflow demo --clean {d}")
+
+
+# --- several hosts ----------------------------------------------------------------------------------
+
+LAB_NETWORKS = (("demo-a", 1001, "10.0.0"), ("demo-b", 1002, "10.0.1"))  # name, VNI, /24 prefix
+WARM_UP = 30.0  # seconds a path may take before its first answer (agents programming, ARP, the NIC's neighbours)
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hwflow-demo-"))
+    if load_state(workdir) is not None:
+        raise CliError(f"a demo lab is still running from {workdir}: hwflow demo --clean {workdir}")
+    profiles = [p for p in (args.profile or "mlx5-connectx6dx").split(",") if p]
+    try:
+        lab = SimLab(args.name, workdir, hosts=args.hosts, profiles=profiles,
+                     database="etcd" if args.etcd else "sqlite")
+        say(args, f"[1/4] starting {args.hosts} hosts (workdir {workdir})")
+        lab.start(lambda text: say(args, f"      {text}"))
+    except HostError as exc:
+        raise CliError(f"could not start the demo lab: {exc}") from None
+    try:
+        report = _lab_scenario(args, lab)
+    except BaseException:
+        lab.stop()
+        raise
+    report.update(workdir=str(workdir), kept=bool(args.keep))
+    if not args.keep:
+        lab.stop()
+    _print_lab(args, report, lab)
+    ok = report["ping_loss_percent"] == 0 and all(h["nic_forwarded_packets"] > 0 for h in report["hosts"])
+    return 0 if ok else 1
+
+
+def _lab_scenario(args: argparse.Namespace, lab: SimLab) -> dict[str, Any]:
+    say(args, "[2/4] creating networks demo-a, demo-b, router demo-router and a VM port of each per host")
+
+    def create(nb: NbApi) -> list[tuple[SimHost, Port, str]]:
+        router = nb.create(Router(name="demo-router"))
+        vms = []
+        for net_name, vni, prefix in LAB_NETWORKS:
+            net = nb.create(Network(name=net_name, network_type="vxlan", vni=vni))
+            subnet = nb.create(Subnet(name=f"{net_name}-subnet", network_id=net.id, cidr=f"{prefix}.0/24",
+                                      gateway_ip=f"{prefix}.254"))
+            nb.create(RouterPort(name=f"demo-router-{net_name}", router_id=router.id, network_id=net.id,
+                                 subnet_id=subnet.id, mac=f"fa:16:3e:ff:00:{vni % 256:02x}", ip=f"{prefix}.254"))
+            for i, host in enumerate(lab.hosts, 1):
+                vm = f"{net_name[-1]}{i}"
+                port = nb.create(Port(name=vm, network_id=net.id, mac=f"fa:16:3e:{vni % 256:02x}:00:{i:02x}",
+                                      ips=[f"{prefix}.{i}"], chassis=host.name))
+                vms.append((host, port, f"{prefix}.254"))
+        return vms
+
+    vms = lab.nb(create)
+    say(args, "[3/4] plugging a VF into each VM namespace and its representor into its host's br-int")
+    for host, port, gateway in vms:
+        host.plug(port, _vm_ns(host, port.name), gateway=gateway)
+    pairs = []  # (host, vm namespace, address): a on host i pings a and b on host i+1
+    for i, host in enumerate(lab.hosts):
+        following = (i + 1) % len(lab.hosts) + 1  # the next host's VMs' last address byte
+        pairs += [(host, _vm_ns(host, f"a{i + 1}"), f"{prefix}.{following}") for _, _, prefix in LAB_NETWORKS]
+    say(args, f"[4/4] waiting for every path, then {args.count} pings on each of {len(pairs)} paths "
+              "(one network and across the router, host to next host)")
+    for host, ns, address in pairs:
+        _warm_up(host, ns, address)
+    before = [host_report(_lab_host(h)) for h in lab.hosts]
+    lost = sum(host.ping(ns, address, count=args.count, interval=0.05) for host, ns, address in pairs)
+    after = [host_report(_lab_host(h)) for h in lab.hosts]
+    keys = ("nic_forwarded_packets", "ovs_forwarded_packets", "nic_encapsulated_packets", "nic_decapsulated_packets")
+    hosts = [{"name": a["name"], "profile": a["profile"], **{k: a[k] - b[k] for k in keys}}
+             for a, b in zip(after, before, strict=True)]
+    return {"ping_loss_percent": lost / len(pairs), "pings": args.count * len(pairs), "hosts": hosts}
+
+
+def _vm_ns(host: SimHost, vm: str) -> str:
+    return f"{host.ns}-{vm}"
+
+
+def _lab_host(host: SimHost) -> LabHost:
+    return LabHost(host.name, str(host.workdir), host.profile, host.tunnel_ip, "")
+
+
+def _warm_up(host: SimHost, ns: str, address: str) -> None:
+    deadline = time.monotonic() + WARM_UP
+    while host.ping(ns, address, count=1, interval=0.2) > 0:
+        if host.agent_pid is None:
+            raise CliError(f"hwflow-agent of {host.name} exited; see {host.agent_log}")
+        if time.monotonic() > deadline:
+            raise CliError(f"{ns} got no answer from {address} in {WARM_UP:.0f}s; see {host.agent_log}")
+
+
+def _print_lab(args: argparse.Namespace, report: dict[str, Any], lab: SimLab) -> None:
+    if args.format == "json":
+        dump_json(report)
+        return
+    print(f"{report['pings']} pings between {len(lab.hosts)} hosts: {report['ping_loss_percent']:g}% loss")
+    print(f"{'host':<9} {'profile':<24} {'NIC fwd':>8} {'NIC encap':>9} {'NIC decap':>9} {'OVS fwd':>8}")
+    for h in report["hosts"]:
+        print(f"{h['name']:<9} {h['profile']:<24} {h['nic_forwarded_packets']:>8} "
+              f"{h['nic_encapsulated_packets']:>9} {h['nic_decapsulated_packets']:>9} {h['ovs_forwarded_packets']:>8}")
+    if args.keep:
+        print(f"\nleft running in {report['workdir']}: hwflow lab status --workdir {report['workdir']} --name "
+              f"{lab.name}\nclean up with: hwflow demo --clean {report['workdir']}")
