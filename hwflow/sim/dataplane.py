@@ -16,7 +16,12 @@ the eswitch, as flow-based ``vxlan_sys_4789``/``genev_sys_6081`` are: decap
 rules sit on their ingress, encap rules redirect to them. Encapsulation
 needs the remote VTEP's MAC, learnt from ARP on the wire; until it is known
 the frame goes to software and the sim asks (mlx5 holds such rules until the
-neighbour is valid).
+neighbour is valid). A tunnel packet from the wire (UDP to 4789 / 6081) is
+classified on its tunnel device with its outer headers as enc_* keys, any
+other frame on the uplink representor. One function, :meth:`DataPlane.execute`,
+carries out a rule's actions whatever the source; software is the source's
+representor (for the wire: the uplink's, which gets a tunnel packet whole,
+as OVS decapsulates it there).
 """
 
 from __future__ import annotations
@@ -180,6 +185,9 @@ def open_wire(device: str) -> socket.socket:
     """A nonblocking raw packet socket on ``device`` seeing every frame (promiscuous), as a port's PHY.
 
     The device is set up first: a packet socket bound to a down device starts with an ENETDOWN error.
+    Frames are taken as the device hands them over: a peer whose kernel sends with checksum or segmentation
+    offload (a veth's default) should have it off (``ethtool -K PEER tx off tso off gso off``); frames other
+    simulated NICs write are always whole.
     """
     ifindex = socket.if_nametoindex(device)
     set_up(device)
