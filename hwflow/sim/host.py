@@ -139,6 +139,9 @@ class SimHost:
             self._save()
             if self.underlay is not None:
                 self.underlay.attach(self.ns, self.wire)
+            # a new host: an OVS database left in a reused workdir would keep the old ports (and plugging a
+            # representor by the same name again would keep its old iface-id)
+            (self.ovs.rundir / "conf.db").unlink(missing_ok=True)
             self.ovs.start()
             self.ovsdb.ensure_bridge()
             self._start_nic()
