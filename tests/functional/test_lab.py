@@ -1,0 +1,162 @@
+"""Many hosts on one etcd: ``hwflow demo --hosts``, ``hwflow lab``, and scenarios on a three-host lab.
+
+Every host is a SimHost (its own OVS, simulated NIC, agent) of a SimLab: their NICs wired to one underlay,
+their agents on one etcd in the lab's namespace. Each scenario sends real packets and checks where they
+went: a NIC's rule counters (what it encapsulated, decapsulated, redirected) and OVS's port counters.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_e2e import HWFLOW, wait_for
+
+from hwflow.model.objects import Chassis, Network, Port
+from hwflow.sim.host import SimHost, in_ns, run
+from hwflow.sim.lab import LabHost, SimLab, host_report
+
+pytestmark = pytest.mark.functional
+
+PINGS = 5
+
+
+def namespaces() -> set[str]:
+    return {line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()}
+
+
+def report(host: SimHost) -> dict:
+    return host_report(LabHost(host.name, str(host.workdir), host.profile, host.tunnel_ip, ""))
+
+
+def test_demo_with_three_hosts_tunnels_in_the_nics_that_can(tmp_path: Path) -> None:
+    """Two mlx5 hosts and a sim-basic one on etcd: every ping answered; the mlx5 hosts' NICs put their VMs'
+    packets into the tunnel and take the others' out of it (OVS on them forwards nothing), the sim-basic host's
+    OVS does both for it, so hardware- and software-encapsulated packets meet on every path."""
+    name = f"d{secrets.token_hex(2)}"
+    done = subprocess.run([HWFLOW, "demo", "--hosts", "3", "--etcd", "--count", str(PINGS), "--format", "json",
+                           "--name", name, "--workdir", str(tmp_path),
+                           "--profile", "mlx5-connectx6dx,mlx5-connectx6dx,sim-basic"],
+                          capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = json.loads(done.stdout)
+    assert out["ping_loss_percent"] == 0 and out["pings"] == 6 * PINGS
+    hosts = {h["name"]: h for h in out["hosts"]}
+    assert set(hosts) == {f"{name}{i}" for i in (1, 2, 3)}
+    # each host's two VMs send PINGS on two paths and answer PINGS on two: 4 * PINGS each way a host
+    for i in (1, 2):
+        h = hosts[f"{name}{i}"]
+        assert h["nic_encapsulated_packets"] >= 4 * PINGS and h["nic_decapsulated_packets"] >= 4 * PINGS, out
+        assert h["ovs_forwarded_packets"] == 0, out
+    soft = hosts[f"{name}3"]
+    assert soft["nic_forwarded_packets"] == 0 and soft["ovs_forwarded_packets"] >= 8 * PINGS, out
+    assert not (tmp_path / "lab.json").exists() and f"hwf-ul-{name}" not in namespaces(), "the demo left its lab"
+
+
+def test_lab_command_starts_reports_and_stops_a_lab(tmp_path: Path) -> None:
+    name = f"l{secrets.token_hex(2)}"
+    where = ["--name", name, "--workdir", str(tmp_path)]
+    try:
+        up = subprocess.run([HWFLOW, "lab", "up", "--hosts", "2", "--profile", "mlx5-connectx6dx,sim-basic",
+                             "--format", "json", *where], capture_output=True, text=True, timeout=200, check=False)
+        assert up.returncode == 0, up.stderr + up.stdout
+        started = json.loads(up.stdout)
+        assert started["database"] == "etcd://10.254.0.251:2379"
+        assert [(h["name"], h["profile"], h["tunnel_ip"]) for h in started["hosts"]] == [
+            (f"{name}1", "mlx5-connectx6dx", "172.31.0.1"), (f"{name}2", "sim-basic", "172.31.0.2")]
+        assert {f"hwf-ul-{name}", f"hwf-{name}1", f"hwf-{name}2"} <= namespaces()
+        # the database answers inside the lab's namespace, and both agents registered there
+        listed = in_ns(f"hwf-ul-{name}", HWFLOW, "nb", "chassis", "list", "--format", "json",
+                       "--database", started["database"])
+        wait_for("both chassis registered", lambda: {c["name"] for c in json.loads(
+            in_ns(f"hwf-ul-{name}", HWFLOW, "nb", "chassis", "list", "--format", "json", "--database",
+                  started["database"]).stdout)} == {f"{name}1", f"{name}2"})
+        assert listed.returncode == 0
+        status = subprocess.run([HWFLOW, "lab", "status", "--format", "json", *where], capture_output=True,
+                                text=True, timeout=60, check=True)
+        keys = {"name", "profile", "tunnel_ip", "vms", "nic_rules", "nic_forwarded_packets",
+                "nic_encapsulated_packets", "nic_decapsulated_packets", "ovs_forwarded_packets"}
+        assert all(set(h) == keys for h in json.loads(status.stdout)["hosts"])
+    finally:
+        down = subprocess.run([HWFLOW, "lab", "down", *where], capture_output=True, text=True, timeout=120,
+                              check=False)
+    assert down.returncode == 0, down.stderr
+    assert not {f"hwf-ul-{name}", f"hwf-{name}1", f"hwf-{name}2"} & namespaces()
+    again = subprocess.run([HWFLOW, "lab", "status", *where], capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 1 and "no lab in" in again.stderr
+
+
+# --- scenarios on one three-host lab -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimLab]:
+    lab = SimLab(f"s{secrets.token_hex(2)}", tmp_path_factory.mktemp("lab"), hosts=3, database="etcd")
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def vm_ns(host: SimHost, vm: str) -> str:
+    return f"{host.ns}-{vm}"
+
+
+def plug(lab: SimLab, host: SimHost, network: Network, vm: str, mac: str, ip: str) -> Port:
+    port = lab.nb(lambda nb: nb.create(Port(name=vm, network_id=network.id, mac=mac, ips=[ip], chassis=host.name,
+                                            project_id=network.project_id)))
+    host.plug(port, vm_ns(host, vm))
+    return port
+
+
+def reaches(host: SimHost, vm: str, address: str) -> bool:
+    return host.ping(vm_ns(host, vm), address, count=2, interval=0.1) == 0.0
+
+
+def test_tenants_with_overlapping_addresses_stay_apart(lab: SimLab) -> None:
+    """Tenants x and y both use 10.50.0.0/24 (VNIs 3001 and 3002) with VMs .1 on host 1 and .2 on hosts 2
+    and 3. x1 reaches x2; with x2 gone quiet, x1's pings to 10.50.0.2 go unanswered although y2 holds that
+    address on another host: no packet crosses from one tenant's network to the other's."""
+    h1, h2, h3 = lab.hosts
+    nets = lab.nb(lambda nb: [nb.create(Network(name=f"t-{t}", vni=vni, project_id=t))
+                              for t, vni in (("x", 3001), ("y", 3002))])
+    plug(lab, h1, nets[0], "x1", "fa:16:3e:50:00:01", "10.50.0.1")
+    plug(lab, h2, nets[0], "x2", "fa:16:3e:50:00:02", "10.50.0.2")
+    plug(lab, h1, nets[1], "y1", "fa:16:3e:51:00:01", "10.50.0.1")
+    plug(lab, h3, nets[1], "y2", "fa:16:3e:51:00:02", "10.50.0.2")
+    wait_for("x1 to reach x2", lambda: reaches(h1, "x1", "10.50.0.2"), timeout=40, host=h1)
+    wait_for("y1 to reach y2", lambda: reaches(h1, "y1", "10.50.0.2"), timeout=40, host=h1)
+    in_ns(vm_ns(h2, "x2"), "ip", "link", "set", "eth0", "down")
+    try:
+        assert h1.ping(vm_ns(h1, "x1"), "10.50.0.2", count=4, interval=0.2) == 100.0, "y2 answered x1"
+    finally:
+        in_ns(vm_ns(h2, "x2"), "ip", "link", "set", "eth0", "up")
+
+
+def test_a_vm_moved_to_another_host_is_reached_there(lab: SimLab) -> None:
+    """m2 moves from host 2 to host 3 (unplugged, its port bound to host 3, plugged there): m1 on host 1 reaches
+    it again, through host 1's NIC (encapsulating to host 3 now) and host 3's (decapsulating)."""
+    h1, h2, h3 = lab.hosts
+    net = lab.nb(lambda nb: nb.create(Network(name="t-move", vni=3100)))
+    plug(lab, h1, net, "m1", "fa:16:3e:52:00:01", "10.52.0.1")
+    moving = plug(lab, h2, net, "m2", "fa:16:3e:52:00:02", "10.52.0.2")
+    wait_for("m1 to reach m2 on host 2", lambda: reaches(h1, "m1", "10.52.0.2"), timeout=40, host=h1)
+    h2.unplug(vm_ns(h2, "m2"))
+    moved = lab.nb(lambda nb: nb.update(Port(**{**moving.to_dict(), "chassis": h3.name})))
+    h3.plug(moved, vm_ns(h3, "m2"))
+    wait_for("m1 to reach m2 on host 3", lambda: reaches(h1, "m1", "10.52.0.2"), timeout=40, host=h1)
+    before = report(h1), report(h3)
+    assert h1.ping(vm_ns(h1, "m1"), "10.52.0.2", count=PINGS, interval=0.05) == 0.0
+    after = report(h1), report(h3)
+    assert after[0]["nic_encapsulated_packets"] - before[0]["nic_encapsulated_packets"] >= PINGS
+    assert after[1]["nic_decapsulated_packets"] - before[1]["nic_decapsulated_packets"] >= PINGS
+
+
+def test_the_lab_database_is_etcd_in_the_lab_namespace(lab: SimLab) -> None:
+    assert lab.url.startswith("etcd://10.254.0.")
+    assert lab.nb(lambda nb: {c.id for c in nb.list(Chassis)}) == {h.name for h in lab.hosts}
