@@ -39,7 +39,7 @@ from hwflow.backends.ovs.ovsdb import Iface, OvsdbClient
 from hwflow.backends.tc.backend import TC_FLAGS, Representor, TcBackend, TcDiff, TunnelEndpoint, identity, to_flower
 from hwflow.db.api import NbApi
 from hwflow.model.errors import HwflowError, NotFound, ValidationError
-from hwflow.model.objects import Chassis, Port
+from hwflow.model.objects import Chassis, NbObject, Port
 from hwflow.offload import inventory
 from hwflow.offload.discovery import discover
 from hwflow.offload.nic import TUNNEL, DeviceReport
@@ -114,6 +114,8 @@ class Agent:
         self._encoded_reps: dict[int, Representor] = {}
         self._tunnels: dict[int, TunnelEndpoint] = {}  # tunnel port key -> its endpoint, for the tunnels offloaded
         self._tunnel_warned: set[str] = set()
+        self._alive: frozenset[str] | None = None  # chassis whose liveness lease holds (None: not read yet)
+        self._liveness_flipped: set[str] = set()  # chassis whose liveness changed since the last pass
         self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -143,6 +145,7 @@ class Agent:
         else:
             return False
         self.register(up=True, always=True)
+        self.follow_liveness()
         self.cache.start()
         self.dhcp.start()
         return True
@@ -168,6 +171,7 @@ class Agent:
                     next_resync = now + self.conf.agent.resync_interval
             if now >= next_beat:
                 self.register(up=True)
+                self.follow_liveness()
                 next_beat = now + self.conf.agent.report_interval
             self._wake.wait(timeout=min(1.0, self.conf.agent.report_interval))
 
@@ -211,6 +215,36 @@ class Agent:
                 self.nb.heartbeat(self.chassis, 3 * self.conf.agent.report_interval)
         except HwflowError as exc:
             LOG.error("cannot report chassis %s: %s", self.chassis, exc)
+
+    def follow_liveness(self) -> None:
+        """Read which chassis are alive (their agents' leases); a chassis that died or came back wakes a pass.
+
+        A dead host writes nothing (it was killed, or lost its power): its lease lapses three reports after
+        its last. The topology then takes it as unregistered, so nothing tunnels to its ports until it is back
+        (see :meth:`_seen`). The lease is the agent's, not the datapath's: an agent stopped for longer than
+        the lease (3 x ``report_interval``) counts as a dead host too, so restart agents within it. A
+        database that cannot say leaves the last answer in force.
+        """
+        try:
+            alive = frozenset(self.nb.alive_chassis())
+        except HwflowError as exc:
+            LOG.warning("cannot read which chassis are alive (%s); keeping the last answer", exc)
+            return
+        if self._alive is not None and alive != self._alive:
+            flipped = alive ^ self._alive
+            LOG.info("chassis liveness changed: %s", ", ".join(
+                f"{name} {'up' if name in alive else 'down'}" for name in sorted(flipped)))
+            self._liveness_flipped |= flipped
+            self._wake.set()
+        self._alive = alive
+
+    def _seen(self, obj: NbObject | None) -> NbObject | None:
+        """An object as the topology takes it: another chassis whose lease lapsed is taken as not registered
+        (None), so its ports are not tunnelled to (``hwflow.apps.output.remote_chassis``) until it is back."""
+        if isinstance(obj, Chassis) and obj.id != self.chassis and self._alive is not None \
+                and obj.id not in self._alive:
+            return None
+        return obj
 
     def _chassis_differs(self, wanted: Chassis) -> bool:
         """Whether the stored chassis record is missing or says other than ``wanted`` (its time aside)."""
@@ -311,11 +345,17 @@ class Agent:
         (``Topology.apply_all``); a full pass, or a cache that cannot say (it resynced), compares everything
         (``Topology.update``)."""
         drained = self.cache.drain()
+        flipped, self._liveness_flipped = self._liveness_flipped, set()
         if full or drained is None:
             objects = {kind: self.cache.objects(kind) for kind in TOPOLOGY_KINDS}
+            objects[Chassis.kind] = {i: c for i, c in objects[Chassis.kind].items() if self._seen(c) is not None}
             ports = objects[Port.kind]
             return self.topo.update(objects, {pid for pid in ifaces if pid in ports and self._here(ports[pid])})
-        drained = {key: obj for key, obj in drained.items() if key[0] in TOPOLOGY_KINDS}
+        drained = {key: self._seen(obj) for key, obj in drained.items() if key[0] in TOPOLOGY_KINDS}
+        held = self.cache.objects(Chassis.kind) if flipped else {}
+        for name in flipped:
+            if name in held and (Chassis.kind, name) not in drained:
+                drained[Chassis.kind, name] = self._seen(held[name])
 
         def port(pid: str) -> Port | None:
             return drained.get((Port.kind, pid)) if (Port.kind, pid) in drained else self.topo.ports.get(pid)

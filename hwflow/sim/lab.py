@@ -41,6 +41,7 @@ from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.db.api import NbApi
 from hwflow.db.etcd_server import ETCD_BINARY
+from hwflow.model.objects import Chassis
 from hwflow.sim.host import BRIDGE, HostError, SimHost, Underlay, in_ns, run, stop_process, teardown_from_state
 from hwflow.util.netns import call_in
 
@@ -121,6 +122,8 @@ class SimLab:
                 self._wire_mgmt(host, i)
                 host.start_agent()
                 self._save()
+            progress("waiting for every agent to register its chassis")
+            self._wait_registered()
         except BaseException:
             self.stop()
             raise
@@ -141,6 +144,18 @@ class SimLab:
         self._etcd = []
         self.underlay.stop()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def _wait_registered(self) -> None:
+        """Until every host's chassis is in the database: only then do other hosts tunnel to it."""
+        names = {h.name for h in self.hosts}
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.nb(lambda nb: {c.id for c in nb.list(Chassis)} & names) != names:
+            down = [h.name for h in self.hosts if h.agent_pid is None]
+            if down:
+                raise HostError(f"the agent of {down[0]} exited; see {self.workdir}/{down[0]}/agent.log")
+            if time.monotonic() > deadline:
+                raise HostError(f"not every agent registered in {START_TIMEOUT:.0f}s; see {self.workdir}/*/agent.log")
+            time.sleep(0.2)
 
     def _wire_mgmt(self, host: SimHost, index: int) -> None:
         """The host's management link: a veth from its namespace to the lab's management bridge."""

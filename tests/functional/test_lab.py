@@ -7,6 +7,7 @@ went: a NIC's rule counters (what it encapsulated, decapsulated, redirected) and
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -14,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import HWFLOW, wait_for
+from test_e2e import HWFLOW, nic_rules, wait_for
 
+from hwflow.backends.tc import flower as fl
 from hwflow.model.objects import Chassis, Network, Port
-from hwflow.sim.host import SimHost, in_ns, run
+from hwflow.sim.host import BRIDGE, SimHost, in_ns, run
 from hwflow.sim.lab import LabHost, SimLab, host_report
 
 pytestmark = pytest.mark.functional
@@ -160,3 +162,34 @@ def test_a_vm_moved_to_another_host_is_reached_there(lab: SimLab) -> None:
 def test_the_lab_database_is_etcd_in_the_lab_namespace(lab: SimLab) -> None:
     assert lab.url.startswith("etcd://10.254.0.")
     assert lab.nb(lambda nb: {c.id for c in nb.list(Chassis)}) == {h.name for h in lab.hosts}
+
+
+def tunnels_to(host: SimHost, address: str) -> tuple[int, int]:
+    """(OVS flows, NIC rules) of ``host`` that send packets into a tunnel to ``address``."""
+    flows = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", host.ovs.mgmt(BRIDGE)).stdout
+    ovs = sum(1 for line in flows.splitlines() if f"{address}->tun_dst" in line)
+    target = int(ipaddress.ip_address(address))
+    nic = sum(1 for rule, _ in nic_rules(host) for a in rule.actions
+              if isinstance(a, fl.TunnelKey) and a.ipv4_dst == target)
+    return ovs, nic
+
+
+def test_a_host_killed_is_no_longer_tunnelled_to_and_nothing_else_is_disturbed(lab: SimLab) -> None:
+    """Host 3 dies (everything on it stops; its agent's lease lapses): host 1 takes out every OVS flow and NIC
+    rule tunnelling to it, while k1 on host 1 and k2 on host 2 go on talking through their NICs. Runs last:
+    the lab has two hosts after it."""
+    h1, h2, h3 = lab.hosts
+    net = lab.nb(lambda nb: nb.create(Network(name="t-kill", vni=3200)))
+    for host, i in ((h1, 1), (h2, 2), (h3, 3)):
+        plug(lab, host, net, f"k{i}", f"fa:16:3e:53:00:0{i}", f"10.53.0.{i}")
+    for i in (2, 3):
+        wait_for(f"k1 to reach k{i}", lambda i=i: reaches(h1, "k1", f"10.53.0.{i}"), timeout=40, host=h1)
+    assert all(tunnels_to(h1, h3.tunnel_ip)), "nothing tunnels to host 3 before it dies"
+    h3.stop()
+    wait_for("host 1 to stop tunnelling to host 3", lambda: tunnels_to(h1, h3.tunnel_ip) == (0, 0), timeout=60,
+             host=h1, details=lambda: f"{tunnels_to(h1, h3.tunnel_ip)} (OVS flows, NIC rules) still")
+    assert "chassis liveness changed" in h1.agent_log.read_text()
+    before = report(h1)
+    assert h1.ping(vm_ns(h1, "k1"), "10.53.0.2", count=PINGS, interval=0.05) == 0.0
+    assert report(h1)["nic_encapsulated_packets"] - before["nic_encapsulated_packets"] >= PINGS
+    assert h1.ping(vm_ns(h1, "k1"), "10.53.0.3", count=2, interval=0.1) == 100.0
