@@ -1,5 +1,9 @@
 """A real agent on a simulated host: from a northbound write to the NIC rules and OVS flows it should produce.
 
+(With ``hosts`` of 2 or more, the benchmark is another: a write on one host reaching the NICs of the others,
+on a lab of that many hosts; see :mod:`hwflow.bench.mesh` for what it measures and its parameters
+``mesh_ports`` and ``database``.)
+
 The host (:class:`hwflow.sim.host.SimHost`): its own userspace Open vSwitch, a simulated NIC with the
 capabilities of ``profile`` and ``local_ports`` + ``changes`` VFs, and ``hwflow-agent`` as a process, on
 the database at ``url`` (default: a new SQLite file in a temporary directory; ``etcd://HOST:PORT`` gets a
@@ -104,7 +108,7 @@ from hwflow.backends.ovs import translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
-from hwflow.bench import Progress
+from hwflow.bench import Progress, mesh
 from hwflow.bench.compile import _mac, _subnet, build
 from hwflow.bench.partition import PORTS_PER_GROUP, PORTS_PER_NETWORK, PORTS_PER_ROUTER, REMOTE_CHASSIS
 from hwflow.db.api import Create, NbApi
@@ -112,7 +116,8 @@ from hwflow.model.objects import Chassis, NbObject, Network, Port, SecurityGroup
 from hwflow.sim.host import BRIDGE, SimHost, stop_process
 
 DEFAULTS: dict[str, Any] = {"local_ports": 200, "remote_ports": 10_000, "changes": 5, "url": "",
-                            "profile": "mlx5-connectx6dx", "timeout_s": 300.0, "keep": 0}
+                            "profile": "mlx5-connectx6dx", "timeout_s": 300.0, "keep": 0,
+                            "hosts": 1, "mesh_ports": 300, "database": "etcd"}  # the last three: see mesh
 KINDS = ("local_port", "remote_port", "sg_rule")
 POLL_S = 0.002  # between two looks at the datapaths while a write is on its way
 SETTLE_SAMPLE_S = 0.25
@@ -546,6 +551,8 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     if os.geteuid() != 0:
         raise RuntimeError("converge starts Open vSwitch, a simulated NIC and the agent in network namespaces: "
                            "run it as root")
+    if params["hosts"] > 1:  # many hosts on one database: hwflow.bench.mesh
+        return mesh.run(params, progress)
     local_ports, remote_ports, changes = params["local_ports"], params["remote_ports"], params["changes"]
     if local_ports < 2 or remote_ports < 1 or not 1 <= changes <= MAX_CHANGES:
         raise ValueError(f"converge needs local_ports >= 2, remote_ports >= 1 and 1 <= changes <= {MAX_CHANGES}")
