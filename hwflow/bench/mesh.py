@@ -212,6 +212,7 @@ def _ping_sample(lab: SimLab, nets: list[_Net]) -> None:
                 if other is host:
                     continue
                 target = net.ports[other.name][0]
+                host.ping(_vm(host, first), target.ips[0], count=1, interval=0.1)  # ARP, and the NIC's neighbour
                 loss = host.ping(_vm(host, first), target.ips[0], count=SAMPLE_PINGS, interval=0.1)
                 if loss:
                     raise MeshError(f"{first.name} on {host.name} -> {target.name} on {other.name}: {loss}% loss "
