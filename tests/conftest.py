@@ -62,7 +62,8 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" or NO_SKIP else "de
 
 @pytest.fixture
 def nic_share(request: pytest.FixtureRequest) -> collections.Counter[str]:
-    """A counter for ``examples`` and ``by_nic`` (examples where a packet took a NIC rule), reported at the end."""
+    """A counter for ``examples``, ``by_nic`` (examples where a NIC rule forwarded a packet) and, where a test
+    counts them, ``dropped`` (examples where a NIC drop rule took a packet), reported at the end."""
     return NIC_SHARE.setdefault(request.node.nodeid, collections.Counter())
 
 
@@ -73,6 +74,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for test, counts in sorted(NIC_SHARE.items()):
         examples = counts["examples"]
         share = f"{100 * counts['by_nic'] / examples:.0f}%" if examples else "-"
+        terminalreporter.write_line(f"{share:>5} of {examples} examples  {test}")
+    dropping = {test: counts for test, counts in NIC_SHARE.items() if "dropped" in counts}
+    if not dropping:
+        return
+    terminalreporter.section("share of examples that dropped a packet by a NIC rule")
+    for test, counts in sorted(dropping.items()):
+        examples = counts["examples"]
+        share = f"{100 * counts['dropped'] / examples:.0f}%" if examples else "-"
         terminalreporter.write_line(f"{share:>5} of {examples} examples  {test}")
 
 

@@ -133,7 +133,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     whole = Partitioner(compiler.layout.joins()).plan(compiler.pipeline(), offload(topo, caps), types, {})
     results.update({
         "diverged_ports": sum(1 for port in plan.own.keys() | whole.own.keys()
-                              if sorted(plan.rules_of(port)) != sorted(whole.rules_of(port))),
+                              if sorted(plan.rules_of(port), key=repr) != sorted(whole.rules_of(port), key=repr)),
         "incremental_median_ms": round(statistics.median(partition_ms), 3),
         "incremental_p99_ms": round(sorted(partition_ms)[max(0, int(len(partition_ms) * 0.99) - 1)], 3),
         "change_median_ms": round(statistics.median(change_ms), 3),

@@ -30,6 +30,26 @@ so a pass rule may hold it; a later rule needs that pass in front only if it
 overlaps the path itself, not the widening (mlx5 reads +trk and +est only:
 its +inv and +rel paths must not take the +est redirects' packets).
 
+Drops: a path that ends with nothing sent because a flow said so (port
+security's anti-spoofing drop, a security group's default deny or +inv, a
+router's no-route) becomes a rule that drops (:attr:`HwRule.drop`: tc
+``gact drop``, no header actions, since a dropped packet's headers do not
+matter) where the NIC has the drop action, ordered like any rule: one that
+overlaps an earlier software path (ARP, DHCP, a broadcast software floods)
+gets it held in front by a pass rule, or stays in software. The backend
+takes a drop off the NIC before OVS changes whenever it is to stop dropping
+or a change in front of it may hand it other packets (make-before-break:
+hwflow.backends.tc.backend.TcDiff.break_drops). Kept in software: a path
+whose only output went back to the port it came in by (OpenFlow skips it, so
+it drops, but no flow decided that: a tunnel device's chains hold tens of
+thousands of these, remote destinations reached from the tunnel, which would
+fill the NIC for nothing); a table miss (no flow decided it either: every
+table the apps mean to drop in ends in a flow that does, so a miss is a
+table with no default or one mid-change, and planning it would pin a rule
+to the absence of flows; the compiled pipeline's misses are few, so they
+cost little CPU in software); a drop after a conntrack action (its commit
+is software's); and any drop on a NIC without the drop action.
+
 Header actions the walk sees through, when the NIC can do them: rewrites of
 MACs and IPv4 addresses, TTL decrement, VLAN push/pop, tunnel encap
 (``tun_id`` + ``tun_dst`` + output to a tunnel port) and decap (a rule on the
@@ -162,6 +182,9 @@ class Leaf(NamedTuple):
     # the regions a software leaf stands for when ``region`` was widened to what the NIC can match (empty: it is
     # its region): a later rule overlapping only the widening needs no pass in front (see _walk_table)
     within: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+    # no output because the only one was to the port the packet came in by (OpenFlow skips it): a drop no flow
+    # decided, kept in software (see _cannot_deliver); not part of the verdict, since either way nothing leaves
+    hairpin: bool = False
 
     def as_match(self) -> ir.Match:
         region = self.region
@@ -169,8 +192,15 @@ class Leaf(NamedTuple):
 
     @property
     def verdict(self) -> tuple:
-        """What the leaf does with a packet (its owner aside): outputs, blocker, edits, enter, trap."""
-        return self[1:3] + self[4:]
+        """What the leaf does with a packet (its owner and hairpin aside): outputs, blocker, edits, enter, trap,
+        within."""
+        return self[1:3] + self[4:8]
+
+    @property
+    def drop(self) -> bool:
+        """Whether the path ends with nothing sent and nothing left to decide: no output, no chain entered, not
+        stopped early (a blocker, a trap)."""
+        return not self.outputs and self.enter is None and self.blocker is None
 
 
 class HwRule(NamedTuple):
@@ -178,9 +208,11 @@ class HwRule(NamedTuple):
 
     It applies ``actions`` (IR header actions, in order) and then redirects
     to ``output``; or, with ``goto``, the packet goes on in chain ``goto``
-    (after the ``ct`` that ends ``actions``, if any); with neither, it hands
-    the packet to software (tc ``pass``). ``shared``: the rule belongs to a
-    chain every port reaching it gets a copy of (:meth:`Plan.rules_of`).
+    (after the ``ct`` that ends ``actions``, if any); with ``drop``, the NIC
+    drops the packet (tc ``gact drop``: no output, no goto, no actions);
+    with none of them, it hands the packet to software (tc ``pass``).
+    ``shared``: the rule belongs to a chain every port reaching it gets a
+    copy of (:meth:`Plan.rules_of`).
     """
 
     in_port: int
@@ -193,6 +225,7 @@ class HwRule(NamedTuple):
     chain: int = 0
     goto: int | None = None
     shared: bool = False
+    drop: bool = False  # the pipeline drops the packets (a flow's decision): the NIC drops them (see _cannot_drop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +340,7 @@ class _Path(NamedTuple):
     dirty: frozenset[str] = frozenset()  # header fields changed to a value the walk cannot know
     outputs: tuple[int, ...] = ()
     edits: tuple[Edit, ...] = ()
+    hairpin: bool = False  # an output to the port the packet came in by was skipped (see Leaf.hairpin)
 
     @property
     def pending(self) -> bool:
@@ -578,7 +612,10 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     for action in flow.actions:
         if isinstance(action, ir.Output):
             if action.port != path.known.get("in_port"):
-                path = _Path(path.known, path.aliases, path.dirty, path.outputs + (action.port,), path.edits)
+                path = _Path(path.known, path.aliases, path.dirty, path.outputs + (action.port,), path.edits,
+                             path.hairpin)
+            elif not path.hairpin:
+                path = path._replace(hairpin=True)
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and _hands_over(path, action.table, how):
                 yield _leaf(region, path._replace(edits=()), None, flow.owner,
@@ -600,7 +637,8 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
             path = _edit(path, action)
         else:
             if not owned and isinstance(action, ir.SetField | ir.Move):
-                path, owned = _Path(dict(path.known), dict(path.aliases), path.dirty, path.outputs, path.edits), True
+                path, owned = _Path(dict(path.known), dict(path.aliases), path.dirty, path.outputs, path.edits,
+                                    path.hairpin), True
             blocker = _see_through(action, path)
             if blocker is not None:
                 yield _leaf(region, path, blocker, flow.owner)
@@ -691,7 +729,7 @@ def _edit(path: _Path, action: Edit) -> _Path:
     elif isinstance(action, ir.Conntrack) and action.nat is not None:  # the translation depends on the connection
         known = {f: v for f, v in known.items() if f not in IPV4_ONLY}
         dirty = dirty | IPV4_ONLY
-    return _Path(known, path.aliases, dirty, path.outputs, path.edits + (action,))
+    return _Path(known, path.aliases, dirty, path.outputs, path.edits + (action,), path.hairpin)
 
 
 def _see_through(action: ir.Action, path: _Path) -> str | None:
@@ -732,8 +770,10 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
 
 
 def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) -> Leaf:
-    return Leaf(ir.Match.of_terms((f, v, m) for f, (v, m) in region.items()), path.outputs, blocker, owner,
-                path.edits, enter)
+    match = ir.Match.of_terms((f, v, m) for f, (v, m) in region.items())
+    if path.hairpin and not path.outputs:
+        return Leaf(match, path.outputs, blocker, owner, path.edits, enter, False, (), True)
+    return Leaf(match, path.outputs, blocker, owner, path.edits, enter)
 
 
 # --- choosing what goes to hardware ----------------------------------------------
@@ -800,10 +840,32 @@ def _cannot_edit(leaf: Leaf, caps: Capabilities) -> str | None:
     return None
 
 
+def _cannot_drop(leaf: Leaf, caps: Capabilities) -> str | None:
+    """Why a leaf without outputs cannot be a drop rule (None: it can).
+
+    The NIC drops only what a flow of the pipeline decided to drop (port security's anti-spoofing, a security
+    group's default deny or +inv, a router's no-route): a path that ends so is dropped by software too, so
+    the rule changes no verdict (make-before-break keeps it so through a change: see
+    hwflow.backends.tc.backend.TcDiff). Not: a path whose only output went back to the port it came in by
+    (OpenFlow skips it); a table miss; a drop after conntrack (see the module docstring).
+    """
+    if leaf.hairpin:
+        return ("output to the port it came in by: OpenFlow drops it, but no flow decided it (a tunnel's paths "
+                "to remote destinations would fill the NIC for nothing), so it stays in software")
+    if leaf.owner is None:
+        return "table miss: no flow decided this drop, so it stays in software"
+    if hw.ACTION_DROP not in caps.actions:
+        return "the NIC cannot drop"
+    if any(isinstance(e, ir.Conntrack) for e in leaf.edits):
+        return "a drop after a conntrack action: the connection table's change is software's"
+    return None
+
+
 def _cannot_deliver(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], unicast_only: bool) -> str | None:
-    """Why the leaf's single output cannot be a redirect from ``port`` (None: it can)."""
+    """Why the leaf's single output cannot be a redirect from ``port``, or, with no output, why its drop cannot
+    be a drop rule (:func:`_cannot_drop`) (None: it can)."""
     if not leaf.outputs:
-        return "drop: kept in software until drops are ordered make-before-break"
+        return _cannot_drop(leaf, port.capabilities)
     if len(leaf.outputs) > 1:
         return f"{len(leaf.outputs)} outputs: replication stays in software"
     if unicast_only and not _unicast_only(leaf):
@@ -824,7 +886,9 @@ def _cannot_deliver(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOfflo
 
 
 def _action_count(leaf: Leaf, port: PortOffload) -> int:
-    """How many tc actions the leaf becomes (see hwflow.backends.tc.backend.to_flower)."""
+    """How many tc actions the leaf becomes (see hwflow.backends.tc.backend.to_flower): a drop is one."""
+    if not leaf.outputs:
+        return 1
     rewrite = any(isinstance(e, ir.SetField) and e.field in REWRITABLE for e in leaf.edits)
     ttl = any(isinstance(e, ir.DecTtl) for e in leaf.edits)  # a pedit and a csum of its own
     others = sum(1 for e in leaf.edits if isinstance(e, ir.PushVlan | ir.PopVlan | ir.Conntrack))
@@ -847,8 +911,8 @@ def _why_not(leaf: Leaf, port: PortOffload, ports: Mapping[int, PortOffload], un
     tunnel = TUNNEL_TYPE.get(port.port)
     if tunnel is not None and not caps.can_decap(tunnel):
         return f"the NIC cannot decapsulate {tunnel}"
-    reason = _cannot_deliver(leaf, port, ports, unicast_only) or _cannot_edit(leaf, caps) or doom.cannot_match(
-        leaf.region)
+    reason = _cannot_deliver(leaf, port, ports, unicast_only) or (
+        leaf.outputs and _cannot_edit(leaf, caps)) or doom.cannot_match(leaf.region)  # a drop does no edits
     if reason is None and _action_count(leaf, port) > caps.max_actions_per_rule:
         reason = f"{_action_count(leaf, port)} actions; the NIC takes {caps.max_actions_per_rule} per rule"
     return reason
@@ -1547,7 +1611,7 @@ class _Planner:
         leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads, memo)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         self._segments[key] = (caps, memo.now)
-        if not any(r.output is not None or r.goto is not None for r in decided.rules):
+        if not any(r.output is not None or r.goto is not None or r.drop for r in decided.rules):
             self._remember(owner, _Planned(decided, deps))
             return None
         level = 1 + max(r.level for r in decided.rules)
@@ -1696,9 +1760,13 @@ class _Planner:
                 software.add(sw, key)
                 out.software.append(sw)
                 continue
-            output = None if leaf.enter is not None else leaf.outputs[0]
-            self._place(out, placed, HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "",
-                                            leaf.edits, chain, target, shared), above, key)
+            if leaf.enter is None and not leaf.outputs:  # a drop: header edits before it do not matter
+                rule = HwRule(ctx.port, len(out.rules), 0, match, None, leaf.owner, (), chain, None, shared, True)
+            else:
+                output = None if leaf.enter is not None else leaf.outputs[0]
+                rule = HwRule(ctx.port, len(out.rules), 0, match, output, leaf.owner or "", leaf.edits, chain,
+                              target, shared)
+            self._place(out, placed, rule, above, key)
             out.cost += cost
             out.reached |= below
             if target is not None:

@@ -598,3 +598,46 @@ def test_demo_command_reports_traffic_in_both_datapaths(tmp_path: Path) -> None:
     assert report["nic_forwarded_packets"] > 0
     assert report["ovs_forwarded_packets"] > 0
     assert not (tmp_path / "host.json").exists(), "the demo left its host running"
+
+
+# --- drops in the NIC ------------------------------------------------------------------------------------
+
+
+def drops(rule: fl.FlowerRule) -> bool:
+    """Whether the rule drops what it takes (gact drop)."""
+    return any(isinstance(a, fl.Gact) and a.verdict == "drop" for a in rule.actions)
+
+
+def hw_dropped(host: SimHost, vm: str) -> int:
+    """Packets the NIC's drop rules on ``vm``'s representor took (every chain)."""
+    return counted(host, vm, drops)
+
+
+def test_port_security_drops_a_spoofed_source_in_the_nic_and_ovs_never_sees_it(lab: Lab) -> None:
+    """On a NIC that drops (mlx5), port security's drop of a spoofed source is a NIC rule behind pass rules for
+    what software must still see (ARP, DHCP, broadcasts): the spoofed pings die in the NIC, OVS's representor
+    receives (next to) none of them, and the legitimate ping is still forwarded by the NIC."""
+    host = lab.host("mlx5-connectx6dx")
+    plug(host, create_network(host))
+    wait_for("vm1's port-security drop rule in the NIC", lambda: any(
+        drops(rule) and rule.protocol == fl.ETH_P_IP for rule, _ in nic_rules(host, {host.vms[vm_ns(host, "vm1")].vf})),
+        host=host)
+    vm1 = vm_ns(host, "vm1")
+    wait_for("vm1 reaching vm2", lambda: ping(host, "vm1", VMS[1][2], count=2) == 0, host=host)  # ARP learnt
+    sent = 20
+    dropped_before, rx_before = hw_dropped(host, "vm1"), ovs_rx(host, representor(host, "vm1"))
+    subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "add", "10.0.0.99/24", "dev", "eth0"], check=True)
+    try:
+        spoofed = subprocess.run(["ip", "netns", "exec", vm1, "ping", "-c", str(sent), "-i", "0.05", "-W", "1",
+                                  "-I", "10.0.0.99", VMS[1][2]], capture_output=True, text=True, check=False)
+    finally:
+        subprocess.run(["ip", "netns", "exec", vm1, "ip", "addr", "del", "10.0.0.99/24", "dev", "eth0"], check=False)
+    assert "100% packet loss" in spoofed.stdout, spoofed.stdout
+    dropped = hw_dropped(host, "vm1") - dropped_before
+    rx = ovs_rx(host, representor(host, "vm1")) - rx_before
+    assert dropped >= sent, f"the NIC's drop rules took {dropped} of {sent} spoofed pings" + evidence(host)
+    assert rx < sent // 4, f"OVS received {rx} packets on vm1's representor: the spoofed pings went to OVS" + \
+        evidence(host)
+    hw_before = hw_packets(host, "vm1", "vm2")
+    assert ping(host, "vm1", VMS[1][2]) == 0, evidence(host)
+    assert hw_packets(host, "vm1", "vm2") - hw_before >= PINGS, "the legitimate ping left the NIC" + evidence(host)

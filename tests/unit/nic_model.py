@@ -8,6 +8,7 @@ independent readings of a plan:
   the answer depend on the NIC: that raises.
 - flower matches VLAN tags through the protocol: a rule without a ``vlan_vid`` term takes untagged
   packets only.
+- ``drop`` (gact drop) ends the packet there: no output, and software never sees it.
 - ``pass`` hands the packet to software, which runs the whole pipeline from the start (no chain tag is
   written: mlx5's accept goes through the "tc end" table to the slow path).
 - A miss in chain 0 goes to software the same way. A miss in chain N > 0 is what mlx5 does with it: the
@@ -20,6 +21,7 @@ independent readings of a plan:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 from hypothesis import assume
@@ -54,6 +56,8 @@ def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
             if chain == 0:
                 return interpreter.run(pipeline, packet, tracker).outputs
             return ()  # lost: software tc continues in chain N, where nothing of ours is
+        if rule.drop:
+            return ()  # gact drop: nothing leaves, and software never sees the packet
         if rule.output is None and rule.goto is None:
             return interpreter.run(pipeline, packet, tracker).outputs  # pass: software from the start
         for action in rule.actions:
@@ -77,8 +81,25 @@ def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
     raise AssertionError(f"more than 64 gotos: {rules}")
 
 
+def dropped_by_nic(plan: Plan, packet: Mapping[str, int], conntrack: interpreter.ConnTracker | None = None) -> bool:
+    """Whether a hardware drop rule takes the packet (rather than software deciding it): follows gotos, doing
+    their actions (``ct`` on a copy of ``conntrack``: a drop after conntrack reads the state it gives)."""
+    tracker = copy.deepcopy(conntrack) if conntrack is not None else interpreter.ConnTracker()
+    rules = plan.rules_of(packet["in_port"])
+    state = {"ct_state": 0, **packet}
+    chain = 0
+    for _ in range(64):
+        rule = lookup(rules, chain, state)
+        if rule is None or rule.goto is None:
+            return rule is not None and rule.drop
+        for action in rule.actions:
+            apply(action, state, tracker)
+        chain = rule.goto
+    raise AssertionError(f"more than 64 gotos: {rules}")
+
+
 def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> list[dict[str, int]]:
-    """``packet`` moved into each rule of its port that forwards or goes on, following gotos (into the goto's
+    """``packet`` moved into each rule of its port that forwards, drops or goes on, following gotos (into the goto's
     match, then into each rule of the chain it leads to), and just outside each (the rule's last masked header
     bit flipped) and with TTL 1 and 2: the packets a random draw rarely makes, and the ones that reach the NIC
     side of the proof and its edges. At most ``most``."""
@@ -89,7 +110,7 @@ def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> lis
     while todo and len(out) < most:
         chain, pkt = todo.pop()
         for rule in by_chain.get(chain, ()):
-            if (rule.output, rule.goto) == (None, None):
+            if (rule.output, rule.goto, rule.drop) == (None, None, False):
                 continue
             moved = _moved(pkt, rule.match)
             key = (rule.chain, rule.order, tuple(sorted(moved.items())))

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
-from nic_model import aimed_at_rules, forwarded_by_nic, hw_then_sw, lookup, software_alone
+from nic_model import aimed_at_rules, dropped_by_nic, forwarded_by_nic, hw_then_sw, lookup, software_alone
 
 from hwflow.offload import capabilities as hw
 from hwflow.offload.capabilities import MASK_ANY, MASK_EXACT, MASK_PREFIX, Capabilities, Conntrack
@@ -184,34 +185,50 @@ def _offload(caps: Capabilities, switches=("sw0", "sw0", "sw0", "sw1", "sw0")) -
     return {p: PortOffload(p, s, caps) for p, s in zip(PORTS, switches)}
 
 
-def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> int:
+class Taken(NamedTuple):
+    """How many packets of an example a NIC rule forwarded, and how many one dropped (what :func:`_proved`
+    counts)."""
+
+    forwarded: int
+    dropped: int
+
+
+def _assert_same_outputs(pipeline: ir.Pipeline, plan: Plan, pkts) -> Taken:
     """Each side keeps its own connection table across the packets, as the NIC+OVS and the reference would.
 
     Each drawn packet is followed by copies of it moved into its port's hardware rules' matches, and the first
-    by copies moved into every other port's too. Returns how many packets a NIC rule forwarded (what
-    :func:`_proved` counts).
+    by copies moved into every other port's too. A packet a NIC drop rule takes must be one the pipeline drops
+    (``hw_then_sw`` gives no output for it). Returns how many packets a NIC rule forwarded and dropped.
     """
     nic, reference = interpreter.ConnTracker(), interpreter.ConnTracker()
-    by_nic = 0
+    by_nic = dropped = 0
     others = [{**pkts[0], "in_port": port} for port in PORTS if pkts and port != pkts[0]["in_port"]]
     for pkt in [p for drawn in (*pkts, *others) for p in (drawn, *aimed_at_rules(plan, drawn))]:
         expected = software_alone(pipeline, pkt, reference)  # first: a NAT clash discards the example
+        drop = dropped_by_nic(plan, pkt, nic)
         assert hw_then_sw(pipeline, plan, pkt, nic) == expected, (plan.rules, pkt)
         by_nic += forwarded_by_nic(plan, pkt)
+        if drop:
+            assert expected == (), (plan.rules, pkt, expected)
+            dropped += 1
     _event("a packet forwarded by a NIC rule" if by_nic else "every packet left to software")
-    return by_nic
+    _event("a packet dropped by a NIC rule" if dropped else "no packet dropped by a NIC rule")
+    return Taken(by_nic, dropped)
 
 
-def _proved(nic_share, percent: int, examples: int, check, *strategies, **options) -> None:
+def _proved(nic_share, percent: int, examples: int, check, *strategies, drops: int = 0, **options) -> None:
     """Check a property on fixed examples, then on fresh ones. ``check(*drawn)`` asserts it and returns how many
-    packets a NIC rule forwarded.
+    packets a NIC rule forwarded (a number, or a :class:`Taken` with those it dropped too).
 
     The fixed examples (derandomized: the same in every run, for one version of hypothesis) make the share of
     examples where a NIC rule forwarded a packet a fact about the test, not a draw: it is reported, and must
     reach ``percent`` (under it the property mostly compares the interpreter with itself; measured shares
-    vary by 10-20 points between random runs, too much for a floor on them). The fresh ones explore.
+    vary by 10-20 points between random runs, too much for a floor on them). The share of examples where a NIC
+    drop rule took a packet is reported alike and must reach ``drops`` percent. The fresh ones explore.
     """
     stats: collections.Counter = collections.Counter()
+    check = _counting_drops(check, stats)  # (``counted`` below keeps its source: hypothesis seeds the fixed
+    # examples from it, so a change there would draw other examples than the floors were measured on)
 
     def counted(drawn: tuple) -> None:
         stats.update(examples=1, by_nic=bool(check(*drawn)))
@@ -221,11 +238,25 @@ def _proved(nic_share, percent: int, examples: int, check, *strategies, **option
 
     settings(max_examples=examples, deadline=None, derandomize=True, database=None, **options)(
         given(st.tuples(*strategies))(counted))()
-    nic_share.update(examples=stats["examples"], by_nic=stats["by_nic"])
+    nic_share.update(examples=stats["examples"], by_nic=stats["by_nic"], dropped=stats["dropped"])
     assert stats["by_nic"] * 100 >= stats["examples"] * percent, (
         f"only {stats['by_nic']} of {stats['examples']} examples forwarded a packet by a NIC rule "
         f"(floor {percent}%): the generators stopped reaching the hardware side")
+    assert stats["dropped"] * 100 >= stats["examples"] * drops, (
+        f"only {stats['dropped']} of {stats['examples']} examples dropped a packet by a NIC rule "
+        f"(floor {drops}%): the generators stopped reaching the NIC's drop rules")
     settings(max_examples=examples, deadline=None, **options)(given(st.tuples(*strategies))(fresh))()
+
+
+def _counting_drops(check, stats: collections.Counter):
+    """``check`` counting in ``stats`` the examples where a NIC drop rule took a packet; returning how many
+    packets a NIC rule forwarded."""
+    def counting(*drawn) -> int:
+        taken = check(*drawn)
+        forwarded, dropped = taken if isinstance(taken, tuple) else (taken, 0)
+        stats.update(dropped=bool(dropped))
+        return forwarded
+    return counting
 
 
 def _event(text: str) -> None:
@@ -240,7 +271,8 @@ def _capped(caps: Capabilities, capacity: int) -> Capabilities:
 def test_split_never_changes_a_verdict(nic_share):
     """``joins``: tables where a port's clean path hands over to a chain all ports share (any table will do).
     Floor: 25% of the fixed examples forward a packet by a NIC rule (measured 34%: three
-    pipelines in four are shaped like the apps'; the random ones almost never give the NIC a path)."""
+    pipelines in four are shaped like the apps'; the random ones almost never give the NIC a path), and 10%
+    drop one by a NIC drop rule (measured 17%)."""
     def check(pipeline, pkts, capacity, unicast_only, rich, joins) -> int:
         caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
         plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4, ir.ETH_TYPE_IPV6), unicast_only=unicast_only,
@@ -251,7 +283,7 @@ def test_split_never_changes_a_verdict(nic_share):
         return _assert_same_outputs(pipeline, plan, pkts)
 
     _proved(nic_share, 25, 400, check, pipelines(), st.lists(packets, min_size=1, max_size=20),
-            st.integers(0, 40), st.booleans(), st.booleans(), st.frozensets(st.integers(1, 2)))
+            st.integers(0, 40), st.booleans(), st.booleans(), st.frozensets(st.integers(1, 2)), drops=10)
 
 
 EDITS = (ir.SetField("eth_src", MACS[0]), ir.SetField("ipv4_dst", IPS[1]), ir.DecTtl(), ir.PushVlan(5),
@@ -343,7 +375,8 @@ def test_l2_unicast_goes_to_hardware_and_the_rest_stays_in_software():
     assert all(r.level == 0 for r in plan.rules)  # exact MACs never overlap: one priority suffices
     reasons = {s.reason.split(":")[0] for s in plan.software if s.in_port == 1}
     assert any("outputs" in r for r in reasons)  # broadcast to two other ports
-    assert any(r.startswith("drop") for r in reasons)  # unknown unicast
+    assert "table miss" in reasons  # unknown unicast
+    assert "output to the port it came in by" in reasons  # to its own MAC
 
 
 def test_capacity_is_shared_per_switch_and_the_rest_stays_in_software():
@@ -382,7 +415,8 @@ def test_no_redirect_across_switches():
 def test_a_refused_rule_keeps_what_it_shadows_in_software(nic_share):
     """Over shaped pipelines (a plan with no rule has nothing to refuse: such an example is discarded, and
     hypothesis's statistics count them). Floor: 60% of the fixed examples forward a packet by a NIC
-    rule after the refusal (measured 76%); test_split_compiled refuses rules of compiled hosts too."""
+    rule after the refusal (measured 76%), and 15% drop one by a NIC drop rule (measured 22%);
+    test_split_compiled refuses rules of compiled hosts too."""
     def check(pipeline, pkts, pick) -> int:
         offload = _offload(RICH_CAPS)
         first = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), unicast_only=False)
@@ -400,7 +434,7 @@ def test_a_refused_rule_keeps_what_it_shadows_in_software(nic_share):
         return _assert_same_outputs(pipeline, plan, pkts)
 
     _proved(nic_share, 60, 200, check, pipelines(shaped=True), st.lists(packets, min_size=1, max_size=10),
-            st.integers(0, 63), suppress_health_check=[HealthCheck.filter_too_much])
+            st.integers(0, 63), drops=15, suppress_health_check=[HealthCheck.filter_too_much])
 
 
 def test_two_port_flood_is_one_output_but_stays_in_software():
@@ -820,11 +854,12 @@ def test_an_incremental_plan_equals_a_whole_plan(nic_share):
     (with the same chain numbers), and every port whose rules changed is among those it says changed. Short
     of room, the changed ports get what the others leave (a whole plan serves them in key order): then the
     plan must still fit and give every packet its verdict. Floor: 12% of the fixed examples
-    forward a packet by a NIC rule after the change (measured 19%)."""
+    forward a packet by a NIC rule after the change (measured 19%), 4% drop one by a NIC drop rule (measured
+    7%)."""
     _proved(nic_share, 12, 300, _check_incremental, changed_pipelines(),
             st.frozensets(st.sampled_from(PORTS), min_size=1), st.frozensets(st.sampled_from(PORTS), min_size=1),
             st.frozensets(st.integers(1, 2)), st.booleans(), st.integers(3, 40),
-            st.lists(packets, min_size=1, max_size=10))
+            st.lists(packets, min_size=1, max_size=10), drops=4)
 
 
 @st.composite
@@ -863,7 +898,7 @@ def test_an_incremental_plan_of_shared_chains_equals_a_whole_plan(nic_share):
             st.lists(packets, min_size=1, max_size=10))
 
 
-def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> int:
+def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -> Taken:
     """The checks of the incremental tests; how many packets a NIC rule forwarded after the change."""
     old, new = pipelines_
     caps = _capped(RICH_CAPS if rich else FULL_CAPS, capacity)
@@ -903,7 +938,8 @@ def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
     read nothing that changed, must now go to it (and back to software when it goes)."""
     classify = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", 7), ir.GotoTable(1)), "classify")
                 for p in (1, 2)]
-    miss = ir.Flow(1, 0, ir.Match.of(metadata=7), (ir.Drop(),), "miss")  # the fields read behind the join stay
+    miss = ir.Flow(1, 0, ir.Match.of(metadata=7), (ir.Punt("unknown"),), "miss")  # the fields read behind the join
+    # stay; a punt (not a drop, which the NIC would take) leaves the chain nothing for hardware
     dest = ir.Flow(1, 10, ir.Match.of(metadata=7, eth_dst=MACS[1]), (ir.Output(2),), "l2")
     without, with_dest = ir.Pipeline.build([*classify, miss], {}), ir.Pipeline.build([*classify, miss, dest], {})
     ports = _offload(RICH_CAPS)
@@ -1078,3 +1114,93 @@ def test_a_port_short_of_room_gets_what_a_change_frees(case):
     new = {f.key: f for f in _network(after, nets).flows}
     _check_incremental(_patched(old, new), frozenset(ports_before), frozenset(ports_after), frozenset({1}), True, 6,
                        [PKT])
+
+
+# --- drops ------------------------------------------------------------------------
+
+
+def _port_security_pipeline() -> ir.Pipeline:
+    """Port 1 may send from its own MAC only (anything else the filter drops), and its broadcasts flood in
+    software; to port 2 it goes by MAC, to its own MAC it goes back where it came from (OpenFlow skips that)."""
+    flows = [ir.Flow(0, 20, ir.Match.of(in_port=1, eth_src=MACS[0]), (ir.GotoTable(1),), "port:1"),
+             ir.Flow(0, 10, ir.Match.of(in_port=1), (ir.SetField("eth_src", MACS[2]), ir.Drop()), "port:1"),
+             ir.Flow(1, 20, ir.Match.of(eth_dst=MACS[1]), (ir.Output(2),), "port:2"),
+             ir.Flow(1, 20, ir.Match.of(eth_dst=MACS[0]), (ir.Output(1),), "port:1"),
+             ir.Flow(1, 10, ir.Match.of(eth_dst=(ir.MULTICAST_BIT, ir.MULTICAST_BIT)),
+                     (ir.Output(1), ir.Output(2), ir.Output(3)), "network:n")]
+    return ir.Pipeline.build(flows, {})
+
+
+def test_a_drop_the_pipeline_decides_is_a_nic_drop_rule_behind_what_software_must_see():
+    """Port security's drop of a spoofed source becomes a drop rule (no edits: they do not matter to a dropped
+    packet), behind pass rules holding the broadcast paths it overlaps, which software must still see."""
+    pipeline = _port_security_pipeline()
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    rules = plan.rules_of(1)
+    (drop,) = [r for r in rules if r.drop]
+    assert (drop.output, drop.goto, drop.actions, drop.owner) == (None, None, (), "port:1")
+    assert drop.match == ir.Match.of(eth_type=ir.ETH_TYPE_IPV4)
+    passes = [r for r in rules if (r.output, r.goto, r.drop) == (None, None, False)]
+    assert passes and all(p.level < drop.level for p in passes)  # the flood path (and the hairpin) in front
+    assert {r.output for r in rules if r.output is not None} == {2}
+    spoofed = {"in_port": 1, "eth_src": MACS[1], "eth_dst": MACS[1], "eth_type": ir.ETH_TYPE_IPV4,
+               "ipv4_dst": IPS[0], "ip_proto": 6, "ip_ttl": 64}
+    flooded = {**spoofed, "eth_src": MACS[0], "eth_dst": MACS[3]}
+    assert dropped_by_nic(plan, spoofed) and not dropped_by_nic(plan, flooded)
+    assert hw_then_sw(pipeline, plan, flooded) == software_alone(pipeline, flooded, interpreter.ConnTracker())
+    _check_all_packets(pipeline, plan)
+    _assert_same_outputs(pipeline, plan, [spoofed, flooded, {**flooded, "eth_dst": MACS[0]}])
+
+
+def test_a_drop_behind_a_software_path_no_pass_rule_can_hold_stays_in_software():
+    """A NIC without ``pass`` (sim-basic) cannot hold the flood path in front: the drop would swallow it."""
+    caps = dataclasses.replace(FULL_CAPS, actions=frozenset({hw.ACTION_REDIRECT, hw.ACTION_DROP}))
+    pipeline = _port_security_pipeline()
+    plan = partition(pipeline, _offload(caps), (ir.ETH_TYPE_IPV4,))
+    assert not any(r.drop for r in plan.rules_of(1))
+    assert "overlaps an earlier software-only path" in {s.reason for s in plan.software if s.in_port == 1}
+    _check_all_packets(pipeline, plan)
+
+
+def test_drops_a_nic_cannot_do_or_no_flow_decided_stay_in_software():
+    """Without the drop action; a path whose only output went back to the port it came in by (OpenFlow skips
+    it: a tunnel's remote-to-remote paths are tens of thousands of those); a table miss."""
+    flows = [ir.Flow(0, 20, ir.Match.of(eth_dst=MACS[0]), (ir.Output(1),), "port:1"),
+             ir.Flow(0, 20, ir.Match.of(eth_dst=MACS[1]), (ir.Drop(),), "acl"),
+             ir.Flow(0, 20, ir.Match.of(eth_dst=MACS[2]), (ir.Output(2),), "port:2")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(FULL_CAPS), (ir.ETH_TYPE_IPV4,))
+    (drop,) = [r for r in plan.rules_of(1) if r.drop]
+    assert drop.match.get("eth_dst").value == MACS[1] and drop.level == 0
+    reasons = {s.reason.split(":")[0] for s in plan.software if s.in_port == 1}
+    assert reasons == {"output to the port it came in by", "table miss"}
+    no_drop = dataclasses.replace(FULL_CAPS, actions=frozenset({hw.ACTION_REDIRECT}))
+    plan = partition(pipeline, _offload(no_drop), (ir.ETH_TYPE_IPV4,))
+    assert not any(r.drop for r in plan.rules) and "the NIC cannot drop" in {s.reason for s in plan.software}
+    _check_all_packets(pipeline, plan)
+
+
+def test_a_drop_after_conntrack_commits_in_software():
+    flows = [ir.Flow(0, 20, ir.Match.of(eth_dst=MACS[1]), (ir.Conntrack(zone=3, commit=True), ir.Drop()), "odd")]
+    plan = partition(ir.Pipeline.build(flows, {}), _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    assert not any(r.drop for r in plan.rules)
+    assert any(s.reason.startswith("a drop after a conntrack action") for s in plan.software)
+
+
+def test_a_security_group_deny_after_conntrack_is_a_drop_rule_in_its_chain():
+    """+inv and the default deny of the chain after ct are drop rules there; the chain still ends in its
+    catch-all pass."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.Conntrack(zone=5, table=1),), "ct") for p in (1, 2)]
+    flows += [ir.Flow(1, 30, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_INV, ir.CT_TRK | ir.CT_INV)), (ir.Drop(),), "sg"),
+              ir.Flow(1, 20, ir.Match.of(ct_state=(ir.CT_TRK | ir.CT_EST, ir.CT_TRK | ir.CT_EST), eth_dst=MACS[1]),
+                      (ir.Output(2),), "est12"),
+              ir.Flow(1, 0, ir.Match.of(), (ir.Drop(),), "sg")]
+    pipeline = ir.Pipeline.build(flows, {})
+    plan = partition(pipeline, _offload(RICH_CAPS), (ir.ETH_TYPE_IPV4,))
+    ct, *chain, miss = plan.rules_of(1)
+    assert ct.goto is not None and [r.drop for r in chain] == [True, False, True]
+    assert (miss.owner, miss.drop, miss.output) == ("miss", False, None)
+    pkt = {"in_port": 1, "eth_dst": MACS[1], "eth_type": ir.ETH_TYPE_IPV4, "ipv4_src": IPS[0], "ipv4_dst": IPS[1],
+           "ip_proto": 1, "ip_ttl": 64}
+    assert dropped_by_nic(plan, {**pkt, "eth_dst": MACS[2]}, interpreter.ConnTracker())  # new: the default deny
+    _assert_same_outputs(pipeline, plan, [pkt, {**pkt, "eth_dst": MACS[2]}, {**pkt, "in_port": 2}])

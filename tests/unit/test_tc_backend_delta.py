@@ -221,7 +221,8 @@ def test_extra_and_changed_rules_are_repairs_too(nic: Nic, backend: TcBackend) -
     finally:
         other.close()
     changes = full(backend, nic, desired)
-    assert changes.repairs == 2 and (len(changes.delete), len(changes.replace)) == (1, 1)
+    # the changed rule drops: it leaves in the first half and its repair is added in the second (break_drops)
+    assert changes.repairs == 2 and (len(changes.delete), len(changes.replace), len(changes.add)) == (2, 0, 1)
     assert summary(backend.installed_rules()) == summary(nic.rules())
 
 
@@ -304,7 +305,10 @@ def test_a_device_the_nic_does_not_know_does_not_make_the_others_dump(nic: Nic, 
 
 # --- random deltas: memory always equals the NIC, and the NIC the desired set -----------------------
 
-rules = st.builds(rule, st.integers(1, 6), st.sampled_from(REP[1:]), st.sampled_from(REP), st.integers(1, 2))
+rules = st.one_of(
+    st.builds(rule, st.integers(1, 6), st.sampled_from(REP[1:]), st.sampled_from(REP), st.integers(1, 2)),
+    st.builds(lambda mac, ifindex, prio: dataclasses.replace(_drop(mac, prio=prio), ifindex=ifindex),
+              st.integers(1, 6), st.sampled_from(REP), st.integers(1, 2)))  # drops: their deltas are reshaped
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -387,3 +391,94 @@ def test_a_chain_a_goto_still_leads_to_is_emptied_only_after_the_goto_moved() ->
     finally:
         backend.close()
         nic.close()
+
+
+# --- drops: make-before-break -------------------------------------------------------------------------
+
+
+def _drop(mac: int, chain: int = 0, prio: int = 1) -> fl.FlowerRule:
+    return fl.FlowerRule(REP[0], prio, 0, fl.ETH_P_IP, fl.FlowerKeys(eth_dst=mac), (fl.Gact("drop"),), chain=chain)
+
+
+def _actions_on_nic(nic: Nic) -> dict[tuple, tuple]:
+    return {key: r.actions for key, r in nic.rules()[nic.endpoint, REP[0]].items()}
+
+
+@pytest.fixture
+def mlx5() -> Iterator[Nic]:
+    nic = Nic("mlx5-connectx6dx")
+    try:
+        yield nic
+    finally:
+        nic.close()
+
+
+def test_a_drop_that_stops_dropping_leaves_in_the_first_half(mlx5: Nic, backend: TcBackend) -> None:
+    """Between OVS taking the new flows and the NIC's update, a drop still there would drop what OVS now passes:
+    its replace becomes a delete (first half) and an add (second half); the other way round, a redirect that
+    becomes a drop is replaced in the second half, once OVS drops too."""
+    nic = mlx5
+    full(backend, nic, [_drop(1), rule(2, REP[1])])
+    dropping, forwarding = identity(_drop(1)), identity(rule(2, REP[1]))
+    assert forwarding == identity(_drop(2))
+    changes = backend.plan_delta([(nic.endpoint, rule(1, REP[1])), (nic.endpoint, _drop(2))],
+                                 [(nic.endpoint, _drop(1)), (nic.endpoint, rule(2, REP[1]))])
+    assert [identity(r) for _, r in changes.delete] == [dropping] and not changes.delete_after
+    assert [identity(r) for _, r in changes.add] == [dropping] and [identity(r) for _, r in changes.replace] == [
+        forwarding]
+    backend.remove(changes)
+    on_nic = _actions_on_nic(nic)
+    assert dropping not in on_nic and on_nic[forwarding] == (fl.Mirred(REP[1]),)  # OVS changes here
+    backend.install(changes)
+    assert _actions_on_nic(nic) == {dropping: (fl.Mirred(REP[1]),), forwarding: (fl.Gact("drop"),)}
+    assert summary(backend.installed_rules()) == summary(nic.rules())
+    # the full plan (a dump) orders it alike
+    changes = backend.plan([(nic.endpoint, _drop(1)), (nic.endpoint, rule(2, REP[1]))], managed(nic))
+    assert [identity(r) for _, r in changes.delete] == [forwarding] and [
+        identity(r) for _, r in changes.replace] == [dropping]
+    apply(backend, changes)
+    assert _actions_on_nic(nic) == {dropping: (fl.Gact("drop"),), forwarding: (fl.Mirred(REP[1]),)}
+    assert backend.plan([(nic.endpoint, _drop(1)), (nic.endpoint, rule(2, REP[1]))], managed(nic)).repairs == 0
+
+
+def test_a_drop_in_a_chain_a_goto_still_leads_to_is_not_deferred(mlx5: Nic, backend: TcBackend) -> None:
+    nic = mlx5
+    old = [_goto(1, 1 << 20), _chain(1, REP[1], 1 << 20), _drop(1, 1 << 20, prio=5)]
+    new = [_goto(1, 2 << 20), _chain(1, REP[1], 2 << 20)]
+    full(backend, nic, old)
+    changes = backend.plan([(nic.endpoint, r) for r in new], managed(nic))
+    assert [(r.chain, r.actions) for _, r in changes.delete] == [(1 << 20, (fl.Gact("drop"),))]
+    assert [r.chain for _, r in changes.delete_after] == [1 << 20]
+    apply(backend, changes)
+    assert sorted((r.chain, r.actions) for r in nic.rules()[nic.endpoint, REP[0]].values()) == sorted(
+        (r.chain, r.actions) for r in new)
+
+
+def test_a_drop_that_stays_behind_a_change_in_front_of_it_is_off_the_nic_meanwhile(
+        mlx5: Nic, backend: TcBackend) -> None:
+    """A rule added in front of a drop (a security group now lets some of its packets through): until it is
+    there, OVS passes what the drop takes. The drop leaves in the first half and comes back last; one behind a
+    goto whose way changes, likewise; one in a chain nothing in front of it changed stays put."""
+    nic = mlx5
+    deny, other = _drop(7, 1 << 20, prio=9), _drop(7, 2 << 20, prio=9)
+    full(backend, nic, [_goto(1, 1 << 20), deny, dataclasses.replace(_goto(2, 2 << 20), prio=2), other])
+    allow = _chain(7, REP[1], 1 << 20, prio=5)
+    nic.seen.clear()
+    changes = backend.plan_delta([(nic.endpoint, allow)], [])
+    assert [r.actions for _, r in changes.delete] == [(fl.Gact("drop"),)]
+    assert [r.actions for _, r in changes.add] == [allow.actions, (fl.Gact("drop"),)]  # the drop last
+    backend.remove(changes)
+    assert identity(deny) not in _actions_on_nic(nic) and identity(other) in _actions_on_nic(nic)
+    backend.install(changes)
+    assert {identity(deny), identity(other), identity(allow)} <= _actions_on_nic(nic).keys()
+    assert nic.seen == Counter(delete=1, add=2)
+    assert summary(backend.installed_rules()) == summary(nic.rules())
+    # the goto to chain 1 << 20 now leads elsewhere: its drop leaves first, and comes back after the change
+    moved = _goto(1, 2 << 20)
+    changes = backend.plan_delta([(nic.endpoint, moved)], [(nic.endpoint, _goto(1, 1 << 20))])
+    assert [identity(r) for _, r in changes.delete] == [identity(deny)] and [
+        identity(r) for _, r in changes.replace] == [identity(moved)]
+    apply(backend, changes)
+    assert summary(backend.installed_rules()) == summary(nic.rules())
+    assert backend.plan([(nic.endpoint, r) for r in (moved, deny, allow, dataclasses.replace(
+        _goto(2, 2 << 20), prio=2), other)], managed(nic)).repairs == 0

@@ -12,6 +12,16 @@ counter. Applying is split in two halves so the agent can order them around
 the OVS update (make-before-break): stale rules leave the NIC before OVS
 changes (:meth:`TcBackend.remove`), new rules arrive after OVS has the flows
 that back them (:meth:`TcBackend.install`).
+
+Drop rules are ordered so that no state of a change drops what either
+datapath passes (:meth:`TcDiff.break_drops`): a drop that is to go, or to
+do something else, leaves in the first half (a replace becomes a delete
+then, and the new rule an add in the second half); so does a drop that
+stays but whose packets a change in front of it may send elsewhere (a rule
+added or deleted at a lower priority of its chain, or on the way to it):
+it is added again in the second half, after the rules in front. Until it
+is back its packets go to software, which decides them as it decides
+everything.
 """
 
 from __future__ import annotations
@@ -162,7 +172,10 @@ def _tunnel(rule: HwRule, port: int, tunnels: Mapping[int, TunnelEndpoint] | Non
 
 def _actions(rule: HwRule, reps: Mapping[int, Representor],
              tunnels: Mapping[int, TunnelEndpoint] | None) -> tuple[flower.FlowerAction, ...]:
-    """The rule's header actions in order (rewrites merged into one pedit + csum), then its verdict."""
+    """The rule's header actions in order (rewrites merged into one pedit + csum), then its verdict (a drop rule
+    is ``gact drop`` alone)."""
+    if rule.drop:
+        return (flower.Gact("drop"),)
     out: list[flower.FlowerAction] = []
     pedit: list[flower.PeditKey] = []
     csum = 0
@@ -243,11 +256,51 @@ class TcDiff:
         self.delete_after += other.delete_after
         self.repairs += other.repairs
 
+    def break_drops(self, held: Callable[[str, int], _DeviceState | None]) -> TcDiff:
+        """Take drop rules off in the first half where keeping them through the OVS change could drop what
+        OVS then passes (before :meth:`defer_unreachable`, which defers no drop). ``held``: a device's state
+        in memory, as installed before this change.
+
+        - A drop replaced by a rule that does not drop: a delete (first half) and an add of the new rule
+          (second half, same handle).
+        - A drop that stays as it is but that a change in front of it may hand packets it did not take, or
+          whose packets the new rules in front send elsewhere: a rule added or deleted in its chain at a lower
+          priority, or a goto leading into its chain that is deleted, replaced or itself so exposed (gotos
+          lead to higher chains only). It is deleted in the first half and added again last in the second,
+          after the rules in front of it.
+
+        Additions are ordered drops last: a new drop never sits on the NIC before the rules in front of it.
+        """
+        by_dev: dict[Device, list[tuple[str, flower.FlowerRule]]] = {}
+        for kind, items in (("add", self.add), ("replace", self.replace), ("delete", self.delete)):
+            for endpoint, rule in items:
+                by_dev.setdefault((endpoint, rule.ifindex), []).append((kind, rule))
+        replace: list[tuple[str, flower.FlowerRule]] = []
+        for endpoint, new in self.replace:
+            state = held(endpoint, new.ifindex)
+            key = identity(new)
+            if state is not None and state.rules is not None and key in state.drops and not _drops(new):
+                self.delete.append((endpoint, state.rules[key]))
+                self.add.append((endpoint, new))
+            else:
+                replace.append((endpoint, new))
+        self.replace = replace
+        for (endpoint, ifindex), changes in by_dev.items():
+            state = held(endpoint, ifindex)
+            if state is not None and state.rules is not None and state.drops:
+                for rule in _exposed_drops(state, changes):
+                    self.delete.append((endpoint, rule))
+                    self.add.append((endpoint, rule))
+        # a drop arrives after the rules that go in front of it (a pass holding what software must see)
+        self.add = [item for item in self.add if not _drops(item[1])] + [item for item in self.add if _drops(item[1])]
+        return self
+
     def defer_unreachable(self, desired_targets: Callable[[str, int], set[int]],
                           installed: Callable[[str, int], Iterable[flower.FlowerRule]]) -> TcDiff:
         """Move to :attr:`delete_after` the deletions of rules in a chain that a rule staying on the NIC through
         the first half still leads to, while no desired rule does: that goto is replaced or deleted later, and
-        until then its chain must hold. Deleting everything of a device (nothing stays) defers nothing."""
+        until then its chain must hold. Deleting everything of a device (nothing stays) defers nothing. A drop
+        rule's deletion is never deferred: it would drop what OVS, changed, passes (:meth:`break_drops`)."""
         by_dev: dict[Device, list[flower.FlowerRule]] = {}
         for endpoint, rule in self.delete:
             by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
@@ -259,7 +312,8 @@ class TcDiff:
             late: set[tuple] = set()
             while True:  # a deferred rule stays too, and may lead on to another chain
                 held = {c for r in staying for c in _gotos(r)}
-                more = {identity(r) for r in rules if r.chain and r.chain in held and r.chain not in wanted} - late
+                more = {identity(r) for r in rules if r.chain and r.chain in held and r.chain not in wanted
+                        and not _drops(r)} - late
                 if not more:
                     break
                 late |= more
@@ -268,6 +322,40 @@ class TcDiff:
                 (self.delete_after if identity(rule) in late else early).append((endpoint, rule))
         self.delete = early
         return self
+
+
+def _exposed_drops(state: _DeviceState, changes: list[tuple[str, flower.FlowerRule]]) -> list[flower.FlowerRule]:
+    """The drop rules of a device, installed and not named by ``changes`` ((kind, rule) pairs), that a change in
+    front of them exposes (see :meth:`TcDiff.break_drops`)."""
+    rules = state.rules or {}
+    named = {identity(rule) for _, rule in changes}
+    lowest: dict[int, int] = {}  # chain -> the lowest prio added or deleted there
+    moved: set[tuple] = set()  # rules deleted or replaced (a goto among them no longer leads where it did)
+    for kind, rule in changes:
+        if kind != "replace":
+            lowest[rule.chain] = min(lowest.get(rule.chain, rule.prio), rule.prio)
+        if kind != "add":
+            moved.add(identity(rule))
+    into: dict[int, list[tuple[tuple, flower.FlowerRule]]] = {}  # chain -> the gotos leading there
+    for key, chains in state.gotos.items():
+        for chain in chains:
+            into.setdefault(chain, []).append((key, rules[key]))
+    memo: dict[int, bool] = {}
+
+    def exposed(chain: int, prio: int) -> bool:
+        if lowest.get(chain, prio) < prio:
+            return True
+        if chain not in memo:
+            memo[chain] = False  # a guard only: no goto leads back
+            memo[chain] = any(key in moved or exposed(g.chain, g.prio) for key, g in into.get(chain, ()))
+        return memo[chain]
+
+    return [rules[key] for key in sorted(state.drops - named, key=lambda k: (k[1], k[2], k[3]))
+            if exposed(rules[key].chain, rules[key].prio)]
+
+
+def _drops(rule: flower.FlowerRule) -> bool:
+    return any(isinstance(a, flower.Gact) and a.verdict == "drop" for a in rule.actions)
 
 
 def _gotos(rule: flower.FlowerRule) -> set[int]:
@@ -317,10 +405,38 @@ class _DeviceState:
     desired: dict[tuple, flower.FlowerRule]  # identity -> rule (handle 0): the last thing asked for
     rules: dict[tuple, flower.FlowerRule] | None = None  # identity -> installed rule; None: unknown, dump first
     handles: set[int] = dataclasses.field(default_factory=set)  # installed, and planned additions
+    # of the installed rules: those that drop, and those that go to a chain (with the chains): TcDiff.break_drops
+    drops: set[tuple] = dataclasses.field(default_factory=set)
+    gotos: dict[tuple, set[int]] = dataclasses.field(default_factory=dict)
 
     def load(self, dumped: Iterable[flower.FlowerRule]) -> None:
-        self.rules = {identity(r): r for r in dumped}
+        self.rules = {}
+        self.drops, self.gotos = set(), {}
+        for rule in dumped:
+            self.put(identity(rule), rule)
         self.handles = {r.handle for r in self.rules.values()}
+
+    def put(self, key: tuple, rule: flower.FlowerRule) -> None:
+        """Hold ``rule`` as installed (``rules`` must be known)."""
+        assert self.rules is not None
+        self.rules[key] = rule
+        self.drops.discard(key)
+        self.gotos.pop(key, None)
+        if _drops(rule):
+            self.drops.add(key)
+        if chains := _gotos(rule):
+            self.gotos[key] = chains
+
+    def take(self, key: tuple) -> None:
+        assert self.rules is not None
+        del self.rules[key]
+        self.drops.discard(key)
+        self.gotos.pop(key, None)
+
+    def forget(self) -> None:
+        """Unknown: dumped before it is planned again."""
+        self.rules = None
+        self.drops, self.gotos = set(), {}
 
 
 def open_client(endpoint: str) -> TcClient:
@@ -404,7 +520,7 @@ class TcBackend:
         """The NIC behind ``endpoint`` failed: its devices' state is unknown until dumped."""
         for (ep, _), state in self._devices.items():
             if ep == endpoint:
-                state.rules = None
+                state.forget()
 
     # --- planning ---------------------------------------------------------------------------------
 
@@ -435,7 +551,7 @@ class TcBackend:
                 total.repairs += self._disagreements(dev, old.rules, dumped)
             total.extend(self._full_diff(dev, self._devices[dev], rules, dumped))
         self.repairs += total.repairs
-        return total.defer_unreachable(self._targets, self._held)
+        return total.break_drops(self._device).defer_unreachable(self._targets, self._held)
 
     def plan_delta(self, added: Iterable[tuple[str, flower.FlowerRule]],
                    removed: Iterable[tuple[str, flower.FlowerRule]]) -> TcDiff:
@@ -485,7 +601,10 @@ class TcBackend:
                     total.add.append((endpoint, dataclasses.replace(want, handle=handle)))
                 elif have.actions != want.actions:
                     total.replace.append((endpoint, dataclasses.replace(want, handle=have.handle)))
-        return total.defer_unreachable(self._targets, self._held)
+        return total.break_drops(self._device).defer_unreachable(self._targets, self._held)
+
+    def _device(self, endpoint: str, ifindex: int) -> _DeviceState | None:
+        return self._devices.get((endpoint, ifindex))
 
     def _targets(self, endpoint: str, ifindex: int) -> set[int]:
         """The chains the desired rules of a device go to."""
@@ -587,18 +706,18 @@ class TcBackend:
             if op == "delete":
                 if err is None or err.errno in (errno.ENOENT, errno.ENODEV):  # gone either way (or its device)
                     if (held := state.rules.get(key)) is not None and held.handle == rule.handle:
-                        del state.rules[key]
+                        state.take(key)
                     state.handles.discard(rule.handle)
                 else:
-                    state.rules = None
+                    state.forget()
             elif err is None:
-                state.rules[key] = rule
+                state.put(key, rule)
                 state.handles.add(rule.handle)
             else:
                 if op == "add":
                     state.handles.discard(rule.handle)
                 if err.errno not in CLEAN_REFUSALS:
-                    state.rules = None
+                    state.forget()
 
     def _lost(self, endpoint: str, text: str) -> None:
         """The NIC's control channel failed: drop the client (the next use reconnects), mark its devices
