@@ -7,19 +7,23 @@ went: a NIC's rule counters (what it encapsulated, decapsulated, redirected) and
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_dhcp import udhcpc
 from test_e2e import HWFLOW, nic_rules, wait_for
+from test_security_groups_ovs import CONNECT, REPLY, SERVE
 
 from hwflow.backends.tc import flower as fl
-from hwflow.model.objects import Chassis, Network, Port
-from hwflow.sim.host import BRIDGE, SimHost, in_ns, run
+from hwflow.model.objects import Chassis, Network, Port, SecurityGroup, SecurityGroupRule, Subnet
+from hwflow.sim.host import BRIDGE, SimHost, in_ns, run, stop_process
 from hwflow.sim.lab import LabHost, SimLab, host_report
 
 pytestmark = pytest.mark.functional
@@ -162,6 +166,70 @@ def test_a_vm_moved_to_another_host_is_reached_there(lab: SimLab) -> None:
 def test_the_lab_database_is_etcd_in_the_lab_namespace(lab: SimLab) -> None:
     assert lab.url.startswith("etcd://10.254.0.")
     assert lab.nb(lambda nb: {c.id for c in nb.list(Chassis)}) == {h.name for h in lab.hosts}
+
+
+def test_dhcp_answers_on_every_host_and_the_vms_then_reach_each_other(lab: SimLab, tmp_path: Path) -> None:
+    """A VM on each host boots with no address: each host's agent answers its own VM's DHCP with the port's
+    address, and the VMs then ping each other across hosts."""
+    net = lab.nb(lambda nb: nb.create(Network(name="t-dhcp", vni=3300)))
+    lab.nb(lambda nb: nb.create(Subnet(name="t-dhcp", network_id=net.id, cidr="10.54.0.0/24",
+                                       gateway_ip="10.54.0.254")))
+    for i, host in enumerate(lab.hosts, 1):
+        port = lab.nb(lambda nb, i=i, host=host: nb.create(Port(
+            name=f"d{i}", network_id=net.id, mac=f"fa:16:3e:54:00:0{i}", ips=[f"10.54.0.{i}"], chassis=host.name)))
+        host.plug(dataclasses.replace(port, ips=[]), vm_ns(host, f"d{i}"))  # the VM boots with no address
+        (tmp_path / f"d{i}").mkdir()
+        lease = udhcpc(vm_ns(host, f"d{i}"), tmp_path / f"d{i}")
+        assert lease["ip"] == f"10.54.0.{i}", lease
+        assert f"DHCP REQUEST from port {port.id}: ACK 10.54.0.{i}" in host.agent_log.read_text()
+        in_ns(vm_ns(host, f"d{i}"), "ip", "addr", "add", f"{lease['ip']}/{lease['mask']}", "dev", "eth0")
+    h1 = lab.hosts[0]
+    for i in (2, 3):
+        wait_for(f"d1 to reach d{i}", lambda i=i: reaches(h1, "d1", f"10.54.0.{i}"), timeout=40, host=h1)
+
+
+def test_security_groups_hold_across_hosts_and_replies_come_back(lab: SimLab) -> None:
+    """A server on host 2 lets TCP 22 in from the clients' group only: the client on host 1 gets its answer
+    (and the reply comes back although the clients' group lets nothing in: the connection is tracked), the
+    outsider on host 3 gets nothing, and the server cannot open a connection to the client."""
+    h1, h2, h3 = lab.hosts
+
+    def create(nb):
+        net = nb.create(Network(name="t-sg", vni=3400))
+        ssh, clients, outsiders = (nb.create(SecurityGroup(name=f"t-{n}")) for n in ("ssh", "clients", "out"))
+        nb.create(SecurityGroupRule(security_group_id=ssh.id, direction="ingress", protocol="tcp", port_min=22,
+                                    port_max=22, remote_group_id=clients.id))
+        for group in (ssh, clients, outsiders):
+            nb.create(SecurityGroupRule(security_group_id=group.id, direction="egress"))
+        return {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name,
+                                   security_groups=[group.id]))
+                for vm, mac, ip, host, group in (("srv", "fa:16:3e:55:00:01", "10.55.0.1", h2, ssh),
+                                                 ("cli", "fa:16:3e:55:00:02", "10.55.0.2", h1, clients),
+                                                 ("out", "fa:16:3e:55:00:03", "10.55.0.3", h3, outsiders))}
+
+    ports = lab.nb(create)
+    hosts = {"srv": h2, "cli": h1, "out": h3}
+    for vm, port in ports.items():
+        hosts[vm].plug(port, vm_ns(hosts[vm], vm))
+    servers = [subprocess.Popen(["ip", "netns", "exec", vm_ns(hosts[vm], vm), sys.executable, "-c", SERVE, REPLY,
+                                 "22"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for vm in ("srv", "cli")]
+    try:
+        for proc in servers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+        def connect(vm: str, address: str) -> str:
+            out = in_ns(vm_ns(hosts[vm], vm), sys.executable, "-c", CONNECT, address, "22", check=False).stdout
+            return "" if out.strip().startswith("failed") else out.strip()
+
+        wait_for("the client's connection to the server", lambda: connect("cli", "10.55.0.1") == f"{REPLY}22",
+                 timeout=40, host=h1)
+        assert connect("out", "10.55.0.1") == "", "the outsider got in"
+        assert connect("srv", "10.55.0.2") == "", "the server opened a connection to the client"
+        assert connect("cli", "10.55.0.1") == f"{REPLY}22"
+    finally:
+        for proc in servers:
+            stop_process(proc)
 
 
 def tunnels_to(host: SimHost, address: str) -> tuple[int, int]:
