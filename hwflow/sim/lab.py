@@ -4,11 +4,14 @@ Each host is a :class:`SimHost` (its own namespace, ovs-vswitchd, simulated
 NIC and agent). Their NICs' physical ports are wired to one underlay (a
 bridge in the lab's namespace), over which they tunnel to each other; a
 second bridge there is the management network the agents reach the database
-by. The database is an embedded SQLite file every host opens, or etcd (one
+by; a third (``OUTSIDE_BRIDGE``) is the physical network ``physnet`` every
+host's provider uplink is on (VLAN and flat networks, external networks for
+floating IPs and SNAT: the lab's namespace can stand for the router beyond).
+The database is an embedded SQLite file every host opens, or etcd (one
 member or a cluster of three) running in the lab's namespace on the
 management network, as a deployment that outgrew one machine has it.
 
-Nothing touches the machine's own network: the lab's namespace holds both
+Nothing touches the machine's own network: the lab's namespace holds the
 bridges and etcd. Code in the root namespace reaches etcd through
 :func:`hwflow.util.netns.call_in` (or ``ip netns exec``); :meth:`SimLab.nb`
 does that for it.
@@ -47,6 +50,9 @@ from hwflow.util.netns import call_in
 
 STATE_FILE = "lab.json"
 UNDERLAY_NET = "172.31.0"  # host i's tunnel address: .i
+PHYSNET = "physnet1"  # the physical network every host's provider uplink is on
+OUTSIDE_BRIDGE = "ex"  # that network, in the lab's namespace
+EXTERNAL_NET = "198.51.100"  # host i's external_ip (its SNAT address, on a flat external network of PHYSNET): .100+i
 MGMT_NET = "10.254.0"  # host i's management address: .i; etcd members: .251, .252, .253
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -71,7 +77,8 @@ class SimLab:
     """``hosts`` simulated hosts; ``profiles`` are given to them in turn; ``database`` is "sqlite" or "etcd"."""
 
     def __init__(self, name: str, workdir: Path, hosts: int = 3, profiles: Sequence[str] = ("mlx5-connectx6dx",),
-                 database: str = "etcd", etcd_members: int = 1, num_vfs: int = 4, agent_debug: bool = False) -> None:
+                 database: str = "etcd", etcd_members: int = 1, num_vfs: int = 4, agent_debug: bool = False,
+                 physnet: str = PHYSNET) -> None:
         if not 1 <= len(name) <= 5 or not name.isalnum():
             raise HostError(f"lab name {name!r}: 1 to 5 letters or digits (host names are NAME<n>, at most 8)")
         if not 1 <= hosts <= MAX_HOSTS:
@@ -90,9 +97,11 @@ class SimLab:
         self.members = [f"{MGMT_NET}.{251 + i}" for i in range(etcd_members)] if database == "etcd" else []
         self.url = ("etcd://" + ",".join(f"{ip}:{ETCD_CLIENT_PORT}" for ip in self.members) if self.members
                     else f"sqlite:///{self.workdir}/nb.sqlite")
+        self.physnet = physnet
         self.hosts = [SimHost(f"{name}{i}", self.workdir / f"{name}{i}", self.url, num_vfs=num_vfs,
                               profile=profiles[(i - 1) % len(profiles)], agent_debug=agent_debug,
-                              tunnel_ip=f"{UNDERLAY_NET}.{i}", underlay=self.underlay)
+                              tunnel_ip=f"{UNDERLAY_NET}.{i}", underlay=self.underlay,
+                              uplinks={physnet: self.underlay.ns}, external_ip=f"{EXTERNAL_NET}.{100 + i}")
                       for i in range(1, hosts + 1)]
         self._etcd: list[subprocess.Popen] = []
 
@@ -107,8 +116,11 @@ class SimLab:
             progress(f"underlay and management network (namespace {self.underlay.ns})")
             self.underlay.start()
             self._save()
-            in_ns(self.underlay.ns, "ip", "link", "add", "mg", "type", "bridge")
-            in_ns(self.underlay.ns, "ip", "link", "set", "mg", "up")
+            for bridge in ("mg", OUTSIDE_BRIDGE):
+                in_ns(self.underlay.ns, "ip", "link", "add", bridge, "type", "bridge")
+                in_ns(self.underlay.ns, "ip", "link", "set", bridge, "up")
+            # frames the lab's namespace sends (as the upstream router) carry whole checksums, as a router's do
+            in_ns(self.underlay.ns, "ethtool", "-K", OUTSIDE_BRIDGE, "tx", "off", check=False)
             if self.members:
                 progress(f"etcd ({len(self.members)} member{'s' if len(self.members) > 1 else ''}) at {self.url}")
                 self._start_etcd()
@@ -120,6 +132,9 @@ class SimLab:
                 host.start(agent=False)
                 self._save()
                 self._wire_mgmt(host, i)
+                peer = host.uplink_peer(self.physnet)
+                in_ns(self.underlay.ns, "ip", "link", "set", peer, "master", OUTSIDE_BRIDGE)
+                in_ns(self.underlay.ns, "ethtool", "-K", peer, "tx", "off", check=False)
                 host.start_agent()
                 self._save()
             progress("waiting for every agent to register its chassis")

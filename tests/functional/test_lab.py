@@ -19,12 +19,23 @@ from pathlib import Path
 import pytest
 from test_dhcp import udhcpc
 from test_e2e import HWFLOW, nic_rules, wait_for
+from test_floating_ip import ask, ping
 from test_security_groups_ovs import CONNECT, REPLY, SERVE
 
 from hwflow.backends.tc import flower as fl
-from hwflow.model.objects import Chassis, Network, Port, SecurityGroup, SecurityGroupRule, Subnet
+from hwflow.model.objects import (
+    Chassis,
+    FloatingIP,
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
 from hwflow.sim.host import BRIDGE, SimHost, in_ns, run, stop_process
-from hwflow.sim.lab import LabHost, SimLab, host_report
+from hwflow.sim.lab import OUTSIDE_BRIDGE, LabHost, SimLab, host_report
 
 pytestmark = pytest.mark.functional
 
@@ -230,6 +241,61 @@ def test_security_groups_hold_across_hosts_and_replies_come_back(lab: SimLab) ->
     finally:
         for proc in servers:
             stop_process(proc)
+
+
+def test_a_provider_vlan_network_spans_hosts(lab: SimLab) -> None:
+    """VMs on VLAN 100 of the lab's physical network, on hosts 1 and 2, reach each other through the uplinks:
+    tagged frames on the wire between them, not a tunnel."""
+    h1, h2, _ = lab.hosts
+    net = lab.nb(lambda nb: nb.create(Network(name="t-vlan", network_type="vlan", physical_network=lab.physnet,
+                                              vlan_id=100)))
+    plug(lab, h1, net, "v1", "fa:16:3e:56:00:01", "10.56.0.1")
+    plug(lab, h2, net, "v2", "fa:16:3e:56:00:02", "10.56.0.2")
+    before = report(h1)["nic_encapsulated_packets"]
+    wait_for("v1 to reach v2 over VLAN 100", lambda: reaches(h1, "v1", "10.56.0.2"), timeout=40, host=h1)
+    assert h1.ping(vm_ns(h1, "v1"), "10.56.0.2", count=PINGS, interval=0.05) == 0.0
+    assert report(h1)["nic_encapsulated_packets"] == before  # no tunnel on the way
+
+
+def test_a_floating_ip_is_reached_from_outside_and_a_vm_without_one_goes_out_as_its_host(lab: SimLab) -> None:
+    """The lab's namespace is the upstream router of a flat external network. f1 (host 2) holds a floating IP:
+    the outside reaches it there and it goes out as it; s1 (host 3, no floating IP) goes out as host 3's
+    external_ip (per-chassis SNAT), and the replies find both."""
+    _, h2, h3 = lab.hosts
+    outside = lab.underlay.ns
+    upstream_mac, gateway, remote, fip_address = "fa:16:3e:57:ee:01", "198.51.100.1", "203.0.113.9", "198.51.100.50"
+
+    def create(nb):
+        ext = nb.create(Network(name="t-ext", network_type="flat", physical_network=lab.physnet, external=True))
+        nb.create(Subnet(name="t-ext", network_id=ext.id, cidr="198.51.100.0/24", gateway_ip=gateway,
+                         enable_dhcp=False))
+        inside = nb.create(Network(name="t-inside", vni=3500))
+        sub = nb.create(Subnet(name="t-inside", network_id=inside.id, cidr="10.57.0.0/24", gateway_ip="10.57.0.1"))
+        router = nb.create(Router(name="t-r", gateway_network_id=ext.id, gateway_ip="198.51.100.2"))
+        nb.create(RouterPort(name="t-r-inside", router_id=router.id, network_id=inside.id, subnet_id=sub.id,
+                             mac="fa:16:3e:57:00:01", ip="10.57.0.1"))
+        nb.create(Port(name="t-upstream", network_id=ext.id, mac=upstream_mac, ips=[gateway], chassis="",
+                       port_security=False))
+        ports = {vm: nb.create(Port(name=vm, network_id=inside.id, mac=mac, ips=[ip], chassis=host.name))
+                 for vm, mac, ip, host in (("f1", "fa:16:3e:57:00:05", "10.57.0.5", h2),
+                                           ("s1", "fa:16:3e:57:00:06", "10.57.0.6", h3))}
+        nb.create(FloatingIP(name="t-fip", floating_network_id=ext.id, floating_ip_address=fip_address,
+                             port_id=ports["f1"].id))
+        return ports
+
+    ports = lab.nb(create)
+    for argv in (("ip", "link", "set", OUTSIDE_BRIDGE, "address", upstream_mac),
+                 ("ip", "addr", "add", f"{gateway}/24", "dev", OUTSIDE_BRIDGE),
+                 ("ip", "addr", "add", f"{remote}/32", "dev", "lo")):
+        in_ns(outside, *argv)
+    h2.plug(ports["f1"], vm_ns(h2, "f1"), gateway="10.57.0.1")
+    h3.plug(ports["s1"], vm_ns(h3, "s1"), gateway="10.57.0.1")
+    wait_for("f1 to reach the outside", lambda: reaches(h2, "f1", remote), timeout=40, host=h2)
+    assert ask(vm_ns(h2, "f1"), outside, remote, bind=remote) == [fip_address, remote]
+    assert " 0% packet loss" in ping(outside, fip_address)
+    assert ask(outside, vm_ns(h2, "f1"), fip_address, bind="0.0.0.0") == [gateway, fip_address]
+    wait_for("s1 to reach the outside", lambda: reaches(h3, "s1", remote), timeout=40, host=h3)
+    assert ask(vm_ns(h3, "s1"), outside, remote, bind=remote) == [h3.external_ip, remote]
 
 
 def tunnels_to(host: SimHost, address: str) -> tuple[int, int]:
