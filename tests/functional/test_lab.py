@@ -112,7 +112,7 @@ def test_lab_command_starts_reports_and_stops_a_lab(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimLab]:
-    lab = SimLab(f"s{secrets.token_hex(2)}", tmp_path_factory.mktemp("lab"), hosts=3, database="etcd")
+    lab = SimLab(f"s{secrets.token_hex(2)}", tmp_path_factory.mktemp("lab"), hosts=3, database="etcd", num_vfs=12)
     try:
         lab.start()
         yield lab
