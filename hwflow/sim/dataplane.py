@@ -1,4 +1,4 @@
-"""The simulated NIC's data plane: TAP pairs (representor, VF), an optional physical port, the eswitch between.
+"""The simulated NIC's data plane: TAP pairs (representor, VF), up to two physical ports, the eswitch between.
 
 Each VF is a TAP device the harness moves into a VM's namespace (its file
 descriptor keeps working after the move); its representor is a TAP device
@@ -6,22 +6,29 @@ that stays in the host namespace for Open vSwitch. Frames from a VF go
 through the eswitch rules; a miss goes up the representor, as on a
 switchdev NIC. Frames sent out of a representor go to its VF.
 
-With a physical port (``--wire``) the sim is a whole mlx5-style switchdev
-NIC, so that tunnels can be offloaded and the agent's code for them tested:
-the wire is an AF_PACKET socket on an existing netdev; the uplink
-representor (a TAP, ``{name}p``) is the host's way onto it (what the host
-writes goes out unchanged; what no rule takes comes up it unchanged); the
-tunnel devices ``{name}vx``/``{name}gn`` carry no traffic but are ports of
-the eswitch, as flow-based ``vxlan_sys_4789``/``genev_sys_6081`` are: decap
-rules sit on their ingress, encap rules redirect to them. Encapsulation
-needs the remote VTEP's MAC, learnt from ARP on the wire; until it is known
-the frame goes to software and the sim asks (mlx5 holds such rules until the
-neighbour is valid). A tunnel packet from the wire (UDP to 4789 / 6081) is
-classified on its tunnel device with its outer headers as enc_* keys, any
-other frame on the uplink representor. One function, :meth:`DataPlane.execute`,
+With physical ports (``--wire``, once or twice, as a single- or dual-port
+ConnectX) the sim is a whole mlx5-style switchdev NIC, so that tunnels and
+provider networks can be offloaded and the agent's code for them tested.
+Port i's wire is an AF_PACKET socket on an existing netdev; its uplink
+representor (a TAP, ``{name}p`` for port 0, ``{name}p1`` for port 1) is the
+host's way onto it: what the host writes goes out that wire unchanged, what
+no rule takes comes up it unchanged, a redirect (egress) to it goes out the
+wire, an ingress redirect up the TAP. Frames from port i's wire are
+classified on port i's uplink representor.
+
+Port 0 carries the tunnel underlay: the tunnel devices ``{name}vx``/``{name}gn``
+are its. They carry no traffic but are ports of the eswitch, as flow-based
+``vxlan_sys_4789``/``genev_sys_6081`` are: decap rules sit on their ingress,
+encap rules redirect to them, and encapsulated frames go out port 0's wire.
+Encapsulation needs the remote VTEP's MAC, learnt from ARP on port 0's wire
+(the underlay's neighbour table); until it is known the frame goes to
+software and the sim asks (mlx5 holds such rules until the neighbour is
+valid). A tunnel packet from port 0's wire (UDP to 4789 / 6081) is
+classified on its tunnel device with its outer headers as enc_* keys; on
+port 1 it is an ordinary frame. One function, :meth:`DataPlane.execute`,
 carries out a rule's actions whatever the source; software is the source's
-representor (for the wire: the uplink's, which gets a tunnel packet whole,
-as OVS decapsulates it there).
+representor (for a wire: its uplink's, which gets a tunnel packet whole, as
+OVS decapsulates it there).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from hwflow.backends.tc import flower as fl
 from hwflow.sim import tunnel
@@ -60,6 +67,7 @@ PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 WIRE_MTU = 9000  # the harness makes the wire veth with it; a 1500-byte frame plus 50 bytes of VXLAN must fit
 IFNAMSIZ = 16
+MAX_WIRES = 2  # a dual-port ConnectX
 MAX_FRAME = 65535
 
 
@@ -146,7 +154,8 @@ class TunnelDevice:
 
 @dataclasses.dataclass
 class Uplink:
-    """The physical port: its wire (a packet socket; any datagram socket in tests), representor and tunnel devices."""
+    """Physical port ``port``: its wire (a packet socket; any datagram socket in tests), uplink representor and,
+    on the port carrying the underlay, the tunnel devices."""
 
     representor: str
     representor_ifindex: int
@@ -155,9 +164,10 @@ class Uplink:
     wire_sock: socket.socket
     mac: bytes
     tunnels: list[TunnelDevice]
+    port: int = 0
 
     def status(self) -> dict[str, object]:
-        return {"representor": self.representor, "representor_ifindex": self.representor_ifindex,
+        return {"port": self.port, "representor": self.representor, "representor_ifindex": self.representor_ifindex,
                 "wire": self.wire, "mac": self.mac.hex(":")}
 
     @property
@@ -169,14 +179,24 @@ TUNNEL_SUFFIXES = {tunnel.VXLAN: "vx", tunnel.GENEVE: "gn"}
 UPLINK_SUFFIX = "p"
 
 
-def uplink_names(name: str) -> list[str]:
-    """The devices ``--wire`` adds: the uplink representor and the tunnel devices."""
-    return [f"{name}{UPLINK_SUFFIX}", *(f"{name}{s}" for s in TUNNEL_SUFFIXES.values())]
+def uplink_representor(name: str, port: int = 0) -> str:
+    """Port 0's uplink representor is ``{name}p``, port i's ``{name}p{i}``."""
+    return f"{name}{UPLINK_SUFFIX}{port or ''}"
 
 
-def uplink_mac(name: str) -> bytes:
-    """A locally administered unicast MAC, stable across restarts (a NIC's port keeps its address)."""
-    digest = bytearray(hashlib.sha256(f"hwflow-simnic-uplink:{name}".encode()).digest()[:6])
+def uplink_names(name: str, ports: int = 1) -> list[str]:
+    """The devices ``ports`` ``--wire``s add: each port's uplink representor, port 0's tunnel devices."""
+    return [*(uplink_representor(name, i) for i in range(ports)), *(f"{name}{s}" for s in TUNNEL_SUFFIXES.values())]
+
+
+def uplink_mac(name: str, port: int = 0) -> bytes:
+    """A locally administered unicast MAC, stable across restarts (a NIC's port keeps its address), one per port.
+
+    Port 0's is derived from the name alone, as before there was a port 1; port i's also from i (a netdev name
+    cannot hold the ``:`` that separates them, so no other NIC's port 0 gets it).
+    """
+    seed = f"hwflow-simnic-uplink:{name}" + (f":{port}" if port else "")
+    digest = bytearray(hashlib.sha256(seed.encode()).digest()[:6])
     digest[0] = digest[0] & 0xFC | 0x02
     return bytes(digest)
 
@@ -202,24 +222,25 @@ def open_wire(device: str) -> socket.socket:
     return sock
 
 
-def create_uplink(name: str, wire: str) -> Uplink:
-    """The wire's socket, the uplink representor and the tunnel devices (all TAPs at MTU 9000, up)."""
+def create_uplink(name: str, wire: str, port: int = 0) -> Uplink:
+    """Port ``port``: the wire's socket, the uplink representor and, on port 0, the tunnel devices (TAPs at MTU
+    9000, up)."""
     wire_sock = open_wire(wire)
     fds: list[int] = []
     try:
-        rep = f"{name}{UPLINK_SUFFIX}"
+        rep = uplink_representor(name, port)
         fds.append(open_tap(rep))
-        mac = uplink_mac(name)
+        mac = uplink_mac(name, port)
         set_mac(rep, mac)
         tunnels = []
-        for kind, suffix in TUNNEL_SUFFIXES.items():
+        for kind, suffix in (TUNNEL_SUFFIXES.items() if port == 0 else ()):
             netdev = f"{name}{suffix}"
             fds.append(open_tap(netdev))
             tunnels.append(TunnelDevice(kind, netdev, socket.if_nametoindex(netdev), fds[-1], tunnel.DST_PORTS[kind]))
         for netdev in (rep, *(t.netdev for t in tunnels)):
             set_mtu(netdev, WIRE_MTU)
             set_up(netdev)
-        return Uplink(rep, socket.if_nametoindex(rep), fds[0], wire, wire_sock, mac, tunnels)
+        return Uplink(rep, socket.if_nametoindex(rep), fds[0], wire, wire_sock, mac, tunnels, port)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -235,6 +256,11 @@ def close_uplink(uplink: Uplink | None) -> None:
         uplink.wire_sock.close()
 
 
+def close_uplinks(uplinks: Sequence[Uplink]) -> None:
+    for uplink in uplinks:
+        close_uplink(uplink)
+
+
 @dataclasses.dataclass
 class Counters:
     hw_forwarded: int = 0
@@ -246,9 +272,9 @@ class Counters:
     encapsulated: int = 0
     decapsulated: int = 0  # tunnel packets a rule took (their inner frame went on in hardware)
     encap_neigh_miss: int = 0  # frames an encap rule sent to software: the remote VTEP's MAC was not known yet
-    from_wire: int = 0
+    from_wire: int = 0  # the counters of the wires are of all ports together
     to_wire: int = 0
-    to_uplink: int = 0  # frames from the wire that went up the uplink representor (software)
+    to_uplink: int = 0  # frames from a wire that went up its uplink representor (software)
     arp_requests: int = 0
 
 
@@ -267,18 +293,23 @@ class _Source:
 
 
 class DataPlane:
-    def __init__(self, eswitch: Eswitch, ports: list[Port], uplink: Uplink | None = None,
+    """The VFs' ports and the physical ports (``uplinks``, port 0 first) around ``eswitch``."""
+
+    def __init__(self, eswitch: Eswitch, ports: list[Port], uplinks: Sequence[Uplink] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.eswitch = eswitch
         self.ports = ports
-        self.uplink = uplink
+        self.uplinks = list(uplinks)
         self.counters = Counters()
-        self.neighbours = tunnel.Neighbours()
+        self.neighbours = tunnel.Neighbours()  # the underlay's: learnt on the wire of the port with the tunnels
         self._clock = clock
         self._vf_by_rep_ifindex = {p.representor_ifindex: p for p in ports}
-        self._tunnels = {t.ifindex: t for t in uplink.tunnels} if uplink else {}
-        self._tunnel_ports = {t.dst_port: t.kind for t in uplink.tunnels} if uplink else {}
-        self._tunnel_by_port = {t.dst_port: t for t in uplink.tunnels} if uplink else {}
+        self._uplink_by_rep_ifindex = {u.representor_ifindex: u for u in self.uplinks}
+        self._underlay = next((u for u in self.uplinks if u.tunnels), None)
+        tunnels = self._underlay.tunnels if self._underlay else []
+        self._tunnels = {t.ifindex: t for t in tunnels}
+        self._tunnel_ports = {t.dst_port: t.kind for t in tunnels}
+        self._tunnel_by_port = {t.dst_port: t for t in tunnels}
 
     # --- sources -----------------------------------------------------------------
 
@@ -296,33 +327,35 @@ class DataPlane:
             self._write(port.vf_fd, frame)
             self.counters.to_vf += 1
 
-    def from_wire(self) -> None:
-        """A frame from the physical port: a tunnel packet for a tunnel device's rules, anything else the uplink's."""
-        assert self.uplink is not None
-        frame = self._read_wire()
+    def from_wire(self, uplink: Uplink) -> None:
+        """A frame from ``uplink``'s wire: on the underlay's, a tunnel packet for a tunnel device's rules; anything
+        else for the rules of ``uplink``'s representor."""
+        frame = self._read_wire(uplink)
         if frame is None:
             return
         self.counters.from_wire += 1
-        self.neighbours.learn(frame)
-        decap = tunnel.parse(frame, self._tunnel_ports)
-        if decap is not None:
-            device = self._tunnel_by_port[decap.dst_port]
-            actions = self.eswitch.classify(device.ifindex, decap.inner, decap.meta())
-            source = _Source(self.uplink.rep_fd, frame, "to_uplink",
-                             lambda inner: frame if inner == decap.inner else tunnel.rewrap(frame, decap, inner))
-            if self.execute(actions, decap.inner, source):
-                self.counters.decapsulated += 1
-            return
-        actions = self.eswitch.classify(self.uplink.representor_ifindex, frame)
-        self.execute(actions, frame, _Source(self.uplink.rep_fd, frame, "to_uplink"))
-
-    def from_uplink_representor(self) -> None:
-        """What the host sends out of the physical port goes on the wire unchanged (its ARP teaches neighbours)."""
-        assert self.uplink is not None
-        frame = _read(self.uplink.rep_fd)
-        if frame is not None:
+        if uplink is self._underlay:
             self.neighbours.learn(frame)
-            self._to_wire(frame)
+            decap = tunnel.parse(frame, self._tunnel_ports)
+            if decap is not None:
+                device = self._tunnel_by_port[decap.dst_port]
+                actions = self.eswitch.classify(device.ifindex, decap.inner, decap.meta())
+                source = _Source(uplink.rep_fd, frame, "to_uplink",
+                                 lambda inner: frame if inner == decap.inner else tunnel.rewrap(frame, decap, inner))
+                if self.execute(actions, decap.inner, source):
+                    self.counters.decapsulated += 1
+                return
+        actions = self.eswitch.classify(uplink.representor_ifindex, frame)
+        self.execute(actions, frame, _Source(uplink.rep_fd, frame, "to_uplink"))
+
+    def from_uplink_representor(self, uplink: Uplink) -> None:
+        """What the host sends out of a physical port goes on its wire unchanged (on the underlay's, its ARP
+        teaches neighbours)."""
+        frame = _read(uplink.rep_fd)
+        if frame is not None:
+            if uplink is self._underlay:
+                self.neighbours.learn(frame)
+            self._to_wire(uplink, frame)
 
     def from_tunnel_device(self, device: TunnelDevice) -> None:
         """Tunnel devices carry no traffic: what the host sends into one is dropped (drained so it cannot pile up)."""
@@ -382,10 +415,10 @@ class DataPlane:
             self._write(target.vf_fd if action.egress else target.rep_fd, frame)
             self.counters.hw_forwarded += 1
             return
-        uplink = self.uplink
-        if uplink is not None and action.ifindex == uplink.representor_ifindex:
+        uplink = self._uplink_by_rep_ifindex.get(action.ifindex)
+        if uplink is not None:  # egress out of an uplink representor is out of its wire; ingress reaches the host
             if action.egress:
-                self._to_wire(frame)
+                self._to_wire(uplink, frame)
             else:
                 self._write(uplink.rep_fd, frame)
             self.counters.hw_forwarded += 1
@@ -395,12 +428,13 @@ class DataPlane:
             raise _Unsupported(f"mirred {'egress' if action.egress else 'ingress'} to ifindex {action.ifindex}")
         if encap is None:
             raise _Unsupported(f"redirect to tunnel device {device.netdev} without a tunnel_key set")
-        self._to_wire(self._encapsulate(device, encap, frame))
+        assert self._underlay is not None
+        self._to_wire(self._underlay, self._encapsulate(device, encap, frame))
         self.counters.encapsulated += 1
         self.counters.hw_forwarded += 1
 
     def _encapsulate(self, device: TunnelDevice, key: fl.TunnelKey, inner: bytes) -> bytes:
-        assert self.uplink is not None and key.ipv4_src is not None and key.ipv4_dst is not None
+        assert self._underlay is not None and key.ipv4_src is not None and key.ipv4_dst is not None
         eth_dst = self.neighbours.lookup(key.ipv4_dst)
         if eth_dst is None:
             raise _NeighMiss(key)
@@ -409,16 +443,16 @@ class DataPlane:
         options = tunnel.geneve_options(tuple((o.opt_class, o.opt_type, o.data) for o in key.geneve_opts))
         return tunnel.encapsulate(
             inner, kind=device.kind, vni=key.key_id or 0, ipv4_src=key.ipv4_src, ipv4_dst=key.ipv4_dst,
-            eth_src=self.neighbours.lookup(key.ipv4_src) or self.uplink.mac, eth_dst=eth_dst,
+            eth_src=self.neighbours.lookup(key.ipv4_src) or self._underlay.mac, eth_dst=eth_dst,
             dst_port=key.dst_port or device.dst_port, tos=key.tos or 0,
             ttl=tunnel.DEFAULT_TTL if key.ttl is None else key.ttl, csum=key.csum, options=options)
 
     def _ask(self, key: fl.TunnelKey) -> None:
-        """One ARP request for the remote VTEP, from the local VTEP's address, at most once a second."""
-        assert self.uplink is not None and key.ipv4_src is not None and key.ipv4_dst is not None
+        """One ARP request on the underlay for the remote VTEP, from the local VTEP's address, at most once a second."""
+        assert self._underlay is not None and key.ipv4_src is not None and key.ipv4_dst is not None
         if self.neighbours.should_ask(key.ipv4_dst, self._clock()):
-            src_mac = self.neighbours.lookup(key.ipv4_src) or self.uplink.mac
-            self._to_wire(tunnel.arp_request(src_mac, key.ipv4_src, key.ipv4_dst))
+            src_mac = self.neighbours.lookup(key.ipv4_src) or self._underlay.mac
+            self._to_wire(self._underlay, tunnel.arp_request(src_mac, key.ipv4_src, key.ipv4_dst))
             self.counters.arp_requests += 1
 
     # --- I/O ---------------------------------------------------------------------
@@ -427,26 +461,24 @@ class DataPlane:
         self._write(source.software_fd, frame)
         setattr(self.counters, source.counter, getattr(self.counters, source.counter) + 1)
 
-    def _to_wire(self, frame: bytes) -> None:
-        assert self.uplink is not None
+    def _to_wire(self, uplink: Uplink, frame: bytes) -> None:
         try:
-            self.uplink.wire_sock.send(frame)
+            uplink.wire_sock.send(frame)
         except OSError as exc:  # EMSGSIZE past the wire's MTU, ENOBUFS, the wire gone: lost, as on a wire
             self.counters.write_errors += 1
-            LOG.debug("simnic %s: frame lost on the wire: %s", self.eswitch.name, exc)
+            LOG.debug("simnic %s: frame lost on wire %s: %s", self.eswitch.name, uplink.wire, exc)
             return
         self.counters.to_wire += 1
 
-    def _read_wire(self) -> bytes | None:
-        """The next frame the wire received (the socket also sees what we send: PACKET_OUTGOING, skipped)."""
-        assert self.uplink is not None
+    def _read_wire(self, uplink: Uplink) -> bytes | None:
+        """The next frame ``uplink``'s wire received (its socket also sees what we send: PACKET_OUTGOING, skipped)."""
         while True:
             try:
-                frame, address = self.uplink.wire_sock.recvfrom(MAX_FRAME)
+                frame, address = uplink.wire_sock.recvfrom(MAX_FRAME)
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as exc:  # ENETDOWN once when the wire went down: reported, then frames flow again
-                LOG.info("simnic %s: wire %s: %s", self.eswitch.name, self.uplink.wire, exc)
+                LOG.info("simnic %s: wire %s: %s", self.eswitch.name, uplink.wire, exc)
                 return None
             if not (isinstance(address, tuple) and len(address) > 2 and address[2] == PACKET_OUTGOING):
                 return frame

@@ -4,8 +4,8 @@ It answers the same netlink messages the kernel would (so hwflow's tc backend
 cannot tell it from a real device except by transport), refuses what its
 profile cannot do with the errno a real driver returns, and classifies frames
 with tc semantics: chain 0 first, lowest prio number first, goto chain.
-Its ports are the ifindexes it is given: the VFs' representors and, with a
-physical port, the uplink representor and the tunnel devices (decap rules sit
+Its ports are the ifindexes it is given: the VFs' representors and, with
+physical ports, their uplink representors and the tunnel devices (decap rules sit
 on a tunnel device's ingress and match the outer headers' enc_* keys, as on
 mlx5, whose flow-based vxlan/geneve devices play that part).
 """
@@ -287,8 +287,8 @@ class Eswitch:
         """Actions to apply to a frame entering the switch at ``ifindex`` (None: a miss, software's).
 
         ``ifindex`` is where tc would see the frame: a VF's representor for
-        what the VF sent, the uplink representor for what came from the wire,
-        a tunnel device for a tunnel packet from the wire, whose inner frame
+        what the VF sent, port i's uplink representor for what came from its wire,
+        a tunnel device for a tunnel packet from port 0's wire, whose inner frame
         is ``frame`` and whose outer headers are ``meta`` (flower's enc_* keys).
 
         After a goto chain, actions ending without a verdict yield a final ``Gact('pass')``: the rest is

@@ -7,10 +7,14 @@ SOCK_SEQPACKET socket, forwards frames through its eswitch, and writes
 that file, and hwflow's sim driver reads it.
 
 ``--wire DEVICE`` gives it a physical port on an existing netdev (one end
-of a veth to the underlay), with an uplink representor ``NAMEp`` and tunnel
-devices ``NAMEvx`` (vxlan, 4789) and ``NAMEgn`` (geneve, 6081), so that it
-encapsulates and decapsulates as tc rules say (hwflow/sim/dataplane.py);
-the status file then names them under ``uplink`` and ``tunnels``.
+of a veth), with an uplink representor ``NAMEp``; a second ``--wire`` gives
+it port 1 (as a dual-port ConnectX), uplink representor ``NAMEp1``, e.g.
+for provider networks. Port 0 carries the tunnel underlay: the tunnel
+devices ``NAMEvx`` (vxlan, 4789) and ``NAMEgn`` (geneve, 6081) are its, so
+that it encapsulates and decapsulates as tc rules say (hwflow/sim/dataplane.py).
+The status file then lists the ports under ``uplinks`` (``port``,
+``representor``, ``representor_ifindex``, ``wire``, ``mac``) and the
+tunnel devices under ``tunnels``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hwflow.sim import dataplane
@@ -138,12 +142,13 @@ def write_status(path: Path, status: dict) -> None:
 
 
 def status_of(name: str, profile: Profile, sock: str, ports: list[dataplane.Port],
-              uplink: dataplane.Uplink | None = None) -> dict:
+              uplinks: Sequence[dataplane.Uplink] = ()) -> dict:
+    """What ``<socket>.json`` says; ``uplinks`` and ``tunnels`` only with physical ports."""
     status = {"name": name, "profile": profile.to_dict(), "switch_id": switch_id(name), "pid": os.getpid(),
               "socket": sock, "ports": [p.status() for p in ports]}
-    if uplink is not None:
-        status["uplink"] = uplink.status()
-        status["tunnels"] = [t.status() for t in uplink.tunnels]
+    if uplinks:
+        status["uplinks"] = [u.status() for u in uplinks]
+        status["tunnels"] = [t.status() for u in uplinks for t in u.tunnels]
     return status
 
 
@@ -154,12 +159,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-vfs", type=int, required=True, help="number of VF / representor pairs")
     parser.add_argument("--socket", required=True, help="path of the tc control socket (status in PATH.json)")
     parser.add_argument("--profile", default="sim-basic", help="profile name in etc/nic-profiles, or a path")
-    parser.add_argument("--wire", metavar="DEVICE",
-                        help="an existing netdev to be the physical port's wire; adds the uplink representor "
-                             "NAMEp and the tunnel devices NAMEvx (vxlan) and NAMEgn (geneve)")
+    parser.add_argument("--wire", metavar="DEVICE", action="append", default=[],
+                        help="an existing netdev to be a physical port's wire; the first is port 0, with the "
+                             "uplink representor NAMEp and the tunnel devices NAMEvx (vxlan) and NAMEgn (geneve), "
+                             f"a second port 1, with NAMEp1 (at most {dataplane.MAX_WIRES})")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    names = [f"{args.name}r{max(args.num_vfs - 1, 0)}", *(dataplane.uplink_names(args.name) if args.wire else [])]
+    if len(args.wire) > dataplane.MAX_WIRES:
+        parser.error(f"--wire given {len(args.wire)} times: the simulated NIC has at most "
+                     f"{dataplane.MAX_WIRES} physical ports")
+    if len(set(args.wire)) < len(args.wire):
+        parser.error(f"--wire {args.wire[0]} given twice: each physical port needs its own wire")
+    names = [f"{args.name}r{max(args.num_vfs - 1, 0)}",
+             *(dataplane.uplink_names(args.name, len(args.wire)) if args.wire else [])]
     longest = max(names, key=len)
     if args.num_vfs < 1 or len(longest) >= dataplane.IFNAMSIZ:
         parser.error(f"--name {args.name!r} with --num-vfs {args.num_vfs}: need at least one VF and device "
@@ -185,35 +197,39 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     status_path = Path(args.socket + ".json")
     ports = dataplane.create_ports(args.name, args.num_vfs)
-    try:
-        uplink = dataplane.create_uplink(args.name, args.wire) if args.wire else None
-    except OSError as exc:
-        dataplane.close_ports(ports)
-        print(f"hwflow-simnic: --wire {args.wire}: {exc}", file=sys.stderr)
-        return 2
+    uplinks: list[dataplane.Uplink] = []
+    for index, wire in enumerate(args.wire):
+        try:
+            uplinks.append(dataplane.create_uplink(args.name, wire, index))
+        except OSError as exc:
+            dataplane.close_uplinks(uplinks)
+            dataplane.close_ports(ports)
+            print(f"hwflow-simnic: --wire {wire}: {exc}", file=sys.stderr)
+            return 2
     selector = selectors.DefaultSelector()
-    ifindexes = [p.representor_ifindex for p in ports] + (uplink.ifindexes if uplink else [])
+    ifindexes = [p.representor_ifindex for p in ports] + [i for u in uplinks for i in u.ifindexes]
     eswitch = Eswitch(args.name, profile, ifindexes)
-    plane = dataplane.DataPlane(eswitch, ports, uplink)
+    plane = dataplane.DataPlane(eswitch, ports, uplinks)
     for port in ports:
         selector.register(port.vf_fd, selectors.EVENT_READ, lambda p=port: plane.from_vf(p))
         selector.register(port.rep_fd, selectors.EVENT_READ, lambda p=port: plane.from_representor(p))
-    if uplink is not None:
-        selector.register(uplink.wire_sock.fileno(), selectors.EVENT_READ, plane.from_wire)
-        selector.register(uplink.rep_fd, selectors.EVENT_READ, plane.from_uplink_representor)
+    for uplink in uplinks:
+        selector.register(uplink.wire_sock.fileno(), selectors.EVENT_READ, lambda u=uplink: plane.from_wire(u))
+        selector.register(uplink.rep_fd, selectors.EVENT_READ, lambda u=uplink: plane.from_uplink_representor(u))
         for device in uplink.tunnels:
             selector.register(device.fd, selectors.EVENT_READ, lambda d=device: plane.from_tunnel_device(d))
     control = ControlServer(args.socket, eswitch, selector)
     try:
-        write_status(status_path, status_of(args.name, profile, args.socket, ports, uplink))
-        LOG.info("simnic %s: %d VFs%s, profile %s, control socket %s", args.name, len(ports),
-                 f", wire {uplink.wire} (uplink {uplink.representor})" if uplink else "", profile.name, args.socket)
+        write_status(status_path, status_of(args.name, profile, args.socket, ports, uplinks))
+        wires = "".join(f", wire {u.wire} (uplink {u.representor})" for u in uplinks)
+        LOG.info("simnic %s: %d VFs%s, profile %s, control socket %s", args.name, len(ports), wires, profile.name,
+                 args.socket)
         run(selector, lambda: stop["requested"])
     finally:
         control.close()
         status_path.unlink(missing_ok=True)
         dataplane.close_ports(ports)
-        dataplane.close_uplink(uplink)
+        dataplane.close_uplinks(uplinks)
         LOG.info("simnic %s: stopped (%s)", args.name, plane.counters)
     return 0
 

@@ -1,4 +1,5 @@
-"""The simulated NIC's physical port: the VXLAN/Geneve codec, its neighbour table, and encap/decap in the data plane."""
+"""The simulated NIC's physical ports: the VXLAN/Geneve codec, the neighbour table, encap/decap in the data plane
+(port 0) and port 1 beside it."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from hwflow.util.checksum import internet_checksum
 LOCAL, REMOTE = 0xC0000201, 0xC0000202  # 192.0.2.1, 192.0.2.2
 LOCAL_MAC, REMOTE_MAC, UPLINK_MAC = bytes.fromhex("0200000000a1"), bytes.fromhex("0200000000b2"), b"\x02" * 6
 VF_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
-REP0, REP1, UPLINK_REP, VX, GN = 101, 102, 110, 111, 112
+REP0, REP1, UPLINK_REP, VX, GN, UPLINK1_REP = 101, 102, 110, 111, 112, 120
+UPLINK1_MAC = b"\x02\x11" * 3
 
 
 def inner_frame(dst: str = "10.0.0.2", sport: int = 1234) -> bytes:
@@ -166,14 +168,16 @@ def test_neighbours_learn_from_arp_senders_and_ask_at_most_once_a_second() -> No
 
 
 class Rig:
-    """A DataPlane with two VFs and an uplink whose devices are socketpair ends; the test holds the other ends."""
+    """A DataPlane with two VFs and port 0's uplink (with ``wires=2`` port 1's too) whose devices are socketpair
+    ends; the test holds the other ends."""
 
-    def __init__(self, profile: str = "mlx5-connectx6dx", **replace) -> None:
+    def __init__(self, profile: str = "mlx5-connectx6dx", wires: int = 1, **replace) -> None:
         prof = load_profile(profile)
         if replace:
             prof = dataclasses.replace(prof, capabilities=dataclasses.replace(prof.capabilities, **replace))
         self.now = 100.0
-        self.sw = Eswitch("sim0", prof, [REP0, REP1, UPLINK_REP, VX, GN], clock=lambda: self.now)
+        self.sw = Eswitch("sim0", prof, [REP0, REP1, UPLINK_REP, VX, GN, *([UPLINK1_REP] if wires > 1 else [])],
+                          clock=lambda: self.now)
         self.ours: list[socket.socket] = []
         self.ports = []
         for i in range(2):
@@ -189,7 +193,17 @@ class Rig:
         self.uplink = Uplink("sim0p", UPLINK_REP, uplink_rep, "wire0", wire, UPLINK_MAC, [
             TunnelDevice(tunnel.VXLAN, "sim0vx", VX, tunnel_fds[0], 4789),
             TunnelDevice(tunnel.GENEVE, "sim0gn", GN, tunnel_fds[1], 6081)])
-        self.plane = DataPlane(self.sw, self.ports, self.uplink, clock=lambda: self.now)
+        self.uplinks = [self.uplink]
+        if wires > 1:
+            rep1 = self.pair()
+            self.uplink1_rep = self.ours[-1]
+            wire1, self.wire1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            wire1.setblocking(False)
+            self.wire1.setblocking(False)
+            self.ours.append(self.wire1)
+            self.uplink1 = Uplink("sim0p1", UPLINK1_REP, rep1, "wire1", wire1, UPLINK1_MAC, [], port=1)
+            self.uplinks.append(self.uplink1)
+        self.plane = DataPlane(self.sw, self.ports, self.uplinks, clock=lambda: self.now)
 
     def pair(self) -> int:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -200,7 +214,7 @@ class Rig:
 
     def close(self) -> None:
         close_ports(self.ports)
-        dataplane.close_uplink(self.uplink)
+        dataplane.close_uplinks(self.uplinks)
         for end in self.ours:
             end.close()
         self.wire.close()
@@ -258,7 +272,7 @@ def test_encap_waits_for_the_neighbour_then_goes_out_the_wire(rig) -> None:
     r.plane.from_vf(r.ports[0])  # still no neighbour, and less than a second since the request: no new one
     assert pending(r.rep[0]) == [frame] and pending(r.wire) == []
     r.wire.send(arp_reply())
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
     assert pending(r.uplink_rep) == [arp_reply()]  # no rule takes it: up to the host, unchanged
     r.vf[0].send(frame)
     r.plane.from_vf(r.ports[0])
@@ -282,9 +296,9 @@ def test_encap_source_mac_is_the_local_vteps_once_seen_and_ipv6_or_no_key_is_sof
     host_arp = bytes(Ether(src=LOCAL_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=LOCAL_MAC, psrc="192.0.2.1",
                                                                          pdst="192.0.2.2"))
     r.uplink_rep.send(host_arp)  # the host asks for the remote VTEP through the uplink representor
-    r.plane.from_uplink_representor()
+    r.plane.from_uplink_representor(r.uplink)
     r.wire.send(arp_reply())
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
     assert pending(r.wire) == [host_arp]
     pending(r.uplink_rep)
     r.vf[0].send(inner_frame("10.0.0.2"))
@@ -311,13 +325,13 @@ def test_decap_delivers_the_inner_frame_and_a_miss_goes_up_the_uplink_whole(rig)
         fl.TunnelKey(unset=True), fl.Mirred(REP0))))
     for vni in (42, 43):
         r.wire.send(vxlan_from_remote(vni))
-        r.plane.from_wire()
+        r.plane.from_wire(r.uplink)
     assert pending(r.vf[0]) == [inner_frame()]
     assert pending(r.uplink_rep) == [vxlan_from_remote(43)]
     geneve = tunnel.encapsulate(inner_frame(), kind=tunnel.GENEVE, vni=42, ipv4_src=REMOTE, ipv4_dst=LOCAL,
                                 eth_src=REMOTE_MAC, eth_dst=UPLINK_MAC)
     r.wire.send(geneve)  # the rule is on the vxlan device: a geneve packet is not its
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
     assert pending(r.uplink_rep) == [geneve] and pending(r.vf[0]) == []
     ((_, stats),) = r.sw.rules(VX)
     assert stats.packets == 1
@@ -335,7 +349,7 @@ def test_decap_matches_geneve_options(rig) -> None:
     def send(options: bytes) -> None:
         r.wire.send(tunnel.encapsulate(inner_frame(), kind=tunnel.GENEVE, vni=5, ipv4_src=REMOTE, ipv4_dst=LOCAL,
                                        eth_src=REMOTE_MAC, eth_dst=UPLINK_MAC, options=options))
-        r.plane.from_wire()
+        r.plane.from_wire(r.uplink)
 
     for data in (b"abzz", b"xbcd", b""):
         send(tunnel.geneve_options(((0x102, 0x80, data),)) if data else b"")
@@ -349,18 +363,18 @@ def test_decap_pass_gives_software_the_outer_frame_with_the_rewrite_and_a_chain_
         fl.Pedit(fl.pedit_set("eth", 0, mac)), fl.Gact("goto_chain", 1))),
         fl.FlowerRule(VX, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000009), (fl.Gact("pass"),), chain=1))
     r.wire.send(vxlan_from_remote(inner=inner_frame("10.0.0.9")))
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
     (up,) = pending(r.uplink_rep)
     got = tunnel.parse(up)
     assert got is not None and got.inner == mac + inner_frame("10.0.0.9")[6:] and got.vni == 42
     r.wire.send(vxlan_from_remote())  # misses chain 1: mlx5 (chain_miss continue) drops it
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
     assert pending(r.uplink_rep) == [] and r.plane.counters.hw_dropped == 1 and r.sw.lost_in_chain == 1
 
     restart = rig(chain_miss=CHAIN_MISS_RESTART)
     install(restart.sw, *(rule for rule, _ in r.sw.rules(VX)))
     restart.wire.send(vxlan_from_remote())
-    restart.plane.from_wire()
+    restart.plane.from_wire(restart.uplink)
     (up,) = pending(restart.uplink_rep)
     assert tunnel.parse(up).inner == mac + inner_frame()[6:]
 
@@ -375,13 +389,13 @@ def test_the_uplink_representor_and_the_wire(rig) -> None:
     untagged = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / IP() / TCP())
     r.wire.send(tagged)
     r.wire.send(untagged)
-    r.plane.from_wire()
-    r.plane.from_wire()
+    r.plane.from_wire(r.uplink)
+    r.plane.from_wire(r.uplink)
     assert pending(r.vf[1]) == [untagged] and pending(r.uplink_rep) == [untagged]
     r.vf[1].send(untagged)  # and back: the VF's rule pushes the tag and sends it out the wire
     r.plane.from_vf(r.ports[1])
     r.uplink_rep.send(b"host frame....")
-    r.plane.from_uplink_representor()
+    r.plane.from_uplink_representor(r.uplink)
     assert pending(r.wire) == [tagged, b"host frame...."]
     r.ours[5].send(b"into the vxlan device")  # tunnel devices carry nothing: drained, dropped
     r.plane.from_tunnel_device(r.uplink.tunnels[0])
@@ -409,23 +423,112 @@ def test_vf_to_vf_and_software_paths_stay_as_they_were(rig, monkeypatch) -> None
     assert pending(r.rep[0]) == [inner_frame()] and c.unsupported == 1
 
 
-def test_status_and_arguments_name_the_uplink_only_with_a_wire(rig) -> None:
-    r = rig()
+def test_status_and_arguments_name_the_uplinks_only_with_wires(rig) -> None:
+    r = rig(wires=2)
     profile = load_profile("sim-basic")
     plain = server.status_of("sim0", profile, "/s", r.ports)
-    assert "uplink" not in plain and "tunnels" not in plain
-    status = server.status_of("sim0", profile, "/s", r.ports, r.uplink)
-    assert status["uplink"] == {"representor": "sim0p", "representor_ifindex": UPLINK_REP, "wire": "wire0",
-                                "mac": "02:02:02:02:02:02"}
-    assert status["tunnels"] == [
-        {"type": "vxlan", "netdev": "sim0vx", "ifindex": VX, "dst_port": 4789},
-        {"type": "geneve", "netdev": "sim0gn", "ifindex": GN, "dst_port": 6081}]
-    assert server.parse_args(["--name", "abcdefghijklm", "--num-vfs", "1", "--socket", "s"]).wire is None
-    assert server.parse_args(["--name", "abcdefghijklm", "--num-vfs", "1", "--socket", "s", "--wire", "w"]).wire
-    with pytest.raises(SystemExit):  # abcdefghijklmnvx would not fit IFNAMSIZ
-        server.parse_args(["--name", "abcdefghijklmn", "--num-vfs", "1", "--socket", "s", "--wire", "w"])
+    assert not {"uplink", "uplinks", "tunnels"} & plain.keys()
+    port0 = {"port": 0, "representor": "sim0p", "representor_ifindex": UPLINK_REP, "wire": "wire0",
+             "mac": "02:02:02:02:02:02"}
+    port1 = {"port": 1, "representor": "sim0p1", "representor_ifindex": UPLINK1_REP, "wire": "wire1",
+             "mac": "02:11:02:11:02:11"}
+    tunnels = [{"type": "vxlan", "netdev": "sim0vx", "ifindex": VX, "dst_port": 4789},
+               {"type": "geneve", "netdev": "sim0gn", "ifindex": GN, "dst_port": 6081}]
+    one = server.status_of("sim0", profile, "/s", r.ports, [r.uplink])
+    assert (one["uplinks"], one["tunnels"], "uplink" in one) == ([port0], tunnels, False)
+    two = server.status_of("sim0", profile, "/s", r.ports, r.uplinks)
+    assert (two["uplinks"], two["tunnels"]) == ([port0, port1], tunnels)
+
+
+def parse(*extra: str, name: str = "abcdefghijklm"):
+    return server.parse_args(["--name", name, "--num-vfs", "1", "--socket", "s", *extra])
+
+
+def test_wire_arguments_one_or_two_distinct_ports_with_names_that_fit(capsys) -> None:
+    assert parse().wire == []
+    assert parse("--wire", "w").wire == ["w"]
+    assert parse("--wire", "w0", "--wire", "w1").wire == ["w0", "w1"]
+    with pytest.raises(SystemExit):
+        parse("--wire", "w0", "--wire", "w1", "--wire", "w2")
+    assert "at most 2 physical ports" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("--wire", "w0", "--wire", "w0")
+    assert "--wire w0 given twice" in capsys.readouterr().err
+    for wires in (["--wire", "w"], ["--wire", "w0", "--wire", "w1"]):  # abcdefghijklmnvx / ...p1 do not fit IFNAMSIZ
+        with pytest.raises(SystemExit):
+            parse(*wires, name="abcdefghijklmn")
+        assert "abcdefghijklmn" in capsys.readouterr().err
+    assert dataplane.uplink_names("sim0") == ["sim0p", "sim0vx", "sim0gn"]
+    assert dataplane.uplink_names("sim0", 2) == ["sim0p", "sim0p1", "sim0vx", "sim0gn"]
+
+
+def test_each_port_has_its_own_stable_mac_and_port_0_keeps_its_address() -> None:
     mac = dataplane.uplink_mac("sim0")
-    assert mac == dataplane.uplink_mac("sim0") != dataplane.uplink_mac("sim1") and mac[0] & 3 == 2
+    assert mac == dataplane.uplink_mac("sim0", 0) == bytes.fromhex("beba6506eb1e")
+    assert mac != dataplane.uplink_mac("sim1")
+    mac1 = dataplane.uplink_mac("sim0", 1)
+    assert mac1 == dataplane.uplink_mac("sim0", 1) not in (mac, dataplane.uplink_mac("sim1", 1))
+    assert all(m[0] & 3 == 2 for m in (mac, mac1))  # locally administered, unicast
+
+
+def test_port_1_carries_a_provider_vlan_both_ways_and_its_misses_come_up_its_representor(rig) -> None:
+    r = rig(wires=2)
+    install(r.sw, fl.FlowerRule(REP0, 1, 1, fl.ETH_P_ALL, fl.FlowerKeys(), (
+        fl.Vlan("push", 100), fl.Mirred(UPLINK1_REP))), fl.FlowerRule(UPLINK1_REP, 1, 1, fl.ETH_P_8021Q,
+                                                                      fl.FlowerKeys(vlan_id=100), (
+            fl.Vlan("pop"), fl.Mirred(REP0))))
+    tagged = bytes(Ether(src=VF_MAC, dst=PEER_MAC) / Dot1Q(vlan=100) / IP() / TCP())
+    untagged = bytes(Ether(src=VF_MAC, dst=PEER_MAC) / IP() / TCP())
+    r.vf[0].send(untagged)
+    r.plane.from_vf(r.ports[0])
+    assert pending(r.wire1) == [tagged] and pending(r.wire) == []
+    other = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / Dot1Q(vlan=200) / IP() / TCP())
+    for frame in (tagged, other):
+        r.wire1.send(frame)
+        r.plane.from_wire(r.uplink1)
+    assert pending(r.vf[0]) == [untagged] and pending(r.uplink1_rep) == [other] and pending(r.uplink_rep) == []
+    r.uplink1_rep.send(b"host frame on port 1")  # the host's writes go out port 1's wire, not port 0's
+    r.plane.from_uplink_representor(r.uplink1)
+    assert pending(r.wire1) == [b"host frame on port 1"] and pending(r.wire) == []
+    ((_, stats),) = r.sw.rules(UPLINK1_REP)
+    assert stats.packets == 1
+    c = r.plane.counters
+    assert (c.from_wire, c.to_wire, c.to_uplink, c.hw_forwarded) == (2, 2, 1, 2)
+
+
+def test_an_ingress_redirect_to_port_1_goes_up_its_representor(rig, monkeypatch) -> None:
+    r = rig(wires=2)
+    monkeypatch.setattr(r.sw, "classify", lambda *_: [fl.Mirred(UPLINK1_REP, egress=False)])
+    r.vf[0].send(inner_frame())
+    r.plane.from_vf(r.ports[0])
+    assert pending(r.uplink1_rep) == [inner_frame()] and pending(r.wire1) == [] and pending(r.uplink_rep) == []
+
+
+def test_tunnels_are_port_0s_a_vxlan_frame_on_port_1_is_an_ordinary_frame(rig) -> None:
+    r = rig(wires=2)
+    install(r.sw, fl.FlowerRule(VX, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(**DECAP_KEYS), (
+        fl.TunnelKey(unset=True), fl.Mirred(REP0))), fl.FlowerRule(REP0, 1, 1, fl.ETH_P_IP, fl.FlowerKeys(), (
+            ENCAP, fl.Mirred(VX))))
+    r.wire1.send(vxlan_from_remote(42))
+    r.plane.from_wire(r.uplink1)
+    assert pending(r.uplink1_rep) == [vxlan_from_remote(42)] and pending(r.vf[0]) == []
+    r.wire1.send(arp_reply())  # the remote VTEP's address heard on port 1 is not the underlay's neighbour
+    r.plane.from_wire(r.uplink1)
+    r.vf[0].send(inner_frame())
+    r.plane.from_vf(r.ports[0])
+    assert len(r.plane.neighbours) == 0 and r.plane.counters.encap_neigh_miss == 1
+    (request,) = pending(r.wire)  # the sim asks on port 0
+    assert Ether(request)[ARP].pdst == "192.0.2.2" and pending(r.wire1) == []
+    r.wire.send(arp_reply())
+    r.plane.from_wire(r.uplink)
+    r.vf[0].send(inner_frame())
+    r.plane.from_vf(r.ports[0])
+    (outer,) = pending(r.wire)
+    assert tunnel.parse(outer).inner == inner_frame() and outer[6:12] == UPLINK_MAC and pending(r.wire1) == []
+    r.wire.send(vxlan_from_remote(42))  # on port 0 the same packet is decapsulated
+    r.plane.from_wire(r.uplink)
+    assert pending(r.vf[0]) == [inner_frame()]
+    assert r.plane.counters.decapsulated == 1
 
 
 def test_chain_miss_continue_is_the_mlx5_profile() -> None:
