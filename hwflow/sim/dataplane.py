@@ -65,6 +65,12 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+ETH_P_8021Q = 0x8100
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+AUXDATA_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 WIRE_MTU = 9000  # the harness makes the wire veth with it; a 1500-byte frame plus 50 bytes of VXLAN must fit
 IFNAMSIZ = 16
 MAX_WIRES = 2  # a dual-port ConnectX
@@ -205,6 +211,8 @@ def open_wire(device: str) -> socket.socket:
     """A nonblocking raw packet socket on ``device`` seeing every frame (promiscuous), as a port's PHY.
 
     The device is set up first: a packet socket bound to a down device starts with an ENETDOWN error.
+    The kernel takes a received frame's VLAN tag out into metadata: the socket asks for it (PACKET_AUXDATA)
+    and :func:`with_vlan_tag` puts it back.
     Frames are taken as the device hands them over: a peer whose kernel sends with checksum or segmentation
     offload (a veth's default) should have it off (``ethtool -K PEER tx off tso off gso off``); frames other
     simulated NICs write are always whole.
@@ -216,10 +224,23 @@ def open_wire(device: str) -> socket.socket:
         sock.bind((device, ETH_P_ALL))
         sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def with_vlan_tag(frame: bytes, ancdata: list[tuple[int, int, bytes]]) -> bytes:
+    """``frame`` as it was on the wire: the VLAN tag a packet socket's PACKET_AUXDATA reports put back after the
+    MAC addresses (as libpcap does); the frame unchanged without one."""
+    for level, kind, data in ancdata:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+            status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
+            if status & TP_STATUS_VLAN_VALID and len(frame) >= 12:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
+                return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+    return frame
 
 
 def create_uplink(name: str, wire: str, port: int = 0) -> Uplink:
@@ -471,17 +492,18 @@ class DataPlane:
         self.counters.to_wire += 1
 
     def _read_wire(self, uplink: Uplink) -> bytes | None:
-        """The next frame ``uplink``'s wire received (its socket also sees what we send: PACKET_OUTGOING, skipped)."""
+        """The next frame ``uplink``'s wire received, its VLAN tag back in place (its socket also sees what we send:
+        PACKET_OUTGOING, skipped)."""
         while True:
             try:
-                frame, address = uplink.wire_sock.recvfrom(MAX_FRAME)
+                frame, ancdata, _, address = uplink.wire_sock.recvmsg(MAX_FRAME, AUXDATA_SPACE)
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as exc:  # ENETDOWN once when the wire went down: reported, then frames flow again
                 LOG.info("simnic %s: wire %s: %s", self.eswitch.name, uplink.wire, exc)
                 return None
             if not (isinstance(address, tuple) and len(address) > 2 and address[2] == PACKET_OUTGOING):
-                return frame
+                return with_vlan_tag(frame, ancdata)
 
     def _write(self, fd: int, frame: bytes) -> None:
         try:

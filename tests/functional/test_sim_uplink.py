@@ -1,9 +1,11 @@
-"""hwflow-simnic with a physical port (--wire): real encapsulation onto a veth, a remote VTEP answering ARP, decap.
+"""hwflow-simnic with physical ports (--wire): real encapsulation onto a veth, a remote VTEP answering ARP, decap;
+a second port carrying a provider VLAN.
 
-The wire is one end of a veth; the other end sits in a "remote" namespace
-with 192.0.2.2/24 (its kernel answers the sim's ARP request). The test
-reads and writes raw frames in either namespace with packet sockets, so
-every byte on the wire is checked.
+Port 0's wire is one end of a veth; the other end sits in a "remote"
+namespace with 192.0.2.2/24 (its kernel answers the sim's ARP request).
+Port 1's wire (when asked for) is another veth to a second remote namespace.
+The test reads and writes raw frames in every namespace with packet
+sockets, so every byte on the wires is checked.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
+from hwflow.sim.dataplane import AUXDATA_SPACE, PACKET_AUXDATA, SOL_PACKET, with_vlan_tag
 from hwflow.util.checksum import internet_checksum
 
 pytestmark = pytest.mark.functional
@@ -73,6 +76,7 @@ def packet_socket(ns: str, dev: str) -> socket.socket:
                 os.close(fd)
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             sock.bind((dev, ETH_P_ALL))
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)  # the kernel takes VLAN tags out: put them back
             sock.settimeout(0.1)
             made["sock"] = sock
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
@@ -87,13 +91,15 @@ def packet_socket(ns: str, dev: str) -> socket.socket:
 
 
 def received(sock: socket.socket, wanted: Callable[[bytes], bool], timeout: float = 3.0) -> bytes | None:
-    """The first frame ``sock``'s device received (not sent) that ``wanted`` accepts, within ``timeout``."""
+    """The first frame ``sock``'s device received (not sent), VLAN tag in place, that ``wanted`` accepts, within
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            frame, address = sock.recvfrom(65535)
+            frame, ancdata, _, address = sock.recvmsg(65535, AUXDATA_SPACE)
         except TimeoutError:
             continue
+        frame = with_vlan_tag(frame, ancdata)
         if address[2] != PACKET_OUTGOING and wanted(frame):
             return frame
     return None
@@ -119,6 +125,7 @@ class Rig:
         suffix = secrets.token_hex(2)
         self.host, self.remote = f"hwt-upl-h-{suffix}", f"hwt-upl-r-{suffix}"
         self.name, self.wire, self.peer = f"hwtu{suffix}", f"hwtw{suffix}", f"hwtr{suffix}"
+        self.remote1, self.wire1, self.peer1 = f"hwt-upl-s-{suffix}", f"hwtx{suffix}", f"hwts{suffix}"  # port 1
         self.socket = str(workdir / f"nic{suffix}")
         self.log = workdir / f"nic{suffix}.log"
         self.proc: subprocess.Popen | None = None
@@ -126,21 +133,22 @@ class Rig:
         self.status: dict = {}
 
     def make_namespaces(self) -> None:
-        for ns in (self.host, self.remote):
+        for ns in (self.host, self.remote, self.remote1):
             run("ip", "netns", "add", ns)
             run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                 "net.ipv6.conf.default.disable_ipv6=1")
             ip(ns, "link", "set", "lo", "up")
-        ip(self.host, "link", "add", self.wire, "mtu", "9000", "type", "veth", "peer", "name", self.peer,
-           "netns", self.remote)
-        ip(self.remote, "link", "set", self.peer, "mtu", "9000", "up")
-        ip(self.remote, "addr", "add", f"{REMOTE}/24", "dev", self.peer)
+        for wire, peer, remote in ((self.wire, self.peer, self.remote), (self.wire1, self.peer1, self.remote1)):
+            ip(self.host, "link", "add", wire, "mtu", "9000", "type", "veth", "peer", "name", peer, "netns", remote)
+            ip(remote, "link", "set", peer, "mtu", "9000", "up")
+        ip(self.remote, "addr", "add", f"{REMOTE}/24", "dev", self.peer)  # port 1's remote has no address: L2 only
 
-    def start(self, profile: str = "mlx5-connectx6dx") -> None:
+    def start(self, profile: str = "mlx5-connectx6dx", wires: int = 1) -> None:
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.host, sys.executable, "-m", "hwflow.sim.server", "--name", self.name,
-                 "--num-vfs", "1", "--socket", self.socket, "--profile", profile, "--wire", self.wire,
+                 "--num-vfs", "1", "--socket", self.socket, "--profile", profile,
+                 *(arg for wire in (self.wire, self.wire1)[:wires] for arg in ("--wire", wire)),
                  "--log-level", "DEBUG"],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
         status = Path(self.socket + ".json")
@@ -172,7 +180,7 @@ class Rig:
         for sock in self.sockets:
             sock.close()
         self.stop()
-        for ns in (self.host, self.remote):
+        for ns in (self.host, self.remote, self.remote1):
             run("ip", "netns", "del", ns, check=False)
 
 
@@ -188,31 +196,39 @@ def rig() -> Iterator[Rig]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_status_names_the_uplink_and_tunnel_devices(rig: Rig) -> None:
-    rig.start()
-    uplink, tunnels = rig.status["uplink"], rig.status["tunnels"]
-    assert (uplink["representor"], uplink["wire"]) == (f"{rig.name}p", rig.wire)
-    rep = link(rig.host, uplink["representor"])
-    assert rep["ifindex"] == uplink["representor_ifindex"] and rep["address"] == uplink["mac"]
+@pytest.mark.parametrize("wires", [1, 2])
+def test_status_names_the_uplinks_and_tunnel_devices(rig: Rig, wires: int) -> None:
+    rig.start(wires=wires)
+    uplinks, tunnels = rig.status["uplinks"], rig.status["tunnels"]
+    assert "uplink" not in rig.status
+    assert [(u["port"], u["representor"], u["wire"]) for u in uplinks] == [
+        (0, f"{rig.name}p", rig.wire), (1, f"{rig.name}p1", rig.wire1)][:wires]
+    assert len({u["mac"] for u in uplinks}) == wires
+    for uplink in uplinks:
+        rep = link(rig.host, uplink["representor"])
+        assert rep["ifindex"] == uplink["representor_ifindex"] and rep["address"] == uplink["mac"]
     assert [(t["type"], t["netdev"], t["dst_port"]) for t in tunnels] == [
         ("vxlan", f"{rig.name}vx", 4789), ("geneve", f"{rig.name}gn", 6081)]
-    for dev, ifindex in [(uplink["representor"], uplink["representor_ifindex"]),
+    for dev, ifindex in [*((u["representor"], u["representor_ifindex"]) for u in uplinks),
                          *((t["netdev"], t["ifindex"]) for t in tunnels)]:
         got = link(rig.host, dev)
         assert (got["ifindex"], got["mtu"], "UP" in got["flags"]) == (ifindex, 9000, True)
 
 
-def test_encap_to_a_remote_vtep_after_arp_and_decap_to_the_vf(rig: Rig) -> None:
-    rig.start()
+@pytest.mark.parametrize("wires", [1, 2])
+def test_encap_to_a_remote_vtep_after_arp_and_decap_to_the_vf(rig: Rig, wires: int) -> None:
+    """Port 0 carries the tunnels, whether or not there is a port 1 (which sees none of it)."""
+    rig.start(wires=wires)
     port = rig.status["ports"][0]
     vx = rig.status["tunnels"][0]["ifindex"]
-    uplink_mac = rig.status["uplink"]["mac"]
+    uplink_mac = rig.status["uplinks"][0]["mac"]
     remote_mac = link(rig.remote, rig.peer)["address"]
     ip(rig.host, "link", "set", port["vf_netdev"], "up")
     vf = rig.sock(rig.host, port["vf_netdev"])
     rep = rig.sock(rig.host, port["representor"])
-    up = rig.sock(rig.host, rig.status["uplink"]["representor"])
+    up = rig.sock(rig.host, rig.status["uplinks"][0]["representor"])
     remote = rig.sock(rig.remote, rig.peer)
+    remote1 = rig.sock(rig.remote1, rig.peer1)
     encap = fl.FlowerRule(port["representor_ifindex"], 10, 1, fl.ETH_P_IP, fl.FlowerKeys(ipv4_dst=0x0A000002), (
         fl.TunnelKey(ipv4_src=0xC0000201, ipv4_dst=0xC0000202, key_id=42, dst_port=4789), fl.Mirred(vx)))
     decap = fl.FlowerRule(vx, 10, 1, fl.ETH_P_IP, fl.FlowerKeys(enc_key_id=42, enc_ipv4_dst=0xC0000201,
@@ -260,6 +276,7 @@ def test_encap_to_a_remote_vtep_after_arp_and_decap_to_the_vf(rig: Rig) -> None:
         remote.send(vxlan(43))
         assert received(up, lambda f: f == vxlan(43)) is not None, rig.output()
         assert received(vf, lambda f: f == back, 0.5) is None
+        assert received(remote1, lambda _: True, 0.2) is None  # nothing of the underlay on port 1's wire
 
         stats = {ifindex: [s.packets for _, s in tc.dump(ifindex)] for ifindex in (port["representor_ifindex"], vx)}
     finally:
@@ -271,10 +288,58 @@ def test_encap_to_a_remote_vtep_after_arp_and_decap_to_the_vf(rig: Rig) -> None:
     assert counters["decapsulated"] == 1 and counters["arp_requests"] >= 1 and counters["to_uplink"] >= 1, counters
 
 
-def test_host_frames_go_out_the_wire_unchanged(rig: Rig) -> None:
-    rig.start()
-    up = rig.sock(rig.host, rig.status["uplink"]["representor"])
-    remote = rig.sock(rig.remote, rig.peer)
+def test_host_frames_go_out_their_ports_wire_unchanged(rig: Rig) -> None:
+    rig.start(wires=2)
+    up0, up1 = (rig.sock(rig.host, u["representor"]) for u in rig.status["uplinks"])
+    remote0, remote1 = rig.sock(rig.remote, rig.peer), rig.sock(rig.remote1, rig.peer1)
     frame = bytes(Ether(src="02:78:00:00:00:aa", dst="02:78:00:00:00:bb", type=0x88B5) / (b"x" * 3000))
-    up.send(frame)
-    assert received(remote, lambda f: f == frame) is not None, rig.output()
+    up0.send(frame)
+    assert received(remote0, lambda f: f == frame) is not None, rig.output()
+    frame1 = frame[:14] + b"y" * 3000
+    up1.send(frame1)
+    assert received(remote1, lambda f: f == frame1) is not None, rig.output()
+    assert received(remote0, lambda f: f == frame1, 0.3) is None and received(remote1, lambda f: f == frame, 0) is None
+
+
+def test_a_provider_vlan_on_port_1_both_ways_and_a_miss_up_its_representor(rig: Rig) -> None:
+    """VF0 -> vlan push 100 -> port 1's wire; tagged from port 1's wire -> vlan pop -> VF0; the rest up NAMEp1."""
+    rig.start(wires=2)
+    port = rig.status["ports"][0]
+    uplink0, uplink1 = rig.status["uplinks"]
+    ip(rig.host, "link", "set", port["vf_netdev"], "up")
+    vf = rig.sock(rig.host, port["vf_netdev"])
+    up0, up1 = rig.sock(rig.host, uplink0["representor"]), rig.sock(rig.host, uplink1["representor"])
+    remote0, remote1 = rig.sock(rig.remote, rig.peer), rig.sock(rig.remote1, rig.peer1)
+    out = fl.FlowerRule(port["representor_ifindex"], 10, 1, fl.ETH_P_IP, fl.FlowerKeys(), (
+        fl.Vlan("push", 100), fl.Mirred(uplink1["representor_ifindex"])))
+    back = fl.FlowerRule(uplink1["representor_ifindex"], 10, 1, fl.ETH_P_8021Q, fl.FlowerKeys(vlan_id=100), (
+        fl.Vlan("pop"), fl.Mirred(port["representor_ifindex"])))
+    tc = TcClient(SimSocketTransport(rig.socket), timeout=5.0)
+    try:
+        assert tc.add([out, back]) == [None, None], rig.output()
+        drain(remote0)
+        drain(remote1)
+
+        vf.send(inner())
+        tagged = received(remote1, lambda f: Dot1Q in Ether(f))
+        assert tagged is not None, rig.output()
+        pkt = Ether(tagged)
+        assert pkt[Dot1Q].vlan == 100 and bytes(pkt[Dot1Q].payload) == inner()[14:] and tagged[:12] == inner()[:12]
+        assert received(remote0, lambda f: f[:12] == inner()[:12], 0.3) is None  # nothing of it on port 0's wire
+
+        answer = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=2222,
+                                                                                                  dport=1111) / b"hi")
+        remote1.send(bytes(Ether(src=PEER_MAC, dst=VF_MAC) / Dot1Q(vlan=100) / Ether(answer).payload))
+        assert received(vf, lambda f: f == answer) is not None, rig.output()
+
+        unmatched = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / Dot1Q(vlan=200) / Ether(answer).payload)
+        remote1.send(unmatched)
+        assert received(up1, lambda f: f == unmatched) is not None, rig.output()
+        assert received(up0, lambda f: f == unmatched, 0.3) is None
+        assert received(vf, lambda f: f[12:14] == b"\x81\x00" or f == answer, 0.3) is None
+
+        stats = {i: [s.packets for _, s in tc.dump(i)] for i in (port["representor_ifindex"],
+                                                                   uplink1["representor_ifindex"])}
+    finally:
+        tc.close()
+    assert stats == {port["representor_ifindex"]: [1], uplink1["representor_ifindex"]: [1]}, stats

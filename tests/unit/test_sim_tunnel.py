@@ -496,6 +496,23 @@ def test_port_1_carries_a_provider_vlan_both_ways_and_its_misses_come_up_its_rep
     assert (c.from_wire, c.to_wire, c.to_uplink, c.hw_forwarded) == (2, 2, 1, 2)
 
 
+def test_a_wire_frames_vlan_tag_goes_back_where_the_kernel_took_it_from() -> None:
+    frame = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / IP() / TCP())
+    tagged = bytes(Ether(src=PEER_MAC, dst=VF_MAC) / Dot1Q(vlan=100, prio=5) / IP() / TCP())
+
+    def aux(status: int, tci: int = 0, tpid: int = 0, level: int = dataplane.SOL_PACKET,
+            kind: int = dataplane.PACKET_AUXDATA) -> list[tuple[int, int, bytes]]:
+        return [(level, kind, struct.pack("=IIIHHHH", status, len(frame), len(frame), 0, 14, tci, tpid))]
+
+    assert dataplane.with_vlan_tag(frame, aux(dataplane.TP_STATUS_VLAN_VALID, 0xA064)) == tagged
+    qinq = dataplane.with_vlan_tag(frame, aux(dataplane.TP_STATUS_VLAN_VALID | dataplane.TP_STATUS_VLAN_TPID_VALID,
+                                              7, 0x88A8))
+    assert qinq == frame[:12] + b"\x88\xa8\x00\x07" + frame[12:]
+    assert dataplane.with_vlan_tag(frame, aux(0, 0xA064)) == frame  # no tag: the tci field means nothing
+    assert dataplane.with_vlan_tag(frame, aux(dataplane.TP_STATUS_VLAN_VALID, 5, kind=1)) == frame
+    assert dataplane.with_vlan_tag(frame, []) == frame
+
+
 def test_an_ingress_redirect_to_port_1_goes_up_its_representor(rig, monkeypatch) -> None:
     r = rig(wires=2)
     monkeypatch.setattr(r.sw, "classify", lambda *_: [fl.Mirred(UPLINK1_REP, egress=False)])
