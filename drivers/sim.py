@@ -36,7 +36,7 @@ class SimNic:
     profile: str
     representors: frozenset[str]
     problem: str | None
-    uplink: str | None = None  # its uplink representor (a NIC started with --wire), else None
+    uplinks: frozenset[str] = frozenset()  # its uplink representors (one a physical port: --wire)
     tunnels: Mapping[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # device -> (type, UDP port)
 
 
@@ -74,11 +74,12 @@ def _judge(socket: str, status: Mapping[str, Any]) -> SimNic:
             problem = f"simulated NIC {name}: bad profile in {status_path(socket)}: {exc}"
     profile = status.get("profile")
     profile_name = str(profile.get("name")) if isinstance(profile, dict) else "?"
-    uplink = status.get("uplink")
+    uplinks = frozenset(str(u["representor"]) for u in status.get("uplinks", ()) if isinstance(u, dict)
+                        and u.get("representor"))
     tunnels = {str(t["netdev"]): (str(t["type"]), int(t["dst_port"])) for t in status.get("tunnels", ())
                if isinstance(t, dict) and {"netdev", "type", "dst_port"} <= t.keys()}
     return SimNic(name, str(status.get("socket") or socket), status.get("switch_id"), capabilities, profile_name,
-                  representors, problem, str(uplink["representor"]) if isinstance(uplink, dict) else None, tunnels)
+                  representors, problem, uplinks, tunnels)
 
 
 def load_status(socket: str) -> tuple[SimNic | None, str | None]:
@@ -117,10 +118,10 @@ class SimDriver(NicDriver):
 
     def describe(self, dev: NetDevice) -> DeviceReport | None:
         nic = next((n for n in self._nics if dev.name in n.representors or dev.name in n.tunnels
-                    or dev.name == n.uplink), None)
+                    or dev.name in n.uplinks), None)
         if nic is None:
             return None
-        role = TUNNEL if dev.name in nic.tunnels else UPLINK if dev.name == nic.uplink else ROLE
+        role = TUNNEL if dev.name in nic.tunnels else UPLINK if dev.name in nic.uplinks else ROLE
         problem = nic.problem
         kind, port = nic.tunnels.get(dev.name, (None, None))
         if problem is None and kind is not None and not (nic.capabilities.can_encap(kind)

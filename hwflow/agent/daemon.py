@@ -42,7 +42,7 @@ from hwflow.model.errors import HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port
 from hwflow.offload import inventory
 from hwflow.offload.discovery import discover
-from hwflow.offload.nic import TUNNEL, DeviceReport
+from hwflow.offload.nic import TUNNEL, UPLINK, DeviceReport
 from hwflow.offload.partition import SHARED, HwRule, Partitioner, Plan, PortOffload
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Change, Topology
@@ -95,10 +95,10 @@ class Agent:
         self._devices = devices
         self.compiler = compiler
         self.chassis = conf.agent.chassis_name
+        self._bridge_mappings = hwconf.bridge_mappings(conf.agent.bridge_mappings)
         self.fixed_ports = fixed_ports(
             conf.agent.tunnel_ip, conf.agent.tunnel_types,
-            {"vxlan": conf.agent.vxlan_udp_port, "geneve": conf.agent.geneve_udp_port},
-            hwconf.bridge_mappings(conf.agent.bridge_mappings))
+            {"vxlan": conf.agent.vxlan_udp_port, "geneve": conf.agent.geneve_udp_port}, self._bridge_mappings)
         self.topo = Topology(self.chassis)
         self.compiler.compile(self.topo)
         self._wake = threading.Event()
@@ -427,6 +427,7 @@ class Agent:
             if report is not None and report.offload and report.tc_endpoint:
                 current.add(Representor(report.ifindex, report.tc_endpoint))
         current.update(rep for _, rep, _ in self._tunnel_devices().values())
+        current.update(rep for _, rep in self._nic_uplinks().values())
         managed = current | self._managed
         self._managed = current
         return managed
@@ -444,6 +445,8 @@ class Agent:
         tunnels = self._tunnel_devices()
         self._tunnels = {key: endpoint for key, (_, _, endpoint) in tunnels.items()}
         for key, (entry, rep, _) in tunnels.items():
+            offload[key], reps[key] = entry, rep
+        for key, (entry, rep) in self._nic_uplinks().items():
             offload[key], reps[key] = entry, rep
         if not self.conf.offload.enabled:
             return Plan(), reps
@@ -475,6 +478,20 @@ class Agent:
             found[key] = (PortOffload(key, report.switch_id or "", report.capabilities),
                           Representor(report.ifindex, report.tc_endpoint),
                           TunnelEndpoint(int(ipaddress.ip_address(local_ip)), udp_ports[kind]))
+        return found
+
+    def _nic_uplinks(self) -> dict[int, tuple[PortOffload, Representor]]:
+        """The provider uplinks a NIC carries: a physical network mapped (``[agent] bridge_mappings``) to an
+        uplink representor a driver reported offloadable. Its VLAN push (to the network) and pop (from it) are
+        then NIC rules like any other, on the VFs' representors and on the uplink's."""
+        found: dict[int, tuple[PortOffload, Representor]] = {}
+        for physnet, interface in sorted(self._bridge_mappings.items()):
+            report = self._reports.get(interface)
+            if report is None or report.port_role != UPLINK or not report.offload or not report.tc_endpoint:
+                continue
+            key = ir.physnet_port(physnet)
+            found[key] = (PortOffload(key, report.switch_id or "", report.capabilities),
+                          Representor(report.ifindex, report.tc_endpoint))
         return found
 
     def _note_refusals(self, wanted: list[tuple[HwRule, str, object]]) -> bool:

@@ -121,7 +121,9 @@ def check_keys(rule: fl.FlowerRule, caps: Capabilities) -> None:
     if rule.protocol != fl.ETH_P_ALL and not caps.can_match("eth_type", 0xFFFF, 16):
         raise NotAdmitted("match on eth_type")
     for spec, value, mask in rule.keys.items():
-        field = getattr(spec, "ir_field", None)
+        # the ethertype after a tag is the packet's ethertype (what the IR's eth_type is, and how OVS offloads
+        # a tagged flow: protocol 802.1Q, vlan_ethtype): the profile's eth_type says whether the NIC matches it
+        field = "eth_type" if spec.field in ("vlan_eth_type", "cvlan_eth_type") else getattr(spec, "ir_field", None)
         if field is None:
             raise NotAdmitted(f"match on flower key {spec.field} (no IR field known for it)")
         if field == "ct_state":

@@ -65,7 +65,8 @@ class SimHost:
     def __init__(self, name: str, workdir: Path, database: str, num_vfs: int = 4,
                  profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
                  uplinks: Mapping[str, str] | None = None, external_ip: str = "",
-                 underlay: Underlay | None = None, underlay_prefixlen: int = 24) -> None:
+                 underlay: Underlay | None = None, underlay_prefixlen: int = 24,
+                 nic_physnet: str | None = None) -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
         other end is ``uplink_peer(physnet)`` in that namespace.
@@ -75,7 +76,14 @@ class SimHost:
         sits on an OVS bridge (``UNDERLAY_BRIDGE``) whose internal port holds ``tunnel_ip`` (the userspace
         datapath routes and ARPs for what it encapsulates through its own bridges), and the NIC encapsulates
         and decapsulates what its rules say, handing the rest to that bridge.
+
+        ``nic_physnet``: one of ``uplinks`` whose link is the NIC's second physical port (with ``underlay``):
+        the veth's host end is that port's wire and the port's uplink representor is the physical network's
+        uplink, so the NIC can push and pop its VLAN tags itself (a representor cannot sit on the underlay's
+        bridge and the integration bridge at once: hence a port of its own, as on a dual-port NIC).
         """
+        if nic_physnet is not None and (underlay is None or nic_physnet not in (uplinks or {})):
+            raise HostError(f"nic_physnet {nic_physnet!r} needs an underlay and an uplink for that network")
         if len(name) > 8:
             raise HostError(f"host name {name!r} is too long: at most 8 characters (it prefixes device names)")
         self.name = name
@@ -89,6 +97,7 @@ class SimHost:
         self.uplinks = dict(uplinks or {})
         self.underlay = underlay
         self.underlay_prefixlen = underlay_prefixlen
+        self.nic_physnet = nic_physnet
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -144,10 +153,10 @@ class SimHost:
             (self.ovs.rundir / "conf.db").unlink(missing_ok=True)
             self.ovs.start()
             self.ovsdb.ensure_bridge()
+            self._link_uplinks()
             self._start_nic()
             if self.underlay is not None:
                 self._bridge_uplink()
-            self._link_uplinks()
             self._write_agent_config()
             if agent:
                 self.start_agent()
@@ -175,6 +184,8 @@ class SimHost:
         status = Path(self.nic_socket + ".json")
         status.unlink(missing_ok=True)
         wire = ["--wire", self.wire] if self.underlay is not None else []
+        if self.nic_physnet is not None:
+            wire += ["--wire", self._veths()[self.nic_physnet]]
         proc = self._spawn("simnic", [sys.executable, "-m", "hwflow.sim.server", "--name", self.nic,
                                       "--num-vfs", str(self.num_vfs), "--socket", self.nic_socket,
                                       "--profile", self.profile, *wire])
@@ -189,7 +200,7 @@ class SimHost:
 
     def _bridge_uplink(self) -> None:
         """The NIC's uplink representor on the underlay bridge, whose internal port holds the tunnel address."""
-        uplink = self._nic_status.get("uplink")
+        uplink = next((u for u in self._nic_status.get("uplinks", ()) if u.get("port") == 0), None)
         if not isinstance(uplink, dict):
             raise HostError(f"the simulated NIC {self.nic} reports no uplink; see {self.workdir}/simnic.out")
         run("ovs-vsctl", f"--db={self.ovs.db_sock}", "--may-exist", "add-br", UNDERLAY_BRIDGE, "--", "set",
@@ -217,18 +228,30 @@ class SimHost:
             f"sim_sockets = {self.nic_socket}\n"
         )
 
-    def _uplink_devices(self) -> dict[str, str]:
+    def _veths(self) -> dict[str, str]:
+        """Physical network -> the host's end of the veth its uplink is."""
         return {physnet: f"{self.name}u{i}" for i, physnet in enumerate(sorted(self.uplinks))}
+
+    def _uplink_devices(self) -> dict[str, str]:
+        """Physical network -> its uplink interface (``bridge_mappings``): the veth, or for ``nic_physnet`` the
+        uplink representor of the NIC port that veth is the wire of."""
+        devices = self._veths()
+        if self.nic_physnet is not None:
+            devices[self.nic_physnet] = next(u["representor"] for u in self._nic_status.get("uplinks", ())
+                                             if u.get("port") == 1)
+        return devices
 
     def uplink_peer(self, physnet: str) -> str:
         """The device at the far end of a physical network's uplink, in the namespace given for it."""
-        return self._uplink_devices()[physnet] + "x"
+        return self._veths()[physnet] + "x"
 
     def _link_uplinks(self) -> None:
-        for physnet, device in self._uplink_devices().items():
+        for physnet, device in self._veths().items():
             peer_ns = self.uplinks[physnet]
             run("ip", "link", "add", device, "netns", self.ns, "type", "veth", "peer", "name",
                 self.uplink_peer(physnet), "netns", peer_ns)
+            if physnet == self.nic_physnet:  # the NIC's wire: it carries only what the NIC sends
+                in_ns(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
             in_ns(self.ns, "ip", "link", "set", device, "up")
             in_ns(peer_ns, "ip", "link", "set", self.uplink_peer(physnet), "up")
 

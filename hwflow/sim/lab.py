@@ -6,7 +6,9 @@ bridge in the lab's namespace), over which they tunnel to each other; a
 second bridge there is the management network the agents reach the database
 by; a third (``OUTSIDE_BRIDGE``) is the physical network ``physnet`` every
 host's provider uplink is on (VLAN and flat networks, external networks for
-floating IPs and SNAT: the lab's namespace can stand for the router beyond).
+floating IPs and SNAT: the lab's namespace can stand for the router beyond),
+wired to each NIC's second physical port, whose uplink representor is the
+network's uplink.
 The database is an embedded SQLite file every host opens, or etcd (one
 member or a cluster of three) running in the lab's namespace on the
 management network, as a deployment that outgrew one machine has it.
@@ -101,7 +103,8 @@ class SimLab:
         self.hosts = [SimHost(f"{name}{i}", self.workdir / f"{name}{i}", self.url, num_vfs=num_vfs,
                               profile=profiles[(i - 1) % len(profiles)], agent_debug=agent_debug,
                               tunnel_ip=f"{UNDERLAY_NET}.{i}", underlay=self.underlay,
-                              uplinks={physnet: self.underlay.ns}, external_ip=f"{EXTERNAL_NET}.{100 + i}")
+                              uplinks={physnet: self.underlay.ns}, nic_physnet=physnet,
+                              external_ip=f"{EXTERNAL_NET}.{100 + i}")
                       for i in range(1, hosts + 1)]
         self._etcd: list[subprocess.Popen] = []
 
@@ -273,7 +276,7 @@ def host_report(host: LabHost) -> dict:
     ``nic_forwarded_packets``: packets the NIC's rules sent on (a redirect, to a VF or into a tunnel);
     ``nic_encapsulated_packets``: those sent into a tunnel; ``nic_decapsulated_packets``: those its tunnel
     devices' rules took out of one and delivered; ``ovs_forwarded_packets``: packets OVS took in from the
-    VMs' representors and from its tunnel ports (what the NIC left to software).
+    VMs' representors, its tunnel ports and the provider uplinks (what the NIC left to software).
     """
     workdir = Path(host.workdir)
     state = json.loads((workdir / "host.json").read_text()) if (workdir / "host.json").exists() else {}
@@ -298,6 +301,7 @@ def host_report(host: LabHost) -> dict:
 def _nic_rules(socket: str, status: dict) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
     devices = [p["representor_ifindex"] for p in status.get("ports", ())]
     devices += [t["ifindex"] for t in status.get("tunnels", ())]
+    devices += [u["representor_ifindex"] for u in status.get("uplinks", ())]
     try:
         client = TcClient(SimSocketTransport(socket))
     except OSError:
@@ -319,8 +323,10 @@ def _encapsulates(rule: fl.FlowerRule) -> bool:
 
 
 def _ovs_rx(ovs: OvsDaemons, status: dict) -> int:
-    """Packets OVS received on the VF representors and its tunnel ports."""
+    """Packets OVS received on the VF representors, its tunnel ports and the NIC's provider uplinks (port 0's
+    uplink representor is the underlay's, on another bridge)."""
     names = [p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values())
+    names += [u["representor"] for u in status.get("uplinks", ()) if u.get("port")]
     try:
         ovsdb = OvsdbClient(ovs.db_sock, BRIDGE)
         try:

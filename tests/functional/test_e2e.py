@@ -101,7 +101,7 @@ def nic_rules(host: SimHost, vfs: set[int] | None = None) -> list[tuple[fl.Flowe
     devices = [port["representor_ifindex"] for port in host.nic_ports if vfs is None or port["vf"] in vfs]
     if vfs is None:
         devices += [tunnel["ifindex"] for tunnel in host.nic_status.get("tunnels", ())]
-        devices += [uplink["representor_ifindex"] for uplink in [host.nic_status.get("uplink")] if uplink]
+        devices += [uplink["representor_ifindex"] for uplink in host.nic_status.get("uplinks", ())]
     return device_rules(host, devices)
 
 

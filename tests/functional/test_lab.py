@@ -50,27 +50,30 @@ def report(host: SimHost) -> dict:
     return host_report(LabHost(host.name, str(host.workdir), host.profile, host.tunnel_ip, ""))
 
 
-def test_demo_with_three_hosts_tunnels_in_the_nics_that_can(tmp_path: Path) -> None:
-    """Two mlx5 hosts and a sim-basic one on etcd: every ping answered; the mlx5 hosts' NICs put their VMs'
-    packets into the tunnel and take the others' out of it (OVS on them forwards nothing), the sim-basic host's
-    OVS does both for it, so hardware- and software-encapsulated packets meet on every path."""
+def test_demo_with_three_hosts_of_different_nics(tmp_path: Path) -> None:
+    """A full mlx5 host, one whose NIC cannot tunnel (sim-no-tunnel-no-ct) and one with room for 64 rules
+    (sim-64) on etcd: every ping answered; the mlx5 host's NIC puts its VMs' packets into the tunnel and takes
+    the others' out of it (its OVS forwards nothing), the other two hosts' OVS does both for them, so hardware-
+    and software-encapsulated packets meet on every path."""
     name = f"d{secrets.token_hex(2)}"
     done = subprocess.run([HWFLOW, "demo", "--hosts", "3", "--etcd", "--count", str(PINGS), "--format", "json",
                            "--name", name, "--workdir", str(tmp_path),
-                           "--profile", "mlx5-connectx6dx,mlx5-connectx6dx,sim-basic"],
+                           "--profile", "mlx5-connectx6dx,sim-no-tunnel-no-ct,sim-64"],
                           capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
     out = json.loads(done.stdout)
     assert out["ping_loss_percent"] == 0 and out["pings"] == 6 * PINGS
     hosts = {h["name"]: h for h in out["hosts"]}
-    assert set(hosts) == {f"{name}{i}" for i in (1, 2, 3)}
+    assert [hosts[f"{name}{i}"]["profile"] for i in (1, 2, 3)] == ["mlx5-connectx6dx", "sim-no-tunnel-no-ct",
+                                                                      "sim-64"]
     # each host's two VMs send PINGS on two paths and answer PINGS on two: 4 * PINGS each way a host
-    for i in (1, 2):
-        h = hosts[f"{name}{i}"]
-        assert h["nic_encapsulated_packets"] >= 4 * PINGS and h["nic_decapsulated_packets"] >= 4 * PINGS, out
-        assert h["ovs_forwarded_packets"] == 0, out
-    soft = hosts[f"{name}3"]
-    assert soft["nic_forwarded_packets"] == 0 and soft["ovs_forwarded_packets"] >= 8 * PINGS, out
+    full = hosts[f"{name}1"]
+    assert full["nic_encapsulated_packets"] >= 4 * PINGS and full["nic_decapsulated_packets"] >= 4 * PINGS, out
+    assert full["ovs_forwarded_packets"] == 0, out
+    for i in (2, 3):
+        soft = hosts[f"{name}{i}"]
+        assert soft["nic_encapsulated_packets"] == soft["nic_decapsulated_packets"] == 0, out
+        assert soft["ovs_forwarded_packets"] >= 8 * PINGS, out
     assert not (tmp_path / "lab.json").exists() and f"hwf-ul-{name}" not in namespaces(), "the demo left its lab"
 
 
@@ -79,10 +82,11 @@ def test_lab_command_starts_reports_and_stops_a_lab(tmp_path: Path) -> None:
     where = ["--name", name, "--workdir", str(tmp_path)]
     try:
         up = subprocess.run([HWFLOW, "lab", "up", "--hosts", "2", "--profile", "mlx5-connectx6dx,sim-basic",
-                             "--format", "json", *where], capture_output=True, text=True, timeout=200, check=False)
+                             "--etcd-cluster", "3", "--format", "json", *where], capture_output=True, text=True,
+                            timeout=200, check=False)
         assert up.returncode == 0, up.stderr + up.stdout
         started = json.loads(up.stdout)
-        assert started["database"] == "etcd://10.254.0.251:2379"
+        assert started["database"] == "etcd://10.254.0.251:2379,10.254.0.252:2379,10.254.0.253:2379"
         assert [(h["name"], h["profile"], h["tunnel_ip"]) for h in started["hosts"]] == [
             (f"{name}1", "mlx5-connectx6dx", "172.31.0.1"), (f"{name}2", "sim-basic", "172.31.0.2")]
         assert {f"hwf-ul-{name}", f"hwf-{name}1", f"hwf-{name}2"} <= namespaces()
@@ -243,18 +247,24 @@ def test_security_groups_hold_across_hosts_and_replies_come_back(lab: SimLab) ->
             stop_process(proc)
 
 
-def test_a_provider_vlan_network_spans_hosts(lab: SimLab) -> None:
-    """VMs on VLAN 100 of the lab's physical network, on hosts 1 and 2, reach each other through the uplinks:
-    tagged frames on the wire between them, not a tunnel."""
+def test_a_provider_vlan_network_spans_hosts_through_the_nics(lab: SimLab) -> None:
+    """VMs on VLAN 100 of the lab's physical network, on hosts 1 and 2, reach each other over the NICs'
+    second ports: tagged frames on the wire between them, not a tunnel. The mlx5 NICs push the tag and send
+    out of the uplink, and take the tagged frames in, pop the tag and deliver, by their own rules: OVS sees
+    next to nothing of it (an ARP refresh at most)."""
     h1, h2, _ = lab.hosts
     net = lab.nb(lambda nb: nb.create(Network(name="t-vlan", network_type="vlan", physical_network=lab.physnet,
                                               vlan_id=100)))
     plug(lab, h1, net, "v1", "fa:16:3e:56:00:01", "10.56.0.1")
     plug(lab, h2, net, "v2", "fa:16:3e:56:00:02", "10.56.0.2")
-    before = report(h1)["nic_encapsulated_packets"]
     wait_for("v1 to reach v2 over VLAN 100", lambda: reaches(h1, "v1", "10.56.0.2"), timeout=40, host=h1)
+    before = [report(h) for h in (h1, h2)]
     assert h1.ping(vm_ns(h1, "v1"), "10.56.0.2", count=PINGS, interval=0.05) == 0.0
-    assert report(h1)["nic_encapsulated_packets"] == before  # no tunnel on the way
+    after = [report(h) for h in (h1, h2)]
+    for was, now in zip(before, after, strict=True):  # each host: PINGS one way out, PINGS the other way in
+        assert now["nic_forwarded_packets"] - was["nic_forwarded_packets"] >= 2 * PINGS, (was, now)
+        assert now["nic_encapsulated_packets"] == was["nic_encapsulated_packets"], (was, now)  # no tunnel
+        assert now["ovs_forwarded_packets"] - was["ovs_forwarded_packets"] <= PINGS // 4, (was, now)
 
 
 def test_a_floating_ip_is_reached_from_outside_and_a_vm_without_one_goes_out_as_its_host(lab: SimLab) -> None:

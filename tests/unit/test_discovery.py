@@ -237,7 +237,8 @@ def test_sim_driver_reports_its_uplink_and_tunnel_devices(tmp_path):
             "tunnel_decap": ["vxlan"]}
     socket = write_status(tmp_path, pid=os.getpid(), caps=caps)
     status = json.loads(Path(f"{socket}.json").read_text())
-    status["uplink"] = {"representor": "simnic0p", "representor_ifindex": 20, "wire": "hw", "mac": "02:00:00:00:00:01"}
+    status["uplinks"] = [{"port": 0, "representor": "simnic0p", "representor_ifindex": 20, "wire": "hw",
+                          "mac": "02:00:00:00:00:01"}]
     status["tunnels"] = [{"type": "vxlan", "netdev": "simnic0vx", "ifindex": 21, "dst_port": 4789},
                          {"type": "geneve", "netdev": "simnic0gn", "ifindex": 22, "dst_port": 6081}]
     Path(f"{socket}.json").write_text(json.dumps(status))
