@@ -100,12 +100,9 @@ class SimLab:
         self.url = ("etcd://" + ",".join(f"{ip}:{ETCD_CLIENT_PORT}" for ip in self.members) if self.members
                     else f"sqlite:///{self.workdir}/nb.sqlite")
         self.physnet = physnet
-        self.hosts = [SimHost(f"{name}{i}", self.workdir / f"{name}{i}", self.url, num_vfs=num_vfs,
-                              profile=profiles[(i - 1) % len(profiles)], agent_debug=agent_debug,
-                              tunnel_ip=f"{UNDERLAY_NET}.{i}", underlay=self.underlay,
-                              uplinks={physnet: self.underlay.ns}, nic_physnet=physnet,
-                              external_ip=f"{EXTERNAL_NET}.{100 + i}")
-                      for i in range(1, hosts + 1)]
+        self.num_vfs = num_vfs
+        self.agent_debug = agent_debug
+        self.hosts = [self._new_host(i, profiles[(i - 1) % len(profiles)]) for i in range(1, hosts + 1)]
         self._etcd: list[subprocess.Popen] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -132,14 +129,7 @@ class SimLab:
                     stale.unlink()
             for i, host in enumerate(self.hosts, 1):
                 progress(f"host {host.name} ({host.profile}): OVS, simulated NIC, agent")
-                host.start(agent=False)
-                self._save()
-                self._wire_mgmt(host, i)
-                peer = host.uplink_peer(self.physnet)
-                in_ns(self.underlay.ns, "ip", "link", "set", peer, "master", OUTSIDE_BRIDGE)
-                in_ns(self.underlay.ns, "ethtool", "-K", peer, "tx", "off", check=False)
-                host.start_agent()
-                self._save()
+                self._start_host(host, i)
             progress("waiting for every agent to register its chassis")
             self._wait_registered()
         except BaseException:
@@ -162,6 +152,33 @@ class SimLab:
         self._etcd = []
         self.underlay.stop()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def add_host(self, profile: str | None = None) -> SimHost:
+        """One more host, started and registered: the lab grows while it runs (a host joins the cloud)."""
+        i = len(self.hosts) + 1
+        host = self._new_host(i, profile or self.hosts[0].profile)
+        self.hosts.append(host)
+        self._start_host(host, i)
+        self._wait_registered()
+        return host
+
+    def _new_host(self, i: int, profile: str) -> SimHost:
+        """Host i: its NIC on the underlay (tunnel address .i) and, by its second port, on the physical network."""
+        return SimHost(f"{self.name}{i}", self.workdir / f"{self.name}{i}", self.url, num_vfs=self.num_vfs,
+                       profile=profile, agent_debug=self.agent_debug, tunnel_ip=f"{UNDERLAY_NET}.{i}",
+                       underlay=self.underlay, uplinks={self.physnet: self.underlay.ns}, nic_physnet=self.physnet,
+                       external_ip=f"{EXTERNAL_NET}.{100 + i}")
+
+    def _start_host(self, host: SimHost, index: int) -> None:
+        """Start a host without its agent, wire its management link and provider uplink, then its agent."""
+        host.start(agent=False)
+        self._save()
+        self._wire_mgmt(host, index)
+        peer = host.uplink_peer(self.physnet)
+        in_ns(self.underlay.ns, "ip", "link", "set", peer, "master", OUTSIDE_BRIDGE)
+        in_ns(self.underlay.ns, "ethtool", "-K", peer, "tx", "off", check=False)
+        host.start_agent()
+        self._save()
 
     def _wait_registered(self) -> None:
         """Until every host's chassis is in the database: only then do other hosts tunnel to it."""

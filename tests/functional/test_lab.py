@@ -308,6 +308,23 @@ def test_a_floating_ip_is_reached_from_outside_and_a_vm_without_one_goes_out_as_
     assert ask(vm_ns(h3, "s1"), outside, remote, bind=remote) == [h3.external_ip, remote]
 
 
+def test_a_host_joining_after_ports_were_bound_to_it_is_reached(lab: SimLab) -> None:
+    """A port is bound to a chassis that has not registered yet (a host still being installed); when the host
+    joins the running lab and its agent registers, host 1's agent takes the chassis in and tunnels to it."""
+    h1 = lab.hosts[0]
+    name = f"{lab.name}{len(lab.hosts) + 1}"
+    net = lab.nb(lambda nb: nb.create(Network(name="t-late", vni=3600)))
+    plug(lab, h1, net, "l1", "fa:16:3e:58:00:01", "10.58.0.1")
+    late = lab.nb(lambda nb: nb.create(Port(name="l2", network_id=net.id, mac="fa:16:3e:58:00:02",
+                                            ips=["10.58.0.2"], chassis=name)))
+    assert not reaches(h1, "l1", "10.58.0.2")
+    joined = lab.add_host()
+    assert joined.name == name
+    joined.plug(late, vm_ns(joined, "l2"))
+    wait_for("l1 to reach l2 on the host that joined", lambda: reaches(h1, "l1", "10.58.0.2"), timeout=40, host=h1)
+    assert tunnels_to(h1, joined.tunnel_ip)[1] > 0, "host 1's NIC does not encapsulate to the host that joined"
+
+
 def tunnels_to(host: SimHost, address: str) -> tuple[int, int]:
     """(OVS flows, NIC rules) of ``host`` that send packets into a tunnel to ``address``."""
     flows = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", host.ovs.mgmt(BRIDGE)).stdout
@@ -321,8 +338,8 @@ def tunnels_to(host: SimHost, address: str) -> tuple[int, int]:
 def test_a_host_killed_is_no_longer_tunnelled_to_and_nothing_else_is_disturbed(lab: SimLab) -> None:
     """Host 3 dies (everything on it stops; its agent's lease lapses): host 1 takes out every OVS flow and NIC
     rule tunnelling to it, while k1 on host 1 and k2 on host 2 go on talking through their NICs. Runs last:
-    the lab has two hosts after it."""
-    h1, h2, h3 = lab.hosts
+    the lab has lost a host after it."""
+    h1, h2, h3 = lab.hosts[:3]
     net = lab.nb(lambda nb: nb.create(Network(name="t-kill", vni=3200)))
     for host, i in ((h1, 1), (h2, 2), (h3, 3)):
         plug(lab, host, net, f"k{i}", f"fa:16:3e:53:00:0{i}", f"10.53.0.{i}")
