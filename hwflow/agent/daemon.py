@@ -219,11 +219,11 @@ class Agent:
     def follow_liveness(self) -> None:
         """Read which chassis are alive (their agents' leases); a chassis that died or came back wakes a pass.
 
-        A dead host writes nothing (it was killed, or lost its power): its lease lapses three reports after
-        its last. The topology then takes it as unregistered, so nothing tunnels to its ports until it is back
-        (see :meth:`_seen`). The lease is the agent's, not the datapath's: an agent stopped for longer than
-        the lease (3 x ``report_interval``) counts as a dead host too, so restart agents within it. A
-        database that cannot say leaves the last answer in force.
+        A dead host writes nothing (it was killed, or lost its power): its record still says it is up, and
+        its lease lapses three reports after its last. The topology then takes it as unregistered, so nothing
+        tunnels to its ports until it is back (see :meth:`_seen`). An agent stopped cleanly says it is not up
+        (its datapaths keep forwarding): its tunnels stay. A database that cannot say leaves the last answer
+        in force.
         """
         try:
             alive = frozenset(self.nb.alive_chassis())
@@ -239,9 +239,11 @@ class Agent:
         self._alive = alive
 
     def _seen(self, obj: NbObject | None) -> NbObject | None:
-        """An object as the topology takes it: another chassis whose lease lapsed is taken as not registered
-        (None), so its ports are not tunnelled to (``hwflow.apps.output.remote_chassis``) until it is back."""
-        if isinstance(obj, Chassis) and obj.id != self.chassis and self._alive is not None \
+        """An object as the topology takes it: another chassis whose agent said it is up and whose lease lapsed
+        is taken as not registered (None), so its ports are not tunnelled to (``hwflow.apps.output.
+        remote_chassis``) until it is back. A record that says it is not up (its agent stopped cleanly: the
+        host's datapaths go on; or a chassis no agent runs on) keeps its tunnels."""
+        if isinstance(obj, Chassis) and obj.up and obj.id != self.chassis and self._alive is not None \
                 and obj.id not in self._alive:
             return None
         return obj
@@ -351,6 +353,11 @@ class Agent:
             objects[Chassis.kind] = {i: c for i, c in objects[Chassis.kind].items() if self._seen(c) is not None}
             ports = objects[Port.kind]
             return self.topo.update(objects, {pid for pid in ifaces if pid in ports and self._here(ports[pid])})
+        if any(isinstance(obj, Chassis) and obj.up and self._alive is not None and obj.id not in self._alive
+               for obj in drained.values()):
+            self.follow_liveness()  # a host (re)registering: its lease is new, not lapsed
+            flipped |= self._liveness_flipped
+            self._liveness_flipped = set()
         drained = {key: self._seen(obj) for key, obj in drained.items() if key[0] in TOPOLOGY_KINDS}
         held = self.cache.objects(Chassis.kind) if flipped else {}
         for name in flipped:
