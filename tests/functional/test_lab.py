@@ -154,9 +154,16 @@ def test_tenants_with_overlapping_addresses_stay_apart(lab: SimLab) -> None:
     plug(lab, h3, nets[1], "y2", "fa:16:3e:51:00:02", "10.50.0.2")
     wait_for("x1 to reach x2", lambda: reaches(h1, "x1", "10.50.0.2"), timeout=40, host=h1)
     wait_for("y1 to reach y2", lambda: reaches(h1, "y1", "10.50.0.2"), timeout=40, host=h1)
+    before = report(h1)
+    assert h1.ping(vm_ns(h1, "x1"), "10.50.0.2", count=PINGS, interval=0.05) == 0.0
+    assert report(h1)["nic_encapsulated_packets"] - before["nic_encapsulated_packets"] >= PINGS  # by the NIC
     in_ns(vm_ns(h2, "x2"), "ip", "link", "set", "eth0", "down")
     try:
+        quiet = report(h3)
         assert h1.ping(vm_ns(h1, "x1"), "10.50.0.2", count=4, interval=0.2) == 100.0, "y2 answered x1"
+        after = report(h3)
+        for key in ("nic_decapsulated_packets", "ovs_forwarded_packets"):  # nothing of x1's reached host 3
+            assert after[key] == quiet[key], (key, quiet, after)
     finally:
         in_ns(vm_ns(h2, "x2"), "ip", "link", "set", "eth0", "up")
 
@@ -196,7 +203,9 @@ def test_dhcp_answers_on_every_host_and_the_vms_then_reach_each_other(lab: SimLa
             name=f"d{i}", network_id=net.id, mac=f"fa:16:3e:54:00:0{i}", ips=[f"10.54.0.{i}"], chassis=host.name)))
         host.plug(dataclasses.replace(port, ips=[]), vm_ns(host, f"d{i}"))  # the VM boots with no address
         (tmp_path / f"d{i}").mkdir()
+        before = report(host)
         lease = udhcpc(vm_ns(host, f"d{i}"), tmp_path / f"d{i}")
+        assert report(host)["ovs_forwarded_packets"] - before["ovs_forwarded_packets"] >= 2  # punted by OVS
         assert lease["ip"] == f"10.54.0.{i}", lease
         assert f"DHCP REQUEST from port {port.id}: ACK 10.54.0.{i}" in host.agent_log.read_text()
         in_ns(vm_ns(host, f"d{i}"), "ip", "addr", "add", f"{lease['ip']}/{lease['mask']}", "dev", "eth0")
@@ -241,6 +250,10 @@ def test_security_groups_hold_across_hosts_and_replies_come_back(lab: SimLab) ->
 
         wait_for("the client's connection to the server", lambda: connect("cli", "10.55.0.1") == f"{REPLY}22",
                  timeout=40, host=h1)
+        before = report(h1)
+        assert connect("cli", "10.55.0.1") == f"{REPLY}22"
+        # the simulated NIC does no conntrack: a tracked connection's packets go through OVS
+        assert report(h1)["ovs_forwarded_packets"] - before["ovs_forwarded_packets"] >= 3
         assert connect("out", "10.55.0.1") == "", "the outsider got in"
         assert connect("srv", "10.55.0.2") == "", "the server opened a connection to the client"
         assert connect("cli", "10.55.0.1") == f"{REPLY}22"
@@ -303,7 +316,9 @@ def test_a_floating_ip_is_reached_from_outside_and_a_vm_without_one_goes_out_as_
     h2.plug(ports["f1"], vm_ns(h2, "f1"), gateway="10.57.0.1")
     h3.plug(ports["s1"], vm_ns(h3, "s1"), gateway="10.57.0.1")
     wait_for("f1 to reach the outside", lambda: reaches(h2, "f1", remote), timeout=40, host=h2)
+    before = report(h2)
     assert ask(vm_ns(h2, "f1"), outside, remote, bind=remote) == [fip_address, remote]
+    assert report(h2)["ovs_forwarded_packets"] > before["ovs_forwarded_packets"]  # NAT is conntrack: OVS's
     assert " 0% packet loss" in ping(outside, fip_address)
     assert ask(outside, vm_ns(h2, "f1"), fip_address, bind="0.0.0.0") == [gateway, fip_address]
     wait_for("s1 to reach the outside", lambda: reaches(h3, "s1", remote), timeout=40, host=h3)
