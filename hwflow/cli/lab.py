@@ -31,7 +31,8 @@ JSON keys (--format json) of `up` and `status`:
   hosts: a list of {name, profile, tunnel_ip, vms (namespaces), nic_rules,
   nic_forwarded_packets (redirected by NIC rules), nic_encapsulated_packets (put into a
   tunnel by the NIC), nic_decapsulated_packets (taken out of a tunnel and delivered by the
-  NIC), ovs_forwarded_packets (taken in by OVS from VF representors, tunnel ports and provider uplinks)}
+  NIC), ovs_forwarded_packets (taken in by OVS from VF representors and tunnel ports),
+  ovs_uplink_packets (taken in by OVS from the provider uplinks)}
 """
 
 

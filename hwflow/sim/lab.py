@@ -293,7 +293,8 @@ def host_report(host: LabHost) -> dict:
     ``nic_forwarded_packets``: packets the NIC's rules sent on (a redirect, to a VF or into a tunnel);
     ``nic_encapsulated_packets``: those sent into a tunnel; ``nic_decapsulated_packets``: those its tunnel
     devices' rules took out of one and delivered; ``ovs_forwarded_packets``: packets OVS took in from the
-    VMs' representors, its tunnel ports and the provider uplinks (what the NIC left to software).
+    VMs' representors and its tunnel ports (what the NIC left to software); ``ovs_uplink_packets``: those it
+    took in from the provider uplinks (the physical network's broadcasts among them).
     """
     workdir = Path(host.workdir)
     state = json.loads((workdir / "host.json").read_text()) if (workdir / "host.json").exists() else {}
@@ -311,7 +312,8 @@ def host_report(host: LabHost) -> dict:
         "nic_forwarded_packets": sum(s.packets for r, s in rules if _redirects(r)),
         "nic_encapsulated_packets": sum(s.packets for r, s in rules if _encapsulates(r)),
         "nic_decapsulated_packets": sum(s.packets for r, s in rules if r.ifindex in tunnels and _redirects(r)),
-        "ovs_forwarded_packets": _ovs_rx(ovs, status),
+        "ovs_forwarded_packets": _ovs_rx(ovs, status, uplinks=False),
+        "ovs_uplink_packets": _ovs_rx(ovs, status, uplinks=True),
     }
 
 
@@ -339,11 +341,13 @@ def _encapsulates(rule: fl.FlowerRule) -> bool:
     return any(isinstance(a, fl.TunnelKey) and not a.unset for a in rule.actions)
 
 
-def _ovs_rx(ovs: OvsDaemons, status: dict) -> int:
-    """Packets OVS received on the VF representors, its tunnel ports and the NIC's provider uplinks (port 0's
-    uplink representor is the underlay's, on another bridge)."""
-    names = [p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values())
-    names += [u["representor"] for u in status.get("uplinks", ()) if u.get("port")]
+def _ovs_rx(ovs: OvsDaemons, status: dict, uplinks: bool) -> int:
+    """Packets OVS received on the VF representors and its tunnel ports, or (``uplinks``) on the NIC's provider
+    uplinks (port 0's uplink representor is the underlay's, on another bridge)."""
+    if uplinks:
+        names = [u["representor"] for u in status.get("uplinks", ()) if u.get("port")]
+    else:
+        names = [p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values())
     try:
         ovsdb = OvsdbClient(ovs.db_sock, BRIDGE)
         try:

@@ -102,7 +102,7 @@ def test_lab_command_starts_reports_and_stops_a_lab(tmp_path: Path) -> None:
         status = subprocess.run([HWFLOW, "lab", "status", "--format", "json", *where], capture_output=True,
                                 text=True, timeout=60, check=True)
         keys = {"name", "profile", "tunnel_ip", "vms", "nic_rules", "nic_forwarded_packets",
-                "nic_encapsulated_packets", "nic_decapsulated_packets", "ovs_forwarded_packets"}
+                "nic_encapsulated_packets", "nic_decapsulated_packets", "ovs_forwarded_packets", "ovs_uplink_packets"}
         assert all(set(h) == keys for h in json.loads(status.stdout)["hosts"])
     finally:
         down = subprocess.run([HWFLOW, "lab", "down", *where], capture_output=True, text=True, timeout=120,
@@ -279,7 +279,8 @@ def test_a_provider_vlan_network_spans_hosts_through_the_nics(lab: SimLab) -> No
     for was, now in zip(before, after, strict=True):  # each host: PINGS one way out, PINGS the other way in
         assert now["nic_forwarded_packets"] - was["nic_forwarded_packets"] >= 2 * PINGS, (was, now)
         assert now["nic_encapsulated_packets"] == was["nic_encapsulated_packets"], (was, now)  # no tunnel
-        assert now["ovs_forwarded_packets"] - was["ovs_forwarded_packets"] <= PINGS // 4, (was, now)
+        for key in ("ovs_forwarded_packets", "ovs_uplink_packets"):
+            assert now[key] - was[key] <= PINGS // 4, (key, was, now)
 
 
 def test_a_floating_ip_is_reached_from_outside_and_a_vm_without_one_goes_out_as_its_host(lab: SimLab) -> None:
