@@ -30,6 +30,7 @@ setup(
         "cffi>=1.15",
         "PyYAML>=6.0",
         "etcd3gw>=2.4",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],

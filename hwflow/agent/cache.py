@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from hwflow.agent import selection
@@ -80,6 +81,7 @@ class NbCache:
         self._stale = False  # the set must be walked again (a walk failed on an unreachable database)
         self._touched: set[selection.Key] | None = None  # keys changed since the last drain (None: anything)
         self.revision = 0
+        self.last_reply: float | None = None  # time.monotonic() of the database's last snapshot or watch answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -131,6 +133,7 @@ class NbCache:
     def resync(self) -> None:
         """Replace what is held with the selection from one consistent snapshot."""
         revision, objs = self._nb.snapshot()
+        self.last_reply = time.monotonic()
         with self._lock:
             chosen = selection.walk(self._local_ids, self._chassis, selection.SnapshotSource(objs))
             self._held, self._expanded = chosen.objects, chosen.expanded
@@ -187,6 +190,7 @@ class NbCache:
 
     def _step(self) -> bool:
         changes = self._nb.watch(self.revision + 1, self._watch_timeout)
+        self.last_reply = time.monotonic()
         if not changes:
             return False
         with self._lock:

@@ -32,6 +32,7 @@ from oslo_config import cfg
 from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
 from hwflow.agent.dhcp import DhcpResponder
+from hwflow.agent.metrics import AgentMetrics
 from hwflow.apps.compiler import Compiler, Delta, layout_path
 from hwflow.backends.ovs.backend import FullSyncNeeded, OvsBackend, SyncResult, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
@@ -86,6 +87,7 @@ class Agent:
         tc: TcBackend,
         devices: Callable[[], list[DeviceReport]],
         compiler: Compiler,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.conf = conf
         self.nb = nb
@@ -120,6 +122,8 @@ class Agent:
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
         self.dhcp = DhcpResponder(ovs.of, lambda: (self.topo, self.ofports))
+        self.metrics = metrics if metrics is not None else AgentMetrics()  # its own registry (hwflow.agent.metrics)
+        self.metrics.follow(self.cache)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -148,6 +152,8 @@ class Agent:
         self.follow_liveness()
         self.cache.start()
         self.dhcp.start()
+        if self.conf.agent.metrics_port:
+            self.metrics.serve(self.conf.agent.metrics_host, self.conf.agent.metrics_port)
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -172,12 +178,16 @@ class Agent:
             if now >= next_beat:
                 self.register(up=True)
                 self.follow_liveness()
+                if self.metrics.serving:  # per-port traffic: a dump of every representor, so not on every pass
+                    self.metrics.report(self.tc, self.ovs, self._reports, self.topo, self._encoded_reps,
+                                        self.ofports, self._alive)
                 next_beat = now + self.conf.agent.report_interval
             self._wake.wait(timeout=min(1.0, self.conf.agent.report_interval))
 
     def shutdown(self) -> None:
         """Stop following the database; the datapaths keep what they have."""
         self.cache.stop()
+        self.metrics.close()
         try:
             self.register(up=False)
         except HwflowError as exc:
@@ -332,6 +342,7 @@ class Agent:
             LOG.debug("pass (%s) changed nothing in %.1f ms", "full" if full else "delta",
                       sum(result.stages.values()) * 1000)
         self.last_pass = result
+        self.metrics.observe_pass(result, full, plan, self.tc)
         return result
 
     def _sync_ovs(self, pipeline: ir.Pipeline, delta: Delta, ofports: Mapping[int, int], full: bool) -> SyncResult:

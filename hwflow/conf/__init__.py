@@ -108,6 +108,18 @@ agent_opts = [
         "missed reports, and the chassis is then shown dead), and rewrites "
         "its chassis record only if something in it changed.",
     ),
+    cfg.PortOpt(
+        "metrics_port",
+        default=0,
+        help="TCP port the agent serves its Prometheus metrics on "
+        "(http://<metrics_host>:<metrics_port>/metrics; see hwflow.agent.metrics "
+        "for the list). 0: no metrics are served.",
+    ),
+    cfg.HostAddressOpt(
+        "metrics_host",
+        default="127.0.0.1",
+        help="Address the agent's metrics server listens on (with metrics_port).",
+    ),
     cfg.FloatOpt(
         "resync_interval",
         default=60.0,

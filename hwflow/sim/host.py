@@ -66,7 +66,7 @@ class SimHost:
                  profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
                  uplinks: Mapping[str, str] | None = None, external_ip: str = "",
                  underlay: Underlay | None = None, underlay_prefixlen: int = 24,
-                 nic_physnet: str | None = None) -> None:
+                 nic_physnet: str | None = None, metrics_port: int = 0) -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
         other end is ``uplink_peer(physnet)`` in that namespace.
@@ -81,6 +81,9 @@ class SimHost:
         the veth's host end is that port's wire and the port's uplink representor is the physical network's
         uplink, so the NIC can push and pop its VLAN tags itself (a representor cannot sit on the underlay's
         bridge and the integration bridge at once: hence a port of its own, as on a dual-port NIC).
+
+        ``metrics_port``: where the agent serves its Prometheus metrics (``[agent] metrics_port``), on 127.0.0.1
+        in the host's namespace; 0: nowhere.
         """
         if nic_physnet is not None and (underlay is None or nic_physnet not in (uplinks or {})):
             raise HostError(f"nic_physnet {nic_physnet!r} needs an underlay and an uplink for that network")
@@ -98,6 +101,7 @@ class SimHost:
         self.underlay = underlay
         self.underlay_prefixlen = underlay_prefixlen
         self.nic_physnet = nic_physnet
+        self.metrics_port = metrics_port
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -223,6 +227,7 @@ class SimHost:
             f"tunnel_ip = {self.tunnel_ip}\n"
             f"external_ip = {self.external_ip}\n"
             f"bridge_mappings = {','.join(f'{net}:{dev}' for net, dev in self._uplink_devices().items())}\n"
+            f"metrics_port = {self.metrics_port}\n"
             "report_interval = 5\n\n"
             "[nic]\n"
             f"sim_sockets = {self.nic_socket}\n"

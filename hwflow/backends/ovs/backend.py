@@ -473,6 +473,10 @@ class OvsBackend:
     def port_stats(self) -> dict[int, tuple[int, int]]:
         return self.of.port_stats()
 
+    def port_counters(self) -> dict[int, tuple[int, int, int, int]]:
+        """ofport -> (rx_packets, rx_bytes, tx_packets, tx_bytes)."""
+        return self.of.port_counters()
+
 
 def fixed_ports(tunnel_ip: str, tunnel_types: Iterable[str], udp_ports: Mapping[str, int],
                 uplinks: Mapping[str, str]) -> list[FixedPort]:

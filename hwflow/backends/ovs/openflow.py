@@ -537,6 +537,12 @@ class OpenFlowConnection:
         req = parser.OFPPortStatsRequest(self.datapath, 0, ofp.OFPP_ANY)
         return {s.port_no: (s.rx_packets, s.tx_packets) for reply in self.request(req) for s in reply.body}
 
+    def port_counters(self) -> dict[int, tuple[int, int, int, int]]:
+        """ofport -> (rx_packets, rx_bytes, tx_packets, tx_bytes), as the switch counts them."""
+        req = parser.OFPPortStatsRequest(self.datapath, 0, ofp.OFPP_ANY)
+        return {s.port_no: (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes)
+                for reply in self.request(req) for s in reply.body}
+
 
 class ProgramWriter:
     """Flow_mod programs encoded and written by a helper thread while the caller builds the next part.

@@ -26,6 +26,7 @@ everything.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import logging
@@ -487,6 +488,7 @@ class TcBackend:
         self._devices: dict[Device, _DeviceState] = {}
         self._unreadable: dict[Device, str] = {}  # device -> last error its NIC answered to a dump, logged once
         self.repairs = 0  # over the backend's life: rules a dump showed differently from memory
+        self.refusals: collections.Counter[int] = collections.Counter()  # over its life: errno -> NIC refusals
 
     def client(self, endpoint: str) -> TcClient:
         if endpoint not in self._clients:
@@ -505,6 +507,10 @@ class TcBackend:
         """The state held in memory: (endpoint, ifindex) -> identity -> installed rule, for every device
         whose state is known (what a dump of it should show)."""
         return {dev: dict(state.rules) for dev, state in self._devices.items() if state.rules is not None}
+
+    def rule_counts(self) -> dict[Device, int]:
+        """How many rules each device whose state is known holds (cheap: no copy of the rules)."""
+        return {dev: len(state.rules) for dev, state in self._devices.items() if state.rules is not None}
 
     def needs_dump(self) -> set[Device]:
         """Devices whose state is unknown: the next plan_delta (or plan) dumps them."""
@@ -746,6 +752,7 @@ class TcBackend:
                 self._refused.pop(key, None)
                 continue
             text = str(err)
+            self.refusals[err.errno] += 1
             if self._refused.get(key) != text:
                 LOG.warning("NIC at %s refused to %s: %s; that traffic stays in Open vSwitch", endpoint, op, text)
             self._refused[key] = text
@@ -753,6 +760,10 @@ class TcBackend:
 
     def refused(self) -> dict[tuple, str]:
         return dict(self._refused)
+
+    @property
+    def refused_count(self) -> int:
+        return len(self._refused)
 
     def forget_refusals(self) -> None:
         """Let refused rules be tried again (room may have freed up, firmware changed)."""
