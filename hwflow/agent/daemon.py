@@ -33,6 +33,7 @@ from hwflow import conf as hwconf
 from hwflow.agent.cache import NbCache
 from hwflow.agent.dhcp import DhcpResponder
 from hwflow.agent.metrics import AgentMetrics
+from hwflow.agent.published import Publisher
 from hwflow.apps.compiler import Compiler, Delta, layout_path
 from hwflow.backends.ovs.backend import FullSyncNeeded, OvsBackend, SyncResult, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
@@ -122,6 +123,7 @@ class Agent:
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
         self.dhcp = DhcpResponder(ovs.of, lambda: (self.topo, self.ofports))
+        self.published = Publisher.for_agent(conf)  # what `hwflow flows` reads (hwflow.agent.published)
         self.metrics = metrics if metrics is not None else AgentMetrics()  # its own registry (hwflow.agent.metrics)
         self.metrics.follow(self.cache)
 
@@ -343,6 +345,7 @@ class Agent:
                       sum(result.stages.values()) * 1000)
         self.last_pass = result
         self.metrics.observe_pass(result, full, plan, self.tc)
+        self.published.passed(self, plan, changed=bool(tc_changes) or bool(ovs.sent), full=full)  # hwflow flows
         return result
 
     def _sync_ovs(self, pipeline: ir.Pipeline, delta: Delta, ofports: Mapping[int, int], full: bool) -> SyncResult:

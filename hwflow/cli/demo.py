@@ -213,6 +213,7 @@ def _print(args: argparse.Namespace, report: dict[str, Any], host: SimHost) -> N
         print(f"\nleft running in {d}. Look around:\n"
               f"  ip netns exec {host.ns}-vm1 ping 10.0.0.2\n"
               f"  ip netns exec {host.ns} hwflow capabilities --config-file {host.agent_config}\n"
+              f"  ip netns exec {host.ns} hwflow flows --config-file {host.agent_config}\n"
               f"  hwflow trace --chassis {host.name} --port vm1 --packet ipv4_dst=10.0.0.2 --database "
               f"{args.database or f'sqlite:///{d}/nb.sqlite'}\n"
               f"  ovs-ofctl -O OpenFlow13 dump-flows {host.ovs.mgmt(BRIDGE)}\n"

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "hwflow.cli.bench",
     "hwflow.cli.pipeline",
     "hwflow.cli.trace",
+    "hwflow.cli.flows",
 )
 
 

@@ -127,6 +127,14 @@ agent_opts = [
         help="Seconds between full reconciles of both datapaths against the "
         "desired state, even when nothing changed (repairs drift).",
     ),
+    cfg.StrOpt(
+        "state_dir",
+        default="/var/lib/hwflow",
+        help="Directory where the agent publishes what only it knows (its "
+        "plan: each hardware rule's logical owner, each software path's "
+        "reason) as flows-<chassis_name>.json, rewritten at most every few "
+        "seconds after a change; `hwflow flows --config-file` reads it.",
+    ),
 ]
 
 nic_opts = [

@@ -236,6 +236,7 @@ class SoftwareLeaf:
     chain: int = 0
     passable: bool = False  # a pass rule (to software) may hold it in front of later rules
     within: tuple[ir.Match, ...] = ()  # the paths it stands for, when ``match`` is wider (see Leaf.within)
+    owner: ir.Owner | str | None = dataclasses.field(default=None, compare=False)  # the path's flow (hwflow flows)
 
     def overlaps(self, match: ir.Match) -> bool:
         """Whether a packet of ``match`` may be one of this leaf's paths (its ``match`` overlaps ``match``)."""
@@ -1756,7 +1757,7 @@ class _Planner:
                 out.short_by(out.cost + cost - budget, target)
             if reason is not None:
                 sw = SoftwareLeaf(scope, match, reason, chain, _passable(leaf, ctx, self.refused, scope, doom),
-                                  tuple(map(ir.Match.of_terms, leaf.within)))
+                                  tuple(map(ir.Match.of_terms, leaf.within)), leaf.owner)
                 software.add(sw, key)
                 out.software.append(sw)
                 continue

@@ -227,6 +227,7 @@ class SimHost:
             f"tunnel_ip = {self.tunnel_ip}\n"
             f"external_ip = {self.external_ip}\n"
             f"bridge_mappings = {','.join(f'{net}:{dev}' for net, dev in self._uplink_devices().items())}\n"
+            f"state_dir = {self.workdir}\n"
             f"metrics_port = {self.metrics_port}\n"
             "report_interval = 5\n\n"
             "[nic]\n"

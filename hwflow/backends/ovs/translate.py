@@ -597,6 +597,11 @@ class FlowCompiler:
             cookie = self._cookies[owner] = owner_cookie(owner)
         return cookie
 
+    def owners(self) -> list[ir.Owner | str]:
+        """The owners whose cookies are cached: those of every flow compiled since the cache was last emptied
+        (a copy, which another thread may take: hwflow.agent.published names the owners of dumped flows so)."""
+        return list(self._cookies)
+
     def _step(self, index: int, oxm: str, transform: int, mask: int) -> _Step:
         field = self.catalog.field(oxm)
         wide = field.width > 8
