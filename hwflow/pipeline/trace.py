@@ -9,14 +9,14 @@ IP as sources, IPv4 ICMP echo, TTL 64). Values print back the same way.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hwflow.model.objects import Port
+from hwflow.model.objects import Port, RouterPort
 from hwflow.pipeline import interpreter, ir
 
 MAC_FIELDS = {"eth_src", "eth_dst", "arp_sha", "arp_tha"}
-IPV4_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
+IPV4_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_src", "tun_dst"}
 IPV6_FIELDS = {"ipv6_src", "ipv6_dst"}
 ETH_TYPES = {"ipv4": ir.ETH_TYPE_IPV4, "arp": ir.ETH_TYPE_ARP, "ipv6": ir.ETH_TYPE_IPV6}
 IP_PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
@@ -78,8 +78,9 @@ def parse_spec(spec: str) -> dict[str, int]:
     return fields
 
 
-def with_defaults(given: Mapping[str, int], port: Port, ports: Mapping[str, Port]) -> dict[str, int]:
-    """Fill what the user left out from the ingress port and the network's other ports."""
+def with_defaults(given: Mapping[str, int], port: Port, ports: Mapping[str, Port],
+                  router_ports: Iterable[RouterPort] = ()) -> dict[str, int]:
+    """Fill what the user left out from the ingress port and the network's other ports (or its router)."""
     packet = {"eth_src": parse_value("eth_src", port.mac), "eth_type": ir.ETH_TYPE_IPV4, **given}
     ipv4 = [ip for ip in port.ips if ":" not in ip]
     if packet["eth_type"] == ir.ETH_TYPE_ARP:
@@ -96,18 +97,22 @@ def with_defaults(given: Mapping[str, int], port: Port, ports: Mapping[str, Port
             packet.setdefault("icmp_type", 8)
             packet.setdefault("icmp_code", 0)
         if "eth_dst" not in packet and "ipv4_dst" in packet:
-            packet["eth_dst"] = _mac_of(packet["ipv4_dst"], port.network_id, ports)
+            packet["eth_dst"] = _mac_of(packet["ipv4_dst"], port.network_id, ports, router_ports)
     if "eth_dst" not in packet:
         raise PacketSpecError("say eth_dst (or an ipv4_dst of a port on the same network)")
     return packet
 
 
-def _mac_of(address: int, network_id: str, ports: Mapping[str, Port]) -> int:
+def _mac_of(address: int, network_id: str, ports: Mapping[str, Port], router_ports: Iterable[RouterPort] = ()) -> int:
+    """The MAC of the port on the network holding ``address``, else of the network's IPv4 router port."""
     text = str(ipaddress.IPv4Address(address))
     for other in ports.values():
         if other.network_id == network_id and text in other.ips:
             return parse_value("eth_dst", other.mac)
-    raise PacketSpecError(f"no port on the network has {text}: give eth_dst too")
+    for rp in sorted(router_ports, key=lambda r: r.id):
+        if rp.network_id == network_id and rp.ip and ":" not in rp.ip and rp.mac:
+            return parse_value("eth_dst", rp.mac)
+    raise PacketSpecError(f"no port on the network has {text} and no router is on it: give eth_dst too")
 
 
 def render(verdict: interpreter.Verdict, pipeline: ir.Pipeline, port_names: Mapping[int, str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The NIC as tc sees it, for the equivalence tests: hardware rules first, software (the pipeline) on a miss.
 
 Written from tc's documented behaviour, not from the partitioner's helpers, so the proof compares two
-independent readings of a plan:
+independent readings of a plan. The walk through a port's rules (``lookup``, ``apply``, ``hw_then_sw``) is the
+product's, ``hwflow.offload.nic_walk`` (``hwflow trace --hardware`` shows it); it reads the plan so:
 
 - A representor's rules are tried chain by chain; within a chain by level (tc priority), lowest first;
   the order inside a level is the NIC's business, so two rules of one level that both take a packet make
@@ -26,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 from hypothesis import assume
 
+from hwflow.offload import nic_walk
 from hwflow.offload.partition import HwRule, Plan
 from hwflow.pipeline import interpreter, ir
 
@@ -47,25 +49,15 @@ def hw_then_sw(pipeline: ir.Pipeline, plan: Plan, packet: Mapping[str, int],
                conntrack: interpreter.ConnTracker | None = None) -> tuple[tuple[int, Mapping[str, int]], ...]:
     """Outputs (port, packet as sent) when the NIC's rules run first and OVS takes what they hand it."""
     tracker = conntrack if conntrack is not None else interpreter.ConnTracker()
-    rules = plan.rules_of(packet["in_port"])
-    state = {"ct_state": 0, **packet}
-    chain = 0
-    for _ in range(64):
-        rule = lookup(rules, chain, state)
-        if rule is None:
-            if chain == 0:
-                return interpreter.run(pipeline, packet, tracker).outputs
-            return ()  # lost: software tc continues in chain N, where nothing of ours is
-        if rule.drop:
-            return ()  # gact drop: nothing leaves, and software never sees the packet
-        if rule.output is None and rule.goto is None:
-            return interpreter.run(pipeline, packet, tracker).outputs  # pass: software from the start
-        for action in rule.actions:
-            apply(action, state, tracker)
-        if rule.goto is None:
-            return ((rule.output, {k: v for k, v in state.items() if k not in INTERNAL}),)
-        chain = rule.goto
-    raise AssertionError(f"more than 64 gotos: {rules}")
+    try:
+        taken = nic_walk.walk(plan, packet, tracker)
+    except nic_walk.OverlappingRules as exc:
+        raise AssertionError(str(exc)) from None
+    if taken.software:  # a pass, or a miss in chain 0: software from the start
+        return interpreter.run(pipeline, packet, tracker).outputs
+    if taken.verdict != nic_walk.REDIRECT:
+        return ()  # gact drop, or lost (a miss in chain N: software tc continues there, where nothing of ours is)
+    return ((taken.output, taken.packet),)
 
 
 def forwarded_by_nic(plan: Plan, packet: Mapping[str, int]) -> bool:
@@ -112,6 +104,9 @@ def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> lis
         for rule in by_chain.get(chain, ()):
             if (rule.output, rule.goto, rule.drop) == (None, None, False):
                 continue
+            family = rule.match.get("eth_type")
+            if family is not None and family.value != pkt.get("eth_type", family.value):
+                continue  # another family's rule: this packet's addresses would not be its (a drawn one aims there)
             moved = _moved(pkt, rule.match)
             key = (rule.chain, rule.order, tuple(sorted(moved.items())))
             if key in seen:
@@ -147,27 +142,11 @@ def _edges(packet: dict[str, int], match: ir.Match) -> list[dict[str, int]]:
 
 
 def lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
-    candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
-                  and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
-    for level in sorted({r.level for r in candidates}):
-        hits = [r for r in candidates if r.level == level]
-        if len(hits) > 1:
-            raise AssertionError(f"rules of one priority overlap: {hits}")
-        return hits[0]
-    return None
+    """The product's reading (hwflow.offload.nic_walk.lookup); two rules of one level taking a packet fail the test."""
+    try:
+        return nic_walk.lookup(rules, chain, packet)
+    except nic_walk.OverlappingRules as exc:
+        raise AssertionError(str(exc)) from None
 
 
-def apply(action: ir.Action, state: dict[str, int], tracker: interpreter.ConnTracker) -> None:
-    """What tc's pedit, vlan, tunnel_key and ct actions do to the packet."""
-    if isinstance(action, ir.SetField):
-        state[action.field] = action.value
-    elif isinstance(action, ir.DecTtl) and "ip_ttl" in state:
-        state["ip_ttl"] -= 1
-    elif isinstance(action, ir.PushVlan):
-        state["vlan_vid"] = action.vid
-    elif isinstance(action, ir.PopVlan):
-        state.pop("vlan_vid", None)
-    elif isinstance(action, ir.Conntrack):
-        interpreter.apply_conntrack(state, action, tracker)
-    else:
-        raise AssertionError(f"{action} has no tc form")
+apply = nic_walk.apply  # what tc's pedit, vlan, tunnel_key and ct actions do to the packet

@@ -1,0 +1,137 @@
+"""One packet through a plan's hardware rules, as tc on the NIC takes it (``hwflow trace --hardware``).
+
+Written from tc's documented behaviour, not from the partitioner's helpers (the equivalence tests' NIC model,
+``tests/unit/nic_model.py``, is built on this, so the proof still compares two independent readings of a plan):
+
+- A representor's rules are tried chain by chain; within a chain by level (tc priority), lowest first; the
+  order inside a level is the NIC's business, so two rules of one level that both take a packet make the
+  answer depend on the NIC: :class:`OverlappingRules`.
+- flower matches VLAN tags through the protocol: a rule without a ``vlan_vid`` term takes untagged packets
+  only.
+- ``drop`` (gact drop) ends the packet there: no output, and software never sees it.
+- ``pass`` hands the packet to software, which runs the whole pipeline from the start.
+- A miss in chain 0 goes to software the same way. A miss in chain N > 0 depends on the NIC
+  (``Capabilities.chain_miss``): mlx5 (``continue``) hands it to software tc at chain N, which holds no rule of
+  ours (skip_sw), and the kernel drops it (the walk says ``lost``); a ``restart`` NIC hands it to software
+  from the start.
+- ``conntrack`` is the connection table the NIC and software share (the kernel's). A packet no ``ct`` action
+  has seen has ``ct_state`` 0 (untracked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from hwflow.offload import capabilities as hw
+from hwflow.offload.partition import SHARED, HwRule, Plan, SoftwareLeaf
+from hwflow.pipeline import interpreter, ir
+
+INTERNAL = ir.INTERNAL_FIELDS | {"in_port"}
+MAX_GOTOS = 64
+
+REDIRECT, DROP, PASS, MISS = "redirect", "drop", "pass", "miss"
+
+
+class OverlappingRules(ValueError):
+    """Two rules of one chain and level both take the packet: which one wins is the NIC's business."""
+
+
+@dataclasses.dataclass
+class NicWalk:
+    """What the NIC does with one packet.
+
+    ``verdict``: ``redirect`` (out of ``output``, ``packet`` as sent), ``drop``, ``pass`` (a pass rule hands it
+    to software) or ``miss`` (no rule of ``chain`` takes it). ``rules``: the rules that took it, in order (gotos
+    first). ``software``: whether software then runs the whole pipeline for it (a pass, a miss in chain 0, a
+    miss on a NIC whose chain misses restart); a miss that does not is ``lost``. ``leaf``: the software path the
+    packet's is, when the plan kept one for it in the chain it left the NIC from (its reason says why).
+    """
+
+    verdict: str
+    chain: int
+    rules: list[HwRule] = dataclasses.field(default_factory=list)
+    output: int | None = None
+    packet: dict[str, int] = dataclasses.field(default_factory=dict)
+    software: bool = False
+    leaf: SoftwareLeaf | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.verdict == MISS and not self.software
+
+    @property
+    def by_nic(self) -> bool:
+        """The NIC decided the packet (sent it out or dropped it): software never sees it."""
+        return self.verdict in (REDIRECT, DROP)
+
+
+def lookup(rules: Sequence[HwRule], chain: int, packet: Mapping[str, int]) -> HwRule | None:
+    """The rule of ``chain`` that takes ``packet`` (None: a miss)."""
+    candidates = [r for r in rules if r.chain == chain and r.match.covers(packet)
+                  and (r.match.get("vlan_vid") is not None or "vlan_vid" not in packet)]
+    for level in sorted({r.level for r in candidates}):
+        hits = [r for r in candidates if r.level == level]
+        if len(hits) > 1:
+            raise OverlappingRules(f"rules of one priority overlap: {hits}")
+        return hits[0]
+    return None
+
+
+def apply(action: ir.Action, state: dict[str, int], tracker: interpreter.ConnTracker) -> None:
+    """What tc's pedit, vlan, tunnel_key and ct actions do to the packet."""
+    if isinstance(action, ir.SetField):
+        state[action.field] = action.value
+    elif isinstance(action, ir.DecTtl) and "ip_ttl" in state:
+        state["ip_ttl"] -= 1
+    elif isinstance(action, ir.PushVlan):
+        state["vlan_vid"] = action.vid
+    elif isinstance(action, ir.PopVlan):
+        state.pop("vlan_vid", None)
+    elif isinstance(action, ir.Conntrack):
+        interpreter.apply_conntrack(state, action, tracker)
+    elif not isinstance(action, ir.DecTtl):
+        raise ValueError(f"{action} has no tc form")
+
+
+def walk(plan: Plan, packet: Mapping[str, int], tracker: interpreter.ConnTracker | None = None,
+         chain_miss: str = hw.CHAIN_MISS_CONTINUE, explain: bool = False) -> NicWalk:
+    """``packet`` (with ``in_port``) through its port's rules in ``plan``; ``tracker`` is the connection table
+    (changed by the ct actions the NIC does). ``explain``: find the software path a packet software takes is
+    (``NicWalk.leaf``: a search of the plan's software paths)."""
+    tracker = tracker if tracker is not None else interpreter.ConnTracker()
+    rules = plan.rules_of(packet["in_port"])
+    state = {"ct_state": 0, **packet}
+    taken: list[HwRule] = []
+    chain = 0
+    for _ in range(MAX_GOTOS):
+        rule = lookup(rules, chain, state)
+        if rule is None:
+            software = chain == 0 or chain_miss == hw.CHAIN_MISS_RESTART
+            return NicWalk(MISS, chain, taken, software=software,
+                           leaf=software_leaf(plan, packet["in_port"], chain, state) if explain else None)
+        taken.append(rule)
+        if rule.drop:
+            return NicWalk(DROP, chain, taken)
+        if rule.output is None and rule.goto is None:
+            return NicWalk(PASS, chain, taken, software=True,
+                           leaf=software_leaf(plan, packet["in_port"], chain, state) if explain else None)
+        for action in rule.actions:
+            apply(action, state, tracker)
+        if rule.goto is None:
+            return NicWalk(REDIRECT, chain, taken, rule.output, {k: v for k, v in state.items() if k not in INTERNAL})
+        chain = rule.goto
+    raise RuntimeError(f"more than {MAX_GOTOS} gotos: {rules}")
+
+
+def software_leaf(plan: Plan, port: int, chain: int, state: Mapping[str, int]) -> SoftwareLeaf | None:
+    """The first path the plan kept in software, in ``chain`` of ``port``, that ``state`` lies in."""
+    if chain == 0:
+        leaves = [leaf for leaf in plan.software if leaf.chain == 0 and leaf.in_port == port]
+    else:
+        held = plan.chains.get(chain)
+        leaves = [leaf for leaf in held.software if leaf.in_port in (port, SHARED)] if held is not None else []
+    for leaf in leaves:
+        if leaf.match.covers(state) and (not leaf.within or any(m.covers(state) for m in leaf.within)):
+            return leaf
+    return None
