@@ -135,3 +135,75 @@ def software_leaf(plan: Plan, port: int, chain: int, state: Mapping[str, int]) -
         if leaf.match.covers(state) and (not leaf.within or any(m.covers(state) for m in leaf.within)):
             return leaf
     return None
+
+
+class _ForcedState(interpreter.ConnTracker):
+    """A connection table whose lookups answer a given ct_state: a packet aimed at a path after conntrack (+est,
+    say) takes that path, not the one a first packet would."""
+
+    def __init__(self, ct_state: int | None) -> None:
+        super().__init__()
+        self.ct_state = ct_state
+
+    def state(self, zone: int, packet: Mapping[str, int]) -> int:
+        return self.ct_state if self.ct_state is not None else super().state(zone, packet)
+
+
+def aimed(plan: Plan, port: int, most: int = 2000) -> list[tuple[dict[str, int], int | None]]:
+    """One packet aimed at each of ``port``'s paths in ``plan``, hardware rules and software paths alike, chain 0
+    and the chains its gotos lead to (each packet moved into the goto's match, then into the path's): (packet,
+    the ct_state the path reads, or None). At most ``most``."""
+    by_chain: dict[int, list[HwRule | SoftwareLeaf]] = {}
+    for rule in plan.rules_of(port):
+        by_chain.setdefault(rule.chain, []).append(rule)
+    for leaf in plan.software:
+        if leaf.chain == 0 and leaf.in_port == port:
+            by_chain.setdefault(0, []).append(leaf)
+    for number in plan.reaches.get(port, ()):
+        by_chain.setdefault(number, []).extend(plan.chains[number].software)
+    out: list[tuple[dict[str, int], int | None]] = []
+    todo: list[tuple[int, dict[str, int], int | None]] = [(0, {"in_port": port}, None)]
+    entered = {0}
+    while todo and len(out) < most:
+        chain, packet, ct_state = todo.pop()
+        for item in by_chain.get(chain, ()):
+            if isinstance(item, HwRule) and item.owner in ("", "miss"):
+                continue  # a pass rule stands for the software paths it holds, which have their own packets
+            moved = _moved(packet, item.match)
+            term = item.match.get("ct_state")
+            state = term.value if term is not None else ct_state
+            out.append((moved, state))
+            if isinstance(item, HwRule) and item.goto is not None and item.goto not in entered:
+                entered.add(item.goto)
+                todo.append((item.goto, moved, state))
+    return out[:most]
+
+
+def _moved(packet: Mapping[str, int], match: ir.Match) -> dict[str, int]:
+    moved = dict(packet)
+    if match.get("vlan_vid") is None:
+        moved.pop("vlan_vid", None)  # flower: a rule without a VLAN term takes untagged packets only
+    for term in match.fields:
+        if term.field not in INTERNAL:
+            moved[term.field] = term.value | moved.get(term.field, 0) & ~term.mask
+    return moved
+
+
+def table_shares(pipeline: ir.Pipeline, plan: Plan, ports: Sequence[int], chain_miss: str = hw.CHAIN_MISS_CONTINUE,
+                 most: int = 2000) -> dict[int, tuple[int, int]]:
+    """table -> (paths through it the NIC decides, paths through it in all), over one packet aimed at each path of
+    each of ``ports`` (:func:`aimed`): the tables the pipeline takes that packet through count it, as offloaded
+    when the NIC forwards or drops it."""
+    shares: dict[int, list[int]] = {}
+    for port in ports:
+        for packet, ct_state in aimed(plan, port, most):
+            try:
+                by_nic = walk(plan, packet, _ForcedState(ct_state), chain_miss).by_nic
+                steps = interpreter.run(pipeline, packet, _ForcedState(ct_state)).steps
+            except (OverlappingRules, RuntimeError, ValueError):
+                continue
+            for table in {step.table for step in steps}:
+                counts = shares.setdefault(table, [0, 0])
+                counts[0] += by_nic
+                counts[1] += 1
+    return {table: (hw_paths, total) for table, (hw_paths, total) in shares.items()}

@@ -299,3 +299,42 @@ def test_overlapping_rules_of_one_level_are_named():
     rules = [_rule(0, 0, {"eth_type": 0x800}, output=2), _rule(0, 0, {"ipv4_dst": 5}, output=3)]
     with pytest.raises(nic_walk.OverlappingRules):
         nic_walk.lookup(rules, 0, {"eth_type": 0x800, "ipv4_dst": 5})
+
+
+# --- hwflow pipeline --dot --chassis -------------------------------------------------------------------------------
+
+
+def dot(url, capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(["pipeline", "--dot", "--chassis", "h1", "--database", url, *argv]) == 0
+    return capsys.readouterr().out
+
+
+def _cell(text: str, table: str) -> str:
+    """The colour of ``table``'s cell ("12 (route)")."""
+    start = text.index(f">{table}")
+    return text[text.rindex('bgcolor="', 0, start) + 9:].split('"', 1)[0]
+
+
+def test_dot_colours_the_tables_by_what_the_nic_takes(routed, capsys):
+    mlx5 = dot(routed, capsys, "--profile", "mlx5-connectx6dx")
+    assert "legend" in mlx5 and "chassis h1, NIC: profile mlx5-connectx6dx" in mlx5
+    assert _cell(mlx5, "12 (route)") in ("palegreen", "khaki1")  # routed paths are rules on mlx5
+    assert _cell(mlx5, "4 (state)") == "gray85"  # no security group here: no path through it
+    basic = dot(routed, capsys, "--profile", "sim-basic")
+    assert _cell(basic, "12 (route)") == "gray85"  # no rewrite on sim-basic: every routed path is software's
+    assert mlx5.startswith("digraph datapath {") and mlx5.rstrip().endswith("}")
+
+
+def test_chassis_needs_dot(routed, capsys):
+    assert main(["pipeline", "--chassis", "h1", "--database", routed]) == 1
+    assert "give --dot" in capsys.readouterr().err
+
+
+def test_shares_count_a_path_once_per_table(routed):
+    conf = conf_for(routed, "h1")
+    host = hostview.load(conf, "h1")
+    hw = hostview.hardware(host, conf, "mlx5-connectx6dx")
+    shares = nic_walk.table_shares(host.pipeline, hw.plan, sorted(hw.offload))
+    assert shares and all(0 <= taken <= total for taken, total in shares.values())
+    assert shares[0][1] >= max(total for _, total in shares.values())  # every path starts in table 0
