@@ -104,9 +104,6 @@ def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> lis
         for rule in by_chain.get(chain, ()):
             if (rule.output, rule.goto, rule.drop) == (None, None, False):
                 continue
-            family = rule.match.get("eth_type")
-            if family is not None and family.value != pkt.get("eth_type", family.value):
-                continue  # another family's rule: this packet's addresses would not be its (a drawn one aims there)
             moved = _moved(pkt, rule.match)
             key = (rule.chain, rule.order, tuple(sorted(moved.items())))
             if key in seen:
