@@ -281,6 +281,9 @@ def _load_topology(path: str) -> dict[str, list[dict[str, Any]]]:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise CliError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it "
+                       "as UTF-8") from None
     if not isinstance(data, Mapping):
         raise CliError(f"{path}: the top level must map kinds to lists of objects, like 'network: [...]'")
     topology: dict[str, list[dict[str, Any]]] = {}

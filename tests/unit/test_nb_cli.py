@@ -285,6 +285,15 @@ def test_apply_refuses_bad_files_clearly(cli, url, tmp_path, text, message):
     assert status == 1 and message in err and err.count("\n") == 1
 
 
+def test_apply_refuses_a_file_that_is_not_utf8_in_one_line(cli, url, tmp_path):
+    topology = tmp_path / "latin1.yaml"
+    topology.write_bytes("networks:\n  - {name: caf\u00e9, vni: 1}\n".encode("latin-1"))
+    status, out, err = cli("apply", str(topology))
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert "is not UTF-8 text (byte 0xe9 at offset" in err and "Traceback" not in err
+    assert stored(url, "network") == []
+
+
 def test_apply_writes_a_whole_file_in_one_transaction_or_nothing(cli, url, tmp_path):
     ports = "".join(f"  - {{name: vm{i}, network_id: blue, mac: 'fa:16:3e:00:01:{i:02x}', ips: [10.0.0.{i + 10}], "
                     "security_groups: [web]}\n" for i in range(200))
