@@ -104,7 +104,7 @@ class NbCache:
             return {key: self._held.get(key) for key in touched}
 
     def held(self) -> list[NbObject]:
-        """Every object held, for tests and diagnostics."""
+        """Every object held (the agent's full pass takes its topology from them: hwflow.agent.view)."""
         with self._lock:
             return list(self._held.values())
 

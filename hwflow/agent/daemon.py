@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from oslo_config import cfg
 
 from hwflow import conf as hwconf
+from hwflow.agent import view
 from hwflow.agent.cache import NbCache
 from hwflow.agent.dhcp import DhcpResponder
 from hwflow.agent.metrics import AgentMetrics
@@ -52,9 +53,6 @@ from hwflow.util.gc import gc_paused
 
 LOG = logging.getLogger("hwflow.agent")
 
-# What the apps compile from; the agent's cache holds these (and chassis).
-TOPOLOGY_KINDS = ("network", "subnet", "port", "router", "router_port", "security_group", "security_group_rule",
-                  "floating_ip", "chassis")
 
 
 
@@ -251,14 +249,9 @@ class Agent:
         self._alive = alive
 
     def _seen(self, obj: NbObject | None) -> NbObject | None:
-        """An object as the topology takes it: another chassis whose agent said it is up and whose lease lapsed
-        is taken as not registered (None), so its ports are not tunnelled to (``hwflow.apps.output.
-        remote_chassis``) until it is back. A record that says it is not up (its agent stopped cleanly: the
-        host's datapaths go on; or a chassis no agent runs on) keeps its tunnels."""
-        if isinstance(obj, Chassis) and obj.up and obj.id != self.chassis and self._alive is not None \
-                and obj.id not in self._alive:
-            return None
-        return obj
+        """An object as the topology takes it (:func:`hwflow.agent.view.seen`: a chassis whose agent died is not
+        tunnelled to)."""
+        return view.seen(obj, self.chassis, self._alive)
 
     def _chassis_differs(self, wanted: Chassis) -> bool:
         """Whether the stored chassis record is missing or says other than ``wanted`` (its time aside)."""
@@ -363,16 +356,13 @@ class Agent:
         drained = self.cache.drain()
         flipped, self._liveness_flipped = self._liveness_flipped, set()
         if full or drained is None:
-            objects = {kind: self.cache.objects(kind) for kind in TOPOLOGY_KINDS}
-            objects[Chassis.kind] = {i: c for i, c in objects[Chassis.kind].items() if self._seen(c) is not None}
-            ports = objects[Port.kind]
-            return self.topo.update(objects, {pid for pid in ifaces if pid in ports and self._here(ports[pid])})
+            return view.update_topology(self.topo, self.cache.held(), ifaces, self._alive)
         if any(isinstance(obj, Chassis) and obj.up and self._alive is not None and obj.id not in self._alive
                for obj in drained.values()):
             self.follow_liveness()  # a host (re)registering: its lease is new, not lapsed
             flipped |= self._liveness_flipped
             self._liveness_flipped = set()
-        drained = {key: self._seen(obj) for key, obj in drained.items() if key[0] in TOPOLOGY_KINDS}
+        drained = {key: self._seen(obj) for key, obj in drained.items() if key[0] in view.TOPOLOGY_KINDS}
         held = self.cache.objects(Chassis.kind) if flipped else {}
         for name in flipped:
             if name in held and (Chassis.kind, name) not in drained:
@@ -381,11 +371,8 @@ class Agent:
         def port(pid: str) -> Port | None:
             return drained.get((Port.kind, pid)) if (Port.kind, pid) in drained else self.topo.ports.get(pid)
 
-        local = {pid for pid in ifaces if (p := port(pid)) is not None and self._here(p)}
-        return self.topo.apply_all(drained, local, TOPOLOGY_KINDS)
-
-    def _here(self, port: Port) -> bool:
-        return port.chassis in ("", self.chassis)
+        local = {pid for pid in ifaces if (p := port(pid)) is not None and view.is_here(p, self.chassis)}
+        return self.topo.apply_all(drained, local, view.TOPOLOGY_KINDS)
 
     def _tc_changes(self, plan: Plan, reps: Mapping[int, Representor], ifaces: Mapping[str, Iface],
                     full: bool) -> tuple[TcDiff, list[tuple[HwRule, str, object]]]:
