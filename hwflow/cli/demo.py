@@ -63,7 +63,8 @@ network, another host) and b(i+1) (across the router, another host).
 JSON keys then: ping_loss_percent (all pings), pings, workdir, kept, and
   hosts  a list of {name, profile, nic_forwarded_packets, ovs_forwarded_packets,
          nic_encapsulated_packets, nic_decapsulated_packets}: what each host's
-         NIC and OVS carried during the counted pings (see `hwflow lab --help`)
+         NIC and OVS carried during the counted pings (see `hwflow lab --help`; the
+         NIC's are null for a NIC whose rules have no counters, as ice-e810's)
 
 Needs root, iproute2 and openvswitch-switch (and etcd-server for --etcd).
 Exit status is 0 when the pings lost nothing and the NIC forwarded packets
@@ -251,7 +252,8 @@ def _run_lab(args: argparse.Namespace) -> int:
     _print_lab(args, report, lab)
     # a host whose NIC can tunnel must have carried its share; one that cannot leaves everything to OVS
     tunnelling = {h.name for h in lab.hosts if load_profile(h.profile).capabilities.can_encap("vxlan")}
-    ok = report["ping_loss_percent"] == 0 and all(h["nic_forwarded_packets"] > 0 for h in report["hosts"]
+    ok = report["ping_loss_percent"] == 0 and all((h["nic_forwarded_packets"] or 0) > 0 or h["nic_forwarded_packets"]
+                                                  is None for h in report["hosts"]
                                                   if h["name"] in tunnelling)
     return 0 if ok else 1
 
@@ -291,7 +293,8 @@ def _lab_scenario(args: argparse.Namespace, lab: SimLab) -> dict[str, Any]:
     lost = sum(host.ping(ns, address, count=args.count, interval=0.05) for host, ns, address in pairs)
     after = _settled(lab)
     keys = ("nic_forwarded_packets", "ovs_forwarded_packets", "nic_encapsulated_packets", "nic_decapsulated_packets")
-    hosts = [{"name": a["name"], "profile": a["profile"], **{k: a[k] - b[k] for k in keys}}
+    hosts = [{"name": a["name"], "profile": a["profile"],  # a NIC without counters says None
+              **{k: None if a[k] is None or b[k] is None else a[k] - b[k] for k in keys}}
              for a, b in zip(after, before, strict=True)]
     return {"ping_loss_percent": lost / len(pairs), "pings": args.count * len(pairs), "hosts": hosts}
 
@@ -333,8 +336,10 @@ def _print_lab(args: argparse.Namespace, report: dict[str, Any], lab: SimLab) ->
     print(f"{report['pings']} pings between {len(lab.hosts)} hosts: {report['ping_loss_percent']:g}% loss")
     print(f"{'host':<9} {'profile':<24} {'NIC fwd':>8} {'NIC encap':>9} {'NIC decap':>9} {'OVS fwd':>8}")
     for h in report["hosts"]:
-        print(f"{h['name']:<9} {h['profile']:<24} {h['nic_forwarded_packets']:>8} "
-              f"{h['nic_encapsulated_packets']:>9} {h['nic_decapsulated_packets']:>9} {h['ovs_forwarded_packets']:>8}")
+        shown = {k: "-" if v is None else v for k, v in h.items()}
+        print(f"{shown['name']:<9} {shown['profile']:<24} {shown['nic_forwarded_packets']:>8} "
+              f"{shown['nic_encapsulated_packets']:>9} {shown['nic_decapsulated_packets']:>9} "
+              f"{shown['ovs_forwarded_packets']:>8}")
     if args.keep:
         print(f"\nleft running in {report['workdir']}: hwflow lab status --workdir {report['workdir']} --name "
               f"{lab.name}\nclean up with: hwflow demo --clean {report['workdir']}")

@@ -29,7 +29,8 @@ the database from the root namespace (etcd listens in the lab's namespace only):
 JSON keys (--format json) of `up` and `status`:
   name, workdir, database (the URL the agents use), underlay_namespace,
   hosts: a list of {name, profile, tunnel_ip, vms (namespaces), nic_rules,
-  nic_forwarded_packets (redirected by NIC rules), nic_encapsulated_packets (put into a
+  nic_forwarded_packets (redirected by NIC rules; null, as the other NIC counts, for a NIC
+  whose rules have no counters: ice-e810's profile), nic_encapsulated_packets (put into a
   tunnel by the NIC), nic_decapsulated_packets (taken out of a tunnel and delivered by the
   NIC), ovs_forwarded_packets (taken in by OVS from VF representors and tunnel ports),
   ovs_uplink_packets (taken in by OVS from the provider uplinks)}
@@ -119,7 +120,8 @@ def _report(args: argparse.Namespace, workdir: Path) -> None:
           f"{report['underlay_namespace']})")
     print(f"{'host':<9} {'profile':<24} {'tunnel ip':<13} {'VMs':>3} {'NIC rules':>9} {'NIC fwd':>8} "
           f"{'encap':>7} {'decap':>7} {'OVS fwd':>8}")
-    for h in report["hosts"]:
+    for host in report["hosts"]:
+        h = {k: "-" if v is None else v for k, v in host.items()}  # "-": a NIC whose rules count nothing
         print(f"{h['name']:<9} {h['profile']:<24} {h['tunnel_ip']:<13} {len(h['vms']):>3} {h['nic_rules']:>9} "
               f"{h['nic_forwarded_packets']:>8} {h['nic_encapsulated_packets']:>7} "
               f"{h['nic_decapsulated_packets']:>7} {h['ovs_forwarded_packets']:>8}")

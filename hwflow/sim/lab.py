@@ -234,6 +234,30 @@ class SimLab:
                 raise HostError(f"etcd did not answer in {START_TIMEOUT:.0f}s; see {self.workdir}/etcd*.log")
             time.sleep(0.2)
 
+    def stop_etcd(self, member: int) -> None:
+        """Stop one etcd member (``members[member]``), its data kept: the database, or that member, goes away."""
+        stop_process(self._etcd[member], 15)
+
+    def start_etcd(self, member: int) -> None:
+        """Start a member ``stop_etcd`` stopped, as it ran before, and wait until every member is healthy."""
+        old = self._etcd[member]
+        if old.poll() is None:
+            return
+        log = open(self.workdir / f"etcd{member}.log", "ab")  # noqa: SIM115 - handed to the child
+        self._etcd[member] = subprocess.Popen(old.args, stdout=log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True,
+                                              env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
+        log.close()
+        self._save()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._etcd_healthy():
+            if self._etcd[member].poll() is not None:
+                raise HostError(f"etcd member {member} exited ({self._etcd[member].returncode}); see "
+                                f"{self.workdir}/etcd{member}.log")
+            if time.monotonic() > deadline:
+                raise HostError(f"etcd did not answer in {START_TIMEOUT:.0f}s; see {self.workdir}/etcd*.log")
+            time.sleep(0.2)
+
     def _etcd_healthy(self) -> bool:
         def ask() -> bool:
             try:
@@ -290,7 +314,8 @@ def teardown_lab(workdir: Path) -> bool:
 def host_report(host: LabHost) -> dict:
     """One host's VMs and what its NIC and its OVS forwarded (rule and port counters, read now).
 
-    ``nic_forwarded_packets``: packets the NIC's rules sent on (a redirect, to a VF or into a tunnel);
+    ``nic_forwarded_packets``: packets the NIC's rules sent on (a redirect, to a VF or into a tunnel; None,
+    as the other NIC counts, for a NIC whose rules have no counters);
     ``nic_encapsulated_packets``: those sent into a tunnel; ``nic_decapsulated_packets``: those its tunnel
     devices' rules took out of one and delivered; ``ovs_forwarded_packets``: packets OVS took in from the
     VMs' representors and its tunnel ports (what the NIC left to software); ``ovs_uplink_packets``: those it
@@ -303,21 +328,26 @@ def host_report(host: LabHost) -> dict:
     rules = _nic_rules(str(workdir / "simnic.sock"), status)
     tunnels = {t["ifindex"] for t in status.get("tunnels", ())}
     ovs = OvsDaemons(Path(state.get("ovs_rundir", workdir / "ovs")), netns=state.get("ns"))
+    def packets(pick: Callable[[fl.FlowerRule], bool]) -> int | None:
+        """What the rules ``pick`` selects counted; None for a NIC that counts nothing (its profile: no counters)."""
+        picked = [stats for rule, stats in rules if pick(rule)]
+        return None if any(s is None for s in picked) else sum(s.packets for s in picked if s is not None)
+
     return {
         "name": host.name,
         "profile": host.profile,
         "tunnel_ip": host.tunnel_ip,
         "vms": state.get("vms", []),
         "nic_rules": len(rules),
-        "nic_forwarded_packets": sum(s.packets for r, s in rules if _redirects(r)),
-        "nic_encapsulated_packets": sum(s.packets for r, s in rules if _encapsulates(r)),
-        "nic_decapsulated_packets": sum(s.packets for r, s in rules if r.ifindex in tunnels and _redirects(r)),
+        "nic_forwarded_packets": packets(_redirects),
+        "nic_encapsulated_packets": packets(_encapsulates),
+        "nic_decapsulated_packets": packets(lambda r: r.ifindex in tunnels and _redirects(r)),
         "ovs_forwarded_packets": _ovs_rx(ovs, status, uplinks=False),
         "ovs_uplink_packets": _ovs_rx(ovs, status, uplinks=True),
     }
 
 
-def _nic_rules(socket: str, status: dict) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
+def _nic_rules(socket: str, status: dict) -> list[tuple[fl.FlowerRule, fl.RuleStats | None]]:
     devices = [p["representor_ifindex"] for p in status.get("ports", ())]
     devices += [t["ifindex"] for t in status.get("tunnels", ())]
     devices += [u["representor_ifindex"] for u in status.get("uplinks", ())]
@@ -326,7 +356,7 @@ def _nic_rules(socket: str, status: dict) -> list[tuple[fl.FlowerRule, fl.RuleSt
     except OSError:
         return []
     try:
-        return [(rule, stats) for ifindex in devices for rule, stats in client.dump(ifindex) if stats is not None]
+        return [entry for ifindex in devices for entry in client.dump(ifindex)]
     except OSError:
         return []
     finally:
