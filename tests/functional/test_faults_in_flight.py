@@ -1,0 +1,335 @@
+"""Faults with traffic in flight (issue 16, part 1): a steady stream between VMs, counted, while things break.
+
+Each test runs a UDP stream with sequence numbers (tests/functional/udp_stream.py, ``RATE`` datagrams a
+second each way) between two VMs on each of two paths:
+
+- the NIC path: two VMs on one network of an mlx5-connectx6dx host, whose packets the NIC's rules forward
+  (their counters are checked to move, and OVS's representor counters not to);
+- the OVS path: two VMs on two subnets of a sim-basic host, routed by the distributed router; sim-basic
+  cannot rewrite headers, so every packet goes through Open vSwitch (checked likewise).
+
+The VMs' neighbours are permanent entries: what is measured is the datapaths, not ARP's timers. Every loss
+figure counts the datagrams of an established stream that never arrived; duplicates are counted too. The
+figures each test measured are printed as ``RELIABILITY {json}`` lines (``pytest -s``): doc/reliability.rst
+records them. Faults: the agent SIGKILLed and restarted (``KILLS`` times), etcd away for ``ETCD_OUTAGE``
+seconds (one member; in a three-member cluster, the one the agents talk to), ovs-vswitchd SIGKILLed and
+restarted, the simulated NIC SIGKILLed and restarted, and refusals injected into the NIC
+(``hwflow-simnic --refuse-rate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_e2e import (
+    Lab,
+    agent_log,
+    evidence,
+    hw_packets,
+    ifindex,
+    nic_dump,
+    nic_rules,
+    ovs_flows,
+    ovs_rx,
+    redirects,
+    representor,
+    snapshot,
+    vm_ns,
+    wait_for,
+)
+
+from hwflow.backends.tc import flower as fl
+from hwflow.db.api import NbApi
+from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
+from hwflow.sim.host import SimHost, in_ns
+
+pytestmark = pytest.mark.functional
+
+STREAM = Path(__file__).with_name("udp_stream.py")
+RATE = 200  # datagrams a second, each way
+KILLS = 10
+ETCD_OUTAGE = {1: 60.0, 3: 20.0}  # seconds etcd (or the agents' member) is away, by cluster size
+SETTLE = 1.0  # seconds of stream before and after each fault
+NIC_PROFILE = "mlx5-connectx6dx"
+OVS_PROFILE = "sim-basic"
+BRIDGED = (("vm1", "fa:16:3e:00:10:01", "10.0.0.1"), ("vm2", "fa:16:3e:00:10:02", "10.0.0.2"))
+ROUTED = (("vm1", "fa:16:3e:00:11:01", "10.1.0.5", "10.1.0.1", "fa:16:3e:ee:01:00"),
+          ("vm2", "fa:16:3e:00:11:02", "10.2.0.5", "10.2.0.1", "fa:16:3e:ee:01:01"))
+
+
+def figures(test: str, **values: object) -> None:
+    """Print what a test measured, for doc/reliability.rst."""
+    print("RELIABILITY " + json.dumps({"test": test, **values}, sort_keys=True), flush=True)
+
+
+# --- the stream ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Way:
+    """One direction of a stream, as measured at its end."""
+
+    sent: int
+    received: int
+    duplicates: int
+    lost: int  # of the established stream: sent from the first received on, never arrived
+    gaps: list[list[float]]  # [first_missing, last_missing, arrived_before, resumed]
+
+    @property
+    def longest_silence(self) -> float:
+        """Seconds between the last datagram before a gap and the first after it (0: no gap)."""
+        return max((resumed - before for _, _, before, resumed in self.gaps), default=0.0)
+
+
+class Stream:
+    """udp_stream.py in two VMs' namespaces, each sending to the other; ``stop`` returns both ways."""
+
+    def __init__(self, name: str, workdir: Path, a: tuple[str, str], b: tuple[str, str]) -> None:
+        self.name = name
+        self.ends = {"a": a, "b": b}  # end -> (namespace, address)
+        self.status_files = {end: workdir / f"stream-{name}-{end}.json" for end in self.ends}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> Stream:
+        for end, (ns, address) in self.ends.items():
+            peer = self.ends["b" if end == "a" else "a"][1]
+            self.status_files[end].unlink(missing_ok=True)
+            self.procs[end] = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, str(STREAM), "--bind", address, "--peer", peer,
+                 "--rate", str(RATE), "--status", str(self.status_files[end])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        wait_for(f"stream {self.name} to flow both ways", lambda: all(
+            s["received"] >= RATE // 2 for s in self.status().values()), timeout=15, details=self.describe)
+        return self
+
+    def status(self) -> dict[str, dict]:
+        out = {}
+        for end, path in self.status_files.items():
+            proc = self.procs[end]
+            if proc.poll() is not None:
+                pytest.fail(f"stream {self.name} end {end} exited ({proc.returncode}): "
+                            f"{proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
+            try:
+                out[end] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out[end] = {"received": 0, "sent": 0, "last_arrival": 0.0}
+        return out
+
+    def describe(self) -> str:
+        return f"stream {self.name}: {self.status()}"
+
+    def flowing_since(self, since: float) -> bool:
+        """Whether both ends received a datagram after ``since`` (time.monotonic())."""
+        return all(s["last_arrival"] > since for s in self.status().values())
+
+    def first_arrival_after(self, since: float, timeout: float = 30) -> float:
+        """Seconds from ``since`` until both ways carry datagrams again."""
+        wait_for(f"stream {self.name} to flow again", lambda: self.flowing_since(since), timeout=timeout,
+                 details=self.describe)
+        return max(s["last_arrival"] for s in self.status().values()) - since
+
+    def stop(self) -> dict[str, Way]:
+        """Stop sending, let what is in flight arrive, then read both ends: {"a->b": Way, "b->a": Way}."""
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            proc.wait(10)
+        final = {end: json.loads(path.read_text()) for end, path in self.status_files.items()}
+        self.procs.clear()
+        ways = {}
+        for src, dst in (("a", "b"), ("b", "a")):
+            got, sent = final[dst], final[src]["sent"]
+            lost = sent - got["first_seq"] - got["received"]  # from the first datagram that arrived on
+            ways[f"{src}->{dst}"] = Way(sent, got["received"], got["duplicates"], lost, got["gaps"])
+        return ways
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+
+@pytest.fixture
+def streams(tmp_path: Path) -> Iterator[Callable[..., Stream]]:
+    started: list[Stream] = []
+
+    def start(name: str, a: tuple[str, str], b: tuple[str, str]) -> Stream:
+        stream = Stream(name, tmp_path, a, b)
+        started.append(stream)
+        return stream.start()
+
+    try:
+        yield start
+    finally:
+        for stream in started:
+            stream.kill()
+
+
+# --- the two paths -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Path2:
+    """Two VMs of one host and how to tell which datapath carried their stream."""
+
+    kind: str  # "nic" or "ovs"
+    host: SimHost
+    vms: tuple[str, str]  # VMS names ("vm1", "vm2")
+    addresses: tuple[str, str]
+
+    def ends(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ((vm_ns(self.host, self.vms[0]), self.addresses[0]), (vm_ns(self.host, self.vms[1]), self.addresses[1]))
+
+    def counters(self) -> dict[str, int]:
+        """NIC redirects each way (IPv4 rules), and what OVS took in on both representors."""
+        a, b = self.vms
+        return {"nic_ab": hw_packets(self.host, a, b), "nic_ba": hw_packets(self.host, b, a),
+                "ovs_rx": sum(ovs_rx(self.host, representor(self.host, vm)) for vm in self.vms)}
+
+
+def nic_path_objects(nb: NbApi, chassis: str) -> dict[str, Port]:
+    net = nb.create(Network(name="nic-net", vni=3001))
+    nb.create(Subnet(name="nic-sub", network_id=net.id, cidr="10.0.0.0/24", gateway_ip="10.0.0.254"))
+    return {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=chassis))
+            for vm, mac, ip in BRIDGED}
+
+
+def ovs_path_objects(nb: NbApi, chassis: str) -> dict[str, Port]:
+    router = nb.create(Router(name="r-ovs"))
+    ports = {}
+    for i, (vm, mac, ip, gw, gw_mac) in enumerate(ROUTED):
+        net = nb.create(Network(name=f"ovs-net{i}", vni=3100 + i))
+        subnet = nb.create(Subnet(name=f"ovs-sub{i}", network_id=net.id, cidr=f"10.{i + 1}.0.0/24", gateway_ip=gw))
+        nb.create(RouterPort(name=f"r-ovs-{i}", router_id=router.id, network_id=net.id, subnet_id=subnet.id,
+                             mac=gw_mac, ip=gw))
+        ports[vm] = nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=chassis))
+    return ports
+
+
+def plug_nic_path(host: SimHost, ports: dict[str, Port]) -> Path2:
+    for vm, port in ports.items():
+        host.plug(port, vm_ns(host, vm))
+    for (vm, _, _), (_, peer_mac, peer_ip) in zip(BRIDGED, reversed(BRIDGED), strict=True):
+        in_ns(vm_ns(host, vm), "ip", "neigh", "replace", peer_ip, "lladdr", peer_mac, "dev", "eth0", "nud",
+              "permanent")
+    path = Path2("nic", host, ("vm1", "vm2"), (BRIDGED[0][2], BRIDGED[1][2]))
+    a, b = path.vms
+    wait_for("the NIC rules carrying vm1 <-> vm2", lambda: all(
+        any(rule.protocol == fl.ETH_P_IP and redirects(rule, ifindex(host, dst))
+            for rule, _ in nic_rules(host, {host.vms[vm_ns(host, src)].vf}))
+        for src, dst in ((a, b), (b, a))), host=host, details=lambda: nic_dump(host))
+    return path
+
+
+def plug_ovs_path(host: SimHost, ports: dict[str, Port]) -> Path2:
+    for vm, _, _, gw, gw_mac in ROUTED:
+        host.plug(ports[vm], vm_ns(host, vm), gateway=gw)
+        in_ns(vm_ns(host, vm), "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", "eth0", "nud", "permanent")
+    wait_for("routes and next hops in OVS", lambda: sum(1 for f in ovs_flows(host) if f.key[1] >= 100) > 20,
+             host=host)
+    return Path2("ovs", host, ("vm1", "vm2"), (ROUTED[0][2], ROUTED[1][2]))
+
+
+def check_datapath(path: Path2, before: dict[str, int], packets: int) -> dict[str, int]:
+    """That the stream's ``packets`` (each way) went through the path's datapath: NIC rules each way, or OVS."""
+    now = path.counters()
+    moved = {key: now[key] - before[key] for key in now}
+    if path.kind == "nic":
+        assert moved["nic_ab"] >= packets and moved["nic_ba"] >= packets, \
+            f"the NIC's rules counted {moved}, expected >= {packets} each way" + evidence(path.host)
+    else:
+        assert moved["ovs_rx"] >= 2 * packets, f"OVS took in {moved}, expected >= {2 * packets}"
+        assert moved["nic_ab"] == moved["nic_ba"] == 0, f"the NIC redirected {moved} on the OVS path"
+    return moved
+
+
+def no_loss(ways: dict[str, Way], what: str) -> None:
+    for way, w in ways.items():
+        assert w.lost == 0 and w.duplicates == 0, f"{what} {way}: {w}"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(lambda name: tmp_path / name)
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def two_paths(lab: Lab) -> tuple[Path2, Path2]:
+    """The NIC path on an mlx5 host and the OVS path on a sim-basic host, each on its own SQLite database."""
+    hosts = [lab.host(NIC_PROFILE, agent_debug=True), lab.host(OVS_PROFILE, agent_debug=True)]
+    with NbApi.from_url(hosts[0].database) as nb:
+        nic = plug_nic_path(hosts[0], nic_path_objects(nb, hosts[0].name))
+    with NbApi.from_url(hosts[1].database) as nb:
+        ovs = plug_ovs_path(hosts[1], ovs_path_objects(nb, hosts[1].name))
+    return nic, ovs
+
+
+def restart_agents(hosts: list[SimHost]) -> None:
+    """Start the (stopped) agents of ``hosts`` together; wait until each is up and has run a reconcile pass
+    (as test_e2e.start_agent, for several hosts at once)."""
+    marks = {host.name: len(agent_log(host)) for host in hosts}
+    for host in hosts:
+        host.start_agent()
+    for host in hosts:
+        def reconciled(host: SimHost = host) -> bool:
+            text = agent_log(host)[marks[host.name]:]
+            assert "cannot start" not in text, text
+            return "hwflow-agent up as chassis" in text and ("reconciled (" in text or "changed nothing" in text)
+
+        wait_for(f"the first reconcile pass of {host.name}'s agent", reconciled, host=host)
+
+
+# --- 1. the agent SIGKILLed and restarted ------------------------------------------------------------------
+
+
+def test_agent_killed_and_restarted_ten_times_loses_nothing_and_flushes_nothing(lab: Lab, streams) -> None:
+    paths = two_paths(lab)
+    running = [streams(p.kind, *p.ends()) for p in paths]
+    time.sleep(SETTLE)
+    before = {p.kind: snapshot(p.host) for p in paths}
+    counters = {p.kind: p.counters() for p in paths}
+    restarts = []
+    for _ in range(KILLS):
+        began = time.monotonic()
+        for p in paths:
+            pid = p.host.agent_pid
+            assert pid is not None, "the agent died on its own" + evidence(p.host)
+            os.kill(pid, signal.SIGKILL)
+            p.host.stop_agent()  # reaps it
+        restart_agents([p.host for p in paths])
+        restarts.append(time.monotonic() - began)
+    time.sleep(SETTLE)
+    ways = {p.kind: s.stop() for p, s in zip(paths, running, strict=True)}
+    for p in paths:
+        after = snapshot(p.host)
+        b = before[p.kind]
+        assert set(after.rules) == set(b.rules), f"{p.kind}: NIC rules (with handles) changed" + evidence(p.host)
+        assert after.rule_count == b.rule_count, f"{p.kind}: duplicate NIC rules" + evidence(p.host)
+        assert len({(r.ifindex, r.chain, r.prio, r.protocol, r.keys) for r in after.rules}) == after.rule_count
+        assert set(after.flows) == set(b.flows) and after.flow_count == b.flow_count, f"{p.kind}: OVS flows changed"
+        assert all(after.rules[r] >= n for r, n in b.rules.items()), "NIC counters were reset"
+        sent = min(w.sent for w in ways[p.kind].values()) - RATE * 3  # what was sent after the snapshot, at least
+        check_datapath(p, counters[p.kind], sent)
+        no_loss(ways[p.kind], f"{p.kind} path across {KILLS} agent kills")
+    figures("agent_sigkill", kills=KILLS, restart_seconds_max=round(max(restarts), 2),
+            restart_seconds_mean=round(sum(restarts) / len(restarts), 2),
+            nic_rules=before["nic"].rule_count, ovs_flows={k: v.flow_count for k, v in before.items()},
+            streams={k: {w: dataclasses.asdict(x) | {"gaps": len(x.gaps)} for w, x in v.items()}
+                     for k, v in ways.items()})
