@@ -35,6 +35,7 @@ from hwflow.agent.cache import NbCache
 from hwflow.agent.dhcp import DhcpResponder
 from hwflow.agent.metrics import AgentMetrics
 from hwflow.agent.published import Publisher
+from hwflow.agent.traffic import TrafficRates, priorities
 from hwflow.apps.compiler import Compiler, Delta, layout_path
 from hwflow.backends.ovs.backend import FullSyncNeeded, OvsBackend, SyncResult, fixed_ports
 from hwflow.backends.ovs.openflow import OpenFlowConnection
@@ -105,9 +106,12 @@ class Agent:
         self._wake = threading.Event()
         self.cache = NbCache(nb, self._wake.set, self.chassis)
         self._reports: dict[str, DeviceReport] = {}
-        self._iface_names: frozenset[str] = frozenset()
+        self._iface_names: frozenset[tuple[str, int]] = frozenset()
         self._refused: dict[tuple[int, ir.Match], str] = {}
         self._partitioner = Partitioner(compiler.layout.joins())
+        # traffic per port, and the rank room on a NIC short of it is given out by (hwflow.agent.traffic)
+        self._traffic = TrafficRates(conf.offload.traffic_half_life)
+        self._rank: dict[int, float] = {}
         self._managed: set[Representor] = set()
         # port -> chain (0: the port's chain 0) -> its rules there as flower rules, and the representors they
         # were encoded with
@@ -118,6 +122,7 @@ class Agent:
         self._alive: frozenset[str] | None = None  # chassis whose liveness lease holds (None: not read yet)
         self._liveness_flipped: set[str] = set()  # chassis whose liveness changed since the last pass
         self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
+        self._of_generation: int | None = None  # the OpenFlow session the last pass found: see _ovs_came_back
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
         self.dhcp = DhcpResponder(ovs.of, lambda: (self.topo, self.ofports))
@@ -166,7 +171,7 @@ class Agent:
         next_resync = 0.0
         while not stop.is_set():
             now = time.monotonic()
-            if self._wake.is_set() or now >= next_resync:
+            if self._wake.is_set() or now >= next_resync or self._ovs_came_back():
                 self._wake.clear()
                 full = now >= next_resync
                 if full:  # the repair timer: dump both datapaths, and retry what a NIC refused before
@@ -178,11 +183,52 @@ class Agent:
             if now >= next_beat:
                 self.register(up=True)
                 self.follow_liveness()
-                if self.metrics.serving:  # per-port traffic: a dump of every representor, so not on every pass
-                    self.metrics.report(self.tc, self.ovs, self._reports, self.topo, self._encoded_reps,
-                                        self.ofports, self._alive)
+                self.report_traffic()
                 next_beat = now + self.conf.agent.report_interval
             self._wake.wait(timeout=min(1.0, self.conf.agent.report_interval))
+
+    def _ovs_came_back(self) -> bool:
+        """Whether the OpenFlow session to vswitchd was re-established since the last look and the flows held in
+        memory may not be on the bridge any more (vswitchd restarted: its flow table is empty). The next pass is
+        then a full one (OvsBackend.needs_full_sync); without this wake-up nothing would run it before the resync
+        timer, and OVS would forward nothing for up to resync_interval."""
+        of = self.ovs.of
+        generation = of.generation
+        if generation == self._of_generation or not of.connected:
+            return False
+        self._of_generation = generation
+        return self.ovs.needs_full_sync
+
+    def report_traffic(self) -> None:
+        """The report step's traffic: the metrics, and the rank a NIC short of room gives its room by.
+
+        Per-port traffic is a dump of every representor, so it is read once a report, not on every pass, and
+        only while metrics are served or a NIC is short of room. Each reading updates the ports' rates
+        (:class:`TrafficRates`); a rank from them, with hysteresis (:func:`priorities`), replaces the one the
+        plan was made with only when it gives some port other room (``Partitioner.moves``), and then a pass
+        plans again at once: rules move at most once a report, and only where room moves. While every rule
+        fits, the rank orders nothing and is left as it is.
+        """
+        short = self._partitioner.short()
+        if not (self.metrics.serving or short):
+            return
+        if self.metrics.serving:
+            packets = self.metrics.report(self.tc, self.ovs, self._reports, self.topo, self._encoded_reps,
+                                          self.ofports, self._alive)
+        else:
+            packets = self.metrics.traffic(self.tc, self.ovs, self.topo, self._encoded_reps, self.ofports)
+        if packets is None:  # a datapath could not be read: the next report
+            return
+        self._traffic.observe(packets, time.monotonic())
+        self.metrics.rates(self._traffic.rates, self.topo)
+        if not short:
+            return
+        rank = priorities(self._traffic.rates, self._partitioner.holding(), self.conf.offload.traffic_hysteresis)
+        if self._partitioner.moves(rank):
+            LOG.info("traffic moves room on the NIC: ports ranked %s", ", ".join(
+                f"{port} ({priority:.1f})" for port, priority in sorted(rank.items(), key=lambda i: (-i[1], i[0]))))
+            self._rank = rank
+            self._wake.set()
 
     def shutdown(self) -> None:
         """Stop following the database; the datapaths keep what they have."""
@@ -295,8 +341,8 @@ class Agent:
         self.ovsdb.sync_fixed_ports(self.fixed_ports)  # tunnel ports and uplinks, put back if someone removed them
         ifaces = self.ovsdb.interfaces()
         began = result.clock("ovsdb", began)
-        names = frozenset(i.name for i in ifaces.values())
-        if names != self._iface_names:  # representors come and go with the NIC: look again
+        names = frozenset((i.name, i.ifindex) for i in ifaces.values())
+        if names != self._iface_names:  # representors come and go with the NIC (a NIC restart: new ifindexes)
             self._reports = self._discover()
             self._iface_names = names
             began = result.clock("discover", began)
@@ -459,7 +505,7 @@ class Agent:
         if not self.conf.offload.enabled:
             return Plan(), reps
         types = [ir.ETH_TYPES_BY_NAME[name] for name in self.conf.offload.ethertypes]
-        return self._partitioner.plan(pipeline, offload, types, self._refused, delta), reps
+        return self._partitioner.plan(pipeline, offload, types, self._refused, delta, self._rank), reps
 
     def _tunnel_devices(self) -> dict[int, tuple[PortOffload, Representor, TunnelEndpoint]]:
         """The tunnel ports a NIC carries: each type this chassis tunnels with whose tunnel device a driver

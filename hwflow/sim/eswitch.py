@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import random
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc import netlink as nl
+from hwflow.backends.tc.probe import PROBE_CHAIN, PROBE_PRIO
 from hwflow.offload.capabilities import CHAIN_MISS_CONTINUE
 from hwflow.sim import admission
 from hwflow.sim.profile import Profile
@@ -256,10 +258,27 @@ def _is_dump(msg: nl.Message) -> bool:
 # --- the switch ----------------------------------------------------------------
 
 
+REFUSAL_KINDS = ("EOPNOTSUPP", "ENOSPC", "echo")  # what an injected refusal is (see Eswitch.refuse_rate)
+
+
 class Eswitch:
+    """``refuse_rate``: fault injection (``hwflow-simnic --refuse-rate``). That share of the rule installs and
+    replacements the switch would accept are refused instead, each at random (``refuse_seed``) one of
+    :data:`REFUSAL_KINDS`: EOPNOTSUPP or ENOSPC as a driver that cannot take the rule, or the rule stored as
+    asked but answered with an NLM_F_ECHO copy that differs from the request (an extra ``pass`` action), as a
+    driver that silently changed what it stored would. Capability probes (hwflow.backends.tc.probe's chain
+    and prio) are never refused: the faults are those of the rules, not of the device's description.
+    ``injected`` counts them by kind."""
+
     def __init__(self, name: str, profile: Profile, ifindexes: Iterable[int],
-                 clock: Callable[[], float] = time.monotonic, log: logging.Logger = LOG) -> None:
+                 clock: Callable[[], float] = time.monotonic, log: logging.Logger = LOG,
+                 refuse_rate: float = 0.0, refuse_seed: int = 0) -> None:
+        if not 0.0 <= refuse_rate <= 1.0:
+            raise ValueError(f"refuse_rate {refuse_rate}: between 0 and 1")
         self.name = name
+        self.refuse_rate = refuse_rate
+        self._refuse_rng = random.Random(refuse_seed)
+        self.injected: dict[str, int] = dict.fromkeys(REFUSAL_KINDS, 0)
         self.profile = profile
         self._tables: dict[int, dict[Key, _Entry]] = {i: {} for i in ifindexes}
         # (ifindex, chain, prio) -> that prio's entries, and their keys -> their (chain, prio, handle): adding a
@@ -428,6 +447,7 @@ class Eswitch:
             self._log.info("simnic %s: refused %s: table full", self.name, rule.describe())
             raise Refusal(errno.ENOSPC, f"simnic {self.name}: rule table full "
                           f"({self.profile.capabilities.max_rules} rules, profile {self.profile.name})")
+        injected = self._inject(rule)
         now = self._clock()
         replaced = key in table
         group_keys = self._group_keys.setdefault(group_key, {})
@@ -438,9 +458,26 @@ class Eswitch:
         self._sorted.clear()
         self._log.info("simnic %s: %s %s", self.name, "replaced" if replaced else "added", rule.describe())
         if msg.flags & nl.NLM_F_ECHO:
-            return [fl.encode_filter(rule, fl.RTM_NEWTFILTER, msg.flags, msg.seq,
+            echoed = dataclasses.replace(rule, actions=(*rule.actions, fl.Gact("pass"))) if injected else rule
+            return [fl.encode_filter(echoed, fl.RTM_NEWTFILTER, msg.flags, msg.seq,
                                      status_flags=fl.TCA_CLS_FLAGS_IN_HW)]
         return []
+
+    def _inject(self, rule: fl.FlowerRule) -> bool:
+        """With ``refuse_rate``: maybe refuse a rule the switch would take (raises), or answer it with an echo
+        that differs (True)."""
+        if not self.refuse_rate or rule.chain == PROBE_CHAIN or rule.prio == PROBE_PRIO:
+            return False
+        if self._refuse_rng.random() >= self.refuse_rate:
+            return False
+        kind = self._refuse_rng.choice(REFUSAL_KINDS)
+        self.injected[kind] += 1
+        self._log.info("simnic %s: injected refusal (%s) of %s", self.name, kind, rule.describe())
+        if kind == "EOPNOTSUPP":
+            raise Refusal(errno.EOPNOTSUPP, f"simnic {self.name}: {rule.describe()} refused (injected fault)")
+        if kind == "ENOSPC":
+            raise Refusal(errno.ENOSPC, f"simnic {self.name}: no room for {rule.describe()} (injected fault)")
+        return True
 
     def _delete(self, msg: nl.Message) -> list[bytes]:
         header = fl.decode_tcmsg(msg.payload)

@@ -66,7 +66,8 @@ class SimHost:
                  profile: str = "sim-basic", agent_debug: bool = False, tunnel_ip: str = "127.0.0.1",
                  uplinks: Mapping[str, str] | None = None, external_ip: str = "",
                  underlay: Underlay | None = None, underlay_prefixlen: int = 24,
-                 nic_physnet: str | None = None, metrics_port: int = 0) -> None:
+                 nic_physnet: str | None = None, metrics_port: int = 0, nic_refuse_rate: float = 0.0,
+                 nic_refuse_seed: int = 0) -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
         other end is ``uplink_peer(physnet)`` in that namespace.
@@ -84,6 +85,9 @@ class SimHost:
 
         ``metrics_port``: where the agent serves its Prometheus metrics (``[agent] metrics_port``), on 127.0.0.1
         in the host's namespace; 0: nowhere.
+
+        ``nic_refuse_rate``, ``nic_refuse_seed``: fault injection in the simulated NIC (``hwflow-simnic
+        --refuse-rate/--refuse-seed``): that share of its rule installs refused.
         """
         if nic_physnet is not None and (underlay is None or nic_physnet not in (uplinks or {})):
             raise HostError(f"nic_physnet {nic_physnet!r} needs an underlay and an uplink for that network")
@@ -102,6 +106,8 @@ class SimHost:
         self.underlay_prefixlen = underlay_prefixlen
         self.nic_physnet = nic_physnet
         self.metrics_port = metrics_port
+        self.nic_refuse_rate = nic_refuse_rate
+        self.nic_refuse_seed = nic_refuse_seed
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -190,6 +196,8 @@ class SimHost:
         wire = ["--wire", self.wire] if self.underlay is not None else []
         if self.nic_physnet is not None:
             wire += ["--wire", self._veths()[self.nic_physnet]]
+        if self.nic_refuse_rate:
+            wire += ["--refuse-rate", str(self.nic_refuse_rate), "--refuse-seed", str(self.nic_refuse_seed)]
         proc = self._spawn("simnic", [sys.executable, "-m", "hwflow.sim.server", "--name", self.nic,
                                       "--num-vfs", str(self.num_vfs), "--socket", self.nic_socket,
                                       "--profile", self.profile, *wire])
@@ -260,6 +268,60 @@ class SimHost:
                 in_ns(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
             in_ns(self.ns, "ip", "link", "set", device, "up")
             in_ns(peer_ns, "ip", "link", "set", self.uplink_peer(physnet), "up")
+
+    def restart_nic(self, down: float = 0.0) -> float:
+        """The simulated NIC dies (SIGKILL: its rules, VFs and representors go with it) and starts again with
+        the same name and socket, ``down`` seconds later; each VM gets its VF back as it had it (address,
+        MAC, routes, permanent neighbours), and the representors come back to OVS under their names.
+        Returns the seconds the VFs were gone (kill to the last VM configured again)."""
+        saved = {vm: self._vf_setup(vm) for vm in self.vms}
+        ofports = {vm: self.ovsdb.ofport(info.representor) for vm, info in self.vms.items()}
+        proc = self._procs.pop("simnic", None)
+        killed = time.monotonic()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        time.sleep(down)
+        self._start_nic()
+        ports = {p["vf"]: p for p in self.nic_ports}
+        for vm, info in self.vms.items():
+            vf = ports[info.vf]
+            in_ns(self.ns, "ip", "link", "set", vf["vf_netdev"], "netns", vm)
+            in_ns(vm, "ip", "link", "set", vf["vf_netdev"], "name", "eth0")
+            for argv in saved[vm]:
+                in_ns(vm, *argv, check=False)
+        # The representors are new devices under the old names. A kernel datapath takes them back by itself;
+        # the userspace one keeps reading the old, gone, devices: take each off the bridge and put it back as
+        # it was (same iface-id, same OpenFlow port number), as a real host's OVS does.
+        for info in self.vms.values():
+            self.ovsdb.del_port(info.representor)
+        for vm, info in self.vms.items():
+            run("ovs-vsctl", f"--db={self.ovs.db_sock}", "add-port", BRIDGE, info.representor, "--", "set",
+                "interface", info.representor, f"external_ids:iface-id={info.port_id}",
+                *([f"ofport_request={ofports[vm]}"] if ofports[vm] else []))
+        for info in self.vms.values():
+            self.ovsdb.wait_for_ofport(info.representor, timeout=15)
+        return time.monotonic() - killed
+
+    def _vf_setup(self, vm: str) -> list[tuple[str, ...]]:
+        """The commands that give a VM's eth0 back what it has now (a new VF after a NIC restart)."""
+        link = json.loads(in_ns(vm, "ip", "-j", "link", "show", "dev", "eth0").stdout)[0]
+        out: list[tuple[str, ...]] = [("ip", "link", "set", "eth0", "address", link["address"]),
+                                      ("ip", "link", "set", "eth0", "mtu", str(link["mtu"])),
+                                      ("ip", "link", "set", "eth0", "up")]
+        for entry in json.loads(in_ns(vm, "ip", "-j", "addr", "show", "dev", "eth0").stdout or "[]"):
+            for info in entry.get("addr_info", []):
+                if info.get("scope") == "global":
+                    out.append(("ip", "addr", "add", f"{info['local']}/{info['prefixlen']}", "dev", "eth0",
+                                *(("nodad",) if info.get("family") == "inet6" else ())))
+        for route in json.loads(in_ns(vm, "ip", "-j", "route", "show", "dev", "eth0").stdout or "[]"):
+            if "gateway" in route:
+                out.append(("ip", "route", "add", route["dst"], "via", route["gateway"], "dev", "eth0"))
+        for neigh in json.loads(in_ns(vm, "ip", "-j", "neigh", "show", "dev", "eth0", "nud", "permanent").stdout
+                                or "[]"):
+            out.append(("ip", "neigh", "replace", neigh["dst"], "lladdr", neigh["lladdr"], "dev", "eth0", "nud",
+                        "permanent"))
+        return out
 
     def start_agent(self) -> None:
         argv = [sys.executable, "-m", "hwflow.agent.daemon", "--config-file", str(self.agent_config),

@@ -163,8 +163,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="an existing netdev to be a physical port's wire; the first is port 0, with the "
                              "uplink representor NAMEp and the tunnel devices NAMEvx (vxlan) and NAMEgn (geneve), "
                              f"a second port 1, with NAMEp1 (at most {dataplane.MAX_WIRES})")
+    parser.add_argument("--refuse-rate", type=float, default=0.0, metavar="SHARE",
+                        help="fault injection: refuse this share (0 to 1) of the rule installs the NIC would "
+                             "accept, each with EOPNOTSUPP, ENOSPC or an echo that differs from the request")
+    parser.add_argument("--refuse-seed", type=int, default=0, metavar="N",
+                        help="seed of --refuse-rate's choices (the same seed, the same faults)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
+    if not 0.0 <= args.refuse_rate <= 1.0:
+        parser.error(f"--refuse-rate {args.refuse_rate}: a share between 0 and 1")
     if len(args.wire) > dataplane.MAX_WIRES:
         parser.error(f"--wire given {len(args.wire)} times: the simulated NIC has at most "
                      f"{dataplane.MAX_WIRES} physical ports")
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     selector = selectors.DefaultSelector()
     ifindexes = [p.representor_ifindex for p in ports] + [i for u in uplinks for i in u.ifindexes]
-    eswitch = Eswitch(args.name, profile, ifindexes)
+    eswitch = Eswitch(args.name, profile, ifindexes, refuse_rate=args.refuse_rate, refuse_seed=args.refuse_seed)
     plane = dataplane.DataPlane(eswitch, ports, uplinks)
     for port in ports:
         selector.register(port.vf_fd, selectors.EVENT_READ, lambda p=port: plane.from_vf(p))
@@ -230,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         status_path.unlink(missing_ok=True)
         dataplane.close_ports(ports)
         dataplane.close_uplinks(uplinks)
-        LOG.info("simnic %s: stopped (%s)", args.name, plane.counters)
+        LOG.info("simnic %s: stopped (%s)%s", args.name, plane.counters,
+                 f", injected refusals {eswitch.injected}" if args.refuse_rate else "")
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,8 +50,10 @@ from test_e2e import (
 
 from hwflow.backends.tc import flower as fl
 from hwflow.db.api import NbApi
+from hwflow.model.errors import DatabaseUnavailable
 from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import SimHost, in_ns
+from hwflow.sim.lab import SimLab
 
 pytestmark = pytest.mark.functional
 
@@ -305,6 +308,7 @@ def test_agent_killed_and_restarted_ten_times_loses_nothing_and_flushes_nothing(
     time.sleep(SETTLE)
     before = {p.kind: snapshot(p.host) for p in paths}
     counters = {p.kind: p.counters() for p in paths}
+    sent_then = {p.kind: max(st["sent"] for st in s.status().values()) for p, s in zip(paths, running, strict=True)}
     restarts = []
     for _ in range(KILLS):
         began = time.monotonic()
@@ -325,7 +329,7 @@ def test_agent_killed_and_restarted_ten_times_loses_nothing_and_flushes_nothing(
         assert len({(r.ifindex, r.chain, r.prio, r.protocol, r.keys) for r in after.rules}) == after.rule_count
         assert set(after.flows) == set(b.flows) and after.flow_count == b.flow_count, f"{p.kind}: OVS flows changed"
         assert all(after.rules[r] >= n for r, n in b.rules.items()), "NIC counters were reset"
-        sent = min(w.sent for w in ways[p.kind].values()) - RATE * 3  # what was sent after the snapshot, at least
+        sent = min(w.sent for w in ways[p.kind].values()) - sent_then[p.kind]  # sent after the counters were read
         check_datapath(p, counters[p.kind], sent)
         no_loss(ways[p.kind], f"{p.kind} path across {KILLS} agent kills")
     figures("agent_sigkill", kills=KILLS, restart_seconds_max=round(max(restarts), 2),
@@ -333,3 +337,218 @@ def test_agent_killed_and_restarted_ten_times_loses_nothing_and_flushes_nothing(
             nic_rules=before["nic"].rule_count, ovs_flows={k: v.flow_count for k, v in before.items()},
             streams={k: {w: dataclasses.asdict(x) | {"gaps": len(x.gaps)} for w, x in v.items()}
                      for k, v in ways.items()})
+
+
+def gaps_within(ways: dict[str, Way], start: float, end: float) -> bool:
+    """Whether every gap of the stream lies inside [start, end] (time.monotonic())."""
+    return all(start <= before and resumed <= end for w in ways.values() for _, _, before, resumed in w.gaps)
+
+
+# --- 3. ovs-vswitchd SIGKILLed and restarted -----------------------------------------------------------------
+
+OVS_DOWN = 2.0  # seconds vswitchd stays dead
+
+
+def test_vswitchd_killed_and_restarted_gets_its_flows_back_and_loses_only_during_the_outage(lab: Lab,
+                                                                                           streams) -> None:
+    """The NIC keeps forwarding what its rules hold while ovs-vswitchd is dead: the NIC path loses nothing. The
+    OVS path loses what was sent while vswitchd was away and until the agent had put its flows back, and
+    nothing else; the time from vswitchd's restart to the stream's first datagram through is measured."""
+    paths = two_paths(lab)
+    running = [streams(p.kind, *p.ends()) for p in paths]
+    time.sleep(SETTLE)
+    flows = {p.kind: {f.identity() for f in ovs_flows(p.host)} for p in paths}
+    rules = {p.kind: {r for r, _ in nic_rules(p.host)} for p in paths}
+    killed = time.monotonic()
+    for p in paths:
+        p.host.ovs.kill_vswitchd()
+    time.sleep(OVS_DOWN)
+    restarted = time.monotonic()
+    for p in paths:
+        p.host.ovs.start_vswitchd()
+    recovery = {p.kind: s.first_arrival_after(restarted) for p, s in zip(paths, running, strict=True)}
+    for p in paths:
+        wait_for(f"{p.kind}: the agent to put its OVS flows back", lambda p=p: {
+            f.identity() for f in ovs_flows(p.host)} == flows[p.kind], host=p.host)
+    back = time.monotonic() - restarted
+    counters = {p.kind: p.counters() for p in paths}
+    time.sleep(SETTLE)
+    ways = {p.kind: s.stop() for p, s in zip(paths, running, strict=True)}
+    for p in paths:
+        assert {r for r, _ in nic_rules(p.host)} == rules[p.kind], f"{p.kind}: the NIC rules changed" + \
+            evidence(p.host)
+        check_datapath(p, counters[p.kind], int(RATE * SETTLE * 0.8))
+    no_loss(ways["nic"], "NIC path while vswitchd was dead")
+    silence = {kind: max(w.longest_silence for w in v.values()) for kind, v in ways.items()}
+    lost = {kind: max(w.lost for w in v.values()) for kind, v in ways.items()}
+    assert all(w.duplicates == 0 for w in ways["ovs"].values()), ways["ovs"]
+    assert gaps_within(ways["ovs"], killed - 2.0 / RATE, restarted + recovery["ovs"] + 2.0 / RATE), \
+        f"the OVS path lost datagrams outside the outage: {ways['ovs']} (killed {killed}, restarted {restarted})"
+    assert lost["ovs"] <= RATE * (restarted - killed + recovery["ovs"]) + 2, ways["ovs"]
+    figures("vswitchd_sigkill", down_seconds=OVS_DOWN, recovery_after_restart_seconds={
+        k: round(v, 3) for k, v in recovery.items()}, flows_back_after_restart_seconds=round(back, 3),
+        lost=lost, longest_silence_seconds={k: round(v, 3) for k, v in silence.items()},
+        streams={k: {w: dataclasses.asdict(x) | {"gaps": len(x.gaps)} for w, x in v.items()} for k, v in ways.items()})
+
+
+# --- 4. the simulated NIC restarted ------------------------------------------------------------------------------
+
+
+def test_nic_restarted_falls_back_to_ovs_and_gets_its_rules_back(lab: Lab, streams) -> None:
+    """The simulated NIC SIGKILLed and started again (its rules, VFs and representors gone, then new): the
+    stream loses only what was sent while the NIC was down, then goes through OVS (the NIC has no rule) until
+    the agent has put the rules back on the new representors, then through the NIC again."""
+    paths = two_paths(lab)
+    running = [streams(p.kind, *p.ends()) for p in paths]
+    time.sleep(SETTLE)
+    nic = paths[0]
+    count = {p.kind: len(nic_rules(p.host)) for p in paths}
+    killed = time.monotonic()
+    down = {p.kind: p.host.restart_nic() for p in paths}
+    back = resumed = time.monotonic()
+    recovery = {p.kind: s.first_arrival_after(back) for p, s in zip(paths, running, strict=True)}
+    for p in paths:
+        wait_for(f"{p.kind}: {count[p.kind]} NIC rules back", lambda p=p: len(nic_rules(p.host)) == count[p.kind],
+                 host=p.host, details=lambda p=p: nic_dump(p.host))
+    rules_back = time.monotonic() - resumed
+    wait_for("the NIC path in the NIC again", lambda: plug_nic_path_ready(nic), host=nic.host)
+    counters = {p.kind: p.counters() for p in paths}
+    time.sleep(SETTLE)
+    ways = {p.kind: s.stop() for p, s in zip(paths, running, strict=True)}
+    for p in paths:
+        check_datapath(p, counters[p.kind], int(RATE * SETTLE * 0.8))
+        assert all(w.duplicates == 0 for w in ways[p.kind].values()), ways[p.kind]
+        assert gaps_within(ways[p.kind], killed - 2.0 / RATE, back + 0.5), \
+            f"{p.kind}: datagrams lost outside the NIC's restart: {ways[p.kind]} (killed {killed}, back {back})"
+    figures("nic_restart", down_seconds={k: round(v, 3) for k, v in down.items()},
+            first_datagram_after_vfs_back_seconds={k: round(v, 3) for k, v in recovery.items()},
+            rules=count, rules_back_after_vfs_back_seconds=round(rules_back, 3),
+            lost={k: max(w.lost for w in v.values()) for k, v in ways.items()},
+            longest_silence_seconds={k: round(max(w.longest_silence for w in v.values()), 3)
+                                     for k, v in ways.items()},
+            streams={k: {w: dataclasses.asdict(x) | {"gaps": len(x.gaps)} for w, x in v.items()}
+                     for k, v in ways.items()})
+
+
+def plug_nic_path_ready(path: Path2) -> bool:
+    host, (a, b) = path.host, path.vms
+    return all(any(rule.protocol == fl.ETH_P_IP and redirects(rule, ifindex(host, dst))
+                   for rule, _ in nic_rules(host, {host.vms[vm_ns(host, src)].vf})) for src, dst in ((a, b), (b, a)))
+
+
+# --- 5. refusals injected into the NIC -----------------------------------------------------------------------
+
+REFUSE_RATE = 0.1
+REFUSE_SEED = 7  # the same seed, the same refusals: the ports are all there before the agent's first pass
+QUAD = BRIDGED + (("vm3", "fa:16:3e:00:10:03", "10.0.0.3"), ("vm4", "fa:16:3e:00:10:04", "10.0.0.4"))
+
+
+def test_refusals_injected_into_the_nic_lose_nothing_and_leave_their_traffic_to_ovs(tmp_path: Path, lab: Lab,
+                                                                                     streams) -> None:
+    """The simulated NIC refuses REFUSE_RATE of the rule installs (EOPNOTSUPP, ENOSPC, or an echo that differs
+    from the request): the agent logs each and keeps what the refused rules would have carried in OVS. Two
+    streams (vm1 <-> vm2, vm3 <-> vm4): nothing lost, and each direction's datagrams went through the NIC's
+    rules or, where a rule was refused, through OVS (its representor's counter), all of them."""
+    host = SimHost(f"e2{secrets.token_hex(2)}", tmp_path / "refusals", f"sqlite:///{tmp_path}/refusals.sqlite",
+                   profile=NIC_PROFILE, agent_debug=True, nic_refuse_rate=REFUSE_RATE, nic_refuse_seed=REFUSE_SEED)
+    lab.hosts.append(host)
+    host.start(agent=False)
+    with NbApi.from_url(host.database) as nb:
+        net = nb.create(Network(name="refusals", vni=3201))
+        ports = {vm: nb.create(Port(name=vm, network_id=net.id, mac=mac, ips=[ip], chassis=host.name))
+                 for vm, mac, ip in QUAD}
+    for vm, port in ports.items():
+        host.plug(port, vm_ns(host, vm))
+    for vm, _, _ in QUAD:
+        for peer, mac, ip in QUAD:
+            if peer != vm:
+                in_ns(vm_ns(host, vm), "ip", "neigh", "replace", ip, "lladdr", mac, "dev", "eth0", "nud", "permanent")
+    restart_agents([host])
+    time.sleep(2.0)  # the passes the refusals wake are over
+    pairs = (("vm1", "vm2"), ("vm3", "vm4"))
+    directions = [d for a, b in pairs for d in ((a, b), (b, a))]
+    address = {vm: ip for vm, _, ip in QUAD}
+    before = {d: (hw_packets(host, *d), ovs_rx(host, representor(host, d[0]))) for d in directions}
+    running = [streams(f"{a}-{b}", (vm_ns(host, a), address[a]), (vm_ns(host, b), address[b])) for a, b in pairs]
+    time.sleep(3 * SETTLE)
+    ways = {pair: s.stop() for pair, s in zip(pairs, running, strict=True)}
+    log, nic_log = agent_log(host), (host.workdir / "simnic.out").read_text(errors="replace")
+    injected = {kind: nic_log.count(f"injected refusal ({kind})") for kind in ("EOPNOTSUPP", "ENOSPC", "echo")}
+    assert sum(injected.values()) >= 1, "no refusal was injected"
+    assert log.count("refused to") >= 1 and "that traffic stays in Open vSwitch" in log, log[-3000:]
+    carried = {}
+    for (a, b), way in ((pair, w) for pair, w in ways.items()):
+        no_loss(way, f"stream {a} <-> {b} with refusals")
+        for (src, dst), w in zip(((a, b), (b, a)), way.values(), strict=True):
+            nic = hw_packets(host, src, dst) - before[src, dst][0]
+            ovs = ovs_rx(host, representor(host, src)) - before[src, dst][1]
+            carried[f"{src}->{dst}"] = {"nic": nic, "ovs": ovs, "sent": w.sent}
+            assert nic + ovs >= w.received, f"{src}->{dst}: {carried} " + evidence(host)
+            if nic < w.received:  # the NIC's rule for it was refused: OVS took every datagram the NIC did not
+                assert ovs >= w.received - nic, f"{src}->{dst}: {carried}" + evidence(host)
+    in_ovs = [d for d, c in carried.items() if c["nic"] < c["sent"] // 2]
+    assert in_ovs, f"no stream direction lost its NIC rule to a refusal with seed {REFUSE_SEED}: {carried}"
+    figures("nic_refusals", rate=REFUSE_RATE, seed=REFUSE_SEED, injected=injected,
+            agent_refusal_lines=log.count("refused to"), directions=carried, through_ovs=in_ovs,
+            lost=max(w.lost for v in ways.values() for w in v.values()),
+            duplicates=max(w.duplicates for v in ways.values() for w in v.values()))
+
+
+# --- 2. etcd away -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_etcd_away_the_datapaths_keep_forwarding_and_a_write_made_meanwhile_arrives(tmp_path: Path, streams,
+                                                                                    members: int) -> None:
+    """A lab on etcd (one member, or three of which the agents talk to the first: the etcd driver keeps to the
+    member it last reached, starting with the URL's first) with the NIC path on an mlx5 host and the OVS path
+    on a sim-basic one; that member stopped for ETCD_OUTAGE seconds. Both streams lose nothing meanwhile. A
+    third VM on the NIC path's network is plugged meanwhile and its port written (through the other members;
+    with one member, as soon as it is back: the write fails cleanly meanwhile): it pings vm1 afterwards."""
+    lab = SimLab(f"f{secrets.token_hex(2)}", tmp_path / "lab", hosts=2, profiles=(NIC_PROFILE, OVS_PROFILE),
+                 etcd_members=members, agent_debug=True)
+    try:
+        lab.start()
+        nic_host, ovs_host = lab.hosts
+        nic = plug_nic_path(nic_host, lab.nb(lambda nb: nic_path_objects(nb, nic_host.name)))
+        ovs = plug_ovs_path(ovs_host, lab.nb(lambda nb: ovs_path_objects(nb, ovs_host.name)))
+        paths = (nic, ovs)
+        running = [streams(p.kind, *p.ends()) for p in paths]
+        time.sleep(SETTLE)
+        counters = {p.kind: p.counters() for p in paths}
+        net_id = lab.nb(lambda nb: nb.list(Network)[0].id if nb.list(Network)[0].name == "nic-net" else next(
+            n.id for n in nb.list(Network) if n.name == "nic-net"))
+        new = Port(id="vm3-late", name="vm3", network_id=net_id, mac="fa:16:3e:00:10:03", ips=["10.0.0.3"],
+                   chassis=nic_host.name)
+        stopped = time.monotonic()
+        lab.stop_etcd(0)
+        try:
+            nic_host.plug(new, vm_ns(nic_host, "vm3"))
+            written_meanwhile = True
+            try:
+                lab.nb(lambda nb: nb.create(new))
+            except DatabaseUnavailable:
+                written_meanwhile = False
+            assert written_meanwhile == (members > 1)
+            time.sleep(max(0.0, ETCD_OUTAGE[members] - (time.monotonic() - stopped)))
+        finally:
+            lab.start_etcd(0)
+        returned = time.monotonic()
+        if not written_meanwhile:
+            lab.nb(lambda nb: nb.create(new))
+        wait_for("the late VM to reach vm1", lambda: nic_host.ping(vm_ns(nic_host, "vm3"), BRIDGED[0][2], count=1,
+                                                                   interval=0.2) == 0, timeout=30, host=nic_host)
+        reached = time.monotonic() - returned
+        time.sleep(SETTLE)
+        ways = {p.kind: s.stop() for p, s in zip(paths, running, strict=True)}
+        for p in paths:
+            check_datapath(p, counters[p.kind], int(RATE * ETCD_OUTAGE[members] * 0.8))
+            no_loss(ways[p.kind], f"{p.kind} path with etcd away")
+            assert p.host.agent_pid is not None, "an agent died" + evidence(p.host)
+        figures(f"etcd_away_{members}", outage_seconds=ETCD_OUTAGE[members], written_meanwhile=written_meanwhile,
+                late_port_pings_after_etcd_back_seconds=round(reached, 2),
+                lost={k: max(w.lost for w in v.values()) for k, v in ways.items()},
+                streams={k: {w: dataclasses.asdict(x) | {"gaps": len(x.gaps)} for w, x in v.items()}
+                         for k, v in ways.items()})
+    finally:
+        lab.stop()

@@ -116,13 +116,33 @@ class OvsDaemons:
                        f"--pidfile={d}/ovsdb.pid", "--detach", f"--log-file={d}/ovsdb.log",
                        f"--unixctl={d}/ovsdb.ctl"])
             self._run(["ovs-vsctl", f"--db={self.db_sock}", "--no-wait", "init"])
-            self._run(["ovs-vswitchd", self.db_sock, f"--pidfile={d}/vswitchd.pid", "--detach",
-                       f"--log-file={d}/vswitchd.log", f"--unixctl={d}/vswitchd.ctl"])
+            self.start_vswitchd()
         except BaseException:
             self.stop()
             raise
         LOG.info("OVS daemons running in %s%s", d, f" (netns {self.netns})" if self.netns else "")
         return self
+
+    def start_vswitchd(self) -> None:
+        """Start ovs-vswitchd (``start`` does; again after ``kill_vswitchd``): it takes its configuration from
+        ovsdb-server, its flow tables empty."""
+        d = self.rundir
+        self._run(["ovs-vswitchd", self.db_sock, f"--pidfile={d}/vswitchd.pid", "--detach",
+                   f"--log-file={d}/vswitchd.log", f"--unixctl={d}/vswitchd.ctl"])
+
+    def kill_vswitchd(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGKILL ovs-vswitchd, as a crash: its datapath and flow tables go, ovsdb-server stays."""
+        path = self.rundir / "vswitchd.pid"
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if _pid_is(pid, "ovs-vswitchd"):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while _pid_is(pid, "ovs-vswitchd") and not _is_zombie(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        path.unlink(missing_ok=True)
 
     def adopt(self) -> Self:
         """Take charge of daemons an earlier process started in this rundir, so stop() ends them."""

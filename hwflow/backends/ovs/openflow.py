@@ -189,6 +189,11 @@ class OpenFlowConnection:
         """
         return self._generation
 
+    @property
+    def connected(self) -> bool:
+        """Whether a session to the switch is up now."""
+        return self._sock is not None
+
     # --- connection life cycle ---------------------------------------------------
 
     def connect(self) -> None:
