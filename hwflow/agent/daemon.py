@@ -223,10 +223,10 @@ class Agent:
         self.metrics.rates(self._traffic.rates, self.topo)
         if not short:
             return
-        rank = priorities(self._traffic.rates, self._partitioner.holding(), self.conf.offload.traffic_hysteresis)
+        rank = priorities(self._traffic.rates, self._rank, self.conf.offload.traffic_hysteresis)
         if self._partitioner.moves(rank):
             LOG.info("traffic moves room on the NIC: ports ranked %s", ", ".join(
-                f"{port} ({priority:.1f})" for port, priority in sorted(rank.items(), key=lambda i: (-i[1], i[0]))))
+                f"{port} ({self._traffic.rates[port]:.1f}/s)" for port in sorted(rank, key=lambda p: -rank[p])))
             self._rank = rank
             self._wake.set()
 

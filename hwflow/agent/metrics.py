@@ -41,6 +41,9 @@ on every pass, a big host's dump costs); ``port`` is the logical port's id, ``da
   reaches, one that a rule passes up is OVS's) or that went up to Open vSwitch (``sw``: OVS's receive counters
   of the representor). Accumulated from the differences between reports, so a rule replaced or removed does
   not make them go back.
+- ``port_packet_rate{port}``: packets a second from the port through both datapaths, decayed over time
+  (``[offload] traffic_half_life``): what the agent ranks ports by when a NIC is short of room
+  (hwflow.agent.traffic). Read on every report while a NIC is short of room, or while metrics are served.
 
 Reconcile passes (every pass):
 
@@ -148,6 +151,8 @@ class AgentMetrics:
                                     "them", ("datapath", "port"))
         self.port_bytes = counter("port_bytes", "Bytes from a logical port, by the datapath that carried them",
                                   ("datapath", "port"))
+        self.port_rate = gauge("port_packet_rate", "Packets a second from a logical port through both datapaths, "
+                               "decayed (what room on a full NIC is ranked by)", ("port",))
         self.passes = counter("reconcile_passes", "Reconcile passes, by kind", ("kind",))
         self.duration = Histogram(PREFIX + "reconcile_duration_seconds", "Duration of reconcile passes", ("kind",),
                                   buckets=DURATION_BUCKETS, registry=r)
@@ -239,23 +244,35 @@ class AgentMetrics:
     # --- every report ---------------------------------------------------------------------------------------
 
     def report(self, tc: TcBackend, ovs: OvsBackend, reports: Mapping[str, DeviceReport], topo: Topology,
-               reps: Mapping[int, Representor], ofports: Mapping[int, int], alive: frozenset[str] | None) -> None:
+               reps: Mapping[int, Representor], ofports: Mapping[int, int], alive: frozenset[str] | None
+               ) -> dict[int, int] | None:
         """The agent's report step: capacity, reasons, per-port traffic (``reps``: port key -> its representor,
         ``ofports``: port key -> its OpenFlow port), chassis alive. A datapath that cannot be read leaves its
-        metrics as they were (logged at debug level)."""
+        metrics as they were (logged at debug level). Returns what :meth:`traffic` read."""
         if alive is not None:
             self.chassis_alive.set(len(alive))
         self._capacity(tc, reports)
         self._reasons()
+        return self.traffic(tc, ovs, topo, reps, ofports)
+
+    def traffic(self, tc: TcBackend, ovs: OvsBackend, topo: Topology, reps: Mapping[int, Representor],
+                ofports: Mapping[int, int]) -> dict[int, int] | None:
+        """Read the per-port traffic of both datapaths since the last reading (one dump of each representor's
+        rules, one of OVS's port counters) into the ``port_*_total`` counters; port key -> packets from the port
+        through either datapath, for every local port (None when a datapath could not be read: a rate from half
+        the traffic would rank wrong). The agent's traffic rank reads it (hwflow.agent.traffic)."""
         ports = {topo.ports[pid].unique_key: pid for pid in topo.local_port_ids if pid in topo.ports}
+        packets: dict[str, int] | None = dict.fromkeys(ports.values(), 0)
         try:
-            self._hw_traffic(tc, {key: reps[key] for key in ports if key in reps}, ports)
+            self._hw_traffic(tc, {key: reps[key] for key in ports if key in reps}, ports, packets)
         except Exception as exc:  # a NIC that does not answer now: next report
             LOG.debug("cannot read the NIC rules' counters for metrics: %s", exc)
+            packets = None
         try:
-            self._sw_traffic(ovs, {ports[key]: ofport for key, ofport in ofports.items() if key in ports})
+            self._sw_traffic(ovs, {ports[key]: ofport for key, ofport in ofports.items() if key in ports}, packets)
         except Exception as exc:  # OVS reconnecting: next report
             LOG.debug("cannot read OVS's port counters for metrics: %s", exc)
+            packets = None
         gone = self._ports - set(ports.values())
         for pid in gone:
             for datapath in ("hw", "sw"):
@@ -264,8 +281,22 @@ class AgentMetrics:
                         metric.remove(datapath, pid)
                     except KeyError:
                         pass
+            try:
+                self.port_rate.remove(pid)
+            except KeyError:
+                pass
             self._ovs_seen.pop(pid, None)
         self._ports -= gone
+        return None if packets is None else {key: packets[pid] for key, pid in ports.items()}
+
+    def rates(self, rates: Mapping[int, float], topo: Topology) -> None:
+        """Export the agent's traffic rates (port key -> packets a second) by port id."""
+        ports = {topo.ports[pid].unique_key: pid for pid in topo.local_port_ids if pid in topo.ports}
+        for key, rate in rates.items():
+            pid = ports.get(key)
+            if pid is not None:
+                self.port_rate.labels(pid).set(rate)
+                self._ports.add(pid)
 
     def _capacity(self, tc: TcBackend, reports: Mapping[str, DeviceReport]) -> None:
         counts = tc.rule_counts()
@@ -296,7 +327,8 @@ class AgentMetrics:
         self.waiting.set(by_class["no_room"])
         self._classified = plan
 
-    def _hw_traffic(self, tc: TcBackend, reps: Mapping[int, Representor], ports: Mapping[int, str]) -> None:
+    def _hw_traffic(self, tc: TcBackend, reps: Mapping[int, Representor], ports: Mapping[int, str],
+                    total: dict[str, int] | None = None) -> None:
         seen: dict[tuple, tuple[int, int]] = {}
         for key, rep in reps.items():
             packets = octets = 0
@@ -309,10 +341,11 @@ class AgentMetrics:
                 # counters that went back belong to a new rule in the old one's place: all of it is new
                 packets += now[0] - before[0] if now[0] >= before[0] else now[0]
                 octets += now[1] - before[1] if now[1] >= before[1] else now[1]
-            self._count("hw", ports[key], packets, octets)
+            self._count("hw", ports[key], packets, octets, total)
         self._rule_seen = seen
 
-    def _sw_traffic(self, ovs: OvsBackend, ofports: Mapping[str, int]) -> None:
+    def _sw_traffic(self, ovs: OvsBackend, ofports: Mapping[str, int], total: dict[str, int] | None = None
+                    ) -> None:
         counters = ovs.port_counters()
         for pid, ofport in ofports.items():
             found = counters.get(ofport)
@@ -322,9 +355,12 @@ class AgentMetrics:
             before = self._ovs_seen.get(pid, (0, 0))
             self._ovs_seen[pid] = now
             self._count("sw", pid, now[0] - before[0] if now[0] >= before[0] else now[0],
-                        now[1] - before[1] if now[1] >= before[1] else now[1])
+                        now[1] - before[1] if now[1] >= before[1] else now[1], total)
 
-    def _count(self, datapath: str, pid: str, packets: int, octets: int) -> None:
+    def _count(self, datapath: str, pid: str, packets: int, octets: int, total: dict[str, int] | None = None
+               ) -> None:
         self.port_packets.labels(datapath, pid).inc(packets)
         self.port_bytes.labels(datapath, pid).inc(octets)
         self._ports.add(pid)
+        if total is not None:
+            total[pid] = total.get(pid, 0) + packets

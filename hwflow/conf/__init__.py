@@ -182,6 +182,25 @@ offload_opts = [
         ],
         help="Flags put on every tc-flower rule.",
     ),
+    cfg.FloatOpt(
+        "traffic_half_life",
+        default=30.0,
+        min=0.1,
+        help="When a NIC cannot hold every rule it could carry, its room goes "
+        "to the busiest ports: packets a second from each port through both "
+        "datapaths (the NIC rules' counters and OVS's), measured every "
+        "[agent] report_interval and averaged with this half-life in seconds "
+        "(a port gone quiet counts half as busy after it).",
+    ),
+    cfg.FloatOpt(
+        "traffic_hysteresis",
+        default=2.0,
+        min=1.0,
+        help="On a full NIC a port ranked above another (holding room the "
+        "other wants) keeps its place until the other sends more than this "
+        "many times as many packets a second (plus one), so rules do not "
+        "move back and forth between ports of about the same traffic.",
+    ),
 ]
 
 apps_opts = [

@@ -77,6 +77,27 @@ a miss anywhere still reaches software with the packet untouched.
 Flower matches VLAN tags by protocol: a rule without a ``vlan_vid`` term
 takes untagged packets only. Tagged packets pass it by, so a rule for tagged
 packets is kept in software when an earlier rule without a tag overlaps it.
+
+How room is given out when a NIC cannot hold every eligible rule: capacity
+is per embedded switch, and each representor pays for its own rules and a
+copy of every chain it reaches. Ports are served one after the other, each
+getting what the ports before it left of its switch (its paths that do not
+fit stay in software, reason :data:`FULL`), in the order of a *rank* the
+caller gives (port -> priority, highest first; ties, and ports it does not
+name, at 0, in key order; no rank: key order). The agent ranks by measured
+traffic, packets a second through both datapaths decayed over time, with
+hysteresis: a port ranked above another keeps its place unless the other
+sends ``traffic_hysteresis`` times as much (and one packet a second more),
+so a port holding room keeps it until another is that much busier
+(hwflow.agent.traffic).
+A new rank gives the room out again in its order, planning again only the
+ports whose room changes (:meth:`_Planner.rerank`); a port losing room
+falls back to OVS, which always holds the whole pipeline, and the agent
+removes its NIC rules before it installs the gaining port's (make-before-
+break). A change of the pipeline while short of room gives the changed ports
+what the others leave (see :meth:`_Planner.update`): only a whole plan or a
+new rank serves everyone in rank order again. A rank never changes what a
+rule does, only which ports have rules.
 """
 
 from __future__ import annotations
@@ -1218,8 +1239,9 @@ class _Planner:
 
     def __init__(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
                  refused: Mapping[tuple[int, ir.Match], str], unicast_only: bool, joins: frozenset[int],
-                 ids: ChainIds) -> None:
+                 ids: ChainIds, rank: Mapping[int, float] | None = None) -> None:
         self.pipeline, self.ports, self.ethertypes = pipeline, dict(ports), tuple(ethertypes)
+        self.rank: dict[int, float] = dict(rank or {})  # port -> its priority for room (see _order)
         self.refused, self.unicast_only, self.joins, self.ids = dict(refused), unicast_only, joins, ids
         self._planned: dict[Owner, _Planned] = {}
         self._chains: dict[tuple, ChainPlan | None] = {}  # chain key -> plan, None: not usable (or being planned)
@@ -1260,10 +1282,17 @@ class _Planner:
 
     # --- whole plans and changes ------------------------------------------------------
 
+    def _order(self, keys: Iterable[int]) -> list[int]:
+        """``keys`` in the order room is given out: highest rank first, then by key (a port the rank does not
+        name ranks 0; without a rank, key order)."""
+        rank = self.rank
+        return sorted(keys, key=lambda k: (-rank.get(k, 0.0), k)) if rank else sorted(keys)
+
     def plan_all(self) -> Plan:
-        """Every port, in key order, each within what the ports before it left of its switch's capacity."""
+        """Every port, in rank order (:meth:`_order`), each within what the ports before it left of its switch's
+        capacity."""
         used: dict[str, int] = {}
-        for key in sorted(self.ports):
+        for key in self._order(self.ports):
             port = self.ports[key]
             budget = max(port.capabilities.max_rules - used.get(port.switch_id, 0), 0)
             used[port.switch_id] = used.get(port.switch_id, 0) + self._plan_port(port, budget)
@@ -1334,7 +1363,7 @@ class _Planner:
             for key in below - replanned - gone:
                 self._counted[key] = self._closures[key]
             used = self._used()
-        for key in sorted(replanned):
+        for key in self._order(replanned):
             self._plan_port(self.ports[key], self._room(self.ports[key], used))
             self._set_cost(key, used)
         # ports short of room try again when what they could gain would place more: a port planned after them, or
@@ -1342,7 +1371,7 @@ class _Planner:
         # (room for that goto); _freed bounds what a chain saves
         general, toward = self._credits()
         retried = set()
-        for key in sorted(self._starved):
+        for key in self._order(self._starved):
             room = self._room(self.ports[key], used)
             gain = room - self._budgets[key] + general.get(key, 0)
             credits = toward.get(key)
@@ -1360,6 +1389,47 @@ class _Planner:
         self._check_room()
         return changed_ports
 
+    def rerank(self, rank: Mapping[int, float], dry: bool = False) -> set[int]:
+        """Give the room out again in ``rank``'s order (:meth:`_order`), the pipeline and ports as they are; the
+        ports planned again (``dry``: the first port that would be, and nothing changed).
+
+        Each port, in the new order, gets what the ports before it leave of its switch, as a whole plan would
+        serve it. A port's plan stays as it is when that room would decide every path as before: room for all
+        it takes (and, short of room, less than the more room its first path kept out needs: see
+        :attr:`_Decided.shortfall`); only the others are planned again. Ports holding all they want in the
+        same room, whatever their order among themselves, are not touched: a new rank moves rules only where
+        it moves room.
+        """
+        before = self.rank
+        self.rank = dict(rank)
+        used: dict[str, int] = {}
+        moved: set[int] = set()
+        for key in self._order(self.ports):
+            port = self.ports[key]
+            switch = port.switch_id
+            room = max(port.capabilities.max_rules - used.get(switch, 0), 0)
+            cost = self._costs.get(key, 0)
+            short = self._starved.get(key)
+            if room < cost or short is not None and room >= self._budgets.get(key, 0) + short:
+                moved.add(key)
+                if dry:
+                    break
+                self._changed = _unchanged  # the pipeline is as it was: every segment of its last walk holds
+                try:
+                    self._plan_port(port, room)
+                finally:
+                    self._changed = None
+                self._set_cost(key, {})
+            used[switch] = used.get(switch, 0) + self._costs.get(key, 0)
+        if dry:
+            self.rank = before
+            return moved
+        if moved:
+            self._assemble(moved, (), self._planned_since)
+            self._prune()
+            self._check_room()
+        return moved
+
     def _worth_it(self, key: int, gain: float) -> bool:
         """Whether port ``key``, short of room, is planned again for ``gain`` more rules: one whose chain 0 is long
         (a tunnel device decides every network's decapsulation, a thousand paths and more) only once the gain
@@ -1372,14 +1442,15 @@ class _Planner:
     def _make_room(self, used: dict[str, int]) -> set[int]:
         """Bring a switch a change pushed over its capacity (a chain grew under ports that keep it) back under
         it: its VF ports from the last in key order give up room, each planned again in what the others leave
-        it, as a whole plan would have served them last; a tunnel device (whose decision list holds every
-        network's, and is the dearest to plan again) only when theirs is not enough. The ports planned again."""
+        it, as a whole plan would have served them last (in rank order: :meth:`_order`); a tunnel device (whose
+        decision list holds every network's, and is the dearest to plan again) only when theirs is not enough.
+        The ports planned again."""
         shrunk: set[int] = set()
         over = self._over(used)
         if not over:
             return shrunk
-        order = sorted((k for k in self.ports if k not in TUNNEL_TYPE), reverse=True)
-        for key in order + sorted((k for k in self.ports if k in TUNNEL_TYPE), reverse=True):
+        order = self._order(k for k in self.ports if k not in TUNNEL_TYPE)[::-1]
+        for key in order + self._order(k for k in self.ports if k in TUNNEL_TYPE)[::-1]:
             port = self.ports[key]
             if port.switch_id not in over or not self._costs.get(key):
                 continue
@@ -1913,6 +1984,10 @@ def _exit(chain: ChainPlan) -> int:
     return chain.id
 
 
+def _unchanged(deps: Deps) -> bool:
+    return False
+
+
 class _Replan(Exception):
     """An incremental update that only a whole plan gets right."""
 
@@ -1941,7 +2016,7 @@ def _tagged_after_untagged(match: ir.Match, placed: Sequence[HwRule | SoftwareLe
 def partition(
     pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
     refused: Mapping[tuple[int, ir.Match], str] | None = None, unicast_only: bool = True,
-    joins: Iterable[int] = (), ids: ChainIds | None = None,
+    joins: Iterable[int] = (), ids: ChainIds | None = None, rank: Mapping[int, float] | None = None,
 ) -> Plan:
     """Hardware rules for every offload-capable local port.
 
@@ -1950,12 +2025,13 @@ def partition(
     port's path hands over to a chain all ports of the network share (see
     :func:`_hands_over`).
     Capacity is shared per embedded switch and counted per representor;
-    ports are served in key order so the choice is stable and visible
-    (`hwflow trace` and the agent's log say which paths stayed in software
-    and why).
+    ports are served in ``rank`` order (port -> priority, highest first; a
+    port it does not name ranks 0; ties, and every port without a rank, in
+    key order) so the choice is stable and visible (`hwflow trace` and the
+    agent's log say which paths stayed in software and why).
     """
     return _Planner(pipeline, ports, ethertypes, refused or {}, unicast_only, frozenset(joins),
-                    ids or ChainIds()).plan_all()
+                    ids or ChainIds(), rank).plan_all()
 
 
 class Partitioner:
@@ -1965,9 +2041,11 @@ class Partitioner:
     chains whose walks read what changed (see :class:`_Planner`); without them, or when the refusals or the
     ethertypes changed, or a switch went over its capacity, it plans everything. While a NIC is short of room,
     a port a change re-plans gets what the other ports leave it (visible in its software paths' reasons); a
-    whole plan, at start and on the agent's resync timer, serves the ports in key order again. ``changed`` says
-    which ports' rules may differ from the plan before (None: any). Chain numbers stay as they were
-    (:class:`ChainIds`).
+    whole plan, at start and on the agent's resync timer, serves the ports in rank order again (``rank``: port
+    -> priority, highest first, ties in key order; none: key order). A new rank gives the room out again in
+    its order, planning again only the ports whose room that changes (:meth:`_Planner.rerank`);
+    :meth:`moves` says beforehand whether it would. ``changed`` says which ports' rules may differ from the
+    plan before (None: any). Chain numbers stay as they were (:class:`ChainIds`).
     """
 
     def __init__(self, joins: Iterable[int] = ()) -> None:
@@ -1979,25 +2057,51 @@ class Partitioner:
 
     def plan(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
              refused: Mapping[tuple[int, ir.Match], str],
-             delta: tuple[Sequence[ir.Flow], Sequence[ir.Flow]] | None = None) -> Plan:
+             delta: tuple[Sequence[ir.Flow], Sequence[ir.Flow]] | None = None,
+             rank: Mapping[int, float] | None = None) -> Plan:
         planner = self._planner
+        rank = dict(rank or {})
         same = planner is not None and planner.ethertypes == tuple(ethertypes) and planner.refused == refused
         if same and planner.pipeline is pipeline and planner.ports == ports:
             self.changed = set()
+            if planner.rank != rank:
+                try:
+                    with gc_paused():
+                        self.changed = planner.rerank(rank)
+                    return planner.plan
+                except _Replan:
+                    return self._whole(pipeline, ports, ethertypes, refused, rank)
             return planner.plan
         if same and delta is not None:
             try:
                 with gc_paused():  # a change's objects are few and acyclic
                     self.changed = planner.update(pipeline, delta[0], delta[1], ports)
+                    if planner.rank != rank:
+                        self.changed |= planner.rerank(rank)
                 return planner.plan
             except _Replan:
                 pass
+        return self._whole(pipeline, ports, ethertypes, refused, rank)
+
+    def _whole(self, pipeline: ir.Pipeline, ports: Mapping[int, PortOffload], ethertypes: Sequence[int],
+               refused: Mapping[tuple[int, ir.Match], str], rank: Mapping[int, float]) -> Plan:
         self._planner = None  # the old plan goes before the new one is made (and frozen: see gc_paused)
         with gc_paused(keep=True):
-            self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids)
+            self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids, rank)
             self.changed = None
             self.full_plans += 1
             return self._planner.plan_all()
+
+    def moves(self, rank: Mapping[int, float]) -> bool:
+        """Whether planning with ``rank`` would give some port other room than the last plan did (a port holding
+        all it wants keeps it in any order that leaves it that room): the agent plans again only then."""
+        planner = self._planner
+        return planner is not None and planner.rank != dict(rank) and bool(planner.rerank(rank, dry=True))
+
+    def short(self) -> bool:
+        """Whether the last plan left some path in software for want of room (a rank would order something)."""
+        return self._planner is not None and bool(self._planner._starved)
+
 
 
 def _reached(node: dict | set, pins: Sequence[int | None]) -> set:
