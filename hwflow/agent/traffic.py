@@ -11,9 +11,10 @@ Hysteresis (:func:`priorities`): the new order is the order the plan was made in
 another only when it sends more than ``[offload] traffic_hysteresis`` times as many packets a second, plus
 :data:`IDLE` (adjacent swaps, repeated until none applies). So a port holding room keeps it unless another is
 that much busier, two ports of about the same traffic never trade places back and forth, idle ports never
-trade places at all, and at steady rates one re-rank reaches the order the next would keep. Ties, and the ports
-the rank does not name (tunnel devices and uplinks, which are not measured), go in key order after the ranked
-ports, as in the partitioner. The agent looks at the rank at most once a report, and plans again only when it
+trade places at all, and at steady rates one re-rank reaches the order the next would keep. A port the last
+rank did not name (new since) starts below those it did, in key order; tunnel devices and uplinks (not
+measured) rank after every measured port, in key order, as the partitioner takes ports a rank leaves out. The
+agent looks at the rank at most once a report, and plans again only when it
 moves room (``Partitioner.moves``); moving rules is make-before-break like any plan change (the port losing
 room is back on OVS, which holds the whole pipeline, before the gaining port's rules go in).
 """
