@@ -116,6 +116,7 @@ def test_a_new_rank_gives_the_room_out_as_a_whole_plan_in_its_order_would(nic_sh
         partitioner = Partitioner(joins)
         before = partitioner.plan(pipeline, offload, TYPES, {}, rank=first)
         rules_before = {p: before.rules_of(p) for p in PORTS}
+        units_before = {p: dict(before.units_of(p)) for p in PORTS}
         moves = partitioner.moves(then)
         plan = partitioner.plan(pipeline, offload, TYPES, {}, rank=then)
         assert partitioner.full_plans == 1
@@ -124,6 +125,10 @@ def test_a_new_rank_gives_the_room_out_as_a_whole_plan_in_its_order_would(nic_sh
         differ = {p for p in PORTS if plan.rules_of(p) != rules_before[p]}
         assert differ <= partitioner.changed
         assert moves == bool(partitioner.changed)
+        for p in partitioner.changed:  # the agent re-encodes a changed port's chain 0 and the chains refreshed
+            kept = {chain: units_before[p][chain] if chain and chain in units_before[p]
+                    and chain not in plan.refreshed else rules for chain, rules in plan.units_of(p)}
+            assert kept == dict(plan.units_of(p))
         _event("rules moved" if differ else "no rule moved")
         for switch in ("sw0", "sw1"):
             assert sum(len(plan.rules_of(p)) for p in offload if offload[p].switch_id == switch) <= capacity
