@@ -104,7 +104,7 @@ def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> lis
         for rule in by_chain.get(chain, ()):
             if (rule.output, rule.goto, rule.drop) == (None, None, False):
                 continue
-            moved = _moved(pkt, rule.match)
+            moved = nic_walk.moved_into(pkt, rule.match)
             key = (rule.chain, rule.order, tuple(sorted(moved.items())))
             if key in seen:
                 continue
@@ -113,48 +113,6 @@ def aimed_at_rules(plan: Plan, packet: Mapping[str, int], most: int = 24) -> lis
             if rule.goto is not None:
                 todo.append((rule.goto, moved))
     return out[:most]
-
-
-# a family's address fields, and its ICMP protocol with the echo request/reply types
-_FAMILIES = {ir.ETH_TYPE_IPV4: (("ipv4_src", "ipv4_dst"), 1, (8, 0)),
-             ir.ETH_TYPE_IPV6: (("ipv6_src", "ipv6_dst"), 58, (128, 129))}
-_L3 = ("ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst", "ip_proto", "ip_ttl", "tcp_src", "tcp_dst", "udp_src",
-       "udp_dst", "icmp_type", "icmp_code")
-
-
-def _moved(packet: Mapping[str, int], match: ir.Match) -> dict[str, int]:
-    moved = dict(packet)
-    family = match.get("eth_type")
-    if family is not None and family.value != moved.get("eth_type", family.value):
-        _into_family(moved, family.value)
-    if match.get("vlan_vid") is None:
-        moved.pop("vlan_vid", None)  # flower: a rule without a VLAN term takes untagged packets only
-    for term in match.fields:
-        if term.field not in INTERNAL:  # ct_state and the like: the packet gets them on its way
-            moved[term.field] = term.value | moved.get(term.field, 0) & ~term.mask
-    return moved
-
-
-def _into_family(packet: dict[str, int], eth_type: int) -> None:
-    """A packet aimed at a rule of another ethertype: its addresses become that family's (0 until the rule's
-    terms set them: a field left out would be absent to the pipeline but 0 in the frame the NIC sees), an echo
-    stays an echo; a non-IP ethertype keeps no IP field."""
-    old = _FAMILIES.get(packet.get("eth_type", -1))
-    new = _FAMILIES.get(eth_type)
-    if new is None:
-        for field in _L3:
-            packet.pop(field, None)
-        return
-    for field in _L3[:4]:
-        packet.pop(field, None)
-    packet.update(dict.fromkeys(new[0], 0))
-    if old is not None and packet.get("ip_proto") == old[1]:
-        packet["ip_proto"] = new[1]
-        if packet.get("icmp_type") in old[2]:
-            packet["icmp_type"] = new[2][old[2].index(packet["icmp_type"])]
-        else:
-            packet.pop("icmp_type", None)
-            packet.pop("icmp_code", None)
 
 
 def _edges(packet: dict[str, int], match: ir.Match) -> list[dict[str, int]]:
