@@ -25,7 +25,7 @@ from hwflow.cli import output
 from hwflow.cli.common import CliError, common_options
 from hwflow.db.api import BatchIncomplete, Create, NbApi, Update, Write
 from hwflow.model.errors import Ambiguous, NotFound, ValidationError
-from hwflow.model.objects import KINDS, Chassis, NbObject, Port, kind_class
+from hwflow.model.objects import KINDS, Chassis, NbObject, Port, kind_class, shown
 
 Formatter = argparse.RawDescriptionHelpFormatter
 
@@ -273,26 +273,92 @@ def _delete(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
 # --- apply -------------------------------------------------------------------------
 
 
+# What "apply" reads: a topology of 100,000 ports is some 20 MB of YAML and 2 million nodes. A file may not
+# nest deeper than a topology needs (kinds -> objects -> fields -> lists of mappings -> values), nor make its
+# anchors and aliases stand for more nodes than that: a "billion laughs" file is a few hundred bytes whose
+# aliases expand to a billion nodes, refused here while parsing, before anything is built from it.
+MAX_FILE_BYTES = 64 << 20
+MAX_DEPTH = 16
+MAX_NODES = 4_000_000
+
+
+def _check_yaml(path: str, text: str) -> None:
+    """Refuse a YAML text nesting deeper than MAX_DEPTH or expanding (aliases counted in full) past MAX_NODES.
+
+    One pass over the parser's events, no recursion: a collection or a scalar is a node, an alias the nodes
+    its anchor stands for.
+    """
+    stack: list[tuple[str | None, int]] = []  # open collections: (anchor, the nodes it holds so far)
+    sizes: dict[str, int] = {}  # anchor -> the nodes it stands for
+    total = 0
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.AliasEvent):
+            size = sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise CliError(f"{path}: line {line} nests more than {MAX_DEPTH} levels deep; a topology needs "
+                               "a few (kinds, objects, fields, lists)")
+            stack.append((event.anchor, 1))
+            total += 1
+            continue
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = stack.pop()
+            if anchor:
+                sizes[anchor] = size
+            if stack:
+                stack[-1] = (stack[-1][0], stack[-1][1] + size)
+            continue
+        else:
+            continue
+        total += size
+        if stack:
+            stack[-1] = (stack[-1][0], stack[-1][1] + size)
+        if total > MAX_NODES:
+            raise CliError(f"{path}: its aliases (*NAME) expand to more than {MAX_NODES:,} nodes; write the objects "
+                           "out, or use fewer aliases")
+    if total > MAX_NODES:
+        raise CliError(f"{path}: more than {MAX_NODES:,} YAML nodes; split the topology into several files")
+
+
 def _load_topology(path: str) -> dict[str, list[dict[str, Any]]]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise CliError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB; split the topology into several "
+                           "files")
+        text = raw.decode("utf-8")
+        _check_yaml(path, text)
+        data = yaml.load(text, Loader=loader) or {}
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise CliError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        why = " ".join(str(exc).replace('in "<unicode string>", ', "").split())
+        raise CliError(f"{path} is not valid YAML: {why[:300] + '...' if len(why) > 300 else why}") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it "
                        "as UTF-8") from None
+    except ValueError as exc:  # a value YAML's syntax admits but Python cannot build (a date 2024-13-45, an int
+        # of 5,000 digits)
+        raise CliError(f"{path} holds a value that cannot be read: {shown(str(exc))[1:-1]}") from None
+    except RecursionError:
+        raise CliError(f"{path}: nested too deeply to read") from None
     if not isinstance(data, Mapping):
         raise CliError(f"{path}: the top level must map kinds to lists of objects, like 'network: [...]'")
     topology: dict[str, list[dict[str, Any]]] = {}
     for key, items in data.items():
         kind = str(key)[:-1] if str(key) not in KINDS and str(key).endswith("s") else str(key)
         if kind not in APPLY_ORDER:
-            raise CliError(f"{path}: unknown kind {key!r}; use one of {', '.join(APPLY_ORDER)}")
+            raise CliError(f"{path}: unknown kind {shown(key)}; use one of {', '.join(APPLY_ORDER)}")
         if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
-            raise CliError(f"{path}: {key} must be a list of objects (each a mapping of field: value)")
+            raise CliError(f"{path}: {kind} must be a list of objects (each a mapping of field: value)")
         topology.setdefault(kind, []).extend(dict(i) for i in items)
     return topology
 
@@ -329,14 +395,34 @@ class _Known:
 
     def match(self, kind: str, item: Mapping[str, Any]) -> NbObject | None:
         """The stored object an entry describes: by id if it has one, else by name."""
-        if item.get("id"):
-            return self.objects[kind].get(str(item["id"]))
-        if item.get("name"):
+        ident, name = _text(item.get("id")), _text(item.get("name"))
+        if ident:
+            return self.objects[kind].get(ident) if isinstance(ident, str) else None
+        if name and isinstance(name, str):
             try:
-                return self.find(kind, str(item["name"]))
+                return self.find(kind, name)
             except NotFound:
                 return None
         return None
+
+
+def _reference(kind: str, item: Mapping[str, Any], field: str, value: Any) -> str:
+    """A reference as the file gives it: an id or name (a number YAML read as one is its text)."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    raise ValidationError(f"{kind} {_bare(item.get('name') or item.get('id') or '(new)')}: {field} "
+                          f"{shown(value)} must name a {kind_class(kind).references[field]} by id or name")
+
+
+def _bare(value: Any) -> str:
+    """A name or id from the file as a message shows it: a string unquoted, anything else as repr; both cut short."""
+    return shown(value)[1:-1] if isinstance(value, str) else shown(value)
+
+
+def _text(value: Any) -> Any:
+    """An id or name as the file gives it: a number YAML read as one is its text; anything else is left for
+    validation to refuse by its type."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _apply_one(known: _Known, kind: str, item: dict[str, Any]) -> tuple[Write | None, dict[str, Any]]:
@@ -345,12 +431,13 @@ def _apply_one(known: _Known, kind: str, item: dict[str, Any]) -> tuple[Write | 
     for field, target in cls.references.items():
         value = item.get(field)
         if isinstance(value, list):
-            item[field] = [known.find(target, str(v)).id for v in value]
+            item[field] = [known.find(target, _reference(kind, item, field, v)).id for v in value]
         elif value:
-            item[field] = known.find(target, str(value)).id
+            item[field] = known.find(target, _reference(kind, item, field, value)).id
     stored = known.match(kind, item)
     if stored is None:
-        obj = cls(**{**item, "id": str(item.get("id") or uuid.uuid4()), "revision": 0})
+        obj = cls(**{**item, "id": _text(item.get("id")) or str(uuid.uuid4()), "revision": 0})
+        obj.validate()  # before it is indexed by name: a name that is not a string is refused, not hashed
         known.add(obj)
         return Create(obj), {"action": "created", "kind": kind, "id": obj.id, "name": obj.name, "fields": sorted(item)}
     wanted = cls(**{**stored.to_dict(), **item, "id": stored.id})
@@ -375,7 +462,8 @@ def _apply(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
                 try:
                     write, entry = _apply_one(known, kind, item)
                 except TypeError as exc:  # a field the kind does not have
-                    raise ValidationError(f"{args.file}: {kind} {item.get('name') or item.get('id') or ''}: {exc}; "
+                    raise ValidationError(f"{args.file}: {kind} {_bare(item.get('name') or item.get('id') or '')}"
+                                          f": {shown(str(exc))[1:-1]}; "
                                           f"a {kind} has {', '.join(f.name for f in dataclasses.fields(KINDS[kind]))}"
                                           ) from None
                 if (kind, entry["id"]) in entries:

@@ -41,7 +41,7 @@ from hwflow.model.errors import (
     NotFound,
     ValidationError,
 )
-from hwflow.model.objects import KINDS, Chassis, NbObject, Related, Subnet, from_dict, kind_class
+from hwflow.model.objects import KINDS, Chassis, NbObject, Related, Subnet, from_dict, kind_class, shown
 
 LOG = logging.getLogger(__name__)
 
@@ -197,11 +197,16 @@ def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
     """A stored record back as an object; a malformed one is a ValidationError naming it."""
     try:
         data = json.loads(value)
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError too: a record that is not UTF-8
         raise ValidationError(f"{table} {key}: stored record is not JSON ({exc})") from None
+    except RecursionError:
+        raise ValidationError(f"{table} {key}: stored record is JSON nested too deeply to read") from None
+    if not isinstance(data, dict):
+        raise ValidationError(f"{table} {key}: stored record must be a JSON object, not {type(data).__name__}")
+    if data.get("id") != key:  # checked first, so that every message below names the record by its key
+        carries = f"another id, {shown(data['id'])}" if "id" in data else "no id"
+        raise ValidationError(f"{table} {key}: stored record carries {carries}")
     obj = from_dict(table, data)
-    if obj.id != key:
-        raise ValidationError(f"{table} {key}: stored record carries another id, {obj.id!r}")
     obj.revision = revision
     return obj
 
@@ -445,8 +450,12 @@ class NbApi:
                 new = dataclasses.replace(write.obj, id=write.obj.id or str(uuid.uuid4()), revision=0, unique_key=0)
                 entry = _Entry(write, new)
             elif isinstance(write, Update):
-                new = dataclasses.replace(write.obj, revision=0)
                 expected = write.if_revision if write.if_revision is not None else (write.obj.revision or None)
+                if expected is not None and (type(expected) is not int or expected < 0):
+                    what = "if_revision" if write.if_revision is not None else "revision"
+                    raise ValidationError(f"{write.obj.label()}: {what} {shown(expected)} must be a revision "
+                                          "(a non-negative integer)")
+                new = dataclasses.replace(write.obj, revision=0)
                 entry = _Entry(write, new, expected)
             else:
                 raise TypeError(f"not a batch write (Create or Update): {write!r}")
@@ -566,7 +575,10 @@ class NbApi:
         return relies, related
 
     def _chunks(self, entries: list[_Entry]) -> Iterator[list[_Entry]]:
-        """The batch cut, in order, into transactions the driver takes (counting each kind's counter once)."""
+        """The batch cut, in order, into transactions the driver takes (counting each kind's counter once).
+
+        An object too big for one transaction on its own is a ValidationError (raised before anything is written:
+        the caller lists the chunks first)."""
         max_ops, max_bytes = self.driver.max_txn_ops, self.driver.max_txn_bytes
         chunk: list[_Entry] = []
         ops: set[tuple[str, str]] = set()
@@ -577,6 +589,13 @@ class NbApi:
             e_ops = {(op.table, op.key) for op in e.ops} | {counter}
             e_relies = {*e.relies, counter}
             e_size = sum(len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key) for op in e.ops)
+            if (max_ops is not None and max(len(e_ops), len(e_relies)) > max_ops) or (
+                    max_bytes is not None and e_size > max_bytes):
+                raise ValidationError(
+                    f"{e.new.label()}: writing it takes {max(len(e_ops), len(e_relies))} operations and {e_size:,} "
+                    f"bytes in one transaction, more than the database takes ({max_ops or 'any'} operations, "
+                    f"{f'{max_bytes:,}' if max_bytes is not None else 'any'} bytes); give it fewer addresses, "
+                    "groups or routes")
             if chunk and (
                 (max_ops is not None and (len(ops) + len(e_ops - ops) > max_ops
                                           or len(relies) + len(e_relies - relies) > max_ops))

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -32,6 +33,32 @@ MAX_NAME_LEN = 255
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxset = 2, 4, 4, 4, 4
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 80, 80, 40
+_REPR = reprlib.Repr()  # an object's repr: more of each field than a message quotes
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 4, 32, 32, 32, 32
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 300, 300, 100
+
+
+def shown(value: Any, how: reprlib.Repr = _SHOWN, limit: int = 100) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters: what a message quotes of a value from outside.
+
+    A file or a foreign record may hold a megabyte string, or a YAML structure whose aliases make its full
+    ``repr`` astronomically long; an error quoting it must stay one short line and come back at once.
+    """
+    try:
+        text = how.repr(value)
+    except ValueError:  # an integer of more digits than Python turns into text
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _named(value: Any) -> str:
+    """An id or name as a label shows it: as is when it is a sane string, else cut short."""
+    return value if isinstance(value, str) and len(value) <= MAX_NAME_LEN and value.isprintable() else shown(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -96,14 +123,21 @@ class NbObject:
 
     max_unique_key: ClassVar[int] = MAX_UNIQUE_KEY
 
+    def __repr__(self) -> str:
+        """As a dataclass's, but every field cut short: an object may hold what a careless caller or a hostile
+        file gave it (a megabyte string, a billion laughs), and a traceback or a log line must still print."""
+        fields = ", ".join(f"{f.name}={shown(getattr(self, f.name, None), _REPR, 400)}"
+                           for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
     def label(self) -> str:
         """How messages name the object: kind and id, plus the name people know it by."""
-        named = f" ({self.name})" if self.name and self.name != self.id else ""
-        return f"{self.kind} {self.id or '(new)'}{named}"
+        named = f" ({_named(self.name)})" if self.name and self.name != self.id else ""
+        return f"{self.kind} {_named(self.id) if self.id else '(new)'}{named}"
 
     def fail(self, field: str, rule: str) -> ValidationError:
         value = getattr(self, field, None)
-        return ValidationError(f"{self.label()}: {field} {value!r} {rule}")
+        return ValidationError(f"{self.label()}: {field} {shown(value)} {rule}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,7 +214,7 @@ PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 _MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class Chassis(NbObject):
     """A host running hwflow-agent; its id is its name (the agent's chassis_name).
 
@@ -222,14 +256,14 @@ class Chassis(NbObject):
             self.external_ip = _canonical_ip(self, "external_ip", self.external_ip, unicast=True)
         try:
             json.dumps(self.capabilities, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise self.fail("capabilities", f"must be plain JSON data ({exc})") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise self.fail("capabilities", f"must be plain JSON data ({shown(str(exc))[1:-1]})") from None
         if not math.isfinite(self.heartbeat_at) or self.heartbeat_at < 0:
             raise self.fail("heartbeat_at", "must be a non-negative epoch time in seconds")
         self.heartbeat_at = float(self.heartbeat_at)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class Network(NbObject):
     """A logical L2 segment.
 
@@ -281,7 +315,7 @@ class Network(NbObject):
         return [("flat network", f"on physical network {self.physical_network}")]
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class Subnet(NbObject):
     """An IPv4 or IPv6 prefix on a network, with what DHCP hands out for it.
 
@@ -373,7 +407,7 @@ class Subnet(NbObject):
                 raise self.fail("cidr", f"overlaps subnet {other.id} ({other.cidr}) on network {self.network_id}")
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class Port(NbObject):
     """A logical port on a network; ``chassis`` is where it is bound ("" = nowhere).
 
@@ -413,7 +447,7 @@ class Port(NbObject):
             raise self.fail("device_owner", f"must be at most {MAX_NAME_LEN} characters")
         for group in self.security_groups:
             if not _ID_RE.fullmatch(group):
-                raise self.fail("security_groups", f"entry {group!r} must be the id of a security group")
+                raise self.fail("security_groups", f"entry {shown(group)} must be the id of a security group")
         self.security_groups = _unique_list(self, "security_groups", self.security_groups)
         self.allowed_address_pairs = [self._pair(pair) for pair in self.allowed_address_pairs]
         if not self.port_security and (self.security_groups or self.allowed_address_pairs):
@@ -443,7 +477,7 @@ class Port(NbObject):
         _in_subnets(self, "ips", self.ips, related.subnets)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class Router(NbObject):
     """A distributed router; it reaches networks through its router ports.
 
@@ -493,7 +527,7 @@ class Router(NbObject):
                 _in_subnets(self, "gateway_ip", [self.gateway_ip], related.subnets)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class RouterPort(NbObject):
     """A router's interface on one subnet: ``ip`` (usually the subnet's gateway) and ``mac`` on its network."""
 
@@ -528,7 +562,7 @@ class RouterPort(NbObject):
         _in_subnets(self, "ip", [self.ip], [subnet])
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class SecurityGroup(NbObject):
     """A named set of rules; a port in the group accepts what any of the group's rules allows."""
 
@@ -541,7 +575,7 @@ class SecurityGroup(NbObject):
             raise self.fail("description", f"must be at most {MAX_NAME_LEN} printable characters")
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class SecurityGroupRule(NbObject):
     """One allow rule of a security group (traffic no rule allows is dropped).
 
@@ -623,7 +657,7 @@ class SecurityGroupRule(NbObject):
             raise self.fail("icmp_code", "must be 0..255, or -1 for any")
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class FloatingIP(NbObject):
     """A public IPv4 address on an external network, DNATed to ``fixed_ip_address`` of ``port_id``.
 
@@ -697,23 +731,25 @@ def _in_subnets(obj: NbObject, field: str, addresses: list[str], subnets: list[S
 
 
 def _unique_list(obj: NbObject, field: str, values: list[Any]) -> list[Any]:
-    seen: list[Any] = []
+    """``values`` if none repeats (plain JSON values, compared as such; a set, so a long list costs no more)."""
+    seen: set[Any] = set()
     for value in values:
-        if value in seen:
-            raise obj.fail(field, f"lists {value} more than once")
-        seen.append(value)
-    return seen
+        key = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+        if key in seen:
+            raise obj.fail(field, f"lists {value if isinstance(value, str) else shown(value)} more than once")
+        seen.add(key)
+    return list(values)
 
 
 def _canonical_mac(obj: NbObject, field: str, text: Any) -> str:
     mac = text.strip().lower() if isinstance(text, str) else ""
     if not _MAC_RE.fullmatch(mac):
-        raise ValidationError(f"{obj.label()}: {field} {text!r} must be six hex octets separated by ':' "
+        raise ValidationError(f"{obj.label()}: {field} {shown(text)} must be six hex octets separated by ':' "
                               "(like fa:16:3e:12:34:56)")
     if int(mac[:2], 16) & 1:
-        raise ValidationError(f"{obj.label()}: {field} {text!r} must be a unicast MAC address (first octet even)")
+        raise ValidationError(f"{obj.label()}: {field} {shown(text)} must be a unicast MAC address (first octet even)")
     if mac == "00:00:00:00:00:00":
-        raise ValidationError(f"{obj.label()}: {field} {text!r} must not be all zeros")
+        raise ValidationError(f"{obj.label()}: {field} {shown(text)} must not be all zeros")
     return mac
 
 
@@ -724,10 +760,10 @@ def _canonical_ip(obj: NbObject, field: str, text: Any, unicast: bool = False) -
         address = ipaddress.ip_address(text)
     except ValueError:
         raise ValidationError(
-            f"{obj.label()}: {field} {text!r} must be an IPv4 or IPv6 address (no prefix length)"
+            f"{obj.label()}: {field} {shown(text)} must be an IPv4 or IPv6 address (no prefix length)"
         ) from None
     if unicast and (address.is_multicast or address.is_unspecified):
-        raise ValidationError(f"{obj.label()}: {field} {text!r} must be a unicast address")
+        raise ValidationError(f"{obj.label()}: {field} {shown(text)} must be a unicast address")
     return str(address)
 
 
@@ -739,7 +775,7 @@ def _canonical_cidr(obj: NbObject, field: str, text: Any, host_ok: bool = False)
         net = ipaddress.ip_network(text, strict=True)
     except ValueError:
         raise ValidationError(
-            f"{obj.label()}: {field} {text!r} must be an IP prefix with no host bits set, like 10.0.0.0/24"
+            f"{obj.label()}: {field} {shown(text)} must be an IP prefix with no host bits set, like 10.0.0.0/24"
         ) from None
     if host_ok and net.prefixlen == net.max_prefixlen:
         return str(net.network_address)
@@ -759,26 +795,27 @@ def kind_class(kind: str | type[NbObject]) -> type[NbObject]:
     try:
         return KINDS[str(kind)]
     except KeyError:
-        raise ValidationError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}") from None
+        raise ValidationError(f"unknown kind {shown(kind)}; known kinds: {', '.join(sorted(KINDS))}") from None
 
 
 def from_dict(kind: str | type[NbObject], data: Any) -> NbObject:
     """Build and validate an object from decoded JSON; missing fields take defaults."""
     cls = kind_class(kind)
-    label = f"{cls.kind} {data.get('id', '(no id)') if isinstance(data, Mapping) else '(?)'}"
+    label = f"{cls.kind} {_named(data.get('id', '(no id)')) if isinstance(data, Mapping) else '(?)'}"
     if not isinstance(data, Mapping):
         raise ValidationError(f"{label}: record must be a JSON object, not {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ValidationError(
-            f"{label}: unknown field(s) {', '.join(map(str, unknown))}; "
+            f"{label}: unknown field(s) {', '.join(shown(str(k))[1:-1] for k in unknown[:5])}"
+            f"{f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''}; "
             f"a {cls.kind} has {', '.join(fields)}"
         )
     for name, value in data.items():
         what, test = _TYPE_TESTS[str(fields[name].type)]
         if not test(value):
-            raise ValidationError(f"{label}: {name} {value!r} must be {what}")
+            raise ValidationError(f"{label}: {name} {shown(value)} must be {what}")
     obj = cls(**{k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
                  for k, v in data.items()})
     obj.validate()

@@ -370,6 +370,10 @@ class Eswitch:
             except Refusal as exc:
                 replies.append(nl.encode_error(msg, -exc.errno, exc.message))
                 continue
+            except (ValueError, struct.error, IndexError, KeyError) as exc:  # a header or attribute cut short
+                self._log.info("simnic %s: refused a malformed request (type %d): %s", self.name, msg.type, exc)
+                replies.append(nl.encode_error(msg, -errno.EINVAL, f"simnic {self.name}: malformed request: {exc}"))
+                continue
             replies.extend(out)
             if msg.flags & nl.NLM_F_ACK and not _is_dump(msg):
                 replies.append(nl.encode_error(msg, 0))

@@ -87,6 +87,8 @@ class ControlServer:
                 return
         except OSError as exc:
             LOG.warning("simnic %s: control connection failed: %s", self._eswitch.name, exc)
+        except Exception:  # a request the eswitch could not take must not stop the NIC: drop its connection
+            LOG.exception("simnic %s: a control request failed; closing its connection", self._eswitch.name)
         self._selector.unregister(conn)
         conn.close()
 

@@ -8,8 +8,11 @@ backoff, and on return has every change made meanwhile.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pathlib
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +21,9 @@ import pytest
 
 from hwflow.agent.cache import NbCache
 from hwflow.db import NbApi
+from hwflow.db.api import Create
 from hwflow.db.etcd_server import EtcdCluster
-from hwflow.model import DatabaseUnavailable, Network, Port, Subnet
+from hwflow.model import DatabaseUnavailable, HwflowError, Network, Port, Subnet
 
 pytestmark = pytest.mark.functional
 
@@ -105,9 +109,64 @@ def test_a_foreign_record_in_etcd_is_logged_and_skipped(cluster, caplog):
         cache.start()
         try:
             api.driver.put("port", "junk", b'{"id": "junk", "network_id": "n1", "mac": 7}')
+            # Wrong types, missing fields, not JSON, not UTF-8, nested past the parser, another id (issue 16).
+            foreign = {
+                "junk-missing": b'{"id": "junk-missing"}',
+                "junk-unknown": b'{"id": "junk-unknown", "network_id": "n1", "mac": "fa:16:3e:00:02:77", "x": 1}',
+                "junk-id": b'{"id": "another", "network_id": "n1", "mac": "fa:16:3e:00:02:78"}',
+                "junk-list": b'["junk-list"]',
+                "junk-bytes": b"\xff\xfe port",
+                "junk-deep": b"[" * 50_000 + b"]" * 50_000,
+            }
+            for key, value in foreign.items():
+                api.driver.put("port", key, value)
             api.create(Port(id="vm2", network_id=net.id, mac=mac(2)))
             wait_for(lambda: "vm2" in cache.objects("port"))
             assert "junk" not in cache.objects("port")
             assert "skipping a bad change" in caplog.text and "port junk" in caplog.text
+            for key in foreign:
+                assert key not in cache.objects("port") and f"port {key}" in caplog.text
         finally:
             cache.stop()
+
+
+def _hostile(*names: str) -> list:
+    """Helpers of tests/unit/test_hostile_input.py (which imports its neighbours there)."""
+    unit = str(pathlib.Path(__file__).parents[1] / "unit")
+    if unit not in sys.path:
+        sys.path.append(unit)
+    module = importlib.import_module("test_hostile_input")
+    return [getattr(module, name) for name in names]
+
+
+def test_writers_racing_on_one_object_in_etcd_leave_it_consistent(cluster):
+    """The unit test's race (tests/unit/test_hostile_input.py), on a real 3-member etcd: threads updating one
+    port compare-and-swap, taking one MAC, deleting its network with everything in it and putting it back; only
+    documented errors, and the database holds whole objects with whole indexes afterwards."""
+    BASE, assert_consistent, race = _hostile("BASE", "assert_consistent", "race")
+    with NbApi.from_url(cluster.url) as api:
+        api.apply([Create(o) for o in BASE])
+        for seed in range(2):
+            assert race(cluster.url, workers=4, rounds=10, seed=seed) == []
+            assert_consistent(api)
+            holders = [p.id for p in api.list("port") if p.mac == "fa:16:3e:00:00:99" and p.network_id == "n1"]
+            assert len(holders) <= 1, f"two ports took one MAC: {holders}"
+
+
+def test_a_hostile_batch_on_etcd_is_refused_whole(cluster):
+    """A batch etcd could only take in several transactions, refused by a check: nothing of it is written; a
+    port too big for one etcd transaction is refused before anything is, naming it."""
+    BASE, contents = _hostile("BASE", "contents")
+    with NbApi.from_url(cluster.url) as api:
+        api.apply([Create(o) for o in BASE])
+        before = contents(api)
+        ports = [Create(Port(id=f"b{i}", network_id="n1", mac=f"fa:16:3e:01:{i // 256:02x}:{i % 256:02x}"))
+                 for i in range(200)]
+        ports.append(Create(Port(id="b-last", network_id="n1", mac="fa:16:3e:01:00:05")))  # b5's MAC again
+        with pytest.raises(HwflowError, match="port b-last.*already used by port b5"):
+            api.apply(ports)
+        assert contents(api) == before
+        big = Port(id="big", network_id="n1", mac="fa:16:3e:00:00:07", ips=[f"10.0.0.{i}" for i in range(10, 200)])
+        with pytest.raises(HwflowError, match="port big: writing it takes .* more than the database takes"):
+            api.create(big)
+        assert contents(api) == before

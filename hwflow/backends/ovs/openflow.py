@@ -96,8 +96,14 @@ def _error_name(prefix: str, value: int) -> str:
 
 
 def hello_versions(buf: bytes) -> set[int]:
-    """The versions a peer's HELLO offers: its bitmap if it sent one, else every version up to its own."""
+    """The versions a peer's HELLO offers: its bitmap if it sent one, else every version up to its own.
+
+    A HELLO shorter than its header is an OpenFlowError; elements past the bytes there are are not read.
+    """
+    if len(buf) < HEADER.size:
+        raise OpenFlowError(f"a HELLO of {len(buf)} bytes is shorter than an OpenFlow header")
     version, _, length, _ = HEADER.unpack_from(buf)
+    length = min(length, len(buf))
     offset = HEADER.size
     while offset + HELLO_ELEM.size <= length:
         elem_type, elem_len = HELLO_ELEM.unpack_from(buf, offset)

@@ -152,6 +152,10 @@ _NAT_RANGES = ((nicira_ext.NX_NAT_RANGE_IPV4_MIN, 4), (nicira_ext.NX_NAT_RANGE_I
 _INSTRUCTION_ORDER = {ofp.OFPIT_APPLY_ACTIONS: 0, ofp.OFPIT_WRITE_METADATA: 1, ofp.OFPIT_GOTO_TABLE: 2}
 
 
+class DumpDecodeError(ValueError):
+    """A flow stats reply hwflow cannot read: cut short, or with lengths that do not add up."""
+
+
 class TranslationError(ValueError):
     """An IR flow that has no faithful OpenFlow 1.3 form."""
 
@@ -856,23 +860,38 @@ class FlowCompiler:
     def decode_flow_stats(self, replies: Iterable[bytes]) -> list[InstalledFlow]:
         """Flow stats multipart replies -> installed flows with the keys :func:`flow_key` and
         :func:`instructions_key` would give, without building os-ken objects (the slow part of a big
-        dump); tests/unit/test_ovs_translate.py checks both agree."""
+        dump); tests/unit/test_ovs_translate.py checks both agree.
+
+        A reply that is cut short, or whose lengths do not add up, is a DumpDecodeError (a ValueError) saying
+        where; nothing else is raised, and every length moves on (a zero one cannot loop)."""
         flows = []
-        for data in replies:
-            _, _, length, _, kind, _ = _MULTIPART_REPLY.unpack_from(data)
-            if kind != ofp.OFPMP_FLOW:
-                raise ValueError(f"expected a flow stats reply, got multipart type {kind}")
-            offset = _MULTIPART_REPLY.size
-            while offset < length:
-                (size, table, _, _, priority, _, _, _, cookie, packets, octets) = _FLOW_STATS.unpack_from(
-                    data, offset)
-                match_at = offset + _FLOW_STATS.size
-                _, match_len = _OFP_MATCH.unpack_from(data, match_at)
-                instructions_at = match_at + (match_len + 7) // 8 * 8
-                flows.append(InstalledFlow(
-                    (table, priority, self._match_key(data, match_at + _OFP_MATCH.size, match_at + match_len)),
-                    self._instructions_key(data, instructions_at, offset + size), cookie, packets, octets))
-                offset += size
+        for n, data in enumerate(replies):
+            try:
+                flows += self._flow_stats(data)
+            except (struct.error, IndexError, ValueError) as exc:
+                raise DumpDecodeError(f"flow stats reply {n + 1} ({len(data)} bytes) is malformed: {exc}") from None
+        return flows
+
+    def _flow_stats(self, data: bytes) -> list[InstalledFlow]:
+        flows = []
+        _, _, length, _, kind, _ = _MULTIPART_REPLY.unpack_from(data)
+        if kind != ofp.OFPMP_FLOW:
+            raise ValueError(f"expected a flow stats reply, got multipart type {kind}")
+        if length > len(data):
+            raise ValueError(f"its header claims {length} bytes")
+        offset = _MULTIPART_REPLY.size
+        while offset < length:
+            (size, table, _, _, priority, _, _, _, cookie, packets, octets) = _FLOW_STATS.unpack_from(data, offset)
+            match_at = offset + _FLOW_STATS.size
+            _, match_len = _OFP_MATCH.unpack_from(data, match_at)
+            instructions_at = match_at + (match_len + 7) // 8 * 8
+            if size < _FLOW_STATS.size + _OFP_MATCH.size or offset + size > length or instructions_at > offset + size \
+                    or match_len < _OFP_MATCH.size:
+                raise ValueError(f"the flow entry at offset {offset} has length {size} and a match of {match_len}")
+            flows.append(InstalledFlow(
+                (table, priority, self._match_key(data, match_at + _OFP_MATCH.size, match_at + match_len)),
+                self._instructions_key(data, instructions_at, offset + size), cookie, packets, octets))
+            offset += size
         return flows
 
 

@@ -1172,6 +1172,20 @@ def _decode_options(payload: bytes) -> tuple[dict[str, object], tuple[FlowerActi
 
 
 def decode_filter_message(msg: nl.Message) -> tuple[FlowerRule, RuleStats | None]:
+    """One RTM_NEWTFILTER message as a rule and its stats.
+
+    Raises FlowerUnsupported for what hwflow does not model and FlowerDecodeError for anything malformed (an
+    attribute cut short, a value no rule can hold): nothing else, whatever the bytes.
+    """
+    try:
+        return _decode_filter_message(msg)
+    except FlowerDecodeError:
+        raise
+    except (struct.error, IndexError, KeyError, ValueError) as exc:
+        raise FlowerDecodeError(f"malformed filter message: {exc}") from exc
+
+
+def _decode_filter_message(msg: nl.Message) -> tuple[FlowerRule, RuleStats | None]:
     if msg.type != RTM_NEWTFILTER:
         raise FlowerDecodeError(f"netlink message type {msg.type} is not RTM_NEWTFILTER ({RTM_NEWTFILTER})")
     header = decode_tcmsg(msg.payload)
