@@ -10,8 +10,6 @@ from __future__ import annotations
 from hwflow.offload.capabilities import (
     ACTION_DROP,
     ACTION_REDIRECT,
-    ACTION_TUNNEL_DECAP,
-    ACTION_TUNNEL_ENCAP,
     MASK_EXACT,
     MASK_PREFIX,
     Capabilities,
@@ -34,24 +32,22 @@ MATCH_FIELDS = {
 }
 
 # Actions: the same commit: "Two types of actions are supported at the moment: FLOW_ACTION_DROP
-# and FLOW_ACTION_REDIRECT". No goto (so one chain), no pedit, no vlan push/pop, no ct.
-# Tunnels: commit 9e300987d4a8 "ice: VXLAN and Geneve TC support" (decap on the tunnel device,
-# encap by redirecting from a representor to it) and commit f0a35040adbe "ice: support for GRE
-# in eswitch".
-TUNNELS = frozenset({"vxlan", "geneve", "gre"})
-
+# and FLOW_ACTION_REDIRECT". No goto (so one chain), no pedit, no vlan push/pop, no ct, and no
+# tunnel_key: ice_eswitch_tc_parse_action takes drop and redirect only (../shared/notes/
+# nic-offload-facts.md, section 7). Its tunnels (commits 9e300987d4a8, f0a35040adbe) are
+# match-and-redirect: the outer headers are the rule's enc_* keys, with no tunnel_key action. hwflow
+# encodes encap as tunnel_key set + redirect and decap as tunnel_key unset + redirect (to_flower), which
+# ice refuses, so it claims no tunnel type until the encoder has ice's shape: its tunnels stay in OVS.
 # Counters: ice_repr.c ice_repr_setup_tc_cls_flower() handles only FLOW_CLS_REPLACE and
 # FLOW_CLS_DESTROY and answers -EINVAL to anything else, FLOW_CLS_STATS included: no hardware
 # hit counters. Capacity: not published; 16384 is hwflow's working budget, not a device limit.
 E810 = Capabilities(
     match_fields=MATCH_FIELDS,
-    actions=frozenset({ACTION_REDIRECT, ACTION_DROP, ACTION_TUNNEL_ENCAP, ACTION_TUNNEL_DECAP}),
+    actions=frozenset({ACTION_REDIRECT, ACTION_DROP}),
     max_rules=16384,
-    max_actions_per_rule=2,  # a tunnel_key action followed by its redirect
+    max_actions_per_rule=2,  # what the switch recipe takes; hwflow's rules here need one (drop or redirect)
     max_chains=1,
     counters=False,
-    tunnel_encap=TUNNELS,
-    tunnel_decap=TUNNELS,
 )
 
 # PCI device ids, from https://pci-ids.ucw.cz/read/PC/8086: 1591 E810-C backplane,

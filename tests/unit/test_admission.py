@@ -191,9 +191,9 @@ def verdict(actions, caps, keys=None, protocol=fl.ETH_P_IP) -> str:
     ((fl.Vlan("push", vid=7), fl.Mirred(102)), "ok", "action vlan_push", "ok"),
     ((fl.Vlan("pop"), fl.Mirred(102)), "ok", "action vlan_pop", "ok"),
     ((fl.Vlan("modify", vid=9), fl.Mirred(102)), "ok", "action rewrite", "rewrite of vlan_vid (vlan modify)"),
-    ((VXLAN, fl.Mirred(102)), "ok", "ok", "action tunnel_encap"),
+    ((VXLAN, fl.Mirred(102)), "ok", "action tunnel_encap", "action tunnel_encap"),  # ice: no tunnel_key
     ((dataclasses.replace(VXLAN, dst_port=7777), fl.Mirred(102)), "tunnel_key set to UDP port 7777", None, None),
-    ((fl.TunnelKey(unset=True), fl.Mirred(102)), "ok", "ok", "action tunnel_decap"),
+    ((fl.TunnelKey(unset=True), fl.Mirred(102)), "ok", "action tunnel_decap", "action tunnel_decap"),
     ((SET_DMAC, fl.Mirred(102)), "ok", "action rewrite", "ok"),
     ((TTL_DEC, CSUM, fl.Mirred(102)), "ok", "3 actions in one rule (max 2)", "ok"),
     ((TTL_DEC, fl.Mirred(102)), "ok", "action ttl_dec", "ok"),
@@ -231,7 +231,7 @@ def test_tunnel_match_keys_and_the_mlx5_port_quirk():
     with_port = fl.FlowerKeys(enc_key_id=5, enc_dst_port=4789)
     assert "quirk tunnel_match_needs_udp_dst_port" in verdict(decap, MLX5, without_port, fl.ETH_P_ALL)
     assert verdict(decap, MLX5, with_port, fl.ETH_P_ALL) == "ok"
-    assert verdict(decap, E810, without_port, fl.ETH_P_ALL) == "ok"  # ice has no such quirk
+    assert verdict(decap, E810, without_port, fl.ETH_P_ALL) == "a tunnel match (decap types: none)"  # no tunnel_key
     assert verdict(decap, PLAIN, with_port, fl.ETH_P_ALL).startswith("match on tun_id")
     geneve = fl.FlowerKeys(enc_key_id=5, enc_dst_port=6081)
     cx5 = load_profile("mlx5-connectx5").capabilities

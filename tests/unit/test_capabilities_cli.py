@@ -186,15 +186,17 @@ def test_probe_confirms_the_profile_and_is_shown_with_its_age(capsys, served_sim
     assert "chain 0 prio 65535 with a group-address eth_src guard" in text  # E810: chain 0 only
     probe_table = text.split(" ago, ", 1)[1].splitlines()[2:]  # after "probed Ns ago, PLACEMENT:" and its header
     claims = {" ".join(line.split()[:2]): line.split()[2] for line in probe_table if len(line.split()) > 2}
-    assert claims["action redirect"] == "confirmed" and claims["tunnel_encap vxlan"] == "confirmed"
-    assert claims["tunnel_encap gre"] == "not_probed" and claims["action ct"] == "refused"  # E810: no ct
+    assert claims["action redirect"] == "confirmed" and claims["action drop"] == "confirmed"
+    assert claims["action ct"] == "refused"  # E810: no ct
+    # E810: no tunnel_key action, so the probe's tunnel rules are refused like any unclaimed action
+    assert claims["tunnel_encap vxlan"] == "refused" and claims["tunnel_decap vxlan"] == "refused"
     out = json_output(capsys, *base)
     probe = out["devices"][0]["probe"]
     assert probe["device"] == "simnic0r0" and 0 <= probe["age_seconds"] < 60
     statuses = {r["claim"]: r["status"] for r in probe["results"]}
     assert statuses["chains"] == "refused" and statuses["match ipv4_dst prefix"] == "confirmed"
     assert statuses["match ipv4_dst any"] == "refused"
-    assert "tunnel_encap gre" in probe["not_probed"]
+    assert probe["not_probed"] == []  # E810's every claim probed (its gre encap, the one that was not, is gone)
     assert (tmp_path / "probes" / "simnic0r0.json").is_file()
 
 
