@@ -118,6 +118,8 @@ class Agent:
         self._flower: dict[int, dict[int, list[tuple[HwRule, str, object]]]] = {}
         self._encoded_reps: dict[int, Representor] = {}
         self._tunnels: dict[int, TunnelEndpoint] = {}  # tunnel port key -> its endpoint, for the tunnels offloaded
+        # tunnel ports and provider uplinks a NIC carries (from the reports: see _set_reports), by port key
+        self._nic_fixed: dict[int, tuple[PortOffload, Representor]] = {}
         self._tunnel_warned: set[str] = set()
         self._alive: frozenset[str] | None = None  # chassis whose liveness lease holds (None: not read yet)
         self._liveness_flipped: set[str] = set()  # chassis whose liveness changed since the last pass
@@ -140,7 +142,7 @@ class Agent:
         """
         self.ovsdb.ensure_bridge()
         self.ovsdb.on_change(lambda *_: self._wake.set())
-        self._reports = self._discover()
+        self._set_reports(self._discover())
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -343,7 +345,7 @@ class Agent:
         began = result.clock("ovsdb", began)
         names = frozenset((i.name, i.ifindex) for i in ifaces.values())
         if names != self._iface_names:  # representors come and go with the NIC (a NIC restart: new ifindexes)
-            self._reports = self._discover()
+            self._set_reports(self._discover())
             self._iface_names = names
             began = result.clock("discover", began)
         self.cache.set_local_ports(ifaces)  # selective topology: fetch what these ports need, drop the rest
@@ -480,8 +482,7 @@ class Agent:
             report = self._reports.get(iface.name)
             if report is not None and report.offload and report.tc_endpoint:
                 current.add(Representor(report.ifindex, report.tc_endpoint))
-        current.update(rep for _, rep, _ in self._tunnel_devices().values())
-        current.update(rep for _, rep in self._nic_uplinks().values())
+        current.update(rep for _, rep in self._nic_fixed.values())
         managed = current | self._managed
         self._managed = current
         return managed
@@ -496,16 +497,20 @@ class Agent:
                 continue
             offload[key] = PortOffload(key, report.switch_id or "", report.capabilities)
             reps[key] = Representor(report.ifindex, report.tc_endpoint)
-        tunnels = self._tunnel_devices()
-        self._tunnels = {key: endpoint for key, (_, _, endpoint) in tunnels.items()}
-        for key, (entry, rep, _) in tunnels.items():
-            offload[key], reps[key] = entry, rep
-        for key, (entry, rep) in self._nic_uplinks().items():
+        for key, (entry, rep) in self._nic_fixed.items():
             offload[key], reps[key] = entry, rep
         if not self.conf.offload.enabled:
             return Plan(), reps
         types = [ir.ETH_TYPES_BY_NAME[name] for name in self.conf.offload.ethertypes]
         return self._partitioner.plan(pipeline, offload, types, self._refused, delta, self._rank), reps
+
+    def _set_reports(self, reports: dict[str, DeviceReport]) -> None:
+        """The NIC's devices as discovery found them, and what they give the plan besides VFs (tunnel devices and
+        provider uplinks): worked out once a discovery, not on every pass."""
+        self._reports = reports
+        tunnels = self._tunnel_devices()
+        self._tunnels = {key: endpoint for key, (_, _, endpoint) in tunnels.items()}
+        self._nic_fixed = {key: (entry, rep) for key, (entry, rep, _) in tunnels.items()} | self._nic_uplinks()
 
     def _tunnel_devices(self) -> dict[int, tuple[PortOffload, Representor, TunnelEndpoint]]:
         """The tunnel ports a NIC carries: each type this chassis tunnels with whose tunnel device a driver

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import math
 import os
 import platform
 import socket
+import statistics
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -31,6 +33,16 @@ BENCHMARKS: dict[str, str] = {
 }
 
 Progress = Callable[[str], None]
+
+
+def median_ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1000, 2)
+
+
+def p99_ms(seconds: list[float]) -> float:
+    """Nearest rank: the smallest value at least 99% of the values are at or under (below 100, the slowest)."""
+    ranked = sorted(seconds)
+    return round(ranked[max(0, math.ceil(0.99 * len(ranked)) - 1)] * 1000, 2)
 
 
 def load(name: str) -> ModuleType:

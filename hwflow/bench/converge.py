@@ -87,7 +87,6 @@ import ctypes
 import dataclasses
 import json
 import logging
-import math
 import os
 import secrets
 import selectors
@@ -104,11 +103,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hwflow.apps.base import mac_int
 from hwflow.backends.ovs import translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
-from hwflow.bench import Progress, mesh
+from hwflow.bench import Progress, median_ms, mesh, p99_ms
 from hwflow.bench.compile import _mac, _subnet, build
 from hwflow.bench.partition import PORTS_PER_GROUP, PORTS_PER_NETWORK, PORTS_PER_ROUTER, REMOTE_CHASSIS
 from hwflow.db.api import Create, NbApi
@@ -255,9 +255,6 @@ class Datapaths:
                  s.cookie) for s in self.of.dump_flows(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)}
 
 
-def _mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
-
 
 def _ipv4_int(address: str) -> int:
     a, b, c, d = (int(x) for x in address.split("."))
@@ -292,7 +289,7 @@ def expectation(write: Write, paths: Datapaths, host: SimHost) -> Expectation:
         ofport = host.ovsdb.ofport(vm.representor)
         rep = _representor_ifindex(host, port.id)
         neighbour = _representor_ifindex(host, write.neighbour.id)
-        mac = _mac_int(port.mac)
+        mac = mac_int(port.mac)
 
         def ovs() -> bool:
             flows = paths.owner_flows(f"port:{port.id}")
@@ -308,7 +305,7 @@ def expectation(write: Write, paths: Datapaths, host: SimHost) -> Expectation:
     if write.kind == "remote_port":
         port = write.obj
         assert isinstance(port, Port)
-        mac, tunnel = _mac_int(port.mac), _ipv4_int(write.tunnel_ip)
+        mac, tunnel = mac_int(port.mac), _ipv4_int(write.tunnel_ip)
 
         def remote_ovs() -> bool:
             flows = paths.owner_flows(f"port:{port.id}")
@@ -537,14 +534,6 @@ def _content(rules: set[fl.FlowerRule]) -> set[fl.FlowerRule]:
         dataclasses.replace(a, chain=0) if isinstance(a, fl.Gact) else a for a in rule.actions)) for rule in rules}
 
 
-def _ms(values: list[float]) -> float:
-    return round(statistics.median(values) * 1000, 2)
-
-
-def _p99(values: list[float]) -> float:
-    """Nearest rank: the smallest value at least 99% of the values are at or under."""
-    ranked = sorted(values)
-    return round(ranked[max(0, math.ceil(0.99 * len(ranked)) - 1)] * 1000, 2)
 
 
 def run(params: dict, progress: Progress) -> dict[str, float]:
@@ -629,11 +618,11 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
                 results[f"nic_rules_per_{kind}"] = round((after - rules) / changes, 2)
                 rules = after
             every = [s for kind in KINDS for s in to_both[kind]]
-            results["write_to_nic_median_ms"] = _ms(every)
-            results["write_to_nic_p99_ms"] = _p99(every)
-            results["write_to_ovs_median_ms"] = _ms(to_ovs)
+            results["write_to_nic_median_ms"] = median_ms(every)
+            results["write_to_nic_p99_ms"] = p99_ms(every)
+            results["write_to_ovs_median_ms"] = median_ms(to_ovs)
             for kind in KINDS:
-                results[f"{kind}_median_ms"] = _ms(to_both[kind])
+                results[f"{kind}_median_ms"] = median_ms(to_both[kind])
             held_rules, held_flows = paths.all_rules(), paths.all_flows()
             results["nic_rules"], results["ovs_flows"] = len(held_rules), len(held_flows)
             passes = max(3, changes)

@@ -34,9 +34,10 @@ import time
 import uuid
 from pathlib import Path
 
+from hwflow.apps.base import mac_int
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
-from hwflow.bench import Progress
+from hwflow.bench import Progress, median_ms, p99_ms
 from hwflow.db.api import Create
 from hwflow.model.objects import NbObject, Network, Port, Subnet
 from hwflow.sim.host import SimHost
@@ -116,9 +117,6 @@ def _vm(host: SimHost, port: Port) -> str:
     return f"{host.ns}-{port.name.rsplit('-', 1)[1]}"
 
 
-def _mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
-
 
 def _meshed(lab: SimLab, nets: list[_Net], nics: dict[str, _Nic]) -> bool:
     tunnel = {h.name: nics[h.name].tunnel_ip for h in lab.hosts}
@@ -130,20 +128,13 @@ def _meshed(lab: SimLab, nets: list[_Net], nics: dict[str, _Nic]) -> bool:
             own = net.ports[host.name]
             if not own:
                 continue
-            want = {(_mac_int(p.mac), tunnel[other]) for other, ports in net.ports.items() if other != host.name
+            want = {(mac_int(p.mac), tunnel[other]) for other, ports in net.ports.items() if other != host.name
                     for p in ports}
             if not want <= nic.encaps(nic.representor(own[0])):
                 return False
     return True
 
 
-def _ms(values: list[float]) -> float:
-    return round(statistics.median(values) * 1000, 2)
-
-
-def _p99(values: list[float]) -> float:
-    ranked = sorted(values)
-    return round(ranked[min(len(ranked) - 1, max(0, -(-99 * len(ranked) // 100) - 1))] * 1000, 2)
 
 
 def run(params: dict, progress: Progress) -> dict[str, float]:
@@ -193,8 +184,8 @@ def _measure(lab: SimLab, params: dict, progress: Progress) -> dict[str, float]:
                  f"{results['full_mesh_s']:.2f}s; pinging a sample")
         _ping_sample(lab, nets)
         to_nic = _remote_writes(lab, nets, nics, changes, timeout, progress)
-        results["write_to_remote_nic_median_ms"] = _ms(to_nic)
-        results["write_to_remote_nic_p99_ms"] = _p99(to_nic)
+        results["write_to_remote_nic_median_ms"] = median_ms(to_nic)
+        results["write_to_remote_nic_p99_ms"] = p99_ms(to_nic)
         results["nic_rules_per_host"] = round(statistics.mean(
             len([r for d in [p["representor_ifindex"] for p in h.nic_ports] for r in nics[h.name].client.dump(d)])
             for h in lab.hosts), 1)
@@ -230,7 +221,7 @@ def _remote_writes(lab: SimLab, nets: list[_Net], nics: dict[str, _Nic], changes
         port = Port(id=str(uuid.uuid4()), name=f"mesh-new{i}", network_id=net.network.id, mac=_mac(2**20 + i),
                     ips=[f"10.100.0.{200 + i}"], chassis=owner.name)
         owner.plug(port, _vm(owner, port))
-        want = (_mac_int(port.mac), nics[owner.name].tunnel_ip)
+        want = (mac_int(port.mac), nics[owner.name].tunnel_ip)
         lab.nb(lambda nb, port=port: nb.apply([Create(port)]))
         begin = time.perf_counter()
         while want not in nics[watched.name].encaps(neighbour):

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwflow.backends.ovs import translate
 from hwflow.backends.ovs.openflow import OpenFlowConnection
-from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
@@ -46,7 +46,8 @@ what it does:
 JSON keys (--format json):
   ping_loss_percent      packet loss of the ping, in percent
   pings                  echo requests sent
-  nic_forwarded_packets  packets the NIC's tc-flower rules forwarded (rule counters)
+  nic_forwarded_packets  packets the NIC's tc-flower rules redirected (rule counters; null for a NIC
+                         whose rules have no counters)
   ovs_forwarded_packets  packets that entered OVS from the representors (OVS port counters)
   nic_rules              tc-flower rules installed on the NIC
   ovs_flows              OpenFlow flows hwflow installed in OVS
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace, conf: Any) -> int:
     if not args.keep:
         host.stop()
     _print(args, report, host)
-    ok = report["ping_loss_percent"] == 0 and report["nic_forwarded_packets"] > 0
+    ok = report["ping_loss_percent"] == 0 and (report["nic_forwarded_packets"] or 0) > 0
     return 0 if ok else 1
 
 
@@ -164,17 +165,9 @@ def _scenario(args: argparse.Namespace, host: SimHost, database: str) -> dict[st
     return {"ping_loss_percent": loss, "pings": args.count, **_counters(host)}
 
 
-def _nic_rules(host: SimHost) -> list:
-    client = TcClient(SimSocketTransport(host.nic_socket))
-    try:
-        return [entry for port in host.nic_ports for entry in client.dump(port["representor_ifindex"])]
-    finally:
-        client.close()
-
-
 def _wait_for_agent(host: SimHost, expected_rules: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while len(_nic_rules(host)) < expected_rules:
+    while host_report(_lab_host(host))["nic_rules"] < expected_rules:
         if host.agent_pid is None:
             raise CliError(f"hwflow-agent exited; see {host.agent_log}")
         if time.monotonic() > deadline:
@@ -183,21 +176,16 @@ def _wait_for_agent(host: SimHost, expected_rules: int, timeout: float = 30) -> 
         time.sleep(0.1)
 
 
-def _counters(host: SimHost) -> dict[str, int]:
-    rules = _nic_rules(host)
-    reps = {host.ovsdb.ofport(p["representor"]) for p in host.nic_ports} - {None}
+def _counters(host: SimHost) -> dict[str, Any]:
+    """What the host's NIC and OVS carried (hwflow.sim.lab.host_report), and the OVS flows hwflow holds."""
+    report = host_report(_lab_host(host))
     of = OpenFlowConnection(host.ovs.mgmt(BRIDGE))
     try:
-        ports = of.port_stats()
-        flows = of.dump_flows(0x4857 << 48, 0xFFFF << 48)
+        flows = of.dump_flows(translate.COOKIE_MARK, translate.COOKIE_MARK_MASK)
     finally:
         of.close()
-    return {
-        "nic_forwarded_packets": sum(stats.packets for _, stats in rules if stats is not None),
-        "ovs_forwarded_packets": sum(rx for ofport, (rx, _) in ports.items() if ofport in reps),
-        "nic_rules": len(rules),
-        "ovs_flows": len(flows),
-    }
+    return {key: report[key] for key in ("nic_forwarded_packets", "ovs_forwarded_packets", "nic_rules")} | {
+        "ovs_flows": len(flows)}
 
 
 def _print(args: argparse.Namespace, report: dict[str, Any], host: SimHost) -> None:

@@ -493,13 +493,14 @@ class Underlay:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def attach(self, ns: str, device: str) -> None:
-        """Wire ``device`` (made here, in namespace ``ns``) to the bridge."""
+    def attach(self, ns: str, device: str, bridge: str | None = None) -> None:
+        """Wire ``device`` (made here, in namespace ``ns``) to the underlay's bridge, or to another ``bridge`` of
+        its namespace (a lab's management network)."""
         self._ports += 1
         far = f"ul{self._ports}"
         run("ip", "link", "add", device, "netns", ns, "mtu", str(WIRE_MTU), "type", "veth", "peer", "name", far,
             "netns", self.ns, "mtu", str(WIRE_MTU))
-        in_ns(self.ns, "ip", "link", "set", far, "master", self.bridge)
+        in_ns(self.ns, "ip", "link", "set", far, "master", bridge or self.bridge)
         in_ns(self.ns, "ip", "link", "set", far, "up")
         in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
         in_ns(ns, "ip", "link", "set", device, "up")

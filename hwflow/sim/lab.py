@@ -194,13 +194,9 @@ class SimLab:
 
     def _wire_mgmt(self, host: SimHost, index: int) -> None:
         """The host's management link: a veth from its namespace to the lab's management bridge."""
-        device, far = f"{host.name}m", f"mg{index}"
-        run("ip", "link", "add", device, "netns", host.ns, "type", "veth", "peer", "name", far,
-            "netns", self.underlay.ns)
-        in_ns(self.underlay.ns, "ip", "link", "set", far, "master", "mg")
-        in_ns(self.underlay.ns, "ip", "link", "set", far, "up")
+        device = f"{host.name}m"
+        self.underlay.attach(host.ns, device, bridge="mg")
         in_ns(host.ns, "ip", "addr", "add", f"{MGMT_NET}.{index}/24", "dev", device)
-        in_ns(host.ns, "ip", "link", "set", device, "up")
 
     def _start_etcd(self) -> None:
         if not os.path.exists(ETCD_BINARY):
@@ -333,6 +329,7 @@ def host_report(host: LabHost) -> dict:
         picked = [stats for rule, stats in rules if pick(rule)]
         return None if any(s is None for s in picked) else sum(s.packets for s in picked if s is not None)
 
+    ovs_vms, ovs_uplinks = _ovs_rx(ovs, status)
     return {
         "name": host.name,
         "profile": host.profile,
@@ -342,8 +339,8 @@ def host_report(host: LabHost) -> dict:
         "nic_forwarded_packets": packets(_redirects),
         "nic_encapsulated_packets": packets(_encapsulates),
         "nic_decapsulated_packets": packets(lambda r: r.ifindex in tunnels and _redirects(r)),
-        "ovs_forwarded_packets": _ovs_rx(ovs, status, uplinks=False),
-        "ovs_uplink_packets": _ovs_rx(ovs, status, uplinks=True),
+        "ovs_forwarded_packets": ovs_vms,
+        "ovs_uplink_packets": ovs_uplinks,
     }
 
 
@@ -371,23 +368,23 @@ def _encapsulates(rule: fl.FlowerRule) -> bool:
     return any(isinstance(a, fl.TunnelKey) and not a.unset for a in rule.actions)
 
 
-def _ovs_rx(ovs: OvsDaemons, status: dict, uplinks: bool) -> int:
-    """Packets OVS received on the VF representors and its tunnel ports, or (``uplinks``) on the NIC's provider
-    uplinks (port 0's uplink representor is the underlay's, on another bridge)."""
-    if uplinks:
-        names = [u["representor"] for u in status.get("uplinks", ()) if u.get("port")]
-    else:
-        names = [p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values())
+def _ovs_rx(ovs: OvsDaemons, status: dict) -> tuple[int, int]:
+    """Packets OVS received (on the VF representors and its tunnel ports, on the NIC's provider uplinks: port 0's
+    uplink representor is the underlay's, on another bridge), from one reading of the bridge's port counters."""
+    groups = ([p["representor"] for p in status.get("ports", ())] + list(TUNNEL_PORT_NAMES.values()),
+              [u["representor"] for u in status.get("uplinks", ()) if u.get("port")])
     try:
         ovsdb = OvsdbClient(ovs.db_sock, BRIDGE)
         try:
-            ofports = {ovsdb.ofport(name) for name in names} - {None}
+            ofports = [{ovsdb.ofport(name) for name in names} - {None} for names in groups]
         finally:
             ovsdb.close()
         of = OpenFlowConnection(ovs.mgmt(BRIDGE))
         try:
-            return sum(rx for ofport, (rx, _) in of.port_stats().items() if ofport in ofports)
+            stats = of.port_stats()
         finally:
             of.close()
     except (OSError, RuntimeError):
-        return 0
+        return 0, 0
+    vms, uplinks = (sum(rx for ofport, (rx, _) in stats.items() if ofport in group) for group in ofports)
+    return vms, uplinks
