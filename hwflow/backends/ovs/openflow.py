@@ -184,6 +184,7 @@ class OpenFlowConnection:
         self._keeper: threading.Thread | None = None
         self._shut = threading.Event()  # close() was called: the keeper stops waiting
         self._generation = 0  # bumped when a session is established and when it is lost
+        self.reader_errors = 0  # messages the reader thread failed on, each costing the session (_read_loop)
 
     @property
     def generation(self) -> int:
@@ -370,7 +371,12 @@ class OpenFlowConnection:
     # --- reading -------------------------------------------------------------------
 
     def _read_loop(self, sock: socket.socket) -> None:
+        """Read and dispatch until the session ends. A message no handler could take (garbage, or a bug in a
+        handler) must not leave a dead reader behind a live socket, where every request would time out and
+        nothing would tell the agent: it is logged with its type and xid, counted (:attr:`reader_errors`) and
+        the session reset, which bumps :attr:`generation` (a full pass follows) and redials."""
         buf = bytearray()
+        header: tuple[int, int, int, int] | None = None
         try:
             while True:
                 chunk = sock.recv(RECV_SIZE)
@@ -378,7 +384,8 @@ class OpenFlowConnection:
                     raise ConnectionError("closed by peer")
                 buf += chunk
                 while len(buf) >= HEADER.size:
-                    length = HEADER.unpack_from(buf)[2]
+                    header = HEADER.unpack_from(buf)
+                    length = header[2]
                     if length < HEADER.size:
                         raise ConnectionError(f"corrupt OpenFlow header (length {length})")
                     if len(buf) < length:
@@ -387,6 +394,12 @@ class OpenFlowConnection:
                     del buf[:length]
         except OSError as exc:
             self._lost(sock, str(exc) or type(exc).__name__)
+        except Exception as exc:  # see the docstring: anything else a message raised
+            self.reader_errors += 1
+            version, msg_type, _, xid = header or (0, -1, 0, 0)
+            LOG.exception("OpenFlow reader of %s failed on a message of type %d (xid %d, version %d); resetting "
+                          "the connection", self.endpoint, msg_type, xid, version)
+            self._lost(sock, f"the reader failed on message type {msg_type} xid {xid}: {type(exc).__name__}")
 
     def _dispatch(self, sock: socket.socket, raw: bytes) -> None:
         version, msg_type, length, xid = HEADER.unpack_from(raw)
