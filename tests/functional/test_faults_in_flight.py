@@ -1,6 +1,6 @@
 """Faults with traffic in flight (issue 16, part 1): a steady stream between VMs, counted, while things break.
 
-Each test runs a UDP stream with sequence numbers (tests/functional/udp_stream.py, ``RATE`` datagrams a
+Each test runs a UDP stream with sequence numbers (hwflow.sim.stream, ``RATE`` datagrams a
 second each way) between two VMs on each of two paths:
 
 - the NIC path: two VMs on one network of an mlx5-connectx6dx host, whose packets the NIC's rules forward
@@ -24,8 +24,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,10 +52,10 @@ from hwflow.model.errors import DatabaseUnavailable
 from hwflow.model.objects import Network, Port, Router, RouterPort, Subnet
 from hwflow.sim.host import SimHost, in_ns
 from hwflow.sim.lab import SimLab
+from hwflow.sim.stream import Stream, Way
 
 pytestmark = pytest.mark.functional
 
-STREAM = Path(__file__).with_name("udp_stream.py")
 RATE = 200  # datagrams a second, each way
 IN_FLIGHT = RATE // 10  # datagrams a counter read may miss at the end: a tenth of a second of the stream
 KILLS = 10
@@ -78,101 +76,12 @@ def figures(test: str, **values: object) -> None:
 # --- the stream ------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Way:
-    """One direction of a stream, as measured at its end."""
-
-    sent: int
-    received: int
-    duplicates: int
-    lost: int  # of the established stream: sent from the first received on, never arrived
-    gaps: list[list[float]]  # [first_missing, last_missing, arrived_before, resumed]
-
-    @property
-    def longest_silence(self) -> float:
-        """Seconds between the last datagram before a gap and the first after it (0: no gap)."""
-        return max((resumed - before for _, _, before, resumed in self.gaps), default=0.0)
-
-
-class Stream:
-    """udp_stream.py in two VMs' namespaces, each sending to the other; ``stop`` returns both ways."""
-
-    def __init__(self, name: str, workdir: Path, a: tuple[str, str], b: tuple[str, str]) -> None:
-        self.name = name
-        self.ends = {"a": a, "b": b}  # end -> (namespace, address)
-        self.status_files = {end: workdir / f"stream-{name}-{end}.json" for end in self.ends}
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self) -> Stream:
-        for end, (ns, address) in self.ends.items():
-            peer = self.ends["b" if end == "a" else "a"][1]
-            self.status_files[end].unlink(missing_ok=True)
-            self.procs[end] = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, str(STREAM), "--bind", address, "--peer", peer,
-                 "--rate", str(RATE), "--status", str(self.status_files[end])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        wait_for(f"stream {self.name} to flow both ways", lambda: all(
-            s["received"] >= RATE // 2 for s in self.status().values()), timeout=15, details=self.describe)
-        return self
-
-    def status(self) -> dict[str, dict]:
-        out = {}
-        for end, path in self.status_files.items():
-            proc = self.procs[end]
-            if proc.poll() is not None:
-                pytest.fail(f"stream {self.name} end {end} exited ({proc.returncode}): "
-                            f"{proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
-            try:
-                out[end] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                out[end] = {"received": 0, "sent": 0, "last_arrival": 0.0}
-        return out
-
-    def describe(self) -> str:
-        return f"stream {self.name}: {self.status()}"
-
-    def flowing_since(self, since: float) -> bool:
-        """Whether both ends received a datagram after ``since`` (time.monotonic())."""
-        return all(s["last_arrival"] > since for s in self.status().values())
-
-    def first_arrival_after(self, since: float, timeout: float = 30) -> float:
-        """Seconds from ``since`` until both ways carry datagrams again."""
-        wait_for(f"stream {self.name} to flow again", lambda: self.flowing_since(since), timeout=timeout,
-                 details=self.describe)
-        return max(s["last_arrival"] for s in self.status().values()) - since
-
-    def stop(self) -> dict[str, Way]:
-        """Stop sending, let what is in flight arrive, then read both ends: {"a->b": Way, "b->a": Way}."""
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            proc.wait(10)
-        final = {end: json.loads(path.read_text()) for end, path in self.status_files.items()}
-        self.procs.clear()
-        ways = {}
-        for src, dst in (("a", "b"), ("b", "a")):
-            got, sent = final[dst], final[src]["sent"]
-            lost = sent - got["first_seq"] - got["received"]  # from the first datagram that arrived on
-            ways[f"{src}->{dst}"] = Way(sent, got["received"], got["duplicates"], lost, got["gaps"])
-        return ways
-
-    def kill(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        self.procs.clear()
-
-
 @pytest.fixture
 def streams(tmp_path: Path) -> Iterator[Callable[..., Stream]]:
     started: list[Stream] = []
 
     def start(name: str, a: tuple[str, str], b: tuple[str, str]) -> Stream:
-        stream = Stream(name, tmp_path, a, b)
+        stream = Stream(name, tmp_path, a, b, RATE)
         started.append(stream)
         return stream.start()
 
