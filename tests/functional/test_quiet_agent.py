@@ -96,7 +96,7 @@ class RunningAgent:
             f"[database]\nurl = {self.url}\n\n"
             f"[agent]\nchassis_name = {self.name}\nintegration_bridge = {BRIDGE}\n"
             f"ovsdb_connection = {self.daemons.db_sock}\novs_rundir = {self.daemons.rundir}\n"
-            f"report_interval = {REPORT}\nresync_interval = 3600\n"
+            f"report_interval = {REPORT}\nresync_interval = 3600\nstate_dir = {self.workdir}\n"
         )
         conf = hwconf.new_conf(["--config-file", str(config)])
         ovsdb = OvsdbClient(self.daemons.db_sock, BRIDGE)
