@@ -31,6 +31,7 @@ setup(
         "PyYAML>=6.0",
         "etcd3gw>=2.4",
         "prometheus-client>=0.17",
+        "msgpack>=1.0",  # the plan the agent publishes for `hwflow flows` (hwflow.agent.published)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],

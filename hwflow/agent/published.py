@@ -2,17 +2,24 @@
 
 What is *installed* anyone on the host can read (a tc dump of each representor, an OpenFlow dump of the
 bridge). What it *means* only the agent knows: which logical object each hardware rule stands for, which
-packet paths it kept in Open vSwitch and why, which representor is which port, which cookie is which owner.
-After a pass that changed something (and after every full pass) the agent writes that here, as JSON, to
-``<[agent] state_dir>/flows-<chassis_name>.json`` (:func:`path_for`): atomically (a temporary file renamed
-over the old one, so a reader never sees half a file), at most every :data:`INTERVAL` seconds, from a
-background thread. The pass itself only takes references to what it holds already (the plan, the flower
-rules per port, the bindings: a few dictionary copies of one entry per port); turning them into JSON happens
-in the writer thread, which reuses the entries of rules and paths it wrote before.
+packet paths it kept in Open vSwitch and why, which representor is which port, which cookie is which owner,
+and what it *intends* to be installed (every NIC rule and every OpenFlow flow, so a reader can say what is
+missing as well as what is extra). After a pass that changed something (and after every full pass) the agent
+writes that to ``<[agent] state_dir>/flows-<chassis_name>.msgpack`` (:func:`path_for`): atomically (a
+temporary file renamed over the old one, so a reader never sees half a file), at most every :data:`INTERVAL`
+seconds, from a background thread. The pass itself only takes references to what it holds already (the plan,
+the flower rules per port, the bindings, the OVS backend's flows); the writer thread turns them into the file,
+reusing the packed rows of rules it wrote before.
 
-The file (``version`` 1), an object with these keys:
+The file is MessagePack (a 200-port host's ~50,000 NIC rules and ~50,000 flows: JSON text of each rule's
+match and actions took the writer most of a second, and a reader as long again; ``hwflow bench publish``
+measures it), one map (``version`` 2). Big tables are lists of rows, each a list of values in the order of
+the table's column names (``*_columns``); an integer wider than 64 bits (an IPv6 address or mask) is an
+extension of type :data:`BIG_INT` holding it big-endian (two's complement); a value of no MessagePack type (a
+Geneve option) is its Python ``repr``. :func:`read` gives each row back as a map of its columns and each IR
+match as text (as ``hwflow trace`` prints it). Keys:
 
-- ``version``: 1. ``chassis``: the agent's chassis name. ``written``: Unix time of the write;
+- ``version``: 2. ``chassis``: the agent's chassis name. ``written``: Unix time of the write;
   ``planned``: Unix time of the pass the content is from (``full``: whether that pass was a full one).
 - ``ovs``: ``{"bridge": NAME, "openflow_endpoint": "unix:PATH" | "tcp:HOST:PORT"}``: where to dump the
   bridge's flows (its management socket, as the agent reaches it).
@@ -21,30 +28,35 @@ The file (``version`` 1), an object with these keys:
   OpenFlow port on the bridge (or null) and its representor's device name (or null).
 - ``devices``: the representors whose tc rules the agent owns (what ``hwflow flows`` dumps), each
   ``{"endpoint": "netlink" | "unix:PATH", "ifindex", "name", "port"}`` (``port``: logical key or null).
-- ``hw``: the hardware rules of the plan, as the agent handed them to the NIC, each ``{"port" (logical key),
-  "chain", "order" (position in the chain's decision list), "kind" ("rule"; "pass": holds software paths
-  in front of later rules; "miss": a chain's catch-all pass), "owner" ("kind:id" of the IR flow, or null),
-  "match" (the IR match, as ``hwflow trace`` prints it), "endpoint", "ifindex", "prio", "protocol",
-  "keys" (the tc-flower keys: field -> integer, masks made explicit, see :func:`flower_keys`),
-  "actions" (text, :func:`flower_actions`)}``. A rule is told apart by (endpoint, ifindex, chain, prio,
-  protocol, keys), as :func:`hwflow.backends.tc.backend.identity` tells them.
-- ``sw``: the packet paths kept in Open vSwitch, each ``{"port" (logical key; -1 for a path of a chain
-  shared by several ports), "ports" (the logical keys reaching it), "chain", "match", "reason" (why
-  software: a capability missing, "the NIC refused it: ... ENOSPC ...", "the NIC's rule table is full",
-  "overlaps an earlier software-only path", ...), "owner" (or null)}``; and what the partitioner never
-  walks, one path per port: an ethertype not among ``[offload] ethertypes`` (``eth_type=0x0806``: ARP by
-  default), or ``*`` for a port without an offload-capable representor, or all ports while offload is off.
+- ``key_fields``: the names of the tc-flower keys, in the order a rule's ``keys`` lists their values
+  (:class:`hwflow.backends.tc.flower.FlowerKeys`' fields, masks as their own fields; null: not matched).
+- ``hw`` (columns ``hw_columns``): the hardware rules of the plan, as the agent handed them to the NIC:
+  ``port`` (logical key), ``chain``, ``order`` (position in the chain's decision list), ``kind`` ("rule";
+  "pass": holds software paths in front of later rules; "miss": a chain's catch-all pass), ``owner`` ("kind:id"
+  of the IR flow, or null), ``match`` (the IR match: ``[field, value, mask]`` terms), ``endpoint``,
+  ``ifindex``, ``prio``, ``protocol``, ``keys`` (see ``key_fields``), ``actions`` (text,
+  :func:`flower_actions`). A rule is told apart by (endpoint, ifindex, chain, prio, protocol, keys), as
+  :func:`hwflow.backends.tc.backend.identity` tells them.
+- ``sw`` (columns ``sw_columns``): the packet paths kept in Open vSwitch: ``port`` (logical key; -1 for a
+  path of a chain shared by several ports), ``ports`` (the logical keys reaching it), ``chain``, ``match`` (IR
+  terms), ``reason`` (why software: a capability missing, "the NIC refused it: ... ENOSPC ...", "the NIC's
+  rule table is full", "overlaps an earlier software-only path", ...), ``owner`` (or null); and what the
+  partitioner never walks, one path per port: an ethertype not among ``[offload] ethertypes`` (ARP by
+  default), or every packet (an empty match) of a port without an offload-capable representor, or of all
+  ports while offload is off.
+- ``flows`` (columns ``flow_columns``): every OpenFlow flow the agent holds installed on the bridge:
+  ``cookie`` (:func:`hwflow.backends.ovs.translate.owner_cookie` of its owner), ``table``, ``priority``,
+  ``match`` (``[oxm, value, mask]`` terms, sorted: an OpenFlow flow is told apart by table, priority and
+  match, as :data:`hwflow.backends.ovs.translate.FlowKey`). About 30 bytes a flow.
 - ``refused``: rules the NIC refused since the last full pass: ``{"ifindex", "chain", "prio",
   "protocol", "keys", "error"}``.
-- ``owners``: every IR owner ("kind:id") the agent compiled OpenFlow flows for: the cookie of a flow is
-  :func:`hwflow.backends.ovs.translate.owner_cookie` of its owner, so a reader hashes these to name the
-  owner of each flow it dumps.
+- ``owners``: every IR owner ("kind:id") the agent compiled OpenFlow flows for: a reader hashes these
+  (``owner_cookie``) to name the owner of each flow by its cookie.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -52,6 +64,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from hwflow.backends.tc import flower
 from hwflow.offload.partition import SHARED, HwRule, Plan, SoftwareLeaf
@@ -63,12 +77,20 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 INTERVAL = 2.0  # seconds: the file is rewritten at most this often
+DIR_MODE = 0o700  # [agent] state_dir when the agent makes it
+FILE_MODE = 0o600
+BIG_INT = 1  # MessagePack extension type of an integer wider than 64 bits
+KEY_FIELDS = tuple(f.name for f in dataclasses.fields(flower.FlowerKeys))
+HW_COLUMNS = ("port", "chain", "order", "kind", "owner", "match", "endpoint", "ifindex", "prio", "protocol", "keys",
+              "actions")
+SW_COLUMNS = ("port", "ports", "chain", "match", "reason", "owner")
+FLOW_COLUMNS = ("cookie", "table", "priority", "match")
 
 
 def path_for(state_dir: str | Path, chassis: str) -> Path:
-    return Path(state_dir) / f"flows-{chassis}.json"
+    return Path(state_dir) / f"flows-{chassis}.msgpack"
 
 
 def port_label(key: int, physnets: Mapping[int, str] | None = None) -> str | None:
@@ -81,6 +103,42 @@ def port_label(key: int, physnets: Mapping[int, str] | None = None) -> str | Non
     return None
 
 
+# --- MessagePack both ways ---------------------------------------------------------------------
+
+
+def _packable(value: Any) -> Any:
+    """What MessagePack has no type for: an integer past 64 bits as :data:`BIG_INT`, anything else its repr."""
+    if isinstance(value, int):
+        return msgpack.ExtType(BIG_INT, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+    return repr(value)
+
+
+def _unpacked(code: int, data: bytes) -> Any:
+    if code == BIG_INT:
+        return int.from_bytes(data, "big", signed=True)
+    return msgpack.ExtType(code, data)
+
+
+def packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_packable)
+
+
+def unpack(data: bytes) -> Any:
+    """MessagePack as :func:`packer` writes it; arrays as tuples (rows and keys are hashed by readers)."""
+    return msgpack.unpackb(data, ext_hook=_unpacked, use_list=False, raw=False, strict_map_key=False)
+
+
+def key_values(keys: flower.FlowerKeys) -> tuple[Any, ...]:
+    """A rule's keys as a row holds them: every field's value (None: not matched), in :data:`KEY_FIELDS` order,
+    as read back from the file (so a rule dumped from the NIC compares equal to its published row)."""
+    return unpack(packer().pack(tuple(vars(keys).values())))
+
+
+def keys_map(keys: Iterable[Any]) -> dict[str, Any]:
+    """A row's keys as field -> value, the fields matched only."""
+    return {name: value for name, value in zip(KEY_FIELDS, keys, strict=True) if value is not None}
+
+
 # --- tc-flower rules as text and JSON -------------------------------------------------------
 
 
@@ -88,16 +146,6 @@ _MAC_KEYS = {"eth_dst", "eth_src", "arp_sha", "arp_tha"}
 _IPV4_KEYS = {"ipv4_src", "ipv4_dst", "arp_sip", "arp_tip", "enc_ipv4_src", "enc_ipv4_dst"}
 _IPV6_KEYS = {"ipv6_src", "ipv6_dst", "enc_ipv6_src", "enc_ipv6_dst"}
 _PROTOCOLS = {0x0800: "ip", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "802.1q", 0x88A8: "802.1ad"}
-
-
-def flower_keys(keys: flower.FlowerKeys) -> dict[str, Any]:
-    """The keys a rule matches, field -> value (masks as their own fields, as FlowerKeys holds them; Geneve
-    options as text): equal for two rules exactly when their keys are."""
-    out: dict[str, Any] = {}
-    for name, value in vars(keys).items():
-        if value is not None:
-            out[name] = value if isinstance(value, int) else repr(value)
-    return out
 
 
 def _key_text(name: str, value: int) -> str:
@@ -186,7 +234,10 @@ def rule_kind(rule: HwRule) -> str:
 @dataclasses.dataclass
 class Snapshot:
     """References to what a pass left (taken in the agent's thread; nothing here is changed afterwards: each
-    pass builds new dictionaries and lists rather than changing those of the pass before)."""
+    pass builds new dictionaries and lists rather than changing those of the pass before), but ``flows``: the
+    OVS backend's own mapping of the flows it holds (OvsBackend.held), which later passes change, so the writer
+    copies it with one ``dict()`` (atomic under the GIL: its keys are tuples of text and integers, hashed in C)
+    rather than the agent's thread copying 100,000 entries on every pass."""
 
     at: float
     full: bool
@@ -196,6 +247,7 @@ class Snapshot:
     devices: list[tuple[str, int, str | None, int | None]]  # (endpoint, ifindex, name, port key)
     offloaded: frozenset[int] = frozenset()  # the ports with a representor the plan was made for
     local: frozenset[int] = frozenset()  # the database's ports bound here
+    flows: Mapping[tuple, Any] = dataclasses.field(default_factory=dict)  # FlowKey -> Held (its .cookie)
 
 
 class Publisher:
@@ -215,8 +267,9 @@ class Publisher:
         self._refused: Any = None
         self._thread: threading.Thread | None = None
         self._last = 0.0  # monotonic time of the last write
-        self._cache: dict[int, tuple[Any, Any, str]] = {}  # id(flower rule) -> (rule, flower rule, entry)
-        self._sw_cache: dict[int, tuple[SoftwareLeaf, str]] = {}
+        self._cache: dict[int, tuple[Any, Any, bytes]] = {}  # id(flower rule) -> (rule, flower rule, packed row)
+        self._sw_cache: dict[int, tuple[SoftwareLeaf, tuple]] = {}
+        self._actions: dict[tuple, str] = {}  # a rule's actions -> their text (most rules share a few)
         self._failed: str | None = None
 
     @classmethod
@@ -254,7 +307,7 @@ class Publisher:
         devices = [(rep.endpoint, rep.ifindex, names.get((rep.endpoint, rep.ifindex)),
                     by_rep.get((rep.endpoint, rep.ifindex))) for rep in reps]
         snapshot = Snapshot(time.time(), full, plan, dict(agent._flower), ports, devices,
-                            frozenset(agent._encoded_reps), frozenset(local))
+                            frozenset(agent._encoded_reps), frozenset(local), agent.ovs.held)
         with self._cond:
             self._pending = snapshot
             self._owners = agent.ovs.compiler.owners
@@ -289,8 +342,7 @@ class Publisher:
             return False
         began = time.monotonic()
         try:
-            text = self.document_text(snapshot, owners() if owners else [], refused() if refused else {})
-            write_atomically(self.path, text)
+            self.write(snapshot, owners() if owners else [], refused() if refused else {})
         except Exception as exc:  # a full disk must not stop the agent: say it once, try again next time
             text = f"{type(exc).__name__}: {exc}"
             if text != self._failed:
@@ -304,17 +356,22 @@ class Publisher:
         self.writes += 1
         return True
 
-    def document(self, snap: Snapshot, owners: Iterable[Any], refused: Mapping[tuple, str]) -> dict[str, Any]:
-        """The document as a reader loads it."""
-        return json.loads(self.document_text(snap, owners, refused))
+    def write(self, snap: Snapshot, owners: Iterable[Any], refused: Mapping[tuple, str]) -> None:
+        """The file, written now."""
+        write_atomically(self.path, self.document_bytes(snap, owners, refused))
 
-    def document_text(self, snap: Snapshot, owners: Iterable[Any], refused: Mapping[tuple, str]) -> str:
-        """The file's text. Each rule's and path's entry is encoded once and kept while the agent keeps the
-        rule (the same objects from pass to pass), so a write after a small change encodes little; the text
-        is joined from the pieces, which also lets the agent's thread run between them."""
+    def document(self, snap: Snapshot, owners: Iterable[Any], refused: Mapping[tuple, str]) -> dict[str, Any]:
+        """The document as a reader loads it (:func:`read`)."""
+        return read(self.document_bytes(snap, owners, refused))
+
+    def document_bytes(self, snap: Snapshot, owners: Iterable[Any], refused: Mapping[tuple, str]) -> bytes:
+        """The file's bytes. Each rule's row is packed once and kept while the agent keeps the rule (the same
+        objects from pass to pass), so a write after a small change packs little; the document is joined from
+        the pieces (a MessagePack array is its header and its items, one after the other)."""
+        pack = packer().pack
         devices = {ifindex: name for _, ifindex, name, _ in snap.devices if name}
-        hw: list[str] = []
-        cache, fresh = self._cache, {}
+        hw: list[bytes] = []
+        cache, fresh, texts = self._cache, {}, self._actions
         for port in sorted(snap.flower):
             for chain in sorted(snap.flower[port]):
                 for rule, endpoint, fr in snap.flower[port][chain]:
@@ -322,33 +379,36 @@ class Publisher:
                     held = cache.get(key)
                     if held is None or held[1] is not fr or (held[0] is not rule and held[0] != rule):
                         kind = rule_kind(rule)
-                        held = (rule, fr, json.dumps({
-                            "port": port, "chain": fr.chain, "order": rule.order, "kind": kind,
-                            "owner": str(rule.owner) if kind == "rule" and rule.owner else None,
-                            "match": format_match(rule.match, {}), "endpoint": endpoint, "ifindex": fr.ifindex,
-                            "prio": fr.prio, "protocol": fr.protocol, "keys": flower_keys(fr.keys),
-                            "actions": flower_actions(fr.actions, devices)}, separators=(",", ":")))
+                        actions = texts.get(fr.actions)
+                        if actions is None:
+                            actions = texts[fr.actions] = flower_actions(fr.actions, devices)
+                        owner = str(rule.owner) if kind == "rule" and rule.owner else None
+                        held = (rule, fr, pack((port, fr.chain, rule.order, kind, owner, rule.match, endpoint,
+                                                fr.ifindex, fr.prio, fr.protocol, tuple(vars(fr.keys).values()),
+                                                actions)))
                     fresh[key] = held
                     hw.append(held[2])
         self._cache = fresh
+        if len(texts) > 4 * len(fresh) + 1024:
+            texts.clear()  # devices come and go: texts naming old ones are not kept for ever
         reaching: dict[int, list[int]] = {}
         for port, chains in snap.plan.reaches.items():
             for number in chains:
                 reaching.setdefault(number, []).append(port)
-        sw: list[str] = []
-        sw_fresh: dict[int, tuple[SoftwareLeaf, str]] = {}
+        sw: list[tuple] = []
+        sw_fresh: dict[int, tuple[SoftwareLeaf, tuple]] = {}
         for leaf in snap.plan.software:
             held_leaf = self._sw_cache.get(id(leaf))
             if held_leaf is None or held_leaf[0] is not leaf:
                 owner = getattr(leaf, "owner", None)
-                held_leaf = (leaf, json.dumps({"port": leaf.in_port, "chain": leaf.chain,
-                                               "match": format_match(leaf.match, {}), "reason": leaf.reason,
-                                               "owner": str(owner) if owner else None}, separators=(",", ":")))
+                held_leaf = (leaf, (leaf.in_port, leaf.chain, leaf.match, leaf.reason, str(owner) if owner else None))
             sw_fresh[id(leaf)] = held_leaf
-            ports = sorted(reaching.get(leaf.chain, ())) if leaf.in_port == SHARED else [leaf.in_port]
-            sw.append(f'{held_leaf[1][:-1]},"ports":{json.dumps(ports, separators=(",", ":"))}}}')
+            in_port, chain, match, reason, owner = held_leaf[1]
+            ports = sorted(reaching.get(chain, ())) if in_port == SHARED else [in_port]
+            sw.append((in_port, ports, chain, match, reason, owner))
         self._sw_cache = sw_fresh
-        sw += [json.dumps(entry, separators=(",", ":")) for entry in self._whole_port_paths(snap)]
+        sw += self._whole_port_paths(snap)
+        flows = [(held.cookie, *key) for key, held in dict(snap.flows).items()]
         device_of = {port: name for _, _, name, port in snap.devices if port is not None}
         head = {
             "version": VERSION, "chassis": self.chassis, "written": time.time(), "planned": snap.at,
@@ -358,43 +418,83 @@ class Publisher:
             "devices": [{"endpoint": ep, "ifindex": ifindex, "name": name, "port": port}
                         for ep, ifindex, name, port in sorted(snap.devices, key=lambda d: (d[0], d[1]))],
             "refused": [{"ifindex": k[0], "chain": k[1], "prio": k[2], "protocol": k[3],
-                         "keys": flower_keys(k[4]), "error": error} for k, error in refused.items()],
+                         "keys": tuple(vars(k[4]).values()), "error": error} for k, error in refused.items()],
             "owners": sorted({str(owner) for owner in owners}),
+            "key_fields": KEY_FIELDS, "hw_columns": HW_COLUMNS, "sw_columns": SW_COLUMNS,
+            "flow_columns": FLOW_COLUMNS, "sw": sw, "flows": flows,
         }
-        text = json.dumps(head, separators=(",", ":"))
-        return f'{text[:-1]},"hw":[{",".join(hw)}],"sw":[{",".join(sw)}]}}'
+        out = packer()
+        parts = [out.pack_map_header(len(head) + 1)]
+        parts += [pack(name) + pack(value) for name, value in head.items()]
+        parts += [pack("hw"), out.pack_array_header(len(hw)), *hw]
+        return b"".join(parts)
 
-    def _whole_port_paths(self, snap: Snapshot) -> list[dict[str, Any]]:
+    def _whole_port_paths(self, snap: Snapshot) -> list[tuple]:
         """What the partitioner never walks, so has no path of: a port's traffic of an ethertype not offloaded
         (``[offload] ethertypes``), and all the traffic of a port without an offload-capable representor or
         while offload is off."""
         out = []
         for key in sorted(snap.local):
             if self.ethertypes is None:
-                reasons = [("*", "offload is off ([offload] enabled = false): everything stays in Open vSwitch")]
+                reasons = [(ir.Match(), "offload is off ([offload] enabled = false): everything stays in Open "
+                            "vSwitch")]
             elif key not in snap.offloaded:
-                reasons = [("*", "no offload-capable representor: all of the port's traffic stays in Open vSwitch")]
+                reasons = [(ir.Match(), "no offload-capable representor: all of the port's traffic stays in Open "
+                            "vSwitch")]
             else:
-                reasons = [(f"eth_type={value:#06x}", f"{name} is not among [offload] ethertypes: it stays in Open "
-                            "vSwitch" + (" (the control plane sees address resolution)" if name == "arp" else ""))
+                reasons = [(ir.Match.of(eth_type=value), f"{name} is not among [offload] ethertypes: it stays in "
+                            "Open vSwitch" + (" (the control plane sees address resolution)" if name == "arp" else ""))
                            for name, value in ir.ETH_TYPES_BY_NAME.items() if name not in self.ethertypes]
-            out += [{"port": key, "ports": [key], "chain": 0, "match": match, "reason": reason, "owner": None}
-                    for match, reason in reasons]
+            out += [(key, [key], 0, match, reason, None) for match, reason in reasons]
         return out
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temporary file in the same directory, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file in the same directory, renamed over it.
+
+    Root's only (the directory made 0700, the file 0600): the plan names every tenant port of the host and
+    where its packets go.
+    """
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # a temporary file left behind by a crash keeps the mode it was made with
+    with open(fd, "wb") as out:
+        out.write(data)
     os.replace(tmp, path)
+
+
+def _ir_text(terms: Iterable[tuple[str, int, int]]) -> str:
+    return format_match(ir.Match(ir.FieldMatch(*term) for term in terms), {})
+
+
+def read(data: bytes) -> dict[str, Any]:
+    """A published document from its bytes: each row a map of its columns, IR matches as text (ValueError when
+    it is not one this code reads)."""
+    try:
+        document = unpack(data)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not a flows file ({exc})") from None
+    if not isinstance(document, dict) or document.get("version") != VERSION:
+        raise ValueError(f"not a version {VERSION} flows file (an agent of another hwflow version wrote it: "
+                         "restart the agent, or use its hwflow)")
+    if tuple(document["key_fields"]) != KEY_FIELDS:
+        raise ValueError("its tc-flower keys are another hwflow version's: restart the agent, or use its hwflow")
+    for table, named, columns in (("hw", "hw_columns", HW_COLUMNS), ("sw", "sw_columns", SW_COLUMNS),
+                                  ("flows", "flow_columns", FLOW_COLUMNS)):
+        if tuple(document[named]) != columns:
+            raise ValueError(f"its {table} rows are another hwflow version's: restart the agent, or use its hwflow")
+        rows = [dict(zip(columns, row, strict=True)) for row in document[table]]
+        if table != "flows":
+            for row in rows:
+                row["match"] = _ir_text(row["match"])
+        document[table] = rows
+    return document
 
 
 def load(path: Path) -> dict[str, Any]:
     """The published document at ``path`` (ValueError when it is not one this code reads)."""
-    document = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(document, dict) or document.get("version") != VERSION:
-        raise ValueError(f"{path}: not a version {VERSION} flows file")
-    return document
+    try:
+        return read(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

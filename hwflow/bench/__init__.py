@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "db": "db",
     "openflow": "openflow",
     "partition": "partition",
+    "publish": "publish",
     "tc-encode": "tc_encode",
     "tc-install": "tc_install",
 }

@@ -23,7 +23,7 @@ from hwflow.cli.output import dump_json
 EPILOG = """\
 where it reads (run it on the host, as root: the NIC's socket and OVS's management socket are root's):
   --config-file  the agent's config: [agent] state_dir (where the agent publishes
-                 flows-<chassis>.json) and chassis_name (the default --chassis). The NIC
+                 flows-<chassis>.msgpack) and chassis_name (the default --chassis). The NIC
                  endpoints, representors and the bridge's OpenFlow endpoint come from that
                  published file, as the agent uses them.
   a simulated host (hwflow demo --keep, hwflow lab, SimHost):
@@ -40,10 +40,13 @@ what each line is (one entry each):
 disagreements (what is installed against the agent's published plan; the plan is rewritten at
 most every few seconds after a change, so a disagreement younger than that may be the agent
 catching up; one that stays is repaired by the agent's next full pass):
-  "installed, not in the agent's plan"      a tc rule nobody planned (someone else's, or stale)
-  "in the agent's plan, not installed"      a planned rule missing from the NIC (with the NIC's
-                                            refusal when it refused it)
-  "installed with other actions"            same match, other actions than planned
+  "installed, not in the agent's plan"      a tc rule or an OpenFlow flow nobody planned
+                                            (someone else's, or stale)
+  "in the agent's plan, not installed"      a planned tc rule missing from the NIC (with the
+                                            NIC's refusal when it refused it), or an OpenFlow
+                                            flow the agent holds installed missing from the
+                                            bridge (its table, priority and match)
+  "installed with other actions"            a tc rule: same match, other actions than planned
   "owner unknown to the agent"              an OpenFlow flow under hwflow's cookie marker whose
                                             owner the agent never compiled
 
@@ -69,7 +72,8 @@ JSON keys (--format json): a list of entries, each
   match         what it matches: the IR match (hw planned, sw path), tc-flower keys (a hw rule
                 installed but not planned), OpenFlow fields (sw flow)
   flower        (hw) the tc-flower match as installed or planned
-  actions       what it does, as text
+  actions       what it does, as text (null for an OpenFlow flow missing from the bridge: the
+                plan names flows by table, priority and match only)
 """
 
 COLUMNS = ("dp", "port", "owner", "packets", "bytes", "where", "match", "note")
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace, conf: Any) -> int:
         raise CliError(f"cannot read the agent's published plan: {exc}") from None
     want_hw, want_sw = args.datapath in ("hw", "all"), args.datapath in ("sw", "all")
     tc, unreadable = dump_nics(doc) if want_hw else ({}, {})
-    flows = dump_ovs(doc) if want_sw else []
+    flows = dump_ovs(doc) if want_sw else None
     entries = [e for e in join(doc, tc, flows, unreadable)
                if (args.datapath == "all" or e["datapath"] == args.datapath) and _on_port(e, args.port)]
     if args.format == "json":
@@ -128,7 +132,7 @@ def find_published(state_dir: Path, chassis: str | None, configured: str, from_c
         path = published.path_for(state_dir, configured)
         if path.exists():
             return path
-    found = sorted(state_dir.glob("flows-*.json"))
+    found = sorted(state_dir.glob("flows-*.msgpack"))
     if len(found) == 1:
         return found[0]
     if not found:
@@ -138,7 +142,7 @@ def find_published(state_dir: Path, chassis: str | None, configured: str, from_c
 
 
 def _there(state_dir: Path) -> str:
-    names = [p.name[len("flows-"):-len(".json")] for p in sorted(state_dir.glob("flows-*.json"))]
+    names = [p.name[len("flows-"):-len(".msgpack")] for p in sorted(state_dir.glob("flows-*.msgpack"))]
     return f"; published there: {', '.join(names)}" if names else ""
 
 
@@ -185,8 +189,8 @@ def dump_ovs(doc: Mapping[str, Any]) -> list:
 # --- the join --------------------------------------------------------------------------------------
 
 
-def _identity(endpoint: str, ifindex: int, chain: int, prio: int, protocol: int, keys: Mapping[str, Any]) -> tuple:
-    return (endpoint, ifindex, chain, prio, protocol, tuple(sorted(keys.items())))
+def _identity(endpoint: str, ifindex: int, chain: int, prio: int, protocol: int, keys: tuple) -> tuple:
+    return (endpoint, ifindex, chain, prio, protocol, keys)
 
 
 class _Ports:
@@ -209,16 +213,14 @@ class _Ports:
         return [self.by_key[k]["id"] if k in self.by_key else str(k) for k in keys]
 
 
-def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iterable[Any],
+def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iterable[Any] | None,
          unreadable: Mapping[tuple[str, int], str] | None = None) -> list[dict[str, Any]]:
     """The entries of ``hwflow flows``: the published plan joined with what the datapaths hold.
 
     ``tc``: (endpoint, ifindex) -> [(FlowerRule, RuleStats | None)] as dumped; ``flows``: the bridge's
-    InstalledFlows; ``unreadable``: devices whose dump failed, -> why. Hardware rules are joined by their
-    identity (device, chain, prio, protocol, keys); OpenFlow flows are named by their cookie (the hash of an
-    owner the agent published)."""
-    from hwflow.backends.ovs.translate import owner_cookie
-
+    InstalledFlows (None: not dumped); ``unreadable``: devices whose dump failed, -> why. Hardware rules are
+    joined by their identity (device, chain, prio, protocol, keys); OpenFlow flows by theirs (table, priority,
+    match), and named by their cookie (the hash of an owner the agent published)."""
     unreadable = unreadable or {}
     ports = _Ports(doc)
     names = {d["ifindex"]: d["name"] for d in doc.get("devices", ()) if d.get("name")}
@@ -227,23 +229,24 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
     for rule in doc.get("hw", ()):
         planned[_identity(rule["endpoint"], rule["ifindex"], rule["chain"], rule["prio"], rule["protocol"],
                           rule["keys"])] = rule
-    refused = {(r["ifindex"], r["chain"], r["prio"], r["protocol"], tuple(sorted(r["keys"].items()))): r["error"]
+    refused = {(r["ifindex"], r["chain"], r["prio"], r["protocol"], r["keys"]): r["error"]
                for r in doc.get("refused", ())}
     seen: set[tuple] = set()
     for dev, dumped in sorted(tc.items()):
         device = ports.devices.get(dev, {})
         for rule, stats in dumped:
-            keys = published.flower_keys(rule.keys)
+            keys = published.key_values(rule.keys)
             ident = _identity(dev[0], dev[1], rule.chain, rule.prio, rule.protocol, keys)
             seen.add(ident)
             plan = planned.get(ident)
             actions = published.flower_actions(rule.actions, names)
+            flower = published.flower_match(rule.protocol, published.keys_map(keys))
             entry = {"datapath": "hw", "kind": plan["kind"] if plan else "rule",
                      **ports.fields(plan["port"] if plan else device.get("port"), device.get("name")),
                      "owner": plan["owner"] if plan else None, "chain": rule.chain, "prio": rule.prio,
                      "order": plan["order"] if plan else None,
-                     "match": plan["match"] if plan else published.flower_match(rule.protocol, keys),
-                     "flower": published.flower_match(rule.protocol, keys), "actions": actions,
+                     "match": plan["match"] if plan else flower,
+                     "flower": flower, "actions": actions,
                      "packets": stats.packets if stats else 0, "bytes": stats.bytes if stats else 0,
                      "reason": None, "disagreement": None}
             if plan is None:
@@ -264,7 +267,7 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
         entries.append({"datapath": "hw", "kind": plan["kind"], **ports.fields(plan["port"], device.get("name")),
                         "owner": plan["owner"], "chain": plan["chain"], "prio": plan["prio"],
                         "order": plan["order"], "match": plan["match"],
-                        "flower": published.flower_match(plan["protocol"], plan["keys"]),
+                        "flower": published.flower_match(plan["protocol"], published.keys_map(plan["keys"])),
                         "actions": plan["actions"], "packets": None, "bytes": None, "reason": None,
                         "disagreement": why})
     for path in doc.get("sw", ()):
@@ -275,20 +278,48 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
         entries.append({"datapath": "sw", "kind": "path", **fields, "owner": path["owner"], "chain": path["chain"],
                         "match": path["match"], "packets": None, "bytes": None, "reason": path["reason"],
                         "disagreement": None})
-    owners = {owner_cookie(owner): owner for owner in doc.get("owners", ())}
-    for flow in flows:
-        table, priority, match = flow.key
-        owner = owners.get(flow.cookie)
-        in_port = next((value for oxm, value, _ in match if oxm == "in_port"), None)
-        key = ports.by_ofport.get(in_port) if in_port is not None else None
-        if key is None and owner is not None and owner.startswith("port:"):
-            key = ports.by_id.get(owner[len("port:"):])
-        entries.append({"datapath": "sw", "kind": "flow", **ports.fields(key), "owner": owner, "table": table,
-                        "priority": priority, "match": ovs_match(match, ports), "actions": ovs_actions(
-                            flow.instructions, ports), "packets": flow.n_packets, "bytes": flow.n_bytes,
-                        "reason": None,
-                        "disagreement": None if owner is not None else "owner unknown to the agent"})
+    if flows is not None:
+        entries += _ovs_entries(doc, flows, ports)
     return entries
+
+
+def _ovs_entries(doc: Mapping[str, Any], flows: Iterable[Any], ports: _Ports) -> list[dict[str, Any]]:
+    """The bridge's flows, each named by its cookie and told against the flows the agent holds installed; then
+    those of them missing from the bridge."""
+    from hwflow.backends.ovs.translate import owner_cookie
+
+    owners = {owner_cookie(owner): owner for owner in doc.get("owners", ())}
+    planned = {(row["table"], row["priority"], row["match"]): row["cookie"] for row in doc.get("flows", ())}
+    entries = []
+    seen = set()
+    for flow in flows:
+        seen.add(flow.key)
+        owner = owners.get(flow.cookie)
+        if owner is None:
+            why = "owner unknown to the agent"
+        elif planned.get(flow.key) != flow.cookie:
+            why = "installed, not in the agent's plan"
+        else:
+            why = None
+        entries.append(_ovs_entry(flow.key, owner, ports, ovs_actions(flow.instructions, ports), flow.n_packets,
+                                  flow.n_bytes, why))
+    for key, cookie in planned.items():
+        if key not in seen:
+            entries.append(_ovs_entry(key, owners.get(cookie), ports, None, None, None,
+                                      "in the agent's plan, not installed"))
+    return entries
+
+
+def _ovs_entry(key: tuple, owner: str | None, ports: _Ports, actions: str | None, packets: int | None,
+               octets: int | None, disagreement: str | None) -> dict[str, Any]:
+    table, priority, match = key
+    in_port = next((value for oxm, value, _ in match if oxm == "in_port"), None)
+    port = ports.by_ofport.get(in_port) if in_port is not None else None
+    if port is None and owner is not None and owner.startswith("port:"):
+        port = ports.by_id.get(owner[len("port:"):])
+    return {"datapath": "sw", "kind": "flow", **ports.fields(port), "owner": owner, "table": table,
+            "priority": priority, "match": ovs_match(match, ports), "actions": actions, "packets": packets,
+            "bytes": octets, "reason": None, "disagreement": disagreement}
 
 
 # --- OpenFlow flows as text -------------------------------------------------------------------------

@@ -132,7 +132,7 @@ agent_opts = [
         default="/var/lib/hwflow",
         help="Directory where the agent publishes what only it knows (its "
         "plan: each hardware rule's logical owner, each software path's "
-        "reason) as flows-<chassis_name>.json, rewritten at most every few "
+        "reason) as flows-<chassis_name>.msgpack, rewritten at most every few "
         "seconds after a change; `hwflow flows --config-file` reads it.",
     ),
 ]

@@ -27,8 +27,9 @@ from test_e2e import (
     wait_for,
 )
 
+from hwflow.agent import published
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
-from hwflow.sim.host import SimHost
+from hwflow.sim.host import BRIDGE, SimHost
 
 pytestmark = pytest.mark.functional
 
@@ -51,7 +52,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimHost, di
         wait_for("the NIC to carry vm1 -> vm2", lambda: any(
             rule.keys.eth_dst is not None for rule, _ in nic_rules(host, {host.vms[vm_ns(host, "vm1")].vf})), 30,
             host)
-        wait_for("the agent to publish its plan", lambda: (host.workdir / f"flows-{host.name}.json").exists(),
+        wait_for("the agent to publish its plan", lambda: (host.workdir / f"flows-{host.name}.msgpack").exists(),
                  20, host)
         yield host, ports
     finally:
@@ -97,7 +98,26 @@ def test_a_ping_is_counted_on_the_vm_ports_hardware_rules_and_software_paths_hav
     assert only and all(e["datapath"] == "hw" and e["port"] == vm1.id for e in only)
 
 
-def test_a_rule_deleted_behind_the_agents_back_is_a_disagreement_until_repaired(host) -> None:
+def ofctl(host: SimHost, *args: str) -> str:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"ovs-ofctl {' '.join(args)} failed: {out.stderr}"
+    return out.stdout
+
+
+def a_flow_of(host: SimHost, ofport: int) -> tuple[int, int, str]:
+    """(table, priority, match) of one of the bridge's flows reading ``ofport`` (an in_port match), as
+    ovs-ofctl writes it: what ``del-flows --strict`` takes."""
+    for line in ofctl(host, "dump-flows", host.ovs.mgmt(BRIDGE)).splitlines():
+        fields = dict(part.split("=", 1) for part in line.split(" actions=")[0].replace(" ", "").split(",")
+                      if "=" in part)
+        if fields.get("in_port") == str(ofport) and "priority" in fields:
+            head = line.split(" actions=")[0].split("priority=")[1]
+            priority, _, match = head.partition(",")
+            return int(fields["table"]), int(priority), match
+    raise AssertionError(f"no flow reads ofport {ofport}")
+
+
+def test_a_rule_and_a_flow_deleted_behind_the_agents_back_are_missing_until_repaired(host) -> None:
     host, ports = host
     vm1 = ports["vm1"]
     device = ifindex(host, "vm1")
@@ -107,15 +127,24 @@ def test_a_rule_deleted_behind_the_agents_back_is_a_disagreement_until_repaired(
         assert client.delete([victim]) == [None]
     finally:
         client.close()
+    doc = published.load(published.path_for(host.workdir, host.name))
+    ofport = next(info["ofport"] for info in doc["ports"].values() if info["id"] == vm1.id)
+    table, priority, match = a_flow_of(host, ofport)
+    ofctl(host, "del-flows", "--strict", host.ovs.mgmt(BRIDGE), f"table={table},priority={priority},{match}")
 
     def missing() -> list[dict]:
-        return [e for e in hw_of(flows(host, "--datapath", "hw"), vm1.id)
-                if e["disagreement"] and e["disagreement"].startswith("in the agent's plan, not installed")]
+        return [e for e in flows(host) if e["disagreement"] == "in the agent's plan, not installed"
+                or (e["disagreement"] or "").startswith("in the agent's plan, not installed (")]
 
     gone = missing()
-    assert len(gone) == 1 and gone[0]["packets"] is None and gone[0]["prio"] == victim.prio, gone
-    # the agent's repair timer (resync_interval, 60 s by default) puts it back; the test does not wait for it:
+    hw = [e for e in gone if e["datapath"] == "hw"]
+    sw = [e for e in gone if e["datapath"] == "sw"]
+    assert len(hw) == 1 and hw[0]["port"] == vm1.id and hw[0]["packets"] is None and hw[0]["prio"] == victim.prio, gone
+    assert len(sw) == 1 and sw[0]["kind"] == "flow" and (sw[0]["table"], sw[0]["priority"]) == (table, priority), gone
+    assert sw[0]["packets"] is None and sw[0]["owner"] and sw[0]["port"] == vm1.id, sw
+    assert not [e for e in flows(host) if (e["disagreement"] or "").startswith("installed")], "nothing extra"
+    # the agent's repair timer (resync_interval, 60 s by default) puts them back; the test does not wait for it:
     # restarting the agent is a full pass too
     host.stop_agent()
     host.start_agent()
-    wait_for("the agent to put the deleted rule back", lambda: not missing(), 40, host)
+    wait_for("the agent to put the deleted rule and flow back", lambda: not missing(), 40, host)

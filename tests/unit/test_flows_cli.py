@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from hwflow.agent import published
+from hwflow.backends.ovs.backend import Held
 from hwflow.backends.ovs.translate import InstalledFlow, owner_cookie
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.backend import Representor, to_flower
@@ -33,15 +33,16 @@ def planned(*rules: HwRule) -> list[tuple[HwRule, str, fl.FlowerRule]]:
     return [(r, *to_flower(r, REPS, fl.TCA_CLS_FLAGS_SKIP_SW)) for r in rules]
 
 
-def document(encoded: list, software: list[SoftwareLeaf] = (), owners=(OWNER1, OWNER2), refused=None) -> dict:
+def document(encoded: list, software: list[SoftwareLeaf] = (), owners=(OWNER1, OWNER2), refused=None,
+             flows: tuple[InstalledFlow, ...] = ()) -> dict:
     plan = Plan(own={1: [r for r, _, _ in encoded]}, software=software)
     snap = published.Snapshot(
         at=1.0, full=True, plan=plan, flower={1: {0: encoded}},
         ports={1: ("p1", "vm1-port", 5), 2: ("p2", None, 6), ir.TUNNEL_PORTS["vxlan"]: ("tunnel:vxlan", None, 7)},
-        devices=[(EP, 11, "rep1", 1), (EP, 12, "rep2", 2)])
-    doc = published.Publisher(Path("/nonexistent"), "host1", {"bridge": "br-int", "openflow_endpoint": "unix:/x"}
-                              ).document(snap, owners, refused or {})
-    return json.loads(json.dumps(doc))  # as a reader gets it: keys as text
+        devices=[(EP, 11, "rep1", 1), (EP, 12, "rep2", 2)],
+        flows={flow.key: Held(flow.instructions, flow.cookie, None) for flow in flows})
+    return published.Publisher(Path("/nonexistent"), "host1", {"bridge": "br-int", "openflow_endpoint": "unix:/x"}
+                               ).document(snap, owners, refused or {})
 
 
 def installed(encoded: list, handle: int = 1) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
@@ -104,10 +105,15 @@ def test_software_paths_carry_their_reason_and_owner() -> None:
     assert paths[0]["match"] == "eth_type=0x0806"
 
 
+FLOW = InstalledFlow((0, 100, (("eth_type", 0x800, 0xFFFF), ("in_port", 5, 0xFFFFFFFF))),
+                     (("apply", (("output", 6),)),), owner_cookie(OWNER2), 3, 300)
+V6 = InstalledFlow((2, 50, (("eth_type", 0x86DD, 0xFFFF), ("ipv6_dst", 0xFE80 << 112 | 1, (1 << 128) - 1))),
+                   (("goto", 3),), owner_cookie(OWNER1), 0, 0)
+
+
 def test_openflow_flows_are_named_by_their_cookie_and_in_port() -> None:
-    doc = document(planned(rule(VM2)))
-    flow = InstalledFlow((0, 100, (("eth_type", 0x800, 0xFFFF), ("in_port", 5, 0xFFFFFFFF))),
-                         (("apply", (("output", 6),)),), owner_cookie(OWNER2), 3, 300)
+    doc = document(planned(rule(VM2)), flows=(FLOW,))
+    flow = FLOW
     stranger = InstalledFlow((3, 10, (("metadata", 4, 0xFF),)), (("goto", 4),), owner_cookie("port:zz"), 0, 0)
     [mine, theirs] = [e for e in flows.join(doc, {}, [flow, stranger]) if e["kind"] == "flow"]
     assert (mine["owner"], mine["port"], mine["packets"], mine["bytes"], mine["disagreement"]) == (
@@ -115,6 +121,23 @@ def test_openflow_flows_are_named_by_their_cookie_and_in_port() -> None:
     assert mine["match"] == "eth_type=0x0800,in_port=rep1" and mine["actions"] == "output:rep2"
     assert theirs["owner"] is None and theirs["disagreement"] == "owner unknown to the agent"
     assert theirs["match"] == "metadata=4/0xff" and theirs["actions"] == "goto:4"
+
+
+def test_openflow_flows_missing_and_unplanned_are_disagreements_both_ways() -> None:
+    """The plan holds every flow the agent installed (IPv6 addresses past 64 bits included): one the bridge lacks
+    is missing, with its owner and where it was; one of a known owner the plan lacks is unplanned."""
+    unplanned = InstalledFlow((0, 90, (("eth_type", 0x806, 0xFFFF),)), (), owner_cookie(OWNER2), 1, 60)
+    doc = document(planned(rule(VM2)), flows=(FLOW, V6))
+    entries = [e for e in flows.join(doc, {}, [FLOW, unplanned]) if e["kind"] == "flow"]
+    by_table = {(e["table"], e["priority"]): e for e in entries}
+    assert by_table[0, 100]["disagreement"] is None
+    missing = by_table[2, 50]
+    assert missing["disagreement"] == "in the agent's plan, not installed" and missing["owner"] == "port:p1"
+    assert missing["packets"] is None and missing["actions"] is None
+    assert missing["match"] == "eth_type=0x86dd,ipv6_dst=fe80::1"
+    assert by_table[0, 90]["disagreement"] == "installed, not in the agent's plan"
+    assert by_table[0, 90]["owner"] == "port:p2" and by_table[0, 90]["packets"] == 1
+    assert not [e for e in flows.join(doc, {}, None) if e["kind"] == "flow"]  # OVS not dumped: nothing said
 
 
 def test_the_table_is_one_line_per_entry(capsys: pytest.CaptureFixture) -> None:
@@ -127,7 +150,7 @@ def test_the_table_is_one_line_per_entry(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_the_publisher_writes_atomically_at_most_every_interval(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "flows-host1.json"
+    path = tmp_path / "state" / "flows-host1.msgpack"
     publisher = published.Publisher(path, "host1", {"bridge": "br-int", "openflow_endpoint": "unix:/x"},
                                     interval=0.3)
     encoded = planned(rule(VM2))
@@ -135,7 +158,8 @@ def test_the_publisher_writes_atomically_at_most_every_interval(tmp_path: Path) 
     agent = SimpleNamespace(
         topo=topo, ofports={1: 5}, _bridge_mappings={}, _encoded_reps={1: REPS[1]}, _managed={REPS[1]},
         _reports={}, _flower={1: {0: encoded}},
-        ovs=SimpleNamespace(compiler=SimpleNamespace(owners=lambda: [OWNER1])), tc=SimpleNamespace(refused=dict))
+            ovs=SimpleNamespace(compiler=SimpleNamespace(owners=lambda: [OWNER1]), held={}),
+        tc=SimpleNamespace(refused=dict))
     plan = Plan(own={1: [encoded[0][0]]})
     publisher.passed(agent, plan, changed=False, full=False)
     assert publisher._pending is None  # nothing changed: nothing to write
@@ -146,7 +170,7 @@ def test_the_publisher_writes_atomically_at_most_every_interval(tmp_path: Path) 
         time.sleep(0.05)
     assert path.exists()
     doc = published.load(path)
-    assert doc["chassis"] == "host1" and doc["owners"] == ["port:p1"] and len(doc["hw"]) == 1
+    assert doc["chassis"] == "host1" and list(doc["owners"]) == ["port:p1"] and len(doc["hw"]) == 1
     assert doc["ports"]["1"] == {"id": "p1", "name": "vm1-port", "ofport": 5, "device": None}
     assert not list(path.parent.glob(".*.tmp"))
     first = publisher.writes
@@ -164,12 +188,12 @@ def test_the_publisher_writes_atomically_at_most_every_interval(tmp_path: Path) 
 def test_the_cli_finds_the_chassis_file(tmp_path: Path) -> None:
     with pytest.raises(CliError, match="no published plan"):
         flows.find_published(tmp_path, None, "h1", True)
-    (tmp_path / "flows-h1.json").write_text("{}")
-    assert flows.find_published(tmp_path, None, "other", False).name == "flows-h1.json"
-    (tmp_path / "flows-h2.json").write_text("{}")
+    (tmp_path / "flows-h1.msgpack").write_text("{}")
+    assert flows.find_published(tmp_path, None, "other", False).name == "flows-h1.msgpack"
+    (tmp_path / "flows-h2.msgpack").write_text("{}")
     with pytest.raises(CliError, match="pick one with --chassis.*h1, h2"):
         flows.find_published(tmp_path, None, "other", False)
-    assert flows.find_published(tmp_path, "h2", "h1", True).name == "flows-h2.json"
-    assert flows.find_published(tmp_path, None, "h1", True).name == "flows-h1.json"
-    with pytest.raises(CliError, match="h3.json is missing"):
+    assert flows.find_published(tmp_path, "h2", "h1", True).name == "flows-h2.msgpack"
+    assert flows.find_published(tmp_path, None, "h1", True).name == "flows-h1.msgpack"
+    with pytest.raises(CliError, match="h3.msgpack is missing"):
         flows.find_published(tmp_path, "h3", "h1", True)
