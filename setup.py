@@ -34,7 +34,7 @@ setup(
         "msgpack>=1.0",  # the plan the agent publishes for `hwflow flows` (hwflow.agent.published)
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff"],
+        "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff", "cryptography"],
     },
     # Each native/build_*.py is a cffi builder (``ffibuilder``) compiled at install time.
     cffi_modules=sorted(f"{path}:ffibuilder" for path in glob("native/build_*.py")),
@@ -47,6 +47,7 @@ setup(
         "hwflow.nb_db_drivers": [
             "sqlite = hwflow.db.sqlite:SqliteDriver",
             "etcd = hwflow.db.etcd:EtcdDriver",
+            "etcds = hwflow.db.etcd:EtcdDriver",
         ],
         "hwflow.nic_drivers": [
             "sim = hwflow_drivers.sim:SimDriver",

@@ -26,7 +26,7 @@ def common_options(parser: argparse.ArgumentParser, database: bool = True, fmt: 
     if database:
         parser.add_argument(
             "--database", metavar="URL",
-            help="northbound database: sqlite:///PATH or etcd://HOST:PORT[,...] "
+            help="northbound database: sqlite:///PATH, etcd://HOST:PORT[,...] or etcds://... (TLS) "
             "(default: [database] url of the config)",
         )
     if fmt:

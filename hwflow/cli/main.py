@@ -17,6 +17,7 @@ from hwflow.model.errors import HwflowError
 
 COMMAND_MODULES = (
     "hwflow.cli.nb",
+    "hwflow.cli.db",
     "hwflow.cli.capabilities",
     "hwflow.cli.demo",
     "hwflow.cli.lab",

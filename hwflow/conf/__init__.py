@@ -18,7 +18,43 @@ database_opts = [
         default="sqlite:////var/lib/hwflow/nb.sqlite",
         help="Where the northbound database lives: sqlite:///PATH for the "
         "embedded database (one file shared by every process on the host), "
-        "or etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster.",
+        "etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster, or "
+        "etcds://HOST:PORT[,HOST:PORT...] for one spoken to over TLS (with "
+        "ca_file, cert_file, key_file).",
+    ),
+    cfg.StrOpt(
+        "ca_file",
+        default="",
+        help="etcds://: the CA certificate (PEM) that signed etcd's server "
+        "certificate. Empty: the system's trusted CAs.",
+    ),
+    cfg.StrOpt(
+        "cert_file",
+        default="",
+        help="etcds://: this client's certificate (PEM), signed by a CA in "
+        "etcd's --trusted-ca-file; etcd with --client-cert-auth refuses a "
+        "client without one. Its subject must have no Common Name: etcd's "
+        "JSON gateway, which hwflow speaks, refuses a certificate with one.",
+    ),
+    cfg.StrOpt(
+        "key_file",
+        default="",
+        help="etcds://: the private key (PEM) of cert_file; readable by root only.",
+    ),
+    cfg.StrOpt(
+        "username",
+        default="",
+        help="etcd user to act as when etcd has auth enabled: an agent's is "
+        "its chassis name (made by `hwflow db auth add-chassis`, whose role "
+        "may write only that chassis's own keys), an operator's hwflow-admin. "
+        "Empty: no user (etcd without auth).",
+    ),
+    cfg.StrOpt(
+        "password",
+        default="",
+        secret=True,
+        help="Password of username (printed once by `hwflow db auth setup` / "
+        "`add-chassis`); keep this file readable by root only.",
     ),
     cfg.FloatOpt(
         "poll_interval",

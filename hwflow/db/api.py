@@ -507,8 +507,9 @@ class NbApi:
             else:
                 if revision := reads.revision(new.kind, new.id):
                     raise Conflict(new.kind, new.id, 0, revision, f"a {new.kind} with this id already exists")
-                taken[new.kind] += 1
-                new.unique_key = taken[new.kind]
+                if new.numbered:
+                    taken[new.kind] += 1
+                    new.unique_key = taken[new.kind]
                 if new.unique_key > new.max_unique_key:
                     raise ValidationError(f"{new.label()}: every unique_key of kind {new.kind} is used")
             relies, _ = self._relations(new, reads)
@@ -623,7 +624,7 @@ class NbApi:
                 ops[op.table, op.key] = op  # a unique value released and taken again in one chunk: the take
             relies.update(dict.fromkeys(e.relies))
             kind = e.new.kind
-            if e.stored is None:
+            if e.stored is None and e.new.numbered:
                 top[kind] = max(top.get(kind, 0), e.new.unique_key)
             elif e.bump and (COUNTER_TABLE, kind) in revisions:
                 top[kind] = max(top.get(kind, 0), counters.get(kind, 0))

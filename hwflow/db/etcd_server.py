@@ -8,6 +8,11 @@ lives as long as they should: the main thread in tests and benchmarks). ``stop``
 member let fault tests take the database away and bring it back. A port
 chosen free and taken by someone else before etcd binds it (seen in CI)
 makes the cluster start again on new ports, up to ``START_ATTEMPTS`` times.
+With ``tls`` the members serve clients over TLS only and require a client
+certificate signed by its CA (``--client-cert-auth``); peers stay plain on
+loopback. Members serve clients on 127.0.0.1 and on ``more_client_ips``
+(for a network namespace to reach them: the address of a veth the caller
+made; ``url_at`` names them there).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Self
 
 import requests
@@ -59,6 +65,18 @@ class PortTaken(RuntimeError):
     """A member found a port it was given in use (taken between our choosing it and etcd binding it)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerTls:
+    """PEM files of a TLS member: its certificate and key, the CA its clients' certificates must chain to,
+    and a client certificate and key of that CA's for checking the member is ready."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_file: str
+    client_key_file: str
+
+
 @dataclasses.dataclass
 class Member:
     name: str
@@ -76,10 +94,13 @@ class Member:
 class EtcdCluster:
     """``size`` etcd members on 127.0.0.1 forming one cluster (1 = a single server)."""
 
-    def __init__(self, size: int = 1, binary: str = ETCD_BINARY) -> None:
+    def __init__(self, size: int = 1, binary: str = ETCD_BINARY, tls: ServerTls | None = None,
+                 more_client_ips: Sequence[str] = ()) -> None:
         if not os.path.exists(binary):
             raise FileNotFoundError(f"{binary} not found: apt-get install etcd-server")
         self.binary = binary
+        self.tls = tls
+        self.client_ips = ["127.0.0.1", *more_client_ips]
         self.root = tempfile.mkdtemp(prefix="hwflow-etcd-")
         self.members = [Member(f"m{i}", 0, 0, os.path.join(self.root, f"m{i}.etcd"),
                                os.path.join(self.root, f"m{i}.log")) for i in range(size)]
@@ -95,14 +116,20 @@ class EtcdCluster:
     @property
     def url(self) -> str:
         """The driver URL naming every member."""
-        return "etcd://" + ",".join(m.endpoint for m in self.members)
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, ip: str) -> str:
+        """The driver URL naming every member at ``ip``, one of ``client_ips``."""
+        return ("etcds://" if self.tls else "etcd://") + ",".join(f"{ip}:{m.client_port}" for m in self.members)
 
     def _command(self, member: Member) -> list[str]:
         cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        tls = ["--cert-file", self.tls.cert_file, "--key-file", self.tls.key_file, "--trusted-ca-file",
+               self.tls.ca_file, "--client-cert-auth"] if self.tls else []
         return [
-            self.binary, "--name", member.name, "--data-dir", member.data_dir,
-            "--listen-client-urls", f"http://{member.endpoint}",
-            "--advertise-client-urls", f"http://{member.endpoint}",
+            self.binary, "--name", member.name, "--data-dir", member.data_dir, *tls,
+            "--listen-client-urls", ",".join(f"{self._scheme}://{ip}:{member.client_port}" for ip in self.client_ips),
+            "--advertise-client-urls", f"{self._scheme}://{member.endpoint}",
             "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
@@ -110,6 +137,10 @@ class EtcdCluster:
             # Loopback on a busy machine: relaxed heartbeats avoid needless elections.
             "--heartbeat-interval", "100", "--election-timeout", "2000",
         ]
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def start(self, member: Member | None = None) -> None:
         """Start every member (or one), then wait until the cluster answers writes."""
@@ -125,6 +156,8 @@ class EtcdCluster:
     def wait_ready(self, member: Member | None = None) -> None:
         """Wait until the member(s) report healthy (a leader elected, writes possible)."""
         deadline = time.monotonic() + START_TIMEOUT
+        tls = ({"verify": self.tls.ca_file, "cert": (self.tls.client_cert_file, self.tls.client_key_file)}
+               if self.tls else {})
         for m in [member] if member else [m for m in self.members if m.process is not None]:
             while True:
                 if m.process is not None and m.process.poll() is not None:
@@ -132,7 +165,8 @@ class EtcdCluster:
                     error = PortTaken if "address already in use" in tail else RuntimeError
                     raise error(f"etcd member {m.name} exited: {tail}")
                 try:
-                    if requests.get(f"http://{m.endpoint}/health", timeout=2).json().get("health") == "true":
+                    health = requests.get(f"{self._scheme}://{m.endpoint}/health", timeout=2, **tls).json()
+                    if health.get("health") == "true":
                         break
                 except (requests.RequestException, ValueError):
                     pass

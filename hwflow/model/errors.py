@@ -31,6 +31,14 @@ class DatabaseUnavailable(HwflowError):
     """The database cannot be opened or reached."""
 
 
+class AccessDenied(DatabaseUnavailable):
+    """The database refused who we are or what we asked: a certificate, a user, a permission.
+
+    A DatabaseUnavailable, since to whoever asked the database cannot do it; its
+    message names the credential and the key, and what to change.
+    """
+
+
 def _describe(revision: int | None) -> str:
     if revision is None:
         return "any revision"

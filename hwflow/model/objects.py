@@ -104,7 +104,8 @@ class NbObject:
     sharing one, like ports and router ports, cannot take each other's MAC
     or IP); ``related_fields`` are other fields whose change can create a
     new dependency (a port's IPs on a subnet); ``max_unique_key`` is the
-    largest ``unique_key`` the kind may hold.
+    largest ``unique_key`` the kind may hold; a kind not ``numbered`` takes
+    none (its objects keep 0, and creating one writes no per-kind counter).
     """
 
     kind: ClassVar[str] = ""
@@ -122,6 +123,7 @@ class NbObject:
     unique_key: int = 0
 
     max_unique_key: ClassVar[int] = MAX_UNIQUE_KEY
+    numbered: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         """As a dataclass's, but every field cut short: an object may hold what a careless caller or a hostile
@@ -231,6 +233,9 @@ class Chassis(NbObject):
     """
 
     kind: ClassVar[str] = "chassis"
+    # Nothing numbers a chassis, and its agent registers it: with a counter every chassis shares, each agent's
+    # etcd role would need to write a key the others rely on (see doc/security.rst).
+    numbered: ClassVar[bool] = False
 
     tunnel_ip: str = ""
     tunnel_types: list[str] = dataclasses.field(default_factory=lambda: list(TUNNEL_TYPES))

@@ -67,7 +67,7 @@ class SimHost:
                  uplinks: Mapping[str, str] | None = None, external_ip: str = "",
                  underlay: Underlay | None = None, underlay_prefixlen: int = 24,
                  nic_physnet: str | None = None, metrics_port: int = 0, nic_refuse_rate: float = 0.0,
-                 nic_refuse_seed: int = 0) -> None:
+                 nic_refuse_seed: int = 0, database_options: Mapping[str, str] | None = None) -> None:
         """``uplinks``: physical network -> a namespace (it must exist) that start() links to this host by a
         veth pair, whose host end becomes the physical network's uplink (``[agent] bridge_mappings``) and whose
         other end is ``uplink_peer(physnet)`` in that namespace.
@@ -88,6 +88,9 @@ class SimHost:
 
         ``nic_refuse_rate``, ``nic_refuse_seed``: fault injection in the simulated NIC (``hwflow-simnic
         --refuse-rate/--refuse-seed``): that share of its rule installs refused.
+
+        ``database_options``: more of the agent's ``[database]`` options (an etcds:// database's certificate
+        files, its etcd user and password).
         """
         if nic_physnet is not None and (underlay is None or nic_physnet not in (uplinks or {})):
             raise HostError(f"nic_physnet {nic_physnet!r} needs an underlay and an uplink for that network")
@@ -108,6 +111,7 @@ class SimHost:
         self.metrics_port = metrics_port
         self.nic_refuse_rate = nic_refuse_rate
         self.nic_refuse_seed = nic_refuse_seed
+        self.database_options = dict(database_options or {})
         self.ns = f"hwf-{name}"
         self.nic = f"{name}n"
         self.nic_socket = str(self.workdir / "simnic.sock")
@@ -226,8 +230,9 @@ class SimHost:
     def _write_agent_config(self) -> None:
         self.agent_config.write_text(
             "[database]\n"
-            f"url = {self.database}\n\n"
-            "[agent]\n"
+            f"url = {self.database}\n"
+            + "".join(f"{name} = {value}\n" for name, value in self.database_options.items())
+            + "\n[agent]\n"
             f"chassis_name = {self.name}\n"
             f"ovsdb_connection = {self.ovs.db_sock}\n"
             f"ovs_rundir = {self.ovs.rundir}\n"

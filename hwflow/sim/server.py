@@ -39,6 +39,7 @@ from hwflow.sim.profile import Profile, ProfileError, load_profile
 LOG = logging.getLogger(__name__)
 MAX_DATAGRAM = 64 * 1024
 RECV_BUFFER = 1 << 20
+SOCKET_MODE = 0o600  # the control socket: its owner (root) alone may connect
 
 
 def pack_datagrams(messages: list[bytes], limit: int = MAX_DATAGRAM) -> list[bytes]:
@@ -69,6 +70,9 @@ class ControlServer:
             os.unlink(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._listener.bind(path)
+        # Root only: whoever may connect may rewrite the NIC's rules. Before listen() nobody can connect, so
+        # there is no moment when the socket is open to others.
+        os.chmod(path, SOCKET_MODE)
         self._listener.listen(16)
         self._listener.setblocking(False)
         selector.register(self._listener, selectors.EVENT_READ, self._accept)

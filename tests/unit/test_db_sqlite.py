@@ -67,7 +67,7 @@ def test_unknown_scheme_lists_installed_drivers():
 
 
 def test_etcd_is_an_installed_driver():
-    with pytest.raises(DatabaseUnavailable, match=r"installed drivers: etcd, sqlite"):
+    with pytest.raises(DatabaseUnavailable, match=r"installed drivers: etcd, etcds, sqlite"):
         NbApi.from_url("mysql://x")
 
 
@@ -77,7 +77,8 @@ def test_etcd_is_an_installed_driver():
     ("etcd://[::1]:2379/x/y/", [("::1", 2379)], "x/y"),
 ])
 def test_etcd_urls(url, endpoints, prefix):
-    assert parse_url(url) == (endpoints, prefix)
+    assert parse_url(url) == (endpoints, prefix, False)
+    assert parse_url("etcds" + url[4:]) == (endpoints, prefix, True)
 
 
 @pytest.mark.parametrize("url", ["etcd://", "etcd://host", "etcd://host:0", "etcd://a:1,:2", "etcd://h:port"])
