@@ -35,6 +35,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "scapy>=2.5", "ruff", "cryptography"],
+        # The Neutron integration (hwflow/neutron/): Neutron itself (29 asks for os-ken>=4.2.1, ovsdbapp>=2.18
+        # and oslo.config>=10.2, which hwflow's own pins resolve to), the WSGI server its API runs under now that
+        # it has no neutron-server (uWSGI, as deployments run it) and the SDK the tests drive it with.
+        "neutron": ["neutron>=29.0.0", "uWSGI>=2.0.28", "openstacksdk>=4.0"],
     },
     # Each native/build_*.py is a cffi builder (``ffibuilder``) compiled at install time.
     cffi_modules=sorted(f"{path}:ffibuilder" for path in glob("native/build_*.py")),
@@ -66,6 +70,9 @@ setup(
             "responder = hwflow.apps.responder:ResponderApp",
             "sg_egress = hwflow.apps.security_groups:SgEgressApp",
             "sg_ingress = hwflow.apps.security_groups:SgIngressApp",
+        ],
+        "neutron.ml2.mechanism_drivers": [
+            "hwflow = hwflow.neutron.mech_driver:HwflowMechanismDriver",
         ],
         "oslo.config.opts": [
             "hwflow = hwflow.conf:list_opts",

@@ -35,12 +35,12 @@ setup() {
         python3 -m venv .venv
     fi
     # Reinstall when the package's build inputs changed (setup.py, the native builders and C sources).
-    if ! .venv/bin/python -c "import hwflow, pytest, hypothesis" 2>/dev/null \
+    if ! .venv/bin/python -c "import hwflow, pytest, hypothesis, openstack, neutron_lib" 2>/dev/null \
             || [ ! -e .venv/.hwflow-installed ] \
             || [ -n "$(find setup.py pyproject.toml native -newer .venv/.hwflow-installed 2>/dev/null)" ]; then
         echo "installing hwflow and its Python dependencies into .venv" >&2
         .venv/bin/pip install -q --upgrade pip
-        .venv/bin/pip install -q -e '.[test]'
+        .venv/bin/pip install -q -e '.[test,neutron]'
         touch .venv/.hwflow-installed
     fi
 }

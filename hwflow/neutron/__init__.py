@@ -1,0 +1,36 @@
+"""OpenStack Neutron integration (issue 17): Neutron's API mapped onto hwflow's NB database.
+
+Only this package imports Neutron; it is installed with the ``neutron`` extra (``pip install
+'hwflow[neutron]'``) and the agent never imports it. Point a Neutron server at hwflow with, in its
+configuration, ``[ml2] mechanism_drivers = hwflow``, ``extension_drivers = port_security`` and
+``[hwflow] database = <the agents' [database] url>``.
+
+What exists:
+
+- ``mech_driver.HwflowMechanismDriver`` (entry point ``neutron.ml2.mechanism_drivers: hwflow``): networks,
+  subnets and ports on their postcommit, security groups and rules on Neutron's callbacks, created,
+  updated and deleted in hwflow's database through ``NbApi``; each checked in its precommit, so Neutron
+  refuses with hwflow's reason what hwflow's model cannot hold.
+- ``translate``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
+  (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
+  allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
+  security groups, allowed address pairs, binding host as chassis (the chassis registered under that
+  name or hostname, else the host name, which is an agent's default chassis name). Security group:
+  name, description; rule: direction, ethertype, protocol, port range or ICMP type/code, remote prefix
+  or remote group.
+
+What Neutron has and hwflow's model does not (not written; a later change to the model may add them):
+admin state (``admin_state_up``) of networks and ports; port status (hwflow does not report a port up);
+``vnic_type`` and the binding profile; networks of several segments; the ``local`` and ``gre`` types;
+subnet IPv6 address/RA modes, subnet pools, service types and segments; extra DHCP options; security
+group statefulness, sharing and rule descriptions; address groups (a rule naming one is refused);
+QoS, trunks, port DNS names. Ports owned by a router or a floating IP are left to the L3 plugin.
+
+What is left (issue 17): the L3 service plugin (routers, interfaces, gateways, floating IPs); port
+binding (``bind_port`` for vnic_type normal and direct to a registered chassis, failing with a reason
+for a host without an agent) and port status ACTIVE reported back by the agent; a journal or revision
+check so a failed write, a server restart or two servers cannot leave the databases apart, and
+``hwflow neutron-sync``; etcd with TLS or auth from Neutron's configuration (only the URL is read);
+the end-to-end test where a VM on a bound port gets DHCP and pings across a router; the README's
+OpenStack section.
+"""

@@ -1,0 +1,191 @@
+"""hwflow's ML2 mechanism driver: what Neutron commits, written to hwflow's NB database.
+
+Enabled in Neutron's ML2 configuration as ``mechanism_drivers = hwflow`` with the database in
+``[hwflow] database`` of Neutron's configuration. Each create and update is translated and checked in its
+precommit, so that what hwflow cannot hold (a type it does not carry, a /31 IPv4 subnet, an address
+group) is refused while Neutron can still refuse the request, with hwflow's reason; it is written in the
+postcommit, once Neutron's own transaction is in. Security groups and their rules, which are not ML2's,
+come from Neutron's callbacks (a refusal in their precommit event also stops the request).
+
+A write that fails in a postcommit is raised: ML2 then undoes a create and reports an error; an update or
+a delete stays done in Neutron and not in hwflow until a resync (see ``hwflow.neutron``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from neutron_lib import exceptions as n_exc
+from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.plugins.ml2 import api
+from oslo_config import cfg
+from oslo_log import log
+
+from hwflow.db.api import Create, NbApi, Update, Write
+from hwflow.model.errors import NotFound, ValidationError
+from hwflow.model.objects import Chassis, NbObject, SecurityGroupRule
+from hwflow.neutron import translate
+
+LOG = log.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt(
+        "database",
+        default="sqlite:////var/lib/hwflow/nb.sqlite",
+        help="hwflow's NB database, as the agents' [database] url: sqlite:///PATH for the embedded database "
+        "on this host, etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster.",
+    ),
+]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The options this driver reads from Neutron's configuration, for oslo-config-generator."""
+    return [("hwflow", OPTS)]
+
+
+def _refused(what: str, exc: ValidationError) -> n_exc.InvalidInput:
+    """A translation refused, as the 400 Neutron answers the request with."""
+    return n_exc.InvalidInput(error_message=f"hwflow cannot hold this {what}: {exc}")
+
+
+class HwflowMechanismDriver(api.MechanismDriver):
+    """Networks, subnets, ports (with their binding host as chassis), security groups and rules."""
+
+    def initialize(self) -> None:
+        cfg.CONF.register_opts(OPTS, group="hwflow")
+        for resource, event, callback in (
+            (resources.SECURITY_GROUP, events.PRECOMMIT_CREATE, self._check_security_group),
+            (resources.SECURITY_GROUP, events.AFTER_CREATE, self._security_group_written),
+            (resources.SECURITY_GROUP, events.AFTER_UPDATE, self._security_group_written),
+            (resources.SECURITY_GROUP, events.AFTER_DELETE, self._security_group_deleted),
+            (resources.SECURITY_GROUP_RULE, events.PRECOMMIT_CREATE, self._check_rule),
+            (resources.SECURITY_GROUP_RULE, events.AFTER_CREATE, self._rule_written),
+            (resources.SECURITY_GROUP_RULE, events.AFTER_DELETE, self._rule_deleted),
+        ):
+            registry.subscribe(callback, resource, event)
+
+    @functools.cached_property
+    def nb(self) -> NbApi:
+        """Opened at first use, in the process that serves requests (a WSGI server may load, then fork)."""
+        return NbApi.from_url(cfg.CONF.hwflow.database)
+
+    # Writing
+
+    def _put(self, objs: Iterable[NbObject]) -> None:
+        """Create or overwrite, in one batch: a postcommit may run again for a request Neutron retried, and
+        a resource may already be there (a security group written before its port asked for it)."""
+        writes: list[Write] = []
+        for obj in objs:
+            try:
+                self.nb.get(type(obj), obj.id)
+            except NotFound:
+                writes.append(Create(obj))
+            else:
+                writes.append(Update(obj))  # revision 0: whatever is stored is replaced
+        self.nb.apply(writes)
+
+    def _remove(self, kind: str, ident: str) -> None:
+        """Delete with what hwflow's object owns (a network's subnets and ports, a group's rules): Neutron
+        has removed those too. Gone already is fine (a retried request, a network delete after its ports)."""
+        try:
+            self.nb.delete(kind, ident, cascade=True)
+        except NotFound:
+            LOG.debug("hwflow: %s %s was not in hwflow's database", kind, ident)
+
+    def _chassis(self, host: str) -> str:
+        """The chassis of a binding host: the one registered under that name or that hostname; else the host
+        name itself, which is the chassis name an agent takes by default (it binds when that agent comes)."""
+        if not host:
+            return ""
+        named = [c.id for c in self.nb.list(Chassis) if isinstance(c, Chassis) and host in (c.id, c.hostname)]
+        return named[0] if named else host
+
+    # Networks
+
+    def create_network_precommit(self, context: api.NetworkContext) -> None:
+        self._check("network", lambda: translate.network(context.current, context.network_segments))
+
+    update_network_precommit = create_network_precommit
+
+    def create_network_postcommit(self, context: api.NetworkContext) -> None:
+        self._put([translate.network(context.current, context.network_segments)])
+
+    update_network_postcommit = create_network_postcommit
+
+    def delete_network_postcommit(self, context: api.NetworkContext) -> None:
+        self._remove("network", context.current["id"])
+
+    # Subnets
+
+    def create_subnet_precommit(self, context: api.SubnetContext) -> None:
+        self._check("subnet", lambda: translate.subnet(context.current))
+
+    update_subnet_precommit = create_subnet_precommit
+
+    def create_subnet_postcommit(self, context: api.SubnetContext) -> None:
+        self._put([translate.subnet(context.current)])
+
+    update_subnet_postcommit = create_subnet_postcommit
+
+    def delete_subnet_postcommit(self, context: api.SubnetContext) -> None:
+        self._remove("subnet", context.current["id"])
+
+    # Ports
+
+    def create_port_precommit(self, context: api.PortContext) -> None:
+        if not translate.is_l3_port(context.current):
+            self._check("port", lambda: translate.port(context.current, context.host))
+
+    update_port_precommit = create_port_precommit
+
+    def create_port_postcommit(self, context: api.PortContext) -> None:
+        if not translate.is_l3_port(context.current):
+            self._put([translate.port(context.current, self._chassis(context.host))])
+
+    update_port_postcommit = create_port_postcommit
+
+    def delete_port_postcommit(self, context: api.PortContext) -> None:
+        if not translate.is_l3_port(context.current):
+            self._remove("port", context.current["id"])
+
+    @staticmethod
+    def _check(what: str, build: Callable[[], NbObject]) -> None:
+        try:
+            build()
+        except ValidationError as exc:
+            raise _refused(what, exc) from None
+
+    # Security groups and rules (Neutron's callbacks: resource, event, trigger, payload)
+
+    def _check_security_group(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        group = payload.latest_state
+        self._check("security group", lambda: translate.security_group(group))
+        for rule in group.get("security_group_rules") or []:
+            self._check("security group rule", lambda rule=rule: translate.security_group_rule(rule))
+
+    def _security_group_written(self, resource: str, event: str, trigger: Any,
+                                payload: events.DBEventPayload) -> None:
+        """A group with the rules it has (a new group comes with its default egress rules)."""
+        group = payload.latest_state
+        rules = [translate.security_group_rule(rule) for rule in group.get("security_group_rules") or []]
+        self._put([translate.security_group(group), *rules])
+
+    def _security_group_deleted(self, resource: str, event: str, trigger: Any,
+                                payload: events.DBEventPayload) -> None:
+        """The group and its rules, and the other groups' rules naming it as their remote group: Neutron's
+        database drops those with it (a foreign key), without an event for each."""
+        for rule in self.nb.referrers("security_group", payload.resource_id, SecurityGroupRule):
+            if rule.security_group_id != payload.resource_id:
+                self._remove(rule.kind, rule.id)
+        self._remove("security_group", payload.resource_id)
+
+    def _check_rule(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        self._check("security group rule", lambda: translate.security_group_rule(payload.latest_state))
+
+    def _rule_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        self._put([translate.security_group_rule(payload.latest_state)])
+
+    def _rule_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        self._remove("security_group_rule", payload.resource_id)

@@ -1,0 +1,178 @@
+"""hwflow driven by a real Neutron server (issue 17): what a user does through Neutron's API lands in hwflow's
+database, translated, and leaves it when deleted.
+
+The server is Neutron 29's API under uWSGI with hwflow's ML2 mechanism driver (tests/functional/
+neutron_server.py), driven with openstacksdk as a user would; each step reads hwflow's database back
+through NbApi. Writes happen in Neutron's postcommit, before the API answers, so there is nothing to wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is not installed (pip install -e "
+                                "'.[test,neutron]'; tools/dev.sh setup installs it)")
+from neutron_server import PHYSNET, NeutronServer  # noqa: E402
+
+from hwflow.db.api import NbApi  # noqa: E402
+from hwflow.model.errors import NotFound  # noqa: E402
+from hwflow.model.objects import (  # noqa: E402
+    Chassis,
+    Network,
+    Port,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
+
+pytestmark = pytest.mark.functional
+
+HOST, CHASSIS = "compute-1", "chassis-1"  # a binding host and the chassis its agent registered
+
+
+@pytest.fixture(scope="module")
+def neutron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openstack.connection.Connection, NbApi]]:
+    """A running Neutron server writing a fresh hwflow database, a client for it, and that database."""
+    workdir = tmp_path_factory.mktemp("neutron")
+    database = f"sqlite:///{workdir / 'hwflow.sqlite'}"
+    server = NeutronServer(workdir, database)
+    with NbApi.from_url(database) as nb:
+        nb.put_chassis(Chassis(id=CHASSIS, hostname=HOST, tunnel_ip="192.0.2.1"))
+        try:
+            server.start()
+            conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                                   network_endpoint_override=server.url)
+            yield conn, nb
+        finally:
+            server.stop()
+
+
+def stored(nb: NbApi, kind: type, ident: str):
+    """The object hwflow's database holds, or None."""
+    try:
+        return nb.get(kind, ident)
+    except NotFound:
+        return None
+
+
+def test_network_subnet_port_lifecycle(neutron) -> None:
+    """Create, update and delete through Neutron; hwflow's database follows each step field by field."""
+    conn, nb = neutron
+    net = conn.network.create_network(name="web", provider_network_type="vxlan",
+                                      provider_segmentation_id=1500, mtu=1400)
+    held = nb.get(Network, net.id)
+    assert (held.name, held.project_id, held.network_type, held.vni, held.physical_network, held.mtu) == (
+        "web", net.project_id, "vxlan", 1500, "", 1400)
+    conn.network.update_network(net, name="web2", mtu=1300)
+    assert (nb.get(Network, net.id).name, nb.get(Network, net.id).mtu) == ("web2", 1300)
+
+    sub = conn.network.create_subnet(
+        network_id=net.id, name="web-v4", ip_version=4, cidr="10.1.0.0/24", gateway_ip="10.1.0.1",
+        dns_nameservers=["10.1.0.53"], allocation_pools=[{"start": "10.1.0.10", "end": "10.1.0.99"}],
+        host_routes=[{"destination": "192.168.0.0/16", "nexthop": "10.1.0.254"}])
+    held = nb.get(Subnet, sub.id)
+    assert (held.network_id, held.cidr, held.gateway_ip, held.enable_dhcp, held.dns_nameservers) == (
+        net.id, "10.1.0.0/24", "10.1.0.1", True, ["10.1.0.53"])
+    assert held.allocation_pools == [{"start": "10.1.0.10", "end": "10.1.0.99"}]
+    assert held.host_routes == [{"destination": "192.168.0.0/16", "nexthop": "10.1.0.254"}]
+    conn.network.update_subnet(sub, enable_dhcp=False, dns_nameservers=[])
+    assert (nb.get(Subnet, sub.id).enable_dhcp, nb.get(Subnet, sub.id).dns_nameservers) == (False, [])
+
+    port = conn.network.create_port(network_id=net.id, name="vm-a", binding_host_id=HOST)
+    held = nb.get(Port, port.id)
+    assert (held.network_id, held.mac, held.ips, held.chassis, held.port_security) == (
+        net.id, port.mac_address, [port.fixed_ips[0]["ip_address"]], CHASSIS, True)
+    assert held.security_groups == port.security_group_ids and len(held.security_groups) == 1
+    default = nb.get(SecurityGroup, held.security_groups[0])
+    assert default.name == "default"
+    rules = {rule.id for rule in nb.referrers(SecurityGroup, default.id, SecurityGroupRule)
+             if rule.security_group_id == default.id}
+    assert rules == {rule["id"] for rule in conn.network.get_security_group(default.id).security_group_rules}
+
+    port = conn.network.update_port(port, name="vm-a2", fixed_ips=[{"subnet_id": sub.id, "ip_address": "10.1.0.42"}],
+                                    allowed_address_pairs=[{"ip_address": "10.1.0.128/25"}],
+                                    binding_host_id="compute-9")
+    held = nb.get(Port, port.id)
+    assert (held.name, held.ips, held.chassis) == ("vm-a2", ["10.1.0.42"], "compute-9")
+    assert held.allowed_address_pairs == [{"ip_address": "10.1.0.128/25", "mac_address": port.mac_address}]
+
+    conn.network.update_port(port, security_group_ids=[], allowed_address_pairs=[], port_security_enabled=False)
+    held = nb.get(Port, port.id)
+    assert (held.port_security, held.security_groups, held.allowed_address_pairs) == (False, [], [])
+
+    conn.network.delete_port(port)
+    assert stored(nb, Port, port.id) is None
+    conn.network.delete_subnet(sub)
+    assert stored(nb, Subnet, sub.id) is None
+    conn.network.delete_network(net)
+    assert stored(nb, Network, net.id) is None
+    left = {obj.id for kind in (Network, Subnet, Port) for obj in nb.list(kind)}
+    assert not left & {net.id, sub.id, port.id}
+
+
+def test_provider_networks(neutron) -> None:
+    """A VLAN and a flat network on the physical network keep their VLAN id and physical network."""
+    conn, nb = neutron
+    vlan = conn.network.create_network(name="prov-vlan", provider_network_type="vlan",
+                                       provider_physical_network=PHYSNET, provider_segmentation_id=150)
+    flat = conn.network.create_network(name="prov-flat", provider_network_type="flat",
+                                       provider_physical_network=PHYSNET, is_router_external=True)
+    try:
+        held = nb.get(Network, vlan.id)
+        assert (held.network_type, held.physical_network, held.vlan_id, held.vni) == ("vlan", PHYSNET, 150, 0)
+        held = nb.get(Network, flat.id)
+        assert (held.network_type, held.physical_network, held.vlan_id, held.external) == ("flat", PHYSNET, 0, True)
+    finally:
+        conn.network.delete_network(vlan)
+        conn.network.delete_network(flat)
+    assert stored(nb, Network, vlan.id) is None and stored(nb, Network, flat.id) is None
+
+
+def test_security_group_and_rules(neutron) -> None:
+    """A group, a rule added and removed, the group deleted: hwflow's copy follows, rule fields translated."""
+    conn, nb = neutron
+    group = conn.network.create_security_group(name="ssh", description="ssh from the lab")
+    assert (nb.get(SecurityGroup, group.id).name, nb.get(SecurityGroup, group.id).description) == (
+        "ssh", "ssh from the lab")
+    rule = conn.network.create_security_group_rule(
+        security_group_id=group.id, direction="ingress", ethertype="IPv4", protocol="tcp",
+        port_range_min=22, port_range_max=22, remote_ip_prefix="10.9.8.7/8")
+    held = nb.get(SecurityGroupRule, rule.id)
+    assert (held.direction, held.ethertype, held.protocol, held.port_min, held.port_max, held.remote_ip_prefix) == (
+        "ingress", "IPv4", "tcp", 22, 22, "10.0.0.0/8")
+    ping = conn.network.create_security_group_rule(
+        security_group_id=group.id, direction="ingress", ethertype="IPv6", protocol="ipv6-icmp",
+        port_range_min=128, remote_group_id=group.id)
+    held = nb.get(SecurityGroupRule, ping.id)
+    assert (held.protocol, held.icmp_type, held.icmp_code, held.remote_group_id) == ("icmpv6", 128, -1, group.id)
+    conn.network.delete_security_group_rule(rule)
+    assert stored(nb, SecurityGroupRule, rule.id) is None
+    conn.network.delete_security_group(group)
+    assert stored(nb, SecurityGroup, group.id) is None and stored(nb, SecurityGroupRule, ping.id) is None
+
+
+def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
+    """Neutron answers 400 with hwflow's reason, and neither database keeps the object."""
+    conn, nb = neutron
+    net = conn.network.create_network(name="narrow")
+    try:
+        with pytest.raises(openstack.exceptions.BadRequestException,
+                           match="hwflow cannot hold this subnet: .*at most /30"):
+            conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.2.0.0/31", gateway_ip=None,
+                                       is_dhcp_enabled=False)
+        assert not list(conn.network.subnets(network_id=net.id))
+        assert not [sub for sub in nb.list(Subnet) if sub.network_id == net.id]
+    finally:
+        conn.network.delete_network(net)
+
+    group = conn.network.create_security_group(name="dccp")
+    try:
+        with pytest.raises(openstack.exceptions.ConflictException, match="port range on protocol 33"):
+            conn.network.create_security_group_rule(security_group_id=group.id, direction="ingress",
+                                                    ethertype="IPv4", protocol="dccp",
+                                                    port_range_min=5000, port_range_max=5001)
+        assert {r["protocol"] for r in conn.network.get_security_group(group.id).security_group_rules} == {None}
+    finally:
+        conn.network.delete_security_group(group)
