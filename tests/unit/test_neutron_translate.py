@@ -1,0 +1,138 @@
+"""Neutron's resources as hwflow's objects (hwflow.neutron.translate): the mapping of each field, and that
+whatever Neutron hands over comes out as an object hwflow's model accepts or as a ValidationError naming it,
+never as another exception (which Neutron would answer with a 500 and no reason)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("neutron_lib", reason="hwflow's neutron extra is not installed (pip install -e '.[test,neutron]')")
+from neutron_lib import constants as n_const  # noqa: E402
+
+from hwflow.model.errors import ValidationError  # noqa: E402
+from hwflow.model.objects import NbObject, from_dict  # noqa: E402
+from hwflow.neutron import translate  # noqa: E402
+
+IDS = st.uuids().map(str)
+PROTOCOLS = st.one_of(st.sampled_from([None, "any", "tcp", "udp", "sctp", "icmp", "ipv6-icmp", "icmpv6"]),
+                      st.sampled_from(sorted(n_const.IP_PROTOCOL_MAP)), st.integers(0, 255).map(str),
+                      st.text(min_size=1, max_size=8))
+# Mostly what Neutron lets through (a port, an ICMP type or code, none), sometimes what it would not.
+RANGE_ENDS = st.one_of(st.none(), st.integers(0, 255), st.integers(1, 65535), st.integers(-1, 70000))
+
+
+def _agrees_with_model(obj: NbObject) -> None:
+    """What the translation made is what the database would store and read back."""
+    assert from_dict(obj.kind, obj.to_dict()) == obj
+
+
+@given(kind=st.sampled_from(["vxlan", "geneve", "vlan", "flat", "local", "gre"]),
+       ident=st.one_of(st.none(), st.integers(0, 2**24)), physnet=st.one_of(st.none(), st.sampled_from(["physnet1"])),
+       mtu=st.integers(0, 10000), external=st.booleans(), segments=st.integers(0, 2))
+def test_network_is_one_segment_of_a_carried_type_or_refused(kind, ident, physnet, mtu, external, segments) -> None:
+    net = {"id": str(uuid.uuid4()), "name": "n", "project_id": "p1", "mtu": mtu, "router:external": external}
+    segment = {"network_type": kind, "segmentation_id": ident, "physical_network": physnet}
+    try:
+        made = translate.network(net, [segment] * segments)
+    except ValidationError as exc:
+        assert str(exc).startswith(f"network {net['id']}")
+        return
+    _agrees_with_model(made)
+    assert segments == 1 and kind in translate.SEGMENT_TYPES
+    assert (made.network_type, made.mtu, made.external, made.project_id) == (kind, mtu, external, "p1")
+    assert (made.vni, made.vlan_id, made.physical_network) == {
+        "vxlan": (ident, 0, ""), "geneve": (ident, 0, ""), "vlan": (0, ident, physnet), "flat": (0, 0, physnet),
+    }[kind]
+
+
+@pytest.mark.parametrize(("segments", "reason"), [
+    ([{"network_type": "local"}], "network type 'local' is not one hwflow carries"),
+    ([{"network_type": "vxlan", "segmentation_id": 7}] * 2, "has 2 segments"),
+])
+def test_network_refusal_names_the_reason(segments, reason) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        translate.network({"id": "n1", "mtu": 1450}, segments)
+
+
+def test_subnet_fields_and_no_gateway() -> None:
+    made = translate.subnet({
+        "id": "s1", "name": "", "project_id": "", "network_id": "n1", "cidr": "10.0.0.0/24", "gateway_ip": None,
+        "enable_dhcp": False, "dns_nameservers": ["10.0.0.53"],
+        "host_routes": [{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}],
+        "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.0.200"}]})
+    assert (made.gateway_ip, made.enable_dhcp, made.project_id, made.dns_nameservers) == (
+        "", False, NbObject.project_id, ["10.0.0.53"])
+    assert made.allocation_pools == [{"start": "10.0.0.2", "end": "10.0.0.200"}]
+    assert made.host_routes == [{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}]
+
+
+PORT = {"id": "p1", "name": "vm", "project_id": "t1", "network_id": "n1", "mac_address": "fa:16:3e:00:00:01",
+        "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.5"}], "device_owner": "compute:nova",
+        "port_security_enabled": True, "security_groups": ["g1"],
+        "allowed_address_pairs": [{"ip_address": "10.0.0.77/24"}, {"ip_address": "10.0.0.9",
+                                                                    "mac_address": "fa:16:3e:00:00:09"}]}
+
+
+def test_port_fields_and_address_pairs() -> None:
+    made = translate.port(PORT, "chassis-1")
+    assert (made.mac, made.ips, made.chassis, made.device_owner, made.security_groups) == (
+        "fa:16:3e:00:00:01", ["10.0.0.5"], "chassis-1", "compute:nova", ["g1"])
+    assert made.allowed_address_pairs == [{"ip_address": "10.0.0.0/24", "mac_address": "fa:16:3e:00:00:01"},
+                                          {"ip_address": "10.0.0.9", "mac_address": "fa:16:3e:00:00:09"}]
+
+
+def test_port_without_port_security_has_no_groups_or_pairs() -> None:
+    made = translate.port({**PORT, "port_security_enabled": False}, "")
+    assert (made.port_security, made.security_groups, made.allowed_address_pairs) == (False, [], [])
+
+
+@pytest.mark.parametrize("owner", [n_const.DEVICE_OWNER_ROUTER_INTF, n_const.DEVICE_OWNER_ROUTER_GW,
+                                   n_const.DEVICE_OWNER_FLOATINGIP, n_const.DEVICE_OWNER_DVR_INTERFACE])
+def test_l3_ports_are_left_to_the_l3_plugin(owner) -> None:
+    assert translate.is_l3_port({**PORT, "device_owner": owner})
+    assert not translate.is_l3_port(PORT)
+
+
+@given(rule_id=IDS, group=IDS, direction=st.sampled_from(["ingress", "egress", "sideways"]),
+       ethertype=st.sampled_from(["IPv4", "IPv6"]), protocol=PROTOCOLS, low=RANGE_ENDS, high=RANGE_ENDS,
+       prefix=st.one_of(st.none(), st.sampled_from(["10.1.2.3/8", "2001:db8::1/32", "0.0.0.0/0", "nonsense"])),
+       remote_group=st.one_of(st.none(), IDS))
+def test_rule_translates_or_is_refused(rule_id, group, direction, ethertype, protocol, low, high, prefix,
+                                       remote_group) -> None:
+    rule = {"id": rule_id, "project_id": "t1", "security_group_id": group, "direction": direction,
+            "ethertype": ethertype, "protocol": protocol, "port_range_min": low, "port_range_max": high,
+            "remote_ip_prefix": prefix, "remote_group_id": remote_group}
+    try:
+        made = translate.security_group_rule(rule)
+    except ValidationError as exc:
+        assert rule_id in str(exc)
+        return
+    _agrees_with_model(made)
+    number = n_const.IP_PROTOCOL_MAP.get(str(protocol or "").lower(), protocol)
+    if protocol in (None, "any"):
+        assert made.protocol == ""
+    elif made.protocol in ("icmp", "icmpv6"):  # either ICMP is the ICMP of the rule's ethertype
+        assert str(number) in ("1", "58") and made.protocol == {"IPv4": "icmp", "IPv6": "icmpv6"}[ethertype]
+        assert (made.icmp_type, made.icmp_code) == (-1 if low is None else low, -1 if high is None else high)
+    else:
+        assert str(n_const.IP_PROTOCOL_MAP.get(made.protocol, made.protocol)) == str(number)
+        if low is not None or high is not None:
+            assert (made.port_min, made.port_max) == (low if low is not None else high,
+                                                      high if high is not None else low)
+    assert made.remote_group_id == (remote_group or "")
+    assert (made.direction, made.ethertype) == (direction, ethertype)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"remote_address_group_id": "ag1"}, "remote_address_group_id is not supported"),
+    ({"protocol": "dccp", "port_range_min": 5000, "port_range_max": 5001}, "port range on protocol 33"),
+    ({"protocol": "tcp", "remote_ip_prefix": "10.0.0.0/8", "ethertype": "IPv6"}, "must be an IPv6 prefix"),
+])
+def test_rule_refusal_names_the_reason(change, reason) -> None:
+    rule = {"id": "r1", "security_group_id": "g1", "direction": "ingress", "ethertype": "IPv4", **change}
+    with pytest.raises(ValidationError, match=reason):
+        translate.security_group_rule(rule)
