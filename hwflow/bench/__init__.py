@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "openflow": "openflow",
     "partition": "partition",
     "publish": "publish",
+    "soak": "soak",
     "tc-encode": "tc_encode",
     "tc-install": "tc_install",
 }
