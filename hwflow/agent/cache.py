@@ -63,7 +63,10 @@ def _shape(obj: NbObject) -> tuple[object, ...]:
 class NbCache:
     """Selective, watched view of the NB database for the agent of ``chassis``.
 
-    ``on_change`` is called (from the watch thread) whenever what is held changed.
+    ``on_change`` is called (from the watch thread) whenever what is held changed. ``observe_lag``, when set, is
+    called (from the watch thread) with the seconds between a write and the watch delivering it, for every put
+    the watch delivers that carries its write time (taken in or not: the lag is the watch's); never below 0
+    (the writer's clock may be another host's).
     """
 
     def __init__(self, nb: NbApi, on_change: Callable[[], None], chassis: str, watch_timeout: float = 1.0,
@@ -82,6 +85,7 @@ class NbCache:
         self._touched: set[selection.Key] | None = None  # keys changed since the last drain (None: anything)
         self.revision = 0
         self.last_reply: float | None = None  # time.monotonic() of the database's last snapshot or watch answer
+        self.observe_lag: Callable[[float], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -193,6 +197,11 @@ class NbCache:
         self.last_reply = time.monotonic()
         if not changes:
             return False
+        if self.observe_lag is not None:
+            now = time.time()
+            for change in changes:
+                if change.written is not None:
+                    self.observe_lag(max(0.0, now - change.written))
         with self._lock:
             changed, rewalk = False, False
             for change in changes:

@@ -55,13 +55,16 @@ Reconcile passes (every pass):
 - ``tc_repairs_total``: NIC rules a full pass's dump found differing from what the agent held (a bug, or
   someone else changed the NIC; ``TcBackend.repairs``).
 
-Database watch (read when scraped). A change carries no time of writing, so the lag between a write and the
-cache taking it in cannot be measured; what is exported instead bounds it:
+Database watch:
 
-- ``db_revision``: the database revision the agent's cache stands at.
-- ``db_watch_reply_age_seconds``: seconds since the database last answered the cache's watch (an answer comes
-  at least every watch timeout, one second, when the database is reachable: a value growing past that means
-  the agent is not hearing about changes). NaN before the first answer.
+- ``db_watch_lag_seconds``: histogram of the seconds from a write to the agent's watch delivering it, one
+  observation for every put the watch delivers (the NB API stamps each record it writes with the time,
+  ``hwflow.db.api.WRITTEN``; a delete and a record written before the stamp existed carry none). The writer's
+  clock against the agent's: between hosts, their clocks' skew is in it (a negative lag counts as 0).
+- ``db_revision`` (read when scraped): the database revision the agent's cache stands at.
+- ``db_watch_reply_age_seconds`` (read when scraped): seconds since the database last answered the cache's watch
+  (an answer comes at least every watch timeout, one second, when the database is reachable: a value growing
+  past that means the agent is not hearing about changes). NaN before the first answer.
 
 Cluster (every report):
 
@@ -105,6 +108,8 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
 CAPABILITY = "capability"
 CLASSES = (CAPABILITY, *(name for name, _ in REASON_CLASSES))
 
+# a change reaches the watch in milliseconds; seconds while the database is slow or the agent busy
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
 # pass durations: a delta pass takes a millisecond or so, a big host's full pass seconds
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, math.inf)
@@ -160,6 +165,8 @@ class AgentMetrics:
         self.repairs = counter("tc_repairs", "NIC rules a dump found differing from what the agent held")
         self.revision = gauge("db_revision", "Database revision the agent's cache stands at")
         self.reply_age = gauge("db_watch_reply_age_seconds", "Seconds since the database last answered the watch")
+        self.watch_lag = Histogram(PREFIX + "db_watch_lag_seconds", "Seconds from a write to the watch delivering "
+                                   "it", buckets=LAG_BUCKETS, registry=r)
         self.chassis_alive = gauge("chassis_alive", "Chassis whose liveness lease holds")
         self.reply_age.set(math.nan)  # until following a cache (follow)
         for kind in KINDS:  # present from the start, at zero
@@ -202,8 +209,10 @@ class AgentMetrics:
             self._thread = None
 
     def follow(self, cache: NbCache) -> None:
-        """Export the cache's revision and the age of its last watch reply, read at each scrape."""
+        """Export the cache's revision and the age of its last watch reply, read at each scrape, and the lag of
+        each change its watch delivers."""
         self.revision.set_function(lambda: cache.revision)
+        cache.observe_lag = self.watch_lag.observe
 
         def age() -> float:
             last = cache.last_reply

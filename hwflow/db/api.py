@@ -53,6 +53,10 @@ UNIQUE_TABLE = "_unique"  # "scope/constraint/value" -> "kind id" of the object 
 # one range read instead of one read per port: what an agent does whenever its set of ports grows.
 REF_TABLE = "_ref"
 ALIVE_TABLE = "_alive"  # chassis id -> liveness mark its agent keeps alive
+# The stored record's envelope: when the API wrote it (Unix seconds, the writer's clock), next to the object's
+# fields but not one of them (decode takes it off): how long a change took to reach a watcher.
+WRITTEN = "_written"
+STAMP_BYTES = len(f'"{WRITTEN}":{time.time() * 1000:.6f},')  # what the stamp adds to a record (ample: 1000x now)
 MAX_ATTEMPTS = 50  # transactions retried after losing a race on a counter or a reference
 
 Kind = str | type[NbObject]
@@ -60,12 +64,15 @@ Kind = str | type[NbObject]
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """One object written or deleted; for a delete ``obj`` is its last stored value."""
+    """One object written or deleted; for a delete ``obj`` is its last stored value. ``written``: when the
+    writer stored a put (Unix seconds, its clock; the record's :data:`WRITTEN`), None for a delete (nothing
+    stamps a deletion) and for a record stored before the stamp existed."""
 
     revision: int
     kind: str
     op: Literal["put", "delete"]
     obj: NbObject
+    written: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +200,19 @@ def _stored_fields(cls: type[NbObject]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "revision")
 
 
+def stamped(value: bytes, written: float) -> bytes:
+    """An encoded record with its envelope's :data:`WRITTEN`: first, as ``json.dumps(sort_keys=True)`` would put
+    it (``_`` sorts before every field name), spliced in rather than encoded again."""
+    return b'{"%s":%.6f,%s' % (WRITTEN.encode(), written, value[1:])
+
+
 def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
     """A stored record back as an object; a malformed one is a ValidationError naming it."""
+    return decode_written(table, key, value, revision)[0]
+
+
+def decode_written(table: str, key: str, value: bytes, revision: int) -> tuple[NbObject, float | None]:
+    """:func:`decode`, and when the record was written (its envelope's :data:`WRITTEN`; None if it has none)."""
     try:
         data = json.loads(value)
     except ValueError as exc:  # UnicodeDecodeError too: a record that is not UTF-8
@@ -206,9 +224,13 @@ def decode(table: str, key: str, value: bytes, revision: int) -> NbObject:
     if data.get("id") != key:  # checked first, so that every message below names the record by its key
         carries = f"another id, {shown(data['id'])}" if "id" in data else "no id"
         raise ValidationError(f"{table} {key}: stored record carries {carries}")
+    written = data.pop(WRITTEN, None)
+    if written is not None and (isinstance(written, bool) or not isinstance(written, int | float)):
+        raise ValidationError(f"{table} {key}: stored record's {WRITTEN} must be a time in Unix seconds, not "
+                              f"{shown(written)}")
     obj = from_dict(table, data)
     obj.revision = revision
-    return obj
+    return obj, written
 
 
 def _unique_keys(obj: NbObject) -> dict[str, str]:
@@ -349,11 +371,11 @@ class NbApi:
                     LOG.warning("skipping a %s of %s %s without a value", ev.op, ev.table, ev.key)
                     continue
                 try:
-                    obj = decode(ev.table, ev.key, ev.value, ev.revision)
+                    obj, written = decode_written(ev.table, ev.key, ev.value, ev.revision)
                 except ValidationError as exc:
                     LOG.warning("skipping a bad change at revision %d: %s", ev.revision, exc)
                     continue
-                changes.append(Change(ev.revision, ev.table, ev.op, obj))
+                changes.append(Change(ev.revision, ev.table, ev.op, obj, written if ev.op == "put" else None))
             if changes or not events or time.monotonic() >= deadline:
                 return changes
             from_revision = events[-1].revision + 1
@@ -589,7 +611,8 @@ class NbApi:
             counter = (COUNTER_TABLE, e.new.kind)
             e_ops = {(op.table, op.key) for op in e.ops} | {counter}
             e_relies = {*e.relies, counter}
-            e_size = sum(len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key) for op in e.ops)
+            e_size = STAMP_BYTES + sum(len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key)
+                                       for op in e.ops)
             if (max_ops is not None and max(len(e_ops), len(e_relies)) > max_ops) or (
                     max_bytes is not None and e_size > max_bytes):
                 raise ValidationError(
@@ -632,6 +655,9 @@ class NbApi:
             relies[COUNTER_TABLE, kind] = None
             ops[COUNTER_TABLE, kind] = Put(COUNTER_TABLE, kind, str(value).encode())
         compares = [Compare(table, key, revisions.get((table, key), 0)) for table, key in relies]
+        now = time.time()  # stamped as the transaction goes out, not when the batch was checked (seconds before)
+        for e in chunk:
+            ops[e.new.kind, e.new.id] = Put(e.new.kind, e.new.id, stamped(ops[e.new.kind, e.new.id].value, now))
         revision = self.driver.txn(compares, list(ops.values()))
         for key, op in ops.items():
             revisions[key] = revision if isinstance(op, Put) else 0

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hwflow.db import Compare, Delete, Driver, NbApi, Put, etcd_server
-from hwflow.db.api import COUNTER_TABLE, REF_TABLE, UNIQUE_TABLE, BatchIncomplete, Create, Update
+from hwflow.db.api import COUNTER_TABLE, REF_TABLE, UNIQUE_TABLE, BatchIncomplete, Create, Update, encode
 from hwflow.db.etcd_server import EtcdCluster
 from hwflow.model import (
     KINDS,
@@ -272,6 +272,25 @@ def test_create_assigns_id_unique_key_and_revision(api):
     assert len(net.id) == 36 and net.unique_key == 1 and net.revision == api.driver.current_revision()
     assert api.get("network", net.id) == net
     assert api.create(Network(name="red", vni=11)).unique_key == 2
+
+
+def test_a_write_carries_its_time_in_the_envelope_and_a_record_without_it_still_reads(api):
+    """The watch says when each put was written (the record's envelope, not a field of the object); a record
+    stored before the envelope had it reads as before, with no time; a delete carries none."""
+    before = time.time()
+    net = api.create(Network(name="blue", vni=10))
+    after = time.time()
+    [change] = api.watch(net.revision, 5)
+    assert change.obj == net and before <= change.written <= after
+    assert "_written" not in net.to_dict() and api.get("network", net.id) == net
+    old = Network(id="old", name="old", vni=11, unique_key=7)
+    api.driver.put("network", "old", encode(old))
+    [change] = api.watch(net.revision + 1, 5)
+    assert change.obj.id == "old" and change.obj.vni == 11 and change.written is None
+    assert api.get("network", "old").name == "old"
+    api.delete("network", net.id)
+    [change] = api.watch(api.driver.current_revision(), 5)
+    assert change.op == "delete" and change.written is None
 
 
 def test_create_validates_and_stores_nothing_on_error(api):

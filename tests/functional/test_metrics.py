@@ -17,6 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_e2e import PINGS, VMS, agent_log, create_network, evidence, nic_rules, ping, plug, wait_for
 
+from hwflow.db import NbApi
+from hwflow.model import Network
 from hwflow.sim.host import SimHost
 from hwflow.sim.profile import load_profile
 from hwflow.util.netns import call_in
@@ -96,6 +98,14 @@ def test_metrics_show_the_pings_in_hardware_and_the_nic_full_as_it_is(host: SimH
     assert sample(after, "hw_rules_eligible") >= sample(after, "hw_rules_installed")
     assert sample(after, "db_revision") > 0
     assert 0 <= sample(after, "db_watch_reply_age_seconds") < 10
+    # one write now: the agent's watch delivers it, and the lag from its write time is observed
+    with NbApi.from_url(host.database) as nb:
+        nb.create(Network(name="lag-probe", vni=4242))
+    lagged = wait_for("the write's watch lag observed", lambda: (s := scrape(host)) and sample(
+        s, "db_watch_lag_seconds_count") > sample(after, "db_watch_lag_seconds_count") and s, timeout=10, host=host)
+    assert sample(lagged, "db_watch_lag_seconds_count") == sample(after, "db_watch_lag_seconds_count") + 1
+    lag = sample(lagged, "db_watch_lag_seconds_sum") - sample(after, "db_watch_lag_seconds_sum")
+    assert 0 < lag < 2, f"a write took {lag:.3f} s to reach the agent's watch"
     assert sample(after, "chassis_alive") == 1
 
     # capacity: what the agent says is on the embedded switch is what the NIC holds

@@ -15,10 +15,13 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
+from hwflow.agent.cache import NbCache
 from hwflow.agent.daemon import PassResult
 from hwflow.agent.metrics import CLASSES, AgentMetrics, reason_class
 from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.backend import Representor, TcBackend
+from hwflow.db import NbApi
+from hwflow.model import Network
 from hwflow.offload.capabilities import Capabilities
 from hwflow.offload.nic import DeviceReport
 from hwflow.offload.partition import FULL, Plan, SoftwareLeaf
@@ -218,6 +221,27 @@ def test_the_watch_is_read_when_scraped() -> None:
     cache.revision, cache.last_reply = 42, time.monotonic() - 3
     assert value(m, "db_revision") == 42
     assert 3 <= value(m, "db_watch_reply_age_seconds") < 10
+
+
+def test_a_write_is_one_watch_lag_observation_above_zero_and_small(tmp_path) -> None:
+    """A real database (SQLite) and the agent's cache following it: each put the watch delivers is observed once,
+    its lag (now - the time the API stamped on the record) above 0 and well under a second."""
+    m = AgentMetrics(CollectorRegistry())
+    with NbApi.from_url(f"sqlite:///{tmp_path}/nb.sqlite") as nb:
+        cache = NbCache(nb, lambda: None, "host1", watch_timeout=0.05)
+        m.follow(cache)
+        cache.resync()
+        cache.start()
+        try:
+            assert value(m, "db_watch_lag_seconds_count") == 0
+            nb.create(Network(name="blue", vni=10))
+            deadline = time.monotonic() + 10
+            while value(m, "db_watch_lag_seconds_count") < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            cache.stop()
+    assert value(m, "db_watch_lag_seconds_count") == 1
+    assert 0 < value(m, "db_watch_lag_seconds_sum") < 1
 
 
 def test_two_agents_keep_their_own_registries_and_serve_over_http() -> None:
