@@ -19,13 +19,14 @@ from typing import Any
 
 from neutron_lib import exceptions as n_exc
 from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 from oslo_log import log
 
 from hwflow.db.api import Create, NbApi, Update, Write
 from hwflow.model.errors import NotFound, ValidationError
-from hwflow.model.objects import Chassis, NbObject, SecurityGroupRule
+from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
 from hwflow.neutron import translate
 
 LOG = log.getLogger(__name__)
@@ -142,13 +143,28 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
-            self._put([translate.port(context.current, self._chassis(context.host))])
+            port = translate.port(context.current, self._chassis(context.host))
+            self._put([*self._missing_groups(context, port), port])
 
     update_port_postcommit = create_port_postcommit
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
             self._remove("port", context.current["id"])
+
+    def _missing_groups(self, context: api.PortContext, port: Port) -> list[NbObject]:
+        """The port's security groups hwflow's database lacks (made before this driver was enabled, or their
+        write failed), with their rules, read from Neutron: written with the port, which cannot name a group
+        that is not there."""
+        found: list[NbObject] = []
+        for ident in port.security_groups:
+            try:
+                self.nb.get(SecurityGroup, ident)
+            except NotFound:
+                group = directory.get_plugin().get_security_group(context.plugin_context, ident)
+                found += [translate.security_group(group),
+                          *map(translate.security_group_rule, group.get("security_group_rules") or [])]
+        return found
 
     @staticmethod
     def _check(what: str, build: Callable[[], NbObject]) -> None:

@@ -176,3 +176,26 @@ def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
         assert {r["protocol"] for r in conn.network.get_security_group(group.id).security_group_rules} == {None}
     finally:
         conn.network.delete_security_group(group)
+
+
+def test_port_brings_the_groups_hwflow_lacks(neutron) -> None:
+    """A group hwflow's database lacks (made before the driver was enabled) is written with the first port in
+    it, rules and all, instead of the port being refused for naming a group that is not there."""
+    conn, nb = neutron
+    net = conn.network.create_network(name="late")
+    group = conn.network.create_security_group(name="before-hwflow")
+    nb.delete(SecurityGroup, group.id, cascade=True)
+    port = None
+    try:
+        port = conn.network.create_port(network_id=net.id, security_group_ids=[group.id])
+        assert nb.get(Port, port.id).security_groups == [group.id]
+        assert nb.get(SecurityGroup, group.id).name == "before-hwflow"
+        held = {rule.id for rule in nb.referrers(SecurityGroup, group.id, SecurityGroupRule)}
+        assert held == {rule["id"] for rule in conn.network.get_security_group(group.id).security_group_rules}
+        assert len(held) == 2  # the egress rules every new group gets
+    finally:
+        if port is not None:
+            conn.network.delete_port(port)
+        conn.network.delete_network(net)
+        conn.network.delete_security_group(group)
+    assert stored(nb, SecurityGroup, group.id) is None
