@@ -126,7 +126,8 @@ class Credentials:
         return cls(db.ca_file, db.cert_file, db.key_file, db.username, db.password)
 
     @property
-    def user(self) -> str:
+    def who(self) -> str:
+        """The user as a message names it."""
         return repr(self.username) if self.username else "(none: no [database] username)"
 
     def check(self, tls: bool) -> None:
@@ -184,7 +185,7 @@ def refusal(detail: str, credentials: Credentials, where: str, asked: str) -> Da
     low = message.lower()
     if "permission denied" in low:
         return AccessDenied(
-            f"etcd at {where} refused {asked} to user {credentials.user}: permission denied; that user's role "
+            f"etcd at {where} refused {asked} to user {credentials.who}: permission denied; that user's role "
             "does not grant it (a chassis's may write only its own chassis record and liveness key), so act "
             "as a user whose role does ([database] username, e.g. hwflow-admin)")
     if "user name is empty" in low:
@@ -192,7 +193,7 @@ def refusal(detail: str, credentials: Credentials, where: str, asked: str) -> Da
             f"etcd at {where} has auth enabled and refused {asked} from a client with no user: set [database] "
             "username and password (`hwflow db auth setup` and `add-chassis` print them)")
     if "authentication failed" in low or "invalid user" in low:
-        return AccessDenied(f"etcd at {where} refused user {credentials.user}: wrong username or password; "
+        return AccessDenied(f"etcd at {where} refused user {credentials.who}: wrong username or password; "
                             "check [database] username and password")
     if "commonname" in low:
         return AccessDenied(
@@ -317,10 +318,10 @@ class EtcdDriver(Driver):
 
     # --- requests, with fail-over between members --------------------------
 
-    def _call(self, func: Callable[[etcd3gw.Etcd3Client], T], asked: str = "a request") -> T:
+    def _call(self, func: Callable[[etcd3gw.Etcd3Client], T], asked: Callable[[], str]) -> T:
         """Run ``func`` on the member last reached, trying the others if it cannot be reached.
 
-        ``asked`` says what the request asks for, in a refusal's message.
+        ``asked()`` says what the request asks for, in a refusal's message (worked out only then).
         """
         if self._closed:
             raise DatabaseUnavailable(f"the etcd database at {self._where()} was closed")
@@ -337,7 +338,7 @@ class EtcdDriver(Driver):
                 errors.append(f"{self.endpoints[index][0]}:{self.endpoints[index][1]}: {detail[:200]}")
                 continue
             except etcd_errors.Etcd3Exception as exc:
-                raise refusal(_detail(exc), self.credentials, self._where(), asked) from None
+                raise refusal(_detail(exc), self.credentials, self._where(), asked()) from None
             self._current = index
             return result
         raise DatabaseUnavailable(
@@ -375,7 +376,7 @@ class EtcdDriver(Driver):
             if "authentication is not enabled" not in _detail(exc):
                 raise
             LOG.warning("etcd at %s has auth disabled: [database] username %s is not used until it is enabled",
-                        self._where(), self.credentials.user)
+                        self._where(), self.credentials.who)
             reply = {}
         if reply.get("token"):
             for each in self._clients:
@@ -384,7 +385,8 @@ class EtcdDriver(Driver):
 
     def request(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One call of etcd's JSON gateway (``/v3`` + ``path``), as the driver's user, with fail-over."""
-        return self._call(lambda client: client.post(client.get_url(path), json=payload), self._asked(path, payload))
+        return self._call(lambda client: client.post(client.get_url(path), json=payload),
+                          lambda: self._asked(path, payload))
 
     def _asked(self, path: str, payload: dict[str, Any]) -> str:
         """What a request asks, for a refusal: the keys it writes (else reads), as TABLE/KEY."""
@@ -611,7 +613,7 @@ class EtcdDriver(Driver):
                 raise etcd_errors.ConnectionFailedError(f"HTTP {response.status_code}: {response.text[:200]}")
             return response
 
-        self._stream = _WatchStream(self._call(open_on, f"a watch of every key under {self.prefix}"),
+        self._stream = _WatchStream(self._call(open_on, lambda: f"a watch of every key under {self.prefix}"),
                                     from_revision)
         return self._stream
 

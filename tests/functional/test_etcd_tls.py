@@ -136,6 +136,16 @@ def test_add_chassis_grants_exactly_its_own_two_keys(secured: Secured) -> None:
         stale.list(Network)
 
 
+def test_setup_again_as_root_keeps_the_users_and_their_passwords(secured: Secured) -> None:
+    again = secured.hwflow("db", "auth", "setup", "--config-file", str(secured.conf("root")))
+    assert [(a["user"], a["password"]) for a in again["accounts"]] == [("root", None), ("hwflow-admin", None)]
+    with secured.api("hwflow-admin") as admin:  # its password still works, its grants are right
+        admin.create(Network(id="after-setup", vni=4200))
+        admin.delete(Network, "after-setup")
+    with pytest.raises(AssertionError, match=r"has auth enabled and refused .* from a client with no user"):
+        secured.hwflow("db", "auth", "setup", "--config-file", str(secured.write_conf("anonymous")))
+
+
 def test_a_chassis_registers_and_keeps_alive_with_its_own_credential(secured: Secured) -> None:
     with secured.api("host-a") as agent, secured.api("hwflow-admin") as admin:
         start = agent.driver.current_revision()
