@@ -13,6 +13,7 @@ chassis's credential registers, stays alive and forwards its VMs' pings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -27,7 +28,8 @@ import pytest
 from tls_pki import Authority, Pair
 
 from hwflow.conf import new_conf
-from hwflow.db import NbApi
+from hwflow.db import NbApi, etcd_auth
+from hwflow.db.etcd import Credentials, EtcdDriver
 from hwflow.db.etcd_server import EtcdCluster, ServerTls
 from hwflow.model import Chassis, DatabaseUnavailable, Network, Port, Subnet
 from hwflow.model.errors import AccessDenied, NotFound
@@ -248,6 +250,30 @@ def test_a_token_etcd_forgot_when_it_restarted_is_taken_again(secured: Secured) 
         secured.cluster.start()
         agent.put_chassis(Chassis(id="host-a", tunnel_ip="192.0.2.1", up=True))  # logged in again
         assert agent.get(Chassis, "host-a").tunnel_ip == "192.0.2.1"
+
+
+def test_a_chassis_fails_over_between_members_with_its_credential(tmp_path: Path) -> None:
+    """Three TLS members with auth: the member a chassis talks to stops, the next member takes its writes."""
+    ca = Authority(tmp_path, "trio")
+    server, client = ca.issue("server", server=True), ca.issue("client")
+    tls = ServerTls(str(ca.cert), str(server.cert), str(server.key), str(client.cert), str(client.key))
+    with EtcdCluster(3, tls=tls) as cluster:
+        files = Credentials(str(ca.cert), str(client.cert), str(client.key))
+        endpoints = [("127.0.0.1", m.client_port) for m in cluster.members]
+        with EtcdDriver(endpoints, tls=True, credentials=files) as root_driver:
+            accounts = {a.user: a.password for a in etcd_auth.setup(root_driver)}
+        with EtcdDriver(endpoints, tls=True, credentials=dataclasses.replace(files, username="root",
+                                                                              password=accounts["root"])) as root:
+            password = etcd_auth.add_chassis(root, "host-f").password
+        chassis = dataclasses.replace(files, username="host-f", password=password)
+        with NbApi(EtcdDriver(endpoints, tls=True, credentials=chassis)) as agent:
+            agent.put_chassis(Chassis(id="host-f", tunnel_ip="192.0.2.7", up=True))
+            cluster.stop(cluster.members[0])
+            agent.heartbeat("host-f", 30)
+            agent.put_chassis(Chassis(id="host-f", tunnel_ip="192.0.2.8", up=True))
+            assert agent.get(Chassis, "host-f").tunnel_ip == "192.0.2.8"
+            with pytest.raises(AccessDenied, match="permission denied"):
+                agent.create(Network(id="n-f", vni=4400))
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 60, log: Path | None = None) -> None:
