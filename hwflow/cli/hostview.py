@@ -4,17 +4,19 @@ The pipeline is what the agent of the chassis compiles (:func:`hwflow.agent.view
 selection, the same topology, the same apps and layout); the NIC is modelled, not asked: every local port a VF
 of one embedded switch with the capabilities of ``--profile`` (default: those the chassis's agent recorded for
 its first offload device, else the ``mlx5-connectx6dx`` profile), each tunnel type the chassis terminates a
-tunnel device on that switch when the NIC can encapsulate or decapsulate it, and planned by the agent's
-partitioner with the ``[offload]`` options of the configuration given. Provider uplinks are left out (which
-physical network a host maps to its NIC's uplink is in that host's configuration, not the database): paths to
-and from them show as software.
+tunnel device on that switch when the NIC can encapsulate or decapsulate it, each provider uplink named
+(a physical network the host maps to its NIC's uplink representor: host configuration, ``[agent]
+bridge_mappings``, not the database) on that switch too, and planned by the agent's partitioner with the
+``[offload]`` options of the configuration given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
+from hwflow import conf as hwconf
 from hwflow.agent import view
 from hwflow.apps.compiler import Compiler, layout_path
 from hwflow.cli.common import CliError
@@ -92,8 +94,23 @@ def capabilities_of(record: Chassis | None, profile: str | None) -> tuple[Capabi
         raise CliError(str(exc)) from None
 
 
-def hardware(host: HostView, conf: Any, profile: str | None) -> Hardware:
-    """The plan the agent of the chassis would make on a NIC of these capabilities."""
+def uplinks_of(conf: Any, named: Iterable[str] | None) -> list[str]:
+    """The physical networks whose uplink the NIC carries: those ``named`` (``--uplink``), else those the
+    configuration's ``[agent] bridge_mappings`` maps (the host's own, when given its config file)."""
+    if named is not None:
+        physnets = [name.strip() for name in named]
+        if not all(physnets):
+            raise CliError("--uplink needs a physical network name (as a network's physical_network)")
+        return physnets
+    try:
+        return sorted(hwconf.bridge_mappings(conf.agent.bridge_mappings))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def hardware(host: HostView, conf: Any, profile: str | None, uplinks: Iterable[str] = ()) -> Hardware:
+    """The plan the agent of the chassis would make on a NIC of these capabilities, carrying the uplinks of
+    these physical networks."""
     caps, source = capabilities_of(host.record, profile)
     offload = {p.unique_key: PortOffload(p.unique_key, SWITCH, caps) for p in host.topo.local_ports()}
     types = host.record.tunnel_types if host.record is not None else list(ir.TUNNEL_PORTS)
@@ -101,6 +118,9 @@ def hardware(host: HostView, conf: Any, profile: str | None) -> Hardware:
         if kind in ir.TUNNEL_PORTS and (caps.can_encap(kind) or caps.can_decap(kind)):
             key = ir.TUNNEL_PORTS[kind]
             offload[key] = PortOffload(key, SWITCH, caps)
+    for physnet in uplinks:
+        key = ir.physnet_port(physnet)
+        offload[key] = PortOffload(key, SWITCH, caps)
     ethertypes = tuple(ir.ETH_TYPES_BY_NAME[name] for name in conf.offload.ethertypes)
     enabled = bool(conf.offload.enabled)
     plan = Partitioner(host.compiler.layout.joins()).plan(host.pipeline, offload, ethertypes, {}) if enabled \

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace, conf: Any) -> int:
         if args.layout:
             conf.set_override("layout", args.layout, group="apps")
         host = hostview.load(conf, args.chassis)
-        hw = hostview.hardware(host, conf, args.profile)
+        hw = hostview.hardware(host, conf, args.profile, hostview.uplinks_of(conf, None))
         shares = nic_walk.table_shares(host.pipeline, hw.plan, sorted(hw.offload), hw.capabilities.chain_miss)
         print(coloured_dot(layout, shares, f"chassis {args.chassis}, NIC: {hw.source}"), end="")
     elif args.dot:

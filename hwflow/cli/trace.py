@@ -9,7 +9,7 @@ from hwflow.cli import hostview
 from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.db.api import NbApi
-from hwflow.model.objects import Port, RouterPort
+from hwflow.model.objects import Network, Port, RouterPort
 from hwflow.offload import nic_walk
 from hwflow.offload.partition import HwRule
 from hwflow.pipeline import interpreter, ir
@@ -55,14 +55,16 @@ liveness lease are left out as the agent leaves them (nothing tunnels to them).
 --hardware plans that pipeline as the agent does: every local port a VF of one
 NIC with the capabilities of --profile (default: those the chassis's agent
 recorded, else mlx5-connectx6dx), the chassis's tunnel types on it when the NIC
-can encapsulate them, the [offload] options of the configuration; provider
-uplinks are not modelled. The packet then goes through the plan's rules as tc
+can encapsulate them, the uplink of each physical network of --uplink on it
+(default: those [agent] bridge_mappings of the --config-file given maps: give
+the host's own config), the [offload] options of the configuration. The packet then goes through the plan's rules as tc
 takes them: first rule of the chain that matches, gotos followed, pass or a
 miss in chain 0 to software.
 
 examples:
   hwflow trace --chassis demo --port vm1 --packet ipv4_dst=10.0.0.2
   hwflow trace --chassis demo --port vm1 --packet ipv4_dst=10.1.0.5 --hardware --profile sim-basic
+  hwflow trace --chassis demo --port vm1 --packet ipv4_dst=203.0.113.9 --hardware --uplink physnet1
 """
 
 
@@ -83,10 +85,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", metavar="NAME",
                         help="with --hardware: the NIC's capability profile (name or JSON file; default: what the "
                         f"chassis's agent recorded, else {hostview.DEFAULT_PROFILE})")
+    parser.add_argument("--uplink", metavar="PHYSNET", action="append",
+                        help="with --hardware: a physical network whose uplink is a representor of the NIC (as the "
+                        "host's [agent] bridge_mappings maps it; may be repeated; default: the config's mappings)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, conf: Any) -> int:
+    uplinks = hostview.uplinks_of(conf, args.uplink)
     host = hostview.load(conf, args.chassis)
     with NbApi.from_url(conf.database.url, conf) as nb:
         port = nb.find(Port, args.port)
@@ -102,10 +108,12 @@ def run(args: argparse.Namespace, conf: Any) -> int:
         raise CliError(f"--packet: {exc}") from None
     names = {p.unique_key: p.name or p.id for p in ports.values()}
     names.update({key: f"{kind}-tunnel" for kind, key in ir.TUNNEL_PORTS.items()})
+    physnets = {o.physical_network for o in host.objects if isinstance(o, Network) and o.physical_network}
+    names.update({ir.physnet_port(physnet): f"{physnet}-uplink" for physnet in physnets | set(uplinks)})
     hardware = None
     if args.hardware:
-        hardware = _hardware(hostview.hardware(host, conf, args.profile), {"in_port": port.unique_key, **packet},
-                             pipeline, names)
+        hardware = _hardware(hostview.hardware(host, conf, args.profile, uplinks),
+                             {"in_port": port.unique_key, **packet}, pipeline, names)
     verdict = interpreter.run(pipeline, {"in_port": port.unique_key, **packet})
     report = render(verdict, pipeline, names)
     for step in report["steps"]:  # an ir.Owner is a (kind, id) tuple: its "kind:id" text for people and JSON

@@ -260,6 +260,52 @@ def test_hardware_text_output_puts_the_nic_first(routed, capsys):
     assert any(line.startswith("software (OVS)") for line in lines)
 
 
+@pytest.fixture
+def provider(tmp_path) -> str:
+    """vm1 on h1 and vm2 on h2, on VLAN 100 of physical network "public": between them packets leave by the
+    uplink, tagged."""
+    url = f"sqlite:///{tmp_path}/nb.sqlite"
+    write(url, [Chassis(name="h1", tunnel_ip="192.0.2.1", tunnel_types=["vxlan"]),
+                Chassis(name="h2", tunnel_ip="192.0.2.2", tunnel_types=["vxlan"]),
+                Network(id="pub", name="pub", network_type="vlan", physical_network="public", vlan_id=100),
+                Subnet(id="psub", name="psub", network_id="pub", cidr="203.0.113.0/24"),
+                Port(id="vm1", name="vm1", network_id="pub", mac="fa:16:3e:00:00:05", ips=["203.0.113.5"],
+                     chassis="h1"),
+                Port(id="vm2", name="vm2", network_id="pub", mac="fa:16:3e:00:00:06", ips=["203.0.113.6"],
+                     chassis="h2")], {"h1", "h2"})
+    return url
+
+
+def test_hardware_with_an_uplink_pushes_the_vlan_and_redirects_to_it(provider, capsys):
+    """A provider network's packet to another chassis: with its physical network's uplink on the NIC, the NIC
+    rule that takes it pushes the network's VLAN and redirects to the uplink, as software would send it."""
+    report = trace(provider, capsys, "--port", "vm1", "--packet", "ipv4_dst=203.0.113.6", "--hardware",
+                   "--profile", "mlx5-connectx6dx", "--uplink", "public")
+    [out] = report["outputs"]
+    assert out["port"] == "public-uplink" and out["packet"]["vlan_vid"] == 100
+    hw = report["hardware"]
+    assert hw["verdict"] == "redirect to public-uplink after push_vlan:100" and hw["reason"] is None, hw
+    assert hw["rules"][-1]["actions"][-2:] == ["push_vlan:100", "redirect:public-uplink"]
+    assert hw["packet"] == out["packet"]
+
+
+def test_hardware_without_the_uplink_says_software_and_the_config_maps_it(provider, capsys, tmp_path):
+    """Without --uplink the config's [agent] bridge_mappings says which uplinks the NIC carries: none (the
+    default), and the packet is software's; the host's config mapping public, and it is the NIC's again."""
+    hw = trace(provider, capsys, "--port", "vm1", "--packet", "ipv4_dst=203.0.113.6", "--hardware")["hardware"]
+    assert not hw["verdict"].startswith("redirect") and hw["reason"], hw
+    config = tmp_path / "agent.conf"
+    config.write_text("[agent]\nbridge_mappings = public:eth1\n")
+    hw = trace(provider, capsys, "--config-file", str(config), "--port", "vm1", "--packet",
+               "ipv4_dst=203.0.113.6", "--hardware")["hardware"]
+    assert hw["verdict"] == "redirect to public-uplink after push_vlan:100", hw
+    capsys.readouterr()
+    assert main(["trace", "--chassis", "h1", "--database", provider, "--port", "vm1", "--packet",
+                 "ipv4_dst=203.0.113.6", "--hardware", "--uplink", " "]) == 1
+    assert capsys.readouterr().err.strip().endswith("--uplink needs a physical network name (as a network's "
+                                                    "physical_network)")
+
+
 def test_help_documents_the_hardware_keys(capsys):
     with pytest.raises(SystemExit):
         main(["trace", "--help"])
