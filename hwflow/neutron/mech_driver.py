@@ -58,6 +58,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
         cfg.CONF.register_opts(OPTS, group="hwflow")
         for resource, event, callback in (
             (resources.SECURITY_GROUP, events.PRECOMMIT_CREATE, self._check_security_group),
+            (resources.SECURITY_GROUP, events.PRECOMMIT_UPDATE, self._check_security_group),
             (resources.SECURITY_GROUP, events.AFTER_CREATE, self._security_group_written),
             (resources.SECURITY_GROUP, events.AFTER_UPDATE, self._security_group_written),
             (resources.SECURITY_GROUP, events.AFTER_DELETE, self._security_group_deleted),

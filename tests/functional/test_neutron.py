@@ -2,12 +2,14 @@
 database, translated, and leaves it when deleted.
 
 The server is Neutron 29's API under uWSGI with hwflow's ML2 mechanism driver (tests/functional/
-neutron_server.py), driven with openstacksdk as a user would; each step reads hwflow's database back
-through NbApi. Writes happen in Neutron's postcommit, before the API answers, so there is nothing to wait for.
+neutron_server.py), driven with openstacksdk as a user would; each step reads hwflow's database (an sqlite
+file, then a real etcd) back through NbApi. Writes happen in Neutron's postcommit, before the API answers,
+so there is nothing to wait for.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +19,7 @@ openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is n
 from neutron_server import PHYSNET, NeutronServer  # noqa: E402
 
 from hwflow.db.api import NbApi  # noqa: E402
+from hwflow.db.etcd_server import EtcdCluster  # noqa: E402
 from hwflow.model.errors import NotFound  # noqa: E402
 from hwflow.model.objects import (  # noqa: E402
     Chassis,
@@ -32,21 +35,25 @@ pytestmark = pytest.mark.functional
 HOST, CHASSIS = "compute-1", "chassis-1"  # a binding host and the chassis its agent registered
 
 
-@pytest.fixture(scope="module")
-def neutron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openstack.connection.Connection, NbApi]]:
-    """A running Neutron server writing a fresh hwflow database, a client for it, and that database."""
+@pytest.fixture(scope="module", params=["sqlite", "etcd"])
+def neutron(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openstack.connection.Connection, NbApi]]:
+    """A running Neutron server writing a fresh hwflow database (an sqlite file, or a real etcd), a client
+    for it, and that database."""
     workdir = tmp_path_factory.mktemp("neutron")
-    database = f"sqlite:///{workdir / 'hwflow.sqlite'}"
-    server = NeutronServer(workdir, database)
-    with NbApi.from_url(database) as nb:
+    with contextlib.ExitStack() as stack:
+        if request.param == "etcd":
+            database = stack.enter_context(EtcdCluster(1)).url
+        else:
+            database = f"sqlite:///{workdir / 'hwflow.sqlite'}"
+        nb = stack.enter_context(NbApi.from_url(database))
         nb.put_chassis(Chassis(id=CHASSIS, hostname=HOST, tunnel_ip="192.0.2.1"))
-        try:
-            server.start()
-            conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
-                                                   network_endpoint_override=server.url)
-            yield conn, nb
-        finally:
-            server.stop()
+        server = NeutronServer(workdir, database)
+        stack.callback(server.stop)
+        server.start()
+        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                               network_endpoint_override=server.url)
+        yield conn, nb
 
 
 def stored(nb: NbApi, kind: type, ident: str):
@@ -136,6 +143,9 @@ def test_security_group_and_rules(neutron) -> None:
     group = conn.network.create_security_group(name="ssh", description="ssh from the lab")
     assert (nb.get(SecurityGroup, group.id).name, nb.get(SecurityGroup, group.id).description) == (
         "ssh", "ssh from the lab")
+    group = conn.network.update_security_group(group, name="ssh-in", description="ssh from anywhere")
+    assert (nb.get(SecurityGroup, group.id).name, nb.get(SecurityGroup, group.id).description) == (
+        "ssh-in", "ssh from anywhere")
     rule = conn.network.create_security_group_rule(
         security_group_id=group.id, direction="ingress", ethertype="IPv4", protocol="tcp",
         port_range_min=22, port_range_max=22, remote_ip_prefix="10.9.8.7/8")
@@ -169,6 +179,9 @@ def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
 
     group = conn.network.create_security_group(name="dccp")
     try:
+        with pytest.raises(openstack.exceptions.ConflictException, match="description .* must be at most 255"):
+            conn.network.update_security_group(group, description="tab\there")
+        assert nb.get(SecurityGroup, group.id).description == ""
         with pytest.raises(openstack.exceptions.ConflictException, match="port range on protocol 33"):
             conn.network.create_security_group_rule(security_group_id=group.id, direction="ingress",
                                                     ethertype="IPv4", protocol="dccp",
