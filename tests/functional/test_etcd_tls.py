@@ -62,7 +62,7 @@ class Secured:
         path.chmod(0o600)
         return path
 
-    def hwflow(self, *argv: str) -> dict[str, Any]:
+    def hwflow(self, *argv: str) -> Any:
         """``hwflow ARGV --format json``, its JSON answer (the command must succeed)."""
         done = subprocess.run([sys.executable, "-m", "hwflow.cli.main", *argv, "--format", "json"],
                               capture_output=True, text=True, timeout=120)
@@ -203,6 +203,8 @@ def test_the_admin_writes_the_logical_network(secured: Secured) -> None:
         port = admin.create(Port(id="admin-port", network_id=net.id, mac="fa:16:3e:00:0a:01", ips=["10.10.0.5"]))
         admin.update(Port(**{**port.to_dict(), "chassis": "host-a"}))
         assert admin.get(Port, "admin-port").chassis == "host-a"
+        listed = secured.hwflow("nb", "port", "list", "--config-file", str(secured.conf("hwflow-admin")))
+        assert "admin-port" in [p["id"] for p in listed]  # the CLI over TLS with the admin's user
         admin.delete(Network, net.id, cascade=True)
         assert not stored(admin, Network, "admin-net")
 
