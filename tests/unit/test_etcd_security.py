@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hwflow.cli.main import main
 from hwflow.conf import new_conf
 from hwflow.db import NbApi
 from hwflow.db.etcd import Credentials, EtcdDriver, b64, parse_url, refusal, tls_refusal
@@ -200,3 +201,19 @@ def test_registering_a_chassis_writes_its_record_and_nothing_every_chassis_share
         assert ("chassis", "host-a") in written <= {("chassis", "host-a"), ("_alive", "host-a")}  # SQLite's mark
         assert api.alive_chassis() == {"host-a"}  # is no watched record
         assert api.create(Network(id="n1", vni=7)).unique_key == 1  # other kinds are numbered as before
+
+
+# --- hwflow db auth, where no etcd is needed to refuse -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["setup", "--database", "sqlite:///{tmp}/nb.sqlite"],
+     "hwflow db: users and roles are etcd's: give --database etcd://HOST:PORT or etcds://HOST:PORT"),
+    (["add-chassis", "a/b", "--database", "etcd://127.0.0.1:1"],
+     "hwflow db: chassis name 'a/b' cannot be an etcd user: give the agent's [agent] chassis_name"),
+    (["add-chassis", "", "--database", "etcd://127.0.0.1:1"], "hwflow db: chassis name '' cannot be an etcd user"),
+])
+def test_db_auth_refuses_in_one_line(tmp_path, capsys, argv, message):
+    assert main(["db", "auth", *(a.format(tmp=tmp_path) for a in argv)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
