@@ -88,7 +88,8 @@ def setup(driver: EtcdDriver) -> list[Account]:
 
 
 def add_chassis(driver: EtcdDriver, chassis: str) -> Account:
-    """The user ``chassis`` with a new password and the role granting exactly its keys (made again if there)."""
+    """The user ``chassis`` with a new password and only the role granting exactly its keys (made again if
+    there: grants and roles beyond those are taken away)."""
     if not chassis or not chassis.isprintable() or "/" in chassis:
         raise ValidationError(f"chassis name {shown(chassis)} cannot be an etcd user: give the agent's [agent] "
                               "chassis_name (printable, no '/')")
@@ -106,6 +107,9 @@ def _account(driver: EtcdDriver, user: str, role: str, grants: list[Grant], repl
     for grant in grants:
         driver.request("/auth/role/grant", {"name": role, "perm": grant.perm()})
     driver.request("/auth/user/grant", {"user": user, "role": role})
+    for other in driver.request("/auth/user/get", {"name": user}).get("roles", []):
+        if other != role:  # a user with another role (granted by hand) may do more than its own: not any more
+            driver.request("/auth/user/revoke", {"name": user, "role": other})
     return Account(user, role, grants, password)
 
 

@@ -29,7 +29,7 @@ from tls_pki import Authority, Pair
 
 from hwflow.conf import new_conf
 from hwflow.db import NbApi, etcd_auth
-from hwflow.db.etcd import Credentials, EtcdDriver
+from hwflow.db.etcd import Credentials, EtcdDriver, b64
 from hwflow.db.etcd_server import EtcdCluster, ServerTls
 from hwflow.model import Chassis, DatabaseUnavailable, Network, Port, Subnet
 from hwflow.model.errors import AccessDenied, NotFound
@@ -131,8 +131,17 @@ def test_add_chassis_grants_exactly_its_own_two_keys(secured: Secured) -> None:
     with secured.api("root") as root:  # as etcd holds it
         perms = root.driver.request("/auth/role/get", {"role": "hwflow-chassis-host-c"})["perm"]
     assert len(perms) == 3
+    with secured.api("root") as root:  # more than its own, by hand: a role, and a grant on its role
+        root.driver.request("/auth/user/grant", {"user": "host-c", "role": "hwflow-admin"})
+        root.driver.request("/auth/role/grant", {"name": "hwflow-chassis-host-c", "perm": {
+            "permType": "READWRITE", "key": b64("/hwflow/network/"), "range_end": b64("/hwflow/network0")}})
     old = secured.passwords["host-c"]
-    secured.add_chassis("host-c")  # again: a new password, the old one refused
+    secured.add_chassis("host-c")  # again: a new password, the old one refused, the extras gone
+    with secured.api("root") as root:
+        assert root.driver.request("/auth/user/get", {"name": "host-c"})["roles"] == ["hwflow-chassis-host-c"]
+        assert len(root.driver.request("/auth/role/get", {"role": "hwflow-chassis-host-c"})["perm"]) == 3
+    with secured.api("host-c") as agent, pytest.raises(AccessDenied, match="permission denied"):
+        agent.create(Network(id="by-host-c", vni=4500))
     with secured.api("host-c", password=old) as stale, \
             pytest.raises(AccessDenied, match=r"refused user 'host-c': wrong username or password"):
         stale.list(Network)
