@@ -3,7 +3,9 @@
 Only this package imports Neutron; it is installed with the ``neutron`` extra (``pip install
 'hwflow[neutron]'``) and the agent never imports it. Point a Neutron server at hwflow with, in its
 configuration, ``[ml2] mechanism_drivers = hwflow``, ``extension_drivers = port_security`` and
-``[hwflow] database = <the agents' [database] url>``.
+``[hwflow] database = <the agents' [database] url>``; for an etcd closed to strangers (doc/security.rst)
+``[hwflow]`` also takes ``[database]``'s ca_file, cert_file, key_file, username and password (an
+operator's user, e.g. hwflow-admin: Neutron writes the whole logical network).
 
 What exists:
 
@@ -30,7 +32,6 @@ What is left (issue 17): the L3 service plugin (routers, interfaces, gateways, f
 binding (``bind_port`` for vnic_type normal and direct to a registered chassis, failing with a reason
 for a host without an agent) and port status ACTIVE reported back by the agent; a journal or revision
 check so a failed write, a server restart or two servers cannot leave the databases apart, and
-``hwflow neutron-sync``; etcd with TLS or auth from Neutron's configuration (only the URL is read);
-the end-to-end test where a VM on a bound port gets DHCP and pings across a router; the README's
-OpenStack section.
+``hwflow neutron-sync``; the end-to-end test where a VM on a bound port gets DHCP and pings across a
+router; the README's OpenStack section then says how to run all of it.
 """

@@ -24,6 +24,7 @@ from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 from oslo_log import log
 
+from hwflow import conf as hwflow_conf
 from hwflow.db.api import Create, NbApi, Update, Write
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
@@ -31,14 +32,27 @@ from hwflow.neutron import translate
 
 LOG = log.getLogger(__name__)
 
+# hwflow's own [database] options for an etcd with TLS and auth (doc/security.rst), under [hwflow] in Neutron's
+# configuration, beside the URL.
+CREDENTIALS = ("ca_file", "cert_file", "key_file", "username", "password")
 OPTS = [
     cfg.StrOpt(
         "database",
         default="sqlite:////var/lib/hwflow/nb.sqlite",
         help="hwflow's NB database, as the agents' [database] url: sqlite:///PATH for the embedded database "
-        "on this host, etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster.",
+        "on this host, etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster, etcds://... for one over TLS.",
     ),
+    *(opt for opt in hwflow_conf.database_opts if opt.name in CREDENTIALS),
 ]
+
+
+def hwflow_database_conf(neutron: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    """hwflow's configuration with the [database] credentials Neutron's [hwflow] gives: what NbApi's
+    drivers read them from."""
+    conf = hwflow_conf.new_conf()
+    for name in CREDENTIALS:
+        conf.set_override(name, neutron.hwflow[name], group="database")
+    return conf
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
@@ -71,7 +85,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
     @functools.cached_property
     def nb(self) -> NbApi:
         """Opened at first use, in the process that serves requests (a WSGI server may load, then fork)."""
-        return NbApi.from_url(cfg.CONF.hwflow.database)
+        return NbApi.from_url(cfg.CONF.hwflow.database, hwflow_database_conf(cfg.CONF))
 
     # Writing
 

@@ -4,6 +4,7 @@ It is configured to need nothing else: a sqlite database, ``auth_strategy = noau
 an admin of ``fake_project_id``), oslo.messaging's ``fake://`` transport (no broker; no RPC workers, since
 no Neutron agent talks to it), and ML2 with hwflow's mechanism driver writing the hwflow database given,
 over the vxlan, vlan and flat type drivers (physical network ``physnet1``).
+The uWSGI master is SIGTERMed by its PID at ``stop``, and dies with the test process if that is killed.
 
 Neutron's alembic migrations do not run on sqlite, so its schema is made the way Neutron's own unit tests
 make theirs (neutron_lib's SqlFixture): every model imported, then its metadata's ``create_all``. That runs
@@ -19,6 +20,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from hwflow.db.etcd_server import _die_with_parent, free_port
@@ -56,7 +58,7 @@ network_vlan_ranges = {physnet}:{vlan[0]}:{vlan[1]}
 [ml2_type_flat]
 flat_networks = {physnet}
 [hwflow]
-database = {hwflow_database}
+{hwflow}
 """
 
 
@@ -95,9 +97,11 @@ def create_schema(url: str) -> None:
 class NeutronServer:
     """Neutron's API on a free port of 127.0.0.1 with its state in ``workdir``; ``start``, then ``stop``."""
 
-    def __init__(self, workdir: Path, hwflow_database: str) -> None:
+    def __init__(self, workdir: Path, hwflow: Mapping[str, str]) -> None:
+        """``hwflow`` is the [hwflow] section: the database URL and, for an etcd closed to strangers, the
+        credentials (ca_file, cert_file, key_file, username, password)."""
         self.workdir = workdir
-        self.hwflow_database = hwflow_database
+        self.hwflow = hwflow
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = workdir / "neutron-api.log"
         self.proc: subprocess.Popen | None = None
@@ -110,7 +114,7 @@ class NeutronServer:
         assert paste.exists(), f"{paste} is missing: install hwflow's neutron extra (pip install -e '.[neutron]')"
         (self.workdir / "neutron.conf").write_text(CONFIG.format(
             paste=paste, state=state, vni=VNI_RANGE, vlan=VLAN_RANGE, physnet=PHYSNET,
-            hwflow_database=self.hwflow_database))
+            hwflow="\n".join(f"{name} = {value}" for name, value in self.hwflow.items())))
         subprocess.run([sys.executable, __file__, f"sqlite:///{state}/neutron.sqlite"], check=True, timeout=300)
         uwsgi = Path(sys.executable).parent / "uwsgi"
         command = [str(uwsgi), "--http-socket", self.url.removeprefix("http://"),

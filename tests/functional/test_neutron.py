@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is not installed (pip install -e "
                                 "'.[test,neutron]'; tools/dev.sh setup installs it)")
 from neutron_server import PHYSNET, NeutronServer  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+from tls_pki import Authority  # noqa: E402
 
+from hwflow import conf as hwflow_conf  # noqa: E402
+from hwflow.db import etcd_auth  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
-from hwflow.db.etcd_server import EtcdCluster  # noqa: E402
+from hwflow.db.etcd import EtcdDriver  # noqa: E402
+from hwflow.db.etcd_server import EtcdCluster, ServerTls  # noqa: E402
 from hwflow.model.errors import NotFound  # noqa: E402
 from hwflow.model.objects import (  # noqa: E402
     Chassis,
@@ -29,31 +35,64 @@ from hwflow.model.objects import (  # noqa: E402
     SecurityGroupRule,
     Subnet,
 )
+from hwflow.neutron.mech_driver import OPTS, hwflow_database_conf  # noqa: E402
 
 pytestmark = pytest.mark.functional
 
 HOST, CHASSIS = "compute-1", "chassis-1"  # a binding host and the chassis its agent registered
 
 
-@pytest.fixture(scope="module", params=["sqlite", "etcd"])
+def closed_etcd(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, dict[str, str]]:
+    """An etcd closed to strangers (doc/security.rst): TLS with client certificates of a CA made here, auth on
+    (``hwflow db auth setup``'s accounts). Its URL and the credentials of hwflow-admin, the operator's user
+    Neutron writes as."""
+    ca = Authority(workdir, "hwflow")
+    server, probe, client = ca.issue("server", server=True), ca.issue("probe"), ca.issue("neutron")
+    cluster = stack.enter_context(EtcdCluster(1, tls=ServerTls(str(ca.cert), str(server.cert), str(server.key),
+                                                               str(probe.cert), str(probe.key))))
+    files = {"ca_file": str(ca.cert), "cert_file": str(client.cert), "key_file": str(client.key)}
+    setup = hwflow_conf.new_conf()
+    for name, value in files.items():
+        setup.set_override(name, value, group="database")
+    with NbApi.from_url(cluster.url, setup) as root:
+        assert isinstance(root.driver, EtcdDriver)
+        accounts = {account.user: account for account in etcd_auth.setup(root.driver)}
+    return cluster.url, {**files, "username": etcd_auth.ADMIN, "password": accounts[etcd_auth.ADMIN].password}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "etcd", "etcd-closed"])
 def neutron(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openstack.connection.Connection, NbApi]]:
-    """A running Neutron server writing a fresh hwflow database (an sqlite file, or a real etcd), a client
-    for it, and that database."""
+    """A running Neutron server writing a fresh hwflow database (an sqlite file, a real etcd, or one with
+    TLS, client certificates and auth), a client for it, and that database as the same user sees it."""
     workdir = tmp_path_factory.mktemp("neutron")
     with contextlib.ExitStack() as stack:
-        if request.param == "etcd":
+        credentials: dict[str, str] = {}
+        if request.param == "etcd-closed":
+            database, credentials = closed_etcd(stack, workdir)
+        elif request.param == "etcd":
             database = stack.enter_context(EtcdCluster(1)).url
         else:
             database = f"sqlite:///{workdir / 'hwflow.sqlite'}"
-        nb = stack.enter_context(NbApi.from_url(database))
+        options = {"database": database, **credentials}
+        nb = stack.enter_context(NbApi.from_url(database, hwflow_database_conf(neutron_conf(options))))
         nb.put_chassis(Chassis(id=CHASSIS, hostname=HOST, tunnel_ip="192.0.2.1"))
-        server = NeutronServer(workdir, database)
+        server = NeutronServer(workdir, options)
         stack.callback(server.stop)
         server.start()
         conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
                                                network_endpoint_override=server.url)
         yield conn, nb
+
+
+def neutron_conf(options: dict[str, str]) -> cfg.ConfigOpts:
+    """Neutron's [hwflow] section as the driver registers and reads it."""
+    conf = cfg.ConfigOpts()
+    conf.register_opts(OPTS, group="hwflow")
+    conf([], default_config_files=[])
+    for name, value in options.items():
+        conf.set_override(name, value, group="hwflow")
+    return conf
 
 
 def stored(nb: NbApi, kind: type, ident: str):
