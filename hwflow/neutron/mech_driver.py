@@ -115,8 +115,11 @@ class HwflowMechanismDriver(api.MechanismDriver):
         name itself, which is the chassis name an agent takes by default (it binds when that agent comes)."""
         if not host:
             return ""
-        named = [c.id for c in self.nb.list(Chassis) if isinstance(c, Chassis) and host in (c.id, c.hostname)]
-        return named[0] if named else host
+        try:
+            return self.nb.get(Chassis, host).id  # one read: chassis are usually named after their host
+        except NotFound:
+            named = [c.id for c in self.nb.list(Chassis) if isinstance(c, Chassis) and c.hostname == host]
+            return named[0] if named else host
 
     # Networks
 

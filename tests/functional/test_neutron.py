@@ -143,6 +143,8 @@ def test_network_subnet_port_lifecycle(neutron) -> None:
     held = nb.get(Port, port.id)
     assert (held.name, held.ips, held.chassis) == ("vm-a2", ["10.1.0.42"], "compute-9")
     assert held.allowed_address_pairs == [{"ip_address": "10.1.0.128/25", "mac_address": port.mac_address}]
+    port = conn.network.update_port(port, binding_host_id=CHASSIS)  # a host that is its chassis's name
+    assert nb.get(Port, port.id).chassis == CHASSIS
 
     conn.network.update_port(port, security_group_ids=[], allowed_address_pairs=[], port_security_enabled=False)
     held = nb.get(Port, port.id)
