@@ -55,20 +55,26 @@ Choices the model leaves open:
   Dragonflow way: VMs of different routers may share addresses), and one
   zone, ``CHASSIS_SNAT_ZONE``, for per-chassis SNAT: every router on the
   host SNATs to the same external_ip, so a reply names no router until it
-  is un-SNATed. Routers SNATing on one chassis must not share inside
-  addresses (the reply goes to the first router, by key, that holds its
-  destination). All NAT zones are in 0x8000-0xffff; other apps keep below.
+  is un-SNATed, and then only its inside address says where it goes. Two
+  tenants' routers may hold the same inside subnet: the first router (by
+  key) SNATs it here, the other's network gets no SNAT on this chassis
+  (fails closed, logged; its FIPs still work), or one tenant's replies
+  would reach the other's VM holding the same address (:func:`_snat_legs`).
+  All NAT zones are in 0x8000-0xffff; other apps keep below.
 
 Owners: ``router_port:<id>`` (ARP or ND answer, router MAC), ``router:<id>``
-(routes, SNAT of its inside networks), ``port:<id>`` (a next hop on a routed
-or gateway network), ``floating_ip:<id>`` (a FIP of a local port),
-``snat:<network id>`` (this chassis's external_ip on an external network).
+(routes), ``port:<id>`` (a next hop on a routed or gateway network),
+``floating_ip:<id>`` (a FIP of a local port), ``snat:<network id>`` (this
+chassis's external_ip on an external network: the SNAT of the inside
+networks of the routers with their gateway there, which one router's
+change may take from another).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 from collections.abc import Iterator
 
 from hwflow.apps.base import (
@@ -90,6 +96,8 @@ from hwflow.model.objects import Chassis, FloatingIP, Network, Port, Router, Rou
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
 from hwflow.pipeline.topology import KIND_LOCAL, KIND_NETWORK, KIND_PORT, Change, Topology
+
+LOG = logging.getLogger(__name__)
 
 PRIO_HIT = 100
 PRIO_PASS = 110  # above an answer: what must not be answered
@@ -267,7 +275,6 @@ class L3App(App):
                     yield from route(ingress, cidr, ir.Move("ipv4_dst", nexthop), outward)
                 if gateway.next_hop:
                     yield from route(ingress, "0.0.0.0/0", ir.SetField(nexthop, ipv4_int(gateway.next_hop)), outward)
-        yield from self._snat_out(topo, layout, router, legs, gateway, owner)
 
     @staticmethod
     def _route(layout: AppLayout, owner: ir.Owner, ingress_net: int, cidr: str,
@@ -276,28 +283,14 @@ class L3App(App):
         match = ir.Match.of(metadata=ingress_net, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(cidr))
         return ir.Flow(layout.table("route"), PRIO_ROUTE + plen, match, actions, owner)
 
-    @staticmethod
-    def _snat_out(topo: Topology, layout: AppLayout, router: Router, legs: list[Leg], gateway: Gateway | None,
-                  owner: ir.Owner) -> Iterator[ir.Flow]:
-        """Per-chassis SNAT of the router's inside networks (the FIPs' own SNAT comes first)."""
-        external_ip = _external_ip(topo)
-        if gateway is None or not router.enable_snat or not external_ip:
-            return
-        nat = (ir.SetField("metadata", gateway.network), ir.SetField("eth_src", nat_mac(external_ip)),
-               ir.Conntrack(CHASSIS_SNAT_ZONE, commit=True, table=layout.table("next_hop"),
-                            nat=ir.Nat("snat", ipv4_int(external_ip))))
-        for network in sorted({leg.network for leg in legs}):
-            yield ir.Flow(layout.table("nat_out"), PRIO_HIT, ir.Match.of(metadata=network, eth_type=ir.ETH_TYPE_IPV4),
-                          nat, owner)
-
     def _chassis_snat(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
-        """This chassis's external_ip on an external network: ARP, and replies un-SNATed into the routers."""
+        """This chassis's external_ip on an external network: ARP, the SNAT of the inside networks of the routers
+        with their gateway there, and replies un-SNATed into them."""
         network_id = owner.id
         external_ip = _external_ip(topo)
         network: Network | None = topo.networks.get(network_id)
-        routers = [r for r in sorted(topo.of("router").values(), key=lambda r: (r.unique_key, r.id))
-                   if r.gateway_network_id == network_id and r.enable_snat and _gateway(topo, r)]
-        if not external_ip or network is None or not routers:
+        snatted = _snat_legs(topo, network_id)
+        if not external_ip or network is None or not snatted:
             return
         ext, mac = network.unique_key, nat_mac(external_ip)
         yield arp_answer(layout.table("arp"), PRIO_HIT, ext, external_ip, mac, owner)
@@ -307,16 +300,17 @@ class L3App(App):
         yield ir.Flow(layout.table("nat_in"), PRIO_HIT,
                       ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_int(external_ip)),
                       (ir.Conntrack(CHASSIS_SNAT_ZONE, table=layout.table("unsnat"), nat=ir.Nat()),), owner)
-        seen: set[tuple[int, int]] = set()
-        for router in routers:
-            for leg in _legs(topo, router):
-                if ipv4_prefix(leg.cidr) in seen:
-                    continue
-                seen.add(ipv4_prefix(leg.cidr))
-                plen = ipaddress.IPv4Network(leg.cidr).prefixlen
-                yield ir.Flow(layout.table("unsnat"), PRIO_ROUTE + plen,
-                              ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(leg.cidr)),
-                              (ir.Move("ipv4_dst", layout.reg("nexthop")), *_egress(layout, leg)), owner)
+        nat = (ir.SetField("metadata", ext), ir.SetField("eth_src", mac),
+               ir.Conntrack(CHASSIS_SNAT_ZONE, commit=True, table=layout.table("next_hop"),
+                            nat=ir.Nat("snat", ipv4_int(external_ip))))
+        for inside in sorted({leg.network for leg in snatted}):
+            yield ir.Flow(layout.table("nat_out"), PRIO_HIT, ir.Match.of(metadata=inside, eth_type=ir.ETH_TYPE_IPV4),
+                          nat, owner)
+        for leg in snatted:
+            plen = ipaddress.IPv4Network(leg.cidr).prefixlen
+            yield ir.Flow(layout.table("unsnat"), PRIO_ROUTE + plen,
+                          ir.Match.of(metadata=ext, eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=ipv4_prefix(leg.cidr)),
+                          (ir.Move("ipv4_dst", layout.reg("nexthop")), *_egress(layout, leg)), owner)
 
     def _floating_ip(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         """A local port's FIP: answered and DNATed on the external network, its traffic SNATed on the way out."""
@@ -388,6 +382,37 @@ def _gateway(topo: Topology, router: Router) -> Gateway | None:
                None)
     first = own or next((s for s in subnets if s.gateway_ip), subnets[0])
     return Gateway(network.unique_key, tuple(s.cidr for s in subnets), first.gateway_ip)
+
+
+def _snat_legs(topo: Topology, network_id: str) -> list[Leg]:
+    """The inside legs SNATed to this chassis's external_ip by the routers with their gateway on ``network_id``.
+
+    A reply to external_ip names no router until it is un-SNATed, and then only its inside address tells where it
+    goes: two routers with overlapping inside subnets (two tenants' 10.0.0.0/24) would send one's replies into the
+    other's network. So a router's inside network is SNATed only when none of its subnets overlaps one an earlier
+    router (by key) SNATs here; the later one fails closed (its VMs reach the outside by floating IPs only), logged.
+    """
+    routers = [r for r in sorted(topo.of("router").values(), key=lambda r: (r.unique_key, r.id))
+               if r.gateway_network_id == network_id and r.enable_snat and _gateway(topo, r)]
+    taken: list[tuple[ipaddress.IPv4Network, str]] = []
+    snatted: list[Leg] = []
+    for router in routers:
+        by_network: dict[int, list[Leg]] = {}
+        for leg in _legs(topo, router):
+            by_network.setdefault(leg.network, []).append(leg)
+        mine = []
+        for legs in by_network.values():
+            nets = [ipaddress.IPv4Network(leg.cidr) for leg in legs]
+            clash = next(((net, other) for net in nets for held, other in taken if net.overlaps(held)), None)
+            if clash is not None:
+                LOG.warning("router %s: inside subnet %s overlaps router %s's, which this chassis already SNATs to %s; "
+                            "its network gets no SNAT here (floating IPs still work)", router.id, clash[0], clash[1],
+                            _external_ip(topo))
+                continue
+            mine += [(net, router.id) for net in nets]
+            snatted += legs
+        taken += mine
+    return snatted
 
 
 def _gateway_networks(topo: Topology) -> set[str]:

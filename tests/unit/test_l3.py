@@ -296,7 +296,8 @@ def test_each_router_has_its_own_zone_and_chassis_snat_one_apart():
     assert zones == {l3.router_zone(nat_topology().get("router", "r")), l3.CHASSIS_SNAT_ZONE}
 
 
-EDITS = ["drop-fip", "add-fip", "unbind-vm1", "bind-vm1", "no-gateway", "gateway", "external-ip", "drop-upstream"]
+EDITS = ["drop-fip", "add-fip", "unbind-vm1", "bind-vm1", "no-gateway", "gateway", "external-ip", "drop-upstream",
+         "r2-gateway", "r2-first", "c-overlaps-a"]
 
 
 def nat_edit(topo: Topology, edit: str) -> list:
@@ -311,6 +312,12 @@ def nat_edit(topo: Topology, edit: str) -> list:
         return topo.apply("router", "r", nat_topology(gateway=edit == "gateway").get("router", "r"))
     if edit == "external-ip":
         return topo.apply("chassis", "h", Chassis(id="h", tunnel_ip="192.0.2.1", external_ip="198.51.100.11"))
+    if edit in ("r2-gateway", "r2-first"):  # another tenant's router SNATs here too; "first": it has the lower key
+        return topo.apply("router", "r2", Router(id="r2", name="r2", unique_key=0 if edit == "r2-first" else 2,
+                                                 gateway_network_id="ext", gateway_ip="198.51.100.3"))
+    if edit == "c-overlaps-a":  # r2's inside subnet is r's: only one of them may SNAT it (l3._snat_legs)
+        return topo.apply("subnet", "sc", Subnet(id="sc", name="sc", network_id="c", cidr="10.0.0.0/24",
+                                                 gateway_ip="10.0.0.1"))
     if edit == "drop-upstream" and topo.get("port", "upstream"):
         return topo.apply("port", "upstream", None) + topo.set_local("upstream", False)
     return []
