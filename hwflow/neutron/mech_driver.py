@@ -35,14 +35,15 @@ LOG = log.getLogger(__name__)
 # hwflow's own [database] options for an etcd with TLS and auth (doc/security.rst), under [hwflow] in Neutron's
 # configuration, beside the URL.
 CREDENTIALS = ("ca_file", "cert_file", "key_file", "username", "password")
+_DATABASE_OPTS = {opt.name: opt for opt in hwflow_conf.database_opts}
 OPTS = [
     cfg.StrOpt(
         "database",
-        default="sqlite:////var/lib/hwflow/nb.sqlite",
+        default=_DATABASE_OPTS["url"].default,
         help="hwflow's NB database, as the agents' [database] url: sqlite:///PATH for the embedded database "
         "on this host, etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster, etcds://... for one over TLS.",
     ),
-    *(opt for opt in hwflow_conf.database_opts if opt.name in CREDENTIALS),
+    *(_DATABASE_OPTS[name] for name in CREDENTIALS),
 ]
 
 
@@ -53,11 +54,6 @@ def hwflow_database_conf(neutron: cfg.ConfigOpts) -> cfg.ConfigOpts:
     for name in CREDENTIALS:
         conf.set_override(name, neutron.hwflow[name], group="database")
     return conf
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """The options this driver reads from Neutron's configuration, for oslo-config-generator."""
-    return [("hwflow", OPTS)]
 
 
 def _refused(what: str, exc: ValidationError) -> n_exc.InvalidInput:
