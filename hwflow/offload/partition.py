@@ -9,7 +9,11 @@ How the proof goes: for each local port and each offloadable ethertype the
 pipeline is walked *symbolically*. A region is a conjunction of masked
 constraints on header fields; pipeline-internal fields (``in_port``,
 ``metadata``) are known constants along a path. At each table, flows are
-taken in priority order: a flow that cannot match the region is skipped, one
+taken in priority order (less those a later flow makes redundant, which
+would only lead where it does: :func:`hwflow.pipeline.ir.essential_flows`;
+one path instead of nine for every destination's IPv6 packets through an
+ingress stage's neighbour discovery bypasses, and no pass rule for the
+software paths the bypasses made): a flow that cannot match the region is skipped, one
 that matches all of it wins outright, and one that matches part of it wins
 on the refined region (region AND its match) and the walk goes on with the
 lower flows over the whole region. Every path ends in a *leaf* (a region and
@@ -123,7 +127,6 @@ TUNNEL_FIELDS = frozenset({"tun_id", "tun_dst"})  # what an encapsulating output
 TTL_EXPIRES = (0, 0xFE)  # ip_ttl 0 or 1: a decrement would reach zero
 # IR field -> the name a NIC's capabilities use for it, where they differ (flower's enc_* keys).
 CAPABILITY_FIELD = {"tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst"}
-CT_EXCLUSIVE = ir.CT_NEW | ir.CT_EST | ir.CT_REL | ir.CT_INV  # conntrack gives a tracked packet one of these
 CT_STATE_NAMES = {ir.CT_NEW: "new", ir.CT_EST: "est", ir.CT_REL: "rel", ir.CT_RPL: "rpl", ir.CT_INV: "inv",
                   ir.CT_TRK: "trk"}
 
@@ -497,8 +500,9 @@ def _within(inner: tuple[tuple[str, int, int], ...], outer: tuple[tuple[str, int
     return True
 
 
-@dataclasses.dataclass(frozen=True)
-class _Walk:
+class _Walk(NamedTuple):
+    """What one walk carries unchanged down every path (a named tuple: a segment's walk makes its own copy)."""
+
     joins: frozenset[int]
     doomed: Doom | None
     deps: Deps | None = None
@@ -511,7 +515,7 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
     if depth > 64:
         raise RuntimeError("pipeline loops: more than 64 tables on one path")
     exact = _exact(pipeline.index_fields(table), region, path.known, path.dirty)
-    fields, values, flows = pipeline.lookup(table, exact)
+    fields, values, flows = pipeline.lookup(table, exact, essential=True)
     if how.deps is not None:
         _note(how.deps, (table, fields, values), tuple(exact.items()))
     held: list | None = None  # a doomed refinement's leaf: [widened region, the regions it stands for, why, owner]
@@ -579,7 +583,7 @@ def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) ->
     segment = memo.reuse(flow)
     if segment is None:
         deps: Deps = {}
-        leaves = tuple(_run(pipeline, flow, region, path, dataclasses.replace(how, deps=deps), 0))
+        leaves = tuple(_run(pipeline, flow, region, path, how._replace(deps=deps), 0))
         segment = memo.now[id(flow)] = Segment(flow, leaves, deps)
     if how.deps is not None:
         for dep, known in segment.deps.items():
@@ -803,23 +807,7 @@ def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) 
 
 def _overlaps(a: ir.Match, b: ir.Match, ignore: frozenset[str] = frozenset()) -> bool:
     """Whether some packet matches both (a tracked packet is exactly one of new, est, rel and inv)."""
-    return not _disjoint(a.fields, b.as_dict(), ignore)
-
-
-def _disjoint(terms: Sequence[ir.FieldMatch], theirs: Mapping[str, ir.FieldMatch],
-              ignore: frozenset[str] = frozenset()) -> bool:
-    """:func:`_overlaps` negated, for a match already turned into a dict (the overlap index keeps them so)."""
-    for term in terms:
-        other = theirs.get(term.field)
-        if other is None or term.field in ignore:
-            continue
-        if (term.value ^ other.value) & term.mask & other.mask:
-            return True
-        if term.field == "ct_state":
-            mine, its = term.value & term.mask & CT_EXCLUSIVE, other.value & other.mask & CT_EXCLUSIVE
-            if mine and its and mine != its:
-                return True
-    return False
+    return not ir.disjoint(a.fields, b.as_dict(), ignore)
 
 
 def _unicast_only(leaf: Leaf) -> bool:
@@ -1067,7 +1055,7 @@ class _Rules:
                     continue
                 for entries in (by_ip.values() if ip is None else (by_ip.get(ip), by_ip.get(None))):
                     if entries:
-                        found.extend(item for item, theirs in entries if not _disjoint(match, theirs))
+                        found.extend(item for item, theirs in entries if not ir.disjoint(match, theirs))
         if len(found) > 1:
             found.sort(key=_position)
         return found

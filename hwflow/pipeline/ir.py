@@ -78,6 +78,7 @@ CT_INV = 0x10
 CT_TRK = 0x20
 CT_SNAT = 0x40  # this packet's source was translated by NAT (OVS's +snat)
 CT_DNAT = 0x80  # ... its destination (+dnat; a reply to an SNATed connection gets this one)
+CT_EXCLUSIVE = CT_NEW | CT_EST | CT_REL | CT_INV  # conntrack gives a tracked packet exactly one of these
 
 # Fields that live only inside the pipeline: zero when a packet enters, never on the wire.
 INTERNAL_FIELDS = frozenset({"metadata", "ct_state", "ct_zone", "ct_mark", "outport", *(f"reg{i}" for i in range(8))})
@@ -556,8 +557,13 @@ class Pipeline:
         """
         return self.lookup(table, exact)[2]
 
-    def lookup(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...], Iterable[Flow]]:
+    def lookup(self, table: int, exact: Mapping[str, int], essential: bool = False
+               ) -> tuple[tuple[str, ...], tuple[int, ...], Iterable[Flow]]:
         """:meth:`candidates`, with the fields and values it looked them up by (empty: the whole table).
+
+        ``essential``: without the candidates a later one makes redundant (:func:`essential`): what a symbolic
+        walk needs, which would otherwise follow each of them only to find it ends where the later one does.
+        Not for a trace: it names the flow a packet really matches.
 
         The first field's index leaves the flows matching its value and those not matching it exactly (the
         *rest*); when the rest is long (a table of per-port flows and per-network flows, looked up by port,
@@ -574,10 +580,12 @@ class Pipeline:
         if answers is None:
             answers = self._answers[table] = _Answers()
         key = tuple(map(exact.get, self._index_fields(table)))
+        if essential:
+            key += (essential,)  # filed as the whole answer is: a patch that changes one forgets both
         answer = answers.by_key.get(key)
         if answer is None:
             fields, values, flows = self._look_up(table, exact)
-            answer = (fields, values, tuple(flows))
+            answer = (fields, values, essential_flows(tuple(flows)) if essential else tuple(flows))
             answers.put(key, answer)
         return answer
 
@@ -702,6 +710,49 @@ def pinned(match: Match, field: str) -> int | None:
 def pins(match: Match) -> dict[str, int]:
     """The fields ``match`` matches exactly, with their values."""
     return {field: value for field, value, mask in match if mask == _FULL_MASKS[field]}
+
+
+ESSENTIAL_REACH = 64  # how many later flows essential_flows compares a flow with
+
+
+def essential_flows(flows: tuple[Flow, ...]) -> tuple[Flow, ...]:
+    """``flows`` (one table's, highest priority first) without each flow whose packets would go the same way
+    without it: the first later flow that may match one of its packets covers its whole match and does the
+    same actions (looked for among the next :data:`ESSENTIAL_REACH` flows). The ICMPv6 neighbour discovery
+    bypasses in front of a security-group stage's default, all going where the default goes, are such flows
+    for every destination without rules of its own.
+    """
+    last = {flow.actions: i for i, flow in enumerate(flows)}  # a flow no later one does the same as is kept unread
+    kept = [flow for i, flow in enumerate(flows)
+            if last[flow.actions] == i or not _redundant(flow, flows[i + 1:i + 1 + ESSENTIAL_REACH])]
+    return flows if len(kept) == len(flows) else tuple(kept)
+
+
+def _redundant(flow: Flow, later: Sequence[Flow]) -> bool:
+    terms = flow.match.as_dict()
+    for other in later:
+        if not disjoint(other.match, terms):
+            return other.actions == flow.actions and all(
+                (mine := terms.get(t.field)) is not None and not t.mask & ~mine.mask
+                and not (t.value ^ mine.value) & t.mask for t in other.match)  # it covers the flow's match
+    return False
+
+
+def disjoint(terms: Iterable[FieldMatch], theirs: Mapping[str, FieldMatch], ignore: frozenset[str] = frozenset()
+             ) -> bool:
+    """Whether no packet matches both ``terms`` and the match ``theirs`` (by field; ``ignore``: fields taken as
+    matching anything). A tracked packet is exactly one of new, est, rel and inv."""
+    for term in terms:
+        other = theirs.get(term.field)
+        if other is None or term.field in ignore:
+            continue
+        if (term.value ^ other.value) & term.mask & other.mask:
+            return True
+        if term.field == "ct_state":
+            mine, its = term.value & term.mask & CT_EXCLUSIVE, other.value & other.mask & CT_EXCLUSIVE
+            if mine and its and mine != its:
+                return True
+    return False
 
 
 def reaches(pinning: Mapping[str, int], fields: tuple[str, ...], values: tuple[int, ...]) -> bool:

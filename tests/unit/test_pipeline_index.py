@@ -143,3 +143,37 @@ def test_a_patch_clashing_with_a_remaining_flow_is_refused_or_told():
     told = []
     assert pipeline.patched([twin], [], on_clash=lambda kept, dropped: told.append((kept, dropped))).flows == (flow,)
     assert told == [(flow, twin)]
+
+
+@st.composite
+def tables_with_repeats(draw) -> ir.Pipeline:
+    """Tables whose flows share a few actions, so later flows often do what earlier ones do."""
+    flows = {}
+    for _ in range(draw(st.integers(0, 25))):
+        action = draw(st.sampled_from([ir.Output(1), ir.Output(2), ir.Drop()]))
+        flow = ir.Flow(0, draw(st.integers(0, 5)), draw(terms()), (action,), draw(st.sampled_from("ab")))
+        flows.setdefault(flow.key, flow)
+    return ir.Pipeline.build(flows.values(), {})
+
+
+@settings(max_examples=500, deadline=None)
+@given(tables_with_repeats(), st.lists(packets, min_size=1, max_size=8))
+def test_essential_candidates_send_every_packet_where_all_of_them_do(pipeline, packets):
+    """A walk over the essential candidates decides each packet as the whole table does (or both miss)."""
+    for packet in packets:
+        every = next((f for f in pipeline.candidates(0, packet) if f.match.covers(packet)), None)
+        essential = next((f for f in pipeline.lookup(0, packet, essential=True)[2] if f.match.covers(packet)), None)
+        assert (every is None) == (essential is None)
+        assert every is None or every.actions == essential.actions
+
+
+def test_neighbour_discovery_bypasses_that_end_where_the_default_does_are_not_essential():
+    nd = [ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ip_proto=58, icmp_type=t) for t in (133, 134, 135, 136)]
+    bypass = [ir.Flow(0, 200, match, (ir.GotoTable(2),), "nd") for match in nd]
+    own = ir.Flow(0, 100, ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, outport=5), (ir.Conntrack(zone=5, table=3),), "sg")
+    default = ir.Flow(0, 0, ir.Match.of(), (ir.GotoTable(2),), "default")
+    pipeline = ir.Pipeline.build([*bypass, own, default], {})
+    # a destination with rules of its own needs the bypasses in front of them; one without, only the default
+    assert [f.owner for f in pipeline.lookup(0, {"outport": 5}, essential=True)[2]] == ["nd"] * 4 + ["sg", "default"]
+    assert [f.owner for f in pipeline.lookup(0, {"outport": 6}, essential=True)[2]] == ["default"]
+    assert [f.owner for f in pipeline.lookup(0, {"outport": 6})[2]] == ["nd"] * 4 + ["default"]
