@@ -486,8 +486,12 @@ def read(data: bytes) -> dict[str, Any]:
             raise ValueError(f"its {table} rows are another hwflow version's: restart the agent, or use its hwflow")
         rows = [dict(zip(columns, row, strict=True)) for row in document[table]]
         if table != "flows":
+            texts: dict[tuple, str] = {}  # a shared chain's rules are in every port's copy: one text each
             for row in rows:
-                row["match"] = _ir_text(row["match"])
+                text = texts.get(row["match"])
+                if text is None:
+                    text = texts[row["match"]] = _ir_text(row["match"])
+                row["match"] = text
         document[table] = rows
     return document
 
