@@ -478,21 +478,24 @@ def read(data: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("version") != VERSION:
         raise ValueError(f"not a version {VERSION} flows file (an agent of another hwflow version wrote it: "
                          "restart the agent, or use its hwflow)")
-    if tuple(document["key_fields"]) != KEY_FIELDS:
-        raise ValueError("its tc-flower keys are another hwflow version's: restart the agent, or use its hwflow")
-    for table, named, columns in (("hw", "hw_columns", HW_COLUMNS), ("sw", "sw_columns", SW_COLUMNS),
-                                  ("flows", "flow_columns", FLOW_COLUMNS)):
-        if tuple(document[named]) != columns:
-            raise ValueError(f"its {table} rows are another hwflow version's: restart the agent, or use its hwflow")
-        rows = [dict(zip(columns, row, strict=True)) for row in document[table]]
-        if table != "flows":
-            texts: dict[tuple, str] = {}  # a shared chain's rules are in every port's copy: one text each
-            for row in rows:
-                text = texts.get(row["match"])
-                if text is None:
-                    text = texts[row["match"]] = _ir_text(row["match"])
-                row["match"] = text
-        document[table] = rows
+    tables = (("hw", "hw_columns", HW_COLUMNS), ("sw", "sw_columns", SW_COLUMNS), ("flows", "flow_columns",
+                                                                                 FLOW_COLUMNS))
+    if document.get("key_fields") != KEY_FIELDS or any(document.get(named) != columns for _, named, columns in tables):
+        raise ValueError("its tc-flower keys or columns are another hwflow version's: restart the agent, or use "
+                         "its hwflow")
+    try:
+        for table, _, columns in tables:
+            rows = [dict(zip(columns, row, strict=True)) for row in document[table]]
+            if table != "flows":
+                texts: dict[tuple, str] = {}  # a shared chain's rules are in every port's copy: one text each
+                for row in rows:
+                    text = texts.get(row["match"])
+                    if text is None:
+                        text = texts[row["match"]] = _ir_text(row["match"])
+                    row["match"] = text
+            document[table] = rows
+    except (KeyError, TypeError, ValueError) as exc:  # cut short, or not the agent's
+        raise ValueError(f"not a flows file the agent wrote ({type(exc).__name__}: {exc})") from None
     return document
 
 

@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgpack
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hwflow.agent import published
 from hwflow.backends.ovs.backend import Held
@@ -197,3 +200,21 @@ def test_the_cli_finds_the_chassis_file(tmp_path: Path) -> None:
     assert flows.find_published(tmp_path, None, "h1", True).name == "flows-h1.msgpack"
     with pytest.raises(CliError, match="h3.msgpack is missing"):
         flows.find_published(tmp_path, "h3", "h1", True)
+
+
+@settings(max_examples=300, deadline=None)
+@example(msgpack.packb({"version": 2}))  # the right version, nothing else
+@example(msgpack.packb({"version": 2, "key_fields": list(published.KEY_FIELDS), "hw_columns": list(
+    published.HW_COLUMNS), "sw_columns": list(published.SW_COLUMNS), "flow_columns": list(published.FLOW_COLUMNS),
+    "hw": [[1]], "sw": [], "flows": []}))  # a row cut short
+@given(st.one_of(st.binary(max_size=64), st.builds(
+    lambda doc, cut: doc[:cut], st.just(published.Publisher(Path("/x"), "h", {}).document_bytes(
+        published.Snapshot(1.0, True, Plan(), {}, {}, []), [], {})), st.integers(0, 400))))
+def test_a_file_that_is_not_the_agents_is_a_value_error_never_another(data: bytes) -> None:
+    """What `hwflow flows` turns into its one-line error: garbage, a file cut short, anything."""
+    try:
+        doc = published.read(data)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert doc["version"] == published.VERSION and doc["hw"] == []
