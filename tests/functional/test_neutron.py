@@ -19,6 +19,7 @@ openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is n
                                 "'.[test,neutron]'; tools/dev.sh setup installs it)")
 from neutron_server import PHYSNET, NeutronServer  # noqa: E402
 from oslo_config import cfg  # noqa: E402
+from test_etcd_tls import stored  # noqa: E402
 from tls_pki import Authority  # noqa: E402
 
 from hwflow import conf as hwflow_conf  # noqa: E402
@@ -26,7 +27,6 @@ from hwflow.db import etcd_auth  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.db.etcd import EtcdDriver  # noqa: E402
 from hwflow.db.etcd_server import EtcdCluster, ServerTls  # noqa: E402
-from hwflow.model.errors import NotFound  # noqa: E402
 from hwflow.model.objects import (  # noqa: E402
     Chassis,
     Network,
@@ -95,14 +95,6 @@ def neutron_conf(options: dict[str, str]) -> cfg.ConfigOpts:
     return conf
 
 
-def stored(nb: NbApi, kind: type, ident: str):
-    """The object hwflow's database holds, or None."""
-    try:
-        return nb.get(kind, ident)
-    except NotFound:
-        return None
-
-
 def test_network_subnet_port_lifecycle(neutron) -> None:
     """Create, update and delete through Neutron; hwflow's database follows each step field by field."""
     conn, nb = neutron
@@ -151,11 +143,11 @@ def test_network_subnet_port_lifecycle(neutron) -> None:
     assert (held.port_security, held.security_groups, held.allowed_address_pairs) == (False, [], [])
 
     conn.network.delete_port(port)
-    assert stored(nb, Port, port.id) is None
+    assert not stored(nb, Port, port.id)
     conn.network.delete_subnet(sub)
-    assert stored(nb, Subnet, sub.id) is None
+    assert not stored(nb, Subnet, sub.id)
     conn.network.delete_network(net)
-    assert stored(nb, Network, net.id) is None
+    assert not stored(nb, Network, net.id)
     left = {obj.id for kind in (Network, Subnet, Port) for obj in nb.list(kind)}
     assert not left & {net.id, sub.id, port.id}
 
@@ -175,7 +167,7 @@ def test_provider_networks(neutron) -> None:
     finally:
         conn.network.delete_network(vlan)
         conn.network.delete_network(flat)
-    assert stored(nb, Network, vlan.id) is None and stored(nb, Network, flat.id) is None
+    assert not stored(nb, Network, vlan.id) and not stored(nb, Network, flat.id)
 
 
 def test_security_group_and_rules(neutron) -> None:
@@ -199,9 +191,9 @@ def test_security_group_and_rules(neutron) -> None:
     held = nb.get(SecurityGroupRule, ping.id)
     assert (held.protocol, held.icmp_type, held.icmp_code, held.remote_group_id) == ("icmpv6", 128, -1, group.id)
     conn.network.delete_security_group_rule(rule)
-    assert stored(nb, SecurityGroupRule, rule.id) is None
+    assert not stored(nb, SecurityGroupRule, rule.id)
     conn.network.delete_security_group(group)
-    assert stored(nb, SecurityGroup, group.id) is None and stored(nb, SecurityGroupRule, ping.id) is None
+    assert not stored(nb, SecurityGroup, group.id) and not stored(nb, SecurityGroupRule, ping.id)
 
 
 def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
@@ -252,4 +244,4 @@ def test_port_brings_the_groups_hwflow_lacks(neutron) -> None:
             conn.network.delete_port(port)
         conn.network.delete_network(net)
         conn.network.delete_security_group(group)
-    assert stored(nb, SecurityGroup, group.id) is None
+    assert not stored(nb, SecurityGroup, group.id)
