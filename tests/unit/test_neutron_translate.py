@@ -85,6 +85,29 @@ def test_port_fields_and_address_pairs() -> None:
                                           {"ip_address": "10.0.0.9", "mac_address": "fa:16:3e:00:00:09"}]
 
 
+ADDRESSES = st.one_of(st.ip_addresses().map(str), st.sampled_from(["10.0.0.77/24", "2001:db8::5/64", "10.0.0.0/8"]),
+                      st.text(max_size=12))
+MACS = st.one_of(st.just("fa:16:3e:00:00:01"), st.text(max_size=17),
+                 st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b)))
+
+
+@given(mac=MACS, ips=st.lists(st.ip_addresses().map(str), max_size=3),
+       pairs=st.lists(st.fixed_dictionaries({"ip_address": ADDRESSES}, optional={"mac_address": MACS}), max_size=3),
+       security=st.booleans(), groups=st.lists(IDS, max_size=2), host=st.sampled_from(["", "compute-1"]))
+def test_port_translates_or_is_refused(mac, ips, pairs, security, groups, host) -> None:
+    neutron_port = {**PORT, "mac_address": mac, "fixed_ips": [{"ip_address": ip} for ip in ips],
+                    "allowed_address_pairs": pairs, "port_security_enabled": security, "security_groups": groups}
+    try:
+        made = translate.port(neutron_port, host)
+    except ValidationError as exc:
+        assert "port p1" in str(exc)
+        return
+    _agrees_with_model(made)
+    assert (made.mac, made.chassis, made.port_security) == (mac.lower(), host, security)
+    assert made.security_groups == (groups if security else [])
+    assert len(made.allowed_address_pairs) == (len(pairs) if security else 0)
+
+
 def test_port_without_port_security_has_no_groups_or_pairs() -> None:
     made = translate.port({**PORT, "port_security_enabled": False}, "")
     assert (made.port_security, made.security_groups, made.allowed_address_pairs) == (False, [], [])
