@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from hwflow.db.etcd_server import _die_with_parent, free_port
+from hwflow.db.etcd_server import START_ATTEMPTS, PortTaken, _die_with_parent, free_port
 from hwflow.sim.host import stop_process
 
 START_TIMEOUT = 180.0  # a cold start imports all of Neutron on a shared, busy machine
@@ -107,7 +107,8 @@ class NeutronServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        """Write the configuration and the schema, start uWSGI, wait until the API answers."""
+        """Write the configuration and the schema, start uWSGI, wait until the API answers (on another free
+        port when the one chosen was taken before uWSGI bound it)."""
         state = self.workdir / "state"
         (state / "lock").mkdir(parents=True, exist_ok=True)
         paste = Path(sysconfig.get_path("data")) / "etc" / "neutron" / "api-paste.ini"
@@ -116,6 +117,17 @@ class NeutronServer:
             paste=paste, state=state, vni=VNI_RANGE, vlan=VLAN_RANGE, physnet=PHYSNET,
             hwflow="\n".join(f"{name} = {value}" for name, value in self.hwflow.items())))
         subprocess.run([sys.executable, __file__, f"sqlite:///{state}/neutron.sqlite"], check=True, timeout=300)
+        for attempt in range(START_ATTEMPTS):
+            self._launch()
+            try:
+                self._wait()
+                return
+            except PortTaken:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                self.url = f"http://127.0.0.1:{free_port()}"
+
+    def _launch(self) -> None:
         uwsgi = Path(sys.executable).parent / "uwsgi"
         command = [str(uwsgi), "--http-socket", self.url.removeprefix("http://"),
                    "--module", "neutron.wsgi.api:application", "--home", sys.prefix,
@@ -127,13 +139,14 @@ class NeutronServer:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.workdir, preexec_fn=_die_with_parent)
-        self._wait()
 
     def _wait(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
+                if "Address already in use" in self.tail():
+                    raise PortTaken(self.url)
                 raise RuntimeError(f"neutron-api (uWSGI) exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/v2.0/networks", timeout=5) as answer:
