@@ -56,11 +56,6 @@ def hwflow_database_conf(neutron: cfg.ConfigOpts) -> cfg.ConfigOpts:
     return conf
 
 
-def _refused(what: str, exc: ValidationError) -> n_exc.InvalidInput:
-    """A translation refused, as the 400 Neutron answers the request with."""
-    return n_exc.InvalidInput(error_message=f"hwflow cannot hold this {what}: {exc}")
-
-
 class HwflowMechanismDriver(api.MechanismDriver):
     """Networks, subnets, ports (with their binding host as chassis), security groups and rules."""
 
@@ -182,10 +177,12 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     @staticmethod
     def _check(what: str, build: Callable[[], NbObject]) -> None:
+        """Translate for nothing but the refusal: the 400 (a 409 from a security group's event) Neutron
+        answers with, hwflow's reason in it."""
         try:
             build()
         except ValidationError as exc:
-            raise _refused(what, exc) from None
+            raise n_exc.InvalidInput(error_message=f"hwflow cannot hold this {what}: {exc}") from None
 
     # Security groups and rules (Neutron's callbacks: resource, event, trigger, payload)
 

@@ -196,6 +196,24 @@ def test_security_group_and_rules(neutron) -> None:
     assert not stored(nb, SecurityGroup, group.id) and not stored(nb, SecurityGroupRule, ping.id)
 
 
+def test_deleting_a_group_takes_the_rules_naming_it_as_remote(neutron) -> None:
+    """Neutron drops other groups' rules whose remote group is deleted (no event for them); hwflow too."""
+    conn, nb = neutron
+    web, admins = conn.network.create_security_group(name="web"), conn.network.create_security_group(name="admins")
+    try:
+        rule = conn.network.create_security_group_rule(security_group_id=web.id, direction="ingress",
+                                                       ethertype="IPv4", protocol="tcp", port_range_min=22,
+                                                       port_range_max=22, remote_group_id=admins.id)
+        assert nb.get(SecurityGroupRule, rule.id).remote_group_id == admins.id
+        conn.network.delete_security_group(admins)
+        kept = {r["id"] for r in conn.network.get_security_group(web.id).security_group_rules}
+        assert rule.id not in kept and not stored(nb, SecurityGroupRule, rule.id)
+        assert kept == {r.id for r in nb.referrers(SecurityGroup, web.id, SecurityGroupRule)}
+    finally:
+        conn.network.delete_security_group(web)
+        conn.network.delete_security_group(admins, ignore_missing=True)
+
+
 def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
     """Neutron answers 400 with hwflow's reason, and neither database keeps the object."""
     conn, nb = neutron
