@@ -64,6 +64,18 @@ def test_an_installed_planned_rule_has_its_owner_port_and_counters() -> None:
     assert hw["actions"] == "redirect:rep2"
 
 
+def test_an_ipv6_rule_past_64_bits_joins_its_dump() -> None:
+    """IPv6 addresses and masks in the plan's match and tc keys (integers MessagePack has no type for) come back
+    equal to what the NIC dumps: the rule is installed, not missing and extra."""
+    v6 = HwRule(1, 0, 0, ir.Match.of(eth_type=ir.ETH_TYPE_IPV6, ipv6_dst=(0x20010DB8 << 96 | 5, (1 << 128) - 1)),
+                2, OWNER2)
+    encoded = planned(v6)
+    entries = flows.join(document(encoded), {(EP, 11): installed(encoded), (EP, 12): []}, [])
+    [hw] = [e for e in entries if e["datapath"] == "hw"]
+    assert hw["disagreement"] is None and hw["owner"] == "port:p2" and hw["packets"] == 10
+    assert "ipv6_dst=2001:db8::5" in hw["match"] and "ipv6_dst=2001:db8::5" in hw["flower"]
+
+
 def test_disagreements_both_ways() -> None:
     kept, lost, extra = planned(rule(VM2), rule(VM2 + 1, 1), rule(VM2 + 2, 2))
     doc = document([kept, lost])
