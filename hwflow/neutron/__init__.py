@@ -34,4 +34,14 @@ for a host without an agent) and port status ACTIVE reported back by the agent; 
 check so a failed write, a server restart or two servers cannot leave the databases apart, and
 ``hwflow neutron-sync``; the end-to-end test where a VM on a bound port gets DHCP and pings across a
 router; the README's OpenStack section then says how to run all of it.
+
+Facts the next steps build on: Neutron 29 has no ``neutron-server``; its API is the WSGI application
+``neutron.wsgi.api:application`` (configuration from ``OS_NEUTRON_CONFIG_DIR``/``OS_NEUTRON_CONFIG_FILES``),
+served here by uWSGI. A postcommit that raises makes ML2 answer 500 (a create is undone, an update or a
+delete stays in Neutron): hwflow's reason is only in Neutron's log. A security group callback that raises
+after the commit (``AFTER_*``) is logged and the request succeeds: hwflow's copy is then behind, which the
+journal must catch. Deleting a group drops the other groups' rules naming it as remote group without an
+event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
+migrations, so rows the migrations insert (the default security group rule templates) are added by hand
+(tests/functional/neutron_server.py).
 """
