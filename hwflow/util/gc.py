@@ -23,7 +23,9 @@ def gc_paused(keep: bool = False) -> Iterator[None]:
     (``gc.freeze``: moved out of the collector's generations, O(1)); a frozen object is still freed
     by reference counting when the next compile replaces it. The price: a cycle that forms among
     objects frozen here and is later dropped is never collected, so use it for work that is long-lived
-    and acyclic, not in a loop that churns cyclic state.
+    and acyclic, not in a loop that churns cyclic state. The collector is off for the whole process
+    meanwhile: cyclic garbage another thread drops during the block is frozen too, and leaks (a thread
+    of the agent must not make any: see hwflow.backends.ovs.ovsdb._InterfaceChanged.matches).
     """
     enabled = gc.isenabled()
     if keep and enabled:
