@@ -12,7 +12,8 @@ What exists:
 - ``mech_driver.HwflowMechanismDriver`` (entry point ``neutron.ml2.mechanism_drivers: hwflow``): networks,
   subnets and ports on their postcommit, security groups and rules on Neutron's callbacks, created,
   updated and deleted in hwflow's database through ``NbApi``; each checked in its precommit, so Neutron
-  refuses with hwflow's reason what hwflow's model cannot hold.
+  refuses with hwflow's reason what hwflow's model cannot hold, and a network's VNI or VLAN that hwflow's
+  database gives a network Neutron does not know (made with ``hwflow nb``) is a 409 naming it.
 - ``translate``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,

@@ -56,6 +56,12 @@ def hwflow_database_conf(neutron: cfg.ConfigOpts) -> cfg.ConfigOpts:
     return conf
 
 
+class HwflowConflict(n_exc.Conflict):
+    """A value hwflow holds unique taken in hwflow's database by what Neutron does not know: a 409."""
+
+    message = "%(reason)s"
+
+
 class HwflowMechanismDriver(api.MechanismDriver):
     """Networks, subnets, ports (with their binding host as chassis), security groups and rules."""
 
@@ -115,7 +121,21 @@ class HwflowMechanismDriver(api.MechanismDriver):
     # Networks
 
     def create_network_precommit(self, context: api.NetworkContext) -> None:
-        self._check("network", lambda: translate.network(context.current, context.network_segments))
+        self._check_free(self._check("network", lambda: translate.network(context.current,
+                                                                          context.network_segments)))
+
+    def _check_free(self, obj: NbObject) -> None:
+        """Refuse, while Neutron can still say no, a VNI or a VLAN on a physical network that hwflow's database
+        gives another object of the kind, one Neutron does not know (made with ``hwflow nb``): the write
+        would fail after Neutron's commit, which a user sees as a 500 with no reason."""
+        wanted = set(obj.unique_values())
+        for other in self.nb.list(type(obj)):
+            taken = wanted & set(other.unique_values())
+            if other.id != obj.id and taken:
+                what, value = sorted(taken)[0]
+                raise HwflowConflict(reason=f"{obj.label()}: {what} {value} is taken by {other.label()} in hwflow's "
+                                     "database, which Neutron does not know; choose another, or delete that one "
+                                     "(hwflow nb)")
 
     update_network_precommit = create_network_precommit
 
@@ -176,11 +196,11 @@ class HwflowMechanismDriver(api.MechanismDriver):
         return found
 
     @staticmethod
-    def _check(what: str, build: Callable[[], NbObject]) -> None:
-        """Translate for nothing but the refusal: the 400 (a 409 from a security group's event) Neutron
-        answers with, hwflow's reason in it."""
+    def _check(what: str, build: Callable[[], NbObject]) -> NbObject:
+        """Translate in a precommit: what hwflow cannot hold is the 400 (a 409 from a security group's event)
+        Neutron answers with, hwflow's reason in it."""
         try:
-            build()
+            return build()
         except ValidationError as exc:
             raise n_exc.InvalidInput(error_message=f"hwflow cannot hold this {what}: {exc}") from None
 

@@ -214,6 +214,23 @@ def test_deleting_a_group_takes_the_rules_naming_it_as_remote(neutron) -> None:
         conn.network.delete_security_group(admins, ignore_missing=True)
 
 
+def test_a_vni_hwflow_gave_a_network_of_its_own_is_refused(neutron) -> None:
+    """A network made with hwflow's own API holds VNI 1777: Neutron's network asking for it is a 409 naming
+    that network, and neither database gets it; another VNI is fine."""
+    conn, nb = neutron
+    own = nb.create(Network(name="made-by-hwflow-nb", vni=1777))
+    try:
+        with pytest.raises(openstack.exceptions.ConflictException, match=f"vni 1777 is taken by network {own.id}"):
+            conn.network.create_network(name="clash", provider_network_type="vxlan", provider_segmentation_id=1777)
+        assert not [net for net in conn.network.networks() if net.name == "clash"]
+        assert [net.id for net in nb.list(Network) if getattr(net, "vni", 0) == 1777] == [own.id]
+        net = conn.network.create_network(name="no-clash", provider_network_type="vxlan", provider_segmentation_id=1778)
+        assert nb.get(Network, net.id).vni == 1778
+        conn.network.delete_network(net)
+    finally:
+        nb.delete(Network, own.id)
+
+
 def test_what_hwflow_cannot_hold_is_refused(neutron) -> None:
     """Neutron answers 400 with hwflow's reason, and neither database keeps the object."""
     conn, nb = neutron
