@@ -74,6 +74,9 @@ setup(
         "neutron.ml2.mechanism_drivers": [
             "hwflow = hwflow.neutron.mech_driver:HwflowMechanismDriver",
         ],
+        "neutron.service_plugins": [
+            "hwflow_l3 = hwflow.neutron.l3:HwflowL3RouterPlugin",
+        ],
         "oslo.config.opts": [
             "hwflow = hwflow.conf:list_opts",
         ],

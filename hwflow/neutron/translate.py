@@ -18,9 +18,12 @@ from hwflow.model.errors import ValidationError
 from hwflow.model.objects import (
     PORT_PROTOCOLS,
     PROTOCOL_NAMES,
+    FloatingIP,
     NbObject,
     Network,
     Port,
+    Router,
+    RouterPort,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -148,3 +151,39 @@ def security_group_rule(rule: Mapping[str, Any]) -> SecurityGroupRule:
         made.port_min = int(low if low is not None else high)
         made.port_max = int(high if high is not None else low)
     return _checked(made)
+
+
+def router(rtr: Mapping[str, Any]) -> Router:
+    """A Neutron router: its gateway (external network, address, SNAT) and static routes. hwflow's gateway holds
+    one address: the gateway port's IPv4 one (NAT is IPv4's), else its first. SNAT goes out as each chassis's
+    external_ip (hwflow's SNAT is per chassis, distributed), not as this address."""
+    label = f"router {rtr['id']}"
+    gateway = rtr.get("external_gateway_info") or {}
+    ips = [ip["ip_address"] for ip in gateway.get("external_fixed_ips") or []]
+    ipv4 = [ip for ip in ips if ":" not in ip]
+    return _checked(Router(
+        **_common(rtr), gateway_network_id=gateway.get("network_id") or "", gateway_ip=(ipv4 or ips or [""])[0],
+        enable_snat=bool(gateway.get("enable_snat", True)),
+        routes=[{"destination": _prefix(label, "routes", route["destination"]), "nexthop": route["nexthop"]}
+                for route in rtr.get("routes") or []]))
+
+
+def router_port(port_dict: Mapping[str, Any], router_id: str) -> RouterPort:
+    """A Neutron router interface (its port) on ``router_id``: hwflow's router port has one address, so a port
+    of several (Neutron puts a network's IPv6 subnets, or an IPv4 and IPv6 one, on one interface) is refused."""
+    fixed = port_dict.get("fixed_ips") or []
+    if len(fixed) != 1:
+        raise ValidationError(f"router interface port {port_dict['id']}: has {len(fixed)} addresses; hwflow holds a "
+                              "router interface with exactly one (attach each subnet by a port of its own)")
+    return _checked(RouterPort(
+        **_common(port_dict), router_id=router_id, network_id=port_dict["network_id"],
+        subnet_id=fixed[0]["subnet_id"], mac=port_dict["mac_address"], ip=fixed[0]["ip_address"]))
+
+
+def floating_ip(fip: Mapping[str, Any]) -> FloatingIP:
+    """A Neutron floating IP, associated (port and fixed address) or not; its own port on the external network
+    is not written (hwflow's floating IP is the address)."""
+    return _checked(FloatingIP(
+        **_common(fip), floating_network_id=fip["floating_network_id"],
+        floating_ip_address=fip["floating_ip_address"], port_id=fip.get("port_id") or "",
+        fixed_ip_address=fip.get("fixed_ip_address") or ""))

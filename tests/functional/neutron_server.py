@@ -34,7 +34,7 @@ VLAN_RANGE = (100, 199)
 CONFIG = """\
 [DEFAULT]
 core_plugin = ml2
-service_plugins =
+service_plugins = hwflow_l3
 auth_strategy = noauth
 api_paste_config = {paste}
 transport_url = fake://

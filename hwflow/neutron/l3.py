@@ -1,0 +1,113 @@
+"""hwflow's L3 service plugin: Neutron's routers, interfaces, gateways and floating IPs in hwflow's NB database.
+
+Enabled in Neutron's configuration as ``service_plugins = hwflow_l3``, beside ML2 with hwflow's mechanism
+driver (``[ml2] mechanism_drivers = hwflow``), whose database connection and writes it shares. Neutron's own
+L3 database mixins (the ones networking-ovn's and Dragonflow's plugins subclassed) keep Neutron's side: they
+allocate the router's ports and addresses; this plugin writes hwflow's objects from Neutron's callbacks once
+Neutron has committed, and refuses in the precommit (or before) callbacks what hwflow's model cannot hold.
+
+Where Neutron's L3 ports go (the mechanism driver leaves them out): a router interface's port is hwflow's
+``RouterPort`` (same id), the gateway port is the router's ``gateway_ip`` on its ``gateway_network_id``,
+and a floating IP's port is the ``FloatingIP`` itself.
+
+A write that fails after Neutron's commit is only logged by Neutron (an ``AFTER_*`` callback cannot fail a
+request): hwflow's copy is then behind until a resync (see ``hwflow.neutron``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neutron.db import extraroute_db, l3_gwmode_db
+from neutron_lib.api.definitions import extraroute, l3, l3_ext_gw_mode
+from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.plugins import constants as plugin_constants
+from neutron_lib.plugins import directory
+from neutron_lib.services import base as service_base
+
+from hwflow.neutron import translate
+from hwflow.neutron.mech_driver import HwflowMechanismDriver
+
+MECHANISM_DRIVER = "hwflow"  # the entry point name the ML2 driver this plugin writes through is enabled by
+
+
+def _mechanism_driver() -> HwflowMechanismDriver:
+    """hwflow's ML2 driver, loaded by the core plugin before any service plugin: one database connection and
+    one write path (create or overwrite, delete with what it owns) for everything Neutron writes."""
+    manager = getattr(directory.get_plugin(), "mechanism_manager", None)
+    found = manager.mech_drivers.get(MECHANISM_DRIVER) if manager is not None else None
+    if found is None:
+        raise RuntimeError("hwflow_l3 needs ML2 with hwflow's mechanism driver: set core_plugin = ml2 and "
+                           "[ml2] mechanism_drivers = hwflow in Neutron's configuration")
+    return found.obj
+
+
+@registry.has_registry_receivers
+class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRoute_dbonly_mixin,
+                           l3_gwmode_db.L3_NAT_dbonly_mixin):
+    """Routers (gateway with or without SNAT, static routes), router interfaces and floating IPs."""
+
+    supported_extension_aliases = [l3.ALIAS, l3_ext_gw_mode.ALIAS, extraroute.ALIAS]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.driver = _mechanism_driver()
+
+    def get_plugin_type(self) -> str:
+        return plugin_constants.L3
+
+    def get_plugin_description(self) -> str:
+        return "hwflow L3: routers, router interfaces, gateways and floating IPs in hwflow's database"
+
+    # Routers
+
+    @registry.receives(resources.ROUTER, [events.PRECOMMIT_CREATE, events.PRECOMMIT_UPDATE])
+    def _check_router(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        """A create's request, or the router as it was with an update's name and routes over it (the
+        gateway is Neutron's to choose: written as it comes)."""
+        router = dict(payload.states[0])
+        if event == events.PRECOMMIT_UPDATE:
+            router.update({key: payload.request_body[key] for key in ("name", "routes")
+                           if key in payload.request_body})
+        self.driver._check("router", lambda: translate.router({**router, "id": payload.resource_id}))
+
+    @registry.receives(resources.ROUTER, [events.AFTER_CREATE, events.AFTER_UPDATE])
+    def _router_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        """The router as Neutron made it: a gateway set or cleared is an update of the router."""
+        self.driver._put([translate.router(payload.latest_state)])
+
+    @registry.receives(resources.ROUTER, [events.AFTER_DELETE])
+    def _router_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        self.driver._remove("router", payload.resource_id)
+
+    # Router interfaces (payload: the router; metadata: the interface's port)
+
+    @registry.receives(resources.ROUTER_INTERFACE, [events.BEFORE_CREATE])
+    def _check_interface(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        port = payload.metadata["port"]
+        self.driver._check("router interface", lambda: translate.router_port(port, payload.resource_id))
+
+    @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_CREATE])
+    def _interface_added(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        """A port attached by its id was a VM-side port the mechanism driver wrote as hwflow's Port: it is
+        the router's port now, which holds the same MAC and address, so the Port goes first."""
+        port = payload.metadata["port"]
+        self.driver._remove("port", port["id"])
+        self.driver._put([translate.router_port(port, payload.resource_id)])
+
+    @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_DELETE])
+    def _interface_removed(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
+        self.driver._remove("router_port", payload.metadata["port"]["id"])
+
+    # Floating IPs
+
+    @registry.receives(resources.FLOATING_IP, [events.AFTER_CREATE, events.AFTER_UPDATE])
+    def _floating_ip_written(self, resource: str, event: str, trigger: Any,
+                             payload: events.DBEventPayload) -> None:
+        """Created, associated or disassociated (a port's deletion disassociates its floating IPs first)."""
+        self.driver._put([translate.floating_ip(payload.latest_state)])
+
+    @registry.receives(resources.FLOATING_IP, [events.AFTER_DELETE])
+    def _floating_ip_deleted(self, resource: str, event: str, trigger: Any,
+                             payload: events.DBEventPayload) -> None:
+        self.driver._remove("floating_ip", payload.resource_id)
