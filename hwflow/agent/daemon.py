@@ -124,6 +124,7 @@ class Agent:
         self._alive: frozenset[str] | None = None  # chassis whose liveness lease holds (None: not read yet)
         self._liveness_flipped: set[str] = set()  # chassis whose liveness changed since the last pass
         self._force_full = True  # the first pass, and the one after a pass that failed, diff everything
+        self._reported: frozenset[str] | None = None  # ports this agent reported up (None: read them back first)
         self._of_generation: int | None = None  # the OpenFlow session the last pass found: see _ovs_came_back
         self.last_pass = PassResult()
         self.ofports: dict[int, int] = {}  # logical port key -> ofport, as the last pass synced OVS with
@@ -184,6 +185,8 @@ class Agent:
                     next_resync = now + self.conf.agent.resync_interval
             if now >= next_beat:
                 self.register(up=True)
+                if self._reported is None and not self._force_full:  # a status write failed: again
+                    self.report_ports()
                 self.follow_liveness()
                 self.report_traffic()
                 next_beat = now + self.conf.agent.report_interval
@@ -330,11 +333,36 @@ class Agent:
         """
         full = full or self._force_full or self.ovs.needs_full_sync
         if full:
-            return self._pass(True)
-        # a delta pass allocates little, none of it cyclic: the collector (whose full scans of a big host's
-        # state cost tens of ms) runs between passes, not in a write's way
-        with gc_paused():
-            return self._pass(False)
+            result = self._pass(True)
+            self._reported = None  # a full pass repairs the statuses too (someone may have deleted them)
+        else:
+            # a delta pass allocates little, none of it cyclic: the collector (whose full scans of a big host's
+            # state cost tens of ms) runs between passes, not in a write's way
+            with gc_paused():
+                result = self._pass(False)
+        self.report_ports()
+        return result
+
+    def report_ports(self) -> None:
+        """Report the local ports the last pass programmed as up, and those it no longer holds as down.
+
+        A port is up once a pass got both datapaths in place for it (the pass returned), down when it left
+        this host (unplugged, deleted, bound elsewhere): only the difference from what was reported is
+        written, one small key per port (``NbApi.report_ports``); after a start, a full pass or a failed
+        write, what is stored is read back first. Neutron shows a port ACTIVE on it (hwflow.neutron.status).
+        """
+        programmed = frozenset(self.topo.local_port_ids)
+        try:
+            reported = self._reported
+            if reported is None:
+                reported = frozenset(status.port for status in self.nb.ports_up(self.chassis)[1])
+            if programmed != reported:
+                self.nb.report_ports(self.chassis, programmed - reported, reported - programmed)
+            self._reported = programmed
+        except HwflowError as exc:
+            LOG.error("cannot report the status of chassis %s's ports (retrying at the next report): %s",
+                      self.chassis, exc)
+            self._reported = None
 
     def _pass(self, full: bool) -> PassResult:
         self._force_full = True  # until this pass is through: a pass that fails leaves the next one full

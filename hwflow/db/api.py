@@ -53,6 +53,7 @@ UNIQUE_TABLE = "_unique"  # "scope/constraint/value" -> "kind id" of the object 
 # one range read instead of one read per port: what an agent does whenever its set of ports grows.
 REF_TABLE = "_ref"
 ALIVE_TABLE = "_alive"  # chassis id -> liveness mark its agent keeps alive
+PORT_STATUS_TABLE = "port_status"  # "chassis/port id" -> a port that chassis's agent has programmed (PortUp)
 # The stored record's envelope: when the API wrote it (Unix seconds, the writer's clock), next to the object's
 # fields but not one of them (decode takes it off): how long a change took to reach a watcher.
 WRITTEN = "_written"
@@ -73,6 +74,41 @@ class Change:
     op: Literal["put", "delete"]
     obj: NbObject
     written: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PortUp:
+    """A port the agent of ``chassis`` has programmed (both its datapaths in place), since ``at`` (epoch seconds).
+
+    A port no agent reports is down. One record per port keyed "chassis/port": an agent's etcd role may write
+    its own chassis's prefix only (``etcd_auth.chassis_grants``), and plugging a port writes one small key,
+    where one record per chassis listing its ports would rewrite (and send each watcher) all of a 200-port
+    host's at every plug.
+    """
+
+    chassis: str
+    port: str
+    at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PortStatusChange:
+    """A port reported up by a chassis (``up``), or no longer (unplugged, deleted, bound elsewhere)."""
+
+    revision: int
+    status: PortUp
+    up: bool
+
+
+def _port_up(key: str, value: bytes | None) -> PortUp | None:
+    """A status record as a PortUp; None (logged) for one hwflow did not write (a deletion's has no value)."""
+    chassis, _, port = key.partition("/")
+    try:
+        at = float(json.loads(value)["at"]) if value is not None else 0.0
+    except (ValueError, TypeError, KeyError) as exc:
+        LOG.warning("skipping a bad port status record %r: %s", key, exc)
+        return None
+    return PortUp(chassis, port, at) if chassis and port else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +415,35 @@ class NbApi:
             if changes or not events or time.monotonic() >= deadline:
                 return changes
             from_revision = events[-1].revision + 1
+
+    # Port status: what each agent has programmed (PortUp)
+
+    def report_ports(self, chassis: str, up: Iterable[str], down: Iterable[str]) -> None:
+        """Say the agent of ``chassis`` has programmed the ports ``up`` (now) and no longer has ``down``
+        (unplugged, deleted, bound elsewhere), in as few transactions as the driver takes; deleting a status
+        that is not there is nothing."""
+        stamp = json.dumps({"at": time.time()}).encode()
+        ops: list[Op] = [Put(PORT_STATUS_TABLE, f"{chassis}/{port}", stamp) for port in sorted(up)]
+        ops += [Delete(PORT_STATUS_TABLE, f"{chassis}/{port}") for port in sorted(down)]
+        step = self.driver.max_txn_ops or len(ops) or 1
+        for start in range(0, len(ops), step):
+            self.driver.txn([], ops[start:start + step])
+
+    def ports_up(self, chassis: str = "") -> tuple[int, list[PortUp]]:
+        """The revision read at, and the ports reported up (by ``chassis``, or by any): watch_ports from
+        revision + 1 follows on without a gap."""
+        revision, records = self.driver.list(PORT_STATUS_TABLE, f"{chassis}/" if chassis else "")
+        return revision, [status for rec in records if (status := _port_up(rec.key, rec.value)) is not None]
+
+    def watch_ports(self, from_revision: int, timeout: float) -> tuple[int, list[PortStatusChange]]:
+        """Port status changes at or after ``from_revision`` (or [] after ``timeout`` seconds), and the revision to
+        watch from next (past the other tables' changes too); Compacted when the history is gone (read
+        ports_up again)."""
+        events = self.driver.watch(from_revision, timeout)
+        changes = [PortStatusChange(ev.revision, status, ev.op == "put") for ev in events
+                   if ev.table == PORT_STATUS_TABLE
+                   and (status := _port_up(ev.key, ev.value if ev.op == "put" else None)) is not None]
+        return (events[-1].revision + 1 if events else from_revision), changes
 
     # Writes
 

@@ -1,10 +1,12 @@
 """Least privilege on etcd: the users and roles an operator gives hwflow, as OVN's southbound RBAC does.
 
 An agent's etcd user (named after its chassis) has a role that reads every
-key under the database's prefix and writes exactly two: its chassis record
-(``NbApi.put_chassis``: a chassis takes no per-kind counter, so that is its
-only key) and its liveness mark (``NbApi.heartbeat``, a key under its
-lease). It can change no network, port, router or other chassis. Operators
+key under the database's prefix and writes exactly its own: its chassis
+record (``NbApi.put_chassis``: a chassis takes no per-kind counter, so that
+is its only key), its liveness mark (``NbApi.heartbeat``, a key under its
+lease) and its ports' status (``NbApi.report_ports``: the keys under
+``port_status/CHASSIS/``; the slash keeps chassis ``a`` out of ``ab``'s).
+It can change no network, port, router or other chassis. Operators
 and the Neutron side write as ``hwflow-admin``, which may write the whole
 prefix. ``root`` (etcd's own, which alone may manage users) is made with
 auth. Each user logs in with a password ([database] username/password):
@@ -22,7 +24,7 @@ import dataclasses
 import secrets
 from typing import Any, Literal
 
-from hwflow.db.api import ALIVE_TABLE
+from hwflow.db.api import ALIVE_TABLE, PORT_STATUS_TABLE
 from hwflow.db.etcd import EtcdDriver, b64, prefix_end, unb64
 from hwflow.model.errors import DatabaseUnavailable, ValidationError
 from hwflow.model.objects import Chassis, shown
@@ -64,10 +66,12 @@ class Account:
 
 
 def chassis_grants(driver: EtcdDriver, chassis: str) -> list[Grant]:
-    """What the agent of ``chassis`` may touch: read everything of hwflow's, write its own two keys."""
+    """What the agent of ``chassis`` may touch: read everything of hwflow's, write its own two keys and its own
+    ports' status."""
     return [Grant("read", driver.prefix, prefix=True),
             Grant("readwrite", driver.full_key(Chassis.kind, chassis)),
-            Grant("readwrite", driver.full_key(ALIVE_TABLE, chassis))]
+            Grant("readwrite", driver.full_key(ALIVE_TABLE, chassis)),
+            Grant("readwrite", driver.full_key(PORT_STATUS_TABLE, f"{chassis}/"), prefix=True)]
 
 
 def admin_grants(driver: EtcdDriver) -> list[Grant]:

@@ -17,7 +17,10 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from neutron.api import wsgi
+from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
+from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
@@ -28,7 +31,7 @@ from hwflow import conf as hwflow_conf
 from hwflow.db.api import Create, NbApi, Update, Write
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
-from hwflow.neutron import translate
+from hwflow.neutron import binding, status, translate
 
 LOG = log.getLogger(__name__)
 
@@ -56,6 +59,11 @@ def hwflow_database_conf(neutron: cfg.ConfigOpts) -> cfg.ConfigOpts:
     return conf
 
 
+def open_nb() -> NbApi:
+    """hwflow's database as Neutron's configuration names it."""
+    return NbApi.from_url(cfg.CONF.hwflow.database, hwflow_database_conf(cfg.CONF))
+
+
 class HwflowConflict(n_exc.Conflict):
     """A value hwflow holds unique taken in hwflow's database by what Neutron does not know: a 409."""
 
@@ -78,11 +86,19 @@ class HwflowMechanismDriver(api.MechanismDriver):
             (resources.SECURITY_GROUP_RULE, events.AFTER_DELETE, self._rule_deleted),
         ):
             registry.subscribe(callback, resource, event)
+        registry.subscribe(self._start_status_watcher, resources.PROCESS, events.AFTER_INIT)
+
+    def _start_status_watcher(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """In each API worker once it is up (after a fork, so the thread is the worker's): follow the ports
+        hwflow's agents report up (hwflow.neutron.status)."""
+        if trigger is wsgi.WorkerService:
+            status.StatusWatcher(open_nb).start()
+
 
     @functools.cached_property
     def nb(self) -> NbApi:
         """Opened at first use, in the process that serves requests (a WSGI server may load, then fork)."""
-        return NbApi.from_url(cfg.CONF.hwflow.database, hwflow_database_conf(cfg.CONF))
+        return open_nb()
 
     # Writing
 
@@ -167,6 +183,10 @@ class HwflowMechanismDriver(api.MechanismDriver):
     def create_port_precommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
             self._check("port", lambda: translate.port(context.current, context.host))
+            if context.host and context.host != context.original_host \
+                    and context.current["status"] != n_const.PORT_STATUS_ACTIVE:
+                status.block(context.plugin_context, context.current["id"])  # ACTIVE when hwflow has it up
+
 
     update_port_precommit = create_port_precommit
 
@@ -176,6 +196,29 @@ class HwflowMechanismDriver(api.MechanismDriver):
             self._put([*self._missing_groups(context, port), port])
 
     update_port_postcommit = create_port_postcommit
+
+    def bind_port(self, context: api.PortContext) -> None:
+        """To the host's chassis, if hwflow can (hwflow.neutron.binding); else the reason is logged, and with no
+        other driver binding it Neutron shows binding_failed."""
+        port, host = context.current, context.host
+        ident = self._chassis(host)
+        try:
+            chassis = self.nb.get(Chassis, ident)
+        except NotFound:
+            chassis = None
+        try:
+            vif_type, details = binding.vif(port, host, chassis if isinstance(chassis, Chassis) else None,
+                                            ident in self.nb.alive_chassis())
+        except binding.CannotBind as exc:
+            LOG.warning("hwflow cannot bind port %s (vnic_type %s) to host %s: %s", port["id"],
+                        port.get(portbindings.VNIC_TYPE), host, exc)
+            return
+        for segment in context.segments_to_bind:
+            if segment[api.NETWORK_TYPE] in translate.SEGMENT_TYPES:
+                context.set_binding(segment[api.ID], vif_type, details)
+                return
+        LOG.warning("hwflow cannot bind port %s to host %s: its network has no segment of a type hwflow carries",
+                    port["id"], host)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):

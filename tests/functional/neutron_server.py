@@ -31,6 +31,13 @@ PHYSNET = "physnet1"
 VNI_RANGE = (1000, 1999)
 VLAN_RANGE = (100, 199)
 
+# Neutron's policy (policy.yaml in the configuration directory) beyond its defaults: binding:profile is the
+# service role's (Nova's, which says there whether a VF is a switchdev one); the tests act as an admin.
+POLICY = """\
+"create_port:binding:profile": "rule:admin_only or rule:service_api"
+"update_port:binding:profile": "rule:admin_only or rule:service_api"
+"""
+
 CONFIG = """\
 [DEFAULT]
 core_plugin = ml2
@@ -113,6 +120,7 @@ class NeutronServer:
         (state / "lock").mkdir(parents=True, exist_ok=True)
         paste = Path(sysconfig.get_path("data")) / "etc" / "neutron" / "api-paste.ini"
         assert paste.exists(), f"{paste} is missing: install hwflow's neutron extra (pip install -e '.[neutron]')"
+        (self.workdir / "policy.yaml").write_text(POLICY)
         (self.workdir / "neutron.conf").write_text(CONFIG.format(
             paste=paste, state=state, vni=VNI_RANGE, vlan=VLAN_RANGE, physnet=PHYSNET,
             hwflow="\n".join(f"{name} = {value}" for name, value in self.hwflow.items())))
@@ -132,6 +140,8 @@ class NeutronServer:
         command = [str(uwsgi), "--http-socket", self.url.removeprefix("http://"),
                    "--module", "neutron.wsgi.api:application", "--home", sys.prefix,
                    "--master", "--processes", "1", "--lazy-apps", "--need-app", "--die-on-term",
+                   # hwflow's port status watcher is a thread of the worker: without this, uWSGI runs none
+                   "--enable-threads",
                    # uWSGI's plain HTTP socket closes each connection: say so, or a client reusing one fails.
                    "--add-header", "Connection: close"]
         env = {"PATH": "/usr/bin:/bin", "OS_NEUTRON_CONFIG_DIR": str(self.workdir),

@@ -3,12 +3,14 @@
 One etcd serves clients over TLS only, with certificates of a CA made here.
 ``hwflow db auth setup`` makes root and hwflow-admin and enables auth;
 ``hwflow db auth add-chassis`` makes each chassis's user. Then: a chassis's
-credential registers and keeps alive its own chassis and nothing else (a
-network, a port, another chassis: refused, one line, nothing changes); the
+credential registers and keeps alive its own chassis and reports its own
+ports' status, and nothing else (a network, a port, another chassis or its
+ports' status: refused, one line, nothing changes); the
 admin writes the logical network; a client without a certificate, with one
 of another CA, with a Common Name, without a user or with a wrong password
 is refused with a line saying what to change; a real agent with its
-chassis's credential registers, stays alive and forwards its VMs' pings.
+chassis's credential registers, stays alive, forwards its VMs' pings and
+reports their ports up.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tls_pki import Authority, Pair
 
 from hwflow.conf import new_conf
 from hwflow.db import NbApi, etcd_auth
+from hwflow.db.api import PORT_STATUS_TABLE
 from hwflow.db.etcd import Credentials, EtcdDriver, b64
 from hwflow.db.etcd_server import EtcdCluster, ServerTls
 from hwflow.model import Chassis, DatabaseUnavailable, Network, Port, Subnet
@@ -39,7 +42,7 @@ pytestmark = pytest.mark.functional
 
 # The management link a simulated host's agent reaches etcd by: a veth whose root end etcd listens on.
 MGMT_ETCD, MGMT_HOST, MGMT_PREFIX = "10.253.77.1", "10.253.77.2", 30
-TABLES = ("chassis", "network", "subnet", "port", "_alive", "_counter", "_unique", "_ref")
+TABLES = ("chassis", "network", "subnet", "port", "_alive", "_counter", "_unique", "_ref", PORT_STATUS_TABLE)
 
 
 class Secured:
@@ -120,17 +123,18 @@ def everything(api: NbApi) -> dict[str, list[tuple[str, bytes, int]]]:
     return {t: [(r.key, r.value, r.mod_revision) for r in api.driver.list(t)[1]] for t in TABLES}
 
 
-def test_add_chassis_grants_exactly_its_own_two_keys(secured: Secured) -> None:
+def test_add_chassis_grants_exactly_its_own_keys(secured: Secured) -> None:
     account = secured.add_chassis("host-c")
     assert account["role"] == "hwflow-chassis-host-c"
     assert account["grants"] == [
         {"permission": "read", "key": "/hwflow/", "prefix": True},
         {"permission": "readwrite", "key": "/hwflow/chassis/host-c", "prefix": False},
         {"permission": "readwrite", "key": "/hwflow/_alive/host-c", "prefix": False},
+        {"permission": "readwrite", "key": "/hwflow/port_status/host-c/", "prefix": True},
     ]
     with secured.api("root") as root:  # as etcd holds it
         perms = root.driver.request("/auth/role/get", {"role": "hwflow-chassis-host-c"})["perm"]
-    assert len(perms) == 3
+    assert len(perms) == 4
     with secured.api("root") as root:  # more than its own, by hand: a role, and a grant on its role
         root.driver.request("/auth/user/grant", {"user": "host-c", "role": "hwflow-admin"})
         root.driver.request("/auth/role/grant", {"name": "hwflow-chassis-host-c", "perm": {
@@ -139,7 +143,7 @@ def test_add_chassis_grants_exactly_its_own_two_keys(secured: Secured) -> None:
     secured.add_chassis("host-c")  # again: a new password, the old one refused, the extras gone
     with secured.api("root") as root:
         assert root.driver.request("/auth/user/get", {"name": "host-c"})["roles"] == ["hwflow-chassis-host-c"]
-        assert len(root.driver.request("/auth/role/get", {"role": "hwflow-chassis-host-c"})["perm"]) == 3
+        assert len(root.driver.request("/auth/role/get", {"role": "hwflow-chassis-host-c"})["perm"]) == 4
     with secured.api("host-c") as agent, pytest.raises(AccessDenied, match="permission denied"):
         agent.create(Network(id="by-host-c", vni=4500))
     with secured.api("host-c", password=old) as stale, \
@@ -167,6 +171,9 @@ def test_a_chassis_registers_and_keeps_alive_with_its_own_credential(secured: Se
         assert admin.get(Chassis, "host-a").tunnel_ip == "192.0.2.10"
         assert "host-a" in admin.alive_chassis()
         assert admin.driver.get("_counter", "chassis") is None  # a chassis takes no counter every chassis shares
+        agent.report_ports("host-a", ["p-up", "p-gone"], [])  # its own ports' status
+        agent.report_ports("host-a", [], ["p-gone"])
+        assert [(s.chassis, s.port) for s in admin.ports_up("host-a")[1]] == [("host-a", "p-up")]
         admin.create(Network(id="net-watch", vni=4001))
         events = agent.driver.watch(start + 1, timeout=10)  # and it reads everything, the watch too
         while not any(e.key == "net-watch" for e in events):
@@ -186,6 +193,9 @@ def test_a_chassis_registers_and_keeps_alive_with_its_own_credential(secured: Se
     pytest.param(lambda nb: nb.put_chassis(Chassis(id="host-z", tunnel_ip="198.51.100.66", up=True)),
                  id="a-new-chassis"),
     pytest.param(lambda nb: nb.heartbeat("host-b", 30), id="another-liveness"),
+    pytest.param(lambda nb: nb.report_ports("host-b", ["p1"], []), id="another-port-status"),
+    pytest.param(lambda nb: nb.report_ports("host-b", [], ["p1"]), id="another-port-status-down"),
+    pytest.param(lambda nb: nb.report_ports("host-ab", ["p1"], []), id="a-chassis-named-like-it"),
     pytest.param(lambda nb: nb.driver.put("_counter", "port", b"9"), id="a-counter"),
 ])
 def test_a_chassis_credential_cannot_change_the_network_or_another_chassis(
@@ -196,6 +206,7 @@ def test_a_chassis_credential_cannot_change_the_network_or_another_chassis(
             admin.create(Subnet(id="s1", network_id="n1", cidr="10.9.0.0/24"))
             admin.create(Port(id="p1", network_id="n1", mac="fa:16:3e:00:09:01", ips=["10.9.0.1"], chassis="host-b"))
             other.put_chassis(Chassis(id="host-b", tunnel_ip="198.51.100.2", up=True))
+            other.report_ports("host-b", ["p1"], [])
         before = everything(admin)
         with pytest.raises(AccessDenied) as refused:
             write(agent)
@@ -320,8 +331,11 @@ def test_an_agent_with_its_chassis_credential_registers_and_forwards(secured: Se
             host.plug(port, f"hwf-{name}-{vm}")
         wait_for("vm1 pinging vm2", lambda: host.ping(f"hwf-{name}-vm1", "10.43.0.2", count=1, interval=0.2) == 0,
                  log=host.agent_log)
+        with secured.api("hwflow-admin") as admin:  # with its own credential, once both datapaths had them
+            wait_for("both ports reported up", lambda: {s.port for s in admin.ports_up(name)[1]} == {
+                port.id for port in ports.values()}, log=host.agent_log)
         log = host.agent_log.read_text()
-        assert "permission denied" not in log and "cannot report chassis" not in log
+        assert "permission denied" not in log and "cannot report" not in log
         # Local endpoints are root-only (tests/unit/test_local_endpoints.py shows what the modes refuse).
         assert os.stat(host.nic_socket).st_mode & 0o777 == 0o600
     finally:

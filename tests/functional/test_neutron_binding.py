@@ -1,0 +1,139 @@
+"""Port binding and port status through a real Neutron server (issue 17): a port bound to a simulated host whose
+real hwflow-agent runs is ``vif_type ovs``; plugged, the agent programs it and reports it up, and Neutron shows
+it ACTIVE; unplugged, DOWN. A host without an agent, a dead agent, a direct port on a chassis whose NIC cannot
+offload, and a direct port that is not a switchdev VF: binding_failed, the reason in Neutron's log.
+
+The server (tests/functional/neutron_server.py) and the simulated host share one hwflow database (an sqlite
+file); openstacksdk drives Neutron as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is not installed (pip install -e "
+                                "'.[test,neutron]'; tools/dev.sh setup installs it)")
+from neutron_server import NeutronServer  # noqa: E402
+
+from hwflow.db.api import NbApi  # noqa: E402
+from hwflow.model.objects import Chassis, Port  # noqa: E402
+from hwflow.sim.host import SimHost  # noqa: E402
+
+pytestmark = pytest.mark.functional
+
+SWITCHDEV = {"capabilities": ["switchdev"]}  # what Nova puts in binding:profile for a VF of a switchdev NIC
+TIMEOUT = 60.0  # the agent's pass, its report, the watcher's poll and Neutron's update, on a busy machine
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, NbApi, SimHost, NeutronServer]]:
+    """A simulated host with its agent (chassis = its name), a Neutron server writing the same hwflow database,
+    a client, and the database."""
+    workdir = tmp_path_factory.mktemp("binding")
+    name = f"nb{secrets.token_hex(2)}"
+    database = f"sqlite:///{workdir / 'hwflow.sqlite'}"
+    with contextlib.ExitStack() as stack:
+        host = SimHost(name, workdir / name, database)
+        stack.callback(host.stop)
+        host.start()
+        server = NeutronServer(workdir, {"database": database})
+        stack.callback(server.stop)
+        server.start()
+        nb = stack.enter_context(NbApi.from_url(database))
+        wait_for("the agent's chassis, alive", lambda: name in nb.alive_chassis(), server, host)
+        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                               network_endpoint_override=server.url)
+        yield conn, nb, host, server
+
+
+def wait_for(what: str, check: Callable[[], Any], server: NeutronServer, host: SimHost | None = None) -> Any:
+    deadline = time.monotonic() + TIMEOUT
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            agent = host.agent_log.read_text(errors="replace")[-3000:] if host else ""
+            pytest.fail(f"timed out waiting for {what}\n--- neutron:\n{server.tail()}\n--- agent:\n{agent}")
+        time.sleep(0.3)
+    return found
+
+
+@pytest.fixture
+def network(cloud: tuple[Any, NbApi, SimHost, NeutronServer]) -> Iterator[Any]:
+    conn = cloud[0]
+    net = conn.network.create_network(name="bound")
+    conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.7.0.0/24", is_dhcp_enabled=False)
+    try:
+        yield net
+    finally:
+        for port in conn.network.ports(network_id=net.id):
+            conn.network.delete_port(port)
+        conn.network.delete_network(net)
+
+
+def test_a_port_plugged_on_its_host_goes_active_and_down_when_unplugged(cloud, network) -> None:
+    conn, nb, host, server = cloud
+    port = conn.network.create_port(network_id=network.id, name="vm1", binding_host_id=host.name)
+    assert (port.binding_vif_type, port.binding_vif_details.get("port_filter")) == ("ovs", True)
+    assert port.status == "DOWN"
+    held = nb.get(Port, port.id)
+    assert held.chassis == host.name
+    vm = f"hwf-{host.name}-vm1"
+    host.plug(held, vm)
+    wait_for("the port ACTIVE in Neutron", lambda: conn.network.get_port(port.id).status == "ACTIVE", server, host)
+    assert [(s.chassis, s.port) for s in nb.ports_up()[1]] == [(host.name, port.id)]
+    host.unplug(vm)
+    wait_for("the port DOWN in Neutron", lambda: conn.network.get_port(port.id).status == "DOWN", server, host)
+    assert nb.ports_up()[1] == []
+    host.plug(held, vm)  # and back: up again (the block the DOWN put back is completed again)
+    wait_for("the port ACTIVE again", lambda: conn.network.get_port(port.id).status == "ACTIVE", server, host)
+    host.unplug(vm)
+    # Neutron on sqlite: a request racing the watcher's status write may find the database locked
+    wait_for("the port DOWN again", lambda: conn.network.get_port(port.id).status == "DOWN", server, host)
+    assert nb.ports_up()[1] == []
+
+
+def test_a_direct_port_on_a_switchdev_host_binds_to_ovs(cloud, network) -> None:
+    """A VF of a switchdev NIC on a host whose agent reports an offload device that redirects: ``ovs``, as
+    networking-ovn binds it (os-vif plugs the VF's representor)."""
+    conn, nb, host, server = cloud
+    port = conn.network.create_port(network_id=network.id, binding_host_id=host.name, binding_vnic_type="direct",
+                                    binding_profile=SWITCHDEV)
+    assert port.binding_vif_type == "ovs"
+    assert nb.get(Port, port.id).chassis == host.name
+
+
+@pytest.mark.parametrize(("host_id", "vnic", "reason"), [
+    pytest.param("nowhere", "normal", "no hwflow agent registered for host nowhere: start hwflow-agent there",
+                 id="no-agent"),
+    pytest.param("stopped", "normal", r"the hwflow agent of host stopped \(chassis stopped\) is not alive",
+                 id="dead-agent"),
+    pytest.param("plain", "direct", "chassis plain \\(host plain\\) reports no switchdev NIC that can forward",
+                 id="direct-without-offload"),
+    pytest.param("SIM", "direct-legacy", "vnic_type direct without 'switchdev' in binding:profile capabilities",
+                 id="direct-not-switchdev"),
+    pytest.param("SIM", "macvtap", "vnic_type macvtap is not one hwflow binds", id="macvtap"),
+])
+def test_what_hwflow_cannot_bind_fails_with_a_reason(cloud, network, host_id: str, vnic: str, reason: str) -> None:
+    conn, nb, host, server = cloud
+    # "plain": a live agent on a host without a switchdev NIC (its record lists no offload device); "stopped":
+    # a registered chassis whose agent's lease is gone
+    nb.put_chassis(Chassis(id="plain", tunnel_ip="192.0.2.31", hostname="plain",
+                           capabilities={"offload_devices": []}, up=True))
+    nb.heartbeat("plain", 600)
+    nb.put_chassis(Chassis(id="stopped", tunnel_ip="192.0.2.32", up=False))
+    kind, profile = (("direct", {}) if vnic == "direct-legacy" else (vnic, SWITCHDEV if vnic == "direct" else {}))
+    port = conn.network.create_port(network_id=network.id, binding_host_id=host.name if host_id == "SIM" else host_id,
+                                    binding_vnic_type=kind, **({"binding_profile": profile} if profile else {}))
+    assert port.binding_vif_type == "binding_failed"
+    assert port.status == "DOWN"
+    wait_for(f"the reason in Neutron's log: {reason}", lambda: _logged(server, reason), server)
+
+
+def _logged(server: NeutronServer, pattern: str) -> bool:
+    return re.search(f"hwflow cannot bind port .*{pattern}", server.log.read_text(errors="replace")) is not None
