@@ -69,7 +69,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "chassis": ("name", "alive", "tunnel_ip", "tunnel_types", "hostname", "registered", "revision"),
     "network": ("id", "name", "network_type", "vni", "physical_network", "vlan_id", "mtu", "external", "revision"),
     "subnet": ("id", "name", "network_id", "cidr", "gateway_ip", "enable_dhcp", "revision"),
-    "port": ("id", "name", "network_id", "mac", "ips", "chassis", "security_groups", "unique_key", "revision"),
+    "port": ("id", "name", "network_id", "mac", "ips", "chassis", "status", "security_groups", "unique_key",
+             "revision"),
     "router": ("id", "name", "gateway_network_id", "gateway_ip", "enable_snat", "revision"),
     "router_port": ("id", "name", "router_id", "subnet_id", "mac", "ip", "revision"),
     "security_group": ("id", "name", "description", "revision"),
@@ -89,8 +90,9 @@ JSON output (--format json): the object as stored, {FIELD: VALUE, ...}
 (a chassis also has "alive": whether its agent runs, i.e. its liveness
 lease holds and it has not marked the chassis down (up); its heartbeat_at
 is when its agent last wrote the record: at start and when something in it
-changed, not at every report, shown by "list" as "registered ... ago");
-"list" prints a list of them and "delete" the list of objects removed
+changed, not at every report, shown by "list" as "registered ... ago"; a
+port also has "status": "up" while an agent reports it programmed, else
+"down"); "list" prints a list of them and "delete" the list of objects removed
 (the named one first, then what --cascade removed with it)."""
 
 
@@ -171,21 +173,31 @@ def _open(conf: cfg.ConfigOpts) -> NbApi:
     return NbApi.from_url(conf.database.url, conf)
 
 
-def _stored(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
-    """The object as stored; a chassis also says whether its agent runs.
+def _stored(obj: NbObject, alive: Set[str], up: Set[str] = frozenset()) -> dict[str, Any]:
+    """The object as stored; a chassis also says whether its agent runs, a port whether an agent has it up.
 
     That is its liveness lease (refreshed every report interval, lapsing
     after three missed ones) unless the agent marked the chassis down when it
     stopped: the lease may outlive a clean stop by up to those three intervals.
+    A port is up while an agent reports it programmed (``up``: NbApi.ports_up).
     """
     data = obj.to_dict()
     if isinstance(obj, Chassis):
         data["alive"] = obj.id in alive and obj.up
+    if isinstance(obj, Port):
+        data["status"] = "up" if obj.id in up else "down"
     return data
 
 
-def _row(obj: NbObject, alive: Set[str]) -> dict[str, Any]:
-    row = _stored(obj, alive)
+def _live(api: NbApi, kind: str) -> tuple[set[str], set[str]]:
+    """What ``_stored`` adds to objects of ``kind``: the chassis alive, the ports some agent reports up."""
+    alive = api.alive_chassis() if kind == Chassis.kind else set()
+    up = {status.port for status in api.ports_up()[1]} if kind == Port.kind else set()
+    return alive, up
+
+
+def _row(obj: NbObject, alive: Set[str], up: Set[str] = frozenset()) -> dict[str, Any]:
+    row = _stored(obj, alive, up)
     if isinstance(obj, Chassis):  # heartbeat_at: when the agent last wrote the record, not its last report
         row["registered"] = _ago(time.time() - obj.heartbeat_at) if obj.heartbeat_at else "never"
     return row
@@ -200,8 +212,9 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f}s ago"
 
 
-def _print_object(args: argparse.Namespace, obj: NbObject, alive: Set[str] = frozenset()) -> None:
-    data = _stored(obj, alive)
+def _print_object(args: argparse.Namespace, obj: NbObject, alive: Set[str] = frozenset(),
+                  up: Set[str] = frozenset()) -> None:
+    data = _stored(obj, alive, up)
     if args.format == "json":
         output.dump_json(data)
     else:
@@ -219,16 +232,17 @@ def _list(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
             objs = [o for o in objs if isinstance(o, Port) and o.network_id == network.id]
         if getattr(args, "project", None):
             objs = [o for o in objs if o.project_id == args.project]
-        alive = api.alive_chassis() if args.kind == Chassis.kind else set()
-    output.emit(args.format, [_stored(o, alive) for o in objs], [_row(o, alive) for o in objs], COLUMNS[args.kind])
+        alive, up = _live(api, args.kind)
+    output.emit(args.format, [_stored(o, alive, up) for o in objs], [_row(o, alive, up) for o in objs],
+                COLUMNS[args.kind])
     return 0
 
 
 def _show(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     with _open(conf) as api:
         obj = api.find(args.kind, args.object)
-        alive = api.alive_chassis() if args.kind == Chassis.kind else set()
-    _print_object(args, obj, alive)
+        alive, up = _live(api, args.kind)
+    _print_object(args, obj, alive, up)
     return 0
 
 

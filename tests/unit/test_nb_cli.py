@@ -349,3 +349,22 @@ def test_apply_that_stops_part_way_says_what_was_written_and_applying_again_fini
     assert status == 0, err
     assert out.splitlines()[-1] == "8 created, 0 updated, 5 unchanged"
     assert sorted(p.name for p in stored(url, "port")) == sorted(f"vm{i}" for i in range(12))
+
+
+def test_a_port_shows_whether_an_agent_reports_it_up(cli, url):
+    cli("network", "create", "blue", "--vni", "1001")
+    cli("port", "create", "vm1", "--network", "blue", "--mac", "fa:16:3e:00:00:01", "--chassis", "compute-1")
+    [port] = stored(url, "port")
+
+    def shown() -> tuple[str, str]:
+        listed = json.loads(cli("port", "list", "--format", "json")[1])
+        return listed[0]["status"], json.loads(cli("port", "show", "vm1", "--format", "json")[1])["status"]
+
+    assert shown() == ("down", "down")
+    with NbApi.from_url(url) as api:
+        api.report_ports("compute-1", [port.id], [])
+        assert shown() == ("up", "up")
+        header = cli("port", "list")[1].splitlines()[0].split()
+        assert header[header.index("CHASSIS") + 1] == "STATUS"
+        api.report_ports("compute-1", [], [port.id])
+        assert shown() == ("down", "down")
