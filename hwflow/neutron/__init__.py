@@ -21,17 +21,27 @@ What exists:
   name or hostname, else the host name, which is an agent's default chassis name). Security group:
   name, description; rule: direction, ethertype, protocol, port range or ICMP type/code, remote prefix
   or remote group.
+- ``binding`` and ``status``: ``bind_port`` binds vnic_type ``normal``, and ``direct`` with ``switchdev`` in
+  the binding profile's capabilities (a VF of a NIC in switchdev mode), as ``vif_type ovs`` (networking-ovn's
+  way: os-vif plugs the tap or the VF's representor into the integration bridge) to the host's chassis
+  when its agent's lease holds and, for ``direct``, it reports an offload device that can redirect;
+  otherwise Neutron shows ``binding_failed`` and its log the reason (no agent for the host, a dead one,
+  a NIC that cannot offload, a legacy SR-IOV VF, another vnic type). A direct port on a host that cannot
+  offload is refused, not bound ``normal``: Nova has given the VM a VF already. Each agent reports the
+  ports it has programmed (``NbApi.report_ports``: a key ``port_status/CHASSIS/PORT`` each, the agent's
+  etcd role writes its own prefix only); a watcher thread in each API worker completes a port's L2
+  provisioning block when some chassis reports it up (Neutron makes a bound port ACTIVE) and puts the
+  block back and sets DOWN when none does, as networking-ovn does from its southbound database. The driver
+  adds the block when a port is bound to a new host. ``hwflow nb port list`` shows the status.
 
 What Neutron has and hwflow's model does not (not written; a later change to the model may add them):
-admin state (``admin_state_up``) of networks and ports; port status (hwflow does not report a port up);
-``vnic_type`` and the binding profile; networks of several segments; the ``local`` and ``gre`` types;
+admin state (``admin_state_up``) of networks and ports; the binding profile but its ``switchdev``
+capability; networks of several segments; the ``local`` and ``gre`` types;
 subnet IPv6 address/RA modes, subnet pools, service types and segments; extra DHCP options; security
 group statefulness, sharing and rule descriptions; address groups (a rule naming one is refused);
 QoS, trunks, port DNS names. Ports owned by a router or a floating IP are left to the L3 plugin.
 
-What is left (issue 17): the L3 service plugin (routers, interfaces, gateways, floating IPs); port
-binding (``bind_port`` for vnic_type normal and direct to a registered chassis, failing with a reason
-for a host without an agent) and port status ACTIVE reported back by the agent; a journal or revision
+What is left (issue 17): the L3 service plugin (routers, interfaces, gateways, floating IPs); a journal or revision
 check so a failed write, a server restart or two servers cannot leave the databases apart, and
 ``hwflow neutron-sync``; the end-to-end test where a VM on a bound port gets DHCP and pings across a
 router; the README's OpenStack section then says how to run all of it.
@@ -44,5 +54,8 @@ after the commit (``AFTER_*``) is logged and the request succeeds: hwflow's copy
 journal must catch. Deleting a group drops the other groups' rules naming it as remote group without an
 event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
 migrations, so rows the migrations insert (the default security group rule templates) are added by hand
-(tests/functional/neutron_server.py).
+(tests/functional/neutron_server.py). The status watcher is a thread of the API worker: uWSGI
+runs one only with ``--enable-threads``. ``binding:profile`` is the service role's (Nova's) by Neutron's
+policy; the test server's policy.yaml lets its admin set it. On sqlite, Neutron's requests and the
+watcher's status writes can find the database locked (a test waits for a port's status before deleting it).
 """
