@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "hwflow.cli.pipeline",
     "hwflow.cli.trace",
     "hwflow.cli.flows",
+    "hwflow.cli.neutron",
 )
 
 

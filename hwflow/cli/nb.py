@@ -79,8 +79,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "floating_ip": ("id", "floating_ip_address", "floating_network_id", "port_id", "fixed_ip_address", "revision"),
 }
 
-# Fields set by the database, never from the command line.
-_MANAGED = ("id", "name", "project_id", "revision", "unique_key")
+# Fields set by the database (or, external_revision, by the system that writes the object: Neutron), never from
+# the command line.
+_MANAGED = ("id", "name", "project_id", "revision", "unique_key", "external_revision")
 # The order "apply" writes kinds in, so that whatever an object names exists before it.
 APPLY_ORDER = ("network", "security_group", "security_group_rule", "subnet", "router", "router_port", "port",
                "floating_ip")

@@ -91,7 +91,11 @@ class NbObject:
     is stored) and is what compare-and-swap updates compare against;
     ``unique_key`` is a small integer the NB API allocates per kind, used by
     the datapath where a UUID does not fit (port numbers, tunnel keys).
-    ``project_id`` is the tenant the object belongs to.
+    ``project_id`` is the tenant the object belongs to. ``external_revision``
+    is the revision the object has in the system that writes it into hwflow
+    (Neutron's ``revision_number``; 0 for an object hwflow's own CLI made):
+    that writer stores a change only over an older one, so two of its
+    servers racing cannot leave hwflow behind (``hwflow.neutron.sync``).
 
     Relations are declared, not coded, so the NB API checks them all the
     same way: ``references`` maps a field (an id, "" for none, or a list of
@@ -121,6 +125,7 @@ class NbObject:
     project_id: str = "default"
     revision: int = 0
     unique_key: int = 0
+    external_revision: int = 0
 
     max_unique_key: ClassVar[int] = MAX_UNIQUE_KEY
     numbered: ClassVar[bool] = True
@@ -162,6 +167,8 @@ class NbObject:
             raise self.fail("project_id", "must be 1-255 letters, digits, '.', '_', ':' or '-'")
         if self.revision < 0:
             raise self.fail("revision", "must not be negative")
+        if self.external_revision < 0:
+            raise self.fail("external_revision", "must not be negative")
         if not 0 <= self.unique_key <= self.max_unique_key:
             raise self.fail("unique_key", f"must be between 0 and {self.max_unique_key}")
         self.validate_kind()

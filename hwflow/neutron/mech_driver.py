@@ -28,10 +28,10 @@ from oslo_config import cfg
 from oslo_log import log
 
 from hwflow import conf as hwflow_conf
-from hwflow.db.api import Create, NbApi, Update, Write
+from hwflow.db.api import NbApi
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
-from hwflow.neutron import binding, status, translate
+from hwflow.neutron import binding, status, sync, translate
 
 LOG = log.getLogger(__name__)
 
@@ -94,7 +94,6 @@ class HwflowMechanismDriver(api.MechanismDriver):
         if trigger is wsgi.WorkerService:
             status.StatusWatcher(open_nb).start()
 
-
     @functools.cached_property
     def nb(self) -> NbApi:
         """Opened at first use, in the process that serves requests (a WSGI server may load, then fork)."""
@@ -104,16 +103,11 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def _put(self, objs: Iterable[NbObject]) -> None:
         """Create or overwrite, in one batch: a postcommit may run again for a request Neutron retried, and
-        a resource may already be there (a security group written before its port asked for it)."""
-        writes: list[Write] = []
-        for obj in objs:
-            try:
-                self.nb.get(type(obj), obj.id)
-            except NotFound:
-                writes.append(Create(obj))
-            else:
-                writes.append(Update(obj))  # revision 0: whatever is stored is replaced
-        self.nb.apply(writes)
+        a resource may already be there (a security group written before its port asked for it). Never over a
+        newer revision (another Neutron server's later update got there first: ``sync.put_newer``)."""
+        for obj in sync.put_newer(self.nb, objs):
+            LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one", obj.label(),
+                      obj.external_revision)
 
     def _remove(self, kind: str, ident: str) -> None:
         """Delete with what hwflow's object owns (a network's subnets and ports, a group's rules): Neutron
@@ -131,8 +125,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
         try:
             return self.nb.get(Chassis, host).id  # one read: chassis are usually named after their host
         except NotFound:
-            named = [c.id for c in self.nb.list(Chassis) if isinstance(c, Chassis) and c.hostname == host]
-            return named[0] if named else host
+            return translate.chassis_for(host, [c for c in self.nb.list(Chassis) if isinstance(c, Chassis)])
 
     # Networks
 
@@ -186,7 +179,6 @@ class HwflowMechanismDriver(api.MechanismDriver):
             if context.host and context.host != context.original_host \
                     and context.current["status"] != n_const.PORT_STATUS_ACTIVE:
                 status.block(context.plugin_context, context.current["id"])  # ACTIVE when hwflow has it up
-
 
     update_port_precommit = create_port_precommit
 

@@ -9,7 +9,7 @@ to change. What hwflow's model has no field for is listed in ``hwflow.neutron``'
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from neutron_lib import constants as n_const
@@ -18,6 +18,7 @@ from hwflow.model.errors import ValidationError
 from hwflow.model.objects import (
     PORT_PROTOCOLS,
     PROTOCOL_NAMES,
+    Chassis,
     FloatingIP,
     NbObject,
     Network,
@@ -55,10 +56,21 @@ def _prefix(label: str, field: str, text: Any) -> str:
 
 
 def _common(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields every object has: Neutron's id, name and project (an object of no project is hwflow's
-    "default" one, as the CLI writes them)."""
+    """The fields every object has: Neutron's id, name, project (an object of no project is hwflow's
+    "default" one, as the CLI writes them) and revision number (what a write newer than another is)."""
     return {"id": resource["id"], "name": resource.get("name") or "",
-            "project_id": resource.get("project_id") or NbObject.project_id}
+            "project_id": resource.get("project_id") or NbObject.project_id,
+            "external_revision": resource.get("revision_number") or 0}
+
+
+def chassis_for(host: str, registered: Iterable[Chassis]) -> str:
+    """The chassis of a binding host among those registered: the one of that name, else of that hostname; else
+    the host name itself, which is the chassis name an agent takes by default (it binds when that agent comes)."""
+    chassis = list(registered)
+    for named in ([c.id for c in chassis if c.id == host], [c.id for c in chassis if c.hostname == host]):
+        if named:
+            return named[0]
+    return host
 
 
 def network(net: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> Network:
@@ -137,6 +149,7 @@ def security_group_rule(rule: Mapping[str, Any]) -> SecurityGroupRule:
     low, high = rule.get("port_range_min"), rule.get("port_range_max")
     made = SecurityGroupRule(
         id=rule["id"], project_id=rule.get("project_id") or NbObject.project_id,
+        external_revision=rule.get("revision_number") or 0,
         security_group_id=rule["security_group_id"], direction=rule["direction"], ethertype=rule["ethertype"],
         protocol=_protocol(rule), remote_group_id=rule.get("remote_group_id") or "",
         remote_ip_prefix=_prefix(label, "remote_ip_prefix", rule["remote_ip_prefix"])

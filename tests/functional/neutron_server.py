@@ -50,7 +50,7 @@ rpc_state_report_workers = 0
 api_workers = 1
 state_path = {state}
 [database]
-connection = sqlite:///{state}/neutron.sqlite
+connection = {database}
 [oslo_concurrency]
 lock_path = {state}/lock
 [ml2]
@@ -104,11 +104,14 @@ def create_schema(url: str) -> None:
 class NeutronServer:
     """Neutron's API on a free port of 127.0.0.1 with its state in ``workdir``; ``start``, then ``stop``."""
 
-    def __init__(self, workdir: Path, hwflow: Mapping[str, str]) -> None:
+    def __init__(self, workdir: Path, hwflow: Mapping[str, str], database: str = "") -> None:
         """``hwflow`` is the [hwflow] section: the database URL and, for an etcd closed to strangers, the
-        credentials (ca_file, cert_file, key_file, username, password)."""
+        credentials (ca_file, cert_file, key_file, username, password). ``database`` is Neutron's own: another
+        server's (``self.database``), to run two servers on one; by default a new one in ``workdir``."""
         self.workdir = workdir
         self.hwflow = hwflow
+        self.database = database or f"sqlite:///{workdir / 'state' / 'neutron.sqlite'}"
+        self.new_database = not database
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = workdir / "neutron-api.log"
         self.proc: subprocess.Popen | None = None
@@ -122,9 +125,10 @@ class NeutronServer:
         assert paste.exists(), f"{paste} is missing: install hwflow's neutron extra (pip install -e '.[neutron]')"
         (self.workdir / "policy.yaml").write_text(POLICY)
         (self.workdir / "neutron.conf").write_text(CONFIG.format(
-            paste=paste, state=state, vni=VNI_RANGE, vlan=VLAN_RANGE, physnet=PHYSNET,
+            paste=paste, state=state, database=self.database, vni=VNI_RANGE, vlan=VLAN_RANGE, physnet=PHYSNET,
             hwflow="\n".join(f"{name} = {value}" for name, value in self.hwflow.items())))
-        subprocess.run([sys.executable, __file__, f"sqlite:///{state}/neutron.sqlite"], check=True, timeout=300)
+        if self.new_database:
+            subprocess.run([sys.executable, __file__, self.database], check=True, timeout=300)
         for attempt in range(START_ATTEMPTS):
             self._launch()
             try:

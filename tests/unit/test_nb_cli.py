@@ -72,8 +72,8 @@ def test_create_show_list_delete(cli, url):
 def test_json_output_shapes(cli):
     _, out, _ = cli("network", "create", "blue", "--vni", "7", "--mtu", "9000", "--format", "json")
     created = json.loads(out)
-    assert set(created) == {"id", "name", "project_id", "revision", "unique_key", "network_type", "vni",
-                            "physical_network", "vlan_id", "mtu", "external"}
+    assert set(created) == {"id", "name", "project_id", "revision", "unique_key", "external_revision", "network_type",
+                            "vni", "physical_network", "vlan_id", "mtu", "external"}
     assert (created["name"], created["vni"], created["mtu"], created["revision"]) == ("blue", 7, 9000, 1)
     _, out, _ = cli("network", "list", "--format", "json")
     assert json.loads(out) == [created]

@@ -1,0 +1,214 @@
+"""Keeping hwflow's database what Neutron's says: writes that never go back, and a compare-and-repair pass.
+
+How the two integrations hwflow's line is measured against do it, and what hwflow takes of each:
+
+- networking-odl keeps a journal: each change is a row of Neutron's database written in the precommit (in
+  Neutron's transaction), sent to OpenDaylight by a worker thread that retries it until it is done, with a
+  full sync at start. Its writes are asynchronous: a request succeeds before OpenDaylight has it.
+- networking-ovn (now Neutron's OVN driver) writes in the postcommit, and stamps every OVN row with Neutron's
+  ``revision_number`` (``external_ids: neutron:revision_number``); its transaction checks that the stored
+  stamp is older (``check_revision_number``), so two servers racing never put an older state over a newer.
+  A table of Neutron's (``ovn_revision_numbers``) records what reached OVN, and a maintenance task
+  (``DBInconsistenciesPeriodics.check_for_inconsistencies``, every 300 s, in the one server holding an OVSDB
+  lock) repairs the rows where it and ``standardattributes`` differ. ``neutron-ovn-db-sync-util`` compares
+  everything and repairs OVN's side.
+
+hwflow's driver writes in the postcommit, synchronously, as OVN's does (an agent sees a change when Neutron
+answers), so it takes OVN's design: each object hwflow holds from Neutron carries Neutron's
+``revision_number`` as its ``external_revision`` (a model field, as Dragonflow's models carried it as their
+``version``), and :func:`put_newer` writes an object only over an older one, compare-and-swap on hwflow's own
+revision of what it read (a race lost is read again). A write that failed (hwflow's database unreachable, a
+postcommit that raised, a security group callback that is only logged, a server killed between Neutron's commit
+and hwflow's write) and a stale update landing after a delete are then found by comparing the two databases:
+:func:`compare` lists what hwflow lacks, holds differently or holds that Neutron has not, :func:`repair`
+writes hwflow's side (never Neutron's). Both run from ``hwflow neutron-sync`` and from the driver's maintenance
+thread, every ``[hwflow] sync_interval`` seconds in each Neutron server process. No journal table: the
+comparison needs none (Neutron's database is the truth, its revision numbers say what is newer), and a
+schema of hwflow's in Neutron's database would need migrations of its own.
+
+Objects hwflow's own CLI made (``external_revision`` 0) are not Neutron's: never reported as extra, never
+deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+from hwflow.db.api import BatchIncomplete, Create, NbApi, Update, Write
+from hwflow.model.errors import Conflict, DatabaseUnavailable, HwflowError, NotFound, ValidationError
+from hwflow.model.objects import Chassis, NbObject
+from hwflow.neutron import translate
+
+WRITE_ATTEMPTS = 20  # a write that lost this many races to other Neutron servers' writes of the same objects gives up
+# What differs between two objects that are the same: hwflow's bookkeeping, and Neutron's revision (a revision
+# moved by what hwflow does not hold, a port's status say, is no difference).
+BOOKKEEPING = ("revision", "unique_key", "external_revision")
+
+Action = Literal["create", "update", "delete", "refused"]
+
+
+class Neutron(Protocol):
+    """Neutron's resources as its API shows them to an admin: ``list`` a collection (``networks``,
+    ``security-group-rules``, ...), whether one object of it ``exists`` now."""
+
+    def list(self, collection: str) -> list[dict[str, Any]]: ...
+
+    def exists(self, collection: str, ident: str) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """One kind of Neutron resource hwflow holds: its collection in Neutron's API, hwflow's kind, and how a
+    resource of it becomes hwflow's object (None: not hwflow's to hold, e.g. a router's port)."""
+
+    path: str
+    kind: str
+    translate: Callable[[Mapping[str, Any], Sequence[Chassis]], NbObject | None]
+
+
+def segments(net: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A network's segments as ML2 hands them to a driver, from its API form (``segments`` when it has several,
+    else the ``provider:`` attributes, which only an admin sees)."""
+    shown = net.get("segments") or [net]
+    if any("provider:network_type" not in segment for segment in shown):
+        raise ValidationError(f"network {net['id']}: Neutron did not show its provider:network_type; read Neutron "
+                              "as an admin (OS_* or clouds.yaml credentials of an admin user)")
+    return [{"network_type": s["provider:network_type"], "physical_network": s.get("provider:physical_network"),
+             "segmentation_id": s.get("provider:segmentation_id")} for s in shown]
+
+
+def _port(port: Mapping[str, Any], chassis: Sequence[Chassis]) -> NbObject | None:
+    if translate.is_l3_port(port):
+        return None
+    return translate.port(port, translate.chassis_for(port.get("binding:host_id") or "", chassis))
+
+
+# In the order hwflow's database takes them (what an object names is written before it).
+COLLECTIONS = (
+    Collection("networks", "network", lambda net, _: translate.network(net, segments(net))),
+    Collection("security-groups", "security_group", lambda group, _: translate.security_group(group)),
+    Collection("security-group-rules", "security_group_rule", lambda rule, _: translate.security_group_rule(rule)),
+    Collection("subnets", "subnet", lambda sub, _: translate.subnet(sub)),
+    Collection("ports", "port", _port),
+)
+
+
+@dataclasses.dataclass
+class Difference:
+    """One object hwflow holds apart from Neutron: ``create`` (missing in hwflow), ``update`` (held with other
+    values: ``detail`` names the fields), ``delete`` (held by hwflow, gone from Neutron), ``refused`` (Neutron
+    has it, hwflow's model cannot hold it: ``detail`` says why). ``result`` is what repairing it did."""
+
+    action: Action
+    kind: str
+    id: str
+    name: str
+    detail: str = ""
+    result: str = ""
+    wanted: NbObject | None = dataclasses.field(default=None, repr=False, compare=False)
+    collection: str = dataclasses.field(default="", repr=False, compare=False)
+
+    def row(self) -> dict[str, str]:
+        """As ``hwflow neutron-sync`` reports it."""
+        return {"action": self.action, "kind": self.kind, "id": self.id, "name": self.name, "detail": self.detail,
+                "result": self.result}
+
+
+def put_newer(nb: NbApi, objs: Iterable[NbObject]) -> list[NbObject]:
+    """Create or overwrite each object, in one batch, but none over a newer one: one hwflow holds at a higher
+    ``external_revision`` is left (another Neutron server wrote a later state). Each overwrite compares hwflow's
+    revision of what was read, so a race lost to another writer is read and decided again. Returns the objects
+    left for being older. Equal revisions are written (a request Neutron retried, a repair)."""
+    objs = list(objs)
+    for _ in range(WRITE_ATTEMPTS):
+        writes: list[Write] = []
+        older: list[NbObject] = []
+        for obj in objs:
+            try:
+                stored = nb.get(type(obj), obj.id)
+            except NotFound:
+                writes.append(Create(obj))
+                continue
+            if stored.external_revision > obj.external_revision:
+                older.append(obj)
+            else:
+                writes.append(Update(obj, if_revision=stored.revision))
+        try:
+            nb.apply(writes)
+        except Conflict:
+            continue
+        except BatchIncomplete as exc:
+            if not isinstance(exc.cause, Conflict):
+                raise
+            continue
+        return older
+    raise DatabaseUnavailable(f"{objs[0].label() if len(objs) == 1 else f'{len(objs)} objects'}: gave up after "
+                              f"{WRITE_ATTEMPTS} writes lost to concurrent writers of the same objects")
+
+
+def _differing(wanted: NbObject, held: NbObject) -> list[str]:
+    return [f.name for f in dataclasses.fields(wanted)
+            if f.name not in BOOKKEEPING and getattr(wanted, f.name) != getattr(held, f.name)]
+
+
+def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
+    """What hwflow's database holds apart from Neutron's, kind by kind in :data:`COLLECTIONS`' order (deletes
+    last, a kind's objects by id). Reads only."""
+    chassis = [c for c in nb.list(Chassis) if isinstance(c, Chassis)]
+    found: list[Difference] = []
+    extra: list[Difference] = []
+    for coll in COLLECTIONS:
+        held = {obj.id: obj for obj in nb.list(coll.kind)}
+        known: set[str] = set()
+        for resource in sorted(neutron.list(coll.path), key=lambda r: r["id"]):
+            known.add(resource["id"])
+            try:
+                wanted = coll.translate(resource, chassis)
+            except ValidationError as exc:
+                found.append(Difference("refused", coll.kind, resource["id"], resource.get("name") or "", str(exc)))
+                continue
+            if wanted is None:
+                continue
+            mine = held.get(wanted.id)
+            if mine is None:
+                found.append(Difference("create", coll.kind, wanted.id, wanted.name, "missing in hwflow",
+                                        wanted=wanted))
+            elif fields := _differing(wanted, mine):
+                found.append(Difference("update", coll.kind, wanted.id, wanted.name,
+                                        f"differs in {', '.join(fields)}", wanted=wanted))
+        extra += [Difference("delete", coll.kind, obj.id, obj.name, "not in Neutron", collection=coll.path)
+                  for ident, obj in sorted(held.items()) if ident not in known and obj.external_revision > 0]
+    return found + extra[::-1]  # what names an object is deleted after it
+
+
+def repair(neutron: Neutron, nb: NbApi, differences: Iterable[Difference]) -> list[Difference]:
+    """Make hwflow's side what Neutron's is, one object at a time (one that fails is reported, the rest go on),
+    and say in each difference's ``result`` what was done. An extra object is deleted (with what it owns) only
+    if Neutron still lacks it when asked again: one created since the comparison read Neutron is not."""
+    done = []
+    for diff in differences:
+        try:
+            diff.result = _repair(neutron, nb, diff)
+        except HwflowError as exc:
+            diff.result = f"failed: {exc}"
+        done.append(diff)
+    return done
+
+
+def _repair(neutron: Neutron, nb: NbApi, diff: Difference) -> str:
+    if diff.action == "refused":
+        return "left: hwflow cannot hold it"
+    if diff.action == "delete":
+        if neutron.exists(diff.collection, diff.id):
+            return "left: Neutron has it now"
+        try:
+            nb.delete(diff.kind, diff.id, cascade=True)
+        except NotFound:
+            return "gone already"
+        return "deleted"
+    assert diff.wanted is not None
+    if put_newer(nb, [diff.wanted]):
+        return "left: hwflow holds a newer revision"
+    return "created" if diff.action == "create" else "updated"
