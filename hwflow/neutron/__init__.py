@@ -14,6 +14,13 @@ What exists:
   updated and deleted in hwflow's database through ``NbApi``; each checked in its precommit, so Neutron
   refuses with hwflow's reason what hwflow's model cannot hold, and a network's VNI or VLAN that hwflow's
   database gives a network Neutron does not know (made with ``hwflow nb``) is a 409 naming it.
+- ``l3.HwflowL3RouterPlugin`` (entry point ``neutron.service_plugins: hwflow_l3``; it needs the mechanism
+  driver, whose database and write path it uses): Neutron's L3 database mixins keep Neutron's side (as
+  networking-ovn's and Dragonflow's L3 plugins); routers, router interfaces and floating IPs are written
+  from Neutron's after-commit callbacks, checked in its precommit (or before) callbacks. A router's
+  interface port is hwflow's RouterPort of the same id (a VM port attached by its id stops being a hwflow
+  Port), its gateway port is the router's gateway network and address (the IPv4 one) with SNAT on or off,
+  a floating IP's port is the FloatingIP (address, associated port and fixed address).
 - ``translate``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
@@ -39,20 +46,22 @@ admin state (``admin_state_up``) of networks and ports; the binding profile but 
 capability; networks of several segments; the ``local`` and ``gre`` types;
 subnet IPv6 address/RA modes, subnet pools, service types and segments; extra DHCP options; security
 group statefulness, sharing and rule descriptions; address groups (a rule naming one is refused);
-QoS, trunks, port DNS names. Ports owned by a router or a floating IP are left to the L3 plugin.
+QoS, trunks, port DNS names. Routers: admin state, HA, distributed and availability zone flags,
+flavors, the gateway's addresses but one (hwflow's SNAT goes out as each chassis's external_ip, not as the
+gateway's address); an interface of several addresses (Neutron's IPv6 subnets of one network on one port)
+is refused. Floating IPs: QoS, port forwardings, DNS.
 
-What is left (issue 17): the L3 service plugin (routers, interfaces, gateways, floating IPs); a journal or revision
-check so a failed write, a server restart or two servers cannot leave the databases apart, and
-``hwflow neutron-sync``; the end-to-end test where a VM on a bound port gets DHCP and pings across a
-router; the README's OpenStack section then says how to run all of it.
+What is left (issue 17): a journal or revision check so a failed write, a server restart or two servers cannot leave the
+databases apart, and ``hwflow neutron-sync``; the README's OpenStack section then says how to run all of it.
 
 Facts the next steps build on: Neutron 29 has no ``neutron-server``; its API is the WSGI application
 ``neutron.wsgi.api:application`` (configuration from ``OS_NEUTRON_CONFIG_DIR``/``OS_NEUTRON_CONFIG_FILES``),
 served here by uWSGI. A postcommit that raises makes ML2 answer 500 (a create is undone, an update or a
 delete stays in Neutron): hwflow's reason is only in Neutron's log. A security group callback that raises
 after the commit (``AFTER_*``) is logged and the request succeeds: hwflow's copy is then behind, which the
-journal must catch. Deleting a group drops the other groups' rules naming it as remote group without an
-event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
+journal must catch; so is a router's, an interface's or a floating IP's write (the L3 plugin's are
+all after-commit callbacks). Deleting a group drops the other groups' rules naming it as remote group
+without an event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
 migrations, so rows the migrations insert (the default security group rule templates) are added by hand
 (tests/functional/neutron_server.py). The status watcher is a thread of the API worker: uWSGI
 runs one only with ``--enable-threads``. ``binding:profile`` is the service role's (Nova's) by Neutron's

@@ -9,17 +9,23 @@ in Neutron's callbacks after its commit, before the API answers: nothing to wait
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is not installed (pip install -e "
                                 "'.[test,neutron]'; tools/dev.sh setup installs it)")
-from neutron_server import PHYSNET  # noqa: E402
+from neutron_server import PHYSNET, NeutronServer  # noqa: E402
+from test_dhcp import udhcpc  # noqa: E402
+from test_e2e import Lab, evidence, hw_packets, lab, rewriting_redirect, vm_ns, wait_for  # noqa: E402, F401
 from test_etcd_tls import stored  # noqa: E402
 from test_neutron import HOST, neutron  # noqa: E402, F401 - the server and hwflow's database, per database
 
+from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.model.objects import FloatingIP, Port, Router, RouterPort  # noqa: E402
+from hwflow.sim.host import in_ns  # noqa: E402
 
 pytestmark = pytest.mark.functional
 
@@ -173,3 +179,61 @@ def test_what_hwflow_cannot_hold_is_refused(neutron, site) -> None:  # noqa: F81
         assert not nb.referrers(Router, r.id, RouterPort)
         assert conn.network.get_port(two.id).device_owner == ""
         assert nb.get(Port, two.id).ips == [ip["ip_address"] for ip in two.fixed_ips]
+
+
+PINGS = 10
+
+
+def test_vms_on_neutron_ports_get_dhcp_and_ping_across_a_neutron_router_through_the_nic(
+        lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    """Everything made through Neutron, nothing with hwflow's CLI: two networks with DHCP, a router between
+    them, a port on each bound to a simulated SmartNIC host (binding host = its chassis). Each VM boots with
+    no address, gets its port's over DHCP (answered by the host's agent) with the router as gateway, and vm1
+    pings vm2 across the router: one hop (TTL 63), in the NIC (mlx5 profile: its rules rewrite the MACs,
+    decrement the TTL and redirect, and their counters move with every echo each way). The ports are without
+    port security: behind a security group's connection tracking the routed echo is OVS's on this profile."""
+    host = lab.host("mlx5-connectx6dx")
+    server = NeutronServer(tmp_path / "neutron", {"database": host.database})
+    server.workdir.mkdir()
+    try:
+        server.start()
+        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                               network_endpoint_override=server.url)
+        r = conn.network.create_router(name="e2e-router")
+        ports = {}
+        for n, vm in ((1, "vm1"), (2, "vm2")):
+            net = conn.network.create_network(name=f"e2e-net{n}")
+            sub = conn.network.create_subnet(network_id=net.id, ip_version=4, cidr=f"10.8{n}.0.0/24")
+            conn.network.add_interface_to_router(r, subnet=sub.id)
+            ports[vm] = conn.network.create_port(network_id=net.id, name=vm, binding_host_id=host.name,
+                                                 port_security_enabled=False)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n--- Neutron's log:\n{server.tail()}") from exc
+    finally:
+        server.stop()  # hwflow's database has it all now: the host needs no Neutron
+
+    leases = {}
+    with NbApi.from_url(host.database) as nb:
+        for vm, port in ports.items():
+            held = nb.get(Port, port.id)
+            assert held.chassis == host.name
+            host.plug(dataclasses.replace(held, ips=[]), vm_ns(host, vm))  # the VM boots with no address
+    for vm, port in ports.items():
+        (tmp_path / vm).mkdir()
+        leases[vm] = lease = udhcpc(vm_ns(host, vm), tmp_path / vm)
+        assert lease["ip"] == port.fixed_ips[0]["ip_address"], (lease, evidence(host))
+        in_ns(vm_ns(host, vm), "ip", "addr", "add", f"{lease['ip']}/{lease['mask']}", "dev", "eth0")
+        in_ns(vm_ns(host, vm), "ip", "route", "add", "default", "via", lease["router"])
+    assert [leases[vm]["router"] for vm in ports] == ["10.81.0.1", "10.82.0.1"]
+
+    directions = (("vm1", "vm2"), ("vm2", "vm1"))
+    wait_for("the routed paths' rewriting NIC rules, both ways",
+             lambda: all(rewriting_redirect(host, *d) for d in directions), host=host, details=lambda: evidence(host))
+    before = {d: hw_packets(host, *d, rewriting=True) for d in directions}
+    out = in_ns(vm_ns(host, "vm1"), "ping", "-c", str(PINGS), "-i", "0.05", "-W", "2", leases["vm2"]["ip"],
+                check=False, timeout=60).stdout
+    assert " 0% packet loss" in out, out + evidence(host)
+    assert "ttl=63" in out  # one router hop
+    routed = {d: hw_packets(host, *d, rewriting=True) - before[d] for d in directions}
+    assert all(n >= PINGS for n in routed.values()), f"the NIC routed {routed}, expected >= {PINGS} each way" \
+        + evidence(host)

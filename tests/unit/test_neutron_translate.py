@@ -4,6 +4,7 @@ never as another exception (which Neutron would answer with a 500 and no reason)
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
@@ -159,3 +160,59 @@ def test_rule_refusal_names_the_reason(change, reason) -> None:
     rule = {"id": "r1", "security_group_id": "g1", "direction": "ingress", "ethertype": "IPv4", **change}
     with pytest.raises(ValidationError, match=reason):
         translate.security_group_rule(rule)
+
+
+V4, V6 = st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)
+
+
+@given(name=st.text(max_size=8), gateway=st.lists(st.one_of(V4, V6), max_size=3), snat=st.booleans(),
+       routes=st.lists(st.fixed_dictionaries({"destination": st.one_of(ADDRESSES, st.text(max_size=5)),
+                                              "nexthop": st.one_of(V4, V6)}), max_size=3))
+def test_router_translates_or_is_refused(name, gateway, snat, routes) -> None:
+    """The gateway's address is its IPv4 one (hwflow's gateway holds one), else its first; routes are prefixes
+    of one IP version with their next hop; anything else a ValidationError naming the router."""
+    info = {"network_id": "ext", "enable_snat": snat,
+            "external_fixed_ips": [{"subnet_id": "s", "ip_address": ip} for ip in gateway]} if gateway else None
+    try:
+        made = translate.router({"id": "r1", "name": name, "project_id": "p1", "external_gateway_info": info,
+                                 "routes": routes})
+    except ValidationError as exc:
+        assert str(exc).startswith("router r1")
+        return
+    _agrees_with_model(made)
+    v4 = [ip for ip in gateway if ":" not in ip]
+    assert (made.gateway_network_id, made.enable_snat) == (("ext", snat) if gateway else ("", True))
+    assert made.gateway_ip == (v4 or gateway or [""])[0]
+    assert made.routes == [{"destination": str(ipaddress.ip_network(r["destination"], strict=False)),
+                            "nexthop": r["nexthop"]} for r in routes]
+
+
+@given(fixed=st.lists(V4, max_size=3))
+def test_router_interface_holds_exactly_one_address(fixed) -> None:
+    port = {**PORT, "device_owner": n_const.DEVICE_OWNER_ROUTER_INTF,
+            "fixed_ips": [{"subnet_id": f"s{n}", "ip_address": ip} for n, ip in enumerate(fixed)]}
+    try:
+        made = translate.router_port(port, "r1")
+    except ValidationError as exc:
+        assert str(exc).startswith("router interface port p1: has" if len(fixed) != 1 else "router_port p1 (vm): ip")
+        return
+    _agrees_with_model(made)
+    assert len(fixed) == 1
+    assert (made.id, made.router_id, made.network_id, made.subnet_id, made.mac) == (
+        "p1", "r1", PORT["network_id"], "s0", PORT["mac_address"])
+    assert made.ip == fixed[0]
+
+
+@given(address=st.one_of(V4, V6), port=st.sampled_from([None, "p1"]), fixed=st.one_of(st.none(), V4))
+def test_floating_ip_translates_or_is_refused(address, port, fixed) -> None:
+    fip = {"id": "f1", "project_id": "p1", "floating_network_id": "ext", "floating_ip_address": address,
+           "port_id": port, "fixed_ip_address": fixed}
+    try:
+        made = translate.floating_ip(fip)
+    except ValidationError as exc:
+        assert str(exc).startswith("floating_ip f1")
+        return
+    _agrees_with_model(made)
+    assert ":" not in address
+    assert (made.floating_network_id, made.port_id) == ("ext", port or "")
+    assert (made.fixed_ip_address == "") == (fixed is None)
