@@ -63,9 +63,10 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
 
     @registry.receives(resources.ROUTER, [events.PRECOMMIT_CREATE, events.PRECOMMIT_UPDATE])
     def _check_router(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        """A create's request, or the router as it was with an update's name and routes over it (the
-        gateway is Neutron's to choose: written as it comes)."""
-        router = dict(payload.states[0])
+        """A create's request, or the router as it was with an update's name and routes over it. Not the
+        gateway: a request's may name a subnet and no address yet; Neutron allocates it, and hwflow holds
+        whatever address that is."""
+        router = {**payload.states[0], "external_gateway_info": None}
         if event == events.PRECOMMIT_UPDATE:
             router.update({key: payload.request_body[key] for key in ("name", "routes")
                            if key in payload.request_body})

@@ -128,7 +128,9 @@ def test_floating_ips(neutron, site) -> None:  # noqa: F811
     """A floating IP reserved, associated, disassociated, associated at creation, disassociated by its port's
     deletion, and deleted: hwflow's floating IP follows."""
     conn, nb = neutron
-    with router(conn, name="fip-router", external_gateway_info={"network_id": site["ext"].id}) as r:
+    gateway = {"network_id": site["ext"].id, "external_fixed_ips": [{"subnet_id": site["ext_sub"].id}]}
+    with router(conn, name="fip-router", external_gateway_info=gateway) as r:
+        assert nb.get(Router, r.id).gateway_ip == r.external_gateway_info["external_fixed_ips"][0]["ip_address"]
         conn.network.add_interface_to_router(r, subnet=site["sub1"].id)
         vm = conn.network.create_port(network_id=site["net1"].id, name="vm", binding_host_id=HOST)
         fixed = vm.fixed_ips[0]["ip_address"]
