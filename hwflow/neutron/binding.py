@@ -35,8 +35,7 @@ def vif(port: Mapping[str, Any], host: str, chassis: Chassis | None, alive: bool
     vnic = port.get(portbindings.VNIC_TYPE) or portbindings.VNIC_NORMAL
     if vnic not in VNIC_TYPES:
         raise CannotBind(f"vnic_type {vnic} is not one hwflow binds ({', '.join(VNIC_TYPES)})")
-    if vnic == portbindings.VNIC_DIRECT and SWITCHDEV not in ((port.get(portbindings.PROFILE) or {})
-                                                               .get("capabilities") or []):
+    if vnic == portbindings.VNIC_DIRECT and not is_switchdev(port.get(portbindings.PROFILE)):
         raise CannotBind(f"vnic_type direct without {SWITCHDEV!r} in binding:profile capabilities is a legacy "
                          "SR-IOV VF, which hwflow cannot reach; put the NIC in switchdev mode, or bind it with "
                          "the sriovnicswitch driver")
@@ -52,9 +51,17 @@ def vif(port: Mapping[str, Any], host: str, chassis: Chassis | None, alive: bool
     return portbindings.VIF_TYPE_OVS, dict(VIF_DETAILS)
 
 
+def is_switchdev(profile: Any) -> bool:
+    """Whether a binding profile says its VF is a switchdev NIC's: ``switchdev`` in its list of capabilities."""
+    capabilities = profile.get("capabilities") if isinstance(profile, Mapping) else None
+    return isinstance(capabilities, list) and SWITCHDEV in capabilities
+
+
 def can_offload_vf(chassis: Chassis) -> bool:
     """Whether the chassis's agent reports an offload device (its record's capabilities) that can redirect: what
-    a VF's traffic needs to reach its representor's rules."""
-    devices = chassis.capabilities.get("offload_devices") or []
-    return any("redirect" in ((device.get("capabilities") or {}).get("actions") or []) for device in devices
-               if isinstance(device, Mapping))
+    a VF's traffic needs to reach its representor's rules. The record is any JSON its agent wrote: a shape
+    other than the agent's is no such device."""
+    devices = chassis.capabilities.get("offload_devices")
+    return isinstance(devices, list) and any(
+        isinstance(device, Mapping) and isinstance(caps := device.get("capabilities"), Mapping)
+        and isinstance(actions := caps.get("actions"), list) and "redirect" in actions for device in devices)

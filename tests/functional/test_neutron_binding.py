@@ -10,6 +10,7 @@ file); openstacksdk drives Neutron as a user would.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import time
@@ -25,10 +26,11 @@ from neutron_server import NeutronServer  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.model.objects import Chassis, Port  # noqa: E402
 from hwflow.sim.host import SimHost  # noqa: E402
+from hwflow.sim.profile import resolve  # noqa: E402
 
 pytestmark = pytest.mark.functional
 
-SWITCHDEV = {"capabilities": ["switchdev"]}  # what Nova puts in binding:profile for a VF of a switchdev NIC
+SWITCHDEV = {"capabilities": ["switchdev"]}  # what Nova puts in binding:profile for a switchdev NIC's VF
 TIMEOUT = 60.0  # the agent's pass, its report, the watcher's poll and Neutron's update, on a busy machine
 
 
@@ -51,6 +53,26 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, NbApi
         conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
                                                network_endpoint_override=server.url)
         yield conn, nb, host, server
+
+
+@pytest.fixture(scope="module")
+def drop_only(cloud, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHost]:
+    """A second simulated host on the same database whose switchdev NIC can drop but not redirect (sim-basic
+    without its redirect action): its agent reports an offload device that cannot forward a VF's traffic."""
+    _, nb, _, server = cloud
+    workdir = tmp_path_factory.mktemp("drop-only")
+    profile = json.loads(resolve("sim-basic").read_text())
+    profile.update(name="sim-drop-only", description="sim-basic that cannot redirect")
+    profile["capabilities"]["actions"] = ["drop"]
+    (workdir / "sim-drop-only.json").write_text(json.dumps(profile))
+    name = f"nd{secrets.token_hex(2)}"
+    host = SimHost(name, workdir / name, cloud[2].database, profile=str(workdir / "sim-drop-only.json"))
+    try:
+        host.start()
+        wait_for("the drop-only host's agent, alive", lambda: name in nb.alive_chassis(), server, host)
+        yield host
+    finally:
+        host.stop()
 
 
 def wait_for(what: str, check: Callable[[], Any], server: NeutronServer, host: SimHost | None = None) -> Any:
@@ -108,28 +130,58 @@ def test_a_direct_port_on_a_switchdev_host_binds_to_ovs(cloud, network) -> None:
     assert nb.get(Port, port.id).chassis == host.name
 
 
+def test_a_port_deleted_while_plugged_or_unplugged_while_its_agent_was_down_is_taken_back(cloud, network) -> None:
+    """The agent takes back the report of a port Neutron deleted under a running VM; and one whose VM went while
+    the agent was stopped, when it starts again (it reads its reports back and corrects them): DOWN."""
+    conn, nb, host, server = cloud
+    ports = {vm: conn.network.create_port(network_id=network.id, name=vm, binding_host_id=host.name)
+             for vm in ("vm2", "vm3")}
+    for vm, port in ports.items():
+        host.plug(nb.get(Port, port.id), f"hwf-{host.name}-{vm}")
+    wait_for("both ports ACTIVE", lambda: all(conn.network.get_port(p.id).status == "ACTIVE"
+                                               for p in ports.values()), server, host)
+    conn.network.delete_port(ports["vm2"])
+    wait_for("the deleted port's report taken back", lambda: {s.port for s in nb.ports_up()[1]} == {
+        ports["vm3"].id}, server, host)
+    host.unplug(f"hwf-{host.name}-vm2")
+    host.stop_agent()
+    host.unplug(f"hwf-{host.name}-vm3")
+    assert {s.port for s in nb.ports_up()[1]} == {ports["vm3"].id}  # nobody said otherwise yet
+    host.start_agent()
+    wait_for("vm3 DOWN once the agent is back", lambda: conn.network.get_port(ports["vm3"].id).status == "DOWN",
+             server, host)
+    assert nb.ports_up()[1] == []
+    wait_for("the agent alive again", lambda: host.name in nb.alive_chassis(), server, host)
+
+
+def test_a_direct_port_on_a_host_whose_nic_cannot_redirect_fails(cloud, network, drop_only: SimHost) -> None:
+    """Refused rather than bound normal: Nova has given the VM a VF already, which only a switchdev NIC's
+    representor with a redirect lets hwflow reach."""
+    conn, _, _, server = cloud
+    port = conn.network.create_port(network_id=network.id, binding_host_id=drop_only.name,
+                                    binding_vnic_type="direct", binding_profile=SWITCHDEV)
+    assert port.binding_vif_type == "binding_failed"
+    reason = f"chassis {drop_only.name} \\(host {drop_only.name}\\) reports no switchdev NIC that can forward"
+    wait_for(f"the reason in Neutron's log: {reason}", lambda: _logged(server, reason), server)
+    normal = conn.network.create_port(network_id=network.id, binding_host_id=drop_only.name)
+    assert normal.binding_vif_type == "ovs"  # a tap on its bridge: its agent runs
+
+
 @pytest.mark.parametrize(("host_id", "vnic", "reason"), [
     pytest.param("nowhere", "normal", "no hwflow agent registered for host nowhere: start hwflow-agent there",
                  id="no-agent"),
     pytest.param("stopped", "normal", r"the hwflow agent of host stopped \(chassis stopped\) is not alive",
                  id="dead-agent"),
-    pytest.param("plain", "direct", "chassis plain \\(host plain\\) reports no switchdev NIC that can forward",
-                 id="direct-without-offload"),
-    pytest.param("SIM", "direct-legacy", "vnic_type direct without 'switchdev' in binding:profile capabilities",
+    pytest.param("", "direct-legacy", "vnic_type direct without 'switchdev' in binding:profile capabilities",
                  id="direct-not-switchdev"),
-    pytest.param("SIM", "macvtap", "vnic_type macvtap is not one hwflow binds", id="macvtap"),
+    pytest.param("", "macvtap", "vnic_type macvtap is not one hwflow binds", id="macvtap"),
 ])
 def test_what_hwflow_cannot_bind_fails_with_a_reason(cloud, network, host_id: str, vnic: str, reason: str) -> None:
+    """``host_id`` "" is the simulated host, whose agent runs."""
     conn, nb, host, server = cloud
-    # "plain": a live agent on a host without a switchdev NIC (its record lists no offload device); "stopped":
-    # a registered chassis whose agent's lease is gone
-    nb.put_chassis(Chassis(id="plain", tunnel_ip="192.0.2.31", hostname="plain",
-                           capabilities={"offload_devices": []}, up=True))
-    nb.heartbeat("plain", 600)
-    nb.put_chassis(Chassis(id="stopped", tunnel_ip="192.0.2.32", up=False))
-    kind, profile = (("direct", {}) if vnic == "direct-legacy" else (vnic, SWITCHDEV if vnic == "direct" else {}))
-    port = conn.network.create_port(network_id=network.id, binding_host_id=host.name if host_id == "SIM" else host_id,
-                                    binding_vnic_type=kind, **({"binding_profile": profile} if profile else {}))
+    nb.put_chassis(Chassis(id="stopped", tunnel_ip="192.0.2.32", up=False))  # registered once; no lease now
+    kind = "direct" if vnic == "direct-legacy" else vnic
+    port = conn.network.create_port(network_id=network.id, binding_host_id=host_id or host.name, binding_vnic_type=kind)
     assert port.binding_vif_type == "binding_failed"
     assert port.status == "DOWN"
     wait_for(f"the reason in Neutron's log: {reason}", lambda: _logged(server, reason), server)
