@@ -43,14 +43,13 @@ class ApiNeutron:
     def list(self, collection: str) -> list[dict[str, Any]]:
         return self._get(f"/{collection}")[collection.replace("-", "_")]
 
-    def exists(self, collection: str, ident: str) -> bool:
+    def get(self, collection: str, ident: str) -> dict[str, Any] | None:
         from openstack import exceptions
 
         try:
-            self._get(f"/{collection}/{ident}")
+            return self._get(f"/{collection}/{ident}")[collection.rstrip("s").replace("-", "_")]
         except exceptions.NotFoundException:
-            return False
-        return True
+            return None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -21,6 +21,15 @@ What exists:
   interface port is hwflow's RouterPort of the same id (a VM port attached by its id stops being a hwflow
   Port), its gateway port is the router's gateway network and address (the IPv4 one) with SNAT on or off,
   a floating IP's port is the FloatingIP (address, associated port and fixed address).
+- Consistency (``sync``, ``maintenance``, ``hwflow neutron-sync``): every object written carries Neutron's
+  ``revision_number`` as its ``external_revision``, written only over an older one (compare-and-swap on
+  what was read), so two servers racing never put an older state over a newer (networking-ovn's revision
+  check; ``sync``'s docstring says why no networking-odl journal); ``sync.compare`` lists what hwflow
+  lacks, holds with other values or holds that Neutron has not, ``sync.repair`` writes hwflow's side.
+  A thread in each API worker does both every ``[hwflow] sync_interval`` seconds (300, as OVN's
+  maintenance task; 0 = none), reading Neutron through its plugins; ``hwflow neutron-sync [--dry-run]``
+  does them through Neutron's API (openstacksdk) and reports. Objects of ``external_revision`` 0 (made
+  with ``hwflow nb``) are not Neutron's: never reported, never deleted.
 - ``translate``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
@@ -51,15 +60,16 @@ flavors, the gateway's addresses but one (hwflow's SNAT goes out as each chassis
 gateway's address); an interface of several addresses (Neutron's IPv6 subnets of one network on one port)
 is refused. Floating IPs: QoS, port forwardings, DNS.
 
-What is left (issue 17): a journal or revision check so a failed write, a server restart or two servers cannot leave the
-databases apart, and ``hwflow neutron-sync``; the README's OpenStack section then says how to run all of it.
+What is left (issue 17): nothing of its list. Noticed: a stale update of one server landing after another server's
+delete of the object puts it back in hwflow until the next repair round deletes it (no tombstone).
 
 Facts the next steps build on: Neutron 29 has no ``neutron-server``; its API is the WSGI application
 ``neutron.wsgi.api:application`` (configuration from ``OS_NEUTRON_CONFIG_DIR``/``OS_NEUTRON_CONFIG_FILES``),
 served here by uWSGI. A postcommit that raises makes ML2 answer 500 (a create is undone, an update or a
-delete stays in Neutron): hwflow's reason is only in Neutron's log. A security group callback that raises
+delete stays in Neutron), except a port's update or delete, which ML2 only logs (200/204): hwflow's reason is
+only in Neutron's log. A security group callback that raises
 after the commit (``AFTER_*``) is logged and the request succeeds: hwflow's copy is then behind, which the
-journal must catch; so is a router's, an interface's or a floating IP's write (the L3 plugin's are
+repair catches (``sync``); so is a router's, an interface's or a floating IP's write (the L3 plugin's are
 all after-commit callbacks). Deleting a group drops the other groups' rules naming it as remote group
 without an event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
 migrations, so rows the migrations insert (the default security group rule templates) are added by hand

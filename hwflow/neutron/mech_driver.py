@@ -8,7 +8,7 @@ postcommit, once Neutron's own transaction is in. Security groups and their rule
 come from Neutron's callbacks (a refusal in their precommit event also stops the request).
 
 A write that fails in a postcommit is raised: ML2 then undoes a create and reports an error; an update or
-a delete stays done in Neutron and not in hwflow until a resync (see ``hwflow.neutron``).
+a delete stays done in Neutron and not in hwflow until the next repair (``hwflow.neutron.sync``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hwflow import conf as hwflow_conf
 from hwflow.db.api import NbApi
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
-from hwflow.neutron import binding, status, sync, translate
+from hwflow.neutron import binding, maintenance, status, sync, translate
 
 LOG = log.getLogger(__name__)
 
@@ -47,6 +47,14 @@ OPTS = [
         "on this host, etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster, etcds://... for one over TLS.",
     ),
     *(_DATABASE_OPTS[name] for name in CREDENTIALS),
+    cfg.IntOpt(
+        "sync_interval",
+        default=300,
+        min=0,
+        help="Seconds between two comparisons of hwflow's database with Neutron's, each repairing hwflow's side "
+        "(what hwflow neutron-sync does; networking-ovn's maintenance runs every 300 s), in each API worker; "
+        "0 runs none.",
+    ),
 ]
 
 
@@ -86,13 +94,16 @@ class HwflowMechanismDriver(api.MechanismDriver):
             (resources.SECURITY_GROUP_RULE, events.AFTER_DELETE, self._rule_deleted),
         ):
             registry.subscribe(callback, resource, event)
-        registry.subscribe(self._start_status_watcher, resources.PROCESS, events.AFTER_INIT)
+        registry.subscribe(self._start_threads, resources.PROCESS, events.AFTER_INIT)
 
-    def _start_status_watcher(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
-        """In each API worker once it is up (after a fork, so the thread is the worker's): follow the ports
-        hwflow's agents report up (hwflow.neutron.status)."""
+    def _start_threads(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """In each API worker once it is up (after a fork, so the threads are the worker's): follow the ports
+        hwflow's agents report up (hwflow.neutron.status), and compare and repair every sync_interval
+        (hwflow.neutron.maintenance)."""
         if trigger is wsgi.WorkerService:
             status.StatusWatcher(open_nb).start()
+            if cfg.CONF.hwflow.sync_interval:
+                maintenance.Maintenance(open_nb, cfg.CONF.hwflow.sync_interval).start()
 
     @functools.cached_property
     def nb(self) -> NbApi:

@@ -36,6 +36,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from neutron_lib import constants as n_const
+
 from hwflow.db.api import BatchIncomplete, Create, NbApi, Update, Write
 from hwflow.model.errors import Conflict, DatabaseUnavailable, HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject
@@ -51,11 +53,11 @@ Action = Literal["create", "update", "delete", "refused"]
 
 class Neutron(Protocol):
     """Neutron's resources as its API shows them to an admin: ``list`` a collection (``networks``,
-    ``security-group-rules``, ...), whether one object of it ``exists`` now."""
+    ``security-group-rules``, ...), ``get`` one object of it now (None if Neutron has none)."""
 
     def list(self, collection: str) -> list[dict[str, Any]]: ...
 
-    def exists(self, collection: str, ident: str) -> bool: ...
+    def get(self, collection: str, ident: str) -> dict[str, Any] | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +87,23 @@ def _port(port: Mapping[str, Any], chassis: Sequence[Chassis]) -> NbObject | Non
     return translate.port(port, translate.chassis_for(port.get("binding:host_id") or "", chassis))
 
 
+def _router_port(port: Mapping[str, Any], chassis: Sequence[Chassis]) -> NbObject | None:
+    """A router's interface is its port, as hwflow's RouterPort of the same id (``hwflow.neutron.l3``)."""
+    if port.get("device_owner") not in n_const.ROUTER_INTERFACE_OWNERS:
+        return None
+    return translate.router_port(port, port["device_id"])
+
+
 # In the order hwflow's database takes them (what an object names is written before it).
 COLLECTIONS = (
     Collection("networks", "network", lambda net, _: translate.network(net, segments(net))),
     Collection("security-groups", "security_group", lambda group, _: translate.security_group(group)),
     Collection("security-group-rules", "security_group_rule", lambda rule, _: translate.security_group_rule(rule)),
     Collection("subnets", "subnet", lambda sub, _: translate.subnet(sub)),
+    Collection("routers", "router", lambda router, _: translate.router(router)),
+    Collection("ports", "router_port", _router_port),
     Collection("ports", "port", _port),
+    Collection("floatingips", "floating_ip", lambda fip, _: translate.floating_ip(fip)),
 )
 
 
@@ -108,7 +120,7 @@ class Difference:
     detail: str = ""
     result: str = ""
     wanted: NbObject | None = dataclasses.field(default=None, repr=False, compare=False)
-    collection: str = dataclasses.field(default="", repr=False, compare=False)
+    collection: Collection | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, str]:
         """As ``hwflow neutron-sync`` reports it."""
@@ -154,23 +166,29 @@ def _differing(wanted: NbObject, held: NbObject) -> list[str]:
 
 
 def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
-    """What hwflow's database holds apart from Neutron's, kind by kind in :data:`COLLECTIONS`' order (deletes
-    last, a kind's objects by id). Reads only."""
+    """What hwflow's database holds apart from Neutron's: deletes first (kinds in the reverse of
+    :data:`COLLECTIONS`' order: what names an object goes before it; and a port that became a router's
+    interface gives its addresses up before the interface takes them), then the rest in that order, a kind's
+    objects by id. Reads only."""
     chassis = [c for c in nb.list(Chassis) if isinstance(c, Chassis)]
     found: list[Difference] = []
     extra: list[Difference] = []
+    listed: dict[str, list[dict[str, Any]]] = {}
     for coll in COLLECTIONS:
         held = {obj.id: obj for obj in nb.list(coll.kind)}
         known: set[str] = set()
-        for resource in sorted(neutron.list(coll.path), key=lambda r: r["id"]):
-            known.add(resource["id"])
+        if coll.path not in listed:
+            listed[coll.path] = sorted(neutron.list(coll.path), key=lambda r: r["id"])
+        for resource in listed[coll.path]:
             try:
                 wanted = coll.translate(resource, chassis)
             except ValidationError as exc:
+                known.add(resource["id"])
                 found.append(Difference("refused", coll.kind, resource["id"], resource.get("name") or "", str(exc)))
                 continue
             if wanted is None:
                 continue
+            known.add(wanted.id)
             mine = held.get(wanted.id)
             if mine is None:
                 found.append(Difference("create", coll.kind, wanted.id, wanted.name, "missing in hwflow",
@@ -178,9 +196,9 @@ def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
             elif fields := _differing(wanted, mine):
                 found.append(Difference("update", coll.kind, wanted.id, wanted.name,
                                         f"differs in {', '.join(fields)}", wanted=wanted))
-        extra += [Difference("delete", coll.kind, obj.id, obj.name, "not in Neutron", collection=coll.path)
-                  for ident, obj in sorted(held.items()) if ident not in known and obj.external_revision > 0]
-    return found + extra[::-1]  # what names an object is deleted after it
+        extra = [Difference("delete", coll.kind, obj.id, obj.name, f"not in Neutron as a {coll.kind}", collection=coll)
+                 for ident, obj in sorted(held.items()) if ident not in known and obj.external_revision > 0] + extra
+    return extra + found
 
 
 def repair(neutron: Neutron, nb: NbApi, differences: Iterable[Difference]) -> list[Difference]:
@@ -197,11 +215,23 @@ def repair(neutron: Neutron, nb: NbApi, differences: Iterable[Difference]) -> li
     return done
 
 
+def _holds(neutron: Neutron, coll: Collection, ident: str) -> bool:
+    """Whether Neutron has the object now, as one of the collection's kind (a port may have become a router's)."""
+    resource = neutron.get(coll.path, ident)
+    if resource is None:
+        return False
+    try:
+        return coll.translate(resource, []) is not None
+    except ValidationError:
+        return True
+
+
 def _repair(neutron: Neutron, nb: NbApi, diff: Difference) -> str:
     if diff.action == "refused":
         return "left: hwflow cannot hold it"
     if diff.action == "delete":
-        if neutron.exists(diff.collection, diff.id):
+        assert diff.collection is not None
+        if _holds(neutron, diff.collection, diff.id):
             return "left: Neutron has it now"
         try:
             nb.delete(diff.kind, diff.id, cascade=True)

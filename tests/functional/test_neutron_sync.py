@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule
 pytestmark = pytest.mark.functional
 
 RACE_ROUNDS = 12  # rounds of both servers updating one port at once
+REPAIR_TIMEOUT = 60.0  # a maintenance round every second, on a busy machine
 
 
 class Site:
@@ -60,7 +62,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with contextlib.ExitStack() as stack:
         etcd = stack.enter_context(EtcdCluster(1))
         nb = stack.enter_context(NbApi.from_url(etcd.url))
-        server = NeutronServer(workdir, {"database": etcd.url})
+        server = NeutronServer(workdir, {"database": etcd.url, "sync_interval": "0"})  # repairs: the tests'
         stack.callback(server.stop)
         server.start()
         yield Site(workdir, etcd, server, nb)
@@ -161,7 +163,8 @@ def test_what_hwflow_lost_or_changed_behind_neutrons_back_is_put_back(site: Site
 def test_two_servers_racing_never_leave_hwflow_behind(site: Site) -> None:
     """A second Neutron server on the first one's Neutron database: both update one port at once, round after
     round; after each round hwflow holds what Neutron holds, at Neutron's last revision number."""
-    other = NeutronServer(site.workdir / "second", {"database": site.etcd.url}, database=site.server.database)
+    other = NeutronServer(site.workdir / "second", {"database": site.etcd.url, "sync_interval": "0"},
+                          database=site.server.database)
     (site.workdir / "second").mkdir()
     try:
         other.start()
@@ -217,5 +220,32 @@ def test_an_older_revision_is_never_written_over_a_newer(site: Site) -> None:
             ("update", port.id, "left: hwflow holds a newer revision")]
         assert nb.get(Port, port.id).name == "ahead"
     finally:
+        conn.network.delete_port(port)
+        conn.network.delete_network(net)
+
+
+def test_a_server_repairs_on_its_own(site: Site) -> None:
+    """A server with [hwflow] sync_interval = 1 (on the same Neutron database) puts back, within its rounds, a
+    port deleted and a network's MTU changed behind Neutron's back, without anyone running the command."""
+    conn, nb = site.conn, site.nb
+    repairer = NeutronServer(site.workdir / "repairer", {"database": site.etcd.url, "sync_interval": "1"},
+                             database=site.server.database)
+    (site.workdir / "repairer").mkdir()
+    net = conn.network.create_network(name="repaired", mtu=1400)
+    port = conn.network.create_port(network_id=net.id, name="repaired-port")
+    try:
+        repairer.start()
+        nb.delete(Port, port.id)
+        changed = nb.get(Network, net.id)
+        changed.mtu = 1280
+        nb.update(changed)
+        deadline = time.monotonic() + REPAIR_TIMEOUT
+        while not (stored(nb, Port, port.id) and nb.get(Network, net.id).mtu == 1400):
+            assert time.monotonic() < deadline, f"not repaired in {REPAIR_TIMEOUT:g} s:\n{repairer.tail()}"
+            time.sleep(0.5)
+        assert nb.get(Port, port.id).name == "repaired-port"
+        assert "hwflow maintenance: create port " + port.id in repairer.log.read_text()
+    finally:
+        repairer.stop()
         conn.network.delete_port(port)
         conn.network.delete_network(net)
