@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from neutron.db import extraroute_db, l3_gwmode_db
+from neutron_lib import constants as n_const
 from neutron_lib.api.definitions import extraroute, l3, l3_ext_gw_mode
 from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins import constants as plugin_constants
@@ -105,8 +106,14 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
     @registry.receives(resources.FLOATING_IP, [events.AFTER_CREATE, events.AFTER_UPDATE])
     def _floating_ip_written(self, resource: str, event: str, trigger: Any,
                              payload: events.DBEventPayload) -> None:
-        """Created, associated or disassociated (a port's deletion disassociates its floating IPs first)."""
-        self.driver._put([translate.floating_ip(payload.latest_state)])
+        """Created, associated or disassociated (a port's deletion disassociates its floating IPs first). Its
+        status in Neutron is then ACTIVE while associated, DOWN while not, as networking-ovn sets it once its
+        northbound database holds the floating IP (the agent of the port's chassis applies it from there)."""
+        fip = payload.latest_state
+        self.driver._put([translate.floating_ip(fip)])
+        status = n_const.FLOATINGIP_STATUS_ACTIVE if fip.get("port_id") else n_const.FLOATINGIP_STATUS_DOWN
+        if fip.get("status") != status:
+            self.update_floatingip_status(payload.context, fip["id"], status)
 
     @registry.receives(resources.FLOATING_IP, [events.AFTER_DELETE])
     def _floating_ip_deleted(self, resource: str, event: str, trigger: Any,

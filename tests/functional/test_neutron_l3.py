@@ -126,7 +126,7 @@ def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F
 
 def test_floating_ips(neutron, site) -> None:  # noqa: F811
     """A floating IP reserved, associated, disassociated, associated at creation, disassociated by its port's
-    deletion, and deleted: hwflow's floating IP follows."""
+    deletion, and deleted: hwflow's floating IP follows, and Neutron shows it ACTIVE while associated."""
     conn, nb = neutron
     gateway = {"network_id": site["ext"].id, "external_fixed_ips": [{"subnet_id": site["ext_sub"].id}]}
     with router(conn, name="fip-router", external_gateway_info=gateway) as r:
@@ -142,20 +142,25 @@ def test_floating_ips(neutron, site) -> None:  # noqa: F811
         assert not stored(nb, Port, fip.port_id or "none") and not [
             p for p in nb.list(Port) if fip.floating_ip_address in p.ips]  # its Neutron port is not a hwflow port
 
+        assert conn.network.get_ip(fip.id).status == "DOWN"
         conn.network.update_ip(fip, port_id=vm.id)
         held = nb.get(FloatingIP, fip.id)
         assert (held.port_id, held.fixed_ip_address) == (vm.id, fixed)
+        assert conn.network.get_ip(fip.id).status == "ACTIVE"
         conn.network.update_ip(fip, port_id=None)
         assert (nb.get(FloatingIP, fip.id).port_id, nb.get(FloatingIP, fip.id).fixed_ip_address) == ("", "")
+        assert conn.network.get_ip(fip.id).status == "DOWN"
         conn.network.delete_ip(fip)
         assert not stored(nb, FloatingIP, fip.id)
 
         fip = conn.network.create_ip(floating_network_id=site["ext"].id, port_id=vm.id)
         try:
             assert (nb.get(FloatingIP, fip.id).port_id, nb.get(FloatingIP, fip.id).fixed_ip_address) == (vm.id, fixed)
+            assert conn.network.get_ip(fip.id).status == "ACTIVE"
             conn.network.delete_port(vm)  # Neutron disassociates the floating IP first
             assert not stored(nb, Port, vm.id)
             assert nb.get(FloatingIP, fip.id).port_id == ""
+            assert conn.network.get_ip(fip.id).status == "DOWN"
         finally:
             conn.network.delete_ip(fip)
         assert not stored(nb, FloatingIP, fip.id)
