@@ -20,8 +20,7 @@ What exists:
   from Neutron's after-commit callbacks, checked in its precommit (or before) callbacks. A router's
   interface port is hwflow's RouterPort of the same id (a VM port attached by its id stops being a hwflow
   Port), its gateway port is the router's gateway network and address (the IPv4 one) with SNAT on or off,
-  a floating IP's port is the FloatingIP (address, associated port and fixed address); a floating IP is
-  ACTIVE in Neutron once written while associated, DOWN while not (as networking-ovn sets it).
+  a floating IP's port is the FloatingIP (address, associated port and fixed address).
 - Consistency (``sync``, ``maintenance``, ``hwflow neutron-sync``): every object written carries Neutron's
   ``revision_number`` as its ``external_revision``, written only over an older one (compare-and-swap on
   what was read), so two servers racing never put an older state over a newer (networking-ovn's revision
@@ -74,8 +73,10 @@ repair catches (``sync``); so is a router's, an interface's or a floating IP's w
 all after-commit callbacks). Deleting a group drops the other groups' rules naming it as remote group
 without an event for them (the driver sweeps them). Neutron's schema on sqlite comes from its models, not its
 migrations, so rows the migrations insert (the default security group rule templates) are added by hand
-(tests/functional/neutron_server.py). The status watcher is a thread of the API worker: uWSGI
-runs one only with ``--enable-threads``. ``binding:profile`` is the service role's (Nova's) by Neutron's
+(tests/functional/neutron_server.py). The status watcher is a thread of the API worker, started on
+``PROCESS AFTER_INIT`` (published by ``neutron.server.api.api_server`` in the worker, uWSGI's
+``--lazy-apps``); uWSGI 2.0.31 runs a worker's Python threads without ``--enable-threads`` (its log says
+"python threads support enabled"). ``binding:profile`` is the service role's (Nova's) by Neutron's
 policy; the test server's policy.yaml lets its admin set it. On sqlite, Neutron's requests and the
 watcher's status writes can find the database locked (a test waits for a port's status before deleting it).
 """

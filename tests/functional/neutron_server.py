@@ -144,8 +144,6 @@ class NeutronServer:
         command = [str(uwsgi), "--http-socket", self.url.removeprefix("http://"),
                    "--module", "neutron.wsgi.api:application", "--home", sys.prefix,
                    "--master", "--processes", "1", "--lazy-apps", "--need-app", "--die-on-term",
-                   # hwflow's port status watcher is a thread of the worker: without this, uWSGI runs none
-                   "--enable-threads",
                    # uWSGI's plain HTTP socket closes each connection: say so, or a client reusing one fails.
                    "--add-header", "Connection: close"]
         env = {"PATH": "/usr/bin:/bin", "OS_NEUTRON_CONFIG_DIR": str(self.workdir),
