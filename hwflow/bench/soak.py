@@ -102,6 +102,8 @@ class SoakError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Process:
+    """What a leak shows in from outside the agent: memory, file descriptors, threads."""
+
     rss_mb: float
     fds: int
     threads: int
@@ -129,6 +131,8 @@ def agent_metrics(host: SimHost) -> dict[str, float]:
 
 @dataclasses.dataclass
 class Churned:
+    """A churned port as last written, and where its VM is."""
+
     port: Port
     vm: str | None = None  # its VM's namespace while it is bound here
 
@@ -267,6 +271,8 @@ def heartbeats(nb_url: str) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Held:
+    """What both datapaths hold, as compared with the baseline."""
+
     rules: set[fl.FlowerRule]
     flows: set[tuple]  # (table, priority, match key, instructions key, cookie)
 
