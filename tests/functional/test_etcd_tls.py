@@ -171,9 +171,16 @@ def test_a_chassis_registers_and_keeps_alive_with_its_own_credential(secured: Se
         assert admin.get(Chassis, "host-a").tunnel_ip == "192.0.2.10"
         assert "host-a" in admin.alive_chassis()
         assert admin.driver.get("_counter", "chassis") is None  # a chassis takes no counter every chassis shares
+        since = admin.ports_up()[0] + 1
         agent.report_ports("host-a", ["p-up", "p-gone"], [])  # its own ports' status
         agent.report_ports("host-a", [], ["p-gone"])
         assert [(s.chassis, s.port) for s in admin.ports_up("host-a")[1]] == [("host-a", "p-up")]
+        seen: list[tuple[str, bool]] = []
+        deadline = time.monotonic() + 10
+        while len(seen) < 3 and time.monotonic() < deadline:  # whoever follows them sees each change, in order
+            since, changes = admin.watch_ports(since, timeout=1)
+            seen += [(c.status.port, c.up) for c in changes if c.status.chassis == "host-a"]
+        assert seen == [("p-gone", True), ("p-up", True), ("p-gone", False)]
         admin.create(Network(id="net-watch", vni=4001))
         events = agent.driver.watch(start + 1, timeout=10)  # and it reads everything, the watch too
         while not any(e.key == "net-watch" for e in events):
