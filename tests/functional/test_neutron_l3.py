@@ -21,6 +21,8 @@ from neutron_server import PHYSNET, NeutronServer  # noqa: E402
 from test_dhcp import udhcpc  # noqa: E402
 from test_e2e import Lab, evidence, hw_packets, lab, rewriting_redirect, vm_ns, wait_for  # noqa: E402, F401
 from test_etcd_tls import stored  # noqa: E402
+from test_floating_ip import EXT_GW, REMOTE, SITE, ask, nat_flows, nat_host, ping  # noqa: E402
+from test_floating_ip import PHYSNET as UPLINK_PHYSNET  # noqa: E402
 from test_neutron import HOST, neutron  # noqa: E402, F401 - the server and hwflow's database, per database
 
 from hwflow.db.api import NbApi  # noqa: E402
@@ -29,7 +31,7 @@ from hwflow.sim.host import in_ns  # noqa: E402
 
 pytestmark = pytest.mark.functional
 
-EXT_CIDR, EXT_GATEWAY = "198.51.100.0/24", "198.51.100.1"
+EXT_CIDR = "198.51.100.0/24"  # EXT_GW, its gateway, is test_floating_ip's
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def site(neutron) -> Iterator[dict]:  # noqa: F811
                                           is_router_external=True)
         stack.callback(conn.network.delete_network, ext)
         made = {"ext": ext, "ext_sub": conn.network.create_subnet(
-            network_id=ext.id, ip_version=4, cidr=EXT_CIDR, gateway_ip=EXT_GATEWAY, is_dhcp_enabled=False)}
+            network_id=ext.id, ip_version=4, cidr=EXT_CIDR, gateway_ip=EXT_GW, is_dhcp_enabled=False)}
         for n in (1, 2):
             net = conn.network.create_network(name=f"inside{n}")
             stack.callback(conn.network.delete_network, net)
@@ -87,7 +89,7 @@ def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F
         address = r.external_gateway_info["external_fixed_ips"][0]["ip_address"]
         held = nb.get(Router, r.id)
         assert (held.gateway_network_id, held.gateway_ip, held.enable_snat) == (site["ext"].id, address, True)
-        assert address != EXT_GATEWAY and address.startswith("198.51.100.")
+        assert address != EXT_GW and address.startswith("198.51.100.")
         r = conn.network.update_router(r, external_gateway_info={"network_id": site["ext"].id, "enable_snat": False})
         held = nb.get(Router, r.id)
         assert (held.gateway_ip, held.enable_snat) == (address, False)
@@ -244,3 +246,51 @@ def test_vms_on_neutron_ports_get_dhcp_and_ping_across_a_neutron_router_through_
     routed = {d: hw_packets(host, *d, rewriting=True) - before[d] for d in directions}
     assert all(n >= PINGS for n in routed.values()), f"the NIC routed {routed}, expected >= {PINGS} each way" \
         + evidence(host)
+
+
+def test_a_vm_on_a_neutron_port_goes_out_and_is_reached_through_its_neutron_floating_ip(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A floating IP made through Neutron works in the datapath, and stops when Neutron disassociates it. The
+    external network is a flat one on the physical network whose uplink leads to a namespace standing for the
+    upstream router and the Internet behind it (REMOTE); the upstream router is a Neutron port on the external
+    network holding its subnet's gateway address (how hwflow's router knows the next hop's MAC). vm1's port
+    is in the default security group with ICMP let in."""
+    assert UPLINK_PHYSNET == PHYSNET
+    with nat_host(tmp_path_factory, "nfip") as (host, outside), contextlib.ExitStack() as stack:
+        server = NeutronServer(tmp_path_factory.mktemp("neutron"), {"database": host.database})
+        stack.callback(server.stop)
+        server.start()
+        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                               network_endpoint_override=server.url)
+        ext = conn.network.create_network(name="public", provider_network_type="flat",
+                                          provider_physical_network=PHYSNET, is_router_external=True)
+        ext_sub = conn.network.create_subnet(network_id=ext.id, ip_version=4, cidr=EXT_CIDR, gateway_ip=EXT_GW,
+                                             is_dhcp_enabled=False)
+        conn.network.create_port(network_id=ext.id, name="upstream", mac_address=SITE.upstream_mac,
+                                 fixed_ips=[{"subnet_id": ext_sub.id, "ip_address": EXT_GW}],
+                                 port_security_enabled=False)
+        inside = conn.network.create_network(name="inside")
+        sub = conn.network.create_subnet(network_id=inside.id, ip_version=4, cidr=f"{SITE.inside}.0/24")
+        r = conn.network.create_router(name="edge", external_gateway_info={"network_id": ext.id})
+        conn.network.add_interface_to_router(r, subnet=sub.id)
+        vm = conn.network.create_port(network_id=inside.id, name="vm1", binding_host_id=host.name)
+        conn.network.create_security_group_rule(security_group_id=vm.security_group_ids[0], direction="ingress",
+                                                ethertype="IPv4", protocol="icmp")
+        fip = conn.network.create_ip(floating_network_id=ext.id, port_id=vm.id)
+        address = fip.floating_ip_address
+
+        SITE.upstream_behind_uplink(host, outside)
+        with NbApi.from_url(host.database) as nb:
+            host.plug(nb.get(Port, vm.id), vm_ns(host, "vm1"), gateway=sub.gateway_ip)
+        wait_for("the floating IP's NAT flows in OVS", lambda: nat_flows(host) >= 2, host=host)
+        associated = nat_flows(host)  # its NAT's, and the security group's conntrack flows
+
+        out = ping(vm_ns(host, "vm1"), REMOTE)
+        assert " 0% packet loss" in out, out + evidence(host)
+        assert ask(vm_ns(host, "vm1"), outside, REMOTE, bind=REMOTE) == [address, REMOTE]  # out as its FIP
+        assert " 0% packet loss" in ping(outside, address)
+
+        conn.network.update_ip(fip, port_id=None)
+        wait_for("the floating IP's NAT flows gone", lambda: nat_flows(host) < associated, host=host)
+        in_ns(outside, "ip", "neigh", "flush", "all")
+        assert " 100% packet loss" in ping(outside, address)
