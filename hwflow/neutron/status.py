@@ -74,20 +74,21 @@ class StatusWatcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        """Read every report, then follow; a failed database or a compacted history: read them all again."""
-        with self._open_nb() as nb:
-            while not self._stop.is_set():
-                try:
+        """Read every report, then follow; a failed database (at start too) or a compacted history: open it
+        and read them all again."""
+        while not self._stop.is_set():
+            try:
+                with self._open_nb() as nb:
                     revision = self._read(nb)
                     while not self._stop.is_set():
                         revision, changes = nb.watch_ports(revision, WATCH_TIMEOUT)
                         for change in changes:
                             self._apply(change)
-                except Compacted:
-                    LOG.info("hwflow's port status history was compacted: reading every report again")
-                except HwflowError as exc:
-                    LOG.warning("cannot follow hwflow's port status (%s): again in %.0f s", exc, RETRY)
-                    self._stop.wait(RETRY)
+            except Compacted:
+                LOG.info("hwflow's port status history was compacted: reading every report again")
+            except HwflowError as exc:
+                LOG.warning("cannot follow hwflow's port status (%s): again in %.0f s", exc, RETRY)
+                self._stop.wait(RETRY)
 
     def _read(self, nb: NbApi) -> int:
         """Take every report as it is now: ports newly up are set up, ports no longer reported down (those this

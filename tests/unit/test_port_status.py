@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwflow.db.api import NbApi
+from hwflow.model.errors import DatabaseUnavailable
 
 CHASSIS = ("host-a", "host-b", "host-ab")
 PORTS = ("p1", "p2", "p3")
@@ -58,13 +59,23 @@ def test_a_report_stamps_when_it_was_made(tmp_path: Path) -> None:
         assert [s.port for s in nb.ports_up()[1]] == ["p1"]
 
 
-def test_the_watcher_sets_a_port_up_with_its_first_chassis_and_down_with_its_last(tmp_path: Path) -> None:
+def test_the_watcher_sets_a_port_up_with_its_first_chassis_and_down_with_its_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A port moving between hosts (both report it for a while) stays up; no chassis left: down; a port already
-    up when the watcher starts is set up."""
+    up when the watcher starts is set up; a database that was not there at start is opened again."""
     pytest.importorskip("neutron", reason="hwflow's neutron extra is not installed")
-    from hwflow.neutron.status import StatusWatcher
+    from hwflow.neutron import status
 
+    monkeypatch.setattr(status, "RETRY", 0.1)
     url = f"sqlite:///{tmp_path / 'nb.sqlite'}"
+    opened: list[int] = []
+
+    def open_nb() -> NbApi:
+        opened.append(1)
+        if len(opened) == 1:
+            raise DatabaseUnavailable("not there yet")
+        return NbApi.from_url(url)
+
     calls: list[tuple[str, str]] = []
     seen = threading.Condition()
 
@@ -82,7 +93,7 @@ def test_the_watcher_sets_a_port_up_with_its_first_chassis_and_down_with_its_las
 
     with NbApi.from_url(url) as nb:
         nb.report_ports("host-a", ["early"], [])
-        watcher = StatusWatcher(lambda: NbApi.from_url(url), up=record("up"), down=record("down"))
+        watcher = status.StatusWatcher(open_nb, up=record("up"), down=record("down"))
         watcher.start()
         try:
             assert wait(1) == [("up", "early")]
@@ -94,6 +105,6 @@ def test_the_watcher_sets_a_port_up_with_its_first_chassis_and_down_with_its_las
             nb.report_ports("host-b", [], ["moving"])
             assert wait(4)[3] == ("down", "moving")
             time.sleep(0.5)
-            assert len(calls) == 4
+            assert len(calls) == 4 and len(opened) == 2
         finally:
             watcher.stop()
