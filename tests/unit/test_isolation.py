@@ -44,6 +44,7 @@ from test_split_compiled import (
     TUN,
     UPLINK,
     Host,
+    _mac_text,
     offload_of,
     reply,
 )
@@ -118,7 +119,7 @@ def worlds(draw) -> World:
         subnets["sext"] = Subnet(id="sext", name="sext", network_id=EXT, cidr="198.51.100.0/24",
                                  gateway_ip="198.51.100.1", project_id="admin")
         for name, (mac, ip) in OUTSIDE.items():
-            ports[name] = Port(id=name, name=name, network_id=EXT, mac=_text(mac), ips=[ip], unique_key=next(keys),
+            ports[name] = Port(id=name, name=name, network_id=EXT, mac=_mac_text(mac), ips=[ip], unique_key=next(keys),
                                project_id="admin", port_security=False)
     groups = {f"t{t}g{k}": SecurityGroup(id=f"t{t}g{k}", name=f"t{t}g{k}", project_id=f"t{t}", unique_key=2 * t + k + 1)
               for t in range(4) for k in range(2)}
@@ -218,10 +219,6 @@ def _int(text: str) -> int:
     return int(ipaddress.ip_address(text))
 
 
-def _text(mac: int) -> str:
-    return ":".join(f"{b:02x}" for b in mac.to_bytes(6, "big"))
-
-
 @dataclasses.dataclass
 class Attempt:
     packet: dict[str, int]
@@ -240,7 +237,7 @@ def attempts(draw, world: World) -> Attempt:
     to = draw(st.sampled_from(aimed))
     dst_mac, dst_ip = to.mac, to.ipv6 if v6 else to.ipv4
     where = draw(st.sampled_from(("port",) * 5 + ("tunnel", "outside", "outside")))
-    spoofed = False
+    sender: Port | None = None
     tenant = ""
     if where == "outside" and host.outside and not v6:
         out_mac, out_ip = draw(st.sampled_from(host.outside))
@@ -249,13 +246,13 @@ def attempts(draw, world: World) -> Attempt:
                "eth_dst": l3.nat_mac(str(ipaddress.IPv4Address(dst_ip))) if draw(st.integers(0, 3)) else dst_mac}
     elif where == "tunnel" or not host.local:
         net = draw(st.sampled_from(sorted({a.network for a in world.addresses})))
-        sender = draw(st.sampled_from([a for a in aimed if a.network == net]))
-        pkt = {"in_port": TUN, "tun_id": host.topo.networks[net].vni, "eth_src": sender.mac,
-               f"{family}_src": sender.ipv6 if v6 else sender.ipv4,
+        remote = draw(st.sampled_from([a for a in aimed if a.network == net]))
+        pkt = {"in_port": TUN, "tun_id": host.topo.networks[net].vni, "eth_src": remote.mac,
+               f"{family}_src": remote.ipv6 if v6 else remote.ipv4,
                "tun_src": _int(CHASSIS[draw(st.sampled_from(sorted(CHASSIS)))].tunnel_ip)}
         tenant = host.topo.networks[net].project_id
     else:
-        port = draw(st.sampled_from(host.local))
+        port = sender = draw(st.sampled_from(host.local))
         neighbours = [a for a in aimed if a.network == port.network_id]
         if neighbours and draw(st.booleans()):  # half of them to its own network (what it may reach)
             to = draw(st.sampled_from(neighbours))
@@ -267,7 +264,6 @@ def attempts(draw, world: World) -> Attempt:
         src_ip = (other.ipv6 if v6 else other.ipv4) if how in ("ip", "both") else own_ip
         pkt = {"in_port": port.unique_key, "eth_src": src_mac, f"{family}_src": src_ip}
         tenant = port.project_id
-        spoofed = port.port_security and not owns(port, pkt)
         routers = [rp for rp in host.topo.by("router_port", "network_id", port.network_id) if (":" in rp.ip) == v6]
         outward = bool(host.outside) and not v6 and draw(st.booleans())
         if outward:
@@ -288,7 +284,7 @@ def attempts(draw, world: World) -> Attempt:
                     f"{l4}_dst": draw(st.sampled_from((22, 53, 80, 443)))})
     cross = bool(tenant) and tenant != to.tenant
     twin = cross and any(a.tenant == tenant and (a.ipv6 if v6 else a.ipv4) == dst_ip for a in world.addresses)
-    return Attempt(pkt, cross, twin, spoofed)
+    return Attempt(pkt, cross, twin, sender is not None and sender.port_security and not owns(sender, pkt))
 
 
 def flow_key(packet: Mapping[str, int]) -> Key | None:
@@ -483,7 +479,7 @@ def answer(world: World, port: int, out: dict[str, int]) -> dict[str, int] | Non
     established and replies come back through SNAT and floating IPs."""
     if out["eth_dst"] & MULTICAST_BIT or "ip_proto" not in out:
         return None
-    stand_in = Port(id="receiver", name="receiver", network_id="", mac=_text(out["eth_dst"]), unique_key=port)
+    stand_in = Port(id="receiver", name="receiver", network_id="", mac=_mac_text(out["eth_dst"]), unique_key=port)
     back = reply(dataclasses.replace(world.host, local=[stand_in]), out)
     if back is not None and port == TUN:
         back.update(tun_id=out["tun_id"], tun_src=out["tun_dst"])
@@ -610,7 +606,7 @@ def test_two_tenants_snatting_one_subnet_never_get_each_others_replies():
                          unique_key=1, project_id="admin")}
     subnets = {"sext": Subnet(id="sext", name="sext", network_id=EXT, cidr="198.51.100.0/24",
                               gateway_ip="198.51.100.1")}
-    ports = {name: Port(id=name, name=name, network_id=EXT, mac=_text(mac), ips=[ip], unique_key=90 + k,
+    ports = {name: Port(id=name, name=name, network_id=EXT, mac=_mac_text(mac), ips=[ip], unique_key=90 + k,
                         project_id="admin", port_security=False) for k, (name, (mac, ip)) in enumerate(OUTSIDE.items())}
     routers, rps = {}, {}
     for t in range(2):
