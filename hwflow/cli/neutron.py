@@ -73,11 +73,13 @@ def connect(url: str | None) -> Any:
     if url:
         return openstack.connection.Connection(auth_type="none", auth={"endpoint": url},
                                                network_endpoint_override=url)
+    from keystoneauth1 import exceptions as ksa_exceptions
+
     try:
         return openstack.connect()
-    except openstack.exceptions.ConfigException as exc:
-        raise CliError(f"cannot reach Neutron: {exc}; set OS_CLOUD (clouds.yaml) or OS_AUTH_URL and the "
-                       "other OS_* variables, or give --neutron-url for a noauth server") from None
+    except (openstack.exceptions.ConfigException, ksa_exceptions.ClientException) as exc:
+        raise CliError(f"no Neutron to read: {exc}; set OS_CLOUD (clouds.yaml) or OS_AUTH_URL and the other "
+                       "OS_* variables of an admin, or give --neutron-url for a noauth server") from None
 
 
 def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
     except ImportError as exc:
         raise CliError(f"needs Neutron's libraries ({exc}): install hwflow's neutron extra "
                        "(pip install 'hwflow[neutron]')") from None
+    from keystoneauth1 import exceptions as ksa_exceptions
     from openstack import exceptions
 
     try:
@@ -94,8 +97,8 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
             differences = sync.compare(neutron, nb)
             if not args.dry_run:
                 differences = sync.repair(neutron, nb, differences)
-    except exceptions.SDKException as exc:
-        raise CliError(f"reading Neutron failed: {exc}") from None
+    except (exceptions.SDKException, ksa_exceptions.ClientException) as exc:
+        raise CliError(f"reading Neutron failed: {exc} (check --neutron-url or the OS_* settings)") from None
     rows = [diff.row() for diff in differences]
     emit(args.format, rows, rows, COLUMNS)
     return 1 if any(diff.result.startswith("failed") for diff in differences) else 0

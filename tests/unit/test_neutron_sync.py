@@ -6,6 +6,8 @@ never goes back to an older revision."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("neutron_lib", reason="hwflow's neutron extra is not installed (pip install -e '.[test,neutron]')")
+from hwflow.cli.main import main  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.model.errors import BrokenReference, NotFound  # noqa: E402
 from hwflow.model.objects import NbObject, Network, Port, SecurityGroup  # noqa: E402
@@ -135,3 +138,19 @@ def test_a_network_neutron_does_not_show_as_an_admin_is_refused_with_the_reason(
         [diff] = sync.compare(neutron, nb)
         assert (diff.action, diff.kind) == ("refused", "network") and "as an admin" in diff.detail
         assert [d.result for d in sync.repair(neutron, nb, [diff])] == ["left: hwflow cannot hold it"]
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ([], "no Neutron to read: .*auth_url; set OS_CLOUD .*or give --neutron-url"),
+    (["--neutron-url", "http://127.0.0.1:9"], "reading Neutron failed: .*127.0.0.1:9.*check --neutron-url"),
+])
+def test_no_neutron_to_read_is_one_line(options: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """No openstacksdk settings, or a URL where no Neutron answers: exit status 1 and one line saying what to set."""
+    for name in [name for name in os.environ if name.startswith("OS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/openstack/clouds.yaml
+    monkeypatch.chdir(tmp_path)
+    assert main(["neutron-sync", "--database", f"sqlite:///{tmp_path / 'nb.sqlite'}", *options]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and re.match(f"hwflow neutron-sync: {says}", err), err
