@@ -405,9 +405,9 @@ def _snat_legs(topo: Topology, network_id: str) -> list[Leg]:
             nets = [ipaddress.IPv4Network(leg.cidr) for leg in legs]
             clash = next(((net, other) for net in nets for held, other in taken if net.overlaps(held)), None)
             if clash is not None:
-                LOG.warning("router %s: inside subnet %s overlaps router %s's, which this chassis already SNATs to %s; "
-                            "its network gets no SNAT here (floating IPs still work)", router.id, clash[0], clash[1],
-                            _external_ip(topo))
+                LOG.warning("router %s: inside subnet %s overlaps router %s's, which this chassis already SNATs to %s, "
+                            "so its network gets no SNAT here; give one of them another subnet, or its VMs floating "
+                            "IPs", router.id, clash[0], clash[1], _external_ip(topo))
                 continue
             mine += [(net, router.id) for net in nets]
             snatted += legs
