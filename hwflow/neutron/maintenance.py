@@ -1,5 +1,6 @@
-"""The repair in Neutron's own process: every ``[hwflow] sync_interval`` seconds, hwflow's database compared
-with Neutron's and repaired (``hwflow.neutron.sync``), as networking-ovn's maintenance task does for OVN.
+"""The repair in Neutron's own process: when an API worker starts and every ``[hwflow] sync_interval`` seconds
+after, hwflow's database compared with Neutron's and repaired (``hwflow.neutron.sync``), as networking-ovn's
+maintenance task does for OVN.
 
 It reads Neutron through its plugins, as an admin, the same resources ``hwflow neutron-sync`` reads through the
 API. Each API worker runs one (OVN's runs in the one server holding an OVSDB lock; hwflow has no such lock,
@@ -76,7 +77,10 @@ class Maintenance:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        """A round at start (a server killed between Neutron's commit and hwflow's write, restarted, repairs
+        at once), then one every interval."""
         with self._open_nb() as nb:
+            self.run_once(nb)
             while not self._stop.wait(self.interval):
                 self.run_once(nb)
 

@@ -22,9 +22,10 @@ postcommit that raised, a security group callback that is only logged, a server 
 and hwflow's write) and a stale update landing after a delete are then found by comparing the two databases:
 :func:`compare` lists what hwflow lacks, holds differently or holds that Neutron has not, :func:`repair`
 writes hwflow's side (never Neutron's). Both run from ``hwflow neutron-sync`` and from the driver's maintenance
-thread, every ``[hwflow] sync_interval`` seconds in each Neutron server process. No journal table: the
-comparison needs none (Neutron's database is the truth, its revision numbers say what is newer), and a
-schema of hwflow's in Neutron's database would need migrations of its own.
+thread, when each Neutron API worker starts and every ``[hwflow] sync_interval`` seconds after. No journal
+table: the comparison needs none (Neutron's database is the truth, its revision numbers say what is newer),
+and a schema of hwflow's in Neutron's database would need migrations of its own. What a journal would give
+and this does not: a missed write is repaired at the next round, not retried at once.
 
 Objects hwflow's own CLI made (``external_revision`` 0) are not Neutron's: never reported as extra, never
 deleted.
