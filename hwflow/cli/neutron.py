@@ -28,10 +28,11 @@ COLUMNS = ("action", "kind", "id", "name", "detail", "result")
 
 class ApiNeutron:
     """Neutron's API through an openstacksdk connection: the resources as Neutron's JSON shows them (what
-    ``hwflow.neutron.translate`` reads), not openstacksdk's renamed attributes."""
+    ``hwflow.neutron.translate`` reads), not openstacksdk's renamed attributes; a collection is read ``page``
+    objects a request, following Neutron's next links."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any, page: int = 1000) -> None:
+        self.conn, self.page = conn, page
 
     def _get(self, path: str) -> Any:
         from openstack import exceptions
@@ -41,7 +42,13 @@ class ApiNeutron:
         return answer.json()
 
     def list(self, collection: str) -> list[dict[str, Any]]:
-        return self._get(f"/{collection}")[collection.replace("-", "_")]
+        key, found = collection.replace("-", "_"), []
+        path: str | None = f"/{collection}?limit={self.page}"
+        while path:
+            answer = self._get(path)
+            found += answer[key]
+            path = next((link["href"] for link in answer.get(f"{key}_links", []) if link.get("rel") == "next"), None)
+        return found
 
     def get(self, collection: str, ident: str) -> dict[str, Any] | None:
         from openstack import exceptions

@@ -26,6 +26,7 @@ openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is n
 from neutron_server import NeutronServer  # noqa: E402
 from test_etcd_tls import stored  # noqa: E402
 
+from hwflow.cli.neutron import ApiNeutron  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.db.etcd_server import EtcdCluster  # noqa: E402
 from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule  # noqa: E402
@@ -78,7 +79,8 @@ def test_writes_failed_while_hwflow_was_down_are_repaired(site: Site) -> None:
     dry run changes nothing, the repair makes hwflow's copies Neutron's, a second run finds nothing."""
     conn, nb = site.conn, site.nb
     net = conn.network.create_network(name="sync-net")
-    sub = conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.7.0.0/24")
+    sub = conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.7.0.0/24",  # .77: no port's yet
+                                     allocation_pools=[{"start": "10.7.0.10", "end": "10.7.0.50"}])
     kept = conn.network.create_port(network_id=net.id, name="kept")
     first_ip = kept.fixed_ips[0]["ip_address"]
     gone = conn.network.create_port(network_id=net.id, name="gone")
@@ -255,4 +257,19 @@ def test_a_server_repairs_on_its_own(site: Site) -> None:
     finally:
         repairer.stop()
         conn.network.delete_port(port)
+        conn.network.delete_network(net)
+
+
+def test_collections_are_read_page_by_page(site: Site) -> None:
+    """Read two ports a request, Neutron's ports are all there, each once, as read in one go."""
+    conn = site.conn
+    net = conn.network.create_network(name="paged")
+    ports = [conn.network.create_port(network_id=net.id, name=f"paged-{n}") for n in range(5)]
+    try:
+        paged = [port["id"] for port in ApiNeutron(conn, page=2).list("ports")]
+        assert len(paged) == len(set(paged)) and set(paged) == {p["id"] for p in ApiNeutron(conn).list("ports")}
+        assert {port.id for port in ports} <= set(paged)
+    finally:
+        for port in ports:
+            conn.network.delete_port(port)
         conn.network.delete_network(net)
