@@ -23,13 +23,21 @@ import pytest
 
 openstack = pytest.importorskip("openstack", reason="hwflow's neutron extra is not installed (pip install -e "
                                 "'.[test,neutron]'; tools/dev.sh setup installs it)")
-from neutron_server import NeutronServer  # noqa: E402
+from neutron_server import PHYSNET, NeutronServer  # noqa: E402
 from test_etcd_tls import stored  # noqa: E402
 
 from hwflow.cli.neutron import ApiNeutron  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.db.etcd_server import EtcdCluster  # noqa: E402
-from hwflow.model.objects import Network, Port, SecurityGroup, SecurityGroupRule  # noqa: E402
+from hwflow.model.objects import (  # noqa: E402
+    FloatingIP,
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+)
 
 pytestmark = pytest.mark.functional
 
@@ -273,3 +281,45 @@ def test_collections_are_read_page_by_page(site: Site) -> None:
         for port in ports:
             conn.network.delete_port(port)
         conn.network.delete_network(net)
+
+
+def test_routers_interfaces_and_floating_ips_are_put_back(site: Site) -> None:
+    """The L3 plugin's objects too: a router with its gateway, its interface and a floating IP on a VM port, lost
+    from hwflow (the router with its interfaces), come back as Neutron has them."""
+    conn, nb = site.conn, site.nb
+    with contextlib.ExitStack() as stack:
+        ext = conn.network.create_network(name="sync-public", provider_network_type="vlan",
+                                          provider_physical_network=PHYSNET, provider_segmentation_id=170,
+                                          is_router_external=True)
+        stack.callback(conn.network.delete_network, ext)
+        ext_sub = conn.network.create_subnet(network_id=ext.id, ip_version=4, cidr="203.0.113.0/24",
+                                             is_dhcp_enabled=False)
+        inside = conn.network.create_network(name="sync-inside")
+        stack.callback(conn.network.delete_network, inside)
+        sub = conn.network.create_subnet(network_id=inside.id, ip_version=4, cidr="10.77.0.0/24")
+        r = conn.network.create_router(name="sync-router", external_gateway_info={
+            "network_id": ext.id, "external_fixed_ips": [{"subnet_id": ext_sub.id}]})
+        stack.callback(conn.network.delete_router, r)
+        interface = conn.network.add_interface_to_router(r, subnet=sub.id)
+        stack.callback(conn.network.remove_interface_from_router, r, subnet=sub.id)
+        vm = conn.network.create_port(network_id=inside.id, name="sync-vm")
+        stack.callback(conn.network.delete_port, vm)
+        fip = conn.network.create_ip(floating_network_id=ext.id, port_id=vm.id)
+        stack.callback(conn.network.delete_ip, fip)
+
+        nb.delete(FloatingIP, fip.id)
+        nb.delete(Router, r.id, cascade=True)
+        assert not stored(nb, RouterPort, interface["port_id"])
+        status, report, err = site.sync()
+        assert status == 0, err
+        assert {(row["action"], row["kind"], row["id"], row["result"]) for row in report} == {
+            ("create", "router", r.id, "created"), ("create", "router_port", interface["port_id"], "created"),
+            ("create", "floating_ip", fip.id, "created")}
+        held = nb.get(Router, r.id)
+        assert (held.gateway_network_id, held.gateway_ip) == (
+            ext.id, r.external_gateway_info["external_fixed_ips"][0]["ip_address"])
+        assert (nb.get(RouterPort, interface["port_id"]).router_id, nb.get(RouterPort, interface["port_id"]).ip) == (
+            r.id, sub.gateway_ip)
+        assert (nb.get(FloatingIP, fip.id).port_id, nb.get(FloatingIP, fip.id).floating_ip_address) == (
+            vm.id, fip.floating_ip_address)
+        assert site.sync() == (0, [], "")
