@@ -76,11 +76,20 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
     @registry.receives(resources.ROUTER, [events.AFTER_CREATE, events.AFTER_UPDATE])
     def _router_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         """The router as Neutron made it: a gateway set or cleared is an update of the router."""
-        self.driver._put([translate.router(payload.latest_state)])
+        router = payload.latest_state
+        self.driver._put([translate.router(router)])
+        if router.get("gw_port_id"):
+            self._active(payload.context, router["gw_port_id"])
 
     @registry.receives(resources.ROUTER, [events.AFTER_DELETE])
     def _router_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         self.driver._remove("router", payload.resource_id)
+
+    @staticmethod
+    def _active(context: Any, port_id: str) -> None:
+        """A router's port (interface or gateway) is ACTIVE in Neutron once hwflow holds it, as networking-ovn
+        makes them: no agent reports it up, the router being on every chassis its networks reach."""
+        directory.get_plugin().update_port_status(context, port_id, n_const.PORT_STATUS_ACTIVE)
 
     # Router interfaces (payload: the router; metadata: the interface's port)
 
@@ -96,6 +105,7 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         port = payload.metadata["port"]
         self.driver._remove("port", port["id"])
         self.driver._put([translate.router_port(port, payload.resource_id)])
+        self._active(payload.context, port["id"])
 
     @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_DELETE])
     def _interface_removed(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:

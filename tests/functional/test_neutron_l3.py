@@ -77,7 +77,8 @@ def router(conn: openstack.connection.Connection, **attrs) -> Iterator:
 
 def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F811
     """Create, rename, set a gateway with and without SNAT, add interfaces by subnet and by port, static
-    routes, remove the interfaces, clear the gateway, delete: hwflow's router and router ports follow."""
+    routes, remove the interfaces, clear the gateway, delete: hwflow's router and router ports follow, and
+    Neutron shows the router's ports ACTIVE once hwflow holds them."""
     conn, nb = neutron
     with router(conn, name="r1") as r:
         held = nb.get(Router, r.id)
@@ -89,6 +90,8 @@ def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F
         address = r.external_gateway_info["external_fixed_ips"][0]["ip_address"]
         held = nb.get(Router, r.id)
         assert (held.gateway_network_id, held.gateway_ip, held.enable_snat) == (site["ext"].id, address, True)
+        (gateway_port,) = conn.network.ports(device_id=r.id, device_owner="network:router_gateway")
+        assert gateway_port.status == "ACTIVE"
         assert address != EXT_GW and address.startswith("198.51.100.")
         r = conn.network.update_router(r, external_gateway_info={"network_id": site["ext"].id, "enable_snat": False})
         held = nb.get(Router, r.id)
@@ -100,6 +103,7 @@ def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F
         assert (held.router_id, held.network_id, held.subnet_id, held.ip, held.mac) == (
             r.id, site["net1"].id, site["sub1"].id, "10.71.0.1", made.mac_address)
         assert not stored(nb, Port, made.id)
+        assert made.status == "ACTIVE"
 
         vm_side = conn.network.create_port(network_id=site["net2"].id, fixed_ips=[{"ip_address": "10.72.0.254"}])
         assert nb.get(Port, vm_side.id).ips == ["10.72.0.254"]
@@ -108,6 +112,7 @@ def test_router_interfaces_gateway_and_routes(neutron, site) -> None:  # noqa: F
         assert (held.router_id, held.subnet_id, held.ip, held.mac) == (
             r.id, site["sub2"].id, "10.72.0.254", vm_side.mac_address)
         assert not stored(nb, Port, vm_side.id)  # the port is the router's now: one holder of its MAC and address
+        assert conn.network.get_port(vm_side.id).status == "ACTIVE"
 
         conn.network.update_router(r, routes=[{"destination": "192.168.5.0/24", "nexthop": "10.72.0.9"}])
         assert nb.get(Router, r.id).routes == [{"destination": "192.168.5.0/24", "nexthop": "10.72.0.9"}]
