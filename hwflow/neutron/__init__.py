@@ -20,7 +20,9 @@ What exists:
   from Neutron's after-commit callbacks, checked in its precommit (or before) callbacks. A router's
   interface port is hwflow's RouterPort of the same id (a VM port attached by its id stops being a hwflow
   Port), its gateway port is the router's gateway network and address (the IPv4 one) with SNAT on or off,
-  a floating IP's port is the FloatingIP (address, associated port and fixed address).
+  a floating IP's port is the FloatingIP (address, associated port and fixed address); a floating IP is
+  ACTIVE in Neutron once written while associated, DOWN while not, and a router's ports ACTIVE once
+  written (as networking-ovn sets them).
 - Consistency (``sync``, ``maintenance``, ``hwflow neutron-sync``): every object written carries Neutron's
   ``revision_number`` as its ``external_revision``, written only over an older one (compare-and-swap on
   what was read), so two servers racing never put an older state over a newer (networking-ovn's revision
