@@ -5,8 +5,10 @@ An agent reports each local port up once both its datapaths are in place and tak
 port leaves its host (``NbApi.report_ports``). ``StatusWatcher`` runs in each Neutron API worker (started by
 the mechanism driver once the worker is up): it reads the reports, then follows their changes; a port some
 chassis reports up completes its L2 provisioning block (Neutron then makes a bound port ACTIVE), a port no
-chassis reports any more gets the block back and goes DOWN. The driver puts the block on a port when it is
-bound to a new host, so nothing else (a DHCP agent's report) makes it ACTIVE before hwflow has programmed it.
+chassis reports any more gets the block back and goes DOWN; at start, so does a port Neutron shows ACTIVE
+that hwflow bound and no chassis reports (its agent took the report back while no watcher ran). The driver
+puts the block on a port when it is bound to a new host, so nothing else (a DHCP agent's report) makes it
+ACTIVE before hwflow has programmed it.
 Several workers each follow the reports: setting a status twice is the same as once.
 """
 
@@ -19,12 +21,14 @@ from neutron.db import provisioning_blocks
 from neutron.plugins.ml2 import db as ml2_db
 from neutron_lib import constants as n_const
 from neutron_lib import context as n_context
+from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import resources
 from neutron_lib.plugins import directory
 from oslo_log import log
 
 from hwflow.db.api import NbApi, PortStatusChange
 from hwflow.model.errors import Compacted, HwflowError
+from hwflow.neutron import translate
 
 LOG = log.getLogger(__name__)
 
@@ -55,13 +59,23 @@ def port_down(port_id: str) -> None:
     directory.get_plugin().update_port_status(context, port_id, n_const.PORT_STATUS_DOWN)
 
 
+def active_ports() -> set[str]:
+    """The ports Neutron shows ACTIVE that hwflow bound (``vif_type ovs``; a router's or a floating IP's are the
+    L3 plugin's)."""
+    ports = directory.get_plugin().get_ports(n_context.get_admin_context(),
+                                             filters={"status": [n_const.PORT_STATUS_ACTIVE]})
+    return {port["id"] for port in ports
+            if port.get(portbindings.VIF_TYPE) == portbindings.VIF_TYPE_OVS and not translate.is_l3_port(port)}
+
+
 class StatusWatcher:
     """A thread following hwflow's port status records into Neutron (``port_up``/``port_down``); ``start``,
     ``stop``."""
 
     def __init__(self, open_nb: Callable[[], NbApi], up: Callable[[str], None] = port_up,
-                 down: Callable[[str], None] = port_down) -> None:
-        self._open_nb, self._up, self._down = open_nb, up, down
+                 down: Callable[[str], None] = port_down, active: Callable[[], set[str]] = active_ports) -> None:
+        self._open_nb, self._up, self._down, self._active = open_nb, up, down, active
+        self._started = False  # whether Neutron's ACTIVE ports were checked against the first reports
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hwflow-port-status", daemon=True)
         self._holders: dict[str, set[str]] = {}  # port -> the chassis reporting it up
@@ -92,7 +106,7 @@ class StatusWatcher:
 
     def _read(self, nb: NbApi) -> int:
         """Take every report as it is now: ports newly up are set up, ports no longer reported down (those this
-        watcher saw before; at start, Neutron's status stands). The revision to watch from."""
+        watcher saw before; at its first read, those Neutron shows ACTIVE). The revision to watch from."""
         revision, statuses = nb.ports_up()
         holders: dict[str, set[str]] = {}
         for status in statuses:
@@ -102,6 +116,15 @@ class StatusWatcher:
             self._set(port, up=True)
         for port in before.keys() - holders.keys():
             self._set(port, up=False)
+        if not self._started:
+            try:
+                stale = self._active() - holders.keys()
+            except Exception:  # Neutron's database: the reports are still followed
+                LOG.exception("could not read which ports Neutron shows ACTIVE")
+                stale = set()
+            for port in sorted(stale):
+                self._set(port, up=False)
+            self._started = True
         return revision + 1
 
     def _apply(self, change: PortStatusChange) -> None:

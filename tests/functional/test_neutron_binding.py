@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,9 +51,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, NbApi
         server.start()
         nb = stack.enter_context(NbApi.from_url(database))
         wait_for("the agent's chassis, alive", lambda: name in nb.alive_chassis(), server, host)
-        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
-                                               network_endpoint_override=server.url)
-        yield conn, nb, host, server
+        yield client(server), nb, host, server
+
+
+def client(server: NeutronServer) -> Any:
+    """openstacksdk on the server's API, as the tests' admin (auth_strategy noauth)."""
+    return openstack.connection.Connection(auth_type="none", auth={"endpoint": server.url},
+                                           network_endpoint_override=server.url)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +157,36 @@ def test_a_port_deleted_while_plugged_or_unplugged_while_its_agent_was_down_is_t
              server, host)
     assert nb.ports_up()[1] == []
     wait_for("the agent alive again", lambda: host.name in nb.alive_chassis(), server, host)
+
+
+def test_a_port_unplugged_while_neutron_was_down_is_down_when_it_is_back(cloud, tmp_path: Path) -> None:
+    """The agent takes the report back while no Neutron server runs: the next server's watcher finds the port
+    ACTIVE in Neutron and reported by no chassis, and sets it DOWN. A Neutron database of its own (the fixture's
+    server keeps running; its watcher knows nothing of these ports), on the same hwflow database and host."""
+    _, nb, host, _ = cloud
+    with contextlib.ExitStack() as stack:
+        first = NeutronServer(tmp_path / "first", {"database": host.database})
+        stack.callback(first.stop)
+        first.start()
+        conn = client(first)
+        net = conn.network.create_network(name="restart", provider_network_type="vxlan",
+                                          provider_segmentation_id=1999)
+        conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.8.0.0/24", is_dhcp_enabled=False)
+        port = conn.network.create_port(network_id=net.id, binding_host_id=host.name)
+        vm = f"hwf-{host.name}-vm4"
+        host.plug(nb.get(Port, port.id), vm)
+        wait_for("the port ACTIVE", lambda: conn.network.get_port(port.id).status == "ACTIVE", first, host)
+        first.stop()
+        host.unplug(vm)
+        wait_for("the report taken back", lambda: port.id not in {s.port for s in nb.ports_up()[1]}, first, host)
+        second = NeutronServer(tmp_path / "second", {"database": host.database}, database=first.database)
+        stack.callback(second.stop)
+        second.start()
+        conn = client(second)
+        wait_for("the port DOWN once a server is back", lambda: conn.network.get_port(port.id).status == "DOWN",
+                 second, host)
+        conn.network.delete_port(port)
+        conn.network.delete_network(net)
 
 
 def test_a_direct_port_on_a_host_whose_nic_cannot_redirect_fails(cloud, network, drop_only: SimHost) -> None:
