@@ -50,7 +50,8 @@ What exists:
   ports it has programmed (``NbApi.report_ports``: a key ``port_status/CHASSIS/PORT`` each, the agent's
   etcd role writes its own prefix only); a watcher thread in each API worker completes a port's L2
   provisioning block when some chassis reports it up (Neutron makes a bound port ACTIVE) and puts the
-  block back and sets DOWN when none does, as networking-ovn does from its southbound database. The driver
+  block back and sets DOWN when none does (at its start, too, for a port ACTIVE that no chassis reports),
+  as networking-ovn does from its southbound database. The driver
   adds the block when a port is bound to a new host. ``hwflow nb port list`` shows the status.
 
 What Neutron has and hwflow's model does not (not written; a later change to the model may add them):
