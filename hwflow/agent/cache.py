@@ -128,7 +128,7 @@ class NbCache:
                 return self._walk()
             except HwflowError as exc:
                 self._stale = True
-                LOG.error("northbound database unreachable while fetching the topology of local ports (%s); "
+                LOG.error("northbound database unavailable while fetching the topology of local ports (%s); "
                           "keeping the installed datapath, retrying in the background", exc)
                 return False
 
@@ -184,7 +184,7 @@ class NbCache:
                 self._on_change()
             except HwflowError as exc:
                 backoff = min(self._max_backoff, backoff * 2 or FIRST_BACKOFF)
-                LOG.error("northbound database unreachable (%s); keeping the installed datapath, "
+                LOG.error("northbound database unavailable (%s); keeping the installed datapath, "
                           "retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
 

@@ -150,7 +150,7 @@ class Agent:
                 self.cache.resync()
                 break
             except HwflowError as exc:
-                LOG.error("northbound database unreachable at start (%s); leaving the datapaths as they are, "
+                LOG.error("northbound database unavailable at start (%s); leaving the datapaths as they are, "
                           "retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(30.0, backoff * 2)

@@ -64,7 +64,7 @@ def test_the_cache_survives_its_etcd_member_going_away_and_catches_up(cluster, c
         assert {"n1", "s1", "vm1", "vm2"} <= held
 
         cluster.stop(first)
-        wait_for(lambda: caplog.text.count("northbound database unreachable") >= 3)
+        wait_for(lambda: caplog.text.count("northbound database unavailable") >= 3)
         assert {o.id for o in cache.held()} == held  # nothing dropped while the database is away
         delays = [float(d) for d in re.findall(r"retrying in ([0-9.]+)s", caplog.text)]
         assert delays[:3] == [0.5, 1.0, 2.0] and max(delays) == 2.0  # backoff, capped
