@@ -64,8 +64,9 @@ flavors, the gateway's addresses but one (hwflow's SNAT goes out as each chassis
 gateway's address); an interface of several addresses (Neutron's IPv6 subnets of one network on one port)
 is refused. Floating IPs: QoS, port forwardings, DNS.
 
-What is left (issue 17): nothing of its list. Noticed: a stale update of one server landing after another server's
-delete of the object puts it back in hwflow until the next repair round deletes it (no tombstone).
+What is left (issue 17): nothing of its list. Noticed: a server's update of an object hwflow lacks creates it only
+if Neutron has it when asked, but another server's delete between that read and the write puts it back in
+hwflow until the next repair deletes it (a tombstone would close that).
 
 Facts the next steps build on: Neutron 29 has no ``neutron-server``; its API is the WSGI application
 ``neutron.wsgi.api:application`` (configuration from ``OS_NEUTRON_CONFIG_DIR``/``OS_NEUTRON_CONFIG_FILES``),

@@ -115,10 +115,11 @@ class HwflowMechanismDriver(api.MechanismDriver):
     def _put(self, objs: Iterable[NbObject]) -> None:
         """Create or overwrite, in one batch: a postcommit may run again for a request Neutron retried, and
         a resource may already be there (a security group written before its port asked for it). Never over a
-        newer revision (another Neutron server's later update got there first: ``sync.put_newer``)."""
-        for obj in sync.put_newer(self.nb, objs):
-            LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one", obj.label(),
-                      obj.external_revision)
+        newer revision (another Neutron server's later update got there first), nor created again when Neutron
+        no longer has it (another server's delete got there first: ``sync.put_newer``)."""
+        for obj in sync.put_newer(self.nb, objs, maintenance.PluginNeutron()):
+            LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one, or Neutron no longer has it",
+                      obj.label(), obj.external_revision)
 
     def _remove(self, kind: str, ident: str) -> None:
         """Delete with what hwflow's object owns (a network's subnets and ports, a group's rules): Neutron

@@ -107,6 +107,8 @@ COLLECTIONS = (
     Collection("floatingips", "floating_ip", lambda fip, _: translate.floating_ip(fip)),
 )
 
+KIND_COLLECTIONS = {coll.kind: coll for coll in COLLECTIONS}
+
 
 @dataclasses.dataclass
 class Difference:
@@ -129,23 +131,29 @@ class Difference:
                 "result": self.result}
 
 
-def put_newer(nb: NbApi, objs: Iterable[NbObject]) -> list[NbObject]:
+def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = None) -> list[NbObject]:
     """Create or overwrite each object, in one batch, but none over a newer one: one hwflow holds at a higher
     ``external_revision`` is left (another Neutron server wrote a later state). Each overwrite compares hwflow's
-    revision of what was read, so a race lost to another writer is read and decided again. Returns the objects
-    left for being older. Equal revisions are written (a request Neutron retried, a repair)."""
+    revision of what was read, so a race lost to another writer is read and decided again. Equal revisions are
+    written (a request Neutron retried, a repair). With ``neutron``, an object hwflow lacks is created only if
+    Neutron has it now: a server's update landing after another server deleted the object does not bring it
+    back (it can still, between that read and the write: the next repair deletes it). Returns the objects left.
+    """
     objs = list(objs)
     for _ in range(WRITE_ATTEMPTS):
         writes: list[Write] = []
-        older: list[NbObject] = []
+        left: list[NbObject] = []
         for obj in objs:
             try:
                 stored = nb.get(type(obj), obj.id)
             except NotFound:
-                writes.append(Create(obj))
+                if neutron is None or _holds(neutron, KIND_COLLECTIONS[obj.kind], obj.id):
+                    writes.append(Create(obj))
+                else:
+                    left.append(obj)
                 continue
             if stored.external_revision > obj.external_revision:
-                older.append(obj)
+                left.append(obj)
             else:
                 writes.append(Update(obj, if_revision=stored.revision))
         try:
@@ -156,7 +164,7 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject]) -> list[NbObject]:
             if not isinstance(exc.cause, Conflict):
                 raise
             continue
-        return older
+        return left
     raise DatabaseUnavailable(f"{objs[0].label() if len(objs) == 1 else f'{len(objs)} objects'}: gave up after "
                               f"{WRITE_ATTEMPTS} writes lost to concurrent writers of the same objects")
 
@@ -240,6 +248,6 @@ def _repair(neutron: Neutron, nb: NbApi, diff: Difference) -> str:
             return "gone already"
         return "deleted"
     assert diff.wanted is not None
-    if put_newer(nb, [diff.wanted]):
-        return "left: hwflow holds a newer revision"
+    if put_newer(nb, [diff.wanted], neutron):
+        return "left: hwflow holds a newer revision" if diff.action == "update" else "left: Neutron no longer has it"
     return "created" if diff.action == "create" else "updated"

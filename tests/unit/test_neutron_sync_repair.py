@@ -154,3 +154,16 @@ def test_no_neutron_to_read_is_one_line(options: list[str], says: str, tmp_path:
     assert main(["neutron-sync", "--database", f"sqlite:///{tmp_path / 'nb.sqlite'}", *options]) == 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and re.match(f"hwflow neutron-sync: {says}", err), err
+
+
+def test_what_neutron_no_longer_has_is_not_created_again() -> None:
+    """A late update of a port another server has deleted (Neutron has it no more, hwflow neither): not created
+    again when Neutron is asked; a port Neutron has is."""
+    with tempfile.TemporaryDirectory() as tmp, NbApi.from_url(f"sqlite:///{Path(tmp) / 'nb.sqlite'}") as nb:
+        net = nb.create(Network(name="n", vni=7, external_revision=1))
+        kept, deleted = (Port(id=_ident(), name=name, network_id=net.id, mac=f"fa:16:3e:00:00:0{n}",
+                              port_security=False, external_revision=3) for n, name in enumerate(("kept", "deleted")))
+        neutron = FakeNeutron({"ports": [{"id": kept.id, "name": "kept", "network_id": net.id, "fixed_ips": [],
+                                          "mac_address": kept.mac, "device_owner": "", "revision_number": 3}]})
+        assert sync.put_newer(nb, [kept, deleted], neutron) == [deleted]
+        assert [p.id for p in nb.list(Port)] == [kept.id]
