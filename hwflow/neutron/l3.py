@@ -71,19 +71,19 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         if event == events.PRECOMMIT_UPDATE:
             router.update({key: payload.request_body[key] for key in ("name", "routes")
                            if key in payload.request_body})
-        self.driver._check("router", lambda: translate.router({**router, "id": payload.resource_id}))
+        self.driver.check("router", lambda: translate.router({**router, "id": payload.resource_id}))
 
     @registry.receives(resources.ROUTER, [events.AFTER_CREATE, events.AFTER_UPDATE])
     def _router_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         """The router as Neutron made it: a gateway set or cleared is an update of the router."""
         router = payload.latest_state
-        self.driver._put([translate.router(router)])
+        self.driver.put([translate.router(router)])
         if router.get("gw_port_id"):
             self._active(payload.context, router["gw_port_id"])
 
     @registry.receives(resources.ROUTER, [events.AFTER_DELETE])
     def _router_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self.driver._remove("router", payload.resource_id)
+        self.driver.remove("router", payload.resource_id)
 
     @staticmethod
     def _active(context: Any, port_id: str) -> None:
@@ -96,20 +96,20 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
     @registry.receives(resources.ROUTER_INTERFACE, [events.BEFORE_CREATE])
     def _check_interface(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         port = payload.metadata["port"]
-        self.driver._check("router interface", lambda: translate.router_port(port, payload.resource_id))
+        self.driver.check("router interface", lambda: translate.router_port(port, payload.resource_id))
 
     @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_CREATE])
     def _interface_added(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         """A port attached by its id was a VM-side port the mechanism driver wrote as hwflow's Port: it is
         the router's port now, which holds the same MAC and address, so the Port goes first."""
         port = payload.metadata["port"]
-        self.driver._remove("port", port["id"])
-        self.driver._put([translate.router_port(port, payload.resource_id)])
+        self.driver.remove("port", port["id"])
+        self.driver.put([translate.router_port(port, payload.resource_id)])
         self._active(payload.context, port["id"])
 
     @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_DELETE])
     def _interface_removed(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self.driver._remove("router_port", payload.metadata["port"]["id"])
+        self.driver.remove("router_port", payload.metadata["port"]["id"])
 
     # Floating IPs
 
@@ -120,7 +120,7 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         status in Neutron is then ACTIVE while associated, DOWN while not, as networking-ovn sets it once its
         northbound database holds the floating IP (the agent of the port's chassis applies it from there)."""
         fip = payload.latest_state
-        self.driver._put([translate.floating_ip(fip)])
+        self.driver.put([translate.floating_ip(fip)])
         status = n_const.FLOATINGIP_STATUS_ACTIVE if fip.get("port_id") else n_const.FLOATINGIP_STATUS_DOWN
         if fip.get("status") != status:
             self.update_floatingip_status(payload.context, fip["id"], status)
@@ -128,4 +128,4 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
     @registry.receives(resources.FLOATING_IP, [events.AFTER_DELETE])
     def _floating_ip_deleted(self, resource: str, event: str, trigger: Any,
                              payload: events.DBEventPayload) -> None:
-        self.driver._remove("floating_ip", payload.resource_id)
+        self.driver.remove("floating_ip", payload.resource_id)

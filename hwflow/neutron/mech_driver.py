@@ -112,7 +112,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     # Writing
 
-    def _put(self, objs: Iterable[NbObject]) -> None:
+    def put(self, objs: Iterable[NbObject]) -> None:
         """Create or overwrite, in one batch: a postcommit may run again for a request Neutron retried, and
         a resource may already be there (a security group written before its port asked for it). Never over a
         newer revision (another Neutron server's later update got there first), nor created again when Neutron
@@ -121,7 +121,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
             LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one, or Neutron no longer has it",
                       obj.label(), obj.external_revision)
 
-    def _remove(self, kind: str, ident: str) -> None:
+    def remove(self, kind: str, ident: str) -> None:
         """Delete with what hwflow's object owns (a network's subnets and ports, a group's rules): Neutron
         has removed those too. Gone already is fine (a retried request, a network delete after its ports)."""
         try:
@@ -142,7 +142,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
     # Networks
 
     def create_network_precommit(self, context: api.NetworkContext) -> None:
-        self._check_free(self._check("network", lambda: translate.network(context.current,
+        self._check_free(self.check("network", lambda: translate.network(context.current,
                                                                           context.network_segments)))
 
     def _check_free(self, obj: NbObject) -> None:
@@ -161,33 +161,33 @@ class HwflowMechanismDriver(api.MechanismDriver):
     update_network_precommit = create_network_precommit
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
-        self._put([translate.network(context.current, context.network_segments)])
+        self.put([translate.network(context.current, context.network_segments)])
 
     update_network_postcommit = create_network_postcommit
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        self._remove("network", context.current["id"])
+        self.remove("network", context.current["id"])
 
     # Subnets
 
     def create_subnet_precommit(self, context: api.SubnetContext) -> None:
-        self._check("subnet", lambda: translate.subnet(context.current))
+        self.check("subnet", lambda: translate.subnet(context.current))
 
     update_subnet_precommit = create_subnet_precommit
 
     def create_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        self._put([translate.subnet(context.current)])
+        self.put([translate.subnet(context.current)])
 
     update_subnet_postcommit = create_subnet_postcommit
 
     def delete_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        self._remove("subnet", context.current["id"])
+        self.remove("subnet", context.current["id"])
 
     # Ports
 
     def create_port_precommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
-            self._check("port", lambda: translate.port(context.current, context.host))
+            self.check("port", lambda: translate.port(context.current, context.host))
             if context.host and context.host != context.original_host \
                     and context.current["status"] != n_const.PORT_STATUS_ACTIVE:
                 status.block(context.plugin_context, context.current["id"])  # ACTIVE when hwflow has it up
@@ -197,7 +197,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
     def create_port_postcommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
             port = translate.port(context.current, self._chassis(context.host))
-            self._put([*self._missing_groups(context, port), port])
+            self.put([*self._missing_groups(context, port), port])
 
     update_port_postcommit = create_port_postcommit
 
@@ -226,7 +226,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         if not translate.is_l3_port(context.current):
-            self._remove("port", context.current["id"])
+            self.remove("port", context.current["id"])
 
     def _missing_groups(self, context: api.PortContext, port: Port) -> list[NbObject]:
         """The port's security groups hwflow's database lacks (made before this driver was enabled, or their
@@ -243,7 +243,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
         return found
 
     @staticmethod
-    def _check(what: str, build: Callable[[], NbObject]) -> NbObject:
+    def check(what: str, build: Callable[[], NbObject]) -> NbObject:
         """Translate in a precommit: what hwflow cannot hold is the 400 (a 409 from a security group's event)
         Neutron answers with, hwflow's reason in it."""
         try:
@@ -255,16 +255,16 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def _check_security_group(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         group = payload.latest_state
-        self._check("security group", lambda: translate.security_group(group))
+        self.check("security group", lambda: translate.security_group(group))
         for rule in group.get("security_group_rules") or []:
-            self._check("security group rule", lambda rule=rule: translate.security_group_rule(rule))
+            self.check("security group rule", lambda rule=rule: translate.security_group_rule(rule))
 
     def _security_group_written(self, resource: str, event: str, trigger: Any,
                                 payload: events.DBEventPayload) -> None:
         """A group with the rules it has (a new group comes with its default egress rules)."""
         group = payload.latest_state
         rules = [translate.security_group_rule(rule) for rule in group.get("security_group_rules") or []]
-        self._put([translate.security_group(group), *rules])
+        self.put([translate.security_group(group), *rules])
 
     def _security_group_deleted(self, resource: str, event: str, trigger: Any,
                                 payload: events.DBEventPayload) -> None:
@@ -272,14 +272,14 @@ class HwflowMechanismDriver(api.MechanismDriver):
         database drops those with it (a foreign key), without an event for each."""
         for rule in self.nb.referrers("security_group", payload.resource_id, SecurityGroupRule):
             if rule.security_group_id != payload.resource_id:
-                self._remove(rule.kind, rule.id)
-        self._remove("security_group", payload.resource_id)
+                self.remove(rule.kind, rule.id)
+        self.remove("security_group", payload.resource_id)
 
     def _check_rule(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self._check("security group rule", lambda: translate.security_group_rule(payload.latest_state))
+        self.check("security group rule", lambda: translate.security_group_rule(payload.latest_state))
 
     def _rule_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self._put([translate.security_group_rule(payload.latest_state)])
+        self.put([translate.security_group_rule(payload.latest_state)])
 
     def _rule_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self._remove("security_group_rule", payload.resource_id)
+        self.remove("security_group_rule", payload.resource_id)
