@@ -90,16 +90,14 @@ import logging
 import os
 import secrets
 import selectors
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +109,7 @@ from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.bench import Progress, median_ms, mesh, p99_ms
 from hwflow.bench.compile import _mac, _subnet, build
 from hwflow.bench.partition import PORTS_PER_GROUP, PORTS_PER_NETWORK, PORTS_PER_ROUTER, REMOTE_CHASSIS
+from hwflow.bench.workdir import run_in_workdir
 from hwflow.db.api import Create, NbApi
 from hwflow.model.objects import Chassis, NbObject, Network, Port, SecurityGroupRule
 from hwflow.sim.host import BRIDGE, SimHost, stop_process
@@ -510,24 +509,7 @@ def _database(url: str, workdir: Path) -> str:
     return url
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM as Ctrl-C while the bench runs, so that the cleanup runs too (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _content(rules: set[fl.FlowerRule]) -> set[fl.FlowerRule]:
+def rule_content(rules: set[fl.FlowerRule]) -> set[fl.FlowerRule]:
     """Rules as what they match and do, whatever handle the NIC gave them and number the agent gave their chains
     (a restarted agent numbers its chains afresh)."""
     return {dataclasses.replace(rule, handle=0, chain=0, actions=tuple(
@@ -545,18 +527,7 @@ def run(params: dict, progress: Progress) -> dict[str, float]:
     local_ports, remote_ports, changes = params["local_ports"], params["remote_ports"], params["changes"]
     if local_ports < 2 or remote_ports < 1 or not 1 <= changes <= MAX_CHANGES:
         raise ValueError(f"converge needs local_ports >= 2, remote_ports >= 1 and 1 <= changes <= {MAX_CHANGES}")
-    workdir = Path(tempfile.mkdtemp(prefix="hwcv-"))  # short: AF_UNIX paths are limited to 108 bytes
-    ok = False
-    try:
-        with _sigterm_interrupts():
-            results = _run(params, workdir, progress)
-        ok = True
-        return results
-    finally:
-        if ok and not params["keep"]:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            progress(f"logs, config and database left in {workdir}")
+    return run_in_workdir("hwcv-", params["keep"], progress, lambda workdir: _run(params, workdir, progress))
 
 
 def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
@@ -635,7 +606,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             results["noop_pass_ms"] = round(statistics.median(again.noop_ms), 2)
             results["resync_passes"] = len(again.passes)
             results["resync_nic_rules_removed"] = sum(int(p.get("hw_removed", 0)) for p in again.passes)
-            results["resync_nic_rules_lost"] = len(_content(held_rules) - _content(paths.all_rules()))
+            results["resync_nic_rules_lost"] = len(rule_content(held_rules) - rule_content(paths.all_rules()))
             results["resync_ovs_flows_lost"] = len(held_flows - paths.all_flows())
         finally:
             if paths is not None:

@@ -52,9 +52,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import secrets
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -69,7 +67,8 @@ from hwflow.apps.base import mac_int
 from hwflow.backends.ovs import translate
 from hwflow.backends.tc import flower as fl
 from hwflow.bench import Progress
-from hwflow.bench.converge import Datapaths, _content, _sigterm_interrupts, settle
+from hwflow.bench.converge import Datapaths, rule_content, settle
+from hwflow.bench.workdir import run_in_workdir
 from hwflow.conf import new_conf
 from hwflow.db.api import NbApi
 from hwflow.model.errors import Conflict
@@ -319,18 +318,7 @@ def wait_counts(paths: Datapaths, rules: int, flows: int, timeout: float) -> flo
 def run(params: dict, progress: Progress) -> dict[str, float]:
     if params["vfs"] < len(FIXED) + 1 or params["max_ports"] < 1 or params["ops_per_s"] <= 0:
         raise ValueError("soak needs vfs >= 3, max_ports >= 1 and ops_per_s > 0")
-    workdir = Path(tempfile.mkdtemp(prefix="hwsk-"))  # short: AF_UNIX paths are limited to 108 bytes
-    ok = False
-    try:
-        with _sigterm_interrupts():
-            results = _run(params, workdir, progress)
-        ok = True
-        return results
-    finally:
-        if ok and not params["keep"]:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            progress(f"logs, config and database left in {workdir}")
+    return run_in_workdir("hwsk-", params["keep"], progress, lambda workdir: _run(params, workdir, progress))
 
 
 def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
@@ -472,7 +460,7 @@ def _figures(churn: Churn, baseline: Held, now: Held, baseline_ofports: set[int]
         "ports_created": churn.created,
         "nic_rules_baseline": len(baseline.rules), "nic_rules_end": len(now.rules),
         "ovs_flows_baseline": len(baseline.flows), "ovs_flows_end": len(now.flows),
-        "nic_rules_changed": len(_content(baseline.rules) ^ _content(now.rules)),
+        "nic_rules_changed": len(rule_content(baseline.rules) ^ rule_content(now.rules)),
         "ovs_flows_changed": len(baseline.flows ^ now.flows),
         "leftover_nic_rules": left_rules, "leftover_ovs_flows": left_flows,
         "rss_start_mb": start.rss_mb, "rss_warm_mb": warm.rss_mb, "rss_end_mb": end.rss_mb,
