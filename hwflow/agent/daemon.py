@@ -97,10 +97,10 @@ class Agent:
         self._devices = devices
         self.compiler = compiler
         self.chassis = conf.agent.chassis_name
-        self._bridge_mappings = hwconf.bridge_mappings(conf.agent.bridge_mappings)
+        self.bridge_mappings = hwconf.bridge_mappings(conf.agent.bridge_mappings)
         self.fixed_ports = fixed_ports(
             conf.agent.tunnel_ip, conf.agent.tunnel_types,
-            {"vxlan": conf.agent.vxlan_udp_port, "geneve": conf.agent.geneve_udp_port}, self._bridge_mappings)
+            {"vxlan": conf.agent.vxlan_udp_port, "geneve": conf.agent.geneve_udp_port}, self.bridge_mappings)
         self.topo = Topology(self.chassis)
         self.compiler.compile(self.topo)
         self._wake = threading.Event()
@@ -132,6 +132,29 @@ class Agent:
         self.published = Publisher.for_agent(conf)  # what `hwflow flows` reads (hwflow.agent.published)
         self.metrics = metrics if metrics is not None else AgentMetrics()  # its own registry (hwflow.agent.metrics)
         self.metrics.follow(self.cache)
+
+    # --- what the last pass left, for hwflow.agent.published to label its rules with ---------------
+
+    @property
+    def encoded_reps(self) -> Mapping[int, Representor]:
+        """Port key -> the representor the last pass encoded its NIC rules for: a rule's device and port."""
+        return self._encoded_reps
+
+    @property
+    def managed_reps(self) -> frozenset[Representor]:
+        """Representors whose tc rules the agent owns as of the last pass (plugged offload-capable interfaces,
+        offloaded tunnels' devices): listed as devices even while no rule of the plan is on them."""
+        return frozenset(self._managed)
+
+    @property
+    def device_reports(self) -> Mapping[str, DeviceReport]:
+        """Interface name -> what discovery last reported about it: the names rules' devices are shown by."""
+        return self._reports
+
+    @property
+    def flower_rules(self) -> Mapping[int, dict[int, list[tuple[HwRule, str, object]]]]:
+        """Port -> chain -> its rules there as flower rules (with their tc endpoints): what the NIC should hold."""
+        return self._flower
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -572,7 +595,7 @@ class Agent:
         uplink representor a driver reported offloadable. Its VLAN push (to the network) and pop (from it) are
         then NIC rules like any other, on the VFs' representors and on the uplink's."""
         found: dict[int, tuple[PortOffload, Representor]] = {}
-        for physnet, interface in sorted(self._bridge_mappings.items()):
+        for physnet, interface in sorted(self.bridge_mappings.items()):
             report = self._reports.get(interface)
             if report is None or report.port_role != UPLINK or not report.offload or not report.tc_endpoint:
                 continue

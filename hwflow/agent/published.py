@@ -296,20 +296,20 @@ class Publisher:
             if port is not None:
                 local.append(port.unique_key)
                 ports[port.unique_key] = (pid, getattr(port, "name", "") or None, agent.ofports.get(port.unique_key))
-        physnets = {ir.physnet_port(net): net for net in agent._bridge_mappings}
+        physnets = {ir.physnet_port(net): net for net in agent.bridge_mappings}
         for key, ofport in agent.ofports.items():
             if key not in ports:
                 ports[key] = (port_label(key, physnets) or str(key), None, ofport)
-        for key in agent._encoded_reps:
+        for key in agent.encoded_reps:
             if key not in ports:
                 ports[key] = (port_label(key, physnets) or str(key), None, None)
-        by_rep = {(rep.endpoint, rep.ifindex): key for key, rep in agent._encoded_reps.items()}
-        names = {(r.tc_endpoint, r.ifindex): r.name for r in agent._reports.values() if r.tc_endpoint}
-        reps = agent._managed | set(agent._encoded_reps.values())
+        by_rep = {(rep.endpoint, rep.ifindex): key for key, rep in agent.encoded_reps.items()}
+        names = {(r.tc_endpoint, r.ifindex): r.name for r in agent.device_reports.values() if r.tc_endpoint}
+        reps = agent.managed_reps | set(agent.encoded_reps.values())
         devices = [(rep.endpoint, rep.ifindex, names.get((rep.endpoint, rep.ifindex)),
                     by_rep.get((rep.endpoint, rep.ifindex))) for rep in reps]
-        snapshot = Snapshot(time.time(), full, plan, dict(agent._flower), ports, devices,
-                            frozenset(agent._encoded_reps), frozenset(local), agent.ovs.held)
+        snapshot = Snapshot(time.time(), full, plan, dict(agent.flower_rules), ports, devices,
+                            frozenset(agent.encoded_reps), frozenset(local), agent.ovs.held)
         with self._cond:
             self._pending = snapshot
             self._owners = agent.ovs.compiler.owners

@@ -171,8 +171,8 @@ def test_the_publisher_writes_atomically_at_most_every_interval(tmp_path: Path) 
     encoded = planned(rule(VM2))
     topo = SimpleNamespace(local_port_ids={"p1"}, ports={"p1": SimpleNamespace(unique_key=1, name="vm1-port")})
     agent = SimpleNamespace(
-        topo=topo, ofports={1: 5}, _bridge_mappings={}, _encoded_reps={1: REPS[1]}, _managed={REPS[1]},
-        _reports={}, _flower={1: {0: encoded}},
+        topo=topo, ofports={1: 5}, bridge_mappings={}, encoded_reps={1: REPS[1]}, managed_reps=frozenset({REPS[1]}),
+        device_reports={}, flower_rules={1: {0: encoded}},
             ovs=SimpleNamespace(compiler=SimpleNamespace(owners=lambda: [OWNER1]), held={}),
         tc=SimpleNamespace(refused=dict))
     plan = Plan(own={1: [encoded[0][0]]})
