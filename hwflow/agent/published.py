@@ -63,7 +63,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -371,6 +371,31 @@ class Publisher:
         objects from pass to pass), so a write after a small change packs little; the document is joined from
         the pieces (a MessagePack array is its header and its items, one after the other)."""
         pack = packer().pack
+        hw = self._hw_rows(snap, pack)
+        sw = self._software_rows(snap) + self._whole_port_paths(snap)
+        flows = [(held.cookie, *key) for key, held in dict(snap.flows).items()]
+        device_of = {port: name for _, _, name, port in snap.devices if port is not None}
+        head = {
+            "version": VERSION, "chassis": self.chassis, "written": time.time(), "planned": snap.at,
+            "full": snap.full, "ovs": self.ovs,
+            "ports": {str(key): {"id": pid, "name": name, "ofport": ofport, "device": device_of.get(key)}
+                      for key, (pid, name, ofport) in sorted(snap.ports.items())},
+            "devices": [{"endpoint": ep, "ifindex": ifindex, "name": name, "port": port}
+                        for ep, ifindex, name, port in sorted(snap.devices, key=lambda d: (d[0], d[1]))],
+            "refused": [{"ifindex": k[0], "chain": k[1], "prio": k[2], "protocol": k[3],
+                         "keys": tuple(vars(k[4]).values()), "error": error} for k, error in refused.items()],
+            "owners": sorted({str(owner) for owner in owners}),
+            "key_fields": KEY_FIELDS, "hw_columns": HW_COLUMNS, "sw_columns": SW_COLUMNS,
+            "flow_columns": FLOW_COLUMNS, "sw": sw, "flows": flows,
+        }
+        out = packer()
+        parts = [out.pack_map_header(len(head) + 1)]
+        parts += [pack(name) + pack(value) for name, value in head.items()]
+        parts += [pack("hw"), out.pack_array_header(len(hw)), *hw]
+        return b"".join(parts)
+
+    def _hw_rows(self, snap: Snapshot, pack: Callable[[Any], bytes]) -> list[bytes]:
+        """Each NIC rule's packed row, packed again only when the agent encoded the rule afresh."""
         devices = {ifindex: name for _, ifindex, name, _ in snap.devices if name}
         hw: list[bytes] = []
         cache, fresh, texts = self._cache, {}, self._actions
@@ -393,6 +418,10 @@ class Publisher:
         self._cache = fresh
         if len(texts) > 4 * len(fresh) + 1024:
             texts.clear()  # devices come and go: texts naming old ones are not kept for ever
+        return hw
+
+    def _software_rows(self, snap: Snapshot) -> list[tuple]:
+        """Each path the plan leaves to OVS, with the ports a shared chain's path is reached from."""
         reaching: dict[int, list[int]] = {}
         for port, chains in snap.plan.reaches.items():
             for number in chains:
@@ -409,27 +438,7 @@ class Publisher:
             ports = sorted(reaching.get(chain, ())) if in_port == SHARED else [in_port]
             sw.append((in_port, ports, chain, match, reason, owner))
         self._sw_cache = sw_fresh
-        sw += self._whole_port_paths(snap)
-        flows = [(held.cookie, *key) for key, held in dict(snap.flows).items()]
-        device_of = {port: name for _, _, name, port in snap.devices if port is not None}
-        head = {
-            "version": VERSION, "chassis": self.chassis, "written": time.time(), "planned": snap.at,
-            "full": snap.full, "ovs": self.ovs,
-            "ports": {str(key): {"id": pid, "name": name, "ofport": ofport, "device": device_of.get(key)}
-                      for key, (pid, name, ofport) in sorted(snap.ports.items())},
-            "devices": [{"endpoint": ep, "ifindex": ifindex, "name": name, "port": port}
-                        for ep, ifindex, name, port in sorted(snap.devices, key=lambda d: (d[0], d[1]))],
-            "refused": [{"ifindex": k[0], "chain": k[1], "prio": k[2], "protocol": k[3],
-                         "keys": tuple(vars(k[4]).values()), "error": error} for k, error in refused.items()],
-            "owners": sorted({str(owner) for owner in owners}),
-            "key_fields": KEY_FIELDS, "hw_columns": HW_COLUMNS, "sw_columns": SW_COLUMNS,
-            "flow_columns": FLOW_COLUMNS, "sw": sw, "flows": flows,
-        }
-        out = packer()
-        parts = [out.pack_map_header(len(head) + 1)]
-        parts += [pack(name) + pack(value) for name, value in head.items()]
-        parts += [pack("hw"), out.pack_array_header(len(hw)), *hw]
-        return b"".join(parts)
+        return sw
 
     def _whole_port_paths(self, snap: Snapshot) -> list[tuple]:
         """What the partitioner never walks, so has no path of: a port's traffic of an ethertype not offloaded
