@@ -100,7 +100,7 @@ class SoakError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Process:
+class Footprint:
     """What a leak shows in from outside the agent: memory, file descriptors, threads."""
 
     rss_mb: float
@@ -108,13 +108,13 @@ class Process:
     threads: int
 
 
-def process(pid: int | None) -> Process:
+def footprint(pid: int | None) -> Footprint:
     """The agent's resident memory (VmRSS), open file descriptors and threads, now."""
     if pid is None:
         raise SoakError("the agent exited")
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     rss_kb = int(status["VmRSS"].split()[0])
-    return Process(round(rss_kb / 1024, 2), len(list(Path(f"/proc/{pid}/fd").iterdir())),
+    return Footprint(round(rss_kb / 1024, 2), len(list(Path(f"/proc/{pid}/fd").iterdir())),
                    int(status["Threads"]))
 
 
@@ -269,18 +269,19 @@ def heartbeats(nb_url: str) -> Iterator[None]:
 
 
 @dataclasses.dataclass
-class Held:
+class Contents:
     """What both datapaths hold, as compared with the baseline."""
 
     rules: set[fl.FlowerRule]
     flows: set[tuple]  # (table, priority, match key, instructions key, cookie)
 
 
-def held(paths: Datapaths) -> Held:
-    return Held(paths.all_rules(), paths.all_flows())
+def held(paths: Datapaths) -> Contents:
+    """Both datapaths dumped now, to compare with the baseline's dump."""
+    return Contents(paths.all_rules(), paths.all_flows())
 
 
-def leftovers(now: Held, churn: Churn, baseline_ofports: set[int]) -> tuple[int, int]:
+def leftovers(now: Contents, churn: Churn, baseline_ofports: set[int]) -> tuple[int, int]:
     """NIC rules and OVS flows that belong to a churned port (see the module's docstring)."""
     def rule_left(rule: fl.FlowerRule) -> bool:
         return (rule.ifindex in churn.ifindexes or rule.keys.eth_src in churn.macs or rule.keys.eth_dst in churn.macs
@@ -338,7 +339,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             paths = Datapaths(host)
             settle(host, paths, params["timeout_s"], "the baseline", flows=True)
             baseline = held(paths)
-            start = process(host.agent_pid)
+            start = footprint(host.agent_pid)
             progress(f"baseline: {len(baseline.rules)} NIC rules, {len(baseline.flows)} OVS flows; agent RSS "
                      f"{start.rss_mb} MB")
             stream = Stream("soak", workdir, *((fixed_ns(host, vm), ip) for vm, _, ip in FIXED),
@@ -348,7 +349,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             churn.back_to_baseline()
             warm_back = wait_counts(paths, len(baseline.rules), len(baseline.flows), params["timeout_s"])
             time.sleep(2.0)
-            warm = process(host.agent_pid)
+            warm = footprint(host.agent_pid)
             progress(f"warmed up ({sum(churn.counts.values())} operations; counts back in {warm_back} s): agent "
                      f"RSS {warm.rss_mb} MB, {warm.fds} fds, {warm.threads} threads")
             samples = _churn_for(churn, stream, params["minutes"] * 60, params["ops_per_s"], progress, "churn",
@@ -356,7 +357,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             churn.back_to_baseline()
             back = wait_counts(paths, len(baseline.rules), len(baseline.flows), params["timeout_s"])
             time.sleep(2.0)
-            end = process(host.agent_pid)
+            end = footprint(host.agent_pid)
             ways = stream.stop()
             stream = None
             metrics = agent_metrics(host)
@@ -434,13 +435,13 @@ def _churn_for(churn: Churn, stream: Stream, seconds: float, ops_per_s: float, p
     next_op = next_sample = next_note = began
     while (now := time.monotonic()) - began < seconds:
         if sample_every and now >= next_sample:
-            samples.append(Sample(now - began, process(churn.host.agent_pid).rss_mb, len(paths.all_rules()),
+            samples.append(Sample(now - began, footprint(churn.host.agent_pid).rss_mb, len(paths.all_rules()),
                                   paths.flow_count()))
             next_sample += sample_every
         if now >= next_note:
             stream.status()  # raises if an end died
             progress(f"{what}: {now - began:.0f} of {seconds:.0f} s, {sum(churn.counts.values())} operations, "
-                     f"{len(churn.ports)} churned ports, agent RSS {process(churn.host.agent_pid).rss_mb} MB")
+                     f"{len(churn.ports)} churned ports, agent RSS {footprint(churn.host.agent_pid).rss_mb} MB")
             next_note += PROGRESS_EVERY
         if now >= next_op:
             churn.step()
@@ -449,8 +450,8 @@ def _churn_for(churn: Churn, stream: Stream, seconds: float, ops_per_s: float, p
     return samples
 
 
-def _figures(churn: Churn, baseline: Held, now: Held, baseline_ofports: set[int],
-             procs: tuple[Process, Process, Process], samples: list[Sample]) -> dict[str, float]:
+def _figures(churn: Churn, baseline: Contents, now: Contents, baseline_ofports: set[int],
+             procs: tuple[Footprint, Footprint, Footprint], samples: list[Sample]) -> dict[str, float]:
     start, warm, end = procs
     left_rules, left_flows = leftovers(now, churn, baseline_ofports)
     slope = statistics.linear_regression([s.at for s in samples], [s.rss_mb for s in samples]).slope \

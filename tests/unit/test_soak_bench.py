@@ -34,7 +34,7 @@ def flow(cookie: int = translate.owner_cookie("port:p-baseline"), eth_dst: int =
 
 
 def left(rules: list[fl.FlowerRule], flows: list[tuple]) -> tuple[int, int]:
-    return soak.leftovers(soak.Held(set(rules), set(flows)), churn(), baseline_ofports={BASELINE_OFPORT,
+    return soak.leftovers(soak.Contents(set(rules), set(flows)), churn(), baseline_ofports={BASELINE_OFPORT,
                                                                                         REUSED_OFPORT})
 
 
