@@ -221,8 +221,17 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
     InstalledFlows (None: not dumped); ``unreadable``: devices whose dump failed, -> why. Hardware rules are
     joined by their identity (device, chain, prio, protocol, keys); OpenFlow flows by theirs (table, priority,
     match), and named by their cookie (the hash of an owner the agent published)."""
-    unreadable = unreadable or {}
     ports = _Ports(doc)
+    entries = _hw_entries(doc, tc, unreadable or {}, ports) + _sw_entries(doc, ports)
+    if flows is not None:
+        entries += _ovs_entries(doc, flows, ports)
+    return entries
+
+
+def _hw_entries(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], unreadable: Mapping[tuple[str, int], str],
+                ports: _Ports) -> list[dict[str, Any]]:
+    """The NIC rules dumped, each told against the agent's plan; then the planned ones missing from a device
+    that was dumped (or could not be read)."""
     names = {d["ifindex"]: d["name"] for d in doc.get("devices", ()) if d.get("name")}
     entries: list[dict[str, Any]] = []
     planned: dict[tuple, dict[str, Any]] = {}
@@ -270,6 +279,12 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
                         "flower": published.flower_match(plan["protocol"], published.keys_map(plan["keys"])),
                         "actions": plan["actions"], "packets": None, "bytes": None, "reason": None,
                         "disagreement": why})
+    return entries
+
+
+def _sw_entries(doc: Mapping[str, Any], ports: _Ports) -> list[dict[str, Any]]:
+    """The paths the agent left to OVS, each with the ports it is reached from."""
+    entries: list[dict[str, Any]] = []
     for path in doc.get("sw", ()):
         keys = path["ports"]
         one = keys[0] if len(keys) == 1 else None
@@ -278,8 +293,6 @@ def join(doc: Mapping[str, Any], tc: Mapping[tuple[str, int], list], flows: Iter
         entries.append({"datapath": "sw", "kind": "path", **fields, "owner": path["owner"], "chain": path["chain"],
                         "match": path["match"], "packets": None, "bytes": None, "reason": path["reason"],
                         "disagreement": None})
-    if flows is not None:
-        entries += _ovs_entries(doc, flows, ports)
     return entries
 
 
