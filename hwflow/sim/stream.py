@@ -33,6 +33,9 @@ PAD = 64  # payload bytes in all
 
 
 class Receiver:
+    """One end's count of the peer's datagrams: a bitmap of the sequence numbers seen (a duplicate is one
+    seen before) and each one's arrival time, from which the gaps are found at the end."""
+
     def __init__(self) -> None:
         self.seen = bytearray()
         self.received = 0
@@ -43,6 +46,7 @@ class Receiver:
         self.arrivals: list[tuple[int, float]] = []  # (seq, arrival) in arrival order
 
     def take(self, seq: int, now: float) -> None:
+        """Datagram ``seq`` arrived at ``now`` (time.monotonic())."""
         if seq >= len(self.seen):
             self.seen.extend(bytes(seq + 1024 - len(self.seen)))
         if self.seen[seq]:
@@ -74,7 +78,54 @@ class Receiver:
         return out
 
 
+@dataclasses.dataclass
+class Sender:
+    """The sending half, in its own thread: ``rate`` datagrams a second to ``peer`` until ``sending`` is
+    cleared, on schedule (a late datagram is sent at once, not skipped: the sequence numbers stay dense)."""
+
+    sock: socket.socket
+    peer: tuple[str, int]
+    rate: float
+    sent: int = 0
+    first_send: float = 0.0
+    sending: bool = True
+
+    def run(self) -> None:
+        interval = 1.0 / self.rate
+        start = self.first_send = time.monotonic()
+        seq = 0
+        while self.sending:
+            now = time.monotonic()
+            due = start + seq * interval
+            if now < due:
+                time.sleep(min(due - now, 0.05))
+                continue
+            try:
+                self.sock.sendto(PACKET.pack(MAGIC, seq, now).ljust(PAD, b"\0"), self.peer)
+            except OSError:
+                pass  # no route or no neighbour for a moment: that packet is lost, as a VM's would be
+            seq += 1
+            self.sent = seq
+
+
+def write_status(path: str, sender: Sender, receiver: Receiver, final: bool) -> None:
+    """The status file (see the module's docstring), replaced atomically so the controlling side never reads
+    half of it."""
+    status = {"sent": sender.sent, "received": receiver.received, "duplicates": receiver.duplicates,
+              "last_seq": receiver.last_seq, "last_arrival": receiver.last_arrival,
+              "first_arrival": receiver.first_arrival, "first_send": sender.first_send,
+              "rate": sender.rate, "final": final}
+    if final:
+        status["gaps"] = receiver.gaps()
+        status["first_seq"] = receiver.seen.find(1) if receiver.received else -1
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)
+
+
 def main() -> int:
+    """One end: the sender in a thread, the receiver here, writing the status file every 0.1 s until SIGTERM."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--bind", required=True)
     parser.add_argument("--peer", required=True)
@@ -88,54 +139,23 @@ def main() -> int:
     sock.bind((args.bind, args.port))
     sock.settimeout(0.1)
     receiver = Receiver()
-    state = {"sent": 0, "sending": True, "running": True, "first_send": 0.0}
-    lock = threading.Lock()
-
-    def send() -> None:
-        interval = 1.0 / args.rate
-        start = time.monotonic()
-        state["first_send"] = start
-        seq = 0
-        while state["sending"]:
-            now = time.monotonic()
-            due = start + seq * interval
-            if now < due:
-                time.sleep(min(due - now, 0.05))
-                continue
-            try:
-                sock.sendto(PACKET.pack(MAGIC, seq, now).ljust(PAD, b"\0"), (args.peer, args.port))
-            except OSError:
-                pass  # no route or no neighbour for a moment: that packet is lost, as a VM's would be
-            seq += 1
-            state["sent"] = seq
-
-    def write(final: bool) -> None:
-        with lock:
-            status = {"sent": state["sent"], "received": receiver.received, "duplicates": receiver.duplicates,
-                      "last_seq": receiver.last_seq, "last_arrival": receiver.last_arrival,
-                      "first_arrival": receiver.first_arrival, "first_send": state["first_send"],
-                      "rate": args.rate, "final": final}
-            if final:
-                status["gaps"] = receiver.gaps()
-                status["first_seq"] = receiver.seen.find(1) if receiver.received else -1
-        tmp = args.status + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(status, f)
-        os.replace(tmp, args.status)
+    sender = Sender(sock, (args.peer, args.port), args.rate)
+    running = threading.Event()
+    running.set()
 
     def stop_sending(*_: object) -> None:
-        state["sending"] = False
+        sender.sending = False
 
     def stop(*_: object) -> None:
-        state["sending"] = False
-        state["running"] = False
+        sender.sending = False
+        running.clear()
 
     signal.signal(signal.SIGUSR1, stop_sending)
     signal.signal(signal.SIGTERM, stop)
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    thread = threading.Thread(target=sender.run, daemon=True)
+    thread.start()
     next_write = 0.0
-    while state["running"]:
+    while running.is_set():
         try:
             data = sock.recv(2048)
         except TimeoutError:
@@ -146,13 +166,12 @@ def main() -> int:
         if len(data) >= PACKET.size:
             magic, seq, _sent = PACKET.unpack_from(data)
             if magic == MAGIC:
-                with lock:
-                    receiver.take(seq, now)
+                receiver.take(seq, now)
         if now >= next_write:
-            write(False)
+            write_status(args.status, sender, receiver, False)
             next_write = now + 0.1
-    sender.join(1)
-    write(True)
+    thread.join(1)
+    write_status(args.status, sender, receiver, True)
     return 0
 
 
