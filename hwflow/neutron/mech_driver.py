@@ -13,6 +13,7 @@ a delete stays done in Neutron and not in hwflow until the next repair (``hwflow
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,6 +30,7 @@ from oslo_log import log
 
 from hwflow import conf as hwflow_conf
 from hwflow.db.api import NbApi
+from hwflow.db.etcd import Credentials
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
 from hwflow.neutron import binding, maintenance, status, sync, translate
@@ -36,8 +38,8 @@ from hwflow.neutron import binding, maintenance, status, sync, translate
 LOG = log.getLogger(__name__)
 
 # hwflow's own [database] options for an etcd with TLS and auth (doc/security.rst), under [hwflow] in Neutron's
-# configuration, beside the URL.
-CREDENTIALS = ("ca_file", "cert_file", "key_file", "username", "password")
+# configuration, beside the URL: the etcd driver's Credentials, by the same names.
+CREDENTIALS = tuple(field.name for field in dataclasses.fields(Credentials))
 _DATABASE_OPTS = {opt.name: opt for opt in hwflow_conf.database_opts}
 OPTS = [
     cfg.StrOpt(
