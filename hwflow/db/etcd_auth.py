@@ -101,10 +101,12 @@ def add_chassis(driver: EtcdDriver, chassis: str) -> Account:
 
 
 def _account(driver: EtcdDriver, user: str, role: str, grants: list[Grant], replace: bool) -> Account:
+    """``user`` holding ``role`` only, and ``role`` exactly ``grants``: made again over what is there, so running
+    setup or add-chassis twice, or after someone granted more by hand, ends in the same place."""
     password = _add_user(driver, user, replace)
     _ensure(driver, "/auth/role/add", {"name": role}, "role name already exists")
-    stale = [p for p in driver.request("/auth/role/get", {"role": role}).get("perm", [])
-             if _normal(p) not in [_normal(g.perm()) for g in grants]]
+    wanted = {_normal(g.perm()) for g in grants}
+    stale = [p for p in driver.request("/auth/role/get", {"role": role}).get("perm", []) if _normal(p) not in wanted]
     for perm in stale:  # a role with more than these (an older layout, a hand-made grant) loses the rest
         driver.request("/auth/role/revoke", {"role": role, "key": perm.get("key", ""),
                                              "range_end": perm.get("range_end", "")})
