@@ -75,7 +75,7 @@ setup(
             "hwflow = hwflow.neutron.mech_driver:HwflowMechanismDriver",
         ],
         "neutron.service_plugins": [
-            "hwflow_l3 = hwflow.neutron.l3:HwflowL3RouterPlugin",
+            "hwflow_l3 = hwflow.neutron.l3_plugin:HwflowL3RouterPlugin",
         ],
         "oslo.config.opts": [
             "hwflow = hwflow.conf:list_opts",

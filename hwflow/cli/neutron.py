@@ -28,7 +28,7 @@ COLUMNS = ("action", "kind", "id", "name", "detail", "result")
 
 class ApiNeutron:
     """Neutron's API through an openstacksdk connection: the resources as Neutron's JSON shows them (what
-    ``hwflow.neutron.translate`` reads), not openstacksdk's renamed attributes; a collection is read ``page``
+    ``hwflow.neutron.mapping`` reads), not openstacksdk's renamed attributes; a collection is read ``page``
     objects a request, following Neutron's next links."""
 
     def __init__(self, conn: Any, page: int = 1000) -> None:

@@ -14,7 +14,7 @@ What exists:
   updated and deleted in hwflow's database through ``NbApi``; each checked in its precommit, so Neutron
   refuses with hwflow's reason what hwflow's model cannot hold, and a network's VNI or VLAN that hwflow's
   database gives a network Neutron does not know (made with ``hwflow nb``) is a 409 naming it.
-- ``l3.HwflowL3RouterPlugin`` (entry point ``neutron.service_plugins: hwflow_l3``; it needs the mechanism
+- ``l3_plugin.HwflowL3RouterPlugin`` (entry point ``neutron.service_plugins: hwflow_l3``; it needs the mechanism
   driver, whose database and write path it uses): Neutron's L3 database mixins keep Neutron's side (as
   networking-ovn's and Dragonflow's L3 plugins); routers, router interfaces and floating IPs are written
   from Neutron's after-commit callbacks, checked in its precommit (or before) callbacks. A router's
@@ -33,7 +33,7 @@ What exists:
   through its plugins; ``hwflow neutron-sync [--dry-run]`` does them through Neutron's API
   (openstacksdk) and reports. Objects of ``external_revision`` 0 (made with ``hwflow nb``) are not
   Neutron's: never reported, never deleted.
-- ``translate``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
+- ``mapping``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
   security groups, allowed address pairs, binding host as chassis (the chassis registered under that

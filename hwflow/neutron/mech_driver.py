@@ -33,7 +33,7 @@ from hwflow.db.api import NbApi
 from hwflow.db.etcd import Credentials
 from hwflow.model.errors import NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
-from hwflow.neutron import binding, maintenance, status, sync, translate
+from hwflow.neutron import binding, maintenance, mapping, status, sync
 
 LOG = log.getLogger(__name__)
 
@@ -139,12 +139,12 @@ class HwflowMechanismDriver(api.MechanismDriver):
         try:
             return self.nb.get(Chassis, host).id  # one read: chassis are usually named after their host
         except NotFound:
-            return translate.chassis_for(host, [c for c in self.nb.list(Chassis) if isinstance(c, Chassis)])
+            return mapping.chassis_for(host, [c for c in self.nb.list(Chassis) if isinstance(c, Chassis)])
 
     # Networks
 
     def create_network_precommit(self, context: api.NetworkContext) -> None:
-        self._check_free(self.check("network", lambda: translate.network(context.current,
+        self._check_free(self.check("network", lambda: mapping.network(context.current,
                                                                           context.network_segments)))
 
     def _check_free(self, obj: NbObject) -> None:
@@ -163,7 +163,7 @@ class HwflowMechanismDriver(api.MechanismDriver):
     update_network_precommit = create_network_precommit
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
-        self.put([translate.network(context.current, context.network_segments)])
+        self.put([mapping.network(context.current, context.network_segments)])
 
     update_network_postcommit = create_network_postcommit
 
@@ -173,12 +173,12 @@ class HwflowMechanismDriver(api.MechanismDriver):
     # Subnets
 
     def create_subnet_precommit(self, context: api.SubnetContext) -> None:
-        self.check("subnet", lambda: translate.subnet(context.current))
+        self.check("subnet", lambda: mapping.subnet(context.current))
 
     update_subnet_precommit = create_subnet_precommit
 
     def create_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        self.put([translate.subnet(context.current)])
+        self.put([mapping.subnet(context.current)])
 
     update_subnet_postcommit = create_subnet_postcommit
 
@@ -188,8 +188,8 @@ class HwflowMechanismDriver(api.MechanismDriver):
     # Ports
 
     def create_port_precommit(self, context: api.PortContext) -> None:
-        if not translate.is_l3_port(context.current):
-            self.check("port", lambda: translate.port(context.current, context.host))
+        if not mapping.is_l3_port(context.current):
+            self.check("port", lambda: mapping.port(context.current, context.host))
             if context.host and context.host != context.original_host \
                     and context.current["status"] != n_const.PORT_STATUS_ACTIVE:
                 status.block(context.plugin_context, context.current["id"])  # ACTIVE when hwflow has it up
@@ -197,8 +197,8 @@ class HwflowMechanismDriver(api.MechanismDriver):
     update_port_precommit = create_port_precommit
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
-        if not translate.is_l3_port(context.current):
-            port = translate.port(context.current, self._chassis(context.host))
+        if not mapping.is_l3_port(context.current):
+            port = mapping.port(context.current, self._chassis(context.host))
             self.put([*self._missing_groups(context, port), port])
 
     update_port_postcommit = create_port_postcommit
@@ -220,14 +220,14 @@ class HwflowMechanismDriver(api.MechanismDriver):
                         port.get(portbindings.VNIC_TYPE), host, exc)
             return
         for segment in context.segments_to_bind:
-            if segment[api.NETWORK_TYPE] in translate.SEGMENT_TYPES:
+            if segment[api.NETWORK_TYPE] in mapping.SEGMENT_TYPES:
                 context.set_binding(segment[api.ID], vif_type, details)
                 return
         LOG.warning("hwflow cannot bind port %s to host %s: its network has no segment of a type hwflow carries",
                     port["id"], host)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
-        if not translate.is_l3_port(context.current):
+        if not mapping.is_l3_port(context.current):
             self.remove("port", context.current["id"])
 
     def _missing_groups(self, context: api.PortContext, port: Port) -> list[NbObject]:
@@ -240,8 +240,8 @@ class HwflowMechanismDriver(api.MechanismDriver):
                 self.nb.get(SecurityGroup, ident)
             except NotFound:
                 group = directory.get_plugin().get_security_group(context.plugin_context, ident)
-                found += [translate.security_group(group),
-                          *map(translate.security_group_rule, group.get("security_group_rules") or [])]
+                found += [mapping.security_group(group),
+                          *map(mapping.security_group_rule, group.get("security_group_rules") or [])]
         return found
 
     @staticmethod
@@ -257,16 +257,16 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def _check_security_group(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         group = payload.latest_state
-        self.check("security group", lambda: translate.security_group(group))
+        self.check("security group", lambda: mapping.security_group(group))
         for rule in group.get("security_group_rules") or []:
-            self.check("security group rule", lambda rule=rule: translate.security_group_rule(rule))
+            self.check("security group rule", lambda rule=rule: mapping.security_group_rule(rule))
 
     def _security_group_written(self, resource: str, event: str, trigger: Any,
                                 payload: events.DBEventPayload) -> None:
         """A group with the rules it has (a new group comes with its default egress rules)."""
         group = payload.latest_state
-        rules = [translate.security_group_rule(rule) for rule in group.get("security_group_rules") or []]
-        self.put([translate.security_group(group), *rules])
+        rules = [mapping.security_group_rule(rule) for rule in group.get("security_group_rules") or []]
+        self.put([mapping.security_group(group), *rules])
 
     def _security_group_deleted(self, resource: str, event: str, trigger: Any,
                                 payload: events.DBEventPayload) -> None:
@@ -278,10 +278,10 @@ class HwflowMechanismDriver(api.MechanismDriver):
         self.remove("security_group", payload.resource_id)
 
     def _check_rule(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self.check("security group rule", lambda: translate.security_group_rule(payload.latest_state))
+        self.check("security group rule", lambda: mapping.security_group_rule(payload.latest_state))
 
     def _rule_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
-        self.put([translate.security_group_rule(payload.latest_state)])
+        self.put([mapping.security_group_rule(payload.latest_state)])
 
     def _rule_deleted(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         self.remove("security_group_rule", payload.resource_id)

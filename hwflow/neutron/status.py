@@ -28,7 +28,7 @@ from oslo_log import log
 
 from hwflow.db.api import NbApi, PortStatusChange
 from hwflow.model.errors import Compacted, HwflowError
-from hwflow.neutron import translate
+from hwflow.neutron import mapping
 
 LOG = log.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def active_ports() -> set[str]:
     ports = directory.get_plugin().get_ports(n_context.get_admin_context(),
                                              filters={"status": [n_const.PORT_STATUS_ACTIVE]})
     return {port["id"] for port in ports
-            if port.get(portbindings.VIF_TYPE) == portbindings.VIF_TYPE_OVS and not translate.is_l3_port(port)}
+            if port.get(portbindings.VIF_TYPE) == portbindings.VIF_TYPE_OVS and not mapping.is_l3_port(port)}
 
 
 class StatusWatcher:

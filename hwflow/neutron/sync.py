@@ -42,7 +42,7 @@ from neutron_lib import constants as n_const
 from hwflow.db.api import BatchIncomplete, Create, NbApi, Update, Write
 from hwflow.model.errors import Conflict, DatabaseUnavailable, HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject
-from hwflow.neutron import translate
+from hwflow.neutron import mapping
 
 WRITE_ATTEMPTS = 20  # a write that lost this many races to other Neutron servers' writes of the same objects gives up
 # What differs between two objects that are the same: hwflow's bookkeeping, and Neutron's revision (a revision
@@ -83,28 +83,28 @@ def segments(net: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _port(port: Mapping[str, Any], chassis: Sequence[Chassis]) -> NbObject | None:
-    if translate.is_l3_port(port):
+    if mapping.is_l3_port(port):
         return None
-    return translate.port(port, translate.chassis_for(port.get("binding:host_id") or "", chassis))
+    return mapping.port(port, mapping.chassis_for(port.get("binding:host_id") or "", chassis))
 
 
 def _router_port(port: Mapping[str, Any], chassis: Sequence[Chassis]) -> NbObject | None:
-    """A router's interface is its port, as hwflow's RouterPort of the same id (``hwflow.neutron.l3``)."""
+    """A router's interface is its port, as hwflow's RouterPort of the same id (``hwflow.neutron.l3_plugin``)."""
     if port.get("device_owner") not in n_const.ROUTER_INTERFACE_OWNERS:
         return None
-    return translate.router_port(port, port["device_id"])
+    return mapping.router_port(port, port["device_id"])
 
 
 # In the order hwflow's database takes them (what an object names is written before it).
 COLLECTIONS = (
-    Collection("networks", "network", lambda net, _: translate.network(net, segments(net))),
-    Collection("security-groups", "security_group", lambda group, _: translate.security_group(group)),
-    Collection("security-group-rules", "security_group_rule", lambda rule, _: translate.security_group_rule(rule)),
-    Collection("subnets", "subnet", lambda sub, _: translate.subnet(sub)),
-    Collection("routers", "router", lambda router, _: translate.router(router)),
+    Collection("networks", "network", lambda net, _: mapping.network(net, segments(net))),
+    Collection("security-groups", "security_group", lambda group, _: mapping.security_group(group)),
+    Collection("security-group-rules", "security_group_rule", lambda rule, _: mapping.security_group_rule(rule)),
+    Collection("subnets", "subnet", lambda sub, _: mapping.subnet(sub)),
+    Collection("routers", "router", lambda router, _: mapping.router(router)),
     Collection("ports", "router_port", _router_port),
     Collection("ports", "port", _port),
-    Collection("floatingips", "floating_ip", lambda fip, _: translate.floating_ip(fip)),
+    Collection("floatingips", "floating_ip", lambda fip, _: mapping.floating_ip(fip)),
 )
 
 KIND_COLLECTIONS = {coll.kind: coll for coll in COLLECTIONS}

@@ -11,7 +11,7 @@ pytest.importorskip("neutron", reason="hwflow's neutron extra is not installed (
 from neutron_lib import fixture  # noqa: E402
 from neutron_lib.plugins import constants, directory  # noqa: E402
 
-from hwflow.neutron import l3  # noqa: E402
+from hwflow.neutron import l3_plugin  # noqa: E402
 
 
 @pytest.fixture
@@ -44,9 +44,9 @@ def test_without_hwflow_mechanism_driver_the_plugin_says_what_to_set(plugins, dr
     core = CorePlugin() if drivers is None else ml2(*drivers)
     directory.add_plugin(constants.CORE, core)
     with pytest.raises(RuntimeError, match=r"^hwflow_l3 needs ML2 .*\[ml2\] mechanism_drivers = hwflow"):
-        l3._mechanism_driver()
+        l3_plugin._mechanism_driver()
 
 
 def test_the_plugin_writes_through_hwflows_mechanism_driver(plugins) -> None:
     directory.add_plugin(constants.CORE, ml2("openvswitch", "hwflow"))
-    assert l3._mechanism_driver() == "hwflow-driver"
+    assert l3_plugin._mechanism_driver() == "hwflow-driver"

@@ -1,4 +1,4 @@
-"""Neutron's resources as hwflow's objects (hwflow.neutron.translate): the mapping of each field, and that
+"""Neutron's resources as hwflow's objects (hwflow.neutron.mapping): the mapping of each field, and that
 whatever Neutron hands over comes out as an object hwflow's model accepts or as a ValidationError naming it,
 never as another exception (which Neutron would answer with a 500 and no reason)."""
 
@@ -16,7 +16,7 @@ from neutron_lib import constants as n_const  # noqa: E402
 
 from hwflow.model.errors import ValidationError  # noqa: E402
 from hwflow.model.objects import NbObject, from_dict  # noqa: E402
-from hwflow.neutron import translate  # noqa: E402
+from hwflow.neutron import mapping  # noqa: E402
 
 IDS = st.uuids().map(str)
 PROTOCOLS = st.one_of(st.sampled_from([None, "any", "tcp", "udp", "sctp", "icmp", "ipv6-icmp", "icmpv6"]),
@@ -38,12 +38,12 @@ def test_network_is_one_segment_of_a_carried_type_or_refused(kind, ident, physne
     net = {"id": str(uuid.uuid4()), "name": "n", "project_id": "p1", "mtu": mtu, "router:external": external}
     segment = {"network_type": kind, "segmentation_id": ident, "physical_network": physnet}
     try:
-        made = translate.network(net, [segment] * segments)
+        made = mapping.network(net, [segment] * segments)
     except ValidationError as exc:
         assert str(exc).startswith(f"network {net['id']}")
         return
     _agrees_with_model(made)
-    assert segments == 1 and kind in translate.SEGMENT_TYPES
+    assert segments == 1 and kind in mapping.SEGMENT_TYPES
     assert (made.network_type, made.mtu, made.external, made.project_id) == (kind, mtu, external, "p1")
     assert (made.vni, made.vlan_id, made.physical_network) == {
         "vxlan": (ident, 0, ""), "geneve": (ident, 0, ""), "vlan": (0, ident, physnet), "flat": (0, 0, physnet),
@@ -56,11 +56,11 @@ def test_network_is_one_segment_of_a_carried_type_or_refused(kind, ident, physne
 ])
 def test_network_refusal_names_the_reason(segments, reason) -> None:
     with pytest.raises(ValidationError, match=reason):
-        translate.network({"id": "n1", "mtu": 1450}, segments)
+        mapping.network({"id": "n1", "mtu": 1450}, segments)
 
 
 def test_subnet_fields_and_no_gateway() -> None:
-    made = translate.subnet({
+    made = mapping.subnet({
         "id": "s1", "name": "", "project_id": "", "network_id": "n1", "cidr": "10.0.0.0/24", "gateway_ip": None,
         "enable_dhcp": False, "dns_nameservers": ["10.0.0.53"],
         "host_routes": [{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}],
@@ -79,7 +79,7 @@ PORT = {"id": "p1", "name": "vm", "project_id": "t1", "network_id": "n1", "mac_a
 
 
 def test_port_fields_and_address_pairs() -> None:
-    made = translate.port(PORT, "chassis-1")
+    made = mapping.port(PORT, "chassis-1")
     assert (made.mac, made.ips, made.chassis, made.device_owner, made.security_groups) == (
         "fa:16:3e:00:00:01", ["10.0.0.5"], "chassis-1", "compute:nova", ["g1"])
     assert made.allowed_address_pairs == [{"ip_address": "10.0.0.0/24", "mac_address": "fa:16:3e:00:00:01"},
@@ -99,7 +99,7 @@ def test_port_translates_or_is_refused(mac, ips, pairs, security, groups, host) 
     neutron_port = {**PORT, "mac_address": mac, "fixed_ips": [{"ip_address": ip} for ip in ips],
                     "allowed_address_pairs": pairs, "port_security_enabled": security, "security_groups": groups}
     try:
-        made = translate.port(neutron_port, host)
+        made = mapping.port(neutron_port, host)
     except ValidationError as exc:
         assert "port p1" in str(exc)
         return
@@ -110,15 +110,15 @@ def test_port_translates_or_is_refused(mac, ips, pairs, security, groups, host) 
 
 
 def test_port_without_port_security_has_no_groups_or_pairs() -> None:
-    made = translate.port({**PORT, "port_security_enabled": False}, "")
+    made = mapping.port({**PORT, "port_security_enabled": False}, "")
     assert (made.port_security, made.security_groups, made.allowed_address_pairs) == (False, [], [])
 
 
 @pytest.mark.parametrize("owner", [n_const.DEVICE_OWNER_ROUTER_INTF, n_const.DEVICE_OWNER_ROUTER_GW,
                                    n_const.DEVICE_OWNER_FLOATINGIP, n_const.DEVICE_OWNER_DVR_INTERFACE])
 def test_l3_ports_are_left_to_the_l3_plugin(owner) -> None:
-    assert translate.is_l3_port({**PORT, "device_owner": owner})
-    assert not translate.is_l3_port(PORT)
+    assert mapping.is_l3_port({**PORT, "device_owner": owner})
+    assert not mapping.is_l3_port(PORT)
 
 
 @given(rule_id=IDS, group=IDS, direction=st.sampled_from(["ingress", "egress", "sideways"]),
@@ -131,7 +131,7 @@ def test_rule_translates_or_is_refused(rule_id, group, direction, ethertype, pro
             "ethertype": ethertype, "protocol": protocol, "port_range_min": low, "port_range_max": high,
             "remote_ip_prefix": prefix, "remote_group_id": remote_group}
     try:
-        made = translate.security_group_rule(rule)
+        made = mapping.security_group_rule(rule)
     except ValidationError as exc:
         assert rule_id in str(exc)
         return
@@ -159,7 +159,7 @@ def test_rule_translates_or_is_refused(rule_id, group, direction, ethertype, pro
 def test_rule_refusal_names_the_reason(change, reason) -> None:
     rule = {"id": "r1", "security_group_id": "g1", "direction": "ingress", "ethertype": "IPv4", **change}
     with pytest.raises(ValidationError, match=reason):
-        translate.security_group_rule(rule)
+        mapping.security_group_rule(rule)
 
 
 V4, V6 = st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)
@@ -174,7 +174,7 @@ def test_router_translates_or_is_refused(name, gateway, snat, routes) -> None:
     info = {"network_id": "ext", "enable_snat": snat,
             "external_fixed_ips": [{"subnet_id": "s", "ip_address": ip} for ip in gateway]} if gateway else None
     try:
-        made = translate.router({"id": "r1", "name": name, "project_id": "p1", "external_gateway_info": info,
+        made = mapping.router({"id": "r1", "name": name, "project_id": "p1", "external_gateway_info": info,
                                  "routes": routes})
     except ValidationError as exc:
         assert str(exc).startswith("router r1")
@@ -192,7 +192,7 @@ def test_router_interface_holds_exactly_one_address(fixed) -> None:
     port = {**PORT, "device_owner": n_const.DEVICE_OWNER_ROUTER_INTF,
             "fixed_ips": [{"subnet_id": f"s{n}", "ip_address": ip} for n, ip in enumerate(fixed)]}
     try:
-        made = translate.router_port(port, "r1")
+        made = mapping.router_port(port, "r1")
     except ValidationError as exc:
         assert str(exc).startswith("router interface port p1: has" if len(fixed) != 1 else "router_port p1 (vm): ip")
         return
@@ -208,7 +208,7 @@ def test_floating_ip_translates_or_is_refused(address, port, fixed) -> None:
     fip = {"id": "f1", "project_id": "p1", "floating_network_id": "ext", "floating_ip_address": address,
            "port_id": port, "fixed_ip_address": fixed}
     try:
-        made = translate.floating_ip(fip)
+        made = mapping.floating_ip(fip)
     except ValidationError as exc:
         assert str(exc).startswith("floating_ip f1")
         return

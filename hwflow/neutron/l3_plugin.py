@@ -26,7 +26,7 @@ from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 from neutron_lib.services import base as service_base
 
-from hwflow.neutron import translate
+from hwflow.neutron import mapping
 from hwflow.neutron.mech_driver import HwflowMechanismDriver
 
 MECHANISM_DRIVER = "hwflow"  # the entry point name the ML2 driver this plugin writes through is enabled by
@@ -71,13 +71,13 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         if event == events.PRECOMMIT_UPDATE:
             router.update({key: payload.request_body[key] for key in ("name", "routes")
                            if key in payload.request_body})
-        self.driver.check("router", lambda: translate.router({**router, "id": payload.resource_id}))
+        self.driver.check("router", lambda: mapping.router({**router, "id": payload.resource_id}))
 
     @registry.receives(resources.ROUTER, [events.AFTER_CREATE, events.AFTER_UPDATE])
     def _router_written(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         """The router as Neutron made it: a gateway set or cleared is an update of the router."""
         router = payload.latest_state
-        self.driver.put([translate.router(router)])
+        self.driver.put([mapping.router(router)])
         if router.get("gw_port_id"):
             self._active(payload.context, router["gw_port_id"])
 
@@ -96,7 +96,7 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
     @registry.receives(resources.ROUTER_INTERFACE, [events.BEFORE_CREATE])
     def _check_interface(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         port = payload.metadata["port"]
-        self.driver.check("router interface", lambda: translate.router_port(port, payload.resource_id))
+        self.driver.check("router interface", lambda: mapping.router_port(port, payload.resource_id))
 
     @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_CREATE])
     def _interface_added(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
@@ -104,7 +104,7 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         the router's port now, which holds the same MAC and address, so the Port goes first."""
         port = payload.metadata["port"]
         self.driver.remove("port", port["id"])
-        self.driver.put([translate.router_port(port, payload.resource_id)])
+        self.driver.put([mapping.router_port(port, payload.resource_id)])
         self._active(payload.context, port["id"])
 
     @registry.receives(resources.ROUTER_INTERFACE, [events.AFTER_DELETE])
@@ -120,7 +120,7 @@ class HwflowL3RouterPlugin(service_base.ServicePluginBase, extraroute_db.ExtraRo
         status in Neutron is then ACTIVE while associated, DOWN while not, as networking-ovn sets it once its
         northbound database holds the floating IP (the agent of the port's chassis applies it from there)."""
         fip = payload.latest_state
-        self.driver.put([translate.floating_ip(fip)])
+        self.driver.put([mapping.floating_ip(fip)])
         status = n_const.FLOATINGIP_STATUS_ACTIVE if fip.get("port_id") else n_const.FLOATINGIP_STATUS_DOWN
         if fip.get("status") != status:
             self.update_floatingip_status(payload.context, fip["id"], status)
