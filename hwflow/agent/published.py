@@ -271,7 +271,6 @@ class Publisher:
         self._last = 0.0  # monotonic time of the last write
         self._cache: dict[int, tuple[Any, Any, bytes]] = {}  # id(flower rule) -> (rule, flower rule, packed row)
         self._sw_cache: dict[int, tuple[SoftwareLeaf, tuple]] = {}
-        self._actions: dict[tuple, str] = {}  # a rule's actions -> their text (most rules share a few)
         self._failed: str | None = None
 
     @classmethod
@@ -398,7 +397,9 @@ class Publisher:
         """Each NIC rule's packed row, packed again only when the agent encoded the rule afresh."""
         devices = {ifindex: name for _, ifindex, name, _ in snap.devices if name}
         hw: list[bytes] = []
-        cache, fresh, texts = self._cache, {}, self._actions
+        cache, fresh = self._cache, {}
+        texts: dict[tuple, str] = {}  # a rule's actions -> their text, for this write only (most rules share a few;
+        # kept longer, the texts of every port's conntrack zone and of devices long gone piled up in the soak)
         for port in sorted(snap.flower):
             for chain in sorted(snap.flower[port]):
                 for rule, endpoint, fr in snap.flower[port][chain]:
@@ -416,8 +417,6 @@ class Publisher:
                     fresh[key] = held
                     hw.append(held[2])
         self._cache = fresh
-        if len(texts) > 4 * len(fresh) + 1024:
-            texts.clear()  # devices come and go: texts naming old ones are not kept for ever
         return hw
 
     def _software_rows(self, snap: Snapshot) -> list[tuple]:

@@ -145,9 +145,9 @@ class GroupIndex:
         self.naming: dict[str, set[str]] = {}  # group -> ids of the rules with it as remote_group_id
         self._peers: dict[str, dict[str, Terms]] = {}  # group -> cached peer terms by field
         # caches, since every port of a group has the same rules: (groups, direction) -> rules, and
-        # (rule id, peer field) -> (the rule, its peers, its terms), valid while both are the same objects
+        # rule id -> peer field -> (the rule, its peers, its terms), valid while both are the same objects
         self._rules_of: dict[tuple[tuple[str, ...], str], list[SecurityGroupRule]] = {}
-        self._terms: dict[tuple[str, str], tuple[SecurityGroupRule, Terms | None, list[Terms]]] = {}
+        self._terms: dict[str, dict[str, tuple[SecurityGroupRule, Terms | None, list[Terms]]]] = {}
         for port in topo.ports.values():
             self._port(port, add=True)
         for rule in topo.of(KIND_RULE).values():
@@ -170,6 +170,8 @@ class GroupIndex:
 
     def _rule(self, rule: SecurityGroupRule, add: bool) -> None:
         self._rules_of.clear()
+        if not add:  # a long-running agent sees rules come and go: a deleted rule's terms must not stay cached
+            self._terms.pop(rule.id, None)
         _toggle(self.rules, rule.security_group_id, rule.id, add)
         if rule.remote_group_id:
             _toggle(self.naming, rule.remote_group_id, rule.id, add)
@@ -211,9 +213,10 @@ class GroupIndex:
         """:func:`rule_terms` of ``rule``, with its peers' addresses in ``remote_field`` (src or dst)."""
         address_field = f"{'ipv4' if rule.ethertype == 'IPv4' else 'ipv6'}_{remote_field}"
         peers = self.peers(rule.remote_group_id, address_field) if rule.remote_group_id else None
-        cached = self._terms.get((rule.id, remote_field))
+        by_field = self._terms.setdefault(rule.id, {})
+        cached = by_field.get(remote_field)
         if cached is None or cached[0] is not rule or cached[1] is not peers:
-            cached = self._terms[rule.id, remote_field] = (rule, peers, list(rule_terms(rule, address_field, peers)))
+            cached = by_field[remote_field] = (rule, peers, list(rule_terms(rule, address_field, peers)))
         return cached[2]
 
     def peers(self, group: str, field: str) -> Terms:

@@ -110,7 +110,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from hwflow.offload import capabilities as hw
@@ -1144,6 +1144,12 @@ class ChainIds:
         """``key``'s number, if it has one."""
         return self._ids.get(key)
 
+    def keep_only(self, keys: Collection[tuple]) -> None:
+        """:meth:`forget` every key but ``keys`` (a whole plan's chains): the numbers outlive each plan, so the
+        chains of ports long gone would otherwise keep theirs for ever."""
+        for key in [key for key in self._ids if key not in keys]:
+            self.forget(key)
+
     def forget(self, key: tuple) -> None:
         """Give up ``key``'s number (its chain is reached by nothing now): a chain made again later takes the
         same hash slot, so the same number unless another took it meanwhile. A port's own numbers on a NIC
@@ -2078,7 +2084,9 @@ class Partitioner:
             self._planner = _Planner(pipeline, ports, ethertypes, refused, True, self.joins, self._ids, rank)
             self.changed = None
             self.full_plans += 1
-            return self._planner.plan_all()
+            plan = self._planner.plan_all()
+            self._ids.keep_only(self._planner._chains.keys())
+            return plan
 
     def moves(self, rank: Mapping[int, float]) -> bool:
         """Whether planning with ``rank`` would give some port other room than the last plan did (a port holding

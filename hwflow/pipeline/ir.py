@@ -127,6 +127,10 @@ def full_mask(field: str) -> int:
 
 
 NESTED_FROM = 8  # a first lookup leaving more flows than this that do not pin its field is refined by a second
+# A table's lookups answered are forgotten all at once beyond this many plus so many per flow of the table: they
+# are keyed by every index value asked (the ports of a long-running agent, long gone too), and a patch forgets
+# only those a changed flow is among (a table with no flow of a port keeps the answers that port's walks got)
+ANSWERS_KEPT, ANSWERS_PER_FLOW = 1024, 4
 _FULL_MASKS = {name: (1 << bits) - 1 for name, bits in FIELD_BITS.items()}
 
 
@@ -577,7 +581,8 @@ class Pipeline:
         hundreds of thousands of times.
         """
         answers = self._answers.get(table)
-        if answers is None:
+        if answers is None or len(answers.by_key) >= ANSWERS_KEPT + ANSWERS_PER_FLOW * len(
+                self._entries.get(table, ())):
             answers = self._answers[table] = _Answers()
         key = tuple(map(exact.get, self._index_fields(table)))
         if essential:

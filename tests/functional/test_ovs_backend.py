@@ -228,6 +228,8 @@ def test_removing_one_ports_flows_deletes_exactly_those(host: Host) -> None:
     mac2 = ":".join(f"{b:02x}" for b in vm2.mac.to_bytes(6, "big"))
     assert mac2 not in dump and f"in_port={host.ports()[vm2.key]}" not in dump
     assert path_gone(vm1, vm2)
+    owners = {str(owner) for owner in host.backend.compiler.owners()}  # what `hwflow flows` names cookies by
+    assert f"port:{vm1.iface_id}" in owners and f"port:{vm2.iface_id}" not in owners
 
 
 def test_changed_actions_are_modified_in_place(host: Host) -> None:

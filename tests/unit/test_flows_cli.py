@@ -37,15 +37,17 @@ def planned(*rules: HwRule) -> list[tuple[HwRule, str, fl.FlowerRule]]:
 
 
 def document(encoded: list, software: list[SoftwareLeaf] = (), owners=(OWNER1, OWNER2), refused=None,
-             flows: tuple[InstalledFlow, ...] = ()) -> dict:
+             flows: tuple[InstalledFlow, ...] = (), publisher: published.Publisher | None = None,
+             rep2: str = "rep2") -> dict:
     plan = Plan(own={1: [r for r, _, _ in encoded]}, software=software)
     snap = published.Snapshot(
         at=1.0, full=True, plan=plan, flower={1: {0: encoded}},
         ports={1: ("p1", "vm1-port", 5), 2: ("p2", None, 6), ir.TUNNEL_PORTS["vxlan"]: ("tunnel:vxlan", None, 7)},
-        devices=[(EP, 11, "rep1", 1), (EP, 12, "rep2", 2)],
+        devices=[(EP, 11, "rep1", 1), (EP, 12, rep2, 2)],
         flows={flow.key: Held(flow.instructions, flow.cookie, None) for flow in flows})
-    return published.Publisher(Path("/nonexistent"), "host1", {"bridge": "br-int", "openflow_endpoint": "unix:/x"}
-                               ).document(snap, owners, refused or {})
+    publisher = publisher or published.Publisher(Path("/nonexistent"), "host1",
+                                                 {"bridge": "br-int", "openflow_endpoint": "unix:/x"})
+    return publisher.document(snap, owners, refused or {})
 
 
 def installed(encoded: list, handle: int = 1) -> list[tuple[fl.FlowerRule, fl.RuleStats]]:
@@ -62,6 +64,18 @@ def test_an_installed_planned_rule_has_its_owner_port_and_counters() -> None:
     assert (hw["packets"], hw["bytes"], hw["reason"], hw["disagreement"]) == (10, 1000, None, None)
     assert "eth_dst=fa:16:3e:00:00:02" in hw["match"] and "eth_dst=fa:16:3e:00:00:02" in hw["flower"]
     assert hw["actions"] == "redirect:rep2"
+
+
+def test_a_rule_encoded_anew_names_the_device_its_actions_go_to_now() -> None:
+    """A long-running publisher: a rule's actions are told as the devices are named at that write (texts
+    kept across writes named a device gone, and piled up with every port's conntrack zone in the soak)."""
+    publisher = published.Publisher(Path("/nonexistent"), "host1", {"bridge": "br-int", "openflow_endpoint": "x"})
+    for name in ("rep2", "vf2-renamed"):
+        encoded = planned(rule(VM2))  # encoded afresh: a new flower rule, the same actions
+        entries = flows.join(document(encoded, publisher=publisher, rep2=name),
+                             {(EP, 11): installed(encoded), (EP, 12): []}, [])
+        [hw] = [e for e in entries if e["datapath"] == "hw"]
+        assert (hw["actions"], hw["disagreement"]) == (f"redirect:{name}", None)  # as planned
 
 
 def test_an_ipv6_rule_past_64_bits_joins_its_dump() -> None:

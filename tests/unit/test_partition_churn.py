@@ -48,3 +48,23 @@ def test_a_port_added_and_removed_leaves_the_planner_as_it_was(local):
     assert not local or grew  # the local port had chains of its own while it was there
     assert _held(partitioner._planner) == before
     assert {p: plan.rules_of(p) for p in first.own} == {p: first.rules_of(p) for p in first.own}
+
+
+
+def test_a_whole_plan_gives_up_the_numbers_of_chains_it_no_longer_has():
+    """Chain numbers outlive each plan (a chain keeps its number); a whole plan (the agent's resync timer) after a
+    port went must not keep the numbers of that port's chains: the soak's agent grew by every port it saw."""
+    compiler, topo = bench.host(20, 200)
+    caps = bench.capabilities("mlx5-connectx6dx")
+    partitioner = partition.Partitioner(compiler.layout.joins())
+    first = partitioner.plan(compiler.pipeline(), bench.offload(topo, caps), TYPES, {})
+    numbers = dict(partitioner._ids._ids)
+    port = _port(220, len(topo.networks), len(topo.of("security_group")) - 1, 221)
+    compiler.update(topo, topo.apply(KIND_PORT, port.id, port) + topo.set_local(port.id, True))
+    partitioner.plan(compiler.pipeline(), bench.offload(topo, caps), TYPES, {})
+    assert len(partitioner._ids._ids) > len(numbers)  # the port had chains of its own
+    compiler.update(topo, topo.set_local(port.id, False) + topo.apply(KIND_PORT, port.id, None))
+    plan = partitioner.plan(compiler.pipeline(), bench.offload(topo, caps), TYPES, {})
+    assert partitioner.changed is None  # whole plans, each
+    assert partitioner._ids._ids == numbers  # the chains left keep their numbers
+    assert {p: plan.rules_of(p) for p in first.own} == {p: first.rules_of(p) for p in first.own}

@@ -79,6 +79,20 @@ def test_a_long_rest_is_looked_up_again_by_a_second_known_field():
     assert ir.reaches(ir.pins(ir.Match.of(ip_proto=17)), fields, values)
 
 
+def test_lookups_by_ports_long_gone_are_not_remembered_for_ever():
+    """An agent's walks ask a table by the in_port of every port it ever had; a table with no flow of a port is
+    never patched when the port goes, so the answers by its value must not pile up (the soak's agent grew)."""
+    flows = [ir.Flow(0, 20, ir.Match.of(in_port=p), (ir.Drop(),), "port") for p in range(1, 4)]
+    flows.append(ir.Flow(0, 10, ir.Match(), (ir.Output(1),), "default"))
+    pipeline = ir.Pipeline.build(flows, {})
+    bound = ir.ANSWERS_KEPT + ir.ANSWERS_PER_FLOW * len(flows)
+    for port in range(1, 3 * bound):
+        fields, values, found = pipeline.lookup(0, {"in_port": port, "metadata": 1})
+        assert (fields, values) == (("in_port",), (port,))
+        assert [f.owner for f in found] == (["port"] if port < 4 else []) + ["default"]
+    assert len(pipeline._answers[0].by_key) <= bound
+
+
 @settings(max_examples=300, deadline=None)
 @given(pipelines(), packets, terms())
 def test_a_flow_no_lookup_answer_reaches_cannot_take_its_packets(pipeline, packet, match):

@@ -168,6 +168,23 @@ def test_rules_added_and_removed_take_effect_incrementally():
     assert wire.send("server", "client", ip_proto=1, icmp_type=0, icmp_code=0)  # the echo reply
 
 
+def test_rules_that_come_and_go_leave_no_cached_terms_behind():
+    """The agent's group index lives as long as the agent: the terms it caches by rule id go with the rule
+    (the soak's churn of rule changes grew it by every rule ever added)."""
+    wire = Wire(topology())
+    assert wire.tcp("client", "server", 40000, 22)
+    indexes = [wire.compiler.apps[name]._index for name in ("sg_ingress", "sg_egress")]
+    before = [set(index._terms) for index in indexes]
+    for n in range(5):
+        wire.change("security_group_rule", f"tmp{n}", rule(f"tmp{n}", "ssh", "ingress", protocol="tcp",
+                                                            port_min=1000 + n, port_max=1000 + n))
+        assert wire.tcp("client", "server", 40000, 1000 + n)
+        wire.change("security_group_rule", f"tmp{n}", None)
+        assert not wire.tcp("client", "server", 41000, 1000 + n)  # a new connection: the first is tracked
+    assert [set(index._terms) for index in indexes] == before
+    assert wire.tcp("client", "server", 40000, 22)
+
+
 def test_a_port_in_several_groups_gets_what_any_of_them_allows():
     wire = Wire(topology([rule("web", "plain", "ingress", protocol="tcp", port_min=80, port_max=80)],
                          server=["ssh", "plain"]))

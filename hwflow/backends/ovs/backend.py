@@ -238,6 +238,7 @@ class OvsBackend:
         desired: dict[translate.FlowKey, Held] = {}  # becomes the state held in memory
         by_port: dict[int, set[translate.FlowKey]] = {}
         unbound: list[translate.UnboundPort] = []
+        self.compiler.forget_owners()
         compile_flow, flow_mod = self.compiler.compile, self.compiler.flow_mod
         words: list[int] = []
         added = modified = pending = 0

@@ -601,6 +601,11 @@ class FlowCompiler:
             cookie = self._cookies[owner] = owner_cookie(owner)
         return cookie
 
+    def forget_owners(self) -> None:
+        """Empty the cookie cache before a full sync compiles every flow wanted: it then holds the owners of
+        those only, not every owner since the agent started (ports long deleted; COOKIE_CACHE is far off)."""
+        self._cookies = {}  # a new dict: another thread may be copying the old one (owners)
+
     def owners(self) -> list[ir.Owner | str]:
         """The owners whose cookies are cached: those of every flow compiled since the cache was last emptied
         (a copy, which another thread may take: hwflow.agent.published names the owners of dumped flows so)."""
