@@ -36,7 +36,9 @@ What exists:
 - ``mapping``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
-  security groups, allowed address pairs, binding host as chassis (the chassis registered under that
+  security groups (with port security and none, hwflow's group of no rule ``neutron-drop-all``: Neutron drops
+  all such a port's IP, hwflow filters only a port in some group), allowed address pairs, binding host as
+  chassis (the chassis registered under that
   name or hostname, else the host name, which is an agent's default chassis name). Security group:
   name, description; rule: direction, ethertype, protocol, port range or ICMP type/code, remote prefix
   or remote group.

@@ -40,6 +40,20 @@ SEGMENT_TYPES = ("vxlan", "geneve", "vlan", "flat")
 
 Obj = TypeVar("Obj", bound=NbObject)
 
+# Neutron drops every IP packet of a port with port security and no security group (no rule allows any: its
+# firewalls keep only ARP, DHCP and neighbour discovery); hwflow filters a port only while it is in some group.
+# Such a port is written in this group, which has no rule, as Neutron's OVN driver puts every port with port
+# security in its port group ``neutron_pg_drop``. hwflow's object, not Neutron's (``external_revision`` 0):
+# never reported or deleted by a repair; written by whoever writes a port naming it first.
+DROP_ALL_GROUP = "neutron-drop-all"
+
+
+def drop_all_group() -> SecurityGroup:
+    """The group of the ports with port security and no security group of Neutron's (:data:`DROP_ALL_GROUP`)."""
+    return _checked(SecurityGroup(
+        id=DROP_ALL_GROUP, name=DROP_ALL_GROUP,
+        description="Neutron's ports with port security and no security group: all IP dropped, as in Neutron"))
+
 
 def _checked(obj: Obj) -> Obj:
     obj.validate()
@@ -107,8 +121,10 @@ def is_l3_port(port_dict: Mapping[str, Any]) -> bool:
 
 def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
     """A Neutron port bound to ``chassis`` ("" = unbound): its MAC, fixed IPs, owner, port security, groups and
-    allowed address pairs. An address pair's CIDR is taken as the prefix it names (Neutron keeps host bits)."""
+    allowed address pairs. An address pair's CIDR is taken as the prefix it names (Neutron keeps host bits);
+    a port with port security and no group is in :data:`DROP_ALL_GROUP`."""
     security = port_dict.get("port_security_enabled", True)
+    groups = list(port_dict.get("security_groups") or []) or [DROP_ALL_GROUP]
     label = f"port {port_dict['id']}"
     pairs = [{"ip_address": _prefix(label, "allowed_address_pairs", pair["ip_address"]),
               "mac_address": pair.get("mac_address") or port_dict["mac_address"]}
@@ -117,7 +133,7 @@ def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
         **_common(port_dict), network_id=port_dict["network_id"], mac=port_dict["mac_address"],
         ips=[ip["ip_address"] for ip in port_dict.get("fixed_ips") or []], chassis=chassis,
         device_owner=port_dict.get("device_owner") or "", port_security=bool(security),
-        security_groups=list(port_dict.get("security_groups") or []) if security else [],
+        security_groups=groups if security else [],
         allowed_address_pairs=pairs if security else []))
 
 

@@ -232,13 +232,16 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def _missing_groups(self, context: api.PortContext, port: Port) -> list[NbObject]:
         """The port's security groups hwflow's database lacks (made before this driver was enabled, or their
-        write failed), with their rules, read from Neutron: written with the port, which cannot name a group
-        that is not there."""
+        write failed), with their rules, read from Neutron (``mapping.DROP_ALL_GROUP``, hwflow's, made): written
+        with the port, which cannot name a group that is not there."""
         found: list[NbObject] = []
         for ident in port.security_groups:
             try:
                 self.nb.get(SecurityGroup, ident)
             except NotFound:
+                if ident == mapping.DROP_ALL_GROUP:
+                    found.append(mapping.drop_all_group())
+                    continue
                 group = directory.get_plugin().get_security_group(context.plugin_context, ident)
                 found += [mapping.security_group(group),
                           *map(mapping.security_group_rule, group.get("security_group_rules") or [])]

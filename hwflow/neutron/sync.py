@@ -41,7 +41,7 @@ from neutron_lib import constants as n_const
 
 from hwflow.db.api import BatchIncomplete, Create, NbApi, Update, Write
 from hwflow.model.errors import Conflict, DatabaseUnavailable, HwflowError, NotFound, ValidationError
-from hwflow.model.objects import Chassis, NbObject
+from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup
 from hwflow.neutron import mapping
 
 WRITE_ATTEMPTS = 20  # a write that lost this many races to other Neutron servers' writes of the same objects gives up
@@ -137,7 +137,8 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
     revision of what was read, so a race lost to another writer is read and decided again. Equal revisions are
     written (a request Neutron retried, a repair). With ``neutron``, an object hwflow lacks is created only if
     Neutron has it now: a server's update landing after another server deleted the object does not bring it
-    back (it can still, between that read and the write: the next repair deletes it). Returns the objects left.
+    back (it can still, between that read and the write: the next repair deletes it); one that is hwflow's
+    (``external_revision`` 0, :data:`mapping.DROP_ALL_GROUP`) is created all the same. Returns the objects left.
     """
     objs = list(objs)
     for _ in range(WRITE_ATTEMPTS):
@@ -147,7 +148,7 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
             try:
                 stored = nb.get(type(obj), obj.id)
             except NotFound:
-                if neutron is None or _holds(neutron, KIND_COLLECTIONS[obj.kind], obj.id):
+                if neutron is None or not obj.external_revision or _holds(neutron, KIND_COLLECTIONS[obj.kind], obj.id):
                     writes.append(Create(obj))
                 else:
                     left.append(obj)
@@ -174,6 +175,16 @@ def _differing(wanted: NbObject, held: NbObject) -> list[str]:
             if f.name not in BOOKKEEPING and getattr(wanted, f.name) != getattr(held, f.name)]
 
 
+def _compared(wanted: NbObject, held: NbObject | None) -> list[Difference]:
+    """What repairing hwflow's copy of one object takes: nothing, or its create or update."""
+    if held is None:
+        return [Difference("create", wanted.kind, wanted.id, wanted.name, "missing in hwflow", wanted=wanted)]
+    if fields := _differing(wanted, held):
+        return [Difference("update", wanted.kind, wanted.id, wanted.name, f"differs in {', '.join(fields)}",
+                           wanted=wanted)]
+    return []
+
+
 def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
     """What hwflow's database holds apart from Neutron's: deletes first (kinds in the reverse of
     :data:`COLLECTIONS`' order: what names an object goes before it; and a port that became a router's
@@ -183,8 +194,12 @@ def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
     found: list[Difference] = []
     extra: list[Difference] = []
     listed: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, NbObject] = {}  # the security groups hwflow holds
+    dropping = False  # whether some port is in none of Neutron's groups, with port security
     for coll in COLLECTIONS:
         held = {obj.id: obj for obj in nb.list(coll.kind)}
+        if coll.kind == SecurityGroup.kind:
+            groups = held
         known: set[str] = set()
         if coll.path not in listed:
             listed[coll.path] = sorted(neutron.list(coll.path), key=lambda r: r["id"])
@@ -198,13 +213,10 @@ def compare(neutron: Neutron, nb: NbApi) -> list[Difference]:
             if wanted is None:
                 continue
             known.add(wanted.id)
-            mine = held.get(wanted.id)
-            if mine is None:
-                found.append(Difference("create", coll.kind, wanted.id, wanted.name, "missing in hwflow",
-                                        wanted=wanted))
-            elif fields := _differing(wanted, mine):
-                found.append(Difference("update", coll.kind, wanted.id, wanted.name,
-                                        f"differs in {', '.join(fields)}", wanted=wanted))
+            if isinstance(wanted, Port) and wanted.security_groups == [mapping.DROP_ALL_GROUP] and not dropping:
+                dropping = True  # the port's write needs the group: compared (made) first, once
+                found += _compared(mapping.drop_all_group(), groups.get(mapping.DROP_ALL_GROUP))
+            found += _compared(wanted, held.get(wanted.id))
         extra = [Difference("delete", coll.kind, obj.id, obj.name, f"not in Neutron as a {coll.kind}", collection=coll)
                  for ident, obj in sorted(held.items()) if ident not in known and obj.external_revision > 0] + extra
     return extra + found

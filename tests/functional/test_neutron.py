@@ -35,6 +35,7 @@ from hwflow.model.objects import (  # noqa: E402
     SecurityGroupRule,
     Subnet,
 )
+from hwflow.neutron import mapping  # noqa: E402
 from hwflow.neutron.mech_driver import OPTS, hwflow_database_conf  # noqa: E402
 
 pytestmark = pytest.mark.functional
@@ -138,7 +139,10 @@ def test_network_subnet_port_lifecycle(neutron) -> None:
     port = conn.network.update_port(port, binding_host_id=CHASSIS)  # a host that is its chassis's name
     assert nb.get(Port, port.id).chassis == CHASSIS
 
-    conn.network.update_port(port, security_group_ids=[], allowed_address_pairs=[], port_security_enabled=False)
+    conn.network.update_port(port, security_group_ids=[])  # Neutron drops all its IP: so does hwflow's empty group
+    assert nb.get(Port, port.id).security_groups == [mapping.DROP_ALL_GROUP]
+    assert not nb.referrers(SecurityGroup, mapping.DROP_ALL_GROUP, SecurityGroupRule)
+    conn.network.update_port(port, allowed_address_pairs=[], port_security_enabled=False)
     held = nb.get(Port, port.id)
     assert (held.port_security, held.security_groups, held.allowed_address_pairs) == (False, [], [])
 

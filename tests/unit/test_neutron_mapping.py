@@ -105,13 +105,21 @@ def test_port_translates_or_is_refused(mac, ips, pairs, security, groups, host) 
         return
     _agrees_with_model(made)
     assert (made.mac, made.chassis, made.port_security) == (mac.lower(), host, security)
-    assert made.security_groups == (groups if security else [])
+    assert made.security_groups == ((groups or [mapping.DROP_ALL_GROUP]) if security else [])
     assert len(made.allowed_address_pairs) == (len(pairs) if security else 0)
 
 
 def test_port_without_port_security_has_no_groups_or_pairs() -> None:
     made = mapping.port({**PORT, "port_security_enabled": False}, "")
     assert (made.port_security, made.security_groups, made.allowed_address_pairs) == (False, [], [])
+
+
+def test_port_with_port_security_and_no_group_is_in_the_group_of_no_rule() -> None:
+    """Neutron drops all its IP; hwflow's empty group does (an unfiltered port is one in no group)."""
+    made = mapping.port({**PORT, "security_groups": []}, "")
+    assert (made.port_security, made.security_groups) == (True, [mapping.DROP_ALL_GROUP])
+    group = mapping.drop_all_group()
+    assert (group.id, group.external_revision) == (mapping.DROP_ALL_GROUP, 0)  # hwflow's: no repair deletes it
 
 
 @pytest.mark.parametrize("owner", [n_const.DEVICE_OWNER_ROUTER_INTF, n_const.DEVICE_OWNER_ROUTER_GW,

@@ -21,8 +21,8 @@ pytest.importorskip("neutron_lib", reason="hwflow's neutron extra is not install
 from hwflow.cli.main import main  # noqa: E402
 from hwflow.db.api import NbApi  # noqa: E402
 from hwflow.model.errors import BrokenReference, NotFound  # noqa: E402
-from hwflow.model.objects import NbObject, Network, Port, SecurityGroup  # noqa: E402
-from hwflow.neutron import sync  # noqa: E402
+from hwflow.model.objects import NbObject, Network, Port, SecurityGroup, SecurityGroupRule  # noqa: E402
+from hwflow.neutron import mapping, sync  # noqa: E402
 
 FATES = st.sampled_from(["kept", "lost", "renamed"])  # what happened to an object's copy in hwflow
 
@@ -68,10 +68,13 @@ def neutron_state(draw: st.DrawFn) -> FakeNeutron:
 
 
 def _wanted(neutron: FakeNeutron) -> list[NbObject]:
-    """Neutron's objects as hwflow holds them, in the order hwflow's database takes them."""
+    """Neutron's objects as hwflow holds them, in the order hwflow's database takes them (with the group of the
+    ports in none of Neutron's first, if some port is)."""
     found = []
     for coll in sync.COLLECTIONS:
         found += [obj for r in neutron.list(coll.path) if (obj := coll.translate(r, [])) is not None]
+    if any(isinstance(obj, Port) and obj.security_groups == [mapping.DROP_ALL_GROUP] for obj in found):
+        found.insert(0, mapping.drop_all_group())
     return found
 
 
@@ -167,3 +170,25 @@ def test_what_neutron_no_longer_has_is_not_created_again() -> None:
                                           "mac_address": kept.mac, "device_owner": "", "revision_number": 3}]})
         assert sync.put_newer(nb, [kept, deleted], neutron) == [deleted]
         assert [p.id for p in nb.list(Port)] == [kept.id]
+
+
+def test_a_port_with_port_security_and_no_group_drops_all_ip_as_in_neutron() -> None:
+    """Neutron drops all IP of such a port; hwflow filters only a port in some group: the port is in hwflow's
+    group of no rule, made by the repair before the port (Neutron does not have it), and never deleted after."""
+    net = {"id": _ident(), "name": "n", "mtu": 1450, "provider:network_type": "vxlan",
+           "provider:segmentation_id": 1000, "revision_number": 1}
+    port = {"id": _ident(), "name": "p", "network_id": net["id"], "mac_address": "fa:16:3e:00:00:01",
+            "fixed_ips": [], "device_owner": "", "port_security_enabled": True, "security_groups": [],
+            "revision_number": 2}
+    neutron = FakeNeutron({"networks": [net], "ports": [port]})
+    with tempfile.TemporaryDirectory() as tmp, NbApi.from_url(f"sqlite:///{Path(tmp) / 'nb.sqlite'}") as nb:
+        report = sync.compare(neutron, nb)
+        assert [(d.action, d.kind, d.id) for d in report] == [
+            ("create", "network", net["id"]), ("create", "security_group", mapping.DROP_ALL_GROUP),
+            ("create", "port", port["id"])]
+        assert [d.result for d in sync.repair(neutron, nb, report)] == ["created"] * 3
+        assert nb.get(Port, port["id"]).security_groups == [mapping.DROP_ALL_GROUP]
+        assert nb.referrers(SecurityGroup, mapping.DROP_ALL_GROUP, SecurityGroupRule) == []
+        assert sync.compare(neutron, nb) == []
+        neutron.collections["ports"] = []
+        assert [(d.action, d.id) for d in sync.compare(neutron, nb)] == [("delete", port["id"])]
