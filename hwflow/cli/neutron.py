@@ -108,4 +108,4 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts) -> int:
         raise CliError(f"reading Neutron failed: {exc} (check --neutron-url or the OS_* settings)") from None
     rows = [diff.row() for diff in differences]
     emit(args.format, rows, rows, COLUMNS)
-    return 1 if any(diff.result.startswith("failed") for diff in differences) else 0
+    return 1 if any(diff.result.startswith(sync.FAILED) for diff in differences) else 0

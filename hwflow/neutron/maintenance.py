@@ -25,6 +25,8 @@ from hwflow.neutron import sync
 
 LOG = log.getLogger(__name__)
 
+SOON = 2.0  # seconds from a failed write (or round) to the round repairing it; doubled while rounds fail
+
 # A collection of Neutron's API -> the plugin serving it and its methods listing it and reading one.
 GETTERS = {
     "networks": ("", "get_networks", "get_network"),
@@ -62,11 +64,20 @@ class PluginNeutron:
 
 
 class Maintenance:
-    """A thread comparing and repairing every ``interval`` seconds; ``start``, ``stop``."""
+    """A thread comparing and repairing every ``interval`` seconds, and soon after a write of the driver's
+    failed (``soon``); ``start``, ``stop``.
+
+    A failed write is thus repaired in seconds, not at the next interval: a round :data:`SOON` seconds after
+    the failure (the database that refused it may need a moment), and while rounds fail (hwflow's database
+    still down), again after twice as long each time, up to the interval. What a journal (networking-odl's)
+    gives, a write retried until it is done, without a table of hwflow's in Neutron's database
+    (``hwflow.neutron.sync`` says why none).
+    """
 
     def __init__(self, open_nb: Callable[[], NbApi], interval: float) -> None:
         self._open_nb, self.interval = open_nb, interval
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by ``soon`` and by ``stop``
         self._thread = threading.Thread(target=self._run, name="hwflow-maintenance", daemon=True)
 
     def start(self) -> None:
@@ -74,24 +85,40 @@ class Maintenance:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
+
+    def soon(self) -> None:
+        """A write to hwflow's database failed: a round within :data:`SOON` seconds."""
+        self._wake.set()
 
     def _run(self) -> None:
         """A round at start (a server killed between Neutron's commit and hwflow's write, restarted, repairs
-        at once), then one every interval."""
+        at once), then one every interval, or sooner: asked, or after a round that failed."""
+        backoff = SOON
         with self._open_nb() as nb:
-            self.run_once(nb)
-            while not self._stop.wait(self.interval):
-                self.run_once(nb)
+            while not self._stop.is_set():
+                if self.run_once(nb):
+                    wait, backoff = self.interval, SOON
+                else:
+                    wait, backoff = backoff, min(2 * backoff, self.interval)
+                    LOG.warning("hwflow maintenance: not all repaired; again in %.0f s", wait)
+                if self._wake.wait(wait) and not self._stop.is_set():
+                    self._wake.clear()
+                    self._stop.wait(SOON)
 
-    def run_once(self, nb: NbApi) -> None:
+    def run_once(self, nb: NbApi) -> bool:
         """One comparison and repair; each difference is logged (one means a write hwflow missed). Whatever fails
-        (hwflow's database, Neutron's) is logged and the next round tries again: the thread must outlive it."""
+        (hwflow's database, Neutron's) is logged and the next round tries again: the thread must outlive it.
+        Whether every difference found was repaired (or left for its reason)."""
         try:
             neutron = PluginNeutron()
+            repaired = True
             for diff in sync.repair(neutron, nb, sync.compare(neutron, nb)):
                 LOG.warning("hwflow maintenance: %s %s %s (%s): %s: %s", diff.action, diff.kind, diff.id, diff.name,
                             diff.detail, diff.result)
+                repaired = repaired and not diff.result.startswith(sync.FAILED)
+            return repaired
         except Exception:  # noqa: BLE001 - any failure: logged, and the next round again
-            LOG.exception("hwflow maintenance: comparing with hwflow's database failed; again in %.0f s",
-                          self.interval)
+            LOG.exception("hwflow maintenance: comparing with hwflow's database failed")
+            return False

@@ -8,14 +8,16 @@ postcommit, once Neutron's own transaction is in. Security groups and their rule
 come from Neutron's callbacks (a refusal in their precommit event also stops the request).
 
 A write that fails in a postcommit is raised: ML2 then undoes a create and reports an error; an update or
-a delete stays done in Neutron and not in hwflow until the next repair (``hwflow.neutron.sync``).
+a delete stays done in Neutron and not in hwflow until the repair the failure asks for a few seconds later
+(``hwflow.neutron.maintenance``; with ``[hwflow] sync_interval = 0``, until ``hwflow neutron-sync``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from neutron.api import wsgi
@@ -31,7 +33,7 @@ from oslo_log import log
 from hwflow import conf as hwflow_conf
 from hwflow.db.api import NbApi
 from hwflow.db.etcd import Credentials
-from hwflow.model.errors import NotFound, ValidationError
+from hwflow.model.errors import HwflowError, NotFound, ValidationError
 from hwflow.model.objects import Chassis, NbObject, Port, SecurityGroup, SecurityGroupRule
 from hwflow.neutron import binding, maintenance, mapping, status, sync
 
@@ -105,7 +107,10 @@ class HwflowMechanismDriver(api.MechanismDriver):
         if trigger is wsgi.WorkerService:
             status.StatusWatcher(open_nb).start()
             if cfg.CONF.hwflow.sync_interval:
-                maintenance.Maintenance(open_nb, cfg.CONF.hwflow.sync_interval).start()
+                self._maintenance = maintenance.Maintenance(open_nb, cfg.CONF.hwflow.sync_interval)
+                self._maintenance.start()
+
+    _maintenance: maintenance.Maintenance | None = None  # this worker's, once it is up
 
     @functools.cached_property
     def nb(self) -> NbApi:
@@ -119,17 +124,30 @@ class HwflowMechanismDriver(api.MechanismDriver):
         a resource may already be there (a security group written before its port asked for it). Never over a
         newer revision (another Neutron server's later update got there first), nor created again when Neutron
         no longer has it (another server's delete got there first: ``sync.put_newer``)."""
-        for obj in sync.put_newer(self.nb, objs, maintenance.PluginNeutron()):
-            LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one, or Neutron no longer has it",
-                      obj.label(), obj.external_revision)
+        with self._repaired_if_failed():
+            for obj in sync.put_newer(self.nb, objs, maintenance.PluginNeutron()):
+                LOG.debug("hwflow: %s at revision %d not written: hwflow holds a newer one, or Neutron no longer "
+                          "has it", obj.label(), obj.external_revision)
 
     def remove(self, kind: str, ident: str) -> None:
         """Delete with what hwflow's object owns (a network's subnets and ports, a group's rules): Neutron
         has removed those too. Gone already is fine (a retried request, a network delete after its ports)."""
+        with self._repaired_if_failed():
+            try:
+                self.nb.delete(kind, ident, cascade=True)
+            except NotFound:
+                LOG.debug("hwflow: %s %s was not in hwflow's database", kind, ident)
+
+    @contextlib.contextmanager
+    def _repaired_if_failed(self) -> Iterator[None]:
+        """A write that fails is raised (Neutron undoes a create, logs a port's update or delete) and repaired by
+        this worker's maintenance within seconds (``Maintenance.soon``), not at its next interval."""
         try:
-            self.nb.delete(kind, ident, cascade=True)
-        except NotFound:
-            LOG.debug("hwflow: %s %s was not in hwflow's database", kind, ident)
+            yield
+        except HwflowError:
+            if self._maintenance is not None:
+                self._maintenance.soon()
+            raise
 
     def _chassis(self, host: str) -> str:
         """The chassis of a binding host: the one registered under that name or that hostname; else the host

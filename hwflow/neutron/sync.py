@@ -50,6 +50,7 @@ WRITE_ATTEMPTS = 20  # a write that lost this many races to other Neutron server
 BOOKKEEPING = ("revision", "unique_key", "external_revision")
 
 Action = Literal["create", "update", "delete", "refused"]
+FAILED = "failed: "  # how a difference's result starts when repairing it failed
 
 
 class Neutron(Protocol):
@@ -231,7 +232,7 @@ def repair(neutron: Neutron, nb: NbApi, differences: Iterable[Difference]) -> li
         try:
             diff.result = _repair(neutron, nb, diff)
         except HwflowError as exc:
-            diff.result = f"failed: {exc}"
+            diff.result = f"{FAILED}{exc}"
         done.append(diff)
     return done
 
