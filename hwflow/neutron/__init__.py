@@ -66,9 +66,8 @@ flavors, the gateway's addresses but one (hwflow's SNAT goes out as each chassis
 gateway's address); an interface of several addresses (Neutron's IPv6 subnets of one network on one port)
 is refused. Floating IPs: QoS, port forwardings, DNS.
 
-What is left (issue 17): nothing of its list. Noticed: a server's update of an object hwflow lacks creates it only
-if Neutron has it when asked, but another server's delete between that read and the write puts it back in
-hwflow until the next repair deletes it (a tombstone would close that).
+A server's update of an object hwflow lacks creates it only if Neutron has it when asked, and asks again once
+written (``sync.put_newer``): another server's delete in between does not leave it in hwflow.
 
 Facts the next steps build on: Neutron 29 has no ``neutron-server``; its API is the WSGI application
 ``neutron.wsgi.api:application`` (configuration from ``OS_NEUTRON_CONFIG_DIR``/``OS_NEUTRON_CONFIG_FILES``),

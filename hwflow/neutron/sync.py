@@ -33,6 +33,7 @@ deleted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -137,8 +138,8 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
     ``external_revision`` is left (another Neutron server wrote a later state). Each overwrite compares hwflow's
     revision of what was read, so a race lost to another writer is read and decided again. Equal revisions are
     written (a request Neutron retried, a repair). With ``neutron``, an object hwflow lacks is created only if
-    Neutron has it now: a server's update landing after another server deleted the object does not bring it
-    back (it can still, between that read and the write: the next repair deletes it); one that is hwflow's
+    Neutron has it now, and deleted again if Neutron has it no more once written (:func:`_undone`): a server's
+    update landing after another server deleted the object does not bring it back; one that is hwflow's
     (``external_revision`` 0, :data:`mapping.DROP_ALL_GROUP`) is created all the same. Returns the objects left.
     """
     objs = list(objs)
@@ -166,9 +167,23 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
             if not isinstance(exc.cause, Conflict):
                 raise
             continue
-        return left
+        return left + _undone(nb, writes, neutron)
     raise DatabaseUnavailable(f"{objs[0].label() if len(objs) == 1 else f'{len(objs)} objects'}: gave up after "
                               f"{WRITE_ATTEMPTS} writes lost to concurrent writers of the same objects")
+
+
+def _undone(nb: NbApi, writes: Sequence[Write], neutron: Neutron | None) -> list[NbObject]:
+    """The objects just created that Neutron no longer has, deleted again: another server's delete between
+    asking Neutron and the create had its hwflow side done before the create (had it come after, it deleted
+    the object itself), so Neutron is asked once more, after. Closes the window without a tombstone."""
+    if neutron is None:
+        return []
+    undone = [write.obj for write in writes if isinstance(write, Create) and write.obj.external_revision
+              and not _holds(neutron, KIND_COLLECTIONS[write.obj.kind], write.obj.id)]
+    for obj in reversed(undone):  # what names an object before it
+        with contextlib.suppress(NotFound):
+            nb.delete(obj.kind, obj.id, cascade=True)
+    return undone
 
 
 def _differing(wanted: NbObject, held: NbObject) -> list[str]:

@@ -172,6 +172,30 @@ def test_what_neutron_no_longer_has_is_not_created_again() -> None:
         assert [p.id for p in nb.list(Port)] == [kept.id]
 
 
+class DeletedWhileAsked(FakeNeutron):
+    """Neutron as another server's delete leaves it while this one writes: it has the object when first asked,
+    then no more."""
+
+    def get(self, collection: str, ident: str) -> dict[str, Any] | None:
+        found = super().get(collection, ident)
+        self.collections[collection] = [r for r in self.collections[collection] if r["id"] != ident]
+        return found
+
+
+def test_an_object_deleted_in_neutron_while_being_created_is_not_left_in_hwflow() -> None:
+    """The other server's delete finished in hwflow before this create was written (its remove found nothing):
+    the create, asking Neutron again after, deletes it and says it was left."""
+    with tempfile.TemporaryDirectory() as tmp, NbApi.from_url(f"sqlite:///{Path(tmp) / 'nb.sqlite'}") as nb:
+        net = nb.create(Network(name="n", vni=7, external_revision=1))
+        port = Port(id=_ident(), name="late", network_id=net.id, mac="fa:16:3e:00:00:01", port_security=False,
+                    external_revision=3)
+        neutron = DeletedWhileAsked({"ports": [{"id": port.id, "name": "late", "network_id": net.id, "fixed_ips": [],
+                                                "mac_address": port.mac, "device_owner": "", "revision_number": 3}]})
+        assert sync.put_newer(nb, [port], neutron) == [port]
+        assert nb.list(Port) == []
+        assert sync.put_newer(nb, [port], None) == [] and [p.id for p in nb.list(Port)] == [port.id]  # no Neutron
+
+
 def test_a_port_with_port_security_and_no_group_drops_all_ip_as_in_neutron() -> None:
     """Neutron drops all IP of such a port; hwflow filters only a port in some group: the port is in hwflow's
     group of no rule, made by the repair before the port (Neutron does not have it), and never deleted after."""
