@@ -370,11 +370,15 @@ class Agent:
         """Report the local ports the last pass programmed as up, and those it no longer holds as down.
 
         A port is up once a pass got both datapaths in place for it (the pass returned), down when it left
-        this host (unplugged, deleted, bound elsewhere): only the difference from what was reported is
-        written, one small key per port (``NbApi.report_ports``); after a start, a full pass or a failed
-        write, what is stored is read back first. Neutron shows a port ACTIVE on it (hwflow.neutron.status).
+        this host (unplugged, deleted, bound elsewhere) or is administratively down (``Topology.admin_up``:
+        its datapaths drop its traffic; Neutron shows such a port DOWN, as ML2/OVS does): only the difference
+        from what was reported is written, one small key per port (``NbApi.report_ports``); after a start, a
+        full pass or a failed write, what is stored is read back first. Neutron shows a port ACTIVE on it
+        (hwflow.neutron.status).
         """
-        programmed = frozenset(self.topo.local_port_ids)
+        ports = self.topo.ports
+        programmed = frozenset(pid for pid in self.topo.local_port_ids
+                               if pid not in ports or self.topo.admin_up(ports[pid]))
         try:
             reported = self._reported
             if reported is None:

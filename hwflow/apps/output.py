@@ -18,7 +18,11 @@ This is the one stage that knows where a logical port is:
   back out of the port it came in on, so uplink floods do not echo.
 
 A remote port whose chassis is unknown, has no tunnel address or does not
-terminate the network's encapsulation gets no flow: its packets drop.
+terminate the network's encapsulation gets no flow: its packets drop. So
+does a local port that is administratively down (``Topology.admin_up``),
+which is left out of its network's flood group too: it receives nothing
+(:mod:`hwflow.apps.port_security` drops what it sends). A remote port that
+is down is its own chassis's to drop.
 
 Keeping location out of L2 (which only chooses ``outport``) lets stages that
 filter per destination port, such as ingress security groups, sit between
@@ -93,7 +97,7 @@ class OutputApp(App):
         network = topo.networks.get(oid)
         if network is None or not present(topo, oid):
             return
-        local = tuple(ir.Output(p.unique_key) for p in topo.local_ports_of(oid))
+        local = tuple(ir.Output(p.unique_key) for p in topo.local_ports_of(oid) if topo.admin_up(p))
         group = ir.flood_group(network.unique_key)
         if is_overlay(network):
             remote = self._remote_chassis_of(network, topo)
@@ -115,7 +119,7 @@ class OutputApp(App):
         if port is None or network is None or not present(topo, port.network_id):
             return ()
         if topo.is_local(port_id):
-            return (ir.Output(port.unique_key),)
+            return (ir.Output(port.unique_key),) if topo.admin_up(port) else ()
         if not is_overlay(network):
             return to_uplink(network)
         chassis = remote_chassis(port, network, topo)
@@ -128,6 +132,7 @@ class OutputApp(App):
         return [found[name] for name in sorted(found)]
 
     def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
+        # a port's admin state is its own change; a network's recomputes all its owners already
         yield from placement_affected(change, topo)
         if change.kind == KIND_CHASSIS:  # its tunnel address or types: the ports bound to it and their floods
             bound = [p for p in topo.ports.values() if p.chassis == change.id]

@@ -8,6 +8,12 @@ from ::. ``allowed_address_pairs`` add (MAC, IP or prefix) pairs (VRRP,
 clustered services). Anything else it sends is dropped here. A port
 without port security passes untouched.
 
+A port that is administratively down (its ``admin_state_up`` or its
+network's is False: ``Topology.admin_up``) has one flow here, a drop of all
+it sends: this table is the first after the classifier, which only tags a
+packet with its network, so nothing of it reaches DHCP, the responders or
+routing. What is sent to it is dropped by :mod:`hwflow.apps.output`.
+
 The checks are plain header matches, so the partitioner can carry them into
 the NIC along with the forwarding decision that follows.
 """
@@ -18,11 +24,11 @@ import ipaddress
 import socket
 from collections.abc import Iterator
 
-from hwflow.apps.base import LocalPortApp, mac_int
+from hwflow.apps.base import LocalPortApp, mac_int, port_owner
 from hwflow.model.objects import Port
 from hwflow.pipeline import ir
 from hwflow.pipeline.layout import AppLayout, AppSpec
-from hwflow.pipeline.topology import Topology
+from hwflow.pipeline.topology import KIND_NETWORK, Change, Topology, network_admin_up
 
 PRIO_ALLOW = 100
 PRIO_DROP = 1
@@ -66,12 +72,21 @@ class PortSecurityApp(LocalPortApp):
 
     def port_flows(self, port: Port, topo: Topology, layout: AppLayout, owner: ir.Owner) -> Iterator[ir.Flow]:
         table, onward = layout.table("filter"), (layout.goto("out"),)
+        if not topo.admin_up(port):
+            yield ir.Flow(table, PRIO_DROP, ir.Match.of(in_port=port.unique_key), (ir.Drop(),), owner)
+            return
         if not port.port_security:
             yield ir.Flow(table, PRIO_ALLOW, ir.Match.of(in_port=port.unique_key), onward, owner)
             return
         for match in self._allowed(port):
             yield ir.Flow(table, PRIO_ALLOW, match, onward, owner)
         yield ir.Flow(table, PRIO_DROP, ir.Match.of(in_port=port.unique_key), (ir.Drop(),), owner)
+
+    def affected(self, change: Change, topo: Topology) -> Iterator[ir.Owner]:
+        """A port's own change, and a network's admin state flipping: every local port of it."""
+        if change.kind == KIND_NETWORK and network_admin_up(change.old) != network_admin_up(change.new):
+            yield from (port_owner(p.id) for p in topo.local_ports_of(change.id))
+        yield from super().affected(change, topo)
 
     @staticmethod
     def _allowed(port: Port) -> Iterator[ir.Match]:

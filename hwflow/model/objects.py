@@ -283,7 +283,8 @@ class Network(NbObject):
     their tunnel key; provider networks are a VLAN (``vlan_id``) or the
     untagged wire (flat) of the host interface mapped to
     ``physical_network``. ``external`` marks a network routers may use as
-    their gateway and floating IPs may come from.
+    their gateway and floating IPs may come from. While ``admin_state_up``
+    is False no port of it carries traffic (see :class:`Port`).
     """
 
     kind: ClassVar[str] = "network"
@@ -296,6 +297,7 @@ class Network(NbObject):
     vlan_id: int = 0
     mtu: int = 1500
     external: bool = False
+    admin_state_up: bool = True
 
     def validate_kind(self) -> None:
         if self.network_type not in NETWORK_TYPES:
@@ -429,6 +431,10 @@ class Port(NbObject):
     ``allowed_address_pairs`` (each ``{"ip_address": IP or CIDR,
     "mac_address": MAC}``, the MAC defaulting to the port's), and its traffic
     is filtered by its ``security_groups``; without it, neither applies.
+    A port carries traffic only while its ``admin_state_up`` and its
+    network's are True: otherwise what it sends and what is sent to it are
+    dropped (as OVN's Logical_Switch_Port ``enabled``), and its agent does
+    not report it up (Neutron shows it DOWN, as with ML2/OVS).
     """
 
     kind: ClassVar[str] = "port"
@@ -446,6 +452,7 @@ class Port(NbObject):
     chassis: str = ""
     device_owner: str = ""
     port_security: bool = True
+    admin_state_up: bool = True
     security_groups: list[str] = dataclasses.field(default_factory=list)
     allowed_address_pairs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 

@@ -34,8 +34,8 @@ What exists:
   (openstacksdk) and reports. Objects of ``external_revision`` 0 (made with ``hwflow nb``) are not
   Neutron's: never reported, never deleted.
 - ``mapping``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
-  (physical network, VLAN id), MTU, ``router:external``. Subnet: CIDR, gateway, DHCP enabled,
-  allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, port security,
+  (physical network, VLAN id), MTU, ``router:external``, admin state. Subnet: CIDR, gateway, DHCP enabled,
+  allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, admin state, port security,
   security groups (with port security and none, hwflow's group of no rule ``neutron-drop-all``: Neutron drops
   all such a port's IP, hwflow filters only a port in some group), allowed address pairs, binding host as
   chassis (the chassis registered under that
@@ -53,12 +53,12 @@ What exists:
   etcd role writes its own prefix only); a watcher thread in each API worker completes a port's L2
   provisioning block when some chassis reports it up (Neutron makes a bound port ACTIVE) and puts the
   block back and sets DOWN when none does (at its start, too, for a port ACTIVE that no chassis reports),
-  as networking-ovn does from its southbound database. The driver
+  as networking-ovn does from its southbound database. A port whose admin state, or its network's, is down
+  carries no traffic and is not reported (Neutron shows it DOWN, as with ML2/OVS). The driver
   adds the block when a port is bound to a new host. ``hwflow nb port list`` shows the status.
 
 What Neutron has and hwflow's model does not (not written; a later change to the model may add them):
-admin state (``admin_state_up``) of networks and ports; the binding profile but its ``switchdev``
-capability; networks of several segments; the ``local`` and ``gre`` types;
+the binding profile but its ``switchdev`` capability; networks of several segments; the ``local`` and ``gre`` types;
 subnet IPv6 address/RA modes, subnet pools, service types and segments; extra DHCP options; security
 group statefulness, sharing and rule descriptions; address groups (a rule naming one is refused);
 QoS, trunks, port DNS names. Routers: admin state, HA, distributed and availability zone flags,

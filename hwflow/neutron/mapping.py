@@ -88,7 +88,8 @@ def chassis_for(host: str, registered: Iterable[Chassis]) -> str:
 
 
 def network(net: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> Network:
-    """A Neutron network and its segments (ML2's ``network_segments``): one segment of a type hwflow carries."""
+    """A Neutron network and its segments (ML2's ``network_segments``): one segment of a type hwflow carries;
+    its MTU, ``router:external`` and admin state."""
     label = f"network {net['id']}"
     if len(segments) != 1:
         raise ValidationError(f"{label}: has {len(segments)} segments; hwflow carries a network on exactly one "
@@ -102,7 +103,8 @@ def network(net: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> Ne
     return _checked(Network(
         **_common(net), network_type=kind, vni=ident if tunnelled else 0,
         physical_network="" if tunnelled else segment.get("physical_network") or "",
-        vlan_id=ident if kind == "vlan" else 0, mtu=net["mtu"], external=bool(net.get("router:external"))))
+        vlan_id=ident if kind == "vlan" else 0, mtu=net["mtu"], external=bool(net.get("router:external")),
+        admin_state_up=bool(net.get("admin_state_up", True))))
 
 
 def subnet(sub: Mapping[str, Any]) -> Subnet:
@@ -120,8 +122,8 @@ def is_l3_port(port_dict: Mapping[str, Any]) -> bool:
 
 
 def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
-    """A Neutron port bound to ``chassis`` ("" = unbound): its MAC, fixed IPs, owner, port security, groups and
-    allowed address pairs. An address pair's CIDR is taken as the prefix it names (Neutron keeps host bits);
+    """A Neutron port bound to ``chassis`` ("" = unbound): its MAC, fixed IPs, owner, admin state, port security,
+    groups and allowed address pairs. An address pair's CIDR is taken as the prefix it names (Neutron keeps host bits);
     a port with port security and no group is in :data:`DROP_ALL_GROUP`."""
     security = port_dict.get("port_security_enabled", True)
     groups = list(port_dict.get("security_groups") or []) or [DROP_ALL_GROUP]
@@ -133,6 +135,7 @@ def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
         **_common(port_dict), network_id=port_dict["network_id"], mac=port_dict["mac_address"],
         ips=[ip["ip_address"] for ip in port_dict.get("fixed_ips") or []], chassis=chassis,
         device_owner=port_dict.get("device_owner") or "", port_security=bool(security),
+        admin_state_up=bool(port_dict.get("admin_state_up", True)),
         security_groups=groups if security else [],
         allowed_address_pairs=pairs if security else []))
 

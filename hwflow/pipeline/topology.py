@@ -42,6 +42,11 @@ INDEXED = (("port", "network_id"), ("subnet", "network_id"), ("router_port", "ro
            ("router_port", "network_id"))
 
 
+def network_admin_up(network: Network | None) -> bool:
+    """Whether a network lets its ports carry traffic: one not known (yet, or any more) holds none of them down."""
+    return network is None or network.admin_state_up
+
+
 @dataclasses.dataclass(frozen=True)
 class Change:
     kind: str
@@ -104,6 +109,13 @@ class Topology:
 
     def is_local(self, port_id: str) -> bool:
         return port_id in self.local_port_ids and port_id in self.ports
+
+    def admin_up(self, port: Port) -> bool:
+        """Whether the port may carry traffic: it and its network (when known) are administratively up.
+
+        One answer for the apps that drop a down port's traffic and for the agent that reports it.
+        """
+        return port.admin_state_up and network_admin_up(self.networks.get(port.network_id))
 
     def local_number(self, port_id: str) -> int | None:
         """The local port's number (stable while it stays local), or None: not local, or all numbers taken."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,17 +15,19 @@ from hwflow.pipeline.topology import Topology
 
 NETS = [Network(id=f"n{i}", name=f"n{i}", vni=10 + i, unique_key=i + 1) for i in range(3)]
 NETS_RENUMBERED = [Network(id=f"n{i}", name=f"n{i}", vni=10 + i, unique_key=i + 7) for i in range(3)]
+NETS_DOWN = [dataclasses.replace(n, admin_state_up=False) for n in NETS]  # their ports carry no traffic
 
 
 @st.composite
 def states(draw):
     """One state of the world: which networks exist, ports (id -> network, mac), which are local."""
-    nets = {n.id: n for n in draw(st.lists(st.sampled_from(NETS + NETS_RENUMBERED), max_size=4)) if n}
+    nets = {n.id: n for n in draw(st.lists(st.sampled_from(NETS + NETS_RENUMBERED + NETS_DOWN), max_size=4)) if n}
     ports = {}
     for i in draw(st.sets(st.integers(0, 7))):
         net = draw(st.sampled_from([n.id for n in NETS]))
         mac = f"fa:16:3e:00:00:{draw(st.integers(1, 3)) * 16 + i:02x}"
-        ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=net, mac=mac, unique_key=100 + i)
+        ports[f"p{i}"] = Port(id=f"p{i}", name=f"p{i}", network_id=net, mac=mac, unique_key=100 + i,
+                              admin_state_up=draw(st.integers(0, 3)) > 0)
     local = draw(st.sets(st.sampled_from(sorted(ports)))) if ports else set()
     return nets, ports, local
 
@@ -113,9 +117,10 @@ def test_every_app_owner_is_an_owner_the_app_can_compute():
 
 
 ops = st.one_of(
-    st.tuples(st.just("net"), st.sampled_from(NETS + NETS_RENUMBERED + [None]), st.integers(0, 2)),
+    st.tuples(st.just("net"), st.sampled_from(NETS + NETS_RENUMBERED + NETS_DOWN + [None]), st.integers(0, 2)),
     st.tuples(st.just("port"), st.integers(0, 5), st.sampled_from(["n0", "n1", "n2", None])),
     st.tuples(st.just("local"), st.integers(0, 5), st.booleans()),
+    st.tuples(st.just("admin"), st.integers(0, 5), st.booleans()),  # a port's admin state set
 )
 
 
@@ -128,7 +133,8 @@ def test_single_object_changes_equal_a_full_compile(operations):
     for op, a, b in operations:
         if op == "net":
             net_id = f"n{b}"
-            obj = None if a is None else Network(id=net_id, name=net_id, vni=a.vni, unique_key=a.unique_key)
+            obj = None if a is None else Network(id=net_id, name=net_id, vni=a.vni, unique_key=a.unique_key,
+                                                 admin_state_up=a.admin_state_up)
             if obj is None and net_id not in topo.networks:
                 continue
             changes = topo.apply("network", net_id, obj)
@@ -139,6 +145,11 @@ def test_single_object_changes_equal_a_full_compile(operations):
             if obj is None and pid not in topo.ports:
                 continue
             changes = topo.apply("port", pid, obj)
+        elif op == "admin":
+            pid = f"p{a}"
+            if pid not in topo.ports:
+                continue
+            changes = topo.apply("port", pid, dataclasses.replace(topo.ports[pid], admin_state_up=b))
         else:
             changes = topo.set_local(f"p{a}", b)
         compiler.update(topo, changes)
