@@ -224,3 +224,14 @@ def test_floating_ip_translates_or_is_refused(address, port, fixed) -> None:
     assert ":" not in address
     assert (made.floating_network_id, made.port_id) == ("ext", port or "")
     assert (made.fixed_ip_address == "") == (fixed is None)
+
+
+@pytest.mark.parametrize(("given", "held"), [({"admin_state_up": False}, False), ({"admin_state_up": True}, True),
+                                             ({}, True)])
+def test_admin_state_is_written_for_networks_and_ports(given: dict, held: bool) -> None:
+    """Neutron's admin_state_up as is (a dict without it, as an older caller's, is up)."""
+    net = mapping.network({"id": "n1", "mtu": 1450, **given}, [{"network_type": "vxlan", "segmentation_id": 7}])
+    port = mapping.port({**PORT, **given}, "")
+    assert (net.admin_state_up, port.admin_state_up) == (held, held)
+    _agrees_with_model(net)
+    _agrees_with_model(port)

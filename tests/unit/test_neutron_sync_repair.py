@@ -216,3 +216,22 @@ def test_a_port_with_port_security_and_no_group_drops_all_ip_as_in_neutron() -> 
         assert sync.compare(neutron, nb) == []
         neutron.collections["ports"] = []
         assert [(d.action, d.id) for d in sync.compare(neutron, nb)] == [("delete", port["id"])]
+
+
+def test_an_admin_state_hwflow_holds_otherwise_is_a_difference_the_repair_writes() -> None:
+    """A network and a port Neutron holds down and hwflow up (a lost update) are told apart by admin_state_up."""
+    net = {"id": _ident(), "name": "n", "mtu": 1450, "provider:network_type": "vxlan",
+           "provider:segmentation_id": 1000, "revision_number": 2, "admin_state_up": False}
+    port = {"id": _ident(), "name": "p", "network_id": net["id"], "mac_address": "fa:16:3e:00:00:01",
+            "fixed_ips": [], "device_owner": "", "port_security_enabled": False, "revision_number": 2,
+            "admin_state_up": False}
+    neutron = FakeNeutron({"networks": [net], "ports": [port]})
+    with tempfile.TemporaryDirectory() as tmp, NbApi.from_url(f"sqlite:///{Path(tmp) / 'nb.sqlite'}") as nb:
+        sync.put_newer(nb, [Network(**{**_wanted(neutron)[0].to_dict(), "admin_state_up": True}),
+                            Port(**{**_wanted(neutron)[1].to_dict(), "admin_state_up": True})])
+        report = sync.compare(neutron, nb)
+        assert [(d.action, d.kind, d.detail) for d in report] == [
+            ("update", "network", "differs in admin_state_up"), ("update", "port", "differs in admin_state_up")]
+        assert [d.result for d in sync.repair(neutron, nb, report)] == ["updated"] * 2
+        assert not nb.get(Network, net["id"]).admin_state_up and not nb.get(Port, port["id"]).admin_state_up
+        assert sync.compare(neutron, nb) == []
