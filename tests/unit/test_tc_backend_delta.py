@@ -250,6 +250,26 @@ def test_a_nic_that_fails_is_dumped_at_the_next_delta_and_converges(nic: Nic, ba
     assert nic.seen == Counter(delete=1)
 
 
+def test_an_unplugged_representor_whose_rules_a_failed_delta_left_is_cleaned_by_the_next_full_plan(
+        nic: Nic, backend: TcBackend) -> None:
+    """Its VF unplugged, a representor is no longer managed; the delta taking its rules off found the NIC gone.
+    The next full plan, not naming it, still takes them off (seen in a soak: 20 rules left for good)."""
+    kept, unplugged = rule(1, REP[1]), rule(2, REP[1], ifindex=REP[2])
+    full(backend, nic, [kept, unplugged])
+    tmp = os.path.dirname(nic.path)
+    os.rename(nic.path, os.path.join(tmp, "gone"))
+    backend.close()
+    delta(backend, nic, [], [unplugged])
+    assert identity(unplugged) in nic.rules()[nic.endpoint, REP[2]]
+    os.rename(os.path.join(tmp, "gone"), nic.path)
+    apply(backend, backend.plan([(nic.endpoint, kept)], [Representor(i, nic.endpoint) for i in REP[:2]]))
+    assert not nic.rules()[nic.endpoint, REP[2]]
+    assert backend.installed_rules()[nic.endpoint, REP[2]] == {}
+    assert summary(backend.installed_rules())[nic.endpoint, REP[0]] == summary(nic.rules())[nic.endpoint, REP[0]]
+    apply(backend, backend.plan([(nic.endpoint, kept)], [Representor(i, nic.endpoint) for i in REP[:2]]))
+    assert (nic.endpoint, REP[2]) not in backend.installed_rules()  # nothing of hwflow's on it: forgotten now
+
+
 def test_a_vanished_socket_is_skipped_logged_once_and_found_again_by_a_delta(nic: Nic, backend: TcBackend,
                                                                               caplog) -> None:
     full(backend, nic, [rule(1, REP[1])])

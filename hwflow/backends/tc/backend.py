@@ -534,14 +534,19 @@ class TcBackend:
         """The full reconcile: the changes for every managed representor (one dump each) whose NIC answers.
 
         ``desired`` is the whole desired set, (endpoint, rule without a handle) pairs; a managed
-        representor it gives no rule loses all of hwflow's rules. Refreshes the state held in memory (and
-        forgets devices neither managed nor given a rule); where a dump disagrees with what memory said
+        representor it gives no rule loses all of hwflow's rules, and so does a device no longer managed on
+        which memory holds rules of hwflow's, or may (an unplugged VF whose delta failed: forgetting it
+        would leave its rules on the NIC for good). Refreshes the state held in memory (and forgets devices
+        neither managed, nor given a rule, nor holding one); where a dump disagrees with what memory said
         (a rule missing, extra, or with another handle or other actions), the rule is repaired like any
         other change and counted in ``TcDiff.repairs`` and :attr:`repairs`, with a warning; not for a
         device whose state was unknown anyway (first plan, a NIC that failed). Apply with :meth:`remove`
         and :meth:`install`.
         """
         by_dev: dict[Device, list[flower.FlowerRule]] = {(r.endpoint, r.ifindex): [] for r in managed}
+        for dev, state in self._devices.items():
+            if state.rules is None or state.rules:  # it may hold hwflow's rules: cleaned, never forgotten with them
+                by_dev.setdefault(dev, [])
         for endpoint, rule in desired:
             by_dev.setdefault((endpoint, rule.ifindex), []).append(rule)
         total = TcDiff()
