@@ -13,6 +13,22 @@ routes as classless static routes (RFC 3442, with the default route through
 the gateway added, since a client that takes option 121 ignores option 3),
 lease time and the renewal (T1) and rebinding (T2) times.
 
+A port's ``extra_dhcp_opts`` (IPv4 ones; hwflow.util.dhcp_options has their
+names and types) then replace the option of the same code or add it; one
+with an empty value removes the option the subnet would give (Neutron's way
+to keep a second NIC from taking a default route: ``router`` empty; on a
+subnet with host routes, option 121 still carries the gateway's default
+route unless ``classless-static-route`` is set or emptied too). Like the
+subnet's, they are sent whether the client listed them in its parameter
+request list (55) or not: a client ignores what it did not ask for, and some
+(udhcpc without -O) hand their script what came unasked. As dnsmasq does,
+``tftp-server`` (66) and ``bootfile-name`` (67) go in the header's ``sname``
+and ``file`` unless the client asked for them as options (PXE ROMs read the
+header; a value too long for the field is sent as the option), and
+``server-ip-address`` is the header's ``siaddr``, the next server. The reply
+is not trimmed to the client's maximum message size (57): a port with many
+extra options can make it longer than 576 bytes.
+
 Server identifier: the subnet's gateway address; a subnet without a gateway
 uses its last host address. Broadcast requests and renewals unicast to the
 server identifier reach us (see hwflow.apps.dhcp for when a renewal cannot);
@@ -41,12 +57,14 @@ import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from hwflow.apps.dhcp import CLIENT_PORT, IPPROTO_UDP, SERVER_PORT, Served, served, server_id
 from hwflow.backends.ovs.openflow import OpenFlowConnection, OpenFlowError, PacketIn
 from hwflow.model.objects import Network, Port, Subnet
 from hwflow.pipeline import ir
 from hwflow.pipeline.topology import Topology
+from hwflow.util import dhcp_options
 from hwflow.util.checksum import internet_checksum
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +84,7 @@ OPT_PAD, OPT_END = 0, 255
 OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS, OPT_MTU, OPT_BROADCAST = 1, 3, 6, 26, 28
 OPT_REQUESTED_IP, OPT_LEASE, OPT_MSG_TYPE, OPT_SERVER_ID, OPT_T1, OPT_T2 = 50, 51, 53, 54, 58, 59
 OPT_CLASSLESS_ROUTES = 121
+OPT_PARAMETERS = 55  # the client's parameter request list
 
 BOOTREQUEST, BOOTREPLY = 1, 2
 HTYPE_ETHERNET, HLEN_ETHERNET = 1, 6
@@ -99,6 +118,8 @@ class DhcpMessage:
     yiaddr: ipaddress.IPv4Address = ANY
     siaddr: ipaddress.IPv4Address = ANY
     giaddr: ipaddress.IPv4Address = ANY
+    sname: bytes = b""  # the header's server host name and boot file name (64 and 128 bytes, NUL-padded)
+    file: bytes = b""
 
     @property
     def message_type(self) -> int | None:
@@ -112,7 +133,7 @@ class DhcpMessage:
     def encode(self) -> bytes:
         fixed = BOOTP.pack(self.op, HTYPE_ETHERNET, HLEN_ETHERNET, 0, self.xid, 0, self.flags,
                            self.ciaddr.packed, self.yiaddr.packed, self.siaddr.packed, self.giaddr.packed,
-                           self.chaddr.ljust(16, b"\0"), b"", b"")
+                           self.chaddr.ljust(16, b"\0"), self.sname, self.file)
         body = fixed + MAGIC + b"".join(_option(code, value) for code, value in self.options.items()) + b"\xff"
         return body.ljust(MIN_BOOTP, b"\0")
 
@@ -120,13 +141,15 @@ class DhcpMessage:
     def decode(cls, data: bytes) -> DhcpMessage:
         if len(data) < BOOTP.size + len(MAGIC):
             raise MalformedPacket(f"BOOTP message of {len(data)} bytes is shorter than {BOOTP.size + 4}")
-        op, htype, hlen, _, xid, _, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, _, _ = BOOTP.unpack_from(data)
+        op, htype, hlen, _, xid, _, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname, file = BOOTP.unpack_from(
+            data)
         if (htype, hlen) != (HTYPE_ETHERNET, HLEN_ETHERNET):
             raise MalformedPacket(f"hardware type {htype}/length {hlen} is not Ethernet")
         if data[BOOTP.size:BOOTP.size + 4] != MAGIC:
             raise MalformedPacket("no DHCP magic cookie")
         return cls(op, xid, chaddr[:6], _decode_options(data, BOOTP.size + 4), flags, ipaddress.IPv4Address(ciaddr),
-                   ipaddress.IPv4Address(yiaddr), ipaddress.IPv4Address(siaddr), ipaddress.IPv4Address(giaddr))
+                   ipaddress.IPv4Address(yiaddr), ipaddress.IPv4Address(siaddr), ipaddress.IPv4Address(giaddr),
+                   sname.rstrip(b"\0"), file.rstrip(b"\0"))
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -238,6 +261,39 @@ def lease_options(lease: Served, network: Network | None, lease_seconds: int = L
         yield OPT_CLASSLESS_ROUTES, _classless_routes(subnet)
 
 
+@dataclasses.dataclass(frozen=True)
+class PortOptions:
+    """What a port's extra options make of a reply: options by code (None: not sent) and header fields."""
+
+    options: dict[int, bytes | None] = dataclasses.field(default_factory=dict)
+    siaddr: ipaddress.IPv4Address = ANY
+    sname: bytes = b""
+    file: bytes = b""
+
+
+# Option -> the header field dnsmasq puts it in, and that field's size (a value must leave room for a NUL).
+_HEADER_FIELDS = {dhcp_options.TFTP_SERVER: ("sname", 64), dhcp_options.BOOTFILE_NAME: ("file", 128)}
+
+
+def port_options(port: Port, asked: bytes) -> PortOptions:
+    """The port's IPv4 extra options, for a client that asked for the option codes in ``asked`` (see the module
+    docstring for where each goes)."""
+    options: dict[int, bytes | None] = {}
+    header: dict[str, Any] = {}
+    for entry in port.extra_dhcp_opts:
+        if entry["ip_version"] != 4:
+            continue
+        option, value = dhcp_options.lookup(entry["name"]), entry["value"]
+        if option.code is None:
+            header["siaddr"] = ipaddress.IPv4Address(value) if value else ANY
+        elif option.code in _HEADER_FIELDS and option.code not in asked and len(value.encode()) < _HEADER_FIELDS[
+                option.code][1]:
+            header[_HEADER_FIELDS[option.code][0]] = value.encode()
+        else:
+            options[option.code] = dhcp_options.encode(option, value) if value else None
+    return PortOptions(options, **header)
+
+
 def answer(request: Request, port: Port, topo: Topology, lease_seconds: int = LEASE_SECONDS) -> bytes | None:
     """The reply frame to ``request`` from ``port`` (None: no reply is due), from the topology alone."""
     message = request.message
@@ -251,11 +307,19 @@ def answer(request: Request, port: Port, topo: Topology, lease_seconds: int = LE
     if kind is None:
         return None
     options: dict[int, bytes] = {OPT_MSG_TYPE: bytes((kind,)), OPT_SERVER_ID: server.packed}
+    extra = PortOptions()
     if kind != NAK:
         options.update(lease_options(lease, topo.networks.get(port.network_id), lease_seconds))
+        extra = port_options(port, message.options.get(OPT_PARAMETERS, b""))
+        for code, value in extra.options.items():
+            if value is None:
+                options.pop(code, None)
+            else:
+                options[code] = value
     reply = DhcpMessage(BOOTREPLY, message.xid, message.chaddr, options, message.flags,
                         ciaddr=message.ciaddr if kind == ACK else ANY,
-                        yiaddr=lease.address if kind != NAK else ANY, giaddr=message.giaddr)
+                        yiaddr=lease.address if kind != NAK else ANY, siaddr=extra.siaddr, giaddr=message.giaddr,
+                        sname=extra.sname, file=extra.file)
     LOG.info("DHCP %s from port %s: %s %s", _NAMES.get(message.message_type or 0), port.id, _NAMES[kind],
              lease.address if kind != NAK else f"(it asked for {_requested(message)})")
     return encode_frame(_mac(SERVER_MAC), request.eth_src, server, _destination(kind, message, lease),

@@ -5,7 +5,9 @@ list, show); their options are derived from the model's fields, so a field
 added to the model is on the command line without code here. Reference
 fields take the target's id or name (``--network blue`` for ``network_id``),
 list fields repeat (``--ip A --ip B``), and list-of-mapping fields take
-``key=value,key=value`` (``--host-route destination=0.0.0.0/0,nexthop=10.0.0.1``).
+``key=value,key=value`` (``--host-route destination=0.0.0.0/0,nexthop=10.0.0.1``;
+``--extra-dhcp-opt name=dns-server,value=10.0.0.1,10.0.0.2``: an item
+without '=' continues the value before it).
 ``hwflow nb apply FILE.yaml`` creates or updates a whole topology.
 """
 
@@ -127,10 +129,23 @@ def options(cls: type[NbObject]) -> list[Option]:
 
 
 def _parse_mapping(text: str) -> dict[str, Any]:
-    pairs = [item.partition("=") for item in text.split(",") if item]
-    if not pairs or any(not sep or not key for key, sep, _ in pairs):
+    """KEY=VALUE,KEY=VALUE; an item without '=' continues the value before it, so a value may hold commas
+    (``name=dns-server,value=10.0.0.1,10.0.0.2``)."""
+    mapping: dict[str, Any] = {}
+    key = ""
+    for item in filter(str.strip, text.split(",")):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            key = name.strip()
+            mapping[key] = value.strip()
+        elif key and not sep:
+            mapping[key] += "," + item.strip()
+        else:
+            key = ""
+            break
+    if not key:
         raise argparse.ArgumentTypeError(f"{text!r} must be KEY=VALUE[,KEY=VALUE...]")
-    return {key.strip(): value.strip() for key, _, value in pairs}
+    return mapping
 
 
 def _add_option(parser: argparse.ArgumentParser, opt: Option, kind: str) -> None:

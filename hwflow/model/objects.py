@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from hwflow.model.errors import ValidationError
+from hwflow.util import dhcp_options
 
 MAX_VNI = 2**24 - 1
 MIN_MTU = 68
@@ -28,6 +29,7 @@ MAX_UNIQUE_KEY = 2**32 - 1
 # pipeline reserves for the host's own tunnel and uplink ports (hwflow.pipeline.ir.PHYSNET_PORT_BASE).
 MAX_DATAPATH_KEY = 0x7FFE_FFFF
 MAX_NAME_LEN = 255
+MAX_DHCP_OPT_NAME_LEN = 64  # Neutron's (DHCP_OPT_NAME_MAX_LEN)
 
 # Ids become database keys (and etcd path segments), so no '/' or spaces.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
@@ -435,6 +437,13 @@ class Port(NbObject):
     network's are True: otherwise what it sends and what is sent to it are
     dropped (as OVN's Logical_Switch_Port ``enabled``), and its agent does
     not report it up (Neutron shows it DOWN, as with ML2/OVS).
+
+    ``extra_dhcp_opts`` (Neutron's extra_dhcp_opt) add to or replace what
+    the agent's DHCP server sends the port, each ``{"name": dnsmasq's option
+    name or a number 1..254, "value": text, "ip_version": 4 or 6}``; a value
+    of "" suppresses the option (hwflow.agent.dhcp says how they apply).
+    IPv4 ones are checked against hwflow.util.dhcp_options's table. hwflow
+    serves DHCPv4 only: IPv6 ones are stored as given but not served.
     """
 
     kind: ClassVar[str] = "port"
@@ -455,6 +464,7 @@ class Port(NbObject):
     admin_state_up: bool = True
     security_groups: list[str] = dataclasses.field(default_factory=list)
     allowed_address_pairs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    extra_dhcp_opts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def validate_kind(self) -> None:
         _require_id(self, "network_id", "network")
@@ -472,6 +482,55 @@ class Port(NbObject):
         if not self.port_security and (self.security_groups or self.allowed_address_pairs):
             field = "security_groups" if self.security_groups else "allowed_address_pairs"
             raise self.fail(field, "must be empty when port_security is off (nothing would enforce them)")
+        self.extra_dhcp_opts = self._dhcp_options()
+
+    def _dhcp_options(self) -> list[dict[str, Any]]:
+        """The extra DHCP options in canonical form, each option at most once per IP version."""
+        options, seen = [], set()
+        for entry in self.extra_dhcp_opts:
+            option = self._dhcp_option(entry)
+            key = (option["name"], option["ip_version"])
+            if key in seen:
+                raise self.fail("extra_dhcp_opts", f"set option {option['name']!r} (IPv{key[1]}) more than once; "
+                                "give each option once")
+            seen.add(key)
+            options.append(option)
+        return options
+
+    def _dhcp_option(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """One extra DHCP option: its name (an IPv4 one as the table names it, a number it names as that name),
+        its value as text ("" for null: not sent) in the spelling hwflow.util.dhcp_options gives it, its IP
+        version as 4 or 6."""
+        if "name" not in entry or not set(entry) <= {"name", "value", "ip_version"}:
+            raise self.fail("extra_dhcp_opts", "entries must be {\"name\": option name or number, \"value\": text, "
+                            "\"ip_version\": 4 or 6 (optional, 4)}")
+        name, value, version = entry["name"], entry.get("value"), entry.get("ip_version", 4)
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_DHCP_OPT_NAME_LEN or not name.isprintable():
+            raise self.fail("extra_dhcp_opts", f"option name {shown(name)} must be 1-{MAX_DHCP_OPT_NAME_LEN} "
+                            "printable characters")
+        if str(version) not in ("4", "6"):
+            raise self.fail("extra_dhcp_opts", f"option {shown(name)} has ip_version {shown(version)}; write 4 or 6")
+        if value is None:
+            value = ""
+        elif _is_int(value):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise self.fail("extra_dhcp_opts", f"option {shown(name)} has value {shown(value)}; write it as text")
+        if int(version) == 6:  # not served (hwflow's DHCP is v4): kept as Neutron has it
+            if len(value) > dhcp_options.MAX_VALUE_LEN:
+                raise self.fail("extra_dhcp_opts", f"option {shown(name)} (IPv6) has a value over "
+                                f"{dhcp_options.MAX_VALUE_LEN} characters")
+            return {"name": name, "value": value, "ip_version": 6}
+        try:
+            option = dhcp_options.lookup(name)
+        except ValueError as exc:
+            raise ValidationError(f"{self.label()}: extra_dhcp_opts option {shown(name)} {exc}") from None
+        try:
+            value = dhcp_options.canonical(option, value)
+        except ValueError as exc:
+            raise ValidationError(f"{self.label()}: extra_dhcp_opts option {shown(name)} value {shown(value)} "
+                                  f"{exc}") from None
+        return {"name": option.name, "value": value, "ip_version": 4}
 
     def _pair(self, pair: dict[str, Any]) -> dict[str, Any]:
         if "ip_address" not in pair or not set(pair) <= {"ip_address", "mac_address"}:

@@ -37,7 +37,8 @@ What exists:
   (physical network, VLAN id), MTU, ``router:external``, admin state. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, admin state, port security,
   security groups (with port security and none, hwflow's group of no rule ``neutron-drop-all``: Neutron drops
-  all such a port's IP, hwflow filters only a port in some group), allowed address pairs, binding host as
+  all such a port's IP, hwflow filters only a port in some group), allowed address pairs, extra DHCP options
+  (``extra_dhcp_opts``: the agent serves the IPv4 ones, the IPv6 ones are stored only), binding host as
   chassis (the chassis registered under that
   name or hostname, else the host name, which is an agent's default chassis name). Security group:
   name, description; rule: direction, ethertype, protocol, port range or ICMP type/code, remote prefix
@@ -59,7 +60,7 @@ What exists:
 
 What Neutron has and hwflow's model does not (not written; a later change to the model may add them):
 the binding profile but its ``switchdev`` capability; networks of several segments; the ``local`` and ``gre`` types;
-subnet IPv6 address/RA modes, subnet pools, service types and segments; extra DHCP options; security
+subnet IPv6 address/RA modes, subnet pools, service types and segments; security
 group statefulness, sharing and rule descriptions; address groups (a rule naming one is refused);
 QoS, trunks, port DNS names. Routers: admin state, HA, distributed and availability zone flags,
 flavors, the gateway's addresses but one (hwflow's SNAT goes out as each chassis's external_ip, not as the
@@ -85,4 +86,7 @@ migrations, so rows the migrations insert (the default security group rule templ
 "python threads support enabled"). ``binding:profile`` is the service role's (Nova's) by Neutron's
 policy; the test server's policy.yaml lets its admin set it. On sqlite, Neutron's requests and the
 watcher's status writes can find the database locked (a test waits for a port's status before deleting it).
+``extra_dhcp_opt`` is an extension ML2 itself supports (its plugin class mixes in Neutron's
+``ExtraDhcpOptMixin``), not an extension driver: ``extension_drivers`` need not name it, and the port dict a
+precommit sees already holds the options (an option whose value is null is dropped, not stored).
 """

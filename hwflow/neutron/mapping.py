@@ -124,7 +124,8 @@ def is_l3_port(port_dict: Mapping[str, Any]) -> bool:
 def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
     """A Neutron port bound to ``chassis`` ("" = unbound): its MAC, fixed IPs, owner, admin state, port security,
     groups and allowed address pairs. An address pair's CIDR is taken as the prefix it names (Neutron keeps host bits);
-    a port with port security and no group is in :data:`DROP_ALL_GROUP`."""
+    a port with port security and no group is in :data:`DROP_ALL_GROUP`. Its extra DHCP options are written as
+    Neutron stores them: an option of null value is not stored (Neutron drops it), one of "" is (not sent)."""
     security = port_dict.get("port_security_enabled", True)
     groups = list(port_dict.get("security_groups") or []) or [DROP_ALL_GROUP]
     label = f"port {port_dict['id']}"
@@ -137,7 +138,9 @@ def port(port_dict: Mapping[str, Any], chassis: str) -> Port:
         device_owner=port_dict.get("device_owner") or "", port_security=bool(security),
         admin_state_up=bool(port_dict.get("admin_state_up", True)),
         security_groups=groups if security else [],
-        allowed_address_pairs=pairs if security else []))
+        allowed_address_pairs=pairs if security else [],
+        extra_dhcp_opts=[{"name": o["opt_name"], "value": o["opt_value"], "ip_version": o.get("ip_version") or 4}
+                         for o in port_dict.get("extra_dhcp_opts") or [] if o.get("opt_value") is not None]))
 
 
 def security_group(group: Mapping[str, Any]) -> SecurityGroup:

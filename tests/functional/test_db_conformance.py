@@ -293,6 +293,18 @@ def test_a_write_carries_its_time_in_the_envelope_and_a_record_without_it_still_
     assert change.op == "delete" and change.written is None
 
 
+def test_a_ports_extra_dhcp_opts_are_stored_and_a_port_stored_before_them_reads_with_none(api):
+    net = api.create(Network(name="blue", vni=10))
+    opts = [{"name": "mtu", "value": "1400", "ip_version": 4}, {"name": "router", "value": "", "ip_version": 4},
+            {"name": "dns-server", "value": "2001:db8::53", "ip_version": 6}]
+    port = api.create(Port(name="vm1", network_id=net.id, mac=mac(1), extra_dhcp_opts=opts))
+    assert api.get("port", port.id).extra_dhcp_opts == opts
+    record = json.loads(encode(Port(id="old", name="old", network_id=net.id, mac=mac(2), unique_key=9)))
+    del record["extra_dhcp_opts"]  # as written before the field existed
+    api.driver.put("port", "old", json.dumps(record).encode())
+    assert api.get("port", "old").extra_dhcp_opts == []
+
+
 def test_create_validates_and_stores_nothing_on_error(api):
     before = api.driver.current_revision()
     with pytest.raises(ValidationError, match="vni"):

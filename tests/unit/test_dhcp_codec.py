@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 
@@ -113,6 +114,56 @@ def test_subnet_without_gateway_has_its_last_host_as_server_and_no_router():
     opts = options(pkt)
     assert opts["server_id"] == "10.0.0.254" == pkt[IP].src
     assert "router" not in opts and "classless_static_routes" not in opts and "name_server" not in opts
+
+
+def with_options(*opts: tuple[str, str | None] | tuple[str, str | None, int]) -> Port:
+    """PORT with extra DHCP options (name, value[, ip_version]), as the model stores them."""
+    port = dataclasses.replace(PORT, extra_dhcp_opts=[
+        {"name": o[0], "value": o[1], "ip_version": o[2] if len(o) > 2 else 4} for o in opts])
+    port.validate()
+    return port
+
+
+def test_a_ports_extra_options_replace_add_to_and_remove_the_subnets_in_offer_and_ack():
+    port = with_options(("mtu", "1400"), ("dns-server", "10.0.0.9, 10.0.0.10"), ("router", ""),
+                        ("domain-name", "lab.example.org"), ("ntp-server", "10.0.0.123"), ("200", "hello"),
+                        ("dns-server", "2001:db8::53", 6))
+    for frame in (client_frame("discover"), client_frame("request", requested_addr="10.0.0.5")):
+        opts = options(reply(frame, topology(SUBNET, port=port), port))
+        assert opts["interface-mtu"] == 1400  # not the network's 1450
+        assert opts["name_server"] == ("10.0.0.9", "10.0.0.10")  # not the subnet's; the IPv6 entry is not served
+        assert "router" not in opts
+        assert opts["domain"] == b"lab.example.org" and opts["NTP_server"] == "10.0.0.123"
+        assert opts[200] == b"hello" and opts["subnet_mask"] == "255.255.255.0"
+        # an empty router leaves option 121's default route: that is the subnet's, until it is set or emptied too
+        assert opts["classless_static_routes"] == ["172.16.0.0/12:10.0.0.250", "0.0.0.0/0:10.0.0.254"]
+    port = with_options(("classless-static-route", "10.9.0.0/16,10.0.0.1,0.0.0.0/0,10.0.0.2"))
+    assert options(reply(client_frame("discover"), topology(SUBNET, port=port), port))["classless_static_routes"] == [
+        "10.9.0.0/16:10.0.0.1", "0.0.0.0/0:10.0.0.2"]
+
+
+def test_a_nak_carries_none_of_the_ports_options():
+    port = with_options(("mtu", "1400"), ("server-ip-address", "10.0.0.7"))
+    nak = reply(client_frame("request", requested_addr="10.0.0.9"), topology(SUBNET, port=port), port)
+    assert options(nak)["message-type"] == 6 and "interface-mtu" not in options(nak)
+    assert nak[BOOTP].siaddr == "0.0.0.0"
+
+
+def test_boot_options_go_in_the_header_unless_asked_for_as_options_as_dnsmasq_does():
+    port = with_options(("bootfile-name", "pxelinux.0"), ("tftp-server", "tftp.lab"),
+                        ("server-ip-address", "10.0.0.7"))
+    unasked = reply(client_frame("discover", param_req_list=[1, 3, 6]), topology(SUBNET, port=port), port)
+    assert unasked[BOOTP].file.rstrip(b"\0") == b"pxelinux.0" and unasked[BOOTP].sname.rstrip(b"\0") == b"tftp.lab"
+    assert unasked[BOOTP].siaddr == "10.0.0.7"
+    assert "boot-file-name" not in options(unasked) and "tftp_server_name" not in options(unasked)
+    asked = reply(client_frame("discover", param_req_list=[1, 66, 67]), topology(SUBNET, port=port), port)
+    assert options(asked)["boot-file-name"] == b"pxelinux.0" and options(asked)["tftp_server_name"] == b"tftp.lab"
+    assert asked[BOOTP].file.rstrip(b"\0") == b"" and asked[BOOTP].siaddr == "10.0.0.7"
+    long_name = "boot/" + "x" * 130  # longer than the header's 128-byte file field: sent as the option
+    port = with_options(("bootfile-name", long_name))
+    sent = reply(client_frame("discover"), topology(SUBNET, port=port), port)
+    assert options(sent)["boot-file-name"] == long_name.encode() and sent[BOOTP].file.rstrip(b"\0") == b""
+    assert dhcp.DhcpMessage.decode(bytes(unasked[BOOTP])).file == b"pxelinux.0"
 
 
 def test_our_encoding_decodes_back_and_matches_scapy():

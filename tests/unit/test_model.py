@@ -322,6 +322,51 @@ def test_port_security_rules():
     rejected(port(security_groups=["a/b"]), "security_groups")
 
 
+# Ports: extra DHCP options
+
+
+def test_extra_dhcp_opts_are_stored_in_one_spelling():
+    p = port(extra_dhcp_opts=[{"name": "MTU", "value": 1400}, {"name": "6", "value": "10.0.0.9 , 10.0.0.10"},
+                              {"name": "router", "value": None, "ip_version": "4"},
+                              {"name": "classless-static-route", "value": "10.9.0.0/16,10.0.0.254", "ip_version": 4},
+                              {"name": "dns-server", "value": "2001:DB8::53", "ip_version": 6},
+                              {"name": "200", "value": "free text"}])
+    p.validate()
+    assert p.extra_dhcp_opts == [
+        {"name": "mtu", "value": "1400", "ip_version": 4},
+        {"name": "dns-server", "value": "10.0.0.9,10.0.0.10", "ip_version": 4},
+        {"name": "router", "value": "", "ip_version": 4},  # not sent
+        {"name": "classless-static-route", "value": "10.9.0.0/16,10.0.0.254", "ip_version": 4},
+        {"name": "dns-server", "value": "2001:DB8::53", "ip_version": 6},  # stored as given, not served
+        {"name": "200", "value": "free text", "ip_version": 4}]
+    assert from_dict("port", p.to_dict()) == p
+    old = {k: v for k, v in p.to_dict().items() if k != "extra_dhcp_opts"}  # a record written before the field
+    assert from_dict("port", old).extra_dhcp_opts == []
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"name": "mtu", "value": "big"}, "option 'mtu' value 'big' must be a whole number 68..65535"),
+    ({"name": "dns-server", "value": "10.0.0.300"}, "option 'dns-server' value '10.0.0.300' must be IPv4 addresses"),
+    ({"name": "classless-static-route", "value": "10.9.0.0/16"}, "must be DEST/LEN,ROUTER pairs"),
+    ({"name": "tag:x,router", "value": "10.0.0.1"}, "option 'tag:x,router' is neither an option name hwflow knows"),
+    ({"name": "53", "value": "1"}, "option '53' belongs to the DHCP exchange itself"),
+    ({"name": "mtu", "value": "1400", "ip_version": 5}, "option 'mtu' has ip_version 5; write 4 or 6"),
+    ({"name": "mtu", "value": "1400", "ip_version": True}, "write 4 or 6"),
+    ({"name": "mtu", "value": ["1400"]}, "write it as text"),
+    ({"name": "", "value": "x"}, "option name '' must be 1-64 printable characters"),
+    ({"name": "dns-server", "value": "x" * 256, "ip_version": 6}, "over 255 characters"),
+    ({"value": "1400"}, "entries must be"), ({"name": "mtu", "val": "1400"}, "entries must be")])
+def test_bad_extra_dhcp_opts_name_the_port_the_option_and_what_to_write(entry, message):
+    assert message in rejected(port(extra_dhcp_opts=[entry]), "extra_dhcp_opts")
+
+
+def test_an_option_is_given_once_per_ip_version():
+    assert "option 'mtu' (IPv4) more than once" in rejected(
+        port(extra_dhcp_opts=[{"name": "mtu", "value": "1400"}, {"name": "26", "value": ""}]), "extra_dhcp_opts")
+    port(extra_dhcp_opts=[{"name": "dns-server", "value": "10.0.0.9"},
+                          {"name": "dns-server", "value": "2001:db8::53", "ip_version": 6}]).validate()
+
+
 # Security group rules
 
 

@@ -242,6 +242,37 @@ def test_update_is_compare_and_swap_and_can_clear(cli, url):
     assert status == 1 and "no such field" in err
 
 
+def test_extra_dhcp_opts_through_the_cli_and_a_yaml_file(cli, url, tmp_path):
+    """A value may hold commas (an item without '=' continues it); ip_version comes as text and is stored as 4."""
+    cli("network", "create", "blue", "--vni", "5")
+    status, _, err = cli("port", "create", "vm1", "--network", "blue", "--mac", "fa:16:3e:00:00:01",
+                         "--extra-dhcp-opt", "name=dns-server,value=10.0.0.9,10.0.0.10,ip_version=4",
+                         "--extra-dhcp-opt", "name=router,value=")
+    assert status == 0, err
+    [port] = stored(url, "port")
+    assert port.extra_dhcp_opts == [{"name": "dns-server", "value": "10.0.0.9,10.0.0.10", "ip_version": 4},
+                                    {"name": "router", "value": "", "ip_version": 4}]
+    status, _, err = cli("port", "update", "vm1", "--extra-dhcp-opt", "name=mtu,value=tall")
+    assert status == 1 and "port" in err and "extra_dhcp_opts option 'mtu' value 'tall' must be a whole number" in err
+    topology = tmp_path / "topology.yaml"
+    topology.write_text("""
+ports:
+  - name: vm1
+    network_id: blue
+    mac: 'fa:16:3e:00:00:01'
+    extra_dhcp_opts:
+      - {name: mtu, value: 1400}
+      - {name: domain-name, value: lab.example.org}
+      - {name: dns-server, value: '2001:db8::53', ip_version: 6}
+""")
+    status, _, err = cli("apply", str(topology))
+    assert status == 0, err
+    [port] = stored(url, "port")
+    assert port.extra_dhcp_opts == [{"name": "mtu", "value": "1400", "ip_version": 4},
+                                    {"name": "domain-name", "value": "lab.example.org", "ip_version": 4},
+                                    {"name": "dns-server", "value": "2001:db8::53", "ip_version": 6}]
+
+
 def test_apply_creates_then_updates_and_reports(cli, url, tmp_path):
     topology = tmp_path / "topology.yaml"
     topology.write_text("""

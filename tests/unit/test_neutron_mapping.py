@@ -122,6 +122,40 @@ def test_port_with_port_security_and_no_group_is_in_the_group_of_no_rule() -> No
     assert (group.id, group.external_revision) == (mapping.DROP_ALL_GROUP, 0)  # hwflow's: no repair deletes it
 
 
+def test_port_extra_dhcp_opts_are_written_as_neutron_stores_them() -> None:
+    """Neutron stores no option of null value (it drops it), keeps "" for router and classless-static-route
+    (not sent), and ip_version 4 when none is given."""
+    opts = [{"opt_name": "mtu", "opt_value": "1400", "ip_version": 4},
+            {"opt_name": "router", "opt_value": "", "ip_version": 4},
+            {"opt_name": "domain-name", "opt_value": None, "ip_version": 4},
+            {"opt_name": "dns-server", "opt_value": "[2001:db8::53]", "ip_version": 6},
+            {"opt_name": "150", "opt_value": "10.0.0.9"}]
+    made = mapping.port({**PORT, "extra_dhcp_opts": opts}, "")
+    _agrees_with_model(made)
+    assert made.extra_dhcp_opts == [{"name": "mtu", "value": "1400", "ip_version": 4},
+                                    {"name": "router", "value": "", "ip_version": 4},
+                                    {"name": "dns-server", "value": "[2001:db8::53]", "ip_version": 6},
+                                    {"name": "tftp-server-address", "value": "10.0.0.9", "ip_version": 4}]
+    assert mapping.port(PORT, "").extra_dhcp_opts == []
+
+
+@given(name=st.one_of(st.sampled_from(["mtu", "router", "dns-server", "domain-name", "classless-static-route",
+                                       "bootfile-name", "server-ip-address", "53", "150", "tag:pxe,67"]),
+                      st.integers(-1, 256).map(str), st.text(max_size=10)),
+       value=st.one_of(st.none(), st.sampled_from(["", "1400", "10.0.0.1,10.0.0.2", "10.9.0.0/16,10.0.0.1"]),
+                       st.text(max_size=20)),
+       version=st.sampled_from([4, 6]))
+def test_extra_dhcp_opt_translates_or_is_refused_naming_the_port_and_option(name, value, version) -> None:
+    opt = {"opt_name": name, "opt_value": value, "ip_version": version}
+    try:
+        made = mapping.port({**PORT, "extra_dhcp_opts": [opt]}, "")
+    except ValidationError as exc:
+        assert str(exc).startswith("port p1") and "extra_dhcp_opts" in str(exc)
+        return
+    _agrees_with_model(made)
+    assert len(made.extra_dhcp_opts) == (value is not None)
+
+
 @pytest.mark.parametrize("owner", [n_const.DEVICE_OWNER_ROUTER_INTF, n_const.DEVICE_OWNER_ROUTER_GW,
                                    n_const.DEVICE_OWNER_FLOATINGIP, n_const.DEVICE_OWNER_DVR_INTERFACE])
 def test_l3_ports_are_left_to_the_l3_plugin(owner) -> None:
