@@ -528,9 +528,9 @@ class Agent:
 
         Every offload-capable interface plugged into the bridge with an
         iface-id, whether or not its port still exists (a deleted port's own
-        rules must go too), and the tunnel devices of the tunnels offloaded,
-        plus those managed in an earlier pass (an unplugged VF's rules must go
-        as well). A VF nobody plugged is left alone.
+        rules must go too), and the tunnel devices of the tunnels offloaded.
+        An unplugged VF's rules go too: the backend cleans every device it
+        holds rules on (TcBackend.plan). A VF nobody plugged is left alone.
         """
         current = set()
         for iface in ifaces.values():
@@ -538,9 +538,8 @@ class Agent:
             if report is not None and report.offload and report.tc_endpoint:
                 current.add(Representor(report.ifindex, report.tc_endpoint))
         current.update(rep for _, rep in self._nic_fixed.values())
-        managed = current | self._managed
         self._managed = current
-        return managed
+        return current
 
     def _plan(self, pipeline: ir.Pipeline, local: Mapping[int, Iface],
               delta: tuple[list[ir.Flow], list[ir.Flow]] | None) -> tuple[Plan, dict[int, Representor]]:
