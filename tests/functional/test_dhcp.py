@@ -102,6 +102,32 @@ def test_a_real_client_gets_the_ports_address_and_options_then_pings_its_neighbo
     assert host.ping(client_ns, PEER[2], count=3, interval=0.1) == 0
 
 
+def test_a_ports_extra_dhcp_options_reach_a_real_client(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    """Neutron's extra_dhcp_opts on the port: its MTU, DNS servers and domain replace or add to the subnet's, an
+    empty router removes the gateway, and the boot file and next server land in the header (udhcpc asks for
+    neither option 66 nor 67)."""
+    host = lab.host()
+    ports = network(host)
+    extra = [{"name": "mtu", "value": "1300"}, {"name": "dns-server", "value": "10.3.0.54,10.3.0.55"},
+             {"name": "domain-name", "value": "lab.example.org"}, {"name": "router", "value": ""},
+             {"name": "ntp-server", "value": "10.3.0.123"}, {"name": "bootfile-name", "value": "pxelinux.0"},
+             {"name": "server-ip-address", "value": "10.3.0.7"}, {"name": "mtu", "value": "1200", "ip_version": 6}]
+    with NbApi.from_url(host.database) as nb:
+        client = nb.update(dataclasses.replace(ports[CLIENT[0]], extra_dhcp_opts=extra))
+    client_ns = vm_ns(host, CLIENT[0])
+    host.plug(dataclasses.replace(client, ips=[]), client_ns)
+    wait_for("the DHCP punt flow of vm1 in OVS", lambda: punt_flow_of(host, CLIENT[0]), host=host)
+
+    lease = udhcpc(client_ns, tmp_path)
+
+    assert lease["ip"] == CLIENT[2] and lease["subnet"] == "255.255.255.0" and lease["serverid"] == GATEWAY
+    assert lease["mtu"] == "1300"  # not the network's 1400 (nor the IPv6 entry, which is not served)
+    assert lease["dns"].split() == ["10.3.0.54", "10.3.0.55"]  # not the subnet's
+    assert lease["domain"] == "lab.example.org" and lease["ntpsrv"] == "10.3.0.123"
+    assert "router" not in lease
+    assert lease["boot_file"] == "pxelinux.0" and lease["siaddr"] == "10.3.0.7"
+
+
 def test_broadcast_udp_from_the_dhcp_client_port_to_another_port_is_delivered_not_punted(lab: Lab) -> None:  # noqa: F811
     host = lab.host()
     ports = network(host)
