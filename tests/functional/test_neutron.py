@@ -156,6 +156,42 @@ def test_network_subnet_port_lifecycle(neutron) -> None:
     assert not left & {net.id, sub.id, port.id}
 
 
+def held_options(nb: NbApi, port_id: str) -> dict[tuple[str, int], str]:
+    """A port's extra DHCP options in hwflow's database: (name, IP version) -> value."""
+    return {(o["name"], o["ip_version"]): o["value"] for o in nb.get(Port, port_id).extra_dhcp_opts}
+
+
+def test_a_ports_extra_dhcp_opts_are_written_and_what_hwflow_cannot_serve_is_refused(neutron) -> None:
+    """ML2 supports extra_dhcp_opt itself (no extension driver): a port's options reach hwflow's database as
+    Neutron holds them (an option of null value is dropped, "" kept: not sent), and a malformed one is refused
+    with hwflow's reason."""
+    conn, nb = neutron
+    net = conn.network.create_network(name="dhcp-opts")
+    port = None
+    try:
+        port = conn.network.create_port(network_id=net.id, extra_dhcp_opts=[
+            {"opt_name": "mtu", "opt_value": "1400"}, {"opt_name": "dns-server", "opt_value": "10.4.0.53,10.4.0.54"},
+            {"opt_name": "router", "opt_value": ""}, {"opt_name": "domain-name", "opt_value": None},
+            {"opt_name": "dns-server", "opt_value": "[2001:db8::53]", "ip_version": 6}])
+        assert held_options(nb, port.id) == {("mtu", 4): "1400", ("dns-server", 4): "10.4.0.53,10.4.0.54",
+                                             ("router", 4): "", ("dns-server", 6): "[2001:db8::53]"}
+        conn.network.update_port(port, extra_dhcp_opts=[{"opt_name": "mtu", "opt_value": "1300"},
+                                                         {"opt_name": "router", "opt_value": None}])
+        assert held_options(nb, port.id) == {("mtu", 4): "1300", ("dns-server", 4): "10.4.0.53,10.4.0.54",
+                                             ("dns-server", 6): "[2001:db8::53]"}  # null removed the router option
+        with pytest.raises(openstack.exceptions.HttpException, match="extra_dhcp_opts option 'mtu' value 'tall'"):
+            conn.network.update_port(port, extra_dhcp_opts=[{"opt_name": "mtu", "opt_value": "tall"}])
+        assert held_options(nb, port.id)[("mtu", 4)] == "1300"
+        with pytest.raises(openstack.exceptions.HttpException, match="option 'tag:pxe,bootfile-name' is neither"):
+            conn.network.create_port(network_id=net.id, name="refused", extra_dhcp_opts=[
+                {"opt_name": "tag:pxe,bootfile-name", "opt_value": "pxelinux.0"}])
+        assert [p.id for p in conn.network.ports(network_id=net.id)] == [port.id]
+    finally:
+        if port is not None:
+            conn.network.delete_port(port)
+        conn.network.delete_network(net)
+
+
 def test_provider_networks(neutron) -> None:
     """A VLAN and a flat network on the physical network keep their VLAN id and physical network."""
     conn, nb = neutron
