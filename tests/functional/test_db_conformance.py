@@ -10,6 +10,7 @@ relative to where the test started.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -303,6 +304,21 @@ def test_a_ports_extra_dhcp_opts_are_stored_and_a_port_stored_before_them_reads_
     del record["extra_dhcp_opts"]  # as written before the field existed
     api.driver.put("port", "old", json.dumps(record).encode())
     assert api.get("port", "old").extra_dhcp_opts == []
+
+
+def test_admin_state_is_stored_and_watched_and_a_record_stored_before_it_reads_as_up(api):
+    net = api.create(Network(name="blue", vni=10, admin_state_up=False))
+    port = api.create(Port(name="vm1", network_id=net.id, mac=mac(1)))
+    assert api.get("network", net.id).admin_state_up is False and api.get("port", port.id).admin_state_up is True
+    down = api.update(dataclasses.replace(port, admin_state_up=False))
+    [change] = api.watch(down.revision, 5)
+    assert change.obj.admin_state_up is False and api.get("port", port.id).admin_state_up is False
+    for obj in (Network(id="old", name="old", vni=11, unique_key=7),
+                Port(id="old", name="old", network_id=net.id, mac=mac(2), unique_key=9)):
+        record = json.loads(encode(obj))
+        del record["admin_state_up"]  # as written before the field existed
+        api.driver.put(obj.kind, "old", json.dumps(record).encode())
+        assert api.get(obj.kind, "old").admin_state_up is True
 
 
 def test_create_validates_and_stores_nothing_on_error(api):

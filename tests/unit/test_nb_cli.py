@@ -73,7 +73,7 @@ def test_json_output_shapes(cli):
     _, out, _ = cli("network", "create", "blue", "--vni", "7", "--mtu", "9000", "--format", "json")
     created = json.loads(out)
     assert set(created) == {"id", "name", "project_id", "revision", "unique_key", "external_revision", "network_type",
-                            "vni", "physical_network", "vlan_id", "mtu", "external"}
+                            "vni", "physical_network", "vlan_id", "mtu", "external", "admin_state_up"}
     assert (created["name"], created["vni"], created["mtu"], created["revision"]) == ("blue", 7, 9000, 1)
     _, out, _ = cli("network", "list", "--format", "json")
     assert json.loads(out) == [created]
@@ -268,9 +268,26 @@ ports:
     status, _, err = cli("apply", str(topology))
     assert status == 0, err
     [port] = stored(url, "port")
-    assert port.extra_dhcp_opts == [{"name": "domain-name", "value": "lab.example.org", "ip_version": 4},
-                                    {"name": "mtu", "value": "1400", "ip_version": 4},
+    assert port.extra_dhcp_opts == [{"name": "mtu", "value": "1400", "ip_version": 4},
+                                    {"name": "domain-name", "value": "lab.example.org", "ip_version": 4},
                                     {"name": "dns-server", "value": "2001:db8::53", "ip_version": 6}]
+
+
+def test_admin_state_through_the_cli_and_a_yaml_file(cli, url, tmp_path):
+    """``--no-admin-state-up`` / ``--admin-state-up`` on a network and a port; a file may set it too."""
+    assert cli("network", "create", "blue", "--vni", "5", "--no-admin-state-up")[0] == 0
+    assert cli("port", "create", "vm1", "--network", "blue", "--mac", "fa:16:3e:00:00:01")[0] == 0
+    [net], [port] = stored(url, "network"), stored(url, "port")
+    assert (net.admin_state_up, port.admin_state_up) == (False, True)
+    assert cli("port", "update", "vm1", "--no-admin-state-up")[0] == 0
+    assert cli("network", "update", "blue", "--admin-state-up")[0] == 0
+    [net], [port] = stored(url, "network"), stored(url, "port")
+    assert (net.admin_state_up, port.admin_state_up) == (True, False)
+    topology = tmp_path / "topology.yaml"
+    topology.write_text("ports:\n  - {name: vm1, network_id: blue, mac: 'fa:16:3e:00:00:01', admin_state_up: true}\n")
+    status, _, err = cli("apply", str(topology))
+    assert status == 0, err
+    assert stored(url, "port")[0].admin_state_up is True
 
 
 def test_apply_creates_then_updates_and_reports(cli, url, tmp_path):
