@@ -485,7 +485,9 @@ class Port(NbObject):
         self.extra_dhcp_opts = self._dhcp_options()
 
     def _dhcp_options(self) -> list[dict[str, Any]]:
-        """The extra DHCP options in canonical form, each option at most once per IP version."""
+        """The extra DHCP options in canonical form, each option at most once per IP version, sorted by IP version
+        and name: their order carries no meaning, and Neutron's reads need not keep one (a repair comparing
+        what it reads with what is stored must not see two orders as a change)."""
         options, seen = [], set()
         for entry in self.extra_dhcp_opts:
             option = self._dhcp_option(entry)
@@ -495,7 +497,7 @@ class Port(NbObject):
                                 "give each option once")
             seen.add(key)
             options.append(option)
-        return options
+        return sorted(options, key=lambda o: (o["ip_version"], o["name"]))
 
     def _dhcp_option(self, entry: dict[str, Any]) -> dict[str, Any]:
         """One extra DHCP option: its name (an IPv4 one as the table names it, a number it names as that name),

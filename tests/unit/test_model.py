@@ -344,13 +344,16 @@ def test_extra_dhcp_opts_are_stored_in_one_spelling():
                               {"name": "dns-server", "value": "2001:DB8::53", "ip_version": 6},
                               {"name": "200", "value": "free text"}])
     p.validate()
-    assert p.extra_dhcp_opts == [
-        {"name": "mtu", "value": "1400", "ip_version": 4},
-        {"name": "dns-server", "value": "10.0.0.9,10.0.0.10", "ip_version": 4},
-        {"name": "router", "value": "", "ip_version": 4},  # not sent
+    assert p.extra_dhcp_opts == [  # sorted by IP version and name: the order means nothing
+        {"name": "200", "value": "free text", "ip_version": 4},
         {"name": "classless-static-route", "value": "10.9.0.0/16,10.0.0.254", "ip_version": 4},
-        {"name": "dns-server", "value": "2001:DB8::53", "ip_version": 6},  # stored as given, not served
-        {"name": "200", "value": "free text", "ip_version": 4}]
+        {"name": "dns-server", "value": "10.0.0.9,10.0.0.10", "ip_version": 4},
+        {"name": "mtu", "value": "1400", "ip_version": 4},
+        {"name": "router", "value": "", "ip_version": 4},  # not sent
+        {"name": "dns-server", "value": "2001:DB8::53", "ip_version": 6}]  # stored as given, not served
+    reordered = port(extra_dhcp_opts=list(reversed(p.extra_dhcp_opts)))
+    reordered.validate()
+    assert reordered.extra_dhcp_opts == p.extra_dhcp_opts
     assert from_dict("port", p.to_dict()) == p
     old = {k: v for k, v in p.to_dict().items() if k != "extra_dhcp_opts"}  # a record written before the field
     assert from_dict("port", old).extra_dhcp_opts == []

@@ -268,8 +268,8 @@ ports:
     status, _, err = cli("apply", str(topology))
     assert status == 0, err
     [port] = stored(url, "port")
-    assert port.extra_dhcp_opts == [{"name": "mtu", "value": "1400", "ip_version": 4},
-                                    {"name": "domain-name", "value": "lab.example.org", "ip_version": 4},
+    assert port.extra_dhcp_opts == [{"name": "domain-name", "value": "lab.example.org", "ip_version": 4},
+                                    {"name": "mtu", "value": "1400", "ip_version": 4},
                                     {"name": "dns-server", "value": "2001:db8::53", "ip_version": 6}]
 
 

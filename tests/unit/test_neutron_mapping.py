@@ -134,8 +134,8 @@ def test_port_extra_dhcp_opts_are_written_as_neutron_stores_them() -> None:
     _agrees_with_model(made)
     assert made.extra_dhcp_opts == [{"name": "mtu", "value": "1400", "ip_version": 4},
                                     {"name": "router", "value": "", "ip_version": 4},
-                                    {"name": "dns-server", "value": "[2001:db8::53]", "ip_version": 6},
-                                    {"name": "tftp-server-address", "value": "10.0.0.9", "ip_version": 4}]
+                                    {"name": "tftp-server-address", "value": "10.0.0.9", "ip_version": 4},
+                                    {"name": "dns-server", "value": "[2001:db8::53]", "ip_version": 6}]
     assert mapping.port(PORT, "").extra_dhcp_opts == []
 
 
