@@ -156,6 +156,33 @@ def test_network_subnet_port_lifecycle(neutron) -> None:
     assert not left & {net.id, sub.id, port.id}
 
 
+def test_admin_state_of_a_network_and_a_port_is_written(neutron) -> None:
+    """``openstack network set --disable`` and ``openstack port set --disable`` (the SDK's is_admin_state_up)
+    land in hwflow's database, and ``--enable`` again (the datapath's part: test_admin_state_packets.py)."""
+    conn, nb = neutron
+    net = conn.network.create_network(name="admin-state")
+    port = None
+    try:
+        port = conn.network.create_port(network_id=net.id, name="vm-admin", binding_host_id=HOST)
+        assert (nb.get(Network, net.id).admin_state_up, nb.get(Port, port.id).admin_state_up) == (True, True)
+        port = conn.network.update_port(port, is_admin_state_up=False)
+        assert not port.is_admin_state_up and nb.get(Port, port.id).admin_state_up is False
+        conn.network.update_network(net, is_admin_state_up=False)
+        assert nb.get(Network, net.id).admin_state_up is False
+        conn.network.update_network(net, is_admin_state_up=True)
+        port = conn.network.update_port(port, is_admin_state_up=True)
+        assert (nb.get(Network, net.id).admin_state_up, nb.get(Port, port.id).admin_state_up) == (True, True)
+        down = conn.network.create_port(network_id=net.id, name="born-down", is_admin_state_up=False)
+        try:
+            assert nb.get(Port, down.id).admin_state_up is False
+        finally:
+            conn.network.delete_port(down)
+    finally:
+        if port is not None:
+            conn.network.delete_port(port)
+        conn.network.delete_network(net)
+
+
 def held_options(nb: NbApi, port_id: str) -> dict[tuple[str, int], str]:
     """A port's extra DHCP options in hwflow's database: (name, IP version) -> value."""
     return {(o["name"], o["ip_version"]): o["value"] for o in nb.get(Port, port_id).extra_dhcp_opts}
