@@ -284,11 +284,11 @@ def port_options(port: Port, asked: bytes) -> PortOptions:
         if entry["ip_version"] != 4:
             continue
         option, value = dhcp_options.lookup(entry["name"]), entry["value"]
+        field, size = _HEADER_FIELDS.get(option.code, ("", 0))
         if option.code is None:
             header["siaddr"] = ipaddress.IPv4Address(value) if value else ANY
-        elif option.code in _HEADER_FIELDS and option.code not in asked and len(value.encode()) < _HEADER_FIELDS[
-                option.code][1]:
-            header[_HEADER_FIELDS[option.code][0]] = value.encode()
+        elif field and option.code not in asked and len(value.encode()) < size:
+            header[field] = value.encode()
         else:
             options[option.code] = dhcp_options.encode(option, value) if value else None
     return PortOptions(options, **header)
