@@ -125,6 +125,26 @@ def test_a_port_plugged_on_its_host_goes_active_and_down_when_unplugged(cloud, n
     assert nb.ports_up()[1] == []
 
 
+def test_a_port_set_admin_down_is_down_in_neutron_and_active_when_up_again(cloud, network) -> None:
+    """Its agent stops reporting a port that is down (it carries no traffic), and Neutron shows it DOWN, as with
+    ML2/OVS; enabled, it is reported and ACTIVE again."""
+    conn, nb, host, server = cloud
+    port = conn.network.create_port(network_id=network.id, name="vm-admin", binding_host_id=host.name)
+    vm = f"hwf-{host.name}-vm-admin"
+    host.plug(nb.get(Port, port.id), vm)
+    try:
+        wait_for("the port ACTIVE in Neutron", lambda: conn.network.get_port(port.id).status == "ACTIVE", server, host)
+        conn.network.update_port(port, is_admin_state_up=False)
+        wait_for("the port DOWN in Neutron", lambda: conn.network.get_port(port.id).status == "DOWN", server, host)
+        assert nb.ports_up()[1] == []
+        conn.network.update_port(port, is_admin_state_up=True)
+        wait_for("the port ACTIVE again", lambda: conn.network.get_port(port.id).status == "ACTIVE", server, host)
+        assert [(s.chassis, s.port) for s in nb.ports_up()[1]] == [(host.name, port.id)]
+    finally:
+        host.unplug(vm)
+        wait_for("the port's report taken back", lambda: nb.ports_up()[1] == [], server, host)
+
+
 def test_a_direct_port_on_a_switchdev_host_binds_to_ovs(cloud, network) -> None:
     """A VF of a switchdev NIC on a host whose agent reports an offload device that redirects: ``ovs``, as
     networking-ovn binds it (os-vif plugs the VF's representor)."""
