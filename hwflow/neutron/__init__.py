@@ -30,9 +30,9 @@ What exists:
   lacks, holds with other values or holds that Neutron has not, ``sync.repair`` writes hwflow's side.
   A thread in each API worker does both when it starts (a restarted server repairs what it missed) and
   every ``[hwflow] sync_interval`` seconds (300, as OVN's maintenance task; 0 = none), and 2 s after a write
-  of the driver failed (then backing off while rounds fail), reading Neutron through its plugins; ``hwflow neutron-sync [--dry-run]`` does them through Neutron's API
-  (openstacksdk) and reports. Objects of ``external_revision`` 0 (made with ``hwflow nb``) are not
-  Neutron's: never reported, never deleted.
+  of the driver failed (then backing off while rounds fail), reading Neutron through its plugins;
+  ``hwflow neutron-sync [--dry-run]`` does them through Neutron's API (openstacksdk) and reports. Objects
+  of ``external_revision`` 0 (made with ``hwflow nb``) are not Neutron's: never reported, never deleted.
 - ``mapping``: the field mapping. Network: one segment of type vxlan/geneve (VNI) or vlan/flat
   (physical network, VLAN id), MTU, ``router:external``, admin state. Subnet: CIDR, gateway, DHCP enabled,
   allocation pools, DNS servers, host routes. Port: MAC, fixed IPs, device owner, admin state, port security,
