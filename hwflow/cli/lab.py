@@ -11,7 +11,7 @@ from typing import Any
 from hwflow.cli.common import CliError, common_options
 from hwflow.cli.output import dump_json
 from hwflow.sim.host import HostError
-from hwflow.sim.lab import LabHost, SimLab, host_report, load_state, teardown_lab
+from hwflow.sim.lab import LabHost, SimLab, host_report, load_state, plug_vm, teardown_lab, unplug_vm
 
 EPILOG = """\
 what `up` starts (root; needs iproute2, openvswitch-switch, and etcd-server for --database etcd):
@@ -20,8 +20,8 @@ what `up` starts (root; needs iproute2, openvswitch-switch, and etcd-server for 
   default: 1 member at 10.254.0.251:2379, or --etcd-cluster 3: .251-.253), or an SQLite
   file in the workdir (--database sqlite); then NAME1..NAMEn, each a simulated host
   (namespace hwf-NAMEi: ovs-vswitchd, a simulated NIC with its uplink on the underlay and
-  tunnel address 172.31.0.i, hwflow-agent). VMs are namespaces behind VFs (see
-  hwflow.sim.host.SimHost.plug; `hwflow demo --hosts N` plugs some).
+  tunnel address 172.31.0.i, hwflow-agent). VMs are namespaces behind VFs: `hwflow lab plug`
+  gives one a free VF for a port of the database (`hwflow demo --hosts N` plugs some).
 
 the database from the root namespace (etcd listens in the lab's namespace only):
   ip netns exec hwf-ul-NAME hwflow nb network list --database etcd://10.254.0.251:2379
@@ -59,6 +59,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     status = actions.add_parser("status", help="hosts, VMs, and what each host's NIC and OVS forwarded")
     _where(status)
     status.set_defaults(func=run_status)
+    plug = actions.add_parser(
+        "plug", help="give a VM namespace a free VF of a host, its representor plugged for a port",
+        description="Create the network namespace --vm holding a free VF of --host's simulated NIC as its eth0, "
+        "with the MAC of --port (read from the lab's database), and plug the VF's representor into the host's "
+        "integration bridge for that port, as Nova and os-vif plug a VM (the port bound to that host, by hwflow "
+        "nb or Neutron, is then programmed by the host's agent). The VM asks DHCP for its address, e.g. "
+        "`ip netns exec VM busybox udhcpc -i eth0`; `hwflow lab down` deletes it with the lab.",
+        epilog="JSON keys (--format json): vm, host, port_id, mac, ips (the port's), vf, representor")
+    _where(plug)
+    plug.add_argument("--host", required=True, help="the lab's host (NAME1, NAME2, ...)")
+    plug.add_argument("--port", required=True, metavar="PORT_ID", help="the port's id in the lab's database")
+    plug.add_argument("--vm", required=True, metavar="NAMESPACE", help="the VM's network namespace (new)")
+    plug.set_defaults(func=run_plug)
+    unplug = actions.add_parser(
+        "unplug", help="take a VM's representor off its bridge and its VF back, delete its namespace",
+        epilog="JSON keys (--format json): vm, host, port_id, vf_netdev, representor")
+    _where(unplug)
+    unplug.add_argument("--vm", required=True, metavar="NAMESPACE", help="the VM's network namespace")
+    unplug.set_defaults(func=run_unplug)
     down = actions.add_parser("down", help="stop a lab and remove its namespaces")
     _where(down)
     down.set_defaults(func=run_down)
@@ -93,6 +112,32 @@ def run_up(args: argparse.Namespace, conf: Any) -> int:
 
 def run_status(args: argparse.Namespace, conf: Any) -> int:
     _report(args, _workdir(args))
+    return 0
+
+
+def run_plug(args: argparse.Namespace, conf: Any) -> int:
+    try:
+        done = plug_vm(_workdir(args), args.host, args.port, args.vm)
+    except HostError as exc:
+        raise CliError(f"could not plug {args.vm}: {exc}") from None
+    if args.format == "json":
+        dump_json(done)
+    else:
+        print(f"plugged {done['vm']} on {done['host']}: VF {done['vf']} (representor {done['representor']}) for "
+              f"port {done['port_id']}, MAC {done['mac']}, addresses {', '.join(done['ips']) or 'none'}")
+    return 0
+
+
+def run_unplug(args: argparse.Namespace, conf: Any) -> int:
+    try:
+        done = unplug_vm(_workdir(args), args.vm)
+    except HostError as exc:
+        raise CliError(f"could not unplug {args.vm}: {exc}") from None
+    if args.format == "json":
+        dump_json(done)
+    else:
+        print(f"unplugged {done['vm']} from {done['host']}: VF {done['vf_netdev']} back, representor "
+              f"{done['representor']} off the bridge")
     return 0
 
 

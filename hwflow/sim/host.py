@@ -33,6 +33,7 @@ LOG = logging.getLogger(__name__)
 BRIDGE = "br-int"
 UNDERLAY_BRIDGE = "br-ul"  # holds a host's tunnel address and its NIC's uplink representor (see SimHost)
 STATE_FILE = "host.json"
+PLUGGED = "plugged"  # host.json: VM namespace -> its port_id, vf_netdev and representor
 WIRE_MTU = 9000  # room for the tunnel headers around a VM's 1500-byte frames
 
 
@@ -358,7 +359,9 @@ class SimHost:
 
     def _save(self) -> None:
         state = {"ns": self.ns, "vms": [vm.name for vm in self.vms.values()], "ovs_rundir": str(self.ovs.rundir),
-                 "pids": {role: p.pid for role, p in self._procs.items()}}
+                 "pids": {role: p.pid for role, p in self._procs.items()},
+                 PLUGGED: {vm.name: {"port_id": vm.port_id, "vf_netdev": f"{self.nic}v{vm.vf}",
+                                     "representor": vm.representor} for vm in self.vms.values()}}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     # --- VMs -----------------------------------------------------------------------------
@@ -377,20 +380,9 @@ class SimHost:
         if not free:
             raise HostError(f"simulated NIC {self.nic} has no free VF left ({self.num_vfs} in all)")
         vf = free[0]
-        run("ip", "netns", "add", vm)
         self.vms[vm] = Vm(vm, port.id, vf["vf"], vf["representor"])
         self._save()
-        in_ns(self.ns, "ip", "link", "set", vf["vf_netdev"], "netns", vm)
-        disabled = "0" if ipv6 else "1"
-        for argv in (
-            ("sysctl", "-qw", f"net.ipv6.conf.all.disable_ipv6={disabled}"),
-            ("sysctl", "-qw", f"net.ipv6.conf.default.disable_ipv6={disabled}"),
-            ("ip", "link", "set", vf["vf_netdev"], "name", "eth0"),
-            ("ip", "link", "set", "eth0", "address", port.mac),
-            ("ip", "link", "set", "lo", "up"),
-            ("ip", "link", "set", "eth0", "up"),
-        ):
-            in_ns(vm, *argv)
+        give_vf(self.ns, vf["vf_netdev"], vm, port.mac, ipv6)
         for address in port.ips:
             if ":" not in address:
                 in_ns(vm, "ip", "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
@@ -416,11 +408,7 @@ class SimHost:
         """Take the representor off the bridge and give the VF back to the host."""
         info = self.vms.pop(vm)
         self.ovsdb.del_port(info.representor)
-        vf_name = f"{self.nic}v{info.vf}"
-        in_ns(vm, "ip", "link", "set", "eth0", "down", check=False)
-        in_ns(vm, "ip", "link", "set", "eth0", "name", vf_name, check=False)
-        in_ns(vm, "ip", "link", "set", vf_name, "netns", self.ns, check=False)
-        run("ip", "netns", "delete", vm, check=False)
+        take_vf_back(self.ns, f"{self.nic}v{info.vf}", vm)
         self._save()
 
     def ping(self, vm: str, address: str, count: int = 5, interval: float = 0.2) -> float:
@@ -444,6 +432,32 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
         LOG.warning("pid %d did not stop in %.0fs; killing it", proc.pid, timeout)
         proc.kill()
         proc.wait(5)
+
+
+def give_vf(host_ns: str, vf_netdev: str, vm: str, mac: str, ipv6: bool = False) -> None:
+    """A new VM namespace ``vm`` holding the host's VF ``vf_netdev`` as its eth0, with ``mac``, up, IPv6 off
+    unless ``ipv6``: what Nova does with a VF before os-vif plugs its representor into the bridge."""
+    run("ip", "netns", "add", vm)
+    in_ns(host_ns, "ip", "link", "set", vf_netdev, "netns", vm)
+    disabled = "0" if ipv6 else "1"
+    for argv in (
+        ("sysctl", "-qw", f"net.ipv6.conf.all.disable_ipv6={disabled}"),
+        ("sysctl", "-qw", f"net.ipv6.conf.default.disable_ipv6={disabled}"),
+        ("ip", "link", "set", vf_netdev, "name", "eth0"),
+        ("ip", "link", "set", "eth0", "address", mac),
+        ("ip", "link", "set", "lo", "up"),
+        ("ip", "link", "set", "eth0", "up"),
+    ):
+        in_ns(vm, *argv)
+
+
+def take_vf_back(host_ns: str, vf_netdev: str, vm: str) -> None:
+    """The VM's eth0 back to the host as ``vf_netdev`` and the VM's namespace gone (deleting the namespace
+    with the VF in it would destroy the simulated VF)."""
+    in_ns(vm, "ip", "link", "set", "eth0", "down", check=False)
+    in_ns(vm, "ip", "link", "set", "eth0", "name", vf_netdev, check=False)
+    in_ns(vm, "ip", "link", "set", vf_netdev, "netns", host_ns, check=False)
+    run("ip", "netns", "delete", vm, check=False)
 
 
 def teardown_from_state(workdir: Path) -> bool:

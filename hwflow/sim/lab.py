@@ -46,8 +46,22 @@ from hwflow.backends.tc import flower as fl
 from hwflow.backends.tc.transport import SimSocketTransport, TcClient
 from hwflow.db.api import NbApi
 from hwflow.db.etcd_server import ETCD_BINARY
-from hwflow.model.objects import Chassis
-from hwflow.sim.host import BRIDGE, HostError, SimHost, Underlay, in_ns, run, stop_process, teardown_from_state
+from hwflow.model.errors import NotFound
+from hwflow.model.objects import Chassis, Port
+from hwflow.sim.host import (
+    BRIDGE,
+    PLUGGED,
+    HostError,
+    SimHost,
+    Underlay,
+    give_vf,
+    in_ns,
+    run,
+    stop_process,
+    take_vf_back,
+    teardown_from_state,
+)
+from hwflow.sim.host import STATE_FILE as HOST_STATE_FILE
 from hwflow.util.netns import call_in
 
 STATE_FILE = "lab.json"
@@ -275,10 +289,83 @@ class SimLab:
 
     def nb(self, func: Callable[[NbApi], T]) -> T:
         """``func(api)`` with an NB API on the lab's database, run where the database can be reached."""
-        def body() -> T:
-            with NbApi.from_url(self.url) as api:
-                return func(api)
-        return call_in(self.underlay.ns, body) if self.members else body()
+        return on_database(self.url, self.underlay.ns, func)
+
+
+def on_database(url: str, underlay_ns: str, func: Callable[[NbApi], T]) -> T:
+    """``func(api)`` with an NB API on a lab's database: in its namespace for etcd, which listens there only."""
+    def body() -> T:
+        with NbApi.from_url(url) as api:
+            return func(api)
+    return body() if url.startswith("sqlite:") else call_in(underlay_ns, body)
+
+
+# --- VMs plugged into a running lab (hwflow lab plug / unplug) ----------------------------------------------
+
+
+def plug_vm(workdir: Path, host_name: str, port_id: str, vm: str) -> dict:
+    """A new VM namespace ``vm`` on a free VF of a running lab's host, with the MAC of the port in the lab's
+    database, its representor plugged into the host's bridge for that port (as Nova and os-vif do); what was
+    plugged, as ``hwflow lab plug`` reports it. The VM has no address until it asks DHCP (or is given one)."""
+    state = _running(workdir)
+    hosts = {host["name"]: host for host in state["hosts"]}
+    if host_name not in hosts:
+        raise HostError(f"no host {host_name!r} in the lab in {workdir}; its hosts: {', '.join(sorted(hosts))}")
+    if vm in _namespaces():
+        raise HostError(f"network namespace {vm!r} exists already: name another VM namespace")
+    try:
+        port = on_database(state["database"], state["underlay_ns"], lambda api: api.get(Port, port_id))
+    except NotFound:
+        raise HostError(f"no port {port_id} in the lab's database {state['database']}: create it first (hwflow nb "
+                        "port create, or Neutron)") from None
+    host_dir = Path(hosts[host_name]["workdir"])
+    saved = json.loads((host_dir / HOST_STATE_FILE).read_text())
+    used = {vf["vf_netdev"] for vf in saved.get(PLUGGED, {}).values()}
+    nic = json.loads((host_dir / "simnic.sock.json").read_text())
+    free = [vf for vf in nic.get("ports", ()) if vf["vf_netdev"] not in used]
+    if not free:
+        raise HostError(f"host {host_name}'s simulated NIC has no free VF left: unplug a VM (hwflow lab unplug)")
+    vf = free[0]
+    saved["vms"].append(vm)
+    saved.setdefault(PLUGGED, {})[vm] = {"port_id": port.id, "vf_netdev": vf["vf_netdev"],
+                                         "representor": vf["representor"]}
+    (host_dir / HOST_STATE_FILE).write_text(json.dumps(saved, indent=2))  # first: `lab down` deletes it all
+    give_vf(saved["ns"], vf["vf_netdev"], vm, port.mac)
+    ovsdb = OvsdbClient(OvsDaemons(Path(saved["ovs_rundir"])).db_sock, BRIDGE)
+    ovsdb.add_port(vf["representor"], iface_id=port.id)
+    ovsdb.wait_for_ofport(vf["representor"], timeout=15)
+    return {"vm": vm, "host": host_name, "port_id": port.id, "mac": port.mac, "ips": list(port.ips),
+            "vf": vf["vf_netdev"], "representor": vf["representor"]}
+
+
+def unplug_vm(workdir: Path, vm: str) -> dict:
+    """The VM's representor off its host's bridge, its VF back to the host, its namespace gone; what was
+    unplugged, as ``hwflow lab unplug`` reports it."""
+    state = _running(workdir)
+    for host in state["hosts"]:
+        host_dir = Path(host["workdir"])
+        saved = json.loads((host_dir / HOST_STATE_FILE).read_text())
+        plugged = saved.get(PLUGGED, {}).get(vm)
+        if plugged is None:
+            continue
+        OvsdbClient(OvsDaemons(Path(saved["ovs_rundir"])).db_sock, BRIDGE).del_port(plugged["representor"])
+        take_vf_back(saved["ns"], plugged["vf_netdev"], vm)
+        del saved[PLUGGED][vm]
+        saved["vms"] = [name for name in saved["vms"] if name != vm]
+        (host_dir / HOST_STATE_FILE).write_text(json.dumps(saved, indent=2))
+        return {"vm": vm, "host": host["name"], **plugged}
+    raise HostError(f"no VM {vm!r} plugged in the lab in {workdir} (hwflow lab status lists them)")
+
+
+def _running(workdir: Path) -> dict:
+    state = load_state(workdir)
+    if state is None:
+        raise HostError(f"no lab in {workdir} (no {STATE_FILE} there): hwflow lab up --workdir {workdir}")
+    return state
+
+
+def _namespaces() -> set[str]:
+    return {line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()}
 
 
 def load_state(workdir: Path) -> dict | None:

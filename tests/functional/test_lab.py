@@ -25,6 +25,7 @@ from test_floating_ip import ask, ping
 from test_security_groups_ovs import CONNECT, REPLY, SERVE
 
 from hwflow.backends.tc import flower as fl
+from hwflow.db.api import NbApi
 from hwflow.model.objects import (
     Chassis,
     FloatingIP,
@@ -37,7 +38,7 @@ from hwflow.model.objects import (
     Subnet,
 )
 from hwflow.sim.host import BRIDGE, SimHost, in_ns, run, stop_process
-from hwflow.sim.lab import OUTSIDE_BRIDGE, LabHost, SimLab, host_report
+from hwflow.sim.lab import OUTSIDE_BRIDGE, LabHost, SimLab, host_report, on_database
 
 pytestmark = pytest.mark.functional
 
@@ -104,13 +105,63 @@ def test_lab_command_starts_reports_and_stops_a_lab(tmp_path: Path) -> None:
         keys = {"name", "profile", "tunnel_ip", "vms", "nic_rules", "nic_forwarded_packets",
                 "nic_encapsulated_packets", "nic_decapsulated_packets", "ovs_forwarded_packets", "ovs_uplink_packets"}
         assert all(set(h) == keys for h in json.loads(status.stdout)["hosts"])
+        _plug_and_unplug_vms(name, where, started["database"], tmp_path)
     finally:
         down = subprocess.run([HWFLOW, "lab", "down", *where], capture_output=True, text=True, timeout=120,
                               check=False)
     assert down.returncode == 0, down.stderr
-    assert not {f"hwf-ul-{name}", f"hwf-{name}1", f"hwf-{name}2"} & namespaces()
+    assert not {f"hwf-ul-{name}", f"hwf-{name}1", f"hwf-{name}2", f"hwf-{name}-vm2"} & namespaces()
     again = subprocess.run([HWFLOW, "lab", "status", *where], capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 1 and "no lab in" in again.stderr
+
+
+def _plug_and_unplug_vms(name: str, where: list[str], database: str, tmp_path: Path) -> None:
+    """``hwflow lab plug``: a VM on each host for a port of the database bound there gets its address over
+    DHCP and pings the other across the tunnel; ``unplug`` gives the VF back and deletes the VM's namespace;
+    the other VM is left for ``lab down`` to delete."""
+    def create(api: NbApi) -> list[Port]:
+        net = api.create(Network(name="plugged", vni=4242))
+        api.create(Subnet(network_id=net.id, cidr="10.42.0.0/24", gateway_ip="10.42.0.1", enable_dhcp=True))
+        return [api.create(Port(network_id=net.id, mac=f"fa:16:3e:42:00:0{i}", ips=[f"10.42.0.{10 + i}"],
+                                chassis=f"{name}{i}", port_security=False)) for i in (1, 2)]
+
+    ports = on_database(database, f"hwf-ul-{name}", create)
+    vms = [f"hwf-{name}-vm{i}" for i in (1, 2)]
+    for i, (port, vm) in enumerate(zip(ports, vms, strict=True), 1):
+        done = subprocess.run([HWFLOW, "lab", "plug", "--host", f"{name}{i}", "--port", port.id, "--vm", vm,
+                               "--format", "json", *where], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        plugged = json.loads(done.stdout)
+        assert {k: plugged[k] for k in ("vm", "host", "port_id", "mac", "ips")} == {
+            "vm": vm, "host": f"{name}{i}", "port_id": port.id, "mac": port.mac, "ips": port.ips}
+        assert plugged["vf"].startswith(f"{name}{i}nv") and plugged["representor"].startswith(f"{name}{i}nr")
+        (tmp_path / vm).mkdir()
+        lease = wait_for(f"a DHCP lease in {vm}", lambda vm=vm: _lease(vm, tmp_path / vm), timeout=60)
+        assert lease["ip"] == port.ips[0]
+        in_ns(vm, "ip", "addr", "add", f"{lease['ip']}/24", "dev", "eth0")
+    wait_for("vm1 pinging vm2 across the tunnel", lambda: " 0% packet loss" in ping(vms[0], ports[1].ips[0]),
+             timeout=60)
+    again = subprocess.run([HWFLOW, "lab", "plug", "--host", f"{name}1", "--port", ports[0].id, "--vm", vms[0],
+                            *where], capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 1 and f"network namespace {vms[0]!r} exists already" in again.stderr
+
+    done = subprocess.run([HWFLOW, "lab", "unplug", "--vm", vms[0], "--format", "json", *where],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    unplugged = json.loads(done.stdout)
+    assert (unplugged["host"], unplugged["port_id"]) == (f"{name}1", ports[0].id)
+    assert vms[0] not in namespaces() and vms[1] in namespaces()
+    assert in_ns(f"hwf-{name}1", "ip", "link", "show", unplugged["vf_netdev"], check=False).returncode == 0
+    status = json.loads(subprocess.run([HWFLOW, "lab", "status", "--format", "json", *where], capture_output=True,
+                                       text=True, timeout=60, check=True).stdout)
+    assert [h["vms"] for h in status["hosts"]] == [[], [vms[1]]]
+
+
+def _lease(vm: str, workdir: Path) -> dict[str, str] | None:
+    try:
+        return udhcpc(vm, workdir)
+    except AssertionError:  # no lease yet: the agent has not programmed the port
+        return None
 
 
 # --- scenarios on one three-host lab -------------------------------------------------------------------
