@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,28 +117,27 @@ def run_status(args: argparse.Namespace, conf: Any) -> int:
 
 
 def run_plug(args: argparse.Namespace, conf: Any) -> int:
-    try:
-        done = plug_vm(_workdir(args), args.host, args.port, args.vm)
-    except HostError as exc:
-        raise CliError(f"could not plug {args.vm}: {exc}") from None
-    if args.format == "json":
-        dump_json(done)
-    else:
-        print(f"plugged {done['vm']} on {done['host']}: VF {done['vf']} (representor {done['representor']}) for "
-              f"port {done['port_id']}, MAC {done['mac']}, addresses {', '.join(done['ips']) or 'none'}")
-    return 0
+    return _vm_changed(args, "plug", lambda: plug_vm(_workdir(args), args.host, args.port, args.vm), lambda done: (
+        f"plugged {done['vm']} on {done['host']}: VF {done['vf']} (representor {done['representor']}) for port "
+        f"{done['port_id']}, MAC {done['mac']}, addresses {', '.join(done['ips']) or 'none'}"))
 
 
 def run_unplug(args: argparse.Namespace, conf: Any) -> int:
+    return _vm_changed(args, "unplug", lambda: unplug_vm(_workdir(args), args.vm), lambda done: (
+        f"unplugged {done['vm']} from {done['host']}: VF {done['vf_netdev']} back, representor "
+        f"{done['representor']} off the bridge"))
+
+
+def _vm_changed(args: argparse.Namespace, verb: str, change: Callable[[], dict], said: Callable[[dict], str]) -> int:
+    """Plug or unplug a VM; what was done as JSON or one line."""
     try:
-        done = unplug_vm(_workdir(args), args.vm)
+        done = change()
     except HostError as exc:
-        raise CliError(f"could not unplug {args.vm}: {exc}") from None
+        raise CliError(f"could not {verb} {args.vm}: {exc}") from None
     if args.format == "json":
         dump_json(done)
     else:
-        print(f"unplugged {done['vm']} from {done['host']}: VF {done['vf_netdev']} back, representor "
-              f"{done['representor']} off the bridge")
+        print(said(done))
     return 0
 
 
