@@ -4,15 +4,17 @@ The topologies are random and multi-tenant: two to four tenants, each with one o
 the other tenants' (every tenant's first network is 10.0.0.0/24 and fd00::/64, its ports take .10-.12 there,
 and a port's MAC is now and then its twin's in another tenant: the model keeps MACs unique per network only),
 a router of the tenant joining some of its networks, security groups with rules that name remote groups, port
-security on or off, allowed address pairs, and now and then a flat external network behind the uplink that the
-routers use as their gateway (SNAT to this host's address, floating IPs for some local ports). Packets come
-from a local port with its own addresses or with another's (often its twin's in another tenant), aimed at any
-address of any tenant (through the router where the sender has one), from the tunnel, and from behind the
-uplink; every delivery is answered by its receiver, so connections get established and SNAT replies come back.
+security on or off, allowed address pairs, ports and networks now and then administratively down (issue 17; in
+the randomized property), and now and then a flat external network behind the uplink that the routers use as
+their gateway (SNAT to this host's address, floating IPs for some local ports). Packets come from a local port
+with its own addresses or with another's (often its twin's in another tenant), aimed at any address of any
+tenant (through the router where the sender has one), from the tunnel, and from behind the uplink; every
+delivery is answered by its receiver, so connections get established and SNAT replies come back.
 
-An ORACLE written from the logical model alone (not from the pipeline) says what may happen: a packet from a
-port with port security leaves only from the port's MAC and addresses (its fixed IPs, its EUI-64 link-local
-address, its allowed address pairs, and the address-less DHCP discovery and duplicate-address detection a
+An ORACLE written from the logical model alone (not from the pipeline) says what may happen: a port that is
+administratively down, or on a network that is, sends and receives nothing; a packet from a port with port
+security leaves only from the port's MAC and addresses (its fixed IPs, its EUI-64 link-local address, its
+allowed address pairs, and the address-less DHCP discovery and duplicate-address detection a
 booting VM sends); it reaches ports of its own network, of another network of its tenant joined to its own by
 one of the tenant's routers, the outside through a router of its network with a gateway (leaving from its
 floating IP or, when the router SNATs, from this host's address and from nothing else), and from the outside a
@@ -38,7 +40,9 @@ from test_split_compiled import (
     ETHERTYPES,
     EXTERNAL_IP,
     HERE,
+    NETWORK_ADMIN_STATES,
     OUTSIDE,
+    PORT_ADMIN_STATES,
     PROFILES,
     RULES,
     TUN,
@@ -103,8 +107,9 @@ class World:
 
 
 @st.composite
-def worlds(draw) -> World:
-    """A random multi-tenant host (module doc)."""
+def worlds(draw, admin_states: bool = False) -> World:
+    """A random multi-tenant host (module doc); ports and networks now and then down with ``admin_states`` (only
+    the randomized property draws them: see test_split_compiled's ``PORT_ADMIN_STATES``)."""
     keys = iter(range(1, 1000))
     nets: dict[str, Network] = {}
     subnets: dict[str, Subnet] = {}
@@ -137,7 +142,8 @@ def worlds(draw) -> World:
         joined = []
         for j in range(draw(st.integers(1, 2))):
             nid = f"{tenant}n{j}"
-            nets[nid] = Network(id=nid, name=nid, vni=100 + 10 * t + j, unique_key=next(keys), project_id=tenant)
+            nets[nid] = Network(id=nid, name=nid, vni=100 + 10 * t + j, unique_key=next(keys), project_id=tenant,
+                                admin_state_up=draw(NETWORK_ADMIN_STATES) if admin_states else True)
             for suffix, cidr, gateway in (("", f"10.0.{j}.0/24", f"10.0.{j}.1"),
                                           ("v6", f"fd00:0:0:{j}::/64", f"fd00:0:0:{j}::1")):
                 subnets[nid + suffix] = Subnet(id=nid + suffix, name=nid + suffix, network_id=nid, cidr=cidr,
@@ -155,6 +161,7 @@ def worlds(draw) -> World:
                     id=pid, name=pid, network_id=nid, mac=mac, unique_key=next(keys), project_id=tenant,
                     ips=[f"10.0.{j}.{h}", f"fd00:0:0:{j}::{h:x}"],
                     chassis=draw(st.sampled_from(("", "", "", "c0", "c1"))), port_security=secured,
+                    admin_state_up=draw(PORT_ADMIN_STATES) if admin_states else True,
                     security_groups=draw(st.lists(st.sampled_from(own_groups), max_size=2, unique=True))
                     if secured else [],
                     allowed_address_pairs=pairs)
@@ -419,10 +426,14 @@ class Oracle:
 
     def sent(self, packet: Mapping[str, int]) -> str | None:
         """The sender's side of a packet from a local port: a violation if it spoofs (then nothing of it may
-        arrive anywhere); a connection its egress security groups consent to is tracked."""
+        arrive anywhere); a connection its egress security groups consent to is tracked. A port without port
+        security may send as a neighbour (a port of its network holding the source address): the replies are
+        the neighbour's to get, so the connection is tracked as the neighbour's too."""
         port = self.local.get(packet["in_port"])
         if port is None:
             return None
+        if not self.topo.admin_up(port):
+            return f"port {port.id} is administratively down (or its network is): it sends nothing"
         if not owns(port, packet):
             return f"port {port.id} sends from an address it does not own"
         if not self.admits(port, packet, "egress"):
@@ -430,6 +441,10 @@ class Oracle:
         key = flow_key(packet)
         if key is not None:
             self.tracked.add((port.id, key))
+            if not port.port_security:
+                source = str(_source(packet))
+                self.tracked |= {(p.id, key) for p in self.local.values()
+                                 if p.network_id == port.network_id and source in p.ips}
         return None
 
     def delivery(self, packet: Mapping[str, int], out_port: int, out: Mapping[str, int]) -> str | None:
@@ -443,6 +458,8 @@ class Oracle:
             return f"a packet from port {packet['in_port']} on no network of this host was delivered"
         to = self.local.get(out_port)
         if to is not None:
+            if not self.topo.admin_up(to):
+                return f"delivered to port {to.id}, which is administratively down (or its network is)"
             if src == EXT:
                 fip = self.fips.get(packet.get("ipv4_dst", -1))
                 if to.network_id != EXT and fip != to.id and not self.is_tracked(to, out):
@@ -592,7 +609,7 @@ def test_no_datapath_lets_a_tenant_leak_or_a_port_spoof(nic_share):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.data(), worlds())
+@given(st.data(), worlds(admin_states=True))
 def test_no_datapath_lets_a_tenant_leak_or_a_port_spoof_on_fresh_examples(data, world: World):
     _check(data, world, collections.Counter())
 
