@@ -37,6 +37,9 @@ Results (the functional test tests/functional/test_soak.py asserts them):
   ``rss_slope_mb_per_h`` (a least-squares line through the churn's samples); ``rss_start_mb`` before the
   warm-up;
 - ``fds_warm`` / ``fds_end``, ``threads_warm`` / ``threads_end``: the agent's, at the two baselines;
+- ``python_objects_warm`` / ``python_objects_end``, ``python_objects_growth`` (end minus warm): the objects the
+  agent's Python holds at the two baselines (its ``hwflow_agent_python_objects``): live state that grows shows
+  here, where RSS also keeps what the allocator holds after a peak;
 - ``stream_sent``, ``stream_lost``, ``stream_duplicates``: the fixed stream, both ways summed;
 - ``full_passes``: the agent's full passes (its metrics); ``full_passes_timer``: those its start and its
   resync timer (``[agent] resync_interval``, as the agent reads it) account for over its uptime, plus one for a timer
@@ -85,6 +88,7 @@ PEERS = (("soakpeer1", "192.0.2.1"), ("soakpeer2", "192.0.2.2"))
 HEARTBEAT_TTL = 15.0
 HEARTBEAT_EVERY = 3.0
 METRICS_PORT = 9478  # in the host's namespace, on its loopback
+OBJECTS = "hwflow_agent_python_objects"  # the agent's metric its census of live objects is read from
 CHURN_IPS = range(10, 250)  # host parts of the churned ports' addresses in 10.0.0.0/24
 KINDS = ("create_local", "create_remote", "move", "sg_rule", "delete")
 WEIGHTS = {"create_local": 3, "create_remote": 2, "move": 3, "sg_rule": 2, "delete": 4}
@@ -350,8 +354,9 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             warm_back = wait_counts(paths, len(baseline.rules), len(baseline.flows), params["timeout_s"])
             time.sleep(2.0)
             warm = footprint(host.agent_pid)
+            objects_warm = agent_metrics(host)[OBJECTS]
             progress(f"warmed up ({sum(churn.counts.values())} operations; counts back in {warm_back} s): agent "
-                     f"RSS {warm.rss_mb} MB, {warm.fds} fds, {warm.threads} threads")
+                     f"RSS {warm.rss_mb} MB, {objects_warm:.0f} objects, {warm.fds} fds, {warm.threads} threads")
             samples = _churn_for(churn, stream, params["minutes"] * 60, params["ops_per_s"], progress, "churn",
                                  paths, params["sample_s"])
             churn.back_to_baseline()
@@ -373,6 +378,9 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
                 "full_passes_timer": 2 + int(uptime // resync_interval(host)),
                 "repairs": metrics["hwflow_agent_tc_repairs_total"] + log.count("OVS: the dump of"),
                 "failed_passes": log.count("reconcile failed"),
+                "python_objects_warm": objects_warm,
+                "python_objects_end": metrics[OBJECTS],
+                "python_objects_growth": metrics[OBJECTS] - objects_warm,
             })
             return results
         finally:

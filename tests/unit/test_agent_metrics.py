@@ -4,6 +4,7 @@ their own; the errno counter from a real (simulated) NIC's refusals; the classes
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -221,6 +222,21 @@ def test_the_watch_is_read_when_scraped() -> None:
     cache.revision, cache.last_reply = 42, time.monotonic() - 3
     assert value(m, "db_revision") == 42
     assert 3 <= value(m, "db_watch_reply_age_seconds") < 10
+
+
+def test_the_census_of_live_objects_follows_what_is_held_frozen_ones_too() -> None:
+    """What a soak tells a growing cache from the allocator's high-water mark by."""
+    m = AgentMetrics(CollectorRegistry())
+    before = value(m, "python_objects")
+    held = [[n] for n in range(20_000)]
+    assert value(m, "python_objects") - before >= 19_000
+    gc.freeze()  # what gc_paused(keep=True) does to what a pass leaves alive
+    try:
+        assert value(m, "python_objects") - before >= 19_000
+    finally:
+        gc.unfreeze()
+    del held
+    assert value(m, "python_objects") - before < 1_000
 
 
 def test_a_write_is_one_watch_lag_observation_above_zero_and_small(tmp_path) -> None:
