@@ -2,8 +2,10 @@
 
 Every packet starts here. A packet from a known local port leaves through
 ``out`` with the port's network key in ``metadata``. A packet from another
-chassis leaves through ``tunnel`` (wired straight to L2: its sender already
-applied port security, its egress security groups and routing):
+chassis leaves through ``tunnel`` (wired straight to L2's lookup of this
+host's ports, :mod:`hwflow.apps.l2`: its sender already applied port
+security, its egress security groups and routing, and delivered to every
+other chassis itself):
 
 - from a tunnel port (``ir.TUNNEL_PORTS``), by its ``tun_id``: the VNI of an
   overlay network with a local port here and a port on a chassis we tunnel

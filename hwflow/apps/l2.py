@@ -8,15 +8,40 @@ Unknown unicast is dropped (a controller knows every MAC on its networks).
 Where a port is (this host, another chassis, a provider uplink) is the
 egress stages' business, not L2's: see :mod:`hwflow.apps.output`.
 
+Two lookup tables, one per way in:
+
+- ``lookup`` (entry ``in``, from L3): a packet of a local port, or one a
+  router here put on the network, may be for any port of the network;
+- ``tunnel`` (entry ``tunnel``, from the classifier's ``tunnel`` exit): for
+  a packet from another chassis (a tunnel port or a provider uplink), it
+  holds only the local ports' unicast flows and the flood, so anything else
+  misses and drops (split horizon made explicit, as OVN delivers what a
+  tunnel brings only to its own ports). Its sender delivered to every
+  other destination itself; before, such a packet found a remote port's
+  flow and left by the port it came in by, which OpenFlow skips, a drop all
+  the same. What a packet from the tunnel can reach is now what is here, so
+  the partitioner walks a tunnel device's chains over the local
+  destinations, not every destination of the network (issue 12: a quarter
+  of a host's leaves). A router's MAC is in neither table: routing is L3's,
+  before L2, and a packet from another chassis was routed by its sender.
+
+Both tables are meeting points (``AppSpec.meets``), whichever wires feed
+them: the partitioner hands a path over there to a chain per network, which
+every local port of the network (``lookup``) or every network a router joins
+shares, and which keeps a tunnel device's rules in a small chain per network
+(``tunnel``) that a port's change re-plans alone.
+
 A network is switched here while it is *present*: it has a local port, or
 it is a NAT network (:func:`nat_networks`: a router's gateway network, the
 external network of a local port's floating IP), whose outside hosts (the
 upstream router behind the provider uplink) reach this host's FIPs and
 SNAT address with no port of the network here.
 
-Owners: ``port:<id>`` for a port's unicast flow (every port of a present
-network: remote ones are reached the same way), and ``network:<id>`` for
-the network's flood flow.
+Owners: ``port:<id>`` for a port's unicast flows (every port of a present
+network in ``lookup``: remote ones are reached the same way; a local port in
+``tunnel`` too, so its becoming local or remote, a change of that owner,
+moves it in or out there), and ``network:<id>`` for the network's flood
+flows (both tables).
 """
 
 from __future__ import annotations
@@ -84,7 +109,8 @@ def placement_affected(change: Change, topo: Topology) -> Iterator[ir.Owner]:
 
 
 class L2App(App):
-    spec = AppSpec(name="l2", tables=("lookup",), entries={"in": "lookup"}, exits=("out",))
+    spec = AppSpec(name="l2", tables=("lookup", "tunnel"), entries={"in": "lookup", "tunnel": "tunnel"},
+                   exits=("out",), meets=("lookup", "tunnel"))
 
     def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         for network_id in sorted(local_networks(topo)):
@@ -99,17 +125,19 @@ class L2App(App):
         network = port and topo.networks.get(port.network_id)
         if port is None or network is None or not present(topo, port.network_id):
             return
-        yield ir.Flow(layout.table("lookup"), PRIO_UNICAST,
-                      ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac)),
-                      (ir.SetField("outport", port.unique_key), layout.goto("out")), owner)
+        match = ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac))
+        actions = (ir.SetField("outport", port.unique_key), layout.goto("out"))
+        yield ir.Flow(layout.table("lookup"), PRIO_UNICAST, match, actions, owner)
+        if topo.is_local(port.id):
+            yield ir.Flow(layout.table("tunnel"), PRIO_UNICAST, match, actions, owner)
 
     def _flood(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:
         network = topo.networks.get(owner.id)
         if network is None or not present(topo, owner.id):
             return
         match = ir.Match((*FLOOD, ir.FieldMatch("metadata", network.unique_key, ir.full_mask("metadata"))))
-        yield ir.Flow(layout.table("lookup"), PRIO_FLOOD, match,
-                      (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out")), owner)
+        actions = (ir.SetField("outport", ir.flood_group(network.unique_key)), layout.goto("out"))
+        yield from (ir.Flow(layout.table(table), PRIO_FLOOD, match, actions, owner) for table in self.spec.tables)
 
     _flows_of = {OWNER_PORT: _unicast, OWNER_NETWORK: _flood}
 

@@ -45,9 +45,10 @@ takes a drop off the NIC before OVS changes whenever it is to stop dropping
 or a change in front of it may hand it other packets (make-before-break:
 hwflow.backends.tc.backend.TcDiff.break_drops). Kept in software: a path
 whose only output went back to the port it came in by (OpenFlow skips it, so
-it drops, but no flow decided that: a tunnel device's chains hold tens of
-thousands of these, remote destinations reached from the tunnel, which would
-fill the NIC for nothing); a table miss (no flow decided it either: every
+it drops, but no flow decided that: a port's packet to its own MAC; what a
+tunnel or an uplink brings never reaches a remote destination, whose paths
+would fill the NIC for nothing, since L2 looks it up among the local ports
+only, hwflow.apps.l2); a table miss (no flow decided it either: every
 table the apps mean to drop in ends in a flow that does, so a miss is a
 table with no default or one mid-change, and planning it would pin a rule
 to the absence of flows; the compiled pipeline's misses are few, so they
@@ -860,8 +861,7 @@ def _cannot_drop(leaf: Leaf, caps: Capabilities) -> str | None:
     (OpenFlow skips it); a table miss; a drop after conntrack (see the module docstring).
     """
     if leaf.hairpin:
-        return ("output to the port it came in by: OpenFlow drops it, but no flow decided it (a tunnel's paths "
-                "to remote destinations would fill the NIC for nothing), so it stays in software")
+        return "output to the port it came in by: OpenFlow drops it, but no flow decided it, so it stays in software"
     if leaf.owner is None:
         return "table miss: no flow decided this drop, so it stays in software"
     if hw.ACTION_DROP not in caps.actions:

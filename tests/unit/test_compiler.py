@@ -77,8 +77,9 @@ def test_one_port_added_touches_only_its_owners():
     # output, its own and its network's (flood): the network had local ports already
     assert delta.owners == 6 + 2 * 2
     assert {f.owner for f in delta.added} == {ir.Owner("network", "n0"), ir.Owner("port", "px")}
-    # classify, unicast, delivery, and port security: link-local IPv6, DHCP discovery, IPv6 DAD, drop the rest
-    assert sum(f.owner == ("port", "px") for f in delta.added) == 7
+    # classify, unicast (from L3 and from the tunnel: a local port), delivery, and port security: link-local IPv6,
+    # DHCP discovery, IPv6 DAD, drop the rest
+    assert sum(f.owner == ("port", "px") for f in delta.added) == 8
     assert [f.owner for f in delta.removed] == [ir.Owner("network", "n0")]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -14,6 +15,7 @@ from hwflow.conf import bridge_mappings
 from hwflow.model.errors import ValidationError
 from hwflow.model.objects import MAX_DATAPATH_KEY, Chassis, Network, Port
 from hwflow.pipeline import interpreter, ir
+from hwflow.pipeline.layout import Wiring
 from hwflow.pipeline.topology import Topology
 
 HERE = "h1"
@@ -176,6 +178,74 @@ def test_uplink_keys_are_stable_and_reserved():
     keys = [ir.physnet_port(f"physnet{i}") for i in range(1000)]
     assert all(ir.PHYSNET_PORT_BASE <= k < ir.PHYSNET_PORT_BASE + ir.PHYSNET_PORT_SPAN for k in keys)
     assert max(ir.PHYSNET_PORT_BASE + ir.PHYSNET_PORT_SPAN, *keys) < min(ir.TUNNEL_PORTS.values())
+
+
+# --- split horizon: what another chassis sends is for this host's ports only ------------------------------
+
+
+def tables_walked(pipe: ir.Pipeline, verdict: interpreter.Verdict) -> list[str]:
+    return [pipe.table_names[step.table] for step in verdict.steps]
+
+
+@pytest.mark.parametrize(("in_port", "arrival", "dst"), [
+    (ir.TUNNEL_PORTS["vxlan"], {"tun_id": 5001}, 12),  # to a port on h2: its sender reached it itself
+    (UPLINK, {"vlan_vid": 100}, 33),  # to a port behind the uplink
+])
+def test_unicast_from_another_chassis_to_a_port_elsewhere_misses_in_l2(in_port, arrival, dst):
+    pipe = pipeline()
+    verdict = send(pipe, in_port, mac(dst), src_key=dst + 1, **arrival)
+    assert verdict.kind == "drop"
+    walked = tables_walked(pipe, verdict)
+    assert walked[-1] == "l2.tunnel" and verdict.steps[-1].flow is None and "l2.lookup" not in walked
+
+
+def test_a_port_moved_to_another_chassis_leaves_the_tunnels_lookup_and_comes_back():
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology(HERE, {n.id: n for n in NETWORKS}, PORTS, set(LOCAL), others={"chassis": CHASSIS})
+    compiler.compile(topo)
+    here, moved = PORTS["p11"], Port(**{**PORTS["p11"].to_dict(), "chassis": "h3"})
+    vxlan = ir.TUNNEL_PORTS["vxlan"]
+
+    def from_tunnel() -> interpreter.Verdict:
+        return send(compiler.pipeline(), vxlan, mac(11), src_key=12, tun_id=5001)
+
+    assert from_tunnel().ports == (11,)
+    compiler.update(topo, topo.apply("port", "p11", moved) + topo.set_local("p11", False))
+    assert from_tunnel().kind == "drop" and tables_walked(compiler.pipeline(), from_tunnel())[-1] == "l2.tunnel"
+    assert tunnelled(send(compiler.pipeline(), 10, mac(11))) == [(vxlan, 5001, ip("192.0.2.3"))]  # local: as ever
+    compiler.update(topo, topo.apply("port", "p11", here) + topo.set_local("p11", True))
+    assert from_tunnel().ports == (11,)
+
+
+def whole_lookup_for_tunnels() -> Compiler:
+    """The pipeline with the classifier's ``tunnel`` exit wired to L2's lookup of every destination."""
+    wiring = Wiring.load(layout_path(""))
+    wires = {**wiring.wires, ("classifier", "tunnel"): ("l2", "in")}
+    return Compiler(list(Compiler.from_file(layout_path("")).apps.values()), dataclasses.replace(wiring, wires=wires))
+
+
+arrivals = st.one_of(
+    st.tuples(st.sampled_from(list(ir.TUNNEL_PORTS.values())), st.fixed_dictionaries(
+        {"tun_id": st.sampled_from([5001, 5002, 999])})),
+    st.tuples(st.just(UPLINK), st.one_of(st.just({}),
+                                         st.fixed_dictionaries({"vlan_vid": st.sampled_from([100, 101])}))),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.sampled_from(sorted(PORTS))), st.lists(st.tuples(
+    arrivals, st.sampled_from([*(mac(p.unique_key) for p in PORTS.values()), BROADCAST, 0x3333_0000_0001]),
+    st.sampled_from([ir.ETH_TYPE_ARP, ir.ETH_TYPE_IPV4])), min_size=1, max_size=20))
+def test_from_another_chassis_the_local_lookup_delivers_what_the_whole_one_would(local, packets):
+    """Split horizon changes where a packet for elsewhere drops (L2's miss, not a skipped hairpin), nothing
+    delivered: whichever ports are local, every packet from a tunnel or the uplink gets the same verdict."""
+    topo = Topology(HERE, {n.id: n for n in NETWORKS}, PORTS, local, others={"chassis": CHASSIS})
+    split = Compiler.from_file(layout_path("")).compile(topo)
+    whole = whole_lookup_for_tunnels().compile(topo)
+    for (in_port, arrival), eth_dst, eth_type in packets:
+        packet = {"in_port": in_port, "eth_src": mac(12), "eth_dst": eth_dst, "eth_type": eth_type, **arrival}
+        ours, theirs = interpreter.run(split, packet), interpreter.run(whole, packet)
+        assert (ours.outputs, ours.punt) == (theirs.outputs, theirs.punt)
 
 
 # --- incremental == full, with remote ports and chassis coming and going ----------------------------------
