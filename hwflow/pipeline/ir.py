@@ -127,9 +127,11 @@ def full_mask(field: str) -> int:
 
 
 NESTED_FROM = 8  # a first lookup leaving more flows than this that do not pin its field is refined by a second
-# A table's lookups answered are forgotten all at once beyond this many plus so many per flow of the table: they
-# are keyed by every index value asked (the ports of a long-running agent, long gone too), and a patch forgets
-# only those a changed flow is among (a table with no flow of a port keeps the answers that port's walks got)
+# A table's lookups answered are forgotten all at once beyond this many plus so many per flow of the pipeline:
+# they are keyed by every index value asked (the ports of a long-running agent, long gone too), and a patch
+# forgets only those a changed flow is among (a table with no flow of a port keeps the answers that port's walks
+# got). Per flow of the whole pipeline, not of the table: a table of a few flows is asked by every destination
+# (a security group's ingress entry, by outport), and a cap by its own flows made a whole plan ask again (-10%)
 ANSWERS_KEPT, ANSWERS_PER_FLOW = 1024, 4
 _FULL_MASKS = {name: (1 << bits) - 1 for name, bits in FIELD_BITS.items()}
 
@@ -581,9 +583,9 @@ class Pipeline:
         hundreds of thousands of times.
         """
         answers = self._answers.get(table)
-        if answers is None or len(answers.by_key) >= ANSWERS_KEPT + ANSWERS_PER_FLOW * len(
-                self._entries.get(table, ())):
-            answers = self._answers[table] = _Answers()
+        if answers is None or len(answers.by_key) >= answers.cap:
+            answers = self._answers[table] = _Answers(
+                ANSWERS_KEPT + ANSWERS_PER_FLOW * sum(map(len, self._entries.values())))
         key = tuple(map(exact.get, self._index_fields(table)))
         if essential:
             key += (essential,)  # filed as the whole answer is: a patch that changes one forgets both
@@ -663,9 +665,10 @@ class _Answers:
     and value each was answered by: a patch forgets those a changed flow is (or would be) among, and the rest
     stay right (:func:`reaches`), so a change does not cost every later walk a fresh look at the table."""
 
-    __slots__ = ("by_key", "_filed")
+    __slots__ = ("by_key", "_filed", "cap")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap  # forgotten all at once beyond this many (ANSWERS_KEPT)
         self.by_key: dict[tuple, tuple[tuple[str, ...], tuple[int, ...], tuple[Flow, ...]]] = {}
         self._filed: dict[str | None, dict[int | None, list[tuple]]] = {}  # first field -> its value -> keys
 

@@ -85,7 +85,7 @@ def test_lookups_by_ports_long_gone_are_not_remembered_for_ever():
     flows = [ir.Flow(0, 20, ir.Match.of(in_port=p), (ir.Drop(),), "port") for p in range(1, 4)]
     flows.append(ir.Flow(0, 10, ir.Match(), (ir.Output(1),), "default"))
     pipeline = ir.Pipeline.build(flows, {})
-    bound = ir.ANSWERS_KEPT + ir.ANSWERS_PER_FLOW * len(flows)
+    bound = ir.ANSWERS_KEPT + ir.ANSWERS_PER_FLOW * len(flows)  # one table: its flows are the pipeline's
     for port in range(1, 3 * bound):
         fields, values, found = pipeline.lookup(0, {"in_port": port, "metadata": 1})
         assert (fields, values) == (("in_port",), (port,))
