@@ -113,12 +113,13 @@ class Maintenance:
         Whether every difference found was repaired (or left for its reason)."""
         try:
             neutron = PluginNeutron()
-            repaired = True
-            for diff in sync.repair(neutron, nb, sync.compare(neutron, nb)):
+            done = sync.repair(neutron, nb, sync.compare(neutron, nb))
+            for diff in done:
                 LOG.warning("hwflow maintenance: %s %s %s (%s): %s: %s", diff.action, diff.kind, diff.id, diff.name,
                             diff.detail, diff.result)
-                repaired = repaired and not diff.result.startswith(sync.FAILED)
-            return repaired
+            failed = sum(diff.result.startswith(sync.FAILED) for diff in done)
+            LOG.info("hwflow maintenance: a round done: %d difference(s), %d not repaired", len(done), failed)
+            return not failed
         except Exception:  # noqa: BLE001 - any failure: logged, and the next round again
             LOG.exception("hwflow maintenance: comparing with hwflow's database failed")
             return False

@@ -216,8 +216,9 @@ class HwflowMechanismDriver(api.MechanismDriver):
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
         if not mapping.is_l3_port(context.current):
-            port = mapping.port(context.current, self._chassis(context.host))
-            self.put([*self._missing_groups(context, port), port])
+            with self._repaired_if_failed():  # the reads before the write too: its chassis, the groups hwflow lacks
+                port = mapping.port(context.current, self._chassis(context.host))
+                self.put([*self._missing_groups(context, port), port])
 
     update_port_postcommit = create_port_postcommit
 
@@ -293,10 +294,11 @@ class HwflowMechanismDriver(api.MechanismDriver):
                                 payload: events.DBEventPayload) -> None:
         """The group and its rules, and the other groups' rules naming it as their remote group: Neutron's
         database drops those with it (a foreign key), without an event for each."""
-        for rule in self.nb.referrers("security_group", payload.resource_id, SecurityGroupRule):
-            if rule.security_group_id != payload.resource_id:
-                self.remove(rule.kind, rule.id)
-        self.remove("security_group", payload.resource_id)
+        with self._repaired_if_failed():  # the read of the rules naming it too
+            for rule in self.nb.referrers("security_group", payload.resource_id, SecurityGroupRule):
+                if rule.security_group_id != payload.resource_id:
+                    self.remove(rule.kind, rule.id)
+            self.remove("security_group", payload.resource_id)
 
     def _check_rule(self, resource: str, event: str, trigger: Any, payload: events.DBEventPayload) -> None:
         self.check("security group rule", lambda: mapping.security_group_rule(payload.latest_state))

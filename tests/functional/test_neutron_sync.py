@@ -281,6 +281,7 @@ def test_a_failed_write_is_repaired_in_seconds_by_the_server_it_failed_in(site: 
     port = conn.network.create_port(network_id=net.id, name="before")
     try:
         retrier.start()
+        wait_log(retrier, "hwflow maintenance: a round done")  # its round at start: the write failing wakes it
         site.etcd.stop()
         try:
             with contextlib.suppress(openstack.exceptions.HttpException):
@@ -299,6 +300,13 @@ def test_a_failed_write_is_repaired_in_seconds_by_the_server_it_failed_in(site: 
         retrier.stop()
         conn.network.delete_port(port)
         conn.network.delete_network(net)
+
+
+def wait_log(server: NeutronServer, text: str) -> None:
+    deadline = time.monotonic() + REPAIR_TIMEOUT
+    while text not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in {REPAIR_TIMEOUT:g} s:\n{server.tail()}"
+        time.sleep(0.5)
 
 
 def test_collections_are_read_page_by_page(site: Site) -> None:
