@@ -137,10 +137,12 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
     """Create or overwrite each object, in one batch, but none over a newer one: one hwflow holds at a higher
     ``external_revision`` is left (another Neutron server wrote a later state). Each overwrite compares hwflow's
     revision of what was read, so a race lost to another writer is read and decided again. Equal revisions are
-    written (a request Neutron retried, a repair). With ``neutron``, an object hwflow lacks is created only if
-    Neutron has it now, and deleted again if Neutron has it no more once written (:func:`_undone`): a server's
-    update landing after another server deleted the object does not bring it back; one that is hwflow's
-    (``external_revision`` 0, :data:`mapping.DROP_ALL_GROUP`) is created all the same. Returns the objects left.
+    written (a request Neutron retried, a repair); an object hwflow holds as it is is not (Neutron moves a port's
+    revision when it sets the port's status, which hwflow does not hold: rewriting it would wake every agent).
+    With ``neutron``, an object hwflow lacks is created only if Neutron has it now, and deleted again if Neutron
+    has it no more once written (:func:`_undone`): a server's update landing after another server deleted the
+    object does not bring it back; one that is hwflow's (``external_revision`` 0, :data:`mapping.DROP_ALL_GROUP`)
+    is created all the same. Returns the objects left.
     """
     objs = list(objs)
     for _ in range(WRITE_ATTEMPTS):
@@ -157,8 +159,9 @@ def put_newer(nb: NbApi, objs: Iterable[NbObject], neutron: Neutron | None = Non
                 continue
             if stored.external_revision > obj.external_revision:
                 left.append(obj)
-            else:
+            elif _differing(obj, stored):
                 writes.append(Update(obj, if_revision=stored.revision))
+            # else the same but for Neutron's revision (a port's status moved it): no write, no agent woken
         try:
             nb.apply(writes)
         except Conflict:

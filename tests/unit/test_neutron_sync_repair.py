@@ -133,6 +133,21 @@ def test_an_older_revision_is_not_written_over_a_newer() -> None:
             assert (held.name, held.external_revision) == (name, revision)
 
 
+def test_a_newer_revision_of_the_same_object_is_not_written() -> None:
+    """Neutron bumps a port's revision when it sets its status (ACTIVE once hwflow reports it up): the port as
+    hwflow holds it is the same, so nothing is written and no agent wakes for it."""
+    with tempfile.TemporaryDirectory() as tmp, NbApi.from_url(f"sqlite:///{Path(tmp) / 'nb.sqlite'}") as nb:
+        net = nb.create(Network(name="n", vni=7, external_revision=1))
+        port = Port(id=_ident(), name="p", network_id=net.id, mac="fa:16:3e:00:00:01", port_security=False,
+                    external_revision=3)
+        assert sync.put_newer(nb, [port]) == []
+        written = nb.get(Port, port.id).revision
+        assert sync.put_newer(nb, [Port(**{**port.to_dict(), "external_revision": 4})]) == []
+        assert nb.get(Port, port.id).revision == written
+        assert sync.put_newer(nb, [Port(**{**port.to_dict(), "name": "q", "external_revision": 5})]) == []
+        assert (nb.get(Port, port.id).name, nb.get(Port, port.id).external_revision) == ("q", 5)
+
+
 def test_a_network_neutron_does_not_show_as_an_admin_is_refused_with_the_reason() -> None:
     """Without the provider attributes (a user who is not an admin) a network cannot be compared: refused,
     saying to read Neutron as an admin, and left alone by the repair."""
