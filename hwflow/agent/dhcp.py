@@ -230,16 +230,12 @@ def _addresses(texts: list[str]) -> bytes:
 
 
 def _classless_routes(subnet: Subnet) -> bytes:
-    """Option 121: each route as the prefix length, the significant octets of the prefix, the router."""
+    """Option 121: the subnet's host routes and the default route through its gateway."""
     routes = [(r["destination"], r["nexthop"]) for r in subnet.host_routes]
     if subnet.gateway_ip:
         routes.append(("0.0.0.0/0", subnet.gateway_ip))
-    out = b""
-    for destination, nexthop in routes:
-        net = ipaddress.IPv4Network(destination)
-        out += bytes((net.prefixlen,)) + net.network_address.packed[:(net.prefixlen + 7) // 8]
-        out += ipaddress.IPv4Address(nexthop).packed
-    return out
+    return dhcp_options.classless_routes((ipaddress.IPv4Network(destination), ipaddress.IPv4Address(nexthop))
+                                         for destination, nexthop in routes)
 
 
 def lease_options(lease: Served, network: Network | None, lease_seconds: int = LEASE_SECONDS) -> Iterator[

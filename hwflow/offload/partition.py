@@ -1282,6 +1282,10 @@ class _Planner:
         rank = self.rank
         return sorted(keys, key=lambda k: (-rank.get(k, 0.0), k)) if rank else sorted(keys)
 
+    def chain_keys(self) -> Collection[tuple]:
+        """The keys of the chains planned (a whole plan's: what ChainIds keeps numbers for)."""
+        return self._chains.keys()
+
     def plan_all(self) -> Plan:
         """Every port, in rank order (:meth:`_order`), each within what the ports before it left of its switch's
         capacity."""
@@ -2085,7 +2089,7 @@ class Partitioner:
             self.changed = None
             self.full_plans += 1
             plan = self._planner.plan_all()
-            self._ids.keep_only(self._planner._chains.keys())
+            self._ids.keep_only(self._planner.chain_keys())
             return plan
 
     def moves(self, rank: Mapping[int, float]) -> bool:

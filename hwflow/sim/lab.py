@@ -311,7 +311,7 @@ def plug_vm(workdir: Path, host_name: str, port_id: str, vm: str) -> dict:
     hosts = {host["name"]: host for host in state["hosts"]}
     if host_name not in hosts:
         raise HostError(f"no host {host_name!r} in the lab in {workdir}; its hosts: {', '.join(sorted(hosts))}")
-    if vm in _namespaces():
+    if vm in namespaces():
         raise HostError(f"network namespace {vm!r} exists already: name another VM namespace")
     try:
         port = on_database(state["database"], state["underlay_ns"], lambda api: api.get(Port, port_id))
@@ -331,7 +331,7 @@ def plug_vm(workdir: Path, host_name: str, port_id: str, vm: str) -> dict:
                                          "representor": vf["representor"]}
     (host_dir / HOST_STATE_FILE).write_text(json.dumps(saved, indent=2))  # first: `lab down` deletes it all
     give_vf(saved["ns"], vf["vf_netdev"], vm, port.mac)
-    ovsdb = OvsdbClient(OvsDaemons(Path(saved["ovs_rundir"])).db_sock, BRIDGE)
+    ovsdb = _bridge(saved)
     ovsdb.add_port(vf["representor"], iface_id=port.id)
     ovsdb.wait_for_ofport(vf["representor"], timeout=15)
     return {"vm": vm, "host": host_name, "port_id": port.id, "mac": port.mac, "ips": list(port.ips),
@@ -348,13 +348,18 @@ def unplug_vm(workdir: Path, vm: str) -> dict:
         plugged = saved.get(PLUGGED, {}).get(vm)
         if plugged is None:
             continue
-        OvsdbClient(OvsDaemons(Path(saved["ovs_rundir"])).db_sock, BRIDGE).del_port(plugged["representor"])
+        _bridge(saved).del_port(plugged["representor"])
         take_vf_back(saved["ns"], plugged["vf_netdev"], vm)
         del saved[PLUGGED][vm]
         saved["vms"] = [name for name in saved["vms"] if name != vm]
         (host_dir / HOST_STATE_FILE).write_text(json.dumps(saved, indent=2))
         return {"vm": vm, "host": host["name"], **plugged}
     raise HostError(f"no VM {vm!r} plugged in the lab in {workdir} (hwflow lab status lists them)")
+
+
+def _bridge(host_state: dict) -> OvsdbClient:
+    """The integration bridge of a running host, from its host.json."""
+    return OvsdbClient(OvsDaemons(Path(host_state["ovs_rundir"])).db_sock, BRIDGE)
 
 
 def _running(workdir: Path) -> dict:
@@ -364,7 +369,8 @@ def _running(workdir: Path) -> dict:
     return state
 
 
-def _namespaces() -> set[str]:
+def namespaces() -> set[str]:
+    """The network namespaces on this machine."""
     return {line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()}
 
 

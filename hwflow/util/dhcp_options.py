@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Iterable
 
 ADDRESS = "address"
 ADDRESSES = "addresses"
@@ -141,10 +142,15 @@ def encode(option: DhcpOption, value: str) -> bytes:
     if kind == DOMAINS:  # RFC 3397: each name in DNS wire format, uncompressed
         return b"".join(b"".join(bytes((len(label),)) + label.encode() for label in d.split(".")) + b"\0"
                         for d in value.split(","))
-    if kind == ROUTES:  # RFC 3442: prefix length, the prefix's significant octets, the router
-        return b"".join(bytes((net.prefixlen,)) + net.network_address.packed[:(net.prefixlen + 7) // 8]
-                        + router.packed for net, router in _routes(value))
+    if kind == ROUTES:
+        return classless_routes(_routes(value))
     return value.encode()
+
+
+def classless_routes(routes: Iterable[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]) -> bytes:
+    """Option 121 (RFC 3442): each route as its prefix length, the prefix's significant octets, the router."""
+    return b"".join(bytes((net.prefixlen,)) + net.network_address.packed[:(net.prefixlen + 7) // 8] + router.packed
+                    for net, router in routes)
 
 
 def _addresses(value: str) -> list[ipaddress.IPv4Address]:

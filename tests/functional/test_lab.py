@@ -38,15 +38,11 @@ from hwflow.model.objects import (
     Subnet,
 )
 from hwflow.sim.host import BRIDGE, SimHost, in_ns, run, stop_process
-from hwflow.sim.lab import OUTSIDE_BRIDGE, LabHost, SimLab, host_report, on_database
+from hwflow.sim.lab import OUTSIDE_BRIDGE, LabHost, SimLab, host_report, namespaces, on_database
 
 pytestmark = pytest.mark.functional
 
 PINGS = 5
-
-
-def namespaces() -> set[str]:
-    return {line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()}
 
 
 def report(host: SimHost) -> dict:
