@@ -36,7 +36,9 @@ Results (the functional test tests/functional/test_soak.py asserts them):
 - ``rss_warm_mb``, ``rss_end_mb``, ``rss_growth_mb`` (end minus warm), ``rss_max_mb`` (while churning),
   ``rss_slope_mb_per_h`` (a least-squares line through the churn's samples); ``rss_start_mb`` before the
   warm-up;
-- ``fds_warm`` / ``fds_end``, ``threads_warm`` / ``threads_end``: the agent's, at the two baselines;
+- ``fds_warm`` / ``fds_end``, ``threads_warm`` / ``threads_end``: the agent's, at the two baselines (the fewest
+  descriptors seen over ``SETTLE_FDS_S``: a pass in flight holds a child's pipes for a moment; extra ones at the end
+  are named in the progress);
 - ``python_objects_warm`` / ``python_objects_end``, ``python_objects_growth`` (end minus warm): the objects the
   agent's Python holds at the two baselines (its ``hwflow_agent_python_objects``): live state that grows shows
   here, where RSS also keeps what the allocator holds after a peak;
@@ -54,10 +56,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import secrets
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +93,7 @@ HEARTBEAT_TTL = 15.0
 HEARTBEAT_EVERY = 3.0
 METRICS_PORT = 9478  # in the host's namespace, on its loopback
 OBJECTS = "hwflow_agent_python_objects"  # the agent's metric its census of live objects is read from
+SETTLE_FDS_S = 5.0  # how long the fd count is watched for its low: a pass in flight holds a few for a moment
 CHURN_IPS = range(10, 250)  # host parts of the churned ports' addresses in 10.0.0.0/24
 KINDS = ("create_local", "create_remote", "move", "sg_rule", "delete")
 WEIGHTS = {"create_local": 3, "create_remote": 2, "move": 3, "sg_rule": 2, "delete": 4}
@@ -105,11 +110,12 @@ class SoakError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What a leak shows in from outside the agent: memory, file descriptors, threads."""
+    """What a leak shows in from outside the agent: memory, file descriptors (and what they point to), threads."""
 
     rss_mb: float
     fds: int
     threads: int
+    fd_targets: tuple[str, ...] = ()
 
 
 def footprint(pid: int | None) -> Footprint:
@@ -118,8 +124,31 @@ def footprint(pid: int | None) -> Footprint:
         raise SoakError("the agent exited")
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     rss_kb = int(status["VmRSS"].split()[0])
-    return Footprint(round(rss_kb / 1024, 2), len(list(Path(f"/proc/{pid}/fd").iterdir())),
-                   int(status["Threads"]))
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets.append(re.sub(r"\[\d+\]$", "", str(fd.readlink())))
+        except FileNotFoundError:  # closed while listed
+            continue
+    return Footprint(round(rss_kb / 1024, 2), len(targets), int(status["Threads"]), tuple(sorted(targets)))
+
+
+def settled_footprint(pid: int | None, seconds: float = SETTLE_FDS_S) -> Footprint:
+    """The footprint with the fewest descriptors over ``seconds``: a pass in flight holds a child's pipes or a
+    dump's netlink socket for a moment, a leak holds its descriptor in every sample."""
+    best = footprint(pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and best.fds:
+        time.sleep(0.2)
+        now = footprint(pid)
+        if now.fds < best.fds:
+            best = now
+    return best
+
+
+def fds_added(before: Footprint, after: Footprint) -> list[str]:
+    """What the descriptors ``after`` holds beyond ``before``'s point to (a socket, a pipe, a file's path)."""
+    return sorted((Counter(after.fd_targets) - Counter(before.fd_targets)).elements())
 
 
 def agent_metrics(host: SimHost) -> dict[str, float]:
@@ -353,7 +382,7 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             churn.back_to_baseline()
             warm_back = wait_counts(paths, len(baseline.rules), len(baseline.flows), params["timeout_s"])
             time.sleep(2.0)
-            warm = footprint(host.agent_pid)
+            warm = settled_footprint(host.agent_pid)
             objects_warm = agent_metrics(host)[OBJECTS]
             progress(f"warmed up ({sum(churn.counts.values())} operations; counts back in {warm_back} s): agent "
                      f"RSS {warm.rss_mb} MB, {objects_warm:.0f} objects, {warm.fds} fds, {warm.threads} threads")
@@ -362,7 +391,10 @@ def _run(params: dict, workdir: Path, progress: Progress) -> dict[str, float]:
             churn.back_to_baseline()
             back = wait_counts(paths, len(baseline.rules), len(baseline.flows), params["timeout_s"])
             time.sleep(2.0)
-            end = footprint(host.agent_pid)
+            end = settled_footprint(host.agent_pid)
+            if end.fds != warm.fds:
+                progress(f"descriptors at the end beyond the warm baseline's: {fds_added(warm, end)}; "
+                         f"fewer: {fds_added(end, warm)}")
             ways = stream.stop()
             stream = None
             metrics = agent_metrics(host)
