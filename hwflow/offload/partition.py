@@ -1484,14 +1484,14 @@ class _Planner:
             self._set_chain(owner[1], None)
             del self._chains[owner[1]]
         for owner in sorted(chains, key=lambda o: self.ids.get(o[1], SHARED)):
-            key = owner[1]
-            if key in self._chains:  # planned already, as the child of another
-                continue
-            old = before[key]
-            ctx = self._context(key)
-            if ctx is None:
-                continue
-            new = self._set_chain(key, self._chain_for(ctx, key))
+            key, old = owner[1], before[owner[1]]
+            if key in self._chains:  # planned already, as the child of another chain planned again: the ports
+                new = self._chains[key]  # reaching it and the owners above it are told as if planned here
+            else:
+                ctx = self._context(key)
+                if ctx is None:
+                    continue
+                new = self._set_chain(key, self._chain_for(ctx, key))
             if old is not None:
                 touched.add(old.id)
             if (old is None) != (new is None) or (old is not None and _exit(old) != _exit(new)):

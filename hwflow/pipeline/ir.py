@@ -436,6 +436,7 @@ class Pipeline:
         self._fields: dict[int, tuple[str, ...]] = {}
         self._keys: dict[int, dict[tuple, Entry]] = {}  # table -> flow key -> its entry (made on first patch)
         self._answers: dict[int, _Answers] = {}  # table -> the lookups answered (see lookup)
+        self._essential: dict[int, dict[tuple[int, ...], tuple]] = {}  # see _essential_of
 
     @classmethod
     def build(cls, flows: Iterable[Flow], table_names: Mapping[int, str],
@@ -474,6 +475,7 @@ class Pipeline:
         out._indexes = {k: v for k, v in self._indexes.items() if k[0] not in gone and k[0] not in new}
         out._keys = {t: v for t, v in self._keys.items() if t not in gone and t not in new}
         out._answers = {t: v for t, v in self._answers.items() if t not in gone and t not in new}
+        out._essential = {t: v for t, v in self._essential.items() if t not in gone and t not in new}
         for table in gone.keys() | new.keys():
             keys = gone.get(table, set())
             held = self._keys_of(table)
@@ -509,6 +511,7 @@ class Pipeline:
                 # lookup by a field no flow matches exactly is only less selective, never wrong)
                 exact = {t.field for _, f in fresh for t in f.match if t.mask == _FULL_MASKS[t.field]}
                 out._fields[table] = fields + tuple(sorted(exact - set(fields)))
+            self._essential.pop(table, None)  # of index lists the new pipeline changes in place
             answers = self._answers.pop(table, None)  # the new pipeline's now, less what the patch changed
             if answers is not None and out._fields.get(table) == fields:
                 for _, flow in (*dropped, *fresh):
@@ -591,13 +594,31 @@ class Pipeline:
             key += (essential,)  # filed as the whole answer is: a patch that changes one forgets both
         answer = answers.by_key.get(key)
         if answer is None:
-            fields, values, flows = self._look_up(table, exact)
-            answer = (fields, values, essential_flows(tuple(flows)) if essential else tuple(flows))
+            fields, values, parts = self._look_up(table, exact)
+            if essential:
+                flows = self._essential_of(table, parts)
+            else:
+                flows = tuple(flow for _, flow in _merged(parts))
+            answer = (fields, values, flows)
             answers.put(key, answer)
         return answer
 
+    def _essential_of(self, table: int, parts: list[Sequence[Entry]]) -> tuple[Flow, ...]:
+        """:func:`essential_flows` of the merge of ``parts`` (lists of ``table``'s index), remembered by the lists
+        themselves: a walk looks up the ingress security-group stage by each destination's port, and every
+        remote destination's answer is the same lists, the stage's defaults (a whole plan's first lookups spent
+        a sixth of its time finding the same flows redundant again)."""
+        memo = self._essential.setdefault(table, {})
+        key = tuple(map(id, parts))
+        held = memo.get(key)
+        if held is None or any(a is not b for a, b in zip(held[0], parts)):
+            held = memo[key] = (parts, essential_flows(tuple(flow for _, flow in _merged(parts))))
+        return held[1]
+
     def _look_up(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...],
-                                                                     Iterable[Flow]]:
+                                                                     list[Sequence[Entry]]]:
+        """The fields and values looked up by, and the non-empty lists of the table's index they leave, each in
+        table order: their merge is the answer."""
         best: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
@@ -608,7 +629,8 @@ class Pipeline:
             if best is None or len(hits) + len(rest) < best[0]:
                 best = (len(hits) + len(rest), field, hits, rest)
         if best is None:
-            return (), (), self.table(table)
+            whole = self._entries.get(table)
+            return (), (), [whole] if whole else []
         _, first, hits, rest = best
         fields, values, parts = (first,), (exact[first],), [hits, rest]
         if len(rest) > NESTED_FROM:
@@ -623,9 +645,7 @@ class Pipeline:
                     second = (len(hits2) + len(rest2), field, hits2, rest2)
             if second is not None:
                 fields, values, parts = (first, second[1]), (exact[first], exact[second[1]]), [hits, *second[2:]]
-        parts = [part for part in parts if part]
-        entries = parts[0] if len(parts) == 1 else heapq.merge(*parts, key=_position) if parts else ()
-        return fields, values, (flow for _, flow in entries)
+        return fields, values, [part for part in parts if part]
 
     def _keys_of(self, table: int) -> dict[tuple, Entry]:
         keys = self._keys.get(table)
@@ -707,6 +727,11 @@ def _unique(flows: Iterable[Flow], on_clash: Callable[[Flow, Flow], None] | None
 
 def _position(entry: Entry) -> tuple[int, int]:
     return entry[0]
+
+
+def _merged(parts: Sequence[Sequence[Entry]]) -> Iterable[Entry]:
+    """Lists of one table's entries (each in table order) merged into table order."""
+    return parts[0] if len(parts) == 1 else heapq.merge(*parts, key=_position) if parts else ()
 
 
 def pinned(match: Match, field: str) -> int | None:

@@ -933,6 +933,34 @@ def _check_incremental(pipelines_, before, after, joins, rich, capacity, pkts) -
     return by_nic
 
 
+def test_a_chain_planned_again_as_the_child_of_another_tells_the_ports_that_reach_it():
+    """A change re-plans a network's L2 chain and the destination chain below it; re-planning the first plans the
+    second as its child. Port 1 reaches only the second (by a goto of its own): its rules change and it must be
+    among the ports the partitioner says changed, or the agent leaves the chain's old rules on its
+    representor. (Hypothesis found it: the child was skipped as planned already, and its ports not told.)"""
+    classify = [ir.Flow(0, 0, ir.Match.of(in_port=p), (ir.SetField("metadata", 0), ir.GotoTable(1)), "classify")
+                for p in (2, 3)]
+    direct = ir.Flow(0, 0, ir.Match.of(eth_dst=MACS[0]), (ir.GotoTable(2),), "s0p0")
+    icmp = {"eth_type": ir.ETH_TYPE_IPV4, "ip_proto": 1, "ipv4_dst": 0x0A000001}
+    before = [*classify, direct,
+              ir.Flow(1, 0, ir.Match.of(**icmp), (ir.Conntrack(zone=3, table=2),), "s1p0"),
+              ir.Flow(2, 0, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, ipv4_dst=0x0A000001), (ir.Output(1),), "s2p0"),
+              ir.Flow(2, 0, ir.Match.of(eth_type=ir.ETH_TYPE_IPV4, metadata=0), (ir.Output(1),), "s2p0")]
+    after = [*classify, direct,
+             ir.Flow(1, 0, ir.Match.of(eth_dst=MACS[0], eth_type=ir.ETH_TYPE_IPV4), (ir.GotoTable(2),), "s1p0"),
+             ir.Flow(2, 0, ir.Match.of(**icmp, metadata=0), (ir.Output(1),), "s2p0")]
+    old, new = _patched({f.key: f for f in before}, {f.key: f for f in after})
+    offload = _offload(_capped(RICH_CAPS, 3))
+    partitioner = Partitioner({1, 2})
+    first = partitioner.plan(old, {p: offload[p] for p in (1, 2)}, (ir.ETH_TYPE_IPV4,), {})
+    delta = (list(set(new.flows) - set(old.flows)), list(set(old.flows) - set(new.flows)))
+    plan = partitioner.plan(new, {1: offload[1]}, (ir.ETH_TYPE_IPV4,), {}, delta)
+    assert plan.rules_of(1) != first.rules_of(1)
+    assert partitioner.changed is not None and 1 in partitioner.changed
+    whole = partition(new, {1: offload[1]}, (ir.ETH_TYPE_IPV4,), joins={1, 2}, ids=partitioner._ids)
+    assert plan.rules_of(1) == whole.rules_of(1)
+
+
 def test_a_chain_that_becomes_useful_is_reached_by_the_ports_above_it():
     """A network's chain with nothing for hardware, then a destination appears: the ports above it, whose walks
     read nothing that changed, must now go to it (and back to software when it goes)."""

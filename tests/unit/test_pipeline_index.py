@@ -191,3 +191,25 @@ def test_neighbour_discovery_bypasses_that_end_where_the_default_does_are_not_es
     assert [f.owner for f in pipeline.lookup(0, {"outport": 5}, essential=True)[2]] == ["nd"] * 4 + ["sg", "default"]
     assert [f.owner for f in pipeline.lookup(0, {"outport": 6}, essential=True)[2]] == ["default"]
     assert [f.owner for f in pipeline.lookup(0, {"outport": 6})[2]] == ["nd"] * 4 + ["default"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables_with_repeats(), st.lists(packets, min_size=1, max_size=6), st.lists(st.integers(0, 24), max_size=6),
+       st.sampled_from([ir.Output(1), ir.Output(2), ir.Drop()]), st.data())
+def test_essential_answers_follow_a_patch(pipeline, pkts, gone, action, data):
+    """The essential candidates remembered by the index lists they came from (one computation for every
+    destination whose lookup leaves the same lists) are forgotten when a patch changes those lists in place:
+    before and after, the essential candidates decide each packet as the whole table does."""
+    for pkt in pkts:
+        pipeline.lookup(0, pkt, essential=True)
+    removed = [pipeline.flows[i] for i in gone if i < len(pipeline.flows)]
+    held = {f.key for f in pipeline.flows} - {f.key for f in removed}
+    added = [f for f in (ir.Flow(0, data.draw(st.integers(0, 5)), data.draw(terms()), (action,), "new")
+                         for _ in range(data.draw(st.integers(0, 4)))) if f.key not in held]
+    patched = pipeline.patched({f.key: f for f in added}.values(), removed)
+    for pkt in pkts:
+        for p in (patched, pipeline, patched):
+            every = next((f for f in p.table(0) if f.match.covers(pkt)), None)
+            essential = next((f for f in p.lookup(0, pkt, essential=True)[2] if f.match.covers(pkt)), None)
+            assert (every is None) == (essential is None)
+            assert every is None or every.actions == essential.actions
