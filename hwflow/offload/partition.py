@@ -137,6 +137,10 @@ Region = Mapping[str, tuple[int, int]]  # field -> (value, mask)
 Deps = dict[tuple, "tuple[tuple[str, int], ...] | None"]
 Edit = ir.SetField | ir.DecTtl | ir.PushVlan | ir.PopVlan | ir.Conntrack  # what a hardware rule does to a packet
 PATHS_PER_RULE = 50  # a port short of room is planned again once it would gain a rule per 50 paths (_worth_it)
+# what a goto to a chain the decision list does not reach yet costs at least: itself, and the chain's one rule for
+# hardware and its catch-all (a chain with none for hardware is not entered). A port's goto that cannot pay that
+# is kept in software without planning the chain: at a full NIC most ports' chains would be planned for nothing
+GOTO_AT_LEAST = 3
 SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
 SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
 
@@ -1798,7 +1802,11 @@ class _Planner:
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
-            if reason is None and leaf.enter is not None:
+            if reason is None and leaf.enter is not None and budget is not None and \
+                    out.cost + GOTO_AT_LEAST > budget and not self._reached_already(ctx, leaf.enter, out):
+                reason = FULL  # whatever the chain behind it holds: it is not planned for a port that cannot pay
+                out.short_by(out.cost + GOTO_AT_LEAST - budget)
+            elif reason is None and leaf.enter is not None:
                 target, reason = self._enter(ctx, leaf.enter, owner, out)
                 if target is not None and budget is not None:
                     below = self._closure_of(target) - out.reached
@@ -1855,12 +1863,21 @@ class _Planner:
         placed.add(rule, key)
         out.rules.append(rule)
 
+    def _reached_already(self, ctx: PortOffload, entry: ChainEntry, out: _Decided) -> bool:
+        """Whether a goto to ``entry``'s chain costs one rule only (the chain and those below it are among what
+        the decision list reaches already), or the NIC numbers chains in the order met (``max_chains``: each
+        goto there is decided by the chain itself). Else it costs at least :data:`GOTO_AT_LEAST`."""
+        if ctx.capabilities.max_chains is not None:
+            return True
+        chain = self._chains.get(_chain_key(ctx, entry))
+        return chain is not None and self._closure_of(chain.id) <= out.reached
+
     def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner, out: _Decided
                ) -> tuple[int | None, str | None]:
         """The chain a goto leaf leads to, planned now if it is new (None and why: keep the leaf in software)."""
         caps = ctx.capabilities
         limited = caps.max_chains is not None
-        key = (ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry)
+        key = _chain_key(ctx, entry)
         out.entered.add(key)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
@@ -1935,6 +1952,13 @@ class _Planner:
         self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software),
                          refreshed=frozenset(refresh) if refresh is not None else None)
         return self.plan
+
+
+def _chain_key(ctx: PortOffload, entry: ChainEntry) -> tuple:
+    """The planner's key of the chain ``entry`` starts for a goto from ``ctx``: one per switch for a shared entry,
+    one per port for its own entries and on a NIC that numbers each port's chains (``max_chains``)."""
+    limited = ctx.capabilities.max_chains is not None
+    return ctx.switch_id, ctx.port if limited or not entry.shared else SHARED, entry
 
 
 def _hit_by(added: Sequence[ir.Flow], removed: Sequence[ir.Flow], matched: set[int]

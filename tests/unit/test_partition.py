@@ -406,6 +406,30 @@ def test_a_port_with_a_long_decision_list_short_of_room_waits_for_room_worth_dec
     assert 3 in partitioner.changed and len(after_ten.rules_of(3)) == 111
 
 
+def test_a_port_that_cannot_pay_a_goto_does_not_plan_the_chain_behind_it():
+    """Ports 1 and 2 on networks 7 and 9, each network a shared L2 chain (a goto, two destinations, the catch-all:
+    four rules a port). Room for one port: port 2 cannot pay a goto to a chain it does not reach yet, so its
+    network's chain is not planned at all (at a full NIC most ports' chains were planned for nothing: 70% of
+    the partition benchmark's whole plan), and its path stays in software for want of room. When port 1 goes,
+    port 2 is planned again and gets what a whole plan gives it."""
+    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(10)), f"port:{p}")
+             for p, net in ((1, 7), (2, 9))]
+    flows += [ir.Flow(10, 100, ir.Match.of(metadata=net, eth_dst=mac), (ir.Output(p),), f"port:{p}")
+              for net in (7, 9) for p, mac in ((3, MACS[0]), (4, MACS[1]))]
+    pipeline = ir.Pipeline.build(flows, {})
+    offload = {p: PortOffload(p, "sw0", dataclasses.replace(RICH_CAPS, max_rules=5)) for p in (1, 2, 3, 4)}
+    partitioner = Partitioner({10})
+    plan = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    assert len(plan.rules_of(1)) == 4 and plan.rules_of(2) == []
+    assert [sw.reason for sw in plan.software if sw.in_port == 2] == [FULL]
+    assert {key[2].known for key in partitioner._planner.chain_keys()} == {(("metadata", 7),)}
+    after = partitioner.plan(pipeline, {p: offload[p] for p in (2, 3, 4)}, (ir.ETH_TYPE_IPV4,), {}, ([], []))
+    assert 2 in partitioner.changed and len(after.rules_of(2)) == 4
+    whole = partition(pipeline, {p: offload[p] for p in (2, 3, 4)}, (ir.ETH_TYPE_IPV4,), joins={10},
+                      ids=partitioner._ids)
+    assert after.rules_of(2) == whole.rules_of(2)
+
+
 def test_no_redirect_across_switches():
     pipeline = _l2_pipeline()
     plan = partition(pipeline, _offload(FULL_CAPS, ("sw0", "sw1", "sw0", "sw0")), (ir.ETH_TYPE_IPV4,))
