@@ -1094,6 +1094,8 @@ class _Decided:
     # less, every decision stays as it is
     shortfall: int | None = None
     wants: dict[int, int] = dataclasses.field(default_factory=dict)  # chain -> the least more room a goto to it needs
+    # the least room in which every goto is decided as it is (with less, one a chain's plan decided would be FULL)
+    floor: int = 0
     entered: set[tuple] = dataclasses.field(default_factory=set)  # the chains (by key) its gotos went to or wanted
 
     def short_by(self, rules: int, target: int | None = None) -> None:
@@ -1257,6 +1259,7 @@ class _Planner:
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._budgets: dict[int, int] = {}  # port -> the room it was planned in
+        self._floors: dict[int, int] = {}  # port -> the least room its plan holds in (see _Decided.floor)
         self._starved: dict[int, int] = {}  # port -> the more room it needs to place a path kept out for want of it
         self._wants: dict[int, dict[int, int]] = {}  # starved port -> chain -> the more room a goto to it needs
         self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
@@ -1352,6 +1355,7 @@ class _Planner:
             self._starved.pop(key, None)
             self._wants.pop(key, None)
             self._budgets.pop(key, None)
+            self._floors.pop(key, None)
         # what the ports below cost now, before the room left to the others is counted: when no chain planned
         # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
         if self._reshaped:
@@ -1397,8 +1401,9 @@ class _Planner:
 
         Each port, in the new order, gets what the ports before it leave of its switch, as a whole plan would
         serve it. A port's plan stays as it is when that room would decide every path as before: room for all
-        it takes (and, short of room, less than the more room its first path kept out needs: see
-        :attr:`_Decided.shortfall`); only the others are planned again. Ports holding all they want in the
+        it takes and for every goto its chain decided (:attr:`_Decided.floor`), and, short of room, less than
+        the more room its first path kept out needs (:attr:`_Decided.shortfall`); only the others are planned
+        again. Ports holding all they want in the
         same room, whatever their order among themselves, are not touched: a new rank moves rules only where
         it moves room.
         """
@@ -1412,7 +1417,8 @@ class _Planner:
             room = max(port.capabilities.max_rules - used.get(switch, 0), 0)
             cost = self._costs.get(key, 0)
             short = self._starved.get(key)
-            if room < cost or short is not None and room >= self._budgets.get(key, 0) + short:
+            if room < max(cost, self._floors.get(key, 0)) or short is not None and \
+                    room >= self._budgets.get(key, 0) + short:
                 moved.add(key)
                 if dry:
                     break
@@ -1656,6 +1662,7 @@ class _Planner:
         self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
+        self._floors[port.port] = decided.floor
         if decided.shortfall is not None:
             self._starved[port.port] = decided.shortfall
             self._wants[port.port] = decided.wants
@@ -1807,6 +1814,8 @@ class _Planner:
                 reason = FULL  # whatever the chain behind it holds: it is not planned for a port that cannot pay
                 out.short_by(out.cost + GOTO_AT_LEAST - budget)
             elif reason is None and leaf.enter is not None:
+                if budget is not None and not self._reached_already(ctx, leaf.enter, out):
+                    out.floor = max(out.floor, out.cost + GOTO_AT_LEAST)  # with less room: FULL, whatever the chain
                 target, reason = self._enter(ctx, leaf.enter, owner, out)
                 if target is not None and budget is not None:
                     below = self._closure_of(target) - out.reached

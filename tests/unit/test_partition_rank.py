@@ -170,6 +170,26 @@ def test_an_incremental_plan_with_a_rank_equals_a_whole_plan_with_it(nic_share):
             st.lists(packets, min_size=1, max_size=10), ranks, ranks, st.booleans())
 
 
+def test_a_port_left_less_room_by_a_new_rank_says_why_as_a_whole_plan_would():
+    """Ports 1, 3 and 4 on network 7, whose chain holds nothing for hardware; port 2 on network 9, whose chain
+    takes the room (a goto, a destination, the catch-all: 3 of 3). Ranked first, port 3 has room and its goto
+    stays in software because nothing behind it goes to hardware; ranked after port 2 it has none, and a port
+    that cannot pay a goto does not look behind it: the reason is the room. The new rank must plan port 3 again
+    though its rules do not move, or its reason is not the one a whole plan with that rank gives."""
+    flows = [ir.Flow(0, 10, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(1)), "classify")
+             for p, net in ((1, 7), (2, 9), (3, 7), (4, 7))]
+    flows.append(ir.Flow(1, 0, ir.Match.of(eth_dst=MACS[0], metadata=9), (ir.Output(1),), "l2-1"))
+    pipeline = ir.Pipeline.build(flows, {})
+    offload = _offload(_capped(RICH_CAPS, 3))
+    partitioner = Partitioner({1})
+    before = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {}, rank={3: 0.5})
+    assert FULL not in {sw.reason for sw in before.software if sw.in_port == 3}
+    plan = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {}, rank={})
+    assert [sw.reason for sw in plan.software if sw.in_port == 3] == [FULL]
+    whole = partition(pipeline, offload, (ir.ETH_TYPE_IPV4,), joins={1}, ids=ChainIds())
+    assert _canonical(plan) == _canonical(whole)
+
+
 def test_ranked_ports_are_served_first_and_ties_in_key_order():
     """Three ports on one network, room for two ports' rules: the two ranked highest hold them; equal ranks (and
     ports the rank does not name, at 0) go in key order; without a rank, key order."""
