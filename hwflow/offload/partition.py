@@ -529,7 +529,7 @@ def _walk_table(pipeline, table, region, path: _Path, how: _Walk, depth, memo: S
         match = _through_aliases(flow.match, aliases) if aliases else flow.match
         if match is None:
             continue
-        stale = sorted(dirty & {t.field for t in match}) if dirty else None
+        stale = [t[0] for t in match if t[0] in dirty] if dirty else None  # (a match's terms are sorted)
         if stale:
             # a flow that may match on what an action changed stops the walk; one that cannot match for its
             # other terms is passed by, whether or not the table's index happened to leave it out
@@ -621,8 +621,11 @@ def _exact(fields: Iterable[str], region, known: Mapping[str, int], dirty: froze
 
 def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | None:
     """``match`` with registers holding a copy of a packet field read as that field (None: it cannot hold)."""
-    if not any(t.field in aliases for t in match.fields):
-        return match
+    for term in match:
+        if term[0] in aliases:
+            break
+    else:
+        return match  # (a loop, not any() over a generator: a walk asks this of every flow it looks at)
     terms: dict[str, tuple[int, int]] = {}
     for t in match.fields:
         field = aliases.get(t.field, t.field)
