@@ -1406,9 +1406,8 @@ class _Planner:
         serve it. A port's plan stays as it is when that room would decide every path as before: room for all
         it takes and for every goto its chain decided (:attr:`_Decided.floor`), and, short of room, less than
         the more room its first path kept out needs (:attr:`_Decided.shortfall`); only the others are planned
-        again. Ports holding all they want in the
-        same room, whatever their order among themselves, are not touched: a new rank moves rules only where
-        it moves room.
+        again. Ports holding all they want in the same room, whatever their order among themselves, are not
+        touched: a new rank moves rules only where it moves room.
         """
         before = self.rank
         self.rank = dict(rank)
@@ -1785,7 +1784,8 @@ class _Planner:
         ``refused`` holds rules the NIC already turned down (by scope and match), with its reason; they stay in
         software, and so does whatever they shadow. A leaf kept out only by earlier software leaves gets them
         placed as ``pass`` rules in front of it, when the NIC can match them (and has room). ``budget`` (for a
-        port's chain 0) counts a goto as the rules of every chain it leads to.
+        port's chain 0) counts a goto as the rules of every chain it leads to; a goto that cannot pay the least a
+        chain costs (:data:`GOTO_AT_LEAST`) stays in software without the chain being planned.
         """
         out = _Decided()
         placed, software = _Rules(), _Rules()
@@ -1812,17 +1812,18 @@ class _Planner:
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
-            if reason is None and leaf.enter is not None and budget is not None and \
-                    out.cost + GOTO_AT_LEAST > budget and not self._reached_already(ctx, leaf.enter, out):
-                reason = FULL  # whatever the chain behind it holds: it is not planned for a port that cannot pay
-                out.short_by(out.cost + GOTO_AT_LEAST - budget)
-            elif reason is None and leaf.enter is not None:
-                if budget is not None and not self._reached_already(ctx, leaf.enter, out):
-                    out.floor = max(out.floor, out.cost + GOTO_AT_LEAST)  # with less room: FULL, whatever the chain
-                target, reason = self._enter(ctx, leaf.enter, owner, out)
-                if target is not None and budget is not None:
-                    below = self._closure_of(target) - out.reached
-                    cost += self._rules_in(below)
+            if reason is None and leaf.enter is not None:
+                dear = budget is not None and not self._reached_already(ctx, leaf.enter, out)
+                if dear and out.cost + GOTO_AT_LEAST > budget:
+                    reason = FULL  # whatever the chain behind it holds: not planned for a port that cannot pay
+                    out.short_by(out.cost + GOTO_AT_LEAST - budget)
+                else:
+                    if dear:  # with less room than this, FULL whatever the chain holds
+                        out.floor = max(out.floor, out.cost + GOTO_AT_LEAST)
+                    target, reason = self._enter(ctx, leaf.enter, owner, out)
+                    if target is not None and budget is not None:
+                        below = self._closure_of(target) - out.reached
+                        cost += self._rules_in(below)
             key = _Rules.key_of(match)
             shadows = [sw for sw in software.overlapping(match, key) if sw.overlaps(match)]
             above = placed.overlapping(match, key) if reason is None else ()  # the placed rules it must sit below
