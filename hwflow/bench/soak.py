@@ -113,9 +113,12 @@ class Footprint:
     """What a leak shows in from outside the agent: memory, file descriptors (and what they point to), threads."""
 
     rss_mb: float
-    fds: int
     threads: int
-    fd_targets: tuple[str, ...] = ()
+    fd_targets: tuple[str, ...]  # what each open descriptor points to (a socket, a pipe, a file's path)
+
+    @property
+    def fds(self) -> int:
+        return len(self.fd_targets)
 
 
 def footprint(pid: int | None) -> Footprint:
@@ -130,7 +133,7 @@ def footprint(pid: int | None) -> Footprint:
             targets.append(re.sub(r"\[\d+\]$", "", str(fd.readlink())))
         except FileNotFoundError:  # closed while listed
             continue
-    return Footprint(round(rss_kb / 1024, 2), len(targets), int(status["Threads"]), tuple(sorted(targets)))
+    return Footprint(round(rss_kb / 1024, 2), int(status["Threads"]), tuple(sorted(targets)))
 
 
 def settled_footprint(pid: int | None, seconds: float = SETTLE_FDS_S) -> Footprint:

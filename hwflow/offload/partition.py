@@ -1262,7 +1262,6 @@ class _Planner:
         self._closures_of: dict[int, frozenset[int]] = {}  # chain id -> it and the chains below it
         self._costs: dict[int, int] = {}  # port -> the rules its representor takes
         self._budgets: dict[int, int] = {}  # port -> the room it was planned in
-        self._floors: dict[int, int] = {}  # port -> the least room its plan holds in (see _Decided.floor)
         self._starved: dict[int, int] = {}  # port -> the more room it needs to place a path kept out for want of it
         self._wants: dict[int, dict[int, int]] = {}  # starved port -> chain -> the more room a goto to it needs
         self._counted: dict[int, set[int]] = {}  # port -> the chains it reaches, as counted during this change
@@ -1358,7 +1357,6 @@ class _Planner:
             self._starved.pop(key, None)
             self._wants.pop(key, None)
             self._budgets.pop(key, None)
-            self._floors.pop(key, None)
         # what the ports below cost now, before the room left to the others is counted: when no chain planned
         # again changed where it leads, they reach the chains they did, and only those chains' sizes changed
         if self._reshaped:
@@ -1419,8 +1417,9 @@ class _Planner:
             room = max(port.capabilities.max_rules - used.get(switch, 0), 0)
             cost = self._costs.get(key, 0)
             short = self._starved.get(key)
-            if room < max(cost, self._floors.get(key, 0)) or short is not None and \
-                    room >= self._budgets.get(key, 0) + short:
+            planned = self._planned.get(("port", key))
+            floor = planned.decided.floor if planned is not None else 0
+            if room < max(cost, floor) or short is not None and room >= self._budgets.get(key, 0) + short:
                 moved.add(key)
                 if dry:
                     break
@@ -1664,7 +1663,6 @@ class _Planner:
         self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
-        self._floors[port.port] = decided.floor
         if decided.shortfall is not None:
             self._starved[port.port] = decided.shortfall
             self._wants[port.port] = decided.wants
@@ -1813,14 +1811,15 @@ class _Planner:
                 reason = f"the NIC refused it: {refused[scope, match]}"
             target, cost, below = None, 1, set()
             if reason is None and leaf.enter is not None:
-                dear = budget is not None and not self._reached_already(ctx, leaf.enter, out)
+                chain_key = _chain_key(ctx, leaf.enter)
+                dear = budget is not None and not self._reached_already(ctx, chain_key, out)
                 if dear and out.cost + GOTO_AT_LEAST > budget:
                     reason = FULL  # whatever the chain behind it holds: not planned for a port that cannot pay
                     out.short_by(out.cost + GOTO_AT_LEAST - budget)
                 else:
                     if dear:  # with less room than this, FULL whatever the chain holds
                         out.floor = max(out.floor, out.cost + GOTO_AT_LEAST)
-                    target, reason = self._enter(ctx, leaf.enter, owner, out)
+                    target, reason = self._enter(ctx, chain_key, owner, out)
                     if target is not None and budget is not None:
                         below = self._closure_of(target) - out.reached
                         cost += self._rules_in(below)
@@ -1876,21 +1875,21 @@ class _Planner:
         placed.add(rule, key)
         out.rules.append(rule)
 
-    def _reached_already(self, ctx: PortOffload, entry: ChainEntry, out: _Decided) -> bool:
-        """Whether a goto to ``entry``'s chain costs one rule only (the chain and those below it are among what
-        the decision list reaches already), or the NIC numbers chains in the order met (``max_chains``: each
-        goto there is decided by the chain itself). Else it costs at least :data:`GOTO_AT_LEAST`."""
+    def _reached_already(self, ctx: PortOffload, key: tuple, out: _Decided) -> bool:
+        """Whether a goto to the chain ``key`` (:func:`_chain_key`) costs one rule only (the chain and those below
+        it are among what the decision list reaches already), or the NIC numbers chains in the order met
+        (``max_chains``: each goto there is decided by the chain itself). Else it costs at least
+        :data:`GOTO_AT_LEAST`."""
         if ctx.capabilities.max_chains is not None:
             return True
-        chain = self._chains.get(_chain_key(ctx, entry))
+        chain = self._chains.get(key)
         return chain is not None and self._closure_of(chain.id) <= out.reached
 
-    def _enter(self, ctx: PortOffload, entry: ChainEntry, parent: Owner, out: _Decided
-               ) -> tuple[int | None, str | None]:
-        """The chain a goto leaf leads to, planned now if it is new (None and why: keep the leaf in software)."""
+    def _enter(self, ctx: PortOffload, key: tuple, parent: Owner, out: _Decided) -> tuple[int | None, str | None]:
+        """The chain ``key`` (:func:`_chain_key`) a goto leaf leads to, planned now if it is new (None and why: keep
+        the leaf in software)."""
         caps = ctx.capabilities
         limited = caps.max_chains is not None
-        key = _chain_key(ctx, entry)
         out.entered.add(key)
         if key not in self._chains:
             self._chains[key] = None  # a chain reaching itself stays in software
