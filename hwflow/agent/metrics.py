@@ -25,7 +25,8 @@ Hardware rules and software paths, set at the end of every pass from what the pa
   ``shadowed`` (an earlier software path overlaps it, so a rule would steal its packets), ``other`` (a table
   miss's drop; a goto whose chain takes nothing), and ``capability`` for every other reason (all name a match,
   action or delivery the NIC, or hwflow's model of it, cannot do).
-- ``hw_waiting_for_room``: software paths the NIC could carry if it had room (the ``no_room`` class).
+- ``hw_waiting_for_room``: software paths the NIC could carry if it had room (the ``no_room`` class); a port
+  given too little room to be walked at all counts as one (hwflow.offload.partition.LEAST_ROOM).
 
 Capacity, on every report, from the tc backend's rules and the NICs' reported capabilities:
 

@@ -87,7 +87,9 @@ How room is given out when a NIC cannot hold every eligible rule: capacity
 is per embedded switch, and each representor pays for its own rules and a
 copy of every chain it reaches. Ports are served one after the other, each
 getting what the ports before it left of its switch (its paths that do not
-fit stay in software, reason :data:`FULL`), in the order of a *rank* the
+fit stay in software, reason :data:`FULL`; where paths hand over to shared
+chains, a port left less than a goto costs, :data:`LEAST_ROOM`, is not walked
+at all: one software path), in the order of a *rank* the
 caller gives (port -> priority, highest first; ties, and ports it does not
 name, at 0, in key order; no rank: key order). The agent ranks by measured
 traffic, packets a second through both datapaths decayed over time, with
@@ -141,6 +143,11 @@ PATHS_PER_RULE = 50  # a port short of room is planned again once it would gain 
 # hardware and its catch-all (a chain with none for hardware is not entered). A port's goto that cannot pay that
 # is kept in software without planning the chain: at a full NIC most ports' chains would be planned for nothing
 GOTO_AT_LEAST = 3
+# where paths hand over to shared chains (a layout with joins, a NIC with chains), every path of a port that goes
+# anywhere passes a goto: a port given less room than one costs could hold a drop rule or two at most, which keep
+# next to none of its packets off the CPU. It is not walked (that costs as much as a port with room, and a full
+# NIC leaves most ports that little): all its traffic stays in software, as one path
+LEAST_ROOM = GOTO_AT_LEAST
 SHARED = -1  # SoftwareLeaf.in_port of a path in a shared chain: it is every port's that reaches the chain
 SHARED_REGION = frozenset({"eth_type", "vlan_vid", "vlan_tagged"})  # what a join's chain keeps of the region
 
@@ -1097,7 +1104,8 @@ class _Decided:
     # less, every decision stays as it is
     shortfall: int | None = None
     wants: dict[int, int] = dataclasses.field(default_factory=dict)  # chain -> the least more room a goto to it needs
-    # the least room in which every goto is decided as it is (with less, one a chain's plan decided would be FULL)
+    # the least room in which every goto is decided as it is (with less, one a chain's plan decided would be FULL),
+    # and a port's chain 0 walked at all (LEAST_ROOM)
     floor: int = 0
     entered: set[tuple] = dataclasses.field(default_factory=set)  # the chains (by key) its gotos went to or wanted
 
@@ -1649,8 +1657,10 @@ class _Planner:
         """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
         owner = ("port", port.port)
         self._forget(owner)
-        deps: Deps = {}
         joins = self._joins(port.capabilities)
+        if budget < LEAST_ROOM and joins:
+            return self._leave_to_software(port, budget)
+        deps: Deps = {}
         doomed = self._doom(port.capabilities)
         known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
         kept = self._port_segments.get(port.port)
@@ -1660,6 +1670,8 @@ class _Planner:
                   for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
                                    self.reads, memos[eth_type]))
         decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
+        if joins:  # with less room it would not be walked (LEAST_ROOM)
+            decided.floor = max(decided.floor, LEAST_ROOM)
         self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
@@ -1670,6 +1682,23 @@ class _Planner:
             self._starved.pop(port.port, None)
             self._wants.pop(port.port, None)
         return decided.cost
+
+    def _leave_to_software(self, port: PortOffload, budget: int) -> int:
+        """Plan a port given less than :data:`LEAST_ROOM` where paths hand over to shared chains: no rule, one
+        software path for all it sends, and short of room until it has that much. It reads nothing of the
+        pipeline, so no change touches it; the room a change or a new rank frees plans it again
+        (:meth:`update`, :meth:`rerank`)."""
+        owner = ("port", port.port)
+        decided = _Decided()
+        decided.software.append(SoftwareLeaf(port.port, ir.Match(()), FULL, 0, False, (), None))
+        decided.short_by(LEAST_ROOM - budget)
+        self._port_segments.pop(port.port, None)
+        self._judged.pop(owner, None)
+        self._remember(owner, _Planned(decided, {}))
+        self._budgets[port.port] = budget
+        self._starved[port.port] = LEAST_ROOM - budget
+        self._wants[port.port] = {}
+        return 0
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
         entry = key[2]

@@ -430,6 +430,36 @@ def test_a_port_that_cannot_pay_a_goto_does_not_plan_the_chain_behind_it():
     assert after.rules_of(2) == whole.rules_of(2)
 
 
+def test_a_port_with_less_room_than_a_goto_is_not_walked_until_it_has_that_much():
+    """As above, with an anti-spoofing drop in front of each port's goto: port 1 takes its drop, its goto and its
+    network's chain (five rules), which leaves port 2 two of seven. Where paths hand over to shared chains that
+    could hold its drop rule at most, so port 2 is not walked (at a full NIC most ports get that little, and
+    walking one costs as much as a port with room): no rule, one software path for all it sends, short of room.
+    It read nothing, so a change to its flows leaves it; when port 1 goes it is walked and gets what a whole
+    plan gives it. A flat layout (no joins) still spends two rules of room (test above)."""
+    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(10)), f"port:{p}")
+             for p, net in ((1, 7), (2, 9))]
+    flows += [ir.Flow(0, 200, ir.Match.of(in_port=p, eth_src=MACS[2]), (ir.Drop(),), f"port:{p}") for p in (1, 2)]
+    flows += [ir.Flow(10, 100, ir.Match.of(metadata=net, eth_dst=mac), (ir.Output(p),), f"port:{p}")
+              for net in (7, 9) for p, mac in ((3, MACS[0]), (4, MACS[1]))]
+    pipeline = ir.Pipeline.build(flows, {})
+    offload = {p: PortOffload(p, "sw0", dataclasses.replace(RICH_CAPS, max_rules=7)) for p in (1, 2, 3, 4)}
+    partitioner = Partitioner({10})
+    plan = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
+    assert len(plan.rules_of(1)) == 5 and plan.rules_of(2) == []
+    assert [(sw.match, sw.reason) for sw in plan.software if sw.in_port == 2] == [(ir.Match.of(), FULL)]
+    assert partitioner._planner._starved[2] == 1  # one more rule of room and it is walked
+    spoof = ir.Flow(0, 200, ir.Match.of(in_port=2, eth_src=MACS[0]), (ir.Drop(),), "port:2")
+    changed = pipeline.patched([spoof], [])
+    plan = partitioner.plan(changed, offload, (ir.ETH_TYPE_IPV4,), {}, ([spoof], []))
+    assert partitioner.changed == set() and plan.rules_of(2) == []
+    after = partitioner.plan(changed, {p: offload[p] for p in (2, 3, 4)}, (ir.ETH_TYPE_IPV4,), {}, ([], []))
+    assert 2 in partitioner.changed and len(after.rules_of(2)) == 6
+    whole = partition(changed, {p: offload[p] for p in (2, 3, 4)}, (ir.ETH_TYPE_IPV4,), joins={10},
+                      ids=partitioner._ids)
+    assert after.rules_of(2) == whole.rules_of(2)
+
+
 def test_no_redirect_across_switches():
     pipeline = _l2_pipeline()
     plan = partition(pipeline, _offload(FULL_CAPS, ("sw0", "sw1", "sw0", "sw0")), (ir.ETH_TYPE_IPV4,))
