@@ -109,10 +109,12 @@ rule does, only which ports have rules.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
 import math
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -1188,15 +1190,18 @@ class StateRead:
         self._fields: dict[int, dict[str, int]] = {}  # table -> state field -> how many flows read it
         self._matched: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows match it
         self._from: dict[int, frozenset[str]] = {}
-        for flow in flows:
-            self.count(flow, 1)
+        # a big pipeline's flows come in few shapes (a table's flows match the same fields): counted by shape
+        for shape, flows_of_shape in collections.Counter(map(_shape, flows)).items():
+            self._count(*shape, flows_of_shape)
 
     def count(self, flow: ir.Flow, step: int) -> None:
         """Take ``flow`` in (``step`` 1) or out (-1)."""
-        matched = {t.field for t in flow.match}
-        read = matched | {a.src for a in flow.actions if isinstance(a, ir.Move)}
-        _count(self._fields.setdefault(flow.table, {}), read & ir.INTERNAL_FIELDS, step)
-        _count(self._matched.setdefault(flow.table, {}), matched - ir.INTERNAL_FIELDS, step)
+        self._count(*_shape(flow), step)
+
+    def _count(self, table: int, fields: tuple[str, ...], moved: tuple[str, ...], step: int) -> None:
+        matched = set(fields)
+        _count(self._fields.setdefault(table, {}), (matched | set(moved)) & ir.INTERNAL_FIELDS, step)
+        _count(self._matched.setdefault(table, {}), matched - ir.INTERNAL_FIELDS, step)
         self._from.clear()
 
     def matched(self, table: int) -> frozenset[str]:
@@ -1210,6 +1215,15 @@ class StateRead:
             reads = self._from[table] = frozenset(f for t, counts in self._fields.items() if t >= table
                                                   for f in counts)
         return reads
+
+
+def _shape(flow: ir.Flow) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """What :class:`StateRead` counts of a flow: its table, the fields it matches and those it copies elsewhere."""
+    moved = tuple(a.src for a in flow.actions if type(a) is ir.Move) if ir.Move in map(type, flow.actions) else ()
+    return flow.table, tuple(map(_FIELD, flow.match.fields)), moved
+
+
+_FIELD = operator.itemgetter(0)  # a FieldMatch's field
 
 
 def _count(counts: dict[str, int], fields: Iterable[str], step: int) -> None:

@@ -608,6 +608,8 @@ class Pipeline:
         themselves: a walk looks up the ingress security-group stage by each destination's port, and every
         remote destination's answer is the same lists, the stage's defaults (a whole plan's first lookups spent
         a sixth of its time finding the same flows redundant again)."""
+        if len(parts) == 1 and len(parts[0]) == 1:  # one flow: a destination's delivery, its own L2 entry
+            return (parts[0][0][1],)
         memo = self._essential.setdefault(table, {})
         key = tuple(map(id, parts))
         held = memo.get(key)
@@ -618,34 +620,47 @@ class Pipeline:
     def _look_up(self, table: int, exact: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[int, ...],
                                                                      list[Sequence[Entry]]]:
         """The fields and values looked up by, and the non-empty lists of the table's index they leave, each in
-        table order: their merge is the answer."""
-        best: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
+        table order: their merge is the answer.
+
+        The first field is the one whose lookup, refined by a second where its rest is long, leaves the fewest
+        flows: a routed path knows the network and the next hop's MAC at the L2 lookup, where the network's
+        value leaves each of its destinations but the MAC's (refined by the network, for the broadcast flows
+        every network has) leaves one and its network's floods."""
+        best: tuple[int, tuple[str, ...], tuple[int, ...], list[Sequence[Entry]]] | None = None
         for field in self._index_fields(table):
             value = exact.get(field)
             if value is None:
                 continue
             buckets, rest = self._index(table, (field,))
             hits = buckets.get(value, ())
-            if best is None or len(hits) + len(rest) < best[0]:
-                best = (len(hits) + len(rest), field, hits, rest)
+            if best is not None and len(hits) >= best[0]:
+                continue  # its hits are in any answer by it
+            choice = (len(hits) + len(rest), (field,), (value,), [hits, rest])
+            if len(rest) > NESTED_FROM:
+                choice = self._refined(table, choice, exact)
+            if best is None or choice[0] < best[0]:
+                best = choice
         if best is None:
             whole = self._entries.get(table)
             return (), (), [whole] if whole else []
-        _, first, hits, rest = best
-        fields, values, parts = (first,), (exact[first],), [hits, rest]
-        if len(rest) > NESTED_FROM:
-            second: tuple[int, str, Sequence[Entry], Sequence[Entry]] | None = None
-            for field in self._index_fields(table):
-                value = exact.get(field)
-                if field == first or value is None:
-                    continue
-                buckets, rest2 = self._index(table, (first, field))
-                hits2 = buckets.get(value, ())
-                if len(hits2) + len(rest2) < (second[0] if second is not None else len(rest)):
-                    second = (len(hits2) + len(rest2), field, hits2, rest2)
-            if second is not None:
-                fields, values, parts = (first, second[1]), (exact[first], exact[second[1]]), [hits, *second[2:]]
+        _, fields, values, parts = best
         return fields, values, [part for part in parts if part]
+
+    def _refined(self, table: int, first: tuple[int, tuple[str, ...], tuple[int, ...], list[Sequence[Entry]]],
+                 exact: Mapping[str, int]) -> tuple[int, tuple[str, ...], tuple[int, ...], list[Sequence[Entry]]]:
+        """A first field's lookup (size, fields, values, [hits, rest]) with its rest looked up again by the second
+        known field leaving the fewest of it, if one leaves fewer."""
+        size, (name,), values, (hits, rest) = first
+        best = first
+        for field in self._index_fields(table):
+            value = exact.get(field)
+            if field == name or value is None:
+                continue
+            buckets, rest2 = self._index(table, (name, field))
+            hits2 = buckets.get(value, ())
+            if len(hits) + len(hits2) + len(rest2) < best[0]:
+                best = (len(hits) + len(hits2) + len(rest2), (name, field), (*values, value), [hits, hits2, rest2])
+        return best
 
     def _keys_of(self, table: int) -> dict[tuple, Entry]:
         keys = self._keys.get(table)
