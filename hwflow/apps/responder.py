@@ -15,6 +15,10 @@ Not answered (passed on to ``out``, so L2 floods them as before):
   probe, sent from 0.0.0.0, or its own NS): answering it would make the
   owner think its address is taken. A probe from any other port is
   answered: the address is.
+* a request for an address of a port that is administratively down, or on a
+  network that is (``Topology.admin_up``): its datapaths drop its traffic, so
+  an answer would draw packets nobody takes (OVN answers only for ports that
+  are up too); the request floods, and the port, down, does not answer;
 * an NS from the unspecified address ``::`` (duplicate address detection,
   RFC 4862): the answer would go to ``::``, and it carries no link-layer
   option to turn into the answer's (see below). DAD from another port for
@@ -83,8 +87,8 @@ class ResponderApp(App):
             return
         port: Port | None = topo.ports.get(owner.id)
         network: Network | None = port and topo.networks.get(port.network_id)
-        if port is None or network is None or not port.mac:
-            return
+        if port is None or network is None or not port.mac or not topo.admin_up(port):
+            return  # a port administratively down (or on a network that is) is not answered for, as OVN does
         for address in port.ips:
             if ":" not in address:
                 yield from self._answers(topo, layout, port, network.unique_key, address, owner)

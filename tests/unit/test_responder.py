@@ -78,6 +78,20 @@ def test_an_unknown_address_is_flooded_as_before():
     assert all(pkt["arp_op"] == 1 and pkt["arp_tpa"] == ipv4_int("10.0.0.99") for _, pkt in out.outputs)
 
 
+def test_a_port_down_is_not_answered_for_and_is_again_once_up():
+    """vm2 (here) and the far port administratively down: requests for their addresses, IPv4 and IPv6, are not
+    answered but flood, and with every other port of the network down they reach nobody; up, they are answered."""
+    topo = topology()
+    for pid in ("vm2", "far"):
+        topo.ports[pid] = dataclasses.replace(topo.ports[pid], admin_state_up=False)
+    down = Compiler.from_file(layout_path("")).compile(topo)
+    assert ask(down, "10.0.0.6").outputs == ask(down, "10.0.0.7").outputs == solicit(down, "fd00::7").outputs == ()
+    up = pipeline()
+    assert [(p, pkt["arp_op"]) for p, pkt in ask(up, "10.0.0.7").outputs] == [(11, 2)]
+    assert [(p, pkt["arp_op"]) for p, pkt in ask(up, "10.0.0.6").outputs] == [(11, 2)]
+    assert [(p, pkt["icmp_type"]) for p, pkt in solicit(up, "fd00::7").outputs] == [(11, 136)]
+
+
 def test_answers_translate_to_openflow_arp_rewrites_back_out_of_in_port():
     pl = pipeline()
     (table,) = [t for t, name in pl.table_names.items() if name == "responder.arp"]
