@@ -222,8 +222,8 @@ class Match(tuple[FieldMatch, ...]):
         return f"Match({tuple(self)!r})"
 
     def get(self, field: str) -> FieldMatch | None:
-        for fm in self.fields:
-            if fm.field == field:
+        for fm in self:  # (by position: a big pipeline's indexes ask this of every flow)
+            if fm[0] == field:
                 return fm
         return None
 
@@ -608,8 +608,13 @@ class Pipeline:
         themselves: a walk looks up the ingress security-group stage by each destination's port, and every
         remote destination's answer is the same lists, the stage's defaults (a whole plan's first lookups spent
         a sixth of its time finding the same flows redundant again)."""
-        if len(parts) == 1 and len(parts[0]) == 1:  # one flow: a destination's delivery, its own L2 entry
-            return (parts[0][0][1],)
+        few = [entry for part in parts for entry in part]
+        if len(few) == 1:  # a destination's delivery
+            return (few[0][1],)
+        if len(few) == 2:  # a routed path's L2 entry and its network's flood: only a later flow doing the same covers
+            first, second = sorted(few, key=_position)
+            if first[1].actions != second[1].actions:
+                return first[1], second[1]
         memo = self._essential.setdefault(table, {})
         key = tuple(map(id, parts))
         held = memo.get(key)
