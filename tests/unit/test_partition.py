@@ -406,17 +406,23 @@ def test_a_port_with_a_long_decision_list_short_of_room_waits_for_room_worth_dec
     assert 3 in partitioner.changed and len(after_ten.rules_of(3)) == 111
 
 
+def _two_networks(extra: list[ir.Flow] | None = None) -> ir.Pipeline:
+    """Ports 1 and 2 on networks 7 and 9 (table 0 sets the network, goto the L2 table 10), ports 3 and 4 the
+    destinations on both; ``extra`` flows besides."""
+    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(10)), f"port:{p}")
+             for p, net in ((1, 7), (2, 9))]
+    flows += [ir.Flow(10, 100, ir.Match.of(metadata=net, eth_dst=mac), (ir.Output(p),), f"port:{p}")
+              for net in (7, 9) for p, mac in ((3, MACS[0]), (4, MACS[1]))]
+    return ir.Pipeline.build(flows + (extra or []), {})
+
+
 def test_a_port_that_cannot_pay_a_goto_does_not_plan_the_chain_behind_it():
     """Ports 1 and 2 on networks 7 and 9, each network a shared L2 chain (a goto, two destinations, the catch-all:
     four rules a port). Room for one port: port 2 cannot pay a goto to a chain it does not reach yet, so its
     network's chain is not planned at all (at a full NIC most ports' chains were planned for nothing: 70% of
     the partition benchmark's whole plan), and its path stays in software for want of room. When port 1 goes,
     port 2 is planned again and gets what a whole plan gives it."""
-    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(10)), f"port:{p}")
-             for p, net in ((1, 7), (2, 9))]
-    flows += [ir.Flow(10, 100, ir.Match.of(metadata=net, eth_dst=mac), (ir.Output(p),), f"port:{p}")
-              for net in (7, 9) for p, mac in ((3, MACS[0]), (4, MACS[1]))]
-    pipeline = ir.Pipeline.build(flows, {})
+    pipeline = _two_networks()
     offload = {p: PortOffload(p, "sw0", dataclasses.replace(RICH_CAPS, max_rules=5)) for p in (1, 2, 3, 4)}
     partitioner = Partitioner({10})
     plan = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
@@ -437,12 +443,8 @@ def test_a_port_with_less_room_than_a_goto_is_not_walked_until_it_has_that_much(
     walking one costs as much as a port with room): no rule, one software path for all it sends, short of room.
     It read nothing, so a change to its flows leaves it; when port 1 goes it is walked and gets what a whole
     plan gives it. A flat layout (no joins) still spends two rules of room (test above)."""
-    flows = [ir.Flow(0, 100, ir.Match.of(in_port=p), (ir.SetField("metadata", net), ir.GotoTable(10)), f"port:{p}")
-             for p, net in ((1, 7), (2, 9))]
-    flows += [ir.Flow(0, 200, ir.Match.of(in_port=p, eth_src=MACS[2]), (ir.Drop(),), f"port:{p}") for p in (1, 2)]
-    flows += [ir.Flow(10, 100, ir.Match.of(metadata=net, eth_dst=mac), (ir.Output(p),), f"port:{p}")
-              for net in (7, 9) for p, mac in ((3, MACS[0]), (4, MACS[1]))]
-    pipeline = ir.Pipeline.build(flows, {})
+    pipeline = _two_networks([ir.Flow(0, 200, ir.Match.of(in_port=p, eth_src=MACS[2]), (ir.Drop(),), f"port:{p}")
+                              for p in (1, 2)])
     offload = {p: PortOffload(p, "sw0", dataclasses.replace(RICH_CAPS, max_rules=7)) for p in (1, 2, 3, 4)}
     partitioner = Partitioner({10})
     plan = partitioner.plan(pipeline, offload, (ir.ETH_TYPE_IPV4,), {})
