@@ -114,7 +114,6 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -1219,11 +1218,8 @@ class StateRead:
 
 def _shape(flow: ir.Flow) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
     """What :class:`StateRead` counts of a flow: its table, the fields it matches and those it copies elsewhere."""
-    moved = tuple(a.src for a in flow.actions if type(a) is ir.Move) if ir.Move in map(type, flow.actions) else ()
-    return flow.table, tuple(map(_FIELD, flow.match.fields)), moved
-
-
-_FIELD = operator.itemgetter(0)  # a FieldMatch's field
+    return flow.table, tuple(t.field for t in flow.match), tuple(a.src for a in flow.actions
+                                                                   if isinstance(a, ir.Move))
 
 
 def _count(counts: dict[str, int], fields: Iterable[str], step: int) -> None:
@@ -1671,22 +1667,25 @@ class _Planner:
         """Plan one port's chain 0 within ``budget`` rules; the rules its representor takes."""
         owner = ("port", port.port)
         self._forget(owner)
+        deps: Deps = {}
         joins = self._joins(port.capabilities)
         if budget < LEAST_ROOM and joins:
-            return self._leave_to_software(port, budget)
-        deps: Deps = {}
-        doomed = self._doom(port.capabilities)
-        known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
-        kept = self._port_segments.get(port.port)
-        memos = {eth_type: Segments(kept[1].get(eth_type) if kept is not None and kept[0] is port.capabilities
-                                    else None, self._changed) for eth_type in self.ethertypes}
-        leaves = (leaf for eth_type in self.ethertypes
-                  for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
-                                   self.reads, memos[eth_type]))
-        decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
-        if joins:  # with less room it would not be walked (LEAST_ROOM)
-            decided.floor = max(decided.floor, LEAST_ROOM)
-        self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
+            decided = _unwalked(port, budget)
+            self._port_segments.pop(port.port, None)
+            self._judged.pop(owner, None)
+        else:
+            doomed = self._doom(port.capabilities)
+            known = {"in_port": port.port, **dict.fromkeys(ir.INTERNAL_FIELDS, 0)}
+            kept = self._port_segments.get(port.port)
+            memos = {eth_type: Segments(kept[1].get(eth_type) if kept is not None and kept[0] is port.capabilities
+                                        else None, self._changed) for eth_type in self.ethertypes}
+            leaves = (leaf for eth_type in self.ethertypes
+                      for leaf in walk(self.pipeline, known, {"eth_type": (eth_type, 0xFFFF)}, joins, doomed, deps,
+                                       self.reads, memos[eth_type]))
+            decided = self.decide(leaves, port, port.port, 0, budget, owner, deps)
+            if joins:  # with less room it would not be walked (LEAST_ROOM)
+                decided.floor = max(decided.floor, LEAST_ROOM)
+            self._port_segments[port.port] = (port.capabilities, {t: memo.now for t, memo in memos.items()})
         self._remember(owner, _Planned(decided, deps))
         self._budgets[port.port] = budget
         if decided.shortfall is not None:
@@ -1696,23 +1695,6 @@ class _Planner:
             self._starved.pop(port.port, None)
             self._wants.pop(port.port, None)
         return decided.cost
-
-    def _leave_to_software(self, port: PortOffload, budget: int) -> int:
-        """Plan a port given less than :data:`LEAST_ROOM` where paths hand over to shared chains: no rule, one
-        software path for all it sends, and short of room until it has that much. It reads nothing of the
-        pipeline, so no change touches it; the room a change or a new rank frees plans it again
-        (:meth:`update`, :meth:`rerank`)."""
-        owner = ("port", port.port)
-        decided = _Decided()
-        decided.software.append(SoftwareLeaf(port.port, ir.Match(()), FULL, 0, False, (), None))
-        decided.short_by(LEAST_ROOM - budget)
-        self._port_segments.pop(port.port, None)
-        self._judged.pop(owner, None)
-        self._remember(owner, _Planned(decided, {}))
-        self._budgets[port.port] = budget
-        self._starved[port.port] = LEAST_ROOM - budget
-        self._wants[port.port] = {}
-        return 0
 
     def _chain_for(self, ctx: PortOffload, key: tuple) -> ChainPlan | None:
         entry = key[2]
@@ -2007,6 +1989,17 @@ class _Planner:
         self.plan = Plan(own, chains, reaches, of_ports=dict(self._port_software),
                          refreshed=frozenset(refresh) if refresh is not None else None)
         return self.plan
+
+
+def _unwalked(port: PortOffload, budget: int) -> _Decided:
+    """The plan of a port given less than :data:`LEAST_ROOM` where paths hand over to shared chains: no rule, one
+    software path for all it sends, short of room until it has that much. It reads nothing of the pipeline, so no
+    change touches it; the room a change or a new rank frees plans it again (:meth:`_Planner.update`,
+    :meth:`_Planner.rerank`)."""
+    decided = _Decided()
+    decided.software.append(SoftwareLeaf(port.port, ir.Match(()), FULL))
+    decided.short_by(LEAST_ROOM - budget)
+    return decided
 
 
 def _chain_key(ctx: PortOffload, entry: ChainEntry) -> tuple:

@@ -609,12 +609,9 @@ class Pipeline:
         remote destination's answer is the same lists, the stage's defaults (a whole plan's first lookups spent
         a sixth of its time finding the same flows redundant again)."""
         few = [entry for part in parts for entry in part]
-        if len(few) == 1:  # a destination's delivery
-            return (few[0][1],)
-        if len(few) == 2:  # a routed path's L2 entry and its network's flood: only a later flow doing the same covers
-            first, second = sorted(few, key=_position)
-            if first[1].actions != second[1].actions:
-                return first[1], second[1]
+        if len(few) <= 2:  # a destination's delivery; a routed path's L2 entry and its network's flood (11,600 of
+            # them in a whole plan): remembering them costs more than finding what is essential again
+            return essential_flows(tuple(flow for _, flow in sorted(few, key=_position)))
         memo = self._essential.setdefault(table, {})
         key = tuple(map(id, parts))
         held = memo.get(key)
@@ -775,6 +772,11 @@ def essential_flows(flows: tuple[Flow, ...]) -> tuple[Flow, ...]:
     bypasses in front of a security-group stage's default, all going where the default goes, are such flows
     for every destination without rules of its own.
     """
+    if len(flows) < 2:
+        return flows
+    if len(flows) == 2:  # (one comparison: hashing both flows' actions for the map below costs more)
+        first, second = flows
+        return flows if first.actions != second.actions or not _redundant(first, flows[1:]) else (second,)
     last = {flow.actions: i for i, flow in enumerate(flows)}  # a flow no later one does the same as is kept unread
     kept = [flow for i, flow in enumerate(flows)
             if last[flow.actions] == i or not _redundant(flow, flows[i + 1:i + 1 + ESSENTIAL_REACH])]
