@@ -797,14 +797,14 @@ def disjoint(terms: Iterable[FieldMatch], theirs: Mapping[str, FieldMatch], igno
              ) -> bool:
     """Whether no packet matches both ``terms`` and the match ``theirs`` (by field; ``ignore``: fields taken as
     matching anything). A tracked packet is exactly one of new, est, rel and inv."""
-    for term in terms:
-        other = theirs.get(term.field)
-        if other is None or term.field in ignore:
+    for field, value, mask in terms:  # (unpacked, not by attribute: asked of every pair of overlapping candidates)
+        other = theirs.get(field)
+        if other is None or field in ignore:
             continue
-        if (term.value ^ other.value) & term.mask & other.mask:
+        if (value ^ other[1]) & mask & other[2]:
             return True
-        if term.field == "ct_state":
-            mine, its = term.value & term.mask & CT_EXCLUSIVE, other.value & other.mask & CT_EXCLUSIVE
+        if field == "ct_state":
+            mine, its = value & mask & CT_EXCLUSIVE, other[1] & other[2] & CT_EXCLUSIVE
             if mine and its and mine != its:
                 return True
     return False
