@@ -1,12 +1,18 @@
 """L2 switching: which logical port a frame on a network is for.
 
 Packets arrive with their network key in ``metadata`` (see the classifier)
-and leave through ``out`` with the chosen logical port in ``outport``: the
-destination port for a known unicast MAC, the network's flood group
+and leave with the chosen logical port in ``outport``: the destination port
+for a known unicast MAC, the network's flood group
 (:func:`hwflow.pipeline.ir.flood_group`) for broadcast and multicast.
 Unknown unicast is dropped (a controller knows every MAC on its networks).
-Where a port is (this host, another chassis, a provider uplink) is the
-egress stages' business, not L2's: see :mod:`hwflow.apps.output`.
+They leave through ``out`` (to the egress stages: what a local port may
+receive), except a unicast packet for a port that is not here (another
+chassis, a provider uplink), which leaves through ``remote``, straight to
+delivery: its own host filters what it receives, and the egress stages
+would only pass it on (a partitioner's walk of every remote destination
+went through them twice, their DHCP and ICMPv6 bypasses and their
+pass-through, to find both end alike). How a port is reached is
+:mod:`hwflow.apps.output`'s business.
 
 Two lookup tables, one per way in:
 
@@ -40,7 +46,7 @@ SNAT address with no port of the network here.
 Owners: ``port:<id>`` for a port's unicast flows (every port of a present
 network in ``lookup``: remote ones are reached the same way; a local port in
 ``tunnel`` too, so its becoming local or remote, a change of that owner,
-moves it in or out there), and ``network:<id>`` for the network's flood
+moves it in or out there and changes its exit), and ``network:<id>`` for the network's flood
 flows (both tables).
 """
 
@@ -110,7 +116,7 @@ def placement_affected(change: Change, topo: Topology) -> Iterator[ir.Owner]:
 
 class L2App(App):
     spec = AppSpec(name="l2", tables=("lookup", "tunnel"), entries={"in": "lookup", "tunnel": "tunnel"},
-                   exits=("out",), meets=("lookup", "tunnel"))
+                   exits=("out", "remote"), meets=("lookup", "tunnel"))
 
     def owners(self, topo: Topology) -> Iterator[ir.Owner]:
         for network_id in sorted(local_networks(topo)):
@@ -126,9 +132,10 @@ class L2App(App):
         if port is None or network is None or not present(topo, port.network_id):
             return
         match = ir.Match.of(metadata=network.unique_key, eth_dst=mac_int(port.mac))
-        actions = (ir.SetField("outport", port.unique_key), layout.goto("out"))
+        local = topo.is_local(port.id)
+        actions = (ir.SetField("outport", port.unique_key), layout.goto("out" if local else "remote"))
         yield ir.Flow(layout.table("lookup"), PRIO_UNICAST, match, actions, owner)
-        if topo.is_local(port.id):
+        if local:
             yield ir.Flow(layout.table("tunnel"), PRIO_UNICAST, match, actions, owner)
 
     def _flood(self, owner: ir.Owner, topo: Topology, layout: AppLayout) -> Iterator[ir.Flow]:

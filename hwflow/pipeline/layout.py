@@ -128,13 +128,14 @@ class Layout:
         router joins lead to).
 
         The partitioner lets a port's path hand over there to a chain every port of a network (or a router's
-        every network) shares.
+        every network) shares. Not at an app without exits (output: it delivers): a path ends there in the
+        one rule of its destination, which a chain of its own would only put behind a goto.
         """
         fed: dict[tuple[str, str], int] = {}
         for target in self.wiring.wires.values():
             fed[target] = fed.get(target, 0) + 1
         entries = {self.apps[app].table_ids[self.apps[app].spec.entries[entry]]
-                   for (app, entry), count in fed.items() if count > 1}
+                   for (app, entry), count in fed.items() if count > 1 and self.apps[app].spec.exits}
         inside = {app.table_ids[table] for app in self.apps.values() for table in app.spec.meets}
         return frozenset(entries | inside)
 

@@ -36,6 +36,13 @@ def test_inserting_an_app_is_a_layout_change_only():
     assert after.apps["m"].goto("out").table == after.apps["b"].table("t")
 
 
+def test_an_entry_two_wires_feed_is_a_join_unless_its_app_only_delivers():
+    specs = [spec("a", exits=("out", "other")), spec("m", exits=("out", "far")), spec("b", exits=("out",)),
+             spec("z")]
+    lay = build(specs, wiring("a.in", a__out="m.in", a__other="b.in", m__out="b.in", m__far="z.in", b__out="z.in"))
+    assert lay.joins() == {lay.apps["b"].table("t")}  # z, fed twice too, has no exit: a path ends there
+
+
 @pytest.mark.parametrize(("specs", "wires", "message"), [
     ([spec("a", exits=("out",)), spec("b")], {}, "dangling"),
     ([spec("a", exits=("out",)), spec("b", exits=("out",))], {"a.out": "b.in", "b.out": "a.in"}, "loop: a -> b -> a"),

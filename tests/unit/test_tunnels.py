@@ -217,6 +217,29 @@ def test_a_port_moved_to_another_chassis_leaves_the_tunnels_lookup_and_comes_bac
     assert from_tunnel().ports == (11,)
 
 
+def test_unicast_to_a_port_elsewhere_skips_the_egress_stages_and_follows_the_port():
+    """Its own host filters what it receives: L2 sends a packet for a port elsewhere straight to delivery, and
+    one for a local port through the egress stages (what that port may receive); the port moving moves it."""
+    compiler = Compiler.from_file(layout_path(""))
+    topo = Topology(HERE, {n.id: n for n in NETWORKS}, PORTS, set(LOCAL), others={"chassis": CHASSIS})
+    compiler.compile(topo)
+    vxlan = ir.TUNNEL_PORTS["vxlan"]
+
+    def walked_to(dst: int) -> list[str]:
+        verdict = send(compiler.pipeline(), 10, mac(dst))
+        return tables_walked(compiler.pipeline(), verdict)
+
+    assert walked_to(12)[-2:] == ["l2.lookup", "output.deliver"]
+    assert walked_to(11)[-3:] == ["l2.lookup", "sg_ingress.ingress", "output.deliver"]
+    moved = Port(**{**PORTS["p11"].to_dict(), "chassis": "h3"})
+    compiler.update(topo, topo.apply("port", "p11", moved) + topo.set_local("p11", False))
+    assert walked_to(11)[-2:] == ["l2.lookup", "output.deliver"]
+    assert tunnelled(send(compiler.pipeline(), 10, mac(11))) == [(vxlan, 5001, ip("192.0.2.3"))]
+    compiler.update(topo, topo.apply("port", "p11", PORTS["p11"]) + topo.set_local("p11", True))
+    assert walked_to(11)[-3:] == ["l2.lookup", "sg_ingress.ingress", "output.deliver"]
+    assert send(compiler.pipeline(), 10, mac(11)).ports == (11,)
+
+
 def whole_lookup_for_tunnels() -> Compiler:
     """The pipeline with the classifier's ``tunnel`` exit wired to L2's lookup of every destination."""
     wiring = Wiring.load(layout_path(""))
