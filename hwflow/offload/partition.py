@@ -474,17 +474,83 @@ class Segments:
     """
 
     def __init__(self, before: Mapping[int, Segment] | None = None,
-                 changed: Callable[[Deps], bool] | None = None) -> None:
+                 changed: Callable[[Deps], bool] | None = None, twin: Twin | None = None) -> None:
         self.before = before or {}
         self.changed = changed
+        self.twin = twin
         self.now: dict[int, Segment] = {}  # id(flow) -> its segment in this walk
+        self.twinned = 0  # segments taken from the twin's
 
     def reuse(self, flow: ir.Flow) -> Segment | None:
         old = self.before.get(id(flow))
         if old is None or old.flow is not flow or self.changed is None or self.changed(old.deps):
-            return None
+            old = self.twin.segment(flow, self.changed) if self.twin is not None else None
+            if old is None:
+                return None
+            self.twinned += 1
         self.now[id(flow)] = old
         return old
+
+
+class Twin:
+    """The segments of the same chain for another ethertype, which stand for this one's where they never read it.
+
+    A network's L2 chain is walked once for IPv4 and once for IPv6 packets, and its remote destinations' paths
+    (the lookup, the delivery into a tunnel) are the same but for the ethertype term of their regions: no flow
+    on them matches the ethertype, none is looked up by it, none copies it. Such a segment of the chain walked
+    first is taken by the second with the term swapped, a fraction of walking it (a fifth of a whole plan's
+    L2 chains at the defaults); a segment that reads the ethertype anywhere (a local destination's security
+    group) is walked. A test holds every swapped segment equal to the segment walked afresh.
+    """
+
+    def __init__(self, segments: Mapping[int, Segment], theirs: int, mine: int, reads: StateRead) -> None:
+        self.segments = segments
+        self.theirs, self.mine = theirs, mine  # the ethertypes: the twin's and this chain's
+        self.reads = reads
+        self._blind: dict[int, bool] = {}  # table -> whether nothing in it reads the ethertype
+
+    def segment(self, flow: ir.Flow, changed: Callable[[Deps], bool] | None) -> Segment | None:
+        """The twin's segment of ``flow`` with the ethertype swapped (None: it must be walked)."""
+        theirs = self.segments.get(id(flow))
+        if theirs is None or theirs.flow is not flow or flow.match.get("eth_type") is not None \
+                or not all(self._blind_to(dep) for dep in theirs.deps) \
+                or (changed is not None and changed(theirs.deps)):
+            return None
+        leaves = []
+        for leaf in theirs.leaves:
+            swapped = _swapped(leaf, self.theirs, self.mine)
+            if swapped is None:
+                return None
+            leaves.append(swapped)
+        return Segment(flow, tuple(leaves), theirs.deps)
+
+    def _blind_to(self, dep: tuple) -> bool:
+        if dep[0] in _NAMED_DEPS:
+            return True
+        if "eth_type" in dep[1]:
+            return False
+        blind = self._blind.get(dep[0])
+        if blind is None:
+            blind = self._blind[dep[0]] = "eth_type" not in self.reads.matched(dep[0]) \
+                and "eth_type" not in self.reads.copied(dep[0])
+        return blind
+
+
+def _swapped(leaf: Leaf, theirs: int, mine: int) -> Leaf | None:
+    """``leaf`` with its ethertype term ``theirs`` made ``mine`` (in its region, the chain it enters and the
+    regions it stands for); None if it knows the ethertype otherwise."""
+    old, full = ("eth_type", theirs, _FULL_MASKS["eth_type"]), _FULL_MASKS["eth_type"]
+    new = ("eth_type", mine, full)
+    if old not in leaf.region:
+        return None
+    region = _new_tuple(ir.Match, [_new_tuple(ir.FieldMatch, new) if term == old else term for term in leaf.region])
+    enter = leaf.enter
+    if enter is not None:
+        if any(field == "eth_type" for field, _ in enter.known):
+            return None
+        enter = dataclasses.replace(enter, region=tuple(new if term == old else term for term in enter.region))
+    within = tuple(tuple(new if term == old else term for term in path) for path in leaf.within)
+    return Leaf(region, leaf.outputs, leaf.blocker, leaf.owner, leaf.edits, enter, leaf.trap, within, leaf.hairpin)
 
 
 def _fold(leaves: Iterator[Leaf]) -> Iterator[Leaf]:
@@ -598,7 +664,8 @@ def _segment(pipeline, flow, region, path: _Path, how: _Walk, memo: Segments) ->
     segment = memo.reuse(flow)
     if segment is None:
         deps: Deps = {}
-        leaves = tuple(_run(pipeline, flow, region, path, how._replace(deps=deps), 0))
+        leaves = tuple(_run(pipeline, flow, region, path, _Walk(how.joins, how.doomed, deps, how.state,
+                                                                  how.doomed_at_entry), 0))
         segment = memo.now[id(flow)] = Segment(flow, leaves, deps)
     if how.deps is not None:
         for dep, known in segment.deps.items():
@@ -662,8 +729,9 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
                 path = path._replace(hairpin=True)
         elif isinstance(action, ir.GotoTable):
             if action.table in how.joins and _hands_over(path, action.table, how):
-                yield _leaf(region, path._replace(edits=()), None, flow.owner,
-                            _join_entry(how.state.from_table(action.table), action.table, region, path))
+                entry = _join_entry(how.state.from_table(action.table), action.table, region, path)
+                yield _leaf(region, _Path(path.known, path.aliases, path.dirty, path.outputs, (), path.hairpin), None,
+                            flow.owner, entry)  # the chain's rules do the pending edits
             else:
                 yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
@@ -1205,6 +1273,7 @@ class StateRead:
     def __init__(self, flows: Iterable[ir.Flow]) -> None:
         self._fields: dict[int, dict[str, int]] = {}  # table -> state field -> how many flows read it
         self._matched: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows match it
+        self._copied: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows copy it unmatched
         self._from: dict[int, frozenset[str]] = {}
         # counted table by table over the flows' terms (a whole plan's first step: 80,000 flows on a big host)
         for table, group in itertools.groupby(flows, key=_TABLE_OF):
@@ -1218,11 +1287,11 @@ class StateRead:
                                       - {term[0] for term in flow.match})
                         break
             state, headers = self._fields.setdefault(table, {}), self._matched.setdefault(table, {})
-            for counts, into_headers in ((matched, True), (copied, False)):
+            copies = self._copied.setdefault(table, {})
+            for counts, into_headers in ((matched, headers), (copied, copies)):
                 for field, number in counts.items():
-                    into = state if field in ir.INTERNAL_FIELDS else headers if into_headers else None
-                    if into is not None:
-                        into[field] = into.get(field, 0) + number
+                    into = state if field in ir.INTERNAL_FIELDS else into_headers
+                    into[field] = into.get(field, 0) + number
 
     def count(self, flow: ir.Flow, step: int) -> None:
         """Take ``flow`` in (``step`` 1) or out (-1)."""
@@ -1232,7 +1301,12 @@ class StateRead:
         matched = set(fields)
         _count(self._fields.setdefault(table, {}), (matched | set(moved)) & ir.INTERNAL_FIELDS, step)
         _count(self._matched.setdefault(table, {}), matched - ir.INTERNAL_FIELDS, step)
+        _count(self._copied.setdefault(table, {}), set(moved) - matched - ir.INTERNAL_FIELDS, step)
         self._from.clear()
+
+    def copied(self, table: int) -> frozenset[str]:
+        """Header fields some flow of ``table`` copies into the pipeline's state without matching them."""
+        return frozenset(self._copied.get(table, ()))
 
     def matched(self, table: int) -> frozenset[str]:
         """Header fields some flow of ``table`` matches."""
@@ -1744,7 +1818,8 @@ class _Planner:
         chain_ctx = PortOffload(SHARED, ctx.switch_id, caps) if shared else ctx
         deps: Deps = {}
         kept = self._segments.get(key)
-        memo = Segments(kept[1] if kept is not None and kept[0] is caps else None, self._changed)
+        memo = Segments(kept[1] if kept is not None and kept[0] is caps else None, self._changed,
+                        self._twin(key, caps))
         leaves = walk_entry(self.pipeline, entry, self._joins(caps), self._doom(caps), deps, self.reads, memo)
         decided = self.decide(leaves, chain_ctx, scope, number, None, owner, deps)
         self._segments[key] = (caps, memo.now)
@@ -1757,6 +1832,25 @@ class _Planner:
         chain = ChainPlan(number, rules, decided.software, decided.children, shared)
         self._remember(owner, _Planned(decided, deps))
         return chain
+
+    def _twin(self, key: tuple, caps: Capabilities) -> Twin | None:
+        """The chain ``key`` for another ethertype, planned already: its segments may stand for this one's (see
+        :class:`Twin`). Not where the NIC cannot match either region as it is (a walk that stops at its entry)."""
+        entry = key[2]
+        region = {f: (v, m) for f, v, m in entry.region}
+        mine, mask = region.get("eth_type", (None, 0))
+        doom = self._doom(caps)
+        if mine is None or mask != _FULL_MASKS["eth_type"] or doom(region) is not None:
+            return None
+        for theirs in self.ethertypes:
+            if theirs == mine:
+                continue
+            twin = (key[0], key[1], dataclasses.replace(entry, region=tuple(
+                (f, theirs, m) if f == "eth_type" else (f, v, m) for f, v, m in entry.region)))
+            kept = self._segments.get(twin)
+            if kept is not None and kept[0] is caps and doom({**region, "eth_type": (theirs, mask)}) is None:
+                return Twin(kept[1], theirs, mine, self.reads)
+        return None
 
     def _closure_of(self, number: int) -> frozenset[int]:
         """The chain and every chain below it (what a goto to it costs a representor)."""
@@ -1927,7 +2021,7 @@ class _Planner:
         if above is None:
             above = placed.overlapping(rule.match, key)
         if above:
-            rule = rule._replace(level=1 + max(r.level for r in above))
+            rule = _new_tuple(HwRule, (*rule[:2], 1 + max(r.level for r in above), *rule[3:]))  # (_replace is slower)
         placed.add(rule, key)
         out.rules.append(rule)
 

@@ -679,10 +679,11 @@ class Pipeline:
         fields = self._fields.get(table)
         if fields is None:
             values: dict[str, set[int]] = {}
+            full = _FULL_MASKS
             for flow in self.table(table):
-                for term in flow.match:
-                    if term.mask == _FULL_MASKS[term.field]:
-                        values.setdefault(term.field, set()).add(term.value)
+                for field, value, mask in flow.match:  # (unpacked: a whole table's terms, at a plan's first look)
+                    if mask == full[field]:
+                        values.setdefault(field, set()).add(value)
             fields = self._fields[table] = tuple(sorted(
                 values, key=lambda f: (f != "in_port" and f not in INTERNAL_FIELDS, -len(values[f]), f)))
         return fields
@@ -825,10 +826,12 @@ def _index_table(entries: Sequence[Entry], field: str) -> tuple[dict[int, list[E
     """(value -> entries matching ``field`` exactly, entries of the others) for one table, in table order."""
     buckets: dict[int, list[Entry]] = {}
     rest: list[Entry] = []
-    for entry in entries:
-        value = pinned(entry[1].match, field)
-        if value is not None:
-            buckets.setdefault(value, []).append(entry)
+    full = _FULL_MASKS[field]
+    for entry in entries:  # (pinned, inline: an index is built over a whole table at a plan's first look)
+        for name, value, mask in entry[1].match:
+            if name == field:
+                (buckets.setdefault(value, []) if mask == full else rest).append(entry)
+                break
         else:
             rest.append(entry)
     return buckets, rest

@@ -61,3 +61,40 @@ def test_a_chain_walked_with_its_old_segments_is_the_chain_walked_afresh(change)
         gone += len(segments.keys() - memo.now.keys())
     assert walked + gone > 0  # the change reached some segment: the check is not vacuous
     assert reused > 20 * (walked + gone)  # and most of what the chains hold was taken as it was
+
+
+def test_a_chain_for_the_other_ethertype_takes_its_twins_segments_as_they_would_be_walked():
+    """A network's IPv6 L2 chain takes the IPv4 chain's segments that never read the ethertype (its remote
+    destinations), the term swapped: each equals the segment walked afresh, and those that read it (a local
+    destination's security group) are walked."""
+    compiler, topo = bench.host(20, 200)
+    caps = bench.capabilities("mlx5-connectx6dx")
+    pipeline = compiler.pipeline()
+    twinned = []
+    original = partition.Segments.reuse
+
+    def reuse(self, flow):
+        before = self.twinned
+        segment = original(self, flow)
+        if self.twinned > before:
+            twinned.append(segment)
+        return segment
+
+    partitioner = partition.Partitioner(compiler.layout.joins())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(partition.Segments, "reuse", reuse)
+        partitioner.plan(pipeline, bench.offload(topo, caps), TYPES, {})
+    planner = partitioner._planner
+    doom = partition.Doom(caps)
+    taken = {id(segment) for segment in twinned}
+    ipv6_l2 = {True: 0, False: 0}  # an IPv6 L2 chain's segments: taken from the twin, or walked
+    for key, (_, segments) in planner._segments.items():
+        memo = partition.Segments()
+        list(partition.walk_entry(pipeline, key[2], compiler.layout.joins(), doom, {}, planner.reads, memo))
+        ipv6 = (ir.ETH_TYPE_IPV6 if ("eth_type", ir.ETH_TYPE_IPV6, 0xFFFF) in key[2].region else None)
+        for flow_id, segment in segments.items():
+            assert segment.leaves == memo.now[flow_id].leaves and segment.deps == memo.now[flow_id].deps, key
+            assert ipv6 or id(segment) not in taken  # the IPv4 chains are walked first, in full
+            if ipv6 and pipeline.table_names[key[2].table] == "l2.lookup":
+                ipv6_l2[id(segment) in taken] += 1
+    assert ipv6_l2[True] > 100 and ipv6_l2[False] > 0
