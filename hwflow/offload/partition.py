@@ -130,6 +130,7 @@ IPV4_ONLY = frozenset({"ipv4_src", "ipv4_dst"})
 _FULL_MASKS = {field: ir.full_mask(field) for field in ir.FIELD_BITS}
 TUNNEL_FIELDS = frozenset({"tun_id", "tun_dst"})  # what an encapsulating output needs set
 TTL_EXPIRES = (0, 0xFE)  # ip_ttl 0 or 1: a decrement would reach zero
+_TTL_EXPIRING = ir.Match.of(ip_ttl=TTL_EXPIRES)
 # IR field -> the name a NIC's capabilities use for it, where they differ (flower's enc_* keys).
 CAPABILITY_FIELD = {"tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst"}
 CT_STATE_NAMES = {ir.CT_NEW: "new", ir.CT_EST: "est", ir.CT_REL: "rel", ir.CT_RPL: "rpl", ir.CT_INV: "inv",
@@ -411,6 +412,7 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
 
 _UNKNOWN = object()  # a field the known state does not hold
 _new_tuple = tuple.__new__
+_NOTHING: frozenset = frozenset()
 _NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 
@@ -704,13 +706,15 @@ def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | 
     else:
         return match  # (a loop, not any() over a generator: a walk asks this of every flow it looks at)
     terms: dict[str, tuple[int, int]] = {}
-    for t in match.fields:
-        field = aliases.get(t.field, t.field)
-        value, mask = terms.get(field, (0, 0))
-        if (value ^ t.value) & mask & t.mask:
+    for name, want, bits in match:
+        field = aliases.get(name, name)
+        value, mask = terms.get(field, _NO_TERM)
+        if (value ^ want) & mask & bits:
             return None
-        terms[field] = (value | t.value, mask | t.mask)
-    return ir.Match(tuple(ir.FieldMatch(f, v, m) for f, (v, m) in terms.items()))
+        terms[field] = (value | want, mask | bits)
+    # (terms of valid terms, an alias as wide as its field: built as ir.Match.of_terms does, for every flow a
+    # router's next hop looks at)
+    return _new_tuple(ir.Match, sorted([_new_tuple(ir.FieldMatch, (f, v, m)) for f, (v, m) in terms.items()]))
 
 
 def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
@@ -721,13 +725,14 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
     """
     owned = False  # whether path's known state and aliases are this run's own copies (_see_through changes them)
     for action in flow.actions:
-        if isinstance(action, ir.Output):
+        kind = action.__class__  # (the IR's actions have no subclasses: one look per action, not six isinstance)
+        if kind is ir.Output:
             if action.port != path.known.get("in_port"):
                 path = _Path(path.known, path.aliases, path.dirty, path.outputs + (action.port,), path.edits,
                              path.hairpin)
             elif not path.hairpin:
                 path = path._replace(hairpin=True)
-        elif isinstance(action, ir.GotoTable):
+        elif kind is ir.GotoTable:
             if action.table in how.joins and _hands_over(path, action.table, how):
                 entry = _join_entry(how.state.from_table(action.table), action.table, region, path)
                 yield _leaf(region, _Path(path.known, path.aliases, path.dirty, path.outputs, (), path.hairpin), None,
@@ -735,20 +740,20 @@ def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Lea
             else:
                 yield from _walk_table(pipeline, action.table, region, path, how, depth + 1)
             return
-        elif isinstance(action, ir.Drop):
+        elif kind is ir.Drop:
             break
-        elif isinstance(action, ir.Conntrack) and action.table is not None:
+        elif kind is ir.Conntrack and action.table is not None:
             yield _recirculate(flow, action, region, path)
             return
-        elif isinstance(action, ir.DecTtl) and "ip_ttl" not in path.dirty and not path.outputs:
-            expiring, trapped = _refine(ir.Match.of(ip_ttl=TTL_EXPIRES), region, path.known)
+        elif kind is ir.DecTtl and "ip_ttl" not in path.dirty and not path.outputs:
+            expiring, trapped = _refine(_TTL_EXPIRING, region, path.known)
             if expiring is not None:  # some packets here die of the decrement: software decides them
                 yield _leaf(trapped, path, "the TTL expires here", flow.owner)._replace(trap=True)
                 if expiring:
                     return
             path = _edit(path, action)
         else:
-            if not owned and isinstance(action, ir.SetField | ir.Move):
+            if not owned and (kind is ir.SetField or kind is ir.Move):
                 path, owned = _Path(dict(path.known), dict(path.aliases), path.dirty, path.outputs, path.edits,
                                     path.hairpin), True
             blocker = _see_through(action, path)
@@ -852,6 +857,13 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
     A register loaded from an unchanged packet field of its width becomes an
     alias of it: matches on the register are matches on the packet.
     """
+    if action.__class__ is ir.SetField:  # the common case first: a walk sees one or two a table
+        if action.field in INTERNAL_FIELDS:
+            path.aliases.pop(action.field, None)  # type: ignore[attr-defined]
+            path.known[action.field] = action.value  # type: ignore[index]
+            return None
+        return "a header action after an output: copies with different headers stay in software" \
+            if path.outputs else None
     known, aliases = path.known, path.aliases
     target = action.field if isinstance(action, ir.SetField) else action.dst if isinstance(action, ir.Move) else None
     if target in INTERNAL_FIELDS:
@@ -1959,7 +1971,7 @@ class _Planner:
             now[id(leaf)] = (leaf, reason, switch)
             if reason is None and refused and (scope, match) in refused:
                 reason = f"the NIC refused it: {refused[scope, match]}"
-            target, cost, below = None, 1, set()
+            target, cost, below = None, 1, _NOTHING
             if reason is None and leaf.enter is not None:
                 chain_key = _chain_key(ctx, leaf.enter)
                 dear = budget is not None and not self._reached_already(ctx, chain_key, out)
@@ -1976,7 +1988,7 @@ class _Planner:
             key = _Rules.key_of(match)
             shadows = [sw for sw in software.overlapping(match, key) if sw.overlaps(match)]
             above = placed.overlapping(match, key) if reason is None else ()  # the placed rules it must sit below
-            if reason is None and _tagged_after_untagged(match, [*above, *shadows]):
+            if reason is None and (above or shadows) and _tagged_after_untagged(match, [*above, *shadows]):
                 reason = "VLAN-tagged, behind an overlapping rule for untagged packets"
             if reason is None and shadows and not all(sw.passable for sw in shadows):
                 reason = "overlaps an earlier software-only path"
@@ -2008,7 +2020,8 @@ class _Planner:
                               target, shared)
             self._place(out, placed, rule, above, key)
             out.cost += cost
-            out.reached |= below
+            if below:
+                out.reached |= below
             if target is not None:
                 out.children.add(target)
         return out
