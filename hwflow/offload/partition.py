@@ -386,8 +386,8 @@ class _Path(NamedTuple):
     def pending(self) -> bool:
         """Nothing done to the packet yet but header rewrites and a TTL decrement, which a rule further on may do
         as well as one here: a goto to a join table can carry them (see :class:`ChainEntry`)."""
-        return not self.outputs and self.dirty <= {"ip_ttl"} and all(
-            isinstance(e, ir.SetField | ir.DecTtl) for e in self.edits)
+        return not self.outputs and self.dirty <= _TTL_ONLY and all(
+            e.__class__ is ir.SetField or e.__class__ is ir.DecTtl for e in self.edits)
 
 
 def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[str, int]):
@@ -413,6 +413,7 @@ def _refine(match: ir.Match, region: dict[str, tuple[int, int]], known: Mapping[
 _UNKNOWN = object()  # a field the known state does not hold
 _new_tuple = tuple.__new__
 _NOTHING: frozenset = frozenset()
+_TTL_ONLY = frozenset({"ip_ttl"})
 _NO_TERM = (0, 0)  # a region's term for a field it does not constrain
 
 
@@ -933,21 +934,26 @@ def _cannot_edit(leaf: Leaf, caps: Capabilities) -> str | None:
     ipv4 = _region_value(leaf, "eth_type") == ir.ETH_TYPE_IPV4
     tagged = any(field == "vlan_vid" for field, _, _ in leaf.region)
     for edit in leaf.edits:
-        if isinstance(edit, ir.SetField) and edit.field in TUNNEL_FIELDS:
-            continue  # the encapsulating output's business
-        if isinstance(edit, ir.SetField) and not (edit.field in REWRITABLE and caps.can_rewrite(edit.field)
-                                                  and hw.ACTION_REWRITE in caps.actions):
-            return f"the NIC cannot rewrite {edit.field}"
-        if isinstance(edit, ir.SetField | ir.DecTtl) and not ipv4 and (
-                isinstance(edit, ir.DecTtl) or edit.field in IPV4_ONLY):
-            return f"{edit} needs the path to be IPv4"
-        if isinstance(edit, ir.DecTtl) and hw.ACTION_TTL_DEC not in caps.actions:
-            return "the NIC cannot decrement the TTL"
-        if isinstance(edit, ir.PushVlan) and (hw.ACTION_VLAN_PUSH not in caps.actions or tagged):
-            return "the NIC cannot push a VLAN tag here (no vlan_push, or the packet is tagged already)"
-        if isinstance(edit, ir.PopVlan) and hw.ACTION_VLAN_POP not in caps.actions:
-            return "the NIC cannot pop a VLAN tag"
-        if isinstance(edit, ir.Conntrack) and not (hw.ACTION_CT in caps.actions and caps.can_conntrack(
+        kind = edit.__class__  # (by class identity, as the walk does: a routed leaf carries five edits)
+        if kind is ir.SetField:
+            if edit.field in TUNNEL_FIELDS:
+                continue  # the encapsulating output's business
+            if not (edit.field in REWRITABLE and caps.can_rewrite(edit.field) and hw.ACTION_REWRITE in caps.actions):
+                return f"the NIC cannot rewrite {edit.field}"
+            if not ipv4 and edit.field in IPV4_ONLY:
+                return f"{edit} needs the path to be IPv4"
+        elif kind is ir.DecTtl:
+            if not ipv4:
+                return f"{edit} needs the path to be IPv4"
+            if hw.ACTION_TTL_DEC not in caps.actions:
+                return "the NIC cannot decrement the TTL"
+        elif kind is ir.PushVlan:
+            if hw.ACTION_VLAN_PUSH not in caps.actions or tagged:
+                return "the NIC cannot push a VLAN tag here (no vlan_push, or the packet is tagged already)"
+        elif kind is ir.PopVlan:
+            if hw.ACTION_VLAN_POP not in caps.actions:
+                return "the NIC cannot pop a VLAN tag"
+        elif kind is ir.Conntrack and not (hw.ACTION_CT in caps.actions and caps.can_conntrack(
                 zone=edit.zone, nat=edit.nat is not None) and (edit.nat is None or ipv4)):
             return f"the NIC cannot do conntrack in zone {edit.zone}{' with NAT (IPv4)' if edit.nat else ''}"
     return None
@@ -1287,6 +1293,7 @@ class StateRead:
         self._matched: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows match it
         self._copied: dict[int, dict[str, int]] = {}  # table -> header field -> how many flows copy it unmatched
         self._from: dict[int, frozenset[str]] = {}
+        self._matched_sets: dict[int, frozenset[str]] = {}  # matched(table), until a count changes
         # counted table by table over the flows' terms (a whole plan's first step: 80,000 flows on a big host)
         for table, group in itertools.groupby(flows, key=_TABLE_OF):
             of_table = list(group)
@@ -1315,6 +1322,7 @@ class StateRead:
         _count(self._matched.setdefault(table, {}), matched - ir.INTERNAL_FIELDS, step)
         _count(self._copied.setdefault(table, {}), set(moved) - matched - ir.INTERNAL_FIELDS, step)
         self._from.clear()
+        self._matched_sets.clear()
 
     def copied(self, table: int) -> frozenset[str]:
         """Header fields some flow of ``table`` copies into the pipeline's state without matching them."""
@@ -1322,7 +1330,10 @@ class StateRead:
 
     def matched(self, table: int) -> frozenset[str]:
         """Header fields some flow of ``table`` matches."""
-        return frozenset(self._matched.get(table, ()))
+        fields = self._matched_sets.get(table)
+        if fields is None:
+            fields = self._matched_sets[table] = frozenset(self._matched.get(table, ()))
+        return fields
 
     def from_table(self, table: int) -> frozenset[str]:
         """State some flow of ``table`` or a later one reads (gotos only go forward)."""
