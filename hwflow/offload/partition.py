@@ -11,8 +11,8 @@ constraints on header fields; pipeline-internal fields (``in_port``,
 ``metadata``) are known constants along a path. At each table, flows are
 taken in priority order (less those a later flow makes redundant, which
 would only lead where it does: :func:`hwflow.pipeline.ir.essential_flows`;
-one path instead of nine for every destination's IPv6 packets through an
-ingress stage's neighbour discovery bypasses, and no pass rule for the
+one path instead of nine for every local destination's IPv6 packets through
+an ingress stage's neighbour discovery bypasses, and no pass rule for the
 software paths the bypasses made): a flow that cannot match the region is skipped, one
 that matches all of it wins outright, and one that matches part of it wins
 on the refined region (region AND its match) and the walk goes on with the
@@ -501,9 +501,9 @@ class Twin:
     A network's L2 chain is walked once for IPv4 and once for IPv6 packets, and its remote destinations' paths
     (the lookup, the delivery into a tunnel) are the same but for the ethertype term of their regions: no flow
     on them matches the ethertype, none is looked up by it, none copies it. Such a segment of the chain walked
-    first is taken by the second with the term swapped, a fraction of walking it (a fifth of a whole plan's
-    L2 chains at the defaults); a segment that reads the ethertype anywhere (a local destination's security
-    group) is walked. A test holds every swapped segment equal to the segment walked afresh.
+    first is taken by the second with the term swapped instead of walked again (its leaves are still decided,
+    as dear as the walk was); a segment that reads the ethertype anywhere (a local destination's
+    security group) is walked. A test holds every swapped segment equal to the segment walked afresh.
     """
 
     def __init__(self, segments: Mapping[int, Segment], theirs: int, mine: int, reads: StateRead) -> None:
@@ -561,8 +561,8 @@ def _fold(leaves: Iterator[Leaf]) -> Iterator[Leaf]:
 
     A decision list gives a packet the first leaf covering it; a leaf inside the next one's region with the
     same verdict (outputs, edits, chain entered, blocker) sends its packets where the next would. The
-    pipeline makes such pairs wherever a special case ends alike: a DHCP reply bypasses the ingress security
-    group of a remote port and leaves by the same tunnel as every other packet to it, so without the fold a
+    pipeline makes such pairs wherever a special case ends alike: a DHCP reply bypasses the ingress stage of a
+    local port without security groups and is delivered as every other packet to it, so without the fold that
     destination took two rules.
     """
     held = None
