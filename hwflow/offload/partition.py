@@ -482,7 +482,6 @@ class Segments:
         self.changed = changed
         self.twin = twin
         self.now: dict[int, Segment] = {}  # id(flow) -> its segment in this walk
-        self.twinned = 0  # segments taken from the twin's
 
     def reuse(self, flow: ir.Flow) -> Segment | None:
         old = self.before.get(id(flow))
@@ -490,7 +489,6 @@ class Segments:
             old = self.twin.segment(flow, self.changed) if self.twin is not None else None
             if old is None:
                 return None
-            self.twinned += 1
         self.now[id(flow)] = old
         return old
 
@@ -546,7 +544,7 @@ def _swapped(leaf: Leaf, theirs: int, mine: int) -> Leaf | None:
     new = ("eth_type", mine, full)
     if old not in leaf.region:
         return None
-    region = _new_tuple(ir.Match, [_new_tuple(ir.FieldMatch, new) if term == old else term for term in leaf.region])
+    region = ir.Match.of_terms([new if term == old else term for term in leaf.region])
     enter = leaf.enter
     if enter is not None:
         if any(field == "eth_type" for field, _ in enter.known):
@@ -713,9 +711,7 @@ def _through_aliases(match: ir.Match, aliases: Mapping[str, str]) -> ir.Match | 
         if (value ^ want) & mask & bits:
             return None
         terms[field] = (value | want, mask | bits)
-    # (terms of valid terms, an alias as wide as its field: built as ir.Match.of_terms does, for every flow a
-    # router's next hop looks at)
-    return _new_tuple(ir.Match, sorted([_new_tuple(ir.FieldMatch, (f, v, m)) for f, (v, m) in terms.items()]))
+    return ir.Match.of_terms([(f, v, m) for f, (v, m) in terms.items()])  # (an alias is as wide as its field)
 
 
 def _run(pipeline, flow, region, path: _Path, how: _Walk, depth) -> Iterator[Leaf]:
@@ -866,12 +862,8 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
         return "a header action after an output: copies with different headers stay in software" \
             if path.outputs else None
     known, aliases = path.known, path.aliases
-    target = action.field if isinstance(action, ir.SetField) else action.dst if isinstance(action, ir.Move) else None
-    if target in INTERNAL_FIELDS:
-        aliases.pop(target, None)  # type: ignore[attr-defined]
-    if isinstance(action, ir.SetField) and action.field in INTERNAL_FIELDS:
-        known[action.field] = action.value  # type: ignore[index]
-        return None
+    if isinstance(action, ir.Move) and action.dst in INTERNAL_FIELDS:
+        aliases.pop(action.dst, None)  # type: ignore[attr-defined]
     if isinstance(action, ir.Move) and action.dst in INTERNAL_FIELDS and action.src in known:
         known[action.dst] = known[action.src] & ir.full_mask(action.dst)  # type: ignore[index]
         return None
@@ -897,8 +889,7 @@ def _see_through(action: ir.Action, path: _Path) -> str | None:
 
 
 def _leaf(region, path: _Path, blocker, owner, enter: ChainEntry | None = None) -> Leaf:
-    # ir.Match.of_terms without its generators (a whole plan makes a leaf per path: 40,000 on a big host)
-    match = _new_tuple(ir.Match, sorted([_new_tuple(ir.FieldMatch, (f, v, m)) for f, (v, m) in region.items()]))
+    match = ir.Match.of_terms([(f, v, m) for f, (v, m) in region.items()])
     if path.hairpin and not path.outputs:
         return Leaf(match, path.outputs, blocker, owner, path.edits, enter, False, (), True)
     return Leaf(match, path.outputs, blocker, owner, path.edits, enter)
@@ -1305,12 +1296,7 @@ class StateRead:
                         copied.update({a.src for a in flow.actions if isinstance(a, ir.Move)}
                                       - {term[0] for term in flow.match})
                         break
-            state, headers = self._fields.setdefault(table, {}), self._matched.setdefault(table, {})
-            copies = self._copied.setdefault(table, {})
-            for counts, into_headers in ((matched, headers), (copied, copies)):
-                for field, number in counts.items():
-                    into = state if field in ir.INTERNAL_FIELDS else into_headers
-                    into[field] = into.get(field, 0) + number
+            self._add(table, matched, copied)
 
     def count(self, flow: ir.Flow, step: int) -> None:
         """Take ``flow`` in (``step`` 1) or out (-1)."""
@@ -1318,9 +1304,21 @@ class StateRead:
 
     def _count(self, table: int, fields: tuple[str, ...], moved: tuple[str, ...], step: int) -> None:
         matched = set(fields)
-        _count(self._fields.setdefault(table, {}), (matched | set(moved)) & ir.INTERNAL_FIELDS, step)
-        _count(self._matched.setdefault(table, {}), matched - ir.INTERNAL_FIELDS, step)
-        _count(self._copied.setdefault(table, {}), set(moved) - matched - ir.INTERNAL_FIELDS, step)
+        self._add(table, dict.fromkeys(matched, step), dict.fromkeys(set(moved) - matched, step))
+
+    def _add(self, table: int, matched: Mapping[str, int], copied: Mapping[str, int]) -> None:
+        """Count fields flows of ``table`` match and fields they copy without matching them (field -> how many
+        flows more, or fewer): pipeline state where it is read, header fields as matched or as copied."""
+        state = self._fields.setdefault(table, {})
+        for counts, headers in ((matched, self._matched.setdefault(table, {})),
+                                (copied, self._copied.setdefault(table, {}))):
+            for field, number in counts.items():
+                into = state if field in ir.INTERNAL_FIELDS else headers
+                total = into.get(field, 0) + number
+                if total:
+                    into[field] = total
+                else:
+                    del into[field]
         self._from.clear()
         self._matched_sets.clear()
 
@@ -1348,13 +1346,6 @@ def _shape(flow: ir.Flow) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
     """What :class:`StateRead` counts of a flow: its table, the fields it matches and those it copies elsewhere."""
     return flow.table, tuple(t.field for t in flow.match), tuple(a.src for a in flow.actions
                                                                    if isinstance(a, ir.Move))
-
-
-def _count(counts: dict[str, int], fields: Iterable[str], step: int) -> None:
-    for field in fields:
-        counts[field] = counts.get(field, 0) + step
-        if not counts[field]:
-            del counts[field]
 
 
 _NAMED_DEPS = frozenset({"out", "matched"})  # dependencies that are not table lookups (see _Planned.deps)

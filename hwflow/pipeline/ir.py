@@ -212,7 +212,7 @@ class Match(tuple[FieldMatch, ...]):
         hundreds of thousands on a big host), where the checks cost more than the rest of the construction.
         """
         new = tuple.__new__
-        return new(cls, sorted(new(FieldMatch, term) for term in terms))
+        return new(cls, sorted([new(FieldMatch, term) for term in terms]))  # (a list: no generator per term)
 
     @property
     def fields(self) -> tuple[FieldMatch, ...]:
@@ -609,8 +609,6 @@ class Pipeline:
         remote destination's answer is the same lists, the stage's defaults (a whole plan's first lookups spent
         a sixth of its time finding the same flows redundant again)."""
         few = [entry for part in parts for entry in part]
-        if len(few) == 1:  # a destination's delivery (a whole plan asks 11,000 of them)
-            return (few[0][1],)
         if len(few) <= 2:  # a destination's delivery; a routed path's L2 entry and its network's flood (11,600 of
             # them in a whole plan): remembering them costs more than finding what is essential again
             return essential_flows(tuple(flow for _, flow in sorted(few, key=_position)))

@@ -71,18 +71,17 @@ def test_a_chain_for_the_other_ethertype_takes_its_twins_segments_as_they_would_
     caps = bench.capabilities("mlx5-connectx6dx")
     pipeline = compiler.pipeline()
     twinned = []
-    original = partition.Segments.reuse
+    original = partition.Twin.segment
 
-    def reuse(self, flow):
-        before = self.twinned
-        segment = original(self, flow)
-        if self.twinned > before:
-            twinned.append(segment)
-        return segment
+    def segment(self, flow, changed):
+        taken = original(self, flow, changed)
+        if taken is not None:
+            twinned.append(taken)
+        return taken
 
     partitioner = partition.Partitioner(compiler.layout.joins())
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(partition.Segments, "reuse", reuse)
+        patch.setattr(partition.Twin, "segment", segment)
         partitioner.plan(pipeline, bench.offload(topo, caps), TYPES, {})
     planner = partitioner._planner
     doom = partition.Doom(caps)
